@@ -1,0 +1,26 @@
+#!/usr/bin/env node
+// cli/: the `hsmproxy` command. Parses arguments, calls the library, prints. No logic of its own.
+// May import everything under src/. Each command group lives in commands/<group>.ts and
+// registers itself through a `register(program)` function listed below.
+import { Command } from 'commander';
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { runMain } from './run.js';
+
+/** Builds the command tree; exported so tests can parse argv without spawning. */
+export async function buildProgram(): Promise<Command> {
+  const program = new Command('hsmproxy')
+    .description('TLS-terminating reverse proxy whose private keys stay in an HSM')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  // Command groups, one module each. Keep this list sorted; each register() adds one group.
+  const groups: Array<() => Promise<{ register(p: Command): void }>> = [
+  ];
+  for (const load of groups) (await load()).register(program);
+  return program;
+}
+
+// Run only as the entry point (also through npm's bin symlink), so tests can import buildProgram.
+const entry = process.argv[1];
+if (entry && import.meta.url === pathToFileURL(realpathSync(entry)).href) runMain(buildProgram);
