@@ -1,0 +1,203 @@
+// The capacity model: a fixed number of crypto units, a bounded FIFO queue in front of them,
+// and per-operation rates from a profile. Each request does its real crypto on a unit, then
+// holds the unit for the rest of the service time the profile prescribes (units / rate), so
+// an HSM with rate R saturates at R ops/s and latency grows with queue depth as on hardware.
+// Waiting is a timer, never a busy loop: the event loop stays free.
+import { BusyError, InvalidArgumentError } from './errors.js';
+import type { CryptoResult } from './types.js';
+
+/**
+ * A capacity profile. `rates` maps an operation key to ops/s for the whole HSM. Keys are
+ * looked up as `op:alg` (e.g. 'sign:rsa-2048'), then `op` ('sign'), then '*'; an operation
+ * with no rate costs only its real crypto time.
+ */
+export interface CapacityProfile {
+  name: string;
+  units: number;
+  rates: Record<string, number>;
+  /** Requests that may wait for a unit; one more is refused at once with BusyError. */
+  maxQueue: number;
+}
+
+/** Names of the built-in profiles. */
+export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
+
+// Derived figures (only the RSA-2048 and P-256 sign rates are published by AWS, as per-cluster
+// numbers that work out to these per-HSM rates). The rest scale with the cost of the math in
+// software: RSA private ops grow ~3.4x from 2048→3072 and ~7x to 4096; RSA public ops are ~20x
+// cheaper than private ones; P-384 costs ~2x P-256; ECDSA verify ~1.2x sign; symmetric ops and
+// HMAC are bounded by the device's command overhead, not by the cipher.
+const HW_COMMON: Record<string, number> = {
+  'sign:rsa-2048': 1000,
+  'sign:rsa-3072': 300,
+  'sign:rsa-4096': 140,
+  'decrypt:rsa-2048': 1000,
+  'decrypt:rsa-3072': 300,
+  'decrypt:rsa-4096': 140,
+  'unwrap:rsa-2048': 1000,
+  'unwrap:rsa-3072': 300,
+  'unwrap:rsa-4096': 140,
+  'verify:rsa': 20000,
+  'encrypt:rsa': 20000,
+  'wrap:rsa': 20000,
+  'generate:rsa-2048': 20,
+  'generate:rsa-3072': 6,
+  'generate:rsa-4096': 2,
+  'generate:aes': 2000,
+  'generate:generic-secret': 2000,
+  'import': 500,
+  '*': 10000,
+};
+
+/** Built-in profiles: `unlimited` (real crypto only) and the published hardware models. */
+export const CAPACITY_PROFILES: Record<CapacityProfileName, CapacityProfile> = {
+  unlimited: { name: 'unlimited', units: 64, rates: {}, maxQueue: 100_000 },
+  'hsm1.medium': {
+    name: 'hsm1.medium',
+    units: 8,
+    rates: { ...HW_COMMON, 'sign:ec-p256': 250, 'sign:ec-p384': 125, 'verify:ec-p256': 200, 'verify:ec-p384': 100, 'generate:ec-p256': 200, 'generate:ec-p384': 100 },
+    maxQueue: 2000,
+  },
+  'hsm2m.medium': {
+    name: 'hsm2m.medium',
+    units: 8,
+    rates: { ...HW_COMMON, 'sign:ec-p256': 1500, 'sign:ec-p384': 750, 'verify:ec-p256': 1200, 'verify:ec-p384': 600, 'generate:ec-p256': 1200, 'generate:ec-p384': 600 },
+    maxQueue: 2000,
+  },
+};
+
+/** Resolves a profile name or checks a custom profile. */
+export function resolveCapacityProfile(p: CapacityProfileName | CapacityProfile | undefined): CapacityProfile {
+  if (p === undefined) return CAPACITY_PROFILES.unlimited;
+  if (typeof p === 'string') {
+    const found = CAPACITY_PROFILES[p];
+    if (!found) throw new InvalidArgumentError(`unknown capacity profile ${p}; use one of ${Object.keys(CAPACITY_PROFILES).join(', ')} or a custom { units, rates, maxQueue }`);
+    return found;
+  }
+  if (!Number.isInteger(p.units) || p.units < 1) throw new InvalidArgumentError('capacity profile: units must be a positive integer');
+  if (!Number.isInteger(p.maxQueue) || p.maxQueue < 0) throw new InvalidArgumentError('capacity profile: maxQueue must be a non-negative integer');
+  for (const [op, r] of Object.entries(p.rates)) {
+    if (!(r > 0) || !Number.isFinite(r)) throw new InvalidArgumentError(`capacity profile: rate for ${op} must be a positive number of ops/s`);
+  }
+  return { ...p, name: p.name ?? 'custom', rates: { ...p.rates } };
+}
+
+interface Waiter { start: () => void }
+interface Unit { virtualFree: number }
+
+const UTILISATION_WINDOW_MS = 5000;
+const BUCKET_MS = 100;
+// If a unit's previous deadline passed less than this ago, the next request is scheduled from
+// that deadline, so timer lateness (setTimeout has ~1 ms granularity) does not cut throughput.
+const CATCH_UP_MS = 4;
+
+/** Crypto units plus their FIFO queue; `run` executes work under the profile's timing. */
+export class CapacityModel {
+  readonly profile: CapacityProfile;
+  private readonly free: Unit[] = [];
+  private readonly queue: Waiter[] = [];
+  private inService = 0;
+  // Busy unit-milliseconds per 100 ms bucket (keyed by bucket number), for utilisation.
+  private readonly busy = new Map<number, number>();
+  private readonly running = new Map<number, number>();
+  private seq = 0;
+
+  constructor(profile: CapacityProfileName | CapacityProfile | undefined) {
+    this.profile = resolveCapacityProfile(profile);
+    for (let i = 0; i < this.profile.units; i++) this.free.push({ virtualFree: 0 });
+  }
+
+  /** Service time floor in ms for an operation key (0 if the profile has no rate for it). */
+  minServiceMs(opKey: string): number {
+    const rate = this.rateFor(opKey);
+    return rate === undefined ? 0 : (1000 * this.profile.units) / rate;
+  }
+
+  /** Runs `work` on a crypto unit once one is free; rejects at once with BusyError if the queue is full. */
+  async run<T>(opKey: string, work: () => T | Promise<T>): Promise<CryptoResult<T>> {
+    const queuedAt = performance.now();
+    const unit = await this.acquire();
+    const begin = performance.now();
+    const queueWaitUs = Math.round((begin - queuedAt) * 1000);
+    const id = ++this.seq;
+    this.running.set(id, begin);
+    try {
+      const scheduled = begin - unit.virtualFree < CATCH_UP_MS && unit.virtualFree < begin ? unit.virtualFree : begin;
+      const deadline = scheduled + this.minServiceMs(opKey);
+      const result = await work();
+      const now = performance.now();
+      if (deadline > now) await new Promise((r) => setTimeout(r, deadline - now));
+      unit.virtualFree = Math.max(deadline, performance.now() - CATCH_UP_MS);
+      const end = performance.now();
+      return { result, queueWaitUs, serviceUs: Math.round((end - begin) * 1000) };
+    } finally {
+      this.running.delete(id);
+      this.recordBusy(begin, performance.now());
+      this.release(unit);
+    }
+  }
+
+  /** Requests waiting for a unit. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /** Requests being served right now. */
+  get active(): number {
+    return this.inService;
+  }
+
+  /** Busy fraction of all units over the last few seconds, 0..1. */
+  utilisation(): number {
+    const now = performance.now();
+    const from = now - UTILISATION_WINDOW_MS;
+    let busyMs = 0;
+    for (const [bucket, ms] of this.busy) if ((bucket + 1) * BUCKET_MS > from) busyMs += ms;
+    for (const s of this.running.values()) busyMs += now - Math.max(s, from);
+    return Math.min(1, busyMs / (UTILISATION_WINDOW_MS * this.profile.units));
+  }
+
+  private rateFor(opKey: string): number | undefined {
+    const r = this.profile.rates;
+    const op = opKey.split(':')[0] ?? opKey;
+    return r[opKey] ?? r[op] ?? r['*'];
+  }
+
+  private acquire(): Promise<Unit> {
+    const unit = this.free.pop();
+    if (unit && this.queue.length === 0) {
+      this.inService++;
+      return Promise.resolve(unit);
+    }
+    if (unit) this.free.push(unit);
+    if (this.queue.length >= this.profile.maxQueue) return Promise.reject(new BusyError(this.queue.length));
+    return new Promise<Unit>((resolve) => {
+      this.queue.push({
+        start: () => {
+          const u = this.free.pop();
+          // release() only calls start() after returning a unit, so one is always there.
+          if (!u) throw new Error('capacity model invariant: no free unit for a started waiter');
+          this.inService++;
+          resolve(u);
+        },
+      });
+    });
+  }
+
+  private release(unit: Unit): void {
+    this.inService--;
+    this.free.push(unit);
+    const next = this.queue.shift();
+    if (next) next.start();
+  }
+
+  // A whole request is booked to the bucket it ended in: close enough for a 5 s window.
+  private recordBusy(start: number, end: number): void {
+    const bucket = Math.floor(end / BUCKET_MS);
+    this.busy.set(bucket, (this.busy.get(bucket) ?? 0) + (end - start));
+    if (this.busy.size > UTILISATION_WINDOW_MS / BUCKET_MS + 2) {
+      const horizon = Math.floor((end - UTILISATION_WINDOW_MS) / BUCKET_MS) - 1;
+      for (const b of this.busy.keys()) if (b < horizon) this.busy.delete(b);
+    }
+  }
+}

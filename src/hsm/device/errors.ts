@@ -1,0 +1,143 @@
+// Errors of the simulated HSM: one base class with a stable HSM_ERR_* code and a subclass per
+// failure, so the protocol layer maps codes to wire errors and callers branch on `code`.
+// Messages are written for the person at the terminal: what went wrong and what to do.
+
+/** Base class of every error the simulated HSM throws. */
+export class HsmError extends Error {
+  constructor(message: string, readonly code: string) {
+    super(message);
+    this.name = 'HsmError';
+  }
+}
+
+/** The operation needs a logged-in session (none given, logged out, or unknown session). */
+export class NotLoggedInError extends HsmError {
+  constructor() {
+    super('not logged in (or the session ended); log in first, e.g. HSMPROXY_PIN=user:password', 'HSM_ERR_NOT_LOGGED_IN');
+    this.name = 'NotLoggedInError';
+  }
+}
+
+/** Wrong user name or password. Deliberately does not say which, as CloudHSM does. */
+export class BadCredentialsError extends HsmError {
+  constructor(readonly attemptsLeft?: number) {
+    super(
+      'login failed: wrong user name or password' +
+        (attemptsLeft !== undefined ? ` (${attemptsLeft} attempt${attemptsLeft === 1 ? '' : 's'} left before the account locks)` : ''),
+      'HSM_ERR_BAD_CREDENTIALS',
+    );
+    this.name = 'BadCredentialsError';
+  }
+}
+
+/** The account locked after too many consecutive failed logins. */
+export class LockedOutError extends HsmError {
+  constructor(readonly user: string) {
+    super(`user ${user} is locked after too many failed logins; a crypto officer must unlock it (hsmproxy user unlock / passwd)`, 'HSM_ERR_LOCKED_OUT');
+    this.name = 'LockedOutError';
+  }
+}
+
+/** The PRECO (first login after init) may only change its password, which makes it a CO. */
+export class MustChangePasswordError extends HsmError {
+  constructor() {
+    super('the pre-crypto-officer must change its password first (hsmproxy cluster activate); that makes it the crypto officer', 'HSM_ERR_MUST_CHANGE_PASSWORD');
+    this.name = 'MustChangePasswordError';
+  }
+}
+
+/** The policy refused the request; `action` is what was tried, `reason` why it was refused. */
+export class PermissionDeniedError extends HsmError {
+  constructor(readonly action: string, readonly reason: string) {
+    super(`permission denied: ${action}: ${reason}`, 'HSM_ERR_PERMISSION_DENIED');
+    this.name = 'PermissionDeniedError';
+  }
+}
+
+/** No key with that id is visible to the session (absent, or another CU's unshared key). */
+export class NoSuchKeyError extends HsmError {
+  constructor(readonly keyId: string) {
+    super(`no key ${keyId} visible to this user; list keys with \`hsmproxy key list\``, 'HSM_ERR_NO_SUCH_KEY');
+    this.name = 'NoSuchKeyError';
+  }
+}
+
+/** No user with that name. */
+export class NoSuchUserError extends HsmError {
+  constructor(readonly user: string) {
+    super(`no user named ${user}; list users with \`hsmproxy user list\``, 'HSM_ERR_NO_SUCH_USER');
+    this.name = 'NoSuchUserError';
+  }
+}
+
+/** A user with that name already exists. */
+export class UserExistsError extends HsmError {
+  constructor(readonly user: string) {
+    super(`a user named ${user} already exists; pick another name or delete it first`, 'HSM_ERR_USER_EXISTS');
+    this.name = 'UserExistsError';
+  }
+}
+
+/** The HSM already holds its maximum number of key objects (token + session). */
+export class KeyLimitError extends HsmError {
+  constructor(readonly max: number) {
+    super(`the HSM holds its maximum of ${max} keys (token + session); delete unused keys or add an HSM`, 'HSM_ERR_KEY_LIMIT');
+    this.name = 'KeyLimitError';
+  }
+}
+
+/** The HSM already holds its maximum number of users. */
+export class UserLimitError extends HsmError {
+  constructor(readonly max: number) {
+    super(`the HSM holds its maximum of ${max} users; delete unused users first`, 'HSM_ERR_USER_LIMIT');
+    this.name = 'UserLimitError';
+  }
+}
+
+/** The capacity queue is full (CloudHSM answers 0xBB): retry later or on another HSM. */
+export class BusyError extends HsmError {
+  constructor(readonly queued: number) {
+    super(`the HSM is busy (${queued} requests queued); retry later or send the request to another HSM`, 'HSM_ERR_BUSY');
+    this.name = 'BusyError';
+  }
+}
+
+/** A malformed or out-of-range argument (the message names the argument). */
+export class InvalidArgumentError extends HsmError {
+  constructor(message: string) {
+    super(message, 'HSM_ERR_INVALID_ARGUMENT');
+    this.name = 'InvalidArgumentError';
+  }
+}
+
+/** The mechanism does not suit the key (wrong type/size) or the key's attributes forbid it. */
+export class MechanismNotAllowedError extends HsmError {
+  constructor(readonly mechanism: string, readonly keyId: string, reason: string) {
+    super(`mechanism ${mechanism} cannot be used with key ${keyId}: ${reason}`, 'HSM_ERR_MECHANISM_NOT_ALLOWED');
+    this.name = 'MechanismNotAllowedError';
+  }
+}
+
+/** Decryption, unwrapping or unmasking failed authentication (wrong key or tampered data). */
+export class DecryptError extends HsmError {
+  constructor(what: string) {
+    super(`${what} failed: wrong key, or the data was altered`, 'HSM_ERR_DECRYPT');
+    this.name = 'DecryptError';
+  }
+}
+
+/** The data directory is unusable (corrupt file, wrong master key, not writable). */
+export class StoreError extends HsmError {
+  constructor(message: string) {
+    super(message, 'HSM_ERR_STORE');
+    this.name = 'StoreError';
+  }
+}
+
+/** The HSM was closed; open it again. */
+export class ClosedError extends HsmError {
+  constructor() {
+    super('the HSM was closed', 'HSM_ERR_CLOSED');
+    this.name = 'ClosedError';
+  }
+}
