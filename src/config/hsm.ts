@@ -1,0 +1,58 @@
+// Validation of the `hsm:` section: which backend holds the keys and how to log in to it.
+import { resolve } from 'node:path';
+import { at, type Reader } from './reader.js';
+import { CAPACITY_PROFILES, DEFAULTS, HSM_MODES, type HsmConfig } from './schema.js';
+
+const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'token', 'credentials', 'signing'] as const;
+// Fields that only mean something for one mode; setting them elsewhere is a mistake worth naming.
+const ONLY_FOR: Record<string, string> = { hsms: 'embedded', profile: 'embedded', manifest: 'cluster', module: 'pkcs11', token: 'pkcs11' };
+
+/** Reads `hsm:`; relative paths are resolved against `baseDir`. */
+export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefined {
+  const d = DEFAULTS.hsm;
+  const o = v === undefined ? {} : r.object(v, path, HSM_KEYS);
+  if (!o) return undefined;
+  const mode = (r.string(o.mode, at(path, 'mode'), { def: d.mode, oneOf: HSM_MODES }) ?? d.mode) as HsmConfig['mode'];
+  for (const [key, only] of Object.entries(ONLY_FOR)) {
+    if (o[key] !== undefined && only !== mode) r.fail(at(path, key), `only used with mode: ${only} (mode is ${mode})`);
+  }
+  const dir = r.string(o.dir, at(path, 'dir'), { def: d.dir }) ?? d.dir;
+  const hsms = r.integer(o.hsms, at(path, 'hsms'), { def: d.hsms, min: 1, max: 32, what: 'a number of HSMs' });
+  const profile = r.string(o.profile, at(path, 'profile'), { def: d.profile, oneOf: CAPACITY_PROFILES }) as HsmConfig['profile'] | undefined;
+  const manifest = r.file(o.manifest, at(path, 'manifest'), { optional: mode !== 'cluster' });
+  const module = r.file(o.module, at(path, 'module'), { optional: mode !== 'pkcs11' });
+  const token = r.string(o.token, at(path, 'token'), { optional: mode !== 'pkcs11' });
+  const credentials = readCredentials(r, o.credentials, at(path, 'credentials'));
+  const signing = readSigning(r, o.signing, at(path, 'signing'));
+  if (hsms === undefined || !profile || !credentials || !signing) return undefined;
+  return {
+    mode, dir: resolve(r.baseDir, dir), hsms, profile, credentials, signing,
+    ...(manifest !== undefined ? { manifest } : {}),
+    ...(module !== undefined ? { module } : {}),
+    ...(token !== undefined ? { token } : {}),
+  };
+}
+
+function readCredentials(r: Reader, v: unknown, path: string): HsmConfig['credentials'] | undefined {
+  if (v === undefined) return { ...DEFAULTS.hsm.credentials };
+  const o = r.object(v, path, ['env', 'file']);
+  if (!o) return undefined;
+  if ((o.env === undefined) === (o.file === undefined)) return r.fail(path, 'expected exactly one of env (a variable name) or file (a 0600 file)');
+  if (o.env !== undefined) {
+    const env = r.string(o.env, at(path, 'env'));
+    if (env !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(env)) return r.fail(at(path, 'env'), `expected an environment variable name, got "${env}"`);
+    return env === undefined ? undefined : { env };
+  }
+  const file = r.file(o.file, at(path, 'file'), { secret: true });
+  return file === undefined ? undefined : { file };
+}
+
+function readSigning(r: Reader, v: unknown, path: string): HsmConfig['signing'] | undefined {
+  const d = DEFAULTS.hsm.signing;
+  const o = v === undefined ? {} : r.object(v, path, ['maxInFlight', 'timeoutMs']);
+  if (!o) return undefined;
+  const maxInFlight = r.integer(o.maxInFlight, at(path, 'maxInFlight'), { def: d.maxInFlight, min: 1, max: 1_000_000 });
+  const timeoutMs = r.integer(o.timeoutMs, at(path, 'timeoutMs'), { def: d.timeoutMs, min: 1, max: 600_000, what: 'milliseconds' });
+  if (maxInFlight === undefined || timeoutMs === undefined) return undefined;
+  return { maxInFlight, timeoutMs };
+}

@@ -1,0 +1,38 @@
+// config/: the hsmproxy YAML configuration — schema, defaults, loading and validation that names
+// the path of every bad field. Imports nothing from src/ (only node built-ins and `yaml`).
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { ConfigFileError, ConfigSyntaxError } from './errors.js';
+import type { Config } from './schema.js';
+import { validateConfig, type ValidateOptions } from './validate.js';
+
+export * from './errors.js';
+export * from './schema.js';
+export { validateConfig, type ValidateOptions } from './validate.js';
+
+/** Parses YAML text and validates it; `source` names the file in error messages. */
+export function parseConfig(text: string, opts: ValidateOptions = {}): Config {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const where = e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}: ` : '';
+    throw new ConfigSyntaxError(opts.source ?? 'config', `${where}${e.message.split('\n')[0]}`);
+  }
+  return validateConfig(doc.toJS(), opts);
+}
+
+/**
+ * Reads and validates a config file. Relative paths inside it resolve against `baseDir`
+ * (default: the current directory, as the example configs under config/ expect).
+ */
+export function loadConfig(file: string, opts: Omit<ValidateOptions, 'source'> = {}): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigFileError(file, code === 'ENOENT' ? 'config file not found' : `cannot read config file (${code ?? String(err)})`);
+  }
+  return parseConfig(text, { ...opts, source: file });
+}
+

@@ -1,0 +1,111 @@
+// The shape of a validated configuration and its defaults. Paths to files are absolute here
+// (resolved against the base directory at load), so consumers never guess what they are relative to.
+
+export type TlsVersion = '1.2' | '1.3';
+export type ClientAuthMode = 'none' | 'optional' | 'require';
+export type BalanceStrategy = 'round-robin' | 'least-connections';
+export type HsmMode = 'embedded' | 'cluster' | 'pkcs11';
+export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export const TLS_VERSIONS: readonly TlsVersion[] = ['1.2', '1.3'];
+export const CLIENT_AUTH_MODES: readonly ClientAuthMode[] = ['none', 'optional', 'require'];
+export const BALANCE_STRATEGIES: readonly BalanceStrategy[] = ['round-robin', 'least-connections'];
+export const HSM_MODES: readonly HsmMode[] = ['embedded', 'cluster', 'pkcs11'];
+export const CAPACITY_PROFILES: readonly CapacityProfileName[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
+export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** A certificate chain and the key reference (or key) that signs for it. */
+export interface CertificateConfig { cert: string; key: string }
+
+/** Client-certificate checking on a listener. */
+export interface ClientAuthConfig { mode: ClientAuthMode; caFile?: string }
+
+/** One TLS listening socket and the certificates it can present. */
+export interface ListenerConfig {
+  name: string;
+  address: string;
+  port: number;
+  certificates: CertificateConfig[];
+  alpn: string[];
+  minVersion: TlsVersion;
+  maxVersion: TlsVersion;
+  clientAuth: ClientAuthConfig;
+}
+
+/** Timeouts towards upstream servers, in milliseconds. */
+export interface UpstreamTimeouts { connectMs: number; responseMs: number; idleMs: number }
+
+/** Active health checking of every target of a pool. */
+export interface HealthCheckConfig { path: string; intervalMs: number; timeoutMs: number; unhealthyAfter: number; healthyAfter: number }
+
+/** A named pool of upstream servers. */
+export interface UpstreamConfig {
+  name: string;
+  targets: string[];
+  balance: BalanceStrategy;
+  healthCheck?: HealthCheckConfig;
+  timeouts: UpstreamTimeouts;
+}
+
+/** Host + path prefix → upstream pool. An inline URL list becomes a pool named after the route's path (`routes[2]`). */
+export interface RouteConfig {
+  name: string;
+  host?: string;
+  pathPrefix: string;
+  upstream: string;
+  timeouts: Partial<UpstreamTimeouts>;
+}
+
+/** Where the crypto-user PIN comes from: an environment variable or a 0600 file. */
+export interface CredentialsConfig { env?: string; file?: string }
+
+/** The HSM backend: an embedded simulated cluster, a cluster of separate HSM processes, or PKCS#11. */
+export interface HsmConfig {
+  mode: HsmMode;
+  dir: string;
+  hsms: number;
+  profile: CapacityProfileName;
+  manifest?: string;
+  module?: string;
+  token?: string;
+  credentials: CredentialsConfig;
+  signing: { maxInFlight: number; timeoutMs: number };
+}
+
+/** The admin HTTP server (/metrics, /healthz, /readyz). */
+export interface AdminConfig { address: string; port: number }
+
+/** Client-side timeouts, in milliseconds. */
+export interface ServerTimeouts { handshakeMs: number; headersMs: number; requestMs: number; idleMs: number; shutdownMs: number }
+
+/** A complete, validated hsmproxy configuration. */
+export interface Config {
+  listeners: ListenerConfig[];
+  routes: RouteConfig[];
+  upstreams: Record<string, UpstreamConfig>;
+  hsm: HsmConfig;
+  admin: AdminConfig;
+  workers: number | 'auto';
+  log: { level: LogLevel };
+  timeouts: ServerTimeouts;
+}
+
+/** Defaults for every optional field; documented in the example configs. */
+export const DEFAULTS = {
+  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion },
+  route: { pathPrefix: '/' },
+  upstream: {
+    balance: 'round-robin' as BalanceStrategy,
+    timeouts: { connectMs: 5_000, responseMs: 60_000, idleMs: 60_000 } satisfies UpstreamTimeouts,
+    healthCheck: { path: '/', intervalMs: 5_000, timeoutMs: 2_000, unhealthyAfter: 2, healthyAfter: 2 } satisfies HealthCheckConfig,
+  },
+  hsm: {
+    mode: 'embedded' as HsmMode, dir: './data', hsms: 2, profile: 'unlimited' as CapacityProfileName,
+    credentials: { env: 'HSMPROXY_PIN' }, signing: { maxInFlight: 256, timeoutMs: 2_000 },
+  },
+  admin: { address: '127.0.0.1', port: 9464 },
+  workers: 1,
+  log: { level: 'info' as LogLevel },
+  timeouts: { handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000 } satisfies ServerTimeouts,
+} as const;

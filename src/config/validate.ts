@@ -1,0 +1,192 @@
+// Turns parsed YAML into a Config: every field type-checked, defaults filled in, cross-references
+// (route → upstream pool, unique names and ports) checked, every problem reported with its path.
+import { checkFiles } from './files.js';
+import { ConfigInvalidError } from './errors.js';
+import { readHsm } from './hsm.js';
+import { at, Reader } from './reader.js';
+import {
+  BALANCE_STRATEGIES, CLIENT_AUTH_MODES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
+  type Config, type HealthCheckConfig, type ListenerConfig, type RouteConfig, type ServerTimeouts,
+  type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
+} from './schema.js';
+
+/** How to validate: where relative paths start, and whether named files must exist now. */
+export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
+
+const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts'] as const;
+const MS_MAX = 86_400_000;
+
+/** Validates `raw` (parsed YAML) and returns the complete Config, or throws ConfigInvalidError listing every bad field. */
+export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config {
+  const r = new Reader(opts.baseDir ?? process.cwd());
+  const o = r.object(raw ?? {}, '', TOP_KEYS);
+  if (!o) throw new ConfigInvalidError(r.issues, opts.source);
+  const listeners = r.list(o.listeners, 'listeners', (v, p) => readListener(r, v, p), { minItems: 1 });
+  const upstreams: Record<string, UpstreamConfig> = {};
+  if (o.upstreams !== undefined) {
+    const u = r.object(o.upstreams, 'upstreams', Object.keys(o.upstreams as object ?? {}));
+    for (const [name, v] of Object.entries(u ?? {})) {
+      const pool = readUpstream(r, v, at('upstreams', name), name);
+      if (pool) upstreams[name] = pool;
+    }
+  }
+  const routes = r.list(o.routes, 'routes', (v, p) => readRoute(r, v, p, upstreams), { minItems: 1 });
+  const hsm = readHsm(r, o.hsm, 'hsm');
+  const admin = readAdmin(r, o.admin);
+  const workers = o.workers === 'auto' ? 'auto' : r.integer(o.workers, 'workers', { def: DEFAULTS.workers, min: 1, max: 256, what: "'auto' or a number of workers" });
+  const logObj = o.log === undefined ? {} : r.object(o.log, 'log', ['level']);
+  const level = logObj ? r.string(logObj.level, 'log.level', { def: DEFAULTS.log.level, oneOf: LOG_LEVELS }) : undefined;
+  const timeouts = readMsFields<ServerTimeouts>(r, o.timeouts, 'timeouts', DEFAULTS.timeouts);
+  if (listeners) checkListenersUnique(r, listeners);
+  if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
+  if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts) {
+    throw new ConfigInvalidError(r.issues, opts.source);
+  }
+  return { listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts };
+}
+
+function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
+  const d = DEFAULTS.listener;
+  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'clientAuth']);
+  if (!o) return undefined;
+  const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
+  const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
+  const address = r.string(o.address, at(path, 'address'), { def: d.address });
+  const port = r.integer(o.port, at(path, 'port'), { min: 0, max: 65535, what: 'a TCP port' });
+  const certificates = r.list(o.certificates, at(path, 'certificates'), (c, p) => {
+    const co = r.object(c, p, ['cert', 'key']);
+    if (!co) return undefined;
+    const cert = r.file(co.cert, at(p, 'cert'));
+    const key = r.file(co.key, at(p, 'key'));
+    return cert && key ? { cert, key } : undefined;
+  }, { minItems: 1 });
+  const alpn = r.list(o.alpn, at(path, 'alpn'), (a, p) => {
+    const s = r.string(a, p);
+    return s !== undefined && Buffer.byteLength(s) > 255 ? r.fail(p, 'an ALPN protocol name is at most 255 bytes') : s;
+  }, { def: [...d.alpn], minItems: 1 });
+  const minVersion = r.string(o.minVersion, at(path, 'minVersion'), { def: d.minVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
+  const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
+  if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
+  let clientAuth: ListenerConfig['clientAuth'] | undefined = { mode: 'none' };
+  if (o.clientAuth !== undefined) {
+    const ca = r.object(o.clientAuth, at(path, 'clientAuth'), ['mode', 'caFile']);
+    const mode = ca ? r.string(ca.mode, at(path, 'clientAuth.mode'), { oneOf: CLIENT_AUTH_MODES }) as ListenerConfig['clientAuth']['mode'] | undefined : undefined;
+    const caFile = ca ? r.file(ca.caFile, at(path, 'clientAuth.caFile'), { optional: mode === 'none' }) : undefined;
+    clientAuth = mode ? { mode, ...(caFile ? { caFile } : {}) } : undefined;
+  }
+  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion || !clientAuth) return undefined;
+  return { name, address, port, certificates, alpn, minVersion, maxVersion, clientAuth };
+}
+
+function checkListenersUnique(r: Reader, listeners: ListenerConfig[]): void {
+  const names = new Set<string>();
+  const binds = new Set<string>();
+  listeners.forEach((l, i) => {
+    if (names.has(l.name)) r.fail(`listeners[${i}].name`, `duplicate listener name "${l.name}"`);
+    names.add(l.name);
+    const bind = `${l.address}:${l.port}`;
+    if (l.port !== 0 && binds.has(bind)) r.fail(`listeners[${i}].port`, `another listener already uses ${bind}`);
+    binds.add(bind);
+  });
+}
+
+function readTarget(r: Reader, v: unknown, path: string): string | undefined {
+  const s = r.string(v, path);
+  if (s === undefined) return undefined;
+  let url: URL;
+  try { url = new URL(s); } catch { return r.fail(path, `expected a URL like http://127.0.0.1:8080, got "${s}"`); }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return r.fail(path, `expected an http:// or https:// URL, got "${s}"`);
+  if (url.search || url.hash || url.username) return r.fail(path, `expected a URL without query, fragment or credentials, got "${s}"`);
+  return url.href.replace(/\/$/, '');
+}
+
+function readUpstream(r: Reader, v: unknown, path: string, name: string): UpstreamConfig | undefined {
+  const d = DEFAULTS.upstream;
+  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts']);
+  if (!o) return undefined;
+  const targets = r.list(o.targets, at(path, 'targets'), (t, p) => readTarget(r, t, p), { minItems: 1 });
+  const balance = r.string(o.balance, at(path, 'balance'), { def: d.balance, oneOf: BALANCE_STRATEGIES }) as UpstreamConfig['balance'] | undefined;
+  let healthCheck: HealthCheckConfig | undefined;
+  if (o.healthCheck !== undefined) {
+    const hp = at(path, 'healthCheck');
+    const h = r.object(o.healthCheck, hp, ['path', 'intervalMs', 'timeoutMs', 'unhealthyAfter', 'healthyAfter']);
+    if (h) {
+      const hpath = r.string(h.path, at(hp, 'path'), { def: d.healthCheck.path });
+      if (hpath !== undefined && !hpath.startsWith('/')) r.fail(at(hp, 'path'), `expected a path starting with '/', got "${hpath}"`);
+      const intervalMs = r.integer(h.intervalMs, at(hp, 'intervalMs'), { def: d.healthCheck.intervalMs, min: 100, max: MS_MAX, what: 'milliseconds' });
+      const timeoutMs = r.integer(h.timeoutMs, at(hp, 'timeoutMs'), { def: d.healthCheck.timeoutMs, min: 10, max: MS_MAX, what: 'milliseconds' });
+      const unhealthyAfter = r.integer(h.unhealthyAfter, at(hp, 'unhealthyAfter'), { def: d.healthCheck.unhealthyAfter, min: 1, max: 100 });
+      const healthyAfter = r.integer(h.healthyAfter, at(hp, 'healthyAfter'), { def: d.healthCheck.healthyAfter, min: 1, max: 100 });
+      if (hpath && intervalMs && timeoutMs && unhealthyAfter && healthyAfter) healthCheck = { path: hpath, intervalMs, timeoutMs, unhealthyAfter, healthyAfter };
+    }
+  }
+  const timeouts = readMsFields<UpstreamTimeouts>(r, o.timeouts, at(path, 'timeouts'), d.timeouts);
+  if (!targets || !balance || !timeouts) return undefined;
+  return { name, targets, balance, timeouts, ...(healthCheck ? { healthCheck } : {}) };
+}
+
+function readRoute(r: Reader, v: unknown, path: string, upstreams: Record<string, UpstreamConfig>): RouteConfig | undefined {
+  const o = r.object(v, path, ['name', 'host', 'pathPrefix', 'upstream', 'timeouts']);
+  if (!o) return undefined;
+  const host = r.string(o.host, at(path, 'host'), { optional: true })?.toLowerCase();
+  if (host !== undefined && !/^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(host)) {
+    r.fail(at(path, 'host'), `expected a host name like api.example.com or *.example.com, got "${host}"`);
+  }
+  const pathPrefix = r.string(o.pathPrefix, at(path, 'pathPrefix'), { def: DEFAULTS.route.pathPrefix });
+  if (pathPrefix !== undefined && !pathPrefix.startsWith('/')) r.fail(at(path, 'pathPrefix'), `expected a path starting with '/', got "${pathPrefix}"`);
+  let upstream: string | undefined;
+  const up = at(path, 'upstream');
+  if (Array.isArray(o.upstream)) {
+    // An inline URL list is an anonymous pool with default settings, named after the route.
+    const targets = r.list(o.upstream, up, (t, p) => readTarget(r, t, p), { minItems: 1 });
+    if (targets) {
+      upstream = path;
+      upstreams[path] = { name: path, targets, balance: DEFAULTS.upstream.balance, timeouts: { ...DEFAULTS.upstream.timeouts } };
+    }
+  } else if (typeof o.upstream === 'string') {
+    upstream = o.upstream;
+    if (!upstreams[upstream]) {
+      const known = Object.keys(upstreams).filter((k) => !k.startsWith('routes['));
+      upstream = r.fail(up, `no upstream pool named "${o.upstream}" (defined: ${known.join(', ') || 'none'}); name one under upstreams: or give a list of URLs`);
+    }
+  } else {
+    r.fail(up, o.upstream === undefined ? 'required (a pool name from upstreams: or a list of URLs)' : 'expected a pool name or a list of URLs');
+  }
+  const name = r.string(o.name, at(path, 'name'), { def: `${host ?? '*'}${pathPrefix ?? '/'}` });
+  const timeouts = o.timeouts === undefined ? {} : readPartialMs(r, o.timeouts, at(path, 'timeouts'));
+  if (!name || !pathPrefix || !upstream || !timeouts) return undefined;
+  return { name, pathPrefix, upstream, timeouts, ...(host ? { host } : {}) };
+}
+
+function readAdmin(r: Reader, v: unknown): Config['admin'] | undefined {
+  const o = v === undefined ? {} : r.object(v, 'admin', ['address', 'port']);
+  if (!o) return undefined;
+  const address = r.string(o.address, 'admin.address', { def: DEFAULTS.admin.address });
+  const port = r.integer(o.port, 'admin.port', { def: DEFAULTS.admin.port, min: 0, max: 65535, what: 'a TCP port' });
+  return address && port !== undefined ? { address, port } : undefined;
+}
+
+function readMsFields<T extends object>(r: Reader, v: unknown, path: string, defaults: T): T | undefined {
+  const keys = Object.keys(defaults);
+  const o = v === undefined ? {} : r.object(v, path, keys);
+  if (!o) return undefined;
+  const out: Record<string, number> = {};
+  let ok = true;
+  for (const k of keys) {
+    const n = r.integer(o[k], at(path, k), { def: (defaults as Record<string, number>)[k], min: 1, max: MS_MAX, what: 'milliseconds' });
+    if (n === undefined) ok = false;
+    else out[k] = n;
+  }
+  return ok ? (out as T) : undefined;
+}
+
+function readPartialMs(r: Reader, v: unknown, path: string): Partial<UpstreamTimeouts> | undefined {
+  const o = r.object(v, path, ['connectMs', 'responseMs', 'idleMs']);
+  if (!o) return undefined;
+  const out: Partial<UpstreamTimeouts> = {};
+  for (const k of ['connectMs', 'responseMs', 'idleMs'] as const) {
+    const n = r.integer(o[k], at(path, k), { optional: true, min: 1, max: MS_MAX, what: 'milliseconds' });
+    if (n !== undefined) out[k] = n;
+  }
+  return out;
+}

@@ -1,0 +1,135 @@
+// Config validation: every error names the field's path and what was expected there.
+import t from 'tap';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigFileError, ConfigInvalidError, ConfigSyntaxError, loadConfig, parseConfig } from '../src/config/index.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-config-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+writeFileSync(join(dir, 'a.pem'), 'x');
+writeFileSync(join(dir, 'a.key'), 'x');
+
+const minimal = `
+listeners:
+  - port: 8443
+    certificates: [{ cert: a.pem, key: a.key }]
+routes:
+  - upstream: [http://127.0.0.1:8080]
+`;
+
+function errorOf(yaml: string): ConfigInvalidError {
+  try {
+    parseConfig(yaml, { baseDir: dir });
+  } catch (err) {
+    if (err instanceof ConfigInvalidError) return err;
+    throw err;
+  }
+  throw new Error('expected the config to be refused');
+}
+
+t.test('a minimal config gets the documented defaults', async (t) => {
+  const c = parseConfig(minimal, { baseDir: dir });
+  t.equal(c.listeners[0]!.name, 'listener0');
+  t.equal(c.listeners[0]!.minVersion, '1.3');
+  t.equal(c.listeners[0]!.maxVersion, '1.3');
+  t.same(c.listeners[0]!.alpn, ['http/1.1']);
+  t.equal(c.listeners[0]!.certificates[0]!.cert, join(dir, 'a.pem'), 'paths resolve against the base directory');
+  t.equal(c.routes[0]!.pathPrefix, '/');
+  t.same(c.upstreams[c.routes[0]!.upstream]!.targets, ['http://127.0.0.1:8080'], 'an inline list becomes a pool');
+  t.equal(c.hsm.mode, 'embedded');
+  t.same(c.hsm.credentials, { env: 'HSMPROXY_PIN' });
+  t.same(c.admin, { address: '127.0.0.1', port: 9464 });
+  t.equal(c.workers, 1);
+});
+
+t.test('an unknown key is an error naming its path', async (t) => {
+  const e = errorOf(minimal.replace('port: 8443', 'port: 8443\n    prot: 1'));
+  t.match(e.message, /^listeners\[0\]\.prot: unknown key \(expected one of: name, address, port/);
+  t.equal(e.code, 'CONFIG_ERR_INVALID');
+});
+
+t.test('an unknown top-level key is an error', async (t) => {
+  t.match(errorOf(minimal + 'lsteners: []\n').message, /^lsteners: unknown key/);
+});
+
+t.test('a wrong type names the field and the expected type', async (t) => {
+  t.match(errorOf(minimal.replace('port: 8443', 'port: "https"')).message, /^listeners\[0\]\.port: expected a TCP port from 0 to 65535, got "https"/);
+  t.match(errorOf(minimal + 'workers: many\n').message, /^workers: expected 'auto' or a number of workers/);
+});
+
+t.test('a port out of range is refused', async (t) => {
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 70000')).message, /^listeners\[0\]\.port: expected a TCP port from 0 to 65535, got number 70000/);
+});
+
+t.test('a missing certificate file names the field and the path as written', async (t) => {
+  const e = errorOf(minimal.replace('certificates: [{ cert: a.pem, key: a.key }]', 'certificates: [{ cert: a.pem, key: a.key }, { cert: a.pem, key: certs/api.key.pem }]'));
+  t.equal(e.message, 'listeners[0].certificates[1].key: file not found: certs/api.key.pem');
+});
+
+t.test('file checks can be skipped for configs whose files are generated later', async (t) => {
+  const c = parseConfig(minimal.replace('key: a.key', 'key: missing.key'), { baseDir: dir, checkFiles: false });
+  t.equal(c.listeners[0]!.certificates[0]!.key, join(dir, 'missing.key'));
+});
+
+t.test('a credentials file readable by others is refused with the chmod to run', async (t) => {
+  const pin = join(dir, 'pin');
+  writeFileSync(pin, '1234');
+  chmodSync(pin, 0o644);
+  t.equal(errorOf(minimal + 'hsm: { credentials: { file: pin } }\n').message, 'hsm.credentials.file: pin is readable by others (mode 644); run: chmod 600 pin');
+  chmodSync(pin, 0o600);
+  t.same(parseConfig(minimal + 'hsm: { credentials: { file: pin } }\n', { baseDir: dir }).hsm.credentials, { file: pin });
+});
+
+t.test('credentials need exactly one source', async (t) => {
+  t.match(errorOf(minimal + 'hsm: { credentials: { env: A, file: pin } }\n').message, /^hsm\.credentials: expected exactly one of env/);
+});
+
+t.test('a route naming an undefined pool says which pools exist', async (t) => {
+  const e = errorOf(minimal.replace('upstream: [http://127.0.0.1:8080]', 'upstream: api') + 'upstreams:\n  web: { targets: [http://127.0.0.1:1] }\n');
+  t.equal(e.message, 'routes[0].upstream: no upstream pool named "api" (defined: web); name one under upstreams: or give a list of URLs');
+});
+
+t.test('an upstream target must be an http(s) URL', async (t) => {
+  t.match(errorOf(minimal.replace('http://127.0.0.1:8080', 'ftp://x')).message, /^routes\[0\]\.upstream\[0\]: expected an http:\/\/ or https:\/\/ URL/);
+});
+
+t.test('enumerations list the accepted values', async (t) => {
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    minVersion: "1.1"')).message, /^listeners\[0\]\.minVersion: expected one of '1\.2', '1\.3', got "1\.1"/);
+  t.match(errorOf(minimal + 'hsm: { profile: huge }\n').message, /^hsm\.profile: expected one of 'unlimited', 'hsm1\.medium', 'hsm2m\.medium'/);
+});
+
+t.test('TLS 1.2 is accepted and minVersion may not exceed maxVersion', async (t) => {
+  t.equal(parseConfig(minimal.replace('port: 8443', 'port: 8443\n    minVersion: "1.2"'), { baseDir: dir }).listeners[0]!.minVersion, '1.2');
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    maxVersion: "1.2"')).message, /^listeners\[0\]\.minVersion: must not be above maxVersion/);
+});
+
+t.test('clientAuth require needs a CA file', async (t) => {
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    clientAuth: { mode: require }')).message, /^listeners\[0\]\.clientAuth\.caFile: required/);
+});
+
+t.test('mode-specific hsm fields are refused under another mode', async (t) => {
+  t.match(errorOf(minimal + 'hsm: { mode: embedded, manifest: m.json }\n').message, /^hsm\.manifest: only used with mode: cluster/);
+  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, token: t }\n').message, /^hsm\.module: required/);
+});
+
+t.test('two listeners on the same address and port are refused', async (t) => {
+  const y = minimal.replace('listeners:\n', 'listeners:\n  - { name: b, port: 8443, certificates: [{ cert: a.pem, key: a.key }] }\n');
+  t.match(errorOf(y).message, /^listeners\[1\]\.port: another listener already uses 0\.0\.0\.0:8443/);
+});
+
+t.test('every problem is collected, the message counts the rest', async (t) => {
+  const e = errorOf(minimal + 'workers: 0\nlog: { level: loud }\n');
+  t.equal(e.issues.length, 2);
+  t.match(e.message, /\(and 1 more problem\)$/);
+});
+
+t.test('invalid YAML reports line and column', async (t) => {
+  t.throws(() => parseConfig('listeners: [\n', { source: 'x.yaml' }), ConfigSyntaxError);
+  t.throws(() => parseConfig('a: 1\na: 2\n', { source: 'x.yaml' }), { message: /x\.yaml: not valid YAML: line 2/ });
+});
+
+t.test('a missing config file is a file error, not a stack trace', async (t) => {
+  t.throws(() => loadConfig(join(dir, 'nope.yaml')), ConfigFileError);
+  t.throws(() => loadConfig(join(dir, 'nope.yaml')), { code: 'CONFIG_ERR_FILE', message: /config file not found/ });
+});
