@@ -27,7 +27,7 @@ function verifies(scheme: number, publicKey: KeyObject, msg: Buffer, sig: Buffer
 }
 
 if (skip) {
-  t.skip(`SoftHSM signing tests: ${skip}`);
+  t.test('SoftHSM signing tests', { skip }, async () => {});
 } else {
   const hsm = createSoftHsm();
   hsm.addToken('sign');
