@@ -1,0 +1,58 @@
+// The observability contract, duplicated on purpose: emitters (tls/, hsm/client, engine/) publish
+// these plain objects on node:diagnostics_channel; metrics/ must not import them, so the channel
+// names and payload shapes are restated here. Keep in sync with the contract, not with the code.
+
+/** Channel names (fixed by the contract). */
+export const CHANNELS = {
+  tlsHandshake: 'hsmproxy:tls:handshake',
+  hsmRequest: 'hsmproxy:hsm:request',
+  hsmState: 'hsmproxy:hsm:state',
+  engineSign: 'hsmproxy:engine:sign',
+} as const;
+
+/** One TLS handshake, success or failure (from tls/). */
+export interface TlsHandshakeEvent {
+  version: 'TLSv1.3' | 'TLSv1.2';
+  suite: string;
+  group: string;
+  keyType: 'rsa' | 'ec' | '';
+  resumed: boolean;
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  alert?: string;
+  durationMs: number;
+  signWaitMs: number;
+  servername?: string;
+  listener?: string;
+}
+
+/** One request to one HSM (from hsm/client). */
+export interface HsmRequestEvent {
+  op: string;
+  mechanism: string;
+  hsm: string;
+  rttMs: number;
+  queueWaitMs: number;
+  serviceMs: number;
+  outcome: string;
+}
+
+/** An HSM's state, on change and on each health check (from hsm/client). */
+export interface HsmStateEvent {
+  hsm: string;
+  address: string;
+  up: boolean;
+  inFlight: number;
+  keysToken?: number;
+  keysSession?: number;
+  keysMax?: number;
+  utilisation?: number;
+}
+
+/** One signature made through the engine. */
+export interface EngineSignEvent {
+  backend: 'sim' | 'pkcs11' | 'soft';
+  keyType: 'rsa' | 'ec';
+  scheme: number;
+  durationMs: number;
+  outcome: string;
+}

@@ -1,0 +1,53 @@
+// Every hsmproxy metric, defined here and nowhere else (names from DESIGN.md "Metrics").
+// Label sets are small and bounded: HSM ids, configured routes and upstream targets, fixed enums.
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+/** Seconds from 50 µs doubling to ~6.5 s: resolves a fast HSM sign and a stalled upstream alike. */
+export const LATENCY_BUCKETS: number[] = Array.from({ length: 18 }, (_, i) => Number((0.00005 * 2 ** i).toPrecision(6)));
+
+/** The per-HSM key limit of the modelled hardware (CloudHSM: 3,500 keys, token + session). */
+export const HSM_KEYS_LIMIT = 3500;
+
+function histogram<L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[]): Histogram<L> {
+  return new Histogram({ name, help, labelNames, buckets: LATENCY_BUCKETS, registers: [registry] });
+}
+
+function build(registry: Registry) {
+  const r = [registry];
+  return {
+    hsmRequestDuration: histogram(registry, 'hsmproxy_hsm_request_duration_seconds', 'Round trip of one HSM request as seen by the client, by operation, mechanism and HSM.', ['op', 'mechanism', 'hsm'] as const),
+    hsmQueueWait: histogram(registry, 'hsmproxy_hsm_queue_wait_seconds', 'Time a request waited for a crypto unit inside the HSM (reported by the HSM).', ['op', 'hsm'] as const),
+    hsmServiceTime: histogram(registry, 'hsmproxy_hsm_service_seconds', 'Time the HSM spent on the operation itself (reported by the HSM).', ['op', 'mechanism', 'hsm'] as const),
+    hsmRequests: new Counter({ name: 'hsmproxy_hsm_requests_total', help: 'HSM requests by operation, HSM and outcome (ok or an HSM_ERR_* code).', labelNames: ['op', 'hsm', 'outcome'] as const, registers: r }),
+    hsmErrors: new Counter({ name: 'hsmproxy_hsm_errors_total', help: 'Failed HSM requests by HSM and error code.', labelNames: ['hsm', 'code'] as const, registers: r }),
+    hsmInFlight: new Gauge({ name: 'hsmproxy_hsm_in_flight', help: 'Requests sent to the HSM and not yet answered.', labelNames: ['hsm'] as const, registers: r }),
+    hsmUp: new Gauge({ name: 'hsmproxy_hsm_up', help: '1 when the HSM answers health checks, 0 when it does not.', labelNames: ['hsm'] as const, registers: r }),
+    hsmKeys: new Gauge({ name: 'hsmproxy_hsm_keys', help: 'Keys occupied on the HSM, by kind (token or session).', labelNames: ['hsm', 'kind'] as const, registers: r }),
+    hsmKeysMax: new Gauge({ name: 'hsmproxy_hsm_keys_max', help: `Key capacity of the HSM (${HSM_KEYS_LIMIT} on the modelled hardware).`, labelNames: ['hsm'] as const, registers: r }),
+    hsmUtilisation: new Gauge({ name: 'hsmproxy_hsm_utilisation_ratio', help: 'Busy fraction of the HSM crypto units (0..1), when the HSM reports it.', labelNames: ['hsm'] as const, registers: r }),
+    tlsHandshakeDuration: histogram(registry, 'hsmproxy_tls_handshake_duration_seconds', 'TLS handshake duration from ClientHello to Finished, by version, key type and resumption.', ['version', 'key_type', 'resumed'] as const),
+    tlsSignWait: histogram(registry, 'hsmproxy_tls_handshake_sign_wait_seconds', 'Part of the handshake spent waiting for the private-key signature.', ['version', 'key_type'] as const),
+    tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error) and alert.', labelNames: ['result', 'alert', 'listener'] as const, registers: r }),
+    httpRequestDuration: histogram(registry, 'hsmproxy_http_request_duration_seconds', 'HTTP request duration from request head to response end, by method, status class and route.', ['method', 'status_class', 'route'] as const),
+    httpUpstreamDuration: histogram(registry, 'hsmproxy_http_upstream_duration_seconds', 'Time from sending to an upstream until its response head, by route and upstream target.', ['route', 'upstream'] as const),
+    httpUpstreamErrors: new Counter({ name: 'hsmproxy_http_upstream_errors_total', help: 'Requests answered by the proxy itself: refused (502), timeout (504), unavailable (503).', labelNames: ['route', 'reason'] as const, registers: r }),
+    upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, registers: r }),
+    engineSignDuration: histogram(registry, 'hsmproxy_engine_sign_duration_seconds', 'Signature duration through the engine, by backend and key type.', ['backend', 'key_type'] as const),
+    engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
+  };
+}
+
+/** The typed handles of every hsmproxy metric in one registry. */
+export type HsmproxyMetrics = ReturnType<typeof build>;
+
+const byRegistry = new WeakMap<Registry, HsmproxyMetrics>();
+
+/** Defines every metric in `registry` (once per registry; later calls return the same handles). */
+export function defineMetrics(registry: Registry): HsmproxyMetrics {
+  let m = byRegistry.get(registry);
+  if (!m) {
+    m = build(registry);
+    byRegistry.set(registry, m);
+  }
+  return m;
+}

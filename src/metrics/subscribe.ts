@@ -1,0 +1,64 @@
+// Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { CHANNELS, type EngineSignEvent, type HsmRequestEvent, type HsmStateEvent, type TlsHandshakeEvent } from './channels.js';
+import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
+
+const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 1000 : 0);
+
+/** Records one handshake event. */
+export function recordHandshake(m: HsmproxyMetrics, e: TlsHandshakeEvent): void {
+  m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '' });
+  if (e.result !== 'ok') return;
+  const keyType = e.keyType || 'none';
+  m.tlsHandshakeDuration.observe({ version: e.version, key_type: keyType, resumed: String(e.resumed) }, seconds(e.durationMs));
+  // A resumed handshake signs nothing; its zero wait would only dilute the signal.
+  if (!e.resumed) m.tlsSignWait.observe({ version: e.version, key_type: keyType }, seconds(e.signWaitMs));
+}
+
+/** Records one HSM request event. */
+export function recordHsmRequest(m: HsmproxyMetrics, e: HsmRequestEvent): void {
+  m.hsmRequests.inc({ op: e.op, hsm: e.hsm, outcome: e.outcome });
+  if (e.outcome !== 'ok') {
+    m.hsmErrors.inc({ hsm: e.hsm, code: e.outcome });
+    return;
+  }
+  m.hsmRequestDuration.observe({ op: e.op, mechanism: e.mechanism, hsm: e.hsm }, seconds(e.rttMs));
+  m.hsmQueueWait.observe({ op: e.op, hsm: e.hsm }, seconds(e.queueWaitMs));
+  m.hsmServiceTime.observe({ op: e.op, mechanism: e.mechanism, hsm: e.hsm }, seconds(e.serviceMs));
+}
+
+/** Records one HSM state event. */
+export function recordHsmState(m: HsmproxyMetrics, e: HsmStateEvent): void {
+  m.hsmUp.set({ hsm: e.hsm }, e.up ? 1 : 0);
+  m.hsmInFlight.set({ hsm: e.hsm }, e.inFlight);
+  if (e.keysToken !== undefined) m.hsmKeys.set({ hsm: e.hsm, kind: 'token' }, e.keysToken);
+  if (e.keysSession !== undefined) m.hsmKeys.set({ hsm: e.hsm, kind: 'session' }, e.keysSession);
+  m.hsmKeysMax.set({ hsm: e.hsm }, e.keysMax ?? HSM_KEYS_LIMIT);
+  if (e.utilisation !== undefined) m.hsmUtilisation.set({ hsm: e.hsm }, e.utilisation);
+}
+
+/** Records one engine signature event. */
+export function recordEngineSign(m: HsmproxyMetrics, e: EngineSignEvent): void {
+  m.engineSigns.inc({ backend: e.backend, key_type: e.keyType, outcome: e.outcome });
+  if (e.outcome === 'ok') m.engineSignDuration.observe({ backend: e.backend, key_type: e.keyType }, seconds(e.durationMs));
+}
+
+/** Subscribes `m` to every channel of the contract; returns the function that unsubscribes. */
+export function subscribeMetrics(m: HsmproxyMetrics): () => void {
+  // A malformed event from an emitter must never throw into the emitter's code path.
+  const guard = <E>(record: (m: HsmproxyMetrics, e: E) => void) => (msg: unknown) => {
+    try {
+      if (msg && typeof msg === 'object') record(m, msg as E);
+    } catch {
+      /* a bad label value is dropped, not propagated */
+    }
+  };
+  const subs: Array<[string, (msg: unknown) => void]> = [
+    [CHANNELS.tlsHandshake, guard(recordHandshake)],
+    [CHANNELS.hsmRequest, guard(recordHsmRequest)],
+    [CHANNELS.hsmState, guard(recordHsmState)],
+    [CHANNELS.engineSign, guard(recordEngineSign)],
+  ];
+  for (const [name, fn] of subs) subscribe(name, fn);
+  return () => { for (const [name, fn] of subs) unsubscribe(name, fn); };
+}
