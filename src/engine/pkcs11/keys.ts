@@ -148,7 +148,11 @@ export function privateKeyHandle(token: Pkcs11Token, session: Buffer, sel: KeySe
   if (cached) return cached;
   if (!sel.id && sel.label === undefined) throw new KeyNotFoundError('(no id or label given)');
   const found = findObjects(token.api, session, [{ type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, ...selectorTemplate(sel)]);
-  if (found.length === 0) throw new KeyNotFoundError(describeSelector(sel));
+  if (found.length === 0) {
+    // Private keys are invisible to a session that is not logged in: report that, so run() logs in again.
+    if (!token.loggedIn(session)) throw new ck.Pkcs11Error('CKR_USER_NOT_LOGGED_IN:257', ck.CKR_USER_NOT_LOGGED_IN, 'C_FindObjects');
+    throw new KeyNotFoundError(describeSelector(sel));
+  }
   if (found.length > 1) throw new Pkcs11EngineError(`${found.length} private keys are ${describeSelector(sel)}; name the key by its id`, 'ENGINE_ERR_AMBIGUOUS_KEY');
   token.handles.set(cacheKey, found[0]!);
   return found[0]!;

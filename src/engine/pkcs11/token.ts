@@ -46,6 +46,10 @@ const LOSS = new Map<number, LossKind>([
   [ck.CKR_OBJECT_HANDLE_INVALID, 'object'],
 ]);
 
+// Session states (PKCS#11 v2.40 §5.6); pkcs11js does not export the CKS_* constants.
+const CKS_RO_USER_FUNCTIONS = 1;
+const CKS_RW_USER_FUNCTIONS = 3;
+
 /** Default number of sessions (and so of operations in flight) per token. */
 export const DEFAULT_POOL_SIZE = 8;
 
@@ -173,7 +177,15 @@ export class Pkcs11Token implements SessionSource {
   // Re-establishes what was lost. Synchronous, so concurrent failures of one epoch recover once.
   private recover(kind: LossKind, epoch: number, s: Session | undefined, operation: string, err: unknown): void {
     const ckr = ckrName(ckrOf(err) ?? 0);
-    if (kind === 'object') { this.handles.clear(); return; }
+    if (kind === 'object') {
+      this.handles.clear();
+      // Private objects vanish (invalid handle, empty search) when the login is gone: log in again.
+      if (s && s.epoch === this.epoch && !this.loggedIn(s.handle)) {
+        this.login(s.handle);
+        this.onRecovery?.({ kind: 'login', ckr, operation });
+      }
+      return;
+    }
     if (kind === 'login') {
       this.needLogin = true;
       if (s && s.epoch === this.epoch) this.login(s.handle);
@@ -229,6 +241,12 @@ export class Pkcs11Token implements SessionSource {
     if (this.owned.get(key) === s) this.owned.delete(key);
     if (s.dead) return;
     try { this.mod.api.C_CloseSession(s.handle); } catch { /* already closed underneath us */ }
+  }
+
+  /** Whether the session sees private objects (state CKS_*_USER_FUNCTIONS). */
+  loggedIn(session: Buffer): boolean {
+    const state = this.mod.api.C_GetSessionInfo(session).state;
+    return state === CKS_RW_USER_FUNCTIONS || state === CKS_RO_USER_FUNCTIONS;
   }
 
   private login(handle: Buffer): void {

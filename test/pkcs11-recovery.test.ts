@@ -1,0 +1,105 @@
+// Sessions, logins and the module itself lost underneath the backend: detected, re-established,
+// the request retried once; a loss that persists fails cleanly.
+import t from 'tap';
+import { verify } from 'node:crypto';
+import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
+import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
+import type { Pkcs11Backend, Pkcs11Key } from '../src/engine/pkcs11/backend.js';
+import type { Pkcs11Signer } from '../src/engine/pkcs11/signer.js';
+import type { RecoveryEvent } from '../src/engine/pkcs11/token.js';
+import { ck, ckrOf } from '../src/engine/pkcs11/module.js';
+import { Scheme } from '../src/engine/pkcs11/mechanisms.js';
+
+const skip = softhsmSkipReason();
+if (skip) {
+  t.test('SoftHSM recovery tests', { skip }, async () => {});
+} else {
+  const hsm = createSoftHsm();
+  hsm.addToken('recovery');
+  const events: RecoveryEvent[] = [];
+  let backend: Pkcs11Backend;
+  let key: Pkcs11Key;
+  let signer: Pkcs11Signer;
+  t.before(async () => {
+    backend = await openPkcs11Backend({ module: hsm.module, token: 'recovery', pin: TEST_PIN, poolSize: 4, onRecovery: (e) => events.push(e) });
+    key = await backend.generateKey({ type: 'ec', curve: 'P-256' }, 'survivor');
+    signer = await backend.signer(key);
+  });
+  t.teardown(async () => { await backend?.close(); hsm.cleanup(); });
+
+  /** A second, independent handle on the same module, as another part of the process would hold. */
+  function secondHandle(): InstanceType<typeof ck.PKCS11> {
+    const other = new ck.PKCS11();
+    other.load(hsm.module);
+    try { other.C_Initialize(); } catch (err) { if (ckrOf(err) !== ck.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err; }
+    return other;
+  }
+
+  async function signsAndVerifies(n: number): Promise<boolean> {
+    const sigs = await Promise.all(Array.from({ length: n }, (_, i) => signer.sign(Scheme.ecdsa_secp256r1_sha256, Buffer.from(`m${i}`))));
+    return sigs.every((sig, i) => verify('sha256', Buffer.from(`m${i}`), key.publicKey, sig));
+  }
+
+  t.test('after C_CloseAllSessions from another handle, signing recovers and succeeds', async (t) => {
+    t.ok(await signsAndVerifies(8), 'warm: sessions open');
+    events.length = 0;
+    const other = secondHandle();
+    other.C_CloseAllSessions(backend.token.info.slot);
+    other.close();
+    t.ok(await signsAndVerifies(8), 'all signatures after the loss verify');
+    t.equal(events.filter((e) => e.kind === 'session').length, 1, 'recovered once for the whole pool');
+    t.equal(events[0]?.ckr, 'CKR_SESSION_HANDLE_INVALID');
+  });
+
+  t.test('after the module is finalised and re-initialised underneath, signing recovers', async (t) => {
+    t.ok(await signsAndVerifies(4));
+    events.length = 0;
+    const other = secondHandle();
+    other.C_Finalize();
+    other.close();
+    t.ok(await signsAndVerifies(8), 'signatures after re-initialisation verify');
+    t.same(events.map((e) => [e.kind, e.ckr]), [['module', 'CKR_CRYPTOKI_NOT_INITIALIZED']]);
+    t.ok(await backend.findKey({ id: key.id }), 'key operations work too');
+  });
+
+  t.test('after a logout from another session, the backend logs in again', async (t) => {
+    t.ok(await signsAndVerifies(2));
+    events.length = 0;
+    const other = secondHandle();
+    const s = other.C_OpenSession(backend.token.info.slot, ck.CKF_SERIAL_SESSION);
+    other.C_Logout(s);
+    other.C_CloseSession(s);
+    other.close();
+    t.ok(await signsAndVerifies(4));
+    t.ok(events.some((e) => e.kind === 'login' || e.kind === 'session'), `recovered (${events.map((e) => e.kind).join(',')})`);
+  });
+
+  t.test('a loss that persists after one retry fails cleanly with the CKR name', async (t) => {
+    let calls = 0;
+    const err = await backend.token.run('signing', () => {
+      calls++;
+      throw new ck.Pkcs11Error('CKR_SESSION_HANDLE_INVALID:179', ck.CKR_SESSION_HANDLE_INVALID, 'C_Sign');
+    }).then(() => undefined, (e: Error & { code?: string }) => e);
+    t.equal(calls, 2, 'tried, recovered, retried once');
+    t.equal(err?.code, 'ENGINE_ERR_PKCS11_OPERATION');
+    t.equal(err?.message, 'PKCS#11 signing failed: CKR_SESSION_HANDLE_INVALID');
+    t.ok(await signsAndVerifies(2), 'the backend still works afterwards');
+  });
+
+  t.test('an ordinary token error is not retried', async (t) => {
+    let calls = 0;
+    await t.rejects(backend.token.run('signing', () => {
+      calls++;
+      throw new ck.Pkcs11Error('CKR_DATA_LEN_RANGE:33', ck.CKR_DATA_LEN_RANGE, 'C_Sign');
+    }), { code: 'ENGINE_ERR_PKCS11_OPERATION', message: /CKR_DATA_LEN_RANGE/ });
+    t.equal(calls, 1);
+  });
+
+  t.test('recovery leaves no more sessions open than the pool size', async (t) => {
+    const other = secondHandle();
+    other.C_CloseAllSessions(backend.token.info.slot);
+    t.ok(await signsAndVerifies(16));
+    other.close();
+    t.ok(backend.stats().open <= 4, `${backend.stats().open} sessions open`);
+  });
+}
