@@ -1,0 +1,17 @@
+// engine/: the OpenSSL-engine-style bridge between key references and the places keys live.
+// Parses key references ("fake PEM"), resolves them on a backend (sim, pkcs11, soft), hands out
+// Signers for tls/ and a WebCrypto provider for pki/, and applies admission control.
+// May import src/hsm/client and node built-ins; never src/tls (Signer is duplicated structurally).
+export * from './algorithm.js';
+export * from './admission.js';
+export type { Backend, BackendKind, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from './backend.js';
+export * from './credentials.js';
+export * from './ecdsa.js';
+export * from './engine.js';
+export * from './errors.js';
+export * from './keyref.js';
+export * from './schemes.js';
+export * from './signer.js';
+export * from './sim.js';
+export * from './soft.js';
+export * from './webcrypto.js';

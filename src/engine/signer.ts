@@ -1,0 +1,147 @@
+// The Signer handed to tls/ (and used by the WebCrypto provider): maps TLS schemes to HSM
+// mechanisms, goes through admission control, returns TLS wire-form signatures (DER ECDSA),
+// verifies each signature before releasing it (RSA by default: an RSA-CRT fault leaks the key),
+// and publishes `hsmproxy:engine:sign` on node:diagnostics_channel.
+import { channel } from 'node:diagnostics_channel';
+import { performance } from 'node:perf_hooks';
+import { CURVES, describeAlgorithm, type Curve, type KeyAlgorithm, type Mechanism } from './algorithm.js';
+import type { Admission } from './admission.js';
+import type { Backend, BackendKind, KeyHandle } from './backend.js';
+import { derToRaw, rawToDer } from './ecdsa.js';
+import { DerError } from './der.js';
+import { AbortedError, BackendError, BadSignatureError, EngineError, UnsupportedError } from './errors.js';
+import { mechanismFits, mechanismForScheme, schemesFor, verifySignature } from './schemes.js';
+
+/** Signer contract shared with src/tls/signer.ts (structurally identical, defined here so engine/ does not import tls/). */
+export interface Signer {
+  readonly keyType: 'rsa' | 'ec';
+  readonly curve?: 'P-256' | 'P-384';
+  readonly bits?: number;
+  readonly schemes: readonly number[];
+  sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer>;
+}
+
+/** A certificate chain (leaf first, DER) with the signer for the leaf's key. */
+export interface CertifiedKey {
+  readonly chain: readonly Buffer[];
+  readonly signer: Signer;
+}
+
+/** Channel name and message of the per-signature event (metrics/ duplicates these). */
+export const ENGINE_SIGN_CHANNEL = 'hsmproxy:engine:sign';
+export interface EngineSignEvent {
+  backend: BackendKind;
+  keyType: 'rsa' | 'ec';
+  scheme: number;
+  durationMs: number;
+  outcome: 'ok' | string;
+}
+const signChannel = channel(ENGINE_SIGN_CHANNEL);
+
+/** When to verify a signature before returning it. */
+export type VerifyPolicy = 'all' | 'rsa' | 'none';
+
+/** Everything an EngineSigner needs; built by Engine.signer(). */
+export interface EngineSignerOptions {
+  backend: Backend;
+  key: KeyHandle;
+  /** Gates applied in order (e.g. per listener, then global). */
+  gates: readonly Admission[];
+  verify?: VerifyPolicy;
+}
+
+/** Signs with one HSM key on behalf of TLS and PKI code. */
+export class EngineSigner implements Signer {
+  readonly keyType: 'rsa' | 'ec';
+  readonly curve?: Curve;
+  readonly bits?: number;
+  readonly schemes: readonly number[];
+  readonly algorithm: KeyAlgorithm;
+  readonly key: KeyHandle;
+  private readonly backend: Backend;
+  private readonly gates: readonly Admission[];
+  private readonly verify: boolean;
+
+  constructor(opts: EngineSignerOptions) {
+    this.backend = opts.backend;
+    this.key = opts.key;
+    this.gates = opts.gates;
+    this.algorithm = opts.key.algorithm;
+    this.keyType = this.algorithm.type;
+    if (this.algorithm.type === 'rsa') this.bits = this.algorithm.bits;
+    else this.curve = this.algorithm.curve;
+    this.schemes = Object.freeze(schemesFor(this.algorithm));
+    const policy = opts.verify ?? 'rsa';
+    this.verify = policy === 'all' || (policy === 'rsa' && this.keyType === 'rsa');
+  }
+
+  /** Signs `data` for TLS with `scheme`; returns the wire form (DER for ECDSA). */
+  sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+    const mechanism = mechanismForScheme(scheme);
+    if (!mechanism || !this.schemes.includes(scheme)) {
+      const err = new UnsupportedError(`signature scheme 0x${scheme.toString(16).padStart(4, '0')} is not available for this ${describeAlgorithm(this.algorithm)} key`);
+      this.publish(scheme, 0, err.code);
+      return Promise.reject(err);
+    }
+    return this.run(scheme, mechanism, data, signal);
+  }
+
+  /** Signs with an explicit mechanism (certificates, CSRs); ECDSA answers in DER. */
+  signMechanism(mechanism: Mechanism, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+    if (!mechanismFits(this.algorithm, mechanism)) {
+      return Promise.reject(new UnsupportedError(`mechanism ${mechanism} does not fit this ${describeAlgorithm(this.algorithm)} key`));
+    }
+    return this.run(schemeForMechanism(mechanism, this.algorithm), mechanism, data, signal);
+  }
+
+  private async run(scheme: number, mechanism: Mechanism, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+    const start = performance.now();
+    try {
+      const sig = await this.gated(0, () => this.produce(mechanism, data, signal), signal);
+      if (signal?.aborted) throw new AbortedError();
+      this.publish(scheme, performance.now() - start, 'ok');
+      return sig;
+    } catch (err) {
+      const coded = err instanceof EngineError ? err : new BackendError((err as Error)?.message ?? String(err), err);
+      this.publish(scheme, performance.now() - start, coded.code);
+      throw coded;
+    }
+  }
+
+  private gated<T>(i: number, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const gate = this.gates[i];
+    if (!gate) return fn();
+    return gate.run(() => this.gated(i + 1, fn, signal), signal);
+  }
+
+  private async produce(mechanism: Mechanism, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+    let sig = await this.backend.sign(this.key, mechanism, data, signal ? { signal } : {});
+    if (this.algorithm.type === 'ec') {
+      const size = CURVES[this.algorithm.curve].size;
+      try {
+        // Canonicalise: raw r‖s becomes DER; DER is re-encoded so a sloppy encoding never reaches a peer.
+        sig = rawToDer(this.backend.ecdsaEncoding === 'raw' ? sig : derToRaw(sig, size), size);
+      } catch (err) {
+        if (err instanceof DerError) throw new BadSignatureError(`key ${this.key.keyId} (${err.message})`);
+        throw err;
+      }
+    }
+    if (this.verify && !verifySignature(this.key.publicKey, mechanism, data, sig)) {
+      throw new BadSignatureError(`key ${this.key.keyId} ("${this.key.label}")`);
+    }
+    return sig;
+  }
+
+  private publish(scheme: number, durationMs: number, outcome: string): void {
+    if (!signChannel.hasSubscribers) return;
+    const event: EngineSignEvent = { backend: this.backend.kind, keyType: this.keyType, scheme, durationMs, outcome };
+    signChannel.publish(event);
+  }
+}
+
+/** The TLS scheme code for a mechanism on this key, or 0 when TLS has none (e.g. ECDSA P-256 with SHA-384). */
+function schemeForMechanism(m: Mechanism, alg: KeyAlgorithm): number {
+  for (const scheme of schemesFor(alg)) if (mechanismForScheme(scheme) === m) return scheme;
+  return 0;
+}
+
