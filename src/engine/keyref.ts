@@ -286,8 +286,9 @@ export async function readKeyRef(path: string): Promise<KeyRef> {
  * Writes a key reference file for a key (a KeyRef, or a backend key handle carrying one).
  * Refuses to overwrite an existing file unless `overwrite` is set. Returns the PEM written.
  */
-export async function writeKeyReference(key: KeyRef | { readonly ref: KeyRef }, path: string, opts: { overwrite?: boolean } = {}): Promise<string> {
-  const ref = 'ref' in key ? key.ref : key;
+export async function writeKeyReference(key: KeyRef | { readonly ref?: KeyRef; readonly keyId: string }, path: string, opts: { overwrite?: boolean } = {}): Promise<string> {
+  const ref = 'backend' in key && 'publicKey' in key && !('algorithm' in key) ? (key as KeyRef) : (key as { ref?: KeyRef }).ref;
+  if (!ref) throw new UnsupportedError(`key ${key.keyId} has no key reference (soft keys live in a file, not an HSM)`);
   const pem = formatKeyRef(ref);
   try {
     await writeFile(path, pem, { mode: 0o644, flag: opts.overwrite ? 'w' : 'wx' });
