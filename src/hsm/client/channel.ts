@@ -1,0 +1,184 @@
+// The pipelined request/response channel over one socket: request ids, a pending map, frames
+// batched into one socket write per event-loop turn, per-request deadlines and AbortSignals.
+// Knows frames, not operations; HsmConnection puts typed methods on top.
+import type { Socket } from 'node:net';
+import {
+  DEFAULT_MAX_RESPONSE_FRAME, FLAG_JSON, FrameDecoder, HEADER_BYTES, ProtocolError, STATUS_OK, writeHeader, readJson,
+  type Frame, type WireError,
+} from '../protocol/index.js';
+import {
+  HsmAbortedError, HsmConnectionClosedError, HsmProtocolViolationError, HsmRemoteError, HsmTimeoutError, type HsmClientError,
+} from './errors.js';
+
+/** A successful response frame with the HSM's timings. */
+export interface Reply {
+  body: Buffer;
+  json: boolean;
+  queueWaitUs: number;
+  serviceUs: number;
+}
+
+/** Per-request options: a deadline and a cancellation signal. */
+export interface RequestOptions {
+  /** Milliseconds before the request fails with HSM_ERR_TIMEOUT (default: the connection's). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+interface Pending {
+  resolve(r: Reply): void;
+  reject(e: Error): void;
+  timer?: NodeJS.Timeout;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+/** Frames in, frames out, matched by request id. */
+export class FrameChannel {
+  private readonly pending = new Map<number, Pending>();
+  private readonly decoder: FrameDecoder;
+  private outbox: Buffer[] = [];
+  private flushScheduled = false;
+  private nextId = 1;
+  private closedWith: HsmClientError | undefined;
+  private readonly closeListeners: Array<(err: HsmClientError) => void> = [];
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly hsmId: string,
+    private readonly defaultTimeoutMs: number,
+    maxResponseFrame = DEFAULT_MAX_RESPONSE_FRAME,
+    // Maps a socket error to the error pending requests see (e.g. a TLS alert → HsmTlsError).
+    private readonly describeSocketError: (err: Error) => HsmClientError = (err) => new HsmConnectionClosedError(hsmId, err.message),
+  ) {
+    this.decoder = new FrameDecoder(maxResponseFrame);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.fail(this.describeSocketError(err)));
+    socket.on('close', () => this.fail(new HsmConnectionClosedError(hsmId, 'the HSM closed the connection')));
+  }
+
+  /** Requests sent and not yet answered. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** The error that closed the channel, if it is closed. */
+  get closedError(): HsmClientError | undefined {
+    return this.closedWith;
+  }
+
+  /** Called once when the channel closes, with the reason. */
+  onClose(listener: (err: HsmClientError) => void): void {
+    if (this.closedWith) listener(this.closedWith);
+    else this.closeListeners.push(listener);
+  }
+
+  /**
+   * Sends one request. `frame` has HEADER_BYTES reserved at its front (protocol write* helpers);
+   * the header is filled here. Resolves with the reply or rejects with a typed error.
+   */
+  request(opcode: number, frame: Buffer, json: boolean, opLabel: string, opts: RequestOptions = {}): Promise<Reply> {
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    if (opts.signal?.aborted) return Promise.reject(new HsmAbortedError(opLabel));
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    writeHeader(frame, 0, frame.length - HEADER_BYTES, id, opcode, json ? FLAG_JSON : 0);
+    return new Promise<Reply>((resolve, reject) => {
+      const p: Pending = { resolve, reject };
+      const timeoutMs = opts.timeoutMs ?? this.defaultTimeoutMs;
+      if (timeoutMs > 0 && Number.isFinite(timeoutMs)) {
+        p.timer = setTimeout(() => this.settle(id, new HsmTimeoutError(this.hsmId, opLabel, timeoutMs)), timeoutMs);
+      }
+      if (opts.signal) {
+        p.signal = opts.signal;
+        p.onAbort = () => this.settle(id, new HsmAbortedError(opLabel));
+        opts.signal.addEventListener('abort', p.onAbort, { once: true });
+      }
+      this.pending.set(id, p);
+      this.outbox.push(frame);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        // Everything queued during this turn of the event loop leaves in one socket write.
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Closes the channel: pending requests fail with `err` (default: closed by the client). */
+  destroy(err: HsmClientError = new HsmConnectionClosedError(this.hsmId, 'closed by the client')): void {
+    this.fail(err);
+    this.socket.destroy();
+  }
+
+  /** Ends the socket after the queued frames are written; pending requests fail. */
+  async end(): Promise<void> {
+    if (this.closedWith) return;
+    this.flush();
+    await new Promise<void>((resolve) => {
+      this.socket.once('close', () => resolve());
+      this.socket.end();
+      setTimeout(() => { this.socket.destroy(); resolve(); }, 1000).unref();
+    });
+    this.fail(new HsmConnectionClosedError(this.hsmId, 'closed by the client'));
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.outbox.length === 0 || this.closedWith) return;
+    const out = this.outbox.length === 1 ? (this.outbox[0] as Buffer) : Buffer.concat(this.outbox);
+    this.outbox = [];
+    this.socket.write(out);
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (err) {
+      this.destroy(new HsmProtocolViolationError(this.hsmId, err instanceof ProtocolError ? err.message : String(err)));
+      return;
+    }
+    for (const f of frames) {
+      const p = this.pending.get(f.requestId);
+      if (!p) continue; // Answer to a request that already timed out or was aborted.
+      if (f.code === STATUS_OK) {
+        this.settle(f.requestId, undefined, { body: f.body, json: (f.flags & FLAG_JSON) !== 0, queueWaitUs: f.queueWaitUs, serviceUs: f.serviceUs });
+      } else {
+        this.settle(f.requestId, this.remoteError(f));
+      }
+    }
+  }
+
+  private remoteError(f: Frame): HsmClientError {
+    try {
+      const e = readJson(f.body) as Partial<WireError> | undefined;
+      if (e && typeof e.code === 'string' && typeof e.message === 'string') {
+        const err = new HsmRemoteError(e.code, e.message, this.hsmId);
+        // Timings of a refused request still tell the caller how loaded the HSM is.
+        Object.assign(err, { queueWaitUs: f.queueWaitUs, serviceUs: f.serviceUs });
+        return err;
+      }
+    } catch {
+      // fall through
+    }
+    return new HsmRemoteError('HSM_ERR_PROTOCOL', `HSM ${this.hsmId} sent an unreadable error response`, this.hsmId);
+  }
+
+  private settle(id: number, err: Error | undefined, reply?: Reply): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    if (p.timer) clearTimeout(p.timer);
+    if (p.signal && p.onAbort) p.signal.removeEventListener('abort', p.onAbort);
+    if (err) p.reject(err);
+    else p.resolve(reply as Reply);
+  }
+
+  private fail(err: HsmClientError): void {
+    if (this.closedWith) return;
+    this.closedWith = err;
+    for (const id of [...this.pending.keys()]) this.settle(id, err);
+    this.outbox = [];
+    for (const l of this.closeListeners.splice(0)) l(err);
+  }
+}

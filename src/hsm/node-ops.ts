@@ -1,0 +1,165 @@
+// What the appliance does with one decoded request: checks login, decodes the body, calls the
+// device, encodes the answer. Device errors keep their HSM_ERR_* code on the wire.
+import {
+  InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate, type KeyType, type Role, type SecretKeySpec,
+  type Session, type UnwrapRequest, type WrapMechanism,
+} from './device/index.js';
+import {
+  Op, isBinaryOp, needsNoLogin, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, writeJson, writeRaw, ProtocolError,
+} from './protocol/index.js';
+
+/** Per-connection state the ops read and change: the logged-in session. */
+export interface ConnectionState {
+  session: Session | undefined;
+}
+
+/** An answer ready to frame: `frame` has the header reserved; timings for crypto ops. */
+export interface OpAnswer {
+  frame: Buffer;
+  json: boolean;
+  queueWaitUs: number;
+  serviceUs: number;
+}
+
+type Json = Record<string, unknown>;
+
+function field(o: Json, name: string): unknown {
+  return o[name];
+}
+function str(o: Json, name: string): string {
+  const v = field(o, name);
+  if (typeof v !== 'string' || v.length === 0) throw new InvalidArgumentError(`request field ${name} must be a non-empty string`);
+  return v;
+}
+function buf(o: Json, name: string): Buffer {
+  const v = field(o, name);
+  if (!Buffer.isBuffer(v)) throw new InvalidArgumentError(`request field ${name} must be bytes`);
+  return v;
+}
+function obj(o: Json, name: string, optional = false): Json {
+  const v = field(o, name);
+  if (v === undefined && optional) return {};
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new InvalidArgumentError(`request field ${name} must be an object`);
+  return v as Json;
+}
+
+// The device checks every attribute; here only the shape (an object with a string label).
+function template(o: Json): KeyTemplate {
+  const t = obj(o, 'template');
+  if (typeof t.label !== 'string') throw new InvalidArgumentError('request field template.label must be a string');
+  return t as unknown as KeyTemplate;
+}
+
+function answer(value: unknown, queueWaitUs = 0, serviceUs = 0): OpAnswer {
+  return { frame: writeJson(value), json: true, queueWaitUs, serviceUs };
+}
+function raw(value: Buffer, queueWaitUs: number, serviceUs: number): OpAnswer {
+  return { frame: writeRaw(value), json: false, queueWaitUs, serviceUs };
+}
+
+/** Runs one request against the device on behalf of a connection. */
+export async function handleOp(device: Hsm, state: ConnectionState, opcode: number, body: Buffer): Promise<OpAnswer> {
+  if (!needsNoLogin(opcode) && !state.session) throw new NotLoggedInError();
+  const s = state.session as Session;
+  if (isBinaryOp(opcode)) return handleBinary(device, s, opcode, body);
+  const parsed = readJson(body);
+  const o: Json = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Json) : {};
+  switch (opcode) {
+    case Op.INFO: return answer(device.info());
+    case Op.OCCUPANCY: return answer(device.occupancy());
+    case Op.STATE_DIGEST: return answer(device.stateDigest());
+    case Op.LOGIN: {
+      const session = await device.login(str(o, 'user'), str(o, 'password'));
+      // One user per connection: a new login replaces the old one (whose session keys vanish).
+      if (state.session) await device.logout(state.session).catch(() => undefined);
+      state.session = session;
+      return answer({ user: session.user, role: session.role });
+    }
+    case Op.LOGOUT:
+      await device.logout(s);
+      state.session = undefined;
+      return answer(undefined);
+    case Op.CHANGE_PASSWORD: {
+      state.session = await device.changePassword(s, str(o, 'newPassword'));
+      return answer({ user: state.session.user, role: state.session.role });
+    }
+    case Op.CREATE_USER: return answer(await device.createUser(s, str(o, 'name'), str(o, 'role') as Exclude<Role, 'PRECO'>, str(o, 'password')));
+    case Op.DELETE_USER: await device.deleteUser(s, str(o, 'name')); return answer(undefined);
+    case Op.LIST_USERS: return answer(device.listUsers(s));
+    case Op.RESET_PASSWORD: await device.resetPassword(s, str(o, 'name'), str(o, 'newPassword')); return answer(undefined);
+    case Op.UNLOCK_USER: await device.unlockUser(s, str(o, 'name')); return answer(undefined);
+    case Op.GENERATE_KEY_PAIR: {
+      const r = await device.generateKeyPair(s, str(o, 'spec') as KeyPairSpec, template(o));
+      return answer(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.GENERATE_KEY: {
+      const r = await device.generateKey(s, str(o, 'spec') as SecretKeySpec, template(o));
+      return answer(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.IMPORT_KEY: {
+      const key = field(o, 'key');
+      if (typeof key !== 'string' && !Buffer.isBuffer(key)) throw new InvalidArgumentError('request field key must be PEM text or DER bytes');
+      const r = await device.importPrivateKey(s, { key, template: template(o) });
+      return answer(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.FIND_KEYS: return answer(device.listKeys(s, obj(o, 'filter', true)));
+    case Op.GET_KEY: return answer(device.getKey(s, str(o, 'keyId')));
+    case Op.DELETE_KEY: await device.deleteKey(s, str(o, 'keyId')); return answer(undefined);
+    case Op.SHARE_KEY: return answer(await device.shareKey(s, str(o, 'keyId'), str(o, 'user')));
+    case Op.UNSHARE_KEY: return answer(await device.unshareKey(s, str(o, 'keyId'), str(o, 'user')));
+    case Op.SET_ATTRIBUTES: return answer(await device.setAttributes(s, str(o, 'keyId'), obj(o, 'changes')));
+    case Op.EXPORT_PUBLIC_KEY: return answer(device.exportPublicKey(s, str(o, 'keyId')));
+    case Op.WRAP: {
+      const r = await device.wrapKey(s, { wrappingKeyId: str(o, 'wrappingKeyId'), keyId: str(o, 'keyId'), mechanism: str(o, 'mechanism') as WrapMechanism });
+      return answer({ wrapped: r.result }, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.UNWRAP: {
+      const r = await device.unwrapKey(s, {
+        unwrappingKeyId: str(o, 'unwrappingKeyId'), mechanism: str(o, 'mechanism') as WrapMechanism, wrapped: buf(o, 'wrapped'),
+        keyClass: str(o, 'keyClass') as UnwrapRequest['keyClass'], template: template(o),
+        ...(typeof o.keyType === 'string' ? { keyType: o.keyType as KeyType } : {}),
+      });
+      return answer(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.DIGEST: {
+      const r = await device.digest(s, str(o, 'algorithm') as 'sha256' | 'sha384' | 'sha512', buf(o, 'data'));
+      return answer({ digest: r.result }, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.EXPORT_MASKED: return answer({ masked: device.exportMasked(s, str(o, 'keyId')) });
+    case Op.IMPORT_MASKED: return answer(await device.importMasked(s, buf(o, 'masked')));
+    case Op.EXPORT_USERS: return answer({ masked: device.exportUsers(s) });
+    case Op.IMPORT_USERS: await device.importUsers(s, buf(o, 'masked')); return answer(undefined);
+    case Op.SNAPSHOT: return answer({ snapshot: device.snapshot(s) });
+    case Op.LIST_TOKEN_KEY_IDS: return answer(device.listTokenKeyIds(s));
+    default:
+      throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
+  }
+}
+
+async function handleBinary(device: Hsm, s: Session, opcode: number, body: Buffer): Promise<OpAnswer> {
+  switch (opcode) {
+    case Op.SIGN:
+    case Op.HMAC: {
+      const r = await device.sign(s, readSign(body));
+      return raw(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.VERIFY: {
+      const r = await device.verify(s, readVerify(body));
+      return raw(Buffer.from([r.result ? 1 : 0]), r.queueWaitUs, r.serviceUs);
+    }
+    case Op.ENCRYPT: {
+      const r = await device.encrypt(s, readEncrypt(body));
+      return raw(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.DECRYPT: {
+      const r = await device.decrypt(s, readDecrypt(body));
+      return raw(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    case Op.RANDOM: {
+      const r = await device.random(s, readRandom(body));
+      return raw(r.result, r.queueWaitUs, r.serviceUs);
+    }
+    default:
+      throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
+  }
+}
