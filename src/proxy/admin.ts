@@ -1,0 +1,66 @@
+// The admin HTTP server: /metrics (Prometheus text), /healthz (the process is up) and /readyz
+// (certificates loaded and an HSM holding their keys is up — decided by the caller's callback).
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { MetricsSource } from '../metrics/index.js';
+
+/** Whether the proxy should receive traffic, and if not, why. */
+export interface ReadinessReport { ready: boolean; reasons: string[] }
+
+/** Answers /readyz; may be async (it can ask the HSM client). */
+export type ReadinessCheck = () => ReadinessReport | Promise<ReadinessReport>;
+
+/** Serves the admin endpoints on a plain-HTTP port (bind it to loopback or a private network). */
+export class AdminServer {
+  private readonly server: http.Server;
+
+  constructor(private readonly source: MetricsSource, private readonly readiness: ReadinessCheck) {
+    this.server = http.createServer((req, res) => void this.handle(req, res));
+    this.server.keepAliveTimeout = 5_000;
+  }
+
+  /** Starts listening. */
+  listen(port: number, address: string): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, address, () => {
+        this.server.off('error', reject);
+        resolve(this.server.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** The bound address. */
+  address(): AddressInfo | undefined {
+    return (this.server.address() as AddressInfo | null) ?? undefined;
+  }
+
+  /** Stops the server and drops its keep-alive connections. */
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      if (!this.server.listening) return resolve();
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    const send = (status: number, type: string, body: string) => {
+      res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    };
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'text/plain', 'use GET\n');
+    try {
+      if (path === '/metrics') return send(200, this.source.contentType, await this.source.metrics());
+      if (path === '/healthz') return send(200, 'text/plain', 'ok\n');
+      if (path === '/readyz') {
+        const r = await this.readiness();
+        return send(r.ready ? 200 : 503, 'application/json', JSON.stringify(r) + '\n');
+      }
+      send(404, 'text/plain', 'not found; try /metrics, /healthz or /readyz\n');
+    } catch (err) {
+      send(500, 'text/plain', `admin error: ${err instanceof Error ? err.message : String(err)}\n`);
+    }
+  }
+}

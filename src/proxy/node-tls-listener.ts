@@ -1,0 +1,105 @@
+// A TlsListenerFactory on node:tls, for certificates whose keys are ordinary key files. It is the
+// baseline and the test front end; HSM-held keys go through tls/ TlsServer, which has the async
+// signing node:tls lacks. Several certificates per listener: SNI picks the names, and within a
+// name OpenSSL picks RSA or ECDSA by what the client offers.
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
+import type { ListenerConfig } from '../config/index.js';
+import { ListenerError } from './errors.js';
+import type { TlsListener, TlsListenerFactory } from './listener.js';
+
+interface LoadedCert { names: string[]; cert: Buffer; key: Buffer }
+
+function load(l: ListenerConfig): LoadedCert[] {
+  return l.certificates.map(({ cert, key }) => {
+    let certPem: Buffer;
+    let keyPem: Buffer;
+    try { certPem = readFileSync(cert); } catch (err) { throw new ListenerError(l.name, `cannot read certificate ${cert}: ${(err as Error).message}`); }
+    try { keyPem = readFileSync(key); } catch (err) { throw new ListenerError(l.name, `cannot read key ${key}: ${(err as Error).message}`); }
+    let leaf: X509Certificate;
+    try { leaf = new X509Certificate(certPem); } catch { throw new ListenerError(l.name, `${cert} is not a PEM certificate`); }
+    const names = (leaf.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4).toLowerCase());
+    if (names.length === 0) names.push(/CN=([^\n,]+)/.exec(leaf.subject)?.[1]?.toLowerCase() ?? '');
+    return { names, cert: certPem, key: keyPem };
+  });
+}
+
+function matches(pattern: string, name: string): boolean {
+  if (pattern === name) return true;
+  // TLS wildcards cover exactly one label.
+  return pattern.startsWith('*.') && name.endsWith(pattern.slice(1)) && !name.slice(0, -pattern.length + 1).includes('.');
+}
+
+/** Secure contexts for one listener: one per set of certificates sharing a name. */
+class ContextSet {
+  private readonly byName = new Map<string, tls.SecureContext>();
+  readonly defaultOptions: tls.SecureContextOptions;
+
+  constructor(private readonly listener: ListenerConfig, private readonly certs: LoadedCert[]) {
+    this.defaultOptions = this.optionsFor(certs.filter((c) => c.names.some((n) => certs[0]!.names.includes(n))));
+    tls.createSecureContext(this.defaultOptions); // fail now (key mismatch...) rather than at the first client
+  }
+
+  pick(servername: string): tls.SecureContext | undefined {
+    const name = servername.toLowerCase();
+    const cached = this.byName.get(name);
+    if (cached) return cached;
+    const chosen = this.certs.filter((c) => c.names.some((p) => matches(p, name)));
+    if (chosen.length === 0) return undefined;
+    const ctx = tls.createSecureContext(this.optionsFor(chosen));
+    if (this.byName.size < 1000) this.byName.set(name, ctx);
+    return ctx;
+  }
+
+  private optionsFor(certs: LoadedCert[]): tls.SecureContextOptions {
+    const l = this.listener;
+    const version = (v: string) => (v === '1.2' ? 'TLSv1.2' : 'TLSv1.3') as tls.SecureVersion;
+    return {
+      cert: certs.map((c) => c.cert), key: certs.map((c) => c.key),
+      minVersion: version(l.minVersion), maxVersion: version(l.maxVersion),
+      ...(l.clientAuth.caFile ? { ca: readFileSync(l.clientAuth.caFile) } : {}),
+    };
+  }
+}
+
+function buildContexts(l: ListenerConfig): ContextSet {
+  try {
+    return new ContextSet(l, load(l));
+  } catch (err) {
+    if (err instanceof ListenerError) throw err;
+    throw new ListenerError(l.name, `certificates do not load: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Listens with node:tls on the listener's address and port. */
+export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSecureConnection, settings) => {
+  let contexts = buildContexts(listener);
+  const server = tls.createServer({
+    ...contexts.defaultOptions,
+    ALPNProtocols: listener.alpn,
+    requestCert: listener.clientAuth.mode !== 'none',
+    rejectUnauthorized: listener.clientAuth.mode === 'require',
+    handshakeTimeout: settings.handshakeTimeoutMs,
+    SNICallback: (name, cb) => cb(null, contexts.pick(name)),
+  });
+  server.on('secureConnection', onSecureConnection);
+  server.on('tlsClientError', () => { /* the peer's failed handshake; it gets its alert, we carry on */ });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err })));
+    server.listen(listener.port, listener.address, () => resolve());
+  });
+  const handle: TlsListener = {
+    address: () => server.address(),
+    async update(next) {
+      const fresh = buildContexts(next); // throws before anything changes
+      server.setSecureContext(fresh.defaultOptions);
+      contexts = fresh;
+    },
+    async close() {
+      // Not waiting for the callback: it fires only once every open connection has ended.
+      if (server.listening) server.close();
+    },
+  };
+  return handle;
+};

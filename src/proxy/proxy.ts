@@ -1,0 +1,237 @@
+// The Proxy: TLS listeners (from a factory) feeding one http.Server, the routing table, upstream
+// pools and their health checks, the admin server; start, reload and graceful shutdown.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import pino, { type Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { Config, ListenerConfig } from '../config/index.js';
+import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type HsmproxyMetrics, type MetricsSource } from '../metrics/index.js';
+import { AdminServer, type ReadinessCheck, type ReadinessReport } from './admin.js';
+import { ConnectionTracker } from './connections.js';
+import { ProxyStateError, ReloadRefusedError } from './errors.js';
+import { Forwarder, type RoutingTable } from './forward.js';
+import { HealthChecker } from './health.js';
+import type { TlsListener, TlsListenerFactory, TlsSocketLike } from './listener.js';
+import { UpstreamPool } from './pool.js';
+import { Router } from './router.js';
+
+/** What a Proxy is built from; everything but config and the listener factory has a default. */
+export interface ProxyOptions {
+  config: Config;
+  tlsListenerFactory: TlsListenerFactory;
+  logger?: Logger;
+  registry?: Registry;
+  /** Extra readiness condition (certificates loaded, an HSM holding their keys up). */
+  readiness?: ReadinessCheck;
+  /** Where /metrics reads from (default: `registry`; a cluster primary aggregates workers). */
+  metricsSource?: MetricsSource;
+  /** Start the admin server from config.admin (default true). */
+  admin?: boolean;
+  /** Turn tls/, hsm/ and engine/ diagnostics_channel events into metrics in `registry` (default true). */
+  subscribeEvents?: boolean;
+}
+
+/** The result of a graceful shutdown. */
+export interface ShutdownReport { drained: boolean; forcedConnections: number; durationMs: number }
+
+interface Runtime extends RoutingTable { config: Config; checkers: HealthChecker[] }
+
+/** A running hsmproxy HTTP layer. */
+export class Proxy {
+  private runtime: Runtime;
+  private readonly listeners = new Map<string, { config: ListenerConfig; handle: TlsListener }>();
+  private readonly http: http.Server;
+  private readonly connections = new ConnectionTracker();
+  private readonly forwarder: Forwarder;
+  private readonly logger: Logger;
+  private readonly metrics: HsmproxyMetrics;
+  private readonly registry: Registry;
+  private admin: AdminServer | undefined;
+  private state: 'new' | 'running' | 'draining' | 'stopped' = 'new';
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(private readonly opts: ProxyOptions) {
+    this.logger = opts.logger ?? pino({ level: opts.config.log.level });
+    this.registry = opts.registry ?? createRegistry();
+    this.metrics = defineMetrics(this.registry);
+    this.runtime = this.buildRuntime(opts.config, undefined);
+    this.forwarder = new Forwarder(() => this.runtime, this.connections, this.logger, this.metrics);
+    this.http = http.createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => this.forwarder.handleRequest(req, res));
+    this.http.on('upgrade', (req, socket, head) => this.forwarder.handleUpgrade(req, socket, head));
+    this.http.on('clientError', (err, socket) => {
+      if (socket.writable && !(err as NodeJS.ErrnoException).code?.startsWith('ECONN')) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+      else socket.destroy();
+    });
+    this.applyTimeouts(opts.config);
+    // The http.Server never listens itself (TLS listeners feed it), but its connection tracking —
+    // which enforces headersTimeout/requestTimeout and closeIdleConnections() — starts on 'listening'.
+    this.http.emit('listening');
+  }
+
+  /** Opens every listener and the admin server, and starts health checks. */
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new ProxyStateError('the proxy was already started');
+    this.state = 'running';
+    if (this.opts.subscribeEvents !== false) this.unsubscribe = subscribeMetrics(this.metrics);
+    try {
+      for (const l of this.runtime.config.listeners) this.listeners.set(l.name, { config: l, handle: await this.openListener(l) });
+      if (this.opts.admin !== false) {
+        this.admin = new AdminServer(this.opts.metricsSource ?? registrySource(this.registry), () => this.readiness());
+        await this.admin.listen(this.runtime.config.admin.port, this.runtime.config.admin.address);
+      }
+    } catch (err) {
+      await this.shutdown(0);
+      throw err;
+    }
+    for (const c of this.runtime.checkers) c.start();
+    this.logger.info({ listeners: Object.fromEntries([...this.listeners].map(([n, l]) => [n, l.handle.address()])), admin: this.admin?.address() }, 'proxy started');
+  }
+
+  /** The configuration being served. */
+  get config(): Config {
+    return this.runtime.config;
+  }
+
+  /** The bound address of a listener, by name. */
+  listenerAddress(name: string): AddressInfo | undefined {
+    const a = this.listeners.get(name)?.handle.address();
+    return a && typeof a === 'object' ? a : undefined;
+  }
+
+  /** The bound address of the admin server. */
+  adminAddress(): AddressInfo | undefined {
+    return this.admin?.address();
+  }
+
+  /** Whether the proxy should receive traffic: running, listeners open, and the caller's check. */
+  async readiness(): Promise<ReadinessReport> {
+    const reasons: string[] = [];
+    if (this.state !== 'running') reasons.push(`proxy is ${this.state}`);
+    if (this.listeners.size === 0) reasons.push('no listener is open');
+    if (this.opts.readiness) reasons.push(...(await this.opts.readiness()).reasons);
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  /**
+   * Switches to `next` (routes, pools, timeouts, certificates) without dropping established
+   * connections. If any listener refuses its new certificates, every change is rolled back and
+   * a ReloadRefusedError says why; the previous configuration keeps serving.
+   */
+  async reload(next: Config): Promise<void> {
+    if (this.state !== 'running') throw new ProxyStateError(`cannot reload: the proxy is ${this.state}`);
+    const updated: Array<{ name: string; previous: ListenerConfig }> = [];
+    const opened = new Map<string, TlsListener>();
+    try {
+      for (const l of next.listeners) {
+        const cur = this.listeners.get(l.name);
+        if (cur && cur.config.address === l.address && cur.config.port === l.port && cur.handle.update) {
+          await cur.handle.update(l);
+          updated.push({ name: l.name, previous: cur.config });
+        } else if (!cur || cur.config.address !== l.address || cur.config.port !== l.port) {
+          opened.set(l.name, await this.openListener(l));
+        } else {
+          throw new Error(`listener "${l.name}" cannot change certificates in place; restart to apply`);
+        }
+      }
+    } catch (err) {
+      for (const u of updated) await this.listeners.get(u.name)!.handle.update!(u.previous).catch(() => undefined);
+      for (const h of opened.values()) await h.close();
+      this.logger.error({ err: (err as Error).message }, 'reload refused');
+      throw new ReloadRefusedError((err as Error).message, { cause: err });
+    }
+    // Commit: nothing below can fail on bad input.
+    const names = new Set(next.listeners.map((l) => l.name));
+    for (const [name, l] of this.listeners) {
+      if (!names.has(name) || opened.has(name)) await l.handle.close();
+      if (!names.has(name)) this.listeners.delete(name);
+    }
+    for (const l of next.listeners) {
+      const handle = opened.get(l.name) ?? this.listeners.get(l.name)!.handle;
+      this.listeners.set(l.name, { config: l, handle });
+    }
+    const previous = this.runtime;
+    this.runtime = this.buildRuntime(next, previous);
+    for (const c of previous.checkers) c.stop();
+    for (const [name, pool] of previous.pools) if (this.runtime.pools.get(name) !== pool) this.retirePool(pool);
+    for (const c of this.runtime.checkers) c.start();
+    this.applyTimeouts(next);
+    if (next.admin.port !== previous.config.admin.port || next.admin.address !== previous.config.admin.address) {
+      this.logger.warn('the admin address changed; it takes effect at the next restart');
+    }
+    this.logger.info({ listeners: next.listeners.length, routes: next.routes.length }, 'configuration reloaded');
+  }
+
+  /**
+   * Graceful shutdown: stop accepting, let in-flight requests finish (keep-alive connections are
+   * closed as their last response ends), and destroy whatever is still open at the deadline.
+   */
+  async shutdown(deadlineMs = this.runtime.config.timeouts.shutdownMs): Promise<ShutdownReport> {
+    const started = performance.now();
+    if (this.state === 'stopped') return { drained: true, forcedConnections: 0, durationMs: 0 };
+    this.state = 'draining';
+    this.forwarder.draining = true;
+    for (const c of this.runtime.checkers) c.stop();
+    await Promise.all([...this.listeners.values()].map((l) => l.handle.close()));
+    this.http.close(); // also closes connections that are idle right now
+    const deadline = started + deadlineMs;
+    while (this.connections.size > 0 && performance.now() < deadline) {
+      this.http.closeIdleConnections();
+      await new Promise((r) => setTimeout(r, Math.min(25, Math.max(1, deadline - performance.now()))));
+    }
+    const forcedConnections = this.connections.destroyAll();
+    for (const pool of this.runtime.pools.values()) pool.destroy();
+    this.forwarder.close();
+    await this.admin?.close();
+    this.unsubscribe?.();
+    this.state = 'stopped';
+    const report = { drained: forcedConnections === 0, forcedConnections, durationMs: Math.round(performance.now() - started) };
+    this.logger.info(report, 'proxy stopped');
+    return report;
+  }
+
+  private async openListener(l: ListenerConfig): Promise<TlsListener> {
+    return this.opts.tlsListenerFactory(l, (socket) => this.accept(socket), { handshakeTimeoutMs: this.runtime.config.timeouts.handshakeMs });
+  }
+
+  private accept(socket: TlsSocketLike): void {
+    if (this.state !== 'running') {
+      socket.destroy();
+      return;
+    }
+    this.connections.add(socket);
+    socket.on('error', (err) => this.logger.debug({ err: err.message }, 'client connection error'));
+    this.http.emit('connection', socket);
+  }
+
+  private applyTimeouts(config: Config): void {
+    const t = config.timeouts;
+    this.http.headersTimeout = t.headersMs;
+    this.http.requestTimeout = t.requestMs;
+    this.http.keepAliveTimeout = t.idleMs;
+  }
+
+  /** Pools are rebuilt on reload unless their config is unchanged (keeping agents and health). */
+  private buildRuntime(config: Config, previous: Runtime | undefined): Runtime {
+    const pools = new Map<string, UpstreamPool>();
+    const checkers: HealthChecker[] = [];
+    for (const [name, up] of Object.entries(config.upstreams)) {
+      const old = previous?.pools.get(name);
+      const pool = old && JSON.stringify(old.config) === JSON.stringify(up) ? old : new UpstreamPool(up);
+      pools.set(name, pool);
+      for (const t of pool.targets) this.metrics.upstreamHealthy.set({ upstream: name, target: t.url }, t.healthy ? 1 : 0);
+      if (up.healthCheck) {
+        checkers.push(new HealthChecker(pool, up.healthCheck, (poolName, t) => {
+          this.metrics.upstreamHealthy.set({ upstream: poolName, target: t.url }, t.healthy ? 1 : 0);
+          this.logger.info({ upstream: poolName, target: t.url, healthy: t.healthy }, 'upstream health');
+        }));
+      }
+    }
+    return { config, router: new Router(config.routes), pools, checkers };
+  }
+
+  private retirePool(pool: UpstreamPool): void {
+    // In-flight requests keep their sockets; idle ones close after the agent's idle timeout.
+    for (const t of pool.targets) this.metrics.upstreamHealthy.remove({ upstream: pool.config.name, target: t.url });
+    setTimeout(() => pool.destroy(), this.runtime.config.timeouts.requestMs).unref();
+  }
+}

@@ -1,0 +1,92 @@
+// curl through the proxy (node:tls front) to the demo upstream: what a client and the upstream see.
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import { baseYaml, startHarness, type Harness } from './helpers/proxy-harness.js';
+
+let h: Harness;
+t.before(async () => {
+  h = await startHarness(t, baseYaml('  - upstream: [ "{{up0}}" ]'));
+});
+
+t.test('GET is proxied with the Host header preserved', async (t) => {
+  const r = await h.curl('/hello?x=1');
+  t.equal(r.status, 200, r.stderr);
+  const echo = JSON.parse(r.body);
+  t.equal(echo.method, 'GET');
+  t.equal(echo.path, '/hello?x=1');
+  t.equal(echo.headers.host, `localhost:${h.port}`);
+});
+
+t.test('POST forwards the request body intact', async (t) => {
+  const file = join(h.dir, 'body.bin');
+  const payload = randomBytes(48 * 1024).toString('base64');
+  writeFileSync(file, payload);
+  const r = await h.curl('/submit', ['--data-binary', `@${file}`, '-H', 'content-type: text/plain']);
+  t.equal(r.status, 200, r.stderr);
+  const echo = JSON.parse(r.body);
+  t.equal(echo.method, 'POST');
+  t.equal(echo.body, readFileSync(file, 'utf8'));
+});
+
+t.test('a chunked upstream response reaches the client whole and chunked', async (t) => {
+  const r = await h.curl('/chunked?n=200');
+  t.equal(r.status, 200, r.stderr);
+  t.match(r.headers, /transfer-encoding: chunked/);
+  const lines = r.body.trim().split('\n');
+  t.equal(lines.length, 200);
+  t.equal(lines[199], 'chunk 199');
+});
+
+t.test('the upstream sees X-Forwarded-For, -Proto, -Host and a generated X-Request-Id', async (t) => {
+  const r = await h.curl('/');
+  const echo = JSON.parse(r.body);
+  t.equal(echo.headers['x-forwarded-for'], '127.0.0.1');
+  t.equal(echo.headers['x-forwarded-proto'], 'https');
+  t.equal(echo.headers['x-forwarded-host'], `localhost:${h.port}`);
+  t.match(echo.headers['x-request-id'], /^[0-9a-f-]{36}$/);
+  t.match(r.headers, `x-request-id: ${echo.headers['x-request-id']}`, 'the client gets the same id back');
+});
+
+t.test('a client-supplied X-Request-Id and X-Forwarded-For chain are kept', async (t) => {
+  const r = await h.curl('/', ['-H', 'x-request-id: abc-123', '-H', 'x-forwarded-for: 10.1.2.3']);
+  const echo = JSON.parse(r.body);
+  t.equal(echo.headers['x-request-id'], 'abc-123');
+  t.equal(echo.headers['x-forwarded-for'], '10.1.2.3, 127.0.0.1');
+});
+
+t.test('a malformed X-Request-Id is replaced', async (t) => {
+  const r = await h.curl('/', ['-H', 'x-request-id: bad id with spaces']);
+  t.match(JSON.parse(r.body).headers['x-request-id'], /^[0-9a-f-]{36}$/);
+});
+
+t.test('a WebSocket echoes through the proxy', async (t) => {
+  const ws = new WebSocket(`wss://localhost:${h.port}/ws`, { ca: readFileSync(h.ca) });
+  const reply = await new Promise<string>((resolve, reject) => {
+    ws.once('open', () => ws.send('ping through hsmproxy'));
+    ws.once('message', (data) => resolve(String(data)));
+    ws.once('error', reject);
+  });
+  ws.close();
+  t.equal(reply, 'ping through hsmproxy');
+});
+
+t.test('each request writes one access log line with the documented fields', async (t) => {
+  const r = await h.curl('/logged', ['-H', 'x-request-id: log-me']);
+  t.equal(r.status, 200);
+  await new Promise((res) => setTimeout(res, 50));
+  const line = h.logs.find((l) => l.type === 'access' && l.requestId === 'log-me');
+  t.ok(line, 'access line found');
+  t.match(line, { method: 'GET', host: `localhost:${h.port}`, path: '/logged', status: 200, upstream: h.upstreams[0]!.url, tlsVersion: 'TLSv1.3', resumed: false });
+  t.ok((line!.bytes as number) > 0, 'bytes counted');
+  t.type(line!.durationMs, 'number');
+});
+
+t.test('a request matching no route gets a 404 that says so', async (t) => {
+  const h2 = await startHarness(t, baseYaml('  - { pathPrefix: /only, upstream: [ "{{up0}}" ] }'));
+  const r = await h2.curl('/elsewhere');
+  t.equal(r.status, 404);
+  t.match(r.body, /no route matches this host and path/);
+});
