@@ -8,7 +8,8 @@ import type { CryptoResult } from './types.js';
 
 /**
  * A capacity profile. `rates` maps an operation key to ops/s for the whole HSM. Keys are
- * looked up as `op:alg` (e.g. 'sign:rsa-2048'), then `op` ('sign'), then '*'; an operation
+ * looked up as `op:alg` (e.g. 'sign:rsa-2048'), then `op:family` ('sign:rsa'), then `op`
+ * ('sign'), then '*'; an operation
  * with no rate costs only its real crypto time.
  */
 export interface CapacityProfile {
@@ -158,9 +159,11 @@ export class CapacityModel {
   }
 
   private rateFor(opKey: string): number | undefined {
+    // 'sign:rsa-2048' → 'sign:rsa' → 'sign' → '*'
     const r = this.profile.rates;
     const op = opKey.split(':')[0] ?? opKey;
-    return r[opKey] ?? r[op] ?? r['*'];
+    const family = opKey.replace(/-p?\d+$/, '');
+    return r[opKey] ?? r[family] ?? r[op] ?? r['*'];
   }
 
   private acquire(): Promise<Unit> {

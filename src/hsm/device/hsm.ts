@@ -1,11 +1,26 @@
-// The Hsm class: one simulated appliance. Entry points check the session, ask policy.ts,
-// run crypto through the capacity model, persist before acknowledging, and audit.
-import type { CapacityProfile, CapacityProfileName } from './capacity.js';
+// The Hsm class: one simulated appliance, the facade over the layers. Each entry point checks
+// the session, then delegates (key-ops.ts, replication.ts, users.ts); policy.ts decides, every
+// refusal is audited, and durable changes are on disk before the promise resolves.
+import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { AuditLog, type AuditEntry } from './audit.js';
+import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
+import type { DeviceContext } from './context.js';
+import {
+  ClosedError, HsmError, InvalidArgumentError, MustChangePasswordError, NotLoggedInError, PermissionDeniedError, StoreError,
+} from './errors.js';
+import { KeyOps } from './key-ops.js';
+import { fromRecord, ObjectStore, toRecord } from './objects.js';
+import { DeviceStore } from './persist.js';
+import { requireRole, requireUserManager } from './policy.js';
+import { readSnapshot, Replication } from './replication.js';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Occupancy, Role, SecretKeySpec, Session, SignRequest, StateDigest,
   UnwrapRequest, UserInfo, VerifyRequest, WrapRequest,
 } from './types.js';
+import { UserTable, checkPasswordShape } from './users.js';
 
 /** Options of `Hsm.open`. */
 export interface HsmOpenOptions {
@@ -13,7 +28,7 @@ export interface HsmOpenOptions {
   dir: string;
   /** This HSM's id within the cluster, e.g. 'hsm-1'. */
   hsmId: string;
-  /** 32-byte cluster masking key shared by every HSM of the cluster (masked export/import, snapshots). */
+  /** 32-byte cluster masking key shared by every HSM of the cluster; kept sealed in `dir` once given (a random one is made if never given). */
   clusterKey?: Buffer;
   /** Required when `dir` holds no HSM yet: the PRECO `admin`'s one-time password. */
   initialPassword?: string;
@@ -34,112 +49,450 @@ export const DEFAULT_MAX_USERS = 1024;
 export const DEFAULT_LOCKOUT_THRESHOLD = 5;
 /** The user created at init, with a one-time password. */
 export const PRECO_USER = 'admin';
-
-function todo(): never {
-  throw new Error('not implemented yet');
-}
+const DEFAULT_SCRYPT_COST = 1 << 14;
 
 /** One simulated HSM: users, key objects, real crypto behind a capacity model, audit, persistence. */
 export class Hsm {
+  private readonly sessions = new Map<string, Session>();
+  private readonly keys: KeyOps;
+  private readonly replication: Replication;
+  private closed = false;
+
+  private constructor(
+    private readonly ctx: DeviceContext,
+    private readonly auditLog: AuditLog,
+    replication: (ctx: DeviceContext) => Replication,
+  ) {
+    this.keys = new KeyOps(ctx);
+    this.replication = replication(ctx);
+  }
+
   /** Opens (or initialises, given `initialPassword`) the HSM whose data lives in `opts.dir`. */
   static async open(opts: HsmOpenOptions): Promise<Hsm> {
-    void opts;
-    return todo();
+    if (!opts || typeof opts.dir !== 'string' || typeof opts.hsmId !== 'string' || opts.hsmId === '') {
+      throw new InvalidArgumentError('Hsm.open needs a data directory (dir) and an HSM id (hsmId)');
+    }
+    if (opts.clusterKey !== undefined && (!Buffer.isBuffer(opts.clusterKey) || opts.clusterKey.length !== 32)) {
+      throw new InvalidArgumentError('the cluster key must be 32 bytes');
+    }
+    const lockoutThreshold = opts.lockoutThreshold ?? DEFAULT_LOCKOUT_THRESHOLD;
+    if (!Number.isInteger(lockoutThreshold) || lockoutThreshold < 1) throw new InvalidArgumentError('lockoutThreshold must be a positive integer');
+    const capacity = new CapacityModel(opts.capacity);
+    const store = await DeviceStore.open(opts.dir);
+    const users = new UserTable({ maxUsers: opts.maxUsers ?? DEFAULT_MAX_USERS, lockoutThreshold, scryptCost: opts.scryptCost ?? DEFAULT_SCRYPT_COST });
+    const recs = await store.readUsers();
+    let fresh = false;
+    if (recs) {
+      users.replaceAll(recs);
+    } else {
+      if (opts.initialPassword === undefined) {
+        throw new InvalidArgumentError(`${opts.dir} holds no HSM yet; initialise it with the one-time PRECO password (hsmproxy cluster init)`);
+      }
+      users.add(await users.makeRecord(PRECO_USER, 'PRECO', opts.initialPassword));
+      await store.writeUsers(() => users.records());
+      fresh = true;
+    }
+    const clusterKey = await resolveClusterKey(store, opts.clusterKey);
+    const objects = new ObjectStore(opts.maxKeys ?? DEFAULT_MAX_KEYS);
+    for (const r of await store.readKeys()) {
+      const k = fromRecord(r);
+      if (objects.get(k.attrs.keyId)) throw new StoreError(`duplicate key ${k.attrs.keyId} in ${opts.dir}`);
+      objects.put(k);
+    }
+    const auditLog = AuditLog.open(join(opts.dir, 'audit.log'));
+    let replication: Replication | undefined;
+    const ctx: DeviceContext = {
+      hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
+      audit: (e: AuditEntry) => auditLog.append({ hsm: opts.hsmId, ...e }),
+      bump: () => replication?.bump(),
+    };
+    const hsm = new Hsm(ctx, auditLog, (c) => (replication = new Replication(c)));
+    ctx.audit({ event: fresh ? 'hsm.init' : 'hsm.open', ok: true, keys: objects.occupancy().token, users: users.size });
+    return hsm;
   }
 
-  /** Creates a new HSM in the empty `opts.dir` from a `snapshot()` of another (clone/restore). */
+  /** Creates a new HSM in the empty `opts.dir` from a `snapshot()` of another (clone/restore); needs `opts.clusterKey`. */
   static async restore(snapshot: Buffer, opts: HsmOpenOptions): Promise<Hsm> {
-    void snapshot; void opts;
-    return todo();
+    if (!opts?.clusterKey || opts.clusterKey.length !== 32) throw new InvalidArgumentError('restoring a snapshot needs the 32-byte cluster key');
+    const contents = readSnapshot(opts.clusterKey, snapshot);
+    const store = await DeviceStore.open(opts.dir);
+    if (await store.readUsers()) throw new InvalidArgumentError(`${opts.dir} already holds an HSM; restore into an empty directory`);
+    if ((await readdir(join(opts.dir, 'keys'))).length > 0) throw new InvalidArgumentError(`${opts.dir} already holds keys; restore into an empty directory`);
+    for (const r of contents.keys) await store.writeKey(r);
+    await store.writeUsers(() => contents.users);
+    const hsm = await Hsm.open({ ...opts, initialPassword: undefined });
+    hsm.ctx.audit({ event: 'hsm.restore', ok: true, from: contents.sourceHsm, takenAt: contents.takenAt, keys: contents.keys.length });
+    return hsm;
   }
 
-  /** Flushes and releases the HSM; every session ends. */
-  async close(): Promise<void> { return todo(); }
+  /** Releases the HSM; every session ends (session keys vanish). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    for (const s of this.sessions.values()) this.dropSessionKeys(s.id);
+    this.sessions.clear();
+    this.ctx.audit({ event: 'hsm.close', ok: true });
+    this.closed = true;
+    this.auditLog.close();
+  }
 
   // ---- users and sessions ----
 
   /** Logs a user in; throws BadCredentialsError / LockedOutError. */
-  async login(user: string, password: string): Promise<Session> { void user; void password; return todo(); }
+  async login(user: string, password: string): Promise<Session> {
+    this.open();
+    if (typeof user !== 'string' || typeof password !== 'string') throw new InvalidArgumentError('login needs a user name and a password');
+    const before = this.ctx.users.has(user) ? this.ctx.users.get(user).failedLogins : 0;
+    try {
+      const rec = await this.ctx.users.authenticate(user, password);
+      if (before !== 0) await this.persistUsers();
+      const s: Session = Object.freeze({ id: randomBytes(16).toString('hex'), user: rec.name, role: rec.role });
+      this.sessions.set(s.id, s);
+      this.ctx.audit({ event: 'login', user, ok: true, role: rec.role });
+      return s;
+    } catch (e) {
+      if (this.ctx.users.has(user)) await this.persistUsers();
+      this.ctx.audit({ event: 'login', user, ok: false, code: (e as HsmError).code });
+      throw e;
+    }
+  }
+
   /** Ends a session and destroys its session keys. */
-  async logout(session: Session): Promise<void> { void session; return todo(); }
-  /** Changes the session user's own password; a PRECO becomes CO by doing so. */
-  async changePassword(session: Session, newPassword: string): Promise<Session> { void session; void newPassword; return todo(); }
+  async logout(session: Session): Promise<void> {
+    const s = this.session(session);
+    this.dropSessionKeys(s.id);
+    this.sessions.delete(s.id);
+    this.ctx.audit({ event: 'logout', user: s.user, ok: true });
+  }
+
+  /** Changes the session user's own password; a PRECO becomes CO by doing so (returns the updated session). */
+  async changePassword(session: Session, newPassword: string): Promise<Session> {
+    const s = this.session(session);
+    return this.guard(s, 'change password', async () => {
+      if (s.role === 'AU') throw new PermissionDeniedError('change password', 'appliance users are managed by a crypto officer');
+      checkPasswordShape(newPassword);
+      const role: Role = s.role === 'PRECO' ? 'CO' : s.role;
+      await this.ctx.users.setPassword(s.user, newPassword, role);
+      await this.persistUsers();
+      const next: Session = Object.freeze({ id: s.id, user: s.user, role });
+      this.sessions.set(s.id, next);
+      this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, ...(role !== s.role ? { promotedTo: role } : {}) });
+      return next;
+    });
+  }
+
   /** CO: creates a user. */
-  async createUser(session: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> { void session; void name; void role; void password; return todo(); }
-  /** CO: deletes a user (refused while it owns keys). */
-  async deleteUser(session: Session, name: string): Promise<void> { void session; void name; return todo(); }
+  async createUser(session: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
+    const s = this.session(session);
+    return this.guard(s, `create user ${name}`, async () => {
+      requireUserManager(s, `create user ${name}`);
+      if (!['CO', 'CU', 'AU'].includes(role)) throw new InvalidArgumentError(`role must be CO, CU or AU, not ${String(role)}`);
+      const rec = await this.ctx.users.makeRecord(name, role, password);
+      this.ctx.users.add(rec);
+      try {
+        await this.persistUsers();
+      } catch (e) {
+        this.ctx.users.remove(name);
+        throw e;
+      }
+      this.ctx.audit({ event: 'user.create', user: s.user, ok: true, target: name, role });
+      return { name, role, locked: false, failedLogins: 0 };
+    });
+  }
+
+  /** CO: deletes a user (refused while it owns keys; it is removed from keys shared with it). */
+  async deleteUser(session: Session, name: string): Promise<void> {
+    const s = this.session(session);
+    return this.guard(s, `delete user ${name}`, async () => {
+      requireUserManager(s, `delete user ${name}`);
+      this.ctx.users.get(name);
+      if (name === s.user) throw new InvalidArgumentError('a crypto officer cannot delete itself; log in as another CO');
+      const owned = this.ctx.objects.all().filter((k) => k.attrs.owner === name && k.attrs.token).length;
+      if (owned > 0) throw new InvalidArgumentError(`user ${name} owns ${owned} key(s); they must delete them first`);
+      const shared = this.ctx.objects.all().filter((k) => k.attrs.sharedWith.includes(name));
+      for (const k of shared) {
+        k.attrs.sharedWith = k.attrs.sharedWith.filter((u) => u !== name);
+        if (k.attrs.token) await this.ctx.store.writeKey(toRecord(k));
+      }
+      this.ctx.users.remove(name);
+      await this.persistUsers();
+      for (const x of [...this.sessions.values()].filter((x) => x.user === name)) {
+        this.dropSessionKeys(x.id);
+        this.sessions.delete(x.id);
+      }
+      this.ctx.audit({ event: 'user.delete', user: s.user, ok: true, target: name });
+    });
+  }
+
   /** CO: lists users. */
-  listUsers(session: Session): UserInfo[] { void session; return todo(); }
+  listUsers(session: Session): UserInfo[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list users', () => {
+      requireUserManager(s, 'list users');
+      return this.ctx.users.list();
+    });
+  }
+
   /** CO: sets another user's password and clears its lockout. */
-  async resetPassword(session: Session, name: string, newPassword: string): Promise<void> { void session; void name; void newPassword; return todo(); }
+  async resetPassword(session: Session, name: string, newPassword: string): Promise<void> {
+    const s = this.session(session);
+    return this.guard(s, `reset password of ${name}`, async () => {
+      requireUserManager(s, `reset password of ${name}`);
+      if (this.ctx.users.get(name).role === 'PRECO') throw new InvalidArgumentError('the PRECO sets its own password at activation');
+      await this.ctx.users.setPassword(name, newPassword);
+      await this.persistUsers();
+      this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: name });
+    });
+  }
+
   /** CO: clears a user's lockout without changing its password. */
-  async unlockUser(session: Session, name: string): Promise<void> { void session; void name; return todo(); }
+  async unlockUser(session: Session, name: string): Promise<void> {
+    const s = this.session(session);
+    return this.guard(s, `unlock user ${name}`, async () => {
+      requireUserManager(s, `unlock user ${name}`);
+      this.ctx.users.unlock(name);
+      await this.persistUsers();
+      this.ctx.audit({ event: 'user.unlock', user: s.user, ok: true, target: name });
+    });
+  }
 
   // ---- key management (CU) ----
 
   /** Generates an RSA or EC key pair owned by the session user. */
-  async generateKeyPair(session: Session, spec: KeyPairSpec, template: KeyTemplate): Promise<CryptoResult<KeyPairInfo>> { void session; void spec; void template; return todo(); }
+  generateKeyPair(session: Session, spec: KeyPairSpec, template: KeyTemplate): Promise<CryptoResult<KeyPairInfo>> {
+    const s = this.session(session);
+    return this.guard(s, 'generate a key pair', () => this.keys.generateKeyPair(s, spec, template));
+  }
+
   /** Generates an AES or generic secret key owned by the session user. */
-  async generateKey(session: Session, spec: SecretKeySpec, template: KeyTemplate): Promise<CryptoResult<KeyInfo>> { void session; void spec; void template; return todo(); }
+  generateKey(session: Session, spec: SecretKeySpec, template: KeyTemplate): Promise<CryptoResult<KeyInfo>> {
+    const s = this.session(session);
+    return this.guard(s, 'generate a key', () => this.keys.generateKey(s, spec, template));
+  }
+
   /** Imports an existing private key (and derives its public half) as a key pair. */
-  async importPrivateKey(session: Session, req: ImportPrivateKeyRequest): Promise<CryptoResult<KeyPairInfo>> { void session; void req; return todo(); }
-  /** Keys the session user may see (own + shared with it), filtered. */
-  listKeys(session: Session, filter?: KeyFilter): KeyInfo[] { void session; void filter; return todo(); }
+  importPrivateKey(session: Session, req: ImportPrivateKeyRequest): Promise<CryptoResult<KeyPairInfo>> {
+    const s = this.session(session);
+    return this.guard(s, 'import a key', () => this.keys.importPrivateKey(s, req));
+  }
+
+  /** Keys the session user may see (own + shared with it; CO/AU see all token keys), filtered. */
+  listKeys(session: Session, filter?: KeyFilter): KeyInfo[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list keys', () => this.keys.list(s, filter));
+  }
+
   /** One key's attributes; NoSuchKeyError if not visible. */
-  getKey(session: Session, keyId: string): KeyInfo { void session; void keyId; return todo(); }
-  /** Owner: deletes a key (only that object; delete the pair's other half separately). */
-  async deleteKey(session: Session, keyId: string): Promise<void> { void session; void keyId; return todo(); }
-  /** Owner: shares a key with another CU. */
-  async shareKey(session: Session, keyId: string, user: string): Promise<KeyInfo> { void session; void keyId; void user; return todo(); }
-  /** Owner: stops sharing a key with a CU. */
-  async unshareKey(session: Session, keyId: string, user: string): Promise<KeyInfo> { void session; void keyId; void user; return todo(); }
-  /** Owner: changes attributes within the one-way rules. */
-  async setAttributes(session: Session, keyId: string, changes: KeyAttributeChanges): Promise<KeyInfo> { void session; void keyId; void changes; return todo(); }
-  /** Public key (SPKI) of a private or public key object: DER and PEM. Owner or sharee. */
-  exportPublicKey(session: Session, keyId: string): { der: Buffer; pem: string } { void session; void keyId; return todo(); }
+  getKey(session: Session, keyId: string): KeyInfo {
+    const s = this.session(session);
+    return this.guardSync(s, `read key ${keyId}`, () => {
+      const k = this.keys.visible(s, keyId);
+      return this.keys.list(s).find((x) => x.keyId === k.attrs.keyId) ?? { handle: k.handle, ...k.attrs };
+    });
+  }
+
+  /** Owner: deletes a key and the other half of its pair. */
+  deleteKey(session: Session, keyId: string): Promise<void> {
+    const s = this.session(session);
+    return this.guard(s, `delete key ${keyId}`, () => this.keys.delete(s, keyId));
+  }
+
+  /** Owner: shares a key (and its pair half) with another CU. */
+  shareKey(session: Session, keyId: string, user: string): Promise<KeyInfo> {
+    const s = this.session(session);
+    return this.guard(s, `share key ${keyId}`, () => this.keys.share(s, keyId, user, this.ctx.users.has(user) ? this.ctx.users.get(user).role : undefined));
+  }
+
+  /** Owner: stops sharing a key (and its pair half) with a CU. */
+  unshareKey(session: Session, keyId: string, user: string): Promise<KeyInfo> {
+    const s = this.session(session);
+    return this.guard(s, `unshare key ${keyId}`, () => this.keys.unshare(s, keyId, user));
+  }
+
+  /** Owner: changes attributes within the one-way rules (a CO may only set `trusted`). */
+  setAttributes(session: Session, keyId: string, changes: KeyAttributeChanges): Promise<KeyInfo> {
+    const s = this.session(session);
+    return this.guard(s, `change key ${keyId}`, () => this.keys.setAttributes(s, keyId, changes));
+  }
+
+  /** Public key (SPKI) of a private or public key object: DER and PEM. */
+  exportPublicKey(session: Session, keyId: string): { der: Buffer; pem: string } {
+    const s = this.session(session);
+    return this.guardSync(s, `export public key ${keyId}`, () => this.keys.exportPublicKey(s, keyId));
+  }
 
   // ---- crypto (CU), all through the capacity model ----
 
   /** Signs (or MACs) data; every signature verifies under the key's public key. */
-  async sign(session: Session, req: SignRequest): Promise<CryptoResult<Buffer>> { void session; void req; return todo(); }
+  sign(session: Session, req: SignRequest): Promise<CryptoResult<Buffer>> {
+    const s = this.session(session);
+    return this.guard(s, `sign with ${req?.keyId}`, () => this.keys.sign(s, req));
+  }
+
   /** Verifies a signature or MAC. */
-  async verify(session: Session, req: VerifyRequest): Promise<CryptoResult<boolean>> { void session; void req; return todo(); }
+  verify(session: Session, req: VerifyRequest): Promise<CryptoResult<boolean>> {
+    const s = this.session(session);
+    return this.guard(s, `verify with ${req?.keyId}`, () => this.keys.verify(s, req));
+  }
+
   /** Encrypts (RSA-OAEP, AES-GCM with a device-chosen IV). */
-  async encrypt(session: Session, req: EncryptRequest): Promise<CryptoResult<Buffer>> { void session; void req; return todo(); }
+  encrypt(session: Session, req: EncryptRequest): Promise<CryptoResult<Buffer>> {
+    const s = this.session(session);
+    return this.guard(s, `encrypt with ${req?.keyId}`, () => this.keys.encrypt(s, req));
+  }
+
   /** Decrypts; DecryptError if authentication fails. */
-  async decrypt(session: Session, req: DecryptRequest): Promise<CryptoResult<Buffer>> { void session; void req; return todo(); }
+  decrypt(session: Session, req: DecryptRequest): Promise<CryptoResult<Buffer>> {
+    const s = this.session(session);
+    return this.guard(s, `decrypt with ${req?.keyId}`, () => this.keys.decrypt(s, req));
+  }
+
   /** Wraps an extractable key under a wrapping key (owner of the wrapped key only). */
-  async wrapKey(session: Session, req: WrapRequest): Promise<CryptoResult<Buffer>> { void session; void req; return todo(); }
-  /** Unwraps into a new key object owned by the session user. */
-  async unwrapKey(session: Session, req: UnwrapRequest): Promise<CryptoResult<KeyInfo>> { void session; void req; return todo(); }
-  /** Random bytes from the device (any logged-in user). */
-  async random(session: Session, length: number): Promise<CryptoResult<Buffer>> { void session; void length; return todo(); }
-  /** SHA-256/384/512 digest (any logged-in user). */
-  async digest(session: Session, algorithm: 'sha256' | 'sha384' | 'sha512', data: Buffer): Promise<CryptoResult<Buffer>> { void session; void algorithm; void data; return todo(); }
+  wrapKey(session: Session, req: WrapRequest): Promise<CryptoResult<Buffer>> {
+    const s = this.session(session);
+    return this.guard(s, `wrap key ${req?.keyId}`, () => this.keys.wrap(s, req));
+  }
+
+  /** Unwraps into a new key object owned by the session user (a private key gets its public half; the private half is returned). */
+  unwrapKey(session: Session, req: UnwrapRequest): Promise<CryptoResult<KeyInfo>> {
+    const s = this.session(session);
+    return this.guard(s, 'unwrap a key', () => this.keys.unwrap(s, req));
+  }
+
+  /** Random bytes from the device (any logged-in user but the PRECO). */
+  random(session: Session, length: number): Promise<CryptoResult<Buffer>> {
+    const s = this.session(session);
+    return this.guard(s, 'random', () => {
+      requireRole(s, ['CO', 'CU', 'AU'], 'random');
+      return this.keys.random(length);
+    });
+  }
+
+  /** SHA-256/384/512 digest (any logged-in user but the PRECO). */
+  digest(session: Session, algorithm: 'sha256' | 'sha384' | 'sha512', data: Buffer): Promise<CryptoResult<Buffer>> {
+    const s = this.session(session);
+    return this.guard(s, 'digest', () => {
+      requireRole(s, ['CO', 'CU', 'AU'], 'digest');
+      return this.keys.digest(algorithm, data);
+    });
+  }
 
   // ---- replication and backup (issue 3) ----
 
-  /** A token key object (attributes + material) encrypted under the cluster key. Owner, CO or AU. */
-  exportMasked(session: Session, keyId: string): Buffer { void session; void keyId; return todo(); }
+  /** A token key object (attributes + material) sealed under the cluster key. Owner, CO or AU. */
+  exportMasked(session: Session, keyId: string): Buffer {
+    const s = this.session(session);
+    return this.guardSync(s, `export key ${keyId} masked`, () => this.replication.exportMasked(s, keyId));
+  }
+
   /** Installs a masked key object, keeping key id, owner and sharing; replaces an older copy. Owner, CO or AU. */
-  async importMasked(session: Session, masked: Buffer): Promise<KeyInfo> { void session; void masked; return todo(); }
-  /** The user table (with password hashes) masked under the cluster key. CO or AU. */
-  exportUsers(session: Session): Buffer { void session; return todo(); }
+  importMasked(session: Session, masked: Buffer): Promise<KeyInfo> {
+    const s = this.session(session);
+    return this.guard(s, 'import a masked key', () => this.replication.importMasked(s, masked));
+  }
+
+  /** The user table (with password hashes) sealed under the cluster key. CO or AU. */
+  exportUsers(session: Session): Buffer {
+    const s = this.session(session);
+    return this.guardSync(s, 'export users', () => this.replication.exportUsers(s));
+  }
+
   /** Replaces the user table with a masked one from another HSM of the cluster. CO or AU. */
-  async importUsers(session: Session, masked: Buffer): Promise<void> { void session; void masked; return todo(); }
-  /** Everything durable (users, token keys) masked under the cluster key. CO or AU. */
-  snapshot(session: Session): Buffer { void session; return todo(); }
-  /** Version counter + hash over users and token keys: equal digests mean in sync. */
-  stateDigest(): StateDigest { return todo(); }
-  /** Key ids of every token key (for resync: compare, then export/import the difference). AU or CO. */
-  listTokenKeyIds(session: Session): string[] { void session; return todo(); }
+  importUsers(session: Session, masked: Buffer): Promise<void> {
+    const s = this.session(session);
+    return this.guard(s, 'import users', () => this.replication.importUsers(s, masked));
+  }
+
+  /** Everything durable (users, token keys) sealed under the cluster key; `Hsm.restore` reads it. CO or AU. */
+  snapshot(session: Session): Buffer {
+    const s = this.session(session);
+    return this.guardSync(s, 'take a snapshot', () => this.replication.snapshot(s));
+  }
+
+  /** Version counter (changes since open) + hash over users and token keys: equal digests mean in sync. */
+  stateDigest(): StateDigest {
+    return this.replication.stateDigest();
+  }
+
+  /** Key ids of every token key (for resync: compare, then export/import the difference). Owner, CO or AU. */
+  listTokenKeyIds(session: Session): string[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list token key ids', () => this.replication.tokenKeyIds(s));
+  }
 
   // ---- status ----
 
   /** Key slots in use against the limit. */
-  occupancy(): Occupancy { return todo(); }
+  occupancy(): Occupancy {
+    return this.ctx.objects.occupancy();
+  }
+
   /** Id, profile, utilisation, queue, occupancy, state digest. */
-  info(): HsmInfo { return todo(); }
+  info(): HsmInfo {
+    const c = this.ctx.capacity;
+    return {
+      hsmId: this.ctx.hsmId, profile: c.profile.name, units: c.profile.units, utilisation: c.utilisation(), queued: c.queued,
+      inService: c.active, occupancy: this.occupancy(), users: this.ctx.users.size, state: this.stateDigest(),
+    };
+  }
+
   /** Path of the hash-chained audit log. */
-  get auditLogPath(): string { return todo(); }
+  get auditLogPath(): string {
+    return this.auditLog.path;
+  }
+
+  // ---- internals ----
+
+  private open(): void {
+    if (this.closed) throw new ClosedError();
+  }
+
+  // The live session for a caller's session object (a stale or forged one is refused).
+  private session(session: Session): Session {
+    this.open();
+    const s = session && typeof session.id === 'string' ? this.sessions.get(session.id) : undefined;
+    if (!s || s.user !== session.user) throw new NotLoggedInError();
+    return s;
+  }
+
+  private persistUsers(): Promise<void> {
+    return this.ctx.store.writeUsers(() => this.ctx.users.records());
+  }
+
+  private dropSessionKeys(sessionId: string): void {
+    for (const k of this.ctx.objects.all()) if (k.session === sessionId) this.ctx.objects.delete(k.attrs.keyId);
+  }
+
+  private audited(s: Session, action: string, e: unknown): void {
+    if (e instanceof PermissionDeniedError || e instanceof MustChangePasswordError) {
+      this.ctx.audit({ event: 'denied', user: s.user, ok: false, action, code: e.code, reason: e.message });
+    }
+  }
+
+  // Runs an operation; policy refusals are written to the audit log before they propagate.
+  private async guard<T>(s: Session, action: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      this.audited(s, action, e);
+      throw e;
+    }
+  }
+
+  private guardSync<T>(s: Session, action: string, fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      this.audited(s, action, e);
+      throw e;
+    }
+  }
+}
+
+async function resolveClusterKey(store: DeviceStore, given: Buffer | undefined): Promise<Buffer> {
+  const kept = await store.readClusterKey();
+  if (kept && given && !kept.equals(given)) throw new StoreError(`this HSM belongs to another cluster: its stored cluster key differs from the one given`);
+  if (kept) return kept;
+  const key = given ?? randomBytes(32);
+  await store.writeClusterKey(key);
+  return key;
 }

@@ -1,0 +1,21 @@
+// The parts of one HSM that its operation modules share, injected (no singletons): the
+// layers below hsm.ts each get this one object instead of reaching for globals.
+import type { AuditEntry } from './audit.js';
+import type { CapacityModel } from './capacity.js';
+import type { ObjectStore } from './objects.js';
+import type { DeviceStore } from './persist.js';
+import type { UserTable } from './users.js';
+
+/** Shared state of one open HSM. */
+export interface DeviceContext {
+  readonly hsmId: string;
+  readonly users: UserTable;
+  readonly objects: ObjectStore;
+  readonly store: DeviceStore;
+  readonly capacity: CapacityModel;
+  readonly clusterKey: Buffer;
+  /** Appends to the audit log (hash-chained). */
+  audit(entry: AuditEntry): void;
+  /** Marks a change of users or token keys (the state digest's version). */
+  bump(): void;
+}

@@ -1,0 +1,139 @@
+// The HSM's data directory: a device master key (32 bytes, 0600, made at first open), the user
+// table and one file per token key, each sealed with AES-256-GCM under the master key. Every
+// write is temp file + fsync + rename + fsync of the directory, finished before the caller's
+// promise resolves, so a kill -9 at any moment leaves every acknowledged object readable.
+// Leftover temp files of an interrupted write are removed on open.
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StoreError } from './errors.js';
+import type { KeyRecord } from './objects.js';
+import { sealJson, unsealJson } from './sealing.js';
+import type { UserRecord } from './users.js';
+
+const MASTER = 'master.key';
+const USERS = 'users.sealed';
+const CLUSTER = 'cluster-key.sealed';
+const KEYS = 'keys';
+const TMP = '.tmp-';
+const KEY_ID = /^[0-9a-f]{32}$/;
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, constants.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes a file atomically and durably (temp + fsync + rename + fsync dir). */
+export async function writeAtomic(dir: string, name: string, data: Buffer, mode = 0o600): Promise<void> {
+  const tmp = join(dir, `${name}${TMP}${randomBytes(6).toString('hex')}`);
+  const fh = await open(tmp, 'wx', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, join(dir, name));
+  await fsyncDir(dir);
+}
+
+async function readIfExists(path: string): Promise<Buffer | undefined> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+}
+
+async function removeTemps(dir: string): Promise<void> {
+  for (const f of await readdir(dir)) if (f.includes(TMP)) await unlink(join(dir, f)).catch(() => undefined);
+}
+
+/** One HSM's sealed files. */
+export class DeviceStore {
+  private usersWrite: Promise<void> = Promise.resolve();
+
+  private constructor(readonly dir: string, private readonly master: Buffer) {}
+
+  /** Opens `dir` (creating it and the master key if needed) and clears interrupted writes. */
+  static async open(dir: string): Promise<DeviceStore> {
+    try {
+      await mkdir(join(dir, KEYS), { recursive: true, mode: 0o700 });
+      await removeTemps(dir);
+      await removeTemps(join(dir, KEYS));
+      let master = await readIfExists(join(dir, MASTER));
+      if (!master) {
+        master = randomBytes(32);
+        await writeAtomic(dir, MASTER, master, 0o600);
+      }
+      if (master.length !== 32) throw new StoreError(`${join(dir, MASTER)} is not a 32-byte master key; restore it from a backup`);
+      return new DeviceStore(dir, master);
+    } catch (e) {
+      if (e instanceof StoreError) throw e;
+      throw new StoreError(`cannot open the HSM data directory ${dir}: ${(e as Error).message}`);
+    }
+  }
+
+  /** The user table, or undefined for a fresh directory. */
+  async readUsers(): Promise<UserRecord[] | undefined> {
+    const blob = await readIfExists(join(this.dir, USERS));
+    return blob ? this.unsealFile<UserRecord[]>(USERS, blob) : undefined;
+  }
+
+  /** Persists the user table; writes are serialised and each writes the table as it is then. */
+  writeUsers(current: () => UserRecord[]): Promise<void> {
+    const next = this.usersWrite.then(() => writeAtomic(this.dir, USERS, sealJson(this.master, USERS, current())));
+    this.usersWrite = next.catch(() => undefined);
+    return next;
+  }
+
+  /** The cluster key kept in the directory, if any. */
+  async readClusterKey(): Promise<Buffer | undefined> {
+    const blob = await readIfExists(join(this.dir, CLUSTER));
+    return blob ? Buffer.from(this.unsealFile<string>(CLUSTER, blob), 'hex') : undefined;
+  }
+
+  /** Keeps the cluster key, sealed under the master key. */
+  writeClusterKey(key: Buffer): Promise<void> {
+    return writeAtomic(this.dir, CLUSTER, sealJson(this.master, CLUSTER, key.toString('hex')));
+  }
+
+  /** Persists one token key object. */
+  writeKey(rec: KeyRecord): Promise<void> {
+    const name = `${rec.attrs.keyId}.key`;
+    return writeAtomic(join(this.dir, KEYS), name, sealJson(this.master, name, rec));
+  }
+
+  /** Removes one token key object durably. */
+  async deleteKey(keyId: string): Promise<void> {
+    await unlink(join(this.dir, KEYS, `${keyId}.key`)).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+    await fsyncDir(join(this.dir, KEYS));
+  }
+
+  /** Every persisted token key. */
+  async readKeys(): Promise<KeyRecord[]> {
+    const out: KeyRecord[] = [];
+    const dir = join(this.dir, KEYS);
+    for (const f of (await readdir(dir)).sort()) {
+      if (!f.endsWith('.key') || !KEY_ID.test(f.slice(0, -4))) continue;
+      out.push(this.unsealFile<KeyRecord>(f, await readFile(join(dir, f))));
+    }
+    return out;
+  }
+
+  private unsealFile<T>(name: string, blob: Buffer): T {
+    try {
+      return unsealJson<T>(this.master, name, blob, name);
+    } catch (e) {
+      throw new StoreError(`${join(this.dir, name)} cannot be read with this HSM's master key (${(e as Error).message}); restore the directory from a backup`);
+    }
+  }
+}
