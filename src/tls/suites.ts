@@ -64,7 +64,7 @@ const GROUPS = new Map<number, GroupInfo>([
     shareLen: 32,
     spkiPrefix: Buffer.from('302a300506032b656e032100', 'hex'),
     keygen: () => crypto.generateKeyPairSync('x25519'),
-    keygenAsync: (cb) => crypto.generateKeyPair('x25519', (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
+    keygenAsync: (cb) => crypto.generateKeyPair('x25519', {}, (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
   }],
   [NamedGroup.secp256r1, ecInfo('prime256v1', 65, '3059301306072a8648ce3d020106082a8648ce3d030107034200')],
   [NamedGroup.secp384r1, ecInfo('secp384r1', 97, '3076301006072a8648ce3d020106052b81040022036200')],
