@@ -1,0 +1,99 @@
+// Certificates signed by an HSM key: self-signed leaf and CA certificates, validity, serials,
+// and the extension sets for each profile.
+import * as x509 from './x509.js';
+import { randomBytes, webcrypto } from 'node:crypto';
+import { MalformedInputError, PkiOptionError } from './errors.js';
+import { parseSans, parseSubject } from './names.js';
+import type { SigningKey } from './signing-key.js';
+
+/** What the issued certificate is for. */
+export type Profile = 'server' | 'client' | 'ca';
+
+/** A random positive 128-bit serial number, as hex (top bit clear, so no sign byte is needed). */
+export function randomSerial(): string {
+  const b = randomBytes(16);
+  b[0] = (b[0]! & 0x7f) | 0x40; // positive, and always 16 bytes long
+  return b.toString('hex');
+}
+
+/** Checks --days: a whole number of days between 1 and 36500. */
+export function checkDays(days: number): number {
+  if (!Number.isInteger(days) || days < 1 || days > 36500) throw new PkiOptionError(`--days must be a whole number from 1 to 36500, got ${String(days)}`);
+  return days;
+}
+
+/** Validity window: from a minute ago (clock skew between machines) for `days` days. */
+export function validity(days: number, notAfterCap?: Date): { notBefore: Date; notAfter: Date } {
+  const notBefore = new Date(Math.floor(Date.now() / 1000) * 1000 - 60_000);
+  let notAfter = new Date(notBefore.getTime() + checkDays(days) * 86_400_000);
+  if (notAfterCap && notAfter > notAfterCap) notAfter = notAfterCap;
+  return { notBefore, notAfter };
+}
+
+/** basicConstraints, keyUsage and extendedKeyUsage for a profile. */
+export function profileExtensions(profile: Profile, keyType: 'rsa' | 'ec', pathLength?: number): x509.Extension[] {
+  const F = x509.KeyUsageFlags;
+  if (profile === 'ca') {
+    return [new x509.BasicConstraintsExtension(true, pathLength, true), new x509.KeyUsagesExtension(F.keyCertSign | F.cRLSign | F.digitalSignature, true)];
+  }
+  // keyEncipherment only means something for RSA (TLS 1.2 RSA key exchange); harmless and expected there.
+  const usage = keyType === 'rsa' ? F.digitalSignature | F.keyEncipherment : F.digitalSignature;
+  const eku = profile === 'server' ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth;
+  return [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(usage, true), new x509.ExtendedKeyUsageExtension([eku], false)];
+}
+
+const provider = webcrypto as Parameters<typeof x509.SubjectKeyIdentifierExtension.create>[2];
+
+/** subjectKeyIdentifier for a public key (SHA-1 of the key bits, RFC 5280 method 1). */
+export async function subjectKeyId(publicKey: x509.PublicKeyType): Promise<x509.SubjectKeyIdentifierExtension> {
+  return x509.SubjectKeyIdentifierExtension.create(publicKey, false, provider);
+}
+
+/** Options for a self-signed certificate. */
+export interface SelfSignOptions {
+  subject: string;
+  sans?: readonly string[];
+  days: number;
+  /** 'server' (default) for a TLS server certificate, 'ca' for a root CA. */
+  profile?: 'server' | 'client' | 'ca';
+  pathLength?: number;
+}
+
+/** Makes a self-signed certificate with an HSM key; returns the certificate. */
+export async function selfSign(key: SigningKey, opts: SelfSignOptions): Promise<x509.X509Certificate> {
+  const name = parseSubject(opts.subject);
+  const sans = parseSans(opts.sans ?? []);
+  const profile = opts.profile ?? 'server';
+  const ski = await subjectKeyId(key.publicKey);
+  const extensions = [...profileExtensions(profile, key.signer.keyType, opts.pathLength), ski, new x509.AuthorityKeyIdentifierExtension(ski.keyId, false)];
+  if (sans.length) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
+  return x509.X509CertificateGenerator.create(
+    {
+      serialNumber: randomSerial(),
+      subject: name,
+      issuer: name,
+      ...validity(opts.days),
+      publicKey: key.publicKey,
+      signingKey: key.privateKey as unknown as webcrypto.CryptoKey,
+      signingAlgorithm: key.params,
+      extensions,
+    },
+    key.crypto,
+  );
+}
+
+/** Parses a PEM certificate; errors name the file. */
+export function parseCertificate(text: string, file: string): x509.X509Certificate {
+  const m = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(text);
+  if (!m) throw new MalformedInputError(file, 'not a PEM certificate (expected "-----BEGIN CERTIFICATE-----")');
+  try {
+    return new x509.X509Certificate(m[0]);
+  } catch (err) {
+    throw new MalformedInputError(file, `the certificate does not parse (${(err as Error).message})`);
+  }
+}
+
+/** PEM text of a certificate, newline-terminated. */
+export function certPem(cert: x509.X509Certificate): string {
+  return cert.toString('pem') + '\n';
+}
