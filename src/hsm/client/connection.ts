@@ -56,13 +56,15 @@ const requestChannel = channel('hsmproxy:hsm:request');
 /** One pipelined, mutually authenticated connection to one HSM. */
 export class HsmConnection {
   private loggedIn: LoginInfo | undefined;
+  /** Resolves once the connection is gone (closed by either side, or failed). */
+  readonly closed: Promise<void>;
 
   private constructor(
     readonly hsmId: string,
     readonly address: string,
     private readonly ch: FrameChannel,
   ) {
-    ch.onClose(() => { this.loggedIn = undefined; });
+    this.closed = new Promise((resolve) => ch.onClose(() => { this.loggedIn = undefined; resolve(); }));
   }
 
   /** Connects and completes the mTLS handshake; HsmUnreachableError / HsmTlsError on failure. */
@@ -102,7 +104,7 @@ export class HsmConnection {
   }
 
   /** Whether the connection is closed (then every call fails; make a new one). */
-  get closed(): boolean {
+  get isClosed(): boolean {
     return this.ch.closedError !== undefined;
   }
 
