@@ -1,11 +1,15 @@
-// Errors of the PKCS#11 backend. One base class with a stable ENGINE_ERR_* code and a subclass
-// per failure, so callers (CLI, proxy) branch on `code`; messages say what to do next.
+// Errors of the PKCS#11 backend. Failures the engine already names (bad credentials, key not
+// found, unsupported, aborted, closed) use the engine's classes and ENGINE_ERR_* codes; the
+// PKCS#11-specific ones below extend EngineError, so callers branch on `code` alone.
 // Raw PKCS#11 return values (CKR_*) are kept on `ckr` for logs, never shown alone.
+import { EngineError } from '../errors.js';
 
-/** Base class of every error the PKCS#11 backend throws. */
-export class Pkcs11EngineError extends Error {
-  constructor(message: string, readonly code: string, readonly ckr?: string) {
-    super(message);
+export { AbortedError, BadCredentialsError, ClosedError, KeyNotFoundError, UnsupportedError } from '../errors.js';
+
+/** Base class of the PKCS#11-specific errors. */
+export class Pkcs11EngineError extends EngineError {
+  constructor(message: string, code: string, readonly ckr?: string) {
+    super(message, code);
     this.name = 'Pkcs11EngineError';
   }
 }
@@ -27,31 +31,7 @@ export class TokenNotFoundError extends Pkcs11EngineError {
   }
 }
 
-/** The PIN was missing, wrong, or the user is locked out. */
-export class BadCredentialsError extends Pkcs11EngineError {
-  constructor(message: string, ckr?: string) {
-    super(message, 'ENGINE_ERR_BAD_CREDENTIALS', ckr);
-    this.name = 'BadCredentialsError';
-  }
-}
-
-/** No private key on the token matches the reference (deleted, or another token). */
-export class KeyNotFoundError extends Pkcs11EngineError {
-  constructor(what: string) {
-    super(`no private key ${what} on the PKCS#11 token; it may have been deleted, or the reference points to another token`, 'ENGINE_ERR_KEY_NOT_FOUND');
-    this.name = 'KeyNotFoundError';
-  }
-}
-
-/** The token or this backend cannot do what was asked (key type, scheme, mechanism). */
-export class UnsupportedError extends Pkcs11EngineError {
-  constructor(message: string) {
-    super(message, 'ENGINE_ERR_UNSUPPORTED');
-    this.name = 'UnsupportedError';
-  }
-}
-
-/** A malformed `pkcs11:` URI (RFC 7512). */
+/** A malformed `pkcs11:` URI (RFC 7512), or one naming another token. */
 export class Pkcs11UriError extends Pkcs11EngineError {
   constructor(message: string) {
     super(`invalid pkcs11: URI: ${message}`, 'ENGINE_ERR_PKCS11_URI');
@@ -67,18 +47,10 @@ export class TokenOperationError extends Pkcs11EngineError {
   }
 }
 
-/** The backend was closed; no further operations are possible. */
-export class BackendClosedError extends Pkcs11EngineError {
-  constructor() {
-    super('the PKCS#11 backend is closed', 'ENGINE_ERR_CLOSED');
-    this.name = 'BackendClosedError';
-  }
-}
-
-/** The caller's AbortSignal fired before the operation started. */
-export class AbortedError extends Pkcs11EngineError {
-  constructor() {
-    super('the PKCS#11 operation was cancelled', 'ENGINE_ERR_ABORTED');
-    this.name = 'AbortedError';
+/** A reference names a key on another token than the one this backend opened. */
+export class OtherTokenError extends Pkcs11EngineError {
+  constructor(file: string, refToken: string, ourToken: string) {
+    super(`${file} refers to a key on PKCS#11 token ${refToken}, but the open token is ${ourToken}; use the token the reference names`, 'ENGINE_ERR_OTHER_CLUSTER');
+    this.name = 'OtherTokenError';
   }
 }

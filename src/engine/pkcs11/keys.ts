@@ -94,7 +94,7 @@ function selectorTemplate(sel: KeySelector): Template {
 }
 
 function describeSelector(sel: KeySelector): string {
-  return [sel.label !== undefined ? `labelled "${sel.label}"` : '', sel.id ? `with id ${sel.id.toString('hex')}` : ''].filter(Boolean).join(' ');
+  return ['private key', sel.label !== undefined ? `labelled "${sel.label}"` : '', sel.id ? `with id ${sel.id.toString('hex')}` : ''].filter(Boolean).join(' ');
 }
 
 /** Reads id, label, type and public key of the private key `priv` (public half found by CKA_ID). */
@@ -109,13 +109,22 @@ function describeKey(api: Pkcs11Api, session: Buffer, priv: Buffer): Pkcs11KeyIn
   return { id: id!, label: label!.toString('utf8'), keyType: keyType === ck.CKK_RSA ? 'rsa' : 'ec', ...pub };
 }
 
-/** Generates a key pair on the token; the private key is sensitive, non-extractable and sign-only. */
-export async function generateKey(token: Pkcs11Token, spec: Pkcs11KeySpec, label: string): Promise<Pkcs11KeyInfo> {
-  if (!label) throw new Pkcs11EngineError('a key needs a label: pass --label', 'ENGINE_ERR_CONFIG');
-  const id = randomBytes(16);
-  const common = [{ type: ck.CKA_TOKEN, value: true }, { type: ck.CKA_ID, value: id }, { type: ck.CKA_LABEL, value: label }];
+// Attribute templates shared by generation and import: the private key can only sign, never leave.
+function templates(id: Buffer, label: string, onToken: boolean): { pubT: Template; privT: Template } {
+  const common = [{ type: ck.CKA_TOKEN, value: onToken }, { type: ck.CKA_ID, value: id }, { type: ck.CKA_LABEL, value: label }];
   const pubT: Template = [...common, { type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_PRIVATE, value: false }, { type: ck.CKA_VERIFY, value: true }, { type: ck.CKA_ENCRYPT, value: false }, { type: ck.CKA_WRAP, value: false }];
   const privT: Template = [...common, { type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, { type: ck.CKA_PRIVATE, value: true }, { type: ck.CKA_SENSITIVE, value: true }, { type: ck.CKA_EXTRACTABLE, value: false }, { type: ck.CKA_SIGN, value: true }, { type: ck.CKA_DECRYPT, value: false }, { type: ck.CKA_UNWRAP, value: false }, { type: ck.CKA_DERIVE, value: false }];
+  return { pubT, privT };
+}
+
+/**
+ * Generates a key pair on the token; the private key is sensitive, non-extractable and sign-only.
+ * `session` keys (CKA_TOKEN false) vanish when the backend closes.
+ */
+export async function generateKey(token: Pkcs11Token, spec: Pkcs11KeySpec, label: string, opts: { session?: boolean } = {}): Promise<Pkcs11KeyInfo> {
+  if (!label) throw new Pkcs11EngineError('a key needs a label: pass --label', 'ENGINE_ERR_CONFIG');
+  const id = randomBytes(16);
+  const { pubT, privT } = templates(id, label, !opts.session);
   let mechanism: number;
   if (spec.type === 'rsa') {
     mechanism = ck.CKM_RSA_PKCS_KEY_PAIR_GEN;
@@ -133,6 +142,40 @@ export async function generateKey(token: Pkcs11Token, spec: Pkcs11KeySpec, label
   return token.run('reading the new key', (s) => describeKey(token.api, s, pair.privateKey));
 }
 
+/** Imports a software private key (the migration path): it becomes sensitive and non-extractable. */
+export async function importKey(token: Pkcs11Token, privateKey: KeyObject, label: string): Promise<Pkcs11KeyInfo> {
+  if (!label) throw new Pkcs11EngineError('a key needs a label: pass --label', 'ENGINE_ERR_CONFIG');
+  if (privateKey.type !== 'private') throw new UnsupportedError('only a private key can be imported');
+  const id = randomBytes(16);
+  const { pubT, privT } = templates(id, label, true);
+  const jwk = privateKey.export({ format: 'jwk' });
+  const b = (v: string | undefined): Buffer => Buffer.from(v ?? '', 'base64url');
+  if (jwk.kty === 'RSA') {
+    const pub = [{ type: ck.CKA_KEY_TYPE, value: ck.CKK_RSA }, { type: ck.CKA_MODULUS, value: b(jwk.n) }, { type: ck.CKA_PUBLIC_EXPONENT, value: b(jwk.e) }];
+    pubT.push(...pub);
+    privT.push(...pub, { type: ck.CKA_PRIVATE_EXPONENT, value: b(jwk.d) }, { type: ck.CKA_PRIME_1, value: b(jwk.p) }, { type: ck.CKA_PRIME_2, value: b(jwk.q) },
+      { type: ck.CKA_EXPONENT_1, value: b(jwk.dp) }, { type: ck.CKA_EXPONENT_2, value: b(jwk.dq) }, { type: ck.CKA_COEFFICIENT, value: b(jwk.qi) });
+  } else if (jwk.kty === 'EC') {
+    const c = CURVES.find((x) => x.curve === jwk.crv);
+    if (!c) throw new UnsupportedError(`EC curve ${jwk.crv ?? '?'} is not supported (use P-256 or P-384)`);
+    const point = Buffer.concat([Buffer.from([0x04]), b(jwk.x), b(jwk.y)]);
+    pubT.push({ type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_EC_PARAMS, value: c.oid }, { type: ck.CKA_EC_POINT, value: Buffer.concat([Buffer.from([0x04, point.length]), point]) });
+    privT.push({ type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_EC_PARAMS, value: c.oid }, { type: ck.CKA_VALUE, value: b(jwk.d) });
+  } else {
+    throw new UnsupportedError(`key type ${jwk.kty ?? '?'} cannot be imported (use RSA or EC P-256/P-384)`);
+  }
+  return token.run('key import', (s) => {
+    const priv = token.api.C_CreateObject(s, privT);
+    try {
+      token.api.C_CreateObject(s, pubT);
+    } catch (err) {
+      token.api.C_DestroyObject(s, priv);
+      throw err;
+    }
+    return describeKey(token.api, s, priv);
+  });
+}
+
 /** Lists the private keys on the token (those this user can see) with their public halves. */
 export function listKeys(token: Pkcs11Token): Promise<Pkcs11KeyInfo[]> {
   return token.run('listing keys', (s) =>
@@ -146,14 +189,14 @@ export function privateKeyHandle(token: Pkcs11Token, session: Buffer, sel: KeySe
   const cacheKey = `${sel.id?.toString('hex') ?? ''}/${sel.label ?? ''}`;
   const cached = token.handles.get(cacheKey);
   if (cached) return cached;
-  if (!sel.id && sel.label === undefined) throw new KeyNotFoundError('(no id or label given)');
+  if (!sel.id && sel.label === undefined) throw new KeyNotFoundError('a private key with no id or label');
   const found = findObjects(token.api, session, [{ type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, ...selectorTemplate(sel)]);
   if (found.length === 0) {
     // Private keys are invisible to a session that is not logged in: report that, so run() logs in again.
     if (!token.loggedIn(session)) throw new ck.Pkcs11Error('CKR_USER_NOT_LOGGED_IN:257', ck.CKR_USER_NOT_LOGGED_IN, 'C_FindObjects');
     throw new KeyNotFoundError(describeSelector(sel));
   }
-  if (found.length > 1) throw new Pkcs11EngineError(`${found.length} private keys are ${describeSelector(sel)}; name the key by its id`, 'ENGINE_ERR_AMBIGUOUS_KEY');
+  if (found.length > 1) throw new Pkcs11EngineError(`${found.length} keys match (${describeSelector(sel)}); name the key by its id`, 'ENGINE_ERR_AMBIGUOUS_KEY');
   token.handles.set(cacheKey, found[0]!);
   return found[0]!;
 }

@@ -70,9 +70,15 @@ export interface SignPlan {
   finish(raw: Buffer): Buffer;
 }
 
-/** Plans one signature; `offered` is the token's mechanism list, `keyBytes` the modulus or field size. */
-export function planSignature(alg: SignAlgorithm, keyType: 'rsa' | 'ec', keyBytes: number, data: Buffer, offered: ReadonlySet<number>): SignPlan {
-  const digest = (): Buffer => createHash(alg.hash).update(data).digest();
+/**
+ * Plans one signature; `offered` is the token's mechanism list, `keyBytes` the modulus or field
+ * size. With `prehashed`, `data` is already the digest and only digest-input mechanisms are used.
+ */
+export function planSignature(alg: SignAlgorithm, keyType: 'rsa' | 'ec', keyBytes: number, data: Buffer, offered: ReadonlySet<number>, prehashed = false): SignPlan {
+  if (prehashed && data.length !== HASH_LEN[alg.hash]) throw new UnsupportedError(`a ${alg.hash} digest is ${HASH_LEN[alg.hash]} bytes, got ${data.length}`);
+  const digest = (): Buffer => prehashed ? data : createHash(alg.hash).update(data).digest();
+  // Hashing mechanisms want the content; with a digest in hand, pretend they are not offered.
+  if (prehashed) offered = new Set([...offered].filter((m) => m !== RSA_PSS_HASHED[alg.hash] && m !== RSA_PKCS_HASHED[alg.hash]));
   const identity = (raw: Buffer): Buffer => raw;
   if (alg.kind === 'ecdsa') {
     if (keyType !== 'ec') throw new UnsupportedError('ECDSA needs an EC key');

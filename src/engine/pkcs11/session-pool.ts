@@ -2,7 +2,7 @@
 // single active operation per session (a second C_SignInit fails with CKR_OPERATION_ACTIVE), so
 // concurrency comes from many sessions. Sessions carry the epoch they were opened in; after a
 // recovery the token bumps the epoch and older sessions are retired instead of reused.
-import { AbortedError, BackendClosedError } from './errors.js';
+import { AbortedError, ClosedError } from './errors.js';
 
 /** One open session, as the pool tracks it. */
 export interface Session {
@@ -37,7 +37,7 @@ export class SessionPool {
 
   /** Resolves with a session for the caller's exclusive use; release() it when done. */
   acquire(signal?: AbortSignal): Promise<Session> {
-    if (this.closed) return Promise.reject(new BackendClosedError());
+    if (this.closed) return Promise.reject(new ClosedError('the PKCS#11 backend'));
     if (signal?.aborted) return Promise.reject(new AbortedError());
     const s = this.takeIdle();
     if (s) { this.busy++; return Promise.resolve(s); }
@@ -92,7 +92,7 @@ export class SessionPool {
     this.closed = true;
     for (const w of this.waiters.splice(0)) {
       if (w.onAbort) w.signal?.removeEventListener('abort', w.onAbort);
-      w.reject(new BackendClosedError());
+      w.reject(new ClosedError('the PKCS#11 backend'));
     }
     if (this.busy > 0) await new Promise<void>((resolve) => { this.drained = resolve; });
     this.retireIdle();

@@ -6,7 +6,7 @@ import type { Pkcs11Token } from './token.js';
 import { privateKeyHandle, signatureUnitBytes } from './keys.js';
 import type { Pkcs11KeyInfo } from './keys.js';
 import { planSignature, schemeAlgorithm, schemesFor } from './mechanisms.js';
-import type { SignAlgorithm } from './mechanisms.js';
+import type { SignAlgorithm, SignPlan } from './mechanisms.js';
 import { UnsupportedError } from './errors.js';
 
 /** Signs with a token-held key; structurally the `Signer` of tls/signer.ts. */
@@ -40,12 +40,20 @@ export class Pkcs11Signer {
   /** Signs with an explicit algorithm (for X.509 work, where curve and hash are independent). */
   async signWith(alg: SignAlgorithm, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
     const plan = planSignature(alg, this.keyType, this.unitBytes, data, this.token.mechanisms);
-    const api = this.token.api;
-    const raw = await this.token.run('signing', (session) => {
-      const key = privateKeyHandle(this.token, session, { id: this.id });
-      api.C_SignInit(session, plan.mechanism, key);
-      return api.C_SignAsync(session, plan.input, Buffer.alloc(plan.outLength));
-    }, signal);
-    return plan.finish(raw);
+    return plan.finish(await signOnToken(this.token, this.id, plan, signal));
   }
+}
+
+/**
+ * Runs one planned signature with the key `id` on a session of its own and returns the token's
+ * output as is (raw r||s for ECDSA). C_SignInit is quick and synchronous; C_Sign goes to the
+ * libuv thread pool.
+ */
+export function signOnToken(token: Pkcs11Token, id: Buffer, plan: SignPlan, signal?: AbortSignal): Promise<Buffer> {
+  const api = token.api;
+  return token.run('signing', (session) => {
+    const key = privateKeyHandle(token, session, { id });
+    api.C_SignInit(session, plan.mechanism, key);
+    return api.C_SignAsync(session, plan.input, Buffer.alloc(plan.outLength));
+  }, signal);
 }

@@ -7,7 +7,8 @@ import { ck, ckrName, ckrOf, findToken, loadModule } from './module.js';
 import type { FoundToken, LoadedModule, Pkcs11Api, TokenSelector } from './module.js';
 import { SessionPool } from './session-pool.js';
 import type { PoolStats, Session, SessionSource } from './session-pool.js';
-import { AbortedError, BackendClosedError, BadCredentialsError, KeyNotFoundError, Pkcs11EngineError, TokenOperationError } from './errors.js';
+import { AbortedError, BadCredentialsError, ClosedError, KeyNotFoundError, Pkcs11EngineError, TokenOperationError } from './errors.js';
+import { EngineError } from '../errors.js';
 
 /** How HSMPROXY_PIN is handed to C_Login: whole (`user:password` for CloudHSM), or only the part after the first ':'. */
 export type PinFormat = 'as-is' | 'password';
@@ -138,7 +139,7 @@ export class Pkcs11Token implements SessionSource {
   private async runWithRetry<T>(operation: string, fn: (session: Buffer) => T | Promise<T>, signal?: AbortSignal): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       if (this.fatal) throw this.fatal;
-      if (this.closed) throw new BackendClosedError();
+      if (this.closed) throw new ClosedError('the PKCS#11 backend');
       let s: Session;
       try {
         s = await this.pool.acquire(signal);
@@ -265,9 +266,9 @@ export class Pkcs11Token implements SessionSource {
   }
 
   private describe(operation: string, err: unknown): Error {
-    if (err instanceof Pkcs11EngineError) return err;
+    if (err instanceof EngineError) return err;
     const code = ckrOf(err);
-    if (code === ck.CKR_KEY_HANDLE_INVALID || code === ck.CKR_OBJECT_HANDLE_INVALID) return new KeyNotFoundError('(its handle is no longer valid)');
+    if (code === ck.CKR_KEY_HANDLE_INVALID || code === ck.CKR_OBJECT_HANDLE_INVALID) return new KeyNotFoundError('the private key (its handle is no longer valid)');
     if (code !== undefined) return new TokenOperationError(operation, ckrName(code));
     return err instanceof Error ? err : new Error(String(err));
   }
@@ -281,11 +282,11 @@ function lossKind(err: unknown): LossKind | undefined {
 function loginError(code: number | undefined, label: string): Error | undefined {
   const on = `token "${label}"`;
   switch (code) {
-    case ck.CKR_PIN_INCORRECT: return new BadCredentialsError(`wrong PIN for ${on} (CKR_PIN_INCORRECT); check HSMPROXY_PIN`, 'CKR_PIN_INCORRECT');
-    case ck.CKR_PIN_LOCKED: return new BadCredentialsError(`the user PIN of ${on} is locked (CKR_PIN_LOCKED); the security officer must reset it`, 'CKR_PIN_LOCKED');
-    case ck.CKR_PIN_LEN_RANGE: return new BadCredentialsError(`the PIN has the wrong length for ${on} (CKR_PIN_LEN_RANGE); check HSMPROXY_PIN`, 'CKR_PIN_LEN_RANGE');
-    case ck.CKR_PIN_EXPIRED: return new BadCredentialsError(`the PIN of ${on} has expired (CKR_PIN_EXPIRED); change it with the token's tools`, 'CKR_PIN_EXPIRED');
-    case ck.CKR_USER_PIN_NOT_INITIALIZED: return new BadCredentialsError(`${on} has no user PIN yet (CKR_USER_PIN_NOT_INITIALIZED); initialise it first`, 'CKR_USER_PIN_NOT_INITIALIZED');
+    case ck.CKR_PIN_INCORRECT: return new BadCredentialsError(`wrong PIN for ${on} (CKR_PIN_INCORRECT); check HSMPROXY_PIN`);
+    case ck.CKR_PIN_LOCKED: return new BadCredentialsError(`the user PIN of ${on} is locked (CKR_PIN_LOCKED); the security officer must reset it`);
+    case ck.CKR_PIN_LEN_RANGE: return new BadCredentialsError(`the PIN has the wrong length for ${on} (CKR_PIN_LEN_RANGE); check HSMPROXY_PIN`);
+    case ck.CKR_PIN_EXPIRED: return new BadCredentialsError(`the PIN of ${on} has expired (CKR_PIN_EXPIRED); change it with the token's tools`);
+    case ck.CKR_USER_PIN_NOT_INITIALIZED: return new BadCredentialsError(`${on} has no user PIN yet (CKR_USER_PIN_NOT_INITIALIZED); initialise it first`);
     case undefined: return undefined;
     default: return new TokenOperationError(`login to ${on}`, ckrName(code));
   }
