@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { ReloadRefusedError } from '../src/proxy/index.js';
 import { baseYaml, startHarness, type Harness } from './helpers/proxy-harness.js';
-import { issue } from './helpers/tls-certs.js';
+import { issue } from './helpers/proxy-certs.js';
 
 interface Got { status: number; body: string; serial: string; reused: boolean }
 

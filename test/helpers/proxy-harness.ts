@@ -10,7 +10,7 @@ import type { Test } from 'tap';
 import { parseConfig, type Config } from '../../src/config/index.js';
 import { createRegistry } from '../../src/metrics/index.js';
 import { nodeTlsListenerFactory, Proxy, startDemoUpstream, type DemoUpstream, type ProxyOptions } from '../../src/proxy/index.js';
-import { issue, makeCa } from './tls-certs.js';
+import { issue, makeCa } from './proxy-certs.js';
 
 export interface CurlResult { status: number; body: string; headers: string; stderr: string; exitCode: number }
 
