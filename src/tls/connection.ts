@@ -1,0 +1,354 @@
+// The sans-IO TLS server connection: bytes in (`feed`), bytes out (`takeOutput`) and events
+// (`takeEvents`), with no sockets or timers inside. It owns the record-layer rules (which
+// record types are allowed when, CCS and alert handling, early-data skipping, abuse
+// counters), hands complete handshake messages to the current state, and is the one place
+// that turns an error into the fatal alert on the wire.
+import { AlertDescription, AlertLevel, TlsAlertError, TlsError, alertName, fatal } from './alert.js';
+import {
+  AwaitSignature, ExpectClientHello, Traffic, type HandshakeConfig, type HandshakeIo, type Negotiated,
+  type SignRequest, type State,
+} from './handshake13.js';
+import { HandshakeJoiner } from './joiner.js';
+import { trafficKeys } from './keyschedule.js';
+import { ContentType, RecordDeframer, RecordOpener, RecordSealer, plaintextRecords } from './record.js';
+import type { CipherSuite } from './suites.js';
+
+/** What the connection tells its driver. */
+export type ConnectionEvent =
+  | { type: 'sign'; request: SignRequest }
+  | { type: 'handshake' }
+  | { type: 'data'; data: Buffer }
+  | { type: 'close_notify' }
+  | { type: 'fatal'; error: TlsError };
+
+/** Limits a hostile peer runs into (TLS.md 4, 8, 36, 39, 41). */
+export const Limits = {
+  /** Consecutive zero-length application_data records (rustls: 32). */
+  emptyRecords: 32,
+  /** Unencrypted middlebox CCS records accepted during the handshake (RFC 8446 §5: the client sends one). */
+  compatCcs: 1,
+  /** Warning alerts (user_canceled) tolerated. */
+  warningAlerts: 4,
+  /** Bytes of declined 0-RTT data skipped before giving up (RFC 8446 §4.2.10). */
+  earlyDataSkip: 64 * 1024,
+  /** Input held while the handshake waits for its signature. */
+  pausedInput: 64 * 1024,
+} as const;
+
+/** Named abuse counters, exposed for tests and diagnostics. */
+export interface Counters { emptyRecords: number; compatCcs: number; warningAlerts: number; earlyDataSkipped: number }
+
+interface WireRecord { type: number; version: number; fragment: Buffer }
+
+const COMPAT_CCS = Buffer.from([ContentType.change_cipher_spec, 3, 3, 0, 1, 1]);
+
+/** One server-side TLS connection, transport-agnostic. */
+export class ServerConnection implements HandshakeIo {
+  readonly negotiated: Negotiated = { resumed: false };
+  readonly counters: Counters = { emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0 };
+  private state: State = new ExpectClientHello();
+  private readonly deframer = new RecordDeframer();
+  private readonly joiner = new HandshakeJoiner();
+  private sealer: RecordSealer | null = null;
+  private opener: RecordOpener | null = null;
+  private readKey: { suite: CipherSuite; key: Buffer; iv: Buffer } | null = null;
+  private out: Buffer[] = [];
+  private flight: Buffer[] = [];
+  private events: ConnectionEvent[] = [];
+  private held: WireRecord[] = [];
+  private heldBytes = 0;
+  private epoch = 0;
+  private pendingSign = 0;
+  private ccsSent = false;
+  private decryptedAny = false;
+  private earlySkip = 0;
+  private sawHello = false;
+  private done = false;
+  private readClosed = false;
+  private writeClosed = false;
+  private dead: TlsError | null = null;
+
+  constructor(readonly config: HandshakeConfig) {}
+
+  /** True once the client's Finished verified. */
+  get established(): boolean { return this.done && !this.dead; }
+  /** The error that killed the connection, if any. */
+  get error(): TlsError | null { return this.dead; }
+  /** False while waiting for the signature or after the end: the driver may stop reading. */
+  get wantsInput(): boolean { return !this.dead && !this.readClosed && this.state.wantsInput; }
+  /** True once close_notify was received. */
+  get peerClosed(): boolean { return this.readClosed; }
+  get stateName(): string { return this.state.name; }
+
+  /** Feeds bytes received from the peer. Errors become a fatal alert plus a 'fatal' event. */
+  feed(data: Buffer): void {
+    if (this.dead || this.readClosed) return;
+    try {
+      this.deframer.push(data);
+      this.pump();
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /** Everything to transmit since the last call, as one buffer (one socket write per flight). */
+  takeOutput(): Buffer | null {
+    if (!this.dead) this.flushFlight();
+    const out = this.out;
+    if (out.length === 0) return null;
+    this.out = [];
+    return out.length === 1 ? out[0]! : Buffer.concat(out);
+  }
+
+  /** Events since the last call. */
+  takeEvents(): ConnectionEvent[] {
+    const ev = this.events;
+    this.events = [];
+    return ev;
+  }
+
+  /** Delivers the signature for request `epoch`; a stale or late answer is dropped (returns false). */
+  resumeWithSignature(epoch: number, signature: Buffer): boolean {
+    if (this.dead || epoch !== this.pendingSign || !(this.state instanceof AwaitSignature)) return false;
+    this.pendingSign = 0;
+    try {
+      this.state = this.state.resume(signature, this);
+      this.pump();
+    } catch (e) {
+      this.fail(e);
+    }
+    return true;
+  }
+
+  /** The signer failed or timed out for request `epoch`: internal_error for this handshake only. */
+  failSignature(epoch: number, reason: string): boolean {
+    if (this.dead || epoch !== this.pendingSign) return false;
+    this.pendingSign = 0;
+    this.fail(new TlsAlertError(AlertDescription.internal_error, `signature failed: ${reason}`));
+    return true;
+  }
+
+  /** Encrypts application data (fragmented at 2^14). Throws the original error once dead. */
+  writeApplicationData(data: Buffer): void {
+    if (this.dead) throw this.dead;
+    if (this.writeClosed) throw new TlsError('write after close_notify', 'TLS_ERR_WRITE_AFTER_CLOSE');
+    if (!this.done || !this.sealer) throw new TlsError('handshake not complete', 'TLS_ERR_NOT_ESTABLISHED');
+    if (this.sealer.needsKeyUpdate && this.state instanceof Traffic) this.state.updateWriteKey(this, false);
+    this.flushFlight();
+    if (data.length > 0) this.out.push(this.sealer.seal(ContentType.application_data, data));
+  }
+
+  /** Sends a KeyUpdate (optionally asking the peer to update too). */
+  keyUpdate(requestPeer: boolean): void {
+    if (this.dead) throw this.dead;
+    if (!(this.state instanceof Traffic) || this.writeClosed) throw new TlsError('KeyUpdate needs an established connection', 'TLS_ERR_NOT_ESTABLISHED');
+    this.state.updateWriteKey(this, requestPeer);
+  }
+
+  /** Sends close_notify; reading continues until the peer's close_notify (half-close). */
+  close(): void {
+    if (this.dead || this.writeClosed) return;
+    this.flushFlight();
+    this.sendAlert(AlertLevel.warning, AlertDescription.close_notify);
+    this.writeClosed = true;
+  }
+
+  /** Ends the connection without an alert (timeout, transport gone); cancels a pending sign. */
+  abort(error: TlsError): void {
+    if (this.dead) return;
+    this.dead = error;
+    this.epoch++;
+    this.pendingSign = 0;
+  }
+
+  // ---- the record layer ----
+
+  private pump(): void {
+    while (!this.dead && !this.readClosed) {
+      if (!this.state.wantsInput) {
+        // Paused for the signature: hold records in order, except that a plaintext alert
+        // (the only thing a client can say before our Finished) is acted on at once.
+        const rec = this.deframer.next();
+        if (!rec) break;
+        if (rec.type === ContentType.alert && !this.decryptedAny) { this.handleRecord(rec); continue; }
+        this.heldBytes += rec.fragment.length;
+        if (this.heldBytes > Limits.pausedInput) throw fatal('unexpected_message', 'too much input while the handshake is waiting for its signature');
+        this.held.push({ type: rec.type, version: rec.version, fragment: Buffer.from(rec.fragment) });
+        continue;
+      }
+      const rec = this.held.shift() ?? this.deframer.next();
+      if (!rec) break;
+      if (this.held.length === 0) this.heldBytes = 0;
+      this.handleRecord(rec);
+    }
+    this.flushFlight();
+  }
+
+  private handleRecord(rec: WireRecord): void {
+    const { type, fragment } = rec;
+    if (type === ContentType.application_data && this.opener) return this.handleProtected(rec);
+    // Everything below is unprotected.
+    if (this.joiner.pending && type !== ContentType.handshake) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
+    switch (type) {
+      case ContentType.change_cipher_spec:
+        if (fragment.length !== 1 || fragment[0] !== 1) throw fatal('unexpected_message', 'ChangeCipherSpec must be the single byte 0x01');
+        if (!this.sawHello || this.done) throw fatal('unexpected_message', 'ChangeCipherSpec outside the handshake');
+        if (++this.counters.compatCcs > Limits.compatCcs) throw fatal('unexpected_message', 'too many ChangeCipherSpec records');
+        return;
+      case ContentType.alert:
+        // rustls rule (TLS.md 6): once keys are in place, only an early plaintext alert is tolerated.
+        if (this.opener && this.decryptedAny) throw fatal('unexpected_message', 'plaintext alert after encryption started');
+        return this.handleAlert(fragment);
+      case ContentType.handshake:
+        if (this.opener) throw fatal('unexpected_message', 'plaintext handshake record after keys changed');
+        if (fragment.length === 0) throw fatal('unexpected_message', 'empty handshake record');
+        this.joiner.push(fragment);
+        return this.processMessages();
+      case ContentType.application_data:
+        if (this.earlySkip > 0) return this.skipEarly(fragment.length);
+        throw fatal('unexpected_message', 'application data before the handshake');
+      default:
+        throw fatal('unexpected_message', `unknown record type ${type}`);
+    }
+  }
+
+  private skipEarly(n: number): void {
+    this.counters.earlyDataSkipped += n;
+    if (this.counters.earlyDataSkipped > Limits.earlyDataSkip) throw fatal('unexpected_message', 'too much declined early data');
+  }
+
+  private handleProtected(rec: WireRecord): void {
+    let inner: { type: number; content: Buffer };
+    try {
+      inner = this.opener!.open(rec);
+    } catch (e) {
+      // Declined 0-RTT: records under the early key fail to decrypt and are skipped (§4.2.10).
+      if (this.earlySkip > 0 && e instanceof TlsAlertError && e.alert === AlertDescription.bad_record_mac) {
+        // Nothing has decrypted under this key yet, so its sequence number must stay at 0.
+        const k = this.readKey!;
+        this.opener = new RecordOpener(k.suite, k.key, k.iv);
+        return this.skipEarly(rec.fragment.length);
+      }
+      throw e;
+    }
+    this.earlySkip = 0;
+    this.decryptedAny = true;
+    const { type, content } = inner;
+    if (type !== ContentType.handshake && this.joiner.pending) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
+    switch (type) {
+      case ContentType.handshake:
+        if (content.length === 0) throw fatal('unexpected_message', 'empty handshake record');
+        this.joiner.push(content);
+        return this.processMessages();
+      case ContentType.alert:
+        return this.handleAlert(content);
+      case ContentType.application_data:
+        if (!this.done) throw fatal('unexpected_message', 'application data before the client Finished');
+        if (content.length === 0) {
+          if (++this.counters.emptyRecords > Limits.emptyRecords) throw fatal('unexpected_message', 'too many empty records');
+          return;
+        }
+        this.counters.emptyRecords = 0;
+        if (this.state instanceof Traffic) this.state.sawApplicationData();
+        this.events.push({ type: 'data', data: content });
+        return;
+      default:
+        throw fatal('unexpected_message', `record type ${type} is not allowed encrypted`);
+    }
+  }
+
+  private processMessages(): void {
+    while (this.state.wantsInput && !this.dead) {
+      const m = this.joiner.next();
+      if (!m) return;
+      this.sawHello = true;
+      this.state = this.state.handle(m, this);
+    }
+  }
+
+  private handleAlert(body: Buffer): void {
+    if (body.length !== 2) throw fatal('decode_error', 'alert record must be exactly 2 bytes');
+    const [level, desc] = [body[0]!, body[1]!];
+    if (level !== AlertLevel.warning && level !== AlertLevel.fatal) throw fatal('illegal_parameter', `unknown alert level ${level}`);
+    if (desc === AlertDescription.close_notify) {
+      this.readClosed = true;
+      this.events.push({ type: 'close_notify' });
+      return;
+    }
+    if (level === AlertLevel.warning && desc === AlertDescription.user_canceled) {
+      if (++this.counters.warningAlerts > Limits.warningAlerts) throw fatal('unexpected_message', 'too many warning alerts');
+      return;
+    }
+    // TLS 1.3 (§6): every other alert, whatever its level, ends the connection.
+    throw new TlsAlertError(desc, `peer sent ${alertName(desc)}`, true);
+  }
+
+  /** The one place a failure becomes the fatal alert on the wire. */
+  private fail(e: unknown): void {
+    if (this.dead) return;
+    const err = e instanceof TlsError ? e
+      : new TlsAlertError(AlertDescription.internal_error, `internal error: ${e instanceof Error ? e.message : String(e)}`);
+    this.flight = []; // a half-built flight is never sent
+    if (err instanceof TlsAlertError && !err.received && !this.writeClosed) {
+      try { this.sendAlert(AlertLevel.fatal, err.alert); } catch { /* nothing more to say */ }
+    }
+    this.dead = err;
+    this.writeClosed = true;
+    this.epoch++;
+    this.pendingSign = 0;
+    this.events.push({ type: 'fatal', error: err });
+  }
+
+  private sendAlert(level: number, desc: number): void {
+    const body = Buffer.from([level, desc]);
+    this.out.push(this.sealer ? this.sealer.seal(ContentType.alert, body) : plaintextRecords(ContentType.alert, body));
+  }
+
+  private flushFlight(): void {
+    if (this.flight.length === 0 || !this.sealer) return;
+    const content = this.flight.length === 1 ? this.flight[0]! : Buffer.concat(this.flight);
+    this.flight = [];
+    this.out.push(this.sealer.seal(ContentType.handshake, content));
+  }
+
+  // ---- HandshakeIo, used by the states ----
+
+  sendPlaintextHandshake(msg: Buffer): void {
+    this.flushFlight();
+    this.out.push(plaintextRecords(ContentType.handshake, msg));
+  }
+
+  sendCompatCcs(): void {
+    if (this.ccsSent) return;
+    this.ccsSent = true;
+    this.out.push(COMPAT_CCS);
+  }
+
+  sendHandshake(msg: Buffer): void { this.flight.push(msg); }
+
+  setWriteKey(suite: CipherSuite, secret: Buffer): void {
+    this.flushFlight();
+    const { key, iv } = trafficKeys(suite, secret);
+    this.sealer = new RecordSealer(suite, key, iv);
+  }
+
+  setReadKey(suite: CipherSuite, secret: Buffer): void {
+    // rustls KeyEpochWithPendingFragment (TLS.md 12): a key change must fall on a record boundary.
+    if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at a key change');
+    const { key, iv } = trafficKeys(suite, secret);
+    this.readKey = { suite, key, iv };
+    this.opener = new RecordOpener(suite, key, iv);
+  }
+
+  skipEarlyData(): void { this.earlySkip = Limits.earlyDataSkip; }
+
+  requestSignature(req: Omit<SignRequest, 'epoch'>): void {
+    this.pendingSign = ++this.epoch;
+    this.events.push({ type: 'sign', request: { ...req, epoch: this.pendingSign } });
+  }
+
+  handshakeComplete(): void {
+    this.done = true;
+    this.events.push({ type: 'handshake' });
+  }
+}

@@ -1,0 +1,314 @@
+// The TLS 1.3 server handshake, one class per state (rustls style). Each state accepts only
+// the message types it lists and returns the next state. Reading order follows RFC 8446 §2:
+// ClientHello → (HelloRetryRequest → ClientHello) → ServerHello..Certificate → [signature
+// from the Signer, asynchronously] → CertificateVerify, Finished → client Finished → traffic.
+import { constants, createHash, randomBytes, timingSafeEqual, verify } from 'node:crypto';
+import { fatal } from './alert.js';
+import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
+import { allowsPskDhe, checkClientHello13, checkRetryHello, chooseAlpn, chooseGroup, chooseSuite, negotiateVersion } from './hello13.js';
+import {
+  HRR_RANDOM, HandshakeType, decodeClientHello, decodeFinished, decodeKeyUpdate, encodeCertificate,
+  encodeCertificateVerify, encodeEncryptedExtensions, encodeFinished, encodeKeyUpdate, encodeNewSessionTicket,
+  encodeServerHello, messageHash, type ClientHello, type HandshakeMessage,
+} from './messages.js';
+import { KeySchedule13, Transcript, finishedVerifyData, nextTrafficSecret, resumptionPsk } from './keyschedule.js';
+import { MAX_TICKET_LIFETIME_S, acceptPsk, newAgeAdd, sealTicket, type AcceptedPsk, type TicketSealer } from './session.js';
+import { SignatureScheme, type Signer } from './signer.js';
+import { EphemeralKey, type CipherSuite } from './suites.js';
+
+/** Handshake policy shared by every connection of a server. */
+export interface HandshakeConfig {
+  certificates: readonly CertEntry[];
+  alpnProtocols?: readonly string[];
+  ticketKeys?: TicketSealer;
+  /** Tickets sent after each handshake (0 disables). */
+  ticketCount: number;
+  ticketLifetimeS: number;
+  /** Verify each signature against the leaf key before sending it. */
+  verifyAfterSign: (keyType: 'rsa' | 'ec') => boolean;
+  now: () => number;
+}
+
+/** What the handshake settled on; filled in as it progresses. */
+export interface Negotiated {
+  suite?: CipherSuite;
+  group?: number;
+  keyType?: 'rsa' | 'ec';
+  resumed: boolean;
+  servername?: string;
+  alpn?: string;
+  scheme?: number;
+}
+
+/** A signature the handshake waits for; `epoch` ties the answer to this request. */
+export interface SignRequest { signer: Signer; scheme: number; content: Buffer; epoch: number }
+
+/** The connection services a state may use; implemented by ServerConnection. */
+export interface HandshakeIo {
+  readonly config: HandshakeConfig;
+  readonly negotiated: Negotiated;
+  sendPlaintextHandshake(msg: Buffer): void;
+  /** The middlebox-compatibility CCS; sent at most once per connection. */
+  sendCompatCcs(): void;
+  /** Appends a message to the flight sealed under the current write key. */
+  sendHandshake(msg: Buffer): void;
+  setWriteKey(suite: CipherSuite, secret: Buffer): void;
+  setReadKey(suite: CipherSuite, secret: Buffer): void;
+  /** Skip undecryptable early-data records (offered 0-RTT we decline) until one decrypts. */
+  skipEarlyData(): void;
+  requestSignature(req: Omit<SignRequest, 'epoch'>): void;
+  handshakeComplete(): void;
+}
+
+declare const finishedProof: unique symbol;
+/** Proof that the client's Finished verified; only `verifyClientFinished` makes one. */
+export type ClientFinishedVerified = { readonly [finishedProof]: true };
+
+function verifyClientFinished(expected: Buffer, got: Buffer): ClientFinishedVerified {
+  if (got.length !== expected.length || !timingSafeEqual(got, expected)) throw fatal('decrypt_error', 'client Finished does not verify');
+  return {} as ClientFinishedVerified;
+}
+
+/** Any handshake state. */
+export interface State {
+  readonly name: string;
+  /** False while paused for the signature: input must be held, not processed. */
+  readonly wantsInput: boolean;
+  handle(m: HandshakeMessage, io: HandshakeIo): State;
+}
+
+function unexpected(state: string, m: HandshakeMessage): never {
+  throw fatal('unexpected_message', `handshake message type ${m.type} is not allowed in state ${state}`);
+}
+
+const CV_PREFIX = Buffer.concat([Buffer.alloc(64, 0x20), Buffer.from('TLS 1.3, server CertificateVerify\0', 'latin1')]);
+
+/** The content a server CertificateVerify signs (RFC 8446 §4.4.3). */
+export function certificateVerifyContent(transcriptHash: Buffer): Buffer {
+  return Buffer.concat([CV_PREFIX, transcriptHash]);
+}
+
+interface RetryContext { ch1: ClientHello; suite: CipherSuite; group: number; transcript: Transcript; prefix: Buffer[] }
+
+/** Waiting for ClientHello (the first, or the one answering our HelloRetryRequest). */
+export class ExpectClientHello implements State {
+  readonly name = 'ExpectClientHello';
+  readonly wantsInput = true;
+  constructor(private readonly retry?: RetryContext) {}
+
+  handle(m: HandshakeMessage, io: HandshakeIo): State {
+    if (m.type !== HandshakeType.client_hello) unexpected(this.name, m);
+    const ch = decodeClientHello(m.raw);
+    negotiateVersion(ch);
+    checkClientHello13(ch);
+    if (this.retry) checkRetryHello(this.retry.ch1, ch, this.retry.group);
+    const suite = chooseSuite(ch);
+    if (this.retry && suite.id !== this.retry.suite.id) throw fatal('illegal_parameter', 'cipher suite changed after HelloRetryRequest');
+    const transcript = this.retry?.transcript ?? new Transcript(suite.hash);
+    const { config, negotiated } = io;
+    negotiated.suite = suite;
+    negotiated.servername = ch.ext.serverName;
+    const alpn = chooseAlpn(ch, config.alpnProtocols);
+
+    let psk: AcceptedPsk | null = null;
+    if (ch.ext.preSharedKey && config.ticketKeys && allowsPskDhe(ch)) {
+      psk = acceptPsk({
+        keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw, transcriptPrefix: this.retry?.prefix ?? [],
+        suite, servername: ch.ext.serverName ?? '', nowMs: config.now(),
+      });
+    }
+    let cert: CertChoice | undefined;
+    if (!psk) {
+      if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
+      cert = selectCertificate(config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert);
+    }
+
+    const group = chooseGroup(ch);
+    if ('retryWith' in group) {
+      if (this.retry) throw fatal('illegal_parameter', 'second ClientHello still has no usable key share');
+      return this.helloRetry(ch, suite, group.retryWith, transcript, io);
+    }
+    negotiated.group = group.share.group;
+    const eph = EphemeralKey.generate(group.share.group);
+    const shared = eph.deriveShared(group.share.key);
+    const sh = encodeServerHello({
+      random: randomBytes(32), sessionId: ch.sessionId, suite: suite.id,
+      keyShare: { group: group.share.group, key: eph.publicBytes() }, selectedIdentity: psk?.index,
+    });
+    transcript.update(ch.raw);
+    transcript.update(sh);
+    const schedule = psk?.schedule ?? new KeySchedule13(suite);
+    const hs = schedule.handshakeSecrets(shared, transcript.digest());
+    io.sendPlaintextHandshake(sh);
+    if (ch.sessionId.length > 0) io.sendCompatCcs();
+    io.setWriteKey(suite, hs.server);
+    io.setReadKey(suite, hs.client);
+    if (ch.ext.earlyData) io.skipEarlyData();
+
+    const ee = encodeEncryptedExtensions({ ackServerName: ch.ext.serverName !== undefined && !psk, alpn });
+    transcript.update(ee);
+    io.sendHandshake(ee);
+    negotiated.alpn = alpn;
+    const keys: FlightKeys = { suite, schedule, transcript, hs, alpn, servername: ch.ext.serverName ?? '' };
+    if (psk) {
+      negotiated.resumed = true;
+      return sendServerFinished(keys, io);
+    }
+    const chosen = cert!;
+    negotiated.keyType = chosen.entry.keyType;
+    negotiated.scheme = chosen.scheme;
+    const certMsg = encodeCertificate(chosen.entry.certified.chain);
+    transcript.update(certMsg);
+    io.sendHandshake(certMsg);
+    const signedHash = transcript.digest();
+    const content = certificateVerifyContent(signedHash);
+    io.requestSignature({ signer: chosen.entry.certified.signer, scheme: chosen.scheme, content });
+    return new AwaitSignature(keys, chosen, content, signedHash);
+  }
+
+  private helloRetry(ch: ClientHello, suite: CipherSuite, group: number, transcript: Transcript, io: HandshakeIo): State {
+    const hrr = encodeServerHello({ random: HRR_RANDOM, sessionId: ch.sessionId, suite: suite.id, selectedGroup: group });
+    transcript.update(ch.raw);
+    transcript.replaceWithMessageHash();
+    transcript.update(hrr);
+    io.sendPlaintextHandshake(hrr);
+    if (ch.sessionId.length > 0) io.sendCompatCcs();
+    if (ch.ext.earlyData) io.skipEarlyData();
+    // Binders in ClientHello2 cover message_hash(CH1) || HRR || truncated CH2.
+    const prefix = [messageHash(createHash(suite.hash).update(ch.raw).digest()), hrr];
+    return new ExpectClientHello({ ch1: ch, suite, group, transcript, prefix });
+  }
+}
+
+interface FlightKeys {
+  suite: CipherSuite;
+  schedule: KeySchedule13;
+  transcript: Transcript;
+  hs: { client: Buffer; server: Buffer };
+  alpn: string | undefined;
+  servername: string;
+}
+
+/** Paused: SH..Certificate are sent, the CertificateVerify signature is being produced. */
+export class AwaitSignature implements State {
+  readonly name = 'AwaitSignature';
+  readonly wantsInput = false;
+  constructor(private readonly keys: FlightKeys, private readonly cert: CertChoice, private readonly content: Buffer, private readonly signedHash: Buffer) {}
+
+  handle(m: HandshakeMessage): State { return unexpected(this.name, m); }
+
+  /** Appends CertificateVerify and Finished once the signer answered. */
+  resume(signature: Buffer, io: HandshakeIo): State {
+    const { transcript } = this.keys;
+    // TLS.md 43: the hash that was signed must be the one CertificateVerify follows.
+    if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
+    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifySignature(this.cert, this.content, signature)) {
+      throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
+    }
+    const cv = encodeCertificateVerify(this.cert.scheme, signature);
+    transcript.update(cv);
+    io.sendHandshake(cv);
+    return sendServerFinished(this.keys, io);
+  }
+}
+
+const PSS_HASH: Record<number, string> = {
+  [SignatureScheme.rsa_pss_rsae_sha256]: 'sha256', [SignatureScheme.rsa_pss_rsae_sha384]: 'sha384', [SignatureScheme.rsa_pss_rsae_sha512]: 'sha512',
+};
+
+/** Checks a CertificateVerify signature against the leaf certificate's public key. */
+export function verifySignature(cert: CertChoice, content: Buffer, signature: Buffer): boolean {
+  try {
+    const key = cert.entry.leafPublicKey;
+    const pss = PSS_HASH[cert.scheme];
+    if (pss) return verify(pss, content, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }, signature);
+    const hash = cert.scheme === SignatureScheme.ecdsa_secp384r1_sha384 ? 'sha384' : 'sha256';
+    return verify(hash, content, key, signature);
+  } catch {
+    return false;
+  }
+}
+
+function sendServerFinished(k: FlightKeys, io: HandshakeIo): State {
+  const { transcript, suite } = k;
+  const fin = encodeFinished(finishedVerifyData(suite.hash, k.hs.server, transcript.digest()));
+  transcript.update(fin);
+  io.sendHandshake(fin);
+  const afterServerFinished = transcript.digest();
+  const app = k.schedule.applicationSecrets(afterServerFinished);
+  const expected = finishedVerifyData(suite.hash, k.hs.client, afterServerFinished);
+  io.setWriteKey(suite, app.server);
+  return new ExpectFinished(k, app, expected);
+}
+
+/** Waiting for the client's Finished (encrypted under the client handshake key). */
+export class ExpectFinished implements State {
+  readonly name = 'ExpectFinished';
+  readonly wantsInput = true;
+  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly expected: Buffer) {}
+
+  handle(m: HandshakeMessage, io: HandshakeIo): State {
+    if (m.type !== HandshakeType.finished) unexpected(this.name, m);
+    const proof = verifyClientFinished(this.expected, decodeFinished(m.body, this.k.suite.hashLen));
+    this.k.transcript.update(m.raw);
+    const rms = this.k.schedule.resumptionMasterSecret(this.k.transcript.digest());
+    const traffic = new Traffic(proof, this.k.suite, this.app, io);
+    sendTickets(this.k, rms, io);
+    io.handshakeComplete();
+    return traffic;
+  }
+}
+
+function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
+  const { ticketKeys, ticketCount, ticketLifetimeS, now } = io.config;
+  if (!ticketKeys) return;
+  const lifetime = Math.min(ticketLifetimeS, MAX_TICKET_LIFETIME_S);
+  for (let i = 0; i < ticketCount; i++) {
+    const nonce = Buffer.from([i]);
+    const ageAdd = newAgeAdd();
+    const ticket = sealTicket(ticketKeys, {
+      suite: k.suite.id, psk: resumptionPsk(k.suite.hash, rms, nonce), issuedAtMs: now(), ageAdd,
+      lifetimeS: lifetime, alpn: k.alpn ?? '', servername: k.servername,
+    });
+    io.sendHandshake(encodeNewSessionTicket({ lifetime, ageAdd, nonce, ticket }));
+  }
+}
+
+/** Consecutive KeyUpdates without application data in between before we call it a flood. */
+export const MAX_CONSECUTIVE_KEY_UPDATES = 32;
+
+/** Handshake complete: only post-handshake KeyUpdate is accepted from a client. */
+export class Traffic implements State {
+  readonly name = 'Traffic';
+  readonly wantsInput = true;
+  private clientSecret: Buffer;
+  private serverSecret: Buffer;
+  /** Abuse counter: KeyUpdates since the last application data record. */
+  consecutiveKeyUpdates = 0;
+
+  constructor(_proof: ClientFinishedVerified, private readonly suite: CipherSuite, app: { client: Buffer; server: Buffer }, io: HandshakeIo) {
+    this.clientSecret = app.client;
+    this.serverSecret = app.server;
+    io.setReadKey(suite, this.clientSecret);
+  }
+
+  handle(m: HandshakeMessage, io: HandshakeIo): State {
+    if (m.type !== HandshakeType.key_update) unexpected(this.name, m);
+    const requested = decodeKeyUpdate(m.body);
+    if (++this.consecutiveKeyUpdates > MAX_CONSECUTIVE_KEY_UPDATES) throw fatal('unexpected_message', 'too many KeyUpdates without application data');
+    this.clientSecret = nextTrafficSecret(this.suite.hash, this.clientSecret);
+    io.setReadKey(this.suite, this.clientSecret);
+    if (requested) this.updateWriteKey(io, false);
+    return this;
+  }
+
+  /** Sends our KeyUpdate under the current key, then switches the write key. */
+  updateWriteKey(io: HandshakeIo, requestPeer: boolean): void {
+    io.sendHandshake(encodeKeyUpdate(requestPeer));
+    this.serverSecret = nextTrafficSecret(this.suite.hash, this.serverSecret);
+    io.setWriteKey(this.suite, this.serverSecret);
+  }
+
+  /** Application data arrived: resets the KeyUpdate flood counter. */
+  sawApplicationData(): void { this.consecutiveKeyUpdates = 0; }
+}

@@ -1,0 +1,96 @@
+// ClientHello negotiation for TLS 1.3, in the order Go's handshake_server_tls13.go reads:
+// version, legacy fields, mandatory extensions, cipher suite, group and key share, ALPN,
+// and the "otherwise identical" check for the ClientHello that answers a HelloRetryRequest.
+import { fatal } from './alert.js';
+import { PSK_DHE_KE, TLS13_VERSION, type KeyShareEntry } from './extensions.js';
+import type { ClientHello } from './messages.js';
+import { SUPPORTED_GROUPS, TLS13_SUITES, type CipherSuite } from './suites.js';
+
+/**
+ * The version negotiation point. Only TLS 1.3 exists for now: a hello that does not list it in
+ * supported_versions gets protocol_version (TLS 1.2, issue 9, will branch here instead).
+ */
+export function negotiateVersion(ch: ClientHello): 'TLSv1.3' {
+  const versions = ch.ext.supportedVersions;
+  if (versions?.includes(TLS13_VERSION)) return 'TLSv1.3';
+  throw fatal('protocol_version', 'client does not offer TLS 1.3 (TLS 1.2 is not enabled)');
+}
+
+/** Legacy fields and mandatory extensions for a TLS 1.3 ClientHello (RFC 8446 §4.1.2, §9.2). */
+export function checkClientHello13(ch: ClientHello): void {
+  if (ch.compressionMethods.length !== 1 || ch.compressionMethods[0] !== 0) {
+    throw fatal('illegal_parameter', 'TLS 1.3 requires compression_methods to be exactly [null]');
+  }
+  const e = ch.ext;
+  if (e.preSharedKey && !e.pskModes) throw fatal('missing_extension', 'pre_shared_key offered without psk_key_exchange_modes');
+  if (!e.supportedGroups) throw fatal('missing_extension', 'ClientHello lacks supported_groups');
+  if (!e.keyShares) throw fatal('missing_extension', 'ClientHello lacks key_share');
+  const groups = new Set(e.supportedGroups);
+  for (const ks of e.keyShares) {
+    if (!groups.has(ks.group)) throw fatal('illegal_parameter', `key_share for group ${ks.group} not listed in supported_groups`);
+  }
+  // Without an acceptable PSK the certificate path needs signature_algorithms; checked by the
+  // caller once PSK acceptance is known (RFC 8446 §9.2 makes it unconditional without PSK).
+}
+
+/** True when the client allows the only PSK mode we accept (psk_dhe_ke). */
+export function allowsPskDhe(ch: ClientHello): boolean {
+  return ch.ext.pskModes?.includes(PSK_DHE_KE) ?? false;
+}
+
+/** First of our suites (server preference) the client offers; none → handshake_failure. */
+export function chooseSuite(ch: ClientHello): CipherSuite {
+  const offered = new Set(ch.cipherSuites);
+  const suite = TLS13_SUITES.find((s) => offered.has(s.id));
+  if (!suite) throw fatal('handshake_failure', 'no TLS 1.3 cipher suite in common');
+  return suite;
+}
+
+export type GroupChoice = { share: KeyShareEntry } | { retryWith: number };
+
+/**
+ * Server preference among groups the client already sent a share for (saves a round trip,
+ * as Go does); otherwise the preferred common group, to be requested with HRR.
+ */
+export function chooseGroup(ch: ClientHello): GroupChoice {
+  const clientGroups = new Set(ch.ext.supportedGroups ?? []);
+  const shares = ch.ext.keyShares ?? [];
+  for (const g of SUPPORTED_GROUPS) {
+    const share = shares.find((s) => s.group === g);
+    if (share) return { share };
+  }
+  const common = SUPPORTED_GROUPS.find((g) => clientGroups.has(g));
+  if (common === undefined) throw fatal('handshake_failure', 'no key exchange group in common');
+  return { retryWith: common };
+}
+
+/** ALPN: our first protocol the client also offers; no overlap → no_application_protocol. */
+export function chooseAlpn(ch: ClientHello, ours: readonly string[] | undefined): string | undefined {
+  const offered = ch.ext.alpn;
+  if (!offered || !ours || ours.length === 0) return undefined;
+  const proto = ours.find((p) => offered.includes(p));
+  if (proto === undefined) throw fatal('no_application_protocol', `none of the client's ALPN protocols (${offered.join(', ')}) is served here`);
+  return proto;
+}
+
+// Extensions whose bodies must not change between the two ClientHellos (Go's list, RFC 8446
+// §4.1.2). key_share, pre_shared_key (ages and binders change), early_data, cookie and padding may.
+const MUST_MATCH = [0 /* server_name */, 10, 13, 16, 43, 45, 50];
+
+/** ClientHello2 must answer our HRR and otherwise repeat ClientHello1 (TLS.md 23). */
+export function checkRetryHello(ch1: ClientHello, ch2: ClientHello, requestedGroup: number): void {
+  const shares = ch2.ext.keyShares;
+  if (!shares) throw fatal('missing_extension', 'second ClientHello lacks key_share');
+  if (shares.length !== 1 || shares[0]!.group !== requestedGroup) {
+    throw fatal('illegal_parameter', 'second ClientHello must carry exactly one key share, for the group the HelloRetryRequest named');
+  }
+  if (ch2.ext.earlyData) throw fatal('illegal_parameter', 'second ClientHello offers early_data');
+  const same = (a: Buffer | undefined, b: Buffer | undefined): boolean => (a === undefined ? b === undefined : b !== undefined && a.equals(b));
+  if (ch1.legacyVersion !== ch2.legacyVersion || !ch1.random.equals(ch2.random) || !ch1.sessionId.equals(ch2.sessionId)
+    || ch1.cipherSuites.join() !== ch2.cipherSuites.join() || !ch1.compressionMethods.equals(ch2.compressionMethods)) {
+    throw fatal('illegal_parameter', 'second ClientHello changed fields other than key_share');
+  }
+  for (const t of MUST_MATCH) {
+    if (!same(ch1.ext.raw.get(t), ch2.ext.raw.get(t))) throw fatal('illegal_parameter', `second ClientHello changed extension ${t}`);
+  }
+}

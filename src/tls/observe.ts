@@ -1,0 +1,28 @@
+// The handshake observation published on node:diagnostics_channel (contract in DESIGN and
+// metrics/): tls/ emits plain objects and never imports metrics/ or a logger.
+import diagnosticsChannel from 'node:diagnostics_channel';
+
+/** Channel name: one message per handshake, success or failure. */
+export const HANDSHAKE_CHANNEL = 'hsmproxy:tls:handshake';
+
+/** What one handshake cost and how it ended. */
+export interface HandshakeObservation {
+  version: 'TLSv1.3' | 'TLSv1.2';
+  suite: string;
+  group: string;
+  keyType: 'rsa' | 'ec' | '';
+  resumed: boolean;
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  alert?: string;
+  durationMs: number;
+  signWaitMs: number;
+  servername?: string;
+  listener?: string;
+}
+
+const channel = diagnosticsChannel.channel(HANDSHAKE_CHANNEL);
+
+/** Publishes a handshake observation if anyone listens. */
+export function publishHandshake(o: HandshakeObservation): void {
+  if (channel.hasSubscribers) channel.publish(o);
+}
