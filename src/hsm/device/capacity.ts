@@ -52,7 +52,8 @@ const HW_COMMON: Record<string, number> = {
 
 /** Built-in profiles: `unlimited` (real crypto only) and the published hardware models. */
 export const CAPACITY_PROFILES: Record<CapacityProfileName, CapacityProfile> = {
-  unlimited: { name: 'unlimited', units: 64, rates: {}, maxQueue: 100_000 },
+  // unlimited: enough units that nothing queues; only the real crypto costs time.
+  unlimited: { name: 'unlimited', units: 4096, rates: {}, maxQueue: 100_000 },
   'hsm1.medium': {
     name: 'hsm1.medium',
     units: 8,
@@ -116,18 +117,22 @@ export class CapacityModel {
 
   /** Runs `work` on a crypto unit once one is free; rejects at once with BusyError if the queue is full. */
   async run<T>(opKey: string, work: () => T | Promise<T>): Promise<CryptoResult<T>> {
+    // Queue wait is the time spent waiting for a unit (0 when one was free); service runs from
+    // the grant to the end, so it includes any wait for the event loop, as a device's would.
     const queuedAt = performance.now();
-    const unit = await this.acquire();
-    const begin = performance.now();
-    const queueWaitUs = Math.round((begin - queuedAt) * 1000);
+    const { unit, grantedAt } = await this.acquire(queuedAt);
+    const begin = grantedAt;
+    const queueWaitUs = Math.round((grantedAt - queuedAt) * 1000);
     const id = ++this.seq;
     this.running.set(id, begin);
     try {
-      const scheduled = begin - unit.virtualFree < CATCH_UP_MS && unit.virtualFree < begin ? unit.virtualFree : begin;
+      const scheduled = unit.virtualFree > begin - CATCH_UP_MS ? unit.virtualFree : begin;
       const deadline = scheduled + this.minServiceMs(opKey);
       const result = await work();
-      const now = performance.now();
-      if (deadline > now) await new Promise((r) => setTimeout(r, deadline - now));
+      // Timers have millisecond granularity and may fire a little early: wait until the deadline really passed.
+      for (let now = performance.now(); deadline - now > 0.05; now = performance.now()) {
+        await new Promise((r) => setTimeout(r, Math.max(1, deadline - now)));
+      }
       unit.virtualFree = Math.max(deadline, performance.now() - CATCH_UP_MS);
       const end = performance.now();
       return { result, queueWaitUs, serviceUs: Math.round((end - begin) * 1000) };
@@ -166,22 +171,23 @@ export class CapacityModel {
     return r[opKey] ?? r[family] ?? r[op] ?? r['*'];
   }
 
-  private acquire(): Promise<Unit> {
-    const unit = this.free.pop();
-    if (unit && this.queue.length === 0) {
-      this.inService++;
-      return Promise.resolve(unit);
+  private acquire(queuedAt: number): Promise<{ unit: Unit; grantedAt: number }> {
+    if (this.queue.length === 0) {
+      const unit = this.free.pop();
+      if (unit) {
+        this.inService++;
+        return Promise.resolve({ unit, grantedAt: queuedAt });
+      }
     }
-    if (unit) this.free.push(unit);
     if (this.queue.length >= this.profile.maxQueue) return Promise.reject(new BusyError(this.queue.length));
-    return new Promise<Unit>((resolve) => {
+    return new Promise((resolve) => {
       this.queue.push({
         start: () => {
-          const u = this.free.pop();
+          const unit = this.free.pop();
           // release() only calls start() after returning a unit, so one is always there.
-          if (!u) throw new Error('capacity model invariant: no free unit for a started waiter');
+          if (!unit) throw new Error('capacity model invariant: no free unit for a started waiter');
           this.inService++;
-          resolve(u);
+          resolve({ unit, grantedAt: performance.now() });
         },
       });
     });
