@@ -49,13 +49,6 @@ export class UnknownHsmError extends ClusterLifecycleError {
   }
 }
 
-/** The manifest is missing or malformed. */
-export class ManifestError extends ClusterLifecycleError {
-  constructor(file: string, reason: string) {
-    super(`cluster manifest ${file}: ${reason}; create a cluster with \`hsmproxy cluster init --dir DIR\``, 'HSM_ERR_MANIFEST');
-    this.name = 'ManifestError';
-  }
-}
 
 /** An HSM node process that did not start (exited, or did not report its port in time). */
 export class NodeStartError extends ClusterLifecycleError {

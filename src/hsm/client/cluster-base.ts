@@ -1,0 +1,319 @@
+// The cluster client's engine, independent of the wire: a set of HsmNodes; least-outstanding
+// balancing (ties → spare capacity, then round robin); retries (busy → another HSM with
+// exponential backoff; a failed HSM → out of rotation, and the request repeated elsewhere only
+// if it is safe to repeat); replication of token keys and users to every HSM in rotation before
+// acknowledging; and the sync gate an HSM passes before it (re)enters rotation.
+import { EventEmitter } from 'node:events';
+import { ClientClosedError, ClusterBusyError, NoHealthyHsmError, NotRepeatedError, ResyncError, SessionKeyLostError } from './cluster-errors.js';
+import { isBusyError, isTransportError, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
+import { HsmNode, type HsmNodeOptions } from './node.js';
+import { inSync, resync, type ResyncReport } from './sync.js';
+
+/** Options of the cluster engine. */
+export interface ClusterBaseOptions<C extends HsmLink> {
+  members: HsmAddress[];
+  factory: LinkFactory<C>;
+  credentials: LoginCredentials;
+  /** A CO or AU login used to resync returning HSMs (default: `credentials`, which then must be CO/AU). */
+  syncCredentials?: LoginCredentials;
+  node?: HsmNodeOptions;
+  /** Busy answers retried (default 3, as CloudHSM's client). */
+  busyRetries?: number;
+  /** First busy backoff, doubled per retry (default 10 ms). */
+  busyBackoffMs?: number;
+  /** How long a request waits for some HSM to be in rotation before failing (default 3,000 ms). */
+  waitForHsmMs?: number;
+}
+
+/** Per-HSM counters readable by callers (backpressure, balancing tests, status). */
+export interface NodeStats {
+  hsm: string;
+  address: string;
+  status: string;
+  inRotation: boolean;
+  inFlight: number;
+  served: number;
+}
+
+/** What a request needs to know to be routed and retried. */
+export interface RunOptions {
+  /** Safe to repeat on another HSM after a failure (sign, verify, encrypt, decrypt, random, find...). */
+  safe: boolean;
+  /** Route to this HSM only (session keys live on one HSM). */
+  pin?: string;
+}
+
+/** Balancing, failover, replication and sync over HsmNodes of any link type. */
+export class ClusterBase<C extends HsmLink> {
+  protected readonly nodes = new Map<string, HsmNode<C>>();
+  /** Session key id → the HSM holding it. */
+  protected readonly sessionKeys = new Map<string, string>();
+  private readonly events = new EventEmitter();
+  private rr = 0;
+  private closed = false;
+  private settled = false;
+  private readonly syncing = new Set<string>();
+  private readonly syncRetry = new Map<string, NodeJS.Timeout>();
+  /** Last resync per HSM (status, tests). */
+  readonly resyncs = new Map<string, ResyncReport>();
+  protected credentials: LoginCredentials;
+
+  constructor(protected readonly opts: ClusterBaseOptions<C>) {
+    this.credentials = opts.credentials;
+    this.events.setMaxListeners(0);
+  }
+
+  /** Connects every HSM, settles which ones are in sync, and resyncs the rest. */
+  async start(): Promise<void> {
+    await Promise.all(this.opts.members.map((m) => this.addNode(m)));
+    this.settled = true;
+    await this.settleInitial();
+  }
+
+  /** Adds (and connects) an HSM; used at start and on membership changes. */
+  protected async addNode(addr: HsmAddress): Promise<void> {
+    if (this.nodes.has(addr.id)) return;
+    const node = new HsmNode<C>(addr, this.opts.factory, this.credentials, {
+      onConnected: (n) => { if (this.settled) void this.admit(n); },
+    }, this.opts.node);
+    this.nodes.set(addr.id, node);
+    await node.start();
+  }
+
+  /** Removes an HSM from the client (membership change). */
+  protected async removeNode(id: string): Promise<void> {
+    const node = this.nodes.get(id);
+    if (!node) return;
+    this.nodes.delete(id);
+    clearTimeout(this.syncRetry.get(id));
+    await node.close();
+  }
+
+  // The first time: group the connected HSMs by state digest; the largest group (ties: highest
+  // version) is the truth; the others are resynced from it.
+  private async settleInitial(): Promise<void> {
+    const up = [...this.nodes.values()].filter((n) => n.status === 'up' && n.currentLink);
+    if (up.length === 0) return;
+    const digests = await Promise.all(up.map(async (n) => {
+      try {
+        return await n.currentLink!.stateDigest();
+      } catch (err) {
+        n.markDown(err);
+        return undefined;
+      }
+    }));
+    const groups = new Map<string, { nodes: HsmNode<C>[]; version: number }>();
+    up.forEach((n, i) => {
+      const d = digests[i];
+      if (!d) return;
+      const g = groups.get(d.digest) ?? { nodes: [], version: 0 };
+      g.nodes.push(n);
+      g.version = Math.max(g.version, d.version);
+      groups.set(d.digest, g);
+    });
+    const best = [...groups.values()].sort((a, b) => b.nodes.length - a.nodes.length || b.version - a.version)[0];
+    if (!best) return;
+    for (const n of best.nodes) n.setInRotation(true);
+    this.events.emit('rotation');
+    await Promise.all(up.filter((n) => !best.nodes.includes(n) && n.status === 'up').map((n) => this.admit(n)));
+  }
+
+  /** The sync gate: an HSM that (re)connects serves only once its digest matches a peer in rotation. */
+  protected async admit(node: HsmNode<C>): Promise<void> {
+    if (this.syncing.has(node.id) || this.closed) return;
+    this.syncing.add(node.id);
+    try {
+      const peer = this.pick(new Set([node.id]));
+      const link = node.currentLink;
+      if (!link) return;
+      if (!peer) {
+        // Nobody to compare with: this HSM is the cluster's only live copy.
+        node.setInRotation(true);
+        this.events.emit('rotation');
+        return;
+      }
+      const ok = await this.withSyncLinks(peer, node, async (src, dst) => {
+        if (await inSync(src, dst)) return true;
+        const report = await resync(src, dst);
+        this.resyncs.set(node.id, report);
+        return report.inSync;
+      });
+      if (!ok) throw new ResyncError(node.id, 'state digests still differ after copying users and keys');
+      if (node.currentLink === link) {
+        node.setInRotation(true);
+        this.events.emit('rotation');
+      }
+    } catch (err) {
+      node.lastError = err;
+      if (isTransportError(err) && !(err instanceof ResyncError)) node.markDown(err);
+      else this.retryAdmitLater(node);
+    } finally {
+      this.syncing.delete(node.id);
+    }
+  }
+
+  private retryAdmitLater(node: HsmNode<C>): void {
+    clearTimeout(this.syncRetry.get(node.id));
+    const t = setTimeout(() => { if (node.status === 'up' && !node.inRotation) void this.admit(node); }, this.opts.node?.healthIntervalMs ?? 1000);
+    t.unref();
+    this.syncRetry.set(node.id, t);
+  }
+
+  // Runs sync work with CO/AU links: the sync login if configured, else the main links.
+  private async withSyncLinks<T>(peer: HsmNode<C>, node: HsmNode<C>, fn: (src: HsmLink, dst: HsmLink) => Promise<T>): Promise<T> {
+    const sync = this.opts.syncCredentials;
+    if (!sync) return fn(peer.currentLink!, node.currentLink!);
+    const [src, dst] = await Promise.all([this.opts.factory(peer.address, sync), this.opts.factory(node.address, sync)]);
+    try {
+      return await fn(src, dst);
+    } finally {
+      await Promise.all([src.close().catch(() => undefined), dst.close().catch(() => undefined)]);
+    }
+  }
+
+  /** The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin. */
+  protected pick(exclude: Set<string> = new Set()): HsmNode<C> | undefined {
+    let best: HsmNode<C>[] = [];
+    let min = Infinity;
+    for (const n of this.nodes.values()) {
+      if (!n.available || exclude.has(n.id)) continue;
+      if (n.inFlight < min) {
+        min = n.inFlight;
+        best = [n];
+      } else if (n.inFlight === min) best.push(n);
+    }
+    if (best.length <= 1) return best[0];
+    const util = (n: HsmNode<C>): number => n.lastInfo?.utilisation ?? 0;
+    const lowest = Math.min(...best.map(util));
+    // Utilisation is a smoothed figure: only a clear difference (10 points) beats round robin.
+    const spare = best.filter((n) => util(n) <= lowest + 0.1);
+    return spare[this.rr++ % spare.length];
+  }
+
+  private waitForRotation(ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const done = (v: boolean): void => {
+        clearTimeout(timer);
+        this.events.off('rotation', onRotation);
+        resolve(v);
+      };
+      const onRotation = (): void => done(true);
+      const timer = setTimeout(() => done(false), ms);
+      timer.unref();
+      this.events.on('rotation', onRotation);
+    });
+  }
+
+  /** Runs one request with balancing, busy backoff and failover. */
+  async execute<T>(op: string, ro: RunOptions, fn: (link: C, node: HsmNode<C>) => Promise<T>): Promise<T> {
+    const tried = new Set<string>();
+    let busy = 0;
+    let failovers = 0;
+    const deadline = Date.now() + (this.opts.waitForHsmMs ?? 3000);
+    for (;;) {
+      if (this.closed) throw new ClientClosedError();
+      let node: HsmNode<C> | undefined;
+      if (ro.pin) {
+        node = this.nodes.get(ro.pin);
+        if (!node?.available) throw new SessionKeyLostError(op, ro.pin);
+      } else {
+        node = this.pick(tried) ?? (tried.size > 0 ? this.pick() : undefined);
+      }
+      if (!node) {
+        const left = deadline - Date.now();
+        if (left > 0 && (await this.waitForRotation(Math.min(left, 200)), true)) continue;
+        throw new NoHealthyHsmError(this.describeNodes());
+      }
+      try {
+        return await node.run((link) => fn(link, node));
+      } catch (err) {
+        if (isBusyError(err)) {
+          if (++busy > (this.opts.busyRetries ?? 3)) throw new ClusterBusyError(busy);
+          tried.add(node.id);
+          await sleep((this.opts.busyBackoffMs ?? 10) * 2 ** (busy - 1));
+          continue;
+        }
+        if (!isTransportError(err)) throw err;
+        node.markDown(err);
+        if (!ro.safe || ro.pin) {
+          if (ro.pin) throw new SessionKeyLostError(op, ro.pin);
+          throw new NotRepeatedError(op, node.id, err);
+        }
+        tried.add(node.id);
+        if (++failovers > this.nodes.size + 2) throw err;
+      }
+    }
+  }
+
+  /**
+   * Applies a change on one HSM, then `replicate(originLink, originResult, targetLink)` on every
+   * other HSM in rotation before returning. A target that fails is taken out of rotation: it
+   * is resynced when it returns, so the change is never lost.
+   */
+  async replicated<T>(op: string, apply: (link: C, node: HsmNode<C>) => Promise<T>, replicate: (origin: C, result: T, target: C) => Promise<void>, pin?: string): Promise<T> {
+    let origin: HsmNode<C> | undefined;
+    const result = await this.execute(op, { safe: false, ...(pin ? { pin } : {}) }, (link, node) => {
+      origin = node;
+      return apply(link, node);
+    });
+    const from = origin!;
+    const targets = [...this.nodes.values()].filter((n) => n !== from && n.available);
+    await Promise.all(targets.map(async (t) => {
+      try {
+        await from.run((o) => t.run((l) => replicate(o, result, l)));
+      } catch (err) {
+        if (isTransportError(err)) t.markDown(err);
+        else {
+          // The target disagrees with the origin: it is out of sync; resync it before it serves again.
+          t.setInRotation(false);
+          void this.admit(t);
+        }
+      }
+    }));
+    return result;
+  }
+
+  /** Counters per HSM: in flight (backpressure), served, rotation. */
+  stats(): NodeStats[] {
+    return [...this.nodes.values()].map((n) => ({
+      hsm: n.id, address: n.addressText, status: n.status, inRotation: n.inRotation, inFlight: n.inFlight, served: n.served,
+    }));
+  }
+
+  /** Total requests in flight across the cluster. */
+  get inFlight(): number {
+    let s = 0;
+    for (const n of this.nodes.values()) s += n.inFlight;
+    return s;
+  }
+
+  /** Resolves once `hsm` is in rotation (or rejects after `timeoutMs`). */
+  async waitInRotation(hsm: string, timeoutMs = 10_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (!this.nodes.get(hsm)?.available) {
+      if (Date.now() > end) throw new NoHealthyHsmError(`${hsm} did not return to rotation within ${timeoutMs} ms: ${this.describeNodes()}`);
+      await this.waitForRotation(Math.min(100, end - Date.now()));
+    }
+  }
+
+  /** The node object of one HSM (status, tests). */
+  node(id: string): HsmNode<C> | undefined {
+    return this.nodes.get(id);
+  }
+
+  protected describeNodes(): string {
+    if (this.nodes.size === 0) return 'the manifest lists no HSM';
+    return [...this.nodes.values()].map((n) => `${n.id} at ${n.addressText}: ${n.available ? 'up' : n.status === 'up' ? 'syncing' : n.status}`).join('; ');
+  }
+
+  /** Closes every link and timer. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.syncRetry.values()) clearTimeout(t);
+    await Promise.all([...this.nodes.values()].map((n) => n.close()));
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,269 @@
+// ClusterClient: the whole cluster behind the same methods as HsmConnection, so callers (engine
+// `sim` backend, CLI) swap one for the other in one line. Reads are balanced and failed over;
+// changes of token keys and users are applied on every HSM in rotation before they are
+// acknowledged (keys generated in one HSM and copied as masked objects, users as the masked
+// user table); session keys stay on the HSM that made them and their requests are routed there.
+import { stat } from 'node:fs/promises';
+import type {
+  CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter, KeyInfo,
+  KeyPairInfo, KeyPairSpec, KeyTemplate, Role, SecretKeySpec, SignRequest, StateDigest, UnwrapRequest, UserInfo,
+  VerifyRequest, WrapRequest,
+} from '../protocol/types.js';
+import { ClusterBase, type ClusterBaseOptions } from './cluster-base.js';
+import type { HsmConnection, LoginInfo, RequestOptions } from './connection.js';
+import type { HsmAddress } from './link.js';
+
+/** Options of ClusterClient: the base options plus an optional membership source to watch. */
+export interface ClusterClientOptions extends ClusterBaseOptions<HsmConnection> {
+  /** Re-read membership when `file` changes (polled by mtime; add/remove HSMs without a restart). */
+  membership?: { file: string; read: () => Promise<HsmAddress[]>; intervalMs?: number };
+}
+
+/** The cluster as one HSM: balancing, failover, replication. */
+export class ClusterClient extends ClusterBase<HsmConnection> {
+  private watchTimer?: NodeJS.Timeout;
+  private lastMtime = 0;
+
+  constructor(private readonly copts: ClusterClientOptions) {
+    super(copts);
+  }
+
+  /** Connects every HSM and returns once the in-sync ones are in rotation. */
+  static async connect(opts: ClusterClientOptions): Promise<ClusterClient> {
+    const c = new ClusterClient(opts);
+    await c.start();
+    c.watchMembership();
+    return c;
+  }
+
+  private watchMembership(): void {
+    const m = this.copts.membership;
+    if (!m) return;
+    const tick = async (): Promise<void> => {
+      try {
+        const st = await stat(m.file);
+        if (st.mtimeMs !== this.lastMtime) {
+          const first = this.lastMtime === 0;
+          this.lastMtime = st.mtimeMs;
+          if (!first) await this.setMembers(await m.read());
+        }
+      } catch {
+        // A manifest being rewritten (or briefly missing) is read on the next tick.
+      }
+      this.watchTimer = setTimeout(() => void tick(), m.intervalMs ?? 500);
+      this.watchTimer.unref();
+    };
+    void tick();
+  }
+
+  /** Applies a membership change: new HSMs join (after a sync check), missing ones leave. */
+  async setMembers(members: HsmAddress[]): Promise<void> {
+    const want = new Map(members.map((m) => [m.id, m]));
+    for (const [id, node] of this.nodes) {
+      const m = want.get(id);
+      if (!m || m.host !== node.address.host || m.port !== node.address.port) await this.removeNode(id);
+    }
+    await Promise.all(members.filter((m) => !this.nodes.has(m.id)).map(async (m) => {
+      await this.addNode(m);
+    }));
+  }
+
+  /** The HSMs the client currently knows. */
+  members(): HsmAddress[] {
+    return [...this.nodes.values()].map((n) => n.address);
+  }
+
+  private pinFor(keyId: string): string | undefined {
+    return this.sessionKeys.get(keyId);
+  }
+
+  private reads<T>(op: string, keyId: string | undefined, fn: (c: HsmConnection) => Promise<T>): Promise<T> {
+    const pin = keyId === undefined ? undefined : this.pinFor(keyId);
+    return this.execute(op, { safe: true, ...(pin ? { pin } : {}) }, (c) => fn(c));
+  }
+
+  // ---- session and users ----
+
+  /** Logs in on every HSM (and for every later reconnect). */
+  async login(user: string, password: string, opts?: RequestOptions): Promise<LoginInfo> {
+    this.credentials = { user, password };
+    for (const n of this.nodes.values()) n.setCredentials(this.credentials);
+    const live = [...this.nodes.values()].filter((n) => n.currentLink);
+    const results = await Promise.all(live.map((n) => n.run((c) => c.login(user, password, opts))));
+    if (!results[0]) return this.execute('login', { safe: true }, (c) => c.login(user, password, opts));
+    return results[0];
+  }
+
+  /** Changes the logged-in user's password on every HSM (a CO/AU's as one copied user table, so hashes match). */
+  async changePassword(newPassword: string, opts?: RequestOptions): Promise<LoginInfo> {
+    const role = [...this.nodes.values()].map((n) => n.currentLink?.user?.role).find((r) => r !== undefined);
+    let out: LoginInfo;
+    if (role === 'CO' || role === 'AU') {
+      out = await this.userChange('changePassword', (c) => c.changePassword(newPassword, opts));
+    } else {
+      // A CU cannot export the user table: change it on each HSM (a later CO/AU resync aligns the hashes).
+      const live = [...this.nodes.values()].filter((n) => n.available);
+      const all = await Promise.all(live.map((n) => n.run((c) => c.changePassword(newPassword, opts))));
+      out = all[0] ?? (await this.execute('changePassword', { safe: false }, (c) => c.changePassword(newPassword, opts)));
+    }
+    this.credentials = { user: this.credentials.user, password: newPassword };
+    for (const n of this.nodes.values()) n.setCredentials(this.credentials);
+    return out;
+  }
+
+  private userChange<T>(op: string, fn: (c: HsmConnection) => Promise<T>): Promise<T> {
+    let masked: Buffer | undefined;
+    return this.replicated(op, fn, async (origin, _r, target) => {
+      masked ??= await origin.exportUsers();
+      await target.importUsers(masked);
+    });
+  }
+
+  /** CO: creates a user on every HSM. */
+  createUser(name: string, role: Exclude<Role, 'PRECO'>, password: string, opts?: RequestOptions): Promise<UserInfo> {
+    return this.userChange('createUser', (c) => c.createUser(name, role, password, opts));
+  }
+  /** CO: deletes a user on every HSM. */
+  deleteUser(name: string, opts?: RequestOptions): Promise<void> {
+    return this.userChange('deleteUser', (c) => c.deleteUser(name, opts));
+  }
+  /** CO: resets a user's password on every HSM. */
+  resetPassword(name: string, newPassword: string, opts?: RequestOptions): Promise<void> {
+    return this.userChange('resetPassword', (c) => c.resetPassword(name, newPassword, opts));
+  }
+  /** CO: unlocks a user on every HSM. */
+  unlockUser(name: string, opts?: RequestOptions): Promise<void> {
+    return this.userChange('unlockUser', (c) => c.unlockUser(name, opts));
+  }
+  /** CO: lists users. */
+  listUsers(opts?: RequestOptions): Promise<UserInfo[]> {
+    return this.reads('listUsers', undefined, (c) => c.listUsers(opts));
+  }
+
+  // ---- keys ----
+
+  private async created<T>(op: string, token: boolean, ids: (r: T) => string[], fn: (c: HsmConnection) => Promise<T>): Promise<T> {
+    if (!token) {
+      let hsm = '';
+      const r = await this.execute(op, { safe: false }, (c, node) => { hsm = node.id; return fn(c); });
+      for (const id of ids(r)) this.sessionKeys.set(id, hsm);
+      return r;
+    }
+    return this.replicated(op, fn, async (origin, r, target) => {
+      for (const id of ids(r)) await target.importMasked(await origin.exportMasked(id));
+    });
+  }
+
+  /** CU: generates a key pair in one HSM and copies it (masked) to every other HSM in rotation. */
+  generateKeyPair(spec: KeyPairSpec, template: KeyTemplate, opts?: RequestOptions): Promise<KeyPairInfo> {
+    return this.created('generateKeyPair', template.token !== false, pairIds, (c) => c.generateKeyPair(spec, template, opts));
+  }
+  /** CU: generates a secret key in one HSM and copies it (masked) to the others. */
+  generateKey(spec: SecretKeySpec, template: KeyTemplate, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.created('generateKey', template.token !== false, (k) => [k.keyId], (c) => c.generateKey(spec, template, opts));
+  }
+  /** CU: imports a private key in one HSM and copies it (masked) to the others. */
+  importKey(req: ImportPrivateKeyRequest, opts?: RequestOptions): Promise<KeyPairInfo> {
+    return this.created('importKey', req.template.token !== false, pairIds, (c) => c.importKey(req, opts));
+  }
+  /** Unwraps into a new key (replicated when it is a token key). */
+  unwrap(req: UnwrapRequest, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.created('unwrap', req.template.token !== false, (k) => [k.keyId], (c) => c.unwrap(req, opts));
+  }
+  /** Keys visible to the user (token keys are the same on every HSM). */
+  findKeys(filter: KeyFilter = {}, opts?: RequestOptions): Promise<KeyInfo[]> {
+    return this.reads('findKeys', undefined, (c) => c.findKeys(filter, opts));
+  }
+  /** One key's attributes. */
+  getKey(keyId: string, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.reads('getKey', keyId, (c) => c.getKey(keyId, opts));
+  }
+
+  private keyChange<T>(op: string, keyId: string, fn: (c: HsmConnection) => Promise<T>): Promise<T> {
+    const pin = this.pinFor(keyId);
+    if (pin) return this.execute(op, { safe: false, pin }, (c) => fn(c));
+    return this.replicated(op, fn, async (_o, _r, target) => { await fn(target); });
+  }
+
+  /** Owner: deletes a key on every HSM. */
+  async deleteKey(keyId: string, opts?: RequestOptions): Promise<void> {
+    await this.keyChange('deleteKey', keyId, (c) => c.deleteKey(keyId, opts));
+    this.sessionKeys.delete(keyId);
+  }
+  /** Owner: shares a key on every HSM. */
+  shareKey(keyId: string, user: string, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.keyChange('shareKey', keyId, (c) => c.shareKey(keyId, user, opts));
+  }
+  /** Owner: unshares a key on every HSM. */
+  unshareKey(keyId: string, user: string, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.keyChange('unshareKey', keyId, (c) => c.unshareKey(keyId, user, opts));
+  }
+  /** Owner: changes attributes on every HSM. */
+  setAttributes(keyId: string, changes: KeyAttributeChanges, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.keyChange('setAttributes', keyId, (c) => c.setAttributes(keyId, changes, opts));
+  }
+  /** Public key of a key pair half. */
+  exportPublicKey(keyId: string, opts?: RequestOptions): Promise<{ der: Buffer; pem: string }> {
+    return this.reads('exportPublicKey', keyId, (c) => c.exportPublicKey(keyId, opts));
+  }
+
+  // ---- crypto: safe to repeat, balanced and failed over ----
+
+  /** Signs on the least-loaded HSM. */
+  sign(req: SignRequest, opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('sign', req.keyId, (c) => c.sign(req, opts));
+  }
+  /** Signs, with the serving HSM's queue wait and service time. */
+  signTimed(req: SignRequest, opts?: RequestOptions): Promise<CryptoResult<Buffer>> {
+    return this.reads('sign', req.keyId, (c) => c.signTimed(req, opts));
+  }
+  /** Verifies a signature or MAC. */
+  verify(req: VerifyRequest, opts?: RequestOptions): Promise<boolean> {
+    return this.reads('verify', req.keyId, (c) => c.verify(req, opts));
+  }
+  /** HMAC with a secret key. */
+  hmac(req: SignRequest, opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('hmac', req.keyId, (c) => c.hmac(req, opts));
+  }
+  /** Encrypts. */
+  encrypt(req: EncryptRequest, opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('encrypt', req.keyId, (c) => c.encrypt(req, opts));
+  }
+  /** Decrypts. */
+  decrypt(req: DecryptRequest, opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('decrypt', req.keyId, (c) => c.decrypt(req, opts));
+  }
+  /** Random bytes. */
+  random(length: number, opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('random', undefined, (c) => c.random(length, opts));
+  }
+  /** Wraps an extractable key. */
+  wrap(req: WrapRequest, opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('wrap', req.keyId, (c) => c.wrap(req, opts));
+  }
+
+  // ---- status and backup ----
+
+  /** One HSM's info (any in rotation). */
+  info(opts?: RequestOptions): Promise<HsmInfo> {
+    return this.reads('info', undefined, (c) => c.info(opts));
+  }
+  /** State digest of one HSM in rotation. */
+  stateDigest(opts?: RequestOptions): Promise<StateDigest> {
+    return this.reads('stateDigest', undefined, (c) => c.stateDigest(opts));
+  }
+  /** Snapshot of one HSM in rotation (CO or AU), for backups and clones. */
+  snapshot(opts?: RequestOptions): Promise<Buffer> {
+    return this.reads('snapshot', undefined, (c) => c.snapshot(opts));
+  }
+
+  /** Stops watching membership and closes every connection. */
+  override async close(): Promise<void> {
+    clearTimeout(this.watchTimer);
+    await super.close();
+  }
+}
+
+function pairIds(r: KeyPairInfo): string[] {
+  return [r.privateKey.keyId, r.publicKey.keyId];
+}

@@ -1,0 +1,54 @@
+// Embedded mode: a library call starts 2 HSM node processes on loopback, returns a logged-in
+// ClusterClient, signs, and stop() leaves no child process behind; a second start reuses DIR.
+import t from 'tap';
+import { createPublicKey, verify } from 'node:crypto';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitGone(pids: number[], ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (pids.every((p) => !alive(p))) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
+
+t.test('embedded cluster starts 2 HSMs, signs, stops and leaves no child processes', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-embedded-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const first = await startEmbeddedCluster({ dir, hsms: 2, scryptCost: 1024 });
+  const pids = [...first.supervisor.pids().values()];
+  t.teardown(() => { for (const p of pids) if (alive(p)) process.kill(p, 'SIGKILL'); });
+  t.equal(pids.length, 2, 'two HSM node processes');
+  const pair = await first.client.generateKeyPair('ec:p256', { label: 'embedded' });
+  const data = Buffer.from('hello from embedded mode');
+  const sig = await first.client.sign({ keyId: pair.privateKey.keyId, mechanism: 'ecdsa-sha256', data });
+  const pub = await first.client.exportPublicKey(pair.publicKey.keyId);
+  t.ok(verify('sha256', data, createPublicKey({ key: pub.der, format: 'der', type: 'spki' }), sig), 'the signature verifies');
+  t.equal((await stat(join(dir, 'embedded-credentials.json'))).mode & 0o777, 0o600, 'generated credentials are stored 0600');
+  t.comment(`first start (init + activation): ${first.startupMs.toFixed(0)} ms`);
+  await first.stop();
+  t.ok(await waitGone(pids), 'every child exited after stop()');
+
+  const second = await startEmbeddedCluster({ dir });
+  const pids2 = [...second.supervisor.pids().values()];
+  t.teardown(() => { for (const p of pids2) if (alive(p)) process.kill(p, 'SIGKILL'); });
+  t.comment(`second start (existing dir): ${second.startupMs.toFixed(0)} ms`);
+  t.ok(second.startupMs < 2000, `a start of 2 existing HSMs takes under 2 s (took ${second.startupMs.toFixed(0)} ms)`);
+  const sig2 = await second.client.sign({ keyId: pair.privateKey.keyId, mechanism: 'ecdsa-sha256', data });
+  t.ok(verify('sha256', data, createPublicKey({ key: pub.der, format: 'der', type: 'spki' }), sig2), 'the key survived the restart');
+  await second.stop();
+  t.ok(await waitGone(pids2), 'every child exited after the second stop()');
+});
