@@ -40,6 +40,8 @@ export interface Pkcs11BackendOptions {
   token: string | TokenSelector;
   /** PIN; defaults to HSMPROXY_PIN (or the HSMPROXY_CREDENTIALS file), as the engine reads them. */
   pin?: string;
+  /** A 0600 file holding the PIN (or user:password), read when `pin` is not given; default $HSMPROXY_CREDENTIALS. */
+  credentials?: string;
   /** 'as-is' (default; CloudHSM wants "user:password" whole) or 'password' (drop "user:"). */
   pinFormat?: PinFormat;
   /** Sessions, i.e. signatures in flight at once (default 8); see threadPoolSizeFor(). */
@@ -66,7 +68,7 @@ export class Pkcs11Backend implements Backend {
 
   /** Opens the token (loads the module, logs in); see openPkcs11Backend. */
   static async open(opts: Pkcs11BackendOptions): Promise<Pkcs11Backend> {
-    const pin = opts.pin ?? credentialsPin(await loadCredentials({ allowPlainPin: true }));
+    const pin = opts.pin ?? credentialsPin(await loadCredentials({ file: opts.credentials, allowPlainPin: true }));
     return new Pkcs11Backend(await Pkcs11Token.open({ ...opts, pin }));
   }
 
