@@ -1,0 +1,13 @@
+// tls/: the TLS 1.3 server (TLS 1.2 later, issue 9) with asynchronous, offloaded handshake
+// signatures. Layers: codec → messages/extensions → record (TLS-crypto) → handshake states →
+// sans-IO ServerConnection → TlsSocket/TlsServer. Knows nothing of HSMs: it is given
+// CertifiedKey { chain, signer }. May import node built-ins only; emits observations on
+// node:diagnostics_channel ('hsmproxy:tls:handshake'), never imports metrics/ or a logger.
+export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate } from './server.js';
+export { TlsSocket } from './socket.js';
+export { ServerConnection, Limits, type ConnectionEvent, type Counters } from './connection.js';
+export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
+export { SignatureScheme, type Signer, type CertifiedKey } from './signer.js';
+export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';
+export { TicketKeys } from './tickets.js';
+export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';

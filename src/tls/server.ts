@@ -1,0 +1,111 @@
+// TlsServer: a net.Server whose connections become TlsSockets, shaped like node's tls.Server
+// (listen/close/address, 'secureConnection', 'tlsClientError').
+import { EventEmitter } from 'node:events';
+import { createServer as createNetServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { TlsError } from './alert.js';
+import { prepareCertEntry, type CertEntry } from './certselect.js';
+import { ServerConnection } from './connection.js';
+import type { HandshakeConfig } from './handshake13.js';
+import type { CertifiedKey } from './signer.js';
+import { MAX_TICKET_LIFETIME_S } from './session.js';
+import { TlsSocket } from './socket.js';
+import { TicketKeys } from './tickets.js';
+
+/** A certificate chain with its signer, optionally restricted to explicit server names. */
+export type ServerCertificate = CertifiedKey & { servername?: readonly string[] };
+
+/** Options of createServer. */
+export interface TlsServerOptions {
+  certificates: readonly ServerCertificate[];
+  /** ALPN protocols in server preference order. */
+  alpnProtocols?: readonly string[];
+  /** Ticket keys (shared between servers/workers to resume across them); false disables tickets. */
+  ticketKeys?: TicketKeys | false;
+  /** NewSessionTickets sent per handshake (default 2). */
+  tickets?: number;
+  /** Ticket lifetime in seconds (default and maximum 7 days). */
+  ticketLifetimeS?: number;
+  /** Deadline for one signature (default 10 s); exceeded → internal_error for that handshake. */
+  signTimeoutMs?: number;
+  /** Deadline for the whole handshake (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Check each signature against the certificate before sending it: true, false or 'rsa' (default). */
+  verifyAfterSign?: boolean | 'rsa';
+  /** Listener name reported in handshake observations. */
+  name?: string;
+  /** Handshakes in progress beyond which new connections are refused (default unlimited). */
+  maxConcurrentHandshakes?: number;
+}
+
+/** A TLS 1.3 server with asynchronous signatures. */
+export class TlsServer extends EventEmitter {
+  readonly netServer: Server;
+  private readonly config: HandshakeConfig;
+  private handshaking = 0;
+  /** Connections refused because maxConcurrentHandshakes was reached. */
+  shedConnections = 0;
+
+  constructor(private readonly options: TlsServerOptions) {
+    super();
+    if (options.certificates.length === 0) throw new TypeError('createServer needs at least one certificate');
+    const entries: CertEntry[] = options.certificates.map((c) => prepareCertEntry(c, c.servername));
+    const verify = options.verifyAfterSign ?? 'rsa';
+    this.config = {
+      certificates: entries,
+      alpnProtocols: options.alpnProtocols,
+      ticketKeys: options.ticketKeys === false ? undefined : options.ticketKeys ?? new TicketKeys(),
+      ticketCount: options.tickets ?? 2,
+      ticketLifetimeS: Math.min(options.ticketLifetimeS ?? MAX_TICKET_LIFETIME_S, MAX_TICKET_LIFETIME_S),
+      verifyAfterSign: (keyType) => verify === true || (verify === 'rsa' && keyType === 'rsa'),
+      now: Date.now,
+    };
+    this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));
+    this.netServer.on('error', (err) => this.emit('error', err));
+    this.netServer.on('listening', () => this.emit('listening'));
+    this.netServer.on('close', () => this.emit('close'));
+  }
+
+  /** Handshakes currently in progress. */
+  get handshakesInProgress(): number { return this.handshaking; }
+
+  private onConnection(raw: Socket): void {
+    const max = this.options.maxConcurrentHandshakes;
+    if (max !== undefined && this.handshaking >= max) {
+      this.shedConnections++;
+      raw.destroy(); // shed load before the ClientHello can cost an HSM signature
+      return;
+    }
+    this.handshaking++;
+    const socket = new TlsSocket(raw, new ServerConnection(this.config), {
+      signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
+      handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
+      listener: this.options.name,
+    });
+    let settled = false;
+    const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };
+    socket.once('secure', () => { settle(); this.emit('secureConnection', socket); });
+    socket.once('handshakeError', (err: TlsError) => { settle(); this.emit('tlsClientError', err, socket); });
+    socket.once('close', settle);
+  }
+
+  /** Same arguments as net.Server.listen. */
+  listen(...args: Parameters<Server['listen']>): this {
+    this.netServer.listen(...args);
+    return this;
+  }
+
+  /** Stops accepting connections; existing ones carry on. */
+  close(cb?: (err?: Error) => void): this {
+    this.netServer.close(cb);
+    return this;
+  }
+
+  address(): AddressInfo | string | null { return this.netServer.address(); }
+}
+
+/** Creates a TlsServer; `onSecureConnection` is added as a 'secureConnection' listener. */
+export function createServer(options: TlsServerOptions, onSecureConnection?: (socket: TlsSocket) => void): TlsServer {
+  const server = new TlsServer(options);
+  if (onSecureConnection) server.on('secureConnection', onSecureConnection);
+  return server;
+}
