@@ -1,11 +1,11 @@
 // The audit log of the simulated HSM: what it records, and that any edit, removal or
 // reordering is detected and named by line.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readFile, writeFile } from 'node:fs/promises';
 import { verifyAuditLog, Hsm } from '../src/hsm/device/index.js';
 import { freshHsm } from './helpers/hsm-device.js';
 
-async function busyLog(t: Parameters<typeof freshHsm>[0]): Promise<{ path: string; lines: string[]; hsm: Hsm }> {
+async function busyLog(t: Test): Promise<{ path: string; lines: string[]; hsm: Hsm }> {
   const f = await freshHsm(t);
   const alice = await f.cu('alice');
   await f.cu('bob');
