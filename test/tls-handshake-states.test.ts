@@ -429,3 +429,63 @@ t.test('offered early data is skipped, then the handshake continues', async (t) 
   t.ok(conn.established);
   t.equal(conn.counters.earlyDataSkipped, 600);
 });
+
+t.test('PSK resumption', async (t) => {
+  const { TicketKeys } = await import('../src/tls/tickets.js');
+  const { KeySchedule13, finishedVerifyData, resumptionPsk } = await import('../src/tls/keyschedule.js');
+  const ticketKeys = new TicketKeys();
+  const cfg = config({ ticketKeys, ticketCount: 2 });
+  const first = await fullHandshake(new ServerConnection(cfg));
+  // Two NewSessionTickets arrive under the server application key.
+  const body = first.appOpener.open({ type: 23, version: 0x0303, fragment: first.afterFinished.subarray(5, 5 + first.afterFinished.readUInt16BE(3)) }).content;
+  const nsts: Array<{ ageAdd: number; nonce: Buffer; ticket: Buffer }> = [];
+  for (const r = new Reader(body); r.remaining;) {
+    t.equal(r.u8(), 4, 'NewSessionTicket');
+    const m = r.sub(3);
+    t.equal(m.u32(), 3600, 'the configured lifetime');
+    nsts.push({ ageAdd: m.u32(), nonce: Buffer.from(m.vec8()), ticket: Buffer.from(m.vec16()) });
+    t.equal(m.vec16().length, 0, 'no early_data extension');
+    m.expectEnd();
+  }
+  t.equal(nsts.length, 2, 'two tickets by default');
+  first.transcript.update(first.finished);
+  const rms = first.schedule.resumptionMasterSecret(first.transcript.digest());
+  const nst = nsts[0]!;
+  const psk = resumptionPsk('sha256', rms, nst.nonce);
+
+  const resumeHello = (binderFix: (b: Buffer) => void): { ch: Buffer; key: ReturnType<typeof goodHello>['key'] } => {
+    const { spec, key } = goodHello({ extra: [ext.pskModes([1]), ext.psk([{ identity: nst.ticket, age: (nst.ageAdd + 50) >>> 0 }], [Buffer.alloc(32)])] });
+    const ch = encodeClientHello(spec);
+    const truncated = ch.subarray(0, ch.length - 35);
+    const binder = finishedVerifyData('sha256', new KeySchedule13(first.suite, psk).binderKey('res'), createHash('sha256').update(truncated).digest());
+    binderFix(binder);
+    binder.copy(ch, ch.length - 32);
+    return { ch, key };
+  };
+
+  await t.test('a valid ticket resumes without Certificate or signature', async (t) => {
+    const conn = new ServerConnection(cfg);
+    const { ch, key } = resumeHello(() => undefined);
+    const out = await exchange(conn, plaintextRecords(ContentType.handshake, ch));
+    const c = readServerFlight(ch, key, out, psk);
+    t.same(c.messages.map((m) => m.type), [8, 20], 'EE and Finished only');
+    await exchange(conn, c.sealer.seal(ContentType.handshake, c.finished));
+    t.ok(conn.established);
+    t.ok(conn.negotiated.resumed);
+  });
+  await t.test('a bad binder → decrypt_error', async (t) => {
+    const conn = new ServerConnection(cfg);
+    const { ch } = resumeHello((b) => { b[0]! ^= 1; });
+    await exchange(conn, plaintextRecords(ContentType.handshake, ch));
+    expectAlert(t, conn, 'decrypt_error');
+  });
+  await t.test('an unknown ticket falls back to a full handshake', async (t) => {
+    const conn = new ServerConnection(config({ ticketKeys: new TicketKeys() }));
+    const { ch } = resumeHello(() => undefined);
+    const ev: ConnectionEvent[] = [];
+    conn.feed(plaintextRecords(ContentType.handshake, ch));
+    ev.push(...conn.takeEvents());
+    t.ok(ev.some((e) => e.type === 'sign'), 'a signature is needed: not resumed');
+    t.notOk(conn.negotiated.resumed);
+  });
+});
