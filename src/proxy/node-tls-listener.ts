@@ -1,7 +1,8 @@
 // A TlsListenerFactory on node:tls, for certificates whose keys are ordinary key files. It is the
 // baseline and the test front end; HSM-held keys go through tls/ TlsServer, which has the async
 // signing node:tls lacks. Several certificates per listener: SNI picks the names, and within a
-// name OpenSSL picks RSA or ECDSA by what the client offers.
+// name OpenSSL picks RSA or ECDSA by what the client offers (fully so only for the first site;
+// see ContextSet.pick).
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
@@ -9,7 +10,7 @@ import type { ListenerConfig } from '../config/index.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
-interface LoadedCert { names: string[]; cert: Buffer; key: Buffer }
+interface LoadedCert { names: string[]; cert: Buffer; key: Buffer; keyType: string | undefined }
 
 function load(l: ListenerConfig): LoadedCert[] {
   return l.certificates.map(({ cert, key }) => {
@@ -21,7 +22,7 @@ function load(l: ListenerConfig): LoadedCert[] {
     try { leaf = new X509Certificate(certPem); } catch { throw new ListenerError(l.name, `${cert} is not a PEM certificate`); }
     const names = (leaf.subjectAltName ?? '').split(', ').filter((n) => n.startsWith('DNS:')).map((n) => n.slice(4).toLowerCase());
     if (names.length === 0) names.push(/CN=([^\n,]+)/.exec(leaf.subject)?.[1]?.toLowerCase() ?? '');
-    return { names, cert: certPem, key: keyPem };
+    return { names, cert: certPem, key: keyPem, keyType: leaf.publicKey.asymmetricKeyType };
   });
 }
 
@@ -47,6 +48,11 @@ class ContextSet {
     if (cached) return cached;
     const chosen = this.certs.filter((c) => c.names.some((p) => matches(p, name)));
     if (chosen.length === 0) return undefined;
+    // OpenSSL (as node drives it) carries over only the last-loaded key type when SNI switches
+    // context; the others keep the default context's certificates. Loading ECDSA last gives
+    // modern clients the right site. RSA-only clients of a non-default site may get the default
+    // site's RSA certificate: a limitation of this node:tls front, not of tls/ TlsServer.
+    chosen.sort((a, b) => Number(a.keyType === 'ec') - Number(b.keyType === 'ec'));
     const ctx = tls.createSecureContext(this.optionsFor(chosen));
     if (this.byName.size < 1000) this.byName.set(name, ctx);
     return ctx;

@@ -2,6 +2,7 @@
 // pools and their health checks, the admin server; start, reload and graceful shutdown.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Config, ListenerConfig } from '../config/index.js';
@@ -58,10 +59,7 @@ export class Proxy {
     this.forwarder = new Forwarder(() => this.runtime, this.connections, this.logger, this.metrics);
     this.http = http.createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => this.forwarder.handleRequest(req, res));
     this.http.on('upgrade', (req, socket, head) => this.forwarder.handleUpgrade(req, socket, head));
-    this.http.on('clientError', (err, socket) => {
-      if (socket.writable && !(err as NodeJS.ErrnoException).code?.startsWith('ECONN')) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
-      else socket.destroy();
-    });
+    this.http.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
     this.applyTimeouts(opts.config);
     // The http.Server never listens itself (TLS listeners feed it), but its connection tracking —
     // which enforces headersTimeout/requestTimeout and closeIdleConnections() — starts on 'listening'.
@@ -201,6 +199,14 @@ export class Proxy {
     this.connections.add(socket);
     socket.on('error', (err) => this.logger.debug({ err: err.message }, 'client connection error'));
     this.http.emit('connection', socket);
+  }
+
+  /** A client sent a malformed or too slow request: answer like node would, and log it. */
+  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    this.logger.info({ code: err.code, status, remote: (socket as TlsSocketLike).remoteAddress }, 'client error');
+    if (socket.writable && !err.code?.startsWith('ECONN')) socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+    else socket.destroy();
   }
 
   private applyTimeouts(config: Config): void {
