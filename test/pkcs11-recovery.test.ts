@@ -74,6 +74,28 @@ if (skip) {
     t.ok(events.some((e) => e.kind === 'login' || e.kind === 'session'), `recovered (${events.map((e) => e.kind).join(',')})`);
   });
 
+  // SoftHSM itself crashes (double free) if C_CloseAllSessions races C_Sign on worker threads, so
+  // the loss of sessions with signatures in flight is injected at the binding instead.
+  t.test('signatures in flight when the sessions are lost are retried once and all succeed', async (t) => {
+    const api = backend.token.api;
+    const original = api.C_SignAsync;
+    const real = original.bind(api);
+    let failures = 0;
+    api.C_SignAsync = (session, input, out) => {
+      if (failures < 4) {
+        failures++;
+        return new Promise((_, reject) => setImmediate(() => reject(new ck.Pkcs11Error('CKR_SESSION_HANDLE_INVALID:179', ck.CKR_SESSION_HANDLE_INVALID, 'C_Sign'))));
+      }
+      return real(session, input, out);
+    };
+    t.teardown(() => { api.C_SignAsync = original; });
+    events.length = 0;
+    t.ok(await signsAndVerifies(64), 'all 64 verify');
+    t.equal(failures, 4, 'the signatures in flight on all 4 sessions failed');
+    t.equal(events.filter((e) => e.kind === 'session').length, 1, 'one recovery for the whole pool');
+    t.ok(backend.stats().open <= 4, 'pool still bounded');
+  });
+
   t.test('a loss that persists after one retry fails cleanly with the CKR name', async (t) => {
     let calls = 0;
     const err = await backend.token.run('signing', () => {
