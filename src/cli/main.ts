@@ -16,7 +16,10 @@ export async function buildProgram(): Promise<Command> {
     .exitOverride();
   // Command groups, one module each. Keep this list sorted; each register() adds one group.
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [
+    () => import('./commands/config.js'),
     () => import('./commands/key-pkcs11.js'),
+    () => import('./commands/keyref.js'),
+    () => import('./commands/pki.js'),
   ];
   for (const load of groups) (await load()).register(program);
   return program;

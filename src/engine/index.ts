@@ -13,5 +13,6 @@ export * from './keyref.js';
 export * from './schemes.js';
 export * from './signer.js';
 export * from './sim.js';
+export * from './sim-connection.js';
 export * from './soft.js';
 export * from './webcrypto.js';

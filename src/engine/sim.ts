@@ -58,7 +58,7 @@ export function mapSimError(err: unknown, what: string): EngineError {
   const message = typeof e?.message === 'string' ? e.message : String(err);
   if (e?.name === 'AbortError' || /ABORT|CANCEL/.test(code)) return new AbortedError();
   if (/NOT_FOUND|NO_SUCH_KEY|UNKNOWN_KEY|KEY_MISSING/.test(code)) return new KeyNotFoundError(what);
-  if (/LOGIN|CREDENTIAL|PASSWORD|AUTH|LOCKED|NOT_LOGGED_IN/.test(code)) {
+  if (/LOGIN|CREDENTIAL|PASSWORD|AUTH|LOCKED|NOT_LOGGED_IN|NO_SUCH_USER/.test(code)) {
     return new BadCredentialsError(`the HSM refused the crypto-user login (${message}); check HSMPROXY_PIN or the credentials file`);
   }
   return new BackendError(message || `the HSM failed (${code || 'unknown error'})`, err);
@@ -125,6 +125,23 @@ export class SimBackend implements Backend {
     const algorithm = keyAlgorithmOf(publicKey);
     const theRef: SimKeyRef = ref ?? { backend: 'sim', clusterId: this.clusterId, keyId, label: entry.label || label, publicKey };
     return { backend: 'sim', keyId, label: entry.label || label, algorithm, publicKey, ref: theRef };
+  }
+
+  /** Finds a key by cluster-wide id or by label (which must then be unique). */
+  async find(idOrLabel: string): Promise<KeyHandle> {
+    await this.login();
+    let byId: readonly SimKeyEntry[];
+    let byLabel: readonly SimKeyEntry[] = [];
+    try {
+      byId = await this.client.findKeys({ id: idOrLabel });
+      if (byId.length === 0) byLabel = await this.client.findKeys({ label: idOrLabel });
+    } catch (err) {
+      throw mapSimError(err, `key "${idOrLabel}"`);
+    }
+    const hit = byId[0] ?? byLabel[0];
+    if (!hit) throw new KeyNotFoundError(`a private key with id or label "${idOrLabel}"`);
+    if (byLabel.length > 1) throw new UnsupportedError(`${byLabel.length} keys are labelled "${idOrLabel}"; name one by its key id (see \`hsmproxy key list\`)`);
+    return this.handleFor(hit.id, hit.label, `key ${hit.id}`);
   }
 
   async sign(key: KeyHandle, mechanism: Mechanism, data: Buffer, opts: SignOptions = {}): Promise<Buffer> {

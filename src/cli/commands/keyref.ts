@@ -1,0 +1,89 @@
+// `hsmproxy key reference` and `hsmproxy key import`: write key references ("fake PEM") for keys
+// in the HSM. Attached to the `key` command group (src/cli/commands/key.ts) when it exists, else
+// it creates the group. `key generate --out` calls writeKeyReference from engine/ directly.
+import type { Command } from 'commander';
+import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { describeAlgorithm, looksLikeKeyRef, writeKeyReference } from '../../engine/index.js';
+import { backendOpeners, type KeyCommandOptions } from '../engine-options.js';
+import { output, UsageError } from '../run.js';
+
+interface ReferenceOptions extends KeyCommandOptions {
+  key: string;
+  out: string;
+  force?: boolean;
+}
+
+interface ImportOptions extends KeyCommandOptions {
+  in: string;
+  label: string;
+  out: string;
+  force?: boolean;
+}
+
+function hsmOptions(cmd: Command): Command {
+  return cmd
+    .option('--dir <dir>', 'cluster directory (default: $HSMPROXY_DIR or ./data)')
+    .option('--hsm <id>', 'HSM of the cluster to talk to (default: the first in the manifest)')
+    .option('--credentials <file>', '0600 file holding user:password (default: $HSMPROXY_PIN)')
+    .option('--force', 'overwrite --out if it exists')
+    .option('--json', 'print the result as JSON');
+}
+
+async function readPrivateKey(file: string): Promise<KeyObject> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 1);
+  }
+  if (looksLikeKeyRef(text)) throw new UsageError(`${file} is already a key reference, not a private key to import`, 1);
+  try {
+    return createPrivateKey(text);
+  } catch {
+    throw new UsageError(`${file} is not a PEM private key (PKCS#1, SEC1 or PKCS#8; encrypted keys must be decrypted first)`, 1);
+  }
+}
+
+/** Adds `reference` and `import` to the `key` group (creating the group if absent). */
+export function register(program: Command): void {
+  const key = program.commands.find((c) => c.name() === 'key') ?? program.command('key').description('keys in the HSM');
+
+  hsmOptions(
+    key.command('reference')
+      .description('write a key reference (fake PEM) for an existing HSM key (like CloudHSM getCaviumPrivKey)')
+      .requiredOption('--key <id-or-label>', 'the key: its cluster-wide id, or its label if unique')
+      .requiredOption('--out <file>', 'where to write the reference'),
+  ).action(async (opts: ReferenceOptions) => {
+    const backend = await backendOpeners.sim(opts);
+    try {
+      const handle = await backend.find(opts.key);
+      await writeKeyReference(handle, opts.out, { overwrite: opts.force });
+      output(opts, { out: opts.out, keyId: handle.keyId, label: handle.label, type: describeAlgorithm(handle.algorithm), clusterId: backend.clusterId }, () =>
+        process.stdout.write(`wrote ${opts.out} for key ${handle.keyId} ("${handle.label}", ${describeAlgorithm(handle.algorithm)})\n`));
+    } finally {
+      await backend.close();
+    }
+  });
+
+  hsmOptions(
+    key.command('import')
+      .description('import a software private key into the HSM and write its key reference (then destroy the original)')
+      .requiredOption('--in <file>', 'the PEM private key to import')
+      .requiredOption('--label <label>', 'label of the key in the HSM')
+      .requiredOption('--out <file>', 'where to write the reference'),
+  ).action(async (opts: ImportOptions) => {
+    const privateKey = await readPrivateKey(opts.in);
+    const backend = await backendOpeners.sim(opts);
+    try {
+      const handle = await backend.importKey(privateKey, opts.label);
+      await writeKeyReference(handle, opts.out, { overwrite: opts.force });
+      output(opts, { out: opts.out, keyId: handle.keyId, label: handle.label, type: describeAlgorithm(handle.algorithm), clusterId: backend.clusterId }, () => {
+        process.stdout.write(`imported ${opts.in} as key ${handle.keyId} ("${handle.label}"); wrote ${opts.out}\n`);
+        process.stdout.write(`now destroy the original: shred -u ${opts.in} (the key is in the HSM; the reference holds no secret)\n`);
+      });
+    } finally {
+      await backend.close();
+    }
+  });
+}

@@ -1,0 +1,90 @@
+// How CLI commands get an Engine and the key they name: the shared --dir / --backend / --hsm /
+// --credentials options, the sim backend opened from the cluster manifest (DIR/cluster.json)
+// over an mTLS connection, the pkcs11 backend opened from what a reference records, and the
+// soft backend for real key files (tests and baselines only).
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import {
+  Engine, OtherClusterError, SimBackend, loadCredentials, normaliseClusterId, simClientFrom, type Backend, type EngineSigner, type KeyRef,
+} from '../engine/index.js';
+import { HsmConnection } from '../hsm/client/connection.js';
+import { clusterPath, findHsm, readManifest } from '../hsm/cluster/manifest.js';
+import { UsageError } from './run.js';
+
+/** Options every key-using command accepts. */
+export interface KeyCommandOptions {
+  dir?: string;
+  hsm?: string;
+  backend?: string;
+  credentials?: string;
+  module?: string;
+  json?: boolean;
+}
+
+/** Adds --dir, --hsm, --backend, --module and --credentials to a command. */
+export function addKeyOptions(cmd: Command): Command {
+  return cmd
+    .option('--dir <dir>', 'cluster directory (default: $HSMPROXY_DIR or ./data)')
+    .option('--hsm <id>', 'HSM of the cluster to talk to (default: the first in the manifest)')
+    .option('--backend <kind>', 'where keys live: hsm (default; what the reference names) or soft (a real key file: tests only)')
+    .option('--module <path>', 'PKCS#11 module, overriding the one a pkcs11 reference records')
+    .option('--credentials <file>', '0600 file holding user:password (default: $HSMPROXY_PIN)');
+}
+
+/** The cluster directory the options name. */
+export function clusterDir(opts: KeyCommandOptions): string {
+  return opts.dir ?? process.env.HSMPROXY_DIR ?? './data';
+}
+
+/** Opens the sim backend for the cluster in `dir` (checking `ref`'s cluster first, if given). */
+export async function openSimFromManifest(opts: KeyCommandOptions, ref?: KeyRef): Promise<SimBackend> {
+  const dir = clusterDir(opts);
+  const m = await readManifest(dir);
+  if (ref?.backend === 'sim' && normaliseClusterId(ref.clusterId) !== normaliseClusterId(m.clusterId)) {
+    throw new OtherClusterError(ref.source ?? 'the key reference', ref.clusterId, m.clusterId);
+  }
+  // Credentials before connecting: a missing PIN is the user's first mistake to report.
+  const credentials = await loadCredentials({ file: opts.credentials });
+  const h = findHsm(m, opts.hsm);
+  const [ca, cert, key] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
+  const conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key! });
+  return new SimBackend({ client: simClientFrom(conn), clusterId: m.clusterId, credentials });
+}
+
+/** Seams for tests: how backends are opened (a test swaps in an in-process fake HSM). */
+export const backendOpeners = {
+  sim: openSimFromManifest as (opts: KeyCommandOptions, ref?: KeyRef) => Promise<SimBackend>,
+  async pkcs11(opts: KeyCommandOptions, ref: KeyRef): Promise<Backend> {
+    const { pkcs11Opener } = await import('../engine/pkcs11/backend.js');
+    return pkcs11Opener(opts.module ? { module: opts.module } : {})(ref);
+  },
+};
+
+/** An Engine whose backends open on demand from the command's options. */
+export function openEngine(opts: KeyCommandOptions): Engine {
+  if (opts.backend !== undefined && opts.backend !== 'hsm' && opts.backend !== 'soft') {
+    throw new UsageError(`--backend must be hsm or soft, got "${opts.backend}"`);
+  }
+  return new Engine({
+    openers: {
+      sim: (ref) => backendOpeners.sim(opts, ref),
+      pkcs11: (ref) => backendOpeners.pkcs11(opts, ref),
+    },
+  });
+}
+
+/** The signer for `--key FILE`: a key reference, or a real key file with --backend soft. */
+export async function keySigner(engine: Engine, file: string, opts: KeyCommandOptions): Promise<EngineSigner> {
+  if (opts.backend === 'soft') return engine.signer(await engine.loadSoftKey(file));
+  return engine.signer(file);
+}
+
+/** Runs `fn` with an engine and always closes it (connections would keep the process alive). */
+export async function withEngine<T>(opts: KeyCommandOptions, fn: (engine: Engine) => Promise<T>): Promise<T> {
+  const engine = openEngine(opts);
+  try {
+    return await fn(engine);
+  } finally {
+    await engine.close();
+  }
+}
