@@ -12,7 +12,7 @@ import type { HsmNodeOptions } from '../client/node.js';
 import { initCluster } from './init.js';
 import { connectCluster, linkFactory, membersOf, recordPorts } from './membership.js';
 import { manifestPath, readManifest, writeManifest, type ManifestProfile } from './manifest.js';
-import { Supervisor } from './supervisor.js';
+import { Supervisor, type SupervisorOptions } from './supervisor.js';
 
 /** Options of `startEmbeddedCluster`. */
 export interface EmbeddedClusterOptions {
@@ -23,6 +23,8 @@ export interface EmbeddedClusterOptions {
   /** scrypt cost of the devices' password hashing (tests may lower it). */
   scryptCost?: number;
   node?: HsmNodeOptions;
+  /** Supervisor tuning (restart backoff...). */
+  supervisor?: Partial<Omit<SupervisorOptions, 'dir' | 'ephemeralPorts'>>;
 }
 
 /** Generated logins of an embedded cluster (DIR/embedded-credentials.json, 0600). */
@@ -62,7 +64,7 @@ export async function startEmbeddedCluster(opts: EmbeddedClusterOptions): Promis
     const init = await initCluster({ dir, hsms: opts.hsms ?? 2, profile: opts.profile ?? 'unlimited', basePort: 2223, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
     preco = { user: init.precoUser, password: init.precoPassword };
   }
-  const supervisor = new Supervisor({ dir, ephemeralPorts: true, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
+  const supervisor = new Supervisor({ ...opts.supervisor, dir, ephemeralPorts: true, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
   await supervisor.start();
   try {
     await recordPorts(dir, supervisor.ports());
