@@ -17,7 +17,6 @@ export async function buildProgram(): Promise<Command> {
   // Command groups, one module each. Keep this list sorted; each register() adds one group.
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [
     () => import('./commands/config.js'),
-    () => import('./commands/config.js'),
     () => import('./commands/key-pkcs11.js'),
     () => import('./commands/keyref.js'),
     () => import('./commands/pki.js'),
