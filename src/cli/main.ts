@@ -16,10 +16,15 @@ export async function buildProgram(): Promise<Command> {
     .exitOverride();
   // Command groups, one module each. Keep this list sorted; each register() adds one group.
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [
+    () => import('./commands/cluster.js'),
     () => import('./commands/config.js'),
+    () => import('./commands/crypto.js'),
+    () => import('./commands/hsm.js'),
     () => import('./commands/key-pkcs11.js'),
+    () => import('./commands/key.js'),
     () => import('./commands/keyref.js'),
     () => import('./commands/pki.js'),
+    () => import('./commands/user.js'),
   ];
   for (const load of groups) (await load()).register(program);
   return program;

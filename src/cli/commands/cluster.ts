@@ -1,0 +1,76 @@
+// `hsmproxy cluster …`: create and activate a cluster of simulated HSMs.
+import type { Command } from 'commander';
+import { DEFAULT_BASE_PORT, MAX_HSMS, initCluster } from '../../hsm/cluster/init.js';
+import { manifestPath, readManifest, writeManifest, type ManifestProfile } from '../../hsm/cluster/manifest.js';
+import { clusterDir, connectHsm, readNewPassword, readPin } from '../hsm-session.js';
+import { UsageError, output } from '../run.js';
+
+const PROFILES: ManifestProfile[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
+
+function intOption(v: string, name: string): number {
+  if (!/^\d+$/.test(v)) throw new UsageError(`${name} must be a whole number, got "${v}"`);
+  return Number(v);
+}
+
+/** Registers the `cluster` command group. */
+export function register(program: Command): void {
+  const cluster = program.commands.find((c) => c.name() === 'cluster') ?? program.command('cluster').description('create and manage a cluster of simulated HSMs');
+
+  cluster.command('init')
+    .description('create a cluster: customer CA, cluster and node certificates, HSM stores, cluster.json')
+    .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
+    .option('--hsms <n>', `number of HSMs (1-${MAX_HSMS})`, '1')
+    .option('--profile <profile>', `capacity profile: ${PROFILES.join('|')}`, 'unlimited')
+    .option('--base-port <port>', 'port of the first HSM; the others follow', String(DEFAULT_BASE_PORT))
+    .option('--json', 'print one JSON document')
+    .action(async (opts: { dir?: string; hsms: string; profile: string; basePort: string; json?: boolean }) => {
+      if (!PROFILES.includes(opts.profile as ManifestProfile)) throw new UsageError(`--profile must be one of ${PROFILES.join(', ')}`);
+      const hsms = intOption(opts.hsms, '--hsms');
+      if (hsms < 1 || hsms > MAX_HSMS) throw new UsageError(`--hsms must be from 1 to ${MAX_HSMS}`);
+      const dir = clusterDir(opts);
+      const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port') });
+      const m = r.manifest;
+      output(opts, {
+        dir, manifest: manifestPath(dir), clusterId: m.clusterId, precoUser: r.precoUser, precoPassword: r.precoPassword,
+        hsms: m.hsms.map((h) => ({ id: h.id, address: h.address, port: h.port, profile: h.profile })),
+      }, () => {
+        process.stdout.write([
+          `cluster ${m.clusterId} created in ${dir}`,
+          ...m.hsms.map((h) => `  ${h.id}  ${h.address}:${h.port}  profile ${h.profile}`),
+          '',
+          `one-time password of the pre-crypto-officer "${r.precoUser}" (shown only now): ${r.precoPassword}`,
+          'next:',
+          `  hsmproxy hsm serve --dir ${dir} --hsm ${m.hsms[0]?.id ?? 'hsm-1'}        (in another terminal)`,
+          `  HSMPROXY_PIN=${r.precoUser}:<one-time password> hsmproxy cluster activate --dir ${dir}`,
+          '',
+        ].join('\n'));
+      });
+    });
+
+  cluster.command('activate')
+    .description('log in as the pre-crypto-officer (HSMPROXY_PIN=admin:<one-time password>) and set the crypto officer password')
+    .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
+    .option('--json', 'print one JSON document')
+    .action(async (opts: { dir?: string; json?: boolean }) => {
+      const dir = clusterDir(opts);
+      const m = await readManifest(dir);
+      const pin = await readPin('pre-crypto-officer');
+      const newPassword = await readNewPassword(`crypto officer ${pin.user}`);
+      const activated: string[] = [];
+      for (const h of m.hsms) {
+        const conn = await connectHsm(dir, m, h);
+        try {
+          const who = await conn.login(pin.user, pin.password);
+          if (who.role !== 'PRECO') throw new UsageError(`${pin.user} on ${h.id} is already a ${who.role}: the cluster is activated`, 1);
+          await conn.changePassword(newPassword);
+          activated.push(h.id);
+        } finally {
+          conn.destroy();
+        }
+      }
+      await writeManifest(dir, { ...m, activated: true });
+      output(opts, { clusterId: m.clusterId, officer: pin.user, role: 'CO', hsms: activated }, () => {
+        process.stdout.write(`cluster ${m.clusterId} activated: ${pin.user} is now the crypto officer on ${activated.join(', ')}\n`);
+      });
+    });
+}

@@ -1,0 +1,65 @@
+// `hsmproxy hsm …`: run one HSM node in the foreground, read and verify its audit log.
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { verifyAuditLog } from '../../hsm/device/index.js';
+import { clusterPath, findHsm, readManifest } from '../../hsm/cluster/manifest.js';
+import { serveForeground } from '../../hsm/cluster/run-node.js';
+import { clusterDir } from '../hsm-session.js';
+import { UsageError, output } from '../run.js';
+
+/** Registers the `hsm` command group. */
+export function register(program: Command): void {
+  const hsm = program.commands.find((c) => c.name() === 'hsm') ?? program.command('hsm').description('run one HSM of the cluster, read its audit log');
+
+  hsm.command('serve')
+    .description('serve one HSM on its mTLS port in the foreground (logs JSON lines; stops on SIGTERM/SIGINT)')
+    .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
+    .option('--hsm <id>', 'HSM id from cluster.json (default: the first)')
+    .option('--json', 'accepted for uniformity: logs are always JSON lines')
+    .action(async (opts: { dir?: string; hsm?: string }) => {
+      await serveForeground({ dir: clusterDir(opts), ...(opts.hsm !== undefined ? { hsmId: opts.hsm } : {}) });
+    });
+
+  hsm.command('audit')
+    .description("print an HSM's hash-chained audit log, or check it with --verify")
+    .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
+    .option('--hsm <id>', 'HSM id from cluster.json (default: the first)')
+    .option('--verify', 'check the hash chain; exit 1 and name the first bad line if it was edited')
+    .option('--json', 'print one JSON document')
+    .action(async (opts: { dir?: string; hsm?: string; verify?: boolean; json?: boolean }) => {
+      const dir = clusterDir(opts);
+      const h = findHsm(await readManifest(dir), opts.hsm);
+      const path = join(clusterPath(dir, h.dataDir), 'audit.log');
+      if (opts.verify) {
+        const v = await verifyAuditLog(path).catch((err: NodeJS.ErrnoException) => {
+          throw new UsageError(`cannot read the audit log ${path} (${err.code ?? err.message})`, 1);
+        });
+        output(opts, { hsm: h.id, path, ...v }, () => {
+          if (v.ok) process.stdout.write(`audit log of ${h.id} intact: ${v.entries} entries, hash chain verified\n`);
+        });
+        if (!v.ok) throw new UsageError(`audit log of ${h.id} was tampered with: line ${v.line}: ${v.reason}`, 1);
+        return;
+      }
+      let text: string;
+      try {
+        text = await readFile(path, 'utf8');
+      } catch (err) {
+        throw new UsageError(`cannot read the audit log ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, 1);
+      }
+      const entries = text.split('\n').filter((l) => l.length > 0).map((l) => {
+        try {
+          return JSON.parse(l) as Record<string, unknown>;
+        } catch {
+          return { unreadable: l };
+        }
+      });
+      output(opts, { hsm: h.id, path, entries }, () => {
+        for (const e of entries) {
+          const { seq, time, event, user, ok, prev: _p, hash: _h, hsm: _hsm, ...rest } = e;
+          const extra = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
+          process.stdout.write(`${String(seq ?? '?').padStart(5)} ${String(time ?? '')} ${ok === false ? 'DENIED' : 'ok    '} ${String(event ?? '')} ${user ? `user=${String(user)} ` : ''}${extra}\n`);
+        }
+      });
+    });
+}

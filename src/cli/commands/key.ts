@@ -1,0 +1,105 @@
+// `hsmproxy key …`: crypto users make, list, share and delete keys inside the HSM.
+// `--key K` takes a key id or a label. Talks to one HSM (issue 3 switches withHsm to the cluster).
+import type { Command } from 'commander';
+import { writeFile } from 'node:fs/promises';
+import type { KeyInfo, KeyPairSpec, SecretKeySpec } from '../../hsm/protocol/index.js';
+import { resolveKey, withHsm, type HsmCommandOptions } from '../hsm-session.js';
+import { UsageError, output } from '../run.js';
+
+const PAIR_TYPES: KeyPairSpec[] = ['rsa:2048', 'rsa:3072', 'rsa:4096', 'ec:p256', 'ec:p384'];
+const SECRET_TYPES: SecretKeySpec[] = ['aes:128', 'aes:256'];
+
+function common(c: Command): Command {
+  return c.option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
+    .option('--hsm <id>', 'HSM id from cluster.json (default: the first)')
+    .option('--json', 'print one JSON document');
+}
+
+/** One line per key, for people. */
+function describeKey(k: KeyInfo): string {
+  const algo = k.type === 'ec' ? `ec ${k.curve ?? ''}` : `${k.type} ${k.size}`;
+  const shared = k.sharedWith.length > 0 ? ` shared with ${k.sharedWith.join(',')}` : '';
+  return `${k.keyId}  ${k.class.padEnd(7)} ${algo.padEnd(12)} ${k.token ? 'token  ' : 'session'} owner ${k.owner}${shared}  "${k.label}"`;
+}
+
+/** Registers the `key` command group (shared with other modules' key subcommands). */
+export function register(program: Command): void {
+  const key = program.commands.find((c) => c.name() === 'key') ?? program.command('key').description('keys in the HSM');
+
+  common(key.command('generate').description('generate a key pair or secret key inside the HSM'))
+    .requiredOption('--type <type>', [...PAIR_TYPES, ...SECRET_TYPES].join('|'))
+    .requiredOption('--label <label>', 'label (names the key in later commands)')
+    .option('--session', 'a session key: not persisted, gone when this command ends (token keys persist)')
+    .action(async (opts: HsmCommandOptions & { type: string; label: string; session?: boolean }) => {
+      const template = { label: opts.label, token: !opts.session };
+      if ((PAIR_TYPES as string[]).includes(opts.type)) {
+        const kp = await withHsm(opts, (c) => c.generateKeyPair(opts.type as KeyPairSpec, template));
+        output(opts, { keyId: kp.privateKey.keyId, publicKeyId: kp.publicKey.keyId, privateKey: kp.privateKey, publicKey: kp.publicKey }, () => {
+          process.stdout.write(`generated ${opts.type} key pair "${opts.label}"\n  private ${kp.privateKey.keyId}\n  public  ${kp.publicKey.keyId}\n`);
+        });
+      } else if ((SECRET_TYPES as string[]).includes(opts.type)) {
+        const k = await withHsm(opts, (c) => c.generateKey(opts.type as SecretKeySpec, template));
+        output(opts, { keyId: k.keyId, key: k }, () => process.stdout.write(`generated ${opts.type} key "${opts.label}" ${k.keyId}\n`));
+      } else {
+        throw new UsageError(`--type must be one of ${[...PAIR_TYPES, ...SECRET_TYPES].join(', ')}`);
+      }
+    });
+
+  common(key.command('list').description('keys you own or that are shared with you'))
+    .option('--label <label>', 'only keys with this label')
+    .action(async (opts: HsmCommandOptions & { label?: string }) => {
+      const keys = await withHsm(opts, (c) => c.findKeys(opts.label !== undefined ? { label: opts.label } : {}));
+      output(opts, keys, () => {
+        if (keys.length === 0) process.stdout.write('no keys\n');
+        for (const k of keys) process.stdout.write(describeKey(k) + '\n');
+      });
+    });
+
+  common(key.command('show').description("a key's attributes"))
+    .requiredOption('--key <key>', 'key id or label')
+    .action(async (opts: HsmCommandOptions & { key: string }) => {
+      const k = await withHsm(opts, (c) => resolveKey(c, opts.key, 'private'));
+      output(opts, k, () => {
+        for (const [name, v] of Object.entries(k)) process.stdout.write(`${name.padEnd(12)} ${Array.isArray(v) ? v.join(', ') : String(v)}\n`);
+      });
+    });
+
+  common(key.command('delete').description('delete a key you own (both halves of a key pair)'))
+    .requiredOption('--key <key>', 'key id or label')
+    .action(async (opts: HsmCommandOptions & { key: string }) => {
+      const k = await withHsm(opts, async (c) => {
+        const found = await resolveKey(c, opts.key, 'private');
+        await c.deleteKey(found.keyId);
+        return found;
+      });
+      output(opts, { deleted: k.keyId, pairKeyId: k.pairKeyId ?? null }, () => process.stdout.write(`deleted key ${k.keyId} "${k.label}"\n`));
+    });
+
+  for (const verb of ['share', 'unshare'] as const) {
+    common(key.command(verb).description(verb === 'share' ? 'let another crypto user use a key you own' : 'stop sharing a key with a crypto user'))
+      .requiredOption('--key <key>', 'key id or label')
+      .requiredOption('--user <user>', 'the crypto user')
+      .action(async (opts: HsmCommandOptions & { key: string; user: string }) => {
+        const k = await withHsm(opts, async (c) => {
+          const found = await resolveKey(c, opts.key, 'private');
+          return verb === 'share' ? c.shareKey(found.keyId, opts.user) : c.unshareKey(found.keyId, opts.user);
+        });
+        output(opts, k, () => process.stdout.write(`${verb === 'share' ? 'shared' : 'unshared'} key ${k.keyId} ${verb === 'share' ? 'with' : 'from'} ${opts.user}; shared with: ${k.sharedWith.join(', ') || 'nobody'}\n`));
+      });
+  }
+
+  common(key.command('export-pub').description('write the public key (SPKI PEM) of a key pair'))
+    .requiredOption('--key <key>', 'key id or label')
+    .option('--out <file>', 'output file (default: standard output)')
+    .action(async (opts: HsmCommandOptions & { key: string; out?: string }) => {
+      const { k, pem } = await withHsm(opts, async (c) => {
+        const found = await resolveKey(c, opts.key, 'public');
+        return { k: found, pem: (await c.exportPublicKey(found.keyId)).pem };
+      });
+      if (opts.out) await writeFile(opts.out, pem);
+      output(opts, { keyId: k.keyId, out: opts.out ?? null, pem }, () => {
+        if (opts.out) process.stdout.write(`wrote the public key of ${k.keyId} "${k.label}" to ${opts.out}\n`);
+        else process.stdout.write(pem);
+      });
+    });
+}
