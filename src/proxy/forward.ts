@@ -6,7 +6,7 @@ import { STATUS_CODES, type ClientRequest, type IncomingMessage, type ServerResp
 import type { Duplex } from 'node:stream';
 import httpProxy from 'http-proxy';
 import type { Logger } from 'pino';
-import type { RouteConfig, UpstreamTimeouts } from '../config/index.js';
+import { DEFAULTS, type RouteConfig, type UpstreamTimeouts } from '../config/index.js';
 import type { HsmproxyMetrics } from '../metrics/index.js';
 import { ConnectionTracker } from './connections.js';
 import { UpstreamRefusedError, UpstreamTimeoutError } from './errors.js';
@@ -133,7 +133,8 @@ export class Forwarder {
     const ctx = this.contexts.get(req);
     if (!ctx?.route || !ctx.target) return;
     ctx.upstreamStart = performance.now();
-    const timeouts: UpstreamTimeouts = { ...this.table().pools.get(ctx.route.upstream)?.config.timeouts ?? { connectMs: 5000, responseMs: 60000, idleMs: 60000 }, ...ctx.route.timeouts };
+    const poolTimeouts = this.table().pools.get(ctx.route.upstream)?.config.timeouts ?? DEFAULTS.upstream.timeouts;
+    const timeouts: UpstreamTimeouts = { ...poolTimeouts, ...ctx.route.timeouts };
     const target = ctx.target.url;
     proxyReq.on('socket', (s) => {
       if (!(s as { connecting?: boolean }).connecting) return;
