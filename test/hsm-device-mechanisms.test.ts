@@ -204,3 +204,19 @@ t.test('every crypto answer reports its queue wait and service time', async (t) 
   t.type(r.queueWaitUs, 'number');
   t.ok(r.serviceUs > 0);
 });
+
+for (const [spec, mech, hash] of [['ec:p256', 'ecdsa-sha256', 'sha256'], ['ec:p384', 'ecdsa-sha384', 'sha384']] as const) {
+  t.test(`${mech} over a precomputed digest verifies with openssl on the message (${spec})`, async (t) => {
+    const keyId = pairs.get(spec)!;
+    const digest = createHash(hash).update(MSG).digest();
+    const sig = (await f.hsm.sign(alice, { keyId, mechanism: mech, data: digest, prehashed: true })).result;
+    const { pem } = f.hsm.exportPublicKey(alice, keyId);
+    t.equal(await opensslVerify(await tempDir(t), pem, sig, hash, false), 'Verified OK');
+    const raw = (await f.hsm.sign(alice, { keyId, mechanism: mech, data: digest, prehashed: true, format: 'raw' })).result;
+    t.ok(nodeVerify(hash, MSG, { key: createPublicKey(pem), dsaEncoding: 'ieee-p1363' }, raw), 'raw r||s verifies too');
+    const pubId = f.hsm.getKey(alice, keyId).pairKeyId!;
+    t.equal((await f.hsm.verify(alice, { keyId: pubId, mechanism: mech, data: digest, signature: sig, prehashed: true })).result, true);
+    const other = createHash(hash).update('other').digest();
+    t.equal((await f.hsm.verify(alice, { keyId: pubId, mechanism: mech, data: other, signature: sig, prehashed: true })).result, false);
+  });
+}

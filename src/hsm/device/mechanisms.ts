@@ -6,6 +6,7 @@ import {
   constants, createCipheriv, createDecipheriv, createHmac, createPublicKey, privateDecrypt, publicEncrypt, randomBytes,
   sign as nodeSign, timingSafeEqual, verify as nodeVerify, type KeyObject,
 } from 'node:crypto';
+import { ecdsaSignDigest, ecdsaVerifyDigest } from './ecdsa-digest.js';
 import { DecryptError, InvalidArgumentError, MechanismNotAllowedError } from './errors.js';
 import type { StoredKey } from './objects.js';
 import { HASH_LEN, pkcs1SignDigest, pkcs1VerifyDigest, pssSignDigest, pssVerifyDigest, type Hash } from './pss.js';
@@ -47,7 +48,6 @@ function signScheme(mechanism: string, key: StoredKey): SignScheme {
 function checkDigest(s: SignScheme, data: Buffer, prehashed: boolean | undefined, mechanism: string): void {
   if (!prehashed) return;
   if (s.family === 'hmac') throw new InvalidArgumentError(`${mechanism} works on messages, not digests`);
-  if (s.family === 'ecdsa') throw new InvalidArgumentError(`${mechanism} over a precomputed digest is not supported by this HSM; send the message`);
   if (data.length !== HASH_LEN[s.hash]) throw new InvalidArgumentError(`a ${s.hash} digest is ${HASH_LEN[s.hash]} bytes, got ${data.length}`);
 }
 
@@ -69,7 +69,9 @@ export function signWith(key: StoredKey, mechanism: SignMechanism, data: Buffer,
         ? pssSignDigest(key.keyObject, s.hash, data)
         : nodeSign(s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] });
     case 'ecdsa':
-      return nodeSign(s.hash, data, { key: key.keyObject, dsaEncoding: format === 'raw' ? 'ieee-p1363' : 'der' });
+      return prehashed
+        ? ecdsaSignDigest(key.keyObject, data, format ?? 'der')
+        : nodeSign(s.hash, data, { key: key.keyObject, dsaEncoding: format === 'raw' ? 'ieee-p1363' : 'der' });
   }
 }
 
@@ -91,7 +93,9 @@ export function verifyWith(key: StoredKey, mechanism: SignMechanism, data: Buffe
           ? pssVerifyDigest(pub, s.hash, data, signature)
           : nodeVerify(s.hash, data, { key: pub, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] }, signature);
       case 'ecdsa':
-        return nodeVerify(s.hash, data, { key: pub, dsaEncoding: format === 'raw' ? 'ieee-p1363' : 'der' }, signature);
+        return prehashed
+          ? ecdsaVerifyDigest(pub, data, signature, format ?? 'der')
+          : nodeVerify(s.hash, data, { key: pub, dsaEncoding: format === 'raw' ? 'ieee-p1363' : 'der' }, signature);
     }
   } catch {
     return false; // a malformed signature is simply not valid

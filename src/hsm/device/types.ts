@@ -108,7 +108,10 @@ export type Mechanism = SignMechanism | CipherMechanism | WrapMechanism;
 export interface SignRequest {
   keyId: string;
   mechanism: SignMechanism;
-  /** The message, or its digest when `prehashed` (digest length must match the hash). */
+  /**
+   * The message, or its digest when `prehashed` (digest length must match the hash).
+   * ECDSA over a digest runs in BigInt (~10 ms of CPU): send the message where possible.
+   */
   data: Buffer;
   prehashed?: boolean;
   /** ECDSA output: 'der' (default) or 'raw' r||s (as TLS 1.3 does not use, JOSE does). */
