@@ -40,7 +40,7 @@ export interface TlsServerOptions {
 /** A TLS 1.3 server with asynchronous signatures. */
 export class TlsServer extends EventEmitter {
   readonly netServer: Server;
-  private readonly config: HandshakeConfig;
+  private config: HandshakeConfig;
   private handshaking = 0;
   /** Connections refused because maxConcurrentHandshakes was reached. */
   shedConnections = 0;
@@ -63,6 +63,15 @@ export class TlsServer extends EventEmitter {
     this.netServer.on('error', (err) => this.emit('error', err));
     this.netServer.on('listening', () => this.emit('listening'));
     this.netServer.on('close', () => this.emit('close'));
+  }
+
+  /**
+   * Replaces the certificates for new connections (a reload); connections already accepted keep
+   * the set they started with.
+   */
+  setCertificates(certificates: readonly ServerCertificate[]): void {
+    if (certificates.length === 0) throw new TypeError('setCertificates needs at least one certificate');
+    this.config = { ...this.config, certificates: certificates.map((c) => prepareCertEntry(c, c.servername)) };
   }
 
   /** Handshakes currently in progress. */
