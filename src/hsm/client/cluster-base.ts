@@ -198,8 +198,8 @@ export class ClusterBase<C extends HsmLink> {
         resolve(v);
       };
       const onRotation = (): void => done(true);
+      // Not unref'd: a caller is awaiting this request, so the process must stay up (bounded by waitForHsmMs).
       const timer = setTimeout(() => done(false), ms);
-      timer.unref();
       this.events.on('rotation', onRotation);
     });
   }

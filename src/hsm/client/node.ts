@@ -151,8 +151,8 @@ export class HsmNode<C extends HsmLink> {
       const info = await Promise.race([
         link.info(),
         new Promise<never>((_, reject) => {
+          // Kept referenced (bounded by healthTimeoutMs) so an awaited check cannot be cut short by exit.
           timer = setTimeout(() => reject(Object.assign(new Error(`health check of ${this.id} missed its ${this.opts.healthTimeoutMs} ms deadline`), { code: 'HSM_ERR_TIMEOUT' })), this.opts.healthTimeoutMs);
-          timer.unref();
         }),
       ]);
       if (this.link !== link) return undefined;

@@ -1,0 +1,184 @@
+// ClusterBase (the cluster client's balancing, retry, failover and sync gate) against in-process
+// fake HSM links: each behaviour alone, without processes or sockets.
+import t from 'tap';
+import { createHash } from 'node:crypto';
+import { ClusterBase } from '../src/hsm/client/cluster-base.js';
+import type { HsmAddress, HsmLink } from '../src/hsm/client/link.js';
+import type { HsmInfo, KeyInfo, StateDigest } from '../src/hsm/protocol/types.js';
+
+const coded = (code: string): Error => Object.assign(new Error(code), { code });
+
+class FakeHsm {
+  calls = 0;
+  users = 'admin';
+  keys = new Map<string, string>();
+  reachable = true;
+  /** What `work` does on this HSM. */
+  behaviour: () => Promise<string> = async () => this.id;
+  infoHangs = false;
+  constructor(readonly id: string) {}
+  digest(): string {
+    return createHash('sha256').update(this.users + [...this.keys].sort().join(',')).digest('hex');
+  }
+}
+
+class FakeLink implements HsmLink {
+  readonly closed: Promise<void>;
+  private onClosed!: () => void;
+  constructor(readonly hsm: FakeHsm) {
+    this.closed = new Promise((r) => { this.onClosed = r; });
+  }
+  work(): Promise<string> {
+    this.hsm.calls++;
+    return this.hsm.behaviour();
+  }
+  async info(): Promise<HsmInfo> {
+    if (this.hsm.infoHangs) return new Promise(() => undefined);
+    return { hsmId: this.hsm.id, profile: 'unlimited', units: 1, utilisation: 0, queued: 0, inService: 0, occupancy: { token: this.hsm.keys.size, session: 0, max: 3500 }, users: 1, state: await this.stateDigest() };
+  }
+  async stateDigest(): Promise<StateDigest> {
+    return { version: 0, digest: this.hsm.digest(), users: 1, tokenKeys: this.hsm.keys.size };
+  }
+  async exportMasked(keyId: string): Promise<Buffer> {
+    return Buffer.from(`${keyId}=${this.hsm.keys.get(keyId) ?? ''}`);
+  }
+  async importMasked(masked: Buffer): Promise<KeyInfo> {
+    const [id, v] = masked.toString().split('=') as [string, string];
+    this.hsm.keys.set(id, v);
+    return { keyId: id } as KeyInfo;
+  }
+  async exportUsers(): Promise<Buffer> {
+    return Buffer.from(this.hsm.users);
+  }
+  async importUsers(masked: Buffer): Promise<void> {
+    this.hsm.users = masked.toString();
+  }
+  async listTokenKeyIds(): Promise<string[]> {
+    return [...this.hsm.keys.keys()];
+  }
+  async deleteKey(keyId: string): Promise<void> {
+    this.hsm.keys.delete(keyId);
+  }
+  async close(): Promise<void> {
+    this.onClosed();
+  }
+}
+
+async function cluster(t: { teardown(fn: () => unknown): void }, n: number, opts: { busyBackoffMs?: number; waitForHsmMs?: number; healthTimeoutMs?: number } = {}, prepare?: (hsms: FakeHsm[]) => void): Promise<{ c: ClusterBase<FakeLink>; hsms: FakeHsm[] }> {
+  const hsms = Array.from({ length: n }, (_, i) => new FakeHsm(`hsm-${i + 1}`));
+  prepare?.(hsms);
+  const members: HsmAddress[] = hsms.map((h, i) => ({ id: h.id, host: '127.0.0.1', port: 1000 + i }));
+  const c = new ClusterBase<FakeLink>({
+    members,
+    credentials: { user: 'cu', password: 'pw' },
+    factory: async (a) => {
+      const h = hsms.find((x) => x.id === a.id)!;
+      if (!h.reachable) throw coded('HSM_ERR_UNREACHABLE');
+      return new FakeLink(h);
+    },
+    busyBackoffMs: opts.busyBackoffMs ?? 1,
+    waitForHsmMs: opts.waitForHsmMs ?? 200,
+    node: { healthIntervalMs: 60_000, healthTimeoutMs: opts.healthTimeoutMs ?? 1000, reconnectMinMs: 10, reconnectMaxMs: 20 },
+  });
+  await c.start();
+  t.teardown(() => c.close());
+  return { c, hsms };
+}
+
+const work = (c: ClusterBase<FakeLink>, safe = true): Promise<string> => c.execute('sign', { safe }, (l) => l.work());
+
+t.test('a busy answer is retried on another HSM', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  hsms[0]!.behaviour = async () => { throw coded('HSM_ERR_BUSY'); };
+  for (let i = 0; i < 4; i++) t.equal(await work(c), 'hsm-2');
+  t.ok(c.node('hsm-1')?.available, 'a busy HSM stays in rotation');
+});
+
+t.test('busy everywhere gives up after 3 retries with a clear busy error', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  for (const h of hsms) h.behaviour = async () => { throw coded('HSM_ERR_BUSY'); };
+  await t.rejects(work(c), { code: 'HSM_ERR_BUSY', message: /add an HSM/ });
+  t.equal(hsms[0]!.calls + hsms[1]!.calls, 4, 'one try and 3 retries');
+});
+
+t.test('a safe request in flight on a failing HSM is repeated on another; the HSM leaves rotation', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  hsms[0]!.behaviour = async () => { throw coded('HSM_ERR_CONNECTION_CLOSED'); };
+  hsms[1]!.behaviour = async () => { await new Promise((r) => setTimeout(r, 5)); return 'hsm-2'; };
+  // The second HSM is busier, so the first pick is hsm-1.
+  const slow = work(c);
+  t.equal(await work(c), 'hsm-2');
+  t.equal(await slow, 'hsm-2');
+  t.notOk(c.node('hsm-1')?.available, 'hsm-1 is out of rotation');
+});
+
+t.test('an unsafe request (key creation) is never repeated after an HSM failure', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  for (const h of hsms) h.behaviour = async () => { throw coded('HSM_ERR_TIMEOUT'); };
+  await t.rejects(c.execute('generateKeyPair', { safe: false }, (l) => l.work()), { code: 'HSM_ERR_NOT_REPEATED', message: /must not happen twice/ });
+  t.equal(hsms[0]!.calls + hsms[1]!.calls, 1, 'exactly one HSM saw the request');
+});
+
+t.test("an HSM's own answer (no such key) is returned as is, and the HSM stays in rotation", async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  for (const h of hsms) h.behaviour = async () => { throw coded('HSM_ERR_NO_SUCH_KEY'); };
+  await t.rejects(work(c), { code: 'HSM_ERR_NO_SUCH_KEY' });
+  t.equal(hsms[0]!.calls + hsms[1]!.calls, 1);
+  t.ok(c.node('hsm-1')?.available && c.node('hsm-2')?.available);
+});
+
+t.test('requests go to the HSM with the fewest outstanding', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  hsms[0]!.behaviour = async () => { await gate; return 'hsm-1'; };
+  hsms[1]!.behaviour = async () => { await gate; return 'hsm-2'; };
+  const pending = Array.from({ length: 6 }, () => work(c));
+  t.same(c.stats().map((s) => s.inFlight), [3, 3], 'six requests split three and three');
+  release();
+  await Promise.all(pending);
+  t.same(c.stats().map((s) => s.inFlight), [0, 0]);
+});
+
+t.test('with no HSM reachable a request fails with a message that says what to do', async (t) => {
+  const { c, hsms } = await cluster(t, 1, { waitForHsmMs: 50 });
+  hsms[0]!.reachable = false;
+  c.node('hsm-1')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  await t.rejects(work(c), { code: 'HSM_ERR_NO_HEALTHY_HSM', message: /cluster status/ });
+});
+
+t.test('a health check that misses its deadline takes the HSM out of rotation', async (t) => {
+  const { c, hsms } = await cluster(t, 2, { healthTimeoutMs: 30 });
+  hsms[0]!.infoHangs = true;
+  await c.node('hsm-1')!.healthCheck();
+  t.notOk(c.node('hsm-1')?.available);
+  t.equal(await work(c), 'hsm-2');
+});
+
+t.test('an HSM that returns out of sync is resynced from a peer before it serves', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  const [h1, h2] = hsms as [FakeHsm, FakeHsm];
+  h1.reachable = false;
+  c.node('hsm-1')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  // Changes while hsm-1 is away.
+  h2.keys.set('k-new', 'material');
+  h2.users = 'admin,alice';
+  h1.keys.set('k-deleted', 'old');
+  h1.reachable = true;
+  await c.waitInRotation('hsm-1', 2000);
+  t.equal(h1.digest(), h2.digest(), 'digests match once it is back in rotation');
+  t.equal(h1.users, 'admin,alice');
+  t.notOk(h1.keys.has('k-deleted'), 'a key deleted meanwhile is deleted on it too');
+  t.match(c.resyncs.get('hsm-1'), { keysCopied: 1, keysDeleted: 1, inSync: true });
+});
+
+t.test('at start, an HSM that disagrees with the majority is resynced from it', async (t) => {
+  const { c, hsms } = await cluster(t, 3, {}, (h) => {
+    for (const x of h) x.keys.set('k1', 'v1');
+    h[2]!.users = 'admin,stale';
+  });
+  await c.waitInRotation('hsm-3', 2000);
+  t.ok(c.stats().every((s) => s.inRotation), 'all three serve');
+  t.equal(hsms[2]!.users, 'admin', 'the odd one took the majority user table');
+  t.equal(new Set(hsms.map((h) => h.digest())).size, 1);
+});
