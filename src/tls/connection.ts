@@ -36,7 +36,11 @@ export const Limits = {
 } as const;
 
 /** Named abuse counters, exposed for tests and diagnostics. */
-export interface Counters { emptyRecords: number; compatCcs: number; warningAlerts: number; earlyDataSkipped: number }
+export interface Counters {
+  emptyRecords: number; compatCcs: number; warningAlerts: number; earlyDataSkipped: number;
+  /** KeyUpdates received from and sent to the peer after the handshake. */
+  keyUpdatesReceived: number; keyUpdatesSent: number;
+}
 
 interface WireRecord { type: number; version: number; fragment: Buffer }
 
@@ -45,7 +49,7 @@ const COMPAT_CCS = Buffer.from([ContentType.change_cipher_spec, 3, 3, 0, 1, 1]);
 /** One server-side TLS connection, transport-agnostic. */
 export class ServerConnection implements HandshakeIo {
   readonly negotiated: Negotiated = { resumed: false };
-  readonly counters: Counters = { emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0 };
+  readonly counters: Counters = { emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0, keyUpdatesReceived: 0, keyUpdatesSent: 0 };
   private state: State = new ExpectClientHello();
   private readonly deframer = new RecordDeframer();
   private readonly joiner = new HandshakeJoiner();
@@ -262,6 +266,7 @@ export class ServerConnection implements HandshakeIo {
       const m = this.joiner.next();
       if (!m) return;
       this.sawHello = true;
+      if (this.done && m.type === 24 /* key_update */) this.counters.keyUpdatesReceived++;
       this.state = this.state.handle(m, this);
     }
   }
@@ -328,6 +333,7 @@ export class ServerConnection implements HandshakeIo {
 
   setWriteKey(suite: CipherSuite, secret: Buffer): void {
     this.flushFlight();
+    if (this.done) this.counters.keyUpdatesSent++;
     const { key, iv } = trafficKeys(suite, secret);
     this.sealer = new RecordSealer(suite, key, iv);
   }

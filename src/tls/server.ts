@@ -1,7 +1,7 @@
 // TlsServer: a net.Server whose connections become TlsSockets, shaped like node's tls.Server
 // (listen/close/address, 'secureConnection', 'tlsClientError').
 import { EventEmitter } from 'node:events';
-import { createServer as createNetServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
 import type { TlsError } from './alert.js';
 import { prepareCertEntry, type CertEntry } from './certselect.js';
 import { ServerConnection } from './connection.js';
@@ -98,8 +98,12 @@ export class TlsServer extends EventEmitter {
   }
 
   /** Same arguments as net.Server.listen. */
-  listen(...args: Parameters<Server['listen']>): this {
-    this.netServer.listen(...args);
+  listen(port?: number, host?: string, cb?: () => void): this;
+  listen(port: number, cb?: () => void): this;
+  listen(options: ListenOptions, cb?: () => void): this;
+  listen(...args: unknown[]): this {
+    // net.Server.listen's overloads cannot be forwarded by type; the arguments are passed unchanged.
+    (this.netServer.listen as (...a: unknown[]) => unknown).apply(this.netServer, args);
     return this;
   }
 
