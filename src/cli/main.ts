@@ -24,6 +24,7 @@ export async function buildProgram(): Promise<Command> {
     () => import('./commands/key.js'),
     () => import('./commands/keyref.js'),
     () => import('./commands/pki.js'),
+    () => import('./commands/serve.js'),
     () => import('./commands/user.js'),
   ];
   for (const load of groups) (await load()).register(program);

@@ -1,0 +1,68 @@
+// `hsmproxy serve`: runs the HTTPS reverse proxy. With no --config, the embedded default: a
+// simulated cluster in ./data, a dev CA and localhost certificates whose keys are in the HSM,
+// a demo upstream, https://localhost:8443 and admin on http://127.0.0.1:9464.
+import type { Command } from 'commander';
+import { relative } from 'node:path';
+import pino from 'pino';
+import { startServing, type Serving } from '../serve-runtime.js';
+import { output } from '../run.js';
+
+interface ServeOptions { config?: string; json?: boolean; logLevel?: string }
+
+function banner(s: Serving): string {
+  const l = s.config.listeners[0]!;
+  const host = l.address === '127.0.0.1' || l.address === '0.0.0.0' ? 'localhost' : l.address;
+  const lines = [`hsmproxy is serving https://${host}:${l.port}/ (keys in ${s.hsm.describe})`];
+  if (s.demo) {
+    const ca = relative(process.cwd(), s.demo.pki.caCert) || s.demo.pki.caCert;
+    lines.push(
+      s.demo.pkiCreated ? `  made a dev CA and localhost certificates (RSA-2048 and ECDSA P-256); their keys are in the HSM` : `  reused the dev CA and localhost certificates in ${relative(process.cwd(), s.demo.pki.caCert).replace(/\/[^/]*$/, '') || '.'}`,
+      `  dev CA certificate: ${ca}`,
+      `  demo upstream: ${s.demo.upstream.url}`,
+      `  try: curl --cacert ${ca} https://localhost:${l.port}/`,
+    );
+  }
+  const admin = s.proxy.adminAddress();
+  if (admin) lines.push(`  admin: http://${admin.address}:${admin.port}/metrics  /healthz  /readyz`);
+  lines.push('  stop with Ctrl-C (SIGINT/SIGTERM drain in-flight requests); SIGHUP reloads the config');
+  return lines.join('\n');
+}
+
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('run the HTTPS reverse proxy (default: embedded simulated cluster, demo certificates and upstream)')
+    .option('--config <file>', 'YAML configuration (default: the embedded demo, config/hsmproxy.yaml)')
+    .option('--log-level <level>', 'override log.level')
+    .option('--json', 'print the startup summary as JSON')
+    .action(async (opts: ServeOptions) => {
+      const log = pino({ level: opts.logLevel ?? process.env.HSMPROXY_LOG_LEVEL ?? 'info' });
+      const serving = await startServing({ ...(opts.config ? { configFile: opts.config } : {}), log });
+      output(opts, {
+        listeners: serving.config.listeners.map((l) => ({ name: l.name, address: serving.proxy.listenerAddress(l.name) })),
+        admin: serving.proxy.adminAddress(),
+        hsm: serving.hsm.describe,
+        ...(serving.demo ? { caCert: serving.demo.pki.caCert, upstream: serving.demo.upstream.url, pkiCreated: serving.demo.pkiCreated } : {}),
+      }, () => process.stderr.write(banner(serving) + '\n'));
+      let stopping = false;
+      const stop = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ signal }, 'shutting down: draining in-flight requests');
+        serving.stop().then(
+          () => { log.info('stopped'); process.exit(0); },
+          (err: unknown) => { log.error({ err }, 'shutdown failed'); process.exit(1); },
+        );
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+      process.on('SIGHUP', () => {
+        serving.reload().then(
+          () => log.info('configuration reloaded'),
+          (err: unknown) => log.error({ err: (err as Error).message }, 'reload refused; the previous configuration keeps serving'),
+        );
+      });
+      // Keep serving until a signal arrives.
+      await new Promise<never>(() => undefined);
+    });
+}

@@ -1,0 +1,137 @@
+// `hsmproxy serve` wiring: opens the HSM side the config names (embedded cluster, a running
+// cluster, or PKCS#11), builds the Engine, makes the demo PKI and upstream for the default, and
+// starts the Proxy over the offloading TLS listener. Library calls only; the logic lives in the
+// modules it calls.
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import { loadConfig, type Config } from '../config/index.js';
+import { Engine, SimBackend, loadCredentials, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
+import type { ClusterClient } from '../hsm/client/cluster-client.js';
+import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
+import { readManifest } from '../hsm/cluster/manifest.js';
+import { connectCluster } from '../hsm/cluster/membership.js';
+import { ensureDemoPki, type DemoPkiFiles } from '../pki/demo.js';
+import { Proxy, startDemoUpstream, type DemoUpstream } from '../proxy/index.js';
+import { offloadListenerFactory } from '../proxy/offload-listener.js';
+import { UsageError } from './run.js';
+
+/** The repository (package) root: where config/hsmproxy.yaml ships. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the hsmproxy package root');
+    dir = up;
+  }
+  return dir;
+}
+
+/** The HSM side of a running proxy. */
+interface HsmSide {
+  engine: Engine;
+  /** Backend that new keys (demo PKI) are generated on. */
+  backend: Backend;
+  describe: string;
+  cluster?: ClusterClient;
+  stop(): Promise<void>;
+}
+
+async function openHsmSide(config: Config, log: Logger): Promise<HsmSide> {
+  const hsm = config.hsm;
+  const admission = { maxInFlight: hsm.signing.maxInFlight, queueTimeoutMs: hsm.signing.timeoutMs };
+  if (hsm.mode === 'pkcs11') {
+    if (!hsm.module || !hsm.token) throw new UsageError('hsm.mode pkcs11 needs hsm.module and hsm.token in the config');
+    const { openPkcs11Backend } = await import('../engine/pkcs11/backend.js');
+    const backend = await openPkcs11Backend({ module: hsm.module, token: hsm.token, ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}) });
+    const engine = new Engine({ backends: { pkcs11: backend }, admission });
+    return { engine, backend, describe: `PKCS#11 token "${hsm.token}" via ${hsm.module}`, stop: () => engine.close() };
+  }
+  let embedded: EmbeddedCluster | undefined;
+  let client: ClusterClient;
+  let credentials: { user?: string; password: string };
+  const dir = hsm.mode === 'cluster' && hsm.manifest ? dirname(hsm.manifest) : hsm.dir;
+  if (hsm.mode === 'embedded') {
+    embedded = await startEmbeddedCluster({ dir, hsms: hsm.hsms, profile: hsm.profile });
+    client = embedded.client;
+    credentials = { user: embedded.credentials.cu.user, password: embedded.credentials.cu.password };
+    log.info({ dir, hsms: embedded.supervisor.ports().size, startupMs: Math.round(embedded.startupMs) }, 'embedded HSM cluster started');
+  } else {
+    credentials = await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
+    if (!credentials.user) throw new UsageError('the cluster needs crypto-user credentials as user:password (HSMPROXY_PIN or hsm.credentials.file)');
+    client = await connectCluster(dir, { credentials: { user: credentials.user, password: credentials.password } });
+  }
+  const manifest = await readManifest(dir);
+  const backend = new SimBackend({ client: simClientFrom(client), clusterId: manifest.clusterId, credentials, ownsClient: false });
+  const opts: EngineOptions = { backends: { sim: backend }, admission };
+  const engine = new Engine(opts);
+  return {
+    engine, backend, cluster: client,
+    describe: `${hsm.mode} cluster in ${dir} (${manifest.hsms.length} HSM${manifest.hsms.length === 1 ? '' : 's'})`,
+    stop: async () => {
+      await engine.close();
+      if (embedded) await embedded.stop();
+      else await client.close();
+    },
+  };
+}
+
+/** What `serve` started, for printing and for stopping. */
+export interface Serving {
+  config: Config;
+  proxy: Proxy;
+  hsm: HsmSide;
+  demo?: { pki: DemoPkiFiles; pkiCreated: boolean; upstream: DemoUpstream };
+  stop(deadlineMs?: number): Promise<void>;
+  reload(): Promise<void>;
+}
+
+/** Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). */
+export async function startServing(opts: { configFile?: string; log: Logger }): Promise<Serving> {
+  const { log } = opts;
+  const isDefault = opts.configFile === undefined;
+  const configFile = opts.configFile ?? join(packageRoot(), 'config', 'hsmproxy.yaml');
+  // The default's certificates are made on first start, so its files are checked only after that.
+  const config = loadConfig(configFile, { checkFiles: !isDefault });
+  const hsm = await openHsmSide(config, log);
+  const cleanup: Array<() => Promise<void>> = [() => hsm.stop()];
+  try {
+    let demo: Serving['demo'];
+    if (isDefault) {
+      const certDir = dirname(resolve(config.listeners[0]!.certificates[0]!.cert));
+      const pki = await ensureDemoPki(hsm.engine, hsm.backend, certDir);
+      const target = new URL(config.upstreams.demo?.targets[0] ?? 'http://127.0.0.1:8080');
+      const upstream = await startDemoUpstream({ host: target.hostname, port: Number(target.port) });
+      cleanup.push(() => upstream.close());
+      demo = { pki: pki.files, pkiCreated: pki.created, upstream };
+    }
+    const proxy = new Proxy({
+      config,
+      logger: log,
+      tlsListenerFactory: offloadListenerFactory({ engine: hsm.engine, signTimeoutMs: config.hsm.signing.timeoutMs }),
+      readiness: async () => {
+        // Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open).
+        const up = hsm.cluster ? hsm.cluster.stats().filter((n) => n.inRotation).length : 1;
+        return { ready: up > 0, reasons: up > 0 ? [] : ['no HSM is in rotation'] };
+      },
+    });
+    await proxy.start();
+    let current = config;
+    return {
+      config, proxy, hsm, ...(demo ? { demo } : {}),
+      async stop(deadlineMs) {
+        await proxy.shutdown(deadlineMs ?? current.timeouts.shutdownMs);
+        for (const c of cleanup.reverse()) await c();
+      },
+      async reload() {
+        const next = loadConfig(configFile, { checkFiles: true });
+        await proxy.reload(next);
+        current = next;
+      },
+    };
+  } catch (err) {
+    for (const c of cleanup.reverse()) await c().catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,96 @@
+// The production TLS listener: tls/ TlsServer with every certificate's key behind an engine
+// Signer, so each handshake signature is offloaded (HSM, PKCS#11) without blocking the loop.
+// Certificates and references are loaded and resolved before the listener opens, so a missing
+// key or an unreachable HSM fails the start (or a reload) with a message naming the file.
+import { readFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import type { ListenerConfig } from '../config/index.js';
+import type { Admission, Engine } from '../engine/index.js';
+import { createServer, TicketKeys, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import { ListenerError } from './errors.js';
+import type { TlsListener, TlsListenerFactory } from './listener.js';
+
+/** Options shared by every listener the factory opens. */
+export interface OffloadListenerOptions {
+  engine: Engine;
+  /** Deadline for one signature (the HSM round trip), ms. */
+  signTimeoutMs?: number;
+  /** Ticket keys shared by all listeners (and workers), so resumption works across them. */
+  ticketKeys?: TicketKeys;
+  /** A per-listener cap on signatures in flight, in front of the engine's global one. */
+  listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
+}
+
+/** Splits a PEM bundle into DER certificates, leaf first. */
+function pemChain(text: string): Buffer[] {
+  const out: Buffer[] = [];
+  for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g)) {
+    out.push(Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64'));
+  }
+  return out;
+}
+
+/** Loads every certificate of a listener and resolves its key on the engine. */
+export async function loadCertifiedKeys(engine: Engine, listener: ListenerConfig, opts: Pick<OffloadListenerOptions, 'listenerAdmission'> = {}): Promise<ServerCertificate[]> {
+  const admission = opts.listenerAdmission?.(listener);
+  return Promise.all(listener.certificates.map(async (c, i) => {
+    const where = `listeners[${listener.name}].certificates[${i}]`;
+    let chain: Buffer[];
+    try {
+      chain = pemChain(await readFile(c.cert, 'utf8'));
+    } catch (err) {
+      throw new ListenerError(listener.name, `${where}.cert: cannot read ${c.cert}: ${(err as Error).message}`, { cause: err });
+    }
+    if (chain.length === 0) throw new ListenerError(listener.name, `${where}.cert: ${c.cert} holds no PEM certificate`);
+    let leaf: X509Certificate;
+    try {
+      leaf = new X509Certificate(chain[0]!);
+    } catch (err) {
+      throw new ListenerError(listener.name, `${where}.cert: ${c.cert} is not a valid certificate: ${(err as Error).message}`, { cause: err });
+    }
+    const signer = await engine.signer(c.key, admission ? { admission } : {});
+    // The web server's certificate/key match (as nginx does at start), with the HSM's public key.
+    if (!leaf.publicKey.equals(signer.key.publicKey)) {
+      throw new ListenerError(listener.name, `${where}: the key ${c.key} does not match the certificate ${c.cert}`);
+    }
+    return { chain, signer };
+  }));
+}
+
+/** A TlsListenerFactory over tls/ TlsServer with engine signers. */
+export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListenerFactory {
+  const ticketKeys = opts.ticketKeys ?? new TicketKeys();
+  return async (listener, onSecureConnection, settings) => {
+    if (listener.minVersion !== '1.3' || listener.maxVersion !== '1.3') {
+      throw new ListenerError(listener.name, `TLS ${listener.minVersion}–${listener.maxVersion} requested, but this build serves TLS 1.3 only: set minVersion and maxVersion to '1.3'`);
+    }
+    if (listener.clientAuth.mode !== 'none') {
+      throw new ListenerError(listener.name, `clientAuth ${listener.clientAuth.mode} is not supported yet by the offloading TLS server: set clientAuth.mode to none`);
+    }
+    const server: TlsServer = createServer({
+      certificates: await loadCertifiedKeys(opts.engine, listener, opts),
+      alpnProtocols: listener.alpn,
+      ticketKeys,
+      handshakeTimeoutMs: settings.handshakeTimeoutMs,
+      ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
+      name: listener.name,
+    }, onSecureConnection);
+    server.on('tlsClientError', () => { /* the peer got its alert; counted through the handshake channel */ });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: Error) => reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err })));
+      server.netServer.listen(listener.port, listener.address, () => resolve());
+    });
+    const handle: TlsListener = {
+      address: () => server.address(),
+      async update(next) {
+        // Everything that can fail (files, keys, HSM) happens before the swap; ALPN changes
+        // need a restart of the listener (the handshake config is fixed per server).
+        server.setCertificates(await loadCertifiedKeys(opts.engine, next, opts));
+      },
+      async close() {
+        if (server.netServer.listening) server.close();
+      },
+    };
+    return handle;
+  };
+}
