@@ -85,13 +85,12 @@ export function resolveCapacityProfile(p: CapacityProfileName | CapacityProfile 
 }
 
 interface Waiter { start: () => void }
-interface Unit { virtualFree: number }
+interface Unit { virtualFree: number; handedOver: boolean }
 
 const UTILISATION_WINDOW_MS = 5000;
 const BUCKET_MS = 100;
-// If a unit's previous deadline passed less than this ago, the next request is scheduled from
-// that deadline, so timer lateness (setTimeout has ~1 ms granularity) does not cut throughput.
-const CATCH_UP_MS = 4;
+// Most timer lateness (and event-loop delay) a busy unit may make up on its next requests.
+const MAX_CREDIT_MS = 50;
 
 /** Crypto units plus their FIFO queue; `run` executes work under the profile's timing. */
 export class CapacityModel {
@@ -106,7 +105,7 @@ export class CapacityModel {
 
   constructor(profile: CapacityProfileName | CapacityProfile | undefined) {
     this.profile = resolveCapacityProfile(profile);
-    for (let i = 0; i < this.profile.units; i++) this.free.push({ virtualFree: 0 });
+    for (let i = 0; i < this.profile.units; i++) this.free.push({ virtualFree: 0, handedOver: false });
   }
 
   /** Service time floor in ms for an operation key (0 if the profile has no rate for it). */
@@ -126,14 +125,16 @@ export class CapacityModel {
     const id = ++this.seq;
     this.running.set(id, begin);
     try {
-      const scheduled = unit.virtualFree > begin - CATCH_UP_MS ? unit.virtualFree : begin;
+      // A unit handed straight from one request to the next has been busy all along: schedule
+      // from the previous ideal deadline so late timers do not lower the rate (bounded credit).
+      const scheduled = unit.handedOver ? Math.min(begin, Math.max(unit.virtualFree, begin - MAX_CREDIT_MS)) : begin;
       const deadline = scheduled + this.minServiceMs(opKey);
       const result = await work();
       // Timers have millisecond granularity and may fire a little early: wait until the deadline really passed.
       for (let now = performance.now(); deadline - now > 0.05; now = performance.now()) {
         await new Promise((r) => setTimeout(r, Math.max(1, deadline - now)));
       }
-      unit.virtualFree = Math.max(deadline, performance.now() - CATCH_UP_MS);
+      unit.virtualFree = deadline;
       const end = performance.now();
       return { result, queueWaitUs, serviceUs: Math.round((end - begin) * 1000) };
     } finally {
@@ -195,8 +196,9 @@ export class CapacityModel {
 
   private release(unit: Unit): void {
     this.inService--;
-    this.free.push(unit);
     const next = this.queue.shift();
+    unit.handedOver = next !== undefined;
+    this.free.push(unit);
     if (next) next.start();
   }
 
