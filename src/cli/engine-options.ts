@@ -1,14 +1,15 @@
 // How CLI commands get an Engine and the key they name: the shared --dir / --backend / --hsm /
 // --credentials options, the sim backend opened from the cluster manifest (DIR/cluster.json)
-// over an mTLS connection, the pkcs11 backend opened from what a reference records, and the
+// through the cluster client (or one HSM with --hsm), the pkcs11 backend opened from what a reference records, and the
 // soft backend for real key files (tests and baselines only).
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import {
-  Engine, OtherClusterError, SimBackend, loadCredentials, normaliseClusterId, simClientFrom, type Backend, type EngineSigner, type KeyRef,
+  BadCredentialsError, Engine, OtherClusterError, SimBackend, loadCredentials, mapSimError, normaliseClusterId, simClientFrom, type Backend, type EngineSigner, type KeyRef,
 } from '../engine/index.js';
 import { HsmConnection } from '../hsm/client/connection.js';
-import { clusterPath, findHsm, readManifest } from '../hsm/cluster/manifest.js';
+import { clusterPath, findHsm, readManifest, type ClusterManifest } from '../hsm/cluster/manifest.js';
+import { connectCluster } from '../hsm/cluster/membership.js';
 import { UsageError } from './run.js';
 
 /** Options every key-using command accepts. */
@@ -45,10 +46,47 @@ export async function openSimFromManifest(opts: KeyCommandOptions, ref?: KeyRef)
   }
   // Credentials before connecting: a missing PIN is the user's first mistake to report.
   const credentials = await loadCredentials({ file: opts.credentials });
-  const h = findHsm(m, opts.hsm);
+  if (!credentials.user) throw new BadCredentialsError('the simulated HSM needs HSMPROXY_PIN=user:password (a crypto user and its password)');
+  if (opts.hsm !== undefined) {
+    // One named HSM, directly (no balancing or replication): for diagnosis.
+    const h = findHsm(m, opts.hsm);
+    const [ca, cert, key] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
+    const conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key! }).catch((err: unknown) => {
+      throw mapSimError(err, `HSM ${h.id}`);
+    });
+    return new SimBackend({ client: simClientFrom(conn), clusterId: m.clusterId, credentials });
+  }
+  // The whole cluster: balanced, with failover, and key imports replicated to every HSM.
+  await checkLogin(dir, m, credentials.user, credentials.password);
+  const client = await connectCluster(dir, { credentials: { user: credentials.user, password: credentials.password }, watch: false }).catch((err: unknown) => {
+    throw mapSimError(err, `the cluster in ${dir}`);
+  });
+  return new SimBackend({ client: simClientFrom(client), clusterId: m.clusterId, credentials });
+}
+
+/**
+ * Tries the login once on the first reachable HSM before the cluster client connects: a wrong
+ * password then costs one failed attempt and a clear message, instead of HSMs marked down and
+ * reconnect attempts that count towards the account's lockout.
+ */
+async function checkLogin(dir: string, m: ClusterManifest, user: string, password: string): Promise<void> {
   const [ca, cert, key] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
-  const conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key! });
-  return new SimBackend({ client: simClientFrom(conn), clusterId: m.clusterId, credentials });
+  for (const h of m.hsms) {
+    let conn: HsmConnection;
+    try {
+      conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key!, connectTimeoutMs: 2000 });
+    } catch {
+      continue; // unreachable: the cluster client reports which HSMs are down
+    }
+    try {
+      await conn.login(user, password);
+      return;
+    } catch (err) {
+      throw mapSimError(err, `login of ${user}`);
+    } finally {
+      await conn.close().catch(() => undefined);
+    }
+  }
 }
 
 /** Seams for tests: how backends are opened (a test swaps in an in-process fake HSM). */
