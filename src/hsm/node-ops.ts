@@ -5,7 +5,7 @@ import {
   type Session, type UnwrapRequest, type WrapMechanism,
 } from './device/index.js';
 import {
-  Op, isBinaryOp, needsNoLogin, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, writeJson, writeRaw, ProtocolError,
+  Op, isBinaryOp, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, writeJson, writeRaw, ProtocolError,
 } from './protocol/index.js';
 
 /** Per-connection state the ops read and change: the logged-in session. */
@@ -59,6 +59,7 @@ function raw(value: Buffer, queueWaitUs: number, serviceUs: number): OpAnswer {
 
 /** Runs one request against the device on behalf of a connection. */
 export async function handleOp(device: Hsm, state: ConnectionState, opcode: number, body: Buffer): Promise<OpAnswer> {
+  if (opName(opcode) === undefined) throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
   if (!needsNoLogin(opcode) && !state.session) throw new NotLoggedInError();
   const s = state.session as Session;
   if (isBinaryOp(opcode)) return handleBinary(device, s, opcode, body);

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import type { Hsm } from './device/index.js';
 import {
-  DEFAULT_MAX_FRAME, FLAG_JSON, FLAG_RESPONSE, FrameDecoder, HEADER_BYTES, ProtocolError, STATUS_ERROR, STATUS_OK,
+  DEFAULT_MAX_FRAME, FLAG_JSON, FLAG_RESPONSE, FrameDecoder, HEADER_BYTES, STATUS_ERROR, STATUS_OK,
   encodeFrame, writeHeader, writeJson, type Frame, type WireError,
 } from './protocol/index.js';
 import { handleOp, type ConnectionState } from './node-ops.js';
@@ -138,24 +138,21 @@ class ApplianceConnection {
   }
 
   private onData(chunk: Buffer): void {
-    let frames: Frame[];
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (err) {
-      // The stream cannot be resynchronised: answer if we know the request id, then close.
-      const pe = err instanceof ProtocolError ? err : new ProtocolError('HSM_ERR_PROTOCOL', String(err));
+    for (const f of this.decoder.push(chunk)) {
+      this.stats.frames++;
+      this.serve(f);
+    }
+    const pe = this.decoder.error;
+    if (pe) {
+      // The stream cannot be resynchronised: answer the oversized request by its id, then close.
+      // (Answers to the frames before it still in flight are dropped with the connection.)
       this.stats.protocolErrors++;
-      this.log('warn', 'closing a connection after a malformed frame', { peer: this.socket.remoteAddress, code: pe.code, reason: pe.message });
+      this.log('warn', 'closing a connection after an oversized frame', { peer: this.socket.remoteAddress, code: pe.code, reason: pe.message });
       this.socket.removeAllListeners('data');
       const answer = encodeFrame(pe.requestId ?? 0, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, Buffer.from(JSON.stringify({ code: pe.code, message: pe.message })));
       this.flush();
-      this.socket.end(answer);
       this.dead = true;
-      return;
-    }
-    for (const f of frames) {
-      this.stats.frames++;
-      this.serve(f);
+      this.socket.end(answer);
     }
   }
 

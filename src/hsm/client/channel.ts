@@ -3,7 +3,7 @@
 // Knows frames, not operations; HsmConnection puts typed methods on top.
 import type { Socket } from 'node:net';
 import {
-  DEFAULT_MAX_RESPONSE_FRAME, FLAG_JSON, FrameDecoder, HEADER_BYTES, ProtocolError, STATUS_OK, writeHeader, readJson,
+  DEFAULT_MAX_RESPONSE_FRAME, FLAG_JSON, FrameDecoder, HEADER_BYTES, STATUS_OK, writeHeader, readJson,
   type Frame, type WireError,
 } from '../protocol/index.js';
 import {
@@ -131,13 +131,7 @@ export class FrameChannel {
   }
 
   private onData(chunk: Buffer): void {
-    let frames: Frame[];
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (err) {
-      this.destroy(new HsmProtocolViolationError(this.hsmId, err instanceof ProtocolError ? err.message : String(err)));
-      return;
-    }
+    const frames = this.decoder.push(chunk);
     for (const f of frames) {
       const p = this.pending.get(f.requestId);
       if (!p) continue; // Answer to a request that already timed out or was aborted.
@@ -147,6 +141,8 @@ export class FrameChannel {
         this.settle(f.requestId, this.remoteError(f));
       }
     }
+    const err = this.decoder.error;
+    if (err) this.destroy(new HsmProtocolViolationError(this.hsmId, err.message));
   }
 
   private remoteError(f: Frame): HsmClientError {

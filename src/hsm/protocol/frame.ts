@@ -65,7 +65,7 @@ export class FrameDecoder {
   private buf: Buffer = Buffer.alloc(0);
   private readAt = 0;
   private writeAt = 0;
-  private failed = false;
+  private failure: ProtocolError | undefined;
 
   /** `maxBody`: the largest body accepted; a larger one throws ProtocolError (close the connection). */
   constructor(private readonly maxBody = DEFAULT_MAX_FRAME) {}
@@ -76,11 +76,16 @@ export class FrameDecoder {
   }
 
   /**
-   * Feeds a chunk and returns every frame it completes. Throws ProtocolError on an oversized
-   * frame; the stream cannot be resynchronised after that, so the caller closes it.
+   * Set once an oversized frame header arrives: the stream cannot be resynchronised, so the
+   * caller serves the frames decoded before it and then closes the connection.
    */
+  get error(): ProtocolError | undefined {
+    return this.failure;
+  }
+
+  /** Feeds a chunk and returns every whole frame it completes (check `error` afterwards). */
   push(chunk: Buffer): Frame[] {
-    if (this.failed) throw new ProtocolError('HSM_ERR_PROTOCOL', 'the stream already failed to decode');
+    if (this.failure) throw this.failure;
     const frames: Frame[] = [];
     let src: Buffer;
     let at: number;
@@ -99,8 +104,8 @@ export class FrameDecoder {
     while (end - at >= HEADER_BYTES) {
       const len = src.readUInt32BE(at);
       if (len > this.maxBody) {
-        this.failed = true;
-        throw new ProtocolError('HSM_ERR_FRAME_TOO_LARGE', `frame of ${len} bytes exceeds the limit of ${this.maxBody} bytes`, src.readUInt32BE(at + 4));
+        this.failure = new ProtocolError('HSM_ERR_FRAME_TOO_LARGE', `frame of ${len} bytes exceeds the limit of ${this.maxBody} bytes`, src.readUInt32BE(at + 4));
+        return frames;
       }
       if (end - at < HEADER_BYTES + len) break;
       frames.push({
