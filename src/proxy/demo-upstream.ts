@@ -43,8 +43,10 @@ function handle(name: string, req: http.IncomingMessage, res: http.ServerRespons
       res.writeHead(status ? Number(status[1]) : 200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     };
-    if (url.pathname === '/slow') setTimeout(reply, Math.min(Number(url.searchParams.get('ms') ?? 1000) || 0, MAX_SLOW_MS));
-    else reply();
+    if (url.pathname !== '/slow') return reply();
+    // A client that gives up cancels the wait, so a stopped upstream holds no timers.
+    const timer = setTimeout(reply, Math.min(Number(url.searchParams.get('ms') ?? 1000) || 0, MAX_SLOW_MS));
+    res.once('close', () => clearTimeout(timer));
   });
 }
 
