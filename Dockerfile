@@ -2,7 +2,6 @@
 # runtime stage carries only production dependencies and dist/, runs as a non-root user, and
 # keeps data (HSM stores of the embedded cluster) and certs (certificates, key references) in
 # volumes. No secret is baked in: credentials come from HSMPROXY_PIN or a mounted 0600 file.
-# syntax=docker/dockerfile:1
 
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
