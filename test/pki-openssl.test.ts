@@ -1,11 +1,12 @@
 // openssl accepts what pki/ makes with HSM-held keys (the sim backend over a FakeHsm whose keys
 // never appear in the reference files): CSRs, self-signed certificates, a CA and issued certificates.
 import t from 'tap';
+import { createPublicKey } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Engine, SimBackend, writeKeyReference, type KeyAlgorithm } from '../src/engine/index.js';
-import { caInit, caSign, certPem, chainPem, createCsr, issuedLogPath, parseCertificate, parseCsr, selfSign, signingKey } from '../src/pki/index.js';
+import { caCsr, caInit, caSign, certPem, chainPem, createCsr, issuedLogPath, parseCertificate, parseCsr, selfSign, signingKey } from '../src/pki/index.js';
 import { FakeHsm } from './helpers/fake-hsm.js';
 import { openssl } from './helpers/openssl.js';
 
@@ -86,7 +87,8 @@ for (const [name, alg, sigAlg] of CASES) {
     const certPub = (await openssl(['x509', '-in', certFile, '-pubkey', '-noout'])).stdout;
     t.equal(refPub, certPub, 'openssl: reference public key = certificate public key');
     t.equal(refPub, leaf.made.publicKey.export({ type: 'spki', format: 'pem' }), 'reference public key = HSM key');
-    t.equal(certPub, Buffer.from(await hsm.exportPublicKey(leaf.made.keyId)).length ? (await import('node:crypto')).createPublicKey({ key: await hsm.exportPublicKey(leaf.made.keyId), format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }) : '', 'certificate public key = what the HSM exports');
+    const hsmPub = createPublicKey({ key: await hsm.exportPublicKey(leaf.made.keyId), format: 'der', type: 'spki' });
+    t.equal(certPub, hsmPub.export({ type: 'spki', format: 'pem' }), 'certificate public key = what the HSM exports');
 
     const chainFile = join(dir, `${name}.chain.pem`);
     await writeFile(chainFile, chainPem(cert, caCert));
@@ -123,4 +125,26 @@ t.test('a client profile gets clientAuth, and a CSR with a broken signature is r
   const forged = `-----BEGIN CERTIFICATE REQUEST-----\n${der.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`;
   await t.rejects(caSign(ca.key, { caCert, caCertFile: caFile, csr: parseCsr(forged, 'forged.csr'), csrFile: 'forged.csr', days: 10, profile: 'server' }), { code: 'PKI_ERR_CSR_SIGNATURE', message: /forged\.csr: the CSR's signature does not verify/ });
   await t.rejects(caSign(leaf.key, { caCert, caCertFile: caFile, csr: parseCsr(pem, 'alice.csr'), csrFile: 'alice.csr', days: 10, profile: 'server' }), { code: 'PKI_ERR_CA', message: /CA key does not match/ });
+});
+
+t.test('ca csr: an offline openssl root signs the HSM intermediate, which then issues leaves openssl verifies', async (t) => {
+  const root = { key: join(dir, 'root.key'), crt: join(dir, 'root.crt') };
+  const mk = await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', root.key, '-out', root.crt, '-subj', '/CN=Offline Root', '-days', '30']);
+  t.equal(mk.code, 0, mk.stderr);
+  const inter = await newKey({ type: 'ec', curve: 'P-384' }, 'intermediate');
+  const csrFile = join(dir, 'intermediate.csr');
+  await writeFile(csrFile, await caCsr(inter.key, { subject: 'CN=HSM Issuing CA,O=Example Ltd', pathLength: 0 }));
+  t.match((await openssl(['req', '-noout', '-text', '-in', csrFile])).stdout, /CA:TRUE, pathlen:0/, 'the CSR requests CA:TRUE');
+  const interCrt = join(dir, 'intermediate.crt');
+  const signed = await openssl(['x509', '-req', '-in', csrFile, '-CA', root.crt, '-CAkey', root.key, '-CAcreateserial', '-copy_extensions', 'copy', '-days', '20', '-out', interCrt]);
+  t.equal(signed.code, 0, signed.stderr);
+  const leaf = await newKey({ type: 'rsa', bits: 2048 }, 'under-intermediate');
+  const leafCsr = parseCsr(await createCsr(leaf.key, { subject: 'CN=deep.example.com', sans: ['DNS:deep.example.com'] }), 'deep.csr');
+  const interCert = parseCertificate(await readFile(interCrt, 'utf8'), interCrt);
+  const { cert } = await caSign(inter.key, { caCert: interCert, caCertFile: interCrt, csr: leafCsr, csrFile: 'deep.csr', days: 5, profile: 'server' });
+  const leafFile = join(dir, 'deep.crt');
+  await writeFile(leafFile, certPem(cert));
+  const v = await openssl(['verify', '-CAfile', root.crt, '-untrusted', interCrt, leafFile]);
+  t.equal(v.code, 0, v.stderr);
+  t.match(v.stdout, /deep\.crt: OK/, 'root → HSM intermediate → leaf verifies');
 });
