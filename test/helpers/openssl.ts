@@ -11,6 +11,8 @@ export function openssl(args: string[], input?: string | Buffer): Promise<Openss
       if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') return reject(new Error('openssl is not installed'));
       resolve({ code, stdout: stdout.toString('utf8'), stderr: stderr.toString('utf8') });
     });
-    child.stdin?.end(input ?? '');
+    // openssl may exit before reading stdin (most commands take files): ignore EPIPE there.
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end(input);
   });
 }
