@@ -8,19 +8,21 @@ import { AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
 import type { DeviceContext } from './context.js';
 import {
-  ClosedError, HsmError, InvalidArgumentError, MustChangePasswordError, NotLoggedInError, PermissionDeniedError, StoreError,
+  ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
 } from './errors.js';
 import { KeyOps } from './key-ops.js';
-import { fromRecord, ObjectStore, toRecord } from './objects.js';
+import { fromRecord, infoOf, ObjectStore } from './objects.js';
 import { DeviceStore } from './persist.js';
-import { requireRole, requireUserManager } from './policy.js';
+import { requireRole } from './policy.js';
 import { readSnapshot, Replication } from './replication.js';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Occupancy, Role, SecretKeySpec, Session, SignRequest, StateDigest,
   UnwrapRequest, UserInfo, VerifyRequest, WrapRequest,
 } from './types.js';
-import { UserTable, checkPasswordShape } from './users.js';
+import { SessionTable } from './sessions.js';
+import { UserOps } from './user-ops.js';
+import { UserTable } from './users.js';
 
 /** Options of `Hsm.open`. */
 export interface HsmOpenOptions {
@@ -53,8 +55,9 @@ const DEFAULT_SCRYPT_COST = 1 << 14;
 
 /** One simulated HSM: users, key objects, real crypto behind a capacity model, audit, persistence. */
 export class Hsm {
-  private readonly sessions = new Map<string, Session>();
+  private readonly sessions: SessionTable;
   private readonly keys: KeyOps;
+  private readonly userOps: UserOps;
   private readonly replication: Replication;
   private closed = false;
 
@@ -65,6 +68,8 @@ export class Hsm {
   ) {
     this.keys = new KeyOps(ctx);
     this.replication = replication(ctx);
+    this.sessions = new SessionTable((id) => this.dropSessionKeys(id));
+    this.userOps = new UserOps(ctx, this.sessions);
   }
 
   /** Opens (or initialises, given `initialPassword`) the HSM whose data lives in `opts.dir`. */
@@ -128,8 +133,7 @@ export class Hsm {
   /** Releases the HSM; every session ends (session keys vanish). */
   async close(): Promise<void> {
     if (this.closed) return;
-    for (const s of this.sessions.values()) this.dropSessionKeys(s.id);
-    this.sessions.clear();
+    this.sessions.endAll();
     this.ctx.audit({ event: 'hsm.close', ok: true });
     this.closed = true;
     this.auditLog.close();
@@ -138,121 +142,52 @@ export class Hsm {
   // ---- users and sessions ----
 
   /** Logs a user in; throws BadCredentialsError / LockedOutError. */
-  async login(user: string, password: string): Promise<Session> {
+  login(user: string, password: string): Promise<Session> {
     this.open();
-    if (typeof user !== 'string' || typeof password !== 'string') throw new InvalidArgumentError('login needs a user name and a password');
-    const before = this.ctx.users.has(user) ? this.ctx.users.get(user).failedLogins : 0;
-    try {
-      const rec = await this.ctx.users.authenticate(user, password);
-      if (before !== 0) await this.persistUsers();
-      const s: Session = Object.freeze({ id: randomBytes(16).toString('hex'), user: rec.name, role: rec.role });
-      this.sessions.set(s.id, s);
-      this.ctx.audit({ event: 'login', user, ok: true, role: rec.role });
-      return s;
-    } catch (e) {
-      if (this.ctx.users.has(user)) await this.persistUsers();
-      this.ctx.audit({ event: 'login', user, ok: false, code: (e as HsmError).code });
-      throw e;
-    }
+    return this.userOps.login(user, password);
   }
 
   /** Ends a session and destroys its session keys. */
   async logout(session: Session): Promise<void> {
     const s = this.session(session);
-    this.dropSessionKeys(s.id);
-    this.sessions.delete(s.id);
+    this.sessions.end(s.id);
     this.ctx.audit({ event: 'logout', user: s.user, ok: true });
   }
 
   /** Changes the session user's own password; a PRECO becomes CO by doing so (returns the updated session). */
-  async changePassword(session: Session, newPassword: string): Promise<Session> {
+  changePassword(session: Session, newPassword: string): Promise<Session> {
     const s = this.session(session);
-    return this.guard(s, 'change password', async () => {
-      if (s.role === 'AU') throw new PermissionDeniedError('change password', 'appliance users are managed by a crypto officer');
-      checkPasswordShape(newPassword);
-      const role: Role = s.role === 'PRECO' ? 'CO' : s.role;
-      await this.ctx.users.setPassword(s.user, newPassword, role);
-      await this.persistUsers();
-      const next: Session = Object.freeze({ id: s.id, user: s.user, role });
-      this.sessions.set(s.id, next);
-      this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, ...(role !== s.role ? { promotedTo: role } : {}) });
-      return next;
-    });
+    return this.guard(s, 'change password', () => this.userOps.changePassword(s, newPassword));
   }
 
   /** CO: creates a user. */
-  async createUser(session: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
+  createUser(session: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
     const s = this.session(session);
-    return this.guard(s, `create user ${name}`, async () => {
-      requireUserManager(s, `create user ${name}`);
-      if (!['CO', 'CU', 'AU'].includes(role)) throw new InvalidArgumentError(`role must be CO, CU or AU, not ${String(role)}`);
-      const rec = await this.ctx.users.makeRecord(name, role, password);
-      this.ctx.users.add(rec);
-      try {
-        await this.persistUsers();
-      } catch (e) {
-        this.ctx.users.remove(name);
-        throw e;
-      }
-      this.ctx.audit({ event: 'user.create', user: s.user, ok: true, target: name, role });
-      return { name, role, locked: false, failedLogins: 0 };
-    });
+    return this.guard(s, `create user ${name}`, () => this.userOps.createUser(s, name, role, password));
   }
 
   /** CO: deletes a user (refused while it owns keys; it is removed from keys shared with it). */
-  async deleteUser(session: Session, name: string): Promise<void> {
+  deleteUser(session: Session, name: string): Promise<void> {
     const s = this.session(session);
-    return this.guard(s, `delete user ${name}`, async () => {
-      requireUserManager(s, `delete user ${name}`);
-      this.ctx.users.get(name);
-      if (name === s.user) throw new InvalidArgumentError('a crypto officer cannot delete itself; log in as another CO');
-      const owned = this.ctx.objects.all().filter((k) => k.attrs.owner === name && k.attrs.token).length;
-      if (owned > 0) throw new InvalidArgumentError(`user ${name} owns ${owned} key(s); they must delete them first`);
-      const shared = this.ctx.objects.all().filter((k) => k.attrs.sharedWith.includes(name));
-      for (const k of shared) {
-        k.attrs.sharedWith = k.attrs.sharedWith.filter((u) => u !== name);
-        if (k.attrs.token) await this.ctx.store.writeKey(toRecord(k));
-      }
-      this.ctx.users.remove(name);
-      await this.persistUsers();
-      for (const x of [...this.sessions.values()].filter((x) => x.user === name)) {
-        this.dropSessionKeys(x.id);
-        this.sessions.delete(x.id);
-      }
-      this.ctx.audit({ event: 'user.delete', user: s.user, ok: true, target: name });
-    });
+    return this.guard(s, `delete user ${name}`, () => this.userOps.deleteUser(s, name));
   }
 
   /** CO: lists users. */
   listUsers(session: Session): UserInfo[] {
     const s = this.session(session);
-    return this.guardSync(s, 'list users', () => {
-      requireUserManager(s, 'list users');
-      return this.ctx.users.list();
-    });
+    return this.guardSync(s, 'list users', () => this.userOps.list(s));
   }
 
   /** CO: sets another user's password and clears its lockout. */
-  async resetPassword(session: Session, name: string, newPassword: string): Promise<void> {
+  resetPassword(session: Session, name: string, newPassword: string): Promise<void> {
     const s = this.session(session);
-    return this.guard(s, `reset password of ${name}`, async () => {
-      requireUserManager(s, `reset password of ${name}`);
-      if (this.ctx.users.get(name).role === 'PRECO') throw new InvalidArgumentError('the PRECO sets its own password at activation');
-      await this.ctx.users.setPassword(name, newPassword);
-      await this.persistUsers();
-      this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: name });
-    });
+    return this.guard(s, `reset password of ${name}`, () => this.userOps.resetPassword(s, name, newPassword));
   }
 
   /** CO: clears a user's lockout without changing its password. */
-  async unlockUser(session: Session, name: string): Promise<void> {
+  unlockUser(session: Session, name: string): Promise<void> {
     const s = this.session(session);
-    return this.guard(s, `unlock user ${name}`, async () => {
-      requireUserManager(s, `unlock user ${name}`);
-      this.ctx.users.unlock(name);
-      await this.persistUsers();
-      this.ctx.audit({ event: 'user.unlock', user: s.user, ok: true, target: name });
-    });
+    return this.guard(s, `unlock user ${name}`, () => this.userOps.unlock(s, name));
   }
 
   // ---- key management (CU) ----
@@ -285,8 +220,7 @@ export class Hsm {
   getKey(session: Session, keyId: string): KeyInfo {
     const s = this.session(session);
     return this.guardSync(s, `read key ${keyId}`, () => {
-      const k = this.keys.visible(s, keyId);
-      return this.keys.list(s).find((x) => x.keyId === k.attrs.keyId) ?? { handle: k.handle, ...k.attrs };
+      return infoOf(this.keys.visible(s, keyId));
     });
   }
 
@@ -449,13 +383,7 @@ export class Hsm {
   // The live session for a caller's session object (a stale or forged one is refused).
   private session(session: Session): Session {
     this.open();
-    const s = session && typeof session.id === 'string' ? this.sessions.get(session.id) : undefined;
-    if (!s || s.user !== session.user) throw new NotLoggedInError();
-    return s;
-  }
-
-  private persistUsers(): Promise<void> {
-    return this.ctx.store.writeUsers(() => this.ctx.users.records());
+    return this.sessions.resolve(session);
   }
 
   private dropSessionKeys(sessionId: string): void {

@@ -1,9 +1,10 @@
 // hsm/device: one simulated HSM modelled on AWS CloudHSM, as a library with no network.
-// Layers (each testable alone): hsm.ts (entry points) → users.ts (login, roles, lockout) →
-// policy.ts (every access rule) → objects.ts (key attribute bags, limits) → mechanisms.ts
-// (node:crypto) under capacity.ts (units, queue, rates); persist.ts (encrypted at rest,
-// atomic writes), audit.ts (hash-chained log), masking.ts (cluster-key export for issue 3).
-// May import node built-ins only. Other modules import from this file, not the layers.
+// Layers (each testable alone): hsm.ts (the Hsm facade: sessions, audit of refusals) →
+// user-ops.ts / key-ops.ts / replication.ts (entry points) → policy.ts (every access rule) →
+// users.ts (login, roles, lockout), objects.ts (key attribute bags, limits) → keygen.ts,
+// mechanisms.ts, pss.ts, ecdsa-digest.ts (node:crypto) under capacity.ts (units, queue, rates);
+// persist.ts + sealing.ts (AES-256-GCM at rest, atomic writes; masking under the cluster key),
+// audit.ts (hash-chained log). May import node built-ins only; other modules import this file.
 export * from './errors.js';
 export * from './types.js';
 export { Hsm, DEFAULT_LOCKOUT_THRESHOLD, DEFAULT_MAX_KEYS, DEFAULT_MAX_USERS, PRECO_USER } from './hsm.js';

@@ -1,0 +1,106 @@
+// User management and login for one HSM: CloudHSM's rules (PRECO → CO on first password
+// change, CO manages users, lockout and its reset), persisted before each call resolves and
+// audited. Sessions come already validated from hsm.ts.
+import type { DeviceContext } from './context.js';
+import { InvalidArgumentError, PermissionDeniedError, type HsmError } from './errors.js';
+import { toRecord } from './objects.js';
+import { requireUserManager } from './policy.js';
+import type { SessionTable } from './sessions.js';
+import type { Role, Session, UserInfo } from './types.js';
+import { checkPasswordShape } from './users.js';
+
+/** Login and user management. */
+export class UserOps {
+  constructor(private readonly ctx: DeviceContext, private readonly sessions: SessionTable) {}
+
+  private persist(): Promise<void> {
+    return this.ctx.store.writeUsers(() => this.ctx.users.records());
+  }
+
+  /** Checks the password (failures counted and persisted, lockout) and starts a session. */
+  async login(user: string, password: string): Promise<Session> {
+    if (typeof user !== 'string' || typeof password !== 'string') throw new InvalidArgumentError('login needs a user name and a password');
+    const before = this.ctx.users.has(user) ? this.ctx.users.get(user).failedLogins : 0;
+    try {
+      const rec = await this.ctx.users.authenticate(user, password);
+      if (before !== 0) await this.persist();
+      this.ctx.audit({ event: 'login', user, ok: true, role: rec.role });
+      return this.sessions.start(rec.name, rec.role);
+    } catch (e) {
+      if (this.ctx.users.has(user)) await this.persist();
+      this.ctx.audit({ event: 'login', user, ok: false, code: (e as HsmError).code });
+      throw e;
+    }
+  }
+
+  /** The session user's own password; a PRECO becomes CO. */
+  async changePassword(s: Session, newPassword: string): Promise<Session> {
+    if (s.role === 'AU') throw new PermissionDeniedError('change password', 'appliance users are managed by a crypto officer');
+    checkPasswordShape(newPassword);
+    const role: Role = s.role === 'PRECO' ? 'CO' : s.role;
+    await this.ctx.users.setPassword(s.user, newPassword, role);
+    await this.persist();
+    this.ctx.bump();
+    this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, ...(role !== s.role ? { promotedTo: role } : {}) });
+    return role === s.role ? s : this.sessions.promote(s, role);
+  }
+
+  /** CO: a new user. */
+  async createUser(s: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
+    requireUserManager(s, `create user ${name}`);
+    if (!['CO', 'CU', 'AU'].includes(role)) throw new InvalidArgumentError(`role must be CO, CU or AU, not ${String(role)}`);
+    const rec = await this.ctx.users.makeRecord(name, role, password);
+    this.ctx.users.add(rec);
+    try {
+      await this.persist();
+    } catch (e) {
+      this.ctx.users.remove(name);
+      throw e;
+    }
+    this.ctx.bump();
+    this.ctx.audit({ event: 'user.create', user: s.user, ok: true, target: name, role });
+    return { name, role, locked: false, failedLogins: 0 };
+  }
+
+  /** CO: removes a user that owns no token keys, and takes it off keys shared with it. */
+  async deleteUser(s: Session, name: string): Promise<void> {
+    requireUserManager(s, `delete user ${name}`);
+    this.ctx.users.get(name);
+    if (name === s.user) throw new InvalidArgumentError('a crypto officer cannot delete itself; log in as another CO');
+    const owned = this.ctx.objects.all().filter((k) => k.attrs.owner === name && k.attrs.token).length;
+    if (owned > 0) throw new InvalidArgumentError(`user ${name} owns ${owned} key(s); they must delete them first`);
+    for (const k of this.ctx.objects.all().filter((x) => x.attrs.sharedWith.includes(name))) {
+      k.attrs.sharedWith = k.attrs.sharedWith.filter((u) => u !== name);
+      if (k.attrs.token) await this.ctx.store.writeKey(toRecord(k));
+    }
+    this.ctx.users.remove(name);
+    await this.persist();
+    this.sessions.endUser(name);
+    this.ctx.bump();
+    this.ctx.audit({ event: 'user.delete', user: s.user, ok: true, target: name });
+  }
+
+  /** CO: every user. */
+  list(s: Session): UserInfo[] {
+    requireUserManager(s, 'list users');
+    return this.ctx.users.list();
+  }
+
+  /** CO: another user's new password (clears its lockout). */
+  async resetPassword(s: Session, name: string, newPassword: string): Promise<void> {
+    requireUserManager(s, `reset password of ${name}`);
+    if (this.ctx.users.get(name).role === 'PRECO') throw new InvalidArgumentError('the PRECO sets its own password at activation');
+    await this.ctx.users.setPassword(name, newPassword);
+    await this.persist();
+    this.ctx.bump();
+    this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: name });
+  }
+
+  /** CO: clears a lockout. */
+  async unlock(s: Session, name: string): Promise<void> {
+    requireUserManager(s, `unlock user ${name}`);
+    this.ctx.users.unlock(name);
+    await this.persist();
+    this.ctx.audit({ event: 'user.unlock', user: s.user, ok: true, target: name });
+  }
+}
