@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCli } from './helpers/cli.js';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
+import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
 
 const skip = softhsmSkipReason();
 if (skip) {
@@ -42,6 +43,25 @@ if (skip) {
     t.match(j.uri, /^pkcs11:.*token=cli;.*object=api;id=/);
     t.equal(j.module, hsm.module);
     t.equal(j.out, out);
+  });
+
+  t.test('csr and cert self-sign with PKCS#11 references produce files openssl verifies', async (t) => {
+    let openssl = true;
+    try { execFileSync('openssl', ['version'], { stdio: 'ignore' }); } catch { openssl = false; }
+    for (const [name, extra] of [['web', []], ['rsa', ['--pss']]] as const) {
+      const ref = join(dir, `${name}.pem`);
+      const csr = join(dir, `${name}${extra.length}.csr`);
+      const cert = join(dir, `${name}${extra.length}.crt`);
+      const a = await runCli(['csr', '--key', ref, '--subject', `CN=${name}.example`, '--san', `DNS:${name}.example`, '--out', csr, ...extra], { env });
+      t.equal(a.code, 0, a.stderr);
+      const b = await runCli(['cert', 'self-sign', '--key', ref, '--subject', `CN=${name}.example`, '--san', `DNS:${name}.example`, '--days', '30', '--out', cert, ...extra], { env });
+      t.equal(b.code, 0, b.stderr);
+      if (!openssl) continue;
+      t.match(execFileSync('openssl', ['req', '-in', csr, '-verify', '-noout'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }), /^(verify OK)?/, `${name} ${extra.join(' ')} CSR verifies`);
+      t.match(execFileSync('openssl', ['verify', '-CAfile', cert, cert], { encoding: 'utf8' }), /: OK/, `${name} ${extra.join(' ')} certificate verifies`);
+      const certKey = execFileSync('openssl', ['x509', '-in', cert, '-noout', '-pubkey'], { encoding: 'utf8' });
+      t.equal(certKey, execFileSync('openssl', ['pkey', '-in', ref, '-pubout'], { encoding: 'utf8' }), 'the certificate carries the token key');
+    }
   });
 
   t.test('key list shows the generated keys, as text and as JSON', async (t) => {
@@ -93,54 +113,57 @@ if (skip) {
     t.equal(r.stderr, 'hsmproxy: wrong PIN for token "cli" (CKR_PIN_INCORRECT); check HSMPROXY_PIN\n');
   });
 
-  t.test('no PIN at all says how to give one', async (t) => {
-    const r = await runCli(['pkcs11', 'key', 'list', ...on], { env: { ...hsm.env, HSMPROXY_PIN: '' } });
-    t.equal(r.code, 1);
-    t.match(r.stderr, /^hsmproxy: no crypto-user credentials: set HSMPROXY_PIN/);
+  t.test('no PIN, a missing module or a missing token: coded errors naming the fix', async (t) => {
+    // In-process: these fail before printing anything; the wrong-PIN test covers the one-line stderr.
+    const { buildProgram } = await import('../src/cli/main.js');
+    const saved = process.env.HSMPROXY_PIN;
+    t.teardown(() => { if (saved === undefined) delete process.env.HSMPROXY_PIN; else process.env.HSMPROXY_PIN = saved; });
+    const run = async (args: string[]): Promise<unknown> => (await buildProgram()).parseAsync(['node', 'hsmproxy', ...args]);
+    delete process.env.HSMPROXY_PIN;
+    await t.rejects(run(['pkcs11', 'key', 'list', ...on]), { code: 'ENGINE_ERR_BAD_CREDENTIALS', message: /^no crypto-user credentials: set HSMPROXY_PIN/ });
+    process.env.HSMPROXY_PIN = TEST_PIN;
+    await t.rejects(run(['pkcs11', 'key', 'list', '--module', '/nonexistent/lib.so', '--token', 'cli']), { code: 'ENGINE_ERR_PKCS11_MODULE', message: 'cannot load PKCS#11 module /nonexistent/lib.so: file not found' });
+    await t.rejects(run(['pkcs11', 'key', 'list', '--module', hsm.module, '--token', 'nope']), { code: 'ENGINE_ERR_TOKEN_NOT_FOUND', message: /^PKCS#11 token with label "nope" not found \(tokens present: "cli"\)/ });
   });
 
-  t.test('a missing module is "file not found"', async (t) => {
-    const r = await runCli(['pkcs11', 'key', 'list', '--module', '/nonexistent/lib.so', '--token', 'cli'], { env });
-    t.equal(r.code, 1);
-    t.equal(r.stderr, 'hsmproxy: cannot load PKCS#11 module /nonexistent/lib.so: file not found\n');
-  });
-
-  t.test('a missing token lists the tokens present', async (t) => {
-    const r = await runCli(['pkcs11', 'key', 'list', '--module', hsm.module, '--token', 'nope'], { env });
-    t.equal(r.code, 1);
-    t.match(r.stderr, /^hsmproxy: PKCS#11 token with label "nope" not found \(tokens present: "cli"\)/);
-    t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
-  });
-
-  t.test('usage mistakes are one line with exit code 2 and touch nothing', async (t) => {
+  t.test('usage mistakes are UsageErrors (one line, exit code 2) and touch nothing', async (t) => {
+    // In-process: each case fails before any PKCS#11 call, so spawning a CLI per case buys nothing.
+    const { buildProgram } = await import('../src/cli/main.js');
     const out = join(dir, 'never.pem');
     const cases: Array<[string[], RegExp]> = [
-      [['pkcs11', 'key', 'generate', '--token', 'cli', '--type', 'ec:p256', '--label', 'x', '--out', out], /no PKCS#11 module: pass --module/],
-      [['pkcs11', 'key', 'generate', '--module', hsm.module, '--type', 'ec:p256', '--label', 'x', '--out', out], /no token: pass --token LABEL/],
-      [['pkcs11', 'key', 'generate', ...on, '--type', 'rsa:1024', '--label', 'x', '--out', out], /unsupported key type "rsa:1024": use rsa:2048/],
-      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--out', out], /no label: pass --label/],
-      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'x'], /no output file: pass --out/],
-      [['pkcs11', 'key', 'delete', ...on], /name exactly one key/],
-      [['pkcs11', 'key', 'delete', ...on, '--id', 'xyz'], /--id must be the key's CKA_ID in hex/],
-      [['pkcs11', 'key', 'list', '--module', hsm.module, '--slot', 'one'], /--slot must be a slot id number/],
+      [['pkcs11', 'key', 'generate', '--token', 'cli', '--type', 'ec:p256', '--label', 'x', '--out', out], /^no PKCS#11 module: pass --module/],
+      [['pkcs11', 'key', 'generate', '--module', hsm.module, '--type', 'ec:p256', '--label', 'x', '--out', out], /^no token: pass --token LABEL/],
+      [['pkcs11', 'key', 'generate', ...on, '--type', 'rsa:1024', '--label', 'x', '--out', out], /^unsupported key type "rsa:1024": use rsa:2048/],
+      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--out', out], /^no label: pass --label/],
+      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'x'], /^no output file: pass --out/],
+      [['pkcs11', 'key', 'delete', ...on], /^name exactly one key/],
+      [['pkcs11', 'key', 'delete', ...on, '--id', 'xyz'], /^--id must be the key's CKA_ID in hex/],
+      [['pkcs11', 'key', 'list', '--module', hsm.module, '--slot', 'one'], /^--slot must be a slot id number/],
     ];
     for (const [args, message] of cases) {
-      const r = await runCli(args, { env });
-      t.equal(r.code, 2, args.join(' '));
-      t.match(r.stderr, message);
-      t.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+      const program = await buildProgram();
+      await t.rejects(program.parseAsync(['node', 'hsmproxy', ...args]), { code: 'CLI_ERR_USAGE', exitCode: 2, message }, args.join(' '));
     }
     t.notOk(existsSync(out));
   });
 
+  t.test('a usage mistake from the real CLI is one line on stderr with exit code 2', async (t) => {
+    const r = await runCli(['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'x'], { env });
+    t.equal(r.code, 2);
+    t.equal(r.stderr, 'hsmproxy: no output file: pass --out ref.pem (where the key reference is written)\n');
+  });
+
   t.test('generate refuses to overwrite an existing reference before creating a key', async (t) => {
+    const { buildProgram } = await import('../src/cli/main.js');
     const out = join(dir, 'taken.pem');
     writeFileSync(out, 'precious');
-    const r = await runCli(['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'taken', '--out', out], { env });
-    t.equal(r.code, 2);
-    t.match(r.stderr, /taken\.pem already exists; remove it, choose another --out, or pass --force/);
+    const program = await buildProgram();
+    await t.rejects(program.parseAsync(['node', 'hsmproxy', 'pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'taken', '--out', out]), {
+      code: 'CLI_ERR_USAGE', message: /taken\.pem already exists; remove it, choose another --out, or pass --force/,
+    });
     t.equal(readFileSync(out, 'utf8'), 'precious');
-    const list = await runCli(['pkcs11', 'key', 'list', ...on, '--json'], { env });
-    t.notOk((JSON.parse(list.stdout) as Array<{ label: string }>).some((k) => k.label === 'taken'), 'no orphan key on the token');
+    const backend = await openPkcs11Backend({ module: hsm.module, token: 'cli', pin: TEST_PIN, poolSize: 1 });
+    t.teardown(() => backend.close());
+    t.notOk((await backend.listKeys()).some((k) => k.label === 'taken'), 'no orphan key on the token');
   });
 }
