@@ -257,6 +257,14 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     return this.reads('snapshot', undefined, (c) => c.snapshot(opts));
   }
 
+  /** A snapshot and the state digest it matches, both from the same HSM in rotation (backups, clones). */
+  snapshotFrom(opts?: RequestOptions): Promise<{ hsm: string; snapshot: Buffer; state: StateDigest }> {
+    return this.execute('snapshot', { safe: true }, async (c, node) => {
+      const snapshot = await c.snapshot(opts);
+      return { hsm: node.id, snapshot, state: await c.stateDigest(opts) };
+    });
+  }
+
   /** Stops watching membership and closes every connection. */
   override async close(): Promise<void> {
     clearTimeout(this.watchTimer);
