@@ -10,7 +10,7 @@ import type { ClusterClient } from '../client/cluster-client.js';
 import type { LoginCredentials } from '../client/link.js';
 import type { HsmNodeOptions } from '../client/node.js';
 import { initCluster } from './init.js';
-import { connectCluster, linkFactory, membersOf, recordPorts } from './membership.js';
+import { connectCluster, linkFactory, membersOf } from './membership.js';
 import { manifestPath, readManifest, writeManifest, type ManifestProfile } from './manifest.js';
 import { Supervisor, type SupervisorOptions } from './supervisor.js';
 
@@ -67,7 +67,6 @@ export async function startEmbeddedCluster(opts: EmbeddedClusterOptions): Promis
   const supervisor = new Supervisor({ ...opts.supervisor, dir, ephemeralPorts: true, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
   await supervisor.start();
   try {
-    await recordPorts(dir, supervisor.ports());
     const credentials = preco ? await activate(dir, preco, opts.node) : (JSON.parse(await readFile(join(dir, CREDENTIALS_FILE), 'utf8')) as EmbeddedCredentials);
     const client = await connectCluster(dir, { credentials: credentials.cu, syncCredentials: credentials.au, ...(opts.node ? { node: opts.node } : {}) });
     return {

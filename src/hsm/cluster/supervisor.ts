@@ -9,6 +9,7 @@ import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NodeStartError } from './lifecycle-errors.js';
 import { manifestPath, readManifest, type ManifestHsm } from './manifest.js';
+import { recordPorts } from './membership.js';
 import type { NodeProcessMessage } from './node-process.js';
 
 /** Something the supervisor did, for the CLI's log. */
@@ -21,7 +22,7 @@ export type SupervisorEvent =
 /** Options of the supervisor. */
 export interface SupervisorOptions {
   dir: string;
-  /** Listen on ephemeral ports instead of the manifest's (embedded mode). */
+  /** Listen on ephemeral ports instead of the manifest's (embedded mode); the bound ports are written to the manifest. */
   ephemeralPorts?: boolean;
   /** scrypt cost for the devices (tests lower it). */
   scryptCost?: number;
@@ -116,11 +117,15 @@ export class Supervisor {
         if (msg.type === 'listening') {
           c.port = msg.port;
           this.opts.onEvent?.({ event: 'started', hsm: c.hsm.id, pid: proc.pid ?? 0, port: msg.port });
-          if (!settled) {
-            settled = true;
-            clearTimeout(timer);
-            resolve();
-          }
+          // Clients find HSMs through the manifest: publish the port actually bound before reporting success.
+          const published = this.opts.ephemeralPorts ? this.publishPort(c.hsm.id, msg.port) : Promise.resolve();
+          void published.then(() => {
+            if (!settled) {
+              settled = true;
+              clearTimeout(timer);
+              resolve();
+            }
+          });
         } else if (msg.type === 'error' && !settled) {
           settled = true;
           clearTimeout(timer);
@@ -138,6 +143,14 @@ export class Supervisor {
         if (!this.stopping && !c.removed && c.proc === proc) this.scheduleRestart(c);
       });
     });
+  }
+
+  // Manifest rewrites are serialised: two children reporting at once must not lose a port.
+  private portWrites: Promise<unknown> = Promise.resolve();
+  private publishPort(hsm: string, port: number): Promise<void> {
+    const next = this.portWrites.then(() => recordPorts(this.opts.dir, new Map([[hsm, port]]))).catch(() => undefined);
+    this.portWrites = next;
+    return next.then(() => undefined);
   }
 
   private scheduleRestart(c: Child): void {
