@@ -33,6 +33,8 @@ export interface TlsServerOptions {
   verifyAfterSign?: boolean | 'rsa';
   /** Listener name reported in handshake observations. */
   name?: string;
+  /** Keep a socket writable after the peer's close_notify/FIN (default false, as node:tls). */
+  allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
   maxConcurrentHandshakes?: number;
 }
@@ -89,6 +91,7 @@ export class TlsServer extends EventEmitter {
       signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
       handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
       listener: this.options.name,
+      allowHalfOpen: this.options.allowHalfOpen,
     });
     let settled = false;
     const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };

@@ -16,6 +16,8 @@ export interface TlsSocketOptions {
   signTimeoutMs: number;
   handshakeTimeoutMs: number;
   listener?: string;
+  /** Keep the writable side open after the peer ends (default false, as node:tls). */
+  allowHalfOpen?: boolean;
 }
 
 /** A TLS 1.3 server-side socket (encrypted = true), usable wherever a net.Socket is. */
@@ -33,7 +35,7 @@ export class TlsSocket extends Duplex {
   private eof = false;
 
   constructor(private readonly raw: Socket, private readonly conn: ServerConnection, private readonly opts: TlsSocketOptions) {
-    super({ allowHalfOpen: true, emitClose: true });
+    super({ allowHalfOpen: opts.allowHalfOpen ?? false, emitClose: true });
     raw.on('data', (chunk: Buffer) => { this.conn.feed(chunk); this.drive(); });
     raw.on('end', () => this.onTransportEnd());
     raw.on('error', (err) => this.onTransportEnd(err));
