@@ -43,6 +43,12 @@ if (skip) {
   });
   t.teardown(async () => { await backend?.close(); hsm.cleanup(); });
 
+  t.test('opening the backend opens the whole session pool up front, all idle', async (t) => {
+    const b = await openPkcs11Backend({ module: hsm.module, token: 'sign', pin: TEST_PIN, poolSize: 3 });
+    t.same(b.stats(), { size: 3, open: 3, idle: 3, busy: 0, waiting: 0 });
+    await b.close();
+  });
+
   t.test('an RSA key offers PSS first, then PKCS#1 v1.5, for SHA-256/384/512', async (t) => {
     const signer = await backend.signer(rsa);
     t.same(signer.schemes, [0x0804, 0x0805, 0x0806, 0x0401, 0x0501, 0x0601]);

@@ -95,9 +95,17 @@ export class Pkcs11Token implements SessionSource {
     let token: Pkcs11Token | undefined;
     try {
       token = new Pkcs11Token(mod, selector, pin, poolSize, opts.onRecovery);
-      // Log in now so a wrong PIN fails at startup, not on the first handshake.
-      const s = await token.pool.acquire();
-      token.pool.release(s);
+      // Log in now so a wrong PIN fails at startup, not on the first handshake; then open the
+      // rest of the pool (best effort: a token may cap sessions), since C_OpenSession is
+      // synchronous and a network HSM would otherwise stall the first burst of handshakes.
+      const held = [await token.pool.acquire()];
+      try {
+        while (held.length < poolSize) held.push(await token.pool.acquire());
+      } catch {
+        // fewer sessions than asked for: the pool retries opening them on demand
+      } finally {
+        for (const s of held) token.pool.release(s);
+      }
       return token;
     } catch (err) {
       if (token) await token.close();
