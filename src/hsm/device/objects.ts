@@ -54,7 +54,17 @@ export function fromRecord(r: KeyRecord): StoredKey {
     throw new InvalidArgumentError('malformed key record');
   }
   const material: KeyMaterial = { format: r.material.format, bytes: Buffer.from(r.material.b64, 'base64') };
-  return { handle: r.handle, attrs: { ...r.attrs, sharedWith: [...r.attrs.sharedWith] }, material, keyObject: keyObjectOf(material) };
+  // Parsed on first use: parsing thousands of keys at open would take seconds (~1 ms each).
+  let parsed: KeyObject | undefined;
+  return {
+    handle: r.handle,
+    attrs: { ...r.attrs, sharedWith: [...r.attrs.sharedWith] },
+    material,
+    get keyObject(): KeyObject {
+      parsed ??= keyObjectOf(material);
+      return parsed;
+    },
+  };
 }
 
 /** Public view of a stored key. */

@@ -18,6 +18,7 @@ const CLUSTER = 'cluster-key.sealed';
 const KEYS = 'keys';
 const TMP = '.tmp-';
 const KEY_ID = /^[0-9a-f]{32}$/;
+const READ_BATCH = 64;
 
 async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, constants.O_RDONLY);
@@ -120,11 +121,14 @@ export class DeviceStore {
 
   /** Every persisted token key. */
   async readKeys(): Promise<KeyRecord[]> {
-    const out: KeyRecord[] = [];
     const dir = join(this.dir, KEYS);
-    for (const f of (await readdir(dir)).sort()) {
-      if (!f.endsWith('.key') || !KEY_ID.test(f.slice(0, -4))) continue;
-      out.push(this.unsealFile<KeyRecord>(f, await readFile(join(dir, f))));
+    const names = (await readdir(dir)).filter((f) => f.endsWith('.key') && KEY_ID.test(f.slice(0, -4))).sort();
+    const out: KeyRecord[] = [];
+    // Read in parallel batches: thousands of small files open in a fraction of the sequential time.
+    for (let i = 0; i < names.length; i += READ_BATCH) {
+      const batch = names.slice(i, i + READ_BATCH);
+      const blobs = await Promise.all(batch.map((f) => readFile(join(dir, f))));
+      batch.forEach((f, j) => out.push(this.unsealFile<KeyRecord>(f, blobs[j] ?? Buffer.alloc(0))));
     }
     return out;
   }

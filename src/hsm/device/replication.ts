@@ -46,6 +46,11 @@ export class Replication {
   async importMasked(s: Session, masked: Buffer): Promise<KeyInfo> {
     const rec = unsealJson<KeyRecord>(this.ctx.clusterKey, MASKED_KEY, masked, 'the masked key');
     const k = fromRecord(rec);
+    try {
+      void k.keyObject; // refuse unusable material now, not at first use
+    } catch {
+      throw new InvalidArgumentError(`the masked key ${k.attrs.keyId} holds unusable key material`);
+    }
     if (!k.attrs.token) throw new InvalidArgumentError('session keys are never replicated');
     requireReplication(s, k.attrs, `import key ${k.attrs.keyId}`);
     const existing = this.ctx.objects.get(k.attrs.keyId);
