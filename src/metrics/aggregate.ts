@@ -23,4 +23,6 @@ export function clusterSource(): MetricsSource {
 /** Called in a worker so the primary's aggregation reads this worker's registry. */
 export function exposeToPrimary(registry: Registry): void {
   AggregatorRegistry.setRegistries([registry]);
+  // prom-client installs the worker's IPC answer in the AggregatorRegistry constructor only.
+  new AggregatorRegistry();
 }
