@@ -43,23 +43,33 @@ export async function startInteropServer(opts: Partial<TlsServerOptions> = {}, o
 
 export interface RunResult { code: number | null; stdout: string; stderr: string }
 
-/** Runs a client; `steps` are [delayMs, text] written to stdin in order, then stdin closes. */
-export function runClient(cmd: string, args: string[], steps: Array<[number, string]> = [[400, '']], timeoutMs = 10_000): Promise<RunResult> {
+/**
+ * Runs a client. Once its output matches `waitFor` (at once if not given), the `steps`
+ * ([delayMs, text]) are written to stdin in order, then stdin closes. Killed by PID on timeout.
+ */
+export function runClient(cmd: string, args: string[], opts: { waitFor?: RegExp; steps?: Array<[number, string]>; timeoutMs?: number } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    child.stdin.on('error', () => undefined);
     const timers: NodeJS.Timeout[] = [];
-    const kill = setTimeout(() => { if (child.pid) process.kill(child.pid, 'SIGKILL'); }, timeoutMs);
-    let at = 0;
-    for (const [delay, text] of steps) {
-      at += delay;
-      timers.push(setTimeout(() => child.stdin.write(text), at));
-    }
-    timers.push(setTimeout(() => child.stdin.end(), at + 50));
+    let started = false;
+    const startSteps = (): void => {
+      if (started) return;
+      started = true;
+      let at = 0;
+      for (const [delay, text] of opts.steps ?? []) {
+        at += delay;
+        timers.push(setTimeout(() => child.stdin.write(text), at));
+      }
+      timers.push(setTimeout(() => child.stdin.end(), at + 50));
+    };
+    const check = (): void => { if (!opts.waitFor || opts.waitFor.test(stdout + stderr)) startSteps(); };
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; check(); });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; check(); });
+    child.stdin.on('error', () => undefined);
+    const kill = setTimeout(() => { if (child.pid) process.kill(child.pid, 'SIGKILL'); }, opts.timeoutMs ?? 10_000);
+    check();
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(kill);
