@@ -58,7 +58,9 @@ export function register(program: Command): void {
       const data = await readInput(opts.in, 'input file');
       const signature = await readInput(opts.sig, 'signature file');
       const { keyId, ok } = await withHsm(opts, async (c) => {
-        const k = await resolveKey(c, opts.key, mech.startsWith('hmac') ? 'secret' : 'public');
+        let k = await resolveKey(c, opts.key, mech.startsWith('hmac') ? 'secret' : 'public');
+        // Given a private key's id, verify with its public half (the private object may not verify).
+        if (k.class === 'private' && k.pairKeyId) k = await c.getKey(k.pairKeyId);
         return { keyId: k.keyId, ok: await c.verify({ keyId: k.keyId, mechanism: mech, data, signature }) };
       });
       output(opts, { keyId, mechanism: mech, valid: ok }, () => {
