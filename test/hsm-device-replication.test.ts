@@ -124,3 +124,13 @@ t.test('a PRECO cannot replicate anything', async (t) => {
   const preco = await hsm.login('admin', PRECO_PASSWORD);
   t.throws(() => hsm.snapshot(preco), { code: 'HSM_ERR_MUST_CHANGE_PASSWORD' });
 });
+
+t.test('importing a user table ends the sessions of users it no longer holds', async (t) => {
+  const a = await freshHsm(t, { clusterKey: CLUSTER });
+  const b = await freshHsm(t, { clusterKey: CLUSTER });
+  const carol = await b.cu('carol');
+  await b.hsm.importUsers(b.co, a.hsm.exportUsers(a.co));
+  t.throws(() => b.hsm.listKeys(carol), { code: 'HSM_ERR_NOT_LOGGED_IN' });
+  await t.rejects(b.hsm.login('carol', 'carol-password'), { code: 'HSM_ERR_BAD_CREDENTIALS' });
+  t.same(b.hsm.listUsers(b.co).map((u) => u.name), ['admin'], 'the CO session of a user still present carries on');
+});

@@ -330,10 +330,13 @@ export class Hsm {
     return this.guardSync(s, 'export users', () => this.replication.exportUsers(s));
   }
 
-  /** Replaces the user table with a masked one from another HSM of the cluster. CO or AU. */
+  /** Replaces the user table with a masked one from another HSM of the cluster (sessions of users gone or re-roled end). CO or AU. */
   importUsers(session: Session, masked: Buffer): Promise<void> {
     const s = this.session(session);
-    return this.guard(s, 'import users', () => this.replication.importUsers(s, masked));
+    return this.guard(s, 'import users', async () => {
+      await this.replication.importUsers(s, masked);
+      this.sessions.reconcile((u) => (this.ctx.users.has(u) ? this.ctx.users.get(u).role : undefined));
+    });
   }
 
   /** Everything durable (users, token keys) sealed under the cluster key; `Hsm.restore` reads it. CO or AU. */

@@ -41,6 +41,11 @@ export class SessionTable {
     for (const s of [...this.live.values()]) if (s.user === user) this.end(s.id);
   }
 
+  /** Ends sessions whose user is gone or whose role changed (after a replicated user table). */
+  reconcile(roleOf: (user: string) => Role | undefined): void {
+    for (const s of [...this.live.values()]) if (roleOf(s.user) !== s.role) this.end(s.id);
+  }
+
   /** Ends every session (close). */
   endAll(): void {
     for (const id of [...this.live.keys()]) this.end(id);
