@@ -19,6 +19,29 @@ if (skip) {
   const env = { ...hsm.env, HSMPROXY_PIN: TEST_PIN };
   const on = ['--module', hsm.module, '--token', 'cli'];
 
+  /**
+   * Runs the CLI in this process with stdout captured and `vars` set in process.env: the same
+   * command tree and code as the spawned CLI, without paying a tsx start-up per command.
+   * Spawned runs (runCli) cover what only a real process shows: exit codes and stderr lines.
+   */
+  async function inProcess(args: string[], vars: Record<string, string | undefined> = { HSMPROXY_PIN: TEST_PIN }): Promise<{ stdout: string; error?: Error & { code?: string } }> {
+    const { buildProgram } = await import('../src/cli/main.js');
+    const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+    for (const [k, v] of Object.entries(vars)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+    const write = process.stdout.write;
+    let stdout = '';
+    process.stdout.write = ((chunk: string | Uint8Array) => { stdout += String(chunk); return true; }) as typeof process.stdout.write;
+    try {
+      await (await buildProgram()).parseAsync(['node', 'hsmproxy', ...args]);
+      return { stdout };
+    } catch (error) {
+      return { stdout, error: error as Error & { code?: string } };
+    } finally {
+      process.stdout.write = write;
+      for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+    }
+  }
+
   t.test('key generate writes a reference whose public key openssl reads', async (t) => {
     const out = join(dir, 'web.pem');
     const r = await runCli(['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'web', '--out', out], { env });
@@ -64,38 +87,52 @@ if (skip) {
     }
   });
 
+  t.test('key reference writes a reference for a key made by another tool', async (t) => {
+    const backend = await openPkcs11Backend({ module: hsm.module, token: 'cli', pin: TEST_PIN, poolSize: 1 });
+    const made = await backend.generateKey({ type: 'ec', curve: 'P-384' }, 'from-elsewhere');
+    await backend.close();
+    const out = join(dir, 'elsewhere.pem');
+    const r = await inProcess(['pkcs11', 'key', 'reference', ...on, '--label', 'from-elsewhere', '--out', out, '--json']);
+    t.error(r.error);
+    t.equal((JSON.parse(r.stdout) as { keyId: string }).keyId, made.id.toString('hex'));
+    const { readKeyRef } = await import('../src/engine/keyref.js');
+    t.ok((await readKeyRef(out)).publicKey.equals(made.publicKey), 'the reference carries the token key');
+    const again = await openPkcs11Backend({ module: hsm.module, token: 'cli', pin: TEST_PIN, poolSize: 1 });
+    await again.deleteKey({ id: made.id });
+    await again.close();
+  });
+
   t.test('key list shows the generated keys, as text and as JSON', async (t) => {
-    const text = await runCli(['pkcs11', 'key', 'list', ...on], { env });
-    t.equal(text.code, 0, text.stderr);
+    const text = await inProcess(['pkcs11', 'key', 'list', ...on]);
+    t.error(text.error);
     t.match(text.stdout, /^[0-9a-f]{32} +ec:p256 +web$/m);
     t.match(text.stdout, /^[0-9a-f]{32} +rsa:2048 +api$/m);
-    const json = await runCli(['pkcs11', 'key', 'list', ...on, '--json'], { env });
+    const json = await inProcess(['pkcs11', 'key', 'list', ...on, '--json']);
     const keys = JSON.parse(json.stdout) as Array<{ label: string }>;
     t.same(keys.map((k) => k.label).sort(), ['api', 'web']);
   });
 
   t.test('pkcs11 tokens lists the token without a PIN', async (t) => {
-    const r = await runCli(['pkcs11', 'tokens', '--module', hsm.module, '--json'], { env: hsm.env });
-    t.equal(r.code, 0, r.stderr);
+    const r = await inProcess(['pkcs11', 'tokens', '--module', hsm.module, '--json'], { HSMPROXY_PIN: undefined });
+    t.error(r.error);
     t.match(JSON.parse(r.stdout), [{ label: 'cli', manufacturer: 'SoftHSM project' }]);
   });
 
   t.test('key delete --key removes the key the reference names, using the module it records', async (t) => {
     const out = join(dir, 'web.pem');
-    const r = await runCli(['pkcs11', 'key', 'delete', '--key', out], { env });
-    t.equal(r.code, 0, r.stderr);
+    const r = await inProcess(['pkcs11', 'key', 'delete', '--key', out]);
+    t.error(r.error);
     t.match(r.stdout, /deleted key "web"/);
-    const list = await runCli(['pkcs11', 'key', 'list', ...on, '--json'], { env });
+    const list = await inProcess(['pkcs11', 'key', 'list', ...on, '--json']);
     t.same((JSON.parse(list.stdout) as Array<{ label: string }>).map((k) => k.label), ['api']);
-    const again = await runCli(['pkcs11', 'key', 'delete', '--key', out], { env });
-    t.equal(again.code, 1);
-    t.match(again.stderr, /^hsmproxy: .*was not found in the HSM; it may have been deleted/);
-    t.notMatch(again.stderr, /\n\s+at /, 'no stack trace');
+    const again = await inProcess(['pkcs11', 'key', 'delete', '--key', out]);
+    t.equal(again.error?.code, 'ENGINE_ERR_KEY_NOT_FOUND');
+    t.match(again.error?.message, /was not found in the HSM; it may have been deleted/);
   });
 
   t.test('key delete --label removes a key by its label', async (t) => {
-    const r = await runCli(['pkcs11', 'key', 'delete', ...on, '--label', 'api'], { env });
-    t.equal(r.code, 0, r.stderr);
+    const r = await inProcess(['pkcs11', 'key', 'delete', ...on, '--label', 'api']);
+    t.error(r.error);
     t.match(r.stdout, /deleted key "api"/);
   });
 
@@ -103,8 +140,9 @@ if (skip) {
     const file = join(dir, 'pin');
     writeFileSync(file, `${TEST_PIN}\n`);
     chmodSync(file, 0o600);
-    const r = await runCli(['pkcs11', 'key', 'list', ...on], { env: { ...hsm.env, HSMPROXY_PIN: '', HSMPROXY_CREDENTIALS: file } });
-    t.equal(r.code, 0, r.stderr);
+    const r = await inProcess(['pkcs11', 'key', 'list', ...on], { HSMPROXY_PIN: undefined, HSMPROXY_CREDENTIALS: file });
+    t.error(r.error);
+    t.match(r.stdout, /no keys on this token|[0-9a-f]{32}/);
   });
 
   t.test('a wrong PIN is one line naming CKR_PIN_INCORRECT', async (t) => {
@@ -139,6 +177,7 @@ if (skip) {
       [['pkcs11', 'key', 'delete', ...on], /^name exactly one key/],
       [['pkcs11', 'key', 'delete', ...on, '--id', 'xyz'], /^--id must be the key's CKA_ID in hex/],
       [['pkcs11', 'key', 'list', '--module', hsm.module, '--slot', 'one'], /^--slot must be a slot id number/],
+      [['pkcs11', 'key', 'reference', ...on, '--out', out], /^name the key with exactly one of --id HEX or --label NAME/],
     ];
     for (const [args, message] of cases) {
       const program = await buildProgram();

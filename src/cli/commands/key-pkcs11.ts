@@ -1,6 +1,7 @@
 // `hsmproxy pkcs11 …`: keys on a PKCS#11 token (SoftHSMv2, CloudHSM, Luna…).
 //   pkcs11 tokens                      list the tokens a module offers (no login)
 //   pkcs11 key generate|list|delete    manage key pairs; generate writes a key reference
+//   pkcs11 key reference               a key reference for a key made elsewhere (pkcs11-tool…)
 // The actions are exported so `hsmproxy key … --backend pkcs11` can call the same code.
 // The PIN comes from HSMPROXY_PIN (or HSMPROXY_CREDENTIALS), never from a flag.
 import { existsSync } from 'node:fs';
@@ -129,6 +130,23 @@ export async function deletePkcs11Key(opts: Pkcs11CliOptions & { key?: string; i
   output(opts, { deleted }, () => process.stdout.write(`deleted key "${deleted.label}" (id ${deleted.keyId})\n`));
 }
 
+/** `pkcs11 key reference`: writes a key reference for a key already on the token (e.g. made by pkcs11-tool). */
+export async function referencePkcs11Key(opts: Pkcs11CliOptions & { id?: string; label?: string; out?: string; force?: boolean }): Promise<void> {
+  const module = requireModule(opts);
+  const token = tokenSelector(opts);
+  if ((opts.id === undefined) === (opts.label === undefined)) throw new UsageError('name the key with exactly one of --id HEX or --label NAME');
+  if (opts.id !== undefined && !/^([0-9a-fA-F]{2})+$/.test(opts.id)) throw new UsageError(`--id must be the key's CKA_ID in hex, got "${opts.id}"`);
+  if (!opts.out) throw new UsageError('no output file: pass --out ref.pem (where the key reference is written)');
+  const out = opts.out;
+  if (!opts.force && existsSync(out)) throw new UsageError(`${out} already exists; remove it, choose another --out, or pass --force`);
+  const result = await withBackend(module, token, opts, async (b) => {
+    const key = await b.findKey(opts.id !== undefined ? { id: Buffer.from(opts.id, 'hex') } : { label: opts.label });
+    await writeKeyReference(b.keyRef(key), out, { overwrite: opts.force });
+    return { ...keyJson(key), module: b.modulePath, out };
+  });
+  output(opts, result, () => process.stdout.write(`key reference for "${result.label}" (id ${result.keyId}) written to ${out}\n`));
+}
+
 /** `pkcs11 tokens`: initialised tokens the module can see (no PIN needed). */
 export async function listPkcs11Tokens(opts: Pkcs11CliOptions): Promise<void> {
   const mod = loadModule(requireModule(opts));
@@ -153,7 +171,7 @@ function common(cmd: Command): Command {
     .option('--json', 'print JSON');
 }
 
-/** Registers `hsmproxy pkcs11 tokens` and `hsmproxy pkcs11 key generate|list|delete`. */
+/** Registers `hsmproxy pkcs11 tokens` and `hsmproxy pkcs11 key generate|list|reference|delete`. */
 export function register(program: Command): void {
   const pkcs11 = program.command('pkcs11').description('keys on a PKCS#11 token (SoftHSMv2, CloudHSM, Luna…); PIN from HSMPROXY_PIN');
   pkcs11.command('tokens').description('list the initialised tokens a module offers')
@@ -168,6 +186,12 @@ export function register(program: Command): void {
     .action((opts: Parameters<typeof generatePkcs11Key>[0]) => generatePkcs11Key(opts));
   common(key.command('list').description('list the private keys on the token'))
     .action((opts: Pkcs11CliOptions) => listPkcs11Keys(opts));
+  common(key.command('reference').description('write a key reference for a key already on the token'))
+    .option('--id <hex>', 'CKA_ID of the key')
+    .option('--label <label>', 'CKA_LABEL of the key')
+    .option('--out <file>', 'where to write the key reference (PEM)')
+    .option('--force', 'overwrite --out if it exists')
+    .action((opts: Parameters<typeof referencePkcs11Key>[0]) => referencePkcs11Key(opts));
   common(key.command('delete').description('delete a key pair from the token'))
     .option('--key <file>', 'key reference of the key (gives module and token too)')
     .option('--id <hex>', 'CKA_ID of the key')
