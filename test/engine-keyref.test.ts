@@ -166,3 +166,12 @@ t.test('writing a reference never overwrites an existing file unless asked', asy
   await writeKeyReference(refFor(KEYS['P-256'].publicKey), file, { overwrite: true });
   t.equal((await readKeyRef(file)).label, 'web');
 });
+
+t.test('looksLikeKeyRef tells references (even damaged ones) from real keys and other text', async (t) => {
+  const { looksLikeKeyRef } = await import('../src/engine/index.js');
+  const pem = formatKeyRef(refFor(KEYS['P-256'].publicKey));
+  t.ok(looksLikeKeyRef(pem));
+  t.ok(looksLikeKeyRef(pem.slice(0, pem.indexOf('-----BEGIN HSMPROXY'))), 'an EC reference that lost its reference block');
+  t.notOk(looksLikeKeyRef(KEYS['P-256'].privateKey.export({ type: 'pkcs8', format: 'pem' }) as string), 'a real key');
+  t.notOk(looksLikeKeyRef('garbage\n'), 'garbage');
+});

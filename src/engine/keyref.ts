@@ -1,7 +1,7 @@
 // Key references ("fake PEM"): files that standard tools read as an RSA or EC private key with the
 // real public key, but whose private fields hold a marker and a pointer to a key inside an HSM.
 // The exact byte layout is specified in docs/key-reference.md; keep the two in step.
-import { createHash, createPublicKey, KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, KeyObject } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { CURVES, keyAlgorithmOf, type Curve } from './algorithm.js';
 import { DerError, DerReader, Tag, smallUint, tlv, uint } from './der.js';
@@ -242,13 +242,24 @@ export function formatKeyRef(ref: KeyRef): string {
   return alg.type === 'rsa' ? encodeRsa(ref, blob) : encodeEc(ref, alg.curve, blob);
 }
 
-/** True when PEM text looks like a key reference (marker present); does not validate it. */
+/** True when a key parsed by node:crypto is really a key reference (its private field starts with the marker). */
+export function hasKeyRefMarker(privateKey: KeyObject): boolean {
+  if (privateKey.type !== 'private') return false;
+  const d = privateKey.export({ format: 'jwk' }).d;
+  return d !== undefined && Buffer.from(d, 'base64url').subarray(0, KEYREF_MAGIC.length).equals(KEYREF_MAGIC);
+}
+
+/** True when PEM text is a key reference, even a damaged one; false for real keys and other text. */
 export function looksLikeKeyRef(text: string): boolean {
   try {
     parseKeyRef(text, 'input');
     return true;
-  } catch (err) {
-    return err instanceof MalformedKeyRefError;
+  } catch {
+    try {
+      return hasKeyRefMarker(createPrivateKey(text));
+    } catch {
+      return false;
+    }
   }
 }
 

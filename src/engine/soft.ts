@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { CURVES, keyAlgorithmOf, type Mechanism } from './algorithm.js';
 import type { Backend, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from './backend.js';
 import { AbortedError, ClosedError, KeyNotFoundError, MalformedKeyRefError, NotASoftKeyError, UnsupportedError } from './errors.js';
-import { KEYREF_MAGIC, type KeyRef } from './keyref.js';
+import { hasKeyRefMarker, type KeyRef } from './keyref.js';
 import { mechanismFits, nodeSignAsync } from './schemes.js';
 
 const generate = promisify(generateKeyPair);
@@ -33,8 +33,7 @@ export class SoftBackend implements Backend {
       throw new MalformedKeyRefError(source, `it is not a PEM private key (${(err as Error).message})`);
     }
     // A key reference parses as a private key too: its private field starts with the marker.
-    const d = privateKey.export({ format: 'jwk' }).d;
-    if (d && Buffer.from(d, 'base64url').subarray(0, KEYREF_MAGIC.length).equals(KEYREF_MAGIC)) throw new NotASoftKeyError(source);
+    if (hasKeyRefMarker(privateKey)) throw new NotASoftKeyError(source);
     return this.add(privateKey, source, source);
   }
 
