@@ -19,7 +19,10 @@ t.test('curl --tlsv1.3 GET and POST through http.Server and http-proxy over TlsS
   });
   await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
   const proxy = httpProxy.createProxyServer({ target: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, xfwd: true });
-  const front = http.createServer((req, res) => proxy.web(req, res));
+  const front = http.createServer((req, res) => {
+    if (req.url === '/big') return void res.end(Buffer.alloc(4 * 1024 * 1024, 'x'));
+    proxy.web(req, res);
+  });
   const srv = await startInteropServer({}, (s) => front.emit('connection', s));
   t.teardown(async () => { await srv.close(); proxy.close(); upstream.close(); front.close(); });
 
@@ -36,6 +39,9 @@ t.test('curl --tlsv1.3 GET and POST through http.Server and http-proxy over TlsS
 
   const two = await runClient('curl', [...curl, `https://localhost:${srv.port}/a`, `https://localhost:${srv.port}/b`]);
   t.match(two.stdout, /GET \/a[\s\S]*GET \/b/, 'keep-alive: two requests on one connection');
+
+  const big = await runClient('curl', [...curl, '-H', 'Connection: close', '-o', '/dev/null', '-w', '%{size_download}', `https://localhost:${srv.port}/big`]);
+  t.equal(big.stdout, String(4 * 1024 * 1024), `a 4 MB response with Connection: close is not truncated (${big.stderr})`);
 });
 
 t.test('node:tls client: ALPN, getCipher and session reuse', async (t) => {

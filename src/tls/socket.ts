@@ -11,6 +11,8 @@ import type { SignRequest } from './handshake13.js';
 import { publishHandshake, type HandshakeObservation } from './observe.js';
 import { groupName } from './suites.js';
 
+const LINGER_MS = 2000;
+
 /** Per-socket timing policy. */
 export interface TlsSocketOptions {
   signTimeoutMs: number;
@@ -231,8 +233,15 @@ export class TlsSocket extends Duplex {
     this.conn.close();
     const out = this.conn.takeOutput();
     if (out) this.raw.write(out);
-    this.raw.end();
-    cb();
+    // 'finish' (and so destroySoon) must wait until TCP took everything, close_notify included.
+    this.raw.end(() => cb());
+  }
+
+  /** Ends, then destroys once everything is written (as net.Socket.destroySoon). */
+  destroySoon(): void {
+    if (this.writable) this.end();
+    if (this.writableFinished) this.destroy();
+    else this.once('finish', () => this.destroy());
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
@@ -242,7 +251,19 @@ export class TlsSocket extends Duplex {
     this.signAbort?.abort(new TlsError('connection closed', 'TLS_ERR_CLOSED'));
     this.signAbort = null;
     if (!this.conn.error) this.conn.abort(new TlsError('socket destroyed', 'TLS_ERR_CLOSED'));
-    this.raw.destroy();
+    this.closeTransport();
     cb(err);
+  }
+
+  // Lets queued bytes (a fatal alert, the tail of a response) reach the peer, but never waits
+  // longer than LINGER_MS on a peer that does not read.
+  private closeTransport(): void {
+    const raw = this.raw;
+    if (raw.destroyed) return;
+    if (raw.writableLength === 0) { raw.destroy(); return; }
+    if (!raw.writableEnded) raw.end();
+    const timer = setTimeout(() => raw.destroy(), LINGER_MS);
+    timer.unref?.();
+    raw.once('finish', () => { clearTimeout(timer); raw.destroy(); });
   }
 }
