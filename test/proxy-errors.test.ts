@@ -63,3 +63,21 @@ t.test('a WebSocket to a refusing upstream gets a 502 handshake answer', async (
   const r = await h.curl('/ws', ['-H', 'connection: Upgrade', '-H', 'upgrade: websocket', '-H', 'sec-websocket-version: 13', '-H', 'sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==']);
   t.equal(r.status, 502);
 });
+
+t.test('a bodiless request refused by one target is retried on another', async (t) => {
+  const port = await closedPort();
+  const h = await startHarness(t, baseYaml('  - upstream: mixed', `  mixed: { targets: [ "http://127.0.0.1:${port}", "{{up0}}" ] }`));
+  for (let i = 0; i < 4; i++) {
+    const r = await h.curl('/');
+    t.equal(r.status, 200, `request ${i} served`);
+  }
+  t.ok(h.logs.some((l) => l.msg === 'upstream refused, trying another target'), 'the retry is logged');
+});
+
+t.test('a request with a body is not retried after a refusal', async (t) => {
+  const port = await closedPort();
+  const h = await startHarness(t, baseYaml('  - upstream: mixed', `  mixed: { targets: [ "http://127.0.0.1:${port}", "{{up0}}" ] }`));
+  const statuses: number[] = [];
+  for (let i = 0; i < 2; i++) statuses.push((await h.curl('/', ['-d', 'payload'])).status);
+  t.same(statuses.sort(), [200, 502], 'round-robin: one reaches the live target, one gets 502');
+});

@@ -76,11 +76,38 @@ export class Forwarder {
       this.metrics.httpUpstreamErrors.inc({ route: route.name, reason: 'unavailable' });
       return this.reply(res, ctx, 503, 'no healthy upstream server for this route; try again shortly');
     }
-    ctx.target = target;
-    target.inFlight++;
-    res.once('close', () => { target.inFlight--; });
     this.addForwardedHeaders(req, socket, ctx);
-    this.proxy.web(req, res, { target: target.url, agent: target.agent }, (err) => this.onUpstreamError(err, res, ctx));
+    this.send(req, res, ctx, target, new Set());
+  }
+
+  /** Sends to `target`; a refused connection is retried once per target when nothing was sent. */
+  private send(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, target: UpstreamTarget, tried: Set<UpstreamTarget>): void {
+    ctx.target = target;
+    tried.add(target);
+    target.inFlight++;
+    let released = false;
+    const release = () => {
+      if (!released) target.inFlight--;
+      released = true;
+    };
+    res.once('close', release);
+    this.proxy.web(req, res, { target: target.url, agent: target.agent }, (err) => {
+      release();
+      const next = this.canRetry(err, req, res) ? this.table().pools.get(ctx.route!.upstream)?.pick(tried) : undefined;
+      if (!next) return this.onUpstreamError(err, res, ctx);
+      this.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code: (err as NodeJS.ErrnoException).code }, 'upstream refused, trying another target');
+      this.send(req, res, ctx, next, tried);
+    });
+  }
+
+  /**
+   * A refused connection means the upstream never saw the request, so another target may take
+   * it — if the request has no body (http-proxy has already consumed the stream).
+   */
+  private canRetry(err: Error, req: IncomingMessage, res: ServerResponse): boolean {
+    if ((err as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || res.headersSent || res.destroyed) return false;
+    const bodyless = req.headers['content-length'] === undefined || req.headers['content-length'] === '0';
+    return bodyless && req.headers['transfer-encoding'] === undefined;
   }
 
   /** Handles a WebSocket upgrade (the http.Server 'upgrade' listener). */

@@ -26,9 +26,9 @@ export class UpstreamPool {
     this.targets = config.targets.map((url) => new UpstreamTarget(url, config.timeouts.idleMs));
   }
 
-  /** Picks a healthy target, or undefined when none is healthy (the caller answers 503). */
-  pick(): UpstreamTarget | undefined {
-    const healthy = this.targets.filter((t) => t.healthy);
+  /** Picks a healthy target not in `exclude`, or undefined when there is none (the caller answers 503). */
+  pick(exclude?: ReadonlySet<UpstreamTarget>): UpstreamTarget | undefined {
+    const healthy = this.targets.filter((t) => t.healthy && !exclude?.has(t));
     if (healthy.length === 0) return undefined;
     if (this.config.balance === 'least-connections') {
       // Ties rotate so equal targets share load instead of the first one taking everything.
