@@ -84,3 +84,18 @@ t.test('after shutdown the proxy no longer records published events', async (t) 
   channel('hsmproxy:engine:sign').publish({ backend: 'soft', keyType: 'ec', scheme: 0x0403, durationMs: 1, outcome: 'ok' });
   t.equal(sample(await h.registry.metrics(), 'hsmproxy_engine_signs_total', {}), undefined);
 });
+
+t.test('/metrics shows open connections and requests in flight while a request is pending', async (t) => {
+  const h = await startHarness(t, baseYaml('  - upstream: [ "{{up0}}" ]'));
+  const gauge = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
+  const slow = h.curl('/slow?ms=1000');
+  await new Promise((r) => setTimeout(r, 300));
+  let text = await (await admin(h, '/metrics')).text();
+  t.equal(gauge(text, 'hsmproxy_http_requests_in_flight'), 1);
+  t.equal(gauge(text, 'hsmproxy_http_connections'), 1);
+  t.equal((await slow).status, 200);
+  await new Promise((r) => setTimeout(r, 50));
+  text = await (await admin(h, '/metrics')).text();
+  t.equal(gauge(text, 'hsmproxy_http_requests_in_flight'), 0);
+  t.equal(gauge(text, 'hsmproxy_http_connections'), 0, 'curl closed its connection');
+});

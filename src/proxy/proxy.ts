@@ -42,7 +42,7 @@ export class Proxy {
   private runtime: Runtime;
   private readonly listeners = new Map<string, { config: ListenerConfig; handle: TlsListener }>();
   private readonly http: http.Server;
-  private readonly connections = new ConnectionTracker();
+  private readonly connections: ConnectionTracker;
   private readonly forwarder: Forwarder;
   private readonly logger: Logger;
   private readonly metrics: HsmproxyMetrics;
@@ -56,6 +56,10 @@ export class Proxy {
     this.registry = opts.registry ?? createRegistry();
     this.metrics = defineMetrics(this.registry);
     this.runtime = this.buildRuntime(opts.config, undefined);
+    this.connections = new ConnectionTracker((open, inFlight) => {
+      this.metrics.httpConnections.set(open);
+      this.metrics.httpRequestsInFlight.set(inFlight);
+    });
     this.forwarder = new Forwarder(() => this.runtime, this.connections, this.logger, this.metrics);
     this.http = http.createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => this.forwarder.handleRequest(req, res));
     this.http.on('upgrade', (req, socket, head) => this.forwarder.handleUpgrade(req, socket, head));
