@@ -240,3 +240,14 @@ t.test('the RFC 8448 x25519 keys agree on the trace shared secret', async (t) =>
   const clientPub = crypto.createPublicKey({ key: Buffer.concat([h('302a300506032b656e032100'), CLIENT_PUB]), format: 'der', type: 'spki' });
   t.equal(hex(crypto.diffieHellman({ privateKey: serverPriv, publicKey: clientPub })), hex(SHARED));
 });
+
+t.test('HKDF-Expand-Label agrees with node:crypto HKDF for outputs shorter and longer than one block', async (t) => {
+  const ikm = Buffer.from('input keying material'); const salt = Buffer.from('salt');
+  const ctx = Buffer.from('context');
+  for (const [hash, len] of [['sha256', 12], ['sha256', 32], ['sha256', 80], ['sha384', 48], ['sha384', 100]] as const) {
+    const prk = hkdfExtract(hash, salt, ikm);
+    const info = Buffer.concat([Buffer.from([len >> 8, len & 0xff, 6 + 4]), Buffer.from('tls13 test'), Buffer.from([ctx.length]), ctx]);
+    const expected = Buffer.from(crypto.hkdfSync(hash, ikm, salt, info, len));
+    t.equal(hex(hkdfExpandLabel(hash, prk, 'test', ctx, len)), hex(expected), `${hash}, ${len} bytes`);
+  }
+});

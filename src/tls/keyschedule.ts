@@ -26,7 +26,9 @@ const LABEL_PREFIX = Buffer.from('tls13 ', 'latin1');
 /** HKDF-Expand-Label(Secret, Label, Context, Length) with the "tls13 " prefix (RFC 8446 §7.1). */
 export function hkdfExpandLabel(hash: HashName, secret: Buffer, label: string, context: Buffer, length: number): Buffer {
   const labelLen = LABEL_PREFIX.length + label.length;
-  const info = Buffer.allocUnsafe(2 + 1 + labelLen + 1 + context.length);
+  const infoLen = 2 + 1 + labelLen + 1 + context.length;
+  // One spare byte at the end for HKDF's block counter, so each block is a single HMAC update.
+  const info = Buffer.allocUnsafe(infoLen + 1);
   info.writeUInt16BE(length, 0);
   info[2] = labelLen;
   LABEL_PREFIX.copy(info, 3);
@@ -36,13 +38,20 @@ export function hkdfExpandLabel(hash: HashName, secret: Buffer, label: string, c
   return hkdfExpand(hash, secret, info, length);
 }
 
-/** HKDF-Expand (RFC 5869 §2.3); `length` ≤ 255 × HashLen. */
-function hkdfExpand(hash: HashName, prk: Buffer, info: Buffer, length: number): Buffer {
+/** HKDF-Expand (RFC 5869 §2.3); `infoAndCounter` is info plus one spare byte; `length` ≤ 255 × HashLen. */
+function hkdfExpand(hash: HashName, prk: Buffer, infoAndCounter: Buffer, length: number): Buffer {
   const hashLen = HASH_LEN[hash];
+  const last = infoAndCounter.length - 1;
+  infoAndCounter[last] = 1;
+  const first = crypto.createHmac(hash, prk).update(infoAndCounter).digest();
+  if (length === hashLen) return first; // the common case: every secret in the schedule
+  if (length < hashLen) return first.subarray(0, length);
   const out = Buffer.allocUnsafe(length);
-  let prev: Buffer = Buffer.alloc(0);
-  for (let off = 0, i = 1; off < length; i++) {
-    prev = crypto.createHmac(hash, prk).update(prev).update(info).update(Buffer.of(i)).digest();
+  first.copy(out, 0);
+  let prev = first;
+  for (let off = hashLen, i = 2; off < length; i++) {
+    infoAndCounter[last] = i;
+    prev = crypto.createHmac(hash, prk).update(prev).update(infoAndCounter).digest();
     prev.copy(out, off, 0, Math.min(hashLen, length - off));
     off += hashLen;
   }
