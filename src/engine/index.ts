@@ -5,6 +5,7 @@
 export * from './algorithm.js';
 export * from './admission.js';
 export type { Backend, BackendKind, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from './backend.js';
+export * from './certified-key.js';
 export * from './credentials.js';
 export * from './ecdsa.js';
 export * from './engine.js';
