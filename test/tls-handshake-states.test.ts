@@ -489,3 +489,48 @@ t.test('PSK resumption', async (t) => {
     t.notOk(conn.negotiated.resumed);
   });
 });
+
+t.test('alerts and closing', async (t) => {
+  await t.test('an unknown alert level → illegal_parameter', async (t) => {
+    const conn = new ServerConnection(config());
+    await exchange(conn, record(ContentType.alert, Buffer.from([3, 0])));
+    expectAlert(t, conn, 'illegal_parameter');
+  });
+  await t.test('a warning alert other than close_notify/user_canceled ends the connection', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    await exchange(conn, c.appSealer.seal(ContentType.alert, Buffer.from([1, AlertDescription.bad_certificate])));
+    t.ok(conn.error instanceof TlsAlertError && conn.error.received && conn.error.alert === AlertDescription.bad_certificate);
+  });
+  await t.test('user_canceled warnings are counted: the fifth is fatal', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    for (let i = 0; i < 4; i++) await exchange(conn, c.appSealer.seal(ContentType.alert, Buffer.from([1, AlertDescription.user_canceled])));
+    t.equal(conn.error, null);
+    await exchange(conn, c.appSealer.seal(ContentType.alert, Buffer.from([1, AlertDescription.user_canceled])));
+    expectAlert(t, conn, 'unexpected_message');
+  });
+  await t.test('after a fatal error, writes fail fast with the original error', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    await exchange(conn, c.appSealer.seal(ContentType.application_data, Buffer.alloc(0)).fill(0, 5));
+    const original = conn.error;
+    t.ok(original);
+    t.throws(() => conn.writeApplicationData(Buffer.from('x')), original ?? undefined);
+  });
+  await t.test('half-close: after the peer close_notify we can still send, then close_notify', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    await exchange(conn, c.appSealer.seal(ContentType.alert, Buffer.from([1, 0])));
+    t.ok(conn.peerClosed);
+    conn.writeApplicationData(Buffer.from('last words'));
+    conn.close();
+    const out = conn.takeOutput()!;
+    const first = c.appOpener.open({ type: 23, version: 0x0303, fragment: out.subarray(5, 5 + out.readUInt16BE(3)) });
+    t.equal(first.content.toString(), 'last words');
+    const rest = out.subarray(5 + out.readUInt16BE(3));
+    const alert = c.appOpener.open({ type: 23, version: 0x0303, fragment: rest.subarray(5) });
+    t.same([alert.type, ...alert.content], [ContentType.alert, 1, 0], 'close_notify');
+    t.throws(() => conn.writeApplicationData(Buffer.from('more')), { code: 'TLS_ERR_WRITE_AFTER_CLOSE' });
+  });
+});
