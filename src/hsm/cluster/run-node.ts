@@ -2,7 +2,7 @@
 // cluster's masking key and capacity profile, serves it on its mTLS port, logs JSON lines,
 // and on SIGTERM/SIGINT stops accepting, ends sessions and closes the store.
 import { readFile } from 'node:fs/promises';
-import { Hsm } from '../device/index.js';
+import { Hsm, type CapacityProfile } from '../device/index.js';
 import { HsmAppliance, type ApplianceLog } from '../node.js';
 import { clusterPath, findHsm, readManifest } from './manifest.js';
 
@@ -15,6 +15,8 @@ export interface StartNodeOptions {
   port?: number;
   log?: ApplianceLog;
   scryptCost?: number;
+  /** Overrides the manifest's capacity profile (tests and benchmarks with custom rates). */
+  capacity?: CapacityProfile;
 }
 
 /** A running node: its appliance, its device, and how to stop both. */
@@ -45,7 +47,7 @@ export async function startNode(opts: StartNodeOptions): Promise<RunningNode> {
     readFile(clusterPath(opts.dir, manifest.maskingKey)),
   ]);
   const device = await Hsm.open({
-    dir: clusterPath(opts.dir, h.dataDir), hsmId: h.id, clusterKey, capacity: h.profile,
+    dir: clusterPath(opts.dir, h.dataDir), hsmId: h.id, clusterKey, capacity: opts.capacity ?? h.profile,
     ...(opts.scryptCost !== undefined ? { scryptCost: opts.scryptCost } : {}),
   });
   let appliance: HsmAppliance;
