@@ -56,6 +56,17 @@ t.test('/metrics after traffic shows HTTP request and upstream latency with thei
   t.equal(sample(text, 'hsmproxy_http_request_duration_seconds_bucket', { method: 'GET', le: '0.00005' }), 0, 'and start at 50 µs');
 });
 
+t.test('/metrics after real handshakes (node:tls front) shows handshake duration and results', async (t) => {
+  const h = await startHarness(t, baseYaml('  - upstream: [ "{{up0}}" ]'));
+  for (let i = 0; i < 2; i++) t.equal((await h.curl('/')).status, 200);
+  await h.curl('/', ['--tls-max', '1.2']); // the listener is TLS 1.3 only: a failed handshake
+  const text = await (await admin(h, '/metrics')).text();
+  t.equal(sample(text, 'hsmproxy_tls_handshake_duration_seconds_count', { version: 'TLSv1.3', key_type: 'ec', resumed: 'false' }), 2);
+  t.ok(sample(text, 'hsmproxy_tls_handshake_duration_seconds_sum', { key_type: 'ec' })! > 0, 'non-zero duration');
+  t.equal(sample(text, 'hsmproxy_tls_handshakes_total', { result: 'ok', listener: 'main' }), 2);
+  t.equal(sample(text, 'hsmproxy_tls_handshakes_total', { result: 'alert_sent', listener: 'main' }), 1);
+});
+
 t.test('/metrics counts proxy-generated errors by class and reason', async (t) => {
   const h = await startHarness(t, baseYaml('  - { name: dead, upstream: [ "http://127.0.0.1:9" ] }'));
   t.equal((await h.curl('/')).status, 502);

@@ -4,9 +4,12 @@
 // name OpenSSL picks RSA or ECDSA by what the client offers (fully so only for the first site;
 // see ContextSet.pick).
 import { X509Certificate } from 'node:crypto';
+import { channel } from 'node:diagnostics_channel';
+import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
 import type { ListenerConfig } from '../config/index.js';
+import { CHANNELS, type TlsHandshakeEvent } from '../metrics/index.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -78,6 +81,34 @@ function buildContexts(l: ListenerConfig): ContextSet {
   }
 }
 
+const handshakeChannel = channel(CHANNELS.tlsHandshake);
+
+/**
+ * Publishes the handshake events tls/ TlsServer publishes, so the node:tls front shows up in the
+ * same metrics. OpenSSL signs inside the handshake, so the signature wait is not measurable (0).
+ */
+function observeHandshakes(server: tls.Server, listener: string): void {
+  const started = new WeakMap<Socket, number>();
+  // node:tls wraps the accepted socket; `_parent` is the raw one (undocumented but stable since v0.x).
+  const since = (s: tls.TLSSocket) => performance.now() - (started.get((s as unknown as { _parent: Socket })._parent) ?? performance.now());
+  server.on('connection', (raw: Socket) => { if (handshakeChannel.hasSubscribers) started.set(raw, performance.now()); });
+  server.on('secureConnection', (s: tls.TLSSocket) => {
+    if (!handshakeChannel.hasSubscribers) return;
+    const keyType = s.getX509Certificate()?.publicKey.asymmetricKeyType;
+    const event: TlsHandshakeEvent = {
+      version: s.getProtocol() === 'TLSv1.2' ? 'TLSv1.2' : 'TLSv1.3', suite: s.getCipher()?.standardName ?? '', group: '',
+      keyType: keyType === 'ec' ? 'ec' : keyType?.startsWith('rsa') ? 'rsa' : '', resumed: s.isSessionReused(),
+      result: 'ok', durationMs: since(s), signWaitMs: 0, listener, ...(s.servername ? { servername: s.servername } : {}),
+    };
+    handshakeChannel.publish(event);
+  });
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, s: tls.TLSSocket) => {
+    if (!handshakeChannel.hasSubscribers) return;
+    const result = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'timeout' : err.code === 'ECONNRESET' ? 'closed' : 'alert_sent';
+    handshakeChannel.publish({ version: 'TLSv1.3', suite: '', group: '', keyType: '', resumed: false, result, durationMs: since(s), signWaitMs: 0, listener } satisfies TlsHandshakeEvent);
+  });
+}
+
 /** Listens with node:tls on the listener's address and port. */
 export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSecureConnection, settings) => {
   let contexts = buildContexts(listener);
@@ -91,6 +122,7 @@ export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSec
     noDelay: true,
     SNICallback: (name, cb) => cb(null, contexts.pick(name)),
   });
+  observeHandshakes(server, listener.name);
   server.on('secureConnection', onSecureConnection);
   server.on('tlsClientError', () => { /* the peer's failed handshake; it gets its alert, we carry on */ });
   await new Promise<void>((resolve, reject) => {
