@@ -184,3 +184,20 @@ t.test('WebCrypto: subtle.sign with an HSM key returns raw ECDSA that node webcr
   t.equal(digest.byteLength, 32, 'other calls delegate to node webcrypto');
   await engine.close();
 });
+
+t.test('a signature that does not arrive within the deadline fails with ENGINE_ERR_TIMEOUT and frees its slot', async (t) => {
+  const hsm = new FakeHsm();
+  const backend = new SimBackend({ client: hsm, clusterId: CLUSTER, credentials: creds });
+  const admission = new Admission({ maxInFlight: 1 });
+  const engine = new Engine({ backends: { sim: backend }, admission, signTimeoutMs: 50 });
+  const made = await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'slow' });
+  const signer = await engine.signer(made.ref!);
+  hsm.signDelayMs = 2000;
+  const t0 = Date.now();
+  await t.rejects(signer.sign(0x0403, Buffer.from('x')), { code: 'ENGINE_ERR_TIMEOUT', message: /within 50 ms/ });
+  t.ok(Date.now() - t0 < 1500, 'rejected long before the HSM would have answered');
+  t.equal(admission.inFlight, 0, 'slot released');
+  hsm.signDelayMs = 0;
+  t.ok(await signer.sign(0x0403, Buffer.from('x')), 'the next signature goes through');
+  await engine.close();
+});

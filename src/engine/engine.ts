@@ -23,6 +23,8 @@ export interface EngineOptions {
   admission?: AdmissionOptions | Admission;
   /** Verify-after-sign policy (default: RSA only). */
   verify?: VerifyPolicy;
+  /** Deadline per signature, queueing included (default 10 s; 0 = none). */
+  signTimeoutMs?: number;
 }
 
 /** Per-signer options. */
@@ -30,6 +32,7 @@ export interface SignerOptions {
   /** An extra gate in front of the global one, e.g. per listener. */
   admission?: Admission;
   verify?: VerifyPolicy;
+  signTimeoutMs?: number;
 }
 
 /** Where a reference's key lives, as a cache key for opened backends. */
@@ -45,6 +48,7 @@ export class Engine {
   private readonly opened = new Map<string, Promise<Backend>>();
   private readonly owners = new WeakMap<KeyHandle, Backend>();
   private readonly verify: VerifyPolicy;
+  private readonly signTimeoutMs?: number;
   private soft?: SoftBackend;
   private crypto?: EngineCrypto;
   private closed = false;
@@ -54,6 +58,7 @@ export class Engine {
     this.openers = opts.openers ?? {};
     this.admission = opts.admission instanceof Admission ? opts.admission : new Admission(opts.admission);
     this.verify = opts.verify ?? 'rsa';
+    this.signTimeoutMs = opts.signTimeoutMs;
   }
 
   /** The backend for a reference: a ready one of its kind, else one opened (once) for its location. */
@@ -111,7 +116,7 @@ export class Engine {
     const backend = this.owners.get(handle);
     if (!backend) throw new UnsupportedError(`key ${handle.keyId} was not resolved through this engine`);
     const gates = opts.admission ? [opts.admission, this.admission] : [this.admission];
-    return new EngineSigner({ backend, key: handle, gates, verify: opts.verify ?? this.verify });
+    return new EngineSigner({ backend, key: handle, gates, verify: opts.verify ?? this.verify, timeoutMs: opts.signTimeoutMs ?? this.signTimeoutMs });
   }
 
   /** The WebCrypto provider whose sign for HSM keys goes to the HSM. */

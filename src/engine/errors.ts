@@ -86,6 +86,14 @@ export class OverloadedError extends EngineError {
   }
 }
 
+/** The signature did not arrive within the engine's deadline (the HSM request is cancelled). */
+export class SignTimeoutError extends EngineError {
+  constructor(ms: number) {
+    super(`no signature from the HSM within ${ms} ms; the request was cancelled (the HSMs are slow or unreachable)`, 'ENGINE_ERR_TIMEOUT');
+    this.name = 'SignTimeoutError';
+  }
+}
+
 /** The caller's AbortSignal fired before the signature was produced. */
 export class AbortedError extends EngineError {
   constructor() {

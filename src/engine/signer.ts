@@ -9,7 +9,7 @@ import type { Admission } from './admission.js';
 import type { Backend, BackendKind, KeyHandle } from './backend.js';
 import { derToRaw, rawToDer } from './ecdsa.js';
 import { DerError } from './der.js';
-import { AbortedError, BackendError, BadSignatureError, EngineError, UnsupportedError } from './errors.js';
+import { AbortedError, BackendError, BadSignatureError, EngineError, SignTimeoutError, UnsupportedError } from './errors.js';
 import { mechanismFits, mechanismForScheme, schemesFor, verifySignature } from './schemes.js';
 
 /** Signer contract shared with src/tls/signer.ts (structurally identical, defined here so engine/ does not import tls/). */
@@ -48,6 +48,8 @@ export interface EngineSignerOptions {
   /** Gates applied in order (e.g. per listener, then global). */
   gates: readonly Admission[];
   verify?: VerifyPolicy;
+  /** Deadline for one signature, queueing included (default 10 s); 0 = none. */
+  timeoutMs?: number;
 }
 
 /** Signs with one HSM key on behalf of TLS and PKI code. */
@@ -61,6 +63,7 @@ export class EngineSigner implements Signer {
   private readonly backend: Backend;
   private readonly gates: readonly Admission[];
   private readonly verify: boolean;
+  private readonly timeoutMs: number;
 
   constructor(opts: EngineSignerOptions) {
     this.backend = opts.backend;
@@ -73,6 +76,7 @@ export class EngineSigner implements Signer {
     this.schemes = Object.freeze(schemesFor(this.algorithm));
     const policy = opts.verify ?? 'rsa';
     this.verify = policy === 'all' || (policy === 'rsa' && this.keyType === 'rsa');
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
   }
 
   /** Signs `data` for TLS with `scheme`; returns the wire form (DER for ECDSA). */
@@ -96,15 +100,27 @@ export class EngineSigner implements Signer {
 
   private async run(scheme: number, mechanism: Mechanism, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
     const start = performance.now();
+    // One signal for queue, HSM request and deadline: the caller's abort or our timer cancels all.
+    const ac = new AbortController();
+    let timedOut = false;
+    const onAbort = (): void => ac.abort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) ac.abort();
+    const timer = this.timeoutMs > 0 ? setTimeout(() => { timedOut = true; ac.abort(); }, this.timeoutMs) : undefined;
+    timer?.unref?.();
     try {
-      const sig = await this.gated(0, () => this.produce(mechanism, data, signal), signal);
-      if (signal?.aborted) throw new AbortedError();
+      const sig = await this.gated(0, () => this.produce(mechanism, data, ac.signal), ac.signal);
+      if (ac.signal.aborted) throw timedOut ? new SignTimeoutError(this.timeoutMs) : new AbortedError();
       this.publish(scheme, performance.now() - start, 'ok');
       return sig;
     } catch (err) {
-      const coded = err instanceof EngineError ? err : new BackendError((err as Error)?.message ?? String(err), err);
+      let coded = err instanceof EngineError ? err : new BackendError((err as Error)?.message ?? String(err), err);
+      if (timedOut && !(signal?.aborted)) coded = new SignTimeoutError(this.timeoutMs);
       this.publish(scheme, performance.now() - start, coded.code);
       throw coded;
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
     }
   }
 
