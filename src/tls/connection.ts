@@ -25,8 +25,11 @@ export type ConnectionEvent =
 export const Limits = {
   /** Consecutive zero-length application_data records (rustls: 32). */
   emptyRecords: 32,
-  /** Unencrypted middlebox CCS records accepted during the handshake (RFC 8446 §5: the client sends one). */
-  compatCcs: 1,
+  /**
+   * Unencrypted middlebox CCS records accepted during the handshake. A client sends one (RFC 8446
+   * §5, D.4); like rustls we tolerate a second (e.g. one per ClientHello around an HRR) and no more.
+   */
+  compatCcs: 2,
   /** Warning alerts (user_canceled) tolerated. */
   warningAlerts: 4,
   /** Bytes of declined 0-RTT data skipped before giving up (RFC 8446 §4.2.10). */
