@@ -147,3 +147,23 @@ t.test('kill -9 in the middle of a burst of key creations: the store opens and h
     await again.close();
   }
 });
+
+t.test('a data directory held by another live process is refused; a dead holder is taken over', async (t) => {
+  const f = await freshHsm(t);
+  await f.cu('alice');
+  await f.hsm.close();
+  const child = spawn(process.execPath, ['--import=tsx', CHILD, f.dir, 'alice', 'alice-password', 'hold'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const guard = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  t.teardown(() => { clearTimeout(guard); if (child.exitCode === null) child.kill('SIGKILL'); });
+  const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.setEncoding('utf8').on('data', (d: string) => { if (d.includes('ready')) resolve(); });
+    child.on('close', () => reject(new Error('child exited before it was ready')));
+  });
+  await t.rejects(Hsm.open({ ...f.opts, initialPassword: undefined }), { code: 'HSM_ERR_STORE', message: new RegExp(`in use by process ${child.pid}`) });
+  child.kill('SIGKILL');
+  await exited;
+  const again = await Hsm.open({ ...f.opts, initialPassword: undefined });
+  t.teardown(() => again.close());
+  t.equal((await again.login('alice', 'alice-password')).user, 'alice');
+});

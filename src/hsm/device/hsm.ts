@@ -84,36 +84,41 @@ export class Hsm {
     if (!Number.isInteger(lockoutThreshold) || lockoutThreshold < 1) throw new InvalidArgumentError('lockoutThreshold must be a positive integer');
     const capacity = new CapacityModel(opts.capacity);
     const store = await DeviceStore.open(opts.dir);
-    const users = new UserTable({ maxUsers: opts.maxUsers ?? DEFAULT_MAX_USERS, lockoutThreshold, scryptCost: opts.scryptCost ?? DEFAULT_SCRYPT_COST });
-    const recs = await store.readUsers();
-    let fresh = false;
-    if (recs) {
-      users.replaceAll(recs);
-    } else {
-      if (opts.initialPassword === undefined) {
-        throw new InvalidArgumentError(`${opts.dir} holds no HSM yet; initialise it with the one-time PRECO password (hsmproxy cluster init)`);
+    try {
+      const users = new UserTable({ maxUsers: opts.maxUsers ?? DEFAULT_MAX_USERS, lockoutThreshold, scryptCost: opts.scryptCost ?? DEFAULT_SCRYPT_COST });
+      const recs = await store.readUsers();
+      let fresh = false;
+      if (recs) {
+        users.replaceAll(recs);
+      } else {
+        if (opts.initialPassword === undefined) {
+          throw new InvalidArgumentError(`${opts.dir} holds no HSM yet; initialise it with the one-time PRECO password (hsmproxy cluster init)`);
+        }
+        users.add(await users.makeRecord(PRECO_USER, 'PRECO', opts.initialPassword));
+        await store.writeUsers(() => users.records());
+        fresh = true;
       }
-      users.add(await users.makeRecord(PRECO_USER, 'PRECO', opts.initialPassword));
-      await store.writeUsers(() => users.records());
-      fresh = true;
+      const clusterKey = await resolveClusterKey(store, opts.clusterKey);
+      const objects = new ObjectStore(opts.maxKeys ?? DEFAULT_MAX_KEYS);
+      for (const r of await store.readKeys()) {
+        const k = fromRecord(r);
+        if (objects.get(k.attrs.keyId)) throw new StoreError(`duplicate key ${k.attrs.keyId} in ${opts.dir}`);
+        objects.put(k);
+      }
+      const auditLog = AuditLog.open(join(opts.dir, 'audit.log'));
+      let replication: Replication | undefined;
+      const ctx: DeviceContext = {
+        hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
+        audit: (e: AuditEntry) => auditLog.append({ hsm: opts.hsmId, ...e }),
+        bump: () => replication?.bump(),
+      };
+      const hsm = new Hsm(ctx, auditLog, (c) => (replication = new Replication(c)));
+      ctx.audit({ event: fresh ? 'hsm.init' : 'hsm.open', ok: true, keys: objects.occupancy().token, users: users.size });
+      return hsm;
+    } catch (e) {
+      await store.release();
+      throw e;
     }
-    const clusterKey = await resolveClusterKey(store, opts.clusterKey);
-    const objects = new ObjectStore(opts.maxKeys ?? DEFAULT_MAX_KEYS);
-    for (const r of await store.readKeys()) {
-      const k = fromRecord(r);
-      if (objects.get(k.attrs.keyId)) throw new StoreError(`duplicate key ${k.attrs.keyId} in ${opts.dir}`);
-      objects.put(k);
-    }
-    const auditLog = AuditLog.open(join(opts.dir, 'audit.log'));
-    let replication: Replication | undefined;
-    const ctx: DeviceContext = {
-      hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
-      audit: (e: AuditEntry) => auditLog.append({ hsm: opts.hsmId, ...e }),
-      bump: () => replication?.bump(),
-    };
-    const hsm = new Hsm(ctx, auditLog, (c) => (replication = new Replication(c)));
-    ctx.audit({ event: fresh ? 'hsm.init' : 'hsm.open', ok: true, keys: objects.occupancy().token, users: users.size });
-    return hsm;
   }
 
   /** Creates a new HSM in the empty `opts.dir` from a `snapshot()` of another (clone/restore); needs `opts.clusterKey`. */
@@ -121,10 +126,15 @@ export class Hsm {
     if (!opts?.clusterKey || opts.clusterKey.length !== 32) throw new InvalidArgumentError('restoring a snapshot needs the 32-byte cluster key');
     const contents = readSnapshot(opts.clusterKey, snapshot);
     const store = await DeviceStore.open(opts.dir);
-    if (await store.readUsers()) throw new InvalidArgumentError(`${opts.dir} already holds an HSM; restore into an empty directory`);
-    if ((await readdir(join(opts.dir, 'keys'))).length > 0) throw new InvalidArgumentError(`${opts.dir} already holds keys; restore into an empty directory`);
-    for (const r of contents.keys) await store.writeKey(r);
-    await store.writeUsers(() => contents.users);
+    try {
+      if (await store.readUsers()) throw new InvalidArgumentError(`${opts.dir} already holds an HSM; restore into an empty directory`);
+      if ((await readdir(join(opts.dir, 'keys'))).length > 0) throw new InvalidArgumentError(`${opts.dir} already holds keys; restore into an empty directory`);
+      for (const r of contents.keys) await store.writeKey(r);
+      await store.writeUsers(() => contents.users);
+    } catch (e) {
+      await store.release();
+      throw e;
+    }
     const hsm = await Hsm.open({ ...opts, initialPassword: undefined });
     hsm.ctx.audit({ event: 'hsm.restore', ok: true, from: contents.sourceHsm, takenAt: contents.takenAt, keys: contents.keys.length });
     return hsm;
@@ -137,6 +147,7 @@ export class Hsm {
     this.ctx.audit({ event: 'hsm.close', ok: true });
     this.closed = true;
     this.auditLog.close();
+    await this.ctx.store.release();
   }
 
   // ---- users and sessions ----

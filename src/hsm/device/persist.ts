@@ -15,6 +15,7 @@ import type { UserRecord } from './users.js';
 const MASTER = 'master.key';
 const USERS = 'users.sealed';
 const CLUSTER = 'cluster-key.sealed';
+const LOCK = 'lock';
 const KEYS = 'keys';
 const TMP = '.tmp-';
 const KEY_ID = /^[0-9a-f]{32}$/;
@@ -56,6 +57,27 @@ async function removeTemps(dir: string): Promise<void> {
   for (const f of await readdir(dir)) if (f.includes(TMP)) await unlink(join(dir, f)).catch(() => undefined);
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+// One process per data directory: two would each keep their own view and overwrite the
+// other's user table. A lock left by a killed process (its pid gone) is taken over; the
+// same process may reopen its own directory (tests, restarts in place).
+async function takeLock(dir: string): Promise<void> {
+  const held = await readIfExists(join(dir, LOCK));
+  const pid = held ? Number(held.toString('utf8').trim()) : NaN;
+  if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+    throw new StoreError(`the HSM data directory ${dir} is in use by process ${pid}; stop that HSM first (or remove ${join(dir, LOCK)} if it is not an hsmproxy process)`);
+  }
+  await writeAtomic(dir, LOCK, Buffer.from(`${process.pid}\n`), 0o600);
+}
+
 /** One HSM's sealed files. */
 export class DeviceStore {
   private usersWrite: Promise<void> = Promise.resolve();
@@ -74,11 +96,18 @@ export class DeviceStore {
         await writeAtomic(dir, MASTER, master, 0o600);
       }
       if (master.length !== 32) throw new StoreError(`${join(dir, MASTER)} is not a 32-byte master key; restore it from a backup`);
+      await takeLock(dir);
       return new DeviceStore(dir, master);
     } catch (e) {
       if (e instanceof StoreError) throw e;
       throw new StoreError(`cannot open the HSM data directory ${dir}: ${(e as Error).message}`);
     }
+  }
+
+  /** Releases the directory lock if this process holds it. */
+  async release(): Promise<void> {
+    const held = await readIfExists(join(this.dir, LOCK));
+    if (held && Number(held.toString('utf8').trim()) === process.pid) await unlink(join(this.dir, LOCK)).catch(() => undefined);
   }
 
   /** The user table, or undefined for a fresh directory. */
