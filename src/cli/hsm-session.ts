@@ -4,9 +4,11 @@
 // Commands call `withHsm`; issue 3 swaps its connection for the cluster client in one place.
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
+import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { HsmConnection } from '../hsm/client/connection.js';
 import { clusterPath, findHsm, readManifest, type ClusterManifest, type ManifestHsm } from '../hsm/cluster/manifest.js';
 import type { KeyClass, KeyInfo } from '../hsm/protocol/index.js';
+import { openCluster } from './cluster-session.js';
 import { UsageError } from './run.js';
 
 /** Options every HSM command takes. */
@@ -89,12 +91,23 @@ export async function connectHsm(dir: string, m: ClusterManifest, h: ManifestHsm
   }
 }
 
-/** Opens a logged-in connection to the chosen HSM (default: the first), runs `fn`, closes. */
-export async function withHsm<T>(opts: HsmCommandOptions, fn: (conn: HsmConnection, ctx: { dir: string; manifest: ClusterManifest }) => Promise<T>): Promise<T> {
+/** What commands talk to: the whole cluster (default) or, with --hsm, one HSM; same methods. */
+export type HsmClient = HsmConnection | ClusterClient;
+
+/** Opens a logged-in client — the cluster, or the HSM chosen with --hsm — runs `fn`, closes. */
+export async function withHsm<T>(opts: HsmCommandOptions, fn: (conn: HsmClient, ctx: { dir: string; manifest: ClusterManifest }) => Promise<T>): Promise<T> {
   const dir = clusterDir(opts);
   const manifest = await readManifest(dir);
   const h = findHsm(manifest, opts.hsm);
   const pin = await readPin();
+  if (opts.hsm === undefined) {
+    const cluster = await openCluster(dir, manifest, pin);
+    try {
+      return await fn(cluster, { dir, manifest });
+    } finally {
+      await cluster.close();
+    }
+  }
   const conn = await connectHsm(dir, manifest, h);
   try {
     await conn.login(pin.user, pin.password);
@@ -105,7 +118,7 @@ export async function withHsm<T>(opts: HsmCommandOptions, fn: (conn: HsmConnecti
 }
 
 /** Finds a key by id or label; with a label naming both halves of a pair, `prefer` picks one. */
-export async function resolveKey(conn: HsmConnection, k: string, prefer?: KeyClass): Promise<KeyInfo> {
+export async function resolveKey(conn: HsmClient, k: string, prefer?: KeyClass): Promise<KeyInfo> {
   if (/^[0-9a-f]{32}$/i.test(k)) {
     try {
       return await conn.getKey(k.toLowerCase());

@@ -23,6 +23,8 @@ export interface ClusterBaseOptions<C extends HsmLink> {
   busyBackoffMs?: number;
   /** How long a request waits for some HSM to be in rotation before failing (default 3,000 ms). */
   waitForHsmMs?: number;
+  /** `start` fails with the first HSM's error when no HSM could be reached or logged in to (CLI use; default false: keep trying). */
+  requireOne?: boolean;
 }
 
 /** Per-HSM counters readable by callers (backpressure, balancing tests, status). */
@@ -68,6 +70,16 @@ export class ClusterBase<C extends HsmLink> {
     await Promise.all(this.opts.members.map((m) => this.addNode(m)));
     this.settled = true;
     await this.settleInitial();
+    const nodes = [...this.nodes.values()];
+    if (this.opts.requireOne && !nodes.some((n) => n.available)) {
+      // A refused login says more than "unreachable": report it first.
+      const errors = nodes.map((n) => n.lastError).filter((e) => e !== undefined);
+      const err = errors.find((e) => !isTransportError(e)) ?? errors[0];
+      if (err) {
+        await this.close();
+        throw err;
+      }
+    }
   }
 
   /** Adds (and connects) an HSM; used at start and on membership changes. */

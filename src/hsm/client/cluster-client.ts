@@ -73,6 +73,15 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     return [...this.nodes.values()].map((n) => n.address);
   }
 
+  /** The user the client is logged in as (from any live connection), as HsmConnection reports it. */
+  get user(): LoginInfo | undefined {
+    for (const n of this.nodes.values()) {
+      const u = n.currentLink?.user;
+      if (u) return u;
+    }
+    return undefined;
+  }
+
   private pinFor(keyId: string): string | undefined {
     return this.sessionKeys.get(keyId);
   }

@@ -4,7 +4,7 @@
 // HSM is known to be in sync with its peers.
 import type { HsmInfo } from '../protocol/types.js';
 import { ClientClosedError, NoHealthyHsmError } from './cluster-errors.js';
-import { publishState, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
+import { isTransportError, publishState, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
 
 /** Tuning of one node; defaults suit loopback HSMs. */
 export interface HsmNodeOptions {
@@ -84,9 +84,10 @@ export class HsmNode<C extends HsmLink> {
     return this.connecting;
   }
 
-  /** Changes the login used for future (re)connects. */
+  /** Changes the login used for future (re)connects; a node that was refused tries again with it. */
   setCredentials(credentials: LoginCredentials): void {
     this.credentials = credentials;
+    if (this.status === 'down' && !this.reconnectTimer && !this.connecting) void this.start();
   }
 
   private async connect(): Promise<void> {
@@ -101,7 +102,8 @@ export class HsmNode<C extends HsmLink> {
       this.lastError = err;
       this.status = 'down';
       this.emitState();
-      this.scheduleReconnect();
+      // Retrying a refused login would only lock the account: wait for new credentials instead.
+      if (isTransportError(err)) this.scheduleReconnect();
       return;
     }
     if (this.isClosed()) {
