@@ -71,6 +71,7 @@ t.test('a WebSocket echoes through the proxy', async (t) => {
   });
   ws.close();
   t.equal(reply, 'ping through hsmproxy');
+  t.ok(h.logs.some((l) => l.type === 'access' && l.status === 101 && l.upgrade === 'websocket' && l.path === '/ws'), 'the upgrade is in the access log');
 });
 
 t.test('each request writes one access log line with the documented fields', async (t) => {

@@ -132,7 +132,6 @@ export class Forwarder {
       this.logger.warn({ requestId: ctx.requestId, upstream: target.url, err: err.message }, 'websocket upstream failed');
       if (clientSocket.writable) refuse(502, 'the upstream server refused the WebSocket connection');
     });
-    this.logger.info({ type: 'access', method: req.method, host: req.headers.host, path: req.url, status: 101, upgrade: 'websocket', upstream: target.url, route: route.name, requestId: ctx.requestId }, 'websocket');
   }
 
   /** Closes idle upstream connections held by http-proxy. */
@@ -172,7 +171,14 @@ export class Forwarder {
     // Idle timeout on the upstream socket: no response head, or a stalled body, for responseMs.
     proxyReq.setTimeout(timeouts.responseMs, () => proxyReq.destroy(new UpstreamTimeoutError(target, 'response', timeouts.responseMs)));
     // An established WebSocket may stay quiet for as long as its peers like.
-    if (websocket) proxyReq.once('upgrade', (_res, s) => s.setTimeout(0));
+    if (!websocket) return;
+    proxyReq.once('upgrade', (_res, s) => {
+      s.setTimeout(0);
+      this.logger.info({
+        type: 'access', method: req.method, host: req.headers.host, path: req.url, status: 101, upgrade: 'websocket',
+        upstream: target, route: ctx.route?.name, durationMs: Math.round((performance.now() - ctx.start) * 1e3) / 1e3, requestId: ctx.requestId,
+      }, 'websocket');
+    });
   }
 
   private onUpstreamError(err: Error, res: ServerResponse | Duplex, ctx: RequestContext): void {
