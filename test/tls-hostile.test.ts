@@ -1,5 +1,5 @@
-// Hostile input: thousands of mutated ClientHellos and records against a TlsServer over loopback,
-// and the same mutations fed to a sans-IO ServerConnection in memory. The process must never
+// Hostile input: 2,000 mutated ClientHellos and records against a TlsServer over loopback, and
+// 3,000 more fed to a sans-IO ServerConnection in memory. The process must never
 // throw, every connection must end (alert or close), nothing may leak, and a good client must
 // still complete a handshake afterwards.
 import t from 'tap';
@@ -231,7 +231,7 @@ t.test('thousands of mutated ClientHellos and records over TCP: no throw, no lea
   const port = (server.address() as net.AddressInfo).port;
   const timersBefore = timers();
 
-  const total = 3000; const parallel = 64;
+  const total = 2000; const parallel = 64; // plus 3,000 in memory above; keeps the file well under 30 s on a busy 2-core box
   const result: RunResult = { alert: 0, closedOnly: 0, stuck: 0 };
   const kinds = new Map<string, number>();
   const started = Date.now();
