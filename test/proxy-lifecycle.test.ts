@@ -4,6 +4,7 @@ import https from 'node:https';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
+import WebSocket from 'ws';
 import { ReloadRefusedError } from '../src/proxy/index.js';
 import { baseYaml, startHarness, type Harness } from './helpers/proxy-harness.js';
 import { issue } from './helpers/proxy-certs.js';
@@ -106,4 +107,20 @@ t.test('reload and start are refused on a stopped proxy', async (t) => {
   await h.proxy.shutdown(100);
   await t.rejects(h.proxy.reload(h.proxy.config), { code: 'PROXY_ERR_STATE' });
   await t.rejects(h.proxy.start(), { code: 'PROXY_ERR_STATE' });
+});
+
+t.test('an open WebSocket keeps working across a reload', async (t) => {
+  const h = await startHarness(t, routeYaml('up0'), { upstreamCount: 2 });
+  const ws = new WebSocket(`wss://localhost:${h.port}/ws`, { ca: readFileSync(h.ca) });
+  t.teardown(() => ws.terminate());
+  const echo = (text: string) => new Promise<string>((resolve, reject) => {
+    ws.once('message', (d) => resolve(String(d)));
+    ws.once('error', reject);
+    ws.send(text);
+  });
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  t.equal(await echo('before'), 'before');
+  await h.proxy.reload(h.config(routeYaml('up1')));
+  t.equal(await echo('after'), 'after', 'same connection, still echoing');
+  t.equal(JSON.parse((await h.curl('/')).body).upstream, 'up1', 'while new requests use the new routes');
 });
