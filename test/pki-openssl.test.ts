@@ -148,3 +148,18 @@ t.test('ca csr: an offline openssl root signs the HSM intermediate, which then i
   t.equal(v.code, 0, v.stderr);
   t.match(v.stdout, /deep\.crt: OK/, 'root → HSM intermediate → leaf verifies');
 });
+
+t.test('node:tls (OpenSSL) accepts a reference with its certificate as a matching pair, and refuses a mismatched one', async (t) => {
+  const { createSecureContext } = await import('node:tls');
+  const rsa = await newKey({ type: 'rsa', bits: 2048 }, 'tls-rsa');
+  const ec = await newKey({ type: 'ec', curve: 'P-256' }, 'tls-ec');
+  const rsaCert = certPem(await selfSign(rsa.key, { subject: 'CN=rsa', days: 1 }));
+  const ecCert = certPem(await selfSign(ec.key, { subject: 'CN=ec', days: 1 }));
+  const rsaRef = await readFile(rsa.refFile, 'utf8');
+  const ecRef = await readFile(ec.refFile, 'utf8');
+  t.doesNotThrow(() => createSecureContext({ key: rsaRef, cert: rsaCert }), 'RSA reference + its certificate');
+  t.doesNotThrow(() => createSecureContext({ key: ecRef, cert: ecCert }), 'EC reference + its certificate');
+  const other = await newKey({ type: 'ec', curve: 'P-256' }, 'tls-ec-other');
+  const otherCert = certPem(await selfSign(other.key, { subject: 'CN=other', days: 1 }));
+  t.throws(() => createSecureContext({ key: ecRef, cert: otherCert }), /key values mismatch/, 'the usual key/certificate mismatch check still works');
+});
