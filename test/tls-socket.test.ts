@@ -44,7 +44,8 @@ const until = async (cond: () => boolean, ms = 3000): Promise<void> => {
 };
 
 t.test('a completed handshake is observed with suite, group, key type and signature wait', async (t) => {
-  const s = await start({ latencyMs: 20 });
+  const seen: HandshakeObservation[] = [];
+  const s = await start({ latencyMs: 20 }, { onHandshake: (o) => seen.push(o) });
   t.teardown(s.close);
   const c = await client(s.port);
   c.end();
@@ -53,6 +54,7 @@ t.test('a completed handshake is observed with suite, group, key type and signat
   t.match(o, { version: 'TLSv1.3', suite: 'TLS_AES_128_GCM_SHA256', group: 'x25519', keyType: 'ec', resumed: false, servername: 'localhost', listener: 'test' });
   t.ok(o.signWaitMs >= 15, `signWaitMs ${o.signWaitMs} covers the signer latency`);
   t.ok(o.durationMs >= o.signWaitMs);
+  t.same(seen, [o], 'the onHandshake observer got the same observation');
 });
 
 t.test('a signer past its deadline fails only that handshake with internal_error and is aborted', async (t) => {

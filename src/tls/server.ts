@@ -5,6 +5,7 @@ import { createServer as createNetServer, type AddressInfo, type ListenOptions, 
 import type { TlsError } from './alert.js';
 import { prepareCertEntry, type CertEntry } from './certselect.js';
 import { ServerConnection } from './connection.js';
+import type { HandshakeObservation } from './observe.js';
 import type { HandshakeConfig } from './handshake13.js';
 import type { CertifiedKey } from './signer.js';
 import { MAX_TICKET_LIFETIME_S } from './session.js';
@@ -33,6 +34,8 @@ export interface TlsServerOptions {
   verifyAfterSign?: boolean | 'rsa';
   /** Listener name reported in handshake observations. */
   name?: string;
+  /** Called once per handshake with its timings and outcome (also published on HANDSHAKE_CHANNEL). */
+  onHandshake?: (o: HandshakeObservation) => void;
   /** Keep a socket writable after the peer's close_notify/FIN (default false, as node:tls). */
   allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
@@ -92,6 +95,7 @@ export class TlsServer extends EventEmitter {
       handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
       listener: this.options.name,
       allowHalfOpen: this.options.allowHalfOpen,
+      onHandshake: this.options.onHandshake,
     });
     let settled = false;
     const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };

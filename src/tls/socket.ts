@@ -20,6 +20,8 @@ export interface TlsSocketOptions {
   listener?: string;
   /** Keep the writable side open after the peer ends (default false, as node:tls). */
   allowHalfOpen?: boolean;
+  /** Observer called once per handshake, in addition to the diagnostics channel. */
+  onHandshake?: (o: HandshakeObservation) => void;
 }
 
 /** A TLS 1.3 server-side socket (encrypted = true), usable wherever a net.Socket is. */
@@ -197,6 +199,7 @@ export class TlsSocket extends Duplex {
     if (n.servername) o.servername = n.servername;
     if (this.opts.listener) o.listener = this.opts.listener;
     publishHandshake(o);
+    this.opts.onHandshake?.(o);
   }
 
   private clearHandshakeTimer(): void {
