@@ -57,12 +57,16 @@ export function register(program: Command): void {
       const pin = await readPin('pre-crypto-officer');
       const newPassword = await readNewPassword(`crypto officer ${pin.user}`);
       const activated: string[] = [];
+      let users: Buffer | undefined;
       for (const h of m.hsms) {
         const conn = await connectHsm(dir, m, h);
         try {
           const who = await conn.login(pin.user, pin.password);
           if (who.role !== 'PRECO') throw new UsageError(`${pin.user} on ${h.id} is already a ${who.role}: the cluster is activated`, 1);
           await conn.changePassword(newPassword);
+          // Every HSM takes the first one's user table, so password hashes (and state digests) match: the HSMs are clones.
+          if (users) await conn.importUsers(users);
+          else users = await conn.exportUsers();
           activated.push(h.id);
         } finally {
           conn.destroy();

@@ -1,0 +1,137 @@
+// `hsmproxy cluster start` supervises every HSM of the manifest: the CLI commands work through
+// the cluster (users and keys land on every HSM), a crashed HSM is restarted, SIGTERM stops all
+// children cleanly, and a SIGKILLed supervisor leaves no HSM process behind.
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cliEntry, repoRoot, runCli } from './helpers/cli.js';
+
+// Child processes and CLI spawns are slow on a loaded 2-core CI box: allow for it.
+t.setTimeout(120_000);
+
+function freePort(port = 0): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(undefined));
+    s.listen(port, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+// A base port with `n` free ports after it (the manifest gives HSMs consecutive ports).
+async function freeRange(n: number): Promise<number> {
+  for (let i = 0; i < 20; i++) {
+    const base = await freePort();
+    if (!base || base + n > 65535) continue;
+    let ok = true;
+    for (let k = 1; k < n && ok; k++) ok = (await freePort(base + k)) !== undefined;
+    if (ok) return base;
+  }
+  throw new Error('no free port range');
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  return cond();
+}
+
+interface Started { proc: ChildProcess; events: Array<{ event: string; hsm: string; pid?: number }>; pids(): Map<string, number> }
+
+// Runs `cluster start --json` and collects its event lines.
+function start(dir: string): Started {
+  const proc = spawn(process.execPath, ['--import=tsx', cliEntry, 'cluster', 'start', '--dir', dir, '--json'], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'inherit'] });
+  const events: Started['events'] = [];
+  let buf = '';
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    let i: number;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        events.push(JSON.parse(line) as Started['events'][number]);
+      } catch {
+        // not an event line
+      }
+    }
+  });
+  return {
+    proc, events,
+    pids: () => {
+      const m = new Map<string, number>();
+      for (const e of events) {
+        if (e.event === 'started' && e.pid) m.set(e.hsm, e.pid);
+        if (e.event === 'exited' || e.event === 'stopped') m.delete(e.hsm);
+      }
+      return m;
+    },
+  };
+}
+
+t.test('cluster start runs, restarts and stops the HSMs; the CLI goes through the cluster', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-sup-'));
+  const spawned: number[] = [];
+  t.teardown(async () => {
+    for (const p of spawned) if (alive(p)) process.kill(p, 'SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+  const base = await freeRange(3);
+  const init = await runCli(['cluster', 'init', '--dir', dir, '--hsms', '3', '--base-port', String(base), '--json']);
+  t.equal(init.code, 0, init.stderr);
+  const { precoPassword } = JSON.parse(init.stdout) as { precoPassword: string };
+
+  const run = start(dir);
+  spawned.push(run.proc.pid!);
+  t.ok(await until(() => run.pids().size === 3, 30_000), 'three HSM processes started');
+  for (const p of run.pids().values()) spawned.push(p);
+
+  const act = await runCli(['cluster', 'activate', '--dir', dir], { env: { HSMPROXY_PIN: `admin:${precoPassword}`, HSMPROXY_NEW_PASSWORD: 'co-password-1' } });
+  t.equal(act.code, 0, act.stderr);
+  const mk = await runCli(['user', 'create', '--dir', dir, '--name', 'alice'], { env: { HSMPROXY_PIN: 'admin:co-password-1', HSMPROXY_NEW_PASSWORD: 'alice-password-1' } });
+  t.equal(mk.code, 0, mk.stderr);
+  const gen = await runCli(['key', 'generate', '--dir', dir, '--type', 'ec:p256', '--label', 'web', '--json'], { env: { HSMPROXY_PIN: 'alice:alice-password-1' } });
+  t.equal(gen.code, 0, gen.stderr);
+
+  const st = await runCli(['cluster', 'status', '--dir', dir, '--json']);
+  const status = JSON.parse(st.stdout) as { hsms: Array<{ id: string; up: boolean; inSync: boolean; users: number; keysToken: number }> };
+  t.same(status.hsms.map((h) => [h.id, h.up, h.inSync, h.users, h.keysToken]), [
+    ['hsm-1', true, true, 2, 2], ['hsm-2', true, true, 2, 2], ['hsm-3', true, true, 2, 2],
+  ], 'the user and key made through the CLI are on every HSM, all in sync');
+
+  const victim = run.pids().get('hsm-2')!;
+  process.kill(victim, 'SIGKILL');
+  t.ok(await until(() => (run.pids().get('hsm-2') ?? victim) !== victim, 20_000), 'the crashed HSM was restarted');
+  t.ok(run.events.some((e) => e.event === 'restarting' && e.hsm === 'hsm-2'), 'with a restart event');
+  const newPid = run.pids().get('hsm-2')!;
+  spawned.push(newPid);
+
+  const all = [...run.pids().values()];
+  const exited = new Promise<number | null>((r) => run.proc.once('exit', (code) => r(code)));
+  run.proc.kill('SIGTERM');
+  t.equal(await exited, 0, 'SIGTERM stops cluster start cleanly');
+  t.ok(await until(() => all.every((p) => !alive(p)), 10_000), 'and every HSM process with it');
+
+  // A supervisor that is SIGKILLed sends its children nothing: they notice the IPC channel close.
+  const again = start(dir);
+  spawned.push(again.proc.pid!);
+  t.ok(await until(() => again.pids().size === 3, 30_000), 'restarted the cluster');
+  const orphans = [...again.pids().values()];
+  spawned.push(...orphans);
+  again.proc.kill('SIGKILL');
+  t.ok(await until(() => orphans.every((p) => !alive(p)), 10_000), 'no HSM process outlives a SIGKILLed supervisor');
+});
