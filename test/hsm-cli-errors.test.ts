@@ -1,11 +1,12 @@
 // User mistakes with the HSM commands end in one line that says what to do and a non-zero
 // exit, never a stack trace: HSM not running, no cluster, wrong password, unknown key, another
-// user's key, bad flags, init over an existing cluster, a reused one-time password.
+// user's key, bad flags, init over an existing cluster, a reused one-time password. A few cases
+// spawn the CLI to see the real stderr and exit code; the rest run it in-process (same code).
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
 import { startNode } from '../src/hsm/cluster/run-node.js';
 import { runCli, type CliResult } from './helpers/cli.js';
-import { connect, tempCluster, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
+import { cliInProcess, connect, tempCluster, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
 
 const cluster = await tempCluster();
 const port = cluster.manifest.hsms[0]?.port as number;
@@ -19,31 +20,38 @@ function oneLine(t: Test, r: CliResult, pattern: RegExp): void {
   t.match(r.stderr, pattern);
 }
 
+// In-process: the command fails with an error whose message is the one line the user would see.
+async function fails(t: Test, args: string[], vars: Record<string, string>, pattern: RegExp): Promise<void> {
+  const r = await cliInProcess(args, { ...env, ...vars });
+  t.ok(r.error, 'the command fails');
+  t.match(r.error?.message, pattern);
+  t.notMatch(r.error?.message ?? '', /\n/, 'one line');
+}
+
 t.test('a command while the HSM is not running says how to start it', async (t) => {
   const r = await runCli(['key', 'list'], { env: { ...env, HSMPROXY_PIN: 'alice:whatever' } });
   oneLine(t, r, new RegExp(`cannot reach HSM hsm-1 at 127\\.0\\.0\\.1:${port}: is it running\\? start it with \`hsmproxy hsm serve --dir ${cluster.dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} --hsm hsm-1\``));
 });
 
 t.test('a directory without a cluster says how to create one', async (t) => {
-  const r = await runCli(['key', 'list', '--dir', join(cluster.dir, 'nope')], { env: { ...env, HSMPROXY_PIN: 'a:b' } });
-  oneLine(t, r, /no cluster in .*nope.*hsmproxy cluster init/);
+  await fails(t, ['key', 'list', '--dir', join(cluster.dir, 'nope')], { HSMPROXY_PIN: 'a:b' }, /no cluster in .*nope.*hsmproxy cluster init/);
 });
 
 t.test('cluster init refuses to overwrite an existing cluster', async (t) => {
-  oneLine(t, await runCli(['cluster', 'init'], { env }), /already holds a cluster/);
+  await fails(t, ['cluster', 'init'], {}, /already holds a cluster/);
 });
 
 t.test('cluster init rejects a bad profile and a bad HSM count', async (t) => {
-  oneLine(t, await runCli(['cluster', 'init', '--dir', join(cluster.dir, 'x'), '--profile', 'fast'], { env }), /--profile must be one of unlimited, hsm1\.medium, hsm2m\.medium/);
-  oneLine(t, await runCli(['cluster', 'init', '--dir', join(cluster.dir, 'x'), '--hsms', '29'], { env }), /--hsms must be from 1 to 28/);
+  await fails(t, ['cluster', 'init', '--dir', join(cluster.dir, 'x'), '--profile', 'fast'], {}, /--profile must be one of unlimited, hsm1\.medium, hsm2m\.medium/);
+  await fails(t, ['cluster', 'init', '--dir', join(cluster.dir, 'x'), '--hsms', '29'], {}, /--hsms must be from 1 to 28/);
 });
 
 t.test('key generate with an unknown type lists the valid ones', async (t) => {
-  oneLine(t, await runCli(['key', 'generate', '--type', 'rsa:1024', '--label', 'x'], { env: { ...env, HSMPROXY_PIN: 'alice:x' } }), /--type must be one of rsa:2048, .*ec:p256/);
+  await fails(t, ['key', 'generate', '--type', 'rsa:1024', '--label', 'x'], { HSMPROXY_PIN: 'alice:x' }, /--type must be one of rsa:2048, .*ec:p256/);
 });
 
 t.test('no credentials and no terminal: says to set HSMPROXY_PIN', async (t) => {
-  oneLine(t, await runCli(['key', 'list'], { env }), /set HSMPROXY_PIN=user:password/);
+  await fails(t, ['key', 'list'], {}, /set HSMPROXY_PIN=user:password/);
 });
 
 t.test('with the HSM running', async (t) => {
@@ -59,29 +67,29 @@ t.test('with the HSM running', async (t) => {
   c.destroy();
 
   await t.test('a reused one-time PRECO password is refused', async (t) => {
-    oneLine(t, await runCli(['cluster', 'activate'], { env: { ...env, HSMPROXY_PIN: `admin:${cluster.precoPassword}`, HSMPROXY_NEW_PASSWORD: 'again-123' } }), /wrong user name or password/);
+    await fails(t, ['cluster', 'activate'], { HSMPROXY_PIN: `admin:${cluster.precoPassword}`, HSMPROXY_NEW_PASSWORD: 'again-123' }, /wrong user name or password/);
   });
   await t.test('a wrong password is one line with the attempts left', async (t) => {
     oneLine(t, await runCli(['key', 'list'], { env: { ...env, HSMPROXY_PIN: 'alice:wrong' } }), /login failed: wrong user name or password \(\d attempts? left/);
   });
   await t.test('an unknown key says how to list keys', async (t) => {
-    oneLine(t, await runCli(['key', 'show', '--key', 'no-such-label'], { env: { ...env, HSMPROXY_PIN: 'alice:alice-password' } }), /no key with id or label "no-such-label".*hsmproxy key list/);
+    await fails(t, ['key', 'show', '--key', 'no-such-label'], { HSMPROXY_PIN: 'alice:alice-password' }, /no key with id or label "no-such-label".*hsmproxy key list/);
   });
   await t.test("another CU's unshared key is invisible, by label and by id", async (t) => {
     const bob = { ...env, HSMPROXY_PIN: 'bob:bob-password' };
-    oneLine(t, await runCli(['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')], { env: bob }), /no key .* visible/);
-    oneLine(t, await runCli(['key', 'delete', '--key', 'alice-key'], { env: bob }), /no key with id or label "alice-key"/);
+    await fails(t, ['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')], bob, /no key .* visible/);
+    await fails(t, ['key', 'delete', '--key', 'alice-key'], bob, /no key with id or label "alice-key"/);
   });
   await t.test('a crypto officer cannot sign', async (t) => {
-    oneLine(t, await runCli(['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
-      { env: { ...env, HSMPROXY_PIN: 'admin:co-password' } }), /no key|permission denied/);
+    await fails(t, ['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
+      { HSMPROXY_PIN: 'admin:co-password' }, /no key|permission denied/);
   });
   await t.test('a missing input file names the file', async (t) => {
-    oneLine(t, await runCli(['crypto', 'sign', '--key', 'alice-key', '--in', '/nonexistent/file', '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
-      { env: { ...env, HSMPROXY_PIN: 'alice:alice-password' } }), /cannot read input file \/nonexistent\/file \(ENOENT\)/);
+    await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', '/nonexistent/file', '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
+      { HSMPROXY_PIN: 'alice:alice-password' }, /cannot read input file \/nonexistent\/file \(ENOENT\)/);
   });
   await t.test('an unknown mechanism lists the valid ones', async (t) => {
-    oneLine(t, await runCli(['crypto', 'sign', '--key', 'alice-key', '--in', join(cluster.dir, 'cluster.json'), '--mech', 'md5', '--out', join(cluster.dir, 'sig')],
-      { env: { ...env, HSMPROXY_PIN: 'alice:alice-password' } }), /--mech must be one of rsa-pss-sha256/);
+    await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', join(cluster.dir, 'cluster.json'), '--mech', 'md5', '--out', join(cluster.dir, 'sig')],
+      { HSMPROXY_PIN: 'alice:alice-password' }, /--mech must be one of rsa-pss-sha256/);
   });
 });

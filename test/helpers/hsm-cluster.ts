@@ -80,3 +80,26 @@ export async function killChild(child: ChildProcess, signal: NodeJS.Signals = 'S
   if (child.pid !== undefined) process.kill(child.pid, signal);
   await exited;
 }
+
+/**
+ * Runs `hsmproxy ...args` inside the test process (same code as the binary, no spawn cost), with
+ * `vars` set in the environment for the duration and stdout captured. Errors are returned, not
+ * thrown; spawned runs (runCli) are for what only a real process shows: exit codes and stderr.
+ */
+export async function cliInProcess(args: string[], vars: Record<string, string | undefined> = {}): Promise<{ stdout: string; error?: Error & { code?: string } }> {
+  const { buildProgram } = await import('../../src/cli/main.js');
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  for (const [k, v] of Object.entries(vars)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+  const write = process.stdout.write;
+  let stdout = '';
+  process.stdout.write = ((chunk: string | Uint8Array) => { stdout += String(chunk); return true; }) as typeof process.stdout.write;
+  try {
+    await (await buildProgram()).parseAsync(['node', 'hsmproxy', ...args]);
+    return { stdout };
+  } catch (error) {
+    return { stdout, error: error as Error & { code?: string } };
+  } finally {
+    process.stdout.write = write;
+    for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+  }
+}
