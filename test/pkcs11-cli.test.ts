@@ -102,6 +102,19 @@ if (skip) {
     await again.close();
   });
 
+  t.test('the key group takes --backend pkcs11 for generate, list and delete', async (t) => {
+    const out = join(dir, 'via-key-group.pem');
+    const gen = await inProcess(['key', 'generate', '--backend', 'pkcs11', ...on, '--type', 'ec:p384', '--label', 'via-key-group', '--out', out, '--json']);
+    t.error(gen.error);
+    const made = JSON.parse(gen.stdout) as { keyId: string; type: string };
+    t.equal(made.type, 'ec:p384');
+    const list = await inProcess(['key', 'list', '--backend', 'pkcs11', ...on, '--json']);
+    t.ok((JSON.parse(list.stdout) as Array<{ keyId: string }>).some((k) => k.keyId === made.keyId), 'listed');
+    const del = await inProcess(['key', 'delete', '--backend', 'pkcs11', '--key', out, '--json']);
+    t.error(del.error);
+    t.equal((JSON.parse(del.stdout) as { deleted: { keyId: string } }).deleted.keyId, made.keyId);
+  });
+
   t.test('key list shows the generated keys, as text and as JSON', async (t) => {
     const text = await inProcess(['pkcs11', 'key', 'list', ...on]);
     t.error(text.error);

@@ -162,6 +162,30 @@ export async function listPkcs11Tokens(opts: Pkcs11CliOptions): Promise<void> {
   });
 }
 
+/**
+ * Adds `--backend hsm|pkcs11` and the PKCS#11 flags a command lacks, so another group's
+ * `key generate|list|delete` can hand `--backend pkcs11` to the actions above.
+ */
+export function withPkcs11Backend(cmd: Command, opts: { writesReference?: boolean } = {}): Command {
+  const has = (flag: string): boolean => cmd.options.some((o) => o.long === flag);
+  cmd.addOption(new Option('--backend <kind>', 'where the key lives: hsm (default) or pkcs11 (a PKCS#11 token)').choices(['hsm', 'pkcs11']));
+  if (!has('--module')) cmd.option('--module <path>', 'with --backend pkcs11: PKCS#11 module (.so) to load');
+  if (!has('--token')) cmd.option('--token <label>', 'with --backend pkcs11: token label');
+  if (!has('--slot')) cmd.option('--slot <id>', 'with --backend pkcs11: slot id');
+  if (!has('--pin-format')) cmd.addOption(new Option('--pin-format <format>', 'with --backend pkcs11: HSMPROXY_PIN passed whole, or only its password part').choices(['as-is', 'password']));
+  if (opts.writesReference && !has('--out')) cmd.option('--out <file>', 'with --backend pkcs11: where to write the key reference');
+  if (opts.writesReference && !has('--force')) cmd.option('--force', 'with --backend pkcs11: overwrite --out');
+  return cmd;
+}
+
+/** `key delete --backend pkcs11 --key K`: K is a reference file, a hex CKA_ID, or a label. */
+export function deletePkcs11KeyNamed(opts: Pkcs11CliOptions & { key: string }): Promise<void> {
+  const { key, ...rest } = opts;
+  if (existsSync(key)) return deletePkcs11Key({ ...rest, key });
+  if (/^([0-9a-fA-F]{2}){8,}$/.test(key)) return deletePkcs11Key({ ...rest, id: key });
+  return deletePkcs11Key({ ...rest, label: key });
+}
+
 function common(cmd: Command): Command {
   return cmd
     .option('--module <path>', 'PKCS#11 module (.so) to load')

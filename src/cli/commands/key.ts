@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 import type { KeyInfo, KeyPairSpec, SecretKeySpec } from '../../hsm/protocol/index.js';
 import { resolveKey, withHsm, type HsmCommandOptions } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
+import { deletePkcs11KeyNamed, generatePkcs11Key, listPkcs11Keys, withPkcs11Backend, type Pkcs11CliOptions } from './key-pkcs11.js';
 
 const PAIR_TYPES: KeyPairSpec[] = ['rsa:2048', 'rsa:3072', 'rsa:4096', 'ec:p256', 'ec:p384'];
 const SECRET_TYPES: SecretKeySpec[] = ['aes:128', 'aes:256'];
@@ -26,11 +27,12 @@ function describeKey(k: KeyInfo): string {
 export function register(program: Command): void {
   const key = program.commands.find((c) => c.name() === 'key') ?? program.command('key').description('keys in the HSM');
 
-  common(key.command('generate').description('generate a key pair or secret key inside the HSM'))
+  withPkcs11Backend(common(key.command('generate').description('generate a key pair or secret key inside the HSM')), { writesReference: true })
     .requiredOption('--type <type>', [...PAIR_TYPES, ...SECRET_TYPES].join('|'))
     .requiredOption('--label <label>', 'label (names the key in later commands)')
     .option('--session', 'a session key: not persisted, gone when this command ends (token keys persist)')
-    .action(async (opts: HsmCommandOptions & { type: string; label: string; session?: boolean }) => {
+    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean }) => {
+      if (opts.backend === 'pkcs11') return generatePkcs11Key(opts);
       const template = { label: opts.label, token: !opts.session };
       if ((PAIR_TYPES as string[]).includes(opts.type)) {
         const kp = await withHsm(opts, (c) => c.generateKeyPair(opts.type as KeyPairSpec, template));
@@ -45,9 +47,10 @@ export function register(program: Command): void {
       }
     });
 
-  common(key.command('list').description('keys you own or that are shared with you'))
+  withPkcs11Backend(common(key.command('list').description('keys you own or that are shared with you')))
     .option('--label <label>', 'only keys with this label')
-    .action(async (opts: HsmCommandOptions & { label?: string }) => {
+    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; label?: string }) => {
+      if (opts.backend === 'pkcs11') return listPkcs11Keys(opts);
       const keys = await withHsm(opts, (c) => c.findKeys(opts.label !== undefined ? { label: opts.label } : {}));
       output(opts, keys, () => {
         if (keys.length === 0) process.stdout.write('no keys\n');
@@ -64,9 +67,10 @@ export function register(program: Command): void {
       });
     });
 
-  common(key.command('delete').description('delete a key you own (both halves of a key pair)'))
-    .requiredOption('--key <key>', 'key id or label')
-    .action(async (opts: HsmCommandOptions & { key: string }) => {
+  withPkcs11Backend(common(key.command('delete').description('delete a key you own (both halves of a key pair)')))
+    .requiredOption('--key <key>', 'key id or label (with --backend pkcs11 also a key reference file)')
+    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; key: string }) => {
+      if (opts.backend === 'pkcs11') return deletePkcs11KeyNamed(opts);
       const k = await withHsm(opts, async (c) => {
         const found = await resolveKey(c, opts.key, 'private');
         await c.deleteKey(found.keyId);
