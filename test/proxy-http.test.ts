@@ -57,6 +57,15 @@ t.test('a client-supplied X-Request-Id and X-Forwarded-For chain are kept', asyn
   t.equal(echo.headers['x-forwarded-for'], '10.1.2.3, 127.0.0.1');
 });
 
+t.test('hop-by-hop headers and those the client lists in Connection do not reach the upstream', async (t) => {
+  const r = await h.curl('/', ['-H', 'connection: keep-alive, x-secret', '-H', 'x-secret: 1', '-H', 'proxy-authorization: Basic Zm9vOmJhcg==', '-H', 'te: trailers', '-H', 'x-kept: yes']);
+  const seen = JSON.parse(r.body).headers;
+  t.equal(seen['x-secret'], undefined);
+  t.equal(seen['proxy-authorization'], undefined);
+  t.equal(seen.te, undefined);
+  t.equal(seen['x-kept'], 'yes', 'end-to-end headers pass');
+});
+
 t.test('a malformed X-Request-Id is replaced', async (t) => {
   const r = await h.curl('/', ['-H', 'x-request-id: bad id with spaces']);
   t.match(JSON.parse(r.body).headers['x-request-id'], /^[0-9a-f-]{36}$/);

@@ -29,6 +29,7 @@ interface RequestContext {
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
 const REQUEST_ID = /^[\w.:/+=-]{1,200}$/;
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'upgrade'];
 
 /** Proxies requests and upgrades according to the current routing table. */
 export class Forwarder {
@@ -76,7 +77,7 @@ export class Forwarder {
       this.metrics.httpUpstreamErrors.inc({ route: route.name, reason: 'unavailable' });
       return this.reply(res, ctx, 503, 'no healthy upstream server for this route; try again shortly');
     }
-    this.addForwardedHeaders(req, socket, ctx);
+    this.addForwardedHeaders(req, socket, ctx, false);
     this.send(req, res, ctx, target, new Set());
   }
 
@@ -127,7 +128,7 @@ export class Forwarder {
     ctx.route = route;
     ctx.target = target;
     this.connections.upgraded(socket);
-    this.addForwardedHeaders(req, socket, ctx);
+    this.addForwardedHeaders(req, socket, ctx, true);
     this.proxy.ws(req, clientSocket, head, { target: target.url }, (err) => {
       this.logger.warn({ requestId: ctx.requestId, upstream: target.url, err: err.message }, 'websocket upstream failed');
       if (clientSocket.writable) refuse(502, 'the upstream server refused the WebSocket connection');
@@ -146,7 +147,21 @@ export class Forwarder {
     return id;
   }
 
-  private addForwardedHeaders(req: IncomingMessage, socket: TlsSocketLike, ctx: RequestContext): void {
+  /**
+   * Hop-by-hop headers (RFC 9110 §7.6.1) describe the client's connection to us, not ours to the
+   * upstream: drop them and any header the client listed in Connection. A WebSocket keeps its
+   * Connection/Upgrade pair, which http-proxy needs to forward the upgrade.
+   */
+  private dropHopByHop(req: IncomingMessage, upgrade: boolean): void {
+    const listed = String(req.headers.connection ?? '').toLowerCase().split(',').map((h) => h.trim()).filter(Boolean);
+    for (const h of [...listed, ...HOP_BY_HOP]) {
+      if (upgrade && (h === 'connection' || h === 'upgrade')) continue;
+      delete req.headers[h];
+    }
+  }
+
+  private addForwardedHeaders(req: IncomingMessage, socket: TlsSocketLike, ctx: RequestContext, upgrade: boolean): void {
+    this.dropHopByHop(req, upgrade);
     const client = socket.remoteAddress ?? '';
     const prior = req.headers['x-forwarded-for'];
     req.headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${client}` : client;
