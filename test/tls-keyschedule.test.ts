@@ -251,3 +251,11 @@ t.test('HKDF-Expand-Label agrees with node:crypto HKDF for outputs shorter and l
     t.equal(hex(hkdfExpandLabel(hash, prk, 'test', ctx, len)), hex(expected), `${hash}, ${len} bytes`);
   }
 });
+
+t.test('prewarming fills the key pools without blocking, and pooled keys are still single-use and distinct', async (t) => {
+  EphemeralKey.prewarm();
+  await new Promise((r) => setTimeout(r, 200)); // let the thread pool deliver some keys
+  const seen = new Set<string>();
+  for (let i = 0; i < 200; i++) seen.add(EphemeralKey.generate(NamedGroup.x25519).publicBytes().toString('hex'));
+  t.equal(seen.size, 200, 'no key handed out twice');
+});

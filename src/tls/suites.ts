@@ -42,6 +42,8 @@ export function groupName(group: number): NamedGroupName | '' {
 }
 
 interface GroupInfo {
+  /** Keys kept ready: a burst of ClientHellos takes them instead of generating on the event loop. */
+  poolSize: number;
   /** Length of the wire-form public key. */
   shareLen: number;
   /** JWK curve name: keys cross the node:crypto boundary as JWK, ~10× cheaper than DER in OpenSSL 3. */
@@ -50,8 +52,9 @@ interface GroupInfo {
   keygenAsync: (cb: (err: Error | null, pair?: crypto.KeyPairKeyObjectResult) => void) => void;
 }
 
-function ecInfo(curve: 'prime256v1' | 'secp384r1', crv: 'P-256' | 'P-384', shareLen: number): GroupInfo {
+function ecInfo(curve: 'prime256v1' | 'secp384r1', crv: 'P-256' | 'P-384', shareLen: number, poolSize: number): GroupInfo {
   return {
+    poolSize,
     shareLen,
     crv,
     keygen: () => crypto.generateKeyPairSync('ec', { namedCurve: curve }),
@@ -61,13 +64,14 @@ function ecInfo(curve: 'prime256v1' | 'secp384r1', crv: 'P-256' | 'P-384', share
 
 const GROUPS = new Map<number, GroupInfo>([
   [NamedGroup.x25519, {
+    poolSize: 128,
     shareLen: 32,
     crv: 'X25519',
     keygen: () => crypto.generateKeyPairSync('x25519'),
     keygenAsync: (cb) => crypto.generateKeyPair('x25519', {}, (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
   }],
-  [NamedGroup.secp256r1, ecInfo('prime256v1', 'P-256', 65)],
-  [NamedGroup.secp384r1, ecInfo('secp384r1', 'P-384', 97)],
+  [NamedGroup.secp256r1, ecInfo('prime256v1', 'P-256', 65, 64)],
+  [NamedGroup.secp384r1, ecInfo('secp384r1', 'P-384', 97, 16)],
 ]);
 
 /** Decodes a base64url JWK coordinate, left-padded to `len` bytes, into `out` at `at`. */
@@ -77,7 +81,6 @@ function putCoord(out: Buffer, at: number, b64: string | undefined, len: number)
 }
 
 /** Pre-generated key pairs per group, filled on the libuv thread pool so a handshake rarely pays for keygen. */
-const POOL_TARGET = 32;
 const pools = new Map<number, crypto.KeyPairKeyObjectResult[]>();
 const refilling = new Set<number>();
 
@@ -86,11 +89,11 @@ function refill(group: number, info: GroupInfo): void {
   refilling.add(group);
   const pool = pools.get(group) ?? [];
   pools.set(group, pool);
-  let pending = POOL_TARGET - pool.length;
+  let pending = info.poolSize - pool.length;
   if (pending <= 0) { refilling.delete(group); return; }
   for (let i = pending; i > 0; i--) {
     info.keygenAsync((err, pair) => {
-      if (!err && pair && pool.length < POOL_TARGET) pool.push(pair);
+      if (!err && pair && pool.length < info.poolSize) pool.push(pair);
       if (--pending === 0) refilling.delete(group);
     });
   }
@@ -108,8 +111,16 @@ export class EphemeralKey {
     if (!info) throw fatal('illegal_parameter', `unsupported named group 0x${group.toString(16).padStart(4, '0')}`);
     const pool = pools.get(group);
     const pair = pool?.pop() ?? info.keygen();
-    if (!pool || pool.length < POOL_TARGET / 2) refill(group, info);
+    if (!pool || pool.length < info.poolSize / 2) refill(group, info);
     return new EphemeralKey(group, info, pair);
+  }
+
+  /** Starts filling the key pools (off the event loop) so the first burst of handshakes finds keys ready. */
+  static prewarm(groups: readonly number[] = SUPPORTED_GROUPS): void {
+    for (const g of groups) {
+      const info = GROUPS.get(g);
+      if (info) refill(g, info);
+    }
   }
 
   /** Our key share in wire form: 32 bytes for x25519, 0x04 ‖ X ‖ Y for the NIST curves. */
