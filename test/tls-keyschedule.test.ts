@@ -224,11 +224,16 @@ t.test('an off-curve point is illegal_parameter, never a node:crypto exception',
   }
 });
 
+// OpenSSL 3 already refuses an all-zero X25519 output; suites.ts checks it too, so the rule holds
+// whatever the crypto build (RFC 8446 §7.4.2).
 t.test('an x25519 low-order point (all-zero shared secret) is refused', async (t) => {
   // u = 0 and u = 1 are small-order points: X25519 with them is all zeros.
   t.equal(alertOf(() => EphemeralKey.generate(NamedGroup.x25519).deriveShared(Buffer.alloc(32))), AlertDescription.illegal_parameter, 'u = 0');
   const one = Buffer.alloc(32); one[0] = 1;
   t.equal(alertOf(() => EphemeralKey.generate(NamedGroup.x25519).deriveShared(one)), AlertDescription.illegal_parameter, 'u = 1');
+  // A point of order 8 (from the list in RFC 7748 implementations' test suites).
+  const order8 = h('e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800');
+  t.equal(alertOf(() => EphemeralKey.generate(NamedGroup.x25519).deriveShared(order8)), AlertDescription.illegal_parameter, 'order-8 point');
 });
 
 t.test('an unknown group is refused', async (t) => {
