@@ -34,6 +34,11 @@ export interface TlsServerOptions {
   verifyAfterSign?: boolean | 'rsa';
   /** Listener name reported in handshake observations. */
   name?: string;
+  /**
+   * TCP_NODELAY on accepted sockets (default true): the flight goes out in two writes around the
+   * asynchronous signature, and Nagle + delayed ACK would hold the second one for ~40 ms.
+   */
+  noDelay?: boolean;
   /** Called once per handshake with its timings and outcome (also published on HANDSHAKE_CHANNEL). */
   onHandshake?: (o: HandshakeObservation) => void;
   /** Keep a socket writable after the peer's close_notify/FIN (default false, as node:tls). */
@@ -90,6 +95,7 @@ export class TlsServer extends EventEmitter {
       return;
     }
     this.handshaking++;
+    if (this.options.noDelay ?? true) raw.setNoDelay(true);
     const socket = new TlsSocket(raw, new ServerConnection(this.config), {
       signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
       handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
