@@ -182,3 +182,35 @@ t.test('at start, an HSM that disagrees with the majority is resynced from it', 
   t.equal(hsms[2]!.users, 'admin', 'the odd one took the majority user table');
   t.equal(new Set(hsms.map((h) => h.digest())).size, 1);
 });
+
+t.test('a change whose origin HSM fails before it reaches the others is not acknowledged', async (t) => {
+  const { c } = await cluster(t, 2);
+  let origin = '';
+  const p = c.replicated('generateKey', async (l, node) => {
+    origin = node.id;
+    l.hsm.keys.set('k', 'v');
+    return 'k';
+  }, async (o) => {
+    throw Object.assign(new Error('connection closed'), { code: 'HSM_ERR_CONNECTION_CLOSED', hsmId: (o as FakeLink).hsm.id });
+  });
+  await t.rejects(p, { code: 'HSM_ERR_NOT_REPEATED', message: /must not happen twice/ });
+  t.notOk(c.node(origin)?.available, 'the failed origin is out of rotation');
+  const other = origin === 'hsm-1' ? 'hsm-2' : 'hsm-1';
+  t.ok(c.node(other)?.available, 'the healthy target stays in rotation');
+});
+
+t.test('a target that fails during replication leaves rotation; the change is acknowledged', async (t) => {
+  const { c } = await cluster(t, 2);
+  let origin = '';
+  const r = await c.replicated('generateKey', async (l, node) => {
+    origin = node.id;
+    l.hsm.keys.set('k', 'v');
+    return 'k';
+  }, async (_o, _r, target) => {
+    throw Object.assign(new Error('connection closed'), { code: 'HSM_ERR_CONNECTION_CLOSED', hsmId: target.hsm.id });
+  });
+  t.equal(r, 'k');
+  const other = origin === 'hsm-1' ? 'hsm-2' : 'hsm-1';
+  t.notOk(c.node(other)?.available, 'the failed target is out of rotation (resynced when it returns)');
+  t.ok(c.node(origin)?.available);
+});

@@ -270,18 +270,26 @@ export class ClusterBase<C extends HsmLink> {
     });
     const from = origin!;
     const targets = [...this.nodes.values()].filter((n) => n !== from && n.available);
+    let originFailure: unknown;
     await Promise.all(targets.map(async (t) => {
       try {
         await from.run((o) => t.run((l) => replicate(o, result, l)));
       } catch (err) {
-        if (isTransportError(err)) t.markDown(err);
-        else {
+        if (isTransportError(err)) {
+          // Client errors name the HSM whose connection failed: the origin, or this target.
+          if ((err as { hsmId?: unknown }).hsmId === from.id || !from.currentLink) {
+            originFailure ??= err;
+            from.markDown(err);
+          } else t.markDown(err);
+        } else {
           // The target disagrees with the origin: it is out of sync; resync it before it serves again.
           t.setInRotation(false);
           void this.admit(t);
         }
       }
     }));
+    // The change exists only on an HSM that just failed: it is not acknowledged (and not repeated).
+    if (originFailure !== undefined) throw new NotRepeatedError(op, from.id, originFailure);
     return result;
   }
 
