@@ -65,6 +65,17 @@ export function nodeSignAsync(privateKey: KeyObject, m: Mechanism, data: Buffer,
   });
 }
 
+/** Verifies off the event loop (libuv thread pool): verify-after-sign must not stall handshakes. */
+export function verifySignatureAsync(publicKey: KeyObject, m: Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {
+  return new Promise((resolve) => {
+    try {
+      nodeVerify(mechanismHash(m), data, nodeKeyOptions(publicKey, m), signature, (err, ok) => resolve(!err && ok));
+    } catch {
+      resolve(false);
+    }
+  });
+}
+
 /** Verifies a signature (ECDSA in DER) over `data` with the public key; false on any mismatch. */
 export function verifySignature(publicKey: KeyObject, m: Mechanism, data: Buffer, signature: Buffer): boolean {
   try {

@@ -10,7 +10,7 @@ import type { Backend, BackendKind, KeyHandle } from './backend.js';
 import { derToRaw, rawToDer } from './ecdsa.js';
 import { DerError } from './der.js';
 import { AbortedError, BackendError, BadSignatureError, EngineError, SignTimeoutError, UnsupportedError } from './errors.js';
-import { mechanismFits, mechanismForScheme, schemesFor, verifySignature } from './schemes.js';
+import { mechanismFits, mechanismForScheme, schemesFor, verifySignatureAsync } from './schemes.js';
 
 /** Signer contract shared with src/tls/signer.ts (structurally identical, defined here so engine/ does not import tls/). */
 export interface Signer {
@@ -142,7 +142,7 @@ export class EngineSigner implements Signer {
         throw err;
       }
     }
-    if (this.verify && !verifySignature(this.key.publicKey, mechanism, data, sig)) {
+    if (this.verify && !(await verifySignatureAsync(this.key.publicKey, mechanism, data, sig))) {
       throw new BadSignatureError(`key ${this.key.keyId} ("${this.key.label}")`);
     }
     return sig;
