@@ -99,6 +99,10 @@ t.test('enumerations list the accepted values', async (t) => {
   t.match(errorOf(minimal + 'hsm: { profile: huge }\n').message, /^hsm\.profile: expected one of 'unlimited', 'hsm1\.medium', 'hsm2m\.medium'/);
 });
 
+t.test('ALPN may only offer the HTTP/1.x the proxy serves', async (t) => {
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    alpn: [h2, http/1.1]')).message, /^listeners\[0\]\.alpn\[0\]: expected one of 'http\/1\.1', 'http\/1\.0', got "h2"/);
+});
+
 t.test('TLS 1.2 is accepted and minVersion may not exceed maxVersion', async (t) => {
   t.equal(parseConfig(minimal.replace('port: 8443', 'port: 8443\n    minVersion: "1.2"'), { baseDir: dir }).listeners[0]!.minVersion, '1.2');
   t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    maxVersion: "1.2"')).message, /^listeners\[0\]\.minVersion: must not be above maxVersion/);

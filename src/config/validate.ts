@@ -15,6 +15,7 @@ export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; sourc
 
 const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts'] as const;
 const MS_MAX = 86_400_000;
+const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
 
 /** Validates `raw` (parsed YAML) and returns the complete Config, or throws ConfigInvalidError listing every bad field. */
 export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config {
@@ -60,10 +61,8 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
     const key = r.file(co.key, at(p, 'key'));
     return cert && key ? { cert, key } : undefined;
   }, { minItems: 1 });
-  const alpn = r.list(o.alpn, at(path, 'alpn'), (a, p) => {
-    const s = r.string(a, p);
-    return s !== undefined && Buffer.byteLength(s) > 255 ? r.fail(p, 'an ALPN protocol name is at most 255 bytes') : s;
-  }, { def: [...d.alpn], minItems: 1 });
+  // The proxy speaks HTTP/1.x only: offering h2 would let clients pick a protocol nobody serves.
+  const alpn = r.list(o.alpn, at(path, 'alpn'), (a, p) => r.string(a, p, { oneOf: ALPN_PROTOCOLS }), { def: [...d.alpn], minItems: 1 });
   const minVersion = r.string(o.minVersion, at(path, 'minVersion'), { def: d.minVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
