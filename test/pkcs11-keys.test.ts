@@ -88,6 +88,20 @@ if (skip) {
     t.same(uri.id, byLabel.get('web-ec')!.id);
   });
 
+  t.test('list leaves out keys hsmproxy cannot use instead of failing', async (t) => {
+    // An EC private key without its public key object, as some tools import them.
+    const id = Buffer.from('0badc0de0badc0de', 'hex');
+    await backend.token.run('test', (s) => backend.token.api.C_CreateObject(s, [
+      { type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, { type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_TOKEN, value: false },
+      { type: ck.CKA_PRIVATE, value: true }, { type: ck.CKA_SIGN, value: true }, { type: ck.CKA_ID, value: id }, { type: ck.CKA_LABEL, value: 'lonely' },
+      { type: ck.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, { type: ck.CKA_VALUE, value: Buffer.alloc(32, 7) },
+    ]));
+    const labels = (await backend.listKeys()).map((k) => k.label);
+    t.notOk(labels.includes('lonely'), 'the unusable key is not listed');
+    t.ok(labels.includes('web-rsa'), 'the others still are');
+    await t.rejects(backend.findKey({ id }), { code: 'ENGINE_ERR_UNSUPPORTED', message: /no public key object/ }, 'naming it directly says why');
+  });
+
   t.test('a key is found by label, by CKA_ID and by its pkcs11: URI, with the same public key', async (t) => {
     const byLabel = await backend.findKey({ label: 'web-rsa' });
     const byId = await backend.findKey({ id: byLabel.id });

@@ -176,12 +176,22 @@ export async function importKey(token: Pkcs11Token, privateKey: KeyObject, label
   });
 }
 
-/** Lists the private keys on the token (those this user can see) with their public halves. */
+/**
+ * Lists the private keys on the token (those this user can see) with their public halves. Keys
+ * hsmproxy cannot use (other algorithms or curves, EC keys without a public key object) are left out.
+ */
 export function listKeys(token: Pkcs11Token): Promise<Pkcs11KeyInfo[]> {
-  return token.run('listing keys', (s) =>
-    findObjects(token.api, s, [{ type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }])
-      .map((h) => describeKey(token.api, s, h))
-      .filter((k) => k.keyType === 'rsa' || k.keyType === 'ec'));
+  return token.run('listing keys', (s) => {
+    const out: Pkcs11KeyInfo[] = [];
+    for (const h of findObjects(token.api, s, [{ type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }])) {
+      try {
+        out.push(describeKey(token.api, s, h));
+      } catch (err) {
+        if (!(err instanceof UnsupportedError)) throw err;
+      }
+    }
+    return out;
+  });
 }
 
 /** Handle of the one private key matching `sel` in this session; throws KeyNotFoundError. */
