@@ -290,3 +290,15 @@ t.test('policy refusals are audited with who, what and why', async (t) => {
   t.equal(denied.length, 1);
   t.match(denied[0], { user: 'admin', ok: false, code: 'HSM_ERR_PERMISSION_DENIED', action: /sign with/ });
 });
+
+t.test('an AU may replicate keys but not use them or manage users', async (t) => {
+  const f = await freshHsm(t);
+  const alice = await f.cu('alice');
+  await f.hsm.createUser(f.co, 'sync', 'AU', 'sync-password');
+  const au = await f.hsm.login('sync', 'sync-password');
+  const kp = await f.hsm.generateKeyPair(alice, 'ec:p256', { label: 'k' });
+  t.ok(f.hsm.exportMasked(au, kp.result.privateKey.keyId).length > 0, 'masked export works');
+  await t.rejects(f.hsm.sign(au, { keyId: kp.result.privateKey.keyId, mechanism: 'ecdsa-sha256', data: MSG }), PermissionDeniedError);
+  await t.rejects(f.hsm.createUser(au, 'x', 'CU', 'password1'), PermissionDeniedError);
+  await t.rejects(f.hsm.generateKey(au, 'aes:128', { label: 'x' }), PermissionDeniedError);
+});
