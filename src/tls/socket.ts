@@ -37,6 +37,7 @@ export class TlsSocket extends Duplex {
   private signFailed = false;
   private readPaused = false;
   private eof = false;
+  private corked = false;
 
   constructor(private readonly raw: Socket, private readonly conn: ServerConnection, private readonly opts: TlsSocketOptions) {
     super({ allowHalfOpen: opts.allowHalfOpen ?? false, emitClose: true });
@@ -91,7 +92,17 @@ export class TlsSocket extends Duplex {
 
   private drive(): void {
     const out = this.conn.takeOutput();
-    if (out && !this.raw.destroyed) this.raw.write(out);
+    if (out && !this.raw.destroyed) {
+      // During the handshake, hold writes until the end of this event-loop turn: a signer that
+      // answers at once (in-process, cached) then shares one writev with SH..Certificate, while a
+      // slow HSM still sees the first half of the flight leave before it answers.
+      if (!this.conn.established && !this.corked) {
+        this.corked = true;
+        this.raw.cork();
+        setImmediate(() => { this.corked = false; this.raw.uncork(); });
+      }
+      this.raw.write(out);
+    }
     for (const ev of this.conn.takeEvents()) this.onEvent(ev);
   }
 
