@@ -65,9 +65,9 @@ async function resumeClient(port: number, caFile: string): Promise<number> {
 }
 
 /** Runs CLIENTS parallel `openssl s_time -new` processes for SECONDS; returns total connections. */
-async function sTime(port: number): Promise<number> {
+async function sTime(port: number, seconds = SECONDS): Promise<number> {
   const runs = Array.from({ length: CLIENTS }, async () => {
-    const child = spawn('openssl', ['s_time', '-connect', `127.0.0.1:${port}`, '-tls1_3', '-new', '-time', String(SECONDS)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('openssl', ['s_time', '-connect', `127.0.0.1:${port}`, '-tls1_3', '-new', '-time', String(seconds)], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
@@ -81,6 +81,7 @@ async function sTime(port: number): Promise<number> {
 
 async function measure(server: Point['server'], key: Point['key'], mode: Point['mode'], cert: TestCert): Promise<Point> {
   const running = server === 'hsmproxy' ? await startOurs(cert) : await startNode(cert);
+  await sTime(running.port, 2); // warm-up (JIT, key pools), not measured
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const handshakes = mode === 'full' ? await sTime(running.port) : await resumeClient(running.port, cert.caFile);
