@@ -36,6 +36,7 @@ function build(registry: Registry) {
     upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, registers: r }),
     engineSignDuration: histogram(registry, 'hsmproxy_engine_sign_duration_seconds', 'Signature duration through the engine, by backend and key type.', ['backend', 'key_type'] as const),
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
+    certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, registers: r }),
   };
 }
 

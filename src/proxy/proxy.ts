@@ -8,6 +8,7 @@ import type { Registry } from 'prom-client';
 import type { Config, ListenerConfig } from '../config/index.js';
 import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type HsmproxyMetrics, type MetricsSource } from '../metrics/index.js';
 import { AdminServer, type ReadinessCheck, type ReadinessReport } from './admin.js';
+import { recordCertificateExpiry } from './cert-expiry.js';
 import { ConnectionTracker } from './connections.js';
 import { ProxyStateError, ReloadRefusedError } from './errors.js';
 import { Forwarder, type RoutingTable } from './forward.js';
@@ -77,6 +78,7 @@ export class Proxy {
     if (this.opts.subscribeEvents !== false) this.unsubscribe = subscribeMetrics(this.metrics);
     try {
       for (const l of this.runtime.config.listeners) this.listeners.set(l.name, { config: l, handle: await this.openListener(l) });
+      await recordCertificateExpiry(this.metrics, this.runtime.config.listeners);
       if (this.opts.admin !== false) {
         this.admin = new AdminServer(this.opts.metricsSource ?? registrySource(this.registry), () => this.readiness());
         await this.admin.listen(this.runtime.config.admin.port, this.runtime.config.admin.address);
@@ -160,6 +162,7 @@ export class Proxy {
     if (next.admin.port !== previous.config.admin.port || next.admin.address !== previous.config.admin.address) {
       this.logger.warn('the admin address changed; it takes effect at the next restart');
     }
+    await recordCertificateExpiry(this.metrics, next.listeners);
     this.logger.info({ listeners: next.listeners.length, routes: next.routes.length }, 'configuration reloaded');
   }
 
