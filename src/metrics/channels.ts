@@ -8,6 +8,7 @@ export const CHANNELS = {
   hsmRequest: 'hsmproxy:hsm:request',
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
+  hsmScaling: 'hsmproxy:hsm:scaling',
 } as const;
 
 /** One TLS handshake, success or failure (from tls/). */
@@ -55,4 +56,16 @@ export interface EngineSignEvent {
   scheme: number;
   durationMs: number;
   outcome: string;
+}
+
+/** One autoscale action on the simulated cluster (from hsm/cluster). */
+export interface HsmScalingEvent {
+  action: 'add' | 'remove';
+  hsm: string;
+  result: 'ok' | 'failed';
+  reason: string;
+  durationMs: number;
+  /** HSMs in the cluster after the action. */
+  hsms: number;
+  error?: string;
 }

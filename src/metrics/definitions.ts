@@ -35,6 +35,12 @@ function build(registry: Registry) {
     httpRequestsInFlight: new Gauge({ name: 'hsmproxy_http_requests_in_flight', help: 'HTTP requests received and not yet answered.', registers: r }),
     upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, registers: r }),
     engineSignDuration: histogram(registry, 'hsmproxy_engine_sign_duration_seconds', 'Signature duration through the engine, by backend and key type.', ['backend', 'key_type'] as const),
+    clusterRecommendedHsms: new Gauge({ name: 'hsmproxy_cluster_recommended_hsms', help: 'HSM count the scaling advisor recommends now.', registers: r }),
+    clusterHsms: new Gauge({ name: 'hsmproxy_cluster_hsms', help: 'HSMs in the cluster (the members the client follows).', registers: r }),
+    clusterUtilisation: new Gauge({ name: 'hsmproxy_cluster_utilisation', help: 'Busy fraction of each HSM\'s crypto units (0..1) as the scaling advisor sees it.', labelNames: ['hsm'] as const, registers: r }),
+    clusterSignP99: new Gauge({ name: 'hsmproxy_cluster_sign_latency_p99_seconds', help: 'p99 round trip of HSM signs over a sliding window (1m, 5m).', labelNames: ['window'] as const, registers: r }),
+    clusterQueueWaitP99: new Gauge({ name: 'hsmproxy_cluster_queue_wait_p99_seconds', help: 'p99 HSM-side queue wait of signs over a sliding window (1m, 5m).', labelNames: ['window'] as const, registers: r }),
+    clusterScalingActions: new Counter({ name: 'hsmproxy_cluster_scaling_actions_total', help: 'Autoscale actions on the simulated cluster, by action (add, remove) and result (ok, failed).', labelNames: ['action', 'result'] as const, registers: r }),
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
     certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, registers: r }),
   };
