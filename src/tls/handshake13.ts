@@ -5,6 +5,8 @@
 import { constants, createHash, randomBytes, timingSafeEqual, verify } from 'node:crypto';
 import { fatal } from './alert.js';
 import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
+import { CLIENT_SCHEMES_13, clientCertificateVerifyContent, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
+import { decodeCertificateVerify, decodeClientCertificate13, encodeCertificateRequest13 } from './client-auth-messages.js';
 import { allowsPskDhe, checkClientHello13, checkRetryHello, chooseAlpn, chooseGroup, chooseSuite, negotiateVersion } from './hello13.js';
 import {
   HRR_RANDOM, HandshakeType, decodeClientHello, decodeFinished, decodeKeyUpdate, encodeCertificate,
@@ -27,6 +29,8 @@ export interface HandshakeConfig {
   /** Verify each signature against the leaf key before sending it. */
   verifyAfterSign: (keyType: 'rsa' | 'ec') => boolean;
   now: () => number;
+  /** Client-certificate checking (mTLS); absent = no CertificateRequest. */
+  clientAuth?: ClientAuthPolicy;
 }
 
 /** What the handshake settled on; filled in as it progresses. */
@@ -38,6 +42,8 @@ export interface Negotiated {
   servername?: string;
   alpn?: string;
   scheme?: number;
+  /** The client's verified certificate identity (mTLS), set once its Finished verified. */
+  peer?: PeerIdentity;
 }
 
 /** A signature the handshake waits for; `epoch` ties the answer to this request. */
@@ -111,7 +117,8 @@ export class ExpectClientHello implements State {
     const alpn = chooseAlpn(ch, config.alpnProtocols);
 
     let psk: AcceptedPsk | null = null;
-    if (ch.ext.preSharedKey && config.ticketKeys && allowsPskDhe(ch)) {
+    // No resumption under mTLS: a PSK handshake has no client Certificate (see docs: tickets are off there).
+    if (ch.ext.preSharedKey && config.ticketKeys && !config.clientAuth && allowsPskDhe(ch)) {
       psk = acceptPsk({
         keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw, transcriptPrefix: this.retry?.prefix ?? [],
         suite, servername: ch.ext.serverName ?? '', nowMs: config.now(),
@@ -155,6 +162,13 @@ export class ExpectClientHello implements State {
       return sendServerFinished(keys, io);
     }
     const chosen = cert!;
+    if (config.clientAuth) {
+      // RFC 8446 §4.3.2: after EncryptedExtensions, never on a PSK handshake (§4.6.2 is for later).
+      const req = encodeCertificateRequest13(CLIENT_SCHEMES_13, config.clientAuth.authorities);
+      transcript.update(req);
+      io.sendHandshake(req);
+      keys.clientAuth = config.clientAuth;
+    }
     negotiated.keyType = chosen.entry.keyType;
     negotiated.scheme = chosen.scheme;
     const certMsg = encodeCertificate(chosen.entry.certified.chain);
@@ -187,6 +201,8 @@ interface FlightKeys {
   hs: { client: Buffer; server: Buffer };
   alpn: string | undefined;
   servername: string;
+  /** Set when we sent a CertificateRequest. */
+  clientAuth?: ClientAuthPolicy;
 }
 
 /** Paused: SH..Certificate are sent, the CertificateVerify signature is being produced. */
@@ -236,20 +252,58 @@ function sendServerFinished(k: FlightKeys, io: HandshakeIo): State {
   io.sendHandshake(fin);
   const afterServerFinished = transcript.digest();
   const app = k.schedule.applicationSecrets(afterServerFinished);
-  const expected = finishedVerifyData(suite.hash, k.hs.client, afterServerFinished);
   io.setWriteKey(suite, app.server);
-  return new ExpectFinished(k, app, expected);
+  return k.clientAuth ? new ExpectClientCertificate(k, app, k.clientAuth) : new ExpectFinished(k, app);
+}
+
+/** mTLS: waiting for the client's Certificate (empty = none). */
+export class ExpectClientCertificate implements State {
+  readonly name = 'ExpectClientCertificate';
+  readonly wantsInput = true;
+  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly policy: ClientAuthPolicy) {}
+
+  handle(m: HandshakeMessage, io: HandshakeIo): State {
+    if (m.type !== HandshakeType.certificate) unexpected(this.name, m);
+    const chain = decodeClientCertificate13(m.body);
+    if (chain.length === 0) {
+      if (this.policy.mode === 'require') throw fatal('certificate_required', 'this listener requires a client certificate and the client sent none');
+      this.k.transcript.update(m.raw);
+      return new ExpectFinished(this.k, this.app);
+    }
+    const peer = verifyClientChain(this.policy, chain, io.config.now());
+    this.k.transcript.update(m.raw);
+    return new ExpectClientCertificateVerify(this.k, this.app, peer);
+  }
+}
+
+/** mTLS: waiting for the client's CertificateVerify over the transcript up to its Certificate. */
+export class ExpectClientCertificateVerify implements State {
+  readonly name = 'ExpectClientCertificateVerify';
+  readonly wantsInput = true;
+  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly peer: PeerIdentity) {}
+
+  handle(m: HandshakeMessage): State {
+    if (m.type !== HandshakeType.certificate_verify) unexpected(this.name, m);
+    const { scheme, signature } = decodeCertificateVerify(m.body);
+    const content = clientCertificateVerifyContent(this.k.transcript.digest());
+    verifyClientSignature(this.peer.chain[0]!, CLIENT_SCHEMES_13, scheme, content, signature);
+    this.k.transcript.update(m.raw);
+    return new ExpectFinished(this.k, this.app, this.peer);
+  }
 }
 
 /** Waiting for the client's Finished (encrypted under the client handshake key). */
 export class ExpectFinished implements State {
   readonly name = 'ExpectFinished';
   readonly wantsInput = true;
-  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly expected: Buffer) {}
+  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly peer?: PeerIdentity) {}
 
   handle(m: HandshakeMessage, io: HandshakeIo): State {
     if (m.type !== HandshakeType.finished) unexpected(this.name, m);
-    const proof = verifyClientFinished(this.expected, decodeFinished(m.body, this.k.suite.hashLen));
+    // Over the transcript so far: through the server Finished, plus the client's Certificate and CertificateVerify under mTLS.
+    const expected = finishedVerifyData(this.k.suite.hash, this.k.hs.client, this.k.transcript.digest());
+    const proof = verifyClientFinished(expected, decodeFinished(m.body, this.k.suite.hashLen));
+    if (this.peer) io.negotiated.peer = this.peer;
     this.k.transcript.update(m.raw);
     const rms = this.k.schedule.resumptionMasterSecret(this.k.transcript.digest());
     const traffic = new Traffic(proof, this.k.suite, this.app, io);
@@ -261,7 +315,7 @@ export class ExpectFinished implements State {
 
 function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
   const { ticketKeys, ticketCount, ticketLifetimeS, now } = io.config;
-  if (!ticketKeys) return;
+  if (!ticketKeys || io.config.clientAuth) return;
   const lifetime = Math.min(ticketLifetimeS, MAX_TICKET_LIFETIME_S);
   for (let i = 0; i < ticketCount; i++) {
     const nonce = Buffer.from([i]);

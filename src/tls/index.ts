@@ -8,6 +8,7 @@ export { TlsSocket } from './socket.js';
 export { ServerConnection, Limits, type ConnectionEvent, type Counters } from './connection.js';
 export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js';
 export { prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
+export { type ClientAuthMode, type ClientAuthOptions, type PeerIdentity } from './client-auth.js';
 export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
 export { SignatureScheme, type Signer, type CertifiedKey } from './signer.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';

@@ -18,6 +18,8 @@ export interface HandshakeObservation {
   signWaitMs: number;
   servername?: string;
   listener?: string;
+  /** mTLS listeners only: the verified client certificate, or null when none was accepted. */
+  clientCert?: { subject: string; fingerprint256: string } | null;
 }
 
 const channel = diagnosticsChannel.channel(HANDSHAKE_CHANNEL);

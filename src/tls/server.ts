@@ -4,6 +4,7 @@ import { EventEmitter } from 'node:events';
 import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
 import type { TlsError } from './alert.js';
 import { prepareCertEntry, type CertEntry } from './certselect.js';
+import { prepareClientAuth, type ClientAuthOptions } from './client-auth.js';
 import { ServerConnection } from './connection.js';
 import type { HandshakeObservation } from './observe.js';
 import type { HandshakeConfig } from './handshake13.js';
@@ -45,6 +46,11 @@ export interface TlsServerOptions {
   allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
   maxConcurrentHandshakes?: number;
+  /**
+   * Client certificates (mTLS). With mode optional or require, no session tickets are issued or
+   * accepted: a resumed handshake carries no client certificate to verify.
+   */
+  clientAuth?: ClientAuthOptions;
 }
 
 /** A TLS 1.3 server with asynchronous signatures. */
@@ -52,6 +58,8 @@ export class TlsServer extends EventEmitter {
   readonly netServer: Server;
   private config: HandshakeConfig;
   private handshaking = 0;
+  /** The server's ticket keys, kept while mTLS turns tickets off so a reload can turn them back on. */
+  private readonly ticketKeys: TicketKeys | undefined;
   /** Connections refused because maxConcurrentHandshakes was reached. */
   shedConnections = 0;
 
@@ -60,14 +68,17 @@ export class TlsServer extends EventEmitter {
     if (options.certificates.length === 0) throw new TypeError('createServer needs at least one certificate');
     const entries: CertEntry[] = options.certificates.map((c) => prepareCertEntry(c, c.servername));
     const verify = options.verifyAfterSign ?? 'rsa';
+    const clientAuth = prepareClientAuth(options.clientAuth);
+    this.ticketKeys = options.ticketKeys === false ? undefined : options.ticketKeys ?? new TicketKeys();
     this.config = {
       certificates: entries,
       alpnProtocols: options.alpnProtocols,
-      ticketKeys: options.ticketKeys === false ? undefined : options.ticketKeys ?? new TicketKeys(),
+      ticketKeys: this.ticketKeys,
       ticketCount: options.tickets ?? 2,
       ticketLifetimeS: Math.min(options.ticketLifetimeS ?? MAX_TICKET_LIFETIME_S, MAX_TICKET_LIFETIME_S),
       verifyAfterSign: (keyType) => verify === true || (verify === 'rsa' && keyType === 'rsa'),
       now: Date.now,
+      ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
     };
     this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));
     this.netServer.on('error', (err) => this.emit('error', err));
@@ -82,6 +93,17 @@ export class TlsServer extends EventEmitter {
   setCertificates(certificates: readonly ServerCertificate[]): void {
     if (certificates.length === 0) throw new TypeError('setCertificates needs at least one certificate');
     this.config = { ...this.config, certificates: certificates.map((c) => prepareCertEntry(c, c.servername)) };
+  }
+
+  /**
+   * Replaces the client-certificate policy for new connections (a reload: new CA bundle or
+   * allowed names). Throws, changing nothing, when the new options are invalid.
+   */
+  setClientAuth(clientAuth: ClientAuthOptions | undefined): void {
+    const policy = prepareClientAuth(clientAuth);
+    const ticketKeys = policy ? undefined : this.ticketKeys;
+    const { clientAuth: _old, ...rest } = this.config;
+    this.config = { ...rest, ticketKeys, ...(policy ? { clientAuth: policy } : {}) };
   }
 
   /** Handshakes currently in progress. */

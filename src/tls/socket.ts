@@ -6,6 +6,7 @@ import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { TlsAlertError, TlsError, alertName } from './alert.js';
+import type { PeerIdentity } from './client-auth.js';
 import type { ConnectionEvent, ServerConnection } from './connection.js';
 import type { SignRequest } from './handshake13.js';
 import { publishHandshake, type HandshakeObservation } from './observe.js';
@@ -27,7 +28,6 @@ export interface TlsSocketOptions {
 /** A TLS 1.3 server-side socket (encrypted = true), usable wherever a net.Socket is. */
 export class TlsSocket extends Duplex {
   readonly encrypted = true;
-  authorized = false;
   private readonly started = performance.now();
   private signWaitMs = 0;
   private signAbort: AbortController | null = null;
@@ -74,8 +74,18 @@ export class TlsSocket extends Duplex {
     return s ? { name: s.name, standardName: s.name, version: 'TLSv1.3' } : undefined;
   }
   isSessionReused(): boolean { return this.conn.negotiated.resumed; }
-  /** No client certificates yet: an empty object, as node:tls returns without one. */
-  getPeerCertificate(): Record<string, never> { return {}; }
+  /** The client's verified certificate identity (mTLS), or undefined without one. */
+  get peerIdentity(): PeerIdentity | undefined { return this.conn.established ? this.conn.negotiated.peer : undefined; }
+  /** True when the client presented a certificate that verified (as node:tls; false under optional mode without one). */
+  get authorized(): boolean { return this.peerIdentity !== undefined; }
+  /** Why `authorized` is false, in node:tls terms (a bad certificate never gets this far: its handshake fails). */
+  get authorizationError(): string | undefined { return this.authorized ? undefined : 'NO_PEER_CERTIFICATE'; }
+  /** The client certificate in a reduced node:tls shape ({} without one, as node:tls). */
+  getPeerCertificate(): { subject: string; issuer: string; subjectaltname: string; fingerprint256: string; serialNumber: string; raw: Buffer } | Record<string, never> {
+    const p = this.peerIdentity;
+    if (!p) return {};
+    return { subject: p.subject, issuer: p.issuer, subjectaltname: p.sans.join(', '), fingerprint256: p.fingerprint256, serialNumber: p.serialNumber, raw: p.chain[0]! };
+  }
 
   setTimeout(ms: number, cb?: () => void): this {
     if (cb) this.once('timeout', cb);
@@ -208,6 +218,7 @@ export class TlsSocket extends Duplex {
     };
     if (alert) o.alert = alert;
     if (n.servername) o.servername = n.servername;
+    if (this.conn.config.clientAuth) o.clientCert = n.peer && result === 'ok' ? { subject: n.peer.subject, fingerprint256: n.peer.fingerprint256 } : null;
     if (this.opts.listener) o.listener = this.opts.listener;
     publishHandshake(o);
     this.opts.onHandshake?.(o);
