@@ -91,8 +91,12 @@ export class ServerConnection implements HandshakeIo {
   feed(data: Buffer): void {
     if (this.dead || this.readClosed) return;
     try {
-      this.deframer.push(data);
+      // A bad header fails only after the records before it: a close_notify there means the
+      // rest of the stream is ignored (RFC 8446 §6.1), garbage included.
+      let framingError: unknown = null;
+      try { this.deframer.push(data); } catch (e) { framingError = e; }
       this.pump();
+      if (framingError && !this.readClosed) throw framingError;
     } catch (e) {
       this.fail(e);
     }
@@ -188,6 +192,7 @@ export class ServerConnection implements HandshakeIo {
       if (this.held.length === 0) this.heldBytes = 0;
       this.handleRecord(rec);
     }
+    if (this.state instanceof Traffic && !this.dead) this.state.answerKeyUpdate(this, !this.writeClosed);
     this.flushFlight();
   }
 
@@ -347,6 +352,9 @@ export class ServerConnection implements HandshakeIo {
     const { key, iv } = trafficKeys(suite, secret);
     this.readKey = { suite, key, iv };
     this.opener = new RecordOpener(suite, key, iv);
+    // Declined 0-RTT can only precede the first key change (after an HRR it precedes ClientHello2):
+    // from here on an undecryptable record is bad_record_mac. The caller re-arms skipping if needed.
+    this.earlySkip = 0;
   }
 
   skipEarlyData(): void { this.earlySkip = Limits.earlyDataSkip; }

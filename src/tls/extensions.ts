@@ -23,6 +23,9 @@ export const ExtensionType = {
   renegotiation_info: 0xff01,
 } as const;
 
+/** Recognised but never valid in a ClientHello: the §4.2 rule makes that illegal_parameter. */
+const OID_FILTERS = 48;
+
 export const TLS13_VERSION = 0x0304;
 export const TLS12_VERSION = 0x0303;
 /** psk_key_exchange_modes value for PSK with (EC)DHE, the only mode we accept. */
@@ -160,7 +163,11 @@ export function readClientHelloExtensions(r: Reader, msgStart: number): ClientHe
       }
       case ExtensionType.pre_shared_key: ext.preSharedKey = readPsk(er, msgStart); break;
       case ExtensionType.early_data: ext.earlyData = true; break;
-      case ExtensionType.cookie: ext.cookie = er.vec16('cookie'); break;
+      case ExtensionType.cookie:
+        ext.cookie = er.vec16('cookie');
+        if (ext.cookie.length === 0) throw fatal('decode_error', 'empty cookie'); // cookie<1..2^16-1>
+        break;
+      case OID_FILTERS: throw fatal('illegal_parameter', 'oid_filters is only allowed in CertificateRequest (RFC 8446 §4.2)');
       default: er.bytes(er.remaining); // unknown extensions are ignored (RFC 8446 §4.2)
     }
     er.expectEnd(`extension ${type}`);

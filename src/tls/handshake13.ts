@@ -339,6 +339,7 @@ export class Traffic implements State {
   private serverSecret: Buffer;
   /** Abuse counter: KeyUpdates since the last application data record. */
   consecutiveKeyUpdates = 0;
+  private answerOwed = false;
 
   constructor(_proof: ClientFinishedVerified, private readonly suite: CipherSuite, app: { client: Buffer; server: Buffer }, io: HandshakeIo) {
     this.clientSecret = app.client;
@@ -352,8 +353,15 @@ export class Traffic implements State {
     if (++this.consecutiveKeyUpdates > MAX_CONSECUTIVE_KEY_UPDATES) throw fatal('unexpected_message', 'too many KeyUpdates without application data');
     this.clientSecret = nextTrafficSecret(this.suite.hash, this.clientSecret);
     io.setReadKey(this.suite, this.clientSecret);
-    if (requested) this.updateWriteKey(io, false);
+    // Answered once the input at hand is processed: a burst of requests costs one KeyUpdate (TLS.md 39).
+    if (requested) this.answerOwed = true;
     return this;
+  }
+
+  /** Sends the one KeyUpdate owed for the requests seen since the last call (none after our close_notify). */
+  answerKeyUpdate(io: HandshakeIo, canWrite: boolean): void {
+    if (this.answerOwed && canWrite) this.updateWriteKey(io, false);
+    this.answerOwed = false;
   }
 
   /** Sends our KeyUpdate under the current key, then switches the write key. */

@@ -6,6 +6,9 @@ import { PSK_DHE_KE, TLS13_VERSION, type KeyShareEntry } from './extensions.js';
 import type { ClientHello } from './messages.js';
 import { SUPPORTED_GROUPS, TLS13_SUITES, type CipherSuite } from './suites.js';
 
+/** RFC 7507 signalling cipher suite value. */
+export const TLS_FALLBACK_SCSV = 0x5600;
+
 /**
  * The version negotiation point. Only TLS 1.3 exists for now: a hello that does not list it in
  * supported_versions gets protocol_version (TLS 1.2, issue 9, will branch here instead).
@@ -13,6 +16,8 @@ import { SUPPORTED_GROUPS, TLS13_SUITES, type CipherSuite } from './suites.js';
 export function negotiateVersion(ch: ClientHello): 'TLSv1.3' {
   const versions = ch.ext.supportedVersions;
   if (versions?.includes(TLS13_VERSION)) return 'TLSv1.3';
+  // RFC 7507 §3: a retry below our highest version is a downgrade (attack or broken middlebox).
+  if (ch.cipherSuites.includes(TLS_FALLBACK_SCSV)) throw fatal('inappropriate_fallback', 'client fell back below TLS 1.3 (TLS_FALLBACK_SCSV)');
   throw fatal('protocol_version', 'client does not offer TLS 1.3 (TLS 1.2 is not enabled)');
 }
 
@@ -73,9 +78,10 @@ export function chooseAlpn(ch: ClientHello, ours: readonly string[] | undefined)
   return proto;
 }
 
-// Extensions whose bodies must not change between the two ClientHellos (Go's list, RFC 8446
-// §4.1.2). key_share, pre_shared_key (ages and binders change), early_data, cookie and padding may.
-const MUST_MATCH = [0 /* server_name */, 10, 13, 16, 43, 45, 50];
+// Extensions ClientHello2 may change (RFC 8446 §4.1.2): key_share (checked below), early_data
+// (removed), pre_shared_key (ages, binders, dropped identities) and padding. Every other
+// extension, cookie included (our HRR never sends one), must come back byte for byte.
+const MAY_CHANGE = new Set([51 /* key_share */, 42 /* early_data */, 41 /* pre_shared_key */, 21 /* padding */]);
 
 /** ClientHello2 must answer our HRR and otherwise repeat ClientHello1 (TLS.md 23). */
 export function checkRetryHello(ch1: ClientHello, ch2: ClientHello, requestedGroup: number): void {
@@ -85,12 +91,15 @@ export function checkRetryHello(ch1: ClientHello, ch2: ClientHello, requestedGro
     throw fatal('illegal_parameter', 'second ClientHello must carry exactly one key share, for the group the HelloRetryRequest named');
   }
   if (ch2.ext.earlyData) throw fatal('illegal_parameter', 'second ClientHello offers early_data');
-  const same = (a: Buffer | undefined, b: Buffer | undefined): boolean => (a === undefined ? b === undefined : b !== undefined && a.equals(b));
+  if (ch2.ext.preSharedKey && !ch1.ext.preSharedKey) throw fatal('illegal_parameter', 'second ClientHello adds pre_shared_key');
   if (ch1.legacyVersion !== ch2.legacyVersion || !ch1.random.equals(ch2.random) || !ch1.sessionId.equals(ch2.sessionId)
     || ch1.cipherSuites.join() !== ch2.cipherSuites.join() || !ch1.compressionMethods.equals(ch2.compressionMethods)) {
     throw fatal('illegal_parameter', 'second ClientHello changed fields other than key_share');
   }
-  for (const t of MUST_MATCH) {
-    if (!same(ch1.ext.raw.get(t), ch2.ext.raw.get(t))) throw fatal('illegal_parameter', `second ClientHello changed extension ${t}`);
+  for (const t of new Set([...ch1.ext.raw.keys(), ...ch2.ext.raw.keys()])) {
+    if (MAY_CHANGE.has(t)) continue;
+    const a = ch1.ext.raw.get(t);
+    const b = ch2.ext.raw.get(t);
+    if (a === undefined || b === undefined || !a.equals(b)) throw fatal('illegal_parameter', `second ClientHello ${a === undefined ? 'added' : b === undefined ? 'dropped' : 'changed'} extension ${t}`);
   }
 }

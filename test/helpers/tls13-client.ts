@@ -1,11 +1,11 @@
 // A minimal scripted TLS 1.3 client for state-transition tests over a sans-IO ServerConnection:
 // builds ClientHellos byte by byte (so tests can break any field), follows the server flight
 // with the real key schedule, and lets a test send a good or a bad Finished.
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, randomBytes, type CipherGCMTypes } from 'node:crypto';
 import { Reader, Writer } from '../../src/tls/codec.js';
 import { ExtensionType } from '../../src/tls/extensions.js';
 import type { ConnectionEvent, ServerConnection } from '../../src/tls/connection.js';
-import { KeySchedule13, Transcript, finishedVerifyData, trafficKeys } from '../../src/tls/keyschedule.js';
+import { KeySchedule13, Transcript, finishedVerifyData, nextTrafficSecret, trafficKeys } from '../../src/tls/keyschedule.js';
 import { ContentType, RecordDeframer, RecordOpener, RecordSealer, plaintextRecords } from '../../src/tls/record.js';
 import { EphemeralKey, NamedGroup, suiteById, type CipherSuite } from '../../src/tls/suites.js';
 import { SignatureScheme } from '../../src/tls/signer.js';
@@ -173,4 +173,46 @@ export async function fullHandshake(conn: ServerConnection, opts: Parameters<typ
   const ak = trafficKeys(c.suite, c.app.client);
   const sk = trafficKeys(c.suite, c.app.server);
   return { ...c, appSealer: new RecordSealer(c.suite, ak.key, ak.iv), appOpener: new RecordOpener(c.suite, sk.key, sk.iv), afterFinished };
+}
+
+/**
+ * Seals one TLS 1.3 record by hand: `inner` is the whole TLSInnerPlaintext (content ‖ type ‖
+ * padding), so tests can send padding-only or unknown inner types, under any outer type and
+ * legacy_record_version, at an explicit sequence number.
+ */
+export function sealRaw(suite: CipherSuite, secret: Buffer, seq: bigint, inner: Buffer, header: { type?: number; version?: number } = {}): Buffer {
+  const { key, iv } = trafficKeys(suite, secret);
+  const nonce = Buffer.from(iv);
+  nonce.writeBigUInt64BE(iv.readBigUInt64BE(4) ^ seq, 4);
+  const head = Buffer.from([header.type ?? ContentType.application_data, 0, 0, 0, 0]);
+  head.writeUInt16BE(header.version ?? 0x0303, 1);
+  head.writeUInt16BE(inner.length + 16, 3);
+  const c = createCipheriv(suite.aead as CipherGCMTypes, key, nonce, { authTagLength: 16 });
+  c.setAAD(head);
+  const ct = Buffer.concat([c.update(inner), c.final()]);
+  return Buffer.concat([head, ct, c.getAuthTag()]);
+}
+
+/** A client-side write key that can be rolled forward with KeyUpdate (post-handshake tests). */
+export class ClientWriter {
+  private sealer: RecordSealer;
+  constructor(private readonly suite: CipherSuite, private secret: Buffer) {
+    const k = trafficKeys(suite, secret);
+    this.sealer = new RecordSealer(suite, k.key, k.iv);
+  }
+
+  /** Seals content of inner type `type` under the current key. */
+  seal(type: number, content: Buffer, padding = 0): Buffer { return this.sealer.seal(type, content, padding); }
+
+  /** Switches to the next traffic secret (call after sending a KeyUpdate). */
+  roll(): void {
+    this.secret = nextTrafficSecret(this.suite.hash, this.secret);
+    const k = trafficKeys(this.suite, this.secret);
+    this.sealer = new RecordSealer(this.suite, k.key, k.iv);
+  }
+}
+
+/** A KeyUpdate message (request_update 0 or 1, or any byte for negative tests). */
+export function keyUpdateMsg(requestUpdate: number): Buffer {
+  return Buffer.from([24, 0, 0, 1, requestUpdate]);
 }
