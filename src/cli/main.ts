@@ -16,6 +16,7 @@ export async function buildProgram(): Promise<Command> {
     .exitOverride();
   // Command groups, one module each. Keep this list sorted; each register() adds one group.
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [
+    () => import('./commands/bench.js'),
     () => import('./commands/cluster-ops.js'),
     () => import('./commands/cluster.js'),
     () => import('./commands/config.js'),
