@@ -81,6 +81,8 @@ async function takeLock(dir: string): Promise<void> {
 /** One HSM's sealed files. */
 export class DeviceStore {
   private usersWrite: Promise<void> = Promise.resolve();
+  private usersQueued?: Promise<void>;
+  private usersCurrent?: () => UserRecord[];
 
   private constructor(readonly dir: string, private readonly master: Buffer) {}
 
@@ -116,9 +118,19 @@ export class DeviceStore {
     return blob ? this.unsealFile<UserRecord[]>(USERS, blob) : undefined;
   }
 
-  /** Persists the user table; writes are serialised and each writes the table as it is then. */
+  /**
+   * Persists the user table; writes are serialised and each writes the table as it is when the
+   * write starts. Callers arriving while a write is queued (not yet started) join it: it will
+   * hold their change too, so a burst of user changes costs two writes, not one per change.
+   */
   writeUsers(current: () => UserRecord[]): Promise<void> {
-    const next = this.usersWrite.then(() => writeAtomic(this.dir, USERS, sealJson(this.master, USERS, current())));
+    this.usersCurrent = current;
+    if (this.usersQueued) return this.usersQueued;
+    const next = this.usersWrite.then(() => {
+      this.usersQueued = undefined;
+      return writeAtomic(this.dir, USERS, sealJson(this.master, USERS, this.usersCurrent!()));
+    });
+    this.usersQueued = next;
     this.usersWrite = next.catch(() => undefined);
     return next;
   }
