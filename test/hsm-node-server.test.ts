@@ -89,6 +89,25 @@ t.test('a client certificate from another cluster\'s CA is refused', async (t) =
   t.equal(node.appliance.stats.connections, before.connections, 'no connection was accepted');
 });
 
+t.test('a client limited to TLS 1.2, even with a valid certificate, is refused in the handshake', async (t) => {
+  const before = { ...node.appliance.stats };
+  const socket = tlsConnect({ host: '127.0.0.1', port: node.port, ...(await clientTls(cluster)), minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' });
+  let secure = false;
+  socket.on('secureConnect', () => { secure = true; });
+  const err = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    socket.once('error', (e) => resolve(e));
+    socket.once('close', () => resolve(undefined));
+  });
+  socket.destroy();
+  t.notOk(secure, 'no TLS 1.2 session was established');
+  t.match(err?.code, /^ERR_SSL_/, `the handshake fails with an SSL error (${err?.code})`);
+  t.equal(node.appliance.stats.frames, before.frames, 'no frame was decoded');
+  t.equal(node.appliance.stats.connections, before.connections, 'no connection was accepted');
+  const ok = await connect(cluster, node.port);
+  t.equal((await ok.info()).hsmId, 'hsm-1', 'a TLS 1.3 client still gets in');
+  ok.destroy();
+});
+
 t.test('HsmConnection with another cluster\'s certificates fails with a TLS error, not a hang', async (t) => {
   const foreign = await clientTls(other);
   const err = await (async () => {
