@@ -1,11 +1,14 @@
 // Validation of the `hsm:` section: which backend holds the keys and how to log in to it.
 import { resolve } from 'node:path';
+import { readAutoscale } from './autoscale.js';
 import { at, type Reader } from './reader.js';
 import { CAPACITY_PROFILES, DEFAULTS, HSM_MODES, type HsmConfig } from './schema.js';
 
-const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'token', 'credentials', 'signing'] as const;
+const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'token', 'credentials', 'signing', 'autoscale'] as const;
 // Fields that only mean something for one mode; setting them elsewhere is a mistake worth naming.
 const ONLY_FOR: Record<string, string> = { hsms: 'embedded', profile: 'embedded', manifest: 'cluster', module: 'pkcs11', token: 'pkcs11' };
+// The autoscaler runs the simulated cluster's HSMs: no meaning for a PKCS#11 token.
+const NOT_FOR_PKCS11 = ['autoscale'];
 
 /** Reads `hsm:`; relative paths are resolved against `baseDir`. */
 export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefined {
@@ -24,12 +27,15 @@ export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefi
   const token = r.string(o.token, at(path, 'token'), { optional: mode !== 'pkcs11' });
   const credentials = readCredentials(r, o.credentials, at(path, 'credentials'));
   const signing = readSigning(r, o.signing, at(path, 'signing'));
+  for (const key of NOT_FOR_PKCS11) if (o[key] !== undefined && mode === 'pkcs11') r.fail(at(path, key), 'only used with mode: embedded or cluster (mode is pkcs11)');
+  const autoscale = o.autoscale === undefined || mode === 'pkcs11' ? undefined : readAutoscale(r, o.autoscale, at(path, 'autoscale'));
   if (hsms === undefined || !profile || !credentials || !signing) return undefined;
   return {
     mode, dir: resolve(r.baseDir, dir), hsms, profile, credentials, signing,
     ...(manifest !== undefined ? { manifest } : {}),
     ...(module !== undefined ? { module } : {}),
     ...(token !== undefined ? { token } : {}),
+    ...(autoscale !== undefined ? { autoscale } : {}),
   };
 }
 

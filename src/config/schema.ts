@@ -1,5 +1,6 @@
 // The shape of a validated configuration and its defaults. Paths to files are absolute here
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
+import type { AutoscaleConfig } from './autoscale.js';
 
 export type TlsVersion = '1.2' | '1.3';
 export type ClientAuthMode = 'none' | 'optional' | 'require';
@@ -71,6 +72,8 @@ export interface HsmConfig {
   token?: string;
   credentials: CredentialsConfig;
   signing: { maxInFlight: number; timeoutMs: number };
+  /** Scaling advisor knobs, and whether the simulated cluster follows them (embedded/cluster modes). */
+  autoscale?: AutoscaleConfig;
 }
 
 /** The admin HTTP server (/metrics, /healthz, /readyz). */

@@ -75,6 +75,8 @@ export const ADVISOR_DEFAULTS: AdvisorConfig = {
 export interface AdvisorState {
   /** HSM count at the last evaluation, and when it last changed (cool-down start). */
   hsms?: number;
+  /** HSMs in rotation at the last evaluation. */
+  healthy?: number;
   changedAt?: number;
   /** Since when latency has been over the SLO (or busy answers seen) without a break. */
   pressureSince?: number;
@@ -118,8 +120,9 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
   const meanUtil = healthy > 0 ? sumUtil / healthy : 0;
   const maxUtil = utils.length > 0 ? Math.max(...utils) : 0;
 
-  const state: AdvisorState = { ...prev, hsms: current };
-  if (prev.hsms !== undefined && prev.hsms !== current) {
+  const state: AdvisorState = { ...prev, hsms: current, healthy };
+  // A new HSM changes the cluster when it enters rotation, not when it is first listed.
+  if ((prev.hsms !== undefined && prev.hsms !== current) || (prev.healthy !== undefined && prev.healthy !== healthy)) {
     // A changed cluster starts its evidence over: figures from before the change describe another cluster.
     state.changedAt = now;
     delete state.pressureSince;
@@ -130,8 +133,10 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
   const latencyHigh = stats.signs >= cfg.minSigns && p99 !== undefined && p99 > cfg.sloP99Ms;
   const pressure = latencyHigh || stats.busyRejections > 0;
   const idle = healthy > 0 && maxUtil < cfg.removeBelow && !pressure;
-  state.pressureSince = pressure ? (state.pressureSince ?? now) : undefined;
-  state.idleSince = idle ? (state.idleSince ?? now) : undefined;
+  // Evidence counts only once the whole window is younger than the last change.
+  const fresh = state.changedAt === undefined || now - state.changedAt >= stats.windowMs;
+  state.pressureSince = pressure && fresh ? (state.pressureSince ?? now) : undefined;
+  state.idleSince = idle && fresh ? (state.idleSince ?? now) : undefined;
   state.shortSince = healthy < cfg.min ? (prev.shortSince ?? now) : undefined;
   for (const k of ['pressureSince', 'idleSince', 'shortSince'] as const) if (state[k] === undefined) delete state[k];
 
@@ -189,7 +194,8 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
   if (idle && held(state.idleSince) >= cfg.removeSustainMs && current - 1 >= cfg.min && healthy === current && !cooling) {
     const projected = sumUtil / (current - 1);
     if (projected < cfg.targetUtilisation) {
-      return out('remove', 1, `remove 1 HSM: utilisation < ${cfg.removeBelow} for ${formatDuration(held(state.idleSince))} and ${plural(current - 1, 'HSM')} remain`);
+      const remain = current - 1 === 1 ? '1 HSM remains' : `${current - 1} HSMs remain`;
+      return out('remove', 1, `remove 1 HSM: utilisation < ${cfg.removeBelow} for ${formatDuration(held(state.idleSince))} and ${remain}`);
     }
   }
 
