@@ -8,6 +8,7 @@ import { prepareCertEntry } from '../src/tls/certselect.js';
 import { ServerConnection, type ConnectionEvent } from '../src/tls/connection.js';
 import { ExtensionType } from '../src/tls/extensions.js';
 import type { HandshakeConfig } from '../src/tls/handshake13.js';
+import type { ServerHandshakeConfig } from '../src/tls/hello12.js';
 import { ContentType, plaintextRecords } from '../src/tls/record.js';
 import { SignatureScheme } from '../src/tls/signer.js';
 import { EphemeralKey, NamedGroup } from '../src/tls/suites.js';
@@ -43,8 +44,8 @@ function lastAlertPlain(out: Buffer): number[] {
 }
 
 /** A ClientHello that must fail with `alert`, sent in plaintext (the alert goes back in plaintext). */
-async function helloFails(t: Test, ch: Buffer, alert: AlertName): Promise<void> {
-  const conn = new ServerConnection(config());
+async function helloFails(t: Test, ch: Buffer, alert: AlertName, cfg: ServerHandshakeConfig = config()): Promise<void> {
+  const conn = new ServerConnection(cfg);
   const out = await exchange(conn, plaintextRecords(ContentType.handshake, ch));
   expectAlert(t, conn, alert);
   t.same(lastAlertPlain(out), [21, 3, 3, 0, 2, 2, AlertDescription[alert]], 'a fatal alert record went out');
@@ -103,8 +104,9 @@ t.test('version negotiation', async (t) => {
     t.equal(conn.error, null);
     t.equal(conn.stateName, 'ExpectFinished');
   });
+  // TLS 1.2 disabled here: with it enabled such a hello is a TLS 1.2 hello (tls12-*.test.ts).
   await t.test('without supported_versions TLS 1.3 is never chosen → protocol_version', (t) =>
-    helloFails(t, encodeClientHello({ legacyVersion: 0x0304, extensions: helloExts([], [ExtensionType.supported_versions]).exts }), 'protocol_version'));
+    helloFails(t, encodeClientHello({ legacyVersion: 0x0304, extensions: helloExts([], [ExtensionType.supported_versions]).exts }), 'protocol_version', { ...config(), minVersion: '1.3' }));
 });
 
 t.test('ServerHello carries only what the client offered; unknown extensions are ignored', async (t) => {

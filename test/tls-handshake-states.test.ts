@@ -6,7 +6,8 @@ import { AlertDescription, TlsAlertError, type AlertName } from '../src/tls/aler
 import { prepareCertEntry } from '../src/tls/certselect.js';
 import { ServerConnection, type ConnectionEvent } from '../src/tls/connection.js';
 import { ExtensionType } from '../src/tls/extensions.js';
-import { certificateVerifyContent, type HandshakeConfig } from '../src/tls/handshake13.js';
+import { certificateVerifyContent } from '../src/tls/handshake13.js';
+import type { ServerHandshakeConfig } from '../src/tls/hello12.js';
 import { Reader } from '../src/tls/codec.js';
 import { HRR_RANDOM } from '../src/tls/messages.js';
 import { ContentType, plaintextRecords } from '../src/tls/record.js';
@@ -19,7 +20,7 @@ import { encodeClientHello, exchange, ext, fullHandshake, goodHello, readServerF
 const certs = makeTestCerts(['localhost', '*.example.com']);
 t.teardown(() => certs.cleanup());
 
-function config(over: Partial<HandshakeConfig> = {}, signer?: SoftSigner): HandshakeConfig {
+function config(over: Partial<ServerHandshakeConfig> = {}, signer?: SoftSigner): ServerHandshakeConfig {
   return {
     certificates: [
       prepareCertEntry({ chain: certs.ec.chain, signer: signer ?? new SoftSigner(certs.ec.key) }),
@@ -82,10 +83,11 @@ t.test('ClientHello validation alerts', async (t) => {
     helloFails(t, encodeClientHello({ ...good, extensions: [...good.extensions!, ext.alpn(['h2']), ext.alpn(['h2'])] }), 'illegal_parameter'));
   await t.test('missing signature_algorithms → missing_extension', (t) =>
     helloFails(t, encodeClientHello(goodHello({ omit: [ExtensionType.signature_algorithms] }).spec), 'missing_extension'));
+  // With TLS 1.2 disabled (minVersion 1.3); tls12-*.test.ts cover the 1.2 path.
   await t.test('missing supported_versions (a TLS 1.2 hello) → protocol_version', (t) =>
-    helloFails(t, encodeClientHello(goodHello({ omit: [ExtensionType.supported_versions] }).spec), 'protocol_version'));
+    helloFails(t, encodeClientHello(goodHello({ omit: [ExtensionType.supported_versions] }).spec), 'protocol_version', config({ minVersion: '1.3' })));
   await t.test('supported_versions without TLS 1.3 → protocol_version', (t) =>
-    helloFails(t, encodeClientHello({ extensions: [ext.versions([0x0303]), ...good.extensions!.slice(1)] }), 'protocol_version'));
+    helloFails(t, encodeClientHello({ extensions: [ext.versions([0x0303]), ...good.extensions!.slice(1)] }), 'protocol_version', config({ minVersion: '1.3' })));
   await t.test('no common group → handshake_failure', (t) =>
     helloFails(t, encodeClientHello({ extensions: [ext.versions(), ext.groups([0x0019]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x0019, key: Buffer.alloc(133, 4) }])] }), 'handshake_failure'));
   await t.test('no common cipher suite → handshake_failure', (t) =>

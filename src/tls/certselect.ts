@@ -102,18 +102,22 @@ function matchesName(entry: CertEntry, sni: string, wildcard: boolean): boolean 
   return entry.names.includes(`*${sni.slice(dot)}`);
 }
 
+/** Entries serving `sni` (exact name, else a one-label wildcard); all of them without SNI. None → unrecognized_name. */
+export function certificatesForName(entries: readonly CertEntry[], sni: string | undefined): readonly CertEntry[] {
+  if (sni === undefined) return entries;
+  let candidates = entries.filter((e) => matchesName(e, sni, false));
+  if (candidates.length === 0) candidates = entries.filter((e) => matchesName(e, sni, true));
+  if (candidates.length === 0) throw fatal('unrecognized_name', `no certificate for server name "${sni}"`);
+  return candidates;
+}
+
 /**
  * Picks a certificate and scheme. SNI given but served by no entry → unrecognized_name
  * (RFC 6066 §3 names this alert; sending a certificate for another name only moves the
  * failure to a vaguer client-side error). No entry the client can verify → handshake_failure.
  */
 export function selectCertificate(entries: readonly CertEntry[], sni: string | undefined, sigAlgs: readonly number[], sigAlgsCert?: readonly number[]): CertChoice {
-  let candidates = entries;
-  if (sni !== undefined) {
-    candidates = entries.filter((e) => matchesName(e, sni, false));
-    if (candidates.length === 0) candidates = entries.filter((e) => matchesName(e, sni, true));
-    if (candidates.length === 0) throw fatal('unrecognized_name', `no certificate for server name "${sni}"`);
-  }
+  const candidates = certificatesForName(entries, sni);
   const offered = new Set(sigAlgs);
   const certOk = new Set(sigAlgsCert ?? sigAlgs);
   let best: { choice: CertChoice; rank: number } | undefined;

@@ -5,12 +5,14 @@
 // that turns an error into the fatal alert on the wire.
 import { AlertDescription, AlertLevel, TlsAlertError, TlsError, alertName, fatal } from './alert.js';
 import {
-  AwaitSignature, ExpectClientHello, Traffic, type HandshakeConfig, type HandshakeIo, type Negotiated,
-  type SignRequest, type State,
+  AwaitSignature, Traffic, type HandshakeIo, type Negotiated, type SignRequest, type State,
 } from './handshake13.js';
+import { AwaitSignature12, ExpectClientHelloAny, isState12, type HandshakeIo12 } from './handshake12.js';
+import type { ServerHandshakeConfig } from './hello12.js';
 import { HandshakeJoiner } from './joiner.js';
 import { trafficKeys } from './keyschedule.js';
 import { ContentType, RecordDeframer, RecordOpener, RecordSealer, plaintextRecords } from './record.js';
+import { RecordOpener12, type RecordSealer12 } from './record12.js';
 import type { CipherSuite } from './suites.js';
 
 /** What the connection tells its driver. */
@@ -50,10 +52,10 @@ interface WireRecord { type: number; version: number; fragment: Buffer }
 const COMPAT_CCS = Buffer.from([ContentType.change_cipher_spec, 3, 3, 0, 1, 1]);
 
 /** One server-side TLS connection, transport-agnostic. */
-export class ServerConnection implements HandshakeIo {
+export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   readonly negotiated: Negotiated = { resumed: false };
   readonly counters: Counters = { emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0, keyUpdatesReceived: 0, keyUpdatesSent: 0 };
-  private state: State = new ExpectClientHello();
+  private state: State = new ExpectClientHelloAny();
   private readonly deframer = new RecordDeframer();
   private readonly joiner = new HandshakeJoiner();
   private sealer: RecordSealer | null = null;
@@ -75,7 +77,7 @@ export class ServerConnection implements HandshakeIo {
   private writeClosed = false;
   private dead: TlsError | null = null;
 
-  constructor(readonly config: HandshakeConfig) {}
+  constructor(readonly config: ServerHandshakeConfig) {}
 
   /** True once the client's Finished verified. */
   get established(): boolean { return this.done && !this.dead; }
@@ -120,10 +122,11 @@ export class ServerConnection implements HandshakeIo {
 
   /** Delivers the signature for request `epoch`; a stale or late answer is dropped (returns false). */
   resumeWithSignature(epoch: number, signature: Buffer): boolean {
-    if (this.dead || epoch !== this.pendingSign || !(this.state instanceof AwaitSignature)) return false;
+    const paused = this.state;
+    if (this.dead || epoch !== this.pendingSign || !(paused instanceof AwaitSignature || paused instanceof AwaitSignature12)) return false;
     this.pendingSign = 0;
     try {
-      this.state = this.state.resume(signature, this);
+      this.state = paused.resume(signature, this);
       this.pump();
     } catch (e) {
       this.fail(e);
@@ -198,12 +201,15 @@ export class ServerConnection implements HandshakeIo {
 
   private handleRecord(rec: WireRecord): void {
     const { type, fragment } = rec;
-    if (type === ContentType.application_data && this.opener) return this.handleProtected(rec);
+    // TLS 1.3 hides the real type inside application_data records; TLS 1.2 protects every record after CCS.
+    if (this.opener && (type === ContentType.application_data || this.opener instanceof RecordOpener12)) return this.handleProtected(rec);
     // Everything below is unprotected.
     if (this.joiner.pending && type !== ContentType.handshake) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
       case ContentType.change_cipher_spec:
         if (fragment.length !== 1 || fragment[0] !== 1) throw fatal('unexpected_message', 'ChangeCipherSpec must be the single byte 0x01');
+        // TLS 1.2: a real protocol message, which only the state expecting it accepts (TLS.md 35).
+        if (isState12(this.state)) { this.state = this.state.changeCipherSpec(this); return; }
         if (!this.sawHello || this.done) throw fatal('unexpected_message', 'ChangeCipherSpec outside the handshake');
         if (++this.counters.compatCcs > Limits.compatCcs) throw fatal('unexpected_message', 'too many ChangeCipherSpec records');
         return;
@@ -288,7 +294,8 @@ export class ServerConnection implements HandshakeIo {
       this.events.push({ type: 'close_notify' });
       return;
     }
-    if (level === AlertLevel.warning && desc === AlertDescription.user_canceled) {
+    // TLS 1.2 (RFC 5246 §7.2.2) lets warnings pass; like rustls we count them and tolerate a few.
+    if (level === AlertLevel.warning && (desc === AlertDescription.user_canceled || this.negotiated.suite?.version === 'TLSv1.2')) {
       if (++this.counters.warningAlerts > Limits.warningAlerts) throw fatal('unexpected_message', 'too many warning alerts');
       return;
     }
@@ -358,6 +365,24 @@ export class ServerConnection implements HandshakeIo {
   }
 
   skipEarlyData(): void { this.earlySkip = Limits.earlyDataSkip; }
+
+  // ---- HandshakeIo12, used by the TLS 1.2 states ----
+
+  sendChangeCipherSpec(sealer: RecordSealer12): void {
+    this.flushFlight();
+    this.out.push(COMPAT_CCS);
+    this.sealer = sealer;
+  }
+
+  setReadProtection(opener: RecordOpener12): void {
+    if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at ChangeCipherSpec');
+    this.opener = opener;
+  }
+
+  sendWarningAlert(description: number): void {
+    this.flushFlight();
+    this.sendAlert(AlertLevel.warning, description);
+  }
 
   requestSignature(req: Omit<SignRequest, 'epoch'>): void {
     this.pendingSign = ++this.epoch;

@@ -7,7 +7,7 @@ import { prepareCertEntry, type CertEntry } from './certselect.js';
 import { prepareClientAuth, type ClientAuthOptions } from './client-auth.js';
 import { ServerConnection } from './connection.js';
 import type { HandshakeObservation } from './observe.js';
-import type { HandshakeConfig } from './handshake13.js';
+import type { ServerHandshakeConfig, TlsVersionName } from './hello12.js';
 import type { CertifiedKey } from './signer.js';
 import { MAX_TICKET_LIFETIME_S } from './session.js';
 import { TlsSocket } from './socket.js';
@@ -46,6 +46,10 @@ export interface TlsServerOptions {
   allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
   maxConcurrentHandshakes?: number;
+  /** Lowest protocol version accepted (default '1.2'). */
+  minVersion?: TlsVersionName;
+  /** Highest protocol version accepted (default '1.3'). */
+  maxVersion?: TlsVersionName;
   /**
    * Client certificates (mTLS). With mode optional or require, no session tickets are issued or
    * accepted: a resumed handshake carries no client certificate to verify.
@@ -56,7 +60,7 @@ export interface TlsServerOptions {
 /** A TLS 1.3 server with asynchronous signatures. */
 export class TlsServer extends EventEmitter {
   readonly netServer: Server;
-  private config: HandshakeConfig;
+  private config: ServerHandshakeConfig;
   private handshaking = 0;
   /** The server's ticket keys, kept while mTLS turns tickets off so a reload can turn them back on. */
   private readonly ticketKeys: TicketKeys | undefined;
@@ -69,6 +73,10 @@ export class TlsServer extends EventEmitter {
     const entries: CertEntry[] = options.certificates.map((c) => prepareCertEntry(c, c.servername));
     const verify = options.verifyAfterSign ?? 'rsa';
     const clientAuth = prepareClientAuth(options.clientAuth);
+    const minVersion = options.minVersion ?? '1.2';
+    const maxVersion = options.maxVersion ?? '1.3';
+    for (const v of [minVersion, maxVersion]) if (v !== '1.2' && v !== '1.3') throw new TypeError(`TLS version must be '1.2' or '1.3', got '${String(v)}'`);
+    if (minVersion > maxVersion) throw new TypeError(`minVersion ${minVersion} is above maxVersion ${maxVersion}`);
     this.ticketKeys = options.ticketKeys === false ? undefined : options.ticketKeys ?? new TicketKeys();
     this.config = {
       certificates: entries,
@@ -78,6 +86,8 @@ export class TlsServer extends EventEmitter {
       ticketLifetimeS: Math.min(options.ticketLifetimeS ?? MAX_TICKET_LIFETIME_S, MAX_TICKET_LIFETIME_S),
       verifyAfterSign: (keyType) => verify === true || (verify === 'rsa' && keyType === 'rsa'),
       now: Date.now,
+      minVersion,
+      maxVersion,
       ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
     };
     this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));

@@ -10,8 +10,9 @@ import { suiteById, type CipherSuite } from './suites.js';
 
 /** What sealing tickets needs from TicketKeys (tickets.ts): AEAD under rotating keys. */
 export interface TicketSealer {
-  seal(plaintext: Buffer): Buffer;
-  open(ticket: Buffer): Buffer | null;
+  /** `purpose` separates ticket kinds (TLS 1.2 passes 'tls12'; TLS 1.3 none). */
+  seal(plaintext: Buffer, purpose?: string): Buffer;
+  open(ticket: Buffer, purpose?: string): Buffer | null;
 }
 
 /** Ticket lifetime cap (RFC 8446 §4.6.1: at most 7 days). */

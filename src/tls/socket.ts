@@ -66,12 +66,13 @@ export class TlsSocket extends Duplex {
   /** The connection core (for diagnostics and tests). */
   get connection(): ServerConnection { return this.conn; }
 
-  /** 'TLSv1.3' once negotiated, else null. */
-  getProtocol(): string | null { return this.conn.negotiated.suite ? 'TLSv1.3' : null; }
-  /** The cipher suite, named as node:tls names TLS 1.3 suites. */
+  /** 'TLSv1.3' or 'TLSv1.2' once negotiated, else null. */
+  getProtocol(): string | null { return this.conn.negotiated.suite?.version ?? null; }
+  /** The cipher suite, named as node:tls names it (OpenSSL's name for TLS 1.2 suites). */
   getCipher(): { name: string; standardName: string; version: string } | undefined {
     const s = this.conn.negotiated.suite;
-    return s ? { name: s.name, standardName: s.name, version: 'TLSv1.3' } : undefined;
+    if (!s) return undefined;
+    return { name: 'opensslName' in s ? String(s.opensslName) : s.name, standardName: s.name, version: s.version };
   }
   isSessionReused(): boolean { return this.conn.negotiated.resumed; }
   /** The client's verified certificate identity (mTLS), or undefined without one. */
@@ -213,7 +214,7 @@ export class TlsSocket extends Duplex {
     this.observed = true;
     const n = this.conn.negotiated;
     const o: HandshakeObservation = {
-      version: 'TLSv1.3', suite: n.suite?.name ?? '', group: n.group ? groupName(n.group) : '', keyType: n.keyType ?? '',
+      version: n.suite?.version ?? 'TLSv1.3', suite: n.suite?.name ?? '', group: n.group ? groupName(n.group) : '', keyType: n.keyType ?? '',
       resumed: n.resumed, result, durationMs: performance.now() - this.started, signWaitMs: this.signWaitMs,
     };
     if (alert) o.alert = alert;

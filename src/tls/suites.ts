@@ -3,12 +3,12 @@
 import crypto from 'node:crypto';
 import { fatal } from './alert.js';
 
-/** One TLS 1.3 cipher suite: the AEAD and the hash of its key schedule. */
+/** One cipher suite: the AEAD and the hash of its key schedule (TLS 1.2 suites: suites12.ts). */
 export interface CipherSuite {
   id: number;
   /** IANA name, e.g. 'TLS_AES_128_GCM_SHA256'. */
   name: string;
-  version: 'TLSv1.3';
+  version: 'TLSv1.3' | 'TLSv1.2';
   hash: 'sha256' | 'sha384';
   hashLen: 32 | 48;
   keyLen: 16 | 32;

@@ -13,6 +13,20 @@ interface TicketKey {
   epoch: number;
   name: Buffer;
   key: Buffer;
+  /** Per-purpose keys derived from `key` (e.g. 'tls12'), made on first use. */
+  derived?: Map<string, Buffer>;
+}
+
+/** The AEAD key for a purpose: the epoch key itself by default (TLS 1.3), else an HKDF-derived one. */
+function purposeKey(k: TicketKey, purpose: string | undefined): Buffer {
+  if (purpose === undefined) return k.key;
+  k.derived ??= new Map();
+  let key = k.derived.get(purpose);
+  if (!key) {
+    key = Buffer.from(crypto.hkdfSync('sha256', k.key, Buffer.alloc(0), Buffer.from(`hsmproxy ticket purpose ${purpose}`), 32));
+    k.derived.set(purpose, key);
+  }
+  return key;
 }
 
 /** Options for TicketKeys. */
@@ -56,14 +70,17 @@ export class TicketKeys {
     this.secret = opts.secret ? Buffer.from(opts.secret) : null;
   }
 
-  /** Encrypts ticket contents under the current key. */
-  seal(plaintext: Buffer): Buffer {
+  /**
+   * Encrypts ticket contents under the current key. A `purpose` (e.g. 'tls12') derives a separate
+   * key, so a ticket sealed for one purpose never opens for another (a 1.3 ticket is not a 1.2 one).
+   */
+  seal(plaintext: Buffer, purpose?: string): Buffer {
     const k = this.keyFor(this.currentEpoch());
     const out = Buffer.allocUnsafe(NAME_LEN + NONCE_LEN + plaintext.length + TAG_LEN);
     k.name.copy(out, 0);
     const nonce = out.subarray(NAME_LEN, NAME_LEN + NONCE_LEN);
     crypto.randomFillSync(nonce);
-    const c = crypto.createCipheriv('aes-256-gcm', k.key, nonce, { authTagLength: TAG_LEN });
+    const c = crypto.createCipheriv('aes-256-gcm', purposeKey(k, purpose), nonce, { authTagLength: TAG_LEN });
     c.setAAD(k.name);
     c.update(plaintext).copy(out, NAME_LEN + NONCE_LEN);
     c.final();
@@ -71,8 +88,8 @@ export class TicketKeys {
     return out;
   }
 
-  /** The ticket contents, or null for an unknown or expired key, a short ticket or a bad tag. */
-  open(ticket: Buffer): Buffer | null {
+  /** The ticket contents, or null for an unknown or expired key, another purpose, a short ticket or a bad tag. */
+  open(ticket: Buffer, purpose?: string): Buffer | null {
     if (ticket.length < NAME_LEN + NONCE_LEN + TAG_LEN) return null;
     const name = ticket.subarray(0, NAME_LEN);
     const k = this.findKey(name);
@@ -80,7 +97,7 @@ export class TicketKeys {
     const nonce = ticket.subarray(NAME_LEN, NAME_LEN + NONCE_LEN);
     const body = ticket.subarray(NAME_LEN + NONCE_LEN, ticket.length - TAG_LEN);
     try {
-      const d = crypto.createDecipheriv('aes-256-gcm', k.key, nonce, { authTagLength: TAG_LEN });
+      const d = crypto.createDecipheriv('aes-256-gcm', purposeKey(k, purpose), nonce, { authTagLength: TAG_LEN });
       d.setAAD(k.name);
       d.setAuthTag(ticket.subarray(ticket.length - TAG_LEN));
       const pt = d.update(body);
