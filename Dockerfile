@@ -6,6 +6,8 @@
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
 # pkcs11js is a native addon: node-gyp needs python3, make and g++ at install time.
+# Unpinned on purpose (build-only toolchain; the distribution's current versions).
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -18,21 +20,22 @@ RUN npm run build && npm prune --omit=dev
 FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
-# curl for the HEALTHCHECK; softhsm2 is not included (mount your PKCS#11 module instead).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends curl \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system hsmproxy && useradd --system --gid hsmproxy --home-dir /app hsmproxy \
- && mkdir -p /app/data /app/certs && chown -R hsmproxy:hsmproxy /app
-COPY --from=build --chown=hsmproxy:hsmproxy /src/package.json ./
-COPY --from=build --chown=hsmproxy:hsmproxy /src/node_modules ./node_modules
-COPY --from=build --chown=hsmproxy:hsmproxy /src/dist ./dist
-COPY --chown=hsmproxy:hsmproxy config ./config
+# A fixed uid/gid, so volumes keep working across rebuilds. No extra packages: the HEALTHCHECK
+# uses node itself; softhsm2 is not included (mount your PKCS#11 module instead).
+RUN groupadd --system --gid 10001 hsmproxy \
+ && useradd --system --uid 10001 --gid hsmproxy --home-dir /app --shell /usr/sbin/nologin hsmproxy \
+ && mkdir -p /app/data /app/certs && chown hsmproxy:hsmproxy /app/data /app/certs
+# Code and example configs stay owned by root: the process may write only its two volumes.
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/dist ./dist
+COPY config ./config
 USER hsmproxy
 VOLUME ["/app/data", "/app/certs"]
 EXPOSE 8443 9464
+# The admin port of the shipped configs (admin.port 9464); change it here if yours differs.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:9464/healthz || exit 1
+  CMD ["node", "-e", "fetch('http://127.0.0.1:9464/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["node", "dist/src/cli/main.js"]
 # No argument: the embedded default (cluster in /app/data, demo certificates in /app/certs). It
 # listens on 127.0.0.1 like `npm start`; to publish ports, mount a config whose listeners and

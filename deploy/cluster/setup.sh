@@ -1,0 +1,73 @@
+#!/bin/sh
+# Prepares the simulated HSM cluster of the compose stack, in two steps that compose runs as
+# one-shot containers (deploy/compose.yaml); test/deploy-topology.test.ts runs the same steps.
+#   setup.sh init      create the cluster files for 3 HSMs (certificates, stores, cluster.json)
+#   setup.sh activate  once the HSMs serve: activate the crypto officer, create the crypto user
+#                      "hsmproxy", generate the demo CA and server keys in the HSMs, issue the
+#                      certificates, and write the crypto user's credentials file (0600)
+# Both steps do nothing when their work is already done, so restarting the stack is safe.
+# Passwords are generated here and kept only in 0600 files of the cluster volume.
+# Environment: CLUSTER_DIR (/app/data/cluster), CERT_DIR (/app/certs), HSMS (3), BASE_PORT (2225),
+# PROFILE (hsm2m.medium), HSMPROXY (the CLI command, default: node /app/dist/src/cli/main.js).
+set -eu
+umask 077
+
+DIR=${CLUSTER_DIR:-/app/data/cluster}
+CERTS=${CERT_DIR:-/app/certs}
+HSMPROXY=${HSMPROXY:-node /app/dist/src/cli/main.js}
+export HSMPROXY_DIR="$DIR"
+
+cli() { $HSMPROXY "$@"; }
+secret() { node -e 'process.stdout.write(require("node:crypto").randomBytes(18).toString("base64url"))'; }
+say() { echo "setup: $*"; }
+
+init() {
+  if [ -f "$DIR/cluster.json" ]; then say "cluster already initialised in $DIR"; return; fi
+  mkdir -p "$DIR"
+  out=$(cli cluster init --dir "$DIR" --hsms "${HSMS:-3}" --profile "${PROFILE:-hsm2m.medium}" --base-port "${BASE_PORT:-2225}" --json)
+  # The pre-crypto-officer's one-time password, for the activate step only (deleted there).
+  printf '%s' "$out" | node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>{const o=JSON.parse(s);process.stdout.write(`${o.precoUser}:${o.precoPassword}`)})' > "$DIR/preco.pin"
+  say "cluster created in $DIR"
+}
+
+activate() {
+  if [ -f "$DIR/crypto-user.pin" ]; then say "cluster already activated"; return; fi
+  # Wait for every HSM of the manifest to answer (their containers start in parallel).
+  tries=0
+  until cli cluster status --dir "$DIR" --json | node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>process.exit(JSON.parse(s).hsms.every((h)=>h.up)?0:1))'; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 60 ] || { say "the HSMs did not come up within 60 s" >&2; exit 1; }
+    sleep 1
+  done
+  if [ -f "$DIR/preco.pin" ]; then
+    co=$(secret)
+    HSMPROXY_PIN=$(cat "$DIR/preco.pin") HSMPROXY_NEW_PASSWORD=$co cli cluster activate --dir "$DIR"
+    printf 'admin:%s' "$co" > "$DIR/crypto-officer.pin"
+    rm -f "$DIR/preco.pin"
+  fi
+  cu=$(secret)
+  HSMPROXY_PIN=$(cat "$DIR/crypto-officer.pin") HSMPROXY_NEW_PASSWORD=$cu cli user create --dir "$DIR" --name hsmproxy
+  printf 'hsmproxy:%s' "$cu" > "$DIR/crypto-user.pin.new"
+  export HSMPROXY_PIN="hsmproxy:$cu"
+
+  mkdir -p "$CERTS"
+  cli key generate --dir "$DIR" --type ec:p256 --label demo-ca
+  cli key reference --dir "$DIR" --key demo-ca --out "$CERTS/demo-ca.key.pem"
+  cli ca init --dir "$DIR" --key "$CERTS/demo-ca.key.pem" --subject "CN=hsmproxy demo CA" --days 3650 --out "$CERTS/demo-ca.crt"
+  for kind in ecdsa:ec:p256 rsa:rsa:2048; do
+    name=localhost-${kind%%:*}
+    cli key generate --dir "$DIR" --type "${kind#*:}" --label "$name"
+    cli key reference --dir "$DIR" --key "$name" --out "$CERTS/$name.key.pem"
+    cli csr --dir "$DIR" --key "$CERTS/$name.key.pem" --subject CN=localhost --san DNS:localhost,IP:127.0.0.1 --out "$CERTS/$name.csr"
+    cli ca sign --dir "$DIR" --ca-key "$CERTS/demo-ca.key.pem" --ca-cert "$CERTS/demo-ca.crt" --csr "$CERTS/$name.csr" --days 90 --chain --out "$CERTS/$name.chain.pem"
+  done
+  # Last: its presence means the stack is ready for hsmproxy (and this step is done).
+  mv "$DIR/crypto-user.pin.new" "$DIR/crypto-user.pin"
+  say "cluster activated; crypto user hsmproxy; certificates in $CERTS (trust $CERTS/demo-ca.crt)"
+}
+
+case "${1:-}" in
+  init) init ;;
+  activate) activate ;;
+  *) echo "usage: setup.sh init|activate" >&2; exit 2 ;;
+esac
