@@ -1,10 +1,13 @@
 // Embedded mode: a library call starts 2 HSM node processes on loopback, returns a logged-in
-// ClusterClient, signs, and stop() leaves no child process behind; a second start reuses DIR.
+// ClusterClient, signs, and stop() leaves no child process behind; a second start reuses DIR;
+// and when the process that started it dies (SIGKILL, no cleanup), its HSM processes exit too.
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { createPublicKey, verify } from 'node:crypto';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
 
 function alive(pid: number): boolean {
@@ -53,4 +56,32 @@ t.test('embedded cluster starts 2 HSMs, signs, stops and leaves no child process
   t.ok(verify('sha256', data, createPublicKey({ key: pub.der, format: 'der', type: 'spki' }), sig2), 'the key survived the restart');
   await second.stop();
   t.ok(await waitGone(pids2), 'every child exited after the second stop()');
+});
+
+t.test('when the process that started the embedded cluster is SIGKILLed, its HSM processes exit', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-embedded-orphan-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const script = fileURLToPath(new URL('./helpers/embedded-parent.ts', import.meta.url));
+  const parent = spawn(process.execPath, [...process.execArgv, script, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let pids: number[] = [];
+  t.teardown(() => {
+    if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
+    for (const p of pids) if (alive(p)) process.kill(p, 'SIGKILL');
+  });
+  pids = await new Promise<number[]>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`no PIDs from the parent: ${out}`)), 30_000);
+    parent.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.startsWith('{'));
+      if (line && out.includes('\n')) { clearTimeout(timer); resolve((JSON.parse(line) as { pids: number[] }).pids); }
+    });
+    parent.once('exit', (code) => { clearTimeout(timer); reject(new Error(`parent exited (${code}): ${out}`)); });
+  });
+  t.equal(pids.length, 2, 'the parent runs two HSM processes');
+  t.ok(pids.every(alive), 'both are alive');
+  const exited = new Promise<void>((r) => parent.once('exit', () => r()));
+  process.kill(parent.pid!, 'SIGKILL');
+  await exited;
+  t.ok(await waitGone(pids, 10_000), 'both HSM processes exit once their parent is gone');
 });
