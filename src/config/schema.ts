@@ -19,8 +19,21 @@ export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info'
 /** A certificate chain and the key reference (or key) that signs for it. */
 export interface CertificateConfig { cert: string; key: string }
 
-/** Client-certificate checking on a listener. */
-export interface ClientAuthConfig { mode: ClientAuthMode; caFile?: string }
+/** Request headers that carry the verified client certificate to the upstream (lower case). */
+export interface ClientCertHeaders { subject: string; san: string; fingerprint: string; verify: string }
+
+/** Client-certificate checking (mTLS) on a listener. */
+export interface ClientAuthConfig {
+  mode: ClientAuthMode;
+  /** PEM bundle of trusted client CAs (required unless mode is none). */
+  caFile?: string;
+  allowedSubjects?: string[];
+  allowedSans?: string[];
+  /** Most intermediate CAs between a client certificate and a trusted CA (default 4). */
+  maxDepth?: number;
+  /** Filled in by validation; optional so hand-built configs may omit it (the defaults apply). */
+  headers?: ClientCertHeaders;
+}
 
 /** One TLS listening socket and the certificates it can present. */
 export interface ListenerConfig {
@@ -108,6 +121,9 @@ export const DEFAULTS = {
     credentials: { env: 'HSMPROXY_PIN' }, signing: { maxInFlight: 256, timeoutMs: 2_000 },
   },
   admin: { address: '127.0.0.1', port: 9464 },
+  clientCertHeaders: {
+    subject: 'x-client-cert-subject', san: 'x-client-cert-san', fingerprint: 'x-client-cert-fingerprint-sha256', verify: 'x-client-cert-verify',
+  } satisfies ClientCertHeaders,
   workers: 1,
   log: { level: 'info' as LogLevel },
   timeouts: { handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000 } satisfies ServerTimeouts,

@@ -1,11 +1,12 @@
 // Turns parsed YAML into a Config: every field type-checked, defaults filled in, cross-references
 // (route → upstream pool, unique names and ports) checked, every problem reported with its path.
+import { readClientAuth } from './client-auth.js';
 import { checkFiles } from './files.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
 import { at, Reader } from './reader.js';
 import {
-  BALANCE_STRATEGIES, CLIENT_AUTH_MODES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
+  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
   type Config, type HealthCheckConfig, type ListenerConfig, type RouteConfig, type ServerTimeouts,
   type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
 } from './schema.js';
@@ -66,13 +67,7 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   const minVersion = r.string(o.minVersion, at(path, 'minVersion'), { def: d.minVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
-  let clientAuth: ListenerConfig['clientAuth'] | undefined = { mode: 'none' };
-  if (o.clientAuth !== undefined) {
-    const ca = r.object(o.clientAuth, at(path, 'clientAuth'), ['mode', 'caFile']);
-    const mode = ca ? r.string(ca.mode, at(path, 'clientAuth.mode'), { oneOf: CLIENT_AUTH_MODES }) as ListenerConfig['clientAuth']['mode'] | undefined : undefined;
-    const caFile = ca ? r.file(ca.caFile, at(path, 'clientAuth.caFile'), { optional: mode === 'none' }) : undefined;
-    clientAuth = mode ? { mode, ...(caFile ? { caFile } : {}) } : undefined;
-  }
+  const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
   if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion || !clientAuth) return undefined;
   return { name, address, port, certificates, alpn, minVersion, maxVersion, clientAuth };
 }

@@ -8,6 +8,7 @@ import httpProxy from 'http-proxy';
 import type { Logger } from 'pino';
 import { DEFAULTS, type RouteConfig, type UpstreamTimeouts } from '../config/index.js';
 import type { HsmproxyMetrics } from '../metrics/index.js';
+import { ClientIdentityHeaders, type ClientIdentity } from './client-identity.js';
 import { ConnectionTracker } from './connections.js';
 import { UpstreamRefusedError, UpstreamTimeoutError } from './errors.js';
 import type { TlsSocketLike } from './listener.js';
@@ -25,6 +26,8 @@ interface RequestContext {
   upstreamStart?: number;
   bytes: number;
   error?: Error;
+  /** The client certificate as forwarded (mTLS), for the access log. */
+  client?: ClientIdentity;
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
@@ -37,6 +40,8 @@ export class Forwarder {
   private readonly contexts = new WeakMap<IncomingMessage, RequestContext>();
   /** Set during shutdown: responses carry `Connection: close` so keep-alive connections end. */
   draining = false;
+  /** Client-certificate identity headers, per accepted connection. */
+  readonly identity = new ClientIdentityHeaders();
 
   constructor(
     private table: () => RoutingTable,
@@ -168,6 +173,7 @@ export class Forwarder {
     req.headers['x-forwarded-proto'] = 'https';
     if (req.headers.host) req.headers['x-forwarded-host'] = req.headers.host;
     req.headers['x-request-id'] = ctx.requestId;
+    ctx.client = this.identity.apply(req.headers, socket);
   }
 
   private onUpstreamRequest(proxyReq: ClientRequest, req: IncomingMessage, websocket: boolean): void {
@@ -230,6 +236,7 @@ export class Forwarder {
       durationMs: Math.round(seconds * 1e6) / 1e3, upstream: ctx.target?.url, route: ctx.route?.name,
       tlsVersion: socket.getProtocol?.() ?? undefined, resumed: socket.isSessionReused?.() ?? undefined,
       requestId: ctx.requestId, complete: res.writableFinished,
+      ...(ctx.client && ctx.client.verify !== 'NONE' ? { clientVerify: ctx.client.verify, clientSubject: ctx.client.subject, clientFingerprint: ctx.client.fingerprint256 } : {}),
     }, 'request');
   }
 }

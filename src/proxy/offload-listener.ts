@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { X509Certificate } from 'node:crypto';
 import type { ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
-import { createServer, TicketKeys, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import { createServer, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -57,6 +57,24 @@ export async function loadCertifiedKeys(engine: Engine, listener: ListenerConfig
   }));
 }
 
+/** Reads the listener's client CA bundle into tls/ ClientAuthOptions (undefined for mode none). */
+export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAuthOptions | undefined> {
+  const c = listener.clientAuth;
+  if (c.mode === 'none' || !c.caFile) return undefined;
+  const where = `listeners[${listener.name}].clientAuth.caFile`;
+  let ca: string;
+  try {
+    ca = await readFile(c.caFile, 'utf8');
+  } catch (err) {
+    throw new ListenerError(listener.name, `${where}: cannot read ${c.caFile}: ${(err as Error).message}`, { cause: err });
+  }
+  if (pemChain(ca).length === 0) throw new ListenerError(listener.name, `${where}: ${c.caFile} holds no PEM certificate`);
+  return {
+    mode: c.mode, ca, ...(c.allowedSubjects ? { allowedSubjects: c.allowedSubjects } : {}),
+    ...(c.allowedSans ? { allowedSans: c.allowedSans } : {}), ...(c.maxDepth !== undefined ? { maxDepth: c.maxDepth } : {}),
+  };
+}
+
 /** A TlsListenerFactory over tls/ TlsServer with engine signers. */
 export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListenerFactory {
   const ticketKeys = opts.ticketKeys ?? new TicketKeys();
@@ -64,17 +82,23 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     if (listener.minVersion !== '1.3' || listener.maxVersion !== '1.3') {
       throw new ListenerError(listener.name, `TLS ${listener.minVersion}–${listener.maxVersion} requested, but this build serves TLS 1.3 only: set minVersion and maxVersion to '1.3'`);
     }
-    if (listener.clientAuth.mode !== 'none') {
-      throw new ListenerError(listener.name, `clientAuth ${listener.clientAuth.mode} is not supported yet by the offloading TLS server: set clientAuth.mode to none`);
+    const certificates = await loadCertifiedKeys(opts.engine, listener, opts);
+    let clientAuth = await loadClientAuth(listener);
+    let server: TlsServer;
+    try {
+      server = createServer({
+        certificates,
+        alpnProtocols: listener.alpn,
+        ticketKeys,
+        handshakeTimeoutMs: settings.handshakeTimeoutMs,
+        ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
+        name: listener.name,
+        ...(clientAuth ? { clientAuth } : {}),
+      }, onSecureConnection);
+    } catch (err) {
+      // A client CA bundle that does not parse: the listener does not open.
+      throw new ListenerError(listener.name, (err as Error).message, { cause: err });
     }
-    const server: TlsServer = createServer({
-      certificates: await loadCertifiedKeys(opts.engine, listener, opts),
-      alpnProtocols: listener.alpn,
-      ticketKeys,
-      handshakeTimeoutMs: settings.handshakeTimeoutMs,
-      ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
-      name: listener.name,
-    }, onSecureConnection);
     server.on('tlsClientError', () => { /* the peer got its alert; counted through the handshake channel */ });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: Error) => reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err })));
@@ -85,7 +109,16 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
       async update(next) {
         // Everything that can fail (files, keys, HSM) happens before the swap; ALPN changes
         // need a restart of the listener (the handshake config is fixed per server).
-        server.setCertificates(await loadCertifiedKeys(opts.engine, next, opts));
+        const nextCertificates = await loadCertifiedKeys(opts.engine, next, opts);
+        const nextAuth = await loadClientAuth(next);
+        try {
+          server.setClientAuth(nextAuth);
+          server.setCertificates(nextCertificates);
+        } catch (err) {
+          server.setClientAuth(clientAuth); // all or nothing
+          throw new ListenerError(next.name, (err as Error).message, { cause: err });
+        }
+        clientAuth = nextAuth;
       },
       async close() {
         if (server.netServer.listening) server.close();

@@ -195,14 +195,15 @@ export class Proxy {
   }
 
   private async openListener(l: ListenerConfig): Promise<TlsListener> {
-    return this.opts.tlsListenerFactory(l, (socket) => this.accept(socket), { handshakeTimeoutMs: this.runtime.config.timeouts.handshakeMs });
+    return this.opts.tlsListenerFactory(l, (socket) => this.accept(socket, this.listeners.get(l.name)?.config ?? l), { handshakeTimeoutMs: this.runtime.config.timeouts.handshakeMs });
   }
 
-  private accept(socket: TlsSocketLike): void {
+  private accept(socket: TlsSocketLike, listener: ListenerConfig): void {
     if (this.state !== 'running') {
       socket.destroy();
       return;
     }
+    this.forwarder.identity.bind(socket, listener.clientAuth);
     this.connections.add(socket);
     socket.on('error', (err) => this.logger.debug({ err: err.message }, 'client connection error'));
     this.http.emit('connection', socket);
