@@ -80,3 +80,12 @@ t.test('Python ssl resumes a session', async (t) => {
   const r = await runClient('python3', ['-c', script]);
   t.equal(r.stdout, 'hello TLS_AES_128_GCM_SHA256 resumed=false\nTrue hello TLS_AES_128_GCM_SHA256 resumed=true\n', r.stderr);
 });
+
+t.test('openssl: resumption through a HelloRetryRequest (binders over message_hash ‖ HRR ‖ ClientHello2)', async (t) => {
+  const sess = `${srv.certs.dir}/hrr-session.pem`;
+  await runClient('openssl', [...sClient, '-sess_out', sess], banner);
+  const r = await runClient('openssl', [...sClient, '-msg', '-sess_in', sess, '-groups', 'P-521:X25519'], banner);
+  t.equal(r.stdout.match(/>>> .*ClientHello/g)?.length, 2, 'HRR happened');
+  t.match(r.stdout, /Reused, TLSv1.3/);
+  t.match(r.stdout, /resumed=true/, 'the server resumed');
+});
