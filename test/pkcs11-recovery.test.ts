@@ -1,8 +1,9 @@
 // Sessions, logins and the module itself lost underneath the backend: detected, re-established,
 // the request retried once; a loss that persists fails cleanly.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import { verify } from 'node:crypto';
-import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
+import { createSoftHsm, softhsmSkipReason, TEST_PIN, TEST_SO_PIN } from './helpers/softhsm.js';
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
 import type { Pkcs11Backend, Pkcs11Key } from '../src/engine/pkcs11/backend.js';
 import type { Pkcs11Signer } from '../src/engine/pkcs11/signer.js';
@@ -16,6 +17,7 @@ if (skip) {
 } else {
   const hsm = createSoftHsm();
   hsm.addToken('recovery');
+  hsm.addToken('reinit');
   const events: RecoveryEvent[] = [];
   let backend: Pkcs11Backend;
   let key: Pkcs11Key;
@@ -94,6 +96,49 @@ if (skip) {
     t.equal(failures, 4, 'the signatures in flight on all 4 sessions failed');
     t.equal(events.filter((e) => e.kind === 'session').length, 1, 'one recovery for the whole pool');
     t.ok(backend.stats().open <= 4, 'pool still bounded');
+  });
+
+  t.test('a token removed under signatures in flight (CKR_DEVICE_REMOVED) is found again by label; they are retried and verify', async (t) => {
+    const api = backend.token.api;
+    const original = api.C_SignAsync;
+    const originalSlots = api.C_GetSlotList;
+    const real = original.bind(api);
+    let failures = 0;
+    let slotSearches = 0;
+    api.C_SignAsync = (session, input, out) => {
+      if (failures < 4) {
+        failures++;
+        return new Promise((_, reject) => setImmediate(() => reject(new ck.Pkcs11Error('CKR_DEVICE_REMOVED:50', ck.CKR_DEVICE_REMOVED, 'C_Sign'))));
+      }
+      return real(session, input, out);
+    };
+    api.C_GetSlotList = (...args: Parameters<typeof originalSlots>) => {
+      slotSearches++;
+      return originalSlots.apply(api, args);
+    };
+    t.teardown(() => { api.C_SignAsync = original; api.C_GetSlotList = originalSlots; });
+    events.length = 0;
+    t.ok(await signsAndVerifies(16), 'all 16 verify');
+    t.equal(failures, 4, 'the signatures in flight on all 4 sessions failed');
+    t.same(events.map((e) => [e.kind, e.ckr]), [['token', 'CKR_DEVICE_REMOVED']], 'one token recovery for the whole pool');
+    t.ok(slotSearches >= 1, `the token was looked up again by its label (${slotSearches} slot list calls)`);
+    t.ok(backend.stats().open <= 4, 'pool still bounded');
+  });
+
+  t.test('a token re-initialised underneath: its old keys fail as not found, new keys work, nothing else breaks', async (t) => {
+    const b = await openPkcs11Backend({ module: hsm.module, token: 'reinit', pin: TEST_PIN, poolSize: 2 });
+    t.teardown(() => b.close());
+    const old = await b.generateKey({ type: 'ec', curve: 'P-256' }, 'before-reinit');
+    const oldSigner = await b.signer(old);
+    await oldSigner.sign(Scheme.ecdsa_secp256r1_sha256, Buffer.from('before'));
+    // What an operator does with the token's own tools: wipe it and set it up again, same label and PIN.
+    execFileSync('softhsm2-util', ['--init-token', '--token', 'reinit', '--label', 'reinit', '--so-pin', TEST_SO_PIN, '--pin', TEST_PIN], { env: { ...process.env, ...hsm.env }, stdio: 'ignore' });
+    await t.rejects(oldSigner.sign(Scheme.ecdsa_secp256r1_sha256, Buffer.from('after')), { code: 'ENGINE_ERR_KEY_NOT_FOUND', message: /not found in the HSM/ }, 'the wiped key is a clear not-found error');
+    t.same(await b.listKeys(), [], 'the token lists no keys');
+    const fresh = await b.generateKey({ type: 'ec', curve: 'P-256' }, 'after-reinit');
+    const msg = Buffer.from('signed after the token was re-initialised');
+    t.ok(verify('sha256', msg, fresh.publicKey, await (await b.signer(fresh)).sign(Scheme.ecdsa_secp256r1_sha256, msg)), 'a key made afterwards signs and verifies');
+    t.ok(await signsAndVerifies(4), 'the backend of the other token was not disturbed');
   });
 
   t.test('a loss that persists after one retry fails cleanly with the CKR name', async (t) => {

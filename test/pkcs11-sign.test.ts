@@ -145,6 +145,52 @@ if (skip) {
     t.ok(backend.stats().open <= 4, 'never more sessions than the pool size');
   });
 
+  t.test('key management while signatures are in flight never shares a session (no CKR_OPERATION_ACTIVE)', async (t) => {
+    // Watch the binding: a session is busy from the start of an asynchronous call until it
+    // settles; any call on a busy session is the overlap that PKCS#11 answers with CKR_OPERATION_ACTIVE.
+    const api = backend.token.api as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const busy = new Set<string>();
+    const overlaps: string[] = [];
+    let calls = 0;
+    const saved = new Map<string, (...a: unknown[]) => unknown>();
+    const watch = (name: string, async: boolean): void => {
+      const original = api[name]!;
+      saved.set(name, original);
+      api[name] = (...args: unknown[]) => {
+        const session = (args[0] as Buffer).toString('hex');
+        calls++;
+        if (busy.has(session)) overlaps.push(`${name} on a session busy with another call`);
+        if (!async) return original.apply(backend.token.api, args);
+        busy.add(session);
+        return (original.apply(backend.token.api, args) as Promise<unknown>).finally(() => busy.delete(session));
+      };
+    };
+    for (const name of ['C_SignAsync', 'C_GenerateKeyPairAsync']) watch(name, true);
+    for (const name of ['C_SignInit', 'C_FindObjectsInit', 'C_GetAttributeValue', 'C_DestroyObject']) watch(name, false);
+    t.teardown(() => { for (const [name, fn] of saved) api[name] = fn; });
+
+    const signer = await backend.signer(p256);
+    const signs = Array.from({ length: 48 }, async (_, i) => {
+      const msg = Buffer.from(`mixed ${i}`);
+      return verifies(Scheme.ecdsa_secp256r1_sha256, p256.publicKey, msg, await signer.sign(Scheme.ecdsa_secp256r1_sha256, msg));
+    });
+    const management = (async () => {
+      const made = await backend.generateKey({ type: 'ec', curve: 'P-256' }, 'made-while-signing');
+      const listed = await backend.listKeys();
+      const found = await backend.findKey({ label: 'made-while-signing' });
+      await backend.deleteKey({ label: 'made-while-signing' });
+      return { made, listed, found };
+    })();
+    const [verified, m] = await Promise.all([Promise.all(signs), management]);
+    t.equal(verified.filter(Boolean).length, 48, 'all 48 signatures verify');
+    t.ok(m.listed.some((k) => k.label === 'made-while-signing'), 'the key made meanwhile was listed');
+    t.same(m.found.id, m.made.id, 'and found');
+    t.ok(calls > 48 * 2, `the watch saw the calls (${calls})`);
+    t.same(overlaps, [], 'no call ever ran on a session busy with another');
+    t.ok(saved.size === 6 && busy.size === 0, 'every watched call settled');
+    t.ok(backend.stats().open <= 4, 'never more sessions than the pool size');
+  });
+
   t.test('an already-aborted signal rejects without signing', async (t) => {
     const signer = await backend.signer(p256);
     await t.rejects(signer.sign(Scheme.ecdsa_secp256r1_sha256, data, AbortSignal.abort()), { code: 'ENGINE_ERR_ABORTED' });
