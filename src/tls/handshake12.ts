@@ -9,6 +9,8 @@
 import { constants, randomBytes, timingSafeEqual, verify } from 'node:crypto';
 import { AlertDescription, fatal } from './alert.js';
 import type { CertChoice } from './certselect.js';
+import { CLIENT_SCHEMES_12, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
+import { decodeCertificateVerify, decodeClientCertificate12, encodeCertificateRequest12 } from './client-auth-messages.js';
 import { ExpectClientHello, type HandshakeIo, type State } from './handshake13.js';
 import { checkClientHello12, chooseGroup12, chooseSuiteAndCertificate12, enabledVersions, selectVersion, type ServerHandshakeConfig } from './hello12.js';
 import { chooseAlpn } from './hello13.js';
@@ -96,22 +98,34 @@ interface Context12 {
   servername: string;
   /** A NewSessionTicket goes out before our CCS (full handshakes whose client asked for one). */
   issueTicket: boolean;
+  /** mTLS: the client's verified chain, once its Certificate arrived (its CertificateVerify is still due). */
+  peer?: PeerIdentity;
+}
+
+/**
+ * A transcript that also keeps the messages: a TLS 1.2 client CertificateVerify signs their
+ * concatenation (RFC 5246 §7.4.8), not a hash we could take from a running digest.
+ */
+class RecordingTranscript extends Transcript {
+  messages: Buffer[] = [];
+  override update(msg: Buffer): void {
+    super.update(msg);
+    this.messages.push(Buffer.from(msg));
+  }
 }
 
 interface Keys12 { master: Buffer; client: DirectionKeys; server: DirectionKeys }
 
 function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   const { config, negotiated } = io;
-  // Client certificates are not requested in TLS 1.2 yet: refuse rather than let a client
-  // past a listener that requires one (see /work/notes/s2/tls12-api.md for where they slot in).
-  if (config.clientAuth) throw fatal('protocol_version', 'this listener authenticates clients, which needs TLS 1.3 for now');
   const opts = checkClientHello12(ch);
   const servername = ch.ext.serverName ?? '';
   negotiated.servername = ch.ext.serverName;
   const alpn = chooseAlpn(ch, config.alpnProtocols);
   negotiated.alpn = alpn;
 
-  if (opts.sessionTicket && config.ticketKeys) {
+  // No resumption under mTLS: an abbreviated handshake has no client Certificate to verify.
+  if (opts.sessionTicket && config.ticketKeys && !config.clientAuth) {
     const t = openTicket12(config.ticketKeys, opts.sessionTicket, config.now());
     const suite = t && t.servername === servername && ch.cipherSuites.includes(t.suite) ? suite12ById(t.suite) : undefined;
     if (t && suite) {
@@ -124,8 +138,8 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   const group = chooseGroup12(ch);
   Object.assign(negotiated, { suite, group, keyType: cert.entry.keyType, scheme: cert.scheme });
   const ctx: Context12 = {
-    ch, suite, serverRandom: serverRandom12(config), transcript: new Transcript(suite.hash), alpn, servername,
-    issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0,
+    ch, suite, serverRandom: serverRandom12(config), transcript: config.clientAuth ? new RecordingTranscript(suite.hash) : new Transcript(suite.hash),
+    alpn, servername, issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0 && !config.clientAuth,
   };
   // TLS.md "Where the asynchronous signature fits": the signed content is known once the
   // ephemeral key exists, so the request goes out before the rest of the flight is encoded.
@@ -189,10 +203,51 @@ export class AwaitSignature12 implements State12 {
     }
     const ske = encodeServerKeyExchange(this.params, this.cert.scheme, signature);
     const shd = encodeServerHelloDone();
-    this.ctx.transcript.update(ske);
-    this.ctx.transcript.update(shd);
-    io.sendPlaintextHandshake(Buffer.concat([ske, shd]));
+    const policy = io.config.clientAuth;
+    // RFC 5246 §7.4.4: CertificateRequest between ServerKeyExchange and ServerHelloDone.
+    const req = policy ? encodeCertificateRequest12(CLIENT_SCHEMES_12, policy.authorities) : undefined;
+    for (const msg of req ? [ske, req, shd] : [ske, shd]) this.ctx.transcript.update(msg);
+    io.sendPlaintextHandshake(Buffer.concat(req ? [ske, req, shd] : [ske, shd]));
+    return policy ? new ExpectClientCertificate12(this.ctx, this.eph, policy) : new ExpectClientKeyExchange(this.ctx, this.eph);
+  }
+}
+
+/** mTLS: waiting for the client's Certificate, which comes first in its flight (empty = none). */
+export class ExpectClientCertificate12 implements State12 {
+  readonly name = 'ExpectClientCertificate12';
+  readonly wantsInput = true;
+  constructor(private readonly ctx: Context12, private readonly eph: EphemeralKey, private readonly policy: ClientAuthPolicy) {}
+
+  changeCipherSpec(): State { return unexpected(this.name, 'ChangeCipherSpec before the client Certificate'); }
+
+  handle(m: HandshakeMessage, io: HandshakeIo12): State {
+    if (m.type !== HandshakeType.certificate) unexpected(this.name, messageName(m));
+    const chain = decodeClientCertificate12(m.body);
+    // TLS 1.2 has no certificate_required; RFC 5246 §7.4.6 names handshake_failure.
+    if (chain.length === 0 && this.policy.mode === 'require') throw fatal('handshake_failure', 'this listener requires a client certificate and the client sent none');
+    if (chain.length > 0) this.ctx.peer = verifyClientChain(this.policy, chain, io.config.now());
+    this.ctx.transcript.update(m.raw);
     return new ExpectClientKeyExchange(this.ctx, this.eph);
+  }
+}
+
+/** mTLS: waiting for the client's CertificateVerify over every handshake message so far (a CCS here is early). */
+export class ExpectCertificateVerify12 implements State12 {
+  readonly name = 'ExpectCertificateVerify12';
+  readonly wantsInput = true;
+  constructor(private readonly ctx: Context12, private readonly keys: Keys12) {}
+
+  changeCipherSpec(): State { return unexpected(this.name, 'ChangeCipherSpec before the client CertificateVerify'); }
+
+  handle(m: HandshakeMessage): State {
+    if (m.type !== HandshakeType.certificate_verify) unexpected(this.name, messageName(m));
+    const { ctx } = this;
+    const { scheme, signature } = decodeCertificateVerify(m.body);
+    const recorded = ctx.transcript as RecordingTranscript;
+    verifyClientSignature(ctx.peer!.chain[0]!, CLIENT_SCHEMES_12, scheme, Buffer.concat(recorded.messages), signature, true);
+    recorded.messages = []; // verified: the copies are no longer needed
+    ctx.transcript.update(m.raw);
+    return new ExpectChangeCipherSpec12(ctx, this.keys, false);
   }
 }
 
@@ -229,7 +284,9 @@ export class ExpectClientKeyExchange implements State12 {
     const preMaster = this.eph.deriveShared(decodeClientKeyExchange(m.body));
     ctx.transcript.update(m.raw);
     const master = extendedMasterSecret(ctx.suite.hash, preMaster, ctx.transcript.digest());
-    return new ExpectChangeCipherSpec12(ctx, { master, ...keyBlock12(ctx.suite, master, ctx.ch.random, ctx.serverRandom) }, false);
+    const keys: Keys12 = { master, ...keyBlock12(ctx.suite, master, ctx.ch.random, ctx.serverRandom) };
+    // A client that sent a certificate proves it holds the key next (RFC 5246 §7.4.8).
+    return ctx.peer ? new ExpectCertificateVerify12(ctx, keys) : new ExpectChangeCipherSpec12(ctx, keys, false);
   }
 }
 
@@ -260,6 +317,7 @@ export class ExpectFinished12 implements State12 {
     const { ctx, keys } = this;
     const expected = finishedVerifyData12(ctx.suite.hash, keys.master, 'client', ctx.transcript.digest());
     const proof = verifyClientFinished12(expected, decodeFinished(m.body, expected.length));
+    if (ctx.peer) io.negotiated.peer = ctx.peer;
     ctx.transcript.update(m.raw);
     if (!this.resumed) {
       if (ctx.issueTicket) sendTicket(ctx, keys.master, io);
