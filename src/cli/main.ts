@@ -18,6 +18,7 @@ export async function buildProgram(): Promise<Command> {
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [
     () => import('./commands/bench.js'),
     () => import('./commands/cluster-ops.js'),
+    () => import('./commands/cluster-scaling.js'),
     () => import('./commands/cluster.js'),
     () => import('./commands/config.js'),
     () => import('./commands/crypto.js'),

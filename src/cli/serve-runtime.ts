@@ -10,12 +10,15 @@ import { loadConfig, type Config } from '../config/index.js';
 import { Engine, SimBackend, loadCredentials, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
+import type { Supervisor } from '../hsm/cluster/supervisor.js';
 import { readManifest } from '../hsm/cluster/manifest.js';
 import { connectCluster } from '../hsm/cluster/membership.js';
 import { ensureDemoPki, type DemoPkiFiles } from '../pki/demo.js';
+import { createRegistry, defineMetrics } from '../metrics/index.js';
 import { Proxy, startDemoUpstream, type DemoUpstream } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
 import { UsageError } from './run.js';
+import { startScaling } from './scaling-runtime.js';
 
 /** The repository (package) root: where config/hsmproxy.yaml ships. */
 export function packageRoot(): string {
@@ -35,6 +38,9 @@ interface HsmSide {
   backend: Backend;
   describe: string;
   cluster?: ClusterClient;
+  /** The simulated cluster's directory, and its supervisor when this process runs the HSMs (scaling). */
+  dir?: string;
+  supervisor?: Supervisor;
   stop(): Promise<void>;
 }
 
@@ -67,7 +73,7 @@ async function openHsmSide(config: Config, log: Logger): Promise<HsmSide> {
   const opts: EngineOptions = { backends: { sim: backend }, admission };
   const engine = new Engine(opts);
   return {
-    engine, backend, cluster: client,
+    engine, backend, cluster: client, dir, ...(embedded ? { supervisor: embedded.supervisor } : {}),
     describe: `${hsm.mode} cluster in ${dir} (${manifest.hsms.length} HSM${manifest.hsms.length === 1 ? '' : 's'})`,
     stop: async () => {
       await engine.close();
@@ -106,9 +112,17 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
       cleanup.push(() => upstream.close());
       demo = { pki: pki.files, pkiCreated: pki.created, upstream };
     }
+    // The scaling advisor follows the simulated cluster (and acts on it with hsm.autoscale).
+    const registry = createRegistry();
+    const scaling = hsm.cluster && hsm.dir
+      ? startScaling({ client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale: config.hsm.autoscale, metrics: defineMetrics(registry), log })
+      : undefined;
+    if (scaling) cleanup.push(() => scaling.stop());
     const proxy = new Proxy({
       config,
       logger: log,
+      registry,
+      ...(scaling ? { scaling: () => scaling.service.report() } : {}),
       tlsListenerFactory: offloadListenerFactory({ engine: hsm.engine, signTimeoutMs: config.hsm.signing.timeoutMs }),
       readiness: async () => {
         // Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open).

@@ -9,6 +9,7 @@ export * from './aggregate.js';
 export * from './channels.js';
 export * from './definitions.js';
 export * from './plan.js';
+export * from './prometheus-query.js';
 export * from './scaling.js';
 export * from './scaling-monitor.js';
 export * from './subscribe.js';

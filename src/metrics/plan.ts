@@ -52,7 +52,7 @@ export function planCapacity(p: PlanInput): CapacityPlan {
   const needed = signsPerSec === 0 ? 0 : Math.ceil(signsPerSec / usablePerHsm);
   const hsms = Math.max(p.min, needed);
   const utilisation = signsPerSec / (hsms * p.perHsmSignsPerSec);
-  const limitedBy = needed > p.min ? 'load' : 'min';
+  const limitedBy = needed >= p.min && needed > 0 ? 'load' : 'min';
   const reasons = [
     `${fmt(p.handshakesPerSec)} handshakes/s with ${Math.round(p.resumption * 100)}% resumed = ${fmt(signsPerSec)} full handshakes/s, one ${p.keyType} signature each (resumed handshakes sign nothing)`,
     `one HSM signs ${fmt(p.perHsmSignsPerSec)} ${p.keyType}/s (${p.capacitySource}); planned at ${Math.round(p.headroom * 100)}% of that = ${fmt(usablePerHsm)}/s so queues stay short and p99 stays flat`,

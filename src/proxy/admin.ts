@@ -1,5 +1,6 @@
-// The admin HTTP server: /metrics (Prometheus text), /healthz (the process is up) and /readyz
-// (certificates loaded and an HSM holding their keys is up — decided by the caller's callback).
+// The admin HTTP server: /metrics (Prometheus text), /healthz (the process is up), /readyz
+// (certificates loaded and an HSM holding their keys is up — decided by the caller's callback)
+// and /scaling (the scaling advisor's recommendation as JSON, when the caller runs one).
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { MetricsSource } from '../metrics/index.js';
@@ -10,11 +11,14 @@ export interface ReadinessReport { ready: boolean; reasons: string[] }
 /** Answers /readyz; may be async (it can ask the HSM client). */
 export type ReadinessCheck = () => ReadinessReport | Promise<ReadinessReport>;
 
+/** Answers /scaling: the advisor's JSON document (metrics/ ScalingReport). */
+export type ScalingSource = () => unknown;
+
 /** Serves the admin endpoints on a plain-HTTP port (bind it to loopback or a private network). */
 export class AdminServer {
   private readonly server: http.Server;
 
-  constructor(private readonly source: MetricsSource, private readonly readiness: ReadinessCheck) {
+  constructor(private readonly source: MetricsSource, private readonly readiness: ReadinessCheck, private readonly scaling?: ScalingSource) {
     this.server = http.createServer((req, res) => void this.handle(req, res));
     this.server.keepAliveTimeout = 5_000;
   }
@@ -58,7 +62,11 @@ export class AdminServer {
         const r = await this.readiness();
         return send(r.ready ? 200 : 503, 'application/json', JSON.stringify(r) + '\n');
       }
-      send(404, 'text/plain', 'not found; try /metrics, /healthz or /readyz\n');
+      if (path === '/scaling') {
+        if (!this.scaling) return send(404, 'text/plain', 'no scaling advice here: it needs the simulated HSM cluster (hsm.mode embedded or cluster)\n');
+        return send(200, 'application/json', JSON.stringify(await this.scaling(), null, 2) + '\n');
+      }
+      send(404, 'text/plain', 'not found; try /metrics, /healthz or /readyz (or /scaling for the scaling advice)\n');
     } catch (err) {
       send(500, 'text/plain', `admin error: ${err instanceof Error ? err.message : String(err)}\n`);
     }

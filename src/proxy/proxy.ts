@@ -7,7 +7,7 @@ import pino, { type Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Config, ListenerConfig } from '../config/index.js';
 import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type HsmproxyMetrics, type MetricsSource } from '../metrics/index.js';
-import { AdminServer, type ReadinessCheck, type ReadinessReport } from './admin.js';
+import { AdminServer, type ReadinessCheck, type ReadinessReport, type ScalingSource } from './admin.js';
 import { recordCertificateExpiry } from './cert-expiry.js';
 import { ConnectionTracker } from './connections.js';
 import { ProxyStateError, ReloadRefusedError } from './errors.js';
@@ -27,6 +27,8 @@ export interface ProxyOptions {
   readiness?: ReadinessCheck;
   /** Where /metrics reads from (default: `registry`; a cluster primary aggregates workers). */
   metricsSource?: MetricsSource;
+  /** Answers GET /scaling on the admin port (the scaling advisor's report), when given. */
+  scaling?: ScalingSource;
   /** Start the admin server from config.admin (default true). */
   admin?: boolean;
   /** Turn tls/, hsm/ and engine/ diagnostics_channel events into metrics in `registry` (default true). */
@@ -80,7 +82,7 @@ export class Proxy {
       for (const l of this.runtime.config.listeners) this.listeners.set(l.name, { config: l, handle: await this.openListener(l) });
       await recordCertificateExpiry(this.metrics, this.runtime.config.listeners);
       if (this.opts.admin !== false) {
-        this.admin = new AdminServer(this.opts.metricsSource ?? registrySource(this.registry), () => this.readiness());
+        this.admin = new AdminServer(this.opts.metricsSource ?? registrySource(this.registry), () => this.readiness(), this.opts.scaling);
         await this.admin.listen(this.runtime.config.admin.port, this.runtime.config.admin.address);
       }
     } catch (err) {
