@@ -3,6 +3,7 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import tls from 'node:tls';
 import WebSocket from 'ws';
 import { baseYaml, startHarness, type Harness } from './helpers/proxy-harness.js';
 
@@ -99,4 +100,31 @@ t.test('a request matching no route gets a 404 that says so', async (t) => {
   const r = await h2.curl('/elsewhere');
   t.equal(r.status, 404);
   t.match(r.body, /no route matches this host and path/);
+});
+
+/** Sends raw requests on one TLS connection; resolves with everything read until the server closes (or 3 s pass). */
+function rawExchange(requests: string): Promise<{ text: string; closedByServer: boolean }> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: '127.0.0.1', port: h.port, servername: 'localhost', ca: readFileSync(h.ca) }, () => s.write(requests));
+    let text = '';
+    s.setEncoding('utf8').on('data', (d: string) => { text += d; });
+    const timer = setTimeout(() => { s.destroy(); resolve({ text, closedByServer: false }); }, 3000);
+    s.once('end', () => { clearTimeout(timer); s.destroy(); resolve({ text, closedByServer: true }); });
+    s.once('error', reject);
+  });
+}
+
+t.test('a client\'s Connection: close ends its connection after the response, whatever the upstream says', async (t) => {
+  const r = await rawExchange('GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+  t.match(r.text, /^HTTP\/1\.1 200/);
+  t.match(r.text.toLowerCase(), /\r\nconnection: close\r\n/, 'the response says close');
+  t.ok(r.closedByServer, 'the proxy closed the connection');
+});
+
+t.test('the upstream\'s own Connection and Keep-Alive headers do not reach the client', async (t) => {
+  const r = await rawExchange('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n');
+  const head = r.text.toLowerCase().split('\r\n\r\n')[0]!;
+  t.notMatch(head, /\r\nkeep-alive:/, 'no upstream Keep-Alive header');
+  t.match(head, /\r\nconnection: keep-alive/, 'the client connection stays open (HTTP/1.1 default)');
+  t.notOk(r.closedByServer);
 });

@@ -51,7 +51,13 @@ export class Forwarder {
   ) {
     this.proxy.on('proxyReq', (proxyReq, req) => this.onUpstreamRequest(proxyReq, req, false));
     this.proxy.on('proxyReqWs', (proxyReq, req) => this.onUpstreamRequest(proxyReq, req, true));
-    this.proxy.on('proxyRes', (proxyRes, req) => {
+    this.proxy.on('proxyRes', (proxyRes, req, res) => {
+      // The upstream's hop-by-hop headers describe its connection to us. Copied through, its
+      // `Connection: keep-alive` overrode a client's `Connection: close` (and draining), and the
+      // client's connection stayed open after the response.
+      const listed = String(proxyRes.headers.connection ?? '').toLowerCase().split(',').map((h) => h.trim()).filter(Boolean);
+      for (const h of [...listed, ...HOP_BY_HOP]) delete proxyRes.headers[h];
+      proxyRes.headers.connection = this.draining || !res.shouldKeepAlive ? 'close' : 'keep-alive';
       const ctx = this.contexts.get(req);
       if (!ctx) return;
       if (ctx.upstreamStart !== undefined && ctx.route && ctx.target) {
