@@ -1,8 +1,11 @@
 // `hsmproxy serve` wiring: opens the HSM side the config names (embedded cluster, a running
 // cluster, or PKCS#11), builds the Engine, makes the demo PKI and upstream for the default, and
-// starts the Proxy over the offloading TLS listener. Library calls only; the logic lives in the
-// modules it calls.
+// starts the Proxy over the offloading TLS listener — in this process (workers: 1) or in N worker
+// processes (serve-workers.ts). Library calls only; the logic lives in the modules it calls.
 import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -19,6 +22,7 @@ import { Proxy, startDemoUpstream, type DemoUpstream } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
 import { UsageError } from './run.js';
 import { startScaling } from './scaling-runtime.js';
+import { startWorkers } from './serve-workers.js';
 
 /** The repository (package) root: where config/hsmproxy.yaml ships. */
 export function packageRoot(): string {
@@ -32,7 +36,7 @@ export function packageRoot(): string {
 }
 
 /** The HSM side of a running proxy. */
-interface HsmSide {
+export interface HsmSide {
   engine: Engine;
   /** Backend that new keys (demo PKI) are generated on. */
   backend: Backend;
@@ -44,7 +48,11 @@ interface HsmSide {
   stop(): Promise<void>;
 }
 
-async function openHsmSide(config: Config, log: Logger): Promise<HsmSide> {
+/**
+ * Opens the backend the config names. `attach` (a worker process): an embedded cluster is already
+ * run by the primary, so connect to it as a client with the credentials it stored in its directory.
+ */
+export async function openHsmSide(config: Config, log: Logger, how: { attach?: boolean } = {}): Promise<HsmSide> {
   const hsm = config.hsm;
   const admission = { maxInFlight: hsm.signing.maxInFlight, queueTimeoutMs: hsm.signing.timeoutMs };
   if (hsm.mode === 'pkcs11') {
@@ -58,7 +66,11 @@ async function openHsmSide(config: Config, log: Logger): Promise<HsmSide> {
   let client: ClusterClient;
   let credentials: { user?: string; password: string };
   const dir = hsm.mode === 'cluster' && hsm.manifest ? dirname(hsm.manifest) : hsm.dir;
-  if (hsm.mode === 'embedded') {
+  if (hsm.mode === 'embedded' && how.attach) {
+    const stored = JSON.parse(await readFile(join(dir, 'embedded-credentials.json'), 'utf8')) as { cu: { user: string; password: string } };
+    credentials = stored.cu;
+    client = await connectCluster(dir, { credentials: stored.cu });
+  } else if (hsm.mode === 'embedded') {
     embedded = await startEmbeddedCluster({ dir, hsms: hsm.hsms, profile: hsm.profile });
     client = embedded.client;
     credentials = { user: embedded.credentials.cu.user, password: embedded.credentials.cu.password };
@@ -86,11 +98,25 @@ async function openHsmSide(config: Config, log: Logger): Promise<HsmSide> {
 /** What `serve` started, for printing and for stopping. */
 export interface Serving {
   config: Config;
-  proxy: Proxy;
   hsm: HsmSide;
   demo?: { pki: DemoPkiFiles; pkiCreated: boolean; upstream: DemoUpstream };
+  /** Processes serving traffic: 1, or the number of node:cluster workers. */
+  workers: number;
+  listenerAddress(name: string): AddressInfo | undefined;
+  adminAddress(): AddressInfo | undefined;
   stop(deadlineMs?: number): Promise<void>;
   reload(): Promise<void>;
+}
+
+/** The number of serving processes `workers:` asks for ('auto': one per CPU the process may use). */
+export function workerCount(config: Config): number {
+  return config.workers === 'auto' ? availableParallelism() : config.workers;
+}
+
+/** Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open). */
+export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] } {
+  const up = hsm.cluster ? hsm.cluster.stats().filter((n) => n.inRotation).length : 1;
+  return { ready: up > 0, reasons: up > 0 ? [] : ['no HSM is in rotation'] };
 }
 
 /** Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). */
@@ -112,6 +138,16 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
       cleanup.push(() => upstream.close());
       demo = { pki: pki.files, pkiCreated: pki.created, upstream };
     }
+    if (workerCount(config) > 1) {
+      const serving = await startWorkers({ config, configFile, hsm, log });
+      return {
+        ...serving, hsm, ...(demo ? { demo } : {}),
+        async stop(deadlineMs) {
+          await serving.stop(deadlineMs);
+          for (const c of cleanup.reverse()) await c();
+        },
+      };
+    }
     // The scaling advisor follows the simulated cluster (and acts on it with hsm.autoscale).
     const registry = createRegistry();
     const scaling = hsm.cluster && hsm.dir
@@ -124,16 +160,14 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
       registry,
       ...(scaling ? { scaling: () => scaling.service.report() } : {}),
       tlsListenerFactory: offloadListenerFactory({ engine: hsm.engine, signTimeoutMs: config.hsm.signing.timeoutMs }),
-      readiness: async () => {
-        // Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open).
-        const up = hsm.cluster ? hsm.cluster.stats().filter((n) => n.inRotation).length : 1;
-        return { ready: up > 0, reasons: up > 0 ? [] : ['no HSM is in rotation'] };
-      },
+      readiness: () => hsmReadiness(hsm),
     });
     await proxy.start();
     let current = config;
     return {
-      config, proxy, hsm, ...(demo ? { demo } : {}),
+      config, hsm, ...(demo ? { demo } : {}), workers: 1,
+      listenerAddress: (name) => proxy.listenerAddress(name),
+      adminAddress: () => proxy.adminAddress(),
       async stop(deadlineMs) {
         await proxy.shutdown(deadlineMs ?? current.timeouts.shutdownMs);
         for (const c of cleanup.reverse()) await c();

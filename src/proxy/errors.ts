@@ -47,3 +47,19 @@ export class ProxyStateError extends ProxyError {
     this.name = 'ProxyStateError';
   }
 }
+
+/** A worker process (workers: N) could not start; the message is the worker's own reason. */
+export class WorkerStartError extends ProxyError {
+  constructor(readonly worker: number, reason: string) {
+    super(`worker ${worker} did not start: ${reason}`, 'PROXY_ERR_WORKER_START');
+    this.name = 'WorkerStartError';
+  }
+}
+
+/** A worker refused a reload and keeps serving its previous configuration. */
+export class WorkerReloadError extends ProxyError {
+  constructor(readonly worker: number, reason: string) {
+    super(`worker ${worker} refused the reload: ${reason}`, 'PROXY_ERR_WORKER_RELOAD');
+    this.name = 'WorkerReloadError';
+  }
+}

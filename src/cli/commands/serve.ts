@@ -12,17 +12,19 @@ interface ServeOptions { config?: string; json?: boolean; logLevel?: string }
 function banner(s: Serving): string {
   const l = s.config.listeners[0]!;
   const host = l.address === '127.0.0.1' || l.address === '0.0.0.0' ? 'localhost' : l.address;
-  const lines = [`hsmproxy is serving https://${host}:${l.port}/ (keys in ${s.hsm.describe})`];
+  const port = s.listenerAddress(l.name)?.port ?? l.port;
+  const lines = [`hsmproxy is serving https://${host}:${port}/ (keys in ${s.hsm.describe})`];
   if (s.demo) {
     const ca = relative(process.cwd(), s.demo.pki.caCert) || s.demo.pki.caCert;
     lines.push(
       s.demo.pkiCreated ? `  made a dev CA and localhost certificates (RSA-2048 and ECDSA P-256); their keys are in the HSM` : `  reused the dev CA and localhost certificates in ${relative(process.cwd(), s.demo.pki.caCert).replace(/\/[^/]*$/, '') || '.'}`,
       `  dev CA certificate: ${ca}`,
       `  demo upstream: ${s.demo.upstream.url}`,
-      `  try: curl --cacert ${ca} https://localhost:${l.port}/`,
+      `  try: curl --cacert ${ca} https://localhost:${port}/`,
     );
   }
-  const admin = s.proxy.adminAddress();
+  if (s.workers > 1) lines.push(`  ${s.workers} worker processes share the listening ports`);
+  const admin = s.adminAddress();
   if (admin) lines.push(`  admin: http://${admin.address}:${admin.port}/metrics  /healthz  /readyz`);
   lines.push('  stop with Ctrl-C (SIGINT/SIGTERM drain in-flight requests); SIGHUP reloads the config');
   return lines.join('\n');
@@ -39,8 +41,9 @@ export function register(program: Command): void {
       const log = pino({ level: opts.logLevel ?? process.env.HSMPROXY_LOG_LEVEL ?? 'info' });
       const serving = await startServing({ ...(opts.config ? { configFile: opts.config } : {}), log });
       output(opts, {
-        listeners: serving.config.listeners.map((l) => ({ name: l.name, address: serving.proxy.listenerAddress(l.name) })),
-        admin: serving.proxy.adminAddress(),
+        listeners: serving.config.listeners.map((l) => ({ name: l.name, address: serving.listenerAddress(l.name) })),
+        admin: serving.adminAddress(),
+        workers: serving.workers,
         hsm: serving.hsm.describe,
         ...(serving.demo ? { caCert: serving.demo.pki.caCert, upstream: serving.demo.upstream.url, pkiCreated: serving.demo.pkiCreated } : {}),
       }, () => process.stderr.write(banner(serving) + '\n'));
@@ -58,7 +61,7 @@ export function register(program: Command): void {
       process.on('SIGINT', () => stop('SIGINT'));
       process.on('SIGHUP', () => {
         serving.reload().then(
-          () => log.info('configuration reloaded'),
+          () => { if (serving.workers > 1) log.info({ workers: serving.workers }, 'configuration reloaded'); },
           (err: unknown) => log.error({ err: (err as Error).message }, 'reload refused; the previous configuration keeps serving'),
         );
       });

@@ -1,0 +1,133 @@
+// `serve` with `workers: N` (N > 1): the primary keeps the HSM side it opened (an embedded cluster
+// runs here), the demo upstream and the admin server, whose /metrics sums every worker's
+// registry; N worker processes (serve-worker entry) each open their own cluster client and Proxy
+// on the shared listening ports. Session tickets use one secret, so any worker resumes any ticket.
+import { randomBytes } from 'node:crypto';
+import { extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino, { type Logger } from 'pino';
+import { loadConfig, type Config } from '../config/index.js';
+import { clusterSource, createRegistry, exposeToPrimary } from '../metrics/index.js';
+import { AdminServer, Proxy, WorkerPool, type WorkerCommand, type WorkerReport } from '../proxy/index.js';
+import { offloadListenerFactory } from '../proxy/offload-listener.js';
+import { TicketKeys } from '../tls/index.js';
+import { hsmReadiness, openHsmSide, workerCount, type HsmSide, type Serving } from './serve-runtime.js';
+
+/** What the primary sends each worker. */
+interface WorkerSettings { configFile: string; ticketSecret: string; logLevel: string }
+
+// The worker entry next to this file, with this file's extension (.ts under tsx, .js from dist/).
+const workerEntry = fileURLToPath(new URL(`./serve-worker${extname(fileURLToPath(import.meta.url))}`, import.meta.url));
+
+/** Starts the workers and the primary's admin server; the caller owns `hsm`. */
+export async function startWorkers(opts: { config: Config; configFile: string; hsm: HsmSide; log: Logger }): Promise<Omit<Serving, 'hsm' | 'demo'>> {
+  const { config, log } = opts;
+  const count = workerCount(config);
+  const pool = new WorkerPool<WorkerSettings>({
+    count,
+    exec: workerEntry,
+    settings: { configFile: opts.configFile, ticketSecret: randomBytes(48).toString('hex'), logLevel: log.level },
+    onEvent: (e) => {
+      if (e.event === 'exit') log.error(e, 'worker exited; restarting it');
+      else if (e.event === 'failed') log.error(e, 'worker failed to start');
+      else log.debug(e, 'worker ready');
+    },
+  });
+  await pool.start();
+  const admin = new AdminServer(clusterSource(), () => {
+    const hsm = hsmReadiness(opts.hsm);
+    const { ready, count: want } = pool.status;
+    const reasons = [...hsm.reasons, ...(ready < want ? [`${ready} of ${want} workers are serving`] : [])];
+    return { ready: reasons.length === 0, reasons };
+  });
+  try {
+    await admin.listen(config.admin.port, config.admin.address);
+  } catch (err) {
+    await pool.stop(0);
+    throw err;
+  }
+  log.info({ workers: count, admin: admin.address() }, 'proxy started');
+  let current = config;
+  return {
+    config, workers: count,
+    listenerAddress: (name) => pool.listenerAddress(name),
+    adminAddress: () => admin.address(),
+    async stop(deadlineMs) {
+      await pool.stop(deadlineMs ?? current.timeouts.shutdownMs);
+      await admin.close();
+    },
+    async reload() {
+      // Checked here first, so a bad file is refused once rather than by every worker.
+      const next = loadConfig(opts.configFile, { checkFiles: true });
+      if (workerCount(next) !== count) log.warn('the number of workers changed; it takes effect at the next restart');
+      await pool.reload();
+      current = next;
+    },
+  };
+}
+
+function report(m: WorkerReport): void {
+  process.send?.(m);
+}
+
+/** The body of one worker process: waits for its settings, serves until told to stop. */
+export async function runWorker(): Promise<void> {
+  const settings = await new Promise<WorkerSettings>((resolve) => {
+    const first = (m: WorkerCommand<WorkerSettings>) => {
+      if (m?.hsmproxy !== 'settings') return;
+      process.off('message', first);
+      resolve(m.settings);
+    };
+    process.on('message', first);
+    report({ hsmproxy: 'hello' });
+  });
+  const log = pino({ level: settings.logLevel }).child({ worker: Number(process.env.HSMPROXY_WORKER ?? 0) });
+  // The primary coordinates: a terminal's Ctrl-C or hangup reaches the whole process group.
+  process.on('SIGINT', () => undefined);
+  process.on('SIGHUP', () => undefined);
+  let proxy: Proxy;
+  let hsm: HsmSide;
+  let config: Config;
+  try {
+    config = loadConfig(settings.configFile, { checkFiles: true });
+    hsm = await openHsmSide(config, log, { attach: true });
+    const registry = createRegistry();
+    exposeToPrimary(registry);
+    proxy = new Proxy({
+      config, logger: log, registry, admin: false,
+      tlsListenerFactory: offloadListenerFactory({
+        engine: hsm.engine, signTimeoutMs: config.hsm.signing.timeoutMs,
+        ticketKeys: new TicketKeys({ secret: Buffer.from(settings.ticketSecret, 'hex') }),
+      }),
+    });
+    await proxy.start();
+  } catch (err) {
+    report({ hsmproxy: 'failed', message: (err as Error).message });
+    process.exit(1);
+  }
+  const listeners = Object.fromEntries(config.listeners.flatMap((l) => {
+    const a = proxy.listenerAddress(l.name);
+    return a ? [[l.name, a]] : [];
+  }));
+  let stopping = false;
+  const stop = async (deadlineMs: number) => {
+    if (stopping) return;
+    stopping = true;
+    await proxy.shutdown(deadlineMs);
+    await hsm.stop().catch(() => undefined);
+    process.exit(0);
+  };
+  process.on('message', (m: WorkerCommand<WorkerSettings>) => {
+    if (m?.hsmproxy === 'stop') void stop(m.deadlineMs);
+    if (m?.hsmproxy === 'reload') {
+      Promise.resolve().then(() => proxy.reload(loadConfig(settings.configFile, { checkFiles: true }))).then(
+        () => report({ hsmproxy: 'reloaded' }),
+        (err: unknown) => report({ hsmproxy: 'reload-failed', message: (err as Error).message }),
+      );
+    }
+  });
+  // The primary died: nobody will ask us to stop, so drain and go.
+  process.on('disconnect', () => void stop(config.timeouts.shutdownMs));
+  process.on('SIGTERM', () => void stop(config.timeouts.shutdownMs));
+  report({ hsmproxy: 'ready', listeners });
+}

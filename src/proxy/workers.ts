@@ -1,0 +1,167 @@
+// `workers: N`: the primary forks N worker processes (node:cluster), each running its own Proxy
+// with its own HSM client; node:cluster shares the listening sockets, so every worker serves the
+// same ports. The primary hands each worker its settings over IPC (never the environment), waits
+// until all are serving, restarts one that dies, and forwards reloads and graceful stops.
+import cluster, { type Worker } from 'node:cluster';
+import type { AddressInfo } from 'node:net';
+import { WorkerStartError, WorkerReloadError } from './errors.js';
+
+/** Worker → primary. */
+export type WorkerReport =
+  | { hsmproxy: 'hello' }
+  | { hsmproxy: 'ready'; listeners: Record<string, AddressInfo> }
+  | { hsmproxy: 'failed'; message: string }
+  | { hsmproxy: 'reloaded' }
+  | { hsmproxy: 'reload-failed'; message: string };
+
+/** Primary → worker. `settings` answers the worker's hello (sent once it listens for messages). */
+export type WorkerCommand<S> =
+  | { hsmproxy: 'settings'; settings: S }
+  | { hsmproxy: 'reload' }
+  | { hsmproxy: 'stop'; deadlineMs: number };
+
+/** What the pool tells its owner (for logs). */
+export type WorkerPoolEvent =
+  | { event: 'ready'; worker: number; pid: number }
+  | { event: 'exit'; worker: number; pid: number; code: number | null; signal: string | null; restartInMs: number }
+  | { event: 'failed'; worker: number; pid: number; message: string };
+
+/** How to run the workers. */
+export interface WorkerPoolOptions<S> {
+  count: number;
+  /** The worker's entry file (keep the current extension: .ts under tsx, .js from dist/). */
+  exec: string;
+  execArgv?: string[];
+  /** Sent to each worker as its first message. */
+  settings: S;
+  /** How long a worker may take to report ready (default 60 s). */
+  startTimeoutMs?: number;
+  onEvent?: (e: WorkerPoolEvent) => void;
+}
+
+const isReport = (m: unknown): m is WorkerReport => typeof m === 'object' && m !== null && typeof (m as { hsmproxy?: unknown }).hsmproxy === 'string';
+
+/** The primary's side of `workers: N`. */
+export class WorkerPool<S> {
+  private readonly workers = new Map<number, Worker>();
+  private readonly ready = new Set<number>();
+  private listeners: Record<string, AddressInfo> = {};
+  private stopping = false;
+  private restarts = 0;
+
+  constructor(private readonly opts: WorkerPoolOptions<S>) {}
+
+  /** Forks every worker; resolves when all serve, rejects (stopping the others) if one cannot start. */
+  async start(): Promise<void> {
+    cluster.setupPrimary({ exec: this.opts.exec, execArgv: this.opts.execArgv ?? process.execArgv });
+    try {
+      await Promise.all(Array.from({ length: this.opts.count }, (_, i) => this.fork(i + 1)));
+    } catch (err) {
+      await this.stop(0);
+      throw err;
+    }
+  }
+
+  /** Workers serving right now, and how many there should be. */
+  get status(): { ready: number; count: number } {
+    return { ready: this.ready.size, count: this.opts.count };
+  }
+
+  /** A listener's bound address, as the first worker reported it. */
+  listenerAddress(name: string): AddressInfo | undefined {
+    return this.listeners[name];
+  }
+
+  /** Asks every worker to reload; rejects with the first refusal (that worker keeps its old config). */
+  async reload(): Promise<void> {
+    const answers = [...this.workers.values()].map((w) => this.ask(w, { hsmproxy: 'reload' }, (m) => {
+      if (m.hsmproxy === 'reloaded') return true;
+      if (m.hsmproxy === 'reload-failed') throw new WorkerReloadError(w.id, m.message);
+      return undefined;
+    }));
+    await Promise.all(answers);
+  }
+
+  /** Graceful stop: each worker drains within `deadlineMs`; one that has not exited 5 s later is killed. */
+  async stop(deadlineMs: number): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.workers.values()].map(async (w) => {
+      const exited = new Promise<void>((resolve) => {
+        if (w.isDead()) return resolve();
+        w.once('exit', () => resolve());
+      });
+      if (w.isConnected()) w.send({ hsmproxy: 'stop', deadlineMs } satisfies WorkerCommand<S>);
+      else w.process.kill('SIGTERM');
+      const timer = setTimeout(() => w.process.kill('SIGKILL'), deadlineMs + 5_000);
+      await exited;
+      clearTimeout(timer);
+    }));
+    this.workers.clear();
+    this.ready.clear();
+  }
+
+  /** Forks worker `n`; resolves once it reports ready. */
+  private fork(n: number): Promise<void> {
+    const w = cluster.fork({ HSMPROXY_WORKER: String(n) });
+    this.workers.set(n, w);
+    // Messages sent before the worker listens would be lost, so it asks first.
+    w.on('message', (m: unknown) => {
+      if (isReport(m) && m.hsmproxy === 'hello') w.send({ hsmproxy: 'settings', settings: this.opts.settings } satisfies WorkerCommand<S>);
+    });
+    w.on('exit', (code, signal) => this.onExit(n, w, code, signal));
+    const pid = w.process.pid ?? 0;
+    return this.ask(w, undefined, (m) => {
+      if (m.hsmproxy === 'failed') {
+        this.opts.onEvent?.({ event: 'failed', worker: n, pid, message: m.message });
+        throw new WorkerStartError(n, m.message);
+      }
+      if (m.hsmproxy !== 'ready') return undefined;
+      if (Object.keys(this.listeners).length === 0) this.listeners = m.listeners;
+      this.ready.add(n);
+      this.opts.onEvent?.({ event: 'ready', worker: n, pid });
+      return true;
+    }, this.opts.startTimeoutMs ?? 60_000);
+  }
+
+  private onExit(n: number, w: Worker, code: number | null, signal: string | null): void {
+    if (this.workers.get(n) !== w) return;
+    this.ready.delete(n);
+    if (this.stopping) return;
+    // Back off when workers keep dying (a bad key, an HSM that refuses the login).
+    const restartInMs = Math.min(5_000, 100 * 2 ** Math.min(this.restarts++, 6));
+    this.opts.onEvent?.({ event: 'exit', worker: n, pid: w.process.pid ?? 0, code, signal, restartInMs });
+    setTimeout(() => {
+      if (this.stopping) return;
+      this.fork(n).then(() => { this.restarts = 0; }, () => { /* reported through onEvent; its exit schedules the next try */ });
+    }, restartInMs).unref();
+  }
+
+  /**
+   * Sends `command` (if any) and waits for the first report `accept` returns true for (or throws on);
+   * rejects if the worker exits first or `timeoutMs` passes.
+   */
+  private ask(w: Worker, command: WorkerCommand<S> | undefined, accept: (m: WorkerReport) => true | undefined, timeoutMs = 60_000): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        w.off('message', onMessage);
+        w.off('exit', onExit);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onMessage = (m: unknown) => {
+        if (!isReport(m)) return; // prom-client's metrics requests share the channel
+        try {
+          if (accept(m)) done();
+        } catch (err) {
+          done(err as Error);
+        }
+      };
+      const onExit = (code: number | null) => done(new WorkerStartError(w.id, `the worker process exited (code ${code ?? 'none'}) before answering`));
+      const timer = setTimeout(() => done(new WorkerStartError(w.id, `no answer within ${timeoutMs} ms`)), timeoutMs);
+      w.on('message', onMessage);
+      w.once('exit', onExit);
+      if (command) w.send(command);
+    });
+  }
+}

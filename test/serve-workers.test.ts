@@ -1,0 +1,66 @@
+// `workers: N`: `hsmproxy serve` runs N worker processes (node:cluster) with HSM-held keys, each
+// with its own cluster client; connections spread over them, the admin /metrics sums them, a
+// killed worker is replaced, SIGHUP reloads every worker and SIGTERM stops them all.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { startDemoUpstream } from '../src/proxy/index.js';
+import { devCa, getOnce, prepareServeDir, sample, serveYaml, startServe } from './helpers/serve-fixture.js';
+
+const d = await prepareServeDir();
+t.teardown(() => d.cleanup());
+const upstream = await startDemoUpstream();
+t.teardown(() => upstream.close());
+const ca = await devCa(d);
+
+function childPids(pid: number): Promise<number[]> {
+  return new Promise((resolve) => execFile('pgrep', ['-P', String(pid)], (_err, out) => resolve(out.split('\n').filter(Boolean).map(Number))));
+}
+
+const workerPids = (logs: Array<Record<string, unknown>>) => new Set(logs.filter((l) => l.type === 'access').map((l) => l.pid as number));
+
+t.test('workers: 2 serves HSM-backed HTTPS from two processes and /metrics adds them up', async (t) => {
+  const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
+  t.teardown(() => s.stop());
+  const statuses: number[] = [];
+  for (let i = 0; i < 12; i++) statuses.push(await getOnce(s.port, ca));
+  t.same(statuses, Array(12).fill(200), 'every request on a new connection succeeds');
+  await new Promise((r) => setTimeout(r, 300)); // access log lines are written asynchronously
+  t.equal(workerPids(s.logs()).size, 2, 'the connections were served by two worker processes');
+  const metrics = await fetch(`http://127.0.0.1:${s.admin}/metrics`).then((r) => r.text());
+  t.equal(sample(metrics, 'hsmproxy_tls_handshakes_total', { result: 'ok' }), 12, 'handshakes of both workers are summed');
+  t.ok((sample(metrics, 'hsmproxy_hsm_request_duration_seconds_count', { op: 'sign' }) ?? 0) >= 1, 'HSM signatures of the workers are measured');
+  const ready = await fetch(`http://127.0.0.1:${s.admin}/readyz`);
+  t.equal(ready.status, 200, '/readyz on the primary: every worker serves and an HSM is up');
+  t.equal(await s.stop(), 0, 'SIGTERM stops the workers and the primary exits 0');
+});
+
+t.test('a worker that dies is replaced and service continues', async (t) => {
+  const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
+  t.teardown(() => s.stop());
+  t.equal(await getOnce(s.port, ca), 200);
+  const before = await childPids(s.child.pid!);
+  const worker = (await Promise.all(before.map(async (p) => ({ p, grand: await childPids(p) })))).find((x) => x.grand.length === 0)?.p;
+  t.ok(worker, 'found a worker process (a child without HSM children of its own)');
+  process.kill(worker!, 'SIGKILL');
+  const deadline = Date.now() + 20_000;
+  let ready = 0;
+  while (Date.now() < deadline) {
+    ready = (await fetch(`http://127.0.0.1:${s.admin}/readyz`)).status;
+    const now = await childPids(s.child.pid!);
+    if (ready === 200 && now.length === before.length && !now.includes(worker!)) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  t.equal(ready, 200, 'ready again once the replacement serves');
+  const statuses: number[] = [];
+  for (let i = 0; i < 6; i++) statuses.push(await getOnce(s.port, ca));
+  t.same(statuses, Array(6).fill(200));
+});
+
+t.test('workers: auto starts one worker per CPU', async (t) => {
+  const s = await startServe(d, serveYaml(d, upstream.url, 'workers: auto'));
+  t.teardown(() => s.stop());
+  const { availableParallelism } = await import('node:os');
+  const n = availableParallelism();
+  t.match(s.stderr(), n > 1 ? `${n} worker processes share the listening ports` : /hsmproxy is serving/);
+  t.equal(await getOnce(s.port, ca), 200);
+});
