@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../src/hsm/cluster/embedded.js';
-import { linkFactory, membersOf } from '../src/hsm/cluster/membership.js';
+import { connectCluster, linkFactory, membersOf } from '../src/hsm/cluster/membership.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';
 import { listBackups, sealBackup, writeBackupFile } from '../src/hsm/cluster/backup.js';
 import type { HsmConnection } from '../src/hsm/client/connection.js';
@@ -140,4 +140,20 @@ t.test('add-hsm --from live clones a live HSM; it joins in sync and serves the e
 
   const bad = await cliInProcess(['cluster', 'add-hsm', '--dir', dir, '--from', 'nowhere'], officerPin);
   t.match(bad.error, { message: /--from must be backup or live/ });
+});
+
+t.test('a crypto user changing its own password through the client leaves the HSMs in sync', async (t) => {
+  const co = await connectCluster(dir, { credentials: cluster.credentials.co, watch: false });
+  t.teardown(() => co.close());
+  await co.createUser('carol', 'CU', 'carol-password-1');
+  const carol = await connectCluster(dir, { credentials: { user: 'carol', password: 'carol-password-1' }, watch: false });
+  t.teardown(() => carol.close());
+  await carol.changePassword('carol-password-2');
+  for (const id of ['hsm-1', 'hsm-2', 'hsm-3', 'hsm-4']) {
+    const c = await direct(id, { user: 'carol', password: 'carol-password-2' });
+    t.equal(c.user?.user, 'carol', `the new password works on ${id}`);
+    await c.close();
+  }
+  const { json } = await status();
+  t.same(json.hsms.map((h) => [h.id, h.inSync]), [['hsm-1', true], ['hsm-2', true], ['hsm-3', true], ['hsm-4', true]], 'every HSM still agrees');
 });

@@ -134,3 +134,19 @@ t.test('importing a user table ends the sessions of users it no longer holds', a
   await t.rejects(b.hsm.login('carol', 'carol-password'), { code: 'HSM_ERR_BAD_CREDENTIALS' });
   t.same(b.hsm.listUsers(b.co).map((u) => u.name), ['admin'], 'the CO session of a user still present carries on');
 });
+
+t.test('a password changed with the same salt nonce on two clones leaves them in sync; different nonces differ', async (t) => {
+  const a = await freshHsm(t, { clusterKey: CLUSTER, hsmId: 'hsm-a' });
+  const b = await freshHsm(t, { clusterKey: CLUSTER, hsmId: 'hsm-b' });
+  await a.cu('alice');
+  await b.hsm.importUsers(b.co, a.hsm.exportUsers(a.co));
+  const nonce = randomBytes(16);
+  for (const h of [a, b]) await h.hsm.changePassword(await h.hsm.login('alice', 'alice-password'), 'alice-new-pw', nonce);
+  t.equal(a.hsm.stateDigest().digest, b.hsm.stateDigest().digest, 'the clones store the same hash');
+  t.equal((await b.hsm.login('alice', 'alice-new-pw')).user, 'alice', 'and the new password works');
+
+  await a.hsm.changePassword(await a.hsm.login('alice', 'alice-new-pw'), 'alice-newer-pw', randomBytes(16));
+  await b.hsm.changePassword(await b.hsm.login('alice', 'alice-new-pw'), 'alice-newer-pw', randomBytes(16));
+  t.not(a.hsm.stateDigest().digest, b.hsm.stateDigest().digest, 'different nonces give different salts');
+  await t.rejects(a.hsm.changePassword(await a.hsm.login('alice', 'alice-newer-pw'), 'alice-newest', Buffer.alloc(4)), { code: 'HSM_ERR_INVALID_ARGUMENT', message: /16 to 64 random bytes/ });
+});

@@ -81,7 +81,9 @@ export async function handleOp(device: Hsm, state: ConnectionState, opcode: numb
       state.session = undefined;
       return answer(undefined);
     case Op.CHANGE_PASSWORD: {
-      state.session = await device.changePassword(s, str(o, 'newPassword'));
+      const nonce = o.saltNonce;
+      if (nonce !== undefined && !Buffer.isBuffer(nonce)) throw new InvalidArgumentError('request field saltNonce must be bytes');
+      state.session = await device.changePassword(s, str(o, 'newPassword'), nonce);
       return answer({ user: state.session.user, role: state.session.role });
     }
     case Op.CREATE_USER: return answer(await device.createUser(s, str(o, 'name'), str(o, 'role') as Exclude<Role, 'PRECO'>, str(o, 'password')));

@@ -3,6 +3,7 @@
 // changes of token keys and users are applied on every HSM in rotation before they are
 // acknowledged (keys generated in one HSM and copied as masked objects, users as the masked
 // user table); session keys stay on the HSM that made them and their requests are routed there.
+import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter, KeyInfo,
@@ -110,10 +111,12 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     if (role === 'CO' || role === 'AU') {
       out = await this.userChange('changePassword', (c) => c.changePassword(newPassword, opts));
     } else {
-      // A CU cannot export the user table: change it on each HSM (a later CO/AU resync aligns the hashes).
+      // A CU cannot export the user table: change it on each HSM, with one salt nonce so every
+      // HSM stores the same hash and the state digests keep agreeing.
+      const nonce = randomBytes(16);
       const live = [...this.nodes.values()].filter((n) => n.available);
-      const all = await Promise.all(live.map((n) => n.run((c) => c.changePassword(newPassword, opts))));
-      out = all[0] ?? (await this.execute('changePassword', { safe: false }, (c) => c.changePassword(newPassword, opts)));
+      const all = await Promise.all(live.map((n) => n.run((c) => c.changePassword(newPassword, opts, nonce))));
+      out = all[0] ?? (await this.execute('changePassword', { safe: false }, (c) => c.changePassword(newPassword, opts, nonce)));
     }
     this.credentials = { user: this.credentials.user, password: newPassword };
     for (const n of this.nodes.values()) n.setCredentials(this.credentials);

@@ -140,9 +140,9 @@ export class HsmConnection {
     await this.json(Op.LOGOUT, undefined, opts);
     this.loggedIn = undefined;
   }
-  /** Changes the logged-in user's password; a PRECO becomes the CO. */
-  async changePassword(newPassword: string, opts?: RequestOptions): Promise<LoginInfo> {
-    this.loggedIn = await this.json<LoginInfo>(Op.CHANGE_PASSWORD, { newPassword }, opts);
+  /** Changes the logged-in user's password; a PRECO becomes the CO. Same `saltNonce` on every HSM → same stored hash. */
+  async changePassword(newPassword: string, opts?: RequestOptions, saltNonce?: Buffer): Promise<LoginInfo> {
+    this.loggedIn = await this.json<LoginInfo>(Op.CHANGE_PASSWORD, { newPassword, ...(saltNonce ? { saltNonce } : {}) }, opts);
     return this.loggedIn;
   }
   /** CO: creates a user. */

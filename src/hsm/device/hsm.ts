@@ -165,10 +165,10 @@ export class Hsm {
     this.ctx.audit({ event: 'logout', user: s.user, ok: true });
   }
 
-  /** Changes the session user's own password; a PRECO becomes CO by doing so (returns the updated session). */
-  changePassword(session: Session, newPassword: string): Promise<Session> {
+  /** Changes the session user's own password; a PRECO becomes CO by doing so (returns the updated session). `saltNonce`: see UserOps. */
+  changePassword(session: Session, newPassword: string, saltNonce?: Buffer): Promise<Session> {
     const s = this.session(session);
-    return this.guard(s, 'change password', () => this.userOps.changePassword(s, newPassword));
+    return this.guard(s, 'change password', () => this.userOps.changePassword(s, newPassword, saltNonce));
   }
 
   /** CO: creates a user. */

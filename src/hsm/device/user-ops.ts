@@ -1,6 +1,7 @@
 // User management and login for one HSM: CloudHSM's rules (PRECO → CO on first password
 // change, CO manages users, lockout and its reset), persisted before each call resolves and
 // audited. Sessions come already validated from hsm.ts.
+import { createHmac } from 'node:crypto';
 import type { DeviceContext } from './context.js';
 import { InvalidArgumentError, PermissionDeniedError, type HsmError } from './errors.js';
 import { toRecord } from './objects.js';
@@ -33,12 +34,17 @@ export class UserOps {
     }
   }
 
-  /** The session user's own password; a PRECO becomes CO. */
-  async changePassword(s: Session, newPassword: string): Promise<Session> {
+  /**
+   * The session user's own password; a PRECO becomes CO. With `saltNonce` (the same random bytes
+   * sent to every HSM of the cluster) the salt is derived from the cluster key, so each HSM
+   * stores the same hash and the clones stay identical without a user-table copy, which a CU
+   * may not make.
+   */
+  async changePassword(s: Session, newPassword: string, saltNonce?: Buffer): Promise<Session> {
     if (s.role === 'AU') throw new PermissionDeniedError('change password', 'appliance users are managed by a crypto officer');
     checkPasswordShape(newPassword);
     const role: Role = s.role === 'PRECO' ? 'CO' : s.role;
-    await this.ctx.users.setPassword(s.user, newPassword, role);
+    await this.ctx.users.setPassword(s.user, newPassword, role, saltNonce === undefined ? undefined : clusterSalt(this.ctx.clusterKey, s.user, saltNonce));
     await this.persist();
     this.ctx.bump();
     this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, ...(role !== s.role ? { promotedTo: role } : {}) });
@@ -103,4 +109,11 @@ export class UserOps {
     await this.persist();
     this.ctx.audit({ event: 'user.unlock', user: s.user, ok: true, target: name });
   }
+}
+
+// A password salt every HSM of the cluster derives alike from the client's nonce: keyed by the
+// cluster key, so a client picks the nonce but never the salt itself.
+function clusterSalt(clusterKey: Buffer, user: string, nonce: Buffer): Buffer {
+  if (!Buffer.isBuffer(nonce) || nonce.length < 16 || nonce.length > 64) throw new InvalidArgumentError('the password salt nonce must be 16 to 64 random bytes');
+  return createHmac('sha256', clusterKey).update('hsmproxy password salt\0').update(user).update('\0').update(nonce).digest().subarray(0, 16);
 }

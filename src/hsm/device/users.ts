@@ -48,11 +48,10 @@ export class UserTable {
 
   constructor(readonly opts: UserTableOptions) {}
 
-  /** Builds a record with a fresh salt and hash (async: scrypt runs off the event loop). */
-  async makeRecord(name: string, role: Role, password: string): Promise<UserRecord> {
+  /** Builds a record with a fresh salt (or the given one) and hash (async: scrypt runs off the event loop). */
+  async makeRecord(name: string, role: Role, password: string, salt: Buffer = randomBytes(16)): Promise<UserRecord> {
     if (!NAME_RE.test(name)) throw new InvalidArgumentError(`user name ${JSON.stringify(name)} is invalid: use 1-64 letters, digits, '_', '.', '-'`);
     checkPasswordShape(password);
-    const salt = randomBytes(16);
     const hash = await derive(password, salt, this.opts.scryptCost);
     return { name, role, salt: salt.toString('hex'), hash: hash.toString('hex'), cost: this.opts.scryptCost, failedLogins: 0, locked: false };
   }
@@ -106,9 +105,9 @@ export class UserTable {
   }
 
   /** Replaces a user's password (and clears its lockout); may change its role (PRECO → CO). */
-  async setPassword(name: string, password: string, role?: Role): Promise<UserRecord> {
+  async setPassword(name: string, password: string, role?: Role, salt?: Buffer): Promise<UserRecord> {
     const u = this.get(name);
-    const fresh = await this.makeRecord(name, role ?? u.role, password);
+    const fresh = await this.makeRecord(name, role ?? u.role, password, salt);
     this.users.set(name, fresh);
     return fresh;
   }
