@@ -83,6 +83,8 @@ export class RecordOpener12 extends RecordOpener {
     if (type !== ContentType.handshake && type !== ContentType.alert && type !== ContentType.application_data) {
       throw fatal('unexpected_message', `record type ${type} is not allowed after ChangeCipherSpec`);
     }
+    // TLS.md 3: after negotiation the header must say TLS 1.2 (Go's rule; the AAD uses the negotiated version).
+    if (record.version !== TLS12) throw fatal('protocol_version', `record version 0x${record.version.toString(16)} after TLS 1.2 was negotiated`);
     const frag = record.fragment;
     const overhead = this.explicitLen + TAG_LEN;
     if (frag.length < overhead) throw fatal('bad_record_mac', 'record authentication failed');
@@ -95,7 +97,6 @@ export class RecordOpener12 extends RecordOpener {
     let content: Buffer;
     try {
       const d = crypto.createDecipheriv(this.suite12.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN });
-      // The negotiated version, not the header's: a header with another version fails authentication.
       d.setAAD(writeAad(this.aad12, seq, type, ctLen));
       d.setAuthTag(frag.subarray(frag.length - TAG_LEN));
       content = d.update(frag.subarray(this.explicitLen, this.explicitLen + ctLen));
