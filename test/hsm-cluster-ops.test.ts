@@ -157,3 +157,25 @@ t.test('a crypto user changing its own password through the client leaves the HS
   const { json } = await status();
   t.same(json.hsms.map((h) => [h.id, h.inSync]), [['hsm-1', true], ['hsm-2', true], ['hsm-3', true], ['hsm-4', true]], 'every HSM still agrees');
 });
+
+t.test('sharing and unsharing through the client holds on every HSM', async (t) => {
+  const co = await connectCluster(dir, { credentials: cluster.credentials.co, watch: false });
+  t.teardown(() => co.close());
+  await co.createUser('dave', 'CU', 'dave-password-1');
+  const pair = await cluster.client.generateKeyPair('ec:p256', { label: 'shared-with-dave' });
+  await cluster.client.shareKey(pair.privateKey.keyId, 'dave');
+  const data = Buffer.from('signed by a sharee');
+  const pub = createPublicKey({ key: (await cluster.client.exportPublicKey(pair.publicKey.keyId)).der, format: 'der', type: 'spki' });
+  for (const id of ['hsm-1', 'hsm-2', 'hsm-3', 'hsm-4']) {
+    const c = await direct(id, { user: 'dave', password: 'dave-password-1' });
+    t.ok(verify('sha256', data, pub, await c.sign({ keyId: pair.privateKey.keyId, mechanism: 'ecdsa-sha256', data })), `the sharee signs on ${id}`);
+    await c.close();
+  }
+  await cluster.client.unshareKey(pair.privateKey.keyId, 'dave');
+  for (const id of ['hsm-1', 'hsm-2', 'hsm-3', 'hsm-4']) {
+    const c = await direct(id, { user: 'dave', password: 'dave-password-1' });
+    await t.rejects(c.sign({ keyId: pair.privateKey.keyId, mechanism: 'ecdsa-sha256', data }), { code: 'HSM_ERR_NO_SUCH_KEY' }, `after unsharing, ${id} no longer lets the former sharee see it`);
+    await c.close();
+  }
+  t.ok((await status()).json.hsms.every((h) => h.inSync), 'the HSMs agree throughout');
+});
