@@ -1,10 +1,16 @@
-// Several certificates on one listener (node:tls front): SNI picks the site, and within a site
-// the ECDSA certificate goes to clients that offer ECDSA, the RSA one to the others.
+// Several certificates on one listener: SNI picks the site, and within a site the ECDSA
+// certificate goes to clients that offer ECDSA, the RSA one to the others — on the node:tls front
+// (key files) and on the HSM-backed listener hsmproxy serves with (tls/ TlsServer + engine).
 import t from 'tap';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
+import { Engine, SimBackend, writeKeyReference } from '../src/engine/index.js';
+import { certPem, selfSign, signingKey } from '../src/pki/index.js';
+import { offloadListenerFactory } from '../src/proxy/offload-listener.js';
+import { FakeHsm } from './helpers/fake-hsm.js';
 import { startHarness } from './helpers/proxy-harness.js';
 import { issue, makeCa } from './helpers/proxy-certs.js';
 
@@ -28,8 +34,12 @@ admin: { address: 127.0.0.1, port: 0 }
 
 /** Connects with SNI `servername`, offering only `sigalgs`; returns the certificate serial and key type. */
 function handshake(port: number, servername: string, sigalgs: string): Promise<{ serial: string; keyType: string | undefined }> {
+  return handshakeTrusting(port, servername, sigalgs, ca);
+}
+
+function handshakeTrusting(port: number, servername: string, sigalgs: string, trusted: Buffer): Promise<{ serial: string; keyType: string | undefined }> {
   return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: '127.0.0.1', port, servername, ca, sigalgs }, () => {
+    const sock = tls.connect({ host: '127.0.0.1', port, servername, ca: trusted, sigalgs }, () => {
       const cert = sock.getPeerX509Certificate()!;
       resolve({ serial: cert.serialNumber, keyType: cert.publicKey.asymmetricKeyType });
       sock.end();
@@ -53,11 +63,28 @@ t.test('SNI picks the second site\'s certificate for a client that offers ECDSA'
 });
 
 // node:tls cannot do this (after an SNI switch OpenSSL keeps the default context's RSA slot);
-// the same scenario is tls/ TlsServer's to pass once the proxy runs on it.
-t.todo('an RSA-only client of the second site gets that site\'s RSA certificate (not on the node:tls front)', async (t) => {
-  const h = await startHarness(t, yaml, { upstreamCount: 2 });
-  const got = await handshake(h.port, 'api.test', RSA_ONLY).catch((err: Error) => err.message);
-  t.same(got, { serial: certs.apiRsa.serial, keyType: 'rsa' });
+// hsmproxy serves through tls/ TlsServer with HSM-held keys, which picks per site and per client.
+t.test('on the HSM-backed listener, each site gets its own ECDSA or RSA certificate by what the client offers', async (t) => {
+  const backend = new SimBackend({ client: new FakeHsm(), clusterId: '5a'.repeat(32), credentials: { user: 'cu1', password: 'secret1' } });
+  const engine = new Engine({ backends: { sim: backend } });
+  t.teardown(() => engine.close());
+  const made: Record<string, { cert: string; key: string; serial: string }> = {};
+  for (const [site, type] of [['shop', 'ec'], ['shop', 'rsa'], ['api', 'ec'], ['api', 'rsa']] as const) {
+    const handle = await backend.generateKeyPair({ algorithm: type === 'ec' ? { type: 'ec', curve: 'P-256' } : { type: 'rsa', bits: 2048 }, label: `${site}-${type}` });
+    const key = join(dir, `hsm-${site}-${type}.key.pem`);
+    await writeKeyReference(handle, key);
+    const cert = await selfSign(await signingKey(await engine.signer(key), engine.webcrypto()), { subject: `CN=${site}.test`, sans: [`DNS:${site}.test`], days: 1 });
+    writeFileSync(join(dir, `hsm-${site}-${type}.pem`), certPem(cert));
+    made[`${site}-${type}`] = { cert: join(dir, `hsm-${site}-${type}.pem`), key, serial: new X509Certificate(certPem(cert)).serialNumber };
+  }
+  const hsmList = Object.values(made).map((c) => `{ cert: "${c.cert}", key: "${c.key}" }`).join(', ');
+  const h = await startHarness(t, yaml.replace(list, hsmList), { upstreamCount: 2, proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
+  const trusting = Buffer.concat(Object.values(made).map((c) => readFileSync(c.cert)));
+  const shake = (name: string, sigalgs: string) => handshakeTrusting(h.port, name, sigalgs, trusting);
+  t.same(await shake('shop.test', ECDSA_FIRST), { serial: made['shop-ec']!.serial, keyType: 'ec' });
+  t.same(await shake('shop.test', RSA_ONLY), { serial: made['shop-rsa']!.serial, keyType: 'rsa' });
+  t.same(await shake('api.test', ECDSA_FIRST), { serial: made['api-ec']!.serial, keyType: 'ec' });
+  t.same(await shake('api.test', RSA_ONLY), { serial: made['api-rsa']!.serial, keyType: 'rsa' }, 'an RSA-only client of the second site gets that site\'s RSA certificate');
 });
 
 t.test('each site routes to its own upstream over curl', async (t) => {
