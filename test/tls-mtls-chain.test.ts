@@ -1,6 +1,7 @@
 // Client-certificate chain verification (src/tls/client-auth.ts) as a specification: which chains
 // a listener trusts, and the alert each kind of bad chain earns.
 import t, { type Test } from 'tap';
+import { createPublicKey } from 'node:crypto';
 import { AlertDescription, TlsAlertError, TlsError, type AlertName } from '../src/tls/alert.js';
 import { prepareClientAuth, verifyClientChain, type ClientAuthOptions, type ClientAuthPolicy } from '../src/tls/client-auth.js';
 import * as x509 from '../src/pki/x509.js';
@@ -142,7 +143,10 @@ t.test('with both lists, matching either one is enough', async (t) => {
 });
 
 t.test('bad clientAuth options fail at server start with a message', async (t) => {
-  t.throws(() => prepareClientAuth({ mode: 'require', ca: 'not a pem' }), (e: unknown) => e instanceof TlsError && e.code === 'TLS_ERR_CLIENT_AUTH_CONFIG' && /no certificate/.test(e.message));
+  let err: unknown;
+  try { prepareClientAuth({ mode: 'require', ca: 'not a pem' }); } catch (e) { err = e; }
+  t.ok(err instanceof TlsError && err.code === 'TLS_ERR_CLIENT_AUTH_CONFIG', 'TLS_ERR_CLIENT_AUTH_CONFIG');
+  t.match((err as Error).message, /no certificate/);
   t.throws(() => prepareClientAuth({ mode: 'optional', ca: [ca.der], maxDepth: 99 }), /maxDepth/);
   t.equal(prepareClientAuth({ mode: 'none', ca: '' }), undefined, 'mode none needs no bundle');
 });
@@ -152,4 +156,17 @@ t.test('the CA bundle subjects become the certificate_authorities names', async 
   t.equal(p.authorities.length, 2);
   t.equal(p.authorities[0]![0], 0x30, 'a DER Name (SEQUENCE)');
   t.ok(ca.der.includes(p.authorities[0]!), 'the subject Name bytes of the first CA');
+});
+
+t.test('a chain verified once is remembered, but not past its expiry', async (t) => {
+  const p = policy();
+  const first = verifyClientChain(p, [alice.der], now);
+  t.equal(verifyClientChain(p, [alice.der], now + 1000), first, 'the second check is answered from the cache');
+  refused(t, p, [alice], 'certificate_expired', now + 3 * DAY);
+});
+
+t.test('the identity carries the leaf public key that checks its CertificateVerify', async (t) => {
+  const id = verifyClientChain(policy(), [alice.der], now);
+  t.equal(id.publicKey.asymmetricKeyType, 'ec');
+  t.ok(id.publicKey.equals(createPublicKey(alice.key)), 'the leaf key');
 });

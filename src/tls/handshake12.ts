@@ -244,7 +244,7 @@ export class ExpectCertificateVerify12 implements State12 {
     const { ctx } = this;
     const { scheme, signature } = decodeCertificateVerify(m.body);
     const recorded = ctx.transcript as RecordingTranscript;
-    verifyClientSignature(ctx.peer!.chain[0]!, CLIENT_SCHEMES_12, scheme, Buffer.concat(recorded.messages), signature, true);
+    verifyClientSignature(ctx.peer!.publicKey, CLIENT_SCHEMES_12, scheme, Buffer.concat(recorded.messages), signature, true);
     recorded.messages = []; // verified: the copies are no longer needed
     ctx.transcript.update(m.raw);
     return new ExpectChangeCipherSpec12(ctx, this.keys, false);

@@ -286,7 +286,7 @@ export class ExpectClientCertificateVerify implements State {
     if (m.type !== HandshakeType.certificate_verify) unexpected(this.name, m);
     const { scheme, signature } = decodeCertificateVerify(m.body);
     const content = clientCertificateVerifyContent(this.k.transcript.digest());
-    verifyClientSignature(this.peer.chain[0]!, CLIENT_SCHEMES_13, scheme, content, signature);
+    verifyClientSignature(this.peer.publicKey, CLIENT_SCHEMES_13, scheme, content, signature);
     this.k.transcript.update(m.raw);
     return new ExpectFinished(this.k, this.app, this.peer);
   }
