@@ -9,6 +9,7 @@ import { ServerConnection, type ConnectionEvent } from '../src/tls/connection.js
 import { ExtensionType } from '../src/tls/extensions.js';
 import type { HandshakeConfig } from '../src/tls/handshake13.js';
 import type { ServerHandshakeConfig } from '../src/tls/hello12.js';
+import { HRR_RANDOM } from '../src/tls/messages.js';
 import { ContentType, plaintextRecords } from '../src/tls/record.js';
 import { SignatureScheme } from '../src/tls/signer.js';
 import { EphemeralKey, NamedGroup } from '../src/tls/suites.js';
@@ -73,6 +74,8 @@ t.test('ClientHello extension bodies: decode_error vs illegal_parameter (RFC 844
     ['key_share for a group missing from supported_groups → illegal_parameter', [ext.groups([NamedGroup.secp256r1])], [], 'illegal_parameter'],
     ['no key_share → missing_extension', [], [ExtensionType.key_share], 'missing_extension'],
     ['no supported_groups → missing_extension', [], [ExtensionType.supported_groups], 'missing_extension'],
+    ['empty PSK binder list → decode_error', [ext.pskModes(), [ExtensionType.pre_shared_key, Buffer.from([0, 7, 0, 1, 0x78, 0, 0, 0, 0, 0, 0])]], [], 'decode_error'],
+    ['only a GREASE group, with a GREASE share → handshake_failure', [ext.groups([0x0a0a]), [ExtensionType.key_share, Buffer.from([0, 6, 0x0a, 0x0a, 0, 2, 0x12, 0x34])]], [], 'handshake_failure'],
   ];
   for (const [name, replace, omit, alert] of cases) {
     await t.test(name, (t) => helloFails(t, encodeClientHello({ extensions: helloExts(replace, omit).exts }), alert));
@@ -105,6 +108,16 @@ t.test('version negotiation', async (t) => {
     t.equal(conn.stateName, 'ExpectFinished');
   });
   // TLS 1.2 disabled here: with it enabled such a hello is a TLS 1.2 hello (tls12-*.test.ts).
+  for (const legacy of [0x0300, 0x0200]) {
+    await t.test(`legacy_version 0x${legacy.toString(16).padStart(4, '0')} (SSL 3.0 or older) → protocol_version even with supported_versions (RFC 8446 D.5)`, (t) =>
+      helloFails(t, encodeClientHello({ legacyVersion: legacy, extensions: helloExts().exts }), 'protocol_version'));
+  }
+  await t.test('nor when TLS 1.2 is enabled too: no TLS 1.3 ServerHello goes out', async (t) => {
+    const conn = new ServerConnection(config());
+    const out = await exchange(conn, plaintextRecords(ContentType.handshake, encodeClientHello({ legacyVersion: 0x0304, extensions: helloExts([], [ExtensionType.supported_versions]).exts })));
+    t.notOk(out.includes(Buffer.from([0, 0x2b, 0, 2, 3, 4])), 'no supported_versions(0x0304) in anything sent');
+    t.not(conn.negotiated.suite?.version, 'TLSv1.3');
+  });
   await t.test('without supported_versions TLS 1.3 is never chosen → protocol_version', (t) =>
     helloFails(t, encodeClientHello({ legacyVersion: 0x0304, extensions: helloExts([], [ExtensionType.supported_versions]).exts }), 'protocol_version', { ...config(), minVersion: '1.3' }));
 });
@@ -116,6 +129,26 @@ t.test('ServerHello carries only what the client offered; unknown extensions are
   t.same(c.messages[0]!.body, Buffer.from([0, 0]), 'EncryptedExtensions is empty (no SNI, no ALPN offered)');
   t.ok(conn.established);
 });
+
+t.test('unknown values are ignored (RFC 8446 §9.3): suites, groups with shares, schemes, versions', async (t) => {
+  const { spec, key } = goodHello();
+  const exts = spec.extensions!.map((e): Ext => {
+    if (e[0] === ExtensionType.supported_groups) return ext.groups([0x7b7c, NamedGroup.x25519, NamedGroup.secp256r1]);
+    if (e[0] === ExtensionType.key_share) return ext.keyShares([{ group: 0x7b7c, key: Buffer.alloc(56, 1) }, { group: NamedGroup.x25519, key: key.publicBytes() }]);
+    if (e[0] === ExtensionType.signature_algorithms) return ext.sigAlgs([0xfe44, SignatureScheme.ecdsa_secp256r1_sha256]);
+    if (e[0] === ExtensionType.supported_versions) return ext.versions([0x0505, 0x0304]);
+    return e;
+  });
+  const conn = new ServerConnection(config());
+  const ch = encodeClientHello({ suites: [0xfe00, 0x0a0a, 0x1302], extensions: exts });
+  const c = readServerFlight(ch, key, await exchange(conn, plaintextRecords(ContentType.handshake, ch)));
+  t.equal(c.serverHello.suite, 0x1302);
+  await exchange(conn, c.sealer.seal(ContentType.handshake, c.finished));
+  t.ok(conn.established);
+});
+
+t.test('only GREASE cipher suites → handshake_failure', (t) =>
+  helloFails(t, encodeClientHello({ suites: [0x0a0a], extensions: helloExts().exts }), 'handshake_failure'));
 
 t.test('PSK offered with psk_ke only (no psk_dhe_ke) falls back to a full handshake', async (t) => {
   const conn = new ServerConnection(config());
@@ -153,6 +186,22 @@ function secondHello(edit: (e: Ext[]) => Ext[] = (e) => e, over: Parameters<type
   const exts = hrrBase().map((e) => (e[0] === ExtensionType.key_share ? ext.keyShares([{ group: NamedGroup.secp384r1, key: key.publicBytes() }]) : e));
   return { ch2: encodeClientHello({ random: RANDOM, sessionId: SID, extensions: edit(exts), ...over }), key };
 }
+
+t.test('an empty key_share list asks for a HelloRetryRequest naming one of the client\'s groups, without a key', async (t) => {
+  const conn = new ServerConnection(config());
+  const ch1Exts = hrrBase().map((e) => (e[0] === ExtensionType.key_share ? ext.keyShares([]) : e));
+  const ch1 = encodeClientHello({ random: RANDOM, sessionId: SID, extensions: ch1Exts });
+  const out = await exchange(conn, plaintextRecords(ContentType.handshake, ch1));
+  const hrr = out.subarray(5, 5 + out.readUInt16BE(3));
+  t.same(hrr.subarray(6, 38), HRR_RANDOM);
+  t.ok(hrr.includes(Buffer.from([0, 0x33, 0, 2, 0, 0x18])), 'key_share extension of 2 bytes: selected_group secp384r1 only');
+  const { ch2, key } = secondHello();
+  const prefix = [Buffer.concat([Buffer.from([254, 0, 0, 32]), createHash('sha256').update(ch1).digest()]), hrr];
+  const c = readServerFlight(ch2, key, await exchange(conn, plaintextRecords(ContentType.handshake, ch2)), undefined, prefix);
+  t.same(c.serverHello.extensions.get(ExtensionType.supported_versions), Buffer.from([3, 4]), 'ServerHello keeps the HRR\'s selected version');
+  await exchange(conn, c.sealer.seal(ContentType.handshake, c.finished));
+  t.ok(conn.established);
+});
 
 t.test('HelloRetryRequest echoes the session id, is followed by one CCS, and names the group', async (t) => {
   const { out, hrr } = await retry();

@@ -124,6 +124,7 @@ function readPsk(r: Reader, extStart: number): OfferedPsks {
   }
   const bindersStart = r.offset - extStart;
   const bl = r.sub(2, 'PSK binders');
+  if (bl.remaining === 0) throw fatal('decode_error', 'empty PSK binder list'); // binders<33..2^16-1>
   const binders: Buffer[] = [];
   while (bl.remaining > 0) {
     const b = bl.vec8('PSK binder');

@@ -23,6 +23,8 @@ export function negotiateVersion(ch: ClientHello): 'TLSv1.3' {
 
 /** Legacy fields and mandatory extensions for a TLS 1.3 ClientHello (RFC 8446 §4.1.2, §9.2). */
 export function checkClientHello13(ch: ClientHello): void {
+  // RFC 8446 D.5: a hello claiming SSL 3.0 or older is refused even when supported_versions offers 1.3.
+  if (ch.legacyVersion <= 0x0300) throw fatal('protocol_version', `ClientHello legacy_version 0x${ch.legacyVersion.toString(16).padStart(4, '0')} is SSL 3.0 or older`);
   if (ch.compressionMethods.length !== 1 || ch.compressionMethods[0] !== 0) {
     throw fatal('illegal_parameter', 'TLS 1.3 requires compression_methods to be exactly [null]');
   }
