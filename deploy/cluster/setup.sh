@@ -3,8 +3,8 @@
 # one-shot containers (deploy/compose.yaml); test/deploy-topology.test.ts runs the same steps.
 #   setup.sh init      create the cluster files for 3 HSMs (certificates, stores, cluster.json)
 #   setup.sh activate  once the HSMs serve: activate the crypto officer, create the crypto user
-#                      "hsmproxy", generate the demo CA and server keys in the HSMs, issue the
-#                      certificates, and write the crypto user's credentials file (0600)
+#                      "hsmproxy", make the dev CA and localhost certificates with keys in the
+#                      HSMs (`hsmproxy demo-pki`), and write the crypto user's credentials (0600)
 # Both steps do nothing when their work is already done, so restarting the stack is safe.
 # Passwords are generated here and kept only in 0600 files of the cluster volume.
 # Environment: CLUSTER_DIR (/app/data/cluster), CERT_DIR (/app/certs), HSMS (3), BASE_PORT (2225),
@@ -45,25 +45,20 @@ activate() {
     printf 'admin:%s' "$co" > "$DIR/crypto-officer.pin"
     rm -f "$DIR/preco.pin"
   fi
-  cu=$(secret)
-  HSMPROXY_PIN=$(cat "$DIR/crypto-officer.pin") HSMPROXY_NEW_PASSWORD=$cu cli user create --dir "$DIR" --name hsmproxy
-  printf 'hsmproxy:%s' "$cu" > "$DIR/crypto-user.pin.new"
-  export HSMPROXY_PIN="hsmproxy:$cu"
+  # crypto-user.pin.new survives a failure below, so a rerun does not create the user twice.
+  if [ ! -f "$DIR/crypto-user.pin.new" ]; then
+    cu=$(secret)
+    HSMPROXY_PIN=$(cat "$DIR/crypto-officer.pin") HSMPROXY_NEW_PASSWORD=$cu cli user create --dir "$DIR" --name hsmproxy
+    printf 'hsmproxy:%s' "$cu" > "$DIR/crypto-user.pin.new"
+  fi
+  HSMPROXY_PIN=$(cat "$DIR/crypto-user.pin.new")
+  export HSMPROXY_PIN
 
-  mkdir -p "$CERTS"
-  cli key generate --dir "$DIR" --type ec:p256 --label demo-ca
-  cli key reference --dir "$DIR" --key demo-ca --out "$CERTS/demo-ca.key.pem"
-  cli ca init --dir "$DIR" --key "$CERTS/demo-ca.key.pem" --subject "CN=hsmproxy demo CA" --days 3650 --out "$CERTS/demo-ca.crt"
-  for kind in ecdsa:ec:p256 rsa:rsa:2048; do
-    name=localhost-${kind%%:*}
-    cli key generate --dir "$DIR" --type "${kind#*:}" --label "$name"
-    cli key reference --dir "$DIR" --key "$name" --out "$CERTS/$name.key.pem"
-    cli csr --dir "$DIR" --key "$CERTS/$name.key.pem" --subject CN=localhost --san DNS:localhost,IP:127.0.0.1 --out "$CERTS/$name.csr"
-    cli ca sign --dir "$DIR" --ca-key "$CERTS/demo-ca.key.pem" --ca-cert "$CERTS/demo-ca.crt" --csr "$CERTS/$name.csr" --days 90 --chain --out "$CERTS/$name.chain.pem"
-  done
+  # The dev CA and the localhost certificates (ECDSA and RSA), keys generated in the HSMs.
+  cli demo-pki --dir "$DIR" --out "$CERTS"
   # Last: its presence means the stack is ready for hsmproxy (and this step is done).
   mv "$DIR/crypto-user.pin.new" "$DIR/crypto-user.pin"
-  say "cluster activated; crypto user hsmproxy; certificates in $CERTS (trust $CERTS/demo-ca.crt)"
+  say "cluster activated; crypto user hsmproxy; certificates in $CERTS (trust $CERTS/dev-ca.crt)"
 }
 
 case "${1:-}" in

@@ -22,6 +22,7 @@ export async function buildProgram(): Promise<Command> {
     () => import('./commands/cluster.js'),
     () => import('./commands/config.js'),
     () => import('./commands/crypto.js'),
+    () => import('./commands/demo-pki.js'),
     () => import('./commands/hsm.js'),
     () => import('./commands/key-pkcs11.js'),
     () => import('./commands/key.js'),
