@@ -138,3 +138,26 @@ t.test('a tampered record after the handshake: encrypted bad_record_mac, then FI
   const last = afterFlight(raw, c).at(-1)!;
   t.same([last.type, ...last.content], [ContentType.alert, 2, 20]);
 });
+
+// RFC 8446 §6: every alert but close_notify and user_canceled ends the connection, whatever its level.
+for (const [name, level, desc] of [['a warning-level handshake_failure', 1, 40], ['an unknown alert (200) at fatal level', 2, 200], ['an unknown alert (200) at warning level', 1, 200]] as const) {
+  t.test(`${name} closes the connection, during and after the handshake`, async (t) => {
+    const during = await Raw.open();
+    t.teardown(() => during.close());
+    const { spec, key } = goodHello();
+    const ch = encodeClientHello(spec);
+    during.sock.write(plaintextRecords(ContentType.handshake, ch));
+    let c: ClientSide | undefined;
+    await during.until(() => { try { c = readServerFlight(ch, key, during.bytes); return true; } catch { return false; } }, 'the server flight');
+    during.sock.write(c!.sealer.seal(ContentType.alert, Buffer.from([level, desc])));
+    await during.until(() => during.ended, 'FIN during the handshake');
+    t.ok(during.ended, 'closed during the handshake');
+
+    const after = await Raw.open();
+    t.teardown(() => after.close());
+    const c2 = await handshake(after);
+    after.sock.write(c2.sealer.seal(ContentType.alert, Buffer.from([level, desc])));
+    await after.until(() => after.ended, 'FIN after the handshake');
+    t.notOk(afterFlight(after, c2).some((r) => r.type === ContentType.alert), 'closed without answering with an alert');
+  });
+}

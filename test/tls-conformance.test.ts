@@ -459,6 +459,31 @@ t.test('KeyUpdate', async (t) => {
       expectAlert(t, conn, 'decode_error');
     }
   });
+  await t.test('a KeyUpdate instead of the client Finished → unexpected_message', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello();
+    const ch = encodeClientHello(spec);
+    const c = readServerFlight(ch, key, await exchange(conn, plaintextRecords(ContentType.handshake, ch)));
+    await exchange(conn, c.sealer.seal(ContentType.handshake, keyUpdateMsg(1)));
+    expectAlert(t, conn, 'unexpected_message');
+  });
+  await t.test('request_update 3 → illegal_parameter', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    await exchange(conn, c.appSealer.seal(ContentType.handshake, keyUpdateMsg(3)));
+    expectAlert(t, conn, 'illegal_parameter');
+  });
+  await t.test('a KeyUpdate split over two records is accepted (it still ends on a record boundary)', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    const w = new ClientWriter(c.suite, c.app.client);
+    const parts = [w.seal(ContentType.handshake, keyUpdateMsg(0).subarray(0, 2)), w.seal(ContentType.handshake, keyUpdateMsg(0).subarray(2))];
+    w.roll();
+    const ev: ConnectionEvent[] = [];
+    await exchange(conn, Buffer.concat([...parts, w.seal(ContentType.application_data, Buffer.from('new key'))]), ev);
+    t.equal(conn.error, null);
+    t.same(ev.map((e) => (e.type === 'data' ? e.data.toString() : e.type)), ['new key']);
+  });
   await t.test('a KeyUpdate followed by part of another message in the same record → unexpected_message', async (t) => {
     const conn = new ServerConnection(config());
     const c = await fullHandshake(conn);
