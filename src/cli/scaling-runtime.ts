@@ -48,13 +48,14 @@ export function startScaling(opts: StartScalingOptions): ScalingRuntime {
   const a = opts.autoscale ?? AUTOSCALE_DEFAULTS;
   const members = () => opts.client.stats().map((s) => ({ hsm: s.hsm, inRotation: s.inRotation }));
   const monitor = new ScalingMonitor({ windowMs: a.windowMs, members });
-  let lastReason = '';
+  let lastAdvice = 'hold';
   const service = new ScalingService({
     monitor, config: advisorConfig(a), intervalMs: a.intervalMs, autoscale: a.enabled, ...(opts.metrics ? { metrics: opts.metrics } : {}),
     onRecommendation: (r) => {
-      // Advice changes are worth a log line; the same advice every second is not.
-      if (r.action !== 'hold' && r.reason !== lastReason) opts.log?.warn({ recommendation: r }, `scaling advice: ${r.reason}`);
-      lastReason = r.reason;
+      // A change of advice is worth a log line; the same advice every second is not.
+      const advice = r.action === 'hold' ? 'hold' : `${r.action}:${r.targetHsms}`;
+      if (advice !== lastAdvice && r.action !== 'hold') opts.log?.warn({ recommendation: r }, `scaling advice: ${r.reason}`);
+      lastAdvice = advice;
     },
   });
   service.start();

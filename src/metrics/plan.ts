@@ -59,8 +59,10 @@ export function planCapacity(p: PlanInput): CapacityPlan {
     limitedBy === 'load'
       ? `${fmt(signsPerSec)} / ${fmt(usablePerHsm)} = ${(signsPerSec / usablePerHsm).toFixed(2)} → ${needed} HSMs`
       : `the load needs ${needed} HSM${needed === 1 ? '' : 's'}; the minimum of ${p.min} (availability across zones) decides`,
-    `expected utilisation ${utilisation.toFixed(2)} per HSM at ${hsms} HSMs; one HSM down leaves ${hsms - 1 > 0 ? (signsPerSec / ((hsms - 1) * p.perHsmSignsPerSec)).toFixed(2) : '∞'} on the others`,
+    `expected utilisation ${utilisation.toFixed(2)} per HSM at ${hsms} HSMs; with one HSM down, ${hsms - 1 > 0 ? (signsPerSec / ((hsms - 1) * p.perHsmSignsPerSec)).toFixed(2) : '∞'} on the rest`,
   ];
+  // N+1: losing one HSM (or one zone) must not put the rest over capacity.
+  if (signsPerSec > 0 && (hsms - 1) * p.perHsmSignsPerSec <= signsPerSec) reasons.push(`with one HSM down the rest would be at or over capacity: ${Math.floor(signsPerSec / p.perHsmSignsPerSec) + 2} HSMs survive the loss of one`);
   const overClusterLimit = hsms > MAX_CLUSTER_HSMS;
   if (overClusterLimit) reasons.push(`${hsms} HSMs is over the ${MAX_CLUSTER_HSMS} a cluster may hold: split the listeners' keys over several clusters`);
   return { hsms, signsPerSec, perHsmSignsPerSec: p.perHsmSignsPerSec, usablePerHsm, hsmsAtFullCapacity: signsPerSec / p.perHsmSignsPerSec, utilisation, limitedBy, overClusterLimit, reasons };
