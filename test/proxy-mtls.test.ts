@@ -150,3 +150,19 @@ t.test('the node:tls listener forwards a verified identity the same way', async 
   t.equal(hd['x-client-cert-subject'], 'CN=alice, O=Acme');
   t.equal(hd['x-client-cert-fingerprint-sha256'], createHash('sha256').update(alice.der).digest('hex'));
 });
+
+t.test('reload swaps the client CA bundle for new connections; a bundle that does not parse is refused', async (t) => {
+  const h = await proxy(t, requireMode);
+  t.equal((await h.curl('/', aliceCurl)).status, 200, 'alice (old CA) before the reload');
+  const newCa = await pki.ca('New Client Root');
+  const carol = await pki.issue(newCa, { cn: 'carol' });
+  await h.proxy.reload(h.config(yaml(`{ mode: require, caFile: "${newCa.certFile}" }`)));
+  const r = await h.curl('/', aliceCurl);
+  t.equal(r.status, 0);
+  t.match(r.stderr, /unknown ca/, 'alice is no longer trusted');
+  t.equal(upstreamHeaders((await h.curl('/', ['--cert', carol.certFile, '--key', carol.keyFile])).body)['x-client-cert-subject'], 'CN=carol');
+  const bad = pki.bundle('not-a-bundle.pem', []);
+  const err = await h.proxy.reload(h.config(yaml(`{ mode: require, caFile: "${bad}" }`))).then(() => undefined, (e: unknown) => e);
+  t.match((err as Error | undefined)?.message, /clientAuth\.caFile/, 'the reload is refused, naming the field');
+  t.equal((await h.curl('/', ['--cert', carol.certFile, '--key', carol.keyFile])).status, 200, 'the previous bundle keeps serving');
+});

@@ -74,6 +74,14 @@ t.test('an RSA client certificate signs its CertificateVerify with RSA-PSS and i
   t.match((await sClient(s, rsaBob)).stdout, /authorized=true subject=CN=bob/);
 });
 
+t.test('after a HelloRetryRequest the client certificate is still requested and verified', async (t) => {
+  const s = await server(t);
+  // P-521 is not ours: openssl's only key share is unusable, so the server asks again for X25519.
+  const r = await sClient(s, alice, ['-groups', 'P-521:X25519', '-msg']);
+  t.equal(r.stdout.match(/>>> .*ClientHello/g)?.length, 2, 'the client sent a second ClientHello');
+  t.match(r.stdout, /authorized=true subject=CN=alice, O=Acme/);
+});
+
 t.test('no certificate under require: certificate_required (116)', async (t) => {
   const s = await server(t);
   const r = await sClient(s);
