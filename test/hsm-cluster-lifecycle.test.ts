@@ -15,6 +15,7 @@ import { removeHsm } from '../src/hsm/cluster/add-remove.js';
 import { initCluster } from '../src/hsm/cluster/init.js';
 import { restoreCluster } from '../src/hsm/cluster/lifecycle.js';
 import { runCli } from './helpers/cli.js';
+import { cliInProcess } from './helpers/hsm-cluster.js';
 
 // Child processes and CLI spawns are slow on a loaded 2-core CI box: allow for it.
 t.setTimeout(120_000);
@@ -35,8 +36,9 @@ t.test('backup, add-hsm, remove-hsm, tampered backup, restore', async (t) => {
   const sigBefore = await client.sign({ keyId: key.privateKey.keyId, mechanism: 'rsa-pkcs1-sha256', data: msg });
 
   // ---- backup ----
-  const b = await runCli(['cluster', 'backup', '--dir', dir, '--json'], { env });
-  t.equal(b.code, 0, `backup succeeds ${b.stderr}`);
+  // In-process runs of the CLI (same code, no spawn cost); one spawned run below checks stderr and the exit code.
+  const b = await cliInProcess(['cluster', 'backup', '--dir', dir, '--json'], env);
+  t.error(b.error, 'backup succeeds');
   const backup = JSON.parse(b.stdout) as { file: string; tokenKeys: number };
   t.equal(backup.tokenKeys, 2, 'the backup holds the key pair');
   t.equal((await readFile(backup.file)).indexOf(Buffer.from('before-backup')), -1, 'labels are not readable in the backup file');
@@ -45,8 +47,8 @@ t.test('backup, add-hsm, remove-hsm, tampered backup, restore', async (t) => {
   const later = await client.generateKey('aes:256', { label: 'after-backup' });
 
   // ---- add-hsm from the backup ----
-  const add = await runCli(['cluster', 'add-hsm', '--dir', dir, '--json'], { env });
-  t.equal(add.code, 0, `add-hsm succeeds ${add.stderr}`);
+  const add = await cliInProcess(['cluster', 'add-hsm', '--dir', dir, '--json'], env);
+  t.error(add.error, 'add-hsm succeeds');
   const added = JSON.parse(add.stdout) as { hsm: { id: string }; from: string; inSync: boolean };
   t.equal(added.hsm.id, 'hsm-3');
   t.equal(added.from, 'backup');
@@ -62,16 +64,16 @@ t.test('backup, add-hsm, remove-hsm, tampered backup, restore', async (t) => {
   t.ok((await direct.getKey(later.keyId)).keyId, 'and the key made after the backup');
   await direct.close();
 
-  const status = await runCli(['cluster', 'status', '--dir', dir, '--json']);
-  t.equal(status.code, 0);
+  const status = await cliInProcess(['cluster', 'status', '--dir', dir, '--json']);
+  t.error(status.error);
   const st = JSON.parse(status.stdout) as { hsms: Array<{ id: string; up: boolean; inSync: boolean; keysMax: number; keysToken: number }> };
   t.same(st.hsms.map((h) => [h.id, h.up, h.inSync]), [['hsm-1', true, true], ['hsm-2', true, true], ['hsm-3', true, true]], 'status: three HSMs up and in sync');
   t.ok(st.hsms.every((h) => h.keysMax === 3500 && h.keysToken === 3), 'status: keys occupied against the 3,500 limit');
 
   // ---- remove-hsm ----
   const pid3 = cluster.supervisor.pids().get('hsm-3');
-  const rm3 = await runCli(['cluster', 'remove-hsm', '--dir', dir, '--hsm', 'hsm-3', '--json']);
-  t.equal(rm3.code, 0, `remove-hsm succeeds ${rm3.stderr}`);
+  const rm3 = await cliInProcess(['cluster', 'remove-hsm', '--dir', dir, '--hsm', 'hsm-3', '--json']);
+  t.error(rm3.error, 'remove-hsm succeeds');
   t.same((JSON.parse(rm3.stdout) as { remaining: string[] }).remaining, ['hsm-1', 'hsm-2']);
   const goneBy = Date.now() + 10_000;
   while ((cluster.supervisor.pids().has('hsm-3') || client.members().some((x) => x.id === 'hsm-3')) && Date.now() < goneBy) await new Promise((r) => setTimeout(r, 50));
@@ -103,8 +105,8 @@ t.test('backup, add-hsm, remove-hsm, tampered backup, restore', async (t) => {
   await t.rejects(restoreCluster({ backup: copy, dir: join(root, 'restored-x') }), { code: 'HSM_ERR_NEEDS_CLUSTER_KEY', message: /--cluster-key/ }, 'away from its cluster, a backup needs the cluster key');
 
   const newDir = join(root, 'restored');
-  const res = await runCli(['cluster', 'restore', '--backup', backup.file, '--dir', newDir, '--json']);
-  t.equal(res.code, 0, `restore succeeds ${res.stderr}`);
+  const res = await cliInProcess(['cluster', 'restore', '--backup', backup.file, '--dir', newDir, '--json']);
+  t.error(res.error, 'restore succeeds');
   const restored = JSON.parse(res.stdout) as { hsms: string[]; tokenKeys: number };
   t.same(restored.hsms, ['hsm-1', 'hsm-2'], 'as many HSMs as the source had');
   const sup = new Supervisor({ dir: newDir, ephemeralPorts: true, watch: false });
@@ -124,8 +126,7 @@ t.test('remove-hsm refuses to remove the last HSM', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'hsmproxy-last-'));
   t.teardown(() => rm(root, { recursive: true, force: true }));
   await initCluster({ dir: root, hsms: 1, scryptCost: 1024 });
-  const r = await runCli(['cluster', 'remove-hsm', '--dir', root, '--hsm', 'hsm-1']);
-  t.not(r.code, 0);
-  t.match(r.stderr, /refusing to remove hsm-1: it is the last HSM/);
+  const r = await cliInProcess(['cluster', 'remove-hsm', '--dir', root, '--hsm', 'hsm-1']);
+  t.match(r.error, { message: /refusing to remove hsm-1: it is the last HSM/ });
   t.equal((await readManifest(root)).hsms.length, 1, 'the manifest is unchanged');
 });
