@@ -47,12 +47,15 @@ async function helloFails(t: Test, ch: Buffer, alert: AlertName, cfg = config())
 }
 
 const SENTINEL = Buffer.from('444f574e47524401', 'hex');
+const withP384 = config();
+withP384.certificates = [...withP384.certificates, prepareCertEntry({ chain: certs.ec384.chain, signer: new SoftSigner(certs.ec384.key) })];
 
 t.test('full handshake: every suite × group completes, the SKE signature and both Finished verify, data flows', async (t) => {
   for (const suite of ALL_SUITES_12) {
     for (const group of [NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1]) {
-      const conn = new ServerConnection(config());
-      const { f, c } = await full12(conn, { suites: [suite], groups: [group] });
+      // supported_groups also limits the ECDSA certificate's curve in TLS 1.2: X25519 needs P-256 beside it.
+      const conn = new ServerConnection(withP384);
+      const { f, c } = await full12(conn, { suites: [suite], groups: group === NamedGroup.x25519 ? [group, NamedGroup.secp256r1] : [group] });
       t.equal(f.suite.id, suite);
       t.equal(f.ske?.group, group);
       t.ok(skeVerifies(f), `SKE signature verifies (${f.suite.name}, group ${group})`);
@@ -155,6 +158,10 @@ t.test('suite and certificate preference', async (t) => {
   t.equal(await pick([0x1303, 0x1301, Suite12.ECDSA_AES128, Suite12.ECDSA_CHACHA]), Suite12.ECDSA_CHACHA, 'a TLS 1.3 ChaCha20 suite listed first counts too');
   t.equal(await pick([...ALL_SUITES_12], [SignatureScheme.rsa_pss_rsae_sha256]), Suite12.RSA_AES128, 'RSA when the client cannot verify ECDSA');
   t.equal(await pick([Suite12.RSA_AES256, Suite12.RSA_CHACHA]), Suite12.RSA_AES256, 'RSA-only suites use the RSA certificate');
+  const byGroups = async (groups: number[]): Promise<number> => (await start12(new ServerConnection(config()), { groups })).f.suite.id;
+  t.equal(await byGroups([NamedGroup.x25519]), Suite12.RSA_AES128, 'X25519 alone: the P-256 certificate is out (RFC 8422 §5.1), RSA it is');
+  t.equal(await byGroups([NamedGroup.x25519, NamedGroup.secp256r1]), Suite12.ECDSA_AES128, 'with P-256 listed the ECDSA certificate is usable');
+  await helloFails(t, hello12({ suites: [Suite12.ECDSA_AES128], groups: [NamedGroup.x25519] }), 'handshake_failure');
 });
 
 t.test('ServerKeyExchange scheme: from the client list, what the key can do, and it verifies', async (t) => {

@@ -9,7 +9,7 @@ import { ExtensionType, TLS12_VERSION, TLS13_VERSION } from './extensions.js';
 import type { HandshakeConfig } from './handshake13.js';
 import type { ClientHello } from './messages.js';
 import { SignatureScheme, type Signer } from './signer.js';
-import { SUPPORTED_GROUPS } from './suites.js';
+import { NamedGroup, SUPPORTED_GROUPS } from './suites.js';
 import { suitePreference12, type CipherSuite12 } from './suites12.js';
 
 /** A protocol version a listener can enable. */
@@ -133,19 +133,22 @@ export interface Choice12 { suite: CipherSuite12; cert: CertChoice }
 
 /**
  * Walks our suites in preference order (suitePreference12) and takes the first the client
- * offers for which a certificate serving its SNI can sign with a scheme the client accepts.
- * Among certificates of the same key type, a chain the client says it can verify wins.
+ * offers for which a certificate serving its SNI can sign with a scheme the client accepts
+ * (and, for ECDSA, whose curve is in supported_groups). Among certificates of the same key type, a chain the client says it can verify wins.
  */
 export function chooseSuiteAndCertificate12(ch: ClientHello, entries: readonly CertEntry[]): Choice12 {
   const candidates = certificatesForName(entries, ch.ext.serverName);
   const offeredSuites = new Set(ch.cipherSuites);
   const sigAlgs = new Set(ch.ext.signatureAlgorithms ?? []);
   const certOk = new Set(ch.ext.signatureAlgorithmsCert ?? ch.ext.signatureAlgorithms ?? []);
+  const groups = new Set(ch.ext.supportedGroups ?? []);
   const byType = new Map<'ec' | 'rsa', CertChoice | null>();
   const pick = (keyType: 'ec' | 'rsa'): CertChoice | null => {
     let best: { choice: CertChoice; chainOk: boolean } | undefined;
     for (const entry of candidates) {
       if (entry.keyType !== keyType) continue;
+      // RFC 8422 §5.1: in TLS 1.2 supported_groups also limits the curve of an ECDSA certificate.
+      if (keyType === 'ec' && !groups.has(entry.curve === 'P-384' ? NamedGroup.secp384r1 : NamedGroup.secp256r1)) continue;
       const scheme = schemesForKey12(entry.certified.signer).find((s) => sigAlgs.has(s));
       if (scheme === undefined) continue;
       const chainOk = entry.chainSchemes.every((s) => certOk.has(s));
