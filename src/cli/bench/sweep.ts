@@ -59,7 +59,10 @@ export async function runPoint(
         started++;
         const s0 = performance.now();
         try {
-          if (collector) {
+          if (collector && prepared.runTimed) {
+            const t = await prepared.runTimed();
+            samples.push({ totalMs: performance.now() - s0, queueMs: t.queueWaitUs / 1000, serviceMs: t.serviceUs / 1000 });
+          } else if (collector) {
             const t = await collector.measure(prepared.run);
             const totalMs = performance.now() - s0;
             samples.push(t.reported ? { totalMs, queueMs: t.queueMs, serviceMs: t.serviceMs } : { totalMs });

@@ -1,0 +1,67 @@
+// Turns the result files under bench/results/ into SVG charts and SUMMARY.md (hand-written
+// findings from bench/FINDINGS.md are appended). Reads whatever is there; a missing part is
+// reported as not run.
+// Run: npm run bench:report
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { HsmBenchResult } from '../src/cli/bench/hsm.js';
+import { renderSummary, type ProfileResult, type ProxyBenchResult, type SummaryInput, type TlsBenchResult } from '../src/cli/bench/summary.js';
+import { renderLineChart, type Series } from '../src/cli/bench/svg.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const dir = join(here, 'results');
+
+function read<T>(file: string): T | undefined {
+  const p = join(dir, file);
+  return existsSync(p) ? (JSON.parse(readFileSync(p, 'utf8')) as T) : undefined;
+}
+
+const hsm = readdirSync(dir).filter((f) => /^hsm-.*\.json$/.test(f)).sort().map((f) => read<HsmBenchResult>(f)!);
+const tls = read<TlsBenchResult>('tls.json');
+const proxy = read<ProxyBenchResult>('proxy.json');
+const profile = read<ProfileResult>('profile.json');
+const charts: SummaryInput['charts'] = [];
+
+function chart(file: string, caption: string, svg: string): void {
+  writeFileSync(join(dir, file), svg);
+  charts.push({ file, caption });
+}
+
+// Throughput and p99 against the number of HSMs, one line per operation and profile.
+const scaling = hsm.filter((r) => r.scaling);
+if (scaling.length) {
+  const series = (pick: (s: NonNullable<HsmBenchResult['scaling']>[number]) => number): Series[] => scaling.flatMap((r) => {
+    const ops = [...new Set(r.scaling!.map((s) => s.op))];
+    return ops.map((op) => ({ name: `${op} (${r.profile})`, points: r.scaling!.filter((s) => s.op === op).map((s) => [s.hsms, pick(s)] as [number, number]) }));
+  });
+  chart('hsm-scaling-throughput.svg', 'HSM throughput vs number of HSMs', renderLineChart({ title: 'HSM operations/s vs number of HSMs (best point of each sweep)', xLabel: 'HSMs in the cluster', yLabel: 'operations/s', series: series((s) => s.opsPerSec) }));
+  chart('hsm-scaling-p99.svg', 'p99 latency vs number of HSMs', renderLineChart({ title: 'p99 latency at the best-throughput point vs number of HSMs', xLabel: 'HSMs in the cluster', yLabel: 'p99 latency (ms)', series: series((s) => s.p99Ms) }));
+}
+
+// Latency percentiles against offered load (requests in flight), one chart per operation and profile.
+for (const r of hsm.filter((x) => !x.scaling)) {
+  for (const op of [...new Set(r.points.map((p) => p.op))].filter((o) => o.startsWith('sign-'))) {
+    const pts = r.points.filter((p) => p.op === op);
+    const pick = (k: 'p50' | 'p95' | 'p99' | 'max'): Series => ({ name: k, points: pts.map((p) => [p.concurrency, p.latency[k].totalMs] as [number, number]) });
+    chart(`hsm-latency-${op}-${r.profile}.svg`, `${op} latency percentiles vs requests in flight (1 HSM, ${r.profile})`,
+      renderLineChart({ title: `${op}, 1 HSM (${r.profile}): latency vs requests in flight`, xLabel: 'requests in flight (log scale)', yLabel: 'latency (ms)', xLog: true, series: [pick('p50'), pick('p95'), pick('p99'), pick('max')] }));
+  }
+}
+
+// Full handshakes/s against the number of HSMs holding the key, with the soft-key and node:tls levels.
+if (tls) {
+  const cl = tls.points.filter((p) => p.keySource === 'cluster');
+  const series: Series[] = [];
+  for (const key of ['rsa2048', 'p256'] as const) {
+    for (const prof of [...new Set(cl.map((p) => p.profile))]) {
+      series.push({ name: `${key}, HSM ${prof}`, points: cl.filter((p) => p.key === key && p.profile === prof).map((p) => [p.hsms!, p.perSecond] as [number, number]) });
+    }
+  }
+  if (series.length) chart('tls-handshakes-vs-hsms.svg', 'Full TLS 1.3 handshakes/s vs HSMs holding the key', renderLineChart({ title: 'hsmproxy full TLS 1.3 handshakes/s vs HSMs holding the key', xLabel: 'HSMs in the cluster', yLabel: 'handshakes/s', series }));
+}
+
+const findings = join(here, 'FINDINGS.md');
+const summary = renderSummary({ hsm, ...(tls ? { tls } : {}), ...(proxy ? { proxy } : {}), ...(profile ? { profile } : {}), charts, ...(existsSync(findings) ? { notes: readFileSync(findings, 'utf8') } : {}) });
+writeFileSync(join(dir, 'SUMMARY.md'), summary);
+console.log(`wrote bench/results/SUMMARY.md and ${charts.length} charts`);

@@ -1,0 +1,127 @@
+// Full and resumed TLS 1.3 handshakes per second, with handshake latency percentiles, for:
+// hsmproxy (TlsServer) with a soft key; hsmproxy with the key in an embedded cluster of 1, 2 and
+// 3 HSMs (profiles unlimited and hsm2m.medium); node:tls with the same key file; nginx with the
+// same key file (skipped, and said so, when nginx is absent). RSA-2048 and ECDSA P-256. One client
+// for all: bench/lib/tls-load.c (C, OpenSSL), THREADS connections in flight, each connection a
+// handshake plus one tiny request. Writes bench/results/tls.json; `npm run bench:report` makes the
+// summary and charts.
+// Run: npm run bench:tls   (env BENCH_SECONDS per point, default 5; BENCH_THREADS, default 16;
+// BENCH_HSMS, default 1,2,3; BENCH_PROFILES, default unlimited,hsm2m.medium)
+import os from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { makeTestCerts, type TestCert } from '../test/helpers/tls-certs.js';
+import type { ManifestProfile } from '../src/hsm/cluster/manifest.js';
+import type { TlsBenchPoint, TlsBenchResult } from '../src/cli/bench/summary.js';
+import { buildTlsLoad, type TlsLoadClient } from './lib/tls-load.js';
+import { findNginx, startNginx } from './lib/nginx.js';
+import { clusterSigner, softEngineSigner, startHsmproxyTls, startNodeTls, type RunningServer } from './lib/servers.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const THREADS = Number(process.env.BENCH_THREADS ?? 16);
+const WARMUP_SECONDS = 1;
+const HSMS = (process.env.BENCH_HSMS ?? '1,2,3').split(',').map(Number);
+const PROFILES = (process.env.BENCH_PROFILES ?? 'unlimited,hsm2m.medium').split(',') as ManifestProfile[];
+
+type Key = TlsBenchPoint['key'];
+
+/** Runs the client against a started server; `cpu` reads the server's (and HSMs') CPU ms so far. */
+async function measure(client: TlsLoadClient, base: Omit<TlsBenchPoint, 'perSecond' | 'connections' | 'errors' | 'latencyMs' | 'serverCpuMsPerHandshake'>, server: RunningServer, cpu: { server: () => number; hsm?: () => number }): Promise<TlsBenchPoint> {
+  await client.run(server.port, WARMUP_SECONDS, THREADS, base.mode); // JIT, key pools, connections: not measured
+  const s0 = cpu.server();
+  const h0 = cpu.hsm?.() ?? 0;
+  const r = await client.run(server.port, SECONDS, THREADS, base.mode);
+  const n = Math.max(1, r.connections);
+  const p: TlsBenchPoint = {
+    ...base, connections: r.connections, errors: r.errors, perSecond: r.perSecond, latencyMs: r.latencyMs,
+    serverCpuMsPerHandshake: Math.round(((cpu.server() - s0) / n) * 1000) / 1000,
+    ...(cpu.hsm ? { hsmCpuMsPerHandshake: Math.round(((cpu.hsm() - h0) / n) * 1000) / 1000 } : {}),
+  };
+  if (base.mode === 'resumed' && r.resumed < r.connections * 0.95) p.note = `only ${r.resumed} of ${r.connections} handshakes resumed`;
+  const where = base.hsms ? ` ${base.hsms} HSM ${base.profile}` : '';
+  console.log(`${(base.server + where).padEnd(36)} ${base.key.padEnd(8)} ${base.mode.padEnd(8)} ${p.perSecond.toFixed(0).padStart(6)}/s  p50 ${r.latencyMs.p50.toFixed(2)} p99 ${r.latencyMs.p99.toFixed(2)} ms  server CPU ${p.serverCpuMsPerHandshake.toFixed(2)} ms${p.hsmCpuMsPerHandshake !== undefined ? ` + HSMs ${p.hsmCpuMsPerHandshake.toFixed(2)} ms` : ''}${r.errors ? `  ${r.errors} errors` : ''}`);
+  return p;
+}
+
+function processCpuMs(): number {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1000;
+}
+
+async function runKey(client: TlsLoadClient, key: Key, cert: TestCert, nginxBin: string | undefined): Promise<TlsBenchPoint[]> {
+  const points: TlsBenchPoint[] = [];
+  for (const mode of ['full', 'resumed'] as const) {
+    const soft = await softEngineSigner(cert.keyFile);
+    const ours = await startHsmproxyTls(cert.chain, soft.signer);
+    points.push(await measure(client, { server: 'hsmproxy', keySource: 'soft', key, mode }, ours, { server: processCpuMs }));
+    await ours.close();
+    await soft.close();
+    const node = await startNodeTls(cert.certFile, cert.keyFile);
+    points.push(await measure(client, { server: 'node:tls', keySource: 'file', key, mode }, node, { server: processCpuMs }));
+    await node.close();
+    if (nginxBin) {
+      const nginx = await startNginx(nginxBin, { certFile: cert.certFile, keyFile: cert.keyFile });
+      points.push(await measure(client, { server: 'nginx', keySource: 'file', key, mode }, nginx, { server: nginx.cpuMs }));
+      await nginx.close();
+    }
+  }
+  // Resumed handshakes sign nothing: the cluster matters for full handshakes only.
+  for (const profile of PROFILES) {
+    for (const hsms of HSMS) {
+      const cs = await clusterSigner(cert.keyFile, hsms, profile);
+      try {
+        const ours = await startHsmproxyTls(cert.chain, cs.signer);
+        points.push(await measure(client, { server: 'hsmproxy', keySource: 'cluster', hsms, profile, key, mode: 'full' }, ours, { server: processCpuMs, hsm: cs.hsmCpuMs }));
+        await ours.close();
+      } finally {
+        await cs.close();
+      }
+    }
+  }
+  return points;
+}
+
+/** hsmproxy ÷ baseline, per key and mode: handshakes/s, and CPU per handshake (baseline ÷ ours, >1 = ours cheaper). */
+function ratios(points: TlsBenchPoint[]): TlsBenchResult['ratios'] {
+  const out: TlsBenchResult['ratios'] = [];
+  for (const p of points.filter((x) => x.server === 'hsmproxy' && x.keySource === 'soft')) {
+    for (const baseline of ['node:tls', 'nginx'] as const) {
+      const b = points.find((x) => x.server === baseline && x.key === p.key && x.mode === p.mode);
+      if (b) out.push({ ours: 'hsmproxy (soft key)', baseline, key: p.key, mode: p.mode, perSecond: round(p.perSecond / b.perSecond), cpuPerHandshake: round(b.serverCpuMsPerHandshake / p.serverCpuMsPerHandshake) });
+    }
+  }
+  return out;
+}
+
+function round(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
+const nginx = findNginx();
+if ('missing' in nginx) console.log(nginx.missing);
+const client = buildTlsLoad();
+const certs = makeTestCerts(['localhost']);
+try {
+  const loadavg = os.loadavg();
+  console.log(`bench/tls: ${SECONDS} s per point, ${THREADS} connections in flight, node ${process.version}, ${os.cpus().length} CPUs, load average ${loadavg.map((x) => x.toFixed(2)).join(' ')}`);
+  const points = [
+    ...await runKey(client, 'rsa2048', certs.rsa, 'bin' in nginx ? nginx.bin : undefined),
+    ...await runKey(client, 'p256', certs.ec, 'bin' in nginx ? nginx.bin : undefined),
+  ];
+  const result: TlsBenchResult = {
+    kind: 'tls', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, loadavg, loadavgAfter: os.loadavg(),
+    client: `bench/lib/tls-load.c (${execFileSync('openssl', ['version'], { encoding: 'utf8' }).trim().split(' (')[0]}), ${THREADS} threads, one handshake + one tiny HTTP/1.1 request per connection`,
+    nginx: 'bin' in nginx ? nginx.version : null, nginxSkipped: 'missing' in nginx ? nginx.missing : null,
+    secondsPerPoint: SECONDS, threads: THREADS, points, ratios: ratios(points),
+  };
+  for (const r of result.ratios) console.log(`ratio hsmproxy/${r.baseline.padEnd(8)} ${r.key.padEnd(8)} ${r.mode.padEnd(8)} handshakes/s ${r.perSecond.toFixed(2)}  CPU per handshake (${r.baseline} ÷ ours) ${r.cpuPerHandshake.toFixed(2)}`);
+  const out = join(dirname(fileURLToPath(import.meta.url)), 'results', 'tls.json');
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`wrote ${out}`);
+} finally {
+  certs.cleanup();
+  client.cleanup();
+}
