@@ -15,16 +15,12 @@ export interface ClientIdentity {
   fingerprint256?: string;
 }
 
-/** The identity fields our TlsSocket and node's TLSSocket expose. */
-interface PeerSource {
-  peerIdentity?: { subject: string; sans: string[]; fingerprint256: string };
-  authorized?: boolean;
-  getPeerX509Certificate?(): X509Certificate | undefined;
-}
+/** node's TLSSocket also exposes the peer certificate itself. */
+interface NodePeerSource { getPeerX509Certificate?(): X509Certificate | undefined }
 
 /** Reads the client identity of a connection: tls/ TlsSocket.peerIdentity, or node:tls's peer certificate. */
 export function clientIdentity(socket: TlsSocketLike): ClientIdentity {
-  const s = socket as TlsSocketLike & PeerSource;
+  const s = socket as TlsSocketLike & NodePeerSource;
   if (s.peerIdentity) return { verify: 'SUCCESS', subject: s.peerIdentity.subject, sans: s.peerIdentity.sans, fingerprint256: s.peerIdentity.fingerprint256 };
   const cert = typeof s.getPeerX509Certificate === 'function' ? s.getPeerX509Certificate() : undefined;
   if (!cert) return { verify: 'NONE' };

@@ -13,6 +13,10 @@ export interface TlsSocketLike extends Duplex {
   alpnProtocol?: string | false | null;
   getProtocol?(): string | null;
   isSessionReused?(): boolean;
+  /** tls/ TlsSocket: the verified client certificate (mTLS). */
+  readonly peerIdentity?: { subject: string; sans: string[]; fingerprint256: string };
+  /** node:tls and tls/: whether the client certificate verified. */
+  readonly authorized?: boolean;
 }
 
 /** A listening TLS server as the proxy drives it. */
