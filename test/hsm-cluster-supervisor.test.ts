@@ -7,7 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cliEntry, repoRoot, runCli } from './helpers/cli.js';
+import { cliEntry, repoRoot } from './helpers/cli.js';
+import { cliInProcess } from './helpers/hsm-cluster.js';
 
 // Child processes and CLI spawns are slow on a loaded 2-core CI box: allow for it.
 t.setTimeout(120_000);
@@ -91,8 +92,9 @@ t.test('cluster start runs, restarts and stops the HSMs; the CLI goes through th
     await rm(dir, { recursive: true, force: true });
   });
   const base = await freeRange(3);
-  const init = await runCli(['cluster', 'init', '--dir', dir, '--hsms', '3', '--base-port', String(base), '--json']);
-  t.equal(init.code, 0, init.stderr);
+  // One-shot commands run in-process (same code, no spawn cost); `cluster start` and its HSMs are real processes.
+  const init = await cliInProcess(['cluster', 'init', '--dir', dir, '--hsms', '3', '--base-port', String(base), '--json']);
+  t.error(init.error);
   const { precoPassword } = JSON.parse(init.stdout) as { precoPassword: string };
 
   const run = start(dir);
@@ -100,14 +102,14 @@ t.test('cluster start runs, restarts and stops the HSMs; the CLI goes through th
   t.ok(await until(() => run.pids().size === 3, 30_000), 'three HSM processes started');
   for (const p of run.pids().values()) spawned.push(p);
 
-  const act = await runCli(['cluster', 'activate', '--dir', dir], { env: { HSMPROXY_PIN: `admin:${precoPassword}`, HSMPROXY_NEW_PASSWORD: 'co-password-1' } });
-  t.equal(act.code, 0, act.stderr);
-  const mk = await runCli(['user', 'create', '--dir', dir, '--name', 'alice'], { env: { HSMPROXY_PIN: 'admin:co-password-1', HSMPROXY_NEW_PASSWORD: 'alice-password-1' } });
-  t.equal(mk.code, 0, mk.stderr);
-  const gen = await runCli(['key', 'generate', '--dir', dir, '--type', 'ec:p256', '--label', 'web', '--json'], { env: { HSMPROXY_PIN: 'alice:alice-password-1' } });
-  t.equal(gen.code, 0, gen.stderr);
+  const act = await cliInProcess(['cluster', 'activate', '--dir', dir], { HSMPROXY_PIN: `admin:${precoPassword}`, HSMPROXY_NEW_PASSWORD: 'co-password-1' });
+  t.error(act.error);
+  const mk = await cliInProcess(['user', 'create', '--dir', dir, '--name', 'alice'], { HSMPROXY_PIN: 'admin:co-password-1', HSMPROXY_NEW_PASSWORD: 'alice-password-1' });
+  t.error(mk.error);
+  const gen = await cliInProcess(['key', 'generate', '--dir', dir, '--type', 'ec:p256', '--label', 'web', '--json'], { HSMPROXY_PIN: 'alice:alice-password-1' });
+  t.error(gen.error);
 
-  const st = await runCli(['cluster', 'status', '--dir', dir, '--json']);
+  const st = await cliInProcess(['cluster', 'status', '--dir', dir, '--json']);
   const status = JSON.parse(st.stdout) as { hsms: Array<{ id: string; up: boolean; inSync: boolean; users: number; keysToken: number }> };
   t.same(status.hsms.map((h) => [h.id, h.up, h.inSync, h.users, h.keysToken]), [
     ['hsm-1', true, true, 2, 2], ['hsm-2', true, true, 2, 2], ['hsm-3', true, true, 2, 2],
