@@ -49,20 +49,19 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeou
 t.test('the sign-latency alert fires under an HSM overload and resolves when the load stops', { skip: skipWithout('prometheus') }, async (t) => {
   const cluster = await tempCluster({ hsms: 1 });
   const work = await mkdtemp(join(tmpdir(), 'hsmproxy-prom-e2e-'));
-  let node: RunningNode | undefined;
-  let serve: ChildProcess | undefined;
-  let prometheus: RunningPrometheus | undefined;
+  // What the teardown stops, filled in as each piece starts.
+  const live: { node?: RunningNode; serve?: ChildProcess; prometheus?: RunningPrometheus } = {};
   const upstream = await startDemoUpstream({});
   t.teardown(async () => {
-    await prometheus?.stop();
-    if (serve) await killChild(serve, 'SIGKILL');
-    await node?.stop();
+    await live.prometheus?.stop();
+    if (live.serve) await killChild(live.serve, 'SIGKILL');
+    await live.node?.stop();
     await upstream.close();
     await cluster.cleanup();
     await rm(work, { recursive: true, force: true });
   });
 
-  node = await startNode({ dir: cluster.dir, capacity: SLOW, scryptCost: TEST_SCRYPT_COST, log: () => undefined });
+  const node = live.node = await startNode({ dir: cluster.dir, capacity: SLOW, scryptCost: TEST_SCRYPT_COST, log: () => undefined });
   await activate(cluster, node.port, 'alice');
   const certs = join(work, 'certs');
   const pki = await cliInProcess(['demo-pki', '--dir', cluster.dir, '--out', certs], { HSMPROXY_PIN: 'alice:cu-password' });
@@ -80,11 +79,11 @@ t.test('the sign-latency alert fires under an HSM overload and resolves when the
     admin: { address: '127.0.0.1', port: adminPort },
     log: { level: 'warn' },
   }));
-  serve = spawn(process.execPath, ['--import=tsx', cliEntry, 'serve', '--config', config], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] });
+  const serve = live.serve = spawn(process.execPath, ['--import=tsx', cliEntry, 'serve', '--config', config], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] });
   let serveLog = '';
-  serve.stderr!.setEncoding('utf8').on('data', (d: string) => { serveLog = (serveLog + d).slice(-4000); });
+  serve.stderr.setEncoding('utf8').on('data', (d: string) => { serveLog = (serveLog + d).slice(-4000); });
   await waitFor('hsmproxy /readyz', async () => {
-    if (serve!.exitCode !== null) throw new Error(`hsmproxy serve exited: ${serveLog}`);
+    if (serve.exitCode !== null) throw new Error(`hsmproxy serve exited: ${serveLog}`);
     return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).ok ? true : undefined;
   }, 40_000).catch((err: Error) => { throw new Error(`${err.message}: ${serveLog}`); });
 
@@ -97,7 +96,7 @@ t.test('the sign-latency alert fires under an HSM overload and resolves when the
   scrape.global = { ...scrape.global, scrape_interval: '1s', evaluation_interval: '1s' };
   scrape.scrape_configs[0]!.static_configs = [{ targets: [`127.0.0.1:${adminPort}`] }];
   await writeFile(join(work, scrape.rule_files[0]!), testRules(await readFile(join(promDir, 'alerts.yml'), 'utf8')));
-  prometheus = await startPrometheus(work, stringify(scrape));
+  const prometheus = live.prometheus = await startPrometheus(work, stringify(scrape));
 
   // A closed loop of full handshakes (no session reuse), bounded in count and stopped on demand.
   const ca = await readFile(join(certs, 'dev-ca.crt'));
@@ -115,7 +114,7 @@ t.test('the sign-latency alert fires under an HSM overload and resolves when the
 
   let firing: ApiAlert | undefined;
   try {
-    firing = await waitFor(`${ALERT} firing`, async () => (await activeAlerts(prometheus!)).find((a) => a.labels.alertname === ALERT && a.state === 'firing'), 45_000);
+    firing = await waitFor(`${ALERT} firing`, async () => (await activeAlerts(prometheus)).find((a) => a.labels.alertname === ALERT && a.state === 'firing'), 45_000);
   } finally {
     running = false;
     await Promise.all(loops);
@@ -125,6 +124,6 @@ t.test('the sign-latency alert fires under an HSM overload and resolves when the
   t.ok(done > 0, `${done} handshakes completed under overload`);
   t.equal(failed, 0, 'none failed: the HSM queued them, slowly');
 
-  await waitFor(`${ALERT} resolved`, async () => ((await activeAlerts(prometheus!)).some((a) => a.labels.alertname === ALERT) ? undefined : true), 30_000);
+  await waitFor(`${ALERT} resolved`, async () => ((await activeAlerts(prometheus)).some((a) => a.labels.alertname === ALERT) ? undefined : true), 30_000);
   t.pass('the alert resolved after the load stopped');
 });
