@@ -379,6 +379,38 @@ t.test('record layer after the handshake', async (t) => {
 });
 
 t.test('record layer during the handshake', async (t) => {
+  const ccs = record(ContentType.change_cipher_spec, Buffer.from([1]));
+  await t.test('ClientHello and two CCS in one TCP packet: the whole flight, then unexpected_message (tlsfuzzer, CVE-2020-25648)', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello({ sessionId: SID });
+    const ch = encodeClientHello(spec);
+    const out = await exchange(conn, Buffer.concat([plaintextRecords(ContentType.handshake, ch), ccs, ccs]));
+    expectAlert(t, conn, 'unexpected_message');
+    const alertRec = out.subarray(out.length - 5 - 2 - 1 - 16);
+    const c = readServerFlight(ch, key, out.subarray(0, out.length - alertRec.length));
+    t.same(c.messages.map((m) => m.type), [8, 11, 15, 20], 'SH..Finished went out first');
+    const k = (await import('../src/tls/keyschedule.js')).trafficKeys(c.suite, c.app.server);
+    const opener = new (await import('../src/tls/record.js')).RecordOpener(c.suite, k.key, k.iv);
+    const alert = opener.open({ type: alertRec[0]!, version: 0x0303, fragment: alertRec.subarray(5) });
+    t.same([alert.type, ...alert.content], [ContentType.alert, 2, 10], 'then an encrypted unexpected_message');
+  });
+  await t.test('a second CCS just before the client Finished → unexpected_message', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello({ sessionId: SID });
+    const ch = encodeClientHello(spec);
+    const c = readServerFlight(ch, key, await exchange(conn, Buffer.concat([plaintextRecords(ContentType.handshake, ch), ccs])));
+    await exchange(conn, Buffer.concat([ccs, c.sealer.seal(ContentType.handshake, c.finished)]));
+    expectAlert(t, conn, 'unexpected_message');
+    t.notOk(conn.established);
+  });
+  await t.test('one CCS after the HelloRetryRequest, none later: the handshake completes', async (t) => {
+    const { conn, ch1, hrr } = await retry();
+    const { ch2, key } = secondHello();
+    const prefix = [Buffer.concat([Buffer.from([254, 0, 0, 32]), createHash('sha256').update(ch1).digest()]), hrr];
+    const c = readServerFlight(ch2, key, await exchange(conn, Buffer.concat([ccs, plaintextRecords(ContentType.handshake, ch2)])), undefined, prefix);
+    await exchange(conn, c.sealer.seal(ContentType.handshake, c.finished));
+    t.ok(conn.established);
+  });
   await t.test('a CCS between two fragments of the ClientHello → unexpected_message', async (t) => {
     const conn = new ServerConnection(config());
     const ch = encodeClientHello(goodHello({ sessionId: SID }).spec);
