@@ -2,7 +2,7 @@
 // process in bench/results/profile.json: the full TLS handshake (hsmproxy process and HSM node
 // process), the HSM round trip (cluster client process and HSM node process) and keep-alive
 // proxying. Only samples taken while the load ran count (start-up is left out). The raw
-// .cpuprofile files are kept under bench/results/profiles/ (git-ignored) for chrome://inspect.
+// .cpuprofile files are kept under bench/results/profiles/ (git-ignored) for Chrome DevTools.
 // Run: npm run bench:profile   (env BENCH_SECONDS per path, default 5)
 import os from 'node:os';
 import { spawn } from 'node:child_process';
@@ -26,6 +26,8 @@ const PATHS = [
 
 const runs: ProfileResult['runs'] = [];
 rmSync(profiles, { recursive: true, force: true });
+mkdirSync(profiles, { recursive: true });
+writeFileSync(join(profiles, '.gitignore'), '# raw profiles: large, machine-specific\n*\n');
 for (const p of PATHS) {
   const dir = join(profiles, p.mode);
   mkdirSync(dir, { recursive: true });
