@@ -522,7 +522,7 @@ t.test('KeyUpdate', async (t) => {
     await exchange(conn, c.appSealer.seal(ContentType.handshake, Buffer.concat([keyUpdateMsg(0), Buffer.from([24, 0])])));
     expectAlert(t, conn, 'unexpected_message');
   });
-  await t.test('several update_requested KeyUpdates in one burst get exactly one answer', async (t) => {
+  await t.test('every update_requested KeyUpdate in a burst is answered, each under the key then current (tlsfuzzer)', async (t) => {
     const conn = new ServerConnection(config());
     const c = await fullHandshake(conn);
     const w = new ClientWriter(c.suite, c.app.client);
@@ -533,10 +533,30 @@ t.test('KeyUpdate', async (t) => {
     const out = await exchange(conn, Buffer.concat(burst), ev);
     t.equal(conn.error, null);
     t.same(ev.map((e) => (e.type === 'data' ? e.data.toString() : e.type)), ['after'], 'data under the third new key');
-    t.equal(records(out).length, 1, 'one record back');
-    t.same([...c.appOpener.open({ type: 23, version: 0x0303, fragment: out.subarray(5) }).content], [24, 0, 0, 1, 0], 'one KeyUpdate(update_not_requested)');
+    const { nextTrafficSecret, trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordOpener } = await import('../src/tls/record.js');
+    let secret = c.app.server;
+    const answers = records(out).map((r) => {
+      const k = trafficKeys(c.suite, secret);
+      secret = nextTrafficSecret(c.suite.hash, secret);
+      return [...new RecordOpener(c.suite, k.key, k.iv).open({ type: r.type, version: 0x0303, fragment: r.fragment }).content];
+    });
+    t.same(answers, [[24, 0, 0, 1, 0], [24, 0, 0, 1, 0], [24, 0, 0, 1, 0]], 'three KeyUpdate(update_not_requested), keys rolling');
     t.equal(conn.counters.keyUpdatesReceived, 3);
-    t.equal(conn.counters.keyUpdatesSent, 1);
+    t.equal(conn.counters.keyUpdatesSent, 3);
+  });
+  await t.test('32 update_requested KeyUpdates in a row get 32 answers and the connection stays up (tlsfuzzer)', async (t) => {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn);
+    const w = new ClientWriter(c.suite, c.app.client);
+    const burst: Buffer[] = [];
+    for (let i = 0; i < 32; i++) { burst.push(w.seal(ContentType.handshake, keyUpdateMsg(1))); w.roll(); }
+    burst.push(w.seal(ContentType.application_data, Buffer.from('GET /')));
+    const ev: ConnectionEvent[] = [];
+    const out = await exchange(conn, Buffer.concat(burst), ev);
+    t.equal(conn.error, null);
+    t.equal(records(out).length, 32);
+    t.same(ev.map((e) => (e.type === 'data' ? e.data.toString() : e.type)), ['GET /']);
   });
   await t.test('application data between KeyUpdates resets the flood counter', async (t) => {
     const conn = new ServerConnection(config());

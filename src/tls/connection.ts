@@ -197,7 +197,6 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       if (this.held.length === 0) this.heldBytes = 0;
       this.handleRecord(rec);
     }
-    if (this.state instanceof Traffic && !this.dead) this.state.answerKeyUpdate(this, !this.writeClosed);
     this.flushFlight();
   }
 
@@ -284,6 +283,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       this.sawHello = true;
       if (this.done && m.type === 24 /* key_update */) this.counters.keyUpdatesReceived++;
       this.state = this.state.handle(m, this);
+      if (this.state instanceof Traffic) this.state.answerKeyUpdate(this, !this.writeClosed);
     }
   }
 
