@@ -115,6 +115,24 @@ t.test('key import through the CLI lands in the cluster and its reference signs'
   t.equal(await readFile(f('migrated2.key.pem'), 'utf8'), await readFile(f('migrated.key.pem'), 'utf8'), 'key reference re-creates the same file');
 });
 
+t.test('key generate --out writes the key reference at creation, carrying the HSM key\'s public key', async (t) => {
+  const r = await runCli(['key', 'generate', '--type', 'rsa:2048', '--label', 'made-with-out', '--out', f('made.key.pem'), '--json'], { env: PIN });
+  t.equal(r.code, 0, r.stderr);
+  const { keyId } = JSON.parse(r.stdout) as { keyId: string };
+  const hsmPub = createPublicKey({ key: (await cluster.client.exportPublicKey(keyId)).der, format: 'der', type: 'spki' });
+  t.equal((await openssl(['pkey', '-in', f('made.key.pem'), '-pubout'])).stdout, hsmPub.export({ type: 'spki', format: 'pem' }), 'openssl reads the HSM key\'s public key from it');
+  const signer = await engine.signer(f('made.key.pem'));
+  t.ok(verify('sha256', Buffer.from('g'), hsmPub, await signer.sign(0x0401, Buffer.from('g'))), 'and it signs through the engine');
+});
+
+t.test('key generate --out refuses an existing file before making a key', async (t) => {
+  await writeFile(f('taken.key.pem'), 'precious\n');
+  const before = (await cluster.client.findKeys({ label: 'not-made' })).length;
+  oneLineError(t, await runCli(['key', 'generate', '--type', 'ec:p256', '--label', 'not-made', '--out', f('taken.key.pem')], { env: PIN }), /taken\.key\.pem already exists; choose another --out or add --force/);
+  t.equal((await cluster.client.findKeys({ label: 'not-made' })).length, before, 'no key was generated');
+  t.equal(await readFile(f('taken.key.pem'), 'utf8'), 'precious\n', 'the file is untouched');
+});
+
 t.test('against the running cluster: wrong credentials, a deleted key and another cluster are one-line errors', async (t) => {
   const args = (key: string): string[] => ['csr', '--key', key, '--subject', 'CN=x', '--out', f('x.csr')];
   oneLineError(t, await runCli(args(f('P-384.key.pem')), { env: { ...PIN, HSMPROXY_PIN: `${cu.user}:wrong-password` } }), /login|password|credentials/i);

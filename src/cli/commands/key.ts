@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 import type { KeyInfo, KeyPairSpec, SecretKeySpec } from '../../hsm/protocol/index.js';
 import { resolveKey, withHsm, type HsmCommandOptions } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
+import { checkReferenceOut, writeGeneratedReference } from './keyref.js';
 import { deletePkcs11KeyNamed, generatePkcs11Key, listPkcs11Keys, withPkcs11Backend, type Pkcs11CliOptions } from './key-pkcs11.js';
 
 const PAIR_TYPES: KeyPairSpec[] = ['rsa:2048', 'rsa:3072', 'rsa:4096', 'ec:p256', 'ec:p384'];
@@ -35,9 +36,13 @@ export function register(program: Command): void {
       if (opts.backend === 'pkcs11') return generatePkcs11Key(opts);
       const template = { label: opts.label, token: !opts.session };
       if ((PAIR_TYPES as string[]).includes(opts.type)) {
+        if (opts.out && opts.session) throw new UsageError('a session key is gone when this command ends, so a reference to it would be useless: drop --session or --out');
+        if (opts.out) checkReferenceOut(opts.out, opts.force);
         const kp = await withHsm(opts, (c) => c.generateKeyPair(opts.type as KeyPairSpec, template));
-        output(opts, { keyId: kp.privateKey.keyId, publicKeyId: kp.publicKey.keyId, privateKey: kp.privateKey, publicKey: kp.publicKey }, () => {
+        if (opts.out) await writeGeneratedReference({ ...opts, out: opts.out }, kp.privateKey.keyId);
+        output(opts, { keyId: kp.privateKey.keyId, publicKeyId: kp.publicKey.keyId, privateKey: kp.privateKey, publicKey: kp.publicKey, ...(opts.out ? { out: opts.out } : {}) }, () => {
           process.stdout.write(`generated ${opts.type} key pair "${opts.label}"\n  private ${kp.privateKey.keyId}\n  public  ${kp.publicKey.keyId}\n`);
+          if (opts.out) process.stdout.write(`  key reference written to ${opts.out}\n`);
         });
       } else if ((SECRET_TYPES as string[]).includes(opts.type)) {
         const k = await withHsm(opts, (c) => c.generateKey(opts.type as SecretKeySpec, template));

@@ -1,8 +1,9 @@
 // `hsmproxy key reference` and `hsmproxy key import`: write key references ("fake PEM") for keys
 // in the HSM. Attached to the `key` command group (src/cli/commands/key.ts) when it exists, else
-// it creates the group. `key generate --out` calls writeKeyReference from engine/ directly.
+// it creates the group. `key generate --out` calls writeGeneratedReference below.
 import type { Command } from 'commander';
 import { createPrivateKey, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { describeAlgorithm, looksLikeKeyRef, writeKeyReference } from '../../engine/index.js';
 import { backendOpeners, type KeyCommandOptions } from '../engine-options.js';
@@ -42,6 +43,21 @@ async function readPrivateKey(file: string): Promise<KeyObject> {
     return createPrivateKey(text);
   } catch {
     throw new UsageError(`${file} is not a PEM private key (PKCS#1, SEC1 or PKCS#8; encrypted keys must be decrypted first)`, 1);
+  }
+}
+
+/** Refuses an existing `out` before anything is made in the HSM (unless `force`). */
+export function checkReferenceOut(out: string, force?: boolean): void {
+  if (!force && existsSync(out)) throw new UsageError(`${out} already exists; choose another --out or add --force to overwrite it`, 1);
+}
+
+/** `key generate --out`: writes the reference of a key just generated in the cluster, found by its id. */
+export async function writeGeneratedReference(opts: KeyCommandOptions & { out: string; force?: boolean }, keyId: string): Promise<void> {
+  const backend = await backendOpeners.sim(opts);
+  try {
+    await writeKeyReference(await backend.find(keyId), opts.out, { overwrite: opts.force });
+  } finally {
+    await backend.close();
   }
 }
 
