@@ -20,5 +20,7 @@ t.test('the cluster source aggregates histograms across workers', async (t) => {
   const text = await source.metrics();
   t.match(source.contentType, /text\/plain/);
   t.match(text, /hsmproxy_http_request_duration_seconds_count\{method="GET",status_class="2xx",route="app"\} 2/, 'one request from each of two workers');
-  t.match(text, /hsmproxy_hsm_up\{hsm="hsm-0"\} 2/, 'gauges are summed per label set');
+  t.match(text, /hsmproxy_hsm_in_flight\{hsm="hsm-0"\} 6/, 'in-flight requests add up across workers');
+  t.match(text, /hsmproxy_hsm_up\{hsm="hsm-0"\} 0/, 'an HSM one worker cannot reach is reported down');
+  t.match(text, /hsmproxy_hsm_keys\{hsm="hsm-0",kind="token"\} 10/, 'keys on one HSM are counted once, not once per worker');
 });

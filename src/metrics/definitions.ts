@@ -1,5 +1,7 @@
 // Every hsmproxy metric, defined here and nowhere else (names from DESIGN.md "Metrics").
 // Label sets are small and bounded: HSM ids, configured routes and upstream targets, fixed enums.
+// `aggregator` says how the primary combines workers (workers: N): counts and histograms add up,
+// but every worker sees the same HSM or certificate, so those gauges take the min or max.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 /** Seconds from 50 µs doubling to ~6.5 s: resolves a fast HSM sign and a stalled upstream alike. */
@@ -21,10 +23,10 @@ function build(registry: Registry) {
     hsmRequests: new Counter({ name: 'hsmproxy_hsm_requests_total', help: 'HSM requests by operation, HSM and outcome (ok or an HSM_ERR_* code).', labelNames: ['op', 'hsm', 'outcome'] as const, registers: r }),
     hsmErrors: new Counter({ name: 'hsmproxy_hsm_errors_total', help: 'Failed HSM requests by HSM and error code.', labelNames: ['hsm', 'code'] as const, registers: r }),
     hsmInFlight: new Gauge({ name: 'hsmproxy_hsm_in_flight', help: 'Requests sent to the HSM and not yet answered.', labelNames: ['hsm'] as const, registers: r }),
-    hsmUp: new Gauge({ name: 'hsmproxy_hsm_up', help: '1 when the HSM answers health checks, 0 when it does not.', labelNames: ['hsm'] as const, registers: r }),
-    hsmKeys: new Gauge({ name: 'hsmproxy_hsm_keys', help: 'Keys occupied on the HSM, by kind (token or session).', labelNames: ['hsm', 'kind'] as const, registers: r }),
-    hsmKeysMax: new Gauge({ name: 'hsmproxy_hsm_keys_max', help: `Key capacity of the HSM (${HSM_KEYS_LIMIT} on the modelled hardware).`, labelNames: ['hsm'] as const, registers: r }),
-    hsmUtilisation: new Gauge({ name: 'hsmproxy_hsm_utilisation_ratio', help: 'Busy fraction of the HSM crypto units (0..1), when the HSM reports it.', labelNames: ['hsm'] as const, registers: r }),
+    hsmUp: new Gauge({ name: 'hsmproxy_hsm_up', help: '1 when the HSM answers health checks, 0 when it does not.', labelNames: ['hsm'] as const, aggregator: 'min', registers: r }),
+    hsmKeys: new Gauge({ name: 'hsmproxy_hsm_keys', help: 'Keys occupied on the HSM, by kind (token or session).', labelNames: ['hsm', 'kind'] as const, aggregator: 'max', registers: r }),
+    hsmKeysMax: new Gauge({ name: 'hsmproxy_hsm_keys_max', help: `Key capacity of the HSM (${HSM_KEYS_LIMIT} on the modelled hardware).`, labelNames: ['hsm'] as const, aggregator: 'max', registers: r }),
+    hsmUtilisation: new Gauge({ name: 'hsmproxy_hsm_utilisation_ratio', help: 'Busy fraction of the HSM crypto units (0..1), when the HSM reports it.', labelNames: ['hsm'] as const, aggregator: 'max', registers: r }),
     tlsHandshakeDuration: histogram(registry, 'hsmproxy_tls_handshake_duration_seconds', 'TLS handshake duration from ClientHello to Finished, by version, key type and resumption.', ['version', 'key_type', 'resumed'] as const),
     tlsSignWait: histogram(registry, 'hsmproxy_tls_handshake_sign_wait_seconds', 'Part of the handshake spent waiting for the private-key signature.', ['version', 'key_type'] as const),
     tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error) and alert.', labelNames: ['result', 'alert', 'listener'] as const, registers: r }),
@@ -33,7 +35,7 @@ function build(registry: Registry) {
     httpUpstreamErrors: new Counter({ name: 'hsmproxy_http_upstream_errors_total', help: 'Requests answered by the proxy itself: refused (502), timeout (504), unavailable (503).', labelNames: ['route', 'reason'] as const, registers: r }),
     httpConnections: new Gauge({ name: 'hsmproxy_http_connections', help: 'Client TLS connections open on the proxy (including WebSockets).', registers: r }),
     httpRequestsInFlight: new Gauge({ name: 'hsmproxy_http_requests_in_flight', help: 'HTTP requests received and not yet answered.', registers: r }),
-    upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, registers: r }),
+    upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, aggregator: 'min', registers: r }),
     engineSignDuration: histogram(registry, 'hsmproxy_engine_sign_duration_seconds', 'Signature duration through the engine, by backend and key type.', ['backend', 'key_type'] as const),
     clusterRecommendedHsms: new Gauge({ name: 'hsmproxy_cluster_recommended_hsms', help: 'HSM count the scaling advisor recommends now.', registers: r }),
     clusterHsms: new Gauge({ name: 'hsmproxy_cluster_hsms', help: 'HSMs in the cluster (the members the client follows).', registers: r }),
@@ -42,7 +44,7 @@ function build(registry: Registry) {
     clusterQueueWaitP99: new Gauge({ name: 'hsmproxy_cluster_queue_wait_p99_seconds', help: 'p99 HSM-side queue wait of signs over a sliding window (1m, 5m).', labelNames: ['window'] as const, registers: r }),
     clusterScalingActions: new Counter({ name: 'hsmproxy_cluster_scaling_actions_total', help: 'Autoscale actions on the simulated cluster, by action (add, remove) and result (ok, failed).', labelNames: ['action', 'result'] as const, registers: r }),
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
-    certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, registers: r }),
+    certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, aggregator: 'min', registers: r }),
   };
 }
 
