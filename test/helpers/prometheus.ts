@@ -110,3 +110,38 @@ export async function activeAlerts(p: RunningPrometheus): Promise<ApiAlert[]> {
   const body = (await (await fetch(`${p.url}/api/v1/alerts`)).json()) as { data: { alerts: ApiAlert[] } };
   return body.data.alerts;
 }
+
+/** One sample of a text exposition: `name{labels}` as written, and its value. */
+interface Sample { series: string; name: string; value: number }
+
+function samples(text: string): Sample[] {
+  const out: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const cut = line.lastIndexOf(' ');
+    const series = line.slice(0, cut);
+    out.push({ series, name: /^[^{]+/.exec(series)![0], value: Number(line.slice(cut + 1)) });
+  }
+  return out;
+}
+
+/**
+ * promtool `input_series` from two scrapes of a real /metrics: counters (and histogram parts)
+ * grow every step by what they grew between the scrapes, gauges hold their second value. Gauges
+ * named *_not_after_seconds are Unix times: they are shifted so promtool's clock (which starts at
+ * 0) sees the same time left as now.
+ */
+export function seriesFromScrapes(before: string, after: string, steps: number): Array<{ series: string; values: string }> {
+  const families = exposedFamilies(after);
+  const prior = new Map(samples(before).map((s) => [s.series, s.value]));
+  return samples(after).filter((s) => Number.isFinite(s.value)).map((s) => {
+    const base = /^(.*)_(bucket|sum|count)$/.exec(s.name)?.[1];
+    const type = families.get(s.name) ?? (base ? families.get(base) : undefined);
+    if (type === 'counter' || type === 'histogram') {
+      const a = prior.get(s.series) ?? 0;
+      return { series: s.series, values: `${a}+${s.value - a}x${steps}` };
+    }
+    const v = s.name.endsWith('_not_after_seconds') ? Math.round(s.value - Date.now() / 1000) : s.value;
+    return { series: s.series, values: `${v}x${steps}` };
+  });
+}
