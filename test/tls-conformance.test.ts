@@ -147,6 +147,35 @@ t.test('unknown values are ignored (RFC 8446 §9.3): suites, groups with shares,
   t.ok(conn.established);
 });
 
+t.test('the largest ClientHello the grammar allows is accepted (tlsfuzzer max client hello, OpenSSL\'s 131396-byte limit)', async (t) => {
+  const { spec, key } = goodHello();
+  const suites = [0x1301, ...Array.from({ length: 32766 }, (_, i) => 0x5700 + i)];
+  const used = spec.extensions!.reduce((n, [, body]) => n + 4 + body.length, 0);
+  const exts: Ext[] = [...spec.extensions!, [21, Buffer.alloc(65535 - used - 4)]];
+  const ch = encodeClientHello({ suites, sessionId: Buffer.alloc(32, 1), extensions: exts });
+  t.equal(ch.length - 4, 131396 - 254, 'body: 32767 suites and 65535 bytes of extensions (compression is [0] in TLS 1.3)');
+  const conn = new ServerConnection(config());
+  const c = readServerFlight(ch, key, await exchange(conn, plaintextRecords(ContentType.handshake, ch)));
+  await exchange(conn, c.sealer.seal(ContentType.handshake, c.finished));
+  t.ok(conn.established);
+});
+
+t.test('handshake message caps are checked on the 4-byte header, before buffering', async (t) => {
+  await t.test('a ClientHello announcing 131397 bytes → unexpected_message', async (t) => {
+    const conn = new ServerConnection(config());
+    await exchange(conn, record(ContentType.handshake, Buffer.from([1, 0x02, 0x01, 0x45])));
+    expectAlert(t, conn, 'unexpected_message');
+  });
+  await t.test('any other message announcing more than 64 KiB → unexpected_message', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello();
+    const ch = encodeClientHello(spec);
+    const c = readServerFlight(ch, key, await exchange(conn, plaintextRecords(ContentType.handshake, ch)));
+    await exchange(conn, c.sealer.seal(ContentType.handshake, Buffer.from([20, 0x01, 0x00, 0x01])));
+    expectAlert(t, conn, 'unexpected_message');
+  });
+});
+
 t.test('only GREASE cipher suites → handshake_failure', (t) =>
   helloFails(t, encodeClientHello({ suites: [0x0a0a], extensions: helloExts().exts }), 'handshake_failure'));
 

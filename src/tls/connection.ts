@@ -9,7 +9,7 @@ import {
 } from './handshake13.js';
 import { AwaitSignature12, ExpectClientHelloAny, isState12, type HandshakeIo12 } from './handshake12.js';
 import type { ServerHandshakeConfig } from './hello12.js';
-import { HandshakeJoiner } from './joiner.js';
+import { HandshakeJoiner, MAX_CLIENT_HELLO, MAX_HANDSHAKE_MESSAGE } from './joiner.js';
 import { trafficKeys } from './keyschedule.js';
 import { ContentType, RecordDeframer, RecordOpener, RecordSealer, plaintextRecords } from './record.js';
 import { RecordOpener12, type RecordSealer12 } from './record12.js';
@@ -59,7 +59,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   readonly counters: Counters = { emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0, keyUpdatesReceived: 0, keyUpdatesSent: 0 };
   private state: State = new ExpectClientHelloAny();
   private readonly deframer = new RecordDeframer();
-  private readonly joiner = new HandshakeJoiner();
+  private readonly joiner = new HandshakeJoiner(MAX_HANDSHAKE_MESSAGE, MAX_CLIENT_HELLO);
   private sealer: RecordSealer | null = null;
   private opener: RecordOpener | null = null;
   private readKey: { suite: CipherSuite; key: Buffer; iv: Buffer } | null = null;

@@ -6,13 +6,18 @@ import type { HandshakeMessage } from './messages.js';
 
 /** Largest handshake message we accept from a client (a ClientHello with big key shares fits). */
 export const MAX_HANDSHAKE_MESSAGE = 64 * 1024;
+/**
+ * Largest ClientHello the grammar allows (OpenSSL's CLIENT_HELLO_MAX_LENGTH): 32767 suites, 255
+ * compression methods and 64 KiB of extensions. tlsfuzzer sends exactly that and expects a handshake.
+ */
+export const MAX_CLIENT_HELLO = 131396;
 
 /** Handshake message reassembly with a size cap. */
 export class HandshakeJoiner {
   private chunks: Buffer[] = [];
   private buffered = 0;
 
-  constructor(private readonly maxMessage = MAX_HANDSHAKE_MESSAGE) {}
+  constructor(private readonly maxMessage = MAX_HANDSHAKE_MESSAGE, private readonly maxClientHello = maxMessage) {}
 
   /** True when part of a message is buffered (a key change now is fatal, TLS.md 12). */
   get pending(): boolean { return this.buffered > 0; }
@@ -29,7 +34,8 @@ export class HandshakeJoiner {
     if (this.buffered < 4) return;
     const head = this.chunks[0]!.length >= 4 ? this.chunks[0]! : this.flatten();
     const len = head.readUIntBE(1, 3);
-    if (len > this.maxMessage) throw fatal('unexpected_message', `handshake message of ${len} bytes exceeds the ${this.maxMessage}-byte limit`);
+    const cap = head[0] === 1 /* client_hello */ ? this.maxClientHello : this.maxMessage;
+    if (len > cap) throw fatal('unexpected_message', `handshake message of ${len} bytes exceeds the ${cap}-byte limit`);
   }
 
   private flatten(): Buffer {
