@@ -79,9 +79,6 @@ export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAu
 export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListenerFactory {
   const ticketKeys = opts.ticketKeys ?? new TicketKeys();
   return async (listener, onSecureConnection, settings) => {
-    if (listener.minVersion !== '1.3' || listener.maxVersion !== '1.3') {
-      throw new ListenerError(listener.name, `TLS ${listener.minVersion}–${listener.maxVersion} requested, but this build serves TLS 1.3 only: set minVersion and maxVersion to '1.3'`);
-    }
     const certificates = await loadCertifiedKeys(opts.engine, listener, opts);
     let clientAuth = await loadClientAuth(listener);
     let server: TlsServer;
@@ -89,6 +86,8 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
       server = createServer({
         certificates,
         alpnProtocols: listener.alpn,
+        minVersion: listener.minVersion,
+        maxVersion: listener.maxVersion,
         ticketKeys,
         handshakeTimeoutMs: settings.handshakeTimeoutMs,
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
