@@ -71,6 +71,7 @@ t.test('ClientHello extension bodies: decode_error vs illegal_parameter (RFC 844
     ['empty SNI host_name → decode_error', [[ExtensionType.server_name, Buffer.from([0, 3, 0, 0, 0])]], [], 'decode_error'],
     ['key_share entry longer than its list → decode_error', [[ExtensionType.key_share, Buffer.from([0, 4, 0, 0x1d, 0, 32])]], [], 'decode_error'],
     ['oid_filters (CertificateRequest only) in a ClientHello → illegal_parameter', [[48, Buffer.from([0, 0])]], [], 'illegal_parameter'],
+    ['a cookie in the first ClientHello (we never send one) → illegal_parameter', [[ExtensionType.cookie, Buffer.from([0, 1, 2])]], [], 'illegal_parameter'],
     ['key_share for a group missing from supported_groups → illegal_parameter', [ext.groups([NamedGroup.secp256r1])], [], 'illegal_parameter'],
     ['no key_share → missing_extension', [], [ExtensionType.key_share], 'missing_extension'],
     ['no supported_groups → missing_extension', [], [ExtensionType.supported_groups], 'missing_extension'],

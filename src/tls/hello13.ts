@@ -30,6 +30,8 @@ export function checkClientHello13(ch: ClientHello): void {
   }
   const e = ch.ext;
   if (e.preSharedKey && !e.pskModes) throw fatal('missing_extension', 'pre_shared_key offered without psk_key_exchange_modes');
+  // Our HelloRetryRequest never carries a cookie, so any cookie is unsolicited (TLS-Anvil 8446-i1e2R9UFD2).
+  if (e.cookie) throw fatal('illegal_parameter', 'ClientHello carries a cookie this server never sent');
   if (!e.supportedGroups) throw fatal('missing_extension', 'ClientHello lacks supported_groups');
   if (!e.keyShares) throw fatal('missing_extension', 'ClientHello lacks key_share');
   const groups = new Set(e.supportedGroups);
