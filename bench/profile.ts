@@ -27,7 +27,7 @@ const PATHS = [
 const runs: ProfileResult['runs'] = [];
 rmSync(profiles, { recursive: true, force: true });
 mkdirSync(profiles, { recursive: true });
-writeFileSync(join(profiles, '.gitignore'), '# raw profiles: large, machine-specific\n*\n');
+writeFileSync(join(profiles, '.gitignore'), '# raw profiles: large, machine-specific\n*\n!.gitignore\n');
 for (const p of PATHS) {
   const dir = join(profiles, p.mode);
   mkdirSync(dir, { recursive: true });

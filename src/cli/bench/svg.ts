@@ -20,17 +20,19 @@ export interface LineChart {
 }
 
 const COLOURS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf'];
-const MARGIN = { left: 70, right: 190, top: 40, bottom: 55 };
+const MARGIN = { left: 70, top: 40, bottom: 55 };
+// Room for the legend: its swatch plus the longest series name (about 7 px per character at 12 px).
+const legendWidth = (series: Series[]): number => 50 + 7 * Math.max(8, ...series.map((x) => x.name.length));
 
 /** Escapes text for XML content and attribute values. */
 export function xmlEscape(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
 }
 
-/** About `count` round tick values covering [lo, hi] (1, 2, 5 × 10^k steps). */
-export function niceTicks(lo: number, hi: number, count = 5): number[] {
+/** About `count` round tick values covering [lo, hi] (1, 2, 5 × 10^k steps; at least `minStep`). */
+export function niceTicks(lo: number, hi: number, count = 5, minStep = 0): number[] {
   if (!(hi > lo)) return [lo];
-  const raw = (hi - lo) / count;
+  const raw = Math.max((hi - lo) / count, minStep);
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag;
   const out: number[] = [];
@@ -48,9 +50,10 @@ function fmt(v: number): string {
 
 /** Renders the chart as a standalone SVG document. */
 export function renderLineChart(c: LineChart): string {
-  const width = c.width ?? 720;
+  const MARGIN_RIGHT = legendWidth(c.series);
+  const width = c.width ?? 520 + MARGIN_RIGHT;
   const height = c.height ?? 400;
-  const plotW = width - MARGIN.left - MARGIN.right;
+  const plotW = width - MARGIN.left - MARGIN_RIGHT;
   const plotH = height - MARGIN.top - MARGIN.bottom;
   const all = c.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!c.xLog || x > 0));
   const tx = (x: number): number => (c.xLog ? Math.log2(x) : x);
@@ -65,7 +68,8 @@ export function renderLineChart(c: LineChart): string {
   const py = (y: number): number => MARGIN.top + plotH - (y / yHi) * plotH;
   const xTicks = c.xLog
     ? Array.from({ length: Math.floor(xHi) - Math.ceil(xLo) + 1 }, (_, i) => 2 ** (Math.ceil(xLo) + i))
-    : niceTicks(xLo, xHi).filter((v) => v >= xLo && v <= xHi);
+    // Whole-number data (HSM counts) gets whole-number ticks.
+    : niceTicks(xLo, xHi, 5, all.every(([x]) => Number.isInteger(x)) ? 1 : 0).filter((v) => v >= xLo && v <= xHi);
   const r = (n: number): string => n.toFixed(1);
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
@@ -90,8 +94,8 @@ export function renderLineChart(c: LineChart): string {
     out.push(`<path d="${d}" fill="none" stroke="${colour}" stroke-width="2"/>`);
     for (const [x, y] of pts) out.push(`<circle cx="${r(px(x))}" cy="${r(py(y))}" r="3" fill="${colour}"><title>${xmlEscape(`${s.name}: ${fmt(x)} → ${fmt(y)}`)}</title></circle>`);
     const ly = MARGIN.top + 10 + i * 18;
-    out.push(`<line x1="${width - MARGIN.right + 15}" x2="${width - MARGIN.right + 35}" y1="${ly}" y2="${ly}" stroke="${colour}" stroke-width="2"/>`);
-    out.push(`<text x="${width - MARGIN.right + 40}" y="${ly + 4}">${xmlEscape(s.name)}</text>`);
+    out.push(`<line x1="${width - MARGIN_RIGHT + 15}" x2="${width - MARGIN_RIGHT + 35}" y1="${ly}" y2="${ly}" stroke="${colour}" stroke-width="2"/>`);
+    out.push(`<text x="${width - MARGIN_RIGHT + 40}" y="${ly + 4}">${xmlEscape(s.name)}</text>`);
     out.push('</g>');
   });
   out.push('</svg>');
