@@ -7,6 +7,7 @@ import { certificatesForName, type CertChoice, type CertEntry } from './certsele
 import { Reader } from './codec.js';
 import { ExtensionType, TLS12_VERSION, TLS13_VERSION } from './extensions.js';
 import type { HandshakeConfig } from './handshake13.js';
+import { TLS_FALLBACK_SCSV } from './hello13.js';
 import type { ClientHello } from './messages.js';
 import { SignatureScheme, type Signer } from './signer.js';
 import { NamedGroup, SUPPORTED_GROUPS } from './suites.js';
@@ -24,8 +25,6 @@ export interface VersionRange {
 /** The handshake configuration with the version range: what ServerConnection is given. */
 export type ServerHandshakeConfig = HandshakeConfig & VersionRange;
 
-/** RFC 7507 signalling cipher suite value. */
-const FALLBACK_SCSV = 0x5600;
 /** RFC 5746 §3.3 signalling cipher suite value. */
 export const EMPTY_RENEGOTIATION_INFO_SCSV = 0x00ff;
 
@@ -47,7 +46,7 @@ export function selectVersion(ch: ClientHello, range: VersionRange): 'TLSv1.3' |
   // RFC 7507 §3 comes first: a client that fell back below our highest version is told so,
   // whether or not we would accept the version it fell back to. GREASE values are not versions.
   const clientMax = offered ? Math.max(0, ...offered.filter((v) => v >> 8 === 3 && v <= TLS13_VERSION)) : ch.legacyVersion;
-  if (ch.cipherSuites.includes(FALLBACK_SCSV) && clientMax < (tls13 ? TLS13_VERSION : TLS12_VERSION)) {
+  if (ch.cipherSuites.includes(TLS_FALLBACK_SCSV) && clientMax < (tls13 ? TLS13_VERSION : TLS12_VERSION)) {
     throw fatal('inappropriate_fallback', `client fell back to version 0x${clientMax.toString(16)} although ${tls13 ? 'TLS 1.3' : 'TLS 1.2'} is available (TLS_FALLBACK_SCSV)`);
   }
   if (offered) {

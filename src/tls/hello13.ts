@@ -10,8 +10,8 @@ import { SUPPORTED_GROUPS, TLS13_SUITES, type CipherSuite } from './suites.js';
 export const TLS_FALLBACK_SCSV = 0x5600;
 
 /**
- * The version negotiation point. Only TLS 1.3 exists for now: a hello that does not list it in
- * supported_versions gets protocol_version (TLS 1.2, issue 9, will branch here instead).
+ * The TLS 1.3 states' own version check. The version is chosen in hello12.ts `selectVersion`
+ * (ExpectClientHelloAny); this still guards the ClientHello that answers a HelloRetryRequest.
  */
 export function negotiateVersion(ch: ClientHello): 'TLSv1.3' {
   const versions = ch.ext.supportedVersions;

@@ -1,4 +1,4 @@
-// tls/: the TLS 1.3 server (TLS 1.2 later, issue 9) with asynchronous, offloaded handshake
+// tls/: the TLS 1.3 and TLS 1.2 server with asynchronous, offloaded handshake
 // signatures. Layers: codec → messages/extensions → record (TLS-crypto) → handshake states →
 // sans-IO ServerConnection → TlsSocket/TlsServer. Knows nothing of HSMs: it is given
 // CertifiedKey { chain, signer }. May import node built-ins only; emits observations on
@@ -14,3 +14,5 @@ export { SignatureScheme, type Signer, type CertifiedKey } from './signer.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';
 export { TicketKeys } from './tickets.js';
 export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';
+export { TLS12_SUITES, type CipherSuite12 } from './suites12.js';
+export type { ServerHandshakeConfig, TlsVersionName, VersionRange } from './hello12.js';

@@ -57,7 +57,7 @@ export interface TlsServerOptions {
   clientAuth?: ClientAuthOptions;
 }
 
-/** A TLS 1.3 server with asynchronous signatures. */
+/** A TLS 1.3 / 1.2 server with asynchronous signatures. */
 export class TlsServer extends EventEmitter {
   readonly netServer: Server;
   private config: ServerHandshakeConfig;

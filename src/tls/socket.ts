@@ -25,7 +25,7 @@ export interface TlsSocketOptions {
   onHandshake?: (o: HandshakeObservation) => void;
 }
 
-/** A TLS 1.3 server-side socket (encrypted = true), usable wherever a net.Socket is. */
+/** A TLS 1.3 / 1.2 server-side socket (encrypted = true), usable wherever a net.Socket is. */
 export class TlsSocket extends Duplex {
   readonly encrypted = true;
   private readonly started = performance.now();
