@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config/index.js';
-import { Engine, SimBackend, loadCredentials, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
+import { Engine, SimBackend, loadCredentials, mapSimError, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
 import type { Supervisor } from '../hsm/cluster/supervisor.js';
@@ -49,6 +49,24 @@ export interface HsmSide {
 }
 
 /**
+ * A cluster client logged in as the crypto user. The client counts an HSM that refused the login
+ * as down, and the first key lookup would then say "no HSM is available", sending the user to
+ * check HSMs that are fine: say that the login was refused instead.
+ */
+async function connectLoggedIn(dir: string, credentials: { user: string; password: string }): Promise<ClusterClient> {
+  const client = await connectCluster(dir, { credentials });
+  if (client.stats().some((n) => n.inRotation)) return client;
+  for (const { hsm } of client.stats()) {
+    const mapped = mapSimError(client.node(hsm)?.lastError, `crypto user "${credentials.user}"`);
+    if (mapped.code === 'ENGINE_ERR_BAD_CREDENTIALS') {
+      await client.close();
+      throw mapped;
+    }
+  }
+  return client;
+}
+
+/**
  * Opens the backend the config names. `attach` (a worker process): an embedded cluster is already
  * run by the primary, so connect to it as a client with the credentials it stored in its directory.
  */
@@ -78,7 +96,7 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   } else {
     credentials = await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
     if (!credentials.user) throw new UsageError('the cluster needs crypto-user credentials as user:password (HSMPROXY_PIN or hsm.credentials.file)');
-    client = await connectCluster(dir, { credentials: { user: credentials.user, password: credentials.password } });
+    client = await connectLoggedIn(dir, { user: credentials.user, password: credentials.password });
   }
   const manifest = await readManifest(dir);
   const backend = new SimBackend({ client: simClientFrom(client), clusterId: manifest.clusterId, credentials, ownsClient: false });
