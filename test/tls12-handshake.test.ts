@@ -260,6 +260,32 @@ t.test('ChangeCipherSpec and Finished ordering', async (t) => {
   });
 });
 
+t.test('ClientKeyExchange validation', async (t) => {
+  const sendCke = async (point: Buffer, group?: number, trailing = Buffer.alloc(0)): Promise<ServerConnection> => {
+    const conn = new ServerConnection(config());
+    await start12(conn, group ? { groups: [group, NamedGroup.secp256r1] } : {});
+    const body = Buffer.concat([Buffer.from([point.length]), point, trailing]);
+    await exchange(conn, plaintextRecords(ContentType.handshake, Buffer.concat([Buffer.from([16, 0, 0, body.length]), body])));
+    return conn;
+  };
+  expectAlert(t, await sendCke(Buffer.alloc(31, 9)), 'illegal_parameter');
+  expectAlert(t, await sendCke(Buffer.alloc(32, 0)), 'illegal_parameter');
+  const offCurve = Buffer.alloc(65, 1);
+  offCurve[0] = 4;
+  expectAlert(t, await sendCke(offCurve, NamedGroup.secp256r1), 'illegal_parameter');
+  const compressed = Buffer.alloc(33, 1);
+  compressed[0] = 2;
+  expectAlert(t, await sendCke(compressed, NamedGroup.secp256r1), 'illegal_parameter');
+  expectAlert(t, await sendCke(Buffer.alloc(32, 9), undefined, Buffer.from([0])), 'decode_error');
+  const conn = new ServerConnection(config());
+  await start12(conn);
+  await exchange(conn, plaintextRecords(ContentType.handshake, Buffer.from([11, 0, 0, 3, 0, 0, 0])));
+  expectAlert(t, conn, 'unexpected_message');
+});
+
+t.test('a duplicate extension in a TLS 1.2 hello → illegal_parameter', (t) =>
+  helloFails(t, hello12({ extra: [ext12.ems()] }), 'illegal_parameter'));
+
 t.test('renegotiation: the first ClientHello gets a no_renegotiation warning, the second is fatal', async (t) => {
   const conn = new ServerConnection(config());
   const { c } = await full12(conn);
@@ -285,6 +311,13 @@ t.test('other post-handshake messages and a CCS after the handshake are unexpect
   await full12(b);
   await exchange(b, CCS);
   expectAlert(t, b, 'unexpected_message');
+});
+
+t.test('keyUpdate() on a TLS 1.2 connection is refused with a clear error', async (t) => {
+  const conn = new ServerConnection(config());
+  await full12(conn);
+  t.throws(() => conn.keyUpdate(false), /TLS 1.2 has no KeyUpdate/);
+  t.equal(conn.error, null, 'the connection is unharmed');
 });
 
 t.test('warning alerts in TLS 1.2 are tolerated up to a limit', async (t) => {

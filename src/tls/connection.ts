@@ -157,7 +157,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   /** Sends a KeyUpdate (optionally asking the peer to update too). */
   keyUpdate(requestPeer: boolean): void {
     if (this.dead) throw this.dead;
-    if (!(this.state instanceof Traffic) || this.writeClosed) throw new TlsError('KeyUpdate needs an established connection', 'TLS_ERR_NOT_ESTABLISHED');
+    if (!(this.state instanceof Traffic) || this.writeClosed) throw new TlsError('KeyUpdate needs an established TLS 1.3 connection (TLS 1.2 has no KeyUpdate)', 'TLS_ERR_NOT_ESTABLISHED');
     this.state.updateWriteKey(this, requestPeer);
   }
 
