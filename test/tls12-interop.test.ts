@@ -67,6 +67,12 @@ t.test('session resumption with -sess_out / -sess_in reports Reused, TLSv1.2', a
   t.match(second.stdout, /resumed=true/, 'server isSessionReused() is true');
 });
 
+t.test('-reconnect: five resumptions on one ticket', async (t) => {
+  const r = await runClient('openssl', [...base, '-reconnect']);
+  t.equal(r.stdout.match(/^New, TLSv1\.2/gm)?.length, 1, r.stderr.slice(-300));
+  t.equal(r.stdout.match(/^Reused, TLSv1\.2/gm)?.length, 5);
+});
+
 t.test('refusals openssl reports with the right alert', async (t) => {
   const refused = async (args: string[], alert: RegExp, what: string): Promise<void> => {
     const r = await runClient('openssl', ['s_client', '-connect', `127.0.0.1:${srv.port}`, '-servername', 'localhost', ...args], { waitFor: /alert|error/ });
