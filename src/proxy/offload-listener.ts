@@ -48,7 +48,10 @@ export async function loadCertifiedKeys(engine: Engine, listener: ListenerConfig
     } catch (err) {
       throw new ListenerError(listener.name, `${where}.cert: ${c.cert} is not a valid certificate: ${(err as Error).message}`, { cause: err });
     }
-    const signer = await engine.signer(c.key, admission ? { admission } : {});
+    // Engine errors name the reference file; the field path says which line of the config it is.
+    const signer = await engine.signer(c.key, admission ? { admission } : {}).catch((err: unknown) => {
+      throw new ListenerError(listener.name, `${where}.key: ${(err as Error).message}`, { cause: err });
+    });
     // The web server's certificate/key match (as nginx does at start), with the HSM's public key.
     if (!leaf.publicKey.equals(signer.key.publicKey)) {
       throw new ListenerError(listener.name, `${where}: the key ${c.key} does not match the certificate ${c.cert}`);
