@@ -61,6 +61,23 @@ if (tls) {
   if (series.length) chart('tls-handshakes-vs-hsms.svg', 'Full TLS 1.3 handshakes/s vs HSMs holding the key', renderLineChart({ title: 'hsmproxy full TLS 1.3 handshakes/s vs HSMs holding the key', xLabel: 'HSMs in the cluster', yLabel: 'handshakes/s', series }));
 }
 
+// Handshake latency and rate against connections in flight (the offered-load sweep).
+if (tls?.sweep) {
+  const groups = new Map<string, typeof tls.sweep.points>();
+  for (const p of tls.sweep.points) {
+    const name = p.keySource === 'cluster' ? `1 HSM ${p.profile}` : 'soft key';
+    groups.set(name, [...(groups.get(name) ?? []), p]);
+  }
+  const lat: Series[] = [];
+  const rate: Series[] = [];
+  for (const [name, pts] of groups) {
+    for (const k of ['p50', 'p99'] as const) lat.push({ name: `${name} ${k}`, points: pts.map((p) => [p.threads ?? tls.threads, p.latencyMs[k]] as [number, number]) });
+    rate.push({ name, points: pts.map((p) => [p.threads ?? tls.threads, p.perSecond] as [number, number]) });
+  }
+  chart('tls-latency-vs-load.svg', 'Handshake latency percentiles vs connections in flight', renderLineChart({ title: 'hsmproxy P-256 handshake latency vs connections in flight', xLabel: 'connections in flight (log scale)', yLabel: 'handshake latency (ms)', xLog: true, series: lat }));
+  chart('tls-rate-vs-load.svg', 'Handshakes/s vs connections in flight', renderLineChart({ title: 'hsmproxy P-256 full handshakes/s vs connections in flight', xLabel: 'connections in flight (log scale)', yLabel: 'handshakes/s', xLog: true, series: rate }));
+}
+
 const findings = join(here, 'FINDINGS.md');
 const summary = renderSummary({ hsm, ...(tls ? { tls } : {}), ...(proxy ? { proxy } : {}), ...(profile ? { profile } : {}), charts, ...(existsSync(findings) ? { notes: readFileSync(findings, 'utf8') } : {}) });
 writeFileSync(join(dir, 'SUMMARY.md'), summary);

@@ -4,12 +4,15 @@
 // same key file (skipped, and said so, when nginx is absent). RSA-2048 and ECDSA P-256. One client
 // for all: bench/lib/tls-load.c (C, OpenSSL), THREADS connections in flight, each connection a
 // handshake plus one tiny request. Writes bench/results/tls.json; `npm run bench:report` makes the
-// summary and charts.
+// summary and charts. Then an offered-load sweep (connections in flight 1…64, ECDSA P-256):
+// hsmproxy with a soft key next to hsmproxy with the key in one `hsm1.medium` HSM (250 signs/s),
+// where the HSM, not the proxy, sets the limit and handshake latency climbs past it.
 // Run: npm run bench:tls   (env BENCH_SECONDS per point, default 5; BENCH_THREADS, default 16;
-// BENCH_HSMS, default 1,2,3; BENCH_PROFILES, default unlimited,hsm2m.medium)
+// BENCH_HSMS, default 1,2,3; BENCH_PROFILES, default unlimited,hsm2m.medium; BENCH_SWEEP,
+// default 1,4,16,64; BENCH_PARTS=sweep re-runs only the sweep into the existing tls.json)
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeTestCerts, type TestCert } from '../test/helpers/tls-certs.js';
@@ -24,23 +27,25 @@ const THREADS = Number(process.env.BENCH_THREADS ?? 16);
 const WARMUP_SECONDS = 1;
 const HSMS = (process.env.BENCH_HSMS ?? '1,2,3').split(',').map(Number);
 const PROFILES = (process.env.BENCH_PROFILES ?? 'unlimited,hsm2m.medium').split(',') as ManifestProfile[];
+const SWEEP = (process.env.BENCH_SWEEP ?? '1,4,16,64').split(',').map(Number);
+const PARTS = (process.env.BENCH_PARTS ?? 'matrix,sweep').split(',');
 
 type Key = TlsBenchPoint['key'];
 
 /** Runs the client against a started server; `cpu` reads the server's (and HSMs') CPU ms so far. */
-async function measure(client: TlsLoadClient, base: Omit<TlsBenchPoint, 'perSecond' | 'connections' | 'errors' | 'latencyMs' | 'serverCpuMsPerHandshake'>, server: RunningServer, cpu: { server: () => number; hsm?: () => number }): Promise<TlsBenchPoint> {
-  await client.run(server.port, WARMUP_SECONDS, THREADS, base.mode); // JIT, key pools, connections: not measured
+async function measure(client: TlsLoadClient, base: Omit<TlsBenchPoint, 'perSecond' | 'connections' | 'errors' | 'latencyMs' | 'serverCpuMsPerHandshake'>, server: RunningServer, cpu: { server: () => number; hsm?: () => number }, threads = THREADS): Promise<TlsBenchPoint> {
+  await client.run(server.port, WARMUP_SECONDS, threads, base.mode); // JIT, key pools, connections: not measured
   const s0 = cpu.server();
   const h0 = cpu.hsm?.() ?? 0;
-  const r = await client.run(server.port, SECONDS, THREADS, base.mode);
+  const r = await client.run(server.port, SECONDS, threads, base.mode);
   const n = Math.max(1, r.connections);
   const p: TlsBenchPoint = {
-    ...base, connections: r.connections, errors: r.errors, perSecond: r.perSecond, latencyMs: r.latencyMs,
+    ...base, ...(threads !== THREADS ? { threads } : {}), connections: r.connections, errors: r.errors, perSecond: r.perSecond, latencyMs: r.latencyMs,
     serverCpuMsPerHandshake: Math.round(((cpu.server() - s0) / n) * 1000) / 1000,
     ...(cpu.hsm ? { hsmCpuMsPerHandshake: Math.round(((cpu.hsm() - h0) / n) * 1000) / 1000 } : {}),
   };
   if (base.mode === 'resumed' && r.resumed < r.connections * 0.95) p.note = `only ${r.resumed} of ${r.connections} handshakes resumed`;
-  const where = base.hsms ? ` ${base.hsms} HSM ${base.profile}` : '';
+  const where = `${base.hsms ? ` ${base.hsms} HSM ${base.profile}` : ''}${threads !== THREADS ? ` x${threads}` : ''}`;
   console.log(`${(base.server + where).padEnd(36)} ${base.key.padEnd(8)} ${base.mode.padEnd(8)} ${p.perSecond.toFixed(0).padStart(6)}/s  p50 ${r.latencyMs.p50.toFixed(2)} p99 ${r.latencyMs.p99.toFixed(2)} ms  server CPU ${p.serverCpuMsPerHandshake.toFixed(2)} ms${p.hsmCpuMsPerHandshake !== undefined ? ` + HSMs ${p.hsmCpuMsPerHandshake.toFixed(2)} ms` : ''}${r.errors ? `  ${r.errors} errors` : ''}`);
   return p;
 }
@@ -83,6 +88,25 @@ async function runKey(client: TlsLoadClient, key: Key, cert: TestCert, nginxBin:
   return points;
 }
 
+/** Handshake rate and latency against connections in flight: soft key vs one slow HSM. */
+async function runSweep(client: TlsLoadClient, cert: TestCert): Promise<TlsBenchPoint[]> {
+  const points: TlsBenchPoint[] = [];
+  const soft = await softEngineSigner(cert.keyFile);
+  const ours = await startHsmproxyTls(cert.chain, soft.signer);
+  for (const threads of SWEEP) points.push(await measure(client, { server: 'hsmproxy', keySource: 'soft', key: 'p256', mode: 'full' }, ours, { server: processCpuMs }, threads));
+  await ours.close();
+  await soft.close();
+  const cs = await clusterSigner(cert.keyFile, 1, 'hsm1.medium');
+  try {
+    const viaHsm = await startHsmproxyTls(cert.chain, cs.signer);
+    for (const threads of SWEEP) points.push(await measure(client, { server: 'hsmproxy', keySource: 'cluster', hsms: 1, profile: 'hsm1.medium', key: 'p256', mode: 'full' }, viaHsm, { server: processCpuMs, hsm: cs.hsmCpuMs }, threads));
+    await viaHsm.close();
+  } finally {
+    await cs.close();
+  }
+  return points;
+}
+
 /** hsmproxy ÷ baseline, per key and mode: handshakes/s, and CPU per handshake (baseline ÷ ours, >1 = ours cheaper). */
 function ratios(points: TlsBenchPoint[]): TlsBenchResult['ratios'] {
   const out: TlsBenchResult['ratios'] = [];
@@ -103,21 +127,27 @@ const nginx = findNginx();
 if ('missing' in nginx) console.log(nginx.missing);
 const client = buildTlsLoad();
 const certs = makeTestCerts(['localhost']);
+const out = join(dirname(fileURLToPath(import.meta.url)), 'results', 'tls.json');
 try {
   const loadavg = os.loadavg();
   console.log(`bench/tls: ${SECONDS} s per point, ${THREADS} connections in flight, node ${process.version}, ${os.cpus().length} CPUs, load average ${loadavg.map((x) => x.toFixed(2)).join(' ')}`);
-  const points = [
-    ...await runKey(client, 'rsa2048', certs.rsa, 'bin' in nginx ? nginx.bin : undefined),
-    ...await runKey(client, 'p256', certs.ec, 'bin' in nginx ? nginx.bin : undefined),
-  ];
-  const result: TlsBenchResult = {
-    kind: 'tls', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, loadavg, loadavgAfter: os.loadavg(),
-    client: `bench/lib/tls-load.c (${execFileSync('openssl', ['version'], { encoding: 'utf8' }).trim().split(' (')[0]}), ${THREADS} threads, one handshake + one tiny HTTP/1.1 request per connection`,
-    nginx: 'bin' in nginx ? nginx.version : null, nginxSkipped: 'missing' in nginx ? nginx.missing : null,
-    secondsPerPoint: SECONDS, threads: THREADS, points, ratios: ratios(points),
-  };
-  for (const r of result.ratios) console.log(`ratio hsmproxy/${r.baseline.padEnd(8)} ${r.key.padEnd(8)} ${r.mode.padEnd(8)} handshakes/s ${r.perSecond.toFixed(2)}  CPU per handshake (${r.baseline} ÷ ours) ${r.cpuPerHandshake.toFixed(2)}`);
-  const out = join(dirname(fileURLToPath(import.meta.url)), 'results', 'tls.json');
+  let result: TlsBenchResult;
+  if (PARTS.includes('matrix')) {
+    const points = [
+      ...await runKey(client, 'rsa2048', certs.rsa, 'bin' in nginx ? nginx.bin : undefined),
+      ...await runKey(client, 'p256', certs.ec, 'bin' in nginx ? nginx.bin : undefined),
+    ];
+    result = {
+      kind: 'tls', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, loadavg, loadavgAfter: os.loadavg(),
+      client: `bench/lib/tls-load.c (${execFileSync('openssl', ['version'], { encoding: 'utf8' }).trim().split(' (')[0]}), ${THREADS} threads, one handshake + one tiny HTTP/1.1 request per connection`,
+      nginx: 'bin' in nginx ? nginx.version : null, nginxSkipped: 'missing' in nginx ? nginx.missing : null,
+      secondsPerPoint: SECONDS, threads: THREADS, points, ratios: ratios(points),
+    };
+    for (const r of result.ratios) console.log(`ratio hsmproxy/${r.baseline.padEnd(8)} ${r.key.padEnd(8)} ${r.mode.padEnd(8)} handshakes/s ${r.perSecond.toFixed(2)}  CPU per handshake (${r.baseline} ÷ ours) ${r.cpuPerHandshake.toFixed(2)}`);
+  } else {
+    result = JSON.parse(readFileSync(out, 'utf8')) as TlsBenchResult;
+  }
+  if (PARTS.includes('sweep')) result.sweep = { date: new Date().toISOString(), loadavg: os.loadavg(), points: await runSweep(client, certs.ec) };
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   console.log(`wrote ${out}`);

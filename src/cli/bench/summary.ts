@@ -14,6 +14,8 @@ export interface TlsBenchPoint {
   profile?: string;
   key: 'rsa2048' | 'p256';
   mode: 'full' | 'resumed';
+  /** Connections in flight, when not the run's default (offered-load sweep). */
+  threads?: number;
   connections: number;
   errors: number;
   perSecond: number;
@@ -38,6 +40,8 @@ export interface TlsBenchResult {
   threads: number;
   points: TlsBenchPoint[];
   ratios: Array<{ ours: string; baseline: string; key: string; mode: string; perSecond: number; cpuPerHandshake: number }>;
+  /** Offered-load sweep: the same points at several connection counts. */
+  sweep?: { date: string; loadavg: number[]; points: TlsBenchPoint[] };
 }
 
 /** One proxy of bench/proxy.ts. */
@@ -152,6 +156,13 @@ function tlsSection(r: TlsBenchResult | undefined): string[] {
   if (r.ratios.length) {
     out.push('Ratios (hsmproxy with a soft key ÷ baseline; CPU column is baseline CPU ÷ ours, so > 1 means hsmproxy spends less):', '');
     out.push(...table(['baseline', 'key', 'handshake', 'handshakes/s ratio', 'CPU per handshake ratio'], r.ratios.map((x) => [x.baseline, x.key, x.mode, x.perSecond.toFixed(2), x.cpuPerHandshake.toFixed(2)])));
+    out.push('');
+  }
+  if (r.sweep) {
+    out.push(`Offered load (${r.sweep.date}, load average ${load(r.sweep.loadavg)}): full P-256 handshakes with more connections in flight.`, '');
+    out.push(...table(['server', 'in flight', 'handshakes/s', 'p50 ms', 'p95 ms', 'p99 ms', 'server CPU ms each', 'HSM CPU ms each'], r.sweep.points.map((p) => [
+      serverName(p), String(p.threads ?? r.threads), f(p.perSecond), ms(p.latencyMs.p50), ms(p.latencyMs.p95), ms(p.latencyMs.p99), p.serverCpuMsPerHandshake.toFixed(2), p.hsmCpuMsPerHandshake === undefined ? '–' : p.hsmCpuMsPerHandshake.toFixed(2),
+    ])));
     out.push('');
   }
   return out;
