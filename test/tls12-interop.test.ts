@@ -5,6 +5,8 @@ import t from 'tap';
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
+import { once } from 'node:events';
+import type { HandshakeObservation } from '../src/tls/observe.js';
 import { startInteropServer, runClient } from './helpers/tls-interop.js';
 import { Pkcs1SoftSigner } from './helpers/tls12-client.js';
 import { softCertifiedKey } from './helpers/soft-signer.js';
@@ -147,4 +149,15 @@ t.test('node:tls with maxVersion TLSv1.2: ALPN, getProtocol on both sides, ticke
   const second = await connect(first.session);
   t.equal(second.reused, true, 'client resumed');
   t.match(second.banner, 'resumed=true');
+});
+
+t.test('the handshake observation names TLS 1.2, its suite, group and key type', async (t) => {
+  const seen: HandshakeObservation[] = [];
+  const s = await startInteropServer({ onHandshake: (o) => seen.push(o) });
+  t.teardown(() => s.close());
+  const c = tls.connect({ host: '127.0.0.1', port: s.port, servername: 'localhost', ca: readFileSync(s.caFile), maxVersion: 'TLSv1.2' });
+  await once(c, 'secureConnect');
+  c.destroy();
+  await new Promise((r) => setTimeout(r, 50));
+  t.match(seen[0], { version: 'TLSv1.2', suite: 'TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256', group: 'x25519', keyType: 'ec', resumed: false, result: 'ok' });
 });
