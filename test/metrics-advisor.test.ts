@@ -57,6 +57,19 @@ t.test('a single dip under the SLO restarts the sustain clock (no add on noise)'
   t.equal(recs[9]!.action, 'add', '5 min after the dip it adds');
 });
 
+t.test('slow signs that do not queue in the HSMs (network, proxy CPU) do not add an HSM, and the reason says so', async (t) => {
+  const { recs } = run(10, (at) => stats(at, { hsms: hsms(2, 0.2), signP99Ms: 300, queueP99Ms: 1 }));
+  t.ok(recs.every((r) => r.action === 'hold'));
+  t.match(recs[10]!.reason, /p99 sign latency 300 ms \(SLO 20 ms\), but HSM queue wait p99 is 1\.0 ms .*another HSM would not help/);
+  const idle = run(40, (at) => stats(at, { hsms: hsms(3, 0.05), signP99Ms: 300, queueP99Ms: 1 })).recs;
+  t.ok(idle.every((r) => r.action === 'hold'), 'nor remove one while signs are slow');
+});
+
+t.test('signs queueing in the HSMs count even before the utilisation figure catches up', async (t) => {
+  const { recs } = run(5, (at) => stats(at, { hsms: hsms(2, 0.3), signP99Ms: 90, queueP99Ms: 60 }));
+  t.equal(recs[5]!.action, 'add');
+});
+
 t.test('too few signs in the window say nothing about latency', async (t) => {
   const { recs } = run(10, (at) => stats(at, { signs: 3, signP99Ms: 500 }));
   t.ok(recs.every((r) => r.action === 'hold'));

@@ -8,6 +8,10 @@
 
 /** The per-HSM key limit the advisor compares occupancy with when an HSM does not report one. */
 const DEFAULT_KEYS_MAX = 3500;
+/** Queue wait p99 (as a share of the SLO) from which slow signs are put down to the HSMs. */
+const QUEUE_SHARE = 0.25;
+/** Utilisation from which the HSMs count as busy whatever the queue says. */
+const BUSY_UTILISATION = 0.8;
 
 /** One HSM as the advisor sees it. */
 export interface HsmSample {
@@ -130,9 +134,13 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
   }
   const cooling = state.changedAt !== undefined && now - state.changedAt < cfg.cooldownMs;
   const p99 = stats.signP99Ms;
-  const latencyHigh = stats.signs >= cfg.minSigns && p99 !== undefined && p99 > cfg.sloP99Ms;
+  const slow = stats.signs >= cfg.minSigns && p99 !== undefined && p99 > cfg.sloP99Ms;
+  // Slow signs are the HSMs' doing only if requests queue for crypto units (or the units are
+  // busy); time spent elsewhere (network, this proxy's CPU) is not cured by another HSM.
+  const queueing = stats.queueP99Ms === undefined || stats.queueP99Ms >= cfg.sloP99Ms * QUEUE_SHARE || maxUtil >= BUSY_UTILISATION;
+  const latencyHigh = slow && queueing;
   const pressure = latencyHigh || stats.busyRejections > 0;
-  const idle = healthy > 0 && maxUtil < cfg.removeBelow && !pressure;
+  const idle = healthy > 0 && maxUtil < cfg.removeBelow && !pressure && !slow;
   // Evidence counts only once the whole window is younger than the last change.
   const fresh = state.changedAt === undefined || now - state.changedAt >= stats.windowMs;
   state.pressureSince = pressure && fresh ? (state.pressureSince ?? now) : undefined;
@@ -199,6 +207,9 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
     }
   }
 
+  if (slow && !queueing) {
+    return out('hold', 0, `hold at ${plural(current, 'HSM')}: ${latencyText}, but HSM queue wait p99 is ${ms(stats.queueP99Ms ?? 0)} and ${utilText}: the time is spent outside the HSMs (network or the proxy's CPU), another HSM would not help`);
+  }
   const why = current - 1 < cfg.min && idle ? `, already at the minimum of ${cfg.min}` : cooling ? `, cooling down after the last change` : '';
   return out('hold', 0, `hold at ${plural(current, 'HSM')}: ${latencyText}, ${utilText}${why}`);
 }
