@@ -27,8 +27,9 @@ export function clusterDir(opts: { dir?: string }): string {
 export function promptHidden(question: string): Promise<string> {
   const stdin = process.stdin;
   return new Promise((resolveLine, reject) => {
-    process.stderr.write(question);
+    // Echo off before the prompt shows: whatever is typed once it is visible is never echoed.
     stdin.setRawMode(true);
+    process.stderr.write(question);
     stdin.resume();
     let line = '';
     const done = (err?: Error): void => {
