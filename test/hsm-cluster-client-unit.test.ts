@@ -3,6 +3,7 @@
 import t from 'tap';
 import { createHash } from 'node:crypto';
 import { ClusterBase } from '../src/hsm/client/cluster-base.js';
+import { HsmNode } from '../src/hsm/client/node.js';
 import type { HsmAddress, HsmLink } from '../src/hsm/client/link.js';
 import type { HsmInfo, KeyInfo, StateDigest } from '../src/hsm/protocol/types.js';
 
@@ -213,4 +214,39 @@ t.test('a target that fails during replication leaves rotation; the change is ac
   const other = origin === 'hsm-1' ? 'hsm-2' : 'hsm-1';
   t.notOk(c.node(other)?.available, 'the failed target is out of rotation (resynced when it returns)');
   t.ok(c.node(origin)?.available);
+});
+
+// A node whose every connect attempt fails with `err`; records when each attempt happened.
+function failingNode(err: Error): { node: HsmNode<FakeLink>; attempts: number[] } {
+  const attempts: number[] = [];
+  const node = new HsmNode<FakeLink>({ id: 'hsm-1', host: '127.0.0.1', port: 1000 }, async () => {
+    attempts.push(performance.now());
+    throw err;
+  }, { user: 'cu', password: 'pw' }, { onConnected: () => undefined }, { reconnectMinMs: 10, reconnectMaxMs: 40, healthIntervalMs: 60_000 });
+  return { node, attempts };
+}
+
+t.test('an unreachable HSM is retried with exponential backoff, capped', async (t) => {
+  const { node, attempts } = failingNode(coded('HSM_ERR_UNREACHABLE'));
+  await node.start();
+  await new Promise((r) => setTimeout(r, 1000));
+  await node.close();
+  const gaps = attempts.slice(1).map((a, i) => a - attempts[i]!);
+  // Delays 10, 20, 40, then 40 (the cap). Timers never fire early; late is fine.
+  t.ok(gaps[0]! >= 9 && gaps[1]! >= 19 && gaps[2]! >= 39, `the first delays double (${gaps.slice(0, 3).map((g) => g.toFixed(0)).join(', ')} ms)`);
+  // A fixed 10 ms retry would make ~100 attempts in 1 s; doubling without a cap ~8.
+  t.ok(attempts.length >= 12 && attempts.length <= 40, `${attempts.length} attempts in 1 s: backed off, and capped at 40 ms`);
+  t.equal(node.status, 'closed');
+});
+
+t.test('a refused login is not retried (retrying would lock the account)', async (t) => {
+  const { node, attempts } = failingNode(coded('HSM_ERR_BAD_CREDENTIALS'));
+  await node.start();
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(attempts.length, 1, 'one attempt only');
+  t.equal(node.status, 'down');
+  node.setCredentials({ user: 'cu', password: 'new' });
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(attempts.length, 2, 'new credentials try again, once');
+  await node.close();
 });
