@@ -92,12 +92,11 @@ export class ScalingMonitor {
   /** Sign latency and busy figures over the last `spanMs`. */
   figures(spanMs: number, t = this.now()): WindowFigures {
     const opt = (k: string, v: number | undefined) => (v === undefined ? {} : { [k]: v });
+    const [signP50, signP99] = this.signRtt.quantiles([0.5, 0.99], t, spanMs);
+    const [queueP50, queueP99] = this.queueWait.quantiles([0.5, 0.99], t, spanMs);
     return {
       signs: this.signRtt.count(t, spanMs),
-      ...opt('signP50Ms', this.signRtt.quantile(0.5, t, spanMs)),
-      ...opt('signP99Ms', this.signRtt.quantile(0.99, t, spanMs)),
-      ...opt('queueP50Ms', this.queueWait.quantile(0.5, t, spanMs)),
-      ...opt('queueP99Ms', this.queueWait.quantile(0.99, t, spanMs)),
+      ...opt('signP50Ms', signP50), ...opt('signP99Ms', signP99), ...opt('queueP50Ms', queueP50), ...opt('queueP99Ms', queueP99),
       busyRejections: this.busy.total(t, spanMs),
     };
   }

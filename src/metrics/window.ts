@@ -56,6 +56,11 @@ export class LatencyWindow {
 
   /** The q-quantile (0..1) in ms over the last `spanMs` ending at `nowMs`; undefined without samples. */
   quantile(q: number, nowMs: number, spanMs = this.spanMs): number | undefined {
+    return this.quantiles([q], nowMs, spanMs)[0];
+  }
+
+  /** Several quantiles from one pass over the window (each undefined without samples). */
+  quantiles(qs: readonly number[], nowMs: number, spanMs = this.spanMs): Array<number | undefined> {
     this.prune(nowMs);
     const from = firstSecond(nowMs, spanMs);
     const merged = new Float64Array(BINS);
@@ -65,14 +70,16 @@ export class LatencyWindow {
       n += s.n;
       for (let i = 0; i < BINS; i++) merged[i] += s.counts[i];
     }
-    if (n === 0) return undefined;
-    const rank = Math.max(1, Math.ceil(q * n));
-    let seen = 0;
-    for (let i = 0; i < BINS; i++) {
-      seen += merged[i];
-      if (seen >= rank) return edgeOf(i);
-    }
-    return edgeOf(BINS - 1);
+    if (n === 0) return qs.map(() => undefined);
+    return qs.map((q) => {
+      const rank = Math.max(1, Math.ceil(q * n));
+      let seen = 0;
+      for (let i = 0; i < BINS; i++) {
+        seen += merged[i];
+        if (seen >= rank) return edgeOf(i);
+      }
+      return edgeOf(BINS - 1);
+    });
   }
 
   private prune(nowMs: number): void {

@@ -51,6 +51,8 @@ export interface AutoscalerOptions {
   min?: number;
   /** Decision period (default 1,000 ms). */
   intervalMs?: number;
+  /** Pause after a failed action before asking again (default 30 s): a failure is rarely fixed in a second. */
+  retryAfterFailureMs?: number;
   /** Clone source: 'auto' (default) uses the latest backup when there is one, else a live HSM. */
   from?: 'backup' | 'live' | 'auto';
   /** CO/AU login for live clones (default: the cluster's sync user). */
@@ -78,10 +80,11 @@ export class Autoscaler {
     this.stopped = false;
     const tick = (): void => {
       if (this.stopped) return;
-      this.running = this.step().then(() => undefined, () => undefined).finally(() => {
+      let failed = false;
+      this.running = this.step().then((done) => { failed = done.some((e) => e.result === 'failed'); }, () => { failed = true; }).finally(() => {
         this.running = undefined;
         if (this.stopped) return;
-        this.timer = setTimeout(tick, this.opts.intervalMs ?? 1000);
+        this.timer = setTimeout(tick, failed ? (this.opts.retryAfterFailureMs ?? 30_000) : (this.opts.intervalMs ?? 1000));
         this.timer.unref();
       });
     };
