@@ -10,7 +10,8 @@ import t, { type Test } from 'tap';
 import { ADVISOR_DEFAULTS, ScalingMonitor, ScalingService, registrySource, createRegistry } from '../src/metrics/index.js';
 import { AdminServer } from '../src/proxy/admin.js';
 import { runCli } from './helpers/cli.js';
-import { cliInProcess } from './helpers/hsm-cluster.js';
+import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
+import { cliInProcess, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
 
 // An admin server whose advisor saw sustained slow signs on two busy HSMs.
 async function adminWithAdvice(t: Test): Promise<string> {
@@ -117,6 +118,22 @@ t.test('advise --prometheus removes one HSM when all stayed idle for the removal
   t.match(kept.stdout, /^HOLD: .*already at the minimum of 2/);
   const r = await cliInProcess(['cluster', 'advise', '--prometheus', prom.url, '--min', '1']);
   t.match(r.stdout, /^REMOVE: remove 1 HSM: utilisation < 0\.3 for 30 min and 1 HSM remains/);
+});
+
+t.test('advise --dir asks the HSMs themselves: below the minimum it adds, and it says latency needs the proxy', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-advise-dir-'));
+  const cluster = await startEmbeddedCluster({ dir, hsms: 1, scryptCost: TEST_SCRYPT_COST });
+  t.teardown(async () => {
+    await cluster.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const r = await cliInProcess(['cluster', 'advise', '--dir', dir]);
+  t.equal(r.error, undefined);
+  t.match(r.stdout, /^ADD: add 1 HSM: only 1 HSM in the cluster, minimum 2/);
+  t.match(r.stdout, /hsm-1 +in rotation +utilisation 0\.\d\d +keys \d+\/3500/);
+  t.match(r.stdout, /note: read from the HSMs themselves.*use --admin or --prometheus/);
+  const one = JSON.parse((await cliInProcess(['cluster', 'advise', '--dir', dir, '--min', '1', '--json'])).stdout) as { recommendation: { action: string } };
+  t.equal(one.recommendation.action, 'hold', 'with min 1 and an idle HSM it holds');
 });
 
 t.test('advise needs exactly one source, and says so in one line with a non-zero exit', async (t) => {
