@@ -18,9 +18,11 @@ t.teardown(() => upstream.close());
 const ca = await devCa(d);
 const cu = cluster.credentials.cu;
 const yaml = (extra: string) => serveYaml(d, upstream.url, extra).replace(/hsm: \{[^}]*\}/, `hsm: { mode: cluster, manifest: ${join(d.data, 'cluster.json')} }`);
+// The login comes from SHOP_HSM_PIN (hsm.credentials.env) in `custom`, from HSMPROXY_PIN in `yaml`.
+const custom = (extra: string) => yaml(extra).replace('hsm: { mode: cluster,', 'hsm: { mode: cluster, credentials: { env: SHOP_HSM_PIN },');
 
-t.test('serve with hsm.mode cluster and 2 workers signs handshakes in the running cluster', async (t) => {
-  const s = await startServe(d, yaml('workers: 2'), { HSMPROXY_PIN: `${cu.user}:${cu.password}` });
+t.test('serve with hsm.mode cluster and 2 workers logs in with the variable hsm.credentials.env names and signs in the running cluster', async (t) => {
+  const s = await startServe(d, custom('workers: 2'), { HSMPROXY_PIN: '', SHOP_HSM_PIN: `${cu.user}:${cu.password}` });
   t.teardown(() => s.stop());
   t.match(s.stderr(), /keys in cluster cluster in .*\(2 HSMs\)/);
   const statuses: number[] = [];
@@ -49,4 +51,14 @@ t.test('wrong credentials are one line saying the login was refused (not that th
   t.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   t.match(r.stderr, /the HSM refused the crypto-user login .*check HSMPROXY_PIN/);
   t.notMatch(r.stderr, /no HSM of the cluster is available/);
+});
+
+t.test('a missing variable named by hsm.credentials.env is one line naming it (HSMPROXY_PIN is not used instead)', async (t) => {
+  const { writeFile } = await import('node:fs/promises');
+  const file = join(d.dir, 'custompin.yaml');
+  await writeFile(file, custom(''));
+  const r = await runCli(['serve', '--config', file], { env: { HSMPROXY_PIN: `${cu.user}:${cu.password}`, SHOP_HSM_PIN: '' }, timeoutMs: 30_000 });
+  t.not(r.code, 0);
+  t.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.match(r.stderr, /hsm\.credentials\.env names SHOP_HSM_PIN; set SHOP_HSM_PIN=user:password/);
 });

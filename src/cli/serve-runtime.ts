@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config/index.js';
-import { Engine, SimBackend, loadCredentials, mapSimError, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
+import { Engine, SimBackend, loadCredentials, mapSimError, parseCredentials, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
 import type { Supervisor } from '../hsm/cluster/supervisor.js';
@@ -48,6 +48,18 @@ export interface HsmSide {
   stop(): Promise<void>;
 }
 
+/** The environment variable `hsm.credentials.env` names, when it is not the default HSMPROXY_PIN. */
+function customPinVariable(config: Config): string | undefined {
+  const name = config.hsm.credentials.env;
+  return name && name !== 'HSMPROXY_PIN' && !config.hsm.credentials.file ? name : undefined;
+}
+
+function requiredVariable(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new UsageError(`no crypto-user credentials: hsm.credentials.env names ${name}; set ${name}=user:password`);
+  return value;
+}
+
 /**
  * A cluster client logged in as the crypto user. The client counts an HSM that refused the login
  * as down, and the first key lookup would then say "no HSM is available", sending the user to
@@ -76,7 +88,8 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   if (hsm.mode === 'pkcs11') {
     if (!hsm.module || !hsm.token) throw new UsageError('hsm.mode pkcs11 needs hsm.module and hsm.token in the config');
     const { openPkcs11Backend } = await import('../engine/pkcs11/backend.js');
-    const backend = await openPkcs11Backend({ module: hsm.module, token: hsm.token, ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}) });
+    const pin = customPinVariable(config) ? requiredVariable(customPinVariable(config)!) : undefined;
+    const backend = await openPkcs11Backend({ module: hsm.module, token: hsm.token, ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}), ...(pin ? { pin } : {}) });
     const engine = new Engine({ backends: { pkcs11: backend }, admission });
     return { engine, backend, describe: `PKCS#11 token "${hsm.token}" via ${hsm.module}`, stop: () => engine.close() };
   }
@@ -94,7 +107,8 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     credentials = { user: embedded.credentials.cu.user, password: embedded.credentials.cu.password };
     log.info({ dir, hsms: embedded.supervisor.ports().size, startupMs: Math.round(embedded.startupMs) }, 'embedded HSM cluster started');
   } else {
-    credentials = await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
+    const variable = customPinVariable(config);
+    credentials = variable ? parseCredentials(requiredVariable(variable), variable) : await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
     if (!credentials.user) throw new UsageError('the cluster needs crypto-user credentials as user:password (HSMPROXY_PIN or hsm.credentials.file)');
     client = await connectLoggedIn(dir, { user: credentials.user, password: credentials.password });
   }
