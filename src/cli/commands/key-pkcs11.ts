@@ -173,8 +173,8 @@ export function withPkcs11Backend(cmd: Command, opts: { writesReference?: boolea
   if (!has('--token')) cmd.option('--token <label>', 'with --backend pkcs11: token label');
   if (!has('--slot')) cmd.option('--slot <id>', 'with --backend pkcs11: slot id');
   if (!has('--pin-format')) cmd.addOption(new Option('--pin-format <format>', 'with --backend pkcs11: HSMPROXY_PIN passed whole, or only its password part').choices(['as-is', 'password']));
-  if (opts.writesReference && !has('--out')) cmd.option('--out <file>', 'with --backend pkcs11: where to write the key reference');
-  if (opts.writesReference && !has('--force')) cmd.option('--force', 'with --backend pkcs11: overwrite --out');
+  if (opts.writesReference && !has('--out')) cmd.option('--out <file>', 'where to write the key reference (fake PEM) of the new key pair');
+  if (opts.writesReference && !has('--force')) cmd.option('--force', 'overwrite --out if it exists');
   return cmd;
 }
 
