@@ -28,15 +28,14 @@ function chart(file: string, caption: string, svg: string): void {
   charts.push({ file, caption });
 }
 
-// Throughput and p99 against the number of HSMs, one line per operation and profile.
-const scaling = hsm.filter((r) => r.scaling);
-if (scaling.length) {
-  const series = (pick: (s: NonNullable<HsmBenchResult['scaling']>[number]) => number): Series[] => scaling.flatMap((r) => {
-    const ops = [...new Set(r.scaling!.map((s) => s.op))];
-    return ops.map((op) => ({ name: `${op} (${r.profile})`, points: r.scaling!.filter((s) => s.op === op).map((s) => [s.hsms, pick(s)] as [number, number]) }));
-  });
-  chart('hsm-scaling-throughput.svg', 'HSM throughput vs number of HSMs', renderLineChart({ title: 'HSM operations/s vs number of HSMs (best point of each sweep)', xLabel: 'HSMs in the cluster', yLabel: 'operations/s', series: series((s) => s.opsPerSec) }));
-  chart('hsm-scaling-p99.svg', 'p99 latency vs number of HSMs', renderLineChart({ title: 'p99 latency at the best-throughput point vs number of HSMs', xLabel: 'HSMs in the cluster', yLabel: 'p99 latency (ms)', series: series((s) => s.p99Ms) }));
+// Throughput and p99 against the number of HSMs, one chart per profile (their scales differ by 10x),
+// one line per operation.
+for (const r of hsm.filter((x) => x.scaling)) {
+  const ops = [...new Set(r.scaling!.map((s) => s.op))];
+  const series = (pick: (s: NonNullable<HsmBenchResult['scaling']>[number]) => number): Series[] =>
+    ops.map((op) => ({ name: op, points: r.scaling!.filter((s) => s.op === op).map((s) => [s.hsms, pick(s)] as [number, number]) }));
+  chart(`hsm-scaling-throughput-${r.profile}.svg`, `HSM throughput vs number of HSMs (${r.profile})`, renderLineChart({ title: `Operations/s vs number of HSMs, profile ${r.profile}`, xLabel: 'HSMs in the cluster', yLabel: 'operations/s (best point of the sweep)', series: series((s) => s.opsPerSec) }));
+  chart(`hsm-scaling-p99-${r.profile}.svg`, `p99 latency vs number of HSMs (${r.profile})`, renderLineChart({ title: `p99 at the best-throughput point vs number of HSMs, ${r.profile}`, xLabel: 'HSMs in the cluster', yLabel: 'p99 latency (ms)', series: series((s) => s.p99Ms) }));
 }
 
 // Latency percentiles against offered load (requests in flight), one chart per operation and profile.

@@ -6,7 +6,8 @@ import t, { type Test } from 'tap';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runCli } from './helpers/cli.js';
+import { spawnSync } from 'node:child_process';
+import { cliEntry, repoRoot, runCli } from './helpers/cli.js';
 import { planHsmBench, type HsmBenchResult } from '../src/cli/bench/hsm.js';
 import { findKnee, latencyStats } from '../src/cli/bench/stats.js';
 import { UsageError } from '../src/cli/run.js';
@@ -116,4 +117,16 @@ t.test('the knee is the first concurrency where p99 more than doubles while thro
   t.equal(findKnee(sweep([[1, 1000, 1], [4, 3000, 2.5], [16, 6000, 5]])).concurrency, null, 'latency grows but so does throughput: no knee');
   t.equal(findKnee(sweep([[16, 3100, 2.5], [1, 1000, 1], [4, 3000, 1.5]])).concurrency, 16, 'order of the input does not matter');
   t.equal(findKnee(sweep([[1, 1000, 1]])).concurrency, null, 'one point has no knee');
+});
+
+const hasScript = spawnSync('script', ['--version']).status === 0;
+t.test('a terminal sees a live progress line on stderr, erased before the results', { skip: hasScript ? false : 'util-linux `script` (a pseudo-terminal) is not installed' }, async (t) => {
+  const tmp = await scratch(t);
+  // `script` runs the CLI on a pseudo-terminal, so stderr.isTTY is true as for a user.
+  const cmd = `${JSON.stringify(process.execPath)} --import=tsx ${JSON.stringify(cliEntry)} bench hsm --op random --duration 1 --concurrency 2`;
+  const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { cwd: repoRoot, env: { ...process.env, TMPDIR: tmp }, encoding: 'utf8', timeout: 60_000 });
+  t.equal(r.status, 0, r.stderr);
+  const out = r.stdout.replaceAll('\u001b[K', '<erase>');
+  t.match(out, /\r<erase>random x2: [\d.]+\/1 s, \d+ ops, \d+ ops\/s/, 'progress: operation, concurrency, elapsed of the budget, rate');
+  t.match(out, /\r<erase>hsmproxy bench hsm:/, 'the line is erased before the results print');
 });

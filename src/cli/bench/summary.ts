@@ -207,7 +207,7 @@ export function renderSummary(input: SummaryInput): string {
   ];
   if (input.charts.length) {
     lines.push('## Charts', '');
-    for (const c of input.charts) lines.push(`- [${c.caption}](${c.file})`, '', `  ![${c.caption}](${c.file})`, '');
+    for (const c of input.charts) lines.push(`![${c.caption}](${c.file})`, '');
   }
   lines.push(...hsmSection(input.hsm), ...tlsSection(input.tls), ...proxySection(input.proxy), ...profileSection(input.profile));
   if (input.notes) lines.push('## Findings', '', input.notes.trim(), '');
