@@ -30,8 +30,8 @@ export interface WindowFigures { signs: number; signP50Ms?: number; signP99Ms?: 
 /** Collects what the advisor decides from, off the diagnostics channels. */
 export class ScalingMonitor {
   readonly windowMs: number;
-  private readonly signRtt: LatencyWindow;
-  private readonly queueWait: LatencyWindow;
+  // One pair of latency windows per span read (the advisor's, 1 min, 5 min): each answers in one pass.
+  private readonly latency = new Map<number, { rtt: LatencyWindow; queue: LatencyWindow }>();
   private readonly busy: CountWindow;
   private readonly full: CountWindow;
   private readonly resumed: CountWindow;
@@ -42,8 +42,7 @@ export class ScalingMonitor {
   constructor(private readonly opts: ScalingMonitorOptions = {}) {
     this.windowMs = opts.windowMs ?? MINUTE;
     const span = Math.max(this.windowMs, 5 * MINUTE);
-    this.signRtt = new LatencyWindow(span);
-    this.queueWait = new LatencyWindow(span);
+    for (const w of new Set([this.windowMs, MINUTE, 5 * MINUTE])) this.latency.set(w, { rtt: new LatencyWindow(w), queue: new LatencyWindow(w) });
     this.busy = new CountWindow(span);
     this.full = new CountWindow(span);
     this.resumed = new CountWindow(span);
@@ -69,8 +68,10 @@ export class ScalingMonitor {
     const t = this.now();
     if (e.outcome === 'HSM_ERR_BUSY') this.busy.add(t);
     if (e.op !== 'sign' || e.outcome !== 'ok') return;
-    this.signRtt.record(e.rttMs, t);
-    this.queueWait.record(e.queueWaitMs, t);
+    for (const w of this.latency.values()) {
+      w.rtt.record(e.rttMs, t);
+      w.queue.record(e.queueWaitMs, t);
+    }
   }
 
   /** Records one HSM state report. */
@@ -92,10 +93,13 @@ export class ScalingMonitor {
   /** Sign latency and busy figures over the last `spanMs`. */
   figures(spanMs: number, t = this.now()): WindowFigures {
     const opt = (k: string, v: number | undefined) => (v === undefined ? {} : { [k]: v });
-    const [signP50, signP99] = this.signRtt.quantiles([0.5, 0.99], t, spanMs);
-    const [queueP50, queueP99] = this.queueWait.quantiles([0.5, 0.99], t, spanMs);
+    // The window of exactly this span, else the smallest longer one read over the span.
+    const spans = [...this.latency.keys()].sort((a, b) => a - b);
+    const w = this.latency.get(spans.find((s) => s >= spanMs) ?? spans[spans.length - 1]!)!;
+    const [signP50, signP99] = w.rtt.quantiles([0.5, 0.99], t, spanMs);
+    const [queueP50, queueP99] = w.queue.quantiles([0.5, 0.99], t, spanMs);
     return {
-      signs: this.signRtt.count(t, spanMs),
+      signs: w.rtt.count(t, spanMs),
       ...opt('signP50Ms', signP50), ...opt('signP99Ms', signP99), ...opt('queueP50Ms', queueP50), ...opt('queueP99Ms', queueP99),
       busyRejections: this.busy.total(t, spanMs),
     };

@@ -29,6 +29,9 @@ interface Slot { second: number; counts: Uint32Array; n: number }
 /** Latency samples over a sliding window (1 s resolution), with quantiles. */
 export class LatencyWindow {
   private readonly slots: Slot[] = [];
+  // The whole window merged, kept up to date as slots come and go: a full-span quantile costs one pass over the bins.
+  private readonly total = new Float64Array(BINS);
+  private totalN = 0;
 
   constructor(readonly spanMs: number) {}
 
@@ -41,8 +44,11 @@ export class LatencyWindow {
       this.slots.push(slot);
       this.prune(nowMs);
     }
-    slot.counts[binOf(ms)]++;
+    const bin = binOf(ms);
+    slot.counts[bin]++;
     slot.n++;
+    this.total[bin]++;
+    this.totalN++;
   }
 
   /** Samples inside the last `spanMs` (default: the whole window) ending at `nowMs`. */
@@ -62,13 +68,17 @@ export class LatencyWindow {
   /** Several quantiles from one pass over the window (each undefined without samples). */
   quantiles(qs: readonly number[], nowMs: number, spanMs = this.spanMs): Array<number | undefined> {
     this.prune(nowMs);
-    const from = firstSecond(nowMs, spanMs);
-    const merged = new Float64Array(BINS);
-    let n = 0;
-    for (const s of this.slots) {
-      if (s.second < from) continue;
-      n += s.n;
-      for (let i = 0; i < BINS; i++) merged[i] += s.counts[i];
+    let merged = this.total;
+    let n = this.totalN;
+    if (spanMs < this.spanMs) {
+      const from = firstSecond(nowMs, spanMs);
+      merged = new Float64Array(BINS);
+      n = 0;
+      for (const s of this.slots) {
+        if (s.second < from) continue;
+        n += s.n;
+        for (let i = 0; i < BINS; i++) merged[i] += s.counts[i];
+      }
     }
     if (n === 0) return qs.map(() => undefined);
     return qs.map((q) => {
@@ -84,7 +94,11 @@ export class LatencyWindow {
 
   private prune(nowMs: number): void {
     const from = firstSecond(nowMs, this.spanMs);
-    while (this.slots.length > 0 && this.slots[0].second < from) this.slots.shift();
+    while (this.slots.length > 0 && this.slots[0].second < from) {
+      const old = this.slots.shift()!;
+      for (let i = 0; i < BINS; i++) this.total[i] -= old.counts[i];
+      this.totalN -= old.n;
+    }
   }
 }
 
