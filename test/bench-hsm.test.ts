@@ -3,7 +3,7 @@
 // mode gives one point per HSM count, the temporary cluster is removed, and bad flags are one
 // line each. Counts are tiny: this checks behaviour, not speed.
 import t, { type Test } from 'tap';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -56,10 +56,12 @@ t.test('scaling mode returns one point per HSM count', async (t) => {
   t.same(await benchDirs(tmp), [], 'every temporary cluster is removed');
 });
 
-t.test('human output is a table per operation with the knee rule', async (t) => {
+t.test('human output is a table per operation with the knee rule; --out also saves the JSON', async (t) => {
   const tmp = await scratch(t);
-  const r = await runCli(['bench', 'hsm', '--op', 'random', '--count', '50', '--concurrency', '1,2'], { env: { TMPDIR: tmp } });
+  const r = await runCli(['bench', 'hsm', '--op', 'random', '--count', '50', '--concurrency', '1,2', '--out', join(tmp, 'result.json')], { env: { TMPDIR: tmp } });
   t.equal(r.code, 0, r.stderr);
+  const saved = JSON.parse(await readFile(join(tmp, 'result.json'), 'utf8')) as HsmBenchResult;
+  t.same(saved.points.map((p) => p.concurrency), [1, 2], '--out keeps the JSON result next to the table');
   t.match(r.stdout, /random on 1 HSM/);
   t.match(r.stdout, /p99 = network \+ queue \+ service/);
   t.match(r.stdout, /knee: /);
@@ -95,6 +97,9 @@ t.test('bad arguments are one-line errors that say what to pass', async (t) => {
     }
     t.ok(caught instanceof UsageError && msg.test(caught.message) && !caught.message.includes('\n'), `${JSON.stringify(flags)} → ${(caught as Error | undefined)?.message ?? 'no error'}`);
   }
+  const out = await runCli(['bench', 'hsm', '--op', 'random', '--count', '5', '--out', '/nonexistent-dir/result.json']);
+  t.equal(out.code, 2, 'an unwritable --out is refused before the run');
+  t.match(out.stderr, /^hsmproxy: cannot write \/nonexistent-dir\/result\.json: .*pass --out with a writable path\n$/);
   const r = await runCli(['bench', 'hsm', '--op', 'nope', '--count', '5']);
   t.equal(r.code, 2, 'usage errors exit 2');
   t.match(r.stderr, /^hsmproxy: unknown --op "nope".*\n$/, 'one line on stderr, no stack trace');

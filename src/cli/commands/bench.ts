@@ -2,7 +2,8 @@
 // a concurrency sweep, against an embedded cluster, a running cluster or a PKCS#11 token; with
 // --scaling, throughput and p99 against the number of HSMs. The logic lives in ../bench/.
 import type { Command } from 'commander';
-import { writeFile } from 'node:fs/promises';
+import { access, constants, writeFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { formatHsmResult } from '../bench/format.js';
 import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../bench/hsm.js';
 import type { Progress } from '../bench/sweep.js';
@@ -36,6 +37,12 @@ export function register(program: Command): void {
     .option('--json', 'print one JSON document')
     .action(async (opts: HsmBenchFlags & { out?: string; json?: boolean }) => {
       const plan = planHsmBench(opts);
+      // A bad --out is the user's mistake to hear about before the run, not after it.
+      if (opts.out) {
+        await access(dirname(resolve(opts.out)), constants.W_OK).catch(() => {
+          throw new UsageError(`cannot write ${opts.out}: its directory does not exist or is not writable; pass --out with a writable path`);
+        });
+      }
       const live = process.stderr.isTTY === true;
       let result;
       try {
