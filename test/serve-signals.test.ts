@@ -4,14 +4,9 @@
 import t from 'tap';
 import { X509Certificate } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type tls from 'node:tls';
-import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
-import { connectCluster } from '../src/hsm/cluster/membership.js';
-import { readManifest } from '../src/hsm/cluster/manifest.js';
-import { certPem, selfSign, signingKey } from '../src/pki/index.js';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { connectTls, devCa, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { connectTls, devCa, prepareServeDir, reissueEcdsa, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -38,21 +33,6 @@ function request(s: tls.TLSSocket, path = '/'): Promise<number> {
   });
 }
 
-/** A new self-signed certificate for the ECDSA key already in the HSM (made by the test as a second client). */
-async function reissueEcdsa(): Promise<string> {
-  const { cu } = JSON.parse(await readFile(join(d.data, 'embedded-credentials.json'), 'utf8')) as { cu: { user: string; password: string } };
-  const client = await connectCluster(d.data, { credentials: cu, watch: false });
-  const { clusterId } = await readManifest(d.data);
-  const engine = new Engine({ backends: { sim: new SimBackend({ client: simClientFrom(client), clusterId, credentials: cu, ownsClient: false }) } });
-  try {
-    const cert = await selfSign(await signingKey(await engine.signer(d.pki.ecdsaKey), engine.webcrypto()), { subject: 'CN=localhost reissued', sans: ['DNS:localhost'], days: 2 });
-    return certPem(cert);
-  } finally {
-    await engine.close();
-    await client.close();
-  }
-}
-
 const serialOf = (s: tls.TLSSocket) => s.getPeerX509Certificate()!.serialNumber;
 
 t.test('SIGHUP serves a new certificate to new connections while an old connection keeps working', async (t) => {
@@ -62,7 +42,7 @@ t.test('SIGHUP serves a new certificate to new connections while an old connecti
   t.teardown(() => old.destroy());
   t.equal(await request(old), 200);
 
-  const pem = await reissueEcdsa();
+  const pem = await reissueEcdsa(d);
   const previous = await readFile(d.pki.ecdsaChain, 'utf8');
   t.teardown(() => writeFile(d.pki.ecdsaChain, previous));
   await writeFile(d.pki.ecdsaChain, pem);

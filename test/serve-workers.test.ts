@@ -4,7 +4,9 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { devCa, getOnce, prepareServeDir, sample, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { X509Certificate } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { connectTls, devCa, getOnce, prepareServeDir, reissueEcdsa, sample, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -60,6 +62,29 @@ t.test('a worker that dies is replaced and service continues', async (t) => {
   const statuses: number[] = [];
   for (let i = 0; i < 6; i++) statuses.push(await getOnce(s.port, ca));
   t.same(statuses, Array(6).fill(200));
+});
+
+t.test('SIGHUP reloads every worker: all new connections get the reissued certificate', async (t) => {
+  const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
+  t.teardown(() => s.stop());
+  const pem = await reissueEcdsa(d);
+  const previous = await readFile(d.pki.ecdsaChain, 'utf8');
+  t.teardown(() => writeFile(d.pki.ecdsaChain, previous));
+  await writeFile(d.pki.ecdsaChain, pem);
+  process.kill(s.child.pid!, 'SIGHUP');
+  const until = Date.now() + 15_000;
+  while (s.logs().filter((l) => l.msg === 'configuration reloaded' && l.worker !== undefined).length < 2 && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.equal(s.logs().filter((l) => l.msg === 'configuration reloaded' && l.worker !== undefined).length, 2, 'both workers reloaded');
+  const want = new X509Certificate(pem).serialNumber;
+  const serials = new Set<string>();
+  for (let i = 0; i < 8; i++) {
+    const c = await connectTls(s.port, Buffer.concat([ca, Buffer.from(pem)]));
+    serials.add(c.getPeerX509Certificate()!.serialNumber);
+    c.destroy();
+  }
+  t.same([...serials], [want], 'every connection, whichever worker took it, gets the new certificate');
 });
 
 t.test('workers: auto starts one worker per CPU', async (t) => {

@@ -10,7 +10,9 @@ import tls from 'node:tls';
 import { Engine, SimBackend, simClientFrom } from '../../src/engine/index.js';
 import { startEmbeddedCluster } from '../../src/hsm/cluster/embedded.js';
 import { readManifest } from '../../src/hsm/cluster/manifest.js';
+import { connectCluster } from '../../src/hsm/cluster/membership.js';
 import { ensureDemoPki, type DemoPkiFiles } from '../../src/pki/demo.js';
+import { certPem, selfSign, signingKey } from '../../src/pki/index.js';
 import { cliEntry } from './cli.js';
 
 // The serve process runs in the temp dir, where a bare `--import=tsx` would not resolve.
@@ -144,4 +146,19 @@ export function sample(metrics: string, name: string, labels: Record<string, str
     if (Object.entries(labels).every(([k, v]) => (m[2] ?? '').includes(`${k}="${v}"`))) return Number(m[3]);
   }
   return undefined;
+}
+
+/** A new self-signed certificate for the ECDSA key already in the HSM (made as a second client of the running cluster); returns its PEM. */
+export async function reissueEcdsa(d: ServeDir): Promise<string> {
+  const { cu } = JSON.parse(await readFile(join(d.data, 'embedded-credentials.json'), 'utf8')) as { cu: { user: string; password: string } };
+  const client = await connectCluster(d.data, { credentials: cu, watch: false });
+  const { clusterId } = await readManifest(d.data);
+  const engine = new Engine({ backends: { sim: new SimBackend({ client: simClientFrom(client), clusterId, credentials: cu, ownsClient: false }) } });
+  try {
+    const cert = await selfSign(await signingKey(await engine.signer(d.pki.ecdsaKey), engine.webcrypto()), { subject: 'CN=localhost reissued', sans: ['DNS:localhost'], days: 2 });
+    return certPem(cert);
+  } finally {
+    await engine.close();
+    await client.close();
+  }
 }
