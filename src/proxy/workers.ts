@@ -74,7 +74,9 @@ export class WorkerPool<S> {
 
   /** Asks every worker to reload; rejects with the first refusal (that worker keeps its old config). */
   async reload(): Promise<void> {
-    const answers = [...this.workers.values()].map((w) => this.ask(w, { hsmproxy: 'reload' }, (m) => {
+    // A worker being replaced reads the config file afresh when it starts: nothing to ask it.
+    const live = [...this.workers.values()].filter((w) => w.isConnected() && !w.isDead());
+    const answers = live.map((w) => this.ask(w, { hsmproxy: 'reload' }, (m) => {
       if (m.hsmproxy === 'reloaded') return true;
       if (m.hsmproxy === 'reload-failed') throw new WorkerReloadError(w.id, m.message);
       return undefined;
