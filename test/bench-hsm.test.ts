@@ -135,3 +135,20 @@ t.test('a terminal sees a live progress line on stderr, erased before the result
   t.match(out, /\r<erase>random x2: [\d.]+\/1 s, \d+ ops, \d+ ops\/s/, 'progress: operation, concurrency, elapsed of the budget, rate');
   t.match(out, /\r<erase>hsmproxy bench hsm:/, 'the line is erased before the results print');
 });
+
+t.test('Ctrl-C ends a run with exit 130, one line, and removes the temporary cluster', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const tmp = await scratch(t);
+  const child = spawn(process.execPath, ['--import=tsx', cliEntry, 'bench', 'hsm', '--duration', '60', '--concurrency', '4'], { cwd: repoRoot, env: { ...process.env, TMPDIR: tmp }, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+  const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  // Interrupt once the run has made its temporary cluster (so the handler is in place).
+  for (let i = 0; i < 300 && (await benchDirs(tmp)).length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  t.equal((await benchDirs(tmp)).length, 1, 'the run made a temporary cluster');
+  child.kill('SIGINT');
+  t.equal(await closed, 130, 'exit code 130, as for an interrupted command');
+  t.equal(stderr, 'hsmproxy: interrupted: the temporary cluster and the keys made for the run were removed\n');
+  t.same(await benchDirs(tmp), [], 'the temporary cluster is gone');
+});

@@ -5,7 +5,7 @@ import os from 'node:os';
 import type { ManifestProfile } from '../../hsm/cluster/manifest.js';
 import { UsageError } from '../run.js';
 import { BENCH_OPS, parseOp, type BenchOp } from './ops.js';
-import { runSweep, type BenchPoint, type PointBudget, type Progress } from './sweep.js';
+import { InterruptedError, runSweep, type BenchPoint, type PointBudget, type Progress } from './sweep.js';
 import type { Knee } from './stats.js';
 import { embeddedTarget, pkcs11Target, UnsupportedOpError, type BenchTarget } from './targets.js';
 import { TimingCollector } from './timings.js';
@@ -130,13 +130,14 @@ async function openDirTarget(dir: string, credentials?: string): Promise<BenchTa
   return clusterTarget(client, `cluster in ${dir} (${m.hsms.length} HSM${m.hsms.length === 1 ? '' : 's'}, profile ${[...new Set(m.hsms.map((h) => h.profile))].join('/') || '?'})`, m.hsms.length, () => client.close());
 }
 
-async function sweepTarget(target: BenchTarget, plan: HsmBenchPlan, result: HsmBenchResult, onProgress?: (p: Progress) => void): Promise<void> {
+async function sweepTarget(target: BenchTarget, plan: HsmBenchPlan, result: HsmBenchResult, onProgress?: (p: Progress) => void, signal?: AbortSignal): Promise<void> {
   const collector = target.reportsTimings ? new TimingCollector() : undefined;
   try {
     for (const op of plan.ops) {
+      if (signal?.aborted) throw new InterruptedError();
       const prepared = await target.prepare(op);
       try {
-        const { points, knee } = await runSweep(prepared, { op: op.name, hsms: target.hsms, concurrencies: plan.concurrencies, budget: plan.budget }, collector, onProgress);
+        const { points, knee } = await runSweep(prepared, { op: op.name, hsms: target.hsms, concurrencies: plan.concurrencies, budget: plan.budget, ...(signal ? { signal } : {}) }, collector, onProgress);
         result.points.push(...points);
         result.knees.push({ op: op.name, hsms: target.hsms, ...knee });
       } finally {
@@ -148,8 +149,11 @@ async function sweepTarget(target: BenchTarget, plan: HsmBenchPlan, result: HsmB
   }
 }
 
-/** Runs the plan; `onProgress` is called a few times a second while a point runs. */
-export async function runHsmBench(plan: HsmBenchPlan, onProgress?: (p: Progress) => void): Promise<HsmBenchResult> {
+/**
+ * Runs the plan; `onProgress` is called a few times a second while a point runs. Aborting
+ * `signal` (Ctrl-C) ends the point in progress, cleans up, and rejects with InterruptedError.
+ */
+export async function runHsmBench(plan: HsmBenchPlan, onProgress?: (p: Progress) => void, signal?: AbortSignal): Promise<HsmBenchResult> {
   const result: HsmBenchResult = {
     kind: 'hsm', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length,
     loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100), targets: [], budget: plan.budget, points: [], knees: [],
@@ -158,12 +162,13 @@ export async function runHsmBench(plan: HsmBenchPlan, onProgress?: (p: Progress)
   const sizes = t.kind === 'embedded' ? t.hsms : [0];
   if (t.kind === 'embedded') result.profile = t.profile;
   for (const hsms of sizes) {
+    if (signal?.aborted) throw new InterruptedError();
     const target = t.kind === 'embedded' ? await embeddedTarget(hsms, t.profile)
       : t.kind === 'dir' ? await openDirTarget(t.dir, t.credentials)
         : await pkcs11Target({ module: t.module, token: t.token, sessions: Math.min(64, Math.max(...plan.concurrencies)), ...(t.credentials ? { credentials: t.credentials } : {}) });
     try {
       result.targets.push(target.description);
-      await sweepTarget(target, plan, result, onProgress);
+      await sweepTarget(target, plan, result, onProgress, signal);
     } finally {
       await target.close();
     }

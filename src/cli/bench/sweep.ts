@@ -38,7 +38,7 @@ export interface Progress {
 /** Runs `prepared` at `concurrency` in flight until the budget is spent. */
 export async function runPoint(
   prepared: PreparedOp,
-  meta: { op: string; hsms: number | null; concurrency: number; budget: PointBudget },
+  meta: { op: string; hsms: number | null; concurrency: number; budget: PointBudget; signal?: AbortSignal },
   collector: TimingCollector | undefined,
   onProgress?: (p: Progress) => void,
 ): Promise<BenchPoint> {
@@ -49,7 +49,7 @@ export async function runPoint(
   let started = 0;
   const t0 = performance.now();
   const deadline = 'seconds' in budget ? t0 + budget.seconds * 1000 : Infinity;
-  const more = (): boolean => ('count' in budget ? started < budget.count : performance.now() < deadline);
+  const more = (): boolean => !meta.signal?.aborted && ('count' in budget ? started < budget.count : performance.now() < deadline);
   const timer = onProgress
     ? setInterval(() => onProgress({ op: meta.op, concurrency, done: samples.length + errors, elapsedS: (performance.now() - t0) / 1000, budget }), 250)
     : undefined;
@@ -80,6 +80,7 @@ export async function runPoint(
     clearInterval(timer);
   }
   const seconds = (performance.now() - t0) / 1000;
+  if (samples.length === 0 && meta.signal?.aborted) throw new InterruptedError();
   if (samples.length === 0) throw new Error(`every ${meta.op} failed at concurrency ${concurrency}: ${firstError ?? 'no operation ran'}`);
   return {
     op: meta.op, hsms: meta.hsms, concurrency, ops: samples.length, errors, ...(firstError ? { firstError } : {}),
@@ -91,17 +92,27 @@ export async function runPoint(
 /** Runs a concurrency sweep of one operation (after a short warm-up) and finds its knee. */
 export async function runSweep(
   prepared: PreparedOp,
-  meta: { op: string; hsms: number | null; concurrencies: number[]; budget: PointBudget },
+  meta: { op: string; hsms: number | null; concurrencies: number[]; budget: PointBudget; signal?: AbortSignal },
   collector: TimingCollector | undefined,
   onProgress?: (p: Progress) => void,
 ): Promise<{ points: BenchPoint[]; knee: Knee }> {
   // Warm-up (JIT, connections, key caches): not measured.
   const warm = Math.max(...meta.concurrencies);
-  await runPoint(prepared, { op: meta.op, hsms: meta.hsms, concurrency: Math.min(warm, 16), budget: { count: Math.min(200, 4 * warm) } }, undefined);
+  await runPoint(prepared, { op: meta.op, hsms: meta.hsms, concurrency: Math.min(warm, 16), budget: { count: Math.min(200, 4 * warm) }, ...(meta.signal ? { signal: meta.signal } : {}) }, undefined);
   const points: BenchPoint[] = [];
   for (const concurrency of meta.concurrencies) {
-    points.push(await runPoint(prepared, { op: meta.op, hsms: meta.hsms, concurrency, budget: meta.budget }, collector, onProgress));
+    points.push(await runPoint(prepared, { ...meta, concurrency }, collector, onProgress));
+    if (meta.signal?.aborted) throw new InterruptedError();
   }
   const knee = findKnee(points.map((p) => ({ concurrency: p.concurrency, opsPerSec: p.opsPerSec, p99Ms: p.latency.p99.totalMs })));
   return { points, knee };
+}
+
+/** The run was interrupted (Ctrl-C); what it made has been cleaned up by the time this reaches the user. */
+export class InterruptedError extends Error {
+  readonly code = 'CLI_ERR_INTERRUPTED';
+  constructor() {
+    super('interrupted: the temporary cluster and the keys made for the run were removed');
+    this.name = 'InterruptedError';
+  }
 }

@@ -6,7 +6,7 @@ import { access, constants, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { formatHsmResult } from '../bench/format.js';
 import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../bench/hsm.js';
-import type { Progress } from '../bench/sweep.js';
+import { InterruptedError, type Progress } from '../bench/sweep.js';
 import { output, UsageError } from '../run.js';
 
 function progressLine(p: Progress): void {
@@ -44,10 +44,18 @@ export function register(program: Command): void {
         });
       }
       const live = process.stderr.isTTY === true;
+      // Ctrl-C ends the run cleanly: the temporary cluster and the keys made for it are removed.
+      const interrupt = new AbortController();
+      const onSigint = (): void => interrupt.abort();
+      process.on('SIGINT', onSigint);
       let result;
       try {
-        result = await runHsmBench(plan, live ? progressLine : undefined);
+        result = await runHsmBench(plan, live ? progressLine : undefined, interrupt.signal);
+      } catch (err) {
+        if (err instanceof InterruptedError) throw new UsageError(err.message, 130);
+        throw err;
       } finally {
+        process.off('SIGINT', onSigint);
         if (live) process.stderr.write('\r\x1b[K');
       }
       if (opts.out) {
