@@ -29,6 +29,7 @@ t.test('the summary discloses the shared machine and its peak load average', asy
 
 t.test('every HSM point is a table row with its percentiles and p99 split', async (t) => {
   t.match(full, /\| sign-ec-p256 \| 1 \| 16 \| 1490 \| 10\.7 \| 13\.6 \| 15\.1 \| 15\.6 \| 0\.50 \+ 13\.6 \+ 1\.00 \|/);
+  t.match(full, /\*queue\* is the wait for a free crypto unit/, 'the split is explained');
   t.equal(full.split('\n').filter((l) => l.startsWith('| sign-')).length, 3 + 2 + 2, 'three sweep rows, two scaling-run rows, two scaling-table rows');
 });
 

@@ -114,6 +114,9 @@ function table(head: string[], rows: string[][]): string[] {
 function hsmSection(results: HsmBenchResult[]): string[] {
   const out: string[] = ['## HSM operations (`hsmproxy bench hsm`)', ''];
   if (results.length === 0) return [...out, '_No HSM results in this run._', ''];
+  out.push('Each latency is split using the timings every HSM response carries: *queue* is the wait for a free crypto unit, ' +
+    '*service* the time on the unit (real crypto plus the rest of the capacity profile\'s service time), *network* everything else ' +
+    '(client library, protocol, mTLS, loopback, both event loops). The split shown for a percentile is that request\'s own.', '');
   for (const r of results) {
     const budget = 'count' in r.budget ? `${r.budget.count} operations per point` : `${r.budget.seconds} s per point`;
     out.push(`### ${r.scaling ? 'Scaling' : 'Concurrency sweep'}: ${r.targets.length === 1 ? r.targets[0] : `${r.targets.length} embedded clusters, profile ${r.profile ?? '?'}`}`, '');
