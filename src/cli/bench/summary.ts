@@ -208,11 +208,12 @@ export function renderSummary(input: SummaryInput): string {
       `Other work shared the CPUs while this ran (1-minute load average up to ${peak === undefined ? '?' : peak.toFixed(2)}), so absolute numbers are low and noisy; ` +
       'read the ratios and the shapes of the curves, which were measured side by side.', '',
   ];
+  // What the numbers say comes first; the tables and profiles it draws on follow.
+  if (input.notes) lines.push('## Findings', '', input.notes.trim(), '');
   if (input.charts.length) {
     lines.push('## Charts', '');
     for (const c of input.charts) lines.push(`![${c.caption}](${c.file})`, '');
   }
   lines.push(...hsmSection(input.hsm), ...tlsSection(input.tls), ...proxySection(input.proxy), ...profileSection(input.profile));
-  if (input.notes) lines.push('## Findings', '', input.notes.trim(), '');
   return lines.join('\n');
 }
