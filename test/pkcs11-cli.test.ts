@@ -9,6 +9,15 @@ import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
 
 const skip = softhsmSkipReason();
+
+function hasOpenssl(): boolean {
+  try {
+    execFileSync('openssl', ['version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
 if (skip) {
   t.test('SoftHSM CLI tests', { skip }, async () => {});
 } else {
@@ -85,6 +94,28 @@ if (skip) {
       const certKey = execFileSync('openssl', ['x509', '-in', cert, '-noout', '-pubkey'], { encoding: 'utf8' });
       t.equal(certKey, execFileSync('openssl', ['pkey', '-in', ref, '-pubout'], { encoding: 'utf8' }), 'the certificate carries the token key');
     }
+  });
+
+  t.test('ca init and ca sign with a CA key on the token issue a chain openssl verifies', { skip: !hasOpenssl() && 'openssl not available' }, async (t) => {
+    const caRef = join(dir, 'ca.pem');
+    const caCert = join(dir, 'ca.crt');
+    const leafRef = join(dir, 'leaf.pem');
+    const csr = join(dir, 'leaf.csr');
+    const leaf = join(dir, 'leaf.crt');
+    for (const [args, what] of [
+      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p384', '--label', 'issuing-ca', '--out', caRef], 'CA key on the token'],
+      [['ca', 'init', '--key', caRef, '--subject', 'CN=Token CA', '--days', '365', '--out', caCert], 'CA certificate'],
+      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'leaf', '--out', leafRef], 'leaf key on the token'],
+      [['csr', '--key', leafRef, '--subject', 'CN=leaf.example', '--san', 'DNS:leaf.example', '--out', csr], 'leaf CSR'],
+      [['ca', 'sign', '--ca-key', caRef, '--ca-cert', caCert, '--csr', csr, '--days', '30', '--out', leaf], 'leaf issued by the token CA'],
+    ] as const) {
+      const r = await inProcess([...args]);
+      t.error(r.error, what);
+    }
+    t.match(execFileSync('openssl', ['verify', '-CAfile', caCert, leaf], { encoding: 'utf8' }), /: OK/, 'openssl verifies the leaf against the CA');
+    const issuerKey = execFileSync('openssl', ['x509', '-in', caCert, '-noout', '-pubkey'], { encoding: 'utf8' });
+    t.equal(issuerKey, execFileSync('openssl', ['pkey', '-in', caRef, '-pubout'], { encoding: 'utf8' }), 'the CA certificate carries the token CA key');
+    t.match(execFileSync('openssl', ['x509', '-in', leaf, '-noout', '-subject', '-issuer'], { encoding: 'utf8' }), /subject=CN\s*=\s*leaf\.example\nissuer=CN\s*=\s*Token CA/);
   });
 
   t.test('key reference writes a reference for a key made by another tool', async (t) => {
