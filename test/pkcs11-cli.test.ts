@@ -23,6 +23,8 @@ if (skip) {
 } else {
   const hsm = createSoftHsm();
   hsm.addToken('cli');
+  // The CA test's keys live on their own token, so the listing tests below see only theirs.
+  hsm.addToken('ca');
   const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-pkcs11-cli-'));
   t.teardown(() => { rmSync(dir, { recursive: true, force: true }); hsm.cleanup(); });
   const env = { ...hsm.env, HSMPROXY_PIN: TEST_PIN };
@@ -97,15 +99,16 @@ if (skip) {
   });
 
   t.test('ca init and ca sign with a CA key on the token issue a chain openssl verifies', { skip: !hasOpenssl() && 'openssl not available' }, async (t) => {
+    const onCa = ['--module', hsm.module, '--token', 'ca'];
     const caRef = join(dir, 'ca.pem');
     const caCert = join(dir, 'ca.crt');
     const leafRef = join(dir, 'leaf.pem');
     const csr = join(dir, 'leaf.csr');
     const leaf = join(dir, 'leaf.crt');
     for (const [args, what] of [
-      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p384', '--label', 'issuing-ca', '--out', caRef], 'CA key on the token'],
+      [['pkcs11', 'key', 'generate', ...onCa, '--type', 'ec:p384', '--label', 'issuing-ca', '--out', caRef], 'CA key on the token'],
       [['ca', 'init', '--key', caRef, '--subject', 'CN=Token CA', '--days', '365', '--out', caCert], 'CA certificate'],
-      [['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'leaf', '--out', leafRef], 'leaf key on the token'],
+      [['pkcs11', 'key', 'generate', ...onCa, '--type', 'ec:p256', '--label', 'leaf', '--out', leafRef], 'leaf key on the token'],
       [['csr', '--key', leafRef, '--subject', 'CN=leaf.example', '--san', 'DNS:leaf.example', '--out', csr], 'leaf CSR'],
       [['ca', 'sign', '--ca-key', caRef, '--ca-cert', caCert, '--csr', csr, '--days', '30', '--out', leaf], 'leaf issued by the token CA'],
     ] as const) {
@@ -205,7 +208,7 @@ if (skip) {
     await t.rejects(run(['pkcs11', 'key', 'list', ...on]), { code: 'ENGINE_ERR_BAD_CREDENTIALS', message: /^no crypto-user credentials: set HSMPROXY_PIN/ });
     process.env.HSMPROXY_PIN = TEST_PIN;
     await t.rejects(run(['pkcs11', 'key', 'list', '--module', '/nonexistent/lib.so', '--token', 'cli']), { code: 'ENGINE_ERR_PKCS11_MODULE', message: 'cannot load PKCS#11 module /nonexistent/lib.so: file not found' });
-    await t.rejects(run(['pkcs11', 'key', 'list', '--module', hsm.module, '--token', 'nope']), { code: 'ENGINE_ERR_TOKEN_NOT_FOUND', message: /^PKCS#11 token with label "nope" not found \(tokens present: "cli"\)/ });
+    await t.rejects(run(['pkcs11', 'key', 'list', '--module', hsm.module, '--token', 'nope']), { code: 'ENGINE_ERR_TOKEN_NOT_FOUND', message: /^PKCS#11 token with label "nope" not found \(tokens present: "cli", "ca"\)/ });
   });
 
   t.test('usage mistakes are UsageErrors (one line, exit code 2) and touch nothing', async (t) => {
