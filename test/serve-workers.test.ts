@@ -39,6 +39,17 @@ t.test('workers: 2 serves HSM-backed HTTPS from two processes and /metrics adds 
   t.equal(up, 1, 'an HSM both workers reach is up once (1), not once per worker');
   const ready = await fetch(`http://127.0.0.1:${s.admin}/readyz`);
   t.equal(ready.status, 200, '/readyz on the primary: every worker serves and an HSM is up');
+  // The advisor runs in the primary on the signatures the workers forward.
+  let scaling: { windows: { '1m': { signs: number } }; recommendation: { currentHsms: number } } | undefined;
+  for (const until = Date.now() + 5_000; Date.now() < until && !(scaling && scaling.windows['1m'].signs >= 12);) {
+    scaling = await fetch(`http://127.0.0.1:${s.admin}/scaling`).then((r) => r.json()) as typeof scaling;
+    if (!(scaling && scaling.windows['1m'].signs >= 12)) await new Promise((r) => setTimeout(r, 200));
+  }
+  t.ok(scaling && scaling.windows['1m'].signs >= 12, `/scaling counts the workers' signatures (${scaling?.windows['1m'].signs})`);
+  t.equal(scaling?.recommendation.currentHsms, 2);
+  const after = await fetch(`http://127.0.0.1:${s.admin}/metrics`).then((r) => r.text());
+  t.equal(sample(after, 'hsmproxy_cluster_recommended_hsms'), 2, 'the advisor\'s gauges come from the primary, once');
+  t.equal(after.split('\n').filter((l) => l.startsWith('# TYPE hsmproxy_cluster_recommended_hsms ')).length, 1);
   t.equal(await s.stop(), 0, 'SIGTERM stops the workers and the primary exits 0');
 });
 

@@ -1,49 +1,93 @@
 // `serve` with `workers: N` (N > 1): the primary keeps the HSM side it opened (an embedded cluster
-// runs here), the demo upstream and the admin server, whose /metrics sums every worker's
-// registry; N worker processes (serve-worker entry) each open their own cluster client and Proxy
+// runs here), the demo upstream, the scaling advisor (fed the workers' HSM and handshake events)
+// and the admin server, whose /metrics sums every worker's registry; N worker processes (serve-worker entry) each open their own cluster client and Proxy
 // on the shared listening ports. Session tickets use one secret, so any worker resumes any ticket.
 import { randomBytes } from 'node:crypto';
+import { channel, subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { loadConfig, type Config } from '../config/index.js';
-import { clusterSource, createRegistry, exposeToPrimary } from '../metrics/index.js';
+import { CHANNELS, clusterSource, createRegistry, defineMetrics, exposeToPrimary, withPrimaryFamilies } from '../metrics/index.js';
 import { AdminServer, Proxy, WorkerPool, type WorkerCommand, type WorkerReport } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
 import { TicketKeys } from '../tls/index.js';
+import { startScaling } from './scaling-runtime.js';
 import { hsmReadiness, openHsmSide, workerCount, type HsmSide, type Serving } from './serve-runtime.js';
 
-/** What the primary sends each worker. */
-interface WorkerSettings { configFile: string; ticketSecret: string; logLevel: string }
+/** What the primary sends each worker. `forwardEvents`: the primary runs the scaling advisor. */
+interface WorkerSettings { configFile: string; ticketSecret: string; logLevel: string; forwardEvents: boolean }
+
+// What the scaling advisor reads; forwarded from the workers, where the signatures happen.
+const FORWARDED: readonly string[] = [CHANNELS.hsmRequest, CHANNELS.tlsHandshake];
+
+/** Sends this worker's FORWARDED events to the primary in batches; returns the function that stops. */
+function forwardEvents(): () => void {
+  let batch: Array<[string, unknown]> = [];
+  const flush = () => {
+    if (batch.length > 0 && process.connected) report({ hsmproxy: 'events', events: batch });
+    batch = [];
+  };
+  const timer = setInterval(flush, 250);
+  timer.unref();
+  const subs = FORWARDED.map((name) => {
+    const fn = (m: unknown) => {
+      batch.push([name, m]);
+      if (batch.length >= 1000) flush();
+    };
+    subscribe(name, fn);
+    return [name, fn] as const;
+  });
+  return () => {
+    clearInterval(timer);
+    flush();
+    for (const [name, fn] of subs) unsubscribe(name, fn);
+  };
+}
 
 // The worker entry next to this file, with this file's extension (.ts under tsx, .js from dist/).
 const workerEntry = fileURLToPath(new URL(`./serve-worker${extname(fileURLToPath(import.meta.url))}`, import.meta.url));
 
 /** Starts the workers and the primary's admin server; the caller owns `hsm`. */
 export async function startWorkers(opts: { config: Config; configFile: string; hsm: HsmSide; log: Logger }): Promise<Omit<Serving, 'hsm' | 'demo'>> {
-  const { config, log } = opts;
+  const { config, log, hsm } = opts;
   const count = workerCount(config);
+  // The scaling advisor runs here on the workers' forwarded events; its gauges join their metrics.
+  const registry = createRegistry();
+  const scaling = hsm.cluster && hsm.dir
+    ? startScaling({ client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale: config.hsm.autoscale, metrics: defineMetrics(registry), log })
+    : undefined;
   const pool = new WorkerPool<WorkerSettings>({
     count,
     exec: workerEntry,
-    settings: { configFile: opts.configFile, ticketSecret: randomBytes(48).toString('hex'), logLevel: log.level },
+    settings: { configFile: opts.configFile, ticketSecret: randomBytes(48).toString('hex'), logLevel: log.level, forwardEvents: scaling !== undefined },
+    onWorkerEvents: (events) => {
+      for (const [name, event] of events) if (FORWARDED.includes(name)) channel(name).publish(event);
+    },
     onEvent: (e) => {
       if (e.event === 'exit') log.error(e, 'worker exited; restarting it');
       else if (e.event === 'failed') log.error(e, 'worker failed to start');
       else log.debug(e, 'worker ready');
     },
   });
-  await pool.start();
-  const admin = new AdminServer(clusterSource(), () => {
+  try {
+    await pool.start();
+  } catch (err) {
+    await scaling?.stop();
+    throw err;
+  }
+  const metrics = scaling ? withPrimaryFamilies(clusterSource(), registry, 'hsmproxy_cluster_') : clusterSource();
+  const admin = new AdminServer(metrics, () => {
     const hsm = hsmReadiness(opts.hsm);
     const { ready, count: want } = pool.status;
     const reasons = [...hsm.reasons, ...(ready < want ? [`${ready} of ${want} workers are serving`] : [])];
     return { ready: reasons.length === 0, reasons };
-  });
+  }, scaling ? () => scaling.service.report() : undefined);
   try {
     await admin.listen(config.admin.port, config.admin.address);
   } catch (err) {
     await pool.stop(0);
+    await scaling?.stop();
     throw err;
   }
   log.info({ workers: count, admin: admin.address() }, 'proxy started');
@@ -55,6 +99,7 @@ export async function startWorkers(opts: { config: Config; configFile: string; h
     async stop(deadlineMs) {
       await pool.stop(deadlineMs ?? current.timeouts.shutdownMs);
       await admin.close();
+      await scaling?.stop();
     },
     async reload() {
       // Checked here first, so a bad file is refused once rather than by every worker.
@@ -85,6 +130,7 @@ export async function runWorker(): Promise<void> {
   // The primary coordinates: a terminal's Ctrl-C or hangup reaches the whole process group.
   process.on('SIGINT', () => undefined);
   process.on('SIGHUP', () => undefined);
+  const stopForwarding = settings.forwardEvents ? forwardEvents() : undefined;
   let proxy: Proxy;
   let hsm: HsmSide;
   let config: Config;
@@ -114,6 +160,7 @@ export async function runWorker(): Promise<void> {
     if (stopping) return;
     stopping = true;
     await proxy.shutdown(deadlineMs);
+    stopForwarding?.();
     await hsm.stop().catch(() => undefined);
     process.exit(0);
   };

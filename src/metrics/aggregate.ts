@@ -26,3 +26,27 @@ export function exposeToPrimary(registry: Registry): void {
   // prom-client installs the worker's IPC answer in the AggregatorRegistry constructor only.
   new AggregatorRegistry();
 }
+
+/** The metric family a line of the text exposition belongs to (`# HELP x …`, `x{…} v`, `x v`). */
+function familyOf(line: string): string {
+  if (line.startsWith('# ')) return line.split(' ')[2] ?? '';
+  return /^[^{ ]+/.exec(line)?.[0] ?? '';
+}
+
+/**
+ * `source` (the workers' sum) with the families whose names start with `prefix` taken from the
+ * primary's own registry instead: things only the primary computes (the scaling advisor's gauges),
+ * which the workers define but never set.
+ */
+export function withPrimaryFamilies(source: MetricsSource, registry: Registry, prefix: string): MetricsSource {
+  return {
+    contentType: source.contentType,
+    metrics: async () => {
+      const [shared, own] = await Promise.all([source.metrics(), registry.metrics()]);
+      const ours = (line: string) => familyOf(line).startsWith(prefix);
+      const kept = shared.split('\n').filter((l) => l !== '' && !ours(l));
+      const added = own.split('\n').filter((l) => l !== '' && ours(l));
+      return [...kept, ...added].join('\n') + '\n';
+    },
+  };
+}

@@ -12,7 +12,9 @@ export type WorkerReport =
   | { hsmproxy: 'ready'; listeners: Record<string, AddressInfo> }
   | { hsmproxy: 'failed'; message: string }
   | { hsmproxy: 'reloaded' }
-  | { hsmproxy: 'reload-failed'; message: string };
+  | { hsmproxy: 'reload-failed'; message: string }
+  /** diagnostics_channel events of the worker, batched, for observers in the primary. */
+  | { hsmproxy: 'events'; events: Array<[string, unknown]> };
 
 /** Primary → worker. `settings` answers the worker's hello (sent once it listens for messages). */
 export type WorkerCommand<S> =
@@ -37,6 +39,8 @@ export interface WorkerPoolOptions<S> {
   /** How long a worker may take to report ready (default 60 s). */
   startTimeoutMs?: number;
   onEvent?: (e: WorkerPoolEvent) => void;
+  /** Receives the event batches workers forward (see WorkerReport 'events'). */
+  onWorkerEvents?: (events: Array<[string, unknown]>) => void;
 }
 
 const isReport = (m: unknown): m is WorkerReport => typeof m === 'object' && m !== null && typeof (m as { hsmproxy?: unknown }).hsmproxy === 'string';
@@ -108,7 +112,9 @@ export class WorkerPool<S> {
     this.workers.set(n, w);
     // Messages sent before the worker listens would be lost, so it asks first.
     w.on('message', (m: unknown) => {
-      if (isReport(m) && m.hsmproxy === 'hello') w.send({ hsmproxy: 'settings', settings: this.opts.settings } satisfies WorkerCommand<S>);
+      if (!isReport(m)) return;
+      if (m.hsmproxy === 'hello') w.send({ hsmproxy: 'settings', settings: this.opts.settings } satisfies WorkerCommand<S>);
+      else if (m.hsmproxy === 'events' && Array.isArray(m.events)) this.opts.onWorkerEvents?.(m.events);
     });
     w.on('exit', (code, signal) => this.onExit(n, w, code, signal));
     const pid = w.process.pid ?? 0;
