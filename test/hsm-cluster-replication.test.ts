@@ -2,7 +2,7 @@
 // every HSM (each addressed directly), replication sends only masked key objects (checked on
 // the frames crossing the wire), and load spreads across the HSMs.
 import t from 'tap';
-import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import { constants, createPublicKey, generateKeyPairSync, privateDecrypt, verify } from 'node:crypto';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -136,6 +136,58 @@ t.test('replication never sends key material in the clear', async (t) => {
   t.ok(maskedImports >= 4, `the key pair reached the 2 other HSMs as masked objects (${maskedImports} masked imports)`);
   t.ok(detectorFired, 'the detector does find the key where it is sent on purpose (the import request)');
   t.equal(leaks, 0, 'no frame but the import request carries the private key or its scalar');
+});
+
+t.test('a key generated inside an HSM reaches the others without its bytes ever crossing the wire', async (t) => {
+  // Capture the frame layer per socket while the key is generated and replicated (as above).
+  const streams = new Map<TLSSocket, { out: Buffer[]; in: Buffer[] }>();
+  const rec = (sock: TLSSocket): { out: Buffer[]; in: Buffer[] } => {
+    let r = streams.get(sock);
+    if (!r) streams.set(sock, (r = { out: [], in: [] }));
+    return r;
+  };
+  const origWrite = TLSSocket.prototype.write;
+  const origEmit = TLSSocket.prototype.emit;
+  // Patching prototypes needs loose signatures; both are restored before the key is read back.
+  TLSSocket.prototype.write = function (this: TLSSocket, chunk: unknown, ...rest: unknown[]) {
+    if (Buffer.isBuffer(chunk)) rec(this).out.push(Buffer.from(chunk));
+    return (origWrite as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
+  } as typeof origWrite;
+  TLSSocket.prototype.emit = function (this: TLSSocket, event: string | symbol, ...args: unknown[]) {
+    if (event === 'data' && Buffer.isBuffer(args[0])) rec(this).in.push(Buffer.from(args[0]));
+    return (origEmit as (...a: unknown[]) => boolean).call(this, event, ...args);
+  } as typeof origEmit;
+  const restore = (): void => {
+    TLSSocket.prototype.write = origWrite;
+    TLSSocket.prototype.emit = origEmit;
+  };
+  t.teardown(restore);
+  // Extractable only so that the test can learn its bytes afterwards; replication does not depend on it.
+  const key = await cluster.client.generateKey('aes:256', { label: 'generated-inside', extractable: true });
+  restore();
+
+  // Learn the key: wrap it (RSA-OAEP) under a public key whose private half only this test holds.
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const kek = await cluster.client.importKey({ key: privateKey.export({ format: 'pem', type: 'pkcs8' }) as string, template: { label: 'test-kek' } });
+  const wrapped = await cluster.client.wrap({ wrappingKeyId: kek.publicKey.keyId, keyId: key.keyId, mechanism: 'rsa-oaep-wrap' });
+  const bytes = privateDecrypt({ key: privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, wrapped);
+  t.equal(bytes.length, 32, 'the test knows the 32 key bytes');
+
+  const needles = [bytes, Buffer.from(bytes.toString('hex')), Buffer.from(bytes.toString('base64')), Buffer.from(bytes.toString('base64url'))];
+  let frames = 0;
+  let maskedImports = 0;
+  let leaks = 0;
+  for (const r of streams.values()) {
+    const requests = new FrameDecoder(DEFAULT_MAX_RESPONSE_FRAME).push(Buffer.concat(r.out));
+    const responses = new FrameDecoder(DEFAULT_MAX_RESPONSE_FRAME).push(Buffer.concat(r.in));
+    maskedImports += requests.filter((f) => f.code === Op.IMPORT_MASKED).length;
+    for (const f of [...requests, ...responses]) {
+      frames++;
+      if (needles.some((n) => f.body.includes(n))) leaks++;
+    }
+  }
+  t.ok(maskedImports >= 2, `the key reached the 2 other HSMs as masked objects (${maskedImports} masked imports in ${frames} frames)`);
+  t.equal(leaks, 0, 'no frame, sent or received, carries the key bytes in any encoding');
 });
 
 t.test('load spreads over 3 healthy HSMs', async (t) => {
