@@ -79,6 +79,11 @@ export async function startServe(d: ServeDir, yaml: string, env: NodeJS.ProcessE
   child.stdout!.setEncoding('utf8').on('data', (s: string) => { out += s; });
   child.stderr!.setEncoding('utf8').on('data', (s: string) => { err += s; });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // A test process that ends abnormally (uncaught error, tap timeout) must not leave serve running.
+  const orphanGuard = () => { if (child.exitCode === null) child.kill('SIGKILL'); };
+  process.once('exit', orphanGuard);
+  process.once('SIGTERM', () => { orphanGuard(); process.exit(1); });
+  void exited.then(() => process.off('exit', orphanGuard));
   const lines = () => out.split('\n').flatMap((l) => {
     try { return [JSON.parse(l) as Record<string, unknown>]; } catch { return []; }
   });
