@@ -40,7 +40,7 @@ const CASES: Array<[string, string, RegExp]> = [
   ['a missing key file', base.replace(d.pki.rsaKey, f('nope.key.pem')), /listeners\[0\]\.certificates\[1\]\.key: file not found: .*nope\.key\.pem/],
   ['a real private key where a reference is expected', base.replace(d.pki.rsaKey, f('real.pem')), /certificates\[1\]\.key: .*real\.pem holds a real private key, not a key reference; import it/],
   ['a reference to a deleted key', base.replace(d.pki.rsaKey, f('deleted.key.pem')), /certificates\[1\]\.key: key \S+ \("doomed"\) named by .*deleted\.key\.pem was not found/],
-  ['a reference from another cluster', base.replace(d.pki.rsaKey, f('foreign.key.pem')), /certificates\[1\]\.key: .*foreign\.key\.pem refers to a key in cluster abab/],
+  ['a reference from another cluster', base.replace(d.pki.rsaKey, f('foreign.key.pem')), /certificates\[1\]\.key: .*foreign\.key\.pem refers to a key in cluster abab.*point --dir \(serve: hsm\.dir or hsm\.manifest\) at the cluster that holds the key/],
   ['a key that does not match its certificate', base.replace(d.pki.rsaKey, d.pki.caKey), /certificates\[1\]: the key .*dev-ca\.key\.pem does not match the certificate .*localhost-rsa\.chain\.pem/],
   ['with workers, a key a worker cannot load', `${base.replace(d.pki.rsaKey, f('deleted.key.pem'))}workers: 2\n`, /worker \d did not start: listener "main": listeners\[main\]\.certificates\[1\]\.key: key \S+ \("doomed"\) named by .*deleted\.key\.pem was not found/],
   ['a certificate file that holds no certificate', base.replace(d.pki.rsaChain, f('garbage.pem')), /certificates\[1\]\.cert: .*garbage\.pem holds no PEM certificate/],

@@ -49,7 +49,7 @@ export class KeyNotFoundError extends EngineError {
 /** The reference names a key in another cluster (or token) than the one configured. */
 export class OtherClusterError extends EngineError {
   constructor(file: string, refCluster: string, ourCluster: string) {
-    super(`${file} refers to a key in cluster ${short(refCluster)}, but this cluster is ${short(ourCluster)}; point --dir at the right cluster`, 'ENGINE_ERR_OTHER_CLUSTER');
+    super(`${file} refers to a key in cluster ${short(refCluster)}, but this cluster is ${short(ourCluster)}; point --dir (serve: hsm.dir or hsm.manifest) at the cluster that holds the key`, 'ENGINE_ERR_OTHER_CLUSTER');
     this.name = 'OtherClusterError';
   }
 }
