@@ -3,12 +3,13 @@
 // children cleanly, and a SIGKILLed supervisor leaves no HSM process behind.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliEntry, repoRoot } from './helpers/cli.js';
-import { cliInProcess } from './helpers/hsm-cluster.js';
+import { cliInProcess, connect, tempCluster, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
+import { Supervisor, type SupervisorEvent } from '../src/hsm/cluster/supervisor.js';
 
 // Child processes and CLI spawns are slow on a loaded 2-core CI box: allow for it.
 t.setTimeout(120_000);
@@ -136,4 +137,31 @@ t.test('cluster start runs, restarts and stops the HSMs; the CLI goes through th
   spawned.push(...orphans);
   again.proc.kill('SIGKILL');
   t.ok(await until(() => orphans.every((p) => !alive(p)), 10_000), 'no HSM process outlives a SIGKILLed supervisor');
+});
+
+t.test('an HSM that keeps failing to start is retried with growing delays, one child at a time, and runs once it can', async (t) => {
+  const c = await tempCluster({ hsms: 1 });
+  t.teardown(() => c.cleanup());
+  const events: SupervisorEvent[] = [];
+  const sup = new Supervisor({ dir: c.dir, ephemeralPorts: true, watch: false, restartMinMs: 100, restartMaxMs: 800, scryptCost: TEST_SCRYPT_COST, onEvent: (e) => events.push(e) });
+  await sup.start();
+  t.teardown(() => sup.stop());
+  const first = sup.pids().get('hsm-1')!;
+  // Hold its data directory (a live PID in the lock file): every restart fails at once, as a broken store would.
+  const lock = join(c.dir, c.manifest.hsms[0]!.dataDir, 'lock');
+  await writeFile(lock, `${process.pid}\n`);
+  process.kill(first, 'SIGKILL');
+  const restarting = (): number[] => events.filter((e) => e.event === 'restarting').map((e) => (e as { inMs: number }).inMs);
+  t.ok(await until(() => restarting().length >= 4, 30_000), `restarted again and again (${restarting().join(', ')} ms)`);
+  t.same(restarting().slice(0, 4), [100, 200, 400, 800], 'one restart per failure, each delay double the last, up to the cap');
+  const exits = events.filter((e) => e.event === 'exited').length;
+  t.equal(exits, restarting().length, `one child exited per restart scheduled (${exits})`);
+
+  await rm(lock);
+  const pid = await sup.waitRunning('hsm-1', 30_000);
+  t.not(pid, first, 'once the directory is free the HSM runs again');
+  const conn = await connect(c, sup.ports().get('hsm-1')!);
+  t.equal((await conn.info()).hsmId, 'hsm-1', 'and answers');
+  conn.destroy();
+  t.equal([...sup.pids().keys()].length, 1, 'exactly one HSM process');
 });

@@ -39,6 +39,8 @@ interface Child {
   hsm: ManifestHsm;
   proc?: ChildProcess;
   port?: number;
+  /** The current child reported its port (a restarted child has not yet, though `port` is known). */
+  listening: boolean;
   restarts: number;
   startedAt: number;
   timer?: NodeJS.Timeout;
@@ -84,7 +86,7 @@ export class Supervisor {
     const end = Date.now() + timeoutMs;
     for (;;) {
       const c = this.children.get(hsm);
-      if (c?.proc && c.proc.exitCode === null && c.port !== undefined && c.proc.pid !== undefined && !c.timer) return c.proc.pid;
+      if (c?.proc && c.proc.exitCode === null && c.listening && c.proc.pid !== undefined && !c.timer) return c.proc.pid;
       if (Date.now() > end) throw new NodeStartError(hsm, `not running again after ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -92,7 +94,7 @@ export class Supervisor {
 
   private async add(h: ManifestHsm): Promise<void> {
     if (this.children.has(h.id)) return;
-    const c: Child = { hsm: h, restarts: 0, startedAt: 0, removed: false };
+    const c: Child = { hsm: h, listening: false, restarts: 0, startedAt: 0, removed: false };
     this.children.set(h.id, c);
     await this.spawn(c);
   }
@@ -103,9 +105,11 @@ export class Supervisor {
     if (this.opts.scryptCost) args.push('--scrypt-cost', String(this.opts.scryptCost));
     const proc = fork(ENTRY, args, { execArgv: process.execArgv, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
     c.proc = proc;
+    c.listening = false;
     c.startedAt = Date.now();
     return new Promise((resolve, reject) => {
       let settled = false;
+      let listening = false;
       const timer = setTimeout(() => {
         if (settled) return;
         settled = true;
@@ -115,6 +119,8 @@ export class Supervisor {
       timer.unref();
       proc.on('message', (msg: NodeProcessMessage) => {
         if (msg.type === 'listening') {
+          listening = true;
+          c.listening = true;
           c.port = msg.port;
           this.opts.onEvent?.({ event: 'started', hsm: c.hsm.id, pid: proc.pid ?? 0, port: msg.port });
           // Clients find HSMs through the manifest: publish the port actually bound before reporting success.
@@ -140,7 +146,9 @@ export class Supervisor {
           reject(new NodeStartError(c.hsm.id, `exited with ${signal ?? `code ${code}`} before listening`));
           return;
         }
-        if (!this.stopping && !c.removed && c.proc === proc) this.scheduleRestart(c);
+        // A child that never listened failed its start: whoever awaited this spawn schedules the
+        // retry (once). Scheduling here too would start two children per failure.
+        if (listening && !this.stopping && !c.removed && c.proc === proc) this.scheduleRestart(c);
       });
     });
   }
@@ -158,6 +166,7 @@ export class Supervisor {
     if (Date.now() - c.startedAt > 10_000) c.restarts = 0;
     const delay = Math.min(this.opts.restartMaxMs ?? 5000, (this.opts.restartMinMs ?? 100) * 2 ** c.restarts);
     c.restarts++;
+    clearTimeout(c.timer);
     this.opts.onEvent?.({ event: 'restarting', hsm: c.hsm.id, inMs: delay });
     c.timer = setTimeout(() => {
       c.timer = undefined;
@@ -190,7 +199,14 @@ export class Supervisor {
     const m = await readManifest(this.opts.dir);
     const want = new Set(m.hsms.map((h) => h.id));
     for (const [id, c] of this.children) if (!want.has(id)) await this.stopChild(c);
-    for (const h of m.hsms) if (!this.children.has(h.id)) await this.add(h).catch(() => undefined);
+    for (const h of m.hsms) {
+      if (this.children.has(h.id)) continue;
+      // A new HSM that fails its first start is retried like a crashed one.
+      await this.add(h).catch(() => {
+        const c = this.children.get(h.id);
+        if (c && !this.stopping && !c.removed) this.scheduleRestart(c);
+      });
+    }
   }
 
   private async stopChild(c: Child, graceMs = 5000): Promise<void> {
