@@ -145,6 +145,14 @@ export function workerCount(config: Config): number {
   return config.workers === 'auto' ? availableParallelism() : config.workers;
 }
 
+/**
+ * Republishes every HSM's state once metrics subscribe: the client published it while connecting,
+ * before the proxy listened, and would otherwise repeat it only at the next health check.
+ */
+export function publishHsmState(hsm: HsmSide): void {
+  for (const { hsm: id } of hsm.cluster?.stats() ?? []) hsm.cluster?.node(id)?.emitState();
+}
+
 /** Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open). */
 export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] } {
   const up = hsm.cluster ? hsm.cluster.stats().filter((n) => n.inRotation).length : 1;
@@ -195,6 +203,7 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
       readiness: () => hsmReadiness(hsm),
     });
     await proxy.start();
+    publishHsmState(hsm);
     let current = config;
     return {
       config, hsm, ...(demo ? { demo } : {}), workers: 1,

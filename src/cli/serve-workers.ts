@@ -13,7 +13,7 @@ import { AdminServer, Proxy, WorkerPool, type WorkerCommand, type WorkerReport }
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
 import { TicketKeys } from '../tls/index.js';
 import { startScaling } from './scaling-runtime.js';
-import { hsmReadiness, openHsmSide, workerCount, type HsmSide, type Serving } from './serve-runtime.js';
+import { hsmReadiness, openHsmSide, publishHsmState, workerCount, type HsmSide, type Serving } from './serve-runtime.js';
 
 /** What the primary sends each worker. `forwardEvents`: the primary runs the scaling advisor. */
 interface WorkerSettings { configFile: string; ticketSecret: string; logLevel: string; forwardEvents: boolean }
@@ -147,6 +147,7 @@ export async function runWorker(): Promise<void> {
       }),
     });
     await proxy.start();
+    publishHsmState(hsm);
   } catch (err) {
     report({ hsmproxy: 'failed', message: (err as Error).message });
     process.exit(1);
