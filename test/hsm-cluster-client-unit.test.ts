@@ -17,6 +17,9 @@ class FakeHsm {
   /** What `work` does on this HSM. */
   behaviour: () => Promise<string> = async () => this.id;
   infoHangs = false;
+  /** When set, the next state digest waits for it (an admission caught mid-way). */
+  digestGate?: Promise<void>;
+  digestWaiting = false;
   constructor(readonly id: string) {}
   digest(): string {
     return createHash('sha256').update(this.users + [...this.keys].sort().join(',')).digest('hex');
@@ -38,6 +41,12 @@ class FakeLink implements HsmLink {
     return { hsmId: this.hsm.id, profile: 'unlimited', units: 1, utilisation: 0, queued: 0, inService: 0, occupancy: { token: this.hsm.keys.size, session: 0, max: 3500 }, users: 1, state: await this.stateDigest() };
   }
   async stateDigest(): Promise<StateDigest> {
+    const gate = this.hsm.digestGate;
+    if (gate) {
+      this.hsm.digestGate = undefined;
+      this.hsm.digestWaiting = true;
+      await gate;
+    }
     return { version: 0, digest: this.hsm.digest(), users: 1, tokenKeys: this.hsm.keys.size };
   }
   async exportMasked(keyId: string): Promise<Buffer> {
@@ -249,4 +258,21 @@ t.test('a refused login is not retried (retrying would lock the account)', async
   await new Promise((r) => setTimeout(r, 50));
   t.equal(attempts.length, 2, 'new credentials try again, once');
   await node.close();
+});
+
+t.test('an HSM whose link is replaced while its sync check runs still returns to rotation', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  const h1 = hsms[0]!;
+  let release!: () => void;
+  h1.digestGate = new Promise<void>((r) => { release = r; });
+  const node = c.node('hsm-1')!;
+  node.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  for (let i = 0; i < 200 && !h1.digestWaiting; i++) await new Promise((r) => setTimeout(r, 5));
+  t.ok(h1.digestWaiting, 'hsm-1 reconnected and its sync check is under way');
+  // The link drops and is re-opened while that check still runs.
+  node.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  for (let i = 0; i < 200 && node.status !== 'up'; i++) await new Promise((r) => setTimeout(r, 5));
+  t.equal(node.status, 'up', 'connected again on a new link');
+  release();
+  await t.resolves(c.waitInRotation('hsm-1', 2000), 'the new link is admitted once the old check ends');
 });

@@ -55,6 +55,7 @@ export class ClusterBase<C extends HsmLink> {
   private closed = false;
   private settled = false;
   private readonly syncing = new Set<string>();
+  private readonly admitAgain = new Set<string>();
   private readonly syncRetry = new Map<string, NodeJS.Timeout>();
   /** Last resync per HSM (status, tests). */
   readonly resyncs = new Map<string, ResyncReport>();
@@ -132,7 +133,12 @@ export class ClusterBase<C extends HsmLink> {
 
   /** The sync gate: an HSM that (re)connects serves only once its digest matches a peer in rotation. */
   protected async admit(node: HsmNode<C>): Promise<void> {
-    if (this.syncing.has(node.id) || this.closed) return;
+    if (this.closed) return;
+    if (this.syncing.has(node.id)) {
+      // A new link arrived while the old one is being checked: check again once that ends.
+      this.admitAgain.add(node.id);
+      return;
+    }
     this.syncing.add(node.id);
     try {
       const peer = this.pick(new Set([node.id]));
@@ -161,6 +167,7 @@ export class ClusterBase<C extends HsmLink> {
       else this.retryAdmitLater(node);
     } finally {
       this.syncing.delete(node.id);
+      if (this.admitAgain.delete(node.id) && node.status === 'up' && !node.inRotation) void this.admit(node);
     }
   }
 
