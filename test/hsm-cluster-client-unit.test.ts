@@ -209,6 +209,33 @@ t.test('a change whose origin HSM fails before it reaches the others is not ackn
   t.ok(c.node(other)?.available, 'the healthy target stays in rotation');
 });
 
+t.test('a creation whose origin fails half-way is taken back on the targets that already had it', async (t) => {
+  const { c, hsms } = await cluster(t, 3);
+  let origin = '';
+  let firstTarget = '';
+  const p = c.replicated('generateKey', async (l, node) => {
+    origin = node.id;
+    l.hsm.keys.set('k', 'v');
+    return 'k';
+  }, async (o, _r, target) => {
+    // The first target gets its copy; then the origin's connection fails before the second.
+    if (!firstTarget) {
+      firstTarget = target.hsm.id;
+      target.hsm.keys.set('k', 'v');
+      return;
+    }
+    throw Object.assign(new Error('connection closed'), { code: 'HSM_ERR_CONNECTION_CLOSED', hsmId: (o as FakeLink).hsm.id });
+  }, undefined, async (target, id) => {
+    target.hsm.keys.delete(id);
+  });
+  await t.rejects(p, { code: 'HSM_ERR_NOT_REPEATED' }, 'not acknowledged');
+  const targets = hsms.filter((h) => h.id !== origin);
+  t.ok(firstTarget, `${firstTarget} had received a copy`);
+  t.same(targets.map((h) => h.keys.has('k')), [false, false], 'no HSM in rotation keeps the unacknowledged key');
+  t.equal(new Set(targets.map((h) => h.digest())).size, 1, 'the HSMs in rotation agree');
+  t.ok(targets.every((h) => c.node(h.id)?.available), 'and both stay in rotation');
+});
+
 t.test('a target that fails during replication leaves rotation; the change is acknowledged', async (t) => {
   const { c } = await cluster(t, 2);
   let origin = '';

@@ -267,9 +267,11 @@ export class ClusterBase<C extends HsmLink> {
   /**
    * Applies a change on one HSM, then `replicate(originLink, originResult, targetLink)` on every
    * other HSM in rotation before returning. A target that fails is taken out of rotation: it
-   * is resynced when it returns, so the change is never lost.
+   * is resynced when it returns, so the change is never lost. If the origin fails before every
+   * copy is made, the change is not acknowledged and `undo(targetLink, result)` takes it back
+   * on the targets that already have it, so the HSMs in rotation keep agreeing.
    */
-  async replicated<T>(op: string, apply: (link: C, node: HsmNode<C>) => Promise<T>, replicate: (origin: C, result: T, target: C) => Promise<void>, pin?: string): Promise<T> {
+  async replicated<T>(op: string, apply: (link: C, node: HsmNode<C>) => Promise<T>, replicate: (origin: C, result: T, target: C) => Promise<void>, pin?: string, undo?: (target: C, result: T) => Promise<void>): Promise<T> {
     let origin: HsmNode<C> | undefined;
     const result = await this.execute(op, { safe: false, ...(pin ? { pin } : {}) }, (link, node) => {
       origin = node;
@@ -278,9 +280,11 @@ export class ClusterBase<C extends HsmLink> {
     const from = origin!;
     const targets = [...this.nodes.values()].filter((n) => n !== from && n.available);
     let originFailure: unknown;
+    const copied: Array<HsmNode<C>> = [];
     await Promise.all(targets.map(async (t) => {
       try {
         await from.run((o) => t.run((l) => replicate(o, result, l)));
+        copied.push(t);
       } catch (err) {
         if (isTransportError(err)) {
           // Client errors name the HSM whose connection failed: the origin, or this target.
@@ -295,8 +299,22 @@ export class ClusterBase<C extends HsmLink> {
         }
       }
     }));
-    // The change exists only on an HSM that just failed: it is not acknowledged (and not repeated).
-    if (originFailure !== undefined) throw new NotRepeatedError(op, from.id, originFailure);
+    // The change is not acknowledged (and not repeated): take it back where it was copied; the
+    // failed origin is resynced from its peers when it returns. A target that cannot undo is
+    // out of sync until resynced.
+    if (originFailure !== undefined) {
+      if (undo) {
+        await Promise.all(copied.map(async (t) => {
+          try {
+            await t.run((l) => undo(l, result));
+          } catch {
+            t.setInRotation(false);
+            void this.admit(t);
+          }
+        }));
+      }
+      throw new NotRepeatedError(op, from.id, originFailure);
+    }
     return result;
   }
 

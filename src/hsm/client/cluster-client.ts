@@ -163,6 +163,9 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     }
     return this.replicated(op, fn, async (origin, r, target) => {
       for (const id of ids(r)) await target.importMasked(await origin.exportMasked(id));
+    }, undefined, async (target, r) => {
+      // Deleting a private key takes its public half too: a missing id is already gone.
+      for (const id of ids(r)) await target.deleteKey(id).catch((err: unknown) => { if ((err as { code?: unknown }).code !== 'HSM_ERR_NO_SUCH_KEY') throw err; });
     });
   }
 
