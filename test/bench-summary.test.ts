@@ -48,8 +48,13 @@ t.test('TLS results list every server and the ratios, and say when nginx was ski
   t.match(full, /\| hsmproxy, soft key \| p256 \| full \| 400 \|/);
   t.match(full, /\| node:tls, key file \| p256 \| full \| 600 \|/);
   t.match(full, /\| hsmproxy, key in 2 HSMs \(hsm2m\.medium\) \| p256 \| full \| 300 \| 45\.0 \| 70\.0 \| 90\.0 \| 1\.60 \| 0\.40 \|/);
-  t.match(full, /\| node:tls \| p256 \| full \| 0\.67 \| 0\.50 \|/);
+  t.match(full, /\| hsmproxy \(soft key\) \| node:tls \| p256 \| full \| 0\.67 \| 0\.50 \|/);
   t.match(full, /nginx: nginx is not installed/);
+});
+
+t.test('resumed rows say what share of their handshakes really resumed, and a point\'s note is printed', async (t) => {
+  t.match(full, /\| hsmproxy, soft key \| p256 \| resumed \(99% resumed\) \| 800 \|/);
+  t.match(full, /- node:tls, key file, p256 resumed: only 2000 of 5000 handshakes resumed/);
 });
 
 t.test('proxy results and the hsmproxy/nginx ratio appear', async (t) => {

@@ -3,7 +3,8 @@
  * client's own CPU is small and identical for every server. T threads, each in a loop until
  * the deadline: TCP connect, TLS 1.3 handshake (timed: connect + handshake), one tiny HTTP/1.1
  * request with "Connection: close", read to the end, close. In "resumed" mode each thread keeps
- * the latest session ticket and offers it on its next connection.
+ * the latest session ticket and offers it on its next connection (the previous one again when
+ * the server sent none).
  * Prints one JSON line: connections, resumed, errors, seconds and handshake latency percentiles (ms).
  * Usage: tls-load HOST PORT SECONDS THREADS full|resumed SERVERNAME
  * Build: cc -O2 -o tls-load tls-load.c -lssl -lcrypto -lpthread
@@ -59,7 +60,16 @@ static void *worker(void *arg) {
       ssl = SSL_new(ctx);
       SSL_set_fd(ssl, fd);
       SSL_set_tlsext_host_name(ssl, servername);
-      if (session) SSL_set_session(ssl, session);
+      if (session) {
+        /* OpenSSL treats a TLS 1.3 ticket as single use: offering it marks that object not
+         * resumable. Offer a copy, so a server that sends no new ticket on a resumed connection
+         * (node:tls) is offered the same ticket again, as servers with stateless tickets allow. */
+        SSL_SESSION *offer = SSL_SESSION_dup(session);
+        if (offer) {
+          SSL_set_session(ssl, offer);
+          SSL_SESSION_free(offer);
+        }
+      }
       if (SSL_connect(ssl) == 1) {
         double ms = (now() - t0) * 1000;
         int reused = SSL_session_reused(ssl);
@@ -91,7 +101,11 @@ static void *worker(void *arg) {
       pthread_mutex_unlock(&lock);
       ERR_clear_error();
     }
-    if (ssl) SSL_free(ssl);
+    if (ssl) {
+      /* Without our close_notify OpenSSL marks the session not resumable when it is freed. */
+      if (ok) SSL_shutdown(ssl);
+      SSL_free(ssl);
+    }
     close(fd);
   }
   if (session) SSL_SESSION_free(session);

@@ -22,6 +22,8 @@ export interface TlsBenchPoint {
   latencyMs: Percentiles;
   serverCpuMsPerHandshake: number;
   hsmCpuMsPerHandshake?: number;
+  /** Resumed mode: how many of `connections` the client saw resumed. */
+  resumed?: number;
   note?: string;
 }
 
@@ -153,12 +155,15 @@ function tlsSection(r: TlsBenchResult | undefined): string[] {
   if (r.nginxSkipped) out.push(`nginx: ${r.nginxSkipped}`, '');
   else if (r.nginx) out.push(`nginx ${r.nginx}, one worker process, same certificate and key file.`, '');
   out.push(...table(['server', 'key', 'handshake', 'handshakes/s', 'p50 ms', 'p95 ms', 'p99 ms', 'server CPU ms each', 'HSM CPU ms each'], r.points.map((p) => [
-    serverName(p), p.key, p.mode, f(p.perSecond), ms(p.latencyMs.p50), ms(p.latencyMs.p95), ms(p.latencyMs.p99), p.serverCpuMsPerHandshake.toFixed(2), p.hsmCpuMsPerHandshake === undefined ? '–' : p.hsmCpuMsPerHandshake.toFixed(2),
+    serverName(p), p.key, p.mode + (p.resumed !== undefined ? ` (${f((p.resumed / Math.max(1, p.connections)) * 100)}% resumed)` : ''), f(p.perSecond), ms(p.latencyMs.p50), ms(p.latencyMs.p95), ms(p.latencyMs.p99), p.serverCpuMsPerHandshake.toFixed(2), p.hsmCpuMsPerHandshake === undefined ? '–' : p.hsmCpuMsPerHandshake.toFixed(2),
   ])));
   out.push('');
+  // A point that measured something other than what its row says must say so next to the figures.
+  for (const p of r.points.filter((x) => x.note)) out.push(`- ${serverName(p)}, ${p.key} ${p.mode}: ${p.note}`);
+  if (r.points.some((x) => x.note)) out.push('');
   if (r.ratios.length) {
-    out.push('Ratios (hsmproxy with a soft key ÷ baseline; CPU column is baseline CPU ÷ ours, so > 1 means hsmproxy spends less):', '');
-    out.push(...table(['baseline', 'key', 'handshake', 'handshakes/s ratio', 'CPU per handshake ratio'], r.ratios.map((x) => [x.baseline, x.key, x.mode, x.perSecond.toFixed(2), x.cpuPerHandshake.toFixed(2)])));
+    out.push('Ratios (hsmproxy ÷ baseline; CPU column is baseline CPU ÷ ours, with the HSM processes\' CPU counted as ours, so > 1 means hsmproxy spends less):', '');
+    out.push(...table(['hsmproxy', 'baseline', 'key', 'handshake', 'handshakes/s ratio', 'CPU per handshake ratio'], r.ratios.map((x) => [x.ours, x.baseline, x.key, x.mode, x.perSecond.toFixed(2), x.cpuPerHandshake.toFixed(2)])));
     out.push('');
   }
   if (r.sweep) {
