@@ -95,6 +95,8 @@ const MAX_CREDIT_MS = 50;
 /** Crypto units plus their FIFO queue; `run` executes work under the profile's timing. */
 export class CapacityModel {
   readonly profile: CapacityProfile;
+  /** rateFor's answers by operation key. */
+  private readonly rates = new Map<string, number | undefined>();
   private readonly free: Unit[] = [];
   private readonly queue: Waiter[] = [];
   private inService = 0;
@@ -165,11 +167,15 @@ export class CapacityModel {
   }
 
   private rateFor(opKey: string): number | undefined {
+    // The profile is fixed for the model's life and op keys are few: look each up once, not per request.
+    if (this.rates.has(opKey)) return this.rates.get(opKey);
     // 'sign:rsa-2048' → 'sign:rsa' → 'sign' → '*'
     const r = this.profile.rates;
     const op = opKey.split(':')[0] ?? opKey;
     const family = opKey.replace(/-p?\d+$/, '');
-    return r[opKey] ?? r[family] ?? r[op] ?? r['*'];
+    const rate = r[opKey] ?? r[family] ?? r[op] ?? r['*'];
+    this.rates.set(opKey, rate);
+    return rate;
   }
 
   private acquire(queuedAt: number): Promise<{ unit: Unit; grantedAt: number }> {
