@@ -350,3 +350,19 @@ t.test('an HSM seen behind a peer is never chosen as current, whatever its versi
   t.notOk(c.node('hsm-2')!.available, 'the stale HSM is not put in rotation alone');
   await t.rejects(work(c), { code: 'HSM_ERR_NO_HEALTHY_HSM' });
 });
+
+t.test('a change acknowledged while an HSM is being admitted still reaches it', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  const [h1, h2] = hsms as [FakeHsm, FakeHsm];
+  let release!: () => void;
+  h2.digestGate = new Promise<void>((r) => { release = r; });
+  c.node('hsm-2')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  t.ok(await until(() => h2.digestWaiting), "hsm-2's sync check has read hsm-1's digest and waits for its own");
+  // A key is made and acknowledged now: hsm-2 is not in rotation, so it gets no copy.
+  await c.replicated('generateKey', async (l) => { l.hsm.keys.set('k-mid', 'v'); return 'k-mid'; }, async (o, id, target) => { await target.importMasked(await o.exportMasked(id)); });
+  t.ok(h1.keys.has('k-mid'));
+  release();
+  await c.waitInRotation('hsm-2', 2000);
+  t.ok(await until(() => h2.keys.has('k-mid') && c.node('hsm-2')!.available), 'hsm-2 got the key made during its admission and serves');
+  t.equal(h2.digest(), h1.digest());
+});

@@ -186,6 +186,13 @@ export class ClusterBase<C extends HsmLink> {
       if (node.currentLink === link) {
         node.setInRotation(true);
         this.events.emit('rotation');
+        // A change acknowledged between the digest comparison and now was replicated without
+        // this HSM (it was not yet in rotation): compare again, and resync if one slipped by.
+        if (!(await this.stillInSync(node))) {
+          this.stale.add(node.id);
+          node.setInRotation(false);
+          this.admitAgain.add(node.id);
+        }
       }
     } catch (err) {
       node.lastError = err;
@@ -195,6 +202,14 @@ export class ClusterBase<C extends HsmLink> {
       this.syncing.delete(node.id);
       if (this.admitAgain.delete(node.id) && node.status === 'up' && !node.inRotation) void this.admit(node);
     }
+  }
+
+  // Whether `node` (just admitted) has the digest of every peer in rotation: the origin of a
+  // change that slipped by is one of them (another may still be receiving its copy).
+  private async stillInSync(node: HsmNode<C>): Promise<boolean> {
+    const peers = [...this.nodes.values()].filter((n) => n !== node && n.available);
+    const [mine, ...theirs] = await Promise.all([node, ...peers].map((n) => n.run((l) => l.stateDigest())));
+    return theirs.every((d) => d.digest === mine!.digest);
   }
 
   private retryAdmitLater(node: HsmNode<C>): void {
