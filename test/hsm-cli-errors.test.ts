@@ -80,9 +80,13 @@ t.test('with the HSM running', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')], bob, /no key .* visible/);
     await fails(t, ['key', 'delete', '--key', 'alice-key'], bob, /no key with id or label "alice-key"/);
   });
-  await t.test('a crypto officer cannot sign', async (t) => {
-    await fails(t, ['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
-      { HSMPROXY_PIN: 'admin:co-password' }, /no key|permission denied/);
+  await t.test('a crypto officer cannot sign: it sees the key but its role may not use it', async (t) => {
+    const co = { HSMPROXY_PIN: 'admin:co-password' };
+    const shown = JSON.parse((await cliInProcess(['key', 'show', '--key', alices.privateKey.keyId, '--json'], { ...env, ...co })).stdout) as { keyId: string };
+    t.equal(shown.keyId, alices.privateKey.keyId, 'the CO can see the key exists');
+    const r = await cliInProcess(['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')], { ...env, ...co });
+    t.equal(r.error?.code, 'HSM_ERR_PERMISSION_DENIED');
+    t.match(r.error?.message, /only crypto users use keys; a CO cannot/);
   });
   await t.test('a missing input file names the file', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', '/nonexistent/file', '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
