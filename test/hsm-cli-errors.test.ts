@@ -90,7 +90,11 @@ t.test('with the HSM running', async (t) => {
   });
   await t.test('a missing input file names the file', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', '/nonexistent/file', '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
-      { HSMPROXY_PIN: 'alice:alice-password' }, /cannot read input file \/nonexistent\/file \(ENOENT\)/);
+      { HSMPROXY_PIN: 'alice:alice-password' }, /cannot read --in \/nonexistent\/file: no such file \(ENOENT\); check the path/);
+  });
+  await t.test('an output file in a missing directory names the flag and says what to do', async (t) => {
+    await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', '/nonexistent/x.sig'],
+      { HSMPROXY_PIN: 'alice:alice-password' }, /^cannot write --out \/nonexistent\/x\.sig: directory \/nonexistent does not exist \(ENOENT\); create it or choose another path$/);
   });
   await t.test('an unknown mechanism lists the valid ones', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', join(cluster.dir, 'cluster.json'), '--mech', 'md5', '--out', join(cluster.dir, 'sig')],
