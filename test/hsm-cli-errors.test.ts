@@ -80,13 +80,21 @@ t.test('with the HSM running', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')], bob, /no key .* visible/);
     await fails(t, ['key', 'delete', '--key', 'alice-key'], bob, /no key with id or label "alice-key"/);
   });
-  await t.test('a crypto officer cannot sign', async (t) => {
-    await fails(t, ['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
-      { HSMPROXY_PIN: 'admin:co-password' }, /no key|permission denied/);
+  await t.test('a crypto officer cannot sign: it sees the key but its role may not use it', async (t) => {
+    const co = { HSMPROXY_PIN: 'admin:co-password' };
+    const shown = JSON.parse((await cliInProcess(['key', 'show', '--key', alices.privateKey.keyId, '--json'], { ...env, ...co })).stdout) as { keyId: string };
+    t.equal(shown.keyId, alices.privateKey.keyId, 'the CO can see the key exists');
+    const r = await cliInProcess(['crypto', 'sign', '--key', alices.privateKey.keyId, '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')], { ...env, ...co });
+    t.equal(r.error?.code, 'HSM_ERR_PERMISSION_DENIED');
+    t.match(r.error?.message, /only crypto users use keys; a CO cannot/);
   });
   await t.test('a missing input file names the file', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', '/nonexistent/file', '--mech', 'ecdsa-sha256', '--out', join(cluster.dir, 'sig')],
-      { HSMPROXY_PIN: 'alice:alice-password' }, /cannot read input file \/nonexistent\/file \(ENOENT\)/);
+      { HSMPROXY_PIN: 'alice:alice-password' }, /cannot read --in \/nonexistent\/file: no such file \(ENOENT\); check the path/);
+  });
+  await t.test('an output file in a missing directory names the flag and says what to do', async (t) => {
+    await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', join(cluster.dir, 'cluster.json'), '--mech', 'ecdsa-sha256', '--out', '/nonexistent/x.sig'],
+      { HSMPROXY_PIN: 'alice:alice-password' }, /^cannot write --out \/nonexistent\/x\.sig: directory \/nonexistent does not exist \(ENOENT\); create it or choose another path$/);
   });
   await t.test('an unknown mechanism lists the valid ones', async (t) => {
     await fails(t, ['crypto', 'sign', '--key', 'alice-key', '--in', join(cluster.dir, 'cluster.json'), '--mech', 'md5', '--out', join(cluster.dir, 'sig')],

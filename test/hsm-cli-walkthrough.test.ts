@@ -55,7 +55,7 @@ t.test('the README walkthrough works against a node started with hsm serve', asy
   await t.test('the CO creates a crypto user', async (t) => {
     await ok(['user', 'create', '--name', 'alice'], { HSMPROXY_PIN: 'admin:co-secret-1', HSMPROXY_NEW_PASSWORD: 'alice-secret-1' });
     const users = JSON.parse(await ok(['user', 'list', '--json'], { HSMPROXY_PIN: 'admin:co-secret-1' })) as Array<{ name: string; role: string }>;
-    t.same(users.map((u) => `${u.name}:${u.role}`).sort(), ['admin:CO', 'alice:CU']);
+    t.same(users.map((u) => `${u.name}:${u.role}`).sort(), ['admin:CO', 'alice:CU', 'sync:AU'], 'activate made the appliance user');
   });
   const cu = { HSMPROXY_PIN: 'alice:alice-secret-1' };
   await t.test('the CU generates an RSA-2048 and a P-256 key', async (t) => {

@@ -20,6 +20,10 @@ class FakeHsm {
   /** When set, the next state digest waits for it (an admission caught mid-way). */
   digestGate?: Promise<void>;
   digestWaiting = false;
+  /** The state version the HSM reports (changes since its process started). */
+  version = 0;
+  /** Refuses user-table imports, as an HSM does for a CU (so it cannot be resynced). */
+  refuseImport = false;
   constructor(readonly id: string) {}
   digest(): string {
     return createHash('sha256').update(this.users + [...this.keys].sort().join(',')).digest('hex');
@@ -47,7 +51,7 @@ class FakeLink implements HsmLink {
       this.hsm.digestWaiting = true;
       await gate;
     }
-    return { version: 0, digest: this.hsm.digest(), users: 1, tokenKeys: this.hsm.keys.size };
+    return { version: this.hsm.version, digest: this.hsm.digest(), users: 1, tokenKeys: this.hsm.keys.size };
   }
   async exportMasked(keyId: string): Promise<Buffer> {
     return Buffer.from(`${keyId}=${this.hsm.keys.get(keyId) ?? ''}`);
@@ -61,6 +65,7 @@ class FakeLink implements HsmLink {
     return Buffer.from(this.hsm.users);
   }
   async importUsers(masked: Buffer): Promise<void> {
+    if (this.hsm.refuseImport) throw coded('HSM_ERR_PERMISSION_DENIED');
     this.hsm.users = masked.toString();
   }
   async listTokenKeyIds(): Promise<string[]> {
@@ -302,4 +307,62 @@ t.test('an HSM whose link is replaced while its sync check runs still returns to
   t.equal(node.status, 'up', 'connected again on a new link');
   release();
   await t.resolves(c.waitInRotation('hsm-1', 2000), 'the new link is admitted once the old check ends');
+});
+
+const until = async (cond: () => boolean, ms = 2000): Promise<boolean> => {
+  for (const end = Date.now() + ms; !cond() && Date.now() < end;) await new Promise((r) => setTimeout(r, 5));
+  return cond();
+};
+
+t.test('a lone HSM whose peer is down does not serve: nothing proves it is current', async (t) => {
+  const { c, hsms } = await cluster(t, 2, {}, (h) => { h[0]!.reachable = false; });
+  t.notOk(c.node('hsm-2')?.available, 'hsm-2 answered alone and stays out of rotation');
+  await t.rejects(work(c), { code: 'HSM_ERR_NO_HEALTHY_HSM', message: /hsm-2 cannot prove it holds the cluster's latest state while hsm-1 is unreachable/ });
+  hsms[0]!.reachable = true;
+  await c.waitInRotation('hsm-1', 2000);
+  await c.waitInRotation('hsm-2', 2000);
+  t.pass('once hsm-1 answers and agrees, both serve');
+});
+
+t.test('an HSM seen behind a peer is never chosen as current, whatever its version, nor serves alone', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  const [h1, h2] = hsms as [FakeHsm, FakeHsm];
+  h2.reachable = false;
+  c.node('hsm-2')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  h1.keys.set('k2', 'made while hsm-2 was away');
+  // hsm-2 cannot be resynced (a CU-only client) and reports more changes than hsm-1.
+  h2.refuseImport = true;
+  h2.version = 50;
+  h2.reachable = true;
+  t.ok(await until(() => (c.node('hsm-2')!.lastError as { code?: string } | undefined)?.code === 'HSM_ERR_PERMISSION_DENIED'), 'hsm-2 is back; its resync was refused');
+  t.notOk(c.node('hsm-2')!.available);
+  // hsm-1 drops and returns: the two answer with different digests; hsm-2 is known to be behind.
+  c.node('hsm-1')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  await c.waitInRotation('hsm-1', 2000);
+  t.notOk(c.node('hsm-2')!.available, 'hsm-2 still out of rotation');
+  t.ok(h1.keys.has('k2'), 'hsm-1 kept the key hsm-2 missed (it was not resynced from hsm-2)');
+  // hsm-1 goes away; hsm-2 reconnects: alone and behind, it must not serve.
+  h1.reachable = false;
+  c.node('hsm-1')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  c.node('hsm-2')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  t.ok(await until(() => c.node('hsm-2')!.status === 'up'), 'hsm-2 reconnected');
+  await new Promise((r) => setTimeout(r, 50));
+  t.notOk(c.node('hsm-2')!.available, 'the stale HSM is not put in rotation alone');
+  await t.rejects(work(c), { code: 'HSM_ERR_NO_HEALTHY_HSM' });
+});
+
+t.test('a change acknowledged while an HSM is being admitted still reaches it', async (t) => {
+  const { c, hsms } = await cluster(t, 2);
+  const [h1, h2] = hsms as [FakeHsm, FakeHsm];
+  let release!: () => void;
+  h2.digestGate = new Promise<void>((r) => { release = r; });
+  c.node('hsm-2')!.markDown(coded('HSM_ERR_CONNECTION_CLOSED'));
+  t.ok(await until(() => h2.digestWaiting), "hsm-2's sync check has read hsm-1's digest and waits for its own");
+  // A key is made and acknowledged now: hsm-2 is not in rotation, so it gets no copy.
+  await c.replicated('generateKey', async (l) => { l.hsm.keys.set('k-mid', 'v'); return 'k-mid'; }, async (o, id, target) => { await target.importMasked(await o.exportMasked(id)); });
+  t.ok(h1.keys.has('k-mid'));
+  release();
+  await c.waitInRotation('hsm-2', 2000);
+  t.ok(await until(() => h2.keys.has('k-mid') && c.node('hsm-2')!.available), 'hsm-2 got the key made during its admission and serves');
+  t.equal(h2.digest(), h1.digest());
 });

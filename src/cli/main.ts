@@ -12,7 +12,8 @@ export async function buildProgram(): Promise<Command> {
   const program = new Command('hsmproxy')
     .description('TLS-terminating reverse proxy whose private keys stay in an HSM')
     .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)')
+    // runMain prints usage errors itself: one line, with the `hsmproxy:` prefix (and JSON with --json).
+    .configureOutput({ outputError: () => undefined })
     .exitOverride();
   // Command groups, one module each. Keep this list sorted; each register() adds one group.
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [

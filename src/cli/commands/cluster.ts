@@ -1,9 +1,15 @@
 // `hsmproxy cluster …`: create and activate a cluster of simulated HSMs.
 import type { Command } from 'commander';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { DEFAULT_BASE_PORT, MAX_HSMS, initCluster } from '../../hsm/cluster/init.js';
 import { manifestPath, readManifest, writeManifest, type ManifestProfile } from '../../hsm/cluster/manifest.js';
 import { clusterDir, connectHsm, readNewPassword, readPin } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
+
+/** The appliance user `cluster activate` creates (the same name embedded mode uses). */
+const SYNC_USER = 'sync';
 
 const PROFILES: ManifestProfile[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
 
@@ -48,7 +54,7 @@ export function register(program: Command): void {
     });
 
   cluster.command('activate')
-    .description('log in as the pre-crypto-officer (HSMPROXY_PIN=admin:<one-time password>) and set the crypto officer password')
+    .description('log in as the pre-crypto-officer (HSMPROXY_PIN=admin:<one-time password>), set the crypto officer password, and create the appliance user that resyncs HSMs')
     .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
     .option('--json', 'print one JSON document')
     .action(async (opts: { dir?: string; json?: boolean }) => {
@@ -58,6 +64,9 @@ export function register(program: Command): void {
       const newPassword = await readNewPassword(`crypto officer ${pin.user}`);
       const activated: string[] = [];
       let users: Buffer | undefined;
+      // The appliance user (AU), as in CloudHSM: clients log in as it to resync an HSM that
+      // missed changes (a CU may not copy users or keys). Its generated password lives only in DIR.
+      const au = { user: SYNC_USER, password: randomBytes(18).toString('base64url') };
       for (const h of m.hsms) {
         const conn = await connectHsm(dir, m, h);
         try {
@@ -66,15 +75,21 @@ export function register(program: Command): void {
           await conn.changePassword(newPassword);
           // Every HSM takes the first one's user table, so password hashes (and state digests) match: the HSMs are clones.
           if (users) await conn.importUsers(users);
-          else users = await conn.exportUsers();
+          else {
+            await conn.createUser(au.user, 'AU', au.password);
+            users = await conn.exportUsers();
+          }
           activated.push(h.id);
         } finally {
           conn.destroy();
         }
       }
+      const syncFile = join(dir, 'sync-user.json');
+      await writeFile(syncFile, JSON.stringify(au) + '\n', { mode: 0o600 });
       await writeManifest(dir, { ...m, activated: true });
-      output(opts, { clusterId: m.clusterId, officer: pin.user, role: 'CO', hsms: activated }, () => {
+      output(opts, { clusterId: m.clusterId, officer: pin.user, role: 'CO', hsms: activated, syncUser: au.user, syncCredentials: syncFile }, () => {
         process.stdout.write(`cluster ${m.clusterId} activated: ${pin.user} is now the crypto officer on ${activated.join(', ')}\n`);
+        process.stdout.write(`appliance user "${au.user}" created for resyncing HSMs; its password is in ${syncFile} (0600)\n`);
       });
     });
 }

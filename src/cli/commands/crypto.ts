@@ -1,7 +1,7 @@
 // `hsmproxy crypto …`: sign and verify files with keys held in the HSM.
 import type { Command } from 'commander';
-import { readFile, writeFile } from 'node:fs/promises';
 import type { SignMechanism } from '../../hsm/protocol/index.js';
+import { readFlagFile, writeFlagFile } from '../files.js';
 import { resolveKey, withHsm, type HsmCommandOptions } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
 
@@ -24,14 +24,6 @@ function mechanism(m: string): SignMechanism {
   return m as SignMechanism;
 }
 
-async function readInput(path: string, what: string): Promise<Buffer> {
-  try {
-    return await readFile(path);
-  } catch (err) {
-    throw new UsageError(`cannot read ${what} ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
-  }
-}
-
 /** Registers the `crypto` command group. */
 export function register(program: Command): void {
   const crypto = program.commands.find((c) => c.name() === 'crypto') ?? program.command('crypto').description('sign and verify with keys in the HSM');
@@ -40,12 +32,12 @@ export function register(program: Command): void {
     .requiredOption('--out <file>', 'where to write the signature')
     .action(async (opts: HsmCommandOptions & { key: string; in: string; mech: string; out: string }) => {
       const mech = mechanism(opts.mech);
-      const data = await readInput(opts.in, 'input file');
+      const data = await readFlagFile('--in', opts.in);
       const { keyId, sig } = await withHsm(opts, async (c) => {
         const k = await resolveKey(c, opts.key, mech.startsWith('hmac') ? 'secret' : 'private');
         return { keyId: k.keyId, sig: await c.sign({ keyId: k.keyId, mechanism: mech, data }) };
       });
-      await writeFile(opts.out, sig);
+      await writeFlagFile('--out', opts.out, sig);
       output(opts, { keyId, mechanism: mech, out: opts.out, signature: sig.toString('base64') }, () => {
         process.stdout.write(`wrote a ${sig.length}-byte ${mech} signature by ${keyId} to ${opts.out}\n`);
       });
@@ -55,8 +47,8 @@ export function register(program: Command): void {
     .requiredOption('--sig <file>', 'the signature')
     .action(async (opts: HsmCommandOptions & { key: string; in: string; mech: string; sig: string }) => {
       const mech = mechanism(opts.mech);
-      const data = await readInput(opts.in, 'input file');
-      const signature = await readInput(opts.sig, 'signature file');
+      const data = await readFlagFile('--in', opts.in);
+      const signature = await readFlagFile('--sig', opts.sig);
       const { keyId, ok } = await withHsm(opts, async (c) => {
         let k = await resolveKey(c, opts.key, mech.startsWith('hmac') ? 'secret' : 'public');
         // Given a private key's id, verify with its public half (the private object may not verify).

@@ -1,7 +1,7 @@
 // `hsmproxy key …`: crypto users make, list, share and delete keys inside the HSM.
 // `--key K` takes a key id or a label. Talks to one HSM (issue 3 switches withHsm to the cluster).
 import type { Command } from 'commander';
-import { writeFile } from 'node:fs/promises';
+import { writeFlagFile } from '../files.js';
 import type { KeyInfo, KeyPairSpec, SecretKeySpec } from '../../hsm/protocol/index.js';
 import { resolveKey, withHsm, type HsmCommandOptions } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
@@ -105,7 +105,7 @@ export function register(program: Command): void {
         const found = await resolveKey(c, opts.key, 'public');
         return { k: found, pem: (await c.exportPublicKey(found.keyId)).pem };
       });
-      if (opts.out) await writeFile(opts.out, pem);
+      if (opts.out) await writeFlagFile('--out', opts.out, pem);
       output(opts, { keyId: k.keyId, out: opts.out ?? null, pem }, () => {
         if (opts.out) process.stdout.write(`wrote the public key of ${k.keyId} "${k.label}" to ${opts.out}\n`);
         else process.stdout.write(pem);

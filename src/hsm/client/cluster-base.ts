@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events';
 import { ClientClosedError, ClusterBusyError, NoHealthyHsmError, NotRepeatedError, ResyncError, SessionKeyLostError } from './cluster-errors.js';
 import { isBusyError, isTransportError, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
 import { HsmNode, type HsmNodeOptions } from './node.js';
+import { currentState, type CurrentState, type StateReport } from './current.js';
 import { inSync, resync, type ResyncReport } from './sync.js';
 
 /** Options of the cluster engine. */
@@ -57,6 +58,10 @@ export class ClusterBase<C extends HsmLink> {
   private readonly syncing = new Set<string>();
   private readonly admitAgain = new Set<string>();
   private readonly syncRetry = new Map<string, NodeJS.Timeout>();
+  /** HSMs seen behind a peer (or that missed a replicated change) and not resynced since. */
+  private readonly stale = new Set<string>();
+  /** Why the reachable HSMs are not trusted, when they are not (error messages). */
+  private unproven?: string;
   /** Last resync per HSM (status, tests). */
   readonly resyncs = new Map<string, ResyncReport>();
   protected credentials: LoginCredentials;
@@ -73,6 +78,11 @@ export class ClusterBase<C extends HsmLink> {
     await this.settleInitial();
     const nodes = [...this.nodes.values()];
     if (this.opts.requireOne && !nodes.some((n) => n.available)) {
+      // Reachable but not trusted (peers down, nothing proves it current): say so, not "unreachable".
+      if (this.unproven && nodes.some((n) => n.status === 'up')) {
+        await this.close();
+        throw new NoHealthyHsmError(this.unproven);
+      }
       // A refused login says more than "unreachable": report it first.
       const errors = nodes.map((n) => n.lastError).filter((e) => e !== undefined);
       const err = errors.find((e) => !isTransportError(e)) ?? errors[0];
@@ -98,37 +108,46 @@ export class ClusterBase<C extends HsmLink> {
     const node = this.nodes.get(id);
     if (!node) return;
     this.nodes.delete(id);
+    this.stale.delete(id);
     clearTimeout(this.syncRetry.get(id));
     await node.close();
   }
 
-  // The first time: group the connected HSMs by state digest; the largest group (ties: highest
-  // version) is the truth; the others are resynced from it.
+  // The first time: the connected HSMs that provably hold the current state (shared rule in
+  // current.ts) enter rotation; the others are resynced from them. With nothing proven, nobody
+  // serves yet: each HSM is checked again until its peers answer.
   private async settleInitial(): Promise<void> {
     const up = [...this.nodes.values()].filter((n) => n.status === 'up' && n.currentLink);
     if (up.length === 0) return;
-    const digests = await Promise.all(up.map(async (n) => {
+    const cur = await this.current();
+    if (!cur?.proven) {
+      for (const n of up) this.retryAdmitLater(n);
+      return;
+    }
+    this.enterRotation(cur.ids);
+    await Promise.all(up.filter((n) => !cur.ids.includes(n.id) && n.status === 'up').map((n) => this.admit(n)));
+  }
+
+  // Reads every connected HSM's digest and applies the shared rule.
+  private async current(): Promise<CurrentState | undefined> {
+    const up = [...this.nodes.values()].filter((n) => n.status === 'up' && n.currentLink);
+    const reports = await Promise.all(up.map(async (n): Promise<StateReport | undefined> => {
       try {
-        return await n.currentLink!.stateDigest();
+        const d = await n.currentLink!.stateDigest();
+        return { id: n.id, digest: d.digest, version: d.version };
       } catch (err) {
         n.markDown(err);
         return undefined;
       }
     }));
-    const groups = new Map<string, { nodes: HsmNode<C>[]; version: number }>();
-    up.forEach((n, i) => {
-      const d = digests[i];
-      if (!d) return;
-      const g = groups.get(d.digest) ?? { nodes: [], version: 0 };
-      g.nodes.push(n);
-      g.version = Math.max(g.version, d.version);
-      groups.set(d.digest, g);
-    });
-    const best = [...groups.values()].sort((a, b) => b.nodes.length - a.nodes.length || b.version - a.version)[0];
-    if (!best) return;
-    for (const n of best.nodes) n.setInRotation(true);
+    const cur = currentState(reports.filter((r) => r !== undefined), [...this.nodes.keys()], this.stale);
+    this.unproven = cur && !cur.proven ? cur.reason : undefined;
+    return cur;
+  }
+
+  private enterRotation(ids: string[]): void {
+    for (const id of ids) this.nodes.get(id)?.setInRotation(true);
     this.events.emit('rotation');
-    await Promise.all(up.filter((n) => !best.nodes.includes(n) && n.status === 'up').map((n) => this.admit(n)));
   }
 
   /** The sync gate: an HSM that (re)connects serves only once its digest matches a peer in rotation. */
@@ -141,25 +160,39 @@ export class ClusterBase<C extends HsmLink> {
     }
     this.syncing.add(node.id);
     try {
-      const peer = this.pick(new Set([node.id]));
       const link = node.currentLink;
       if (!link) return;
+      let peer = this.pick(new Set([node.id]));
       if (!peer) {
-        // Nobody to compare with: this HSM is the cluster's only live copy.
-        node.setInRotation(true);
-        this.events.emit('rotation');
-        return;
+        // Nobody in rotation to compare with: only HSMs that provably hold the current state may
+        // serve; being the only one that answers proves nothing (it may be the one that is behind).
+        const cur = await this.current();
+        if (!cur?.proven) throw new ResyncError(node.id, cur?.reason ?? 'no peer answered');
+        this.enterRotation(cur.ids);
+        if (cur.ids.includes(node.id)) return;
+        peer = this.pick(new Set([node.id]));
+        if (!peer) throw new ResyncError(node.id, 'its peers left rotation during the check');
       }
       const ok = await this.withSyncLinks(peer, node, async (src, dst) => {
         if (await inSync(src, dst)) return true;
+        // Behind its peer: never serves again until a resync has closed the difference.
+        this.stale.add(node.id);
         const report = await resync(src, dst);
         this.resyncs.set(node.id, report);
         return report.inSync;
       });
       if (!ok) throw new ResyncError(node.id, 'state digests still differ after copying users and keys');
+      this.stale.delete(node.id);
       if (node.currentLink === link) {
         node.setInRotation(true);
         this.events.emit('rotation');
+        // A change acknowledged between the digest comparison and now was replicated without
+        // this HSM (it was not yet in rotation): compare again, and resync if one slipped by.
+        if (!(await this.stillInSync(node))) {
+          this.stale.add(node.id);
+          node.setInRotation(false);
+          this.admitAgain.add(node.id);
+        }
       }
     } catch (err) {
       node.lastError = err;
@@ -169,6 +202,14 @@ export class ClusterBase<C extends HsmLink> {
       this.syncing.delete(node.id);
       if (this.admitAgain.delete(node.id) && node.status === 'up' && !node.inRotation) void this.admit(node);
     }
+  }
+
+  // Whether `node` (just admitted) has the digest of every peer in rotation: the origin of a
+  // change that slipped by is one of them (another may still be receiving its copy).
+  private async stillInSync(node: HsmNode<C>): Promise<boolean> {
+    const peers = [...this.nodes.values()].filter((n) => n !== node && n.available);
+    const [mine, ...theirs] = await Promise.all([node, ...peers].map((n) => n.run((l) => l.stateDigest())));
+    return theirs.every((d) => d.digest === mine!.digest);
   }
 
   private retryAdmitLater(node: HsmNode<C>): void {
@@ -290,10 +331,15 @@ export class ClusterBase<C extends HsmLink> {
           // Client errors name the HSM whose connection failed: the origin, or this target.
           if ((err as { hsmId?: unknown }).hsmId === from.id || !from.currentLink) {
             originFailure ??= err;
+            this.stale.add(from.id);
             from.markDown(err);
-          } else t.markDown(err);
+          } else {
+            this.stale.add(t.id);
+            t.markDown(err);
+          }
         } else {
           // The target disagrees with the origin: it is out of sync; resync it before it serves again.
+          this.stale.add(t.id);
           t.setInRotation(false);
           void this.admit(t);
         }
@@ -308,6 +354,7 @@ export class ClusterBase<C extends HsmLink> {
           try {
             await t.run((l) => undo(l, result));
           } catch {
+            this.stale.add(t.id);
             t.setInRotation(false);
             void this.admit(t);
           }
@@ -348,6 +395,7 @@ export class ClusterBase<C extends HsmLink> {
 
   protected describeNodes(): string {
     if (this.nodes.size === 0) return 'the manifest lists no HSM';
+    if (this.unproven && ![...this.nodes.values()].some((n) => n.available)) return this.unproven;
     return [...this.nodes.values()].map((n) => `${n.id} at ${n.addressText}: ${n.available ? 'up' : n.status === 'up' ? 'syncing' : n.status}`).join('; ');
   }
 

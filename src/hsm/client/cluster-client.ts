@@ -111,12 +111,16 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     if (role === 'CO' || role === 'AU') {
       out = await this.userChange('changePassword', (c) => c.changePassword(newPassword, opts));
     } else {
-      // A CU cannot export the user table: change it on each HSM, with one salt nonce so every
-      // HSM stores the same hash and the state digests keep agreeing.
+      // A CU cannot export the user table: the change is applied on every HSM in rotation, with
+      // one salt nonce so every HSM stores the same hash and the state digests keep agreeing. A
+      // target that fails leaves rotation (resynced before it serves); if the origin fails, the
+      // targets already changed are set back to the old password (not acknowledged).
       const nonce = randomBytes(16);
-      const live = [...this.nodes.values()].filter((n) => n.available);
-      const all = await Promise.all(live.map((n) => n.run((c) => c.changePassword(newPassword, opts, nonce))));
-      out = all[0] ?? (await this.execute('changePassword', { safe: false }, (c) => c.changePassword(newPassword, opts, nonce)));
+      const undoNonce = randomBytes(16);
+      const old = this.credentials.password;
+      out = await this.replicated('changePassword', (c) => c.changePassword(newPassword, opts, nonce),
+        async (_o, _r, target) => { await target.changePassword(newPassword, opts, nonce); },
+        undefined, async (target) => { await target.changePassword(old, opts, undoNonce); });
     }
     this.credentials = { user: this.credentials.user, password: newPassword };
     for (const n of this.nodes.values()) n.setCredentials(this.credentials);
