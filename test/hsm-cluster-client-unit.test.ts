@@ -314,14 +314,33 @@ const until = async (cond: () => boolean, ms = 2000): Promise<boolean> => {
   return cond();
 };
 
-t.test('a lone HSM whose peer is down does not serve: nothing proves it is current', async (t) => {
+t.test('a lone HSM whose peer is down serves uses of keys but takes no change: nothing proves it is current', async (t) => {
   const { c, hsms } = await cluster(t, 2, {}, (h) => { h[0]!.reachable = false; });
-  t.notOk(c.node('hsm-2')?.available, 'hsm-2 answered alone and stays out of rotation');
-  await t.rejects(work(c), { code: 'HSM_ERR_NO_HEALTHY_HSM', message: /hsm-2 cannot prove it holds the cluster's latest state while hsm-1 is unreachable/ });
+  t.ok(c.node('hsm-2')?.available, 'hsm-2 answered alone: in rotation, read-only');
+  t.equal(await work(c), 'hsm-2', 'a signature is served (one HSM down must not stop every handshake)');
+  const change = (id: string): Promise<string> => c.replicated('generateKey', async (l) => { l.hsm.keys.set(id, 'v'); return id; }, async (o, k, target) => { await target.importMasked(await o.exportMasked(k)); });
+  await t.rejects(change('k-lone'), { code: 'HSM_ERR_UNPROVEN_STATE', message: /generateKey refused: hsm-2 cannot prove it holds the cluster's latest state while hsm-1 is unreachable/ });
+  t.notOk(hsms[1]!.keys.has('k-lone'), 'the refused change made nothing');
   hsms[0]!.reachable = true;
   await c.waitInRotation('hsm-1', 2000);
   await c.waitInRotation('hsm-2', 2000);
-  t.pass('once hsm-1 answers and agrees, both serve');
+  t.equal(await change('k-both'), 'k-both', 'once hsm-1 answers and agrees, changes are taken again');
+  t.ok(hsms[0]!.keys.has('k-both') && hsms[1]!.keys.has('k-both'), 'on both HSMs');
+});
+
+t.test('a lone HSM that served read-only while it was behind leaves rotation when its current peer returns', async (t) => {
+  const { c, hsms } = await cluster(t, 2, {}, (h) => {
+    h[0]!.reachable = false;
+    h[0]!.keys.set('k-missed', 'made while hsm-2 was away');
+    h[0]!.version = 10;
+  });
+  const [h1, h2] = hsms as [FakeHsm, FakeHsm];
+  t.ok(c.node('hsm-2')?.available, 'hsm-2 serves alone, read-only');
+  h1.reachable = true;
+  await c.waitInRotation('hsm-1', 2000);
+  t.ok(await until(() => h2.keys.has('k-missed')), 'hsm-2 was resynced from hsm-1, the HSM with the newer state');
+  await c.waitInRotation('hsm-2', 2000);
+  t.pass('both serve again');
 });
 
 t.test('an HSM seen behind a peer is never chosen as current, whatever its version, nor serves alone', async (t) => {

@@ -4,7 +4,7 @@
 // if it is safe to repeat); replication of token keys and users to every HSM in rotation before
 // acknowledging; and the sync gate an HSM passes before it (re)enters rotation.
 import { EventEmitter } from 'node:events';
-import { ClientClosedError, ClusterBusyError, NoHealthyHsmError, NotRepeatedError, ResyncError, SessionKeyLostError } from './cluster-errors.js';
+import { ClientClosedError, ClusterBusyError, NoHealthyHsmError, NotRepeatedError, ResyncError, SessionKeyLostError, UnprovenStateError } from './cluster-errors.js';
 import { isBusyError, isTransportError, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
 import { HsmNode, type HsmNodeOptions } from './node.js';
 import { currentState, type CurrentState, type StateReport } from './current.js';
@@ -62,6 +62,12 @@ export class ClusterBase<C extends HsmLink> {
   private readonly stale = new Set<string>();
   /** Why the reachable HSMs are not trusted, when they are not (error messages). */
   private unproven?: string;
+  /**
+   * Set while the HSMs in rotation entered without proof that they are current (their peers are
+   * unreachable): they serve uses of existing keys, so one HSM down does not stop every
+   * handshake, but changes are refused until a peer answers and proves which state is current.
+   */
+  private degraded?: string;
   /** Last resync per HSM (status, tests). */
   readonly resyncs = new Map<string, ResyncReport>();
   protected credentials: LoginCredentials;
@@ -121,11 +127,40 @@ export class ClusterBase<C extends HsmLink> {
     if (up.length === 0) return;
     const cur = await this.current();
     if (!cur?.proven) {
-      for (const n of up) this.retryAdmitLater(n);
+      if (cur) this.enterDegraded(cur);
+      for (const n of up) if (!cur?.ids.includes(n.id)) this.retryAdmitLater(n);
       return;
     }
     this.enterRotation(cur.ids);
     await Promise.all(up.filter((n) => !cur.ids.includes(n.id) && n.status === 'up').map((n) => this.admit(n)));
+  }
+
+  // Unproven HSMs serve reads; they and any HSM admitted later stay read-only until proven.
+  private enterDegraded(cur: CurrentState): void {
+    this.degraded = cur.reason ?? 'the HSMs serving cannot prove they hold the latest state';
+    this.enterRotation(cur.ids);
+  }
+
+  // With a newcomer answering, decide again: a proven group ends read-only service, and HSMs
+  // that served without proof but are not in it leave rotation to be resynced from it.
+  private async reconsiderDegraded(): Promise<CurrentState | undefined> {
+    const cur = await this.current();
+    if (!cur) return undefined;
+    if (!cur.proven) {
+      this.enterDegraded(cur);
+      return cur;
+    }
+    this.degraded = undefined;
+    for (const n of this.nodes.values()) {
+      if (n.inRotation && !cur.ids.includes(n.id)) {
+        this.stale.add(n.id);
+        n.setInRotation(false);
+      }
+    }
+    this.enterRotation(cur.ids);
+    // Resync the ones that left from the proven group now, not at the next health interval.
+    for (const n of this.nodes.values()) if (n.status === 'up' && !n.inRotation && this.stale.has(n.id)) void this.admit(n);
+    return cur;
   }
 
   // Reads every connected HSM's digest and applies the shared rule.
@@ -162,14 +197,15 @@ export class ClusterBase<C extends HsmLink> {
     try {
       const link = node.currentLink;
       if (!link) return;
-      let peer = this.pick(new Set([node.id]));
+      let peer = this.degraded ? undefined : this.pick(new Set([node.id]));
       if (!peer) {
-        // Nobody in rotation to compare with: only HSMs that provably hold the current state may
-        // serve; being the only one that answers proves nothing (it may be the one that is behind).
-        const cur = await this.current();
-        if (!cur?.proven) throw new ResyncError(node.id, cur?.reason ?? 'no peer answered');
-        this.enterRotation(cur.ids);
+        // Nobody proven in rotation to compare with: only HSMs that provably hold the current
+        // state may take changes; being the only one that answers proves nothing (it may be the
+        // one that is behind), so such HSMs serve read-only (enterDegraded).
+        const cur = await this.reconsiderDegraded();
+        if (!cur) throw new ResyncError(node.id, 'no peer answered');
         if (cur.ids.includes(node.id)) return;
+        if (!cur.proven) throw new ResyncError(node.id, cur.reason ?? 'no peer answered');
         peer = this.pick(new Set([node.id]));
         if (!peer) throw new ResyncError(node.id, 'its peers left rotation during the check');
       }
@@ -313,6 +349,7 @@ export class ClusterBase<C extends HsmLink> {
    * on the targets that already have it, so the HSMs in rotation keep agreeing.
    */
   async replicated<T>(op: string, apply: (link: C, node: HsmNode<C>) => Promise<T>, replicate: (origin: C, result: T, target: C) => Promise<void>, pin?: string, undo?: (target: C, result: T) => Promise<void>): Promise<T> {
+    if (this.degraded) throw new UnprovenStateError(op, this.degraded);
     let origin: HsmNode<C> | undefined;
     const result = await this.execute(op, { safe: false, ...(pin ? { pin } : {}) }, (link, node) => {
       origin = node;

@@ -17,6 +17,17 @@ export class NoHealthyHsmError extends ClusterClientError {
   }
 }
 
+/**
+ * A change of keys or users while the HSMs serving cannot prove they hold the cluster's latest
+ * state (peers unreachable): refused, so a stale HSM never takes changes the others lack.
+ */
+export class UnprovenStateError extends ClusterClientError {
+  constructor(op: string, why: string) {
+    super(`${op} refused: ${why}; signing and other uses of existing keys go on meanwhile`, 'HSM_ERR_UNPROVEN_STATE');
+    this.name = 'UnprovenStateError';
+  }
+}
+
 /** An HSM failed while running an operation that is not safe to repeat; it was not retried. */
 export class NotRepeatedError extends ClusterClientError {
   constructor(readonly op: string, readonly hsm: string, override readonly cause: unknown) {
