@@ -372,6 +372,27 @@ t.test('KeyUpdate', async (t) => {
     }
     expectAlert(t, conn, 'unexpected_message');
   });
+  await t.test('past the read soft limit the server asks once for a KeyUpdate; the hard limit closes with TLS_ERR_SEQ_EXHAUSTED', async (t) => {
+    const conn = new ServerConnection(config({ seqLimits: { soft: 2n, hard: 4n } }));
+    const c = await fullHandshake(conn);
+    const { nextTrafficSecret, trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordOpener } = await import('../src/tls/record.js');
+    const send = (s: string): Promise<Buffer> => exchange(conn, c.appSealer.seal(ContentType.application_data, Buffer.from(s)));
+    t.equal((await send('1')).length, 0, 'below the soft limit: nothing to say');
+    const out = await send('2');
+    t.ok(out.length > 0, 'a record went out at the soft limit');
+    const ku = c.appOpener.open({ type: 23, version: 0x0303, fragment: out.subarray(5) });
+    t.same([ku.type, ...ku.content], [ContentType.handshake, 24, 0, 0, 1, 1], 'KeyUpdate(update_requested) under the old server key');
+    t.equal((await send('3')).length, 0, 'asked only once per client key');
+    t.equal((await send('4')).length, 0);
+    t.equal(conn.error, null, 'the hard limit allows 4 records');
+    const closing = await send('5'); // refused before decryption
+    t.equal(conn.error?.code, 'TLS_ERR_SEQ_EXHAUSTED', `closed for exhaustion, not bad_record_mac (${conn.error?.message})`);
+    const sk = trafficKeys(c.suite, nextTrafficSecret(c.suite.hash, c.app.server));
+    const alert = new RecordOpener(c.suite, sk.key, sk.iv).open({ type: 23, version: 0x0303, fragment: closing.subarray(5) });
+    t.same([alert.type, ...alert.content], [ContentType.alert, 1, 0], 'close_notify under the new server key');
+    t.throws(() => conn.writeApplicationData(Buffer.from('x')), { code: 'TLS_ERR_SEQ_EXHAUSTED' }, 'later writes fail with the same error');
+  });
   await t.test('a ClientHello after the handshake → unexpected_message', async (t) => {
     const conn = new ServerConnection(config());
     const c = await fullHandshake(conn);

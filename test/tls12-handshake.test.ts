@@ -393,3 +393,19 @@ t.test('RFC 5077 tickets', async (t) => {
     t.notOk(r.f.resumed);
   });
 });
+
+t.test('a write past an exhausted TLS 1.2 key fails the connection once, and later writes fail fast', async (t) => {
+  // The server Finished takes sequence number 0, so two records of application data fit under 3.
+  const conn = new ServerConnection(config({ seqLimits: { soft: 3n, hard: 3n } }));
+  await full12(conn);
+  conn.writeApplicationData(Buffer.from('a'));
+  conn.writeApplicationData(Buffer.from('b'));
+  t.equal(conn.takeOutput()!.length, 2 * (5 + 8 + 1 + 16), 'two records');
+  let first: unknown;
+  try { conn.writeApplicationData(Buffer.from('c')); } catch (e) { first = e; }
+  t.equal((first as { code?: string } | undefined)?.code, 'TLS_ERR_SEQ_EXHAUSTED');
+  t.equal(conn.error, first, 'the connection is dead with that error');
+  t.ok(conn.takeEvents().some((e) => e.type === 'fatal'), 'a fatal event for the driver');
+  t.throws(() => conn.writeApplicationData(Buffer.from('d')), first as Error, 'the next write fails with the original error');
+  t.equal(conn.takeOutput(), null, 'nothing more is sent (the only write key is used up)');
+});

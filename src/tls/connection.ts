@@ -11,7 +11,7 @@ import { AwaitSignature12, ExpectClientHelloAny, isState12, type HandshakeIo12 }
 import type { ServerHandshakeConfig } from './hello12.js';
 import { HandshakeJoiner, MAX_CLIENT_HELLO, MAX_HANDSHAKE_MESSAGE } from './joiner.js';
 import { trafficKeys } from './keyschedule.js';
-import { ContentType, RecordDeframer, RecordOpener, RecordSealer, plaintextRecords } from './record.js';
+import { ContentType, RecordDeframer, RecordOpener, RecordSealer, SeqExhaustedError, plaintextRecords } from './record.js';
 import { RecordOpener12, type RecordSealer12 } from './record12.js';
 import type { CipherSuite } from './suites.js';
 
@@ -72,6 +72,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   private pendingSign = 0;
   private ccsSent = false;
   private decryptedAny = false;
+  /** We asked the peer to replace its current write key (our read key passed its soft limit). */
+  private peerUpdateAsked = false;
   private earlySkip = 0;
   private sawHello = false;
   private done = false;
@@ -108,7 +110,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
 
   /** Everything to transmit since the last call, as one buffer (one socket write per flight). */
   takeOutput(): Buffer | null {
-    if (!this.dead) this.flushFlight();
+    if (!this.dead) {
+      try { this.flushFlight(); } catch (e) { this.fail(e); }
+    }
     const out = this.out;
     if (out.length === 0) return null;
     this.out = [];
@@ -149,23 +153,39 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     if (this.dead) throw this.dead;
     if (this.writeClosed) throw new TlsError('write after close_notify', 'TLS_ERR_WRITE_AFTER_CLOSE');
     if (!this.done || !this.sealer) throw new TlsError('handshake not complete', 'TLS_ERR_NOT_ESTABLISHED');
-    if (this.sealer.needsKeyUpdate && this.state instanceof Traffic) this.state.updateWriteKey(this, false);
-    this.flushFlight();
-    if (data.length > 0) this.out.push(this.sealer.seal(ContentType.application_data, data));
+    try {
+      if (this.sealer.needsKeyUpdate && this.state instanceof Traffic) this.state.updateWriteKey(this, false);
+      this.flushFlight();
+      if (data.length > 0) this.out.push(this.sealer.seal(ContentType.application_data, data));
+    } catch (e) {
+      // An exhausted key (TLS 1.2 cannot rekey) ends the connection like any other failure (TLS.md 46).
+      this.fail(e);
+      throw this.dead ?? e;
+    }
   }
 
   /** Sends a KeyUpdate (optionally asking the peer to update too). */
   keyUpdate(requestPeer: boolean): void {
     if (this.dead) throw this.dead;
     if (!(this.state instanceof Traffic) || this.writeClosed) throw new TlsError('KeyUpdate needs an established TLS 1.3 connection (TLS 1.2 has no KeyUpdate)', 'TLS_ERR_NOT_ESTABLISHED');
-    this.state.updateWriteKey(this, requestPeer);
+    try {
+      this.state.updateWriteKey(this, requestPeer);
+    } catch (e) {
+      this.fail(e);
+      throw this.dead ?? e;
+    }
   }
 
   /** Sends close_notify; reading continues until the peer's close_notify (half-close). */
   close(): void {
     if (this.dead || this.writeClosed) return;
-    this.flushFlight();
-    this.sendAlert(AlertLevel.warning, AlertDescription.close_notify);
+    try {
+      this.flushFlight();
+      this.sendAlert(AlertLevel.warning, AlertDescription.close_notify);
+    } catch (e) {
+      this.fail(e);
+      return;
+    }
     this.writeClosed = true;
   }
 
@@ -245,13 +265,18 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       if (this.earlySkip > 0 && e instanceof TlsAlertError && e.alert === AlertDescription.bad_record_mac) {
         // Nothing has decrypted under this key yet, so its sequence number must stay at 0.
         const k = this.readKey!;
-        this.opener = new RecordOpener(k.suite, k.key, k.iv);
+        this.opener = new RecordOpener(k.suite, k.key, k.iv, this.config.seqLimits);
         return this.skipEarly(rec.fragment.length);
       }
       throw e;
     }
     this.earlySkip = 0;
     this.decryptedAny = true;
+    // RFC 8446 §5.5: the peer's key is wearing out; ask once for a new one (the hard limit closes).
+    if (this.opener!.needsKeyUpdate && !this.peerUpdateAsked && this.state instanceof Traffic && !this.writeClosed) {
+      this.peerUpdateAsked = true;
+      this.state.updateWriteKey(this, true);
+    }
     const { type, content } = inner;
     if (type !== ContentType.handshake && this.joiner.pending) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
@@ -313,6 +338,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.flight = []; // a half-built flight is never sent
     if (err instanceof TlsAlertError && !err.received && !this.writeClosed) {
       try { this.sendAlert(AlertLevel.fatal, err.alert); } catch { /* nothing more to say */ }
+    } else if (err instanceof SeqExhaustedError && !this.writeClosed) {
+      // No alert means "key used up": close_notify, if the write key can still carry one.
+      try { this.sendAlert(AlertLevel.warning, AlertDescription.close_notify); } catch { /* it is the exhausted one */ }
     }
     this.dead = err;
     this.writeClosed = true;
@@ -352,7 +380,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.flushFlight();
     if (this.done) this.counters.keyUpdatesSent++;
     const { key, iv } = trafficKeys(suite, secret);
-    this.sealer = new RecordSealer(suite, key, iv);
+    this.sealer = new RecordSealer(suite, key, iv, this.config.seqLimits);
   }
 
   setReadKey(suite: CipherSuite, secret: Buffer): void {
@@ -360,7 +388,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at a key change');
     const { key, iv } = trafficKeys(suite, secret);
     this.readKey = { suite, key, iv };
-    this.opener = new RecordOpener(suite, key, iv);
+    this.opener = new RecordOpener(suite, key, iv, this.config.seqLimits);
+    this.peerUpdateAsked = false;
     // Declined 0-RTT can only precede the first key change (after an HRR it precedes ClientHello2):
     // from here on an undecryptable record is bad_record_mac. The caller re-arms skipping if needed.
     this.earlySkip = 0;

@@ -178,7 +178,7 @@ function resumeSession(ctx: Context12, master: Buffer, opts: { secureRenegotiati
 }
 
 function sendServerFinished(ctx: Context12, keys: Keys12, io: HandshakeIo12): void {
-  io.sendChangeCipherSpec(new RecordSealer12(ctx.suite, keys.server.key, keys.server.iv));
+  io.sendChangeCipherSpec(new RecordSealer12(ctx.suite, keys.server.key, keys.server.iv, io.config.seqLimits));
   const fin = encodeFinished(finishedVerifyData12(ctx.suite.hash, keys.master, 'server', ctx.transcript.digest()));
   ctx.transcript.update(fin);
   io.sendHandshake(fin);
@@ -299,7 +299,7 @@ export class ExpectChangeCipherSpec12 implements State12 {
   handle(m: HandshakeMessage): State { return unexpected(this.name, `${messageName(m)} before ChangeCipherSpec`); }
 
   changeCipherSpec(io: HandshakeIo12): State {
-    io.setReadProtection(new RecordOpener12(this.ctx.suite, this.keys.client.key, this.keys.client.iv));
+    io.setReadProtection(new RecordOpener12(this.ctx.suite, this.keys.client.key, this.keys.client.iv, io.config.seqLimits));
     return new ExpectFinished12(this.ctx, this.keys, this.resumed);
   }
 }

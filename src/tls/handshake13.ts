@@ -15,6 +15,7 @@ import {
 } from './messages.js';
 import { KeySchedule13, Transcript, finishedVerifyData, nextTrafficSecret, resumptionPsk } from './keyschedule.js';
 import { MAX_TICKET_LIFETIME_S, acceptPsk, newAgeAdd, sealTicket, type AcceptedPsk, type TicketSealer } from './session.js';
+import type { SeqLimits } from './record.js';
 import { SignatureScheme, type Signer } from './signer.js';
 import { EphemeralKey, type CipherSuite } from './suites.js';
 
@@ -31,6 +32,8 @@ export interface HandshakeConfig {
   now: () => number;
   /** Client-certificate checking (mTLS); absent = no CertificateRequest. */
   clientAuth?: ClientAuthPolicy;
+  /** Per-key record limits in place of the defaults of each version (tests reach them this way). */
+  seqLimits?: SeqLimits;
 }
 
 /** What the handshake settled on; filled in as it progresses. */
