@@ -15,7 +15,7 @@ import { SignatureScheme } from '../src/tls/signer.js';
 import { NamedGroup } from '../src/tls/suites.js';
 import { makeTestCerts } from './helpers/tls-certs.js';
 import { SoftSigner } from './helpers/soft-signer.js';
-import { encodeClientHello, exchange, ext, fullHandshake, goodHello, readServerFlight, record } from './helpers/tls13-client.js';
+import { encodeClientHello, exchange, ext, fullHandshake, goodHello, handshakeSecretsFromServerHello, readServerFlight, record } from './helpers/tls13-client.js';
 
 const certs = makeTestCerts(['localhost', '*.example.com']);
 t.teardown(() => certs.cleanup());
@@ -434,6 +434,41 @@ t.test('the asynchronous signature', async (t) => {
     const ch = encodeClientHello(goodHello().spec);
     await exchange(conn, plaintextRecords(ContentType.handshake, ch));
     expectAlert(t, conn, 'internal_error');
+  });
+  await t.test('an alert under the client handshake key while paused ends the handshake at once', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello();
+    const ch = encodeClientHello(spec);
+    conn.feed(plaintextRecords(ContentType.handshake, ch));
+    const sign = conn.takeEvents().find((e) => e.type === 'sign');
+    t.ok(sign, 'paused for the signature');
+    const { suite, hs } = handshakeSecretsFromServerHello(ch, key, conn.takeOutput()!);
+    const { trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordSealer } = await import('../src/tls/record.js');
+    const k = trafficKeys(suite, hs.client);
+    conn.feed(new RecordSealer(suite, k.key, k.iv).seal(ContentType.alert, Buffer.from([2, 48])));
+    t.ok(conn.error instanceof TlsAlertError && conn.error.received && conn.error.alert === AlertDescription.unknown_ca, `peer's unknown_ca acted on (${conn.error?.message})`);
+    t.ok(conn.takeEvents().some((e) => e.type === 'fatal'), 'a fatal event, so the driver aborts the sign');
+    if (sign?.type === 'sign') t.notOk(conn.resumeWithSignature(sign.request.epoch, Buffer.alloc(64)), 'the late signature is dropped');
+  });
+  await t.test('other encrypted input while paused is decrypted in order, held, then processed', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello({ sessionId: Buffer.alloc(32, 7) });
+    const ch = encodeClientHello(spec);
+    conn.feed(plaintextRecords(ContentType.handshake, ch));
+    const sign = conn.takeEvents().find((e) => e.type === 'sign');
+    if (sign?.type !== 'sign') return t.fail('no sign event');
+    const first = conn.takeOutput()!;
+    conn.feed(record(ContentType.change_cipher_spec, Buffer.from([1])));
+    // An early (premature) client Finished: held, and refused only once the state sees it.
+    const { suite, hs } = handshakeSecretsFromServerHello(ch, key, first);
+    const { trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordSealer } = await import('../src/tls/record.js');
+    const k = trafficKeys(suite, hs.client);
+    conn.feed(new RecordSealer(suite, k.key, k.iv).seal(ContentType.handshake, Buffer.from([20, 0, 0, 32, ...Buffer.alloc(32)])));
+    t.equal(conn.error, null, 'held while paused');
+    conn.resumeWithSignature(sign.request.epoch, await sign.request.signer.sign(sign.request.scheme, sign.request.content));
+    expectAlert(t, conn, 'decrypt_error');
   });
   await t.test('a plaintext alert while paused ends the handshake at once', async (t) => {
     const conn = new ServerConnection(config());

@@ -50,6 +50,9 @@ export interface Counters {
 }
 
 interface WireRecord { type: number; version: number; fragment: Buffer }
+interface InnerRecord { type: number; content: Buffer }
+/** Input held during the signature wait: raw records, or protected ones already decrypted (in order). */
+type Held = { rec: WireRecord } | { inner: InnerRecord };
 
 const COMPAT_CCS = Buffer.from([ContentType.change_cipher_spec, 3, 3, 0, 1, 1]);
 
@@ -66,7 +69,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   private out: Buffer[] = [];
   private flight: Buffer[] = [];
   private events: ConnectionEvent[] = [];
-  private held: WireRecord[] = [];
+  private held: Held[] = [];
   private heldBytes = 0;
   private epoch = 0;
   private pendingSign = 0;
@@ -202,28 +205,53 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   private pump(): void {
     while (!this.dead && !this.readClosed) {
       if (!this.state.wantsInput) {
-        // Paused for the signature: hold records in order, except that a plaintext alert
-        // (the only thing a client can say before our Finished) is acted on at once.
+        // Paused for the signature: hold records in order, except that an alert (the only thing
+        // a client can say before our Finished) is acted on at once (TLS.md 44). In TLS 1.3 it may
+        // come under the handshake key (unknown_ca after our Certificate), so protected records are
+        // decrypted as they arrive, which keeps the read sequence in order, and held decrypted.
         const rec = this.deframer.next();
         if (!rec) break;
         if (rec.type === ContentType.alert && !this.decryptedAny) { this.handleRecord(rec); continue; }
+        let held: Held;
+        if (this.isProtected(rec)) {
+          const inner = this.openProtected(rec);
+          if (!inner) continue; // declined early data
+          if (inner.type === ContentType.alert) { this.handleInner(inner); continue; }
+          held = { inner };
+        } else {
+          held = { rec: { type: rec.type, version: rec.version, fragment: Buffer.from(rec.fragment) } };
+        }
         this.heldBytes += rec.fragment.length;
         if (this.heldBytes > Limits.pausedInput) throw fatal('unexpected_message', 'too much input while the handshake is waiting for its signature');
-        this.held.push({ type: rec.type, version: rec.version, fragment: Buffer.from(rec.fragment) });
+        this.held.push(held);
         continue;
       }
-      const rec = this.held.shift() ?? this.deframer.next();
-      if (!rec) break;
+      const h = this.held.shift();
       if (this.held.length === 0) this.heldBytes = 0;
+      if (h) {
+        if ('inner' in h) this.handleInner(h.inner);
+        else this.handleRecord(h.rec);
+        continue;
+      }
+      const rec = this.deframer.next();
+      if (!rec) break;
       this.handleRecord(rec);
     }
     this.flushFlight();
   }
 
+  /** TLS 1.3 hides the real type inside application_data records; TLS 1.2 protects every record after CCS. */
+  private isProtected(rec: WireRecord): boolean {
+    return this.opener !== null && (rec.type === ContentType.application_data || this.opener instanceof RecordOpener12);
+  }
+
   private handleRecord(rec: WireRecord): void {
     const { type, fragment } = rec;
-    // TLS 1.3 hides the real type inside application_data records; TLS 1.2 protects every record after CCS.
-    if (this.opener && (type === ContentType.application_data || this.opener instanceof RecordOpener12)) return this.handleProtected(rec);
+    if (this.isProtected(rec)) {
+      const inner = this.openProtected(rec);
+      if (inner) this.handleInner(inner);
+      return;
+    }
     // Everything below is unprotected.
     if (this.joiner.pending && type !== ContentType.handshake) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
@@ -256,8 +284,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     if (this.counters.earlyDataSkipped > Limits.earlyDataSkip) throw fatal('unexpected_message', 'too much declined early data');
   }
 
-  private handleProtected(rec: WireRecord): void {
-    let inner: { type: number; content: Buffer };
+  /** Decrypts a protected record; null when it was declined early data, skipped. */
+  private openProtected(rec: WireRecord): InnerRecord | null {
+    let inner: InnerRecord;
     try {
       inner = this.opener!.open(rec);
     } catch (e) {
@@ -266,7 +295,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
         // Nothing has decrypted under this key yet, so its sequence number must stay at 0.
         const k = this.readKey!;
         this.opener = new RecordOpener(k.suite, k.key, k.iv, this.config.seqLimits);
-        return this.skipEarly(rec.fragment.length);
+        this.skipEarly(rec.fragment.length);
+        return null;
       }
       throw e;
     }
@@ -277,6 +307,10 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       this.peerUpdateAsked = true;
       this.state.updateWriteKey(this, true);
     }
+    return inner;
+  }
+
+  private handleInner(inner: InnerRecord): void {
     const { type, content } = inner;
     if (type !== ContentType.handshake && this.joiner.pending) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
