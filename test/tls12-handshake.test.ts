@@ -392,6 +392,16 @@ t.test('RFC 5077 tickets', async (t) => {
     const r = await start12(new ServerConnection(clockCfg), { ticket: first.ticket! });
     t.notOk(r.f.resumed);
   });
+  await t.test('the lifetime hint never outlives the ticket keys, and a ticket resumes until it ends', async (t) => {
+    let now = Math.ceil(Date.now() / 3_600_000) * 3_600_000 + 1000;
+    const hourly = new TicketKeys({ now: () => now }); // rotates hourly, opens for two hours
+    const weekCfg = config({ ticketKeys: hourly, ticketLifetimeS: 7 * 24 * 3600, now: () => now });
+    const first = await full12(new ServerConnection(weekCfg), { ticket: Buffer.alloc(0) });
+    t.ok(first.lifetime! <= 7199 && first.lifetime! >= 3600, `hint ${first.lifetime} s fits the key's accept window`);
+    now += first.lifetime! * 1000 - 1000;
+    const r = await start12(new ServerConnection(weekCfg), { ticket: first.ticket! });
+    t.ok(r.f.resumed, 'resumed within the advertised lifetime');
+  });
 });
 
 t.test('a write past an exhausted TLS 1.2 key fails the connection once, and later writes fail fast', async (t) => {

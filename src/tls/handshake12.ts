@@ -22,7 +22,7 @@ import {
 } from './messages12.js';
 import { extendedMasterSecret, finishedVerifyData12, keyBlock12, type DirectionKeys } from './prf12.js';
 import { RecordOpener12, RecordSealer12 } from './record12.js';
-import { MAX_TICKET_LIFETIME_S } from './session.js';
+import { ticketLifetimeS } from './session.js';
 import { SignatureScheme } from './signer.js';
 import { EphemeralKey } from './suites.js';
 import { suite12ById, type CipherSuite12 } from './suites12.js';
@@ -329,8 +329,8 @@ export class ExpectFinished12 implements State12 {
 }
 
 function sendTicket(ctx: Context12, master: Buffer, io: HandshakeIo12): void {
-  const { ticketKeys, ticketLifetimeS, now } = io.config;
-  const lifetime = Math.min(ticketLifetimeS, MAX_TICKET_LIFETIME_S);
+  const { ticketKeys, now } = io.config;
+  const lifetime = ticketLifetimeS(ticketKeys!, io.config.ticketLifetimeS);
   const ticket = sealTicket12(ticketKeys!, { suite: ctx.suite.id, masterSecret: master, issuedAtMs: now(), lifetimeS: lifetime, servername: ctx.servername });
   const nst = encodeNewSessionTicket12(lifetime, ticket);
   ctx.transcript.update(nst);

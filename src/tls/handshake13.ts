@@ -14,7 +14,7 @@ import {
   encodeServerHello, messageHash, type ClientHello, type HandshakeMessage,
 } from './messages.js';
 import { KeySchedule13, Transcript, finishedVerifyData, nextTrafficSecret, resumptionPsk } from './keyschedule.js';
-import { MAX_TICKET_LIFETIME_S, acceptPsk, newAgeAdd, sealTicket, type AcceptedPsk, type TicketSealer } from './session.js';
+import { acceptPsk, newAgeAdd, sealTicket, ticketLifetimeS, type AcceptedPsk, type TicketSealer } from './session.js';
 import type { SeqLimits } from './record.js';
 import { SignatureScheme, type Signer } from './signer.js';
 import { EphemeralKey, type CipherSuite } from './suites.js';
@@ -317,9 +317,10 @@ export class ExpectFinished implements State {
 }
 
 function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
-  const { ticketKeys, ticketCount, ticketLifetimeS, now } = io.config;
+  const { ticketKeys, ticketCount, now } = io.config;
   if (!ticketKeys || io.config.clientAuth) return;
-  const lifetime = Math.min(ticketLifetimeS, MAX_TICKET_LIFETIME_S);
+  const lifetime = ticketLifetimeS(ticketKeys, io.config.ticketLifetimeS);
+  if (lifetime === 0) return; // it would never resume
   for (let i = 0; i < ticketCount; i++) {
     const nonce = Buffer.from([i]);
     const ageAdd = newAgeAdd();

@@ -25,7 +25,11 @@ export interface TlsServerOptions {
   ticketKeys?: TicketKeys | false;
   /** NewSessionTickets sent per handshake (default 2). */
   tickets?: number;
-  /** Ticket lifetime in seconds (default and maximum 7 days). */
+  /**
+   * Ticket lifetime in seconds (default and maximum 7 days). The lifetime sent to clients is also
+   * capped at what the ticket keys still accept (default keys: 1 to 2 hours), so a ticket is never
+   * advertised for longer than it resumes.
+   */
   ticketLifetimeS?: number;
   /** Deadline for one signature (default 10 s); exceeded → internal_error for that handshake. */
   signTimeoutMs?: number;

@@ -216,12 +216,12 @@ export async function start12(conn: ServerConnection, o: Hello12Opts = {}): Prom
 }
 
 /** A complete full handshake; returns the client state with traffic keys. */
-export async function full12(conn: ServerConnection, o: Hello12Opts = {}): Promise<{ f: Flight12; c: ClientFlight12; ticket?: Buffer }> {
+export async function full12(conn: ServerConnection, o: Hello12Opts = {}): Promise<{ f: Flight12; c: ClientFlight12; ticket?: Buffer; lifetime?: number }> {
   const { f } = await start12(conn, o);
   const c = clientFlight12(f);
   const out = await exchange(conn, clientFlightBytes(c));
-  const { ticket } = readServerFinish12(f, c, out);
-  return { f, c, ...(ticket ? { ticket } : {}) };
+  const { ticket, lifetime } = readServerFinish12(f, c, out);
+  return { f, c, ...(ticket ? { ticket, lifetime } : {}) };
 }
 
 /** A SoftSigner for RSA keys that also does PKCS#1 v1.5 (as the engine's signers do), for TLS 1.2 tests. */
