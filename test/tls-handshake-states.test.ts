@@ -129,6 +129,16 @@ t.test('ClientHello validation alerts', async (t) => {
     helloFails(t, encodeClientHello(goodHello({ sigAlgs: [SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.ed25519] }).spec), 'handshake_failure'));
 });
 
+t.test('ClientHello followed by part of another message in the same record: plaintext unexpected_message, no ServerHello', async (t) => {
+  for (const [what, extra] of [['the start of a message', [20, 0, 0, 32, 1, 2]], ['a complete message', [20, 0, 0, 1, 0]]] as const) {
+    const conn = new ServerConnection(config());
+    const ch = encodeClientHello(goodHello().spec);
+    const out = await exchange(conn, record(ContentType.handshake, Buffer.concat([ch, Buffer.from(extra)])));
+    expectAlert(t, conn, 'unexpected_message');
+    t.same([...out], [21, 3, 3, 0, 2, 2, AlertDescription.unexpected_message], `${what} after the hello: only the plaintext alert went out`);
+  }
+});
+
 t.test('SNI picks the exact name, then a one-label wildcard, and is acknowledged in EE', async (t) => {
   for (const name of ['localhost', 'www.example.com']) {
     const conn = new ServerConnection(config());

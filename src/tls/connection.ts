@@ -417,9 +417,13 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.sealer = new RecordSealer(suite, key, iv, this.config.seqLimits);
   }
 
-  setReadKey(suite: CipherSuite, secret: Buffer): void {
+  checkKeyChangeBoundary(): void {
     // rustls KeyEpochWithPendingFragment (TLS.md 12): a key change must fall on a record boundary.
     if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at a key change');
+  }
+
+  setReadKey(suite: CipherSuite, secret: Buffer): void {
+    this.checkKeyChangeBoundary();
     const { key, iv } = trafficKeys(suite, secret);
     this.readKey = { suite, key, iv };
     this.opener = new RecordOpener(suite, key, iv, this.config.seqLimits);

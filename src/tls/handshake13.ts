@@ -63,6 +63,8 @@ export interface HandshakeIo {
   sendHandshake(msg: Buffer): void;
   setWriteKey(suite: CipherSuite, secret: Buffer): void;
   setReadKey(suite: CipherSuite, secret: Buffer): void;
+  /** Throws unexpected_message if handshake bytes follow the current message: a key change must fall on a record boundary. */
+  checkKeyChangeBoundary(): void;
   /** Skip undecryptable early-data records (offered 0-RTT we decline) until one decrypts. */
   skipEarlyData(): void;
   requestSignature(req: Omit<SignRequest, 'epoch'>): void;
@@ -139,6 +141,8 @@ export class ExpectClientHello implements State {
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
     negotiated.group = group.share.group;
+    // TLS.md 12: the read key changes after this hello; refuse leftover bytes before anything is sent.
+    io.checkKeyChangeBoundary();
     const eph = EphemeralKey.generate(group.share.group);
     const shared = eph.deriveShared(group.share.key);
     const sh = encodeServerHello({
