@@ -139,6 +139,16 @@ t.test('ClientHello followed by part of another message in the same record: plai
   }
 });
 
+t.test('an IP literal in SNI counts as no SNI: the default certificate, no acknowledgement', async (t) => {
+  for (const ip of ['127.0.0.1', '::1', '2001:db8::17', '[::1]']) {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn, { extra: [ext.sni(ip)] });
+    t.ok(conn.established, `handshake with SNI ${ip} completes`);
+    t.equal(conn.negotiated.servername, undefined, 'no server name negotiated');
+    t.same([...c.messages[0]!.body], [0, 0], 'EE does not acknowledge server_name');
+  }
+});
+
 t.test('SNI picks the exact name, then a one-label wildcard, and is acknowledged in EE', async (t) => {
   for (const name of ['localhost', 'www.example.com']) {
     const conn = new ServerConnection(config());

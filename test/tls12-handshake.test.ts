@@ -419,3 +419,13 @@ t.test('a write past an exhausted TLS 1.2 key fails the connection once, and lat
   t.throws(() => conn.writeApplicationData(Buffer.from('d')), first as Error, 'the next write fails with the original error');
   t.equal(conn.takeOutput(), null, 'nothing more is sent (the only write key is used up)');
 });
+
+t.test('an IP literal in SNI counts as no SNI in TLS 1.2 too', async (t) => {
+  for (const ip of ['192.0.2.1', '::1']) {
+    const conn = new ServerConnection(config());
+    const { f } = await full12(conn, { extra: [ext.sni(ip)] });
+    t.ok(conn.established, `handshake with SNI ${ip} completes`);
+    t.equal(conn.negotiated.servername, undefined);
+    t.notOk(f.extensions.has(0), 'ServerHello does not acknowledge server_name');
+  }
+});
