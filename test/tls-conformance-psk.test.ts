@@ -36,7 +36,7 @@ interface Ticket { ticket: Buffer; ageAdd: number; psk: Buffer; suite: number; l
 /** A full handshake (optionally with SNI and suites) and the ticket it yields. */
 async function getTicket(opts: { sni?: string; suites?: number[]; config?: Partial<HandshakeConfig> } = {}): Promise<Ticket> {
   const conn = new ServerConnection(config(opts.config));
-  const c = await fullHandshake(conn, opts.sni ? { extra: [ext.sni(opts.sni)] } : {});
+  const c = await fullHandshake(conn, { extra: [ext.pskModes([1]), ...(opts.sni ? [ext.sni(opts.sni)] : [])] });
   const rec = c.afterFinished;
   const body = c.appOpener.open({ type: 23, version: 0x0303, fragment: rec.subarray(5, 5 + rec.readUInt16BE(3)) }).content;
   const r = new Reader(body);

@@ -515,7 +515,7 @@ t.test('PSK resumption', async (t) => {
   const { KeySchedule13, finishedVerifyData, resumptionPsk } = await import('../src/tls/keyschedule.js');
   const ticketKeys = new TicketKeys();
   const cfg = config({ ticketKeys, ticketCount: 2 });
-  const first = await fullHandshake(new ServerConnection(cfg));
+  const first = await fullHandshake(new ServerConnection(cfg), { extra: [ext.pskModes([1])] });
   // Two NewSessionTickets arrive under the server application key.
   const body = first.appOpener.open({ type: 23, version: 0x0303, fragment: first.afterFinished.subarray(5, 5 + first.afterFinished.readUInt16BE(3)) }).content;
   const nsts: Array<{ ageAdd: number; nonce: Buffer; ticket: Buffer }> = [];
@@ -543,6 +543,14 @@ t.test('PSK resumption', async (t) => {
     return { ch, key };
   };
 
+  await t.test('no NewSessionTicket for a client that offers no psk_key_exchange_modes, or only psk_ke (RFC 8446 §4.2.9)', async (t) => {
+    for (const [what, extra] of [['no modes', []], ['psk_ke only', [ext.pskModes([0])]]] as const) {
+      const c = await fullHandshake(new ServerConnection(cfg), { extra: [...extra] });
+      t.equal(c.afterFinished.length, 0, `${what}: nothing after the client Finished`);
+    }
+    const both = await fullHandshake(new ServerConnection(cfg), { extra: [ext.pskModes([0, 1])] });
+    t.ok(both.afterFinished.length > 0, 'psk_ke and psk_dhe_ke: tickets');
+  });
   await t.test('a valid ticket resumes without Certificate or signature', async (t) => {
     const conn = new ServerConnection(cfg);
     const { ch, key } = resumeHello(() => undefined);

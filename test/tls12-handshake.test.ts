@@ -363,7 +363,7 @@ t.test('RFC 5077 tickets', async (t) => {
   });
   await t.test('a TLS 1.3 ticket does not resume TLS 1.2, and a TLS 1.2 ticket is no TLS 1.3 PSK', async (t) => {
     const conn13 = new ServerConnection(cfg);
-    const c13 = await fullHandshake(conn13);
+    const c13 = await fullHandshake(conn13, { extra: [ext.pskModes([1])] });
     const nst = records(c13.afterFinished).map((r) => c13.appOpener.open({ type: r.type, version: 0x0303, fragment: r.fragment }).content)[0]!;
     const body = nst.subarray(4);
     const ticket13 = body.subarray(4 + 4 + 1 + body[8]! + 2, 4 + 4 + 1 + body[8]! + 2 + body.readUInt16BE(4 + 4 + 1 + body[8]!));

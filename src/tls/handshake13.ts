@@ -163,7 +163,7 @@ export class ExpectClientHello implements State {
     transcript.update(ee);
     io.sendHandshake(ee);
     negotiated.alpn = alpn;
-    const keys: FlightKeys = { suite, schedule, transcript, hs, alpn, servername: ch.ext.serverName ?? '' };
+    const keys: FlightKeys = { suite, schedule, transcript, hs, alpn, servername: ch.ext.serverName ?? '', pskDhe: allowsPskDhe(ch) };
     if (psk) {
       negotiated.resumed = true;
       return sendServerFinished(keys, io);
@@ -208,6 +208,8 @@ interface FlightKeys {
   hs: { client: Buffer; server: Buffer };
   alpn: string | undefined;
   servername: string;
+  /** The client offered psk_dhe_ke, the only mode we resume with: tickets are of use to it. */
+  pskDhe: boolean;
   /** Set when we sent a CertificateRequest. */
   clientAuth?: ClientAuthPolicy;
 }
@@ -322,7 +324,8 @@ export class ExpectFinished implements State {
 
 function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
   const { ticketKeys, ticketCount, now } = io.config;
-  if (!ticketKeys || io.config.clientAuth) return;
+  // RFC 8446 §4.2.9: no psk_key_exchange_modes means no tickets; a psk_ke-only client could never use ours.
+  if (!ticketKeys || io.config.clientAuth || !k.pskDhe) return;
   const lifetime = ticketLifetimeS(ticketKeys, io.config.ticketLifetimeS);
   if (lifetime === 0) return; // it would never resume
   for (let i = 0; i < ticketCount; i++) {
