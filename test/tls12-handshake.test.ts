@@ -429,3 +429,31 @@ t.test('an IP literal in SNI counts as no SNI in TLS 1.2 too', async (t) => {
     t.notOk(f.extensions.has(0), 'ServerHello does not acknowledge server_name');
   }
 });
+
+t.test('TLS 1.2 record sizes: a full-size encrypted handshake record is accepted, plaintext ones stay capped at 2^14', async (t) => {
+  await t.test('2^14 bytes of encrypted handshake data (a renegotiation ClientHello) is no record_overflow', async (t) => {
+    const conn = new ServerConnection(config());
+    const { c } = await full12(conn);
+    const msg = Buffer.alloc(2 ** 14);
+    msg[0] = 1; // client_hello, as long as the record allows
+    msg.writeUIntBE(msg.length - 4, 1, 3);
+    const rec = c.sealer.seal(ContentType.handshake, msg);
+    t.equal(rec.length, 5 + 8 + 2 ** 14 + 16, 'one record of 2^14 plaintext + explicit nonce + tag');
+    const out = await exchange(conn, rec);
+    t.equal(conn.error, null, `accepted (${conn.error?.message ?? ''})`);
+    const warn = c.opener.open({ type: out[0]!, version: 0x0303, fragment: out.subarray(5) });
+    t.same([...warn.content], [1, AlertDescription.no_renegotiation], 'answered with the no_renegotiation warning');
+  });
+  await t.test('a header over 2^14+2048 → record_overflow', async (t) => {
+    const conn = new ServerConnection(config());
+    await full12(conn);
+    await exchange(conn, Buffer.from([ContentType.application_data, 3, 3, 0x48, 0x01]));
+    expectAlert(t, conn, 'record_overflow');
+  });
+  await t.test('a plaintext handshake record over 2^14 before ChangeCipherSpec → record_overflow', async (t) => {
+    const conn = new ServerConnection(config());
+    await start12(conn);
+    await exchange(conn, Buffer.concat([Buffer.from([ContentType.handshake, 3, 3, 0x40, 0x01]), Buffer.alloc(2 ** 14 + 1, 16)]));
+    expectAlert(t, conn, 'record_overflow');
+  });
+});

@@ -11,7 +11,7 @@ import { AwaitSignature12, ExpectClientHelloAny, isState12, type HandshakeIo12 }
 import type { ServerHandshakeConfig } from './hello12.js';
 import { HandshakeJoiner, MAX_CLIENT_HELLO, MAX_HANDSHAKE_MESSAGE } from './joiner.js';
 import { trafficKeys } from './keyschedule.js';
-import { ContentType, RecordDeframer, RecordOpener, RecordSealer, SeqExhaustedError, plaintextRecords } from './record.js';
+import { ContentType, MAX_PLAINTEXT, RecordDeframer, RecordOpener, RecordSealer, SeqExhaustedError, plaintextRecords } from './record.js';
 import { RecordOpener12, type RecordSealer12 } from './record12.js';
 import type { CipherSuite } from './suites.js';
 
@@ -252,7 +252,10 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       if (inner) this.handleInner(inner);
       return;
     }
-    // Everything below is unprotected.
+    // Everything below is unprotected. The deframer checks the size on the header too, except in
+    // TLS 1.2, where a header cannot tell a protected record from a plaintext one. (application_data
+    // here is declined 0-RTT after an HRR: ciphertext, up to 2^14+256.)
+    if (fragment.length > MAX_PLAINTEXT && type !== ContentType.application_data) throw fatal('record_overflow', `plaintext record of ${fragment.length} bytes exceeds ${MAX_PLAINTEXT}`);
     if (this.joiner.pending && type !== ContentType.handshake) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
       case ContentType.change_cipher_spec:
@@ -442,6 +445,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.out.push(COMPAT_CCS);
     this.sealer = sealer;
   }
+
+  useTls12Records(): void { this.deframer.useTls12Limits(); }
 
   setReadProtection(opener: RecordOpener12): void {
     if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at ChangeCipherSpec');

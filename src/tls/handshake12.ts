@@ -35,6 +35,8 @@ export interface HandshakeIo12 extends HandshakeIo {
   sendChangeCipherSpec(sealer: RecordSealer12): void;
   /** The client's ChangeCipherSpec arrived: records from now on are opened with `opener`. */
   setReadProtection(opener: RecordOpener12): void;
+  /** TLS 1.2 was chosen: record framing follows RFC 5246 from the next record on. */
+  useTls12Records(): void;
   /** A warning-level alert under the current write protection (no_renegotiation). */
   sendWarningAlert(description: number): void;
 }
@@ -118,6 +120,7 @@ interface Keys12 { master: Buffer; client: DirectionKeys; server: DirectionKeys 
 
 function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   const { config, negotiated } = io;
+  io.useTls12Records();
   const opts = checkClientHello12(ch);
   const servername = ch.ext.serverName ?? '';
   negotiated.servername = ch.ext.serverName;

@@ -13,7 +13,7 @@ export const ContentType = { change_cipher_spec: 20, alert: 21, handshake: 22, a
 export const MAX_PLAINTEXT = 2 ** 14;
 /** Largest TLS 1.3 TLSCiphertext.encrypted_record. */
 export const MAX_CIPHERTEXT_13 = 2 ** 14 + 256;
-/** Largest TLS 1.2 ciphertext fragment (RFC 5246 §6.2.3), for the later TLS 1.2 engine. */
+/** Largest TLS 1.2 ciphertext fragment (RFC 5246 §6.2.3). */
 export const MAX_CIPHERTEXT_12 = 2 ** 14 + 2048;
 
 const HEADER_LEN = 5;
@@ -42,8 +42,8 @@ const HTTP_METHODS = ['GET ', 'POST', 'HEAD', 'PUT ', 'DELE', 'OPTI', 'PATC', 'C
  * buffer allocated at its exact size. Complete records in a chunk are returned as views.
  */
 export class RecordDeframer {
-  private readonly maxCiphertext: number;
-  private readonly plaintextLimit: boolean;
+  private maxCiphertext: number;
+  private plaintextLimit: boolean;
   private readonly ready: RecordFrame[] = [];
   private readyHead = 0;
   private readyBytes = 0;
@@ -63,6 +63,15 @@ export class RecordDeframer {
   constructor(opts: { maxCiphertext?: number; plaintextLimit?: boolean } = {}) {
     this.maxCiphertext = opts.maxCiphertext ?? MAX_CIPHERTEXT_13;
     this.plaintextLimit = opts.plaintextLimit ?? true;
+  }
+
+  /**
+   * Switches to TLS 1.2 framing once 1.2 is negotiated: every record type may be encrypted, so the
+   * header allows 2^14+2048 for all of them (RFC 5246 §6.2.3); the caller checks plaintext records.
+   */
+  useTls12Limits(): void {
+    this.maxCiphertext = MAX_CIPHERTEXT_12;
+    this.plaintextLimit = false;
   }
 
   /** Bytes held: complete records not yet taken by next() plus the partial record. */
