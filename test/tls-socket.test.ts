@@ -69,6 +69,23 @@ t.test('a signer past its deadline fails only that handshake with internal_error
   t.equal(s.server.handshakesInProgress, 0);
 });
 
+t.test('by default every signature is verified before it is sent, ECDSA included', async (t) => {
+  const s = await start({ fault: 'garbage' });
+  t.teardown(s.close);
+  const err = await client(s.port).then(() => null, (e: Error) => e);
+  t.match(err?.message ?? '', /internal error/, 'the client got internal_error, not a bad CertificateVerify');
+  await until(() => s.errors.length > 0);
+  t.match(s.errors.at(-1)?.message ?? '', /does not verify under the certificate key/);
+});
+
+t.test('verifyAfterSign: false sends what the signer returned', async (t) => {
+  const s = await start({ fault: 'garbage' }, { verifyAfterSign: false });
+  t.teardown(s.close);
+  const err = await client(s.port).then(() => null, (e: Error) => e);
+  t.ok(err, 'the client refuses the handshake');
+  t.notMatch(err?.message ?? '', /internal error/, `the client found the bad signature itself (${err?.message})`);
+});
+
 t.test('a rejecting signer → internal_error; the next good handshake works', async (t) => {
   const s = await start({ fault: 'reject' });
   t.teardown(s.close);
