@@ -449,6 +449,29 @@ t.test('the asynchronous signature', async (t) => {
     expectAlert(t, conn, 'internal_error');
     t.notOk(conn.resumeWithSignature(sign.request.epoch, Buffer.alloc(64)), 'late signature dropped');
   });
+  await t.test('a signer with no compatible key or mechanism → handshake_failure; any other rejection → internal_error', async (t) => {
+    const { NoCompatibleKeyError } = await import('../src/tls/signer.js');
+    const coded = (code: string): Error => Object.assign(new Error(`coded ${code}`), { code });
+    const cases: Array<[unknown, AlertName]> = [
+      [new NoCompatibleKeyError('no key for rsa_pss_rsae_sha512'), 'handshake_failure'],
+      [coded('ENGINE_ERR_UNSUPPORTED'), 'handshake_failure'],
+      [coded('ENGINE_ERR_KEY_NOT_FOUND'), 'handshake_failure'],
+      [coded('ENGINE_ERR_BACKEND'), 'internal_error'],
+      [new Error('HSM link down'), 'internal_error'],
+      ['no signature within 10 ms', 'internal_error'],
+    ];
+    for (const [err, alert] of cases) {
+      const conn = new ServerConnection(config());
+      conn.feed(plaintextRecords(ContentType.handshake, encodeClientHello(goodHello().spec)));
+      const sign = conn.takeEvents().find((e) => e.type === 'sign');
+      if (sign?.type !== 'sign') return t.fail('no sign event');
+      conn.takeOutput();
+      conn.failSignature(sign.request.epoch, err);
+      expectAlert(t, conn, alert);
+      const out = conn.takeOutput()!;
+      t.equal(out.length, 5 + 2 + 1 + 16, 'one alert record under the handshake key');
+    }
+  });
   await t.test('a signature that does not verify is never sent (internal_error)', async (t) => {
     const conn = new ServerConnection(config({}, new SoftSigner(certs.ec.key, { fault: 'garbage' })));
     const ch = encodeClientHello(goodHello().spec);

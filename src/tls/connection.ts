@@ -13,6 +13,7 @@ import { HandshakeJoiner, MAX_CLIENT_HELLO, MAX_HANDSHAKE_MESSAGE } from './join
 import { trafficKeys } from './keyschedule.js';
 import { ContentType, MAX_PLAINTEXT, RecordDeframer, RecordOpener, RecordSealer, SeqExhaustedError, plaintextRecords } from './record.js';
 import { RecordOpener12, type RecordSealer12 } from './record12.js';
+import { signFailureAlert } from './signer.js';
 import type { CipherSuite } from './suites.js';
 
 /** What the connection tells its driver. */
@@ -143,11 +144,15 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     return true;
   }
 
-  /** The signer failed or timed out for request `epoch`: internal_error for this handshake only. */
-  failSignature(epoch: number, reason: string): boolean {
+  /**
+   * The signer failed or timed out for request `epoch` (`error`: its rejection, or a reason):
+   * handshake_failure if it has no compatible key or mechanism, else internal_error; this handshake only.
+   */
+  failSignature(epoch: number, error: unknown): boolean {
     if (this.dead || epoch !== this.pendingSign) return false;
     this.pendingSign = 0;
-    this.fail(new TlsAlertError(AlertDescription.internal_error, `signature failed: ${reason}`));
+    const reason = error instanceof Error ? error.message : String(error);
+    this.fail(fatal(signFailureAlert(error), `signature failed: ${reason}`));
     return true;
   }
 
