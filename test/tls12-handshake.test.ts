@@ -457,3 +457,38 @@ t.test('TLS 1.2 record sizes: a full-size encrypted handshake record is accepted
     expectAlert(t, conn, 'record_overflow');
   });
 });
+
+t.test('requireExtendedMasterSecret: false lets clients without RFC 7627 in, with the RFC 5246 master secret', async (t) => {
+  const relaxed = config({ requireExtendedMasterSecret: false });
+  await t.test('no extended_master_secret: a full handshake, ServerHello without it, Finished under the legacy master secret', async (t) => {
+    const conn = new ServerConnection(relaxed);
+    const { f } = await full12(conn, { omit: [23] }); // full12 checks the server Finished with the client's own PRF
+    t.ok(conn.established);
+    t.notOk(f.extensions.has(23), 'no unsolicited extended_master_secret');
+  });
+  await t.test('a client offering it still gets it', async (t) => {
+    const conn = new ServerConnection(relaxed);
+    const { f } = await full12(conn);
+    t.ok(conn.established);
+    t.same(f.extensions.get(23), Buffer.alloc(0));
+  });
+  await t.test('a ticket resumes only with the EMS state of its session (RFC 7627 §5.3)', async (t) => {
+    const cfg = config({ requireExtendedMasterSecret: false, ticketKeys: new TicketKeys() });
+    const withEms = await full12(new ServerConnection(cfg), { ticket: Buffer.alloc(0) });
+    const without = await full12(new ServerConnection(cfg), { ticket: Buffer.alloc(0), omit: [23] });
+    const cases: Array<[string, Buffer, number[], boolean]> = [
+      ['EMS session, EMS hello', withEms.ticket!, [], true],
+      ['no-EMS session, no-EMS hello', without.ticket!, [23], true],
+      ['EMS session, hello without EMS', withEms.ticket!, [23], false],
+      ['no-EMS session, hello with EMS', without.ticket!, [], false],
+    ];
+    for (const [what, ticket, omit, resumes] of cases) {
+      const conn = new ServerConnection(cfg);
+      const r = await start12(conn, { ticket, omit });
+      t.equal(r.f.resumed, resumes, `${what}: ${resumes ? 'resumed' : 'full handshake'}`);
+      t.equal(conn.error, null);
+    }
+  });
+  await t.test('the default still refuses a client without it', (t) =>
+    helloFails(t, hello12({ omit: [23] }), 'handshake_failure', config({ requireExtendedMasterSecret: true })));
+});

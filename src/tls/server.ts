@@ -59,6 +59,12 @@ export interface TlsServerOptions {
   /** Highest protocol version accepted (default '1.3'). */
   maxVersion?: TlsVersionName;
   /**
+   * TLS 1.2: refuse clients without RFC 7627 extended_master_secret (default true). false admits
+   * them with the RFC 5246 master secret (open to the triple handshake attack); their tickets
+   * never resume a session of the other kind (RFC 7627 §5.3).
+   */
+  requireExtendedMasterSecret?: boolean;
+  /**
    * Client certificates (mTLS). With mode optional or require, no session tickets are issued or
    * accepted: a resumed handshake carries no client certificate to verify.
    */
@@ -96,6 +102,7 @@ export class TlsServer extends EventEmitter {
       now: Date.now,
       minVersion,
       maxVersion,
+      requireExtendedMasterSecret: options.requireExtendedMasterSecret ?? true,
       ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
     };
     this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));
