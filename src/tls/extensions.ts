@@ -80,7 +80,7 @@ function readServerName(r: Reader): string | undefined {
     if (value.length === 0) throw fatal('decode_error', 'empty host_name in server_name');
     name = value.toString('latin1');
     // RFC 6066 §3 says HostName is never an IP literal, yet clients (testssl, some libraries
-    // connecting by address) send one: treat it as no SNI, as OpenSSL and Go do, not as a name to refuse.
+    // connecting by address) send one: treat it as no SNI rather than as a name to refuse.
     if (isIP(name.startsWith('[') && name.endsWith(']') ? name.slice(1, -1) : name) !== 0) return undefined;
     // RFC 6066 §3: ASCII hostname, no trailing dot; reject anything that is not a DNS name.
     if (!/^[A-Za-z0-9_.-]+$/.test(name) || name.endsWith('.') || name.startsWith('.')) {
