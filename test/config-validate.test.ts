@@ -108,6 +108,12 @@ t.test('TLS 1.2 is accepted and minVersion may not exceed maxVersion', async (t)
   t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    maxVersion: "1.2"')).message, /^listeners\[0\]\.minVersion: must not be above maxVersion/);
 });
 
+t.test('requireExtendedMasterSecret defaults to true and takes a boolean', async (t) => {
+  t.equal(parseConfig(minimal, { baseDir: dir }).listeners[0]!.requireExtendedMasterSecret, true);
+  t.equal(parseConfig(minimal.replace('port: 8443', 'port: 8443\n    requireExtendedMasterSecret: false'), { baseDir: dir }).listeners[0]!.requireExtendedMasterSecret, false);
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    requireExtendedMasterSecret: "no"')).message, /^listeners\[0\]\.requireExtendedMasterSecret: expected true or false, got "no"/);
+});
+
 t.test('clientAuth require needs a CA file', async (t) => {
   t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    clientAuth: { mode: require }')).message, /^listeners\[0\]\.clientAuth\.caFile: required/);
 });

@@ -23,32 +23,32 @@ t.teardown(() => certs.cleanup());
 let clock = Date.now();
 const ticketKeys = new TicketKeys({ now: () => clock });
 const TLS13_ONLY = { minVersion: '1.3' as const };
-function config(): HandshakeConfig {
+function config(over: Partial<HandshakeConfig> = {}): HandshakeConfig {
   return {
     ...TLS13_ONLY,
     certificates: [prepareCertEntry({ chain: certs.ec.chain, signer: new SoftSigner(certs.ec.key) })],
-    ticketKeys, ticketCount: 1, ticketLifetimeS: 600, verifyAfterSign: () => true, now: () => clock,
+    ticketKeys, ticketCount: 1, ticketLifetimeS: 600, verifyAfterSign: () => true, now: () => clock, ...over,
   };
 }
 
-interface Ticket { ticket: Buffer; ageAdd: number; psk: Buffer; suite: number }
+interface Ticket { ticket: Buffer; ageAdd: number; psk: Buffer; suite: number; lifetime: number }
 
 /** A full handshake (optionally with SNI and suites) and the ticket it yields. */
-async function getTicket(opts: { sni?: string; suites?: number[] } = {}): Promise<Ticket> {
-  const conn = new ServerConnection(config());
-  const c = await fullHandshake(conn, opts.sni ? { extra: [ext.sni(opts.sni)] } : {});
+async function getTicket(opts: { sni?: string; suites?: number[]; config?: Partial<HandshakeConfig> } = {}): Promise<Ticket> {
+  const conn = new ServerConnection(config(opts.config));
+  const c = await fullHandshake(conn, { extra: [ext.pskModes([1]), ...(opts.sni ? [ext.sni(opts.sni)] : [])] });
   const rec = c.afterFinished;
   const body = c.appOpener.open({ type: 23, version: 0x0303, fragment: rec.subarray(5, 5 + rec.readUInt16BE(3)) }).content;
   const r = new Reader(body);
   r.u8();
   const m = r.sub(3);
-  m.u32();
+  const lifetime = m.u32();
   const ageAdd = m.u32();
   const nonce = Buffer.from(m.vec8());
   const ticket = Buffer.from(m.vec16());
   c.transcript.update(c.finished);
   const rms = c.schedule.resumptionMasterSecret(c.transcript.digest());
-  return { ticket, ageAdd, psk: resumptionPsk(c.suite.hash, rms, nonce), suite: c.suite.id };
+  return { ticket, ageAdd, psk: resumptionPsk(c.suite.hash, rms, nonce), suite: c.suite.id, lifetime };
 }
 
 /**
@@ -71,8 +71,8 @@ function resumeHello(tk: Ticket, o: { count?: number; at?: number; ageMs?: numbe
   return { ch, key };
 }
 
-async function outcome(ch: Buffer): Promise<{ conn: ServerConnection; resumed: boolean; signed: boolean; out: Buffer }> {
-  const conn = new ServerConnection(config());
+async function outcome(ch: Buffer, cfg = config()): Promise<{ conn: ServerConnection; resumed: boolean; signed: boolean; out: Buffer }> {
+  const conn = new ServerConnection(cfg);
   conn.feed(plaintextRecords(ContentType.handshake, ch));
   const ev: ConnectionEvent[] = conn.takeEvents();
   return { conn, resumed: conn.negotiated.resumed, signed: ev.some((e) => e.type === 'sign'), out: conn.takeOutput() ?? Buffer.alloc(0) };
@@ -134,4 +134,18 @@ t.test('binders of the chosen identity must verify → decrypt_error', async (t)
     t.ok(r.conn.error instanceof TlsAlertError && r.conn.error.alert === AlertDescription.decrypt_error, r.conn.error?.message ?? 'no error');
     t.same([...r.out.subarray(-7)], [21, 3, 3, 0, 2, 2, 51]);
   });
+});
+
+t.test('the advertised ticket_lifetime never outlives the ticket keys: a ticket resumes until its lifetime ends', async (t) => {
+  // A week configured (TlsServer's default), keys that rotate hourly and open for two hours (TicketKeys' defaults).
+  const week = { ticketLifetimeS: 7 * 24 * 3600 };
+  for (const intoEpochMs of [1_000, 3_599_000]) {
+    clock = Math.ceil(clock / 3_600_000) * 3_600_000 + intoEpochMs;
+    const tk = await getTicket({ config: week });
+    t.ok(tk.lifetime <= 7200 - intoEpochMs / 1000 && tk.lifetime >= 3600, `lifetime ${tk.lifetime} s fits the key's accept window (sealed ${intoEpochMs / 1000} s into the epoch)`);
+    const ageMs = tk.lifetime * 1000 - 1000;
+    clock += ageMs;
+    const r = await outcome(resumeHello(tk, { ageMs }).ch, config(week));
+    t.ok(r.resumed, `resumed ${ageMs / 1000} s later, within the advertised lifetime (${r.conn.error?.message ?? 'no error'})`);
+  }
 });

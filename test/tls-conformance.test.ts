@@ -162,18 +162,18 @@ t.test('the largest ClientHello the grammar allows is accepted (tlsfuzzer max cl
 });
 
 t.test('handshake message caps are checked on the 4-byte header, before buffering', async (t) => {
-  await t.test('a ClientHello announcing 131397 bytes → unexpected_message', async (t) => {
+  await t.test('a ClientHello announcing 131397 bytes → illegal_parameter', async (t) => {
     const conn = new ServerConnection(config());
     await exchange(conn, record(ContentType.handshake, Buffer.from([1, 0x02, 0x01, 0x45])));
-    expectAlert(t, conn, 'unexpected_message');
+    expectAlert(t, conn, 'illegal_parameter');
   });
-  await t.test('any other message announcing more than 64 KiB → unexpected_message', async (t) => {
+  await t.test('any other message announcing more than 64 KiB → illegal_parameter', async (t) => {
     const conn = new ServerConnection(config());
     const { spec, key } = goodHello();
     const ch = encodeClientHello(spec);
     const c = readServerFlight(ch, key, await exchange(conn, plaintextRecords(ContentType.handshake, ch)));
     await exchange(conn, c.sealer.seal(ContentType.handshake, Buffer.from([20, 0x01, 0x00, 0x01])));
-    expectAlert(t, conn, 'unexpected_message');
+    expectAlert(t, conn, 'illegal_parameter');
   });
 });
 

@@ -15,7 +15,7 @@ import { SignatureScheme } from '../src/tls/signer.js';
 import { NamedGroup } from '../src/tls/suites.js';
 import { makeTestCerts } from './helpers/tls-certs.js';
 import { SoftSigner } from './helpers/soft-signer.js';
-import { encodeClientHello, exchange, ext, fullHandshake, goodHello, readServerFlight, record } from './helpers/tls13-client.js';
+import { encodeClientHello, exchange, ext, fullHandshake, goodHello, handshakeSecretsFromServerHello, readServerFlight, record } from './helpers/tls13-client.js';
 
 const certs = makeTestCerts(['localhost', '*.example.com']);
 t.teardown(() => certs.cleanup());
@@ -127,6 +127,26 @@ t.test('ClientHello validation alerts', async (t) => {
     helloFails(t, encodeClientHello({ extensions: [...good.extensions!, ext.sni('localhost.')] }), 'illegal_parameter'));
   await t.test('no scheme the keys can produce → handshake_failure', (t) =>
     helloFails(t, encodeClientHello(goodHello({ sigAlgs: [SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.ed25519] }).spec), 'handshake_failure'));
+});
+
+t.test('ClientHello followed by part of another message in the same record: plaintext unexpected_message, no ServerHello', async (t) => {
+  for (const [what, extra] of [['the start of a message', [20, 0, 0, 32, 1, 2]], ['a complete message', [20, 0, 0, 1, 0]]] as const) {
+    const conn = new ServerConnection(config());
+    const ch = encodeClientHello(goodHello().spec);
+    const out = await exchange(conn, record(ContentType.handshake, Buffer.concat([ch, Buffer.from(extra)])));
+    expectAlert(t, conn, 'unexpected_message');
+    t.same([...out], [21, 3, 3, 0, 2, 2, AlertDescription.unexpected_message], `${what} after the hello: only the plaintext alert went out`);
+  }
+});
+
+t.test('an IP literal in SNI counts as no SNI: the default certificate, no acknowledgement', async (t) => {
+  for (const ip of ['127.0.0.1', '::1', '2001:db8::17', '[::1]']) {
+    const conn = new ServerConnection(config());
+    const c = await fullHandshake(conn, { extra: [ext.sni(ip)] });
+    t.ok(conn.established, `handshake with SNI ${ip} completes`);
+    t.equal(conn.negotiated.servername, undefined, 'no server name negotiated');
+    t.same([...c.messages[0]!.body], [0, 0], 'EE does not acknowledge server_name');
+  }
 });
 
 t.test('SNI picks the exact name, then a one-label wildcard, and is acknowledged in EE', async (t) => {
@@ -372,6 +392,27 @@ t.test('KeyUpdate', async (t) => {
     }
     expectAlert(t, conn, 'unexpected_message');
   });
+  await t.test('past the read soft limit the server asks once for a KeyUpdate; the hard limit closes with TLS_ERR_SEQ_EXHAUSTED', async (t) => {
+    const conn = new ServerConnection(config({ seqLimits: { soft: 2n, hard: 4n } }));
+    const c = await fullHandshake(conn);
+    const { nextTrafficSecret, trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordOpener } = await import('../src/tls/record.js');
+    const send = (s: string): Promise<Buffer> => exchange(conn, c.appSealer.seal(ContentType.application_data, Buffer.from(s)));
+    t.equal((await send('1')).length, 0, 'below the soft limit: nothing to say');
+    const out = await send('2');
+    t.ok(out.length > 0, 'a record went out at the soft limit');
+    const ku = c.appOpener.open({ type: 23, version: 0x0303, fragment: out.subarray(5) });
+    t.same([ku.type, ...ku.content], [ContentType.handshake, 24, 0, 0, 1, 1], 'KeyUpdate(update_requested) under the old server key');
+    t.equal((await send('3')).length, 0, 'asked only once per client key');
+    t.equal((await send('4')).length, 0);
+    t.equal(conn.error, null, 'the hard limit allows 4 records');
+    const closing = await send('5'); // refused before decryption
+    t.equal(conn.error?.code, 'TLS_ERR_SEQ_EXHAUSTED', `closed for exhaustion, not bad_record_mac (${conn.error?.message})`);
+    const sk = trafficKeys(c.suite, nextTrafficSecret(c.suite.hash, c.app.server));
+    const alert = new RecordOpener(c.suite, sk.key, sk.iv).open({ type: 23, version: 0x0303, fragment: closing.subarray(5) });
+    t.same([alert.type, ...alert.content], [ContentType.alert, 1, 0], 'close_notify under the new server key');
+    t.throws(() => conn.writeApplicationData(Buffer.from('x')), { code: 'TLS_ERR_SEQ_EXHAUSTED' }, 'later writes fail with the same error');
+  });
   await t.test('a ClientHello after the handshake → unexpected_message', async (t) => {
     const conn = new ServerConnection(config());
     const c = await fullHandshake(conn);
@@ -408,11 +449,69 @@ t.test('the asynchronous signature', async (t) => {
     expectAlert(t, conn, 'internal_error');
     t.notOk(conn.resumeWithSignature(sign.request.epoch, Buffer.alloc(64)), 'late signature dropped');
   });
+  await t.test('a signer with no compatible key or mechanism → handshake_failure; any other rejection → internal_error', async (t) => {
+    const { NoCompatibleKeyError } = await import('../src/tls/signer.js');
+    const coded = (code: string): Error => Object.assign(new Error(`coded ${code}`), { code });
+    const cases: Array<[unknown, AlertName]> = [
+      [new NoCompatibleKeyError('no key for rsa_pss_rsae_sha512'), 'handshake_failure'],
+      [coded('ENGINE_ERR_UNSUPPORTED'), 'handshake_failure'],
+      [coded('ENGINE_ERR_KEY_NOT_FOUND'), 'handshake_failure'],
+      [coded('ENGINE_ERR_BACKEND'), 'internal_error'],
+      [new Error('HSM link down'), 'internal_error'],
+      ['no signature within 10 ms', 'internal_error'],
+    ];
+    for (const [err, alert] of cases) {
+      const conn = new ServerConnection(config());
+      conn.feed(plaintextRecords(ContentType.handshake, encodeClientHello(goodHello().spec)));
+      const sign = conn.takeEvents().find((e) => e.type === 'sign');
+      if (sign?.type !== 'sign') return t.fail('no sign event');
+      conn.takeOutput();
+      conn.failSignature(sign.request.epoch, err);
+      expectAlert(t, conn, alert);
+      const out = conn.takeOutput()!;
+      t.equal(out.length, 5 + 2 + 1 + 16, 'one alert record under the handshake key');
+    }
+  });
   await t.test('a signature that does not verify is never sent (internal_error)', async (t) => {
     const conn = new ServerConnection(config({}, new SoftSigner(certs.ec.key, { fault: 'garbage' })));
     const ch = encodeClientHello(goodHello().spec);
     await exchange(conn, plaintextRecords(ContentType.handshake, ch));
     expectAlert(t, conn, 'internal_error');
+  });
+  await t.test('an alert under the client handshake key while paused ends the handshake at once', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello();
+    const ch = encodeClientHello(spec);
+    conn.feed(plaintextRecords(ContentType.handshake, ch));
+    const sign = conn.takeEvents().find((e) => e.type === 'sign');
+    t.ok(sign, 'paused for the signature');
+    const { suite, hs } = handshakeSecretsFromServerHello(ch, key, conn.takeOutput()!);
+    const { trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordSealer } = await import('../src/tls/record.js');
+    const k = trafficKeys(suite, hs.client);
+    conn.feed(new RecordSealer(suite, k.key, k.iv).seal(ContentType.alert, Buffer.from([2, 48])));
+    t.ok(conn.error instanceof TlsAlertError && conn.error.received && conn.error.alert === AlertDescription.unknown_ca, `peer's unknown_ca acted on (${conn.error?.message})`);
+    t.ok(conn.takeEvents().some((e) => e.type === 'fatal'), 'a fatal event, so the driver aborts the sign');
+    if (sign?.type === 'sign') t.notOk(conn.resumeWithSignature(sign.request.epoch, Buffer.alloc(64)), 'the late signature is dropped');
+  });
+  await t.test('other encrypted input while paused is decrypted in order, held, then processed', async (t) => {
+    const conn = new ServerConnection(config());
+    const { spec, key } = goodHello({ sessionId: Buffer.alloc(32, 7) });
+    const ch = encodeClientHello(spec);
+    conn.feed(plaintextRecords(ContentType.handshake, ch));
+    const sign = conn.takeEvents().find((e) => e.type === 'sign');
+    if (sign?.type !== 'sign') return t.fail('no sign event');
+    const first = conn.takeOutput()!;
+    conn.feed(record(ContentType.change_cipher_spec, Buffer.from([1])));
+    // An early (premature) client Finished: held, and refused only once the state sees it.
+    const { suite, hs } = handshakeSecretsFromServerHello(ch, key, first);
+    const { trafficKeys } = await import('../src/tls/keyschedule.js');
+    const { RecordSealer } = await import('../src/tls/record.js');
+    const k = trafficKeys(suite, hs.client);
+    conn.feed(new RecordSealer(suite, k.key, k.iv).seal(ContentType.handshake, Buffer.from([20, 0, 0, 32, ...Buffer.alloc(32)])));
+    t.equal(conn.error, null, 'held while paused');
+    conn.resumeWithSignature(sign.request.epoch, await sign.request.signer.sign(sign.request.scheme, sign.request.content));
+    expectAlert(t, conn, 'decrypt_error');
   });
   await t.test('a plaintext alert while paused ends the handshake at once', async (t) => {
     const conn = new ServerConnection(config());
@@ -439,7 +538,7 @@ t.test('PSK resumption', async (t) => {
   const { KeySchedule13, finishedVerifyData, resumptionPsk } = await import('../src/tls/keyschedule.js');
   const ticketKeys = new TicketKeys();
   const cfg = config({ ticketKeys, ticketCount: 2 });
-  const first = await fullHandshake(new ServerConnection(cfg));
+  const first = await fullHandshake(new ServerConnection(cfg), { extra: [ext.pskModes([1])] });
   // Two NewSessionTickets arrive under the server application key.
   const body = first.appOpener.open({ type: 23, version: 0x0303, fragment: first.afterFinished.subarray(5, 5 + first.afterFinished.readUInt16BE(3)) }).content;
   const nsts: Array<{ ageAdd: number; nonce: Buffer; ticket: Buffer }> = [];
@@ -467,6 +566,14 @@ t.test('PSK resumption', async (t) => {
     return { ch, key };
   };
 
+  await t.test('no NewSessionTicket for a client that offers no psk_key_exchange_modes, or only psk_ke (RFC 8446 §4.2.9)', async (t) => {
+    for (const [what, extra] of [['no modes', []], ['psk_ke only', [ext.pskModes([0])]]] as const) {
+      const c = await fullHandshake(new ServerConnection(cfg), { extra: [...extra] });
+      t.equal(c.afterFinished.length, 0, `${what}: nothing after the client Finished`);
+    }
+    const both = await fullHandshake(new ServerConnection(cfg), { extra: [ext.pskModes([0, 1])] });
+    t.ok(both.afterFinished.length > 0, 'psk_ke and psk_dhe_ke: tickets');
+  });
   await t.test('a valid ticket resumes without Certificate or signature', async (t) => {
     const conn = new ServerConnection(cfg);
     const { ch, key } = resumeHello(() => undefined);

@@ -196,6 +196,34 @@ t.test('a key asks for KeyUpdate at its soft limit and refuses to seal past the 
   t.equal(new RecordSealer(AES128, key, iv).needsKeyUpdate, false, 'default limits are far away');
 });
 
+t.test('an opener past its hard limit reports TLS_ERR_SEQ_EXHAUSTED, not bad_record_mac', async (t) => {
+  const key = crypto.randomBytes(16); const iv = crypto.randomBytes(12);
+  const sealer = new RecordSealer(AES128, key, iv);
+  const opener = new RecordOpener(AES128, key, iv, { soft: 1n, hard: 2n });
+  for (const c of ['a', 'b']) t.equal(opener.open(frames(sealer.seal(23, Buffer.from(c)))[0]!).content.toString(), c);
+  t.ok(opener.needsKeyUpdate, 'past the soft limit');
+  t.equal(alertOf(() => opener.open(frames(sealer.seal(23, Buffer.from('c')))[0]!)), 'TLS_ERR_SEQ_EXHAUSTED');
+});
+
+t.test('a seal that would cross the hard limit seals nothing', async (t) => {
+  const key = crypto.randomBytes(16); const iv = crypto.randomBytes(12);
+  const sealer = new RecordSealer(AES128, key, iv, { soft: 2n, hard: 2n });
+  t.equal(alertOf(() => sealer.seal(23, Buffer.alloc(MAX_PLAINTEXT * 2 + 1))), 'TLS_ERR_SEQ_EXHAUSTED', 'three records do not fit in two');
+  t.equal(sealer.seq, 0n, 'no sequence number was used');
+});
+
+t.test('TLS 1.2 keys are bounded by the 64-bit sequence number only (RFC 5246 §6.1, RFC 5288)', async (t) => {
+  const { RecordSealer12, RecordOpener12 } = await import('../src/tls/record12.js');
+  const { suite12ById } = await import('../src/tls/suites12.js');
+  for (const id of [0xc02b, 0xc030, 0xcca9]) {
+    const suite = suite12ById(id)!;
+    const key = crypto.randomBytes(suite.keyLen); const iv = crypto.randomBytes(suite.fixedIvLen);
+    for (const p of [new RecordSealer12(suite, key, iv), new RecordOpener12(suite, key, iv)]) {
+      t.same(p.limits, { soft: 2n ** 64n - 1n, hard: 2n ** 64n - 1n }, `${suite.name}: no AES-GCM rekey limit, since 1.2 cannot rekey`);
+    }
+  }
+});
+
 t.test('keys of the wrong length are refused at construction', async (t) => {
   t.equal(alertOf(() => new RecordSealer(AES128, Buffer.alloc(32), Buffer.alloc(12))), 'TLS_ERR_BAD_KEY');
   t.equal(alertOf(() => new RecordOpener(AES128, Buffer.alloc(16), Buffer.alloc(8))), 'TLS_ERR_BAD_KEY');

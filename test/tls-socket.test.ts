@@ -69,6 +69,23 @@ t.test('a signer past its deadline fails only that handshake with internal_error
   t.equal(s.server.handshakesInProgress, 0);
 });
 
+t.test('by default every signature is verified before it is sent, ECDSA included', async (t) => {
+  const s = await start({ fault: 'garbage' });
+  t.teardown(s.close);
+  const err = await client(s.port).then(() => null, (e: Error) => e);
+  t.match(err?.message ?? '', /internal error/, 'the client got internal_error, not a bad CertificateVerify');
+  await until(() => s.errors.length > 0);
+  t.match(s.errors.at(-1)?.message ?? '', /does not verify under the certificate key/);
+});
+
+t.test('verifyAfterSign: false sends what the signer returned', async (t) => {
+  const s = await start({ fault: 'garbage' }, { verifyAfterSign: false });
+  t.teardown(s.close);
+  const err = await client(s.port).then(() => null, (e: Error) => e);
+  t.ok(err, 'the client refuses the handshake');
+  t.notMatch(err?.message ?? '', /internal error/, `the client found the bad signature itself (${err?.message})`);
+});
+
 t.test('a rejecting signer → internal_error; the next good handshake works', async (t) => {
   const s = await start({ fault: 'reject' });
   t.teardown(s.close);
@@ -91,6 +108,33 @@ t.test('a client that disconnects while its signature is pending leaks nothing',
   t.equal(s.signer.aborted, 1, 'sign aborted');
   t.equal(s.server.handshakesInProgress, 0);
   t.match(observations.at(-1), { result: 'closed' });
+});
+
+t.test('an encrypted fatal alert while the signature is pending aborts the sign and closes', async (t) => {
+  const { encodeClientHello, goodHello, handshakeSecretsFromServerHello, records } = await import('./helpers/tls13-client.js');
+  const { trafficKeys } = await import('../src/tls/keyschedule.js');
+  const { ContentType, RecordSealer, plaintextRecords } = await import('../src/tls/record.js');
+  const s = await start({ fault: 'hang' }, { signTimeoutMs: 60_000 });
+  t.teardown(s.close);
+  const { spec, key } = goodHello();
+  const ch = encodeClientHello(spec);
+  const raw = netConnect(s.port, '127.0.0.1');
+  raw.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => raw.on('close', () => resolve()));
+  let got = Buffer.alloc(0);
+  raw.on('data', (d: Buffer) => { got = Buffer.concat([got, d]); });
+  raw.write(plaintextRecords(ContentType.handshake, ch));
+  // The client has SH, EE and Certificate (the server flushed them before asking the HSM).
+  await until(() => s.signer.inFlight === 1 && records(got).length >= 2);
+  const { suite, hs } = handshakeSecretsFromServerHello(ch, key, got);
+  const k = trafficKeys(suite, hs.client);
+  raw.write(new RecordSealer(suite, k.key, k.iv).seal(ContentType.alert, Buffer.from([2, 48]))); // fatal unknown_ca
+  await until(() => s.signer.aborted === 1 && s.server.handshakesInProgress === 0);
+  t.equal(s.signer.aborted, 1, 'the sign was aborted through its AbortSignal');
+  await closed;
+  t.pass('the server closed the connection');
+  t.match(observations.at(-1), { result: 'alert_received' });
+  t.match(s.errors.at(-1)?.message ?? '', /unknown_ca/);
 });
 
 t.test('a silent client is cut off by the handshake timeout', async (t) => {

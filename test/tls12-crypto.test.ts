@@ -118,9 +118,17 @@ t.test('opening: the AAD binds type and sequence (bad_record_mac); the header mu
 
 t.test('TLS 1.2 tickets: sealed under the tls12 purpose, expired and foreign ones do not open', async (t) => {
   const keys = new TicketKeys();
-  const state = { suite: 0xc02b, masterSecret: crypto.randomBytes(48), issuedAtMs: Date.now(), lifetimeS: 60, servername: 'localhost' };
+  const state = { suite: 0xc02b, masterSecret: crypto.randomBytes(48), extendedMasterSecret: true, issuedAtMs: Date.now(), lifetimeS: 60, servername: 'localhost' };
   const ticket = sealTicket12(keys, state);
   t.same(openTicket12(keys, ticket, Date.now()), state);
+  const legacy = { ...state, extendedMasterSecret: false };
+  t.same(openTicket12(keys, sealTicket12(keys, legacy), Date.now()), legacy, 'a session without EMS says so');
+  // Tickets sealed before EMS became optional (format 0x12, no flag) are extended ones.
+  const { Writer } = await import('../src/tls/codec.js');
+  const w = new Writer(96);
+  w.u8(0x12).u16(state.suite).vec8(state.masterSecret);
+  w.u32(Math.floor(state.issuedAtMs / 2 ** 32)).u32(state.issuedAtMs % 2 ** 32).u32(60).vec16(Buffer.from('localhost'));
+  t.same(openTicket12(keys, keys.seal(Buffer.from(w.finish()), 'tls12'), Date.now()), state, 'an old-format ticket opens as an EMS session');
   t.equal(keys.open(ticket), null, 'not a TLS 1.3 ticket');
   t.equal(openTicket12(keys, keys.seal(Buffer.from('a 1.3 ticket body')), Date.now()), null, 'a TLS 1.3 ticket is not a TLS 1.2 one');
   t.equal(openTicket12(keys, ticket, Date.now() + 61_000), null, 'expired');

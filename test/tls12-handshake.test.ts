@@ -363,7 +363,7 @@ t.test('RFC 5077 tickets', async (t) => {
   });
   await t.test('a TLS 1.3 ticket does not resume TLS 1.2, and a TLS 1.2 ticket is no TLS 1.3 PSK', async (t) => {
     const conn13 = new ServerConnection(cfg);
-    const c13 = await fullHandshake(conn13);
+    const c13 = await fullHandshake(conn13, { extra: [ext.pskModes([1])] });
     const nst = records(c13.afterFinished).map((r) => c13.appOpener.open({ type: r.type, version: 0x0303, fragment: r.fragment }).content)[0]!;
     const body = nst.subarray(4);
     const ticket13 = body.subarray(4 + 4 + 1 + body[8]! + 2, 4 + 4 + 1 + body[8]! + 2 + body.readUInt16BE(4 + 4 + 1 + body[8]!));
@@ -392,4 +392,103 @@ t.test('RFC 5077 tickets', async (t) => {
     const r = await start12(new ServerConnection(clockCfg), { ticket: first.ticket! });
     t.notOk(r.f.resumed);
   });
+  await t.test('the lifetime hint never outlives the ticket keys, and a ticket resumes until it ends', async (t) => {
+    let now = Math.ceil(Date.now() / 3_600_000) * 3_600_000 + 1000;
+    const hourly = new TicketKeys({ now: () => now }); // rotates hourly, opens for two hours
+    const weekCfg = config({ ticketKeys: hourly, ticketLifetimeS: 7 * 24 * 3600, now: () => now });
+    const first = await full12(new ServerConnection(weekCfg), { ticket: Buffer.alloc(0) });
+    t.ok(first.lifetime! <= 7199 && first.lifetime! >= 3600, `hint ${first.lifetime} s fits the key's accept window`);
+    now += first.lifetime! * 1000 - 1000;
+    const r = await start12(new ServerConnection(weekCfg), { ticket: first.ticket! });
+    t.ok(r.f.resumed, 'resumed within the advertised lifetime');
+  });
+});
+
+t.test('a write past an exhausted TLS 1.2 key fails the connection once, and later writes fail fast', async (t) => {
+  // The server Finished takes sequence number 0, so two records of application data fit under 3.
+  const conn = new ServerConnection(config({ seqLimits: { soft: 3n, hard: 3n } }));
+  await full12(conn);
+  conn.writeApplicationData(Buffer.from('a'));
+  conn.writeApplicationData(Buffer.from('b'));
+  t.equal(conn.takeOutput()!.length, 2 * (5 + 8 + 1 + 16), 'two records');
+  let first: unknown;
+  try { conn.writeApplicationData(Buffer.from('c')); } catch (e) { first = e; }
+  t.equal((first as { code?: string } | undefined)?.code, 'TLS_ERR_SEQ_EXHAUSTED');
+  t.equal(conn.error, first, 'the connection is dead with that error');
+  t.ok(conn.takeEvents().some((e) => e.type === 'fatal'), 'a fatal event for the driver');
+  t.throws(() => conn.writeApplicationData(Buffer.from('d')), first as Error, 'the next write fails with the original error');
+  t.equal(conn.takeOutput(), null, 'nothing more is sent (the only write key is used up)');
+});
+
+t.test('an IP literal in SNI counts as no SNI in TLS 1.2 too', async (t) => {
+  for (const ip of ['192.0.2.1', '::1']) {
+    const conn = new ServerConnection(config());
+    const { f } = await full12(conn, { extra: [ext.sni(ip)] });
+    t.ok(conn.established, `handshake with SNI ${ip} completes`);
+    t.equal(conn.negotiated.servername, undefined);
+    t.notOk(f.extensions.has(0), 'ServerHello does not acknowledge server_name');
+  }
+});
+
+t.test('TLS 1.2 record sizes: a full-size encrypted handshake record is accepted, plaintext ones stay capped at 2^14', async (t) => {
+  await t.test('2^14 bytes of encrypted handshake data (a renegotiation ClientHello) is no record_overflow', async (t) => {
+    const conn = new ServerConnection(config());
+    const { c } = await full12(conn);
+    const msg = Buffer.alloc(2 ** 14);
+    msg[0] = 1; // client_hello, as long as the record allows
+    msg.writeUIntBE(msg.length - 4, 1, 3);
+    const rec = c.sealer.seal(ContentType.handshake, msg);
+    t.equal(rec.length, 5 + 8 + 2 ** 14 + 16, 'one record of 2^14 plaintext + explicit nonce + tag');
+    const out = await exchange(conn, rec);
+    t.equal(conn.error, null, `accepted (${conn.error?.message ?? ''})`);
+    const warn = c.opener.open({ type: out[0]!, version: 0x0303, fragment: out.subarray(5) });
+    t.same([...warn.content], [1, AlertDescription.no_renegotiation], 'answered with the no_renegotiation warning');
+  });
+  await t.test('a header over 2^14+2048 → record_overflow', async (t) => {
+    const conn = new ServerConnection(config());
+    await full12(conn);
+    await exchange(conn, Buffer.from([ContentType.application_data, 3, 3, 0x48, 0x01]));
+    expectAlert(t, conn, 'record_overflow');
+  });
+  await t.test('a plaintext handshake record over 2^14 before ChangeCipherSpec → record_overflow', async (t) => {
+    const conn = new ServerConnection(config());
+    await start12(conn);
+    await exchange(conn, Buffer.concat([Buffer.from([ContentType.handshake, 3, 3, 0x40, 0x01]), Buffer.alloc(2 ** 14 + 1, 16)]));
+    expectAlert(t, conn, 'record_overflow');
+  });
+});
+
+t.test('requireExtendedMasterSecret: false lets clients without RFC 7627 in, with the RFC 5246 master secret', async (t) => {
+  const relaxed = config({ requireExtendedMasterSecret: false });
+  await t.test('no extended_master_secret: a full handshake, ServerHello without it, Finished under the legacy master secret', async (t) => {
+    const conn = new ServerConnection(relaxed);
+    const { f } = await full12(conn, { omit: [23] }); // full12 checks the server Finished with the client's own PRF
+    t.ok(conn.established);
+    t.notOk(f.extensions.has(23), 'no unsolicited extended_master_secret');
+  });
+  await t.test('a client offering it still gets it', async (t) => {
+    const conn = new ServerConnection(relaxed);
+    const { f } = await full12(conn);
+    t.ok(conn.established);
+    t.same(f.extensions.get(23), Buffer.alloc(0));
+  });
+  await t.test('a ticket resumes only with the EMS state of its session (RFC 7627 §5.3)', async (t) => {
+    const cfg = config({ requireExtendedMasterSecret: false, ticketKeys: new TicketKeys() });
+    const withEms = await full12(new ServerConnection(cfg), { ticket: Buffer.alloc(0) });
+    const without = await full12(new ServerConnection(cfg), { ticket: Buffer.alloc(0), omit: [23] });
+    const cases: Array<[string, Buffer, number[], boolean]> = [
+      ['EMS session, EMS hello', withEms.ticket!, [], true],
+      ['no-EMS session, no-EMS hello', without.ticket!, [23], true],
+      ['EMS session, hello without EMS', withEms.ticket!, [23], false],
+      ['no-EMS session, hello with EMS', without.ticket!, [], false],
+    ];
+    for (const [what, ticket, omit, resumes] of cases) {
+      const conn = new ServerConnection(cfg);
+      const r = await start12(conn, { ticket, omit });
+      t.equal(r.f.resumed, resumes, `${what}: ${resumes ? 'resumed' : 'full handshake'}`);
+      t.equal(conn.error, null);
+    }
+  });
+  await t.test('the default still refuses a client without it', (t) =>
+    helloFails(t, hello12({ omit: [23] }), 'handshake_failure', config({ requireExtendedMasterSecret: true })));
 });

@@ -70,3 +70,14 @@ t.test('the default (1.3 only) refuses a TLS 1.2 client with protocol_version', 
   const h = await startHarness(t, yaml(''), { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
   await t.rejects(handshake(h.port, { maxVersion: 'TLSv1.2' }), /protocol version/);
 });
+
+// OpenSSL 3's SSL_OP_NO_EXTENDED_MASTER_SECRET (not in node's crypto.constants): a client without RFC 7627.
+const NO_EMS = 0x1;
+
+t.test('requireExtendedMasterSecret: false in the listener config admits a TLS 1.2 client without EMS; the default refuses it', async (t) => {
+  const relaxed = await startHarness(t, yaml('minVersion: "1.2", requireExtendedMasterSecret: false,'), { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
+  t.equal((await handshake(relaxed.port, { maxVersion: 'TLSv1.2', secureOptions: NO_EMS })).protocol, 'TLSv1.2', 'OpenSSL agrees on the RFC 5246 master secret');
+  const strict = await startHarness(t, yaml('minVersion: "1.2",'), { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
+  await t.rejects(handshake(strict.port, { maxVersion: 'TLSv1.2', secureOptions: NO_EMS }), /handshake failure/);
+  t.equal((await handshake(strict.port, { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2', 'a client with EMS is served');
+});

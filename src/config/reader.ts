@@ -67,6 +67,13 @@ export class Reader {
     return s;
   }
 
+  /** true or false. Missing → `def`. */
+  boolean(v: unknown, path: string, opts: { def: boolean }): boolean | undefined {
+    if (v === undefined) return opts.def;
+    if (typeof v !== 'boolean') return this.fail(path, `expected true or false, got ${describe(v)}`);
+    return v;
+  }
+
   /** An integer within [min, max]. */
   integer(v: unknown, path: string, opts: { def?: number; min: number; max: number; optional?: boolean; what?: string }): number | undefined {
     if (v === undefined) {

@@ -44,6 +44,11 @@ export interface ListenerConfig {
   alpn: string[];
   minVersion: TlsVersion;
   maxVersion: TlsVersion;
+  /**
+   * TLS 1.2 clients must offer RFC 7627 extended_master_secret (default true). Filled in by
+   * validation; optional so hand-built configs may omit it.
+   */
+  requireExtendedMasterSecret?: boolean;
   clientAuth: ClientAuthConfig;
 }
 
@@ -109,7 +114,7 @@ export interface Config {
 
 /** Defaults for every optional field; documented in the example configs. */
 export const DEFAULTS = {
-  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion },
+  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true },
   route: { pathPrefix: '/' },
   upstream: {
     balance: 'round-robin' as BalanceStrategy,

@@ -49,7 +49,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'clientAuth']);
+  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth']);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
@@ -67,9 +67,10 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   const minVersion = r.string(o.minVersion, at(path, 'minVersion'), { def: d.minVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
+  const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
-  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion || !clientAuth) return undefined;
-  return { name, address, port, certificates, alpn, minVersion, maxVersion, clientAuth };
+  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
+  return { name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth };
 }
 
 function checkListenersUnique(r: Reader, listeners: ListenerConfig[]): void {

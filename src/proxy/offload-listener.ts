@@ -91,6 +91,7 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         alpnProtocols: listener.alpn,
         minVersion: listener.minVersion,
         maxVersion: listener.maxVersion,
+        ...(listener.requireExtendedMasterSecret === false ? { requireExtendedMasterSecret: false } : {}),
         ticketKeys,
         handshakeTimeoutMs: settings.handshakeTimeoutMs,
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),

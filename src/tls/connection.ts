@@ -11,8 +11,9 @@ import { AwaitSignature12, ExpectClientHelloAny, isState12, type HandshakeIo12 }
 import type { ServerHandshakeConfig } from './hello12.js';
 import { HandshakeJoiner, MAX_CLIENT_HELLO, MAX_HANDSHAKE_MESSAGE } from './joiner.js';
 import { trafficKeys } from './keyschedule.js';
-import { ContentType, RecordDeframer, RecordOpener, RecordSealer, plaintextRecords } from './record.js';
+import { ContentType, MAX_PLAINTEXT, RecordDeframer, RecordOpener, RecordSealer, SeqExhaustedError, plaintextRecords } from './record.js';
 import { RecordOpener12, type RecordSealer12 } from './record12.js';
+import { signFailureAlert } from './signer.js';
 import type { CipherSuite } from './suites.js';
 
 /** What the connection tells its driver. */
@@ -50,6 +51,9 @@ export interface Counters {
 }
 
 interface WireRecord { type: number; version: number; fragment: Buffer }
+interface InnerRecord { type: number; content: Buffer }
+/** Input held during the signature wait: raw records, or protected ones already decrypted (in order). */
+type Held = { rec: WireRecord } | { inner: InnerRecord };
 
 const COMPAT_CCS = Buffer.from([ContentType.change_cipher_spec, 3, 3, 0, 1, 1]);
 
@@ -66,12 +70,14 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   private out: Buffer[] = [];
   private flight: Buffer[] = [];
   private events: ConnectionEvent[] = [];
-  private held: WireRecord[] = [];
+  private held: Held[] = [];
   private heldBytes = 0;
   private epoch = 0;
   private pendingSign = 0;
   private ccsSent = false;
   private decryptedAny = false;
+  /** We asked the peer to replace its current write key (our read key passed its soft limit). */
+  private peerUpdateAsked = false;
   private earlySkip = 0;
   private sawHello = false;
   private done = false;
@@ -108,7 +114,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
 
   /** Everything to transmit since the last call, as one buffer (one socket write per flight). */
   takeOutput(): Buffer | null {
-    if (!this.dead) this.flushFlight();
+    if (!this.dead) {
+      try { this.flushFlight(); } catch (e) { this.fail(e); }
+    }
     const out = this.out;
     if (out.length === 0) return null;
     this.out = [];
@@ -136,11 +144,15 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     return true;
   }
 
-  /** The signer failed or timed out for request `epoch`: internal_error for this handshake only. */
-  failSignature(epoch: number, reason: string): boolean {
+  /**
+   * The signer failed or timed out for request `epoch` (`error`: its rejection, or a reason):
+   * handshake_failure if it has no compatible key or mechanism, else internal_error; this handshake only.
+   */
+  failSignature(epoch: number, error: unknown): boolean {
     if (this.dead || epoch !== this.pendingSign) return false;
     this.pendingSign = 0;
-    this.fail(new TlsAlertError(AlertDescription.internal_error, `signature failed: ${reason}`));
+    const reason = error instanceof Error ? error.message : String(error);
+    this.fail(fatal(signFailureAlert(error), `signature failed: ${reason}`));
     return true;
   }
 
@@ -149,23 +161,39 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     if (this.dead) throw this.dead;
     if (this.writeClosed) throw new TlsError('write after close_notify', 'TLS_ERR_WRITE_AFTER_CLOSE');
     if (!this.done || !this.sealer) throw new TlsError('handshake not complete', 'TLS_ERR_NOT_ESTABLISHED');
-    if (this.sealer.needsKeyUpdate && this.state instanceof Traffic) this.state.updateWriteKey(this, false);
-    this.flushFlight();
-    if (data.length > 0) this.out.push(this.sealer.seal(ContentType.application_data, data));
+    try {
+      if (this.sealer.needsKeyUpdate && this.state instanceof Traffic) this.state.updateWriteKey(this, false);
+      this.flushFlight();
+      if (data.length > 0) this.out.push(this.sealer.seal(ContentType.application_data, data));
+    } catch (e) {
+      // An exhausted key (TLS 1.2 cannot rekey) ends the connection like any other failure (TLS.md 46).
+      this.fail(e);
+      throw this.dead ?? e;
+    }
   }
 
   /** Sends a KeyUpdate (optionally asking the peer to update too). */
   keyUpdate(requestPeer: boolean): void {
     if (this.dead) throw this.dead;
     if (!(this.state instanceof Traffic) || this.writeClosed) throw new TlsError('KeyUpdate needs an established TLS 1.3 connection (TLS 1.2 has no KeyUpdate)', 'TLS_ERR_NOT_ESTABLISHED');
-    this.state.updateWriteKey(this, requestPeer);
+    try {
+      this.state.updateWriteKey(this, requestPeer);
+    } catch (e) {
+      this.fail(e);
+      throw this.dead ?? e;
+    }
   }
 
   /** Sends close_notify; reading continues until the peer's close_notify (half-close). */
   close(): void {
     if (this.dead || this.writeClosed) return;
-    this.flushFlight();
-    this.sendAlert(AlertLevel.warning, AlertDescription.close_notify);
+    try {
+      this.flushFlight();
+      this.sendAlert(AlertLevel.warning, AlertDescription.close_notify);
+    } catch (e) {
+      this.fail(e);
+      return;
+    }
     this.writeClosed = true;
   }
 
@@ -182,29 +210,57 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   private pump(): void {
     while (!this.dead && !this.readClosed) {
       if (!this.state.wantsInput) {
-        // Paused for the signature: hold records in order, except that a plaintext alert
-        // (the only thing a client can say before our Finished) is acted on at once.
+        // Paused for the signature: hold records in order, except that an alert (the only thing
+        // a client can say before our Finished) is acted on at once (TLS.md 44). In TLS 1.3 it may
+        // come under the handshake key (unknown_ca after our Certificate), so protected records are
+        // decrypted as they arrive, which keeps the read sequence in order, and held decrypted.
         const rec = this.deframer.next();
         if (!rec) break;
         if (rec.type === ContentType.alert && !this.decryptedAny) { this.handleRecord(rec); continue; }
+        let held: Held;
+        if (this.isProtected(rec)) {
+          const inner = this.openProtected(rec);
+          if (!inner) continue; // declined early data
+          if (inner.type === ContentType.alert) { this.handleInner(inner); continue; }
+          held = { inner };
+        } else {
+          held = { rec: { type: rec.type, version: rec.version, fragment: Buffer.from(rec.fragment) } };
+        }
         this.heldBytes += rec.fragment.length;
         if (this.heldBytes > Limits.pausedInput) throw fatal('unexpected_message', 'too much input while the handshake is waiting for its signature');
-        this.held.push({ type: rec.type, version: rec.version, fragment: Buffer.from(rec.fragment) });
+        this.held.push(held);
         continue;
       }
-      const rec = this.held.shift() ?? this.deframer.next();
-      if (!rec) break;
+      const h = this.held.shift();
       if (this.held.length === 0) this.heldBytes = 0;
+      if (h) {
+        if ('inner' in h) this.handleInner(h.inner);
+        else this.handleRecord(h.rec);
+        continue;
+      }
+      const rec = this.deframer.next();
+      if (!rec) break;
       this.handleRecord(rec);
     }
     this.flushFlight();
   }
 
+  /** TLS 1.3 hides the real type inside application_data records; TLS 1.2 protects every record after CCS. */
+  private isProtected(rec: WireRecord): boolean {
+    return this.opener !== null && (rec.type === ContentType.application_data || this.opener instanceof RecordOpener12);
+  }
+
   private handleRecord(rec: WireRecord): void {
     const { type, fragment } = rec;
-    // TLS 1.3 hides the real type inside application_data records; TLS 1.2 protects every record after CCS.
-    if (this.opener && (type === ContentType.application_data || this.opener instanceof RecordOpener12)) return this.handleProtected(rec);
-    // Everything below is unprotected.
+    if (this.isProtected(rec)) {
+      const inner = this.openProtected(rec);
+      if (inner) this.handleInner(inner);
+      return;
+    }
+    // Everything below is unprotected. The deframer checks the size on the header too, except in
+    // TLS 1.2, where a header cannot tell a protected record from a plaintext one. (application_data
+    // here is declined 0-RTT after an HRR: ciphertext, up to 2^14+256.)
+    if (fragment.length > MAX_PLAINTEXT && type !== ContentType.application_data) throw fatal('record_overflow', `plaintext record of ${fragment.length} bytes exceeds ${MAX_PLAINTEXT}`);
     if (this.joiner.pending && type !== ContentType.handshake) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
       case ContentType.change_cipher_spec:
@@ -236,8 +292,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     if (this.counters.earlyDataSkipped > Limits.earlyDataSkip) throw fatal('unexpected_message', 'too much declined early data');
   }
 
-  private handleProtected(rec: WireRecord): void {
-    let inner: { type: number; content: Buffer };
+  /** Decrypts a protected record; null when it was declined early data, skipped. */
+  private openProtected(rec: WireRecord): InnerRecord | null {
+    let inner: InnerRecord;
     try {
       inner = this.opener!.open(rec);
     } catch (e) {
@@ -245,13 +302,23 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       if (this.earlySkip > 0 && e instanceof TlsAlertError && e.alert === AlertDescription.bad_record_mac) {
         // Nothing has decrypted under this key yet, so its sequence number must stay at 0.
         const k = this.readKey!;
-        this.opener = new RecordOpener(k.suite, k.key, k.iv);
-        return this.skipEarly(rec.fragment.length);
+        this.opener = new RecordOpener(k.suite, k.key, k.iv, this.config.seqLimits);
+        this.skipEarly(rec.fragment.length);
+        return null;
       }
       throw e;
     }
     this.earlySkip = 0;
     this.decryptedAny = true;
+    // RFC 8446 §5.5: the peer's key is wearing out; ask once for a new one (the hard limit closes).
+    if (this.opener!.needsKeyUpdate && !this.peerUpdateAsked && this.state instanceof Traffic && !this.writeClosed) {
+      this.peerUpdateAsked = true;
+      this.state.updateWriteKey(this, true);
+    }
+    return inner;
+  }
+
+  private handleInner(inner: InnerRecord): void {
     const { type, content } = inner;
     if (type !== ContentType.handshake && this.joiner.pending) throw fatal('unexpected_message', 'record interleaved with a fragmented handshake message');
     switch (type) {
@@ -313,6 +380,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.flight = []; // a half-built flight is never sent
     if (err instanceof TlsAlertError && !err.received && !this.writeClosed) {
       try { this.sendAlert(AlertLevel.fatal, err.alert); } catch { /* nothing more to say */ }
+    } else if (err instanceof SeqExhaustedError && !this.writeClosed) {
+      // No alert means "key used up": close_notify, if the write key can still carry one.
+      try { this.sendAlert(AlertLevel.warning, AlertDescription.close_notify); } catch { /* it is the exhausted one */ }
     }
     this.dead = err;
     this.writeClosed = true;
@@ -352,15 +422,20 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.flushFlight();
     if (this.done) this.counters.keyUpdatesSent++;
     const { key, iv } = trafficKeys(suite, secret);
-    this.sealer = new RecordSealer(suite, key, iv);
+    this.sealer = new RecordSealer(suite, key, iv, this.config.seqLimits);
+  }
+
+  checkKeyChangeBoundary(): void {
+    // rustls KeyEpochWithPendingFragment (TLS.md 12): a key change must fall on a record boundary.
+    if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at a key change');
   }
 
   setReadKey(suite: CipherSuite, secret: Buffer): void {
-    // rustls KeyEpochWithPendingFragment (TLS.md 12): a key change must fall on a record boundary.
-    if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at a key change');
+    this.checkKeyChangeBoundary();
     const { key, iv } = trafficKeys(suite, secret);
     this.readKey = { suite, key, iv };
-    this.opener = new RecordOpener(suite, key, iv);
+    this.opener = new RecordOpener(suite, key, iv, this.config.seqLimits);
+    this.peerUpdateAsked = false;
     // Declined 0-RTT can only precede the first key change (after an HRR it precedes ClientHello2):
     // from here on an undecryptable record is bad_record_mac. The caller re-arms skipping if needed.
     this.earlySkip = 0;
@@ -375,6 +450,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     this.out.push(COMPAT_CCS);
     this.sealer = sealer;
   }
+
+  useTls12Records(): void { this.deframer.useTls12Limits(); }
 
   setReadProtection(opener: RecordOpener12): void {
     if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at ChangeCipherSpec');

@@ -1,6 +1,7 @@
 // ClientHello extensions (RFC 8446 §4.2): decoded into one typed record, each body read by
 // a bounded sub-reader that must be consumed exactly. Duplicates, a pre_shared_key that is
 // not last, empty must-not-be-empty lists and malformed SNI are rejected here.
+import { isIP } from 'node:net';
 import { fatal } from './alert.js';
 import { Reader, Writer } from './codec.js';
 
@@ -67,7 +68,8 @@ function u16List(r: Reader, what: string, lenBytes: 1 | 2 = 2): number[] {
   return out;
 }
 
-function readServerName(r: Reader): string {
+/** The SNI host name, lowercased; undefined for an IP literal, which counts as no SNI. */
+function readServerName(r: Reader): string | undefined {
   const list = r.sub(2, 'server_name list');
   let name: string | undefined;
   while (list.remaining > 0) {
@@ -77,6 +79,9 @@ function readServerName(r: Reader): string {
     if (name !== undefined) throw fatal('illegal_parameter', 'server_name carries more than one host_name');
     if (value.length === 0) throw fatal('decode_error', 'empty host_name in server_name');
     name = value.toString('latin1');
+    // RFC 6066 §3 says HostName is never an IP literal, yet clients (testssl, some libraries
+    // connecting by address) send one: treat it as no SNI rather than as a name to refuse.
+    if (isIP(name.startsWith('[') && name.endsWith(']') ? name.slice(1, -1) : name) !== 0) return undefined;
     // RFC 6066 §3: ASCII hostname, no trailing dot; reject anything that is not a DNS name.
     if (!/^[A-Za-z0-9_.-]+$/.test(name) || name.endsWith('.') || name.startsWith('.')) {
       throw fatal('illegal_parameter', 'server_name is not a valid DNS host name');

@@ -12,7 +12,7 @@ import type { CertChoice } from './certselect.js';
 import { CLIENT_SCHEMES_12, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
 import { decodeCertificateVerify, decodeClientCertificate12, encodeCertificateRequest12 } from './client-auth-messages.js';
 import { ExpectClientHello, type HandshakeIo, type State } from './handshake13.js';
-import { checkClientHello12, chooseGroup12, chooseSuiteAndCertificate12, enabledVersions, selectVersion, type ServerHandshakeConfig } from './hello12.js';
+import { checkClientHello12, chooseGroup12, chooseSuiteAndCertificate12, enabledVersions, selectVersion, type Hello12Options, type ServerHandshakeConfig } from './hello12.js';
 import { chooseAlpn } from './hello13.js';
 import { Transcript } from './keyschedule.js';
 import { HandshakeType, decodeClientHello, decodeFinished, encodeFinished, type ClientHello, type HandshakeMessage } from './messages.js';
@@ -20,9 +20,9 @@ import {
   HandshakeType12, decodeClientKeyExchange, ecdheParams, encodeCertificate12, encodeNewSessionTicket12,
   encodeServerHello12, encodeServerHelloDone, encodeServerKeyExchange, serverKeyExchangeContent,
 } from './messages12.js';
-import { extendedMasterSecret, finishedVerifyData12, keyBlock12, type DirectionKeys } from './prf12.js';
+import { extendedMasterSecret, finishedVerifyData12, keyBlock12, legacyMasterSecret, type DirectionKeys } from './prf12.js';
 import { RecordOpener12, RecordSealer12 } from './record12.js';
-import { MAX_TICKET_LIFETIME_S } from './session.js';
+import { ticketLifetimeS } from './session.js';
 import { SignatureScheme } from './signer.js';
 import { EphemeralKey } from './suites.js';
 import { suite12ById, type CipherSuite12 } from './suites12.js';
@@ -35,6 +35,8 @@ export interface HandshakeIo12 extends HandshakeIo {
   sendChangeCipherSpec(sealer: RecordSealer12): void;
   /** The client's ChangeCipherSpec arrived: records from now on are opened with `opener`. */
   setReadProtection(opener: RecordOpener12): void;
+  /** TLS 1.2 was chosen: record framing follows RFC 5246 from the next record on. */
+  useTls12Records(): void;
   /** A warning-level alert under the current write protection (no_renegotiation). */
   sendWarningAlert(description: number): void;
 }
@@ -98,6 +100,8 @@ interface Context12 {
   servername: string;
   /** A NewSessionTicket goes out before our CCS (full handshakes whose client asked for one). */
   issueTicket: boolean;
+  /** The session uses the RFC 7627 extended master secret (the client offered it). */
+  ems: boolean;
   /** mTLS: the client's verified chain, once its Certificate arrived (its CertificateVerify is still due). */
   peer?: PeerIdentity;
 }
@@ -118,7 +122,9 @@ interface Keys12 { master: Buffer; client: DirectionKeys; server: DirectionKeys 
 
 function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   const { config, negotiated } = io;
-  const opts = checkClientHello12(ch);
+  io.useTls12Records();
+  const opts = checkClientHello12(ch, config);
+  const ems = opts.extendedMasterSecret;
   const servername = ch.ext.serverName ?? '';
   negotiated.servername = ch.ext.serverName;
   const alpn = chooseAlpn(ch, config.alpnProtocols);
@@ -127,9 +133,11 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   // No resumption under mTLS: an abbreviated handshake has no client Certificate to verify.
   if (opts.sessionTicket && config.ticketKeys && !config.clientAuth) {
     const t = openTicket12(config.ticketKeys, opts.sessionTicket, config.now());
-    const suite = t && t.servername === servername && ch.cipherSuites.includes(t.suite) ? suite12ById(t.suite) : undefined;
+    // RFC 7627 §5.3: a session resumes only with the EMS state it was made with; else a full handshake.
+    const usable = t && t.servername === servername && t.extendedMasterSecret === ems && ch.cipherSuites.includes(t.suite);
+    const suite = usable ? suite12ById(t.suite) : undefined;
     if (t && suite) {
-      const ctx: Context12 = { ch, suite, serverRandom: serverRandom12(config), transcript: new Transcript(suite.hash), alpn, servername, issueTicket: false };
+      const ctx: Context12 = { ch, suite, serverRandom: serverRandom12(config), transcript: new Transcript(suite.hash), alpn, servername, issueTicket: false, ems };
       return resumeSession(ctx, t.masterSecret, opts, io);
     }
   }
@@ -139,7 +147,7 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   Object.assign(negotiated, { suite, group, keyType: cert.entry.keyType, scheme: cert.scheme });
   const ctx: Context12 = {
     ch, suite, serverRandom: serverRandom12(config), transcript: config.clientAuth ? new RecordingTranscript(suite.hash) : new Transcript(suite.hash),
-    alpn, servername, issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0 && !config.clientAuth,
+    alpn, servername, issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0 && !config.clientAuth, ems,
   };
   // TLS.md "Where the asynchronous signature fits": the signed content is known once the
   // ephemeral key exists, so the request goes out before the rest of the flight is encoded.
@@ -150,7 +158,7 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
 
   const sh = encodeServerHello12({
     random: ctx.serverRandom, sessionId: Buffer.alloc(0), suite: suite.id, renegotiationInfo: opts.secureRenegotiation,
-    pointFormats: opts.pointFormats, ackServerName: ch.ext.serverName !== undefined, sessionTicket: ctx.issueTicket, alpn,
+    pointFormats: opts.pointFormats, ackServerName: ch.ext.serverName !== undefined, sessionTicket: ctx.issueTicket, extendedMasterSecret: ems, alpn,
   });
   const certMsg = encodeCertificate12(cert.entry.certified.chain);
   ctx.transcript.update(ch.raw);
@@ -161,13 +169,13 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
 }
 
 /** RFC 5077 §3.1 abbreviated handshake: our CCS and Finished follow ServerHello at once. */
-function resumeSession(ctx: Context12, master: Buffer, opts: { secureRenegotiation: boolean; pointFormats: boolean }, io: HandshakeIo12): State {
+function resumeSession(ctx: Context12, master: Buffer, opts: Hello12Options, io: HandshakeIo12): State {
   const { ch, suite, transcript } = ctx;
   Object.assign(io.negotiated, { suite, resumed: true });
   // RFC 5077 §3.4: echo the client's session id so it recognises the resumption.
   const sh = encodeServerHello12({
     random: ctx.serverRandom, sessionId: ch.sessionId, suite: suite.id, renegotiationInfo: opts.secureRenegotiation,
-    pointFormats: opts.pointFormats, ackServerName: false, sessionTicket: false, alpn: ctx.alpn,
+    pointFormats: opts.pointFormats, ackServerName: false, sessionTicket: false, extendedMasterSecret: ctx.ems, alpn: ctx.alpn,
   });
   transcript.update(ch.raw);
   transcript.update(sh);
@@ -178,7 +186,7 @@ function resumeSession(ctx: Context12, master: Buffer, opts: { secureRenegotiati
 }
 
 function sendServerFinished(ctx: Context12, keys: Keys12, io: HandshakeIo12): void {
-  io.sendChangeCipherSpec(new RecordSealer12(ctx.suite, keys.server.key, keys.server.iv));
+  io.sendChangeCipherSpec(new RecordSealer12(ctx.suite, keys.server.key, keys.server.iv, io.config.seqLimits));
   const fin = encodeFinished(finishedVerifyData12(ctx.suite.hash, keys.master, 'server', ctx.transcript.digest()));
   ctx.transcript.update(fin);
   io.sendHandshake(fin);
@@ -283,7 +291,9 @@ export class ExpectClientKeyExchange implements State12 {
     const { ctx } = this;
     const preMaster = this.eph.deriveShared(decodeClientKeyExchange(m.body));
     ctx.transcript.update(m.raw);
-    const master = extendedMasterSecret(ctx.suite.hash, preMaster, ctx.transcript.digest());
+    const master = ctx.ems
+      ? extendedMasterSecret(ctx.suite.hash, preMaster, ctx.transcript.digest())
+      : legacyMasterSecret(ctx.suite.hash, preMaster, ctx.ch.random, ctx.serverRandom);
     const keys: Keys12 = { master, ...keyBlock12(ctx.suite, master, ctx.ch.random, ctx.serverRandom) };
     // A client that sent a certificate proves it holds the key next (RFC 5246 §7.4.8).
     return ctx.peer ? new ExpectCertificateVerify12(ctx, keys) : new ExpectChangeCipherSpec12(ctx, keys, false);
@@ -299,7 +309,7 @@ export class ExpectChangeCipherSpec12 implements State12 {
   handle(m: HandshakeMessage): State { return unexpected(this.name, `${messageName(m)} before ChangeCipherSpec`); }
 
   changeCipherSpec(io: HandshakeIo12): State {
-    io.setReadProtection(new RecordOpener12(this.ctx.suite, this.keys.client.key, this.keys.client.iv));
+    io.setReadProtection(new RecordOpener12(this.ctx.suite, this.keys.client.key, this.keys.client.iv, io.config.seqLimits));
     return new ExpectFinished12(this.ctx, this.keys, this.resumed);
   }
 }
@@ -329,9 +339,9 @@ export class ExpectFinished12 implements State12 {
 }
 
 function sendTicket(ctx: Context12, master: Buffer, io: HandshakeIo12): void {
-  const { ticketKeys, ticketLifetimeS, now } = io.config;
-  const lifetime = Math.min(ticketLifetimeS, MAX_TICKET_LIFETIME_S);
-  const ticket = sealTicket12(ticketKeys!, { suite: ctx.suite.id, masterSecret: master, issuedAtMs: now(), lifetimeS: lifetime, servername: ctx.servername });
+  const { ticketKeys, now } = io.config;
+  const lifetime = ticketLifetimeS(ticketKeys!, io.config.ticketLifetimeS);
+  const ticket = sealTicket12(ticketKeys!, { suite: ctx.suite.id, masterSecret: master, extendedMasterSecret: ctx.ems, issuedAtMs: now(), lifetimeS: lifetime, servername: ctx.servername });
   const nst = encodeNewSessionTicket12(lifetime, ticket);
   ctx.transcript.update(nst);
   io.sendPlaintextHandshake(nst);

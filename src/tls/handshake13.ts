@@ -14,7 +14,8 @@ import {
   encodeServerHello, messageHash, type ClientHello, type HandshakeMessage,
 } from './messages.js';
 import { KeySchedule13, Transcript, finishedVerifyData, nextTrafficSecret, resumptionPsk } from './keyschedule.js';
-import { MAX_TICKET_LIFETIME_S, acceptPsk, newAgeAdd, sealTicket, type AcceptedPsk, type TicketSealer } from './session.js';
+import { acceptPsk, newAgeAdd, sealTicket, ticketLifetimeS, type AcceptedPsk, type TicketSealer } from './session.js';
+import type { SeqLimits } from './record.js';
 import { SignatureScheme, type Signer } from './signer.js';
 import { EphemeralKey, type CipherSuite } from './suites.js';
 
@@ -31,6 +32,8 @@ export interface HandshakeConfig {
   now: () => number;
   /** Client-certificate checking (mTLS); absent = no CertificateRequest. */
   clientAuth?: ClientAuthPolicy;
+  /** Per-key record limits in place of the defaults of each version (tests reach them this way). */
+  seqLimits?: SeqLimits;
 }
 
 /** What the handshake settled on; filled in as it progresses. */
@@ -60,6 +63,8 @@ export interface HandshakeIo {
   sendHandshake(msg: Buffer): void;
   setWriteKey(suite: CipherSuite, secret: Buffer): void;
   setReadKey(suite: CipherSuite, secret: Buffer): void;
+  /** Throws unexpected_message if handshake bytes follow the current message: a key change must fall on a record boundary. */
+  checkKeyChangeBoundary(): void;
   /** Skip undecryptable early-data records (offered 0-RTT we decline) until one decrypts. */
   skipEarlyData(): void;
   requestSignature(req: Omit<SignRequest, 'epoch'>): void;
@@ -136,6 +141,8 @@ export class ExpectClientHello implements State {
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
     negotiated.group = group.share.group;
+    // TLS.md 12: the read key changes after this hello; refuse leftover bytes before anything is sent.
+    io.checkKeyChangeBoundary();
     const eph = EphemeralKey.generate(group.share.group);
     const shared = eph.deriveShared(group.share.key);
     const sh = encodeServerHello({
@@ -156,7 +163,7 @@ export class ExpectClientHello implements State {
     transcript.update(ee);
     io.sendHandshake(ee);
     negotiated.alpn = alpn;
-    const keys: FlightKeys = { suite, schedule, transcript, hs, alpn, servername: ch.ext.serverName ?? '' };
+    const keys: FlightKeys = { suite, schedule, transcript, hs, alpn, servername: ch.ext.serverName ?? '', pskDhe: allowsPskDhe(ch) };
     if (psk) {
       negotiated.resumed = true;
       return sendServerFinished(keys, io);
@@ -201,6 +208,8 @@ interface FlightKeys {
   hs: { client: Buffer; server: Buffer };
   alpn: string | undefined;
   servername: string;
+  /** The client offered psk_dhe_ke, the only mode we resume with: tickets are of use to it. */
+  pskDhe: boolean;
   /** Set when we sent a CertificateRequest. */
   clientAuth?: ClientAuthPolicy;
 }
@@ -314,9 +323,11 @@ export class ExpectFinished implements State {
 }
 
 function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
-  const { ticketKeys, ticketCount, ticketLifetimeS, now } = io.config;
-  if (!ticketKeys || io.config.clientAuth) return;
-  const lifetime = Math.min(ticketLifetimeS, MAX_TICKET_LIFETIME_S);
+  const { ticketKeys, ticketCount, now } = io.config;
+  // RFC 8446 §4.2.9: no psk_key_exchange_modes means no tickets; a psk_ke-only client could never use ours.
+  if (!ticketKeys || io.config.clientAuth || !k.pskDhe) return;
+  const lifetime = ticketLifetimeS(ticketKeys, io.config.ticketLifetimeS);
+  if (lifetime === 0) return; // it would never resume
   for (let i = 0; i < ticketCount; i++) {
     const nonce = Buffer.from([i]);
     const ageAdd = newAgeAdd();

@@ -1,5 +1,5 @@
 // Version selection for every ClientHello, and ClientHello negotiation for TLS 1.2 (RFC 5246
-// with the modern profile): mandatory extended_master_secret (RFC 7627), secure renegotiation
+// with the modern profile): extended_master_secret (RFC 7627, required unless configured off), secure renegotiation
 // indication (RFC 5746), ec_point_formats and supported_groups (RFC 8422), signature_algorithms
 // required (no implicit SHA-1), then suite + certificate + scheme, and the ECDHE group.
 import { fatal } from './alert.js';
@@ -22,8 +22,18 @@ export interface VersionRange {
   maxVersion?: TlsVersionName;
 }
 
+/** TLS 1.2 policy beyond the version range. */
+export interface Tls12Policy {
+  /**
+   * Refuse clients without RFC 7627 extended_master_secret (default true). false lets old clients
+   * in with the RFC 5246 master secret, which a man in the middle can synchronise across two
+   * sessions (the triple handshake attack): for operators who must serve such clients.
+   */
+  requireExtendedMasterSecret?: boolean;
+}
+
 /** The handshake configuration with the version range: what ServerConnection is given. */
-export type ServerHandshakeConfig = HandshakeConfig & VersionRange;
+export type ServerHandshakeConfig = HandshakeConfig & VersionRange & Tls12Policy;
 
 /** RFC 5746 §3.3 signalling cipher suite value. */
 export const EMPTY_RENEGOTIATION_INFO_SCSV = 0x00ff;
@@ -68,10 +78,12 @@ export interface Hello12Options {
   pointFormats: boolean;
   /** session_ticket was present: the ticket (empty = asks for a new one). */
   sessionTicket?: Buffer;
+  /** The client offered extended_master_secret (RFC 7627): the session uses it. */
+  extendedMasterSecret: boolean;
 }
 
 /** Legacy fields and the extensions TLS 1.2 needs; throws the alert each violation deserves. */
-export function checkClientHello12(ch: ClientHello): Hello12Options {
+export function checkClientHello12(ch: ClientHello, policy: Tls12Policy = {}): Hello12Options {
   if (!ch.compressionMethods.includes(0)) throw fatal('illegal_parameter', 'ClientHello does not offer null compression (TLS 1.2 requires it in the list)');
   const raw = ch.ext.raw;
   let secureRenegotiation = ch.cipherSuites.includes(EMPTY_RENEGOTIATION_INFO_SCSV);
@@ -84,8 +96,10 @@ export function checkClientHello12(ch: ClientHello): Hello12Options {
     secureRenegotiation = true;
   }
   const ems = raw.get(ExtensionType.extended_master_secret);
-  if (ems === undefined) throw fatal('handshake_failure', 'client does not offer extended_master_secret (RFC 7627), which this server requires');
-  if (ems.length > 0) throw fatal('decode_error', 'extended_master_secret must be empty');
+  if (ems === undefined && (policy.requireExtendedMasterSecret ?? true)) {
+    throw fatal('handshake_failure', 'client does not offer extended_master_secret (RFC 7627), which this server requires');
+  }
+  if (ems !== undefined && ems.length > 0) throw fatal('decode_error', 'extended_master_secret must be empty');
   if (!ch.ext.signatureAlgorithms) throw fatal('handshake_failure', 'ClientHello lacks signature_algorithms; the implicit SHA-1 default of TLS 1.2 is refused');
   let pointFormats = false;
   const pf = raw.get(ExtensionType.ec_point_formats);
@@ -99,7 +113,7 @@ export function checkClientHello12(ch: ClientHello): Hello12Options {
     pointFormats = true;
   }
   const sessionTicket = raw.get(ExtensionType.session_ticket);
-  return { secureRenegotiation, pointFormats, ...(sessionTicket ? { sessionTicket } : {}) };
+  return { secureRenegotiation, pointFormats, extendedMasterSecret: ems !== undefined, ...(sessionTicket ? { sessionTicket } : {}) };
 }
 
 /** The ECDHE group: our first preference among the client's supported_groups (TLS.md 26). */

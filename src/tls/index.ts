@@ -10,7 +10,7 @@ export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js'
 export { prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
 export { type ClientAuthMode, type ClientAuthOptions, type PeerIdentity } from './client-auth.js';
 export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
-export { SignatureScheme, type Signer, type CertifiedKey } from './signer.js';
+export { NoCompatibleKeyError, SIGNER_ERR_NO_COMPATIBLE_KEY, SignatureScheme, type Signer, type CertifiedKey } from './signer.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';
 export { TicketKeys } from './tickets.js';
 export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';

@@ -35,7 +35,8 @@ export class HandshakeJoiner {
     const head = this.chunks[0]!.length >= 4 ? this.chunks[0]! : this.flatten();
     const len = head.readUIntBE(1, 3);
     const cap = head[0] === 1 /* client_hello */ ? this.maxClientHello : this.maxMessage;
-    if (len > cap) throw fatal('unexpected_message', `handshake message of ${len} bytes exceeds the ${cap}-byte limit`);
+    // illegal_parameter, as OpenSSL (SSL_R_EXCESSIVE_MESSAGE_SIZE) and BoringSSL send for this.
+    if (len > cap) throw fatal('illegal_parameter', `handshake message of ${len} bytes exceeds the ${cap}-byte limit`);
   }
 
   private flatten(): Buffer {

@@ -32,16 +32,18 @@ export interface ServerHello12Params {
   ackServerName: boolean;
   /** Empty session_ticket: a NewSessionTicket follows (RFC 5077 §3.2). */
   sessionTicket: boolean;
+  /** Empty extended_master_secret: the client offered it (RFC 7627 §5.1), so the session uses it. */
+  extendedMasterSecret: boolean;
   alpn?: string;
 }
 
-/** ServerHello for TLS 1.2: always extended_master_secret, null compression. */
+/** ServerHello for TLS 1.2, null compression. */
 export function encodeServerHello12(p: ServerHello12Params): Buffer {
   return message(HandshakeType.server_hello, (w) => {
     w.u16(TLS12_VERSION).bytes(p.random).vec8(p.sessionId).u16(p.suite).u8(0);
     w.lengthPrefixed(2, (e) => {
       if (p.renegotiationInfo) writeExtension(e, ExtensionType.renegotiation_info, (b) => b.u8(0));
-      writeExtension(e, ExtensionType.extended_master_secret, () => undefined);
+      if (p.extendedMasterSecret) writeExtension(e, ExtensionType.extended_master_secret, () => undefined);
       if (p.pointFormats) writeExtension(e, ExtensionType.ec_point_formats, (b) => b.vec8(Buffer.of(0)));
       if (p.ackServerName) writeExtension(e, ExtensionType.server_name, () => undefined);
       if (p.sessionTicket) writeExtension(e, ExtensionType.session_ticket, () => undefined);

@@ -24,6 +24,14 @@ export function extendedMasterSecret(hash: HashName, preMaster: Buffer, sessionH
   return prf12(hash, preMaster, 'extended master secret', sessionHash, 48);
 }
 
+/**
+ * The RFC 5246 §8.1 master secret, PRF(pre_master_secret, "master secret", client_random ‖
+ * server_random)[0..47]: only for clients without extended_master_secret, where the operator allows them.
+ */
+export function legacyMasterSecret(hash: HashName, preMaster: Buffer, clientRandom: Buffer, serverRandom: Buffer): Buffer {
+  return prf12(hash, preMaster, 'master secret', Buffer.concat([clientRandom, serverRandom]), 48);
+}
+
 /** One direction's AEAD key and implicit IV. */
 export interface DirectionKeys { key: Buffer; iv: Buffer }
 

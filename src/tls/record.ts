@@ -13,7 +13,7 @@ export const ContentType = { change_cipher_spec: 20, alert: 21, handshake: 22, a
 export const MAX_PLAINTEXT = 2 ** 14;
 /** Largest TLS 1.3 TLSCiphertext.encrypted_record. */
 export const MAX_CIPHERTEXT_13 = 2 ** 14 + 256;
-/** Largest TLS 1.2 ciphertext fragment (RFC 5246 §6.2.3), for the later TLS 1.2 engine. */
+/** Largest TLS 1.2 ciphertext fragment (RFC 5246 §6.2.3). */
 export const MAX_CIPHERTEXT_12 = 2 ** 14 + 2048;
 
 const HEADER_LEN = 5;
@@ -42,8 +42,8 @@ const HTTP_METHODS = ['GET ', 'POST', 'HEAD', 'PUT ', 'DELE', 'OPTI', 'PATC', 'C
  * buffer allocated at its exact size. Complete records in a chunk are returned as views.
  */
 export class RecordDeframer {
-  private readonly maxCiphertext: number;
-  private readonly plaintextLimit: boolean;
+  private maxCiphertext: number;
+  private plaintextLimit: boolean;
   private readonly ready: RecordFrame[] = [];
   private readyHead = 0;
   private readyBytes = 0;
@@ -63,6 +63,15 @@ export class RecordDeframer {
   constructor(opts: { maxCiphertext?: number; plaintextLimit?: boolean } = {}) {
     this.maxCiphertext = opts.maxCiphertext ?? MAX_CIPHERTEXT_13;
     this.plaintextLimit = opts.plaintextLimit ?? true;
+  }
+
+  /**
+   * Switches to TLS 1.2 framing once 1.2 is negotiated: every record type may be encrypted, so the
+   * header allows 2^14+2048 for all of them (RFC 5246 §6.2.3); the caller checks plaintext records.
+   */
+  useTls12Limits(): void {
+    this.maxCiphertext = MAX_CIPHERTEXT_12;
+    this.plaintextLimit = false;
   }
 
   /** Bytes held: complete records not yet taken by next() plus the partial record. */
@@ -194,12 +203,27 @@ export function defaultSeqLimits(suite: CipherSuite): SeqLimits {
     : { soft: 2n ** 23n, hard: 2n ** 24n };
 }
 
+/**
+ * TLS 1.2 limits: 1.2 cannot rekey, and RFC 5246 §6.1 / RFC 5288 bound a key only by the 64-bit
+ * sequence number, which must not wrap. The soft limit equals the hard one: there is nothing to ask for.
+ */
+export const SEQ_LIMITS_12: SeqLimits = { soft: 2n ** 64n - 1n, hard: 2n ** 64n - 1n };
+
+/** The record sequence number of a key ran out: no alert can mean it, so the connection just closes. */
+export class SeqExhaustedError extends TlsError {
+  constructor(direction: 'read' | 'write') {
+    super(`record sequence limit reached for the ${direction} key; the connection must rekey or close`, 'TLS_ERR_SEQ_EXHAUSTED');
+    this.name = 'SeqExhaustedError';
+  }
+}
+
 /** Shared nonce/sequence handling for one direction's traffic key. */
 abstract class RecordProtection {
   protected readonly nonce = Buffer.alloc(12);
   private readonly ivTail: bigint;
   private seqNo = 0n;
-  private readonly limits: SeqLimits;
+  /** The soft and hard record limits of this key. */
+  readonly limits: SeqLimits;
 
   constructor(protected readonly suite: CipherSuite, protected readonly key: Buffer, protected readonly iv: Buffer, limits?: SeqLimits) {
     if (key.length !== suite.keyLen) throw new TlsError(`${suite.name} needs a ${suite.keyLen}-byte key, got ${key.length}`, 'TLS_ERR_BAD_KEY');
@@ -219,11 +243,13 @@ abstract class RecordProtection {
     return this.seqNo >= this.limits.soft;
   }
 
-  /** Sets `nonce` to iv XOR seq (RFC 8446 §5.3) and advances seq; refuses past the hard limit. */
+  /** Refuses (SeqExhaustedError) unless `records` more records fit under the hard limit. */
+  protected reserve(records: number, direction: 'read' | 'write'): void {
+    if (this.seqNo + BigInt(records) > this.limits.hard) throw new SeqExhaustedError(direction);
+  }
+
+  /** Sets `nonce` to iv XOR seq (RFC 8446 §5.3) and advances seq; callers reserve() first. */
   protected nextNonce(): Buffer {
-    if (this.seqNo >= this.limits.hard) {
-      throw new TlsError('record sequence limit reached for this key; the connection must rekey or close', 'TLS_ERR_SEQ_EXHAUSTED');
-    }
     this.nonce.writeBigUInt64BE(this.ivTail ^ this.seqNo, 4);
     this.seqNo++;
     return this.nonce;
@@ -244,6 +270,7 @@ export class RecordSealer extends RecordProtection {
     const pad = Math.max(0, Math.min(padding, MAX_PLAINTEXT - 1));
     const perRecord = MAX_PLAINTEXT - pad;
     const records = Math.max(1, Math.ceil(content.length / perRecord));
+    this.reserve(records, 'write'); // all or nothing: no half-sealed content
     const out = Buffer.allocUnsafe(content.length + records * (HEADER_LEN + 1 + pad + TAG_LEN));
     let inPos = 0;
     let outPos = 0;
@@ -296,9 +323,12 @@ export class RecordOpener extends RecordProtection {
     this.aad.writeUInt16BE(record.version, 1);
     this.aad.writeUInt16BE(frag.length, 3);
     const ctLen = frag.length - TAG_LEN;
+    // Outside the AEAD try: an exhausted key is not an authentication failure.
+    this.reserve(1, 'read');
+    const nonce = this.nextNonce();
     let inner: Buffer;
     try {
-      const decipher = crypto.createDecipheriv(this.suite.aead as crypto.CipherGCMTypes, this.key, this.nextNonce(), { authTagLength: TAG_LEN });
+      const decipher = crypto.createDecipheriv(this.suite.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN });
       decipher.setAAD(this.aad);
       decipher.setAuthTag(frag.subarray(ctLen));
       inner = decipher.update(frag.subarray(0, ctLen));

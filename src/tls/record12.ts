@@ -5,7 +5,7 @@
 // Reuses record.ts's nonce and sequence bookkeeping by subclassing its sealer and opener.
 import crypto from 'node:crypto';
 import { fatal } from './alert.js';
-import { ContentType, MAX_PLAINTEXT, RecordOpener, RecordSealer, type RecordFrame, type SeqLimits } from './record.js';
+import { ContentType, MAX_PLAINTEXT, RecordOpener, RecordSealer, SEQ_LIMITS_12, type RecordFrame, type SeqLimits } from './record.js';
 import type { CipherSuite12 } from './suites12.js';
 
 const HEADER_LEN = 5;
@@ -34,13 +34,14 @@ export class RecordSealer12 extends RecordSealer {
   private readonly aad12 = Buffer.alloc(13);
 
   constructor(private readonly suite12: CipherSuite12, key: Buffer, fixedIv: Buffer, limits?: SeqLimits) {
-    super(suite12, key, nonceBase(suite12, fixedIv), limits);
+    super(suite12, key, nonceBase(suite12, fixedIv), limits ?? SEQ_LIMITS_12);
     this.explicitLen = suite12.fixedIvLen === 4 ? EXPLICIT_LEN : 0;
   }
 
   /** Encrypts `content` as one or more records of outer type `type`, fragmenting at 2^14. */
   override seal(type: number, content: Buffer): Buffer {
     const records = Math.max(1, Math.ceil(content.length / MAX_PLAINTEXT));
+    this.reserve(records, 'write');
     const overhead = HEADER_LEN + this.explicitLen + TAG_LEN;
     const out = Buffer.allocUnsafe(content.length + records * overhead);
     let inPos = 0;
@@ -73,7 +74,7 @@ export class RecordOpener12 extends RecordOpener {
   private readonly aad12 = Buffer.alloc(13);
 
   constructor(private readonly suite12: CipherSuite12, key: Buffer, fixedIv: Buffer, limits?: SeqLimits) {
-    super(suite12, key, nonceBase(suite12, fixedIv), limits);
+    super(suite12, key, nonceBase(suite12, fixedIv), limits ?? SEQ_LIMITS_12);
     this.explicitLen = suite12.fixedIvLen === 4 ? EXPLICIT_LEN : 0;
   }
 
@@ -91,6 +92,7 @@ export class RecordOpener12 extends RecordOpener {
     const ctLen = frag.length - overhead;
     // A peer never needs more than 2^14 plaintext per record (RFC 5246 §6.2.3).
     if (ctLen > MAX_PLAINTEXT) throw fatal('record_overflow', `encrypted record of ${frag.length} bytes exceeds ${MAX_PLAINTEXT + overhead}`);
+    this.reserve(1, 'read'); // outside the AEAD try: exhaustion is not bad_record_mac
     const seq = this.seq;
     const nonce = this.nextNonce();
     if (this.explicitLen) frag.copy(nonce, 4, 0, EXPLICIT_LEN); // the sender's explicit nonce

@@ -13,10 +13,20 @@ export interface TicketSealer {
   /** `purpose` separates ticket kinds (TLS 1.2 passes 'tls12'; TLS 1.3 none). */
   seal(plaintext: Buffer, purpose?: string): Buffer;
   open(ticket: Buffer, purpose?: string): Buffer | null;
+  /** How long (ms) a ticket sealed now will still open: its key's remaining accept window. */
+  sealedTicketOpensForMs(): number;
 }
 
 /** Ticket lifetime cap (RFC 8446 §4.6.1: at most 7 days). */
 export const MAX_TICKET_LIFETIME_S = 7 * 24 * 3600;
+/**
+ * The ticket_lifetime to advertise: the configured one, capped at 7 days and at what the ticket
+ * keys accept, so a client that resumes within the lifetime we told it is never turned away.
+ */
+export function ticketLifetimeS(keys: TicketSealer, configuredS: number): number {
+  return Math.max(0, Math.min(configuredS, MAX_TICKET_LIFETIME_S, Math.floor(keys.sealedTicketOpensForMs() / 1000)));
+}
+
 /** Identities tried per ClientHello (Go tries 5): bounds the work one hello can demand. */
 export const MAX_PSK_IDENTITIES = 4;
 /** Tolerated difference between the client's and our view of the ticket age. */

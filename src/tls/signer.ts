@@ -1,6 +1,7 @@
 // The signer contract between tls/ and whoever holds the private key (engine/, tests).
 // tls/ never sees key material: it hands the content to be signed and a TLS SignatureScheme
-// to `sign`, and awaits the signature. engine/ defines a structurally identical type.
+// to `sign`, and awaits the signature. engine/ defines a structurally identical type. A rejection
+// may carry a `code`; the no-compatible-key codes below become handshake_failure, others internal_error.
 
 /** TLS SignatureScheme code points (RFC 8446 §4.2.3) that hsmproxy can use. */
 export const SignatureScheme = {
@@ -35,6 +36,33 @@ export interface Signer {
   /** Schemes this key can produce, in the key-holder's preference order. */
   readonly schemes: readonly number[];
   sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer>;
+}
+
+/** The `code` a Signer rejects with when it holds no key or mechanism that can serve the request. */
+export const SIGNER_ERR_NO_COMPATIBLE_KEY = 'SIGNER_ERR_NO_COMPATIBLE_KEY';
+
+/**
+ * Rejection codes meaning "no compatible key or mechanism": ours and engine/'s equivalents
+ * (ENGINE_ERR_UNSUPPORTED, ENGINE_ERR_KEY_NOT_FOUND), matched by string so tls/ imports nothing.
+ */
+const NO_COMPATIBLE_KEY_CODES: ReadonlySet<string> = new Set([SIGNER_ERR_NO_COMPATIBLE_KEY, 'ENGINE_ERR_UNSUPPORTED', 'ENGINE_ERR_KEY_NOT_FOUND']);
+
+/** A Signer rejection for a request its key or HSM cannot serve (a scheme, mechanism or key it lacks). */
+export class NoCompatibleKeyError extends Error {
+  readonly code = SIGNER_ERR_NO_COMPATIBLE_KEY;
+  constructor(message: string) {
+    super(message);
+    this.name = 'NoCompatibleKeyError';
+  }
+}
+
+/**
+ * The alert for a failed signature (TLS.md 41): handshake_failure when the key-holder says it has
+ * no compatible key or mechanism (the client asked for something we cannot do), else internal_error.
+ */
+export function signFailureAlert(err: unknown): 'handshake_failure' | 'internal_error' {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && NO_COMPATIBLE_KEY_CODES.has(code) ? 'handshake_failure' : 'internal_error';
 }
 
 /** A certificate chain (leaf first, DER) with the signer for the leaf's key. */

@@ -171,7 +171,7 @@ export class TlsSocket extends Duplex {
     }, (err: unknown) => {
       if (ac.signal.aborted || !settle()) return;
       this.signFailed = true;
-      this.conn.failSignature(req.epoch, err instanceof Error ? err.message : String(err));
+      this.conn.failSignature(req.epoch, err);
       this.drive();
     });
   }

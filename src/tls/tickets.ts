@@ -108,6 +108,11 @@ export class TicketKeys {
     }
   }
 
+  /** How long a ticket sealed now will still open: until its epoch began + acceptForMs. */
+  sealedTicketOpensForMs(): number {
+    return this.currentEpoch() * this.rotateEveryMs + this.acceptForMs - this.now();
+  }
+
   private currentEpoch(): number {
     return Math.floor(this.now() / this.rotateEveryMs);
   }

@@ -6,7 +6,7 @@
 import { constants, createHash, sign as cryptoSign, verify, X509Certificate, type KeyObject } from 'node:crypto';
 import { Reader, Writer } from '../../src/tls/codec.js';
 import type { ServerConnection } from '../../src/tls/connection.js';
-import { extendedMasterSecret, finishedVerifyData12, keyBlock12 } from '../../src/tls/prf12.js';
+import { extendedMasterSecret, finishedVerifyData12, keyBlock12, prf12 } from '../../src/tls/prf12.js';
 import { ContentType, plaintextRecords } from '../../src/tls/record.js';
 import { RecordOpener12, RecordSealer12 } from '../../src/tls/record12.js';
 import { SignatureScheme } from '../../src/tls/signer.js';
@@ -161,7 +161,10 @@ export function clientFlight12(f: Flight12, master?: Buffer): ClientFlight12 {
     const pms = key.deriveShared(f.ske!.point);
     cke = w((x) => x.u8(16).lengthPrefixed(3, (b) => b.vec8(key.publicBytes())));
     transcript.push(cke);
-    master = extendedMasterSecret(f.suite.hash, pms, digest(f, transcript));
+    // The server's ServerHello says whether the session uses RFC 7627 (it echoes our offer).
+    master = f.extensions.has(23)
+      ? extendedMasterSecret(f.suite.hash, pms, digest(f, transcript))
+      : prf12(f.suite.hash, pms, 'master secret', Buffer.concat([f.clientRandom, f.serverRandom]), 48);
   }
   const kb = keyBlock12(f.suite, master, f.clientRandom, f.serverRandom);
   const vd = finishedVerifyData12(f.suite.hash, master, 'client', digest(f, f.resumed ? [...transcript, serverFinishedOf(f, master)] : transcript));
@@ -216,12 +219,12 @@ export async function start12(conn: ServerConnection, o: Hello12Opts = {}): Prom
 }
 
 /** A complete full handshake; returns the client state with traffic keys. */
-export async function full12(conn: ServerConnection, o: Hello12Opts = {}): Promise<{ f: Flight12; c: ClientFlight12; ticket?: Buffer }> {
+export async function full12(conn: ServerConnection, o: Hello12Opts = {}): Promise<{ f: Flight12; c: ClientFlight12; ticket?: Buffer; lifetime?: number }> {
   const { f } = await start12(conn, o);
   const c = clientFlight12(f);
   const out = await exchange(conn, clientFlightBytes(c));
-  const { ticket } = readServerFinish12(f, c, out);
-  return { f, c, ...(ticket ? { ticket } : {}) };
+  const { ticket, lifetime } = readServerFinish12(f, c, out);
+  return { f, c, ...(ticket ? { ticket, lifetime } : {}) };
 }
 
 /** A SoftSigner for RSA keys that also does PKCS#1 v1.5 (as the engine's signers do), for TLS 1.2 tests. */

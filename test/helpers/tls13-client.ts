@@ -168,6 +168,23 @@ export function readServerFlight(chRaw: Buffer, key: EphemeralKey, out: Buffer, 
   };
 }
 
+/**
+ * The handshake secrets from the ServerHello alone (the first record of `out`): what a client
+ * has before the server's Finished, e.g. to send an encrypted alert while the server waits to sign.
+ */
+export function handshakeSecretsFromServerHello(chRaw: Buffer, key: EphemeralKey, out: Buffer): { suite: CipherSuite; hs: { client: Buffer; server: Buffer } } {
+  const sh = records(out)[0]!;
+  const r = new Reader(sh.fragment);
+  r.u8(); r.u24(); r.u16(); r.bytes(32); r.vec8();
+  const suite = suiteById(r.u16())!; r.u8();
+  const er = r.sub(2);
+  let share: Buffer | undefined;
+  while (er.remaining) { const t = er.u16(); const body = er.vec16(); if (t === ExtensionType.key_share) share = body.subarray(4); }
+  const transcript = new Transcript(suite.hash);
+  transcript.update(chRaw); transcript.update(sh.fragment);
+  return { suite, hs: new KeySchedule13(suite).handshakeSecrets(key.deriveShared(share!), transcript.digest()) };
+}
+
 /** Feeds a hello, reads the flight, sends a correct Finished: an established connection. */
 export async function fullHandshake(conn: ServerConnection, opts: Parameters<typeof goodHello>[0] = {}): Promise<ClientSide & { appSealer: RecordSealer; appOpener: RecordOpener; afterFinished: Buffer }> {
   const { spec, key } = goodHello(opts);
