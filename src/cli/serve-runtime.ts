@@ -153,10 +153,18 @@ export function publishHsmState(hsm: HsmSide): void {
   for (const { hsm: id } of hsm.cluster?.stats() ?? []) hsm.cluster?.node(id)?.emitState();
 }
 
-/** Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open). */
+/**
+ * Ready when at least one HSM holding the listeners' keys is in rotation. On the simulated cluster
+ * that is any HSM in rotation: the keys were resolved when the listeners loaded, token keys are
+ * on every HSM, and an HSM enters rotation only once in sync. PKCS#11: the backend exposes no
+ * session or login health (a lost login is re-established on the next signature), so ready.
+ */
 export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] } {
-  const up = hsm.cluster ? hsm.cluster.stats().filter((n) => n.inRotation).length : 1;
-  return { ready: up > 0, reasons: up > 0 ? [] : ['no HSM is in rotation'] };
+  if (!hsm.cluster) return { ready: true, reasons: [] };
+  const nodes = hsm.cluster.stats();
+  if (nodes.some((n) => n.inRotation)) return { ready: true, reasons: [] };
+  const states = nodes.map((n) => `${n.hsm} ${n.status === 'up' ? 'up but not in sync' : n.status}`).join(', ');
+  return { ready: false, reasons: [`no HSM holding the listeners' keys is in rotation (${states || 'the cluster lists no HSM'})`] };
 }
 
 /** Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). */
