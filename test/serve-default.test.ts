@@ -68,6 +68,7 @@ t.test('npm start on a fresh directory serves HTTPS with HSM-held keys, then res
   t.teardown(() => { if (first.child.exitCode === null) first.child.kill('SIGKILL'); });
   t.match(first.stderr(), /made a dev CA and localhost certificates/);
   t.match(first.stderr(), /curl --cacert certs\/dev-ca\.crt https:\/\/localhost:8443\//, 'prints a curl command that works');
+  t.match(first.stderr(), /admin: http:\/\/127\.0\.0\.1:9464\/metrics {2}\/healthz {2}\/readyz {2}\/scaling$/m, 'the admin line lists every endpoint');
 
   const ca = join(cwd, 'certs', 'dev-ca.crt');
   const got = await run('curl', ['-sS', '--cacert', ca, 'https://localhost:8443/hello?x=1', '-H', 'X-Test: 1']);
