@@ -20,6 +20,7 @@ import { ensureDemoPki, type DemoPkiFiles } from '../pki/demo.js';
 import { createRegistry, defineMetrics } from '../metrics/index.js';
 import { Proxy, startDemoUpstream, type DemoUpstream } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
+import { writeAdminRecord } from './admin-record.js';
 import { UsageError } from './run.js';
 import { startScaling } from './scaling-runtime.js';
 import { startWorkers } from './serve-workers.js';
@@ -167,6 +168,17 @@ export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] 
   return { ready: false, reasons: [`no HSM holding the listeners' keys is in rotation (${states || 'the cluster lists no HSM'})`] };
 }
 
+/** On the simulated cluster, records the admin URL in its directory for `cluster advise --dir` (removed at stop). */
+async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup: Array<() => Promise<void>>, log: Logger): Promise<void> {
+  if (!hsm.cluster || !hsm.dir || !addr) return;
+  try {
+    cleanup.push(await writeAdminRecord(hsm.dir, addr));
+  } catch (err) {
+    // A read-only cluster directory costs `cluster advise --dir` its latency figures, not the proxy.
+    log.warn({ dir: hsm.dir, err: (err as Error).message }, 'could not record the admin URL in the cluster directory');
+  }
+}
+
 /** Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). */
 export async function startServing(opts: { configFile?: string; log: Logger }): Promise<Serving> {
   const { log } = opts;
@@ -188,6 +200,7 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
     }
     if (workerCount(config) > 1) {
       const serving = await startWorkers({ config, configFile, hsm, log });
+      await recordAdmin(hsm, serving.adminAddress(), cleanup, log);
       return {
         ...serving, hsm, ...(demo ? { demo } : {}),
         async stop(deadlineMs) {
@@ -212,6 +225,7 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
     });
     await proxy.start();
     publishHsmState(hsm);
+    await recordAdmin(hsm, proxy.adminAddress(), cleanup, log);
     let current = config;
     return {
       config, hsm, ...(demo ? { demo } : {}), workers: 1,
