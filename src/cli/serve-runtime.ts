@@ -179,21 +179,25 @@ async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup:
   }
 }
 
-/** Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). */
+/**
+ * Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). The
+ * demo PKI and upstream follow from the config (`demo: true`), not from how it was named: the
+ * default passed explicitly, or a copy of it on other ports, is the demo too.
+ */
 export async function startServing(opts: { configFile?: string; log: Logger }): Promise<Serving> {
   const { log } = opts;
-  const isDefault = opts.configFile === undefined;
   const configFile = opts.configFile ?? join(packageRoot(), 'config', 'hsmproxy.yaml');
-  // The default's certificates are made on first start, so its files are checked only after that.
-  const config = loadConfig(configFile, { checkFiles: !isDefault });
+  // The demo's certificates are made on first start, so its files are checked only after that.
+  const parsed = loadConfig(configFile, { checkFiles: false });
+  const config = parsed.demo ? parsed : loadConfig(configFile, { checkFiles: true });
   const hsm = await openHsmSide(config, log);
   const cleanup: Array<() => Promise<void>> = [() => hsm.stop()];
   try {
     let demo: Serving['demo'];
-    if (isDefault) {
+    if (config.demo) {
       const certDir = dirname(resolve(config.listeners[0]!.certificates[0]!.cert));
       const pki = await ensureDemoPki(hsm.engine, hsm.backend, certDir);
-      const target = new URL(config.upstreams.demo?.targets[0] ?? 'http://127.0.0.1:8080');
+      const target = new URL(config.upstreams.demo!.targets[0]!);
       const upstream = await startDemoUpstream({ host: target.hostname, port: Number(target.port) });
       cleanup.push(() => upstream.close());
       demo = { pki: pki.files, pkiCreated: pki.created, upstream };
