@@ -3,17 +3,23 @@
 // the advisor's PromQL), capacity plans from a profile or a bench result, and one-line errors.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pino from 'pino';
 import t, { type Test } from 'tap';
+import { startServing } from '../src/cli/serve-runtime.js';
+import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
+import { readManifest } from '../src/hsm/cluster/manifest.js';
+import { ensureDemoPki } from '../src/pki/demo.js';
 import { ADVISOR_DEFAULTS, ScalingMonitor, ScalingService, registrySource, createRegistry } from '../src/metrics/index.js';
 import { AdminServer } from '../src/proxy/admin.js';
 import { runCli } from './helpers/cli.js';
 import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
 import { cliInProcess, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
 
-// An admin server whose advisor saw sustained slow signs on two busy HSMs.
+// An admin server whose advisor saw sustained slow signs on two busy HSMs (for 7 s when /scaling
+// is read: it evaluates at the time of the request, one second after the last evaluation here).
 async function adminWithAdvice(t: Test): Promise<string> {
   let now = 1_000_000;
   const monitor = new ScalingMonitor({ windowMs: 60_000, now: () => now, members: () => [{ hsm: 'hsm-1', inRotation: true }, { hsm: 'hsm-2', inRotation: true }] });
@@ -35,7 +41,7 @@ t.test('advise --admin prints the recommendation the running proxy serves at /sc
   const url = await adminWithAdvice(t);
   const r = await cliInProcess(['cluster', 'advise', '--admin', url]);
   t.equal(r.error, undefined);
-  t.match(r.stdout, /^ADD: add 1 HSM: p99 sign latency 38 ms \(SLO 20 ms\) for 6 s, utilisation 0\.91 on 2 HSMs/);
+  t.match(r.stdout, /^ADD: add 1 HSM: p99 sign latency 38 ms \(SLO 20 ms\) for 7 s, utilisation 0\.91 on 2 HSMs/);
   t.match(r.stdout, /HSMs: 2 \(2 in rotation\) → recommended 3/);
   t.match(r.stdout, /hsm-1 +in rotation +utilisation 0\.91 +keys 12\/3500/);
 });
@@ -134,6 +140,64 @@ t.test('advise --dir asks the HSMs themselves: below the minimum it adds, and it
   t.match(r.stdout, /note: read from the HSMs themselves.*use --admin or --prometheus/);
   const one = JSON.parse((await cliInProcess(['cluster', 'advise', '--dir', dir, '--min', '1', '--json'])).stdout) as { recommendation: { action: string } };
   t.equal(one.recommendation.action, 'hold', 'with min 1 and an idle HSM it holds');
+});
+
+t.test('advise --dir reads the advice of the serve running on the cluster (its admin URL recorded in the directory); the record goes when serve stops', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'hsmproxy-advise-serve-'));
+  t.teardown(() => rm(root, { recursive: true, force: true }));
+  const data = join(root, 'data');
+  const cluster = await startEmbeddedCluster({ dir: data, hsms: 2, scryptCost: TEST_SCRYPT_COST });
+  const backend = new SimBackend({ client: simClientFrom(cluster.client), clusterId: (await readManifest(data)).clusterId, credentials: cluster.credentials.cu, ownsClient: false });
+  const engine = new Engine({ backends: { sim: backend } });
+  const { files } = await ensureDemoPki(engine, backend, join(root, 'certs'));
+  await engine.close();
+  await cluster.stop();
+  const configFile = join(root, 'hsmproxy.yaml');
+  await writeFile(configFile, [
+    'listeners:',
+    `  - { name: web, address: 127.0.0.1, port: 0, certificates: [{ cert: ${files.ecdsaChain}, key: ${files.ecdsaKey} }] }`,
+    'routes: [{ upstream: [http://127.0.0.1:9] }]',
+    `hsm: { mode: embedded, dir: ${data} }`,
+    'admin: { address: 127.0.0.1, port: 0 }',
+    '',
+  ].join('\n'));
+  const serving = await startServing({ configFile, log: pino({ level: 'silent' }) });
+  let stopped = false;
+  t.teardown(() => (stopped ? undefined : serving.stop(1000)));
+  const url = `http://127.0.0.1:${serving.adminAddress()!.port}`;
+  const record = JSON.parse(await readFile(join(data, 'serve-admin.json'), 'utf8')) as { url: string; pid: number };
+  t.match(record, { url, pid: process.pid }, 'serve records its admin URL and PID');
+
+  const r = await cliInProcess(['cluster', 'advise', '--dir', data]);
+  t.equal(r.error, undefined);
+  t.match(r.stdout, /^HOLD: hold at 2 HSMs: /);
+  t.match(r.stdout, /last 1 min: \d+ signs/, 'the proxy\'s window, not the HSMs\' 5 s');
+  t.notMatch(r.stdout, /note: /, 'no "latency is seen by the proxy" note: this is the proxy');
+  t.match(r.stdout, new RegExp(`source: ${url}/scaling \\(the proxy serving ${data.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, recorded in serve-admin\\.json\\)`));
+
+  await serving.stop(1000);
+  stopped = true;
+  await t.rejects(readFile(join(data, 'serve-admin.json')), { code: 'ENOENT' }, 'a clean stop removes the record');
+});
+
+t.test('advise --dir with a stale record (the proxy is gone) asks the HSMs and says why', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-advise-stale-'));
+  const cluster = await startEmbeddedCluster({ dir, hsms: 2, scryptCost: TEST_SCRYPT_COST });
+  t.teardown(async () => {
+    await cluster.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+  // A port that was just free: nothing answers there.
+  const free = http.createServer();
+  await new Promise<void>((resolve) => free.listen(0, '127.0.0.1', resolve));
+  const port = (free.address() as AddressInfo).port;
+  await new Promise((resolve) => free.close(resolve));
+  await writeFile(join(dir, 'serve-admin.json'), JSON.stringify({ url: `http://127.0.0.1:${port}`, pid: 999_999, startedAt: '2026-01-01T00:00:00.000Z' }));
+  const r = await cliInProcess(['cluster', 'advise', '--dir', dir]);
+  t.equal(r.error, undefined, 'a stale record is no error');
+  t.match(r.stdout, /^HOLD: hold at 2 HSMs: /);
+  t.match(r.stdout, new RegExp(`note: serve-admin\\.json names http://127\\.0\\.0\\.1:${port}, which does not answer \\(the proxy that wrote it is gone\\); read from the HSMs themselves`));
+  t.match(r.stdout, new RegExp(`source: ${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
 });
 
 t.test('advise needs exactly one source, and says so in one line with a non-zero exit', async (t) => {

@@ -143,3 +143,11 @@ t.test('a missing config file is a file error, not a stack trace', async (t) => 
   t.throws(() => loadConfig(join(dir, 'nope.yaml')), ConfigFileError);
   t.throws(() => loadConfig(join(dir, 'nope.yaml')), { code: 'CONFIG_ERR_FILE', message: /config file not found/ });
 });
+
+t.test('demo: off by default, true or false only, and it needs upstreams.demo', async (t) => {
+  t.equal(parseConfig(minimal, { baseDir: dir }).demo, false);
+  t.match(errorOf(minimal + 'demo: yes please\n').message, /^demo: expected true or false, got "yes please"/);
+  t.match(errorOf(minimal + 'demo: true\n').message, /^demo: needs upstreams\.demo/);
+  const withDemo = minimal.replace('  - upstream: [http://127.0.0.1:8080]', '  - upstream: demo') + 'upstreams: { demo: { targets: [http://127.0.0.1:8080] } }\ndemo: true\n';
+  t.equal(parseConfig(withDemo, { baseDir: dir }).demo, true);
+});

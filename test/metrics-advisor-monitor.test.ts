@@ -110,6 +110,22 @@ t.test('the scaling service publishes the recommendation, HSM count, utilisation
   t.equal(report.autoscale, false);
 });
 
+t.test('/scaling agrees with itself: a sign answered after the last periodic evaluation is in the stats, the reason and the windows', async (t) => {
+  let now = 5_000_000;
+  const m = new ScalingMonitor({ windowMs: 60_000, now: () => now, members: () => [{ hsm: 'hsm-1', inRotation: true }, { hsm: 'hsm-2', inRotation: true }] });
+  t.teardown(() => m.close());
+  const service = new ScalingService({ monitor: m, config: ADVISOR_DEFAULTS });
+  service.evaluate(); // the periodic evaluation, before any traffic
+  now += 400;
+  m.onRequest({ op: 'sign', mechanism: 'ecdsa-sha256', hsm: 'hsm-1', rttMs: 1.5, queueWaitMs: 0.1, serviceMs: 1, outcome: 'ok' });
+  const report = service.report();
+  t.equal(report.windows['1m'].signs, 1);
+  t.equal(report.stats.signs, 1, 'stats count the same sign as the 1 min window');
+  t.match(report.recommendation.reason, /\(1 in 1 min\)/, 'and so does the reason');
+  t.equal(report.stats.atMs, now);
+  t.equal(report.recommendation.atMs, now);
+});
+
 t.test('autoscale actions published on hsmproxy:hsm:scaling are counted by action and result', async (t) => {
   const registry = createRegistry();
   const off = subscribeMetrics(defineMetrics(registry));

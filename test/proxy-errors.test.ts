@@ -35,6 +35,21 @@ t.test('a route timeout overrides its pool and a fast answer is unaffected', asy
   t.equal((await h.curl('/slow?ms=400')).status, 200);
 });
 
+t.test('a checked pool gets no traffic before its first check passes: a dead upstream is 503 from the first request, a live one 200', async (t) => {
+  const port = await closedPort();
+  // A long interval: only the check made at start can have decided.
+  const check = 'healthCheck: { path: /healthz, intervalMs: 60000, timeoutMs: 500, unhealthyAfter: 2, healthyAfter: 2 }';
+  const h = await startHarness(t, baseYaml('  - { host: dead.test, upstream: dead }\n  - upstream: live',
+    `  dead: { targets: [ "http://127.0.0.1:${port}" ], ${check} }\n  live: { targets: [ "{{up0}}" ], ${check} }`));
+  const dead = await h.curl('/', ['-H', 'Host: dead.test']);
+  t.equal(dead.status, 503, 'not 502: the target was never seen healthy');
+  t.match(dead.body, /^503 Service Unavailable: no healthy upstream server/);
+  t.equal((await h.curl('/')).status, 200, 'one passed check is enough at start (healthyAfter applies after a failure)');
+  const metrics = await fetch(`http://127.0.0.1:${h.proxy.adminAddress()!.port}/metrics`).then((r) => r.text());
+  t.match(metrics, new RegExp(`hsmproxy_upstream_healthy\\{upstream="dead",target="http://127\\.0\\.0\\.1:${port}"\\} 0`));
+  t.match(metrics, /hsmproxy_upstream_healthy\{upstream="live",target="[^"]+"\} 1/);
+});
+
 t.test('503 when health checks find no healthy target, and back to 200 when one recovers', async (t) => {
   const port = await closedPort();
   const h = await startHarness(t, baseYaml('  - upstream: checked',

@@ -4,7 +4,7 @@
 // Uses the default's fixed ports (8443, 9464, 8080): no other test binds them.
 import t from 'tap';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -37,6 +37,25 @@ async function serve(cwd: string): Promise<Served> {
   return { child, stderr: () => err, exited };
 }
 
+/** Every file under certs/ (the demo PKI: CA, chains, key references) with its bytes. */
+async function certFiles(cwd: string): Promise<Map<string, Buffer>> {
+  const dir = join(cwd, 'certs');
+  const files = new Map<string, Buffer>();
+  for (const name of (await readdir(dir)).sort()) files.set(name, await readFile(join(dir, name)));
+  return files;
+}
+
+/** Token keys per HSM, as /metrics reports them (after the HSMs' first report: up to 15 s). */
+async function tokenKeys(): Promise<string[]> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const text = await fetch('http://127.0.0.1:9464/metrics').then((r) => r.text());
+    const lines = text.split('\n').filter((l) => /^hsmproxy_hsm_keys\{[^}]*kind="token"/.test(l)).sort();
+    if (lines.length > 0 || Date.now() > deadline) return lines;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 function hsmNodePids(dir: string): Promise<number[]> {
   return run('pgrep', ['-f', dir]).then((r) => r.stdout.split('\n').filter(Boolean).map(Number));
 }
@@ -49,6 +68,7 @@ t.test('npm start on a fresh directory serves HTTPS with HSM-held keys, then res
   t.teardown(() => { if (first.child.exitCode === null) first.child.kill('SIGKILL'); });
   t.match(first.stderr(), /made a dev CA and localhost certificates/);
   t.match(first.stderr(), /curl --cacert certs\/dev-ca\.crt https:\/\/localhost:8443\//, 'prints a curl command that works');
+  t.match(first.stderr(), /admin: http:\/\/127\.0\.0\.1:9464\/metrics {2}\/healthz {2}\/readyz {2}\/scaling$/m, 'the admin line lists every endpoint');
 
   const ca = join(cwd, 'certs', 'dev-ca.crt');
   const got = await run('curl', ['-sS', '--cacert', ca, 'https://localhost:8443/hello?x=1', '-H', 'X-Test: 1']);
@@ -72,13 +92,22 @@ t.test('npm start on a fresh directory serves HTTPS with HSM-held keys, then res
   t.equal(ready.status, 200);
 
   t.ok((await hsmNodePids(join(cwd, 'data'))).length >= 2, 'the embedded cluster runs its HSMs as processes');
+  const filesBefore = await certFiles(cwd);
+  const keysBefore = await tokenKeys();
+  t.ok(keysBefore.length >= 2, 'token keys are reported per HSM');
   first.child.kill('SIGTERM');
   t.equal(await first.exited, 0, 'SIGTERM drains and exits 0');
   t.same(await hsmNodePids(join(cwd, 'data')), [], 'no HSM node processes are left behind');
 
   const second = await serve(cwd);
   t.teardown(() => { if (second.child.exitCode === null) second.child.kill('SIGKILL'); });
+  // Reuse, not speed, is what a test can assert: the same cluster, CA and certificates, no new keys.
   t.match(second.stderr(), /reused the dev CA/);
+  t.notMatch(second.stderr(), /made a dev CA/);
+  const filesAfter = await certFiles(cwd);
+  t.same([...filesAfter.keys()], [...filesBefore.keys()], 'no certificate or key reference is added');
+  for (const [name, bytes] of filesBefore) t.ok(filesAfter.get(name)!.equals(bytes), `${name} is unchanged`);
+  t.same(await tokenKeys(), keysBefore, 'no key is generated in the HSMs');
   const again = await run('curl', ['-sS', '--cacert', ca, 'https://localhost:8443/', '-o', '/dev/null', '-w', '%{http_code}']);
   t.equal(again.stdout, '200');
   second.child.kill('SIGTERM');

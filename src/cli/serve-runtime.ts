@@ -20,6 +20,7 @@ import { ensureDemoPki, type DemoPkiFiles } from '../pki/demo.js';
 import { createRegistry, defineMetrics } from '../metrics/index.js';
 import { Proxy, startDemoUpstream, type DemoUpstream } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
+import { writeAdminRecord } from './admin-record.js';
 import { UsageError } from './run.js';
 import { startScaling } from './scaling-runtime.js';
 import { startWorkers } from './serve-workers.js';
@@ -153,33 +154,57 @@ export function publishHsmState(hsm: HsmSide): void {
   for (const { hsm: id } of hsm.cluster?.stats() ?? []) hsm.cluster?.node(id)?.emitState();
 }
 
-/** Ready when at least one HSM holding the keys is in rotation (PKCS#11: the token is open). */
+/**
+ * Ready when at least one HSM holding the listeners' keys is in rotation. On the simulated cluster
+ * that is any HSM in rotation: the keys were resolved when the listeners loaded, token keys are
+ * on every HSM, and an HSM enters rotation only once in sync. PKCS#11: the backend exposes no
+ * session or login health (a lost login is re-established on the next signature), so ready.
+ */
 export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] } {
-  const up = hsm.cluster ? hsm.cluster.stats().filter((n) => n.inRotation).length : 1;
-  return { ready: up > 0, reasons: up > 0 ? [] : ['no HSM is in rotation'] };
+  if (!hsm.cluster) return { ready: true, reasons: [] };
+  const nodes = hsm.cluster.stats();
+  if (nodes.some((n) => n.inRotation)) return { ready: true, reasons: [] };
+  const states = nodes.map((n) => `${n.hsm} ${n.status === 'up' ? 'up but not in sync' : n.status}`).join(', ');
+  return { ready: false, reasons: [`no HSM holding the listeners' keys is in rotation (${states || 'the cluster lists no HSM'})`] };
 }
 
-/** Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). */
+/** On the simulated cluster, records the admin URL in its directory for `cluster advise --dir` (removed at stop). */
+async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup: Array<() => Promise<void>>, log: Logger): Promise<void> {
+  if (!hsm.cluster || !hsm.dir || !addr) return;
+  try {
+    cleanup.push(await writeAdminRecord(hsm.dir, addr));
+  } catch (err) {
+    // A read-only cluster directory costs `cluster advise --dir` its latency figures, not the proxy.
+    log.warn({ dir: hsm.dir, err: (err as Error).message }, 'could not record the admin URL in the cluster directory');
+  }
+}
+
+/**
+ * Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). The
+ * demo PKI and upstream follow from the config (`demo: true`), not from how it was named: the
+ * default passed explicitly, or a copy of it on other ports, is the demo too.
+ */
 export async function startServing(opts: { configFile?: string; log: Logger }): Promise<Serving> {
   const { log } = opts;
-  const isDefault = opts.configFile === undefined;
   const configFile = opts.configFile ?? join(packageRoot(), 'config', 'hsmproxy.yaml');
-  // The default's certificates are made on first start, so its files are checked only after that.
-  const config = loadConfig(configFile, { checkFiles: !isDefault });
+  // The demo's certificates are made on first start, so its files are checked only after that.
+  const parsed = loadConfig(configFile, { checkFiles: false });
+  const config = parsed.demo ? parsed : loadConfig(configFile, { checkFiles: true });
   const hsm = await openHsmSide(config, log);
   const cleanup: Array<() => Promise<void>> = [() => hsm.stop()];
   try {
     let demo: Serving['demo'];
-    if (isDefault) {
+    if (config.demo) {
       const certDir = dirname(resolve(config.listeners[0]!.certificates[0]!.cert));
       const pki = await ensureDemoPki(hsm.engine, hsm.backend, certDir);
-      const target = new URL(config.upstreams.demo?.targets[0] ?? 'http://127.0.0.1:8080');
+      const target = new URL(config.upstreams.demo!.targets[0]!);
       const upstream = await startDemoUpstream({ host: target.hostname, port: Number(target.port) });
       cleanup.push(() => upstream.close());
       demo = { pki: pki.files, pkiCreated: pki.created, upstream };
     }
     if (workerCount(config) > 1) {
       const serving = await startWorkers({ config, configFile, hsm, log });
+      await recordAdmin(hsm, serving.adminAddress(), cleanup, log);
       return {
         ...serving, hsm, ...(demo ? { demo } : {}),
         async stop(deadlineMs) {
@@ -204,6 +229,7 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
     });
     await proxy.start();
     publishHsmState(hsm);
+    await recordAdmin(hsm, proxy.adminAddress(), cleanup, log);
     let current = config;
     return {
       config, hsm, ...(demo ? { demo } : {}), workers: 1,

@@ -110,6 +110,12 @@ export interface Config {
   workers: number | 'auto';
   log: { level: LogLevel };
   timeouts: ServerTimeouts;
+  /**
+   * The demo: on start, make the dev CA and localhost certificates (keys in the HSM) in the
+   * directory of the first listener's first certificate if they are not there, and run the demo
+   * upstream at `upstreams.demo`'s first target. config/hsmproxy.yaml (the default) sets it.
+   */
+  demo: boolean;
 }
 
 /** Defaults for every optional field; documented in the example configs. */

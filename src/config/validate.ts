@@ -14,7 +14,7 @@ import {
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts'] as const;
+const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo'] as const;
 const MS_MAX = 86_400_000;
 const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
 
@@ -39,12 +39,15 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const logObj = o.log === undefined ? {} : r.object(o.log, 'log', ['level']);
   const level = logObj ? r.string(logObj.level, 'log.level', { def: DEFAULTS.log.level, oneOf: LOG_LEVELS }) : undefined;
   const timeouts = readMsFields<ServerTimeouts>(r, o.timeouts, 'timeouts', DEFAULTS.timeouts);
+  if (o.demo !== undefined && typeof o.demo !== 'boolean') r.fail('demo', `expected true or false, got ${JSON.stringify(o.demo)}`);
+  const demo = o.demo === true;
+  if (demo && !upstreams.demo) r.fail('demo', 'needs upstreams.demo: the address the demo upstream listens on (e.g. { targets: [http://127.0.0.1:8080] })');
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
   if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
-  return { listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts };
+  return { listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo };
 }
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {

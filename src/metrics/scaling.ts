@@ -67,13 +67,17 @@ export class ScalingService {
     return this.advisor.latest ?? this.evaluate();
   }
 
-  /** The /scaling document. */
+  /**
+   * The /scaling document, evaluated now: the recommendation, its stats and the fixed windows are
+   * read at one instant. (Reusing the last periodic evaluation made them disagree: a sign answered
+   * since then was in `windows` but not in `stats` nor in the reason.)
+   */
   report(): ScalingReport {
-    const recommendation = this.latest();
-    const stats = this.lastStats ?? this.opts.monitor.stats();
+    const recommendation = this.evaluate();
+    const stats = this.lastStats!;
     return {
       recommendation, stats,
-      windows: { '1m': this.opts.monitor.figures(60_000), '5m': this.opts.monitor.figures(300_000) },
+      windows: { '1m': this.opts.monitor.figures(60_000, stats.atMs), '5m': this.opts.monitor.figures(300_000, stats.atMs) },
       config: this.opts.config, autoscale: this.opts.autoscale ?? false,
     };
   }

@@ -1,5 +1,8 @@
 // Active health checks: each target of a pool with `healthCheck:` is probed on an interval with a
-// bounded timeout, one probe at a time per target; state flips after N consecutive results.
+// bounded timeout, one probe at a time per target; state flips after N consecutive results. A
+// target is not healthy until its first probe passed (it starts unknown, and that first result
+// decides at once — Envoy's startup rule; nginx's `health_check mandatory`): a proxy must not send
+// traffic to an upstream it never saw answer, nor report it healthy.
 import http from 'node:http';
 import https from 'node:https';
 import type { HealthCheckConfig } from '../config/index.js';
@@ -29,12 +32,12 @@ export class HealthChecker {
 
   constructor(private readonly pool: UpstreamPool, private readonly check: HealthCheckConfig, private readonly observer: HealthObserver) {}
 
-  /** Starts probing now and then every intervalMs. */
-  start(): void {
+  /** Starts probing now and then every intervalMs; resolves when the first round has answered (within timeoutMs). */
+  start(): Promise<void> {
     for (const t of this.pool.targets) this.observer(this.pool.config.name, t);
-    void this.tick();
     this.timer = setInterval(() => void this.tick(), this.check.intervalMs);
     this.timer.unref();
+    return this.tick();
   }
 
   /** Stops probing; probes already sent finish on their own timeout. */
@@ -56,7 +59,9 @@ export class HealthChecker {
       const s = this.streak.get(t) ?? { ok: 0, bad: 0 };
       if (ok) { s.ok++; s.bad = 0; } else { s.bad++; s.ok = 0; }
       this.streak.set(t, s);
-      const next = t.healthy ? s.bad < this.check.unhealthyAfter : s.ok >= this.check.healthyAfter;
+      const first = !t.checked;
+      t.checked = true;
+      const next = first ? ok : t.healthy ? s.bad < this.check.unhealthyAfter : s.ok >= this.check.healthyAfter;
       if (next !== t.healthy && this.timer !== undefined) {
         t.healthy = next;
         this.observer(this.pool.config.name, t);

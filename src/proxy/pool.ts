@@ -8,10 +8,14 @@ import type { UpstreamConfig } from '../config/index.js';
 export class UpstreamTarget {
   /** Requests sent to this target and not finished yet (for least-connections). */
   inFlight = 0;
-  healthy = true;
+  /** With a health check, unknown (not healthy) until the first probe: a pool never reports a target it has not seen answer. */
+  healthy: boolean;
+  /** Whether a health check has probed it yet (its first result decides at once, as Envoy does at startup). */
+  checked = false;
   readonly agent: http.Agent;
 
-  constructor(readonly url: string, idleMs: number) {
+  constructor(readonly url: string, idleMs: number, checked: boolean) {
+    this.healthy = !checked;
     const opts: http.AgentOptions = { keepAlive: true, timeout: idleMs, scheduling: 'lifo' };
     this.agent = url.startsWith('https:') ? new https.Agent(opts) : new http.Agent(opts);
   }
@@ -23,7 +27,7 @@ export class UpstreamPool {
   private next = 0;
 
   constructor(readonly config: UpstreamConfig) {
-    this.targets = config.targets.map((url) => new UpstreamTarget(url, config.timeouts.idleMs));
+    this.targets = config.targets.map((url) => new UpstreamTarget(url, config.timeouts.idleMs, config.healthCheck !== undefined));
   }
 
   /** Picks a healthy target not in `exclude`, or undefined when there is none (the caller answers 503). */

@@ -89,7 +89,8 @@ export class Proxy {
       await this.shutdown(0);
       throw err;
     }
-    for (const c of this.runtime.checkers) c.start();
+    // Each pool's first health check decides whether its targets get traffic: wait for it (bounded by its timeout).
+    await Promise.all(this.runtime.checkers.map((c) => c.start()));
     this.logger.info({ listeners: Object.fromEntries([...this.listeners].map(([n, l]) => [n, l.handle.address()])), admin: this.admin?.address() }, 'proxy started');
   }
 
@@ -156,10 +157,17 @@ export class Proxy {
       this.listeners.set(l.name, { config: l, handle });
     }
     const previous = this.runtime;
-    this.runtime = this.buildRuntime(next, previous);
+    const runtime = this.buildRuntime(next, previous);
+    // A new pool's targets are unknown until their first check: switch once it has answered.
+    await Promise.all(runtime.checkers.map((c) => c.start()));
+    if (this.state !== 'running') {
+      // Shut down meanwhile: these checkers were never the runtime's, so nothing else stops them.
+      for (const c of runtime.checkers) c.stop();
+      return;
+    }
+    this.runtime = runtime;
     for (const c of previous.checkers) c.stop();
     for (const [name, pool] of previous.pools) if (this.runtime.pools.get(name) !== pool) this.retirePool(pool);
-    for (const c of this.runtime.checkers) c.start();
     this.applyTimeouts(next);
     if (next.admin.port !== previous.config.admin.port || next.admin.address !== previous.config.admin.address) {
       this.logger.warn('the admin address changed; it takes effect at the next restart');

@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { DEFAULT_RETENTION_DAYS } from '../../hsm/cluster/backup.js';
 import { addHsm, removeHsm } from '../../hsm/cluster/add-remove.js';
+import { isNodeHost } from '../../hsm/cluster/certs.js';
 import { adminCredentials, backupCluster, restoreCluster } from '../../hsm/cluster/lifecycle.js';
 import { connectCluster } from '../../hsm/cluster/membership.js';
 import { clusterStatus, type HsmStatus } from '../../hsm/cluster/status.js';
@@ -106,12 +107,14 @@ export function register(program: Command): void {
     .description('add an HSM cloned from the latest backup (or a live HSM), bring it in sync, add it to the manifest')
     .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
     .option('--from <source>', 'backup | live', 'backup')
+    .option('--host <host>', 'address the new HSM listens on, named in its certificate (IP or DNS name; default: the first HSM\'s)')
     .option('--json', 'print one JSON document')
-    .action(async (opts: { dir?: string; from: string; json?: boolean }) => {
+    .action(async (opts: { dir?: string; from: string; host?: string; json?: boolean }) => {
       if (opts.from !== 'backup' && opts.from !== 'live') throw new UsageError('--from must be backup or live');
+      if (opts.host !== undefined && !isNodeHost(opts.host)) throw new UsageError(`--host takes an IP address or a DNS name, got "${opts.host}"`);
       const dir = clusterDir(opts);
       const creds = await credentialsOption();
-      const r = await addHsm(dir, { from: opts.from, ...creds });
+      const r = await addHsm(dir, { from: opts.from, ...creds, ...(opts.host !== undefined ? { host: opts.host } : {}) });
       const inSync = await bringInSync(dir, r.hsm.id, creds.credentials);
       output(opts, { ...r, inSync }, () => {
         process.stdout.write(`added ${r.hsm.id} (${r.hsm.address}:${r.hsm.port}) from ${r.from === 'backup' ? `backup ${r.source}` : `a live clone of ${r.source}`}, ${r.tokenKeys} token keys\n` +

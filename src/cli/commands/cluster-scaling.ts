@@ -1,5 +1,6 @@
 // `hsmproxy cluster advise` (the scaling advisor's recommendation, read from a running proxy's
-// admin port, from Prometheus, or from the HSMs themselves) and `hsmproxy cluster plan`
+// admin port — given, or recorded in the cluster directory by the serve running on it — from
+// Prometheus, or from the HSMs themselves) and `hsmproxy cluster plan`
 // (capacity planning: HSMs needed for a handshake rate). Both add to the `cluster` group.
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
@@ -9,6 +10,7 @@ import {
   advise, ADVISOR_DEFAULTS, capacityFromBench, formatDuration, planCapacity, PLAN_KEY_TYPES, scalingFromPrometheus,
   type AdvisorConfig, type PlanKeyType, type Recommendation, type ScalingStats,
 } from '../../metrics/index.js';
+import { ADMIN_RECORD, readAdminRecord } from '../admin-record.js';
 import { clusterDir } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
 
@@ -41,7 +43,7 @@ interface AdviceDoc {
   note?: string;
 }
 
-async function fromAdmin(url: string): Promise<AdviceDoc> {
+async function fromAdmin(url: string, timeoutMs = 5000): Promise<AdviceDoc> {
   let target: URL;
   try {
     target = new URL(url);
@@ -51,7 +53,7 @@ async function fromAdmin(url: string): Promise<AdviceDoc> {
   if (!target.pathname.endsWith('/scaling')) target = new URL('scaling', target.href.endsWith('/') ? target.href : target.href + '/');
   let res: Response;
   try {
-    res = await fetch(target, { signal: AbortSignal.timeout(5000) });
+    res = await fetch(target, { signal: AbortSignal.timeout(timeoutMs) });
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause;
     throw new UsageError(`cannot reach the admin endpoint ${target.href} (${cause?.code ?? (err as Error).message}); is hsmproxy serve running with its admin port there?`, 1);
@@ -98,6 +100,25 @@ async function fromDir(dir: string, cfg: AdvisorConfig): Promise<AdviceDoc> {
   };
 }
 
+/**
+ * `--dir`: the advice of the proxy serving the cluster, when one recorded its admin URL there and
+ * it answers; otherwise (none, or a stale record of a proxy that is gone) the HSMs' own figures.
+ */
+async function fromDirOrProxy(dir: string, cfg: AdvisorConfig): Promise<AdviceDoc> {
+  const record = await readAdminRecord(dir);
+  let stale = '';
+  if (record) {
+    try {
+      const doc = await fromAdmin(record.url, 2000);
+      return { ...doc, source: `${doc.source} (the proxy serving ${dir}, recorded in ${ADMIN_RECORD})` };
+    } catch {
+      stale = `${ADMIN_RECORD} names ${record.url}, which does not answer (the proxy that wrote it is gone); `;
+    }
+  }
+  const doc = await fromDir(dir, cfg);
+  return { ...doc, note: stale + doc.note! };
+}
+
 function printAdvice(d: AdviceDoc): void {
   const r = d.recommendation;
   const s = d.stats;
@@ -122,7 +143,7 @@ export function register(program: Command): void {
     .description('the scaling advisor\'s recommendation (add, remove or hold HSMs) and why')
     .option('--admin <url>', 'a running hsmproxy\'s admin URL (reads GET /scaling)')
     .option('--prometheus <url>', 'a Prometheus server scraping hsmproxy')
-    .option('--dir <dir>', 'a cluster directory: ask the HSMs directly (utilisation, keys, health)')
+    .option('--dir <dir>', 'a cluster directory: the advice of the proxy serving it (its admin URL is recorded there), else ask the HSMs directly (utilisation, keys, health)')
     .option('--min <n>', 'never fewer HSMs than this', String(ADVISOR_DEFAULTS.min))
     .option('--max <n>', 'never more HSMs than this', String(ADVISOR_DEFAULTS.max))
     .option('--slo-ms <ms>', 'p99 sign latency objective', String(ADVISOR_DEFAULTS.sloP99Ms))
@@ -144,7 +165,7 @@ export function register(program: Command): void {
       if (windowMs < 1000) throw new UsageError('--window must be at least 1s');
       const doc = opts.admin !== undefined ? await fromAdmin(opts.admin)
         : opts.prometheus !== undefined ? await fromPrometheus(opts.prometheus, cfg, windowMs)
-          : await fromDir(clusterDir(opts), cfg);
+          : await fromDirOrProxy(clusterDir(opts), cfg);
       output(opts, doc, () => printAdvice(doc));
     });
 

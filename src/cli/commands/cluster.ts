@@ -28,13 +28,14 @@ export function register(program: Command): void {
     .option('--hsms <n>', `number of HSMs (1-${MAX_HSMS})`, '1')
     .option('--profile <profile>', `capacity profile: ${PROFILES.join('|')}`, 'unlimited')
     .option('--base-port <port>', 'port of the first HSM; the others follow', String(DEFAULT_BASE_PORT))
+    .option('--host <host>', 'address the HSMs listen on and clients reach them at, named in their certificates (IP or DNS name)', '127.0.0.1')
     .option('--json', 'print one JSON document')
-    .action(async (opts: { dir?: string; hsms: string; profile: string; basePort: string; json?: boolean }) => {
+    .action(async (opts: { dir?: string; hsms: string; profile: string; basePort: string; host: string; json?: boolean }) => {
       if (!PROFILES.includes(opts.profile as ManifestProfile)) throw new UsageError(`--profile must be one of ${PROFILES.join(', ')}`);
       const hsms = intOption(opts.hsms, '--hsms');
       if (hsms < 1 || hsms > MAX_HSMS) throw new UsageError(`--hsms must be from 1 to ${MAX_HSMS}`);
       const dir = clusterDir(opts);
-      const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port') });
+      const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port'), host: opts.host });
       const m = r.manifest;
       output(opts, {
         dir, manifest: manifestPath(dir), clusterId: m.clusterId, precoUser: r.precoUser, precoPassword: r.precoPassword,

@@ -25,7 +25,8 @@ function banner(s: Serving): string {
   }
   if (s.workers > 1) lines.push(`  ${s.workers} worker processes share the listening ports`);
   const admin = s.adminAddress();
-  if (admin) lines.push(`  admin: http://${admin.address}:${admin.port}/metrics  /healthz  /readyz`);
+  // /scaling answers when the scaling advisor runs: on the simulated cluster (embedded or cluster mode).
+  if (admin) lines.push(`  admin: http://${admin.address}:${admin.port}/metrics  /healthz  /readyz${s.hsm.cluster ? '  /scaling' : ''}`);
   lines.push('  stop with Ctrl-C (SIGINT/SIGTERM drain in-flight requests); SIGHUP reloads the config');
   return lines.join('\n');
 }

@@ -9,8 +9,9 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import type { LoginCredentials } from '../client/link.js';
+import { HsmError } from '../device/index.js';
 import { latestBackup, readBackupFile } from './backup.js';
-import { createNodeCert, privateKeyPem, type Issued } from './certs.js';
+import { createNodeCert, isNodeHost, privateKeyPem, type Issued } from './certs.js';
 import { adminCredentials, restoreHsmStore } from './lifecycle.js';
 import { addToManifest, connectCluster, nextHsmSlot, removeFromManifest } from './membership.js';
 import { clusterPath, readManifest, type ManifestHsm } from './manifest.js';
@@ -34,6 +35,8 @@ export interface AddHsmOptions {
   /** CO/AU login for a live clone (default: the cluster's sync user). */
   credentials?: LoginCredentials;
   scryptCost?: number;
+  /** Where the new HSM listens (IP or DNS name; default: the first HSM's address). */
+  host?: string;
 }
 
 /** What `addHsm` did. */
@@ -47,6 +50,7 @@ export interface AddHsmResult {
 
 /** Makes a new HSM from a backup or a live clone and adds it to the manifest. */
 export async function addHsm(dir: string, opts: AddHsmOptions = {}): Promise<AddHsmResult> {
+  if (opts.host !== undefined && !isNodeHost(opts.host)) throw new HsmError(`--host takes an IP address or a DNS name, got "${opts.host}"`, 'HSM_ERR_INVALID_ARGUMENT');
   const m = await readManifest(dir);
   const from = opts.from ?? 'backup';
   const clusterKey = await readFile(clusterPath(dir, m.maskingKey));
@@ -76,11 +80,11 @@ export async function addHsm(dir: string, opts: AddHsmOptions = {}): Promise<Add
   const slot = nextHsmSlot(m);
   const profile = m.hsms[0]?.profile ?? 'unlimited';
   const h: ManifestHsm = {
-    id: slot.id, address: m.hsms[0]?.address ?? '127.0.0.1', port: slot.port, dataDir: `hsms/${slot.id}`, profile,
+    id: slot.id, address: opts.host ?? m.hsms[0]?.address ?? '127.0.0.1', port: slot.port, dataDir: `hsms/${slot.id}`, profile,
     cert: `pki/${slot.id}.crt`, key: `pki/${slot.id}.key`,
   };
   const issuer = await clusterIssuer(dir, m.clusterCert, m.clusterKey);
-  const node = await createNodeCert(issuer, h.id);
+  const node = await createNodeCert(issuer, h.id, h.address);
   await restoreHsmStore(clusterPath(dir, h.dataDir), h.id, snapshot, clusterKey, profile, digest, opts.scryptCost);
   await mkdir(join(dir, 'pki'), { recursive: true, mode: 0o700 });
   await writeFile(clusterPath(dir, h.cert), node.cert.toString('pem') + '\n' + issuer.cert.toString('pem') + '\n');

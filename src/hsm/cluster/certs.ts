@@ -1,10 +1,11 @@
 // Certificates of a cluster, made with @peculiar/x509 over node's WebCrypto: the customer CA
 // (self-signed root), the cluster certificate (its CSR signed by the customer CA), node
-// certificates (signed by the cluster key, SAN 127.0.0.1 + localhost) and the client
+// certificates (signed by the cluster key, SAN the node's host + 127.0.0.1, ::1, localhost) and the client
 // certificate (signed by the customer CA). All keys are ECDSA P-256.
 // @peculiar/x509 resolves its ASN.1 schemas through tsyringe, which needs this polyfill loaded first.
 import 'reflect-metadata';
 import { createHash, randomBytes, webcrypto } from 'node:crypto';
+import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
 
 // Passed explicitly to every @peculiar/x509 call, so no process-wide provider is set here.
@@ -66,11 +67,20 @@ export async function createClusterCert(ca: Issued): Promise<Issued & { csr: x50
   return { cert, keys, csr };
 }
 
-/** An HSM node's TLS server certificate, issued by the cluster key. */
-export async function createNodeCert(cluster: Issued, hsmId: string): Promise<Issued> {
-  return leaf(cluster, `CN=${hsmId}, O=hsmproxy cluster`, x509.ExtendedKeyUsage.serverAuth, [
-    new x509.SubjectAlternativeNameExtension([{ type: 'ip', value: '127.0.0.1' }, { type: 'ip', value: '::1' }, { type: 'dns', value: 'localhost' }]),
-  ]);
+/** Whether `host` can name an HSM node: an IP address or a DNS name. */
+export function isNodeHost(host: string): boolean {
+  return isIP(host) !== 0 || (host.length <= 253 && /^(?=.*[a-z])([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(host));
+}
+
+/**
+ * An HSM node's TLS server certificate, issued by the cluster key. It names `host` (the address
+ * in the manifest, which clients verify; an IP or a DNS name) besides the loopback names.
+ */
+export async function createNodeCert(cluster: Issued, hsmId: string, host = '127.0.0.1'): Promise<Issued> {
+  const names: Array<{ type: 'ip' | 'dns'; value: string }> = [{ type: 'ip', value: '127.0.0.1' }, { type: 'ip', value: '::1' }, { type: 'dns', value: 'localhost' }];
+  const own = { type: isIP(host) ? 'ip' as const : 'dns' as const, value: host.toLowerCase() };
+  if (!names.some((n) => n.type === own.type && n.value === own.value)) names.unshift(own);
+  return leaf(cluster, `CN=${hsmId}, O=hsmproxy cluster`, x509.ExtendedKeyUsage.serverAuth, [new x509.SubjectAlternativeNameExtension(names)]);
 }
 
 /** The client certificate the CLI and the proxy present to HSMs, issued by the customer CA. */

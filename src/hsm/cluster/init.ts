@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Hsm, HsmError, PRECO_USER } from '../device/index.js';
-import { createClientCert, createClusterCert, createCustomerCa, createNodeCert, fingerprint, privateKeyPem } from './certs.js';
+import { createClientCert, createClusterCert, createCustomerCa, createNodeCert, fingerprint, isNodeHost, privateKeyPem } from './certs.js';
 import { clusterPath, manifestPath, writeManifest, type ClusterManifest, type ManifestHsm, type ManifestProfile } from './manifest.js';
 
 /** The most HSMs a cluster may have (CloudHSM's limit). */
@@ -25,6 +25,8 @@ export interface InitClusterOptions {
   basePort?: number;
   /** scrypt cost for the devices' password hashing (tests may lower it). */
   scryptCost?: number;
+  /** The address every HSM listens on and clients reach it at (IP or DNS name; default 127.0.0.1). */
+  host?: string;
 }
 
 /** What init made; `precoPassword` is shown once and never stored. */
@@ -62,6 +64,8 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
   const basePort = opts.basePort ?? DEFAULT_BASE_PORT;
   if (!Number.isInteger(n) || n < 1 || n > MAX_HSMS) throw new HsmError(`--hsms must be a whole number from 1 to ${MAX_HSMS}`, 'HSM_ERR_INVALID_ARGUMENT');
   if (!Number.isInteger(basePort) || basePort < 1 || basePort + n - 1 > 65535) throw new HsmError('--base-port must leave room for one port per HSM below 65536', 'HSM_ERR_INVALID_ARGUMENT');
+  const host = opts.host ?? '127.0.0.1';
+  if (!isNodeHost(host)) throw new HsmError(`--host takes an IP address or a DNS name, got "${host}"`, 'HSM_ERR_INVALID_ARGUMENT');
   const dir = opts.dir;
   if (await isNonEmptyDir(dir)) {
     const existing = await readdir(dir);
@@ -71,7 +75,7 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
   const pki = join(dir, 'pki');
   await mkdir(pki, { mode: 0o700 });
   try {
-    return await create(dir, n, profile, basePort, opts.scryptCost);
+    return await create(dir, n, profile, basePort, host, opts.scryptCost);
   } catch (err) {
     // Leave no half-made cluster behind: a retry must not hit "already exists".
     await rm(pki, { recursive: true, force: true });
@@ -82,7 +86,7 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
   }
 }
 
-async function create(dir: string, n: number, profile: ManifestProfile, basePort: number, scryptCost?: number): Promise<InitClusterResult> {
+async function create(dir: string, n: number, profile: ManifestProfile, basePort: number, host: string, scryptCost?: number): Promise<InitClusterResult> {
   const ca = await createCustomerCa();
   const cluster = await createClusterCert(ca);
   const client = await createClientCert(ca);
@@ -107,9 +111,9 @@ async function create(dir: string, n: number, profile: ManifestProfile, basePort
   await mkdir(join(dir, 'hsms'), { mode: 0o700 });
   for (let i = 1; i <= n; i++) {
     const id = `hsm-${i}`;
-    const node = await createNodeCert(cluster, id);
+    const node = await createNodeCert(cluster, id, host);
     const h: ManifestHsm = {
-      id, address: '127.0.0.1', port: basePort + i - 1, dataDir: `hsms/${id}`, profile,
+      id, address: host, port: basePort + i - 1, dataDir: `hsms/${id}`, profile,
       cert: `pki/${id}.crt`, key: `pki/${id}.key`,
     };
     // The node presents its own certificate followed by the cluster certificate.
