@@ -2,6 +2,7 @@
 // and the per-request observability event. One in-process node on an ephemeral loopback port.
 import t from 'tap';
 import { createPublicKey, randomBytes, verify } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
@@ -199,6 +200,29 @@ t.test('a wrong password is HSM_ERR_BAD_CREDENTIALS with a message for people', 
   await t.rejects(c.login('alice', 'wrong'), { code: 'HSM_ERR_BAD_CREDENTIALS', message: /wrong user name or password/ });
   await c.login('alice', 'cu-password');
   t.equal(c.user?.role, 'CU', 'a later login on the same connection works');
+});
+
+t.test('a second login on a logged-in connection is refused with HSM_ERR_ALREADY_LOGGED_IN and audited as denied', async (t) => {
+  const c = await loggedIn();
+  t.teardown(() => c.destroy());
+  await t.rejects(c.login('admin', 'co-password'), { code: 'HSM_ERR_ALREADY_LOGGED_IN', message: /already logged in as alice.*open a new connection/ });
+  await t.rejects(c.login('alice', 'cu-password'), { code: 'HSM_ERR_ALREADY_LOGGED_IN' }, 'the same user again too');
+  await t.rejects(c.listUsers(), { code: 'HSM_ERR_PERMISSION_DENIED' }, 'the connection still works as the CU, not the CO');
+  t.ok(await c.sign({ keyId: ec.privateKey.keyId, mechanism: 'ecdsa-sha256', data: Buffer.from('still alice') }), 'and its session is intact');
+  const audit = (await readFile(node.device.auditLogPath, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.match(audit.filter((e) => e.code === 'HSM_ERR_ALREADY_LOGGED_IN'), [
+    { event: 'denied', ok: false, user: 'alice', action: 'log in as admin' },
+    { event: 'denied', ok: false, user: 'alice', action: 'log in as alice' },
+  ]);
+  t.notOk(audit.some((e) => e.event === 'login' && e.user === 'admin' && e.ok === false), 'refused before the password is checked (no failed login counted)');
+});
+
+t.test('two logins pipelined on one connection: one wins, the other is refused', async (t) => {
+  const c = await connect(cluster, node.port);
+  t.teardown(() => c.destroy());
+  const out = await Promise.allSettled([c.login('alice', 'cu-password'), c.login('alice', 'cu-password')]);
+  t.same(out.map((o) => o.status).sort(), ['fulfilled', 'rejected']);
+  t.match(out.find((o) => o.status === 'rejected'), { reason: { code: 'HSM_ERR_ALREADY_LOGGED_IN' } });
 });
 
 t.test('each request publishes hsmproxy:hsm:request with timings and outcome', async (t) => {

@@ -1,7 +1,7 @@
 // What the appliance does with one decoded request: checks login, decodes the body, calls the
 // device, encodes the answer. Device errors keep their HSM_ERR_* code on the wire.
 import {
-  InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate, type KeyType, type Role, type SecretKeySpec,
+  AlreadyLoggedInError, InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate, type KeyType, type Role, type SecretKeySpec,
   type Session, type UnwrapRequest, type WrapMechanism,
 } from './device/index.js';
 import {
@@ -70,9 +70,14 @@ export async function handleOp(device: Hsm, state: ConnectionState, opcode: numb
     case Op.OCCUPANCY: return answer(device.occupancy());
     case Op.STATE_DIGEST: return answer(device.stateDigest());
     case Op.LOGIN: {
-      const session = await device.login(str(o, 'user'), str(o, 'password'));
-      // One user per connection: a new login replaces the old one (whose session keys vanish).
-      if (state.session) await device.logout(state.session).catch(() => undefined);
+      // A connection logs in once and then works as that user: the device refuses a second
+      // login while this connection's session is live (HSM_ERR_ALREADY_LOGGED_IN, audited).
+      const session = await device.login(str(o, 'user'), str(o, 'password'), state.session);
+      if (state.session) {
+        // Another login pipelined on this connection won the race while this one was checked.
+        await device.logout(session).catch(() => undefined);
+        throw new AlreadyLoggedInError(state.session.user);
+      }
       state.session = session;
       return answer({ user: session.user, role: session.role });
     }

@@ -4,7 +4,7 @@
 // is read. Each connection logs in once; requests run concurrently and are answered as they
 // finish (any order), with answers batched into one socket write per event-loop turn.
 // May import hsm/device, hsm/protocol and node built-ins; logs through the `log` callback.
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import type { Hsm } from './device/index.js';
 import {
@@ -62,9 +62,14 @@ export class HsmAppliance {
     });
     const appliance = new HsmAppliance(server, opts);
     server.on('secureConnection', (socket) => appliance.accept(socket));
-    server.on('tlsClientError', (err, socket) => {
+    // A refused client certificate destroys the TLS socket before 'tlsClientError' (whose error is
+    // then only ECONNRESET "socket hang up", the verdict being in socket.authorizationError) and
+    // its address with it: the peer is noted when the TCP connection arrives.
+    const peers = new WeakMap<object, { address?: string; port?: number }>();
+    server.on('connection', (raw: Socket) => peers.set(raw, { address: raw.remoteAddress, port: raw.remotePort }));
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       appliance.stats.refused++;
-      appliance.log('warn', 'refused a connection', { peer: socket.remoteAddress, reason: err.message });
+      appliance.log('warn', 'refused a connection', { ...peerOf(socket, peers), ...refusal(err, socket) });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -104,6 +109,39 @@ export class HsmAppliance {
       conn.closed();
     });
   }
+}
+
+// The peer of a TLS socket, also once it is destroyed: TLSSocket keeps the TCP socket it wraps as
+// `_parent` (not public API; without it only an address read before the destroy is known).
+function peerOf(socket: TLSSocket, peers: WeakMap<object, { address?: string; port?: number }>): { peer?: string; peerPort?: number } {
+  const parent = (socket as unknown as { _parent?: object })._parent;
+  const noted = parent ? peers.get(parent) : undefined;
+  const address = socket.remoteAddress ?? noted?.address;
+  const port = socket.remotePort ?? noted?.port;
+  return { ...(address !== undefined ? { peer: address } : {}), ...(port !== undefined ? { peerPort: port } : {}) };
+}
+
+// Certificate verdicts (OpenSSL's X509_V_ERR names, as node:tls reports them) in words.
+const CERT_REASONS: Record<string, string> = {
+  INVALID_PURPOSE: 'its certificate is not a client certificate (e.g. a node or CA certificate)',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: "its certificate was not issued by this cluster's customer CA",
+  UNABLE_TO_GET_ISSUER_CERT: "its certificate was not issued by this cluster's customer CA",
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "its certificate was not issued by this cluster's customer CA",
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'its certificate is self-signed',
+  SELF_SIGNED_CERT_IN_CHAIN: "its certificate chains to a CA other than this cluster's",
+  CERT_SIGNATURE_FAILURE: 'its certificate signature does not verify',
+  CERT_HAS_EXPIRED: 'its certificate has expired',
+  CERT_NOT_YET_VALID: 'its certificate is not valid yet',
+};
+
+// What to log about a refused handshake: the certificate verdict when there is one, else the TLS error.
+function refusal(err: NodeJS.ErrnoException, socket: TLSSocket): { code: string; reason: string } {
+  const verdict = socket.authorizationError as unknown as string | Error | null | undefined;
+  const vcode = typeof verdict === 'string' ? verdict : (verdict as { code?: string } | null | undefined)?.code;
+  if (vcode) return { code: vcode, reason: `client certificate refused: ${CERT_REASONS[vcode] ?? vcode}` };
+  // OpenSSL errors carry a short `reason` ('peer did not return a certificate') besides the long message.
+  const reason = (err as { reason?: unknown }).reason;
+  return { code: err.code ?? 'ERR_TLS', reason: typeof reason === 'string' && reason ? reason : err.message.trim() };
 }
 
 // One client connection: its login session, its decoder, its batched outbox.

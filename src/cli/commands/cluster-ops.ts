@@ -24,7 +24,7 @@ async function optionalPin(): Promise<{ user: string; password: string } | undef
 function statusLine(s: HsmStatus): string {
   if (!s.up) return `  ${s.id.padEnd(7)} ${s.address.padEnd(21)} DOWN      ${s.error ?? ''}`;
   const keys = `keys ${s.keysToken}+${s.keysSession}/${s.keysMax}`;
-  return `  ${s.id.padEnd(7)} ${s.address.padEnd(21)} up        ${keys.padEnd(18)} users ${String(s.users).padEnd(5)} ${s.inSync ? 'in sync' : 'OUT OF SYNC'}  util ${((s.utilisation ?? 0) * 100).toFixed(0)}%`;
+  return `  ${s.id.padEnd(7)} ${s.address.padEnd(21)} up        ${keys.padEnd(18)} users ${String(s.users).padEnd(5)} ${s.inSync === undefined ? 'sync unproven' : s.inSync ? 'in sync' : 'OUT OF SYNC'}  util ${((s.utilisation ?? 0) * 100).toFixed(0)}%`;
 }
 
 /** Registers the cluster operations subcommands. */
@@ -65,7 +65,7 @@ export function register(program: Command): void {
     .action(async (opts: { dir?: string; json?: boolean }) => {
       const s = await clusterStatus(clusterDir(opts));
       output(opts, s, () => {
-        process.stdout.write([`cluster ${s.clusterId}`, ...s.hsms.map(statusLine), `backups: ${s.backups}${s.latestBackup ? ` (latest ${s.latestBackup})` : ''}`, ''].join('\n'));
+        process.stdout.write([`cluster ${s.clusterId}`, ...s.hsms.map(statusLine), ...(s.syncUnproven ? [`in sync: unproven: ${s.syncUnproven}`] : []), `backups: ${s.backups}${s.latestBackup ? ` (latest ${s.latestBackup})` : ''}`, ''].join('\n'));
       });
       if (s.hsms.every((h) => !h.up)) process.exitCode = 1;
     });

@@ -94,14 +94,26 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
 
   // ---- session and users ----
 
-  /** Logs in on every HSM (and for every later reconnect). */
+  /**
+   * Logs in on every HSM (and for every later reconnect). The links were logged in with the
+   * client's credentials when they connected, and an HSM refuses a second login on a connection:
+   * with the same credentials the existing logins stand; with others, each HSM gets a new link
+   * logged in as the new user (HsmNode.relogin), replacing the old one.
+   */
   async login(user: string, password: string, opts?: RequestOptions): Promise<LoginInfo> {
+    const same = this.credentials.user === user && this.credentials.password === password;
     this.credentials = { user, password };
-    for (const n of this.nodes.values()) n.setCredentials(this.credentials);
     const live = [...this.nodes.values()].filter((n) => n.currentLink);
-    const results = await Promise.all(live.map((n) => n.run((c) => c.login(user, password, opts))));
-    if (!results[0]) return this.execute('login', { safe: true }, (c) => c.login(user, password, opts));
-    return results[0];
+    if (same) {
+      for (const n of this.nodes.values()) n.setCredentials(this.credentials);
+      const info = live.map((n) => n.currentLink?.user).find((u) => u !== undefined && u.user === user);
+      if (info) return info;
+    }
+    const links = await Promise.all([...this.nodes.values()].map((n) => n.relogin(this.credentials)));
+    const info = links.map((l) => l?.user).find((u) => u !== undefined);
+    if (info) return info;
+    // No HSM connected: wait for one to (re)connect, which logs in with the new credentials.
+    return this.execute('login', { safe: true }, async (c) => c.user ?? c.login(user, password, opts));
   }
 
   /** Changes the logged-in user's password on every HSM (a CO/AU's as one copied user table, so hashes match). */

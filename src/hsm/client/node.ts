@@ -114,12 +114,38 @@ export class HsmNode<C extends HsmLink> {
     this.failures = 0;
     this.status = 'up';
     this.inRotation = false;
-    void link.closed.then(() => {
-      if (this.link === link) this.markDown(new NoHealthyHsmError(`connection to ${this.id} closed`));
-    });
+    this.watchClose(link);
     this.scheduleHealthCheck();
     this.emitState();
     this.hooks.onConnected(this);
+  }
+
+  private watchClose(link: C): void {
+    void link.closed.then(() => {
+      if (this.link === link) this.markDown(new NoHealthyHsmError(`connection to ${this.id} closed`));
+    });
+  }
+
+  /**
+   * Logs in with other credentials. The HSM refuses a second login on a connection (a connection
+   * logs in once), so a new link is opened (the factory logs it in) and replaces the current one,
+   * which is closed; the node stays in rotation (the HSM's state did not change). If the login is
+   * refused, the current link is kept and the error is thrown. Resolves undefined when the node
+   * has no link (it logs in with the new credentials when it reconnects).
+   */
+  async relogin(credentials: LoginCredentials): Promise<C | undefined> {
+    this.setCredentials(credentials);
+    const old = this.link;
+    if (!old || this.status !== 'up') return undefined;
+    const link = await this.factory(this.address, credentials);
+    if (this.link !== old || this.isClosed()) {
+      await link.close().catch(() => undefined);
+      return undefined;
+    }
+    this.link = link;
+    this.watchClose(link);
+    void old.close().catch(() => undefined);
+    return link;
   }
 
   // A method, not an inline comparison: `status` changes across awaits, which narrowing ignores.

@@ -1,7 +1,10 @@
 // `cluster status` as a library call: asks every HSM of the manifest for its info (no login
 // needed) and reports health, address, key occupancy against the limit, users, and whether
-// its state digest matches the cluster's (the digest most reachable HSMs agree on).
+// it holds the cluster's current state, by the rule the cluster client admits HSMs with
+// (client/current.ts): when that rule cannot prove any group current, status says so instead
+// of guessing.
 import { HsmConnection } from '../client/connection.js';
+import { currentState } from '../client/current.js';
 import { listBackups } from './backup.js';
 import { clusterPath, readManifest } from './manifest.js';
 import { readFile } from 'node:fs/promises';
@@ -19,6 +22,13 @@ export interface HsmStatus {
   users?: number;
   utilisation?: number;
   digest?: string;
+  /** Changes since the HSM process started (the rule's tie-break when every HSM answered). */
+  version?: number;
+  /**
+   * Whether it holds the cluster's current state: true/false when the rule proves a group
+   * current; undefined when the HSM is down or nothing proves which state is current (see
+   * ClusterStatus.syncUnproven).
+   */
   inSync?: boolean;
 }
 
@@ -26,6 +36,8 @@ export interface HsmStatus {
 export interface ClusterStatus {
   clusterId: string;
   hsms: HsmStatus[];
+  /** Why no HSM can be called in sync (peers unreachable, or a disagreement nothing settles); absent when proven. */
+  syncUnproven?: string;
   latestBackup?: string;
   backups: number;
 }
@@ -45,6 +57,7 @@ export async function clusterStatus(dir: string, timeoutMs = 3000): Promise<Clus
       return {
         ...base, up: true, profile: info.profile, keysToken: info.occupancy.token, keysSession: info.occupancy.session,
         keysMax: info.occupancy.max, users: info.users, utilisation: info.utilisation, digest: info.state.digest,
+        version: info.state.version,
       };
     } catch (err) {
       return { ...base, up: false, error: (err as Error).message };
@@ -52,11 +65,22 @@ export async function clusterStatus(dir: string, timeoutMs = 3000): Promise<Clus
       conn?.destroy();
     }
   }));
-  const votes = new Map<string, number>();
-  for (const s of hsms) if (s.digest) votes.set(s.digest, (votes.get(s.digest) ?? 0) + 1);
-  const majority = [...votes].sort((a, b) => b[1] - a[1])[0]?.[0];
-  for (const s of hsms) if (s.up) s.inSync = s.digest === majority;
+  const unproven = applySyncVerdict(hsms, m.hsms.map((h) => h.id));
   const backups = await listBackups(dir);
   const last = backups.at(-1);
-  return { clusterId: m.clusterId, hsms, backups: backups.length, ...(last ? { latestBackup: last.file } : {}) };
+  return { clusterId: m.clusterId, hsms, ...(unproven ? { syncUnproven: unproven } : {}), backups: backups.length, ...(last ? { latestBackup: last.file } : {}) };
+}
+
+/**
+ * Sets `inSync` on the HSMs that answered, by the cluster client's rule (currentState) over the
+ * manifest's `members`. Returns the rule's reason when it proves no group current (every
+ * `inSync` then stays undefined).
+ */
+export function applySyncVerdict(hsms: HsmStatus[], members: readonly string[]): string | undefined {
+  const reports = hsms.flatMap((s) => (s.up && s.digest !== undefined ? [{ id: s.id, digest: s.digest, version: s.version ?? 0 }] : []));
+  const cur = currentState(reports, members);
+  if (!cur) return undefined;
+  if (!cur.proven) return cur.reason ?? 'nothing proves which HSMs hold the current state';
+  for (const s of hsms) if (s.up && s.digest !== undefined) s.inSync = cur.ids.includes(s.id);
+  return undefined;
 }

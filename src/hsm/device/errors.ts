@@ -18,6 +18,14 @@ export class NotLoggedInError extends HsmError {
   }
 }
 
+/** A connection logs in once: a second login on a connection that is still logged in is refused. */
+export class AlreadyLoggedInError extends HsmError {
+  constructor(readonly user: string) {
+    super(`this connection is already logged in as ${user}; a connection logs in once: open a new connection to log in as another user`, 'HSM_ERR_ALREADY_LOGGED_IN');
+    this.name = 'AlreadyLoggedInError';
+  }
+}
+
 /** Wrong user name or password. Deliberately does not say which, as CloudHSM does. */
 export class BadCredentialsError extends HsmError {
   constructor(readonly attemptsLeft?: number) {

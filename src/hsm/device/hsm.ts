@@ -8,7 +8,7 @@ import { AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
 import type { DeviceContext } from './context.js';
 import {
-  ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
+  AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
 } from './errors.js';
 import { KeyOps } from './key-ops.js';
 import { fromRecord, infoOf, ObjectStore } from './objects.js';
@@ -152,9 +152,20 @@ export class Hsm {
 
   // ---- users and sessions ----
 
-  /** Logs a user in; throws BadCredentialsError / LockedOutError. */
-  login(user: string, password: string): Promise<Session> {
+  /**
+   * Logs a user in; throws BadCredentialsError / LockedOutError. `current`: the session the
+   * caller's connection already holds. While it is live the login is refused (and audited as
+   * denied) before the password is checked: a connection logs in once and then works as that
+   * user. A session the HSM has ended (user deleted, role changed) does not count.
+   */
+  login(user: string, password: string, current?: Session): Promise<Session> {
     this.open();
+    const live = current ? this.liveSession(current) : undefined;
+    if (live) {
+      const e = new AlreadyLoggedInError(live.user);
+      this.audited(live, `log in as ${user}`, e);
+      return Promise.reject(e);
+    }
     return this.userOps.login(user, password);
   }
 
@@ -400,12 +411,20 @@ export class Hsm {
     return this.sessions.resolve(session);
   }
 
+  private liveSession(session: Session): Session | undefined {
+    try {
+      return this.sessions.resolve(session);
+    } catch {
+      return undefined;
+    }
+  }
+
   private dropSessionKeys(sessionId: string): void {
     for (const k of this.ctx.objects.all()) if (k.session === sessionId) this.ctx.objects.delete(k.attrs.keyId);
   }
 
   private audited(s: Session, action: string, e: unknown): void {
-    if (e instanceof PermissionDeniedError || e instanceof MustChangePasswordError) {
+    if (e instanceof PermissionDeniedError || e instanceof MustChangePasswordError || e instanceof AlreadyLoggedInError) {
       this.ctx.audit({ event: 'denied', user: s.user, ok: false, action, code: e.code, reason: e.message });
     }
   }
