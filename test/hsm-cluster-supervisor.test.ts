@@ -113,7 +113,8 @@ t.test('cluster start runs, restarts and stops the HSMs; the CLI goes through th
   const st = await cliInProcess(['cluster', 'status', '--dir', dir, '--json']);
   const status = JSON.parse(st.stdout) as { hsms: Array<{ id: string; up: boolean; inSync: boolean; users: number; keysToken: number }> };
   t.same(status.hsms.map((h) => [h.id, h.up, h.inSync, h.users, h.keysToken]), [
-    ['hsm-1', true, true, 2, 2], ['hsm-2', true, true, 2, 2], ['hsm-3', true, true, 2, 2],
+    // Users: the CO, alice and the appliance user 'sync' that activate creates for resync.
+    ['hsm-1', true, true, 3, 2], ['hsm-2', true, true, 3, 2], ['hsm-3', true, true, 3, 2],
   ], 'the user and key made through the CLI are on every HSM, all in sync');
 
   const victim = run.pids().get('hsm-2')!;
