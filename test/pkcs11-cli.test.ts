@@ -193,6 +193,23 @@ if (skip) {
     t.match(r.stdout, /no keys on this token|[0-9a-f]{32}/);
   });
 
+  t.test('--credentials FILE gives the PIN for a PKCS#11 reference, and wins over HSMPROXY_PIN', async (t) => {
+    const ref = join(dir, 'creds.pem');
+    t.error((await inProcess(['pkcs11', 'key', 'generate', ...on, '--type', 'ec:p256', '--label', 'creds', '--out', ref])).error);
+    t.teardown(() => inProcess(['pkcs11', 'key', 'delete', '--key', ref]));
+    const good = join(dir, 'good-pin');
+    writeFileSync(good, `${TEST_PIN}\n`, { mode: 0o600 });
+    const bad = join(dir, 'bad-pin');
+    writeFileSync(bad, '0000\n', { mode: 0o600 });
+    const csr = (pin: string, n: number) => ['csr', '--key', ref, '--credentials', pin, '--subject', 'CN=creds.example', '--out', join(dir, `creds${n}.csr`)];
+    const a = await inProcess(csr(good, 1), { HSMPROXY_PIN: undefined, HSMPROXY_CREDENTIALS: undefined });
+    t.error(a.error, 'the file alone is enough');
+    t.ok(existsSync(join(dir, 'creds1.csr')));
+    const b = await inProcess(csr(bad, 2), { HSMPROXY_PIN: TEST_PIN, HSMPROXY_CREDENTIALS: undefined });
+    t.match(b.error, { code: 'ENGINE_ERR_BAD_CREDENTIALS', message: /wrong PIN for token "cli"/ }, 'the wrong PIN in the file is used, not HSMPROXY_PIN');
+    t.notOk(existsSync(join(dir, 'creds2.csr')));
+  });
+
   t.test('a wrong PIN is one line naming CKR_PIN_INCORRECT', async (t) => {
     const r = await runCli(['pkcs11', 'key', 'list', ...on], { env: { ...hsm.env, HSMPROXY_PIN: '0000' } });
     t.equal(r.code, 1);
