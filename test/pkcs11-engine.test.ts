@@ -189,4 +189,19 @@ if (skip) {
     const signer = await e.signer(file);
     t.ok(verify('sha256', Buffer.from('m'), handle.publicKey, await signer.sign(SignatureScheme.ecdsa_secp256r1_sha256, Buffer.from('m'))));
   });
+
+  t.test('the opener shares one backend per (module, token), and a token override looks keys up there', async (t) => {
+    const a = await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'shared-a' });
+    const b = await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'shared-b' });
+    // b's reference recorded under another module path and token label: the overrides make it the same token.
+    const refB = { ...(b.ref as Pkcs11KeyRef), module: '/old/path/libsofthsm2.so' };
+    refB.uri = refB.uri.replace('token=engine', 'token=renamed').replace(/serial=[^;]*;/, '');
+    const open = pkcs11Opener({ pin: TEST_PIN, poolSize: 1, module: hsm.module, token: 'engine' });
+    const [ba, bb] = await Promise.all([open(a.ref!), open(refB)]);
+    t.teardown(() => ba.close());
+    t.equal(ba, bb, 'one backend for both references');
+    t.equal((await bb.resolve(refB)).keyId, b.keyId, 'the key is found on the overriding token');
+    const plain = pkcs11Opener({ pin: TEST_PIN, poolSize: 1, module: hsm.module });
+    await t.rejects(plain(refB), { code: 'ENGINE_ERR_TOKEN_NOT_FOUND' }, 'without the override the recorded token is looked for');
+  });
 }

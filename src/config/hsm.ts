@@ -23,8 +23,9 @@ export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefi
   const hsms = r.integer(o.hsms, at(path, 'hsms'), { def: d.hsms, min: 1, max: 32, what: 'a number of HSMs' });
   const profile = r.string(o.profile, at(path, 'profile'), { def: d.profile, oneOf: CAPACITY_PROFILES }) as HsmConfig['profile'] | undefined;
   const manifest = r.file(o.manifest, at(path, 'manifest'), { optional: mode !== 'cluster' });
-  const module = r.file(o.module, at(path, 'module'), { optional: mode !== 'pkcs11' });
-  const token = r.string(o.token, at(path, 'token'), { optional: mode !== 'pkcs11' });
+  // pkcs11: key references record module and token; these only override them.
+  const module = r.file(o.module, at(path, 'module'), { optional: true });
+  const token = r.string(o.token, at(path, 'token'), { optional: true });
   const credentials = readCredentials(r, o.credentials, at(path, 'credentials'));
   const signing = readSigning(r, o.signing, at(path, 'signing'));
   for (const key of NOT_FOR_PKCS11) if (o[key] !== undefined && mode === 'pkcs11') r.fail(at(path, key), 'only used with mode: embedded or cluster (mode is pkcs11)');

@@ -81,7 +81,9 @@ export interface HsmConfig {
   hsms: number;
   profile: CapacityProfileName;
   manifest?: string;
+  /** pkcs11: overrides the module path every key reference records. */
   module?: string;
+  /** pkcs11: looks every key up on the token with this label instead of the one its reference records. */
   token?: string;
   credentials: CredentialsConfig;
   signing: { maxInFlight: number; timeoutMs: number };
