@@ -125,6 +125,14 @@ t.test('hsm.mode pkcs11 needs no module or token (references record them); both 
   t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, token: web }\n', { baseDir: dir, checkFiles: false }).hsm.token, 'web');
 });
 
+t.test('hsm.sessions: PKCS#11 sessions per token, 8 by default, a positive integer, pkcs11 only', async (t) => {
+  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11 }\n', { baseDir: dir, checkFiles: false }).hsm.sessions, 8);
+  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, sessions: 64 }\n', { baseDir: dir, checkFiles: false }).hsm.sessions, 64);
+  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, sessions: 0 }\n').message, /^hsm\.sessions: /);
+  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, sessions: many }\n').message, /^hsm\.sessions: /);
+  t.match(errorOf(minimal + 'hsm: { mode: embedded, sessions: 4 }\n').message, /^hsm\.sessions: only used with mode: pkcs11/);
+});
+
 t.test('two listeners on the same address and port are refused', async (t) => {
   const y = minimal.replace('listeners:\n', 'listeners:\n  - { name: b, port: 8443, certificates: [{ cert: a.pem, key: a.key }] }\n');
   t.match(errorOf(y).message, /^listeners\[1\]\.port: another listener already uses 0\.0\.0\.0:8443/);

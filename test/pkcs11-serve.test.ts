@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import { cliEntry } from './helpers/cli.js';
@@ -26,13 +27,17 @@ function run(cmd: string, args: string[]): Promise<{ code: number; stdout: strin
   });
 }
 
-interface Summary { listeners: Array<{ name: string; address: AddressInfo }>; hsm: string }
+interface Summary { listeners: Array<{ name: string; address: AddressInfo }>; hsm: string; pkcs11?: { sessions: number; threadPool: number } }
+
+const executable = fileURLToPath(new URL('../src/cli/entry.cjs', import.meta.url));
 
 /** Spawns `hsmproxy serve --config FILE --json` and waits for its summary (undefined: it failed, test failed). */
-async function startServe(t: Test, config: string, env: NodeJS.ProcessEnv): Promise<{ summary: Summary; exited: Promise<number | null>; child: ChildProcess } | undefined> {
-  const child = spawn(process.execPath, [`--import=${tsxLoader}`, cliEntry, 'serve', '--config', config, '--json', '--log-level', 'warn'], {
-    env: { ...process.env, ...env, HSMPROXY_PIN: TEST_PIN }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
+async function startServe(t: Test, config: string, env: NodeJS.ProcessEnv, how: { executable?: boolean } = {}): Promise<{ summary: Summary; logs: string; exited: Promise<number | null>; child: ChildProcess } | undefined> {
+  // The executable (entry.cjs) as installed, or main.ts under tsx as the other tests run the CLI.
+  const entry = how.executable ? [executable] : [`--import=${tsxLoader}`, cliEntry];
+  const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env, HSMPROXY_PIN: TEST_PIN };
+  if (env.UV_THREADPOOL_SIZE === undefined) delete childEnv.UV_THREADPOOL_SIZE;
+  const child = spawn(process.execPath, [...entry, 'serve', '--config', config, '--json', '--log-level', 'warn'], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   let out = '';
   let err = '';
@@ -41,7 +46,9 @@ async function startServe(t: Test, config: string, env: NodeJS.ProcessEnv): Prom
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   const deadline = Date.now() + 45_000;
   for (;;) {
-    try { return { summary: JSON.parse(out) as Summary, exited, child }; } catch { /* not all printed yet */ }
+    // Warnings are log lines before the summary (an indented JSON document).
+    const at = out.search(/^\{$/m);
+    try { if (at >= 0) return { summary: JSON.parse(out.slice(at)) as Summary, logs: out.slice(0, at), exited, child }; } catch { /* not all printed yet */ }
     if (child.exitCode !== null || Date.now() > deadline) { t.fail(`serve did not start:\n${err}`); return undefined; }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -187,5 +194,45 @@ if (skip) {
     for (const name of Object.keys(sites)) t.equal(await presented(overridden.summary, name), new X509Certificate(sites[name]!.pem).toString(), `${name} through hsm.module, not the recorded path`);
     overridden.child.kill('SIGTERM');
     t.equal(await overridden.exited, 0);
+  });
+
+  t.test('the hsmproxy executable sizes the libuv thread pool for hsm.sessions, unless UV_THREADPOOL_SIZE is set', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-pkcs11-serve-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const backend = await openPkcs11Backend({ module: hsm.module, token: 'serve', pin: TEST_PIN, poolSize: 1 });
+    const engine = new Engine({ backends: { pkcs11: backend } });
+    const handle = engine.adopt(await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'threads' }), backend);
+    const key = join(dir, 'threads.key.pem');
+    await writeKeyReference(handle, key);
+    writeFileSync(join(dir, 'threads.crt'), certPem(await selfSign(await signingKey(await engine.signer(handle), engine.webcrypto()), { subject: 'CN=localhost', sans: ['DNS:localhost'], days: 2 })));
+    await engine.close();
+    const configWith = (name: string, hsmLines: string[]): string => {
+      const file = join(dir, `${name}.yaml`);
+      writeFileSync(file, [
+        'listeners:',
+        `  - { name: main, address: 127.0.0.1, port: 0, certificates: [{ cert: ${join(dir, 'threads.crt')}, key: ${key} }] }`,
+        'routes: [{ upstream: app }]',
+        'upstreams: { app: { targets: ["http://127.0.0.1:9"] } }',
+        'hsm:',
+        '  mode: pkcs11',
+        ...hsmLines,
+        'admin: { address: 127.0.0.1, port: 0 }',
+        '',
+      ].join('\n'));
+      return file;
+    };
+    for (const [what, file, env, expected] of [
+      ['defaults: 8 sessions, 16 threads', configWith('default', []), {}, { sessions: 8, threadPool: 16 }],
+      ['30 sessions get 32 threads', configWith('thirty', ['  sessions: 30']), {}, { sessions: 30, threadPool: 32 }],
+      ['a UV_THREADPOOL_SIZE the user set is kept', configWith('thirty', ['  sessions: 30']), { UV_THREADPOOL_SIZE: '6' }, { sessions: 30, threadPool: 6 }],
+    ] as const) {
+      const served = await startServe(t, file, { ...hsm.env, ...env }, { executable: true });
+      if (!served) return;
+      t.same(served.summary.pkcs11, expected, what);
+      if (expected.threadPool < expected.sessions + 2) t.match(served.logs, /UV_THREADPOOL_SIZE 6 is below hsm\.sessions \+ 2: fewer than 30 signatures can run at once/, 'and serve warns');
+      else t.equal(served.logs, '', 'no warning');
+      served.child.kill('SIGTERM');
+      t.equal(await served.exited, 0);
+    }
   });
 }

@@ -42,6 +42,8 @@ export interface HsmSide {
   /** Backend that new keys (demo PKI) are generated on; none for PKCS#11 (the references name the tokens). */
   backend?: Backend;
   describe: string;
+  /** PKCS#11: sessions per token and the libuv threads the process started with (each signature in flight holds one of each). */
+  pkcs11?: { sessions: number; threadPool: number };
   cluster?: ClusterClient;
   /** The simulated cluster's directory, and its supervisor when this process runs the HSMs (scaling). */
   dir?: string;
@@ -89,11 +91,17 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   if (hsm.mode === 'pkcs11') {
     // Each listener's key reference names its module and token, as for the CLI: the token of a
     // reference is opened when the listener loads it, once per (module, token).
-    const { pkcs11Opener } = await import('../engine/pkcs11/backend.js');
+    const { pkcs11Opener, threadPoolSizeFor } = await import('../engine/pkcs11/backend.js');
+    // Read by libuv when its pool started (src/cli/entry.cjs sets it); too late to change here.
+    const threadPool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    if (threadPool < threadPoolSizeFor(hsm.sessions)) {
+      log.warn({ UV_THREADPOOL_SIZE: threadPool, sessions: hsm.sessions }, `UV_THREADPOOL_SIZE ${threadPool} is below hsm.sessions + 2: fewer than ${hsm.sessions} signatures can run at once`);
+    }
     const pin = customPinVariable(config) ? requiredVariable(customPinVariable(config)!) : undefined;
     const open = pkcs11Opener({
       ...(hsm.module ? { module: hsm.module } : {}), ...(hsm.token ? { token: hsm.token } : {}),
       ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}), ...(pin ? { pin } : {}),
+      poolSize: hsm.sessions,
     });
     const tokens = new Map<Backend, string>();
     const engine = new Engine({
@@ -108,6 +116,7 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     });
     return {
       engine,
+      pkcs11: { sessions: hsm.sessions, threadPool },
       get describe() {
         const opened = [...new Set(tokens.values())];
         return opened.length === 0 ? 'PKCS#11 tokens named by the key references' : `PKCS#11 token${opened.length === 1 ? '' : 's'} ${opened.join(', ')}`;

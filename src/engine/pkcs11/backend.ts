@@ -10,9 +10,9 @@
 // token) plus raw access to CKR codes for recovery, with one fewer layer to audit.
 //
 // Threads: every in-flight signature occupies one libuv worker. The pool defaults to 4
-// (UV_THREADPOOL_SIZE), shared with fs, dns.lookup and crypto; set UV_THREADPOOL_SIZE to
-// threadPoolSizeFor(poolSize) in the environment of the process (it is read once, when the pool
-// starts, which for an ESM entry happens before the entry's first line runs).
+// (UV_THREADPOOL_SIZE), shared with fs, dns.lookup and crypto; it is read once, when the pool
+// starts, which for an ESM entry happens before the entry's first line runs. The hsmproxy
+// executable (cli/entry.cjs) sets it; embedders set threadPoolSizeFor(poolSize) in the environment.
 import { createHash, type KeyObject } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import type { KeyAlgorithm, Mechanism } from '../algorithm.js';
