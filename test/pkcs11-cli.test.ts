@@ -149,6 +149,17 @@ if (skip) {
     t.equal((JSON.parse(del.stdout) as { deleted: { keyId: string } }).deleted.keyId, made.keyId);
   });
 
+  t.test('key generate --backend pkcs11 --session is refused and makes no key', async (t) => {
+    const out = join(dir, 'session.pem');
+    const r = await runCli(['key', 'generate', '--backend', 'pkcs11', ...on, '--type', 'ec:p256', '--label', 'session-key', '--session', '--out', out], { env });
+    t.equal(r.code, 2);
+    t.equal(r.stderr, 'hsmproxy: --session is not available with --backend pkcs11: a session key is gone when this command ends; drop --session for a token key\n');
+    t.notOk(existsSync(out), 'no reference written');
+    const backend = await openPkcs11Backend({ module: hsm.module, token: 'cli', pin: TEST_PIN, poolSize: 1 });
+    t.teardown(() => backend.close());
+    t.notOk((await backend.listKeys()).some((k) => k.label === 'session-key'), 'no key on the token');
+  });
+
   t.test('key list shows the generated keys, as text and as JSON', async (t) => {
     const text = await inProcess(['pkcs11', 'key', 'list', ...on]);
     t.error(text.error);
