@@ -80,6 +80,13 @@ t.test('csr, cert self-sign, ca init and ca sign --chain produce what openssl ac
   oneLineError(t, await cli(['ca', 'init', '--key', f('ca.key.pem'), '--subject', 'CN=x', '--days', '1', '--out', f('ca.crt')]), /ca\.crt already exists/);
 });
 
+t.test('ca sign with an unwritable --out logs no issued certificate', async (t) => {
+  const before = await readFile(f('ca.crt.issued.jsonl'), 'utf8');
+  const r = await cli(['ca', 'sign', '--ca-key', f('ca.key.pem'), '--ca-cert', f('ca.crt'), '--csr', f('web.csr'), '--days', '90', '--out', f('no-such-dir/web.pem')]);
+  oneLineError(t, r, /cannot write .*no-such-dir\/web\.pem \(ENOENT\)/);
+  t.equal(await readFile(f('ca.crt.issued.jsonl'), 'utf8'), before, 'the issued log is unchanged');
+});
+
 t.test('--backend soft signs with a real key file and refuses a reference', async (t) => {
   const ok = await cli(['csr', '--backend', 'soft', '--key', f('real.pem'), '--subject', 'CN=soft', '--out', f('soft.csr')], {});
   t.equal(ok.code, 0, ok.stderr);

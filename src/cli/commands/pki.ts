@@ -149,8 +149,10 @@ export function register(program: Command): void {
     const csr = parseCsr(await readInput(opts.csr, 'CSR'), opts.csr);
     await withEngine(opts, async (engine) => {
       const key = await hsmKey(engine, opts.caKey, opts);
-      const { cert, record, capped } = await caSign(key, { caCert, caCertFile: opts.caCert, csr, csrFile: opts.csr, days: d, profile: opts.profile as 'server' | 'client' });
-      await writeOutput(opts.out, opts.chain ? chainPem(cert, caCert) : certPem(cert));
+      const { record, capped } = await caSign(key, {
+        caCert, caCertFile: opts.caCert, csr, csrFile: opts.csr, days: d, profile: opts.profile as 'server' | 'client',
+        write: (cert) => writeOutput(opts.out, opts.chain ? chainPem(cert, caCert) : certPem(cert)),
+      });
       output(opts, { out: opts.out, ...record, capped }, () => {
         process.stdout.write(`wrote ${opts.out} (serial ${record.serial}, ${record.subject}, valid until ${record.notAfter})\n`);
         if (capped) process.stdout.write('note: validity was cut to the CA certificate\'s end date\n');
