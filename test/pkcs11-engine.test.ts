@@ -183,7 +183,10 @@ if (skip) {
     const file = join(dir, 'moved.pem');
     writeFileSync(file, formatKeyRef(ref));
     const stale = engine();
-    await t.rejects(stale.loadKey(file), { code: 'ENGINE_ERR_PKCS11_MODULE', message: /cannot load PKCS#11 module \/old\/path\/libsofthsm2\.so: file not found/ });
+    await t.rejects(stale.loadKey(file), { code: 'ENGINE_ERR_PKCS11_MODULE', message: /^cannot load PKCS#11 module \/old\/path\/libsofthsm2\.so: file not found \(recorded in .*moved\.pem; pass --module, or set hsm\.module for serve, to use the module where it is now\)$/ });
+    const noToken = join(dir, 'no-token.pem');
+    writeFileSync(noToken, formatKeyRef({ ...(handle.ref as Pkcs11KeyRef), uri: (handle.ref as Pkcs11KeyRef).uri.replace(/(token|serial)=[^;]*;/g, '') }));
+    await t.rejects(engine().loadKey(noToken), { code: 'ENGINE_ERR_PKCS11_URI', message: /^invalid pkcs11: URI: pkcs11:\S+ in .*no-token\.pem names no token/ });
     await stale.close();
     const e = new Engine({ openers: { pkcs11: pkcs11Opener({ pin: TEST_PIN, module: hsm.module }) } });
     t.teardown(() => e.close());

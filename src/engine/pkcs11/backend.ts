@@ -14,6 +14,7 @@
 // starts, which for an ESM entry happens before the entry's first line runs. The hsmproxy
 // executable (cli/entry.cjs) sets it; embedders set threadPoolSizeFor(poolSize) in the environment.
 import { createHash, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import type { KeyAlgorithm, Mechanism } from '../algorithm.js';
 import { mechanismHash } from '../algorithm.js';
@@ -31,7 +32,7 @@ import { Pkcs11Signer, signOnToken } from './signer.js';
 import { planSignature } from './mechanisms.js';
 import type { SignAlgorithm } from './mechanisms.js';
 import { formatPkcs11Uri, parsePkcs11Uri } from './uri.js';
-import { OtherTokenError, Pkcs11UriError } from './errors.js';
+import { ModuleLoadError, OtherTokenError, Pkcs11UriError } from './errors.js';
 
 /** Options of openPkcs11Backend. */
 export interface Pkcs11BackendOptions {
@@ -260,8 +261,13 @@ export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => P
     if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${ref.source ?? 'the key reference'} names a ${ref.backend} key, not a PKCS#11 key`);
     const uri = parsePkcs11Uri(ref.uri);
     const selector: TokenSelector = token !== undefined ? { label: token } : { label: uri.token, serial: uri.serial, slot: uri.slotId };
-    if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} names no token`);
+    const file = ref.source ?? 'the key reference';
+    if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} in ${file} names no token (needs token=, serial= or slot-id=)`);
     const modulePath = module ?? ref.module;
+    // A module moved since the reference was made is fixed by an override, not by editing the file.
+    if (module === undefined && !existsSync(resolvePath(modulePath))) {
+      throw new ModuleLoadError(modulePath, `file not found (recorded in ${file}; pass --module, or set hsm.module for serve, to use the module where it is now)`);
+    }
     const where = JSON.stringify([resolvePath(modulePath), selector.label, selector.serial, selector.slot]);
     let p = opened.get(where);
     if (!p) {
