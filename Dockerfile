@@ -36,7 +36,7 @@ EXPOSE 8443 9464
 # The admin port of the shipped configs (admin.port 9464); change it here if yours differs.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9464/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-ENTRYPOINT ["node", "dist/src/cli/main.js"]
+ENTRYPOINT ["node", "dist/src/cli/entry.cjs"]
 # No argument: the embedded default (cluster in /app/data, demo certificates in /app/certs). It
 # listens on 127.0.0.1 like `npm start`; to publish ports, mount a config whose listeners and
 # admin use address 0.0.0.0 and run `serve --config /app/config/yours.yaml`.

@@ -78,3 +78,15 @@ t.test('parts that were not run say so instead of disappearing', async (t) => {
 t.test('numeric columns are right-aligned in the Markdown tables', async (t) => {
   t.match(full, /\| operation \| HSMs \| in flight \| ops\/s \|.*\n\|---\|---:\|---:\|---:\|/);
 });
+
+t.test('a PKCS#11 sweep is set beside the simulated HSM in one table', async (t) => {
+  const sim = fixture.hsm.find((r) => !r.scaling)!;
+  const softhsm: HsmBenchResult = { ...sim, profile: undefined, targets: ['PKCS#11 token "bench" (/usr/lib/softhsm/libsofthsm2.so)'], knees: [], points: sim.points.map((p) => ({ ...p, hsms: null, opsPerSec: 700 })) };
+  const md = renderSummary({ ...fixture, hsm: [...fixture.hsm, softhsm], charts: [] });
+  const section = md.slice(md.indexOf('### Simulated HSM and PKCS#11 token, side by side'));
+  t.ok(md.includes('### Simulated HSM and PKCS#11 token, side by side'));
+  const p = sim.points[0]!;
+  t.match(section, new RegExp(`\\| ${p.op} \\| ${p.concurrency} \\| simulated, ${sim.profile} \\| ${Math.round(p.opsPerSec)} \\|`), 'the simulated row');
+  t.match(section, new RegExp(`\\| ${p.op} \\| ${p.concurrency} \\| PKCS#11 token "bench" \\(/usr/lib/softhsm/libsofthsm2\\.so\\) \\| 700 \\|`), 'the SoftHSM row');
+  t.notOk(full.includes('### Simulated HSM and PKCS#11 token'), 'no table without a PKCS#11 run');
+});

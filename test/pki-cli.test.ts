@@ -80,6 +80,39 @@ t.test('csr, cert self-sign, ca init and ca sign --chain produce what openssl ac
   oneLineError(t, await cli(['ca', 'init', '--key', f('ca.key.pem'), '--subject', 'CN=x', '--days', '1', '--out', f('ca.crt')]), /ca\.crt already exists/);
 });
 
+t.test('ca sign with an unwritable --out logs no issued certificate', async (t) => {
+  const before = await readFile(f('ca.crt.issued.jsonl'), 'utf8');
+  const r = await cli(['ca', 'sign', '--ca-key', f('ca.key.pem'), '--ca-cert', f('ca.crt'), '--csr', f('web.csr'), '--days', '90', '--out', f('no-such-dir/web.pem')]);
+  oneLineError(t, r, /cannot write .*no-such-dir\/web\.pem \(ENOENT\)/);
+  t.equal(await readFile(f('ca.crt.issued.jsonl'), 'utf8'), before, 'the issued log is unchanged');
+});
+
+t.test('csr, cert self-sign, ca csr and ca sign refuse an existing --out unless --force', async (t) => {
+  const taken = f('taken.pem');
+  await writeFile(taken, 'precious');
+  const cases: string[][] = [
+    ['csr', '--key', f('web.key.pem'), '--subject', 'CN=x'],
+    ['cert', 'self-sign', '--key', f('web.key.pem'), '--subject', 'CN=x', '--days', '1'],
+    ['ca', 'csr', '--key', f('ca.key.pem'), '--subject', 'CN=x'],
+    ['ca', 'sign', '--ca-key', f('ca.key.pem'), '--ca-cert', f('ca.crt'), '--csr', f('web.csr'), '--days', '1'],
+  ];
+  for (const args of cases) {
+    const r = await cli([...args, '--out', taken]);
+    oneLineError(t, r, /taken\.pem already exists; remove it, choose another --out, or pass --force/);
+    t.equal(r.code, 2, `${args.slice(0, 2).join(' ')}: a usage error`);
+  }
+  t.equal(await readFile(taken, 'utf8'), 'precious');
+  const forced = await cli([...cases[0]!, '--out', taken, '--force']);
+  t.equal(forced.code, 0, forced.stderr);
+  t.match(await readFile(taken, 'utf8'), /BEGIN CERTIFICATE REQUEST/);
+});
+
+t.test('--pss with an EC key is a usage error', async (t) => {
+  const r = await cli(['csr', '--key', f('ca.key.pem'), '--subject', 'CN=x', '--pss', '--out', f('pss.csr')]);
+  oneLineError(t, r, /--pss needs an RSA key; .*ca\.key\.pem is an EC key/);
+  t.equal(r.code, 2);
+});
+
 t.test('--backend soft signs with a real key file and refuses a reference', async (t) => {
   const ok = await cli(['csr', '--backend', 'soft', '--key', f('real.pem'), '--subject', 'CN=soft', '--out', f('soft.csr')], {});
   t.equal(ok.code, 0, ok.stderr);

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Engine, SimBackend, writeKeyReference, type KeyAlgorithm } from '../src/engine/index.js';
 import { caCsr, caInit, caSign, certPem, chainPem, createCsr, issuedLogPath, parseCertificate, parseCsr, selfSign, signingKey } from '../src/pki/index.js';
+import { randomSerial } from '../src/pki/cert.js';
 import { FakeHsm } from './helpers/fake-hsm.js';
 import { openssl } from './helpers/openssl.js';
 
@@ -77,7 +78,7 @@ for (const [name, alg, sigAlg] of CASES) {
     t.match(text, /X509v3 Subject Key Identifier/);
     t.match(text, /X509v3 Authority Key Identifier/);
     t.match(text, sigAlg);
-    t.equal(record.serial.length, 32, '128-bit serial');
+    t.ok(record.serial.length <= 32, 'at most 128 bits');
     t.match((await openssl(['x509', '-noout', '-serial', '-in', certFile])).stdout, new RegExp(`serial=${record.serial}`, 'i'));
     const log = (await readFile(issuedLogPath(caFile), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { serial: string });
     t.equal(log.at(-1)!.serial, record.serial, 'appended to the issued-certificates log');
@@ -162,4 +163,14 @@ t.test('node:tls (OpenSSL) accepts a reference with its certificate as a matchin
   const other = await newKey({ type: 'ec', curve: 'P-256' }, 'tls-ec-other');
   const otherCert = certPem(await selfSign(other.key, { subject: 'CN=other', days: 1 }));
   t.throws(() => createSecureContext({ key: ecRef, cert: otherCert }), /key values mismatch/, 'the usual key/certificate mismatch check still works');
+});
+
+t.test('serials are 128 random bits: the top bit is random too (DER adds the 0x00)', async (t) => {
+  const serials = Array.from({ length: 256 }, () => randomSerial());
+  for (const s of serials) {
+    t.ok(/^([0-9a-f]{2})+$/.test(s) && s.length <= 32 && !s.startsWith('00'), `${s}: a minimal 1..16-octet magnitude`);
+  }
+  // Forcing the top two bits (as before) made every first octet 0x40..0x7f.
+  t.ok(serials.some((s) => s.length === 32 && parseInt(s.slice(0, 2), 16) >= 0x80), 'some have the top bit set');
+  t.ok(serials.some((s) => s.length === 32 && parseInt(s.slice(0, 2), 16) < 0x40), 'some have the second bit clear');
 });

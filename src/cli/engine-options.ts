@@ -94,7 +94,7 @@ export const backendOpeners = {
   sim: openSimFromManifest as (opts: KeyCommandOptions, ref?: KeyRef) => Promise<SimBackend>,
   async pkcs11(opts: KeyCommandOptions, ref: KeyRef): Promise<Backend> {
     const { pkcs11Opener } = await import('../engine/pkcs11/backend.js');
-    return pkcs11Opener(opts.module ? { module: opts.module } : {})(ref);
+    return pkcs11Opener({ ...(opts.module ? { module: opts.module } : {}), ...(opts.credentials ? { credentials: opts.credentials } : {}) })(ref);
   },
 };
 

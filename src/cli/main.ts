@@ -36,6 +36,11 @@ export async function buildProgram(): Promise<Command> {
   return program;
 }
 
-// Run only as the entry point (also through npm's bin symlink), so tests can import buildProgram.
+/** Runs the command line; the executable is entry.cts, which sizes the thread pool first. */
+export function main(): void {
+  runMain(buildProgram);
+}
+
+// Also run as the entry point itself (node --import=tsx src/cli/main.ts), so tests can import buildProgram.
 const entry = process.argv[1];
-if (entry && import.meta.url === pathToFileURL(realpathSync(entry)).href) runMain(buildProgram);
+if (entry && import.meta.url === pathToFileURL(realpathSync(entry)).href) main();

@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config/index.js';
+import type { Pkcs11Backend } from '../engine/pkcs11/backend.js';
 import { Engine, SimBackend, loadCredentials, mapSimError, parseCredentials, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
@@ -39,9 +40,11 @@ export function packageRoot(): string {
 /** The HSM side of a running proxy. */
 export interface HsmSide {
   engine: Engine;
-  /** Backend that new keys (demo PKI) are generated on. */
-  backend: Backend;
+  /** Backend that new keys (demo PKI) are generated on; none for PKCS#11 (the references name the tokens). */
+  backend?: Backend;
   describe: string;
+  /** PKCS#11: sessions per token and the libuv threads the process started with (each signature in flight holds one of each). */
+  pkcs11?: { sessions: number; threadPool: number };
   cluster?: ClusterClient;
   /** The simulated cluster's directory, and its supervisor when this process runs the HSMs (scaling). */
   dir?: string;
@@ -87,12 +90,40 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   const hsm = config.hsm;
   const admission = { maxInFlight: hsm.signing.maxInFlight, queueTimeoutMs: hsm.signing.timeoutMs };
   if (hsm.mode === 'pkcs11') {
-    if (!hsm.module || !hsm.token) throw new UsageError('hsm.mode pkcs11 needs hsm.module and hsm.token in the config');
-    const { openPkcs11Backend } = await import('../engine/pkcs11/backend.js');
+    // Each listener's key reference names its module and token, as for the CLI: the token of a
+    // reference is opened when the listener loads it, once per (module, token).
+    const { pkcs11Opener, threadPoolSizeFor } = await import('../engine/pkcs11/backend.js');
+    // Read by libuv when its pool started (src/cli/entry.cjs sets it); too late to change here.
+    const threadPool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    if (threadPool < threadPoolSizeFor(hsm.sessions)) {
+      log.warn({ UV_THREADPOOL_SIZE: threadPool, sessions: hsm.sessions }, `UV_THREADPOOL_SIZE ${threadPool} is below hsm.sessions + 2: fewer than ${hsm.sessions} signatures can run at once`);
+    }
     const pin = customPinVariable(config) ? requiredVariable(customPinVariable(config)!) : undefined;
-    const backend = await openPkcs11Backend({ module: hsm.module, token: hsm.token, ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}), ...(pin ? { pin } : {}) });
-    const engine = new Engine({ backends: { pkcs11: backend }, admission });
-    return { engine, backend, describe: `PKCS#11 token "${hsm.token}" via ${hsm.module}`, stop: () => engine.close() };
+    const open = pkcs11Opener({
+      ...(hsm.module ? { module: hsm.module } : {}), ...(hsm.token ? { token: hsm.token } : {}),
+      ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}), ...(pin ? { pin } : {}),
+      poolSize: hsm.sessions,
+    });
+    const tokens = new Map<Backend, string>();
+    const engine = new Engine({
+      openers: {
+        pkcs11: async (ref) => {
+          const backend = (await open(ref)) as Pkcs11Backend;
+          tokens.set(backend, `"${backend.token.info.label}" via ${backend.modulePath}`);
+          return backend;
+        },
+      },
+      admission,
+    });
+    return {
+      engine,
+      pkcs11: { sessions: hsm.sessions, threadPool },
+      get describe() {
+        const opened = [...new Set(tokens.values())];
+        return opened.length === 0 ? 'PKCS#11 tokens named by the key references' : `PKCS#11 token${opened.length === 1 ? '' : 's'} ${opened.join(', ')}`;
+      },
+      stop: () => engine.close(),
+    };
   }
   let embedded: EmbeddedCluster | undefined;
   let client: ClusterClient;
@@ -196,6 +227,7 @@ export async function startServing(opts: { configFile?: string; log: Logger }): 
     let demo: Serving['demo'];
     if (config.demo) {
       const certDir = dirname(resolve(config.listeners[0]!.certificates[0]!.cert));
+      if (!hsm.backend) throw new UsageError('the default configuration needs a simulated cluster to make its demo keys on');
       const pki = await ensureDemoPki(hsm.engine, hsm.backend, certDir);
       const target = new URL(config.upstreams.demo!.targets[0]!);
       const upstream = await startDemoUpstream({ host: target.hostname, port: Number(target.port) });

@@ -4,9 +4,9 @@ import { readAutoscale } from './autoscale.js';
 import { at, type Reader } from './reader.js';
 import { CAPACITY_PROFILES, DEFAULTS, HSM_MODES, type HsmConfig } from './schema.js';
 
-const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'token', 'credentials', 'signing', 'autoscale'] as const;
+const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'token', 'sessions', 'credentials', 'signing', 'autoscale'] as const;
 // Fields that only mean something for one mode; setting them elsewhere is a mistake worth naming.
-const ONLY_FOR: Record<string, string> = { hsms: 'embedded', profile: 'embedded', manifest: 'cluster', module: 'pkcs11', token: 'pkcs11' };
+const ONLY_FOR: Record<string, string> = { hsms: 'embedded', profile: 'embedded', manifest: 'cluster', module: 'pkcs11', token: 'pkcs11', sessions: 'pkcs11' };
 // The autoscaler runs the simulated cluster's HSMs: no meaning for a PKCS#11 token.
 const NOT_FOR_PKCS11 = ['autoscale'];
 
@@ -23,15 +23,18 @@ export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefi
   const hsms = r.integer(o.hsms, at(path, 'hsms'), { def: d.hsms, min: 1, max: 32, what: 'a number of HSMs' });
   const profile = r.string(o.profile, at(path, 'profile'), { def: d.profile, oneOf: CAPACITY_PROFILES }) as HsmConfig['profile'] | undefined;
   const manifest = r.file(o.manifest, at(path, 'manifest'), { optional: mode !== 'cluster' });
-  const module = r.file(o.module, at(path, 'module'), { optional: mode !== 'pkcs11' });
-  const token = r.string(o.token, at(path, 'token'), { optional: mode !== 'pkcs11' });
+  // pkcs11: key references record module and token; these only override them.
+  const module = r.file(o.module, at(path, 'module'), { optional: true });
+  const token = r.string(o.token, at(path, 'token'), { optional: true });
+  // One PKCS#11 session per signature in flight, per token; the CLI entry sizes libuv's pool to match.
+  const sessions = r.integer(o.sessions, at(path, 'sessions'), { def: d.sessions, min: 1, max: 1000, what: 'a number of PKCS#11 sessions' });
   const credentials = readCredentials(r, o.credentials, at(path, 'credentials'));
   const signing = readSigning(r, o.signing, at(path, 'signing'));
   for (const key of NOT_FOR_PKCS11) if (o[key] !== undefined && mode === 'pkcs11') r.fail(at(path, key), 'only used with mode: embedded or cluster (mode is pkcs11)');
   const autoscale = o.autoscale === undefined || mode === 'pkcs11' ? undefined : readAutoscale(r, o.autoscale, at(path, 'autoscale'));
-  if (hsms === undefined || !profile || !credentials || !signing) return undefined;
+  if (hsms === undefined || sessions === undefined || !profile || !credentials || !signing) return undefined;
   return {
-    mode, dir: resolve(r.baseDir, dir), hsms, profile, credentials, signing,
+    mode, dir: resolve(r.baseDir, dir), hsms, profile, sessions, credentials, signing,
     ...(manifest !== undefined ? { manifest } : {}),
     ...(module !== undefined ? { module } : {}),
     ...(token !== undefined ? { token } : {}),

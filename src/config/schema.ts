@@ -86,8 +86,12 @@ export interface HsmConfig {
   hsms: number;
   profile: CapacityProfileName;
   manifest?: string;
+  /** pkcs11: overrides the module path every key reference records. */
   module?: string;
+  /** pkcs11: looks every key up on the token with this label instead of the one its reference records. */
   token?: string;
+  /** pkcs11: sessions per token, i.e. signatures in flight on it at once. */
+  sessions: number;
   credentials: CredentialsConfig;
   signing: { maxInFlight: number; timeoutMs: number };
   /** Scaling advisor knobs, and whether the simulated cluster follows them (embedded/cluster modes). */
@@ -128,7 +132,7 @@ export const DEFAULTS = {
     healthCheck: { path: '/', intervalMs: 5_000, timeoutMs: 2_000, unhealthyAfter: 2, healthyAfter: 2 } satisfies HealthCheckConfig,
   },
   hsm: {
-    mode: 'embedded' as HsmMode, dir: './data', hsms: 2, profile: 'unlimited' as CapacityProfileName,
+    mode: 'embedded' as HsmMode, dir: './data', hsms: 2, profile: 'unlimited' as CapacityProfileName, sessions: 8,
     credentials: { env: 'HSMPROXY_PIN' }, signing: { maxInFlight: 256, timeoutMs: 2_000 },
   },
   admin: { address: '127.0.0.1', port: 9464 },

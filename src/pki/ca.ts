@@ -44,6 +44,11 @@ export interface CaSignOptions {
   csrFile: string;
   days: number;
   profile: 'server' | 'client';
+  /**
+   * Stores the certificate (e.g. writes --out); the issued log gets its line only once this
+   * resolves, so a failed write leaves no record of a certificate nobody received.
+   */
+  write?: (cert: x509.X509Certificate) => Promise<void>;
 }
 
 /** The issued certificate, its log record, and whether the validity was cut to the CA's. */
@@ -107,6 +112,7 @@ export async function caSign(key: SigningKey, opts: CaSignOptions): Promise<CaSi
     sha256: createHash('sha256').update(Buffer.from(cert.rawData)).digest('hex'),
     csr: opts.csrFile,
   };
+  if (opts.write) await opts.write(cert);
   await appendFile(issuedLogPath(opts.caCertFile), JSON.stringify(record) + '\n', { mode: 0o644 });
   return { cert, record, capped };
 }

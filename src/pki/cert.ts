@@ -11,9 +11,14 @@ export type Profile = 'server' | 'client' | 'ca';
 
 /** A random positive 128-bit serial number, as hex (top bit clear, so no sign byte is needed). */
 export function randomSerial(): string {
-  const b = randomBytes(16);
-  b[0] = (b[0]! & 0x7f) | 0x40; // positive, and always 16 bytes long
-  return b.toString('hex');
+  // 128 random bits, as the magnitude openssl prints; @peculiar/x509 encodes it as a positive
+  // DER INTEGER (0x00 first when the top bit is set: 17 octets, within RFC 5280's 20).
+  for (;;) {
+    const n = BigInt(`0x${randomBytes(16).toString('hex')}`);
+    if (n === 0n) continue; // a serial must be positive
+    const hex = n.toString(16);
+    return hex.length % 2 ? `0${hex}` : hex;
+  }
 }
 
 /** Checks --days: a whole number of days between 1 and 36500. */

@@ -113,6 +113,23 @@ function table(head: string[], rows: string[][]): string[] {
   return [`| ${head.join(' | ')} |`, `|${numeric.map((n) => (n ? '---:' : '---')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)];
 }
 
+/** The single-HSM sweeps and the PKCS#11 sweep in one table, by operation and concurrency (issue 8). */
+function sideBySide(results: HsmBenchResult[]): string[] {
+  const sweeps = results.filter((r) => !r.scaling && r.targets.length === 1);
+  const pkcs11 = sweeps.filter((r) => r.targets[0]!.startsWith('PKCS#11'));
+  if (pkcs11.length === 0 || pkcs11.length === sweeps.length) return [];
+  const ops = new Set(pkcs11.flatMap((r) => r.points.map((p) => `${p.op}@${p.concurrency}`)));
+  const rows = sweeps.flatMap((r) => r.points.filter((p) => ops.has(`${p.op}@${p.concurrency}`)).map((p) => ({ r, p })))
+    .sort((a, b) => a.p.op.localeCompare(b.p.op) || a.p.concurrency - b.p.concurrency);
+  return [
+    '### Simulated HSM and PKCS#11 token, side by side', '',
+    ...table(['operation', 'in flight', 'target', 'ops/s', 'p50 ms', 'p99 ms'], rows.map(({ r, p }) => [
+      p.op, String(p.concurrency), r.targets[0]!.startsWith('PKCS#11') ? r.targets[0]! : `simulated, ${r.profile ?? '?'}`, f(p.opsPerSec), ms(p.latency.p50.totalMs), ms(p.latency.p99.totalMs),
+    ])),
+    '',
+  ];
+}
+
 function hsmSection(results: HsmBenchResult[]): string[] {
   const out: string[] = ['## HSM operations (`hsmproxy bench hsm`)', ''];
   if (results.length === 0) return [...out, '_No HSM results in this run._', ''];
@@ -139,6 +156,7 @@ function hsmSection(results: HsmBenchResult[]): string[] {
       out.push('');
     }
   }
+  out.push(...sideBySide(results));
   return out;
 }
 

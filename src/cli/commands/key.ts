@@ -33,7 +33,11 @@ export function register(program: Command): void {
     .requiredOption('--label <label>', 'label (names the key in later commands)')
     .option('--session', 'a session key: not persisted, gone when this command ends (token keys persist)')
     .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean }) => {
-      if (opts.backend === 'pkcs11') return generatePkcs11Key(opts);
+      if (opts.backend === 'pkcs11') {
+        // A session object would vanish with this command's session: the reference would name nothing.
+        if (opts.session) throw new UsageError('--session is not available with --backend pkcs11: a session key is gone when this command ends; drop --session for a token key');
+        return generatePkcs11Key(opts);
+      }
       const template = { label: opts.label, token: !opts.session };
       if ((PAIR_TYPES as string[]).includes(opts.type)) {
         if (opts.out && opts.session) throw new UsageError('a session key is gone when this command ends, so a reference to it would be useless: drop --session or --out');

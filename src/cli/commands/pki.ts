@@ -1,6 +1,7 @@
 // `hsmproxy csr`, `hsmproxy cert self-sign`, `hsmproxy ca init|csr|sign`: CSRs and certificates
 // signed by keys that stay in the HSM (through the engine's WebCrypto provider).
 import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
 import { access, readFile, writeFile } from 'node:fs/promises';
 import { caCsr, caInit, caSign, certPem, chainPem, checkDays, createCsr, parseCertificate, parseCsr, selfSign, signingKey, type SigningKey } from '../../pki/index.js';
 import type { Engine } from '../../engine/index.js';
@@ -13,6 +14,7 @@ interface PkiOptions extends KeyCommandOptions {
   san: string[];
   days?: string;
   out: string;
+  force?: boolean;
   pss?: boolean;
   pathLength?: string;
 }
@@ -23,6 +25,7 @@ interface SignOptions extends KeyCommandOptions {
   csr: string;
   days: string;
   out: string;
+  force?: boolean;
   profile: string;
   chain?: boolean;
   pss?: boolean;
@@ -63,7 +66,14 @@ async function writeOutput(file: string, text: string, opts: { noClobber?: strin
 }
 
 async function hsmKey(engine: Engine, file: string, opts: KeyCommandOptions & { pss?: boolean }): Promise<SigningKey> {
-  return signingKey(await keySigner(engine, file, opts), engine.webcrypto(), { pss: opts.pss });
+  const signer = await keySigner(engine, file, opts);
+  if (opts.pss && signer.algorithm.type !== 'rsa') throw new UsageError(`--pss needs an RSA key; ${file} is an EC key (it signs with ECDSA): drop --pss`);
+  return signingKey(signer, engine.webcrypto(), { pss: opts.pss });
+}
+
+/** Refuses an existing --out before any HSM work, as `key generate` does, unless --force. */
+function checkOut(opts: { out: string; force?: boolean }): void {
+  if (!opts.force && existsSync(opts.out)) throw new UsageError(`${opts.out} already exists; remove it, choose another --out, or pass --force`);
 }
 
 function keyCommand(cmd: Command, description: string): Command {
@@ -81,8 +91,10 @@ function keyCommand(cmd: Command, description: string): Command {
 /** Registers `csr`, `cert` and `ca`. */
 export function register(program: Command): void {
   keyCommand(program.command('csr'), 'make a certificate signing request with an HSM key')
+    .option('--force', 'overwrite --out if it exists')
     .option('--san <entries>', 'subjectAltName entries: DNS:name, IP:addr, email:addr, URI:uri (comma-separated or repeated)', collect, [])
     .action(async (opts: PkiOptions) => {
+      checkOut(opts);
       await withEngine(opts, async (engine) => {
         const pem = await createCsr(await hsmKey(engine, opts.key, opts), { subject: opts.subject, sans: opts.san });
         await writeOutput(opts.out, pem);
@@ -92,10 +104,12 @@ export function register(program: Command): void {
 
   const cert = program.command('cert').description('certificates signed by HSM keys');
   keyCommand(cert.command('self-sign'), 'make a self-signed server certificate with an HSM key')
+    .option('--force', 'overwrite --out if it exists')
     .option('--san <entries>', 'subjectAltName entries: DNS:name, IP:addr, email:addr, URI:uri', collect, [])
     .option('--days <n>', 'validity in days')
     .action(async (opts: PkiOptions) => {
       const d = days(opts.days);
+      checkOut(opts);
       await withEngine(opts, async (engine) => {
         const c = await selfSign(await hsmKey(engine, opts.key, opts), { subject: opts.subject, sans: opts.san, days: d });
         await writeOutput(opts.out, certPem(c));
@@ -120,9 +134,11 @@ export function register(program: Command): void {
     });
 
   keyCommand(ca.command('csr'), 'make a CSR for an intermediate CA, to be signed by an offline root')
+    .option('--force', 'overwrite --out if it exists')
     .option('--path-length <n>', 'requested basicConstraints pathLenConstraint')
     .action(async (opts: PkiOptions) => {
       const pl = pathLength(opts.pathLength);
+      checkOut(opts);
       await withEngine(opts, async (engine) => {
         const pem = await caCsr(await hsmKey(engine, opts.key, opts), { subject: opts.subject, pathLength: pl });
         await writeOutput(opts.out, pem);
@@ -139,18 +155,22 @@ export function register(program: Command): void {
       .requiredOption('--days <n>', 'validity in days (cut to the CA certificate\'s)')
       .requiredOption('--out <file>', 'where to write the certificate (PEM)')
       .option('--profile <profile>', 'server or client', 'server')
+      .option('--force', 'overwrite --out if it exists')
       .option('--chain', 'write the leaf followed by the CA certificate')
       .option('--pss', 'sign with RSASSA-PSS (RSA CA keys)')
       .option('--json', 'print the result as JSON'),
   ).action(async (opts: SignOptions) => {
     if (opts.profile !== 'server' && opts.profile !== 'client') throw new UsageError(`--profile must be server or client, got "${opts.profile}"`);
     const d = days(opts.days);
+    checkOut(opts);
     const caCert = parseCertificate(await readInput(opts.caCert, 'CA certificate'), opts.caCert);
     const csr = parseCsr(await readInput(opts.csr, 'CSR'), opts.csr);
     await withEngine(opts, async (engine) => {
       const key = await hsmKey(engine, opts.caKey, opts);
-      const { cert, record, capped } = await caSign(key, { caCert, caCertFile: opts.caCert, csr, csrFile: opts.csr, days: d, profile: opts.profile as 'server' | 'client' });
-      await writeOutput(opts.out, opts.chain ? chainPem(cert, caCert) : certPem(cert));
+      const { record, capped } = await caSign(key, {
+        caCert, caCertFile: opts.caCert, csr, csrFile: opts.csr, days: d, profile: opts.profile as 'server' | 'client',
+        write: (cert) => writeOutput(opts.out, opts.chain ? chainPem(cert, caCert) : certPem(cert)),
+      });
       output(opts, { out: opts.out, ...record, capped }, () => {
         process.stdout.write(`wrote ${opts.out} (serial ${record.serial}, ${record.subject}, valid until ${record.notAfter})\n`);
         if (capped) process.stdout.write('note: validity was cut to the CA certificate\'s end date\n');

@@ -23,6 +23,7 @@ function banner(s: Serving): string {
       `  try: curl --cacert ${ca} https://localhost:${port}/`,
     );
   }
+  if (s.hsm.pkcs11) lines.push(`  ${s.hsm.pkcs11.sessions} PKCS#11 sessions per token, ${s.hsm.pkcs11.threadPool} libuv threads`);
   if (s.workers > 1) lines.push(`  ${s.workers} worker processes share the listening ports`);
   const admin = s.adminAddress();
   // /scaling answers when the scaling advisor runs: on the simulated cluster (embedded or cluster mode).
@@ -46,6 +47,7 @@ export function register(program: Command): void {
         admin: serving.adminAddress(),
         workers: serving.workers,
         hsm: serving.hsm.describe,
+        ...(serving.hsm.pkcs11 ? { pkcs11: serving.hsm.pkcs11 } : {}),
         ...(serving.demo ? { caCert: serving.demo.pki.caCert, upstream: serving.demo.upstream.url, pkiCreated: serving.demo.pkiCreated } : {}),
       }, () => process.stderr.write(banner(serving) + '\n'));
       let stopping = false;

@@ -10,10 +10,12 @@
 // token) plus raw access to CKR codes for recovery, with one fewer layer to audit.
 //
 // Threads: every in-flight signature occupies one libuv worker. The pool defaults to 4
-// (UV_THREADPOOL_SIZE), shared with fs, dns.lookup and crypto; set UV_THREADPOOL_SIZE to
-// threadPoolSizeFor(poolSize) in the environment of the process (it is read once, when the pool
-// starts, which for an ESM entry happens before the entry's first line runs).
+// (UV_THREADPOOL_SIZE), shared with fs, dns.lookup and crypto; it is read once, when the pool
+// starts, which for an ESM entry happens before the entry's first line runs. The hsmproxy
+// executable (cli/entry.cjs) sets it; embedders set threadPoolSizeFor(poolSize) in the environment.
 import { createHash, type KeyObject } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import type { KeyAlgorithm, Mechanism } from '../algorithm.js';
 import { mechanismHash } from '../algorithm.js';
 import type { Backend, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from '../backend.js';
@@ -30,7 +32,7 @@ import { Pkcs11Signer, signOnToken } from './signer.js';
 import { planSignature } from './mechanisms.js';
 import type { SignAlgorithm } from './mechanisms.js';
 import { formatPkcs11Uri, parsePkcs11Uri } from './uri.js';
-import { OtherTokenError, Pkcs11UriError } from './errors.js';
+import { ModuleLoadError, OtherTokenError, Pkcs11UriError } from './errors.js';
 
 /** Options of openPkcs11Backend. */
 export interface Pkcs11BackendOptions {
@@ -48,6 +50,11 @@ export interface Pkcs11BackendOptions {
   poolSize?: number;
   /** Observer for session/login/token recoveries. */
   onRecovery?: (event: RecoveryEvent) => void;
+  /**
+   * Resolve references that name another token (default false: refused). For a token chosen
+   * over what references record (serve's hsm.token); the key id and public key still must match.
+   */
+  acceptOtherTokens?: boolean;
 }
 
 /** A key on the token, with the URI a key reference records for it. */
@@ -64,12 +71,12 @@ export class Pkcs11Backend implements Backend {
   readonly kind = 'pkcs11' as const;
   /** CKM_ECDSA returns raw r||s; the engine's signer converts to DER. */
   readonly ecdsaEncoding = 'raw' as const;
-  private constructor(readonly token: Pkcs11Token) {}
+  private constructor(readonly token: Pkcs11Token, private readonly acceptOtherTokens = false) {}
 
   /** Opens the token (loads the module, logs in); see openPkcs11Backend. */
   static async open(opts: Pkcs11BackendOptions): Promise<Pkcs11Backend> {
     const pin = opts.pin ?? credentialsPin(await loadCredentials({ file: opts.credentials, allowPlainPin: true }));
-    return new Pkcs11Backend(await Pkcs11Token.open({ ...opts, pin }));
+    return new Pkcs11Backend(await Pkcs11Token.open({ ...opts, pin }), opts.acceptOtherTokens);
   }
 
   /** Module path the token was opened from (absolute). */
@@ -125,7 +132,7 @@ export class Pkcs11Backend implements Backend {
     if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${file} names a ${ref.backend} key, not a key on a PKCS#11 token`);
     const uri = parsePkcs11Uri(ref.uri);
     const t = this.token.info;
-    if ((uri.token !== undefined && uri.token !== t.label) || (uri.serial !== undefined && uri.serial !== t.serial)) {
+    if (!this.acceptOtherTokens && ((uri.token !== undefined && uri.token !== t.label) || (uri.serial !== undefined && uri.serial !== t.serial))) {
       throw new OtherTokenError(file, `"${uri.token ?? '?'}"${uri.serial ? ` (serial ${uri.serial})` : ''}`, `"${t.label}" (serial ${t.serial})`);
     }
     const id = Buffer.from(ref.keyId, 'hex');
@@ -233,22 +240,42 @@ export function openPkcs11Backend(opts: Pkcs11BackendOptions): Promise<Pkcs11Bac
   return Pkcs11Backend.open(opts);
 }
 
-/** Options of pkcs11Opener: everything but the module and token, which come from each reference. */
-export interface Pkcs11OpenerOptions extends Omit<Pkcs11BackendOptions, 'module' | 'token'> {
-  /** Overrides the module path recorded in references (`--module`). */
+/** Options of pkcs11Opener: module and token come from each reference unless overridden here. */
+export interface Pkcs11OpenerOptions extends Omit<Pkcs11BackendOptions, 'module' | 'token' | 'acceptOtherTokens'> {
+  /** Overrides the module path recorded in references (`--module`, serve's hsm.module). */
   module?: string;
+  /** Looks every key up on the token with this label instead of the one references record (serve's hsm.token). */
+  token?: string;
 }
 
 /**
  * The engine's `openers.pkcs11`: opens the token a reference names (label and serial from its
- * URI) through the module it records, or `opts.module` when given. The engine caches one per token.
+ * URI) through the module it records, or `opts.module` / `opts.token` when given. One backend per
+ * (module, token), shared by every reference to it: the engine's own cache keys on what the
+ * reference records, which an override makes differ for the same token.
  */
 export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => Promise<Backend> {
+  const { module, token, ...rest } = opts;
+  const opened = new Map<string, Promise<Pkcs11Backend>>();
   return async (ref) => {
     if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${ref.source ?? 'the key reference'} names a ${ref.backend} key, not a PKCS#11 key`);
     const uri = parsePkcs11Uri(ref.uri);
-    if (uri.token === undefined && uri.serial === undefined && uri.slotId === undefined) throw new Pkcs11UriError(`${ref.uri} names no token`);
-    return openPkcs11Backend({ ...opts, module: opts.module ?? ref.module, token: { label: uri.token, serial: uri.serial, slot: uri.slotId } });
+    const selector: TokenSelector = token !== undefined ? { label: token } : { label: uri.token, serial: uri.serial, slot: uri.slotId };
+    const file = ref.source ?? 'the key reference';
+    if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} in ${file} names no token (needs token=, serial= or slot-id=)`);
+    const modulePath = module ?? ref.module;
+    // A module moved since the reference was made is fixed by an override, not by editing the file.
+    if (module === undefined && !existsSync(resolvePath(modulePath))) {
+      throw new ModuleLoadError(modulePath, `file not found (recorded in ${file}; pass --module, or set hsm.module for serve, to use the module where it is now)`);
+    }
+    const where = JSON.stringify([resolvePath(modulePath), selector.label, selector.serial, selector.slot]);
+    let p = opened.get(where);
+    if (!p) {
+      p = openPkcs11Backend({ ...rest, module: modulePath, token: selector, acceptOtherTokens: token !== undefined });
+      opened.set(where, p);
+      p.catch(() => opened.delete(where));
+    }
+    return p;
   };
 }
 
