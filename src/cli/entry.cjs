@@ -45,7 +45,12 @@ async function start() {
   // dist/ holds main.js only; the source tree has main.ts.
   const fromSource = existsSync(join(__dirname, 'main.ts'));
   // From source, TypeScript goes through tsx, registered only now that the pool size is set.
-  if (fromSource) (await import('tsx/esm/api')).register();
+  if (fromSource) {
+    (await import('tsx/esm/api')).register();
+    // Child processes (HSM nodes, serve workers) are forked with this process's execArgv: give
+    // them the loader too, or they cannot load their .ts entry files.
+    if (!process.execArgv.some((a) => /^--(import|loader)(=|$)/.test(a) && a.includes('tsx'))) process.execArgv.push('--import=tsx');
+  }
   const main = await import(pathToFileURL(join(__dirname, fromSource ? 'main.ts' : 'main.js')).href);
   main.main();
 }

@@ -1,0 +1,34 @@
+// The `hsmproxy` executable run from the source tree (README's `npm run hsmproxy -- …`): the
+// CommonJS launcher registers tsx in-process, and the processes it forks (HSM nodes of
+// `cluster start`) must get the loader too, or they die on their .ts entry files.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cliInProcess } from './helpers/hsm-cluster.js';
+
+const entry = fileURLToPath(new URL('../src/cli/entry.cjs', import.meta.url));
+
+t.test('cluster start through the source-tree launcher runs its HSM node processes', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-entry-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const init = await cliInProcess(['cluster', 'init', '--dir', dir, '--hsms', '1', '--json']);
+  t.error(init.error);
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  // Plain node, as npm runs the script: none of this test runner's loaders.
+  const child = spawn(process.execPath, [entry, 'cluster', 'start', '--dir', dir], { env, stdio: ['ignore', 'pipe', 'pipe'], execArgv: [] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+  const deadline = Date.now() + 60_000;
+  while (!/cluster running/.test(out) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  t.match(out, /hsm-1 running \(pid \d+\)/, 'the HSM node process started');
+  t.notMatch(out, /ERR_UNKNOWN_FILE_EXTENSION|exited/, 'no node died on its .ts entry');
+  child.kill('SIGTERM');
+  const code = await new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.once('exit', (c) => r(c))));
+  t.equal(code, 0, 'SIGTERM stops the cluster cleanly');
+});
