@@ -62,9 +62,12 @@ t.test('with the HSM running', async (t) => {
   await c.changePassword('co-password');
   await c.createUser('alice', 'CU', 'alice-password');
   await c.createUser('bob', 'CU', 'bob-password');
-  await c.login('alice', 'alice-password');
-  const alices = await c.generateKeyPair('ec:p256', { label: 'alice-key' });
   c.destroy();
+  // A connection logs in once: alice gets her own.
+  const a = await connect(cluster, port);
+  await a.login('alice', 'alice-password');
+  const alices = await a.generateKeyPair('ec:p256', { label: 'alice-key' });
+  a.destroy();
 
   await t.test('a reused one-time PRECO password is refused', async (t) => {
     await fails(t, ['cluster', 'activate'], { HSMPROXY_PIN: `admin:${cluster.precoPassword}`, HSMPROXY_NEW_PASSWORD: 'again-123' }, /wrong user name or password/);
