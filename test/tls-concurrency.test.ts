@@ -83,7 +83,9 @@ t.test('1,000 concurrent handshakes with a 50 ms signer overlap and keep the eve
   t.same(tally, { ok: 1000 }, 'every handshake completed');
   t.equal(signer.calls, 1000, 'one signature per full handshake');
   t.ok(elapsedMs < 25_000, `far less than 1,000 × 50 ms (took ${elapsedMs.toFixed(0)} ms)`);
-  t.ok(signer.peak >= 100, `signatures overlapped (peak ${signer.peak} in flight)`);
+  // Serial signing would show a peak of 1. How far above that it goes is set by how fast this
+  // CPU parses ClientHellos during one 50 ms signature (~50-90 on a 2-core CI box): a floor, not a target.
+  t.ok(signer.peak >= 20, `signatures overlapped (peak ${signer.peak} in flight)`);
   // 1 s on a machine with spare cores; when other processes oversubscribe the CPU, every batch of
   // work stretches with them, so the bound scales with the load average (capped at 5 s — a
   // signer that blocked the loop would cost 1,000 × 50 ms = 50 s).
