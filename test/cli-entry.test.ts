@@ -18,8 +18,8 @@ t.test('cluster start through the source-tree launcher runs its HSM node process
   t.error(init.error);
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
-  // Plain node, as npm runs the script: none of this test runner's loaders.
-  const child = spawn(process.execPath, [entry, 'cluster', 'start', '--dir', dir], { env, stdio: ['ignore', 'pipe', 'pipe'], execArgv: [] });
+  // Plain node (spawn passes no execArgv), as npm runs the script: none of this test runner's loaders.
+  const child = spawn(process.execPath, [entry, 'cluster', 'start', '--dir', dir], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
