@@ -21,8 +21,8 @@ const onObs = (m: unknown): void => { observations.push(m as HandshakeObservatio
 diagnosticsChannel.subscribe(HANDSHAKE_CHANNEL, onObs);
 t.teardown(() => diagnosticsChannel.unsubscribe(HANDSHAKE_CHANNEL, onObs));
 
-async function start(signer: SoftSignerOptions, opts: Partial<TlsServerOptions> = {}, onSecure?: (s: TlsSocket) => void) {
-  const ck = softCertifiedKey(certs.ec.chain, certs.ec.key, signer);
+async function start(signer: SoftSignerOptions, opts: Partial<TlsServerOptions> = {}, onSecure?: (s: TlsSocket) => void, cert: 'ec' | 'rsa' = 'ec') {
+  const ck = softCertifiedKey(certs[cert].chain, certs[cert].key, signer);
   const errors: TlsError[] = [];
   const server = createServer({ certificates: [ck], name: 'test', ...opts }, onSecure ?? ((s) => { s.on('error', () => undefined); s.on('data', (d: Buffer) => s.write(d)); s.on('end', () => s.end()); }));
   server.on('tlsClientError', (e: TlsError) => errors.push(e));
@@ -69,14 +69,19 @@ t.test('a signer past its deadline fails only that handshake with internal_error
   t.equal(s.server.handshakesInProgress, 0);
 });
 
-t.test('by default every signature is verified before it is sent, ECDSA included', async (t) => {
-  const s = await start({ fault: 'garbage' });
-  t.teardown(s.close);
-  const err = await client(s.port).then(() => null, (e: Error) => e);
-  t.match(err?.message ?? '', /internal error/, 'the client got internal_error, not a bad CertificateVerify');
-  await until(() => s.errors.length > 0);
-  t.match(s.errors.at(-1)?.message ?? '', /does not verify under the certificate key/);
-});
+for (const [name, cert, opts] of [
+  ['by default every RSA signature is verified before it is sent', 'rsa', {}],
+  ['verifyAfterSign: true verifies ECDSA signatures too', 'ec', { verifyAfterSign: true }],
+] as const) {
+  t.test(name, async (t) => {
+    const s = await start({ fault: 'garbage' }, opts, undefined, cert);
+    t.teardown(s.close);
+    const err = await client(s.port).then(() => null, (e: Error) => e);
+    t.match(err?.message ?? '', /internal error/, 'the client got internal_error, not a bad CertificateVerify');
+    await until(() => s.errors.length > 0);
+    t.match(s.errors.at(-1)?.message ?? '', /does not verify under the certificate key/);
+  });
+}
 
 t.test('verifyAfterSign: false sends what the signer returned', async (t) => {
   const s = await start({ fault: 'garbage' }, { verifyAfterSign: false });
