@@ -44,8 +44,10 @@ for (const r of hsm.filter((x) => !x.scaling && new Set(x.points.map((p) => p.co
   for (const op of [...new Set(r.points.map((p) => p.op))].filter((o) => o.startsWith('sign-'))) {
     const pts = r.points.filter((p) => p.op === op);
     const pick = (k: 'p50' | 'p95' | 'p99' | 'max'): Series => ({ name: k, points: pts.map((p) => [p.concurrency, p.latency[k].totalMs] as [number, number]) });
-    chart(`hsm-latency-${op}-${r.profile}.svg`, `${op} latency percentiles vs requests in flight (1 HSM, ${r.profile})`,
-      renderLineChart({ title: `${op}, 1 HSM (${r.profile}): latency vs requests in flight`, xLabel: 'requests in flight (log scale)', yLabel: 'latency (ms)', xLog: true, series: [pick('p50'), pick('p95'), pick('p99'), pick('max')] }));
+    // A PKCS#11 run has no capacity profile: it is the token the run measured.
+    const where = r.profile ? `1 HSM, ${r.profile}` : 'PKCS#11 token';
+    chart(`hsm-latency-${op}-${r.profile ?? 'pkcs11'}.svg`, `${op} latency percentiles vs requests in flight (${where})`,
+      renderLineChart({ title: `${op}, ${where}: latency vs requests in flight`, xLabel: 'requests in flight (log scale)', yLabel: 'latency (ms)', xLog: true, series: [pick('p50'), pick('p95'), pick('p99'), pick('max')] }));
   }
 }
 
