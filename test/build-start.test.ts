@@ -12,7 +12,7 @@ const pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { 
 const tsconfig = (name: string) => readFile(join(root, name), 'utf8').then((s) => JSON.parse(s) as { extends?: string; compilerOptions?: Record<string, unknown> });
 
 t.test('npm start builds incrementally and runs the built JS', async (t) => {
-  t.match(pkg.scripts.start, /^npm run build --silent && node dist\/src\/cli\/main\.js serve$/, 'start runs the compiled CLI after the build');
+  t.match(pkg.scripts.start, /^npm run build --silent && node dist\/src\/cli\/entry\.cjs serve$/, 'start runs the compiled CLI (its launcher) after the build');
   const m = /^tsc -b (\S+)$/.exec(pkg.scripts.build);
   t.ok(m, `build uses tsc's build mode (up-to-date check), got "${pkg.scripts.build}"`);
   const build = await tsconfig(m?.[1] ?? 'tsconfig.build.json');
