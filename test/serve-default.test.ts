@@ -46,13 +46,22 @@ async function certFiles(cwd: string): Promise<Map<string, Buffer>> {
 }
 
 /** Token keys per HSM, as /metrics reports them (after the HSMs' first report: up to 15 s). */
+/**
+ * Token keys per HSM as /metrics reports them. The gauge comes with each HSM's health check (every
+ * second), so it can lag keys made at start: read until two readings a health interval apart agree.
+ */
 async function tokenKeys(): Promise<string[]> {
   const deadline = Date.now() + 15_000;
-  for (;;) {
+  const read = async (): Promise<string[]> => {
     const text = await fetch('http://127.0.0.1:9464/metrics').then((r) => r.text());
-    const lines = text.split('\n').filter((l) => /^hsmproxy_hsm_keys\{[^}]*kind="token"/.test(l)).sort();
-    if (lines.length > 0 || Date.now() > deadline) return lines;
-    await new Promise((r) => setTimeout(r, 250));
+    return text.split('\n').filter((l) => /^hsmproxy_hsm_keys\{[^}]*kind="token"/.test(l)).sort();
+  };
+  let prev = await read();
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 1_200));
+    const cur = await read();
+    if ((cur.length > 0 && cur.join() === prev.join()) || Date.now() > deadline) return cur;
+    prev = cur;
   }
 }
 
