@@ -2,9 +2,8 @@
 // handshake signed in the HSM): kill -9 one HSM and clients see no failed handshake, while
 // `hsmproxy_hsm_up` for it goes to 0 and back to 1 once the embedded supervisor restarted it.
 import t from 'tap';
-import { execFile } from 'node:child_process';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { devCa, getOnce, prepareServeDir, sample, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { devCa, getOnce, prepareServeDir, hsmPid, sample, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -12,10 +11,6 @@ const upstream = await startDemoUpstream();
 t.teardown(() => upstream.close());
 const ca = await devCa(d);
 
-/** The PID of the HSM node process serving `hsm` of the cluster in `dir` (a child of serve). */
-function hsmPid(dir: string, hsm: string): Promise<number | undefined> {
-  return new Promise((resolve) => execFile('pgrep', ['-f', '--', `--dir ${dir} --hsm ${hsm} `], (_e, out) => resolve(Number(out.split('\n')[0]) || undefined)));
-}
 
 t.test('kill -9 of one HSM under load: no failed handshake, hsm_up goes 0 and back to 1', async (t) => {
   const s = await startServe(d, serveYaml(d, upstream.url));

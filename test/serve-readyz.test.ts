@@ -4,9 +4,8 @@
 // as one of them answers. Loopback, ephemeral ports, a temp directory; only serve's own children
 // are signalled, and all of them are continued on the way out.
 import t from 'tap';
-import { execFile } from 'node:child_process';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { devCa, getOnce, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { devCa, getOnce, prepareServeDir, hsmPid, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -14,10 +13,6 @@ const upstream = await startDemoUpstream();
 t.teardown(() => upstream.close());
 const ca = await devCa(d);
 
-/** The PID of the HSM node process serving `hsm` of the cluster in `dir` (a child of serve). */
-function hsmPid(dir: string, hsm: string): Promise<number | undefined> {
-  return new Promise((resolve) => execFile('pgrep', ['-f', '--', `--dir ${dir} --hsm ${hsm} `], (_e, out) => resolve(Number(out.split('\n')[0]) || undefined)));
-}
 
 async function readyz(admin: number): Promise<{ status: number; body: { ready: boolean; reasons: string[] } }> {
   const res = await fetch(`http://127.0.0.1:${admin}/readyz`);

@@ -116,6 +116,11 @@ export function pids(path: string): Promise<number[]> {
   return new Promise((resolve) => execFile('pgrep', ['-f', path], (_e, out) => resolve(out.split('\n').filter(Boolean).map(Number))));
 }
 
+/** The PID of the HSM node process serving `hsm` of the cluster in `dir` (a child of serve). */
+export function hsmPid(dir: string, hsm: string): Promise<number | undefined> {
+  return new Promise((resolve) => execFile('pgrep', ['-f', '--', `--dir ${dir} --hsm ${hsm} `], (_e, out) => resolve(Number(out.split('\n')[0]) || undefined)));
+}
+
 /** Opens a TLS connection trusting only the dev CA; resolves with the socket once established. */
 export function connectTls(port: number, ca: Buffer, opts: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
