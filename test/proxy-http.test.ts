@@ -51,11 +51,19 @@ t.test('the upstream sees X-Forwarded-For, -Proto, -Host and a generated X-Reque
   t.match(r.headers, `x-request-id: ${echo.headers['x-request-id']}`, 'the client gets the same id back');
 });
 
-t.test('a client-supplied X-Request-Id and X-Forwarded-For chain are kept', async (t) => {
+t.test('a client-supplied X-Request-Id is kept; an untrusted client\'s X-Forwarded-For is replaced, not appended to', async (t) => {
   const r = await h.curl('/', ['-H', 'x-request-id: abc-123', '-H', 'x-forwarded-for: 10.1.2.3']);
   const echo = JSON.parse(r.body);
   t.equal(echo.headers['x-request-id'], 'abc-123');
+  t.equal(echo.headers['x-forwarded-for'], '127.0.0.1');
+});
+
+t.test('a trusted proxy\'s X-Forwarded-For chain is kept and the peer appended', async (t) => {
+  const h2 = await startHarness(t, `${baseYaml('  - upstream: [ "{{up0}}" ]')}trustedProxies: [ 127.0.0.0/8 ]\n`);
+  const r = await h2.curl('/', ['-H', 'x-forwarded-for: 10.1.2.3', '-H', 'x-forwarded-proto: http']);
+  const echo = JSON.parse(r.body);
   t.equal(echo.headers['x-forwarded-for'], '10.1.2.3, 127.0.0.1');
+  t.equal(echo.headers['x-forwarded-proto'], 'http', 'what the trusted proxy saw is kept');
 });
 
 t.test('hop-by-hop headers and those the client lists in Connection do not reach the upstream', async (t) => {

@@ -65,6 +65,10 @@ export interface UpstreamConfig {
   balance: BalanceStrategy;
   healthCheck?: HealthCheckConfig;
   timeouts: UpstreamTimeouts;
+  /** Connections to each target at most (requests beyond wait in the queue). */
+  maxConnections: number;
+  /** Requests waiting for a connection to a target at most; beyond it the client gets 503. */
+  maxQueue: number;
 }
 
 /** Host + path prefix → upstream pool. An inline URL list becomes a pool named after the route's path (`routes[2]`). */
@@ -115,6 +119,13 @@ export interface Config {
   log: { level: LogLevel };
   timeouts: ServerTimeouts;
   /**
+   * Peers (CIDRs) whose X-Forwarded-For/-Proto/-Host, Forwarded and X-Real-IP are believed:
+   * from anyone else those headers are replaced, never appended to. Default: none.
+   */
+  trustedProxies: string[];
+  /** Request head limits: bytes of request line + headers (431 past it) and header lines. */
+  http: { maxHeaderBytes: number; maxHeaders: number };
+  /**
    * The demo: on start, make the dev CA and localhost certificates (keys in the HSM) in the
    * directory of the first listener's first certificate if they are not there, and run the demo
    * upstream at `upstreams.demo`'s first target. config/hsmproxy.yaml (the default) sets it.
@@ -129,6 +140,10 @@ export const DEFAULTS = {
   upstream: {
     balance: 'round-robin' as BalanceStrategy,
     timeouts: { connectMs: 5_000, responseMs: 60_000, idleMs: 60_000 } satisfies UpstreamTimeouts,
+    // nginx keeps no cap by default; 128 connections per target is more than one 2-core proxy
+    // can feed, and the queue absorbs bursts without unbounded memory.
+    maxConnections: 128,
+    maxQueue: 1024,
     healthCheck: { path: '/', intervalMs: 5_000, timeoutMs: 2_000, unhealthyAfter: 2, healthyAfter: 2 } satisfies HealthCheckConfig,
   },
   hsm: {
@@ -140,6 +155,9 @@ export const DEFAULTS = {
     subject: 'x-client-cert-subject', san: 'x-client-cert-san', fingerprint: 'x-client-cert-fingerprint-sha256', verify: 'x-client-cert-verify',
   } satisfies ClientCertHeaders,
   workers: 1,
+  trustedProxies: [] as string[],
+  // node:http's and nginx's order of magnitude (16 KiB; nginx 4 x 8 KiB buffers).
+  http: { maxHeaderBytes: 16 * 1024, maxHeaders: 100 },
   log: { level: 'info' as LogLevel },
   timeouts: { handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000 } satisfies ServerTimeouts,
 } as const;

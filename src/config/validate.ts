@@ -1,5 +1,6 @@
 // Turns parsed YAML into a Config: every field type-checked, defaults filled in, cross-references
 // (route → upstream pool, unique names and ports) checked, every problem reported with its path.
+import { isIP } from 'node:net';
 import { readClientAuth } from './client-auth.js';
 import { checkFiles } from './files.js';
 import { ConfigInvalidError } from './errors.js';
@@ -14,7 +15,7 @@ import {
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo'] as const;
+const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http'] as const;
 const MS_MAX = 86_400_000;
 const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
 
@@ -41,13 +42,20 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const timeouts = readMsFields<ServerTimeouts>(r, o.timeouts, 'timeouts', DEFAULTS.timeouts);
   if (o.demo !== undefined && typeof o.demo !== 'boolean') r.fail('demo', `expected true or false, got ${JSON.stringify(o.demo)}`);
   const demo = o.demo === true;
+  const trustedProxies = r.list(o.trustedProxies, 'trustedProxies', (v, p) => readCidr(r, v, p), { def: [] });
+  const httpObj = o.http === undefined ? {} : r.object(o.http, 'http', ['maxHeaderBytes', 'maxHeaders']);
+  const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
+  const maxHeaders = httpObj ? r.integer(httpObj.maxHeaders, 'http.maxHeaders', { def: DEFAULTS.http.maxHeaders, min: 8, max: 10_000 }) : undefined;
   if (demo && !upstreams.demo) r.fail('demo', 'needs upstreams.demo: the address the demo upstream listens on (e.g. { targets: [http://127.0.0.1:8080] })');
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
-  if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts) {
+  if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts || !trustedProxies || !maxHeaderBytes || !maxHeaders) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
-  return { listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo };
+  return {
+    listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo,
+    trustedProxies, http: { maxHeaderBytes, maxHeaders },
+  };
 }
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
@@ -98,9 +106,22 @@ function readTarget(r: Reader, v: unknown, path: string): string | undefined {
   return url.href.replace(/\/$/, '');
 }
 
+/** An IPv4/IPv6 address or CIDR block (`10.0.0.0/8`, `2001:db8::/32`, `127.0.0.1`). */
+function readCidr(r: Reader, v: unknown, path: string): string | undefined {
+  const s = r.string(v, path, {});
+  if (s === undefined) return undefined;
+  const [addr, bits, extra] = s.split('/');
+  const family = isIP(addr ?? '');
+  const max = family === 6 ? 128 : 32;
+  if (family === 0 || extra !== undefined || (bits !== undefined && !(/^\d{1,3}$/.test(bits) && Number(bits) <= max))) {
+    return r.fail(path, `expected an IP address or CIDR block like 10.0.0.0/8, got "${s}"`);
+  }
+  return s;
+}
+
 function readUpstream(r: Reader, v: unknown, path: string, name: string): UpstreamConfig | undefined {
   const d = DEFAULTS.upstream;
-  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts']);
+  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts', 'maxConnections', 'maxQueue']);
   if (!o) return undefined;
   const targets = r.list(o.targets, at(path, 'targets'), (t, p) => readTarget(r, t, p), { minItems: 1 });
   const balance = r.string(o.balance, at(path, 'balance'), { def: d.balance, oneOf: BALANCE_STRATEGIES }) as UpstreamConfig['balance'] | undefined;
@@ -119,8 +140,10 @@ function readUpstream(r: Reader, v: unknown, path: string, name: string): Upstre
     }
   }
   const timeouts = readMsFields<UpstreamTimeouts>(r, o.timeouts, at(path, 'timeouts'), d.timeouts);
-  if (!targets || !balance || !timeouts) return undefined;
-  return { name, targets, balance, timeouts, ...(healthCheck ? { healthCheck } : {}) };
+  const maxConnections = r.integer(o.maxConnections, at(path, 'maxConnections'), { def: d.maxConnections, min: 1, max: 65_536 });
+  const maxQueue = r.integer(o.maxQueue, at(path, 'maxQueue'), { def: d.maxQueue, min: 0, max: 1_000_000 });
+  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined) return undefined;
+  return { name, targets, balance, timeouts, maxConnections, maxQueue, ...(healthCheck ? { healthCheck } : {}) };
 }
 
 function readRoute(r: Reader, v: unknown, path: string, upstreams: Record<string, UpstreamConfig>): RouteConfig | undefined {
@@ -139,7 +162,10 @@ function readRoute(r: Reader, v: unknown, path: string, upstreams: Record<string
     const targets = r.list(o.upstream, up, (t, p) => readTarget(r, t, p), { minItems: 1 });
     if (targets) {
       upstream = path;
-      upstreams[path] = { name: path, targets, balance: DEFAULTS.upstream.balance, timeouts: { ...DEFAULTS.upstream.timeouts } };
+      upstreams[path] = {
+        name: path, targets, balance: DEFAULTS.upstream.balance, timeouts: { ...DEFAULTS.upstream.timeouts },
+        maxConnections: DEFAULTS.upstream.maxConnections, maxQueue: DEFAULTS.upstream.maxQueue,
+      };
     }
   } else if (typeof o.upstream === 'string') {
     upstream = o.upstream;

@@ -1,7 +1,6 @@
 // The verified client certificate (mTLS) as request headers for the upstream. Headers a client
 // sent under those names are always removed first, on every listener, so an upstream that trusts
 // them cannot be fooled by a client without a certificate (header spoofing).
-import type { IncomingHttpHeaders } from 'node:http';
 import { createHash, type X509Certificate } from 'node:crypto';
 import { DEFAULTS, type ClientAuthConfig, type ClientCertHeaders } from '../config/index.js';
 import type { TlsSocketLike } from './listener.js';
@@ -46,16 +45,25 @@ export class ClientIdentityHeaders {
     this.bySocket.set(socket, clientAuth?.headers ?? DEFAULTS.clientCertHeaders);
   }
 
-  /** Removes client-sent copies of the identity headers, then sets them from the verified certificate. */
-  apply(headers: IncomingHttpHeaders, socket: TlsSocketLike): ClientIdentity {
+  /**
+   * Appends the identity headers of `socket`'s verified certificate to `out`. The caller has
+   * already dropped every client-sent header named in `identityHeaderNames` (all listeners' names).
+   */
+  apply(out: Array<[string, string]>, socket: TlsSocketLike): ClientIdentity {
     const names = this.bySocket.get(socket) ?? DEFAULTS.clientCertHeaders;
-    for (const n of new Set([...Object.values(DEFAULTS.clientCertHeaders), ...Object.values(names)])) delete headers[n];
     const id = clientIdentity(socket);
-    headers[names.verify] = id.verify;
+    out.push([names.verify, id.verify]);
     if (id.verify !== 'SUCCESS') return id;
-    headers[names.subject] = headerValue(id.subject ?? '');
-    if (id.sans?.length) headers[names.san] = headerValue(id.sans.join(', '));
-    headers[names.fingerprint] = id.fingerprint256 ?? '';
+    out.push([names.subject, headerValue(id.subject ?? '')]);
+    if (id.sans?.length) out.push([names.san, headerValue(id.sans.join(', '))]);
+    out.push([names.fingerprint, id.fingerprint256 ?? '']);
     return id;
   }
+}
+
+/** Every client-certificate header name any listener of `listeners` uses, plus the defaults. */
+export function identityHeaderNames(listeners: ReadonlyArray<{ clientAuth?: ClientAuthConfig }>): Set<string> {
+  const names = new Set<string>(Object.values(DEFAULTS.clientCertHeaders));
+  for (const l of listeners) for (const n of Object.values(l.clientAuth?.headers ?? {})) names.add(n.toLowerCase());
+  return names;
 }

@@ -1,43 +1,67 @@
-// One request's trip: route it, pick an upstream, add forwarded headers, proxy it with
-// http-proxy (HTTP and WebSocket), map upstream failures to 502/503/504, and record it in the
-// access log and the HTTP metrics.
+// One request's trip: route it on its normalised path, pick an upstream, rebuild its headers
+// (hop-by-hop removed, forwarded headers set, client-certificate headers replaced), send it with
+// undici (which frames the body itself: a length or chunked, never the client's framing), stream
+// the answer back with backpressure both ways, map upstream failures to 502/503/504, and record
+// it in the access log and the HTTP metrics.
 import { randomUUID } from 'node:crypto';
-import { STATUS_CODES, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { BlockList, isIPv6 } from 'node:net';
 import type { Duplex } from 'node:stream';
-import httpProxy from 'http-proxy';
+import type { Dispatcher } from 'undici';
 import type { Logger } from 'pino';
 import { DEFAULTS, type RouteConfig, type UpstreamTimeouts } from '../config/index.js';
 import type { HsmproxyMetrics } from '../metrics/index.js';
 import { ClientIdentityHeaders, type ClientIdentity } from './client-identity.js';
 import { ConnectionTracker } from './connections.js';
 import { UpstreamRefusedError, UpstreamTimeoutError } from './errors.js';
+import { headerTokens, HttpParseError, type Exchange, type Http1Handler } from './http1/server.js';
 import type { TlsSocketLike } from './listener.js';
 import type { UpstreamPool, UpstreamTarget } from './pool.js';
+import { normaliseTarget } from './request-target.js';
 import type { Router } from './router.js';
 
 /** What routing needs at request time; swapped as a whole on reload. */
-export interface RoutingTable { router: Router; pools: Map<string, UpstreamPool> }
+export interface RoutingTable {
+  router: Router;
+  pools: Map<string, UpstreamPool>;
+  /** Peers whose forwarding headers are believed. */
+  trusted: BlockList;
+  /** Client-certificate header names of every listener: a client's copies are always removed. */
+  identityHeaders: ReadonlySet<string>;
+}
 
 interface RequestContext {
-  start: number;
   requestId: string;
+  host: string | undefined;
+  path: string;
   route?: RouteConfig;
   target?: UpstreamTarget;
   upstreamStart?: number;
-  bytes: number;
   error?: Error;
-  /** The client certificate as forwarded (mTLS), for the access log. */
+  reason?: string;
   client?: ClientIdentity;
+  websocket?: boolean;
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
 const REQUEST_ID = /^[\w.:/+=-]{1,200}$/;
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'upgrade'];
+// RFC 9110 §7.6.1 hop-by-hop fields, plus the framing and forwarding fields this proxy sets itself.
+const REQUEST_DROP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade',
+  'content-length', 'expect', 'x-request-id',
+]);
+const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded', 'x-real-ip']);
+const RESPONSE_DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
+// A Connection token may name any end-to-end field to drop, but never these: dropping framing
+// or Host is how a client makes the upstream read its body as a second request.
+const PROTECTED = new Set(['host', 'content-length', 'transfer-encoding']);
+
+/** Raised into undici when the client went away, so the upstream request is abandoned. */
+class ClientGoneError extends Error {
+  constructor() { super('the client closed the connection'); this.name = 'ClientGoneError'; }
+}
 
 /** Proxies requests and upgrades according to the current routing table. */
-export class Forwarder {
-  private readonly proxy = httpProxy.createProxyServer({ xfwd: false, changeOrigin: false, ws: true });
-  private readonly contexts = new WeakMap<IncomingMessage, RequestContext>();
+export class Forwarder implements Http1Handler {
   /** Set during shutdown: responses carry `Connection: close` so keep-alive connections end. */
   draining = false;
   /** Client-certificate identity headers, per accepted connection. */
@@ -48,53 +72,97 @@ export class Forwarder {
     private readonly connections: ConnectionTracker,
     private readonly logger: Logger,
     private readonly metrics: HsmproxyMetrics,
-  ) {
-    this.proxy.on('proxyReq', (proxyReq, req) => this.onUpstreamRequest(proxyReq, req, false));
-    this.proxy.on('proxyReqWs', (proxyReq, req) => this.onUpstreamRequest(proxyReq, req, true));
-    this.proxy.on('proxyRes', (proxyRes, req, res) => {
-      // The upstream's hop-by-hop headers describe its connection to us. Copied through, its
-      // `Connection: keep-alive` overrode a client's `Connection: close` (and draining), and the
-      // client's connection stayed open after the response.
-      const listed = String(proxyRes.headers.connection ?? '').toLowerCase().split(',').map((h) => h.trim()).filter(Boolean);
-      for (const h of [...listed, ...HOP_BY_HOP]) delete proxyRes.headers[h];
-      proxyRes.headers.connection = this.draining || !res.shouldKeepAlive ? 'close' : 'keep-alive';
-      const ctx = this.contexts.get(req);
-      if (!ctx) return;
-      if (ctx.upstreamStart !== undefined && ctx.route && ctx.target) {
-        this.metrics.httpUpstreamDuration.observe({ route: ctx.route.name, upstream: ctx.target.url }, (performance.now() - ctx.upstreamStart) / 1000);
-      }
-      proxyRes.on('data', (chunk: Buffer) => { ctx.bytes += chunk.length; });
-    });
-    // Errors after a WebSocket was established arrive here, not in a callback.
-    this.proxy.on('error', (err) => this.logger.warn({ err: err.message }, 'upstream connection error'));
+  ) {}
+
+  /** A bad request the connection answered itself. */
+  clientError(socket: TlsSocketLike, status: number, reason: string): void {
+    this.logger.info({ status, reason, remote: socket.remoteAddress }, 'client error');
   }
 
-  /** Handles one HTTP request (the http.Server 'request' listener). */
-  handleRequest(req: IncomingMessage, res: ServerResponse): void {
-    const socket = req.socket as TlsSocketLike;
-    const ctx: RequestContext = { start: performance.now(), requestId: this.requestId(req), bytes: 0 };
-    this.contexts.set(req, ctx);
-    this.connections.requestStarted(socket);
-    res.setHeader('x-request-id', ctx.requestId);
-    if (this.draining) res.setHeader('connection', 'close');
-    res.once('close', () => this.finish(req, res, ctx, socket));
-
+  /** Handles one request head (the body, if any, is still arriving on `ex.body`). */
+  request(ex: Exchange): void {
+    const head = ex.head;
+    const hosts: string[] = [];
+    for (const [n, v] of head.headers) if (n === 'host') hosts.push(v);
+    const ctx: RequestContext = { requestId: this.requestId(head.headers), host: hosts[0], path: head.target };
+    this.connections.requestStarted(ex.socket);
+    ex.onClose(() => this.finish(ex, ctx));
+    // RFC 9112 §3.2: a 1.1 request without exactly one Host is refused.
+    if (hosts.length > 1 || (head.minor === 1 && hosts.length === 0)) return this.refuse(ex, ctx, 400, 'a request needs exactly one Host header');
+    if (head.method === 'CONNECT') return this.refuse(ex, ctx, 405, 'CONNECT is not supported by this reverse proxy');
+    let path: string;
+    try {
+      const t = normaliseTarget(head.method, head.target, ctx.host);
+      path = t.path + t.query;
+      ctx.path = path;
+    } catch (err) {
+      return this.refuse(ex, ctx, (err as HttpParseError).status ?? 400, (err as Error).message);
+    }
     const { router, pools } = this.table();
-    const route = router.match(req.headers.host, req.url ?? '/');
-    if (!route) return this.reply(res, ctx, 404, 'no route matches this host and path');
+    const route = router.match(ctx.host, path);
+    if (!route) return this.reply(ex, ctx, 404, 'no route matches this host and path');
     ctx.route = route;
-    const target = pools.get(route.upstream)?.pick();
+    const websocket = this.isUpgrade(ex);
+    if (websocket === 'bad') return this.refuse(ex, ctx, 400, 'an Upgrade request must be a bodiless GET');
+    ctx.websocket = websocket;
+    const pool = pools.get(route.upstream);
+    const target = pool?.pick();
     if (!target) {
       this.metrics.httpUpstreamErrors.inc({ route: route.name, reason: 'unavailable' });
-      return this.reply(res, ctx, 503, 'no healthy upstream server for this route; try again shortly');
+      return this.reply(ex, ctx, 503, 'no healthy upstream server for this route; try again shortly');
     }
-    this.addForwardedHeaders(req, socket, ctx, false);
-    this.send(req, res, ctx, target, new Set());
+    const headers = this.upstreamHeaders(ex, ctx, websocket);
+    this.send(ex, ctx, pool!, target, headers, new Set());
   }
 
-  /** Sends to `target`; a refused connection is retried once per target when nothing was sent. */
-  private send(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, target: UpstreamTarget, tried: Set<UpstreamTarget>): void {
+  /** 'bad' for an Upgrade that cannot be one; true for a WebSocket-style upgrade. */
+  private isUpgrade(ex: Exchange): boolean | 'bad' {
+    const h = ex.head.headers;
+    if (!h.some(([n]) => n === 'upgrade') || !headerTokens(h, 'connection').includes('upgrade')) return false;
+    return ex.head.method === 'GET' && ex.body === null && ex.head.minor === 1 ? true : 'bad';
+  }
+
+  /** The request headers for the upstream, as a flat [name, value, …] list for undici. */
+  private upstreamHeaders(ex: Exchange, ctx: RequestContext, websocket: boolean): string[] {
+    const { trusted, identityHeaders } = this.table();
+    const head = ex.head;
+    const socket = ex.socket;
+    const listed = new Set(headerTokens(head.headers, 'connection').filter((t) => !PROTECTED.has(t)));
+    const peer = socket.remoteAddress ?? '';
+    const trustedPeer = peer !== '' && trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4');
+    const out: Array<[string, string]> = [];
+    const prior: string[] = [];
+    for (const h of head.headers) {
+      const n = h[0];
+      if (REQUEST_DROP.has(n) || listed.has(n) || identityHeaders.has(n)) continue;
+      if (FORWARDING.has(n)) {
+        // From an untrusted peer these are lies we must not pass on; from a trusted one, history.
+        if (!trustedPeer) continue;
+        if (n === 'x-forwarded-for') { prior.push(h[1]); continue; }
+      }
+      out.push(h);
+    }
+    out.push(['x-forwarded-for', prior.length > 0 ? `${prior.join(', ')}, ${peer}` : peer]);
+    if (!trustedPeer || !head.headers.some(([n]) => n === 'x-forwarded-proto')) out.push(['x-forwarded-proto', 'https']);
+    if (ctx.host !== undefined && (!trustedPeer || !head.headers.some(([n]) => n === 'x-forwarded-host'))) out.push(['x-forwarded-host', ctx.host]);
+    out.push(['x-request-id', ctx.requestId]);
+    ctx.client = this.identity.apply(out, socket);
+    const flat: string[] = [];
+    for (const [n, v] of out) flat.push(n, v);
+    if (head.body.kind === 'length') flat.push('content-length', String(head.body.length));
+    // undici writes Connection/Upgrade itself for an upgrade; the client's other WebSocket fields pass.
+    void websocket;
+    return flat;
+  }
+
+  /** Sends to `target`; a refused connection is retried once per target when the request has no body. */
+  private send(ex: Exchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[], tried: Set<UpstreamTarget>): void {
+    if (target.full) {
+      this.metrics.httpUpstreamErrors.inc({ route: ctx.route!.name, reason: 'queue_full' });
+      return this.reply(ex, ctx, 503, 'the upstream server has too many requests waiting; try again shortly');
+    }
     ctx.target = target;
+    ctx.upstreamStart = performance.now();
     tried.add(target);
     target.inFlight++;
     let released = false;
@@ -102,147 +170,180 @@ export class Forwarder {
       if (!released) target.inFlight--;
       released = true;
     };
-    res.once('close', release);
-    this.proxy.web(req, res, { target: target.url, agent: target.agent }, (err) => {
-      release();
-      const next = this.canRetry(err, req, res) ? this.table().pools.get(ctx.route!.upstream)?.pick(tried) : undefined;
-      if (!next) return this.onUpstreamError(err, res, ctx);
-      this.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code: (err as NodeJS.ErrnoException).code }, 'upstream refused, trying another target');
-      this.send(req, res, ctx, next, tried);
-    });
-  }
-
-  /**
-   * A refused connection means the upstream never saw the request, so another target may take
-   * it — if the request has no body (http-proxy has already consumed the stream).
-   */
-  private canRetry(err: Error, req: IncomingMessage, res: ServerResponse): boolean {
-    if ((err as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || res.headersSent || res.destroyed) return false;
-    const bodyless = req.headers['content-length'] === undefined || req.headers['content-length'] === '0';
-    return bodyless && req.headers['transfer-encoding'] === undefined;
-  }
-
-  /** Handles a WebSocket upgrade (the http.Server 'upgrade' listener). */
-  handleUpgrade(req: IncomingMessage, clientSocket: Duplex, head: Buffer): void {
-    const socket = req.socket as TlsSocketLike;
-    const ctx: RequestContext = { start: performance.now(), requestId: this.requestId(req), bytes: 0 };
-    this.contexts.set(req, ctx);
-    const refuse = (status: number, why: string) => {
-      clientSocket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${why.length + 1}\r\n\r\n${why}\n`);
-      this.logger.info({ type: 'access', method: req.method, host: req.headers.host, path: req.url, status, upgrade: 'websocket', requestId: ctx.requestId }, 'websocket refused');
+    const timeouts: UpstreamTimeouts = { ...(pool.config.timeouts ?? DEFAULTS.upstream.timeouts), ...ctx.route!.timeouts };
+    const forwarder = this;
+    let controller: Dispatcher.DispatchController | undefined;
+    let responded = false;
+    const abortUpstream = () => { if (!ex.complete) controller?.abort(new ClientGoneError()); };
+    ex.onClose(abortUpstream);
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart(c) {
+        controller = c;
+        if (ex.finished) c.abort(new ClientGoneError());
+      },
+      onRequestUpgrade(_c, statusCode, resHeaders, socket) {
+        release();
+        forwarder.upgraded(ex, ctx, statusCode, resHeaders, socket);
+      },
+      onResponseStart(c, statusCode, resHeaders) {
+        if (statusCode < 200) return; // 1xx from the upstream: ours (100 Continue) was sent already
+        responded = true;
+        forwarder.metrics.httpUpstreamDuration.observe({ route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000);
+        const { list, length } = responseHeaders(resHeaders, ex, ctx.requestId);
+        ex.respond(statusCode, list, length);
+        if (ex.finished && !ex.complete) c.abort(new ClientGoneError());
+      },
+      onResponseData(c, chunk) {
+        if (!ex.write(chunk)) {
+          c.pause();
+          ex.onDrain(() => c.resume());
+        }
+      },
+      onResponseEnd() {
+        release();
+        ex.end();
+      },
+      onResponseError(_c, err) {
+        release();
+        if (err instanceof ClientGoneError || ex.finished) return;
+        const code = errorCode(err);
+        if (code === 'ECONNREFUSED' && !responded && ex.body === null && !ex.headersSent) {
+          const next = pool.pick(tried);
+          if (next) {
+            forwarder.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code }, 'upstream refused, trying another target');
+            forwarder.send(ex, ctx, pool, next, headers, tried);
+            return;
+          }
+        }
+        forwarder.onUpstreamError(err, ex, ctx, timeouts);
+      },
     };
-    const { router, pools } = this.table();
-    const route = router.match(req.headers.host, req.url ?? '/');
-    if (!route) return refuse(404, 'no route matches this host and path');
-    const target = pools.get(route.upstream)?.pick();
-    if (!target) return refuse(503, 'no healthy upstream server for this route; try again shortly');
-    ctx.route = route;
-    ctx.target = target;
-    this.connections.upgraded(socket);
-    this.addForwardedHeaders(req, socket, ctx, true);
-    this.proxy.ws(req, clientSocket, head, { target: target.url }, (err) => {
-      this.logger.warn({ requestId: ctx.requestId, upstream: target.url, err: err.message }, 'websocket upstream failed');
-      if (clientSocket.writable) refuse(502, 'the upstream server refused the WebSocket connection');
-    });
+    target.pool.dispatch({
+      origin: target.origin,
+      path: target.basePath + ctx.path,
+      method: ex.head.method as Dispatcher.HttpMethod,
+      headers,
+      body: ex.body,
+      headersTimeout: timeouts.responseMs,
+      bodyTimeout: ctx.websocket ? 0 : timeouts.responseMs,
+      ...(ctx.websocket ? { upgrade: 'websocket' } : {}),
+    }, handler);
   }
 
-  /** Closes idle upstream connections held by http-proxy. */
-  close(): void {
-    this.proxy.close();
-  }
-
-  private requestId(req: IncomingMessage): string {
-    const given = req.headers['x-request-id'];
-    const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    req.headers['x-request-id'] = id;
-    return id;
-  }
-
-  /**
-   * Hop-by-hop headers (RFC 9110 §7.6.1) describe the client's connection to us, not ours to the
-   * upstream: drop them and any header the client listed in Connection. A WebSocket keeps its
-   * Connection/Upgrade pair, which http-proxy needs to forward the upgrade.
-   */
-  private dropHopByHop(req: IncomingMessage, upgrade: boolean): void {
-    const listed = String(req.headers.connection ?? '').toLowerCase().split(',').map((h) => h.trim()).filter(Boolean);
-    for (const h of [...listed, ...HOP_BY_HOP]) {
-      if (upgrade && (h === 'connection' || h === 'upgrade')) continue;
-      delete req.headers[h];
+  /** The upstream switched protocols: answer the client with its 101 and join the two sockets. */
+  private upgraded(ex: Exchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>, upstream: Duplex): void {
+    if (ex.finished) { upstream.destroy(); return; }
+    const client = ex.socket;
+    const rest = ex.takeOver();
+    this.connections.upgraded(client);
+    let head = `HTTP/1.1 ${statusCode} Switching Protocols\r\n`;
+    for (const [n, v] of Object.entries(resHeaders)) {
+      if (v === undefined || n === 'keep-alive' || n === 'proxy-connection') continue;
+      for (const one of Array.isArray(v) ? v : [v]) head += `${n}: ${one}\r\n`;
     }
-  }
-
-  private addForwardedHeaders(req: IncomingMessage, socket: TlsSocketLike, ctx: RequestContext, upgrade: boolean): void {
-    this.dropHopByHop(req, upgrade);
-    const client = socket.remoteAddress ?? '';
-    const prior = req.headers['x-forwarded-for'];
-    req.headers['x-forwarded-for'] = prior ? `${Array.isArray(prior) ? prior.join(', ') : prior}, ${client}` : client;
-    req.headers['x-forwarded-proto'] = 'https';
-    if (req.headers.host) req.headers['x-forwarded-host'] = req.headers.host;
-    req.headers['x-request-id'] = ctx.requestId;
-    ctx.client = this.identity.apply(req.headers, socket);
-  }
-
-  private onUpstreamRequest(proxyReq: ClientRequest, req: IncomingMessage, websocket: boolean): void {
-    const ctx = this.contexts.get(req);
-    if (!ctx?.route || !ctx.target) return;
-    ctx.upstreamStart = performance.now();
-    const poolTimeouts = this.table().pools.get(ctx.route.upstream)?.config.timeouts ?? DEFAULTS.upstream.timeouts;
-    const timeouts: UpstreamTimeouts = { ...poolTimeouts, ...ctx.route.timeouts };
-    const target = ctx.target.url;
-    proxyReq.on('socket', (s) => {
-      if (!(s as { connecting?: boolean }).connecting) return;
-      const timer = setTimeout(() => proxyReq.destroy(new UpstreamTimeoutError(target, 'connect', timeouts.connectMs)), timeouts.connectMs);
-      s.once('connect', () => clearTimeout(timer));
-      s.once('close', () => clearTimeout(timer));
-    });
-    // Idle timeout on the upstream socket: no response head, or a stalled body, for responseMs.
-    proxyReq.setTimeout(timeouts.responseMs, () => proxyReq.destroy(new UpstreamTimeoutError(target, 'response', timeouts.responseMs)));
+    client.write(Buffer.from(`${head}\r\n`, 'latin1'));
+    if (rest) upstream.write(rest);
     // An established WebSocket may stay quiet for as long as its peers like.
-    if (!websocket) return;
-    proxyReq.once('upgrade', (_res, s) => {
-      s.setTimeout(0);
-      this.logger.info({
-        type: 'access', method: req.method, host: req.headers.host, path: req.url, status: 101, upgrade: 'websocket',
-        upstream: target, route: ctx.route?.name, durationMs: Math.round((performance.now() - ctx.start) * 1e3) / 1e3, requestId: ctx.requestId,
-      }, 'websocket');
-    });
+    (client as TlsSocketLike & { setTimeout?: (ms: number) => void }).setTimeout?.(0);
+    upstream.pipe(client);
+    client.pipe(upstream);
+    const close = () => { client.destroy(); upstream.destroy(); };
+    upstream.on('error', close).on('close', close);
+    client.on('error', close).on('close', close);
+    this.logger.info({
+      type: 'access', method: ex.head.method, host: ctx.host, path: ctx.path, status: 101, upgrade: 'websocket',
+      upstream: ctx.target?.url, route: ctx.route?.name, durationMs: Math.round((performance.now() - ex.start) * 1e3) / 1e3, requestId: ctx.requestId,
+    }, 'websocket');
   }
 
-  private onUpstreamError(err: Error, res: ServerResponse | Duplex, ctx: RequestContext): void {
+  /** Closes idle upstream connections (pools close with their runtime). */
+  close(): void {
+    // Nothing of its own: pools are owned by the routing table.
+  }
+
+  private requestId(headers: ReadonlyArray<[string, string]>): string {
+    for (const [n, v] of headers) if (n === 'x-request-id') return REQUEST_ID.test(v) ? v : randomUUID();
+    return randomUUID();
+  }
+
+  private onUpstreamError(err: Error, ex: Exchange, ctx: RequestContext, timeouts: UpstreamTimeouts): void {
     const target = ctx.target?.url ?? '';
-    const timedOut = err instanceof UpstreamTimeoutError;
-    ctx.error = timedOut ? err : new UpstreamRefusedError(target, (err as NodeJS.ErrnoException).code ?? err.message);
-    if (ctx.route) this.metrics.httpUpstreamErrors.inc({ route: ctx.route.name, reason: timedOut ? 'timeout' : 'refused' });
-    this.logger.warn({ requestId: ctx.requestId, upstream: target, code: (err as NodeJS.ErrnoException).code, err: ctx.error.message }, 'upstream request failed');
-    if (!('setHeader' in res)) return;
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    if (timedOut) this.reply(res, ctx, 504, 'the upstream server did not answer in time');
-    else this.reply(res, ctx, 502, 'the upstream server refused or dropped the connection');
+    const code = errorCode(err);
+    const reason = code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' ? 'timeout'
+      : code === 'ECONNREFUSED' ? 'refused' : 'reset';
+    ctx.reason = reason;
+    ctx.error = reason === 'timeout'
+      ? new UpstreamTimeoutError(target, code === 'UND_ERR_CONNECT_TIMEOUT' ? 'connect' : 'response', code === 'UND_ERR_CONNECT_TIMEOUT' ? timeouts.connectMs : timeouts.responseMs)
+      : new UpstreamRefusedError(target, code ?? err.message);
+    if (ctx.route) this.metrics.httpUpstreamErrors.inc({ route: ctx.route.name, reason });
+    this.logger.warn({ requestId: ctx.requestId, upstream: target, code, reason, err: ctx.error.message }, 'upstream request failed');
+    if (ex.headersSent) { ex.abort(); return; }
+    if (ctx.websocket) this.refuse(ex, ctx, 502, 'the upstream server refused the WebSocket connection');
+    else if (reason === 'timeout') this.reply(ex, ctx, 504, 'the upstream server did not answer in time');
+    else this.reply(ex, ctx, 502, 'the upstream server refused or dropped the connection');
   }
 
-  private reply(res: ServerResponse, ctx: RequestContext, status: number, message: string): void {
-    const body = `${status} ${STATUS_CODES[status]}: ${message} (request id ${ctx.requestId})\n`;
-    ctx.bytes = Buffer.byteLength(body);
-    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': ctx.bytes, 'cache-control': 'no-store' });
-    res.end(body);
+  private reply(ex: Exchange, ctx: RequestContext, status: number, message: string): void {
+    ex.reply(status, `${status} ${STATUS_TEXT[status] ?? ''}: ${message} (request id ${ctx.requestId})\n`, [['x-request-id', ctx.requestId]]);
   }
 
-  private finish(req: IncomingMessage, res: ServerResponse, ctx: RequestContext, socket: TlsSocketLike): void {
-    this.connections.requestEnded(socket);
-    const seconds = (performance.now() - ctx.start) / 1000;
-    const status = res.headersSent ? res.statusCode : 499; // 499: the client went away first (nginx's code)
-    const method = METHODS.has(req.method ?? '') ? req.method! : 'OTHER';
+  private refuse(ex: Exchange, ctx: RequestContext, status: number, message: string): void {
+    this.logger.info({ status, reason: message, remote: ex.socket.remoteAddress, requestId: ctx.requestId }, 'client error');
+    ex.refuse(status, `${status} ${STATUS_TEXT[status] ?? ''}: ${message} (request id ${ctx.requestId})\n`);
+  }
+
+  private finish(ex: Exchange, ctx: RequestContext): void {
+    this.connections.requestEnded(ex.socket);
+    if (ctx.websocket && ex.status === 0 && ex.complete) return; // logged as 'websocket'
+    const socket = ex.socket;
+    const seconds = (performance.now() - ex.start) / 1000;
+    const status = ex.headersSent ? ex.status : 499; // 499: the client went away first (nginx's code)
+    const method = METHODS.has(ex.head.method) ? ex.head.method : 'OTHER';
     const route = ctx.route?.name ?? 'none';
     this.metrics.httpRequestDuration.observe({ method, status_class: `${Math.floor(status / 100)}xx`, route }, seconds);
+    if (!this.logger.isLevelEnabled('info')) return;
     this.logger.info({
-      type: 'access', method: req.method, host: req.headers.host, path: req.url, status, bytes: ctx.bytes,
+      type: 'access', method: ex.head.method, host: ctx.host, path: ctx.path, status, bytes: ex.bytes,
       durationMs: Math.round(seconds * 1e6) / 1e3, upstream: ctx.target?.url, route: ctx.route?.name,
       tlsVersion: socket.getProtocol?.() ?? undefined, resumed: socket.isSessionReused?.() ?? undefined,
-      requestId: ctx.requestId, complete: res.writableFinished,
+      requestId: ctx.requestId, complete: ex.complete, ...(ctx.reason ? { upstreamError: ctx.reason } : {}),
       ...(ctx.client && ctx.client.verify !== 'NONE' ? { clientVerify: ctx.client.verify, clientSubject: ctx.client.subject, clientFingerprint: ctx.client.fingerprint256 } : {}),
     }, 'request');
   }
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request', 404: 'Not Found', 405: 'Method Not Allowed', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+};
+
+function errorCode(err: Error): string | undefined {
+  return (err as NodeJS.ErrnoException).code;
+}
+
+/**
+ * The upstream's response fields minus its hop-by-hop ones, and the body length to frame with
+ * (undefined: unknown, so chunked). HEAD and 304 answers keep the upstream's Content-Length as a
+ * plain field: it describes the representation, not a body that follows.
+ */
+function responseHeaders(h: Record<string, string | string[] | undefined>, ex: Exchange, requestId: string): { list: Array<[string, string]>; length: number | undefined } {
+  const conn = h.connection;
+  const listed = new Set<string>();
+  if (conn !== undefined) for (const t of (Array.isArray(conn) ? conn.join(',') : conn).split(',')) { const s = t.trim().toLowerCase(); if (s && !PROTECTED.has(s)) listed.add(s); }
+  const list: Array<[string, string]> = [];
+  for (const n in h) {
+    const v = h[n];
+    if (v === undefined || RESPONSE_DROP.has(n) || listed.has(n) || n === 'x-request-id') continue;
+    if (Array.isArray(v)) for (const one of v) list.push([n, one]);
+    else list.push([n, v]);
+  }
+  list.push(['x-request-id', requestId]);
+  const cl = h['content-length'];
+  const clText = Array.isArray(cl) ? cl[0] : cl;
+  const bodiless = ex.head.method === 'HEAD';
+  if (bodiless) {
+    if (clText !== undefined) list.push(['content-length', clText]);
+    return { list, length: undefined };
+  }
+  const length = clText !== undefined && /^\d{1,15}$/.test(clText) ? Number(clText) : undefined;
+  return { list, length };
 }

@@ -1,23 +1,43 @@
-// Upstream pools: the targets of one `upstreams:` entry, a keep-alive agent per target, and the
+// Upstream pools: the targets of one `upstreams:` entry, an undici Pool per target (keep-alive,
+// at most maxConnections, one request per connection at a time), a bounded wait queue, and the
 // balancing choice (round-robin or least in-flight requests) among the targets currently healthy.
-import http from 'node:http';
-import https from 'node:https';
+import { Pool } from 'undici';
 import type { UpstreamConfig } from '../config/index.js';
 
 /** One upstream server of a pool. */
 export class UpstreamTarget {
-  /** Requests sent to this target and not finished yet (for least-connections). */
+  /** Requests sent to this target and not finished yet (for least-connections and the queue cap). */
   inFlight = 0;
   /** With a health check, unknown (not healthy) until the first probe: a pool never reports a target it has not seen answer. */
   healthy: boolean;
   /** Whether a health check has probed it yet (its first result decides at once, as Envoy does at startup). */
   checked = false;
-  readonly agent: http.Agent;
+  readonly pool: Pool;
+  /** scheme://host:port, what undici dispatches to. */
+  readonly origin: string;
+  /** A path prefix of the target URL (`http://u:8080/app`), prepended to every request path. */
+  readonly basePath: string;
 
-  constructor(readonly url: string, idleMs: number, checked: boolean) {
+  constructor(readonly url: string, private readonly config: UpstreamConfig, checked: boolean) {
     this.healthy = !checked;
-    const opts: http.AgentOptions = { keepAlive: true, timeout: idleMs, scheduling: 'lifo' };
-    this.agent = url.startsWith('https:') ? new https.Agent(opts) : new http.Agent(opts);
+    const u = new URL(url);
+    this.origin = u.origin;
+    this.basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
+    this.pool = new Pool(this.origin, {
+      connections: config.maxConnections,
+      pipelining: 1,
+      keepAliveTimeout: config.timeouts.idleMs,
+      keepAliveMaxTimeout: config.timeouts.idleMs,
+      connectTimeout: config.timeouts.connectMs,
+      // Per-request timeouts are set on each dispatch (routes may override them).
+      headersTimeout: config.timeouts.responseMs,
+      bodyTimeout: config.timeouts.responseMs,
+    });
+  }
+
+  /** Whether one more request would exceed connections + queue: the caller answers 503. */
+  get full(): boolean {
+    return this.inFlight >= this.config.maxConnections + this.config.maxQueue;
   }
 }
 
@@ -27,7 +47,7 @@ export class UpstreamPool {
   private next = 0;
 
   constructor(readonly config: UpstreamConfig) {
-    this.targets = config.targets.map((url) => new UpstreamTarget(url, config.timeouts.idleMs, config.healthCheck !== undefined));
+    this.targets = config.targets.map((url) => new UpstreamTarget(url, config, config.healthCheck !== undefined));
   }
 
   /** Picks a healthy target not in `exclude`, or undefined when there is none (the caller answers 503). */
@@ -47,8 +67,8 @@ export class UpstreamPool {
     return healthy[this.next++ % healthy.length];
   }
 
-  /** Closes idle keep-alive sockets; in-flight requests finish on theirs. */
+  /** Closes idle keep-alive connections now and the busy ones when their request ends. */
   destroy(): void {
-    for (const t of this.targets) t.agent.destroy();
+    for (const t of this.targets) void t.pool.close().catch(() => undefined);
   }
 }

@@ -1,18 +1,18 @@
 // The Proxy: TLS listeners (from a factory) feeding one http.Server, the routing table, upstream
 // pools and their health checks, the admin server; start, reload and graceful shutdown.
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { BlockList, isIPv6, type AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Config, ListenerConfig } from '../config/index.js';
 import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type HsmproxyMetrics, type MetricsSource } from '../metrics/index.js';
 import { AdminServer, type ReadinessCheck, type ReadinessReport, type ScalingSource } from './admin.js';
 import { recordCertificateExpiry } from './cert-expiry.js';
+import { identityHeaderNames } from './client-identity.js';
 import { ConnectionTracker } from './connections.js';
 import { ProxyStateError, ReloadRefusedError } from './errors.js';
 import { Forwarder, type RoutingTable } from './forward.js';
 import { HealthChecker } from './health.js';
+import { Http1Server, type Http1Policy } from './http1/server.js';
 import type { TlsListener, TlsListenerFactory, TlsSocketLike } from './listener.js';
 import { UpstreamPool } from './pool.js';
 import { Router } from './router.js';
@@ -44,7 +44,8 @@ interface Runtime extends RoutingTable { config: Config; checkers: HealthChecker
 export class Proxy {
   private runtime: Runtime;
   private readonly listeners = new Map<string, { config: ListenerConfig; handle: TlsListener }>();
-  private readonly http: http.Server;
+  private readonly http: Http1Server;
+  private readonly policy: Http1Policy;
   private readonly connections: ConnectionTracker;
   private readonly forwarder: Forwarder;
   private readonly logger: Logger;
@@ -64,13 +65,9 @@ export class Proxy {
       this.metrics.httpRequestsInFlight.set(inFlight);
     });
     this.forwarder = new Forwarder(() => this.runtime, this.connections, this.logger, this.metrics);
-    this.http = http.createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => this.forwarder.handleRequest(req, res));
-    this.http.on('upgrade', (req, socket, head) => this.forwarder.handleUpgrade(req, socket, head));
-    this.http.on('clientError', (err: NodeJS.ErrnoException, socket) => this.onClientError(err, socket));
+    this.policy = { limits: { maxHeadBytes: 0, maxHeaders: 0 }, headersMs: 0, requestMs: 0, idleMs: 0, draining: false };
     this.applyTimeouts(opts.config);
-    // The http.Server never listens itself (TLS listeners feed it), but its connection tracking —
-    // which enforces headersTimeout/requestTimeout and closeIdleConnections() — starts on 'listening'.
-    this.http.emit('listening');
+    this.http = new Http1Server(this.forwarder, this.policy);
   }
 
   /** Opens every listener and the admin server, and starts health checks. */
@@ -185,15 +182,17 @@ export class Proxy {
     if (this.state === 'stopped') return { drained: true, forcedConnections: 0, durationMs: 0 };
     this.state = 'draining';
     this.forwarder.draining = true;
+    this.policy.draining = true;
     for (const c of this.runtime.checkers) c.stop();
     await Promise.all([...this.listeners.values()].map((l) => l.handle.close()));
-    this.http.close(); // also closes connections that are idle right now
+    this.http.closeIdleConnections();
     const deadline = started + deadlineMs;
     while (this.connections.size > 0 && performance.now() < deadline) {
       this.http.closeIdleConnections();
       await new Promise((r) => setTimeout(r, Math.min(25, Math.max(1, deadline - performance.now()))));
     }
     const forcedConnections = this.connections.destroyAll();
+    this.http.close();
     for (const pool of this.runtime.pools.values()) pool.destroy();
     this.forwarder.close();
     await this.admin?.close();
@@ -216,22 +215,16 @@ export class Proxy {
     this.forwarder.identity.bind(socket, listener.clientAuth);
     this.connections.add(socket);
     socket.on('error', (err) => this.logger.debug({ err: err.message }, 'client connection error'));
-    this.http.emit('connection', socket);
+    this.http.accept(socket);
   }
 
-  /** A client sent a malformed or too slow request: answer like node would, and log it. */
-  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
-    this.logger.info({ code: err.code, status, remote: (socket as TlsSocketLike).remoteAddress }, 'client error');
-    if (socket.writable && !err.code?.startsWith('ECONN')) socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
-    else socket.destroy();
-  }
-
+  /** Client-side timeouts and head limits, read by every connection at each use. */
   private applyTimeouts(config: Config): void {
     const t = config.timeouts;
-    this.http.headersTimeout = t.headersMs;
-    this.http.requestTimeout = t.requestMs;
-    this.http.keepAliveTimeout = t.idleMs;
+    this.policy.headersMs = t.headersMs;
+    this.policy.requestMs = t.requestMs;
+    this.policy.idleMs = t.idleMs;
+    this.policy.limits = { maxHeadBytes: config.http.maxHeaderBytes, maxHeaders: config.http.maxHeaders };
   }
 
   /** Pools are rebuilt on reload unless their config is unchanged (keeping agents and health). */
@@ -250,7 +243,14 @@ export class Proxy {
         }));
       }
     }
-    return { config, router: new Router(config.routes), pools, checkers };
+    const trusted = new BlockList();
+    for (const cidr of config.trustedProxies) {
+      const [addr, bits] = cidr.split('/') as [string, string | undefined];
+      const family = isIPv6(addr) ? 'ipv6' : 'ipv4';
+      if (bits === undefined) trusted.addAddress(addr, family);
+      else trusted.addSubnet(addr, Number(bits), family);
+    }
+    return { config, router: new Router(config.routes), pools, checkers, trusted, identityHeaders: identityHeaderNames(config.listeners) };
   }
 
   private retirePool(pool: UpstreamPool): void {
