@@ -23,8 +23,8 @@ import type { Router } from './router.js';
 export interface RoutingTable {
   router: Router;
   pools: Map<string, UpstreamPool>;
-  /** Peers whose forwarding headers are believed. */
-  trusted: BlockList;
+  /** Peers whose forwarding headers are believed (null: nobody). */
+  trusted: BlockList | null;
   /** Client-certificate header names of every listener: a client's copies are always removed. */
   identityHeaders: ReadonlySet<string>;
 }
@@ -66,6 +66,7 @@ export class Forwarder implements Http1Handler {
   draining = false;
   /** Client-certificate identity headers, per accepted connection. */
   readonly identity = new ClientIdentityHeaders();
+  private readonly trust = new WeakMap<object, { list: BlockList; trusted: boolean }>();
 
   constructor(
     private table: () => RoutingTable,
@@ -115,6 +116,16 @@ export class Forwarder implements Http1Handler {
     this.send(ex, ctx, pool!, target, headers, new Set());
   }
 
+  /** Whether `peer` is a trusted proxy; decided once per connection (BlockList.check is not cheap). */
+  private trustedPeer(socket: TlsSocketLike, peer: string, trusted: BlockList): boolean {
+    let v = this.trust.get(socket);
+    if (v === undefined || v.list !== trusted) {
+      v = { list: trusted, trusted: peer !== '' && trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4') };
+      this.trust.set(socket, v);
+    }
+    return v.trusted;
+  }
+
   /** 'bad' for an Upgrade that cannot be one; true for a WebSocket-style upgrade. */
   private isUpgrade(ex: Exchange): boolean | 'bad' {
     const h = ex.head.headers;
@@ -129,7 +140,7 @@ export class Forwarder implements Http1Handler {
     const socket = ex.socket;
     const listed = new Set(headerTokens(head.headers, 'connection').filter((t) => !PROTECTED.has(t)));
     const peer = socket.remoteAddress ?? '';
-    const trustedPeer = peer !== '' && trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4');
+    const trustedPeer = trusted !== null && this.trustedPeer(socket, peer, trusted);
     const out: Array<[string, string]> = [];
     const prior: string[] = [];
     for (const h of head.headers) {

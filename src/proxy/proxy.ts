@@ -243,12 +243,12 @@ export class Proxy {
         }));
       }
     }
-    const trusted = new BlockList();
+    const trusted = config.trustedProxies.length > 0 ? new BlockList() : null;
     for (const cidr of config.trustedProxies) {
       const [addr, bits] = cidr.split('/') as [string, string | undefined];
       const family = isIPv6(addr) ? 'ipv6' : 'ipv4';
-      if (bits === undefined) trusted.addAddress(addr, family);
-      else trusted.addSubnet(addr, Number(bits), family);
+      if (bits === undefined) trusted!.addAddress(addr, family);
+      else trusted!.addSubnet(addr, Number(bits), family);
     }
     return { config, router: new Router(config.routes), pools, checkers, trusted, identityHeaders: identityHeaderNames(config.listeners) };
   }

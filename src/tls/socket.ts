@@ -13,6 +13,8 @@ import { publishHandshake, type HandshakeObservation } from './observe.js';
 import { groupName } from './suites.js';
 
 const LINGER_MS = 2000;
+// The plaintext of one full record (RFC 8446 §5.1).
+const MAX_COALESCE = 16_384;
 
 /** Per-socket timing policy. */
 export interface TlsSocketOptions {
@@ -245,7 +247,20 @@ export class TlsSocket extends Duplex {
 
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
     try {
-      for (const { chunk } of chunks) this.conn.writeApplicationData(chunk);
+      // Small writes of one batch (an HTTP head and its body, a chunk and its framing) share one
+      // record: fewer AEAD seals and fewer bytes than a record per write.
+      let batch: Buffer[] = [];
+      let size = 0;
+      for (const { chunk } of chunks) {
+        if (size + chunk.length > MAX_COALESCE && batch.length > 0) {
+          this.conn.writeApplicationData(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
+          batch = [];
+          size = 0;
+        }
+        batch.push(chunk);
+        size += chunk.length;
+      }
+      if (batch.length > 0) this.conn.writeApplicationData(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
     } catch (e) {
       cb(e as Error);
       return;

@@ -346,10 +346,13 @@ export class Http1Connection {
     }
     if (this.buf) {
       this.setDeadline('headers', this.policy.headersMs);
-      // Not re-entrant: a response written synchronously would otherwise recurse per pipelined request.
+      // Later, not now: a response written synchronously would otherwise recurse per pipelined
+      // request, and undici's Pool sees the upstream connection free again only a loop turn after
+      // the response ended (measured: parsing one turn later opened a second upstream connection
+      // and alternated between the two; two turns later reuses one).
       if (!this.parseScheduled) {
         this.parseScheduled = true;
-        process.nextTick(() => this.parse());
+        setImmediate(() => setImmediate(() => this.parse()));
       }
     } else this.setDeadline('idle', this.policy.idleMs);
   }
