@@ -182,51 +182,50 @@ export class Forwarder implements Http1Handler {
       released = true;
     };
     const timeouts: UpstreamTimeouts = { ...(pool.config.timeouts ?? DEFAULTS.upstream.timeouts), ...ctx.route!.timeouts };
-    const forwarder = this;
     let controller: Dispatcher.DispatchController | undefined;
     let responded = false;
     const abortUpstream = () => { if (!ex.complete) controller?.abort(new ClientGoneError()); };
     ex.onClose(abortUpstream);
     const handler: Dispatcher.DispatchHandler = {
-      onRequestStart(c) {
+      onRequestStart: (c) => {
         controller = c;
         if (ex.finished) c.abort(new ClientGoneError());
       },
-      onRequestUpgrade(_c, statusCode, resHeaders, socket) {
+      onRequestUpgrade: (_c, statusCode, resHeaders, socket) => {
         release();
-        forwarder.upgraded(ex, ctx, statusCode, resHeaders, socket);
+        this.upgraded(ex, ctx, statusCode, resHeaders, socket);
       },
-      onResponseStart(c, statusCode, resHeaders) {
+      onResponseStart: (c, statusCode, resHeaders) => {
         if (statusCode < 200) return; // 1xx from the upstream: ours (100 Continue) was sent already
         responded = true;
-        forwarder.metrics.httpUpstreamDuration.observe({ route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000);
+        this.metrics.httpUpstreamDuration.observe({ route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000);
         const { list, length } = responseHeaders(resHeaders, ex, ctx.requestId);
         ex.respond(statusCode, list, length);
         if (ex.finished && !ex.complete) c.abort(new ClientGoneError());
       },
-      onResponseData(c, chunk) {
+      onResponseData: (c, chunk) => {
         if (!ex.write(chunk)) {
           c.pause();
           ex.onDrain(() => c.resume());
         }
       },
-      onResponseEnd() {
+      onResponseEnd: () => {
         release();
         ex.end();
       },
-      onResponseError(_c, err) {
+      onResponseError: (_c, err) => {
         release();
         if (err instanceof ClientGoneError || ex.finished) return;
         const code = errorCode(err);
         if (code === 'ECONNREFUSED' && !responded && ex.body === null && !ex.headersSent) {
           const next = pool.pick(tried);
           if (next) {
-            forwarder.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code }, 'upstream refused, trying another target');
-            forwarder.send(ex, ctx, pool, next, headers, tried);
+            this.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code }, 'upstream refused, trying another target');
+            this.send(ex, ctx, pool, next, headers, tried);
             return;
           }
         }
-        forwarder.onUpstreamError(err, ex, ctx, timeouts);
+        this.onUpstreamError(err, ex, ctx, timeouts);
       },
     };
     target.pool.dispatch({

@@ -1,6 +1,7 @@
-// proxy/: HTTP over TLS sockets — listeners (through a TlsListenerFactory: node:tls now, tls/
-// TlsServer later), routing by Host and path, upstream pools via http-proxy with health checks,
-// forwarded headers, WebSocket upgrade, graceful shutdown, reload, and the admin server.
+// proxy/: HTTP over TLS sockets — listeners (through a TlsListenerFactory: tls/ TlsServer with
+// offloaded signatures, or node:tls), our own strict HTTP/1.1 server (http1/), routing by Host and
+// normalised path, upstream pools on undici with health checks, forwarded headers, WebSocket
+// upgrade, graceful shutdown, reload, and the admin server.
 // May import config/, metrics/, and later tls/ and engine/.
 export * from './admin.js';
 export * from './errors.js';

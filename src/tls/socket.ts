@@ -1,5 +1,5 @@
 // TlsSocket: a stream.Duplex over a TCP socket and a sans-IO ServerConnection, shaped like
-// node's tls.TLSSocket so http.Server and http-proxy run over it unchanged. It drives the
+// node's tls.TLSSocket so proxy/'s HTTP layer (and node's http.Server) run over it unchanged. It drives the
 // asynchronous signature (AbortController + deadline), the handshake timeout, backpressure
 // in both directions, and publishes one handshake observation.
 import { Duplex } from 'node:stream';
