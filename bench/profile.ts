@@ -21,7 +21,7 @@ const profiles = join(here, 'results', 'profiles');
 const PATHS = [
   { mode: 'handshake', what: 'full TLS 1.3 handshakes, ECDSA P-256, key in a 1-HSM embedded cluster (unlimited), C client with 16 connections in flight', processes: ['hsmproxy process', 'HSM node process'] },
   { mode: 'hsm', what: 'HSM round trips: ECDSA P-256 signs through the cluster client, 64 in flight, 1 HSM (unlimited)', processes: ['client process', 'HSM node process'] },
-  { mode: 'proxy', what: 'keep-alive HTTPS requests through the Proxy (offloading TLS listener), h2load 16 connections; upstream in the same process', processes: ['hsmproxy process'] },
+  { mode: 'proxy', what: 'keep-alive HTTPS requests through the Proxy (offloading TLS listener), h2load 32 connections; upstream in its own process', processes: ['hsmproxy process'] },
 ] as const;
 
 const runs: ProfileResult['runs'] = [];

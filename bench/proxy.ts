@@ -3,7 +3,7 @@
 // (same certificate, key file, one worker), both to the same upstream process; plus the upstream
 // over plain HTTP as the floor. Same C client for all: h2load --h1, CONNECTIONS connections, one
 // request in flight each. Writes bench/results/proxy.json.
-// Run: npm run bench:proxy   (env BENCH_SECONDS, default 5; BENCH_CONNECTIONS, default 16)
+// Run: npm run bench:proxy   (env BENCH_SECONDS, default 5; BENCH_CONNECTIONS, default 32)
 import os from 'node:os';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -23,7 +23,7 @@ import { clusterKey } from './lib/servers.js';
 import { treeCpuMs } from './lib/procs.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 
 function processCpuMs(): number {
   const c = process.cpuUsage();

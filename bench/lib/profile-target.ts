@@ -5,8 +5,10 @@
 //   hsm        HSM round trips: ECDSA P-256 signs through the cluster client, 64 in flight
 //   proxy      keep-alive HTTPS requests through the Proxy (offloading listener), h2load
 // Usage: profile-target.ts handshake|hsm|proxy SECONDS
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { dirname, extname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { parseConfig } from '../../src/config/index.js';
 import { Proxy } from '../../src/proxy/index.js';
@@ -47,20 +49,22 @@ try {
       await key.close();
     }
   } else if (mode === 'proxy') {
-    const body = Buffer.from('hello from the upstream\n');
-    const upstream = http.createServer((_q, res) => { res.writeHead(200, { 'content-length': body.length }); res.end(body); });
-    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    // The upstream runs in its own process, so the profile holds the proxy's work only.
+    const upstreamEntry = join(dirname(fileURLToPath(import.meta.url)), `upstream${extname(fileURLToPath(import.meta.url))}`);
+    const child = spawn(process.execPath, [...process.execArgv.filter((a) => !a.startsWith('--cpu-prof')), upstreamEntry], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [portLine] = await once(child.stdout!, 'data') as [Buffer];
+    const upstream = { port: Number(portLine.toString().trim()), close: () => child.kill('SIGTERM') };
     const key = await clusterKey(certs.ec.keyFile, 1, 'unlimited');
     try {
       const config = parseConfig(`
 listeners: [{ name: bench, address: 127.0.0.1, port: 0, certificates: [{ cert: "${certs.ec.certFile}", key: "${key.refFile}" }] }]
-routes: [{ upstream: [ "http://127.0.0.1:${(upstream.address() as AddressInfo).port}" ] }]
+routes: [{ upstream: [ "http://127.0.0.1:${upstream.port}" ] }]
 admin: { address: 127.0.0.1, port: 0 }
 `);
       const proxy = new Proxy({ config, tlsListenerFactory: offloadListenerFactory({ engine: key.engine }), logger: pino({ level: 'silent' }) });
       await proxy.start();
       const fromUs = nowUs();
-      const r = await runH2load(`https://127.0.0.1:${proxy.listenerAddress('bench')!.port}/`, 16, seconds, 0);
+      const r = await runH2load(`https://127.0.0.1:${proxy.listenerAddress('bench')!.port}/`, 32, seconds, 0);
       window = { fromUs, toUs: nowUs() };
       summary = `${r.requestsPerSec} requests/s`;
       await proxy.shutdown(1000);

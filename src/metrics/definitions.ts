@@ -32,7 +32,7 @@ function build(registry: Registry) {
     tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error) and alert.', labelNames: ['result', 'alert', 'listener'] as const, registers: r }),
     httpRequestDuration: histogram(registry, 'hsmproxy_http_request_duration_seconds', 'HTTP request duration from request head to response end, by method, status class and route.', ['method', 'status_class', 'route'] as const),
     httpUpstreamDuration: histogram(registry, 'hsmproxy_http_upstream_duration_seconds', 'Time from sending to an upstream until its response head, by route and upstream target.', ['route', 'upstream'] as const),
-    httpUpstreamErrors: new Counter({ name: 'hsmproxy_http_upstream_errors_total', help: 'Requests answered by the proxy itself: refused (502), timeout (504), unavailable (503).', labelNames: ['route', 'reason'] as const, registers: r }),
+    httpUpstreamErrors: new Counter({ name: 'hsmproxy_http_upstream_errors_total', help: 'Requests the upstream did not answer: refused or reset (502), timeout (504), unavailable or queue_full (503).', labelNames: ['route', 'reason'] as const, registers: r }),
     httpConnections: new Gauge({ name: 'hsmproxy_http_connections', help: 'Client TLS connections open on the proxy (including WebSockets).', registers: r }),
     httpRequestsInFlight: new Gauge({ name: 'hsmproxy_http_requests_in_flight', help: 'HTTP requests received and not yet answered.', registers: r }),
     upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, aggregator: 'min', registers: r }),
