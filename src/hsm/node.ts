@@ -3,21 +3,25 @@
 // certificate from the same CA, so a peer without one is refused before a byte of the protocol
 // is read. Each connection logs in once; requests run concurrently and are answered as they
 // finish (any order), with answers batched into one socket write per event-loop turn.
+// A peer holds only what node-admission.ts's limits allow: unauthenticated connections are
+// capped per source and in total and closed at the handshake timeout; an authenticated one
+// (node-connection.ts) at its in-flight caps, or with answers piling up unread, is not read
+// until it drains.
 // May import hsm/device, hsm/protocol and node built-ins; logs through the `log` callback.
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import type { Hsm } from './device/index.js';
-import {
-  DEFAULT_MAX_FRAME, FLAG_JSON, FLAG_RESPONSE, FrameDecoder, HEADER_BYTES, STATUS_ERROR, STATUS_OK,
-  encodeFrame, writeHeader, writeJson, type Frame, type WireError,
-} from './protocol/index.js';
-import { handleOp, type ConnectionState } from './node-ops.js';
+import { DEFAULT_MAX_FRAME } from './protocol/index.js';
+import { ApplianceConnection } from './node-connection.js';
+import { LogBudget, PendingHandshakes, resolveLimits, type ApplianceLimits } from './node-admission.js';
+
+export { DEFAULT_APPLIANCE_LIMITS, type ApplianceLimits } from './node-admission.js';
 
 /** A log line from the appliance: an event name and fields (the entry point decides the format). */
 export type ApplianceLog = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
-/** Options of `HsmAppliance.listen`. */
-export interface HsmApplianceOptions {
+/** Options of `HsmAppliance.listen`; the limits default to DEFAULT_APPLIANCE_LIMITS. */
+export interface HsmApplianceOptions extends Partial<ApplianceLimits> {
   device: Hsm;
   hsmId: string;
   host?: string;
@@ -37,50 +41,87 @@ export interface HsmApplianceOptions {
 export interface ApplianceStats {
   /** Connections that completed mTLS. */
   connections: number;
-  /** Handshakes refused (no client certificate, wrong CA, not TLS 1.3, garbage). */
+  /** Handshakes refused (no client certificate, wrong CA, not TLS 1.3, garbage, timed out). */
   refused: number;
   /** Request frames decoded. */
   frames: number;
   /** Connections closed for a malformed or oversized frame. */
   protocolErrors: number;
+  /** TCP connections closed at accept, before any TLS work: their address, or the node, held too many unauthenticated ones. */
+  overPendingCap: number;
+  /** Connections closed for not finishing mTLS within handshakeTimeoutMs (also counted in `refused`). */
+  handshakeTimeouts: number;
+  /** Times the node stopped reading a connection: at an in-flight cap, or with answers queued above the high-water mark. */
+  readPauses: number;
+  /** The most requests one connection had in flight at once. */
+  peakInFlight: number;
+  /** The most answer bytes one connection had queued at once (not yet written, or in its socket's buffer). */
+  peakQueuedReplyBytes: number;
+}
+
+// A connection accepted but not yet through mTLS: what releases its place under the caps.
+interface Handshaking {
+  raw: Socket;
+  source: string;
 }
 
 /** One HSM on the network. */
 export class HsmAppliance {
-  readonly stats: ApplianceStats = { connections: 0, refused: 0, frames: 0, protocolErrors: 0 };
+  readonly stats: ApplianceStats = {
+    connections: 0, refused: 0, frames: 0, protocolErrors: 0, overPendingCap: 0, handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0,
+  };
   private readonly sockets = new Set<TLSSocket>();
+  private readonly pending: PendingHandshakes;
+  // Keyed by the connection's address tuple, which the TLS socket reports too (until destroyed).
+  private readonly handshaking = new Map<string, Handshaking>();
+  // A refused client certificate destroys the TLS socket before 'tlsClientError' (whose error is
+  // then only ECONNRESET "socket hang up", the verdict being in socket.authorizationError) and
+  // its address with it: the peer is noted when the TCP connection arrives.
+  private readonly peers = new WeakMap<object, { address?: string; port?: number }>();
+  // Refusals are the peer's doing, so a flood of them must not flood the log.
+  private readonly refusalLog: LogBudget;
+  private readonly capLog: LogBudget;
 
-  private constructor(private readonly server: Server, private readonly opts: HsmApplianceOptions) {}
+  private constructor(
+    private readonly listener: NetServer,
+    private readonly tls: Server,
+    private readonly opts: HsmApplianceOptions,
+    private readonly limits: ApplianceLimits,
+  ) {
+    this.pending = new PendingHandshakes(limits.maxPendingPerSource, limits.maxPending);
+    const log: ApplianceLog = (l, m, f) => this.log(l, m, f);
+    this.refusalLog = new LogBudget(log);
+    this.capLog = new LogBudget(log);
+  }
 
   /** Starts listening; resolves once the port is bound. */
   static async listen(opts: HsmApplianceOptions): Promise<HsmAppliance> {
-    const server = createServer({
+    const limits = resolveLimits(opts);
+    const tls = createServer({
       key: opts.key, cert: opts.cert, ca: opts.ca,
       requestCert: true, rejectUnauthorized: true,
       minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
-      handshakeTimeout: 10_000,
+      // Counted from the TLS socket's creation, i.e. from accept; fires 'tlsClientError' for a
+      // peer that sends nothing, part of a handshake, or a byte now and then (Node 20).
+      handshakeTimeout: limits.handshakeTimeoutMs,
     });
-    const appliance = new HsmAppliance(server, opts);
-    server.on('secureConnection', (socket) => appliance.accept(socket));
-    // A refused client certificate destroys the TLS socket before 'tlsClientError' (whose error is
-    // then only ECONNRESET "socket hang up", the verdict being in socket.authorizationError) and
-    // its address with it: the peer is noted when the TCP connection arrives.
-    const peers = new WeakMap<object, { address?: string; port?: number }>();
-    server.on('connection', (raw: Socket) => peers.set(raw, { address: raw.remoteAddress, port: raw.remotePort }));
-    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
-      appliance.stats.refused++;
-      appliance.log('warn', 'refused a connection', { ...peerOf(socket, peers), ...refusal(err, socket) });
-    });
+    // The TCP listener is our own, not node:tls's, so a connection over the pending caps is
+    // closed before any TLS state exists for it; the others are handed to `tls`.
+    const listener = createNetServer();
+    const appliance = new HsmAppliance(listener, tls, opts, limits);
+    listener.on('connection', (raw: Socket) => appliance.admit(raw));
+    tls.on('secureConnection', (socket: TLSSocket) => appliance.accept(socket));
+    tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => appliance.refuse(err, socket));
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(opts.port, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve(); });
+      listener.once('error', reject);
+      listener.listen(opts.port, opts.host ?? '127.0.0.1', () => { listener.off('error', reject); resolve(); });
     });
     return appliance;
   }
 
   /** The bound port. */
   get port(): number {
-    return (this.server.address() as AddressInfo).port;
+    return (this.listener.address() as AddressInfo).port;
   }
 
   /** Connections currently open. */
@@ -88,11 +129,63 @@ export class HsmAppliance {
     return this.sockets.size;
   }
 
+  /** Connections accepted and not yet through mTLS. */
+  get pendingHandshakes(): number {
+    return this.pending.size;
+  }
+
   /** Stops accepting, closes every connection (their sessions end). Does not close the device. */
   async close(): Promise<void> {
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    for (const h of this.handshaking.values()) h.raw.destroy();
     for (const s of this.sockets) s.destroy();
+    this.refusalLog.stop();
+    this.capLog.stop();
     await closed;
+  }
+
+  // A new TCP connection: refused at once over the caps, else counted until secure or closed.
+  private admit(raw: Socket): void {
+    const source = raw.remoteAddress;
+    if (source === undefined) {
+      // Already reset by the peer: nothing to serve, and no address to count it under.
+      raw.destroy();
+      return;
+    }
+    const verdict = this.pending.admit(source);
+    if (verdict !== 'ok') {
+      this.stats.overPendingCap++;
+      this.capLog.warn('refused a connection over the cap on unauthenticated connections', {
+        peer: source, peerPort: raw.remotePort,
+        reason: verdict === 'source'
+          ? `this address already has ${this.limits.maxPendingPerSource} connections that have not finished the handshake (maxPendingPerSource)`
+          : `the node already has ${this.limits.maxPending} connections that have not finished the handshake (maxPending)`,
+      });
+      // A reset rather than a FIN: nothing to say, and no TIME_WAIT left on this side.
+      raw.resetAndDestroy();
+      return;
+    }
+    const key = tupleOf(raw);
+    this.handshaking.set(key, { raw, source });
+    this.peers.set(raw, { address: raw.remoteAddress, port: raw.remotePort });
+    raw.once('close', () => this.settle(key));
+    this.tls.emit('connection', raw);
+  }
+
+  // The connection is through mTLS or gone: it no longer counts against the caps.
+  private settle(key: string): void {
+    const h = this.handshaking.get(key);
+    if (!h) return;
+    this.handshaking.delete(key);
+    this.pending.release(h.source);
+  }
+
+  // node:tls reports a failed or timed-out handshake but leaves the socket open: close it here.
+  private refuse(err: NodeJS.ErrnoException, socket: TLSSocket): void {
+    socket.destroy();
+    this.stats.refused++;
+    if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') this.stats.handshakeTimeouts++;
+    this.refusalLog.warn('refused a connection', { ...peerOf(socket, this.peers), ...refusal(err, socket) });
   }
 
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>): void {
@@ -100,15 +193,22 @@ export class HsmAppliance {
   }
 
   private accept(socket: TLSSocket): void {
+    this.settle(tupleOf(socket));
     this.stats.connections++;
     this.sockets.add(socket);
     socket.setNoDelay(true);
-    const conn = new ApplianceConnection(socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.stats, (l, m, f) => this.log(l, m, f));
+    const conn = new ApplianceConnection(socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.limits, this.stats, (l, m, f) => this.log(l, m, f));
     socket.on('close', () => {
       this.sockets.delete(socket);
       conn.closed();
     });
   }
+}
+
+// Names one live TCP connection (unique while it is open; the local address matters on a
+// wildcard listener). The raw socket and the TLS socket over it report the same tuple.
+function tupleOf(s: Socket): string {
+  return `${s.remoteAddress}|${s.remotePort}|${s.localAddress}|${s.localPort}`;
 }
 
 // The peer of a TLS socket, also once it is destroyed: TLSSocket keeps the TCP socket it wraps as
@@ -142,100 +242,4 @@ function refusal(err: NodeJS.ErrnoException, socket: TLSSocket): { code: string;
   // OpenSSL errors carry a short `reason` ('peer did not return a certificate') besides the long message.
   const reason = (err as { reason?: unknown }).reason;
   return { code: err.code ?? 'ERR_TLS', reason: typeof reason === 'string' && reason ? reason : err.message.trim() };
-}
-
-// One client connection: its login session, its decoder, its batched outbox.
-class ApplianceConnection {
-  private readonly state: ConnectionState = { session: undefined };
-  private readonly decoder: FrameDecoder;
-  private outbox: Buffer[] = [];
-  private flushScheduled = false;
-  private dead = false;
-
-  constructor(
-    private readonly socket: TLSSocket,
-    private readonly device: Hsm,
-    maxFrame: number,
-    private readonly stats: ApplianceStats,
-    private readonly log: ApplianceLog,
-  ) {
-    this.decoder = new FrameDecoder(maxFrame);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', () => socket.destroy());
-  }
-
-  closed(): void {
-    this.dead = true;
-    this.outbox = [];
-    // Session keys belong to the login session, which ends with the connection.
-    if (this.state.session) {
-      const s = this.state.session;
-      this.state.session = undefined;
-      this.device.logout(s).catch(() => undefined);
-    }
-  }
-
-  private onData(chunk: Buffer): void {
-    for (const f of this.decoder.push(chunk)) {
-      this.stats.frames++;
-      this.serve(f);
-    }
-    const pe = this.decoder.error;
-    if (pe) {
-      // The stream cannot be resynchronised: answer the oversized request by its id, then close.
-      // (Answers to the frames before it still in flight are dropped with the connection.)
-      this.stats.protocolErrors++;
-      this.log('warn', 'closing a connection after an oversized frame', { peer: this.socket.remoteAddress, code: pe.code, reason: pe.message });
-      this.socket.removeAllListeners('data');
-      const answer = encodeFrame(pe.requestId ?? 0, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, Buffer.from(JSON.stringify({ code: pe.code, message: pe.message })));
-      this.flush();
-      this.dead = true;
-      this.socket.end(answer);
-    }
-  }
-
-  private serve(f: Frame): void {
-    if ((f.flags & FLAG_RESPONSE) !== 0) {
-      this.queueError(f.requestId, { code: 'HSM_ERR_PROTOCOL', message: 'a client sent a response frame' });
-      return;
-    }
-    handleOp(this.device, this.state, f.code, f.body).then(
-      (a) => {
-        writeHeader(a.frame, 0, a.frame.length - HEADER_BYTES, f.requestId, STATUS_OK, FLAG_RESPONSE | (a.json ? FLAG_JSON : 0), a.queueWaitUs, a.serviceUs);
-        this.queue(a.frame);
-      },
-      (err: unknown) => this.queueError(f.requestId, this.wireError(err), err as { queueWaitUs?: number; serviceUs?: number }),
-    );
-  }
-
-  private wireError(err: unknown): WireError {
-    const e = err as { code?: unknown; message?: unknown };
-    if (typeof e?.code === 'string' && e.code.startsWith('HSM_ERR_') && typeof e.message === 'string') return { code: e.code, message: e.message };
-    this.log('error', 'internal error serving a request', { error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
-    return { code: 'HSM_ERR_INTERNAL', message: 'internal error in the HSM; see its log' };
-  }
-
-  private queueError(requestId: number, e: WireError, timing?: { queueWaitUs?: number; serviceUs?: number }): void {
-    const frame = writeJson(e);
-    writeHeader(frame, 0, frame.length - HEADER_BYTES, requestId, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, timing?.queueWaitUs ?? 0, timing?.serviceUs ?? 0);
-    this.queue(frame);
-  }
-
-  private queue(frame: Buffer): void {
-    if (this.dead) return;
-    this.outbox.push(frame);
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      // Answers finishing in the same turn of the event loop leave in one socket write.
-      setImmediate(() => this.flush());
-    }
-  }
-
-  private flush(): void {
-    this.flushScheduled = false;
-    if (this.outbox.length === 0 || this.dead) return;
-    const out = this.outbox.length === 1 ? (this.outbox[0] as Buffer) : Buffer.concat(this.outbox);
-    this.outbox = [];
-    this.socket.write(out);
-  }
 }
