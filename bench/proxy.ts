@@ -3,7 +3,9 @@
 // (same certificate, key file, one worker), both to the same upstream process; plus the upstream
 // over plain HTTP as the floor. Same C client for all: h2load --h1, CONNECTIONS connections, one
 // request in flight each. Writes bench/results/proxy.json.
-// Run: npm run bench:proxy   (env BENCH_SECONDS, default 5; BENCH_CONNECTIONS, default 32)
+// Run: npm run bench:proxy   (env BENCH_SECONDS, default 5; BENCH_CONNECTIONS, default 32;
+// BENCH_WORKERS, default 2: a second round of `hsmproxy serve` with that many workers against nginx
+// with as many worker processes)
 import os from 'node:os';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -16,6 +18,7 @@ import { Proxy } from '../src/proxy/index.js';
 import { offloadListenerFactory } from '../src/proxy/offload-listener.js';
 import { nodeTlsListenerFactory } from '../src/proxy/node-tls-listener.js';
 import type { ProxyBenchPoint, ProxyBenchResult } from '../src/cli/bench/summary.js';
+import { prepareServeDir, serveYaml, startServe } from '../test/helpers/serve-fixture.js';
 import { makeTestCerts } from '../test/helpers/tls-certs.js';
 import { findH2load, runH2load } from './lib/h2load.js';
 import { findNginx, startNginx } from './lib/nginx.js';
@@ -24,6 +27,8 @@ import { treeCpuMs } from './lib/procs.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+// A second round with this many worker processes on both sides (1 skips it).
+const WORKERS = Number(process.env.BENCH_WORKERS ?? 2);
 
 function processCpuMs(): number {
   const c = process.cpuUsage();
@@ -101,11 +106,35 @@ admin: { address: 127.0.0.1, port: 0 }
     points.push(await measure('nginx', `https://127.0.0.1:${n.port}/`, n.cpuMs, upstream.pid));
     await n.close();
   }
-  const ours = points.find((p) => p.server === 'hsmproxy')!;
-  const ratios = points.filter((p) => p.server === 'nginx').map((b) => ({
+
+  if (WORKERS > 1) {
+    // `hsmproxy serve` with workers (node:cluster, each with its own cluster client) against nginx
+    // with as many worker processes; the access log is off on both sides.
+    const d = await prepareServeDir();
+    try {
+      const s = await startServe(d, serveYaml(d, upstream.url, `workers: ${WORKERS}\nlog: { level: warn }`));
+      try {
+        points.push(await measure(`hsmproxy, ${WORKERS} workers`, `https://127.0.0.1:${s.port}/`, () => treeCpuMs(s.child.pid!), upstream.pid));
+      } finally {
+        await s.stop();
+      }
+    } finally {
+      await d.cleanup();
+    }
+    if ('bin' in nginx) {
+      const n = await startNginx(nginx.bin, { certFile: certs.ec.certFile, keyFile: certs.ec.keyFile, upstream: upstream.url, workers: WORKERS });
+      points.push(await measure(`nginx, ${WORKERS} workers`, `https://127.0.0.1:${n.port}/`, n.cpuMs, upstream.pid));
+      await n.close();
+    }
+  }
+  const ratioOf = (ours: ProxyBenchPoint, b: ProxyBenchPoint) => ({
     baseline: b.server, requestsPerSec: Math.round((ours.requestsPerSec / b.requestsPerSec) * 100) / 100,
     cpuPerRequest: Math.round((b.serverCpuMsPerRequest / ours.serverCpuMsPerRequest) * 100) / 100,
-  }));
+  });
+  const ratios = points.filter((p) => p.server === 'nginx').map((b) => ratioOf(points.find((p) => p.server === 'hsmproxy')!, b));
+  const oursN = points.find((p) => p.server === `hsmproxy, ${WORKERS} workers`);
+  const nginxN = points.find((p) => p.server === `nginx, ${WORKERS} workers`);
+  if (oursN && nginxN) ratios.push(ratioOf(oursN, nginxN));
   for (const r of ratios) console.log(`ratio hsmproxy/${r.baseline}: requests/s ${r.requestsPerSec.toFixed(2)}, CPU per request (${r.baseline} ÷ ours) ${r.cpuPerRequest.toFixed(2)}`);
   const result: ProxyBenchResult = {
     kind: 'proxy', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, loadavg,

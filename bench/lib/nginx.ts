@@ -42,7 +42,7 @@ async function waitListening(port: number, child: ChildProcess, logFile: string)
 }
 
 /** Starts nginx with `certFile`/`keyFile`; with `upstream` it proxies there (HTTP/1.1 keep-alive), else answers 200 itself. */
-export async function startNginx(bin: string, opts: { certFile: string; keyFile: string; upstream?: string }): Promise<RunningNginx> {
+export async function startNginx(bin: string, opts: { certFile: string; keyFile: string; upstream?: string; workers?: number }): Promise<RunningNginx> {
   const prefix = mkdtempSync(join(tmpdir(), 'hsmproxy-bench-nginx-'));
   mkdirSync(join(prefix, 'logs'));
   const port = await freePort();
@@ -52,7 +52,7 @@ export async function startNginx(bin: string, opts: { certFile: string; keyFile:
     ? 'location / { proxy_pass http://bench_upstream; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; }'
     : 'location / { return 200 "ok"; }';
   const conf = `
-worker_processes 1;
+worker_processes ${opts.workers ?? 1};
 daemon off;
 master_process on;
 pid ${join(prefix, 'nginx.pid')};

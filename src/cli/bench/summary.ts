@@ -48,7 +48,7 @@ export interface TlsBenchResult {
 
 /** One proxy of bench/proxy.ts. */
 export interface ProxyBenchPoint {
-  server: 'hsmproxy' | 'hsmproxy (node:tls listener)' | 'nginx' | 'upstream (direct)';
+  server: 'hsmproxy' | 'hsmproxy (node:tls listener)' | 'nginx' | 'upstream (direct)' | `hsmproxy, ${number} workers` | `nginx, ${number} workers`;
   requestsPerSec: number;
   requests: number;
   errors: number;
