@@ -212,3 +212,14 @@ t.test('an upstream\'s Connection: close does not close the client\'s connection
   t.match(r.text, /^HTTP\/1\.1 200 [^]*connection: keep-alive\r\n\r\nokHTTP\/1\.1 200 /);
   t.notOk(r.closed);
 });
+
+t.test('a chunked body that breaks its framing in the first packet gets 400, and the proxy keeps serving', async (t) => {
+  const { h, up } = await harness(t);
+  const r = await raw(h, ['POST /sink HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n']);
+  t.match(r.text, /^HTTP\/1\.1 400 /);
+  t.ok(r.closed, 'the connection is closed');
+  t.notOk(up.seen.includes('POST /sink'), 'nothing reached the upstream');
+  const later = await raw(h, ['POST /sink HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n3\r\nab'], { ms: 300 });
+  t.equal(later.text, '', 'a body still arriving is waited for');
+  t.equal((await h.curl('/after')).status, 200, 'the proxy is still up');
+});

@@ -251,7 +251,10 @@ export class Http1Connection {
     } else {
       this.phase = 'body';
       this.decoder = new BodyDecoder(head.body);
-      ex.body = new Readable({ read: () => this.resumeBody(), destroy: (err, cb) => { cb(err); } });
+      ex.body = new Readable({ read: () => this.resumeBody() });
+      // Destroyed with an error when the client breaks its framing or goes away; whoever reads it
+      // (undici) sees that, but it may not be reading yet, and an unheard 'error' would throw.
+      ex.body.on('error', () => undefined);
       this.setDeadline('request', this.policy.requestMs);
       const rest = this.buf;
       this.buf = null;
