@@ -5,8 +5,15 @@ import { join } from 'node:path';
 import { verifyAuditLog } from '../../hsm/device/index.js';
 import { clusterPath, findHsm, readManifest } from '../../hsm/cluster/manifest.js';
 import { serveForeground } from '../../hsm/cluster/run-node.js';
+import { DEFAULT_APPLIANCE_LIMITS, type ApplianceLimits } from '../../hsm/node.js';
 import { clusterDir } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
+
+/** A flag's value as a positive whole number, or a usage error naming what was given. */
+function positiveInt(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) < 1) throw new UsageError(`expected a positive whole number, got "${v}"`);
+  return Number(v);
+}
 
 /** Registers the `hsm` command group. */
 export function register(program: Command): void {
@@ -17,8 +24,17 @@ export function register(program: Command): void {
     .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
     .option('--hsm <id>', 'HSM id from cluster.json (default: the first)')
     .option('--json', 'accepted for uniformity: logs are always JSON lines')
-    .action(async (opts: { dir?: string; hsm?: string }) => {
-      await serveForeground({ dir: clusterDir(opts), ...(opts.hsm !== undefined ? { hsmId: opts.hsm } : {}) });
+    .option('--handshake-timeout-ms <ms>', `close a peer that has not finished mTLS by then (default ${DEFAULT_APPLIANCE_LIMITS.handshakeTimeoutMs})`, positiveInt)
+    .option('--max-pending <n>', `connections still handshaking, all sources (default ${DEFAULT_APPLIANCE_LIMITS.maxPending})`, positiveInt)
+    .option('--max-pending-per-source <n>', `connections still handshaking from one address (default ${DEFAULT_APPLIANCE_LIMITS.maxPendingPerSource})`, positiveInt)
+    .option('--max-in-flight-per-connection <n>', `requests one connection may have in flight before the node stops reading it (default ${DEFAULT_APPLIANCE_LIMITS.maxInFlightPerConnection})`, positiveInt)
+    .action(async (opts: { dir?: string; hsm?: string; handshakeTimeoutMs?: number; maxPending?: number; maxPendingPerSource?: number; maxInFlightPerConnection?: number }) => {
+      const limits: Partial<ApplianceLimits> = {};
+      if (opts.handshakeTimeoutMs !== undefined) limits.handshakeTimeoutMs = opts.handshakeTimeoutMs;
+      if (opts.maxPending !== undefined) limits.maxPending = opts.maxPending;
+      if (opts.maxPendingPerSource !== undefined) limits.maxPendingPerSource = opts.maxPendingPerSource;
+      if (opts.maxInFlightPerConnection !== undefined) limits.maxInFlightPerConnection = opts.maxInFlightPerConnection;
+      await serveForeground({ dir: clusterDir(opts), limits, ...(opts.hsm !== undefined ? { hsmId: opts.hsm } : {}) });
     });
 
   hsm.command('audit')

@@ -3,7 +3,7 @@
 // and on SIGTERM/SIGINT stops accepting, ends sessions and closes the store.
 import { readFile } from 'node:fs/promises';
 import { Hsm, type CapacityProfile } from '../device/index.js';
-import { HsmAppliance, type ApplianceLog } from '../node.js';
+import { HsmAppliance, type ApplianceLimits, type ApplianceLog } from '../node.js';
 import { clusterPath, findHsm, readManifest } from './manifest.js';
 
 /** Options of `startNode`. */
@@ -17,6 +17,8 @@ export interface StartNodeOptions {
   scryptCost?: number;
   /** Overrides the manifest's capacity profile (tests and benchmarks with custom rates). */
   capacity?: CapacityProfile;
+  /** What peers may hold on the appliance (defaults: DEFAULT_APPLIANCE_LIMITS). */
+  limits?: Partial<ApplianceLimits>;
 }
 
 /** A running node: its appliance, its device, and how to stop both. */
@@ -52,7 +54,7 @@ export async function startNode(opts: StartNodeOptions): Promise<RunningNode> {
   });
   let appliance: HsmAppliance;
   try {
-    appliance = await HsmAppliance.listen({ device, hsmId: h.id, host: h.address, port: opts.port ?? h.port, key, cert, ca, log });
+    appliance = await HsmAppliance.listen({ ...opts.limits, device, hsmId: h.id, host: h.address, port: opts.port ?? h.port, key, cert, ca, log });
   } catch (err) {
     await device.close();
     const e = err as NodeJS.ErrnoException;
