@@ -1,11 +1,11 @@
 // README "Quick start with one HSM", end to end through the CLI: init, activate, hsm serve as a
 // child process, create a CU, generate RSA-2048 and P-256 keys, sign, export the public keys,
-// and verify the signatures with the openssl command line. Then the audit log's hash chain.
+// and verify the signatures with the openssl command line. Then the audit log's MAC chain.
 // Steps run the CLI in-process (same code as the binary, no spawn cost) except where the real
 // process matters: `hsm serve`, and failures whose exit code and stderr line are the point.
 import t from 'tap';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliEntry, runCli } from './helpers/cli.js';
@@ -95,13 +95,19 @@ t.test('the README walkthrough works against a node started with hsm serve', asy
   t.match(log, /HSM stopped/);
 });
 
-t.test('hsm audit --verify checks the hash chain and names an edited line', async (t) => {
+t.test('hsm audit --verify checks the MAC chain, refuses a log without its head and names an edited line', async (t) => {
   const ok = await cliInProcess(['hsm', 'audit', '--verify', '--json'], env);
   t.error(ok.error);
   t.match(JSON.parse(ok.stdout), { ok: true, entries: Number });
   const listing = await cliInProcess(['hsm', 'audit'], env);
   t.match(listing.stdout, /ok +key\.create user=alice/, 'key creations are audited');
+  t.notMatch(listing.stdout, /mac=/, 'the listing leaves out the chain fields');
   const path = join(dir, 'hsms', 'hsm-1', 'audit.log');
+  await rename(path + '.head', path + '.head.saved');
+  const headless = await runCli(['hsm', 'audit', '--verify'], { env });
+  await rename(path + '.head.saved', path + '.head');
+  t.equal(headless.code, 1, 'a missing head file is a failure, not a skipped check');
+  t.match(headless.stderr, /^hsmproxy: audit log of hsm-1 was tampered with: line \d+: its head file audit\.log\.head is missing[^\n]*\n$/);
   const lines = (await readFile(path, 'utf8')).split('\n');
   lines[2] = (lines[2] as string).replace('"ok":true', '"ok":false');
   await writeFile(path, lines.join('\n'));

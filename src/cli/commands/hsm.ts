@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { verifyAuditLog } from '../../hsm/device/index.js';
+import { readAuditKey, verifyAuditLog } from '../../hsm/device/index.js';
 import { clusterPath, findHsm, readManifest } from '../../hsm/cluster/manifest.js';
 import { serveForeground } from '../../hsm/cluster/run-node.js';
 import { DEFAULT_APPLIANCE_LIMITS, type ApplianceLimits } from '../../hsm/node.js';
@@ -38,22 +38,28 @@ export function register(program: Command): void {
     });
 
   hsm.command('audit')
-    .description("print an HSM's hash-chained audit log, or check it with --verify")
+    .description("print an HSM's MAC-chained audit log, or check it with --verify (where the HSM's files are)")
     .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
     .option('--hsm <id>', 'HSM id from cluster.json (default: the first)')
-    .option('--verify', 'check the hash chain; exit 1 and name the first bad line if it was edited')
+    .option('--verify', "check the MAC chain under the HSM's audit key (needs its master key); exit 1 and name the first bad line if it was edited")
     .option('--json', 'print one JSON document')
     .action(async (opts: { dir?: string; hsm?: string; verify?: boolean; json?: boolean }) => {
       const dir = clusterDir(opts);
       const h = findHsm(await readManifest(dir), opts.hsm);
-      const path = join(clusterPath(dir, h.dataDir), 'audit.log');
+      const dataDir = clusterPath(dir, h.dataDir);
+      const path = join(dataDir, 'audit.log');
       if (opts.verify) {
-        const v = await verifyAuditLog(path).catch((err: NodeJS.ErrnoException) => {
+        // The chain is keyed from the HSM's master key, so verifying runs where its files are.
+        const key = await readAuditKey(dataDir).catch((err: Error) => {
+          throw new UsageError(`cannot open the audit key of ${h.id}: ${err.message}`, 1);
+        });
+        const v = await verifyAuditLog(path, key).catch((err: NodeJS.ErrnoException) => {
           throw new UsageError(`cannot read the audit log ${path} (${err.code ?? err.message})`, 1);
         });
         output(opts, { hsm: h.id, path, ...v }, () => {
-          if (v.ok) process.stdout.write(`audit log of ${h.id} intact: ${v.entries} entries, hash chain verified\n`);
+          if (v.ok) process.stdout.write(`audit log of ${h.id} intact: ${v.entries} entries, MAC chain verified\n`);
         });
+        if (!v.ok && v.unkeyed) throw new UsageError(`audit log of ${h.id} cannot be verified: ${v.reason}`, 1);
         if (!v.ok) throw new UsageError(`audit log of ${h.id} was tampered with: line ${v.line}: ${v.reason}`, 1);
         return;
       }
@@ -72,7 +78,7 @@ export function register(program: Command): void {
       });
       output(opts, { hsm: h.id, path, entries }, () => {
         for (const e of entries) {
-          const { seq, time, event, user, ok, prev: _p, hash: _h, hsm: _hsm, ...rest } = e;
+          const { seq, time, event, user, ok, prev: _p, hash: _h, mac: _m, hsm: _hsm, ...rest } = e;
           const extra = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
           process.stdout.write(`${String(seq ?? '?').padStart(5)} ${String(time ?? '')} ${ok === false ? 'DENIED' : 'ok    '} ${String(event ?? '')} ${user ? `user=${String(user)} ` : ''}${extra}\n`);
         }

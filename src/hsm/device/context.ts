@@ -14,7 +14,7 @@ export interface DeviceContext {
   readonly store: DeviceStore;
   readonly capacity: CapacityModel;
   readonly clusterKey: Buffer;
-  /** Appends to the audit log (hash-chained). */
+  /** Appends to the audit log (MAC-chained under a key derived from the master key). */
   audit(entry: AuditEntry): void;
   /** Marks a change of users or token keys (the state digest's version). */
   bump(): void;

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AuditLog, type AuditEntry } from './audit.js';
+import { AUDIT_KEY_LABEL, AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
 import type { DeviceContext } from './context.js';
 import {
@@ -105,11 +105,11 @@ export class Hsm {
         if (objects.get(k.attrs.keyId)) throw new StoreError(`duplicate key ${k.attrs.keyId} in ${opts.dir}`);
         objects.put(k);
       }
-      const auditLog = AuditLog.open(join(opts.dir, 'audit.log'));
+      const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       let replication: Replication | undefined;
       const ctx: DeviceContext = {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
-        audit: (e: AuditEntry) => auditLog.append({ hsm: opts.hsmId, ...e }),
+        audit: (e: AuditEntry) => auditLog.append(e),
         bump: () => replication?.bump(),
       };
       const hsm = new Hsm(ctx, auditLog, (c) => (replication = new Replication(c)));
@@ -394,7 +394,7 @@ export class Hsm {
     };
   }
 
-  /** Path of the hash-chained audit log. */
+  /** Path of the MAC-chained audit log (verify it with verifyAuditLog and readAuditKey). */
   get auditLogPath(): string {
     return this.auditLog.path;
   }

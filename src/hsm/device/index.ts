@@ -4,12 +4,13 @@
 // users.ts (login, roles, lockout), objects.ts (key attribute bags, limits) → keygen.ts,
 // mechanisms.ts, pss.ts, ecdsa-digest.ts (node:crypto) under capacity.ts (units, queue, rates);
 // persist.ts + sealing.ts (AES-256-GCM at rest, atomic writes; masking under the cluster key),
-// audit.ts (hash-chained log). May import node built-ins only; other modules import this file.
+// audit.ts (log MAC-chained under a key derived from the master key). May import node built-ins
+// only; other modules import this file.
 export * from './errors.js';
 export * from './types.js';
 export { Hsm, DEFAULT_LOCKOUT_THRESHOLD, DEFAULT_MAX_KEYS, DEFAULT_MAX_USERS, PRECO_USER } from './hsm.js';
 export type { HsmOpenOptions } from './hsm.js';
 export { CAPACITY_PROFILES, CapacityModel, resolveCapacityProfile } from './capacity.js';
 export type { CapacityProfile, CapacityProfileName } from './capacity.js';
-export { verifyAuditLog } from './audit.js';
+export { readAuditKey, verifyAuditLog } from './audit.js';
 export type { AuditEntry, AuditVerification } from './audit.js';

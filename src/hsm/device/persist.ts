@@ -2,8 +2,9 @@
 // table and one file per token key, each sealed with AES-256-GCM under the master key. Every
 // write is temp file + fsync + rename + fsync of the directory, finished before the caller's
 // promise resolves, so a kill -9 at any moment leaves every acknowledged object readable.
-// Leftover temp files of an interrupted write are removed on open.
-import { randomBytes } from 'node:crypto';
+// Leftover temp files of an interrupted write are removed on open. Other device secrets (the
+// audit log's MAC key) are derived from the master key here, so it never leaves this file.
+import { hkdfSync, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -78,6 +79,28 @@ async function takeLock(dir: string): Promise<void> {
   await writeAtomic(dir, LOCK, Buffer.from(`${process.pid}\n`), 0o600);
 }
 
+// HKDF-SHA256 with a purpose label: one derived key per purpose, none revealing the master key.
+function deriveFromMaster(master: Buffer, label: string): Buffer {
+  return Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), Buffer.from(label), 32));
+}
+
+/**
+ * A key derived from the master key of the HSM in `dir`, read without opening the store (no lock,
+ * nothing created): for tools such as `hsm audit --verify` that run beside a live HSM.
+ */
+export async function deriveDeviceKey(dir: string, label: string): Promise<Buffer> {
+  const path = join(dir, MASTER);
+  let master: Buffer | undefined;
+  try {
+    master = await readIfExists(path);
+  } catch (e) {
+    throw new StoreError(`cannot read the HSM master key ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); run this as the user that runs the HSM`);
+  }
+  if (!master) throw new StoreError(`${path} does not exist: ${dir} holds no HSM`);
+  if (master.length !== 32) throw new StoreError(`${path} is not a 32-byte master key; restore it from a backup`);
+  return deriveFromMaster(master, label);
+}
+
 /** One HSM's sealed files. */
 export class DeviceStore {
   private usersWrite: Promise<void> = Promise.resolve();
@@ -104,6 +127,11 @@ export class DeviceStore {
       if (e instanceof StoreError) throw e;
       throw new StoreError(`cannot open the HSM data directory ${dir}: ${(e as Error).message}`);
     }
+  }
+
+  /** A key for one purpose (`label`), derived from the master key. */
+  deriveKey(label: string): Buffer {
+    return deriveFromMaster(this.master, label);
   }
 
   /** Releases the directory lock if this process holds it. */
