@@ -123,19 +123,19 @@ t.test('mode-specific hsm fields are refused under another mode', async (t) => {
   t.match(errorOf(minimal + 'hsm: { mode: embedded, token: t }\n').message, /^hsm\.token: only used with mode: pkcs11/);
 });
 
-t.test('hsm.mode pkcs11 needs no module or token (references record them); both are optional overrides', async (t) => {
-  const c = parseConfig(minimal + 'hsm: { mode: pkcs11 }\n', { baseDir: dir, checkFiles: false });
+t.test('hsm.mode pkcs11 needs no token (references record it); the module comes from hsm.module or hsm.allowedModules', async (t) => {
+  const c = parseConfig(minimal + 'hsm: { mode: pkcs11, allowedModules: [/usr/lib/softhsm/libsofthsm2.so] }\n', { baseDir: dir, checkFiles: false });
   t.equal(c.hsm.mode, 'pkcs11');
   t.equal(c.hsm.module, undefined);
   t.equal(c.hsm.token, undefined);
-  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, token: web }\n', { baseDir: dir, checkFiles: false }).hsm.token, 'web');
+  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, module: m.so, token: web }\n', { baseDir: dir, checkFiles: false }).hsm.token, 'web');
 });
 
 t.test('hsm.sessions: PKCS#11 sessions per token, 8 by default, a positive integer, pkcs11 only', async (t) => {
-  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11 }\n', { baseDir: dir, checkFiles: false }).hsm.sessions, 8);
-  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, sessions: 64 }\n', { baseDir: dir, checkFiles: false }).hsm.sessions, 64);
-  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, sessions: 0 }\n').message, /^hsm\.sessions: /);
-  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, sessions: many }\n').message, /^hsm\.sessions: /);
+  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, module: m.so }\n', { baseDir: dir, checkFiles: false }).hsm.sessions, 8);
+  t.equal(parseConfig(minimal + 'hsm: { mode: pkcs11, module: m.so, sessions: 64 }\n', { baseDir: dir, checkFiles: false }).hsm.sessions, 64);
+  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, module: m.so, sessions: 0 }\n').message, /^hsm\.sessions: /);
+  t.match(errorOf(minimal + 'hsm: { mode: pkcs11, module: m.so, sessions: many }\n').message, /^hsm\.sessions: /);
   t.match(errorOf(minimal + 'hsm: { mode: embedded, sessions: 4 }\n').message, /^hsm\.sessions: only used with mode: pkcs11/);
 });
 

@@ -27,6 +27,9 @@ if (skip) {
   hsm.addToken('ca');
   const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-pkcs11-cli-'));
   t.teardown(() => { rmSync(dir, { recursive: true, force: true }); hsm.cleanup(); });
+  // As an operator would: the module these references record may be loaded without --module
+  // (set in process.env, so spawned runs inherit it too).
+  process.env.HSMPROXY_PKCS11_MODULES = hsm.module;
   const env = { ...hsm.env, HSMPROXY_PIN: TEST_PIN };
   const on = ['--module', hsm.module, '--token', 'cli'];
 
@@ -181,7 +184,7 @@ if (skip) {
     t.match(tokens, [{ label: 'ca', manufacturer: 'SoftHSM project' }, { label: 'cli', manufacturer: 'SoftHSM project' }], 'both tokens of this file (slot order varies)');
   });
 
-  t.test('key delete --key removes the key the reference names, using the module it records', async (t) => {
+  t.test('key delete --key removes the key the reference names, using the module it records (listed in HSMPROXY_PKCS11_MODULES)', async (t) => {
     const out = join(dir, 'web.pem');
     const r = await inProcess(['pkcs11', 'key', 'delete', '--key', out]);
     t.error(r.error);

@@ -32,7 +32,8 @@ if (skip) {
     backend = await openPkcs11Backend({ module: hsm.module, token: 'engine', pin: TEST_PIN, poolSize: 4 });
   });
   t.teardown(async () => { await backend?.close(); rmSync(dir, { recursive: true, force: true }); hsm.cleanup(); });
-  const engine = (): Engine => new Engine({ openers: { pkcs11: pkcs11Opener({ pin: TEST_PIN, poolSize: 2 }) } });
+  // References record hsm.module; an opener loads a recorded module only if it is allowed.
+  const engine = (): Engine => new Engine({ openers: { pkcs11: pkcs11Opener({ pin: TEST_PIN, poolSize: 2, allowedModules: [hsm.module] }) } });
 
   t.test('a generated key gets a reference that the engine loads into a signer for every scheme', async (t) => {
     const handle = await backend.generateKeyPair({ algorithm: { type: 'rsa', bits: 2048 }, label: 'engine-rsa' });

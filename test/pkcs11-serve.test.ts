@@ -131,7 +131,7 @@ if (skip) {
     t.equal(await exited, 0, 'SIGTERM drains and exits 0');
   });
 
-  t.test('serve with only hsm.mode pkcs11 opens the token each reference names; hsm.module overrides the recorded module', async (t) => {
+  t.test('serve with hsm.allowedModules opens the token each reference names; hsm.module overrides the recorded module', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-pkcs11-serve-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
     // One key per token, each with a certificate for its own name.
@@ -150,8 +150,9 @@ if (skip) {
       sites[token] = { cert: join(dir, `${token}.crt`), key, moved, pem };
       await engine.close();
     }
+    let configs = 0;
     const configWith = (hsmLines: string[], keyOf: (s: { key: string; moved: string }) => string): string => {
-      const file = join(dir, `serve-${hsmLines.length}.yaml`);
+      const file = join(dir, `serve-${++configs}.yaml`);
       writeFileSync(file, [
         'listeners:',
         ...Object.entries(sites).flatMap(([name, s]) => [
@@ -182,7 +183,7 @@ if (skip) {
       });
     };
 
-    const plain = await startServe(t, configWith(['  mode: pkcs11'], (s) => s.key), hsm.env);
+    const plain = await startServe(t, configWith(['  mode: pkcs11', `  allowedModules: [${hsm.module}]`], (s) => s.key), hsm.env);
     if (!plain) return;
     t.match(plain.summary.hsm, /^PKCS#11 tokens "site-a" via .*, "site-b" via |^PKCS#11 tokens "site-b" via .*, "site-a" via /, 'both tokens opened');
     for (const name of Object.keys(sites)) t.equal(await presented(plain.summary, name), new X509Certificate(sites[name]!.pem).toString(), `${name} handshakes with its token's key`);
@@ -215,6 +216,7 @@ if (skip) {
         'upstreams: { app: { targets: ["http://127.0.0.1:9"] } }',
         'hsm:',
         '  mode: pkcs11',
+        `  allowedModules: [${hsm.module}]`,
         ...hsmLines,
         'admin: { address: 127.0.0.1, port: 0 }',
         '',

@@ -4,6 +4,7 @@
 // soft backend for real key files (tests and baselines only).
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
+import { isAbsolute } from 'node:path';
 import {
   BadCredentialsError, Engine, OtherClusterError, SimBackend, loadCredentials, mapSimError, normaliseClusterId, simClientFrom, type Backend, type EngineSigner, type KeyRef,
 } from '../engine/index.js';
@@ -28,7 +29,7 @@ export function addKeyOptions(cmd: Command): Command {
     .option('--dir <dir>', 'cluster directory (default: $HSMPROXY_DIR or ./data)')
     .option('--hsm <id>', 'HSM of the cluster to talk to (default: the first in the manifest)')
     .option('--backend <kind>', 'where keys live: hsm (default; what the reference names) or soft (a real key file: tests only)')
-    .option('--module <path>', 'PKCS#11 module, overriding the one a pkcs11 reference records')
+    .option('--module <path>', 'PKCS#11 module to load, overriding the one a pkcs11 reference records (which is loaded only if listed in $HSMPROXY_PKCS11_MODULES)')
     .option('--credentials <file>', '0600 file holding user:password (default: $HSMPROXY_PIN)');
 }
 
@@ -89,12 +90,33 @@ async function checkLogin(dir: string, m: ClusterManifest, user: string, passwor
   }
 }
 
+/** The variable listing the PKCS#11 modules a key reference may name when no --module is given. */
+export const MODULES_VARIABLE = 'HSMPROXY_PKCS11_MODULES';
+
+/** How a refused reference's module can be allowed on the command line. */
+export const CLI_ALLOW_HINT = { override: '--module', allowList: `${MODULES_VARIABLE} (absolute paths separated by ":")` };
+
+/**
+ * $HSMPROXY_PKCS11_MODULES as a list. A key reference is not trusted to choose the module loaded
+ * into the process that holds the PIN: without --module, the one it records must be listed here.
+ */
+export function allowedModulesFromEnv(env: NodeJS.ProcessEnv = process.env): string[] {
+  const paths = (env[MODULES_VARIABLE] ?? '').split(':').filter((p) => p.length > 0);
+  for (const p of paths) {
+    if (!isAbsolute(p)) throw new UsageError(`${MODULES_VARIABLE} lists "${p}", not an absolute path; list PKCS#11 modules by absolute path, separated by ":" (e.g. /usr/lib/softhsm/libsofthsm2.so)`);
+  }
+  return paths;
+}
+
 /** Seams for tests: how backends are opened (a test swaps in an in-process fake HSM). */
 export const backendOpeners = {
   sim: openSimFromManifest as (opts: KeyCommandOptions, ref?: KeyRef) => Promise<SimBackend>,
   async pkcs11(opts: KeyCommandOptions, ref: KeyRef): Promise<Backend> {
     const { pkcs11Opener } = await import('../engine/pkcs11/backend.js');
-    return pkcs11Opener({ ...(opts.module ? { module: opts.module } : {}), ...(opts.credentials ? { credentials: opts.credentials } : {}) })(ref);
+    return pkcs11Opener({
+      ...(opts.module ? { module: opts.module } : { allowedModules: allowedModulesFromEnv(), allowHint: CLI_ALLOW_HINT }),
+      ...(opts.credentials ? { credentials: opts.credentials } : {}),
+    })(ref);
   },
 };
 

@@ -91,7 +91,8 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   const admission = { maxInFlight: hsm.signing.maxInFlight, queueTimeoutMs: hsm.signing.timeoutMs };
   if (hsm.mode === 'pkcs11') {
     // Each listener's key reference names its module and token, as for the CLI: the token of a
-    // reference is opened when the listener loads it, once per (module, token).
+    // reference is opened when the listener loads it, once per (module, token). The recorded
+    // module is loaded only if hsm.allowedModules lists it (config validation requires one of the two).
     const { pkcs11Opener, threadPoolSizeFor } = await import('../engine/pkcs11/backend.js');
     // Read by libuv when its pool started (src/cli/entry.cjs sets it); too late to change here.
     const threadPool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
@@ -101,6 +102,7 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     const pin = customPinVariable(config) ? requiredVariable(customPinVariable(config)!) : undefined;
     const open = pkcs11Opener({
       ...(hsm.module ? { module: hsm.module } : {}), ...(hsm.token ? { token: hsm.token } : {}),
+      allowedModules: hsm.allowedModules ?? [], allowHint: { override: 'hsm.module', allowList: 'hsm.allowedModules' },
       ...(hsm.credentials.file ? { credentials: hsm.credentials.file } : {}), ...(pin ? { pin } : {}),
       poolSize: hsm.sessions,
     });

@@ -1,12 +1,12 @@
 // Validation of the `hsm:` section: which backend holds the keys and how to log in to it.
-import { resolve } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 import { readAutoscale } from './autoscale.js';
 import { at, type Reader } from './reader.js';
 import { CAPACITY_PROFILES, DEFAULTS, HSM_MODES, type HsmConfig } from './schema.js';
 
-const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'token', 'sessions', 'credentials', 'signing', 'autoscale'] as const;
+const HSM_KEYS = ['mode', 'dir', 'hsms', 'profile', 'manifest', 'module', 'allowedModules', 'token', 'sessions', 'credentials', 'signing', 'autoscale'] as const;
 // Fields that only mean something for one mode; setting them elsewhere is a mistake worth naming.
-const ONLY_FOR: Record<string, string> = { hsms: 'embedded', profile: 'embedded', manifest: 'cluster', module: 'pkcs11', token: 'pkcs11', sessions: 'pkcs11' };
+const ONLY_FOR: Record<string, string> = { hsms: 'embedded', profile: 'embedded', manifest: 'cluster', module: 'pkcs11', allowedModules: 'pkcs11', token: 'pkcs11', sessions: 'pkcs11' };
 // The autoscaler runs the simulated cluster's HSMs: no meaning for a PKCS#11 token.
 const NOT_FOR_PKCS11 = ['autoscale'];
 
@@ -23,8 +23,11 @@ export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefi
   const hsms = r.integer(o.hsms, at(path, 'hsms'), { def: d.hsms, min: 1, max: 32, what: 'a number of HSMs' });
   const profile = r.string(o.profile, at(path, 'profile'), { def: d.profile, oneOf: CAPACITY_PROFILES }) as HsmConfig['profile'] | undefined;
   const manifest = r.file(o.manifest, at(path, 'manifest'), { optional: mode !== 'cluster' });
-  // pkcs11: key references record module and token; these only override them.
+  // pkcs11: key references record module and token. token overrides; module overrides the recorded
+  // module, or else allowedModules lists those a reference may name (never the reference's own say).
   const module = r.file(o.module, at(path, 'module'), { optional: true });
+  const allowedModules = readAllowedModules(r, o.allowedModules, at(path, 'allowedModules'));
+  if (mode === 'pkcs11') checkModuleChoice(r, path, o.module, o.allowedModules);
   const token = r.string(o.token, at(path, 'token'), { optional: true });
   // One PKCS#11 session per signature in flight, per token; the CLI entry sizes libuv's pool to match.
   const sessions = r.integer(o.sessions, at(path, 'sessions'), { def: d.sessions, min: 1, max: 1000, what: 'a number of PKCS#11 sessions' });
@@ -37,9 +40,35 @@ export function readHsm(r: Reader, v: unknown, path: string): HsmConfig | undefi
     mode, dir: resolve(r.baseDir, dir), hsms, profile, sessions, credentials, signing,
     ...(manifest !== undefined ? { manifest } : {}),
     ...(module !== undefined ? { module } : {}),
+    ...(allowedModules !== undefined ? { allowedModules } : {}),
     ...(token !== undefined ? { token } : {}),
     ...(autoscale !== undefined ? { autoscale } : {}),
   };
+}
+
+/**
+ * hsm.allowedModules: absolute paths only. Not checked to exist: one config may list the module
+ * paths of several kinds of machine, and a missing module can never be loaded anyway.
+ */
+function readAllowedModules(r: Reader, v: unknown, path: string): string[] | undefined {
+  if (v === undefined) return undefined;
+  return r.list(v, path, (item, p) => {
+    const s = r.string(item, p);
+    if (s !== undefined && !isAbsolute(s)) return r.fail(p, `expected the absolute path of a PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so), got "${s}"`);
+    return s;
+  }, { minItems: 1 });
+}
+
+/**
+ * A key reference is not trusted to choose the module loaded into this process (it holds no
+ * secret and is copied between machines): pkcs11 mode needs exactly one of the operator's choices.
+ */
+function checkModuleChoice(r: Reader, path: string, module: unknown, allowed: unknown): void {
+  if (module === undefined && allowed === undefined) {
+    r.fail(path, 'mode pkcs11 needs module (the PKCS#11 module every key reference is opened through) or allowedModules (the modules key references may name), e.g. module: /usr/lib/softhsm/libsofthsm2.so');
+  } else if (module !== undefined && allowed !== undefined) {
+    r.fail(at(path, 'allowedModules'), 'not used with hsm.module (which opens every key reference through one module); set one of them');
+  }
 }
 
 function readCredentials(r: Reader, v: unknown, path: string): HsmConfig['credentials'] | undefined {

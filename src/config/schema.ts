@@ -92,6 +92,8 @@ export interface HsmConfig {
   manifest?: string;
   /** pkcs11: overrides the module path every key reference records. */
   module?: string;
+  /** pkcs11, without `module`: the modules (absolute paths) key references may name; others are refused, never loaded. */
+  allowedModules?: string[];
   /** pkcs11: looks every key up on the token with this label instead of the one its reference records. */
   token?: string;
   /** pkcs11: sessions per token, i.e. signatures in flight on it at once. */

@@ -13,9 +13,11 @@ import { openPkcs11Backend, publicKeyFingerprint } from '../../engine/pkcs11/bac
 import type { Pkcs11Backend, Pkcs11Key } from '../../engine/pkcs11/backend.js';
 import { parseKeySpec } from '../../engine/pkcs11/keys.js';
 import { listTokens, loadModule } from '../../engine/pkcs11/module.js';
+import { allowedModulePath } from '../../engine/pkcs11/module-allowlist.js';
 import type { TokenSelector } from '../../engine/pkcs11/module.js';
 import type { PinFormat } from '../../engine/pkcs11/token.js';
 import { parsePkcs11Uri } from '../../engine/pkcs11/uri.js';
+import { allowedModulesFromEnv, CLI_ALLOW_HINT } from '../engine-options.js';
 import { output, UsageError } from '../run.js';
 
 /** Options shared by every pkcs11 key command. */
@@ -117,7 +119,8 @@ export async function deletePkcs11Key(opts: Pkcs11CliOptions & { key?: string; i
     const ref = await readKeyRef(opts.key);
     if (ref.backend !== 'pkcs11') throw new UsageError(`${opts.key} names a ${ref.backend} key, not a PKCS#11 key`);
     const uri = parsePkcs11Uri(ref.uri);
-    module ??= ref.module;
+    // The reference's module only if allowed: the file is not trusted to choose code to load.
+    module ??= allowedModulePath(ref.module, opts.key, allowedModulesFromEnv(), CLI_ALLOW_HINT);
     token = { label: uri.token, serial: uri.serial };
     which = ref.uri;
   } else {
@@ -217,7 +220,7 @@ export function register(program: Command): void {
     .option('--force', 'overwrite --out if it exists')
     .action((opts: Parameters<typeof referencePkcs11Key>[0]) => referencePkcs11Key(opts));
   common(key.command('delete').description('delete a key pair from the token'))
-    .option('--key <file>', 'key reference of the key (gives module and token too)')
+    .option('--key <file>', 'key reference of the key (gives the token, and the module if $HSMPROXY_PKCS11_MODULES lists it)')
     .option('--id <hex>', 'CKA_ID of the key')
     .option('--label <label>', 'CKA_LABEL of the key')
     .option('--uri <uri>', 'pkcs11: URI of the key')

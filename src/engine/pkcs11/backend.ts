@@ -14,7 +14,6 @@
 // starts, which for an ESM entry happens before the entry's first line runs. The hsmproxy
 // executable (cli/entry.cjs) sets it; embedders set threadPoolSizeFor(poolSize) in the environment.
 import { createHash, type KeyObject } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import type { KeyAlgorithm, Mechanism } from '../algorithm.js';
 import { mechanismHash } from '../algorithm.js';
@@ -32,7 +31,8 @@ import { Pkcs11Signer, signOnToken } from './signer.js';
 import { planSignature } from './mechanisms.js';
 import type { SignAlgorithm } from './mechanisms.js';
 import { formatPkcs11Uri, parsePkcs11Uri } from './uri.js';
-import { ModuleLoadError, OtherTokenError, Pkcs11UriError } from './errors.js';
+import { OtherTokenError, Pkcs11UriError } from './errors.js';
+import { allowedModulePath, type AllowHint } from './module-allowlist.js';
 
 /** Options of openPkcs11Backend. */
 export interface Pkcs11BackendOptions {
@@ -244,18 +244,26 @@ export function openPkcs11Backend(opts: Pkcs11BackendOptions): Promise<Pkcs11Bac
 export interface Pkcs11OpenerOptions extends Omit<Pkcs11BackendOptions, 'module' | 'token' | 'acceptOtherTokens'> {
   /** Overrides the module path recorded in references (`--module`, serve's hsm.module). */
   module?: string;
+  /**
+   * Without `module`: the modules (absolute paths) a reference may name; any other is refused,
+   * never loaded (default none). Serve's hsm.allowedModules, the CLI's HSMPROXY_PKCS11_MODULES.
+   */
+  allowedModules?: readonly string[];
+  /** How the refusal tells the user to allow a module (default: this opener's option names). */
+  allowHint?: AllowHint;
   /** Looks every key up on the token with this label instead of the one references record (serve's hsm.token). */
   token?: string;
 }
 
 /**
  * The engine's `openers.pkcs11`: opens the token a reference names (label and serial from its
- * URI) through the module it records, or `opts.module` / `opts.token` when given. One backend per
+ * URI) through `opts.module`, or else through the module it records if `opts.allowedModules` lists
+ * it (a reference is not trusted to choose code to load); `opts.token` overrides the token. One backend per
  * (module, token), shared by every reference to it: the engine's own cache keys on what the
  * reference records, which an override makes differ for the same token.
  */
 export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => Promise<Backend> {
-  const { module, token, ...rest } = opts;
+  const { module, token, allowedModules = [], allowHint, ...rest } = opts;
   const opened = new Map<string, Promise<Pkcs11Backend>>();
   return async (ref) => {
     if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${ref.source ?? 'the key reference'} names a ${ref.backend} key, not a PKCS#11 key`);
@@ -263,11 +271,7 @@ export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => P
     const selector: TokenSelector = token !== undefined ? { label: token } : { label: uri.token, serial: uri.serial, slot: uri.slotId };
     const file = ref.source ?? 'the key reference';
     if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} in ${file} names no token (needs token=, serial= or slot-id=)`);
-    const modulePath = module ?? ref.module;
-    // A module moved since the reference was made is fixed by an override, not by editing the file.
-    if (module === undefined && !existsSync(resolvePath(modulePath))) {
-      throw new ModuleLoadError(modulePath, `file not found (recorded in ${file}; pass --module, or set hsm.module for serve, to use the module where it is now)`);
-    }
+    const modulePath = module ?? allowedModulePath(ref.module, file, allowedModules, allowHint);
     const where = JSON.stringify([resolvePath(modulePath), selector.label, selector.serial, selector.slot]);
     let p = opened.get(where);
     if (!p) {

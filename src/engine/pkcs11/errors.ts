@@ -22,6 +22,17 @@ export class ModuleLoadError extends Pkcs11EngineError {
   }
 }
 
+/**
+ * A key reference names a PKCS#11 module nobody allowed. References hold no secret and are copied
+ * between machines, so the module they record is never loaded on their word alone.
+ */
+export class ModuleNotAllowedError extends Pkcs11EngineError {
+  constructor(message: string) {
+    super(message, 'ENGINE_ERR_PKCS11_MODULE_NOT_ALLOWED');
+    this.name = 'ModuleNotAllowedError';
+  }
+}
+
 /** No slot holds a token with the requested label, serial or slot id. */
 export class TokenNotFoundError extends Pkcs11EngineError {
   constructor(what: string, available: string[]) {
