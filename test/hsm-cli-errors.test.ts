@@ -72,8 +72,12 @@ t.test('with the HSM running', async (t) => {
   await t.test('a reused one-time PRECO password is refused', async (t) => {
     await fails(t, ['cluster', 'activate'], { HSMPROXY_PIN: `admin:${cluster.precoPassword}`, HSMPROXY_NEW_PASSWORD: 'again-123' }, /wrong user name or password/);
   });
-  await t.test('a wrong password is one line with the attempts left', async (t) => {
-    oneLine(t, await runCli(['key', 'list'], { env: { ...env, HSMPROXY_PIN: 'alice:wrong' } }), /login failed: wrong user name or password \(\d attempts? left/);
+  await t.test('a wrong password is one line that says what to check, the same as for an unknown user', async (t) => {
+    const wrong = await runCli(['key', 'list'], { env: { ...env, HSMPROXY_PIN: 'alice:wrong' } });
+    oneLine(t, wrong, /login failed: wrong user name or password, or the account is locked .*hsmproxy user unlock/);
+    t.notMatch(wrong.stderr, /attempts? left/, 'no countdown: it would confirm that alice exists');
+    const unknown = await runCli(['key', 'list'], { env: { ...env, HSMPROXY_PIN: 'nobody:wrong' } });
+    t.equal(unknown.stderr, wrong.stderr, 'an unknown user reads the same line');
   });
   await t.test('an unknown key says how to list keys', async (t) => {
     await fails(t, ['key', 'show', '--key', 'no-such-label'], { HSMPROXY_PIN: 'alice:alice-password' }, /no key with id or label "no-such-label".*hsmproxy key list/);

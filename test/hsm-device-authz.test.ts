@@ -2,7 +2,7 @@
 import t from 'tap';
 import { createPublicKey, verify } from 'node:crypto';
 import {
-  BadCredentialsError, DEFAULT_MAX_KEYS, DEFAULT_MAX_USERS, Hsm, KeyLimitError, LockedOutError, MechanismNotAllowedError, MustChangePasswordError,
+  BadCredentialsError, DEFAULT_MAX_KEYS, DEFAULT_MAX_USERS, Hsm, KeyLimitError, MechanismNotAllowedError, MustChangePasswordError,
   NoSuchKeyError, NotLoggedInError, PermissionDeniedError, UserLimitError,
 } from '../src/hsm/device/index.js';
 import { CO_PASSWORD, freshHsm, PRECO_PASSWORD, TEST_SCRYPT_COST, tempDir } from './helpers/hsm-device.js';
@@ -188,17 +188,26 @@ t.test('session keys belong to their login session and vanish at logout', async 
 t.test('wrong passwords give the same error for unknown users and wrong passwords', async (t) => {
   const f = await freshHsm(t);
   await f.cu('alice');
-  await t.rejects(f.hsm.login('alice', 'wrong-password'), { code: 'HSM_ERR_BAD_CREDENTIALS' });
-  await t.rejects(f.hsm.login('nobody', 'wrong-password'), { code: 'HSM_ERR_BAD_CREDENTIALS', message: 'login failed: wrong user name or password' });
+  const refusal = (p: Promise<unknown>): Promise<{ code?: string; message?: string }> => p.then(() => ({}), (e: unknown) => e as { code: string; message: string });
+  const wrong = await refusal(f.hsm.login('alice', 'wrong-password'));
+  const unknown = await refusal(f.hsm.login('nobody', 'wrong-password'));
+  t.match(unknown, { code: 'HSM_ERR_BAD_CREDENTIALS', message: /^login failed: wrong user name or password/ });
+  t.same([wrong.code, wrong.message], [unknown.code, unknown.message], 'the same code and message: no attempts left, no hint that alice exists');
 });
+
+// The refusal of a locked account is the refusal of a wrong password (it must not confirm the
+// name); whether an account is locked is the user record's and the audit log's to say.
+const lockedOf = (f: Awaited<ReturnType<typeof freshHsm>>, name: string): boolean | undefined => f.hsm.listUsers(f.co).find((u) => u.name === name)?.locked;
 
 t.test('five consecutive failures lock the account, even for the right password', async (t) => {
   const f = await freshHsm(t);
   await f.cu('alice');
   for (let i = 0; i < 4; i++) await t.rejects(f.hsm.login('alice', 'wrong-password'), BadCredentialsError);
-  await t.rejects(f.hsm.login('alice', 'wrong-password'), LockedOutError);
-  await t.rejects(f.hsm.login('alice', 'alice-password'), LockedOutError);
-  t.equal(f.hsm.listUsers(f.co).find((u) => u.name === 'alice')?.locked, true);
+  t.equal(lockedOf(f, 'alice'), false, 'not locked after four');
+  await t.rejects(f.hsm.login('alice', 'wrong-password'), BadCredentialsError);
+  t.equal(lockedOf(f, 'alice'), true, 'locked after the fifth');
+  await t.rejects(f.hsm.login('alice', 'alice-password'), BadCredentialsError, 'the right password is refused while locked');
+  t.equal(f.hsm.listUsers(f.co).find((u) => u.name === 'alice')?.failedLogins, 5);
 });
 
 t.test('a success resets the failure count', async (t) => {
@@ -206,22 +215,27 @@ t.test('a success resets the failure count', async (t) => {
   await f.cu('alice');
   for (let i = 0; i < 4; i++) await t.rejects(f.hsm.login('alice', 'wrong-password'), BadCredentialsError);
   await f.hsm.login('alice', 'alice-password');
+  t.equal(f.hsm.listUsers(f.co).find((u) => u.name === 'alice')?.failedLogins, 0);
   for (let i = 0; i < 4; i++) await t.rejects(f.hsm.login('alice', 'wrong-password'), BadCredentialsError);
+  t.equal(lockedOf(f, 'alice'), false, 'four more failures do not lock it');
 });
 
 t.test('the lockout threshold is configurable', async (t) => {
   const f = await freshHsm(t, { lockoutThreshold: 2 });
   await f.cu('alice');
   await t.rejects(f.hsm.login('alice', 'wrong-password'), BadCredentialsError);
-  await t.rejects(f.hsm.login('alice', 'wrong-password'), LockedOutError);
+  t.equal(lockedOf(f, 'alice'), false);
+  await t.rejects(f.hsm.login('alice', 'wrong-password'), BadCredentialsError);
+  t.equal(lockedOf(f, 'alice'), true);
 });
 
 t.test('a CO unlocks a locked user, or resets its password', async (t) => {
   const f = await freshHsm(t, { lockoutThreshold: 1 });
   await f.cu('alice');
   await f.cu('bob');
-  await t.rejects(f.hsm.login('alice', 'x-wrong-pw'), LockedOutError);
-  await t.rejects(f.hsm.login('bob', 'x-wrong-pw'), LockedOutError);
+  await t.rejects(f.hsm.login('alice', 'x-wrong-pw'), BadCredentialsError);
+  await t.rejects(f.hsm.login('bob', 'x-wrong-pw'), BadCredentialsError);
+  t.same([lockedOf(f, 'alice'), lockedOf(f, 'bob')], [true, true]);
   await f.hsm.unlockUser(f.co, 'alice');
   t.equal((await f.hsm.login('alice', 'alice-password')).user, 'alice');
   await f.hsm.resetPassword(f.co, 'bob', 'bob-new-password');
@@ -231,11 +245,13 @@ t.test('a CO unlocks a locked user, or resets its password', async (t) => {
 t.test('a lockout survives a restart', async (t) => {
   const f = await freshHsm(t, { lockoutThreshold: 1 });
   await f.cu('alice');
-  await t.rejects(f.hsm.login('alice', 'x-wrong-pw'), LockedOutError);
+  await t.rejects(f.hsm.login('alice', 'x-wrong-pw'), BadCredentialsError);
   await f.hsm.close();
   const again = await Hsm.open({ ...f.opts, initialPassword: undefined });
   t.teardown(() => again.close());
-  await t.rejects(again.login('alice', 'alice-password'), LockedOutError);
+  await t.rejects(again.login('alice', 'alice-password'), BadCredentialsError, 'the right password is still refused');
+  const co = await again.login('admin', CO_PASSWORD);
+  t.equal(again.listUsers(co).find((u) => u.name === 'alice')?.locked, true);
 });
 
 t.test('at most maxUsers users; the default is 1,024', async (t) => {

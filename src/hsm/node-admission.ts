@@ -1,6 +1,8 @@
 // What the appliance lets a peer hold before and after it proves who it is: the caps on
 // unauthenticated (still handshaking) connections per source address and in total, the
-// per-connection flow-control limits, their defaults, and a log that cannot be flooded.
+// per-connection flow-control limits, the caps on logins in progress (each costs a password
+// hash) per connection and per client certificate, their defaults, and a log that cannot be
+// flooded.
 // Part of hsm/node; imports nothing but its log type.
 import type { ApplianceLog } from './node.js';
 
@@ -18,6 +20,10 @@ export interface ApplianceLimits {
   maxInFlightBytesPerConnection: number;
   /** Answer bytes queued for one connection (unsent, or in the socket's buffer) above which the node stops reading it. */
   replyHighWaterBytes: number;
+  /** Logins one connection may have in progress; more are answered HSM_ERR_BUSY without hashing the password. */
+  maxLoginsPerConnection: number;
+  /** Logins in progress with one client certificate, over all its connections; more are answered HSM_ERR_BUSY. */
+  maxLoginsPerCertificate: number;
 }
 
 // Sized for a node serving a few dozen proxies. Each proxy process (each worker) keeps one
@@ -30,6 +36,11 @@ export interface ApplianceLimits {
 // 1024 in flight is four times what one proxy sends (hsm.signing.maxInFlight, default 256);
 // 16 MiB of request bytes is thousands of sign requests but only 16 frames of the 1 MiB maximum;
 // 1 MiB of queued answers is a few thousand signatures waiting for a slow reader.
+// A connection logs in once, so a second login in progress on it can only be a guess: 1.
+// Every client of a cluster usually presents the same certificate (pki/client.crt), so its cap
+// bounds what one holder of it costs (password hashes queue on libuv's 4 threads, which crypto
+// and file I/O share): 16 is four rounds of hashing, a few hundred ms at the production cost,
+// and a reconnect storm beyond it is answered busy and retried with backoff by the client.
 export const DEFAULT_APPLIANCE_LIMITS: Readonly<ApplianceLimits> = {
   handshakeTimeoutMs: 10_000,
   maxPendingPerSource: 64,
@@ -37,6 +48,8 @@ export const DEFAULT_APPLIANCE_LIMITS: Readonly<ApplianceLimits> = {
   maxInFlightPerConnection: 1024,
   maxInFlightBytesPerConnection: 16 * 1024 * 1024,
   replyHighWaterBytes: 1024 * 1024,
+  maxLoginsPerConnection: 1,
+  maxLoginsPerCertificate: 16,
 };
 
 /** The limits with defaults filled in; a value that is not a positive integer is a RangeError naming it. */
@@ -79,6 +92,28 @@ export class PendingHandshakes {
     if (n <= 1) this.bySource.delete(source);
     else this.bySource.set(source, n - 1);
     this.total--;
+  }
+}
+
+/** Counts logins in progress per client certificate (its fingerprint); `enter` says whether one more fits. */
+export class LoginsInProgress {
+  private readonly byCertificate = new Map<string, number>();
+
+  constructor(private readonly perCertificate: number) {}
+
+  /** Counts a login for `certificate`, or returns false (nothing counted) at the cap. */
+  enter(certificate: string): boolean {
+    const n = this.byCertificate.get(certificate) ?? 0;
+    if (n >= this.perCertificate) return false;
+    this.byCertificate.set(certificate, n + 1);
+    return true;
+  }
+
+  /** Uncounts a login that `enter` counted. */
+  leave(certificate: string): void {
+    const n = this.byCertificate.get(certificate) ?? 0;
+    if (n <= 1) this.byCertificate.delete(certificate);
+    else this.byCertificate.set(certificate, n - 1);
   }
 }
 

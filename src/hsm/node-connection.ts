@@ -2,13 +2,13 @@
 // frame decoder, its batched outbox, and its flow control. Part of hsm/node; may import
 // hsm/device, hsm/protocol and node built-ins.
 import type { TLSSocket } from 'node:tls';
-import type { Hsm } from './device/index.js';
+import { LoginBusyError, type Hsm } from './device/index.js';
 import {
   FLAG_JSON, FLAG_RESPONSE, FrameDecoder, HEADER_BYTES, STATUS_ERROR, STATUS_OK,
   encodeFrame, writeHeader, writeJson, type Frame, type WireError,
 } from './protocol/index.js';
 import { handleOp, type ConnectionState } from './node-ops.js';
-import type { ApplianceLimits } from './node-admission.js';
+import type { ApplianceLimits, LoginsInProgress } from './node-admission.js';
 import type { ApplianceLog, ApplianceStats } from './node.js';
 
 // Flow control: decoded requests start only while the connection is under its in-flight caps
@@ -16,7 +16,7 @@ import type { ApplianceLog, ApplianceStats } from './node.js';
 // is not read (TCP then pushes back on the client) until answers, or 'drain', make room.
 /** Serves one mTLS connection until it closes (then call `closed()`). */
 export class ApplianceConnection {
-  private readonly state: ConnectionState = { session: undefined };
+  private readonly state: ConnectionState;
   private readonly decoder: FrameDecoder;
   private outbox: Buffer[] = [];
   private outboxBytes = 0;
@@ -28,6 +28,7 @@ export class ApplianceConnection {
   private inFlight = 0;
   private inFlightBytes = 0;
   private paused = false;
+  private loginsInProgress = 0;
 
   constructor(
     private readonly socket: TLSSocket,
@@ -36,7 +37,11 @@ export class ApplianceConnection {
     private readonly limits: ApplianceLimits,
     private readonly stats: ApplianceStats,
     private readonly log: ApplianceLog,
+    /** The SHA-256 fingerprint of the peer's client certificate. */
+    private readonly certificate: string,
+    private readonly logins: LoginsInProgress,
   ) {
+    this.state = { session: undefined, loginAttempt: { admit: () => this.admitLogin(), client: certificate } };
     this.decoder = new FrameDecoder(maxFrame);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.pump());
@@ -45,6 +50,7 @@ export class ApplianceConnection {
 
   closed(): void {
     this.dead = true;
+    this.state.closed = true;
     this.outbox = [];
     this.waiting = [];
     // Session keys belong to the login session, which ends with the connection.
@@ -53,6 +59,28 @@ export class ApplianceConnection {
       this.state.session = undefined;
       this.device.logout(s).catch(() => undefined);
     }
+  }
+
+  // Called by the device before it hashes a password: a login over either cap is refused unhashed
+  // (a connection logs in once, so more at a time can only be guesses; a certificate's cap bounds
+  // the hashing one holder of it can make the node do). Held until the login's verdict.
+  private admitLogin(): () => void {
+    if (this.loginsInProgress >= this.limits.maxLoginsPerConnection) {
+      this.stats.loginsOverCap++;
+      throw new LoginBusyError('connection', this.limits.maxLoginsPerConnection);
+    }
+    if (!this.logins.enter(this.certificate)) {
+      this.stats.loginsOverCap++;
+      throw new LoginBusyError('certificate', this.limits.maxLoginsPerCertificate);
+    }
+    this.loginsInProgress++;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      this.loginsInProgress--;
+      this.logins.leave(this.certificate);
+    };
   }
 
   private onData(chunk: Buffer): void {

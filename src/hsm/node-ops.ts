@@ -1,8 +1,8 @@
 // What the appliance does with one decoded request: checks login, decodes the body, calls the
 // device, encodes the answer. Device errors keep their HSM_ERR_* code on the wire.
 import {
-  AlreadyLoggedInError, InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate, type KeyType, type Role, type SecretKeySpec,
-  type Session, type UnwrapRequest, type WrapMechanism,
+  AlreadyLoggedInError, InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate, type KeyType, type LoginAttempt, type Role,
+  type SecretKeySpec, type Session, type UnwrapRequest, type WrapMechanism,
 } from './device/index.js';
 import {
   Op, isBinaryOp, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, writeJson, writeRaw, ProtocolError,
@@ -11,6 +11,10 @@ import {
 /** Per-connection state the ops read and change: the logged-in session. */
 export interface ConnectionState {
   session: Session | undefined;
+  /** The connection closed: a login finishing now ends its session at once. */
+  closed?: boolean;
+  /** Admission of this connection's logins under the node's caps, and its peer for the audit log. */
+  loginAttempt?: LoginAttempt;
 }
 
 /** An answer ready to frame: `frame` has the header reserved; timings for crypto ops. */
@@ -71,10 +75,16 @@ export async function handleOp(device: Hsm, state: ConnectionState, opcode: numb
     case Op.STATE_DIGEST: return answer(device.stateDigest());
     case Op.LOGIN: {
       // A connection logs in once and then works as that user: the device refuses a second
-      // login while this connection's session is live (HSM_ERR_ALREADY_LOGGED_IN, audited).
-      const session = await device.login(str(o, 'user'), str(o, 'password'), state.session);
+      // login while this connection's session is live (HSM_ERR_ALREADY_LOGGED_IN, audited), and
+      // one while another is in progress is over the per-connection cap (HSM_ERR_BUSY, unhashed).
+      const session = await device.login(str(o, 'user'), str(o, 'password'), state.session, state.loginAttempt);
+      if (state.closed) {
+        // Nobody can use it, and closing the connection already ended what it held.
+        await device.logout(session).catch(() => undefined);
+        throw new NotLoggedInError();
+      }
       if (state.session) {
-        // Another login pipelined on this connection won the race while this one was checked.
+        // Another login pipelined on this connection (a cap above 1) won the race while this one was checked.
         await device.logout(session).catch(() => undefined);
         throw new AlreadyLoggedInError(state.session.user);
       }

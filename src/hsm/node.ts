@@ -6,14 +6,15 @@
 // A peer holds only what node-admission.ts's limits allow: unauthenticated connections are
 // capped per source and in total and closed at the handshake timeout; an authenticated one
 // (node-connection.ts) at its in-flight caps, or with answers piling up unread, is not read
-// until it drains.
+// until it drains; logins in progress (password hashes) are capped per connection and per
+// client certificate.
 // May import hsm/device, hsm/protocol and node built-ins; logs through the `log` callback.
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import type { Hsm } from './device/index.js';
 import { DEFAULT_MAX_FRAME } from './protocol/index.js';
 import { ApplianceConnection } from './node-connection.js';
-import { LogBudget, PendingHandshakes, resolveLimits, type ApplianceLimits } from './node-admission.js';
+import { LogBudget, LoginsInProgress, PendingHandshakes, resolveLimits, type ApplianceLimits } from './node-admission.js';
 
 export { DEFAULT_APPLIANCE_LIMITS, type ApplianceLimits } from './node-admission.js';
 
@@ -57,6 +58,8 @@ export interface ApplianceStats {
   peakInFlight: number;
   /** The most answer bytes one connection had queued at once (not yet written, or in its socket's buffer). */
   peakQueuedReplyBytes: number;
+  /** Logins answered HSM_ERR_BUSY, unhashed: over the cap of logins in progress per connection or per client certificate. */
+  loginsOverCap: number;
 }
 
 // A connection accepted but not yet through mTLS: what releases its place under the caps.
@@ -69,9 +72,11 @@ interface Handshaking {
 export class HsmAppliance {
   readonly stats: ApplianceStats = {
     connections: 0, refused: 0, frames: 0, protocolErrors: 0, overPendingCap: 0, handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0,
+    loginsOverCap: 0,
   };
   private readonly sockets = new Set<TLSSocket>();
   private readonly pending: PendingHandshakes;
+  private readonly logins: LoginsInProgress;
   // Keyed by the connection's address tuple, which the TLS socket reports too (until destroyed).
   private readonly handshaking = new Map<string, Handshaking>();
   // A refused client certificate destroys the TLS socket before 'tlsClientError' (whose error is
@@ -89,6 +94,7 @@ export class HsmAppliance {
     private readonly limits: ApplianceLimits,
   ) {
     this.pending = new PendingHandshakes(limits.maxPendingPerSource, limits.maxPending);
+    this.logins = new LoginsInProgress(limits.maxLoginsPerCertificate);
     const log: ApplianceLog = (l, m, f) => this.log(l, m, f);
     this.refusalLog = new LogBudget(log);
     this.capLog = new LogBudget(log);
@@ -197,7 +203,11 @@ export class HsmAppliance {
     this.stats.connections++;
     this.sockets.add(socket);
     socket.setNoDelay(true);
-    const conn = new ApplianceConnection(socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.limits, this.stats, (l, m, f) => this.log(l, m, f));
+    // mTLS made the certificate a verified identity: logins in progress are capped per certificate.
+    const certificate = socket.getPeerCertificate().fingerprint256 ?? '';
+    const conn = new ApplianceConnection(
+      socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.limits, this.stats, (l, m, f) => this.log(l, m, f), certificate, this.logins,
+    );
     socket.on('close', () => {
       this.sockets.delete(socket);
       conn.closed();

@@ -4,7 +4,7 @@
 // HSM is known to be in sync with its peers.
 import type { HsmInfo } from '../protocol/types.js';
 import { ClientClosedError, NoHealthyHsmError } from './cluster-errors.js';
-import { isTransportError, publishState, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
+import { isBusyError, isTransportError, publishState, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
 
 /** Tuning of one node; defaults suit loopback HSMs. */
 export interface HsmNodeOptions {
@@ -103,7 +103,8 @@ export class HsmNode<C extends HsmLink> {
       this.status = 'down';
       this.emitState();
       // Retrying a refused login would only lock the account: wait for new credentials instead.
-      if (isTransportError(err)) this.scheduleReconnect();
+      // A busy HSM (too many logins in progress) did not check the password: retry with backoff.
+      if (isTransportError(err) || isBusyError(err)) this.scheduleReconnect();
       return;
     }
     if (this.isClosed()) {

@@ -26,23 +26,18 @@ export class AlreadyLoggedInError extends HsmError {
   }
 }
 
-/** Wrong user name or password. Deliberately does not say which, as CloudHSM does. */
+/**
+ * A refused login, whatever the reason: unknown user, wrong password, or a locked account. One
+ * message for all, so a peer learns neither which names exist nor how close one is to locking
+ * (the audit log records the real reason). The hint about locking is for the rightful user.
+ */
 export class BadCredentialsError extends HsmError {
-  constructor(readonly attemptsLeft?: number) {
+  constructor() {
     super(
-      'login failed: wrong user name or password' +
-        (attemptsLeft !== undefined ? ` (${attemptsLeft} attempt${attemptsLeft === 1 ? '' : 's'} left before the account locks)` : ''),
+      'login failed: wrong user name or password, or the account is locked after too many failed logins (a crypto officer can unlock it: hsmproxy user unlock)',
       'HSM_ERR_BAD_CREDENTIALS',
     );
     this.name = 'BadCredentialsError';
-  }
-}
-
-/** The account locked after too many consecutive failed logins. */
-export class LockedOutError extends HsmError {
-  constructor(readonly user: string) {
-    super(`user ${user} is locked after too many failed logins; a crypto officer must unlock it (hsmproxy user unlock / passwd)`, 'HSM_ERR_LOCKED_OUT');
-    this.name = 'LockedOutError';
   }
 }
 
@@ -107,6 +102,22 @@ export class BusyError extends HsmError {
   constructor(readonly queued: number) {
     super(`the HSM is busy (${queued} requests queued); retry later or send the request to another HSM`, 'HSM_ERR_BUSY');
     this.name = 'BusyError';
+  }
+}
+
+/**
+ * Too many logins in progress from one connection or one client certificate (each costs a
+ * password hash): refused before hashing. HSM_ERR_BUSY like a full queue: retry later.
+ */
+export class LoginBusyError extends HsmError {
+  constructor(readonly scope: 'connection' | 'certificate', readonly max: number) {
+    super(
+      scope === 'connection'
+        ? `this connection already has a login in progress (at most ${max} at once); wait for its answer`
+        : `too many logins in progress with this client certificate (at most ${max} at once on this HSM); retry in a moment`,
+      'HSM_ERR_BUSY',
+    );
+    this.name = 'LoginBusyError';
   }
 }
 

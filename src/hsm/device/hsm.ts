@@ -21,7 +21,7 @@ import type {
   UnwrapRequest, UserInfo, VerifyRequest, WrapRequest,
 } from './types.js';
 import { SessionTable } from './sessions.js';
-import { UserOps } from './user-ops.js';
+import { UserOps, type LoginAttempt } from './user-ops.js';
 import { UserTable } from './users.js';
 
 /** Options of `Hsm.open`. */
@@ -153,12 +153,14 @@ export class Hsm {
   // ---- users and sessions ----
 
   /**
-   * Logs a user in; throws BadCredentialsError / LockedOutError. `current`: the session the
-   * caller's connection already holds. While it is live the login is refused (and audited as
-   * denied) before the password is checked: a connection logs in once and then works as that
-   * user. A session the HSM has ended (user deleted, role changed) does not count.
+   * Logs a user in; throws BadCredentialsError for an unknown user, a wrong password and a locked
+   * account alike (the audit log tells them apart). `current`: the session the caller's
+   * connection already holds. While it is live the login is refused (and audited as denied)
+   * before the password is checked: a connection logs in once and then works as that user. A
+   * session the HSM has ended (user deleted, role changed) does not count. `attempt`: the
+   * caller's admission to its caps on logins in progress, and the peer to name in the audit log.
    */
-  login(user: string, password: string, current?: Session): Promise<Session> {
+  login(user: string, password: string, current?: Session, attempt?: LoginAttempt): Promise<Session> {
     this.open();
     const live = current ? this.liveSession(current) : undefined;
     if (live) {
@@ -166,7 +168,7 @@ export class Hsm {
       this.audited(live, `log in as ${user}`, e);
       return Promise.reject(e);
     }
-    return this.userOps.login(user, password);
+    return this.userOps.login(user, password, attempt);
   }
 
   /** Ends a session and destroys its session keys. */

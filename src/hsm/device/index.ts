@@ -10,6 +10,7 @@ export * from './errors.js';
 export * from './types.js';
 export { Hsm, DEFAULT_LOCKOUT_THRESHOLD, DEFAULT_MAX_KEYS, DEFAULT_MAX_USERS, PRECO_USER } from './hsm.js';
 export type { HsmOpenOptions } from './hsm.js';
+export type { LoginAttempt } from './user-ops.js';
 export { CAPACITY_PROFILES, CapacityModel, resolveCapacityProfile } from './capacity.js';
 export type { CapacityProfile, CapacityProfileName } from './capacity.js';
 export { readAuditKey, verifyAuditLog } from './audit.js';

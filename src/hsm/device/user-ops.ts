@@ -3,12 +3,20 @@
 // audited. Sessions come already validated from hsm.ts.
 import { createHmac } from 'node:crypto';
 import type { DeviceContext } from './context.js';
-import { InvalidArgumentError, PermissionDeniedError, type HsmError } from './errors.js';
+import { BadCredentialsError, InvalidArgumentError, PermissionDeniedError, type HsmError } from './errors.js';
 import { toRecord } from './objects.js';
 import { requireUserManager } from './policy.js';
 import type { SessionTable } from './sessions.js';
 import type { Role, Session, UserInfo } from './types.js';
-import { checkPasswordShape } from './users.js';
+import { checkPasswordShape, type LoginVerdict } from './users.js';
+
+/** What the caller (the appliance) knows of a login attempt beyond the credentials. */
+export interface LoginAttempt {
+  /** Takes a place under the caller's caps on logins in progress (throws if none is free); returns its release. */
+  admit?: () => () => void;
+  /** Who is trying, for the audit log (the appliance: its client certificate's fingerprint). */
+  client?: string;
+}
 
 /** Login and user management. */
 export class UserOps {
@@ -18,20 +26,38 @@ export class UserOps {
     return this.ctx.store.writeUsers(() => this.ctx.users.records());
   }
 
-  /** Checks the password (failures counted and persisted, lockout) and starts a session. */
-  async login(user: string, password: string): Promise<Session> {
+  /**
+   * Checks the password (attempts counted and persisted, lockout) and starts a session. Every
+   * refusal is the same BadCredentialsError; the audit entry says why (`reason`). `attempt`
+   * comes from the network layer: its caps on logins in progress and the peer's name.
+   */
+  async login(user: string, password: string, attempt: LoginAttempt = {}): Promise<Session> {
     if (typeof user !== 'string' || typeof password !== 'string') throw new InvalidArgumentError('login needs a user name and a password');
-    const before = this.ctx.users.has(user) ? this.ctx.users.get(user).failedLogins : 0;
+    const from = attempt.client !== undefined ? { client: attempt.client } : {};
+    let release: () => void;
     try {
-      const rec = await this.ctx.users.authenticate(user, password);
-      if (before !== 0) await this.persist();
-      this.ctx.audit({ event: 'login', user, ok: true, role: rec.role });
-      return this.sessions.start(rec.name, rec.role);
+      release = attempt.admit?.() ?? (() => undefined);
     } catch (e) {
-      if (this.ctx.users.has(user)) await this.persist();
-      this.ctx.audit({ event: 'login', user, ok: false, code: (e as HsmError).code });
+      this.ctx.audit({ event: 'login', user, ok: false, code: (e as HsmError).code, reason: 'busy', ...from });
       throw e;
     }
+    let v: LoginVerdict;
+    try {
+      v = await this.ctx.users.authenticate(user, password, () => this.persist());
+    } catch (e) {
+      // The user table could not be written: refused, since the attempt may not be on disk.
+      this.ctx.audit({ event: 'login', user, ok: false, code: (e as HsmError).code, ...from });
+      throw e;
+    } finally {
+      release();
+    }
+    if (v.ok) {
+      this.ctx.audit({ event: 'login', user, ok: true, role: v.user.role, ...from });
+      return this.sessions.start(v.user.name, v.user.role);
+    }
+    const e = new BadCredentialsError();
+    this.ctx.audit({ event: 'login', user, ok: false, code: e.code, reason: v.reason, failedLogins: v.failedLogins, ...(v.lockedNow ? { lockedNow: true } : {}), ...from });
+    throw e;
   }
 
   /**

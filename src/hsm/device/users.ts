@@ -1,8 +1,9 @@
 // Users of one HSM: roles, scrypt password hashes with a per-user salt, constant-time checks,
 // lockout after consecutive failures, the user limit. Knows nothing of keys or sessions'
-// rights (policy.ts) nor of disk (persist.ts): it is a table with rules about itself.
+// rights (policy.ts) nor of disk (persist.ts, reached through the caller's `persist`): it is a
+// table with rules about itself.
 import { randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
-import { BadCredentialsError, InvalidArgumentError, LockedOutError, NoSuchUserError, UserExistsError, UserLimitError } from './errors.js';
+import { InvalidArgumentError, NoSuchUserError, UserExistsError, UserLimitError } from './errors.js';
 import type { Role, UserInfo } from './types.js';
 
 /** A user as stored (and persisted, and masked for replication). */
@@ -23,6 +24,22 @@ export interface UserTableOptions {
   lockoutThreshold: number;
   scryptCost: number;
 }
+
+/**
+ * The verdict on one login attempt. Every refusal looks the same to the peer; `reason` is the
+ * truth, for the audit log only.
+ */
+export type LoginVerdict =
+  | { ok: true; user: UserRecord }
+  | {
+    ok: false;
+    /** `changed`: the record was reset, replaced or deleted while the password was hashed. */
+    reason: 'no-such-user' | 'wrong-password' | 'locked' | 'changed';
+    /** The user's consecutive failures after this attempt (0 for an unknown user). */
+    failedLogins: number;
+    /** This attempt locked the account. */
+    lockedNow: boolean;
+  };
 
 const HASH_LEN = 32;
 const NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -45,6 +62,8 @@ export class UserTable {
   private readonly users = new Map<string, UserRecord>();
   // A fixed dummy so an unknown user costs the same scrypt time as a known one.
   private readonly dummySalt = randomBytes(16);
+  // The tail of each user name's queue of login attempts (settled promises only, never rejected).
+  private readonly attempts = new Map<string, Promise<void>>();
 
   constructor(readonly opts: UserTableOptions) {}
 
@@ -80,28 +99,63 @@ export class UserTable {
   }
 
   /**
-   * Checks a password. Mutates the failure counter/lock (the caller persists the record);
-   * unknown users and wrong passwords give the same error.
+   * Checks a password, one attempt per user name at a time: attempts on a name queue behind each
+   * other, so parallel guesses cannot all pass the lock check before any failure is counted.
+   * The attempt is counted, and `persist` awaited, before the password is hashed, so neither a
+   * racing attempt nor a crash during the hash leaves it uncounted; a success resets the count.
+   * Unknown users and locked accounts hash too, so every answer costs the same time.
    */
-  async authenticate(name: string, password: string): Promise<UserRecord> {
+  authenticate(name: string, password: string, persist: () => Promise<void>): Promise<LoginVerdict> {
+    return this.oneAtATime(name, () => this.check(name, String(password), persist));
+  }
+
+  private async check(name: string, password: string, persist: () => Promise<void>): Promise<LoginVerdict> {
     const u = this.users.get(name);
     if (!u) {
-      await derive(String(password), this.dummySalt, this.opts.scryptCost);
-      throw new BadCredentialsError();
+      await derive(password, this.dummySalt, this.opts.scryptCost);
+      return { ok: false, reason: 'no-such-user', failedLogins: 0, lockedNow: false };
     }
-    if (u.locked) throw new LockedOutError(name);
-    const got = await derive(String(password), Buffer.from(u.salt, 'hex'), u.cost);
+    // A count at the threshold without the flag is a crash during the threshold-th attempt's hash.
+    if (u.locked || u.failedLogins >= this.opts.lockoutThreshold) {
+      const lockedNow = !u.locked;
+      if (lockedNow) {
+        u.locked = true;
+        await persist();
+      }
+      await derive(password, Buffer.from(u.salt, 'hex'), u.cost);
+      return { ok: false, reason: 'locked', failedLogins: u.failedLogins, lockedNow };
+    }
+    u.failedLogins++;
+    await persist();
+    const got = await derive(password, Buffer.from(u.salt, 'hex'), u.cost);
+    // A password reset or a replicated user table replaces the record: this hash checked the old one.
+    if (this.users.get(name) !== u) return { ok: false, reason: 'changed', failedLogins: 0, lockedNow: false };
     const want = Buffer.from(u.hash, 'hex');
     if (got.length === want.length && timingSafeEqual(got, want)) {
       u.failedLogins = 0;
-      return u;
+      await persist();
+      return { ok: true, user: u };
     }
-    u.failedLogins++;
-    if (u.failedLogins >= this.opts.lockoutThreshold) {
+    // (A CO's unlock during the hash reset the count: this failure stays forgiven with it.)
+    const lockedNow = u.failedLogins >= this.opts.lockoutThreshold && !u.locked;
+    if (lockedNow) {
       u.locked = true;
-      throw new LockedOutError(name);
+      await persist();
     }
-    throw new BadCredentialsError(this.opts.lockoutThreshold - u.failedLogins);
+    return { ok: false, reason: 'wrong-password', failedLogins: u.failedLogins, lockedNow };
+  }
+
+  // Runs `fn` once every earlier call for `name` has settled. Unknown names queue too, so an
+  // unknown user answers as slowly under parallel guesses as a real one does.
+  private oneAtATime<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.attempts.get(name) ?? Promise.resolve();
+    const run = before.then(fn);
+    const settled = run.then(() => undefined, () => undefined);
+    this.attempts.set(name, settled);
+    void settled.then(() => {
+      if (this.attempts.get(name) === settled) this.attempts.delete(name);
+    });
+    return run;
   }
 
   /** Replaces a user's password (and clears its lockout); may change its role (PRECO → CO). */
