@@ -102,6 +102,11 @@ export class Proxy {
     return a && typeof a === 'object' ? a : undefined;
   }
 
+  /** Client input read ahead of the request being served, all connections (diagnostics, tests). */
+  get inputBufferedBytes(): number {
+    return this.http.bufferedBytes;
+  }
+
   /** The bound address of the admin server. */
   adminAddress(): AddressInfo | undefined {
     return this.admin?.address();

@@ -29,8 +29,13 @@ export interface Http1Policy {
   draining: boolean;
 }
 
-// Parsed-ahead bytes held while a response is pending, before the socket stops being read.
+// Parsed-ahead bytes held while a response is pending, before the socket stops being read; it is
+// read again once under a quarter of that (hysteresis: not one pause/resume per served request).
 const PIPELINE_BUFFER = 64 * 1024;
+const PIPELINE_RESUME = PIPELINE_BUFFER / 4;
+// After refusing a request, what the client still sends is read and dropped for this long, so its
+// kernel does not answer our close with a reset that destroys the refusal unread (nginx's lingering close).
+const LINGER_MS = 2_000;
 const CRLF = Buffer.from('\r\n');
 const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 
@@ -156,7 +161,10 @@ export class Exchange {
 
 /** The HTTP/1.1 server side of one TLS connection. */
 export class Http1Connection {
+  /** Unparsed input: `buf` is contiguous; later chunks wait in `more` until a head needs them (no copy per chunk). */
   private buf: Buffer | null = null;
+  private more: Buffer[] = [];
+  private moreBytes = 0;
   private phase: Phase = 'head';
   private ex: Exchange | null = null;
   private decoder: BodyDecoder | null = null;
@@ -182,7 +190,7 @@ export class Http1Connection {
 
   /** Idle between requests: nothing parsed, nothing pending (shutdown closes these at once). */
   get idle(): boolean {
-    return this.phase === 'head' && this.buf === null;
+    return this.phase === 'head' && this.buf === null && this.moreBytes === 0;
   }
 
   /** Closes the connection if it is idle; true when it did. */
@@ -197,17 +205,27 @@ export class Http1Connection {
     if (this.deadlineKind === 'none' || now < this.deadline) return;
     const kind = this.deadlineKind;
     this.deadlineKind = 'none';
-    if (kind === 'idle' || (kind === 'headers' && this.buf === null)) { this.end(); return; }
+    if (kind === 'idle' || (kind === 'headers' && this.buffered === 0)) { this.end(); return; }
     if (this.ex?.headersSent) { this.destroy(); return; }
     this.fail(new HttpParseError(408, kind === 'headers' ? 'request head not received in time' : 'request body not received in time'));
   }
 
   // ---- reading ----
 
+  /** Bytes read from the client and not parsed yet (pipelined requests). */
+  get buffered(): number {
+    return (this.buf?.length ?? 0) + this.moreBytes;
+  }
+
+  private append(chunk: Buffer): void {
+    if (!this.buf) this.buf = chunk;
+    else { this.more.push(chunk); this.moreBytes += chunk.length; }
+  }
+
   private received(chunk: Buffer): void {
     switch (this.phase) {
       case 'head':
-        this.buf = this.buf ? Buffer.concat([this.buf, chunk]) : chunk;
+        this.append(chunk);
         if (this.deadlineKind === 'idle') this.setDeadline('headers', this.policy.headersMs);
         this.parse();
         return;
@@ -215,14 +233,21 @@ export class Http1Connection {
         this.feedBody(chunk);
         return;
       case 'wait':
-        this.buf = this.buf ? Buffer.concat([this.buf, chunk]) : chunk;
-        if (this.buf.length > PIPELINE_BUFFER && !this.pipelinePaused) {
+        this.append(chunk);
+        if (this.buffered > PIPELINE_BUFFER && !this.pipelinePaused) {
           this.pipelinePaused = true;
           this.socket.pause();
         }
         return;
       default:
     }
+  }
+
+  /** Reads the socket again after a pipelining pause. */
+  private resumePipeline(): void {
+    if (!this.pipelinePaused) return;
+    this.pipelinePaused = false;
+    if (!this.bodyPaused) this.socket.resume();
   }
 
   private parse(): void {
@@ -232,13 +257,25 @@ export class Http1Connection {
     let skip = 0;
     while (skip + 1 < this.buf.length && this.buf[skip] === 0x0d && this.buf[skip + 1] === 0x0a && skip < 8) skip += 2;
     if (skip > 0) this.buf = skip === this.buf.length ? null : this.buf.subarray(skip);
+    if (!this.buf && this.more.length > 0) this.takeMore();
     if (!this.buf) return;
     let head: RequestHead;
     try {
-      const end = headEnd(this.buf, this.policy.limits);
-      if (end < 0) return;
+      let end = headEnd(this.buf, this.policy.limits);
+      if (end < 0 && this.more.length > 0) {
+        // The head continues in later chunks: join them (once per chunk boundary, not per chunk).
+        this.buf = Buffer.concat([this.buf, ...this.more]);
+        this.more = [];
+        this.moreBytes = 0;
+        end = headEnd(this.buf, this.policy.limits);
+      }
+      if (end < 0) {
+        this.resumePipeline(); // the rest of this head is still in the socket
+        return;
+      }
       head = parseHead(this.buf, end, this.policy.limits);
       this.buf = end === this.buf.length ? null : this.buf.subarray(end);
+      if (!this.buf && this.more.length > 0) this.takeMore();
     } catch (err) {
       this.fail(err as HttpParseError);
       return;
@@ -257,8 +294,12 @@ export class Http1Connection {
       ex.body.on('error', () => undefined);
       this.setDeadline('request', this.policy.requestMs);
       const rest = this.buf;
+      const later = this.more;
       this.buf = null;
+      this.more = [];
+      this.moreBytes = 0;
       if (rest) this.feedBody(rest);
+      for (const c of later) if (this.phase === 'body') this.feedBody(c); else this.received(c);
     }
     if ((this.phase as Phase) === 'closed') return; // feedBody refused the body
     // Expect: 100-continue is answered by reading the body (RFC 9110 §10.1.1); other expectations fail.
@@ -343,11 +384,8 @@ export class Http1Connection {
     this.ex = null;
     if (!keepAlive || this.phase === 'closed') { this.end(); return; }
     this.phase = 'head';
-    if (this.pipelinePaused) {
-      this.pipelinePaused = false;
-      if (!this.bodyPaused) this.socket.resume();
-    }
-    if (this.buf) {
+    if (this.buffered < PIPELINE_RESUME) this.resumePipeline();
+    if (this.buffered > 0) {
       this.setDeadline('headers', this.policy.headersMs);
       // Later, not now: a response written synchronously would otherwise recurse per pipelined
       // request, and undici's Pool sees the upstream connection free again only a loop turn after
@@ -371,8 +409,17 @@ export class Http1Connection {
     const ex = this.ex && !this.ex.headersSent ? this.ex : new Exchange(this, { method: 'GET', target: '', minor: 1, headers: [], body: { kind: 'none' }, size: 0 });
     this.ex = ex;
     this.buf = null;
+    this.more = [];
+    this.moreBytes = 0;
     ex.reply(status, `${status} ${STATUS_CODES[status] ?? ''}: ${err.message}\n`);
-    this.end();
+    this.end(true);
+  }
+
+  /** Moves the waiting chunks into `buf` (it was used up). */
+  private takeMore(): void {
+    this.buf = this.more.length === 1 ? this.more[0]! : Buffer.concat(this.more, this.moreBytes);
+    this.more = [];
+    this.moreBytes = 0;
   }
 
   private setDeadline(kind: 'headers' | 'idle' | 'request', ms: number): void {
@@ -380,15 +427,25 @@ export class Http1Connection {
     this.deadline = performance.now() + ms;
   }
 
-  /** Graceful close: what was written goes out, then close_notify and FIN. */
-  end(): void {
-    if (this.phase === 'closed') return;
+  /**
+   * Graceful close: what was written goes out, then close_notify and FIN. `linger`: keep reading
+   * and dropping what the client still sends for a while (after a refusal it may be mid-request).
+   */
+  end(linger = false): void {
+    if (this.phase === 'closed') {
+      return;
+    }
     this.phase = 'closed';
     this.deadlineKind = 'none';
     this.socket.off('data', this.onData);
     this.ex?.close();
     const s = this.socket as TlsSocketLike & { destroySoon?: () => void };
-    if (typeof s.destroySoon === 'function') s.destroySoon();
+    if (linger && !s.destroyed) {
+      s.on('data', () => undefined);
+      s.resume();
+      s.end();
+      setTimeout(() => s.destroy(), LINGER_MS).unref();
+    } else if (typeof s.destroySoon === 'function') s.destroySoon();
     else s.end();
   }
 
@@ -406,8 +463,10 @@ export class Http1Connection {
     this.ex = null;
     this.socket.off('data', this.onData);
     if (this.pipelinePaused || this.bodyPaused) this.socket.resume();
-    const rest = this.buf;
+    const rest = this.moreBytes > 0 ? Buffer.concat([this.buf!, ...this.more]) : this.buf;
     this.buf = null;
+    this.more = [];
+    this.moreBytes = 0;
     this.onGone(this);
     return rest;
   }

@@ -31,6 +31,13 @@ export class Http1Server {
     for (const c of this.conns) c.closeIfIdle();
   }
 
+  /** Input read ahead and not parsed yet, all connections (bounded per connection: pipelining). */
+  get bufferedBytes(): number {
+    let n = 0;
+    for (const c of this.conns) n += c.buffered;
+    return n;
+  }
+
   /** Connections still speaking HTTP (not upgraded, not closed). */
   get size(): number {
     return this.conns.size;
