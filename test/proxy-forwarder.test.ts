@@ -239,3 +239,12 @@ t.test('10,000 pipelined requests in one write: the proxy reads ahead a bounded 
   t.ok(batch.length > 300_000, `the batch is ${batch.length} bytes`);
   t.ok(peak <= 160 * 1024, `read ahead at most ${peak} bytes (64 KiB cap plus what one read brings)`);
 });
+
+t.test('TRACE and CONNECT get 405 and OPTIONS * gets 400, none reaching the upstream', async (t) => {
+  const { h, up } = await harness(t);
+  for (const [line, status] of [['TRACE / HTTP/1.1', 405], ['CONNECT localhost:443 HTTP/1.1', 405], ['OPTIONS * HTTP/1.1', 400]] as const) {
+    const r = await raw(h, [`${line}\r\nhost: localhost\r\n\r\n`]);
+    t.match(r.text, new RegExp(`^HTTP/1\\.1 ${status} `), line);
+  }
+  t.same(up.seen, [], 'nothing reached the upstream');
+});

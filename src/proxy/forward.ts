@@ -90,7 +90,9 @@ export class Forwarder implements Http1Handler {
     ex.onClose(() => this.finish(ex, ctx));
     // RFC 9112 §3.2: a 1.1 request without exactly one Host is refused.
     if (hosts.length > 1 || (head.minor === 1 && hosts.length === 0)) return this.refuse(ex, ctx, 400, 'a request needs exactly one Host header');
-    if (head.method === 'CONNECT') return this.refuse(ex, ctx, 405, 'CONNECT is not supported by this reverse proxy');
+    // CONNECT would make us a tunnel; TRACE echoes the request, cookies and credentials included
+    // (cross-site tracing): nginx answers both with 405 as well.
+    if (head.method === 'CONNECT' || head.method === 'TRACE') return this.refuse(ex, ctx, 405, `${head.method} is not supported by this reverse proxy`);
     let path: string;
     try {
       const t = normaliseTarget(head.method, head.target, ctx.host);

@@ -18,10 +18,9 @@ const PORTS: Record<string, string> = { 'http:': '80', 'https:': '443' };
  * proxy that routes on Host must instead refuse the disagreement), and `*` for OPTIONS.
  */
 export function normaliseTarget(method: string, target: string, host: string | undefined): NormalisedTarget {
-  if (target === '*') {
-    if (method !== 'OPTIONS') throw new HttpParseError(400, 'asterisk-form target outside OPTIONS');
-    return { path: '*', query: '' };
-  }
+  // `OPTIONS *` asks about the server, not a resource: no upstream route can answer for all
+  // upstreams, and nginx refuses it too.
+  if (target === '*') throw new HttpParseError(400, `asterisk-form target (${method} *) is not supported`);
   if (target.includes('\\')) throw new HttpParseError(400, 'backslash in the request target');
   let rest = target;
   if (!target.startsWith('/')) {
