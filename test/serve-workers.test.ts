@@ -1,6 +1,7 @@
 // `workers: N`: `hsmproxy serve` runs N worker processes (node:cluster) with HSM-held keys, each
 // with its own cluster client; connections spread over them, the admin /metrics sums them, a
-// killed worker is replaced, SIGHUP reloads every worker and SIGTERM stops them all.
+// killed worker is replaced, SIGHUP reloads every worker and SIGTERM stops them all; a session
+// ticket resumes on any worker, the replacement of a killed one included.
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { startDemoUpstream } from '../src/proxy/index.js';
@@ -19,6 +20,21 @@ function childPids(pid: number): Promise<number[]> {
 }
 
 const workerPids = (logs: Array<Record<string, unknown>>) => new Set(logs.filter((l) => l.type === 'access').map((l) => l.pid as number));
+
+/** One GET on a new connection, offering `session` if given; its status, whether it resumed, and the ticket it got. */
+async function get(port: number, session?: Buffer): Promise<{ status: number; resumed: boolean; session?: Buffer }> {
+  const c = await connectTls(port, ca, session ? { session } : {});
+  let ticket: Buffer | undefined;
+  c.on('session', (b: Buffer) => { ticket = b; });
+  const resumed = c.isSessionReused();
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    c.setEncoding('utf8').on('data', (x: string) => { buf += x; });
+    c.once('end', () => resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(buf)?.[1] ?? 0), resumed, ...(ticket ? { session: ticket } : {}) }));
+    c.once('error', reject);
+    c.write('GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+  });
+}
 
 t.test('workers: 2 serves HSM-backed HTTPS from two processes and /metrics adds them up', async (t) => {
   const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
@@ -48,10 +64,24 @@ t.test('workers: 2 serves HSM-backed HTTPS from two processes and /metrics adds 
   t.equal(await s.stop(), 0, 'SIGTERM stops the workers and the primary exits 0');
 });
 
+t.test('a session ticket issued by one worker resumes on the others (they share each epoch\'s key)', async (t) => {
+  const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
+  t.teardown(() => s.stop());
+  const first = await get(s.port);
+  t.ok(first.session, 'the first connection got a ticket');
+  const before = s.logs().filter((l) => l.type === 'access').length;
+  const again: boolean[] = [];
+  for (let i = 0; i < 8; i++) again.push((await get(s.port, first.session)).resumed);
+  t.same(again, Array(8).fill(true), 'every connection offering the ticket resumed');
+  await new Promise((r) => setTimeout(r, 300)); // access log lines are written asynchronously
+  t.equal(workerPids(s.logs().filter((l) => l.type === 'access').slice(before)).size, 2, 'the resumed connections were served by both workers');
+});
+
 t.test('a worker that dies is replaced and service continues', async (t) => {
   const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
   t.teardown(() => s.stop());
-  t.equal(await getOnce(s.port, ca), 200);
+  const ticket = (await get(s.port)).session;
+  t.ok(ticket, 'a ticket from before the replacement');
   const before = await childPids(s.child.pid!);
   const worker = (await Promise.all(before.map(async (p) => ({ p, grand: await childPids(p) })))).find((x) => x.grand.length === 0)?.p;
   t.ok(worker, 'found a worker process (a child without HSM children of its own)');
@@ -65,9 +95,10 @@ t.test('a worker that dies is replaced and service continues', async (t) => {
     await new Promise((r) => setTimeout(r, 200));
   }
   t.equal(ready, 200, 'ready again once the replacement serves');
-  const statuses: number[] = [];
-  for (let i = 0; i < 6; i++) statuses.push(await getOnce(s.port, ca));
-  t.same(statuses, Array(6).fill(200));
+  const after: Array<{ status: number; resumed: boolean }> = [];
+  for (let i = 0; i < 6; i++) after.push(await get(s.port, ticket));
+  t.same(after.map((r) => r.status), Array(6).fill(200));
+  t.same(after.map((r) => r.resumed), Array(6).fill(true), 'the replacement was given the current ticket keys: the old ticket resumes on every worker');
 });
 
 t.test('SIGHUP reloads every worker: all new connections get the reissued certificate', async (t) => {

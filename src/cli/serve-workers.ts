@@ -1,8 +1,9 @@
 // `serve` with `workers: N` (N > 1): the primary keeps the HSM side it opened (an embedded cluster
 // runs here), the demo upstream, the scaling advisor (fed the workers' HSM and handshake events)
 // and the admin server, whose /metrics sums every worker's registry; N worker processes (serve-worker entry) each open their own cluster client and Proxy
-// on the shared listening ports. Session tickets use one secret, so any worker resumes any ticket.
-import { randomBytes } from 'node:crypto';
+// on the shared listening ports. Session tickets: the primary makes each epoch's ticket key from
+// fresh randomness and sends it to every worker shortly before the epoch begins, so any worker
+// resumes any ticket, and no secret outlives its epoch (a leaked key opens one epoch's tickets).
 import { channel, subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,12 +12,12 @@ import { loadConfig, type Config } from '../config/index.js';
 import { CHANNELS, clusterSource, createRegistry, defineMetrics, exposeToPrimary, withPrimaryFamilies } from '../metrics/index.js';
 import { AdminServer, Proxy, WorkerPool, type WorkerCommand, type WorkerReport } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
-import { TicketKeys } from '../tls/index.js';
+import { TicketKeys, type SharedTicketKey } from '../tls/index.js';
 import { startScaling } from './scaling-runtime.js';
 import { hsmReadiness, openHsmSide, publishHsmState, workerCount, type HsmSide, type Serving } from './serve-runtime.js';
 
-/** What the primary sends each worker. `forwardEvents`: the primary runs the scaling advisor. */
-interface WorkerSettings { configFile: string; ticketSecret: string; logLevel: string; forwardEvents: boolean }
+/** What the primary sends each worker (again when ticket keys change). `forwardEvents`: the primary runs the scaling advisor. */
+interface WorkerSettings { configFile: string; ticketKeys: SharedTicketKey[]; logLevel: string; forwardEvents: boolean }
 
 // What the scaling advisor reads; forwarded from the workers, where the signatures happen.
 const FORWARDED: readonly string[] = [CHANNELS.hsmRequest, CHANNELS.tlsHandshake];
@@ -57,10 +58,12 @@ export async function startWorkers(opts: { config: Config; configFile: string; h
   const scaling = hsm.cluster && hsm.dir
     ? startScaling({ client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale: config.hsm.autoscale, metrics: defineMetrics(registry), log })
     : undefined;
+  // The primary seals no tickets: it only makes each epoch's key and hands it out.
+  const ticketKeys = new TicketKeys();
   const pool = new WorkerPool<WorkerSettings>({
     count,
     exec: workerEntry,
-    settings: { configFile: opts.configFile, ticketSecret: randomBytes(48).toString('hex'), logLevel: log.level, forwardEvents: scaling !== undefined },
+    settings: () => ({ configFile: opts.configFile, ticketKeys: ticketKeys.export(), logLevel: log.level, forwardEvents: scaling !== undefined }),
     onWorkerEvents: (events) => {
       for (const [name, event] of events) if (FORWARDED.includes(name)) channel(name).publish(event);
     },
@@ -76,6 +79,16 @@ export async function startWorkers(opts: { config: Config; configFile: string; h
     await scaling?.stop();
     throw err;
   }
+  let shareTimer: NodeJS.Timeout | undefined;
+  const shareNextKey = () => {
+    // +1 ms: a timer may fire a hair early, before export() includes the next key.
+    shareTimer = setTimeout(() => {
+      pool.refreshSettings();
+      shareNextKey();
+    }, ticketKeys.msUntilNextShare() + 1);
+    shareTimer.unref();
+  };
+  shareNextKey();
   const metrics = scaling ? withPrimaryFamilies(clusterSource(), registry, 'hsmproxy_cluster_') : clusterSource();
   const admin = new AdminServer(metrics, () => {
     const hsm = hsmReadiness(opts.hsm);
@@ -86,6 +99,7 @@ export async function startWorkers(opts: { config: Config; configFile: string; h
   try {
     await admin.listen(config.admin.port, config.admin.address);
   } catch (err) {
+    clearTimeout(shareTimer);
     await pool.stop(0);
     await scaling?.stop();
     throw err;
@@ -97,6 +111,7 @@ export async function startWorkers(opts: { config: Config; configFile: string; h
     listenerAddress: (name) => pool.listenerAddress(name),
     adminAddress: () => admin.address(),
     async stop(deadlineMs) {
+      clearTimeout(shareTimer);
       await pool.stop(deadlineMs ?? current.timeouts.shutdownMs);
       await admin.close();
       await scaling?.stop();
@@ -126,6 +141,12 @@ export async function runWorker(): Promise<void> {
     process.on('message', first);
     report({ hsmproxy: 'hello' });
   });
+  // Listening from here on, so a key sent while the worker starts is not missed.
+  const ticketKeys = new TicketKeys();
+  ticketKeys.install(settings.ticketKeys);
+  process.on('message', (m: WorkerCommand<WorkerSettings>) => {
+    if (m?.hsmproxy === 'settings') ticketKeys.install(m.settings.ticketKeys);
+  });
   const log = pino({ level: settings.logLevel }).child({ worker: Number(process.env.HSMPROXY_WORKER ?? 0) });
   // The primary coordinates: a terminal's Ctrl-C or hangup reaches the whole process group.
   process.on('SIGINT', () => undefined);
@@ -143,7 +164,7 @@ export async function runWorker(): Promise<void> {
       config, logger: log, registry, admin: false,
       tlsListenerFactory: offloadListenerFactory({
         engine: hsm.engine, signTimeoutMs: config.hsm.signing.timeoutMs,
-        ticketKeys: new TicketKeys({ secret: Buffer.from(settings.ticketSecret, 'hex') }),
+        ticketKeys,
       }),
     });
     await proxy.start();

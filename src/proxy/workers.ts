@@ -16,7 +16,10 @@ export type WorkerReport =
   /** diagnostics_channel events of the worker, batched, for observers in the primary. */
   | { hsmproxy: 'events'; events: Array<[string, unknown]> };
 
-/** Primary → worker. `settings` answers the worker's hello (sent once it listens for messages). */
+/**
+ * Primary → worker. `settings` answers the worker's hello (sent once it listens for messages), and
+ * is sent again to every worker when the owner refreshes them (refreshSettings).
+ */
 export type WorkerCommand<S> =
   | { hsmproxy: 'settings'; settings: S }
   | { hsmproxy: 'reload' }
@@ -34,8 +37,8 @@ export interface WorkerPoolOptions<S> {
   /** The worker's entry file (keep the current extension: .ts under tsx, .js from dist/). */
   exec: string;
   execArgv?: string[];
-  /** Sent to each worker as its first message. */
-  settings: S;
+  /** Sent to each worker as its first message; a function is asked afresh each time (settings that change, like ticket keys). */
+  settings: S | (() => S);
   /** How long a worker may take to report ready (default 60 s). */
   startTimeoutMs?: number;
   onEvent?: (e: WorkerPoolEvent) => void;
@@ -76,6 +79,14 @@ export class WorkerPool<S> {
     return this.listeners[name];
   }
 
+  /** Sends the current settings to every connected worker (e.g. the next epoch's ticket keys). */
+  refreshSettings(): void {
+    const settings = this.settings();
+    for (const w of this.workers.values()) {
+      if (w.isConnected() && !w.isDead()) w.send({ hsmproxy: 'settings', settings } satisfies WorkerCommand<S>);
+    }
+  }
+
   /** Asks every worker to reload; rejects with the first refusal (that worker keeps its old config). */
   async reload(): Promise<void> {
     // A worker being replaced reads the config file afresh when it starts: nothing to ask it.
@@ -113,7 +124,7 @@ export class WorkerPool<S> {
     // Messages sent before the worker listens would be lost, so it asks first.
     w.on('message', (m: unknown) => {
       if (!isReport(m)) return;
-      if (m.hsmproxy === 'hello') w.send({ hsmproxy: 'settings', settings: this.opts.settings } satisfies WorkerCommand<S>);
+      if (m.hsmproxy === 'hello') w.send({ hsmproxy: 'settings', settings: this.settings() } satisfies WorkerCommand<S>);
       else if (m.hsmproxy === 'events' && Array.isArray(m.events)) this.opts.onWorkerEvents?.(m.events);
     });
     w.on('exit', (code, signal) => this.onExit(n, w, code, signal));
@@ -129,6 +140,12 @@ export class WorkerPool<S> {
       this.opts.onEvent?.({ event: 'ready', worker: n, pid });
       return true;
     }, this.opts.startTimeoutMs ?? 60_000);
+  }
+
+  private settings(): S {
+    const s = this.opts.settings;
+    // S itself is never a function (it crosses IPC as JSON), so a function here is the getter.
+    return typeof s === 'function' ? (s as () => S)() : s;
   }
 
   private onExit(n: number, w: Worker, code: number | null, signal: string | null): void {

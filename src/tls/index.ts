@@ -13,6 +13,7 @@ export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
 export { NoCompatibleKeyError, SIGNER_ERR_NO_COMPATIBLE_KEY, SignatureScheme, type Signer, type CertifiedKey } from './signer.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';
 export { TicketKeys } from './tickets.js';
+export type { SharedTicketKey, TicketKeysOptions } from './tickets.js';
 export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';
 export { TLS12_SUITES, type CipherSuite12 } from './suites12.js';
 export type { ServerHandshakeConfig, TlsVersionName, VersionRange } from './hello12.js';

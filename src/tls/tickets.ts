@@ -1,13 +1,16 @@
 // Session-ticket encryption keys (RFC 5077 §4 layout, RFC 8446 §4.6.1 stateless tickets).
 // Keys rotate on a fixed epoch grid; a key seals during its epoch and opens until acceptForMs
-// after its epoch began. Imports node:crypto and alert.ts only.
+// after its epoch began. Every epoch's key is fresh randomness, never derived from a secret that
+// outlives it, so a leaked key opens only its own epoch's tickets. Processes that must open each
+// other's tickets (workers) share keys, not a secret: one exports each epoch's key as it is
+// made, the others install it (export/install). Imports node:crypto and alert.ts only.
 import crypto from 'node:crypto';
 import { TlsError } from './alert.js';
 
 const NAME_LEN = 16;
 const NONCE_LEN = 12;
 const TAG_LEN = 16;
-const SECRET_LEN = 48;
+const KEY_LEN = 32;
 
 interface TicketKey {
   epoch: number;
@@ -29,19 +32,27 @@ function purposeKey(k: TicketKey, purpose: string | undefined): Buffer {
   return key;
 }
 
+/** One epoch's ticket key as handed to another process (hex, so it survives IPC's JSON). */
+export interface SharedTicketKey {
+  epoch: number;
+  name: string;
+  key: string;
+}
+
 /** Options for TicketKeys. */
 export interface TicketKeysOptions {
   /** How long one key seals new tickets; default 1 h. */
   rotateEveryMs?: number;
   /** How long after its epoch began a key still opens tickets; default 2 × rotateEveryMs. */
   acceptForMs?: number;
+  /**
+   * How long before its epoch begins `export` includes the next epoch's key, so other processes
+   * hold it in time; default a minute (at most a quarter of rotateEveryMs). Until then the next
+   * key does not exist anywhere.
+   */
+  shareAheadMs?: number;
   /** Clock, for tests. */
   now?: () => number;
-  /**
-   * A 48-byte secret shared by several workers or hosts so they all open each other's tickets.
-   * Without it every key is random and lives in this process only.
-   */
-  secret?: Buffer;
 }
 
 /**
@@ -51,23 +62,25 @@ export interface TicketKeysOptions {
 export class TicketKeys {
   private readonly rotateEveryMs: number;
   private readonly acceptForMs: number;
+  private readonly shareAheadMs: number;
   private readonly now: () => number;
-  private readonly secret: Buffer | null;
-  /** Keys by epoch; older than the accept window are dropped on use. */
-  private readonly keys = new Map<number, TicketKey>();
+  /** Every key that may still open tickets (made here or installed); expired ones are dropped on use. */
+  private keys: TicketKey[] = [];
+  /** The key each epoch seals with: an installed one wins over one made here. */
+  private readonly sealing = new Map<number, TicketKey>();
 
   constructor(opts: TicketKeysOptions = {}) {
     this.rotateEveryMs = opts.rotateEveryMs ?? 3_600_000;
     this.acceptForMs = opts.acceptForMs ?? 2 * this.rotateEveryMs;
+    this.shareAheadMs = opts.shareAheadMs ?? Math.min(60_000, this.rotateEveryMs / 4);
     this.now = opts.now ?? Date.now;
     if (!(this.rotateEveryMs > 0)) throw new TlsError('ticket key rotateEveryMs must be a positive number of milliseconds', 'TLS_ERR_TICKET_CONFIG');
     if (!(this.acceptForMs >= this.rotateEveryMs)) {
       throw new TlsError('ticket key acceptForMs must be at least rotateEveryMs, or fresh tickets would not open', 'TLS_ERR_TICKET_CONFIG');
     }
-    if (opts.secret && opts.secret.length !== SECRET_LEN) {
-      throw new TlsError(`ticket key secret must be ${SECRET_LEN} bytes, got ${opts.secret.length}`, 'TLS_ERR_TICKET_CONFIG');
+    if (!(this.shareAheadMs >= 0 && this.shareAheadMs < this.rotateEveryMs)) {
+      throw new TlsError('ticket key shareAheadMs must be at least 0 and less than rotateEveryMs', 'TLS_ERR_TICKET_CONFIG');
     }
-    this.secret = opts.secret ? Buffer.from(opts.secret) : null;
   }
 
   /**
@@ -75,7 +88,7 @@ export class TicketKeys {
    * key, so a ticket sealed for one purpose never opens for another (a 1.3 ticket is not a 1.2 one).
    */
   seal(plaintext: Buffer, purpose?: string): Buffer {
-    const k = this.keyFor(this.currentEpoch());
+    const k = this.sealingKey(this.currentEpoch());
     const out = Buffer.allocUnsafe(NAME_LEN + NONCE_LEN + plaintext.length + TAG_LEN);
     k.name.copy(out, 0);
     const nonce = out.subarray(NAME_LEN, NAME_LEN + NONCE_LEN);
@@ -113,8 +126,49 @@ export class TicketKeys {
     return this.currentEpoch() * this.rotateEveryMs + this.acceptForMs - this.now();
   }
 
+  /**
+   * The keys other processes need to seal and open tickets now: this process's key of every epoch
+   * still accepted and of the current one, and the next epoch's once it begins within shareAheadMs
+   * (each made from fresh randomness when first needed).
+   */
+  export(): SharedTicketKey[] {
+    this.prune();
+    const current = this.currentEpoch();
+    this.sealingKey(current);
+    if (this.msUntilEpoch(current + 1) <= this.shareAheadMs) this.sealingKey(current + 1);
+    return [...this.sealing.values()].sort((a, b) => a.epoch - b.epoch)
+      .map((k) => ({ epoch: k.epoch, name: k.name.toString('hex'), key: k.key.toString('hex') }));
+  }
+
+  /** Takes keys another process exported: each seals during its epoch (instead of one made here) and opens until it expires. */
+  install(shared: readonly SharedTicketKey[]): void {
+    this.prune();
+    const oldest = this.oldestAcceptedEpoch();
+    for (const s of shared) {
+      const name = Buffer.from(typeof s?.name === 'string' ? s.name : '', 'hex');
+      const key = Buffer.from(typeof s?.key === 'string' ? s.key : '', 'hex');
+      if (!Number.isSafeInteger(s?.epoch) || name.length !== NAME_LEN || key.length !== KEY_LEN) {
+        throw new TlsError(`a shared ticket key must have an integer epoch, a ${NAME_LEN}-byte name and a ${KEY_LEN}-byte key`, 'TLS_ERR_TICKET_CONFIG');
+      }
+      if (s.epoch < oldest || this.keys.some((k) => k.name.equals(name))) continue;
+      const k: TicketKey = { epoch: s.epoch, name, key };
+      this.keys.push(k);
+      this.sealing.set(s.epoch, k);
+    }
+  }
+
+  /** Milliseconds until `export` next returns a key not yet shared (the next epoch's key is due). */
+  msUntilNextShare(): number {
+    const due = this.msUntilEpoch(this.currentEpoch() + 1) - this.shareAheadMs;
+    return due > 0 ? due : due + this.rotateEveryMs;
+  }
+
   private currentEpoch(): number {
     return Math.floor(this.now() / this.rotateEveryMs);
+  }
+
+  private msUntilEpoch(epoch: number): number {
+    return epoch * this.rotateEveryMs - this.now();
   }
 
   /** Oldest epoch whose key still opens tickets now. */
@@ -123,30 +177,28 @@ export class TicketKeys {
     return Math.floor((this.now() - this.acceptForMs) / this.rotateEveryMs) + 1;
   }
 
-  private findKey(name: Buffer): TicketKey | null {
+  // Forgets keys whose epoch can no longer open tickets: gone from memory, not only unused.
+  private prune(): void {
     const oldest = this.oldestAcceptedEpoch();
-    const current = this.currentEpoch();
-    for (const [epoch] of this.keys) if (epoch < oldest) this.keys.delete(epoch);
-    for (let e = current; e >= oldest; e--) {
-      // Random keys exist only for epochs in which we sealed; derived keys can be recomputed.
-      const k = this.secret ? this.keyFor(e) : this.keys.get(e);
-      if (k && k.name.equals(name)) return k;
-    }
-    return null;
+    if (!this.keys.some((k) => k.epoch < oldest)) return;
+    this.keys = this.keys.filter((k) => k.epoch >= oldest);
+    for (const epoch of this.sealing.keys()) if (epoch < oldest) this.sealing.delete(epoch);
   }
 
-  private keyFor(epoch: number): TicketKey {
-    let k = this.keys.get(epoch);
+  private findKey(name: Buffer): TicketKey | null {
+    this.prune();
+    const current = this.currentEpoch();
+    // Keys of epochs not yet begun (shared ahead) open nothing: no ticket can have been sealed with them.
+    return this.keys.find((k) => k.epoch <= current && crypto.timingSafeEqual(k.name, name)) ?? null;
+  }
+
+  // The key sealing in `epoch`: an installed one, or else fresh random bytes made here.
+  private sealingKey(epoch: number): TicketKey {
+    let k = this.sealing.get(epoch);
     if (k) return k;
-    if (this.secret) {
-      const info = Buffer.alloc(8);
-      info.writeBigUInt64BE(BigInt(epoch));
-      const okm = Buffer.from(crypto.hkdfSync('sha256', this.secret, Buffer.from('hsmproxy ticket keys v1'), info, NAME_LEN + 32));
-      k = { epoch, name: okm.subarray(0, NAME_LEN), key: okm.subarray(NAME_LEN) };
-    } else {
-      k = { epoch, name: crypto.randomBytes(NAME_LEN), key: crypto.randomBytes(32) };
-    }
-    this.keys.set(epoch, k);
+    k = { epoch, name: crypto.randomBytes(NAME_LEN), key: crypto.randomBytes(KEY_LEN) };
+    this.keys.push(k);
+    this.sealing.set(epoch, k);
     return k;
   }
 }
