@@ -1,10 +1,20 @@
-// ECDSA over a precomputed digest (P-256, P-384). node:crypto only signs messages (it hashes
-// them itself), so for the "prehashed" ECDSA mechanisms the curve arithmetic is done here with
-// BigInt, per SEC 1 §4.1. Slower than OpenSSL (milliseconds) and not constant-time: acceptable
-// in a simulated HSM, and the message path (what TLS uses) goes through node:crypto.
-import { randomBytes, type KeyObject } from 'node:crypto';
+// ECDSA over a precomputed digest (P-256, P-384), SEC 1 §4.1.3. node:crypto cannot sign a digest
+// as-is: it reaches OpenSSL's EVP_DigestSign only, and `crypto.sign(null, digest, ecKey)` hashes
+// with the key type's default digest (on Node 20.20 / OpenSSL 3.0.19 its result verifies with
+// `crypto.verify('sha256', digest, …)`, i.e. it signed SHA-256(digest)); `privateEncrypt` (the one
+// path to EVP_PKEY_sign) sets RSA padding first and fails on EC keys; WebCrypto's ECDSA requires a
+// hash. So the signature is assembled here, with the secret-dependent parts guarded:
+// - the nonce k and the point kG come from OpenSSL (ECDH generateKeys: k uniform in [1, n-1], kG
+//   by its constant-time scalar multiplication), never from a JS double-and-add whose branches
+//   follow k's bits;
+// - s = k⁻¹(z + r·d) mod n is computed on blinded values (BigInt is not constant time): k is
+//   inverted as (k·b)⁻¹·b with a fresh random b, and d enters only as d + c·n (c random, top bit
+//   set, so its length never varies) times the random b·r. What the timing of these operations
+//   depends on is masked by fresh randomness for every signature.
+// Verification handles public values only and keeps the plain arithmetic.
+import { createECDH, randomBytes, type KeyObject } from 'node:crypto';
 
-interface Curve { p: bigint; n: bigint; b: bigint; gx: bigint; gy: bigint; bytes: number }
+interface Curve { p: bigint; n: bigint; b: bigint; gx: bigint; gy: bigint; bytes: number; openssl: string }
 
 const CURVES: Record<'P-256' | 'P-384', Curve> = {
   'P-256': {
@@ -14,6 +24,7 @@ const CURVES: Record<'P-256' | 'P-384', Curve> = {
     gx: 0x6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296n,
     gy: 0x4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5n,
     bytes: 32,
+    openssl: 'prime256v1',
   },
   'P-384': {
     p: 0xfffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffffn,
@@ -22,6 +33,7 @@ const CURVES: Record<'P-256' | 'P-384', Curve> = {
     gx: 0xaa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7n,
     gy: 0x3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5fn,
     bytes: 48,
+    openssl: 'secp384r1',
   },
 };
 
@@ -40,7 +52,7 @@ function inv(a: bigint, m: bigint): bigint {
   return mod(s0, m);
 }
 
-// Point doubling and addition in Jacobian coordinates for a = -3 curves.
+// Point doubling and addition in Jacobian coordinates for a = -3 curves (verification only: public values).
 function dbl(c: Curve, [x, y, z]: Jacobian): Jacobian {
   if (y === 0n || z === 0n) return [0n, 1n, 0n];
   const p = c.p;
@@ -76,6 +88,7 @@ function add(c: Curve, a: Jacobian, b: Jacobian): Jacobian {
   return [nx, ny, nz];
 }
 
+// Double-and-add: its branches follow the bits of k, so it only ever sees public scalars (verify).
 function mul(c: Curve, k: bigint, pt: Jacobian): Jacobian {
   let acc: Jacobian = [0n, 1n, 0n];
   for (let i = BigInt(k.toString(2).length - 1); i >= 0n; i--) {
@@ -137,16 +150,31 @@ function curveOf(key: KeyObject): Curve {
   return name === 'secp384r1' ? CURVES['P-384'] : CURVES['P-256'];
 }
 
+// A uniform integer in [1, n-1]: 64 bits more than n, reduced, so the bias is below 2^-64.
+function randomScalar(c: Curve): bigint {
+  return (toInt(randomBytes(c.bytes + 8)) % (c.n - 1n)) + 1n;
+}
+
+/** A fresh nonce k and r = x(kG) mod n, both from OpenSSL. */
+function opensslNonce(c: Curve): { k: bigint; r: bigint } {
+  const ecdh = createECDH(c.openssl);
+  const point = ecdh.generateKeys(); // 0x04 ‖ X ‖ Y
+  return { k: toInt(ecdh.getPrivateKey()), r: toInt(point.subarray(1, 1 + c.bytes)) % c.n };
+}
+
 /** ECDSA signature of a digest with an EC private key: DER, or raw r||s. */
 export function ecdsaSignDigest(key: KeyObject, digest: Buffer, format: 'der' | 'raw'): Buffer {
   const c = curveOf(key);
   const d = toInt(Buffer.from(key.export({ format: 'jwk' }).d ?? '', 'base64url'));
-  const z = digestInt(c, digest);
+  const z = digestInt(c, digest) % c.n;
   for (;;) {
-    const k = (toInt(randomBytes(c.bytes + 8)) % (c.n - 1n)) + 1n;
-    const r = affineX(c, mul(c, k, [c.gx, c.gy, 1n])) % c.n;
+    const { k, r } = opensslNonce(c);
     if (r === 0n) continue;
-    const s = (inv(k, c.n) * (z + r * d)) % c.n;
+    const b = randomScalar(c);
+    const kbInv = inv((k * b) % c.n, c.n); // = k⁻¹·b⁻¹; Euclid runs on k·b, uniform whatever k is
+    const dBlind = d + ((1n << 63n) | toInt(randomBytes(8))) * c.n; // ≡ d (mod n), fixed length
+    const u = (b * z + ((b * r) % c.n) * dBlind) % c.n; // = b·(z + r·d)
+    const s = (kbInv * u) % c.n; // = k⁻¹(z + r·d)
     if (s === 0n) continue;
     const rb = toBytes(r, c.bytes);
     const sb = toBytes(s, c.bytes);
