@@ -15,7 +15,7 @@ import { Engine, SimBackend, loadCredentials, mapSimError, parseCredentials, sim
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
 import type { Supervisor } from '../hsm/cluster/supervisor.js';
-import { readManifest } from '../hsm/cluster/manifest.js';
+import { readClientManifest, type ClientManifest } from '../hsm/cluster/manifest.js';
 import { connectCluster } from '../hsm/cluster/membership.js';
 import { ensureDemoPki, type DemoPkiFiles } from '../pki/demo.js';
 import { createRegistry, defineMetrics } from '../metrics/index.js';
@@ -46,8 +46,10 @@ export interface HsmSide {
   /** PKCS#11: sessions per token and the libuv threads the process started with (each signature in flight holds one of each). */
   pkcs11?: { sessions: number; threadPool: number };
   cluster?: ClusterClient;
-  /** The simulated cluster's directory, and its supervisor when this process runs the HSMs (scaling). */
+  /** The simulated cluster's directory (or the proxy's client bundle), and its supervisor when this process runs the HSMs (scaling). */
   dir?: string;
+  /** `dir` is a client bundle (hsm.manifest names one): no cluster administration from here. */
+  clientBundle?: boolean;
   supervisor?: Supervisor;
   stop(): Promise<void>;
 }
@@ -131,6 +133,7 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   let client: ClusterClient;
   let credentials: { user?: string; password: string };
   const dir = hsm.mode === 'cluster' && hsm.manifest ? dirname(hsm.manifest) : hsm.dir;
+  let manifest: ClientManifest | undefined;
   if (hsm.mode === 'embedded' && how.attach) {
     const stored = JSON.parse(await readFile(join(dir, 'embedded-credentials.json'), 'utf8')) as { cu: { user: string; password: string } };
     credentials = stored.cu;
@@ -144,15 +147,21 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     const variable = customPinVariable(config);
     credentials = variable ? parseCredentials(requiredVariable(variable), variable) : await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
     if (!credentials.user) throw new UsageError('the cluster needs crypto-user credentials as user:password (HSMPROXY_PIN or hsm.credentials.file)');
+    manifest = await readClientManifest(dir);
+    // A client bundle (`hsmproxy cluster client-cert`) holds no CA or cluster key: HSMs cannot be added from it.
+    if (manifest.kind === 'client-bundle' && hsm.autoscale?.enabled) {
+      throw new UsageError(`hsm.autoscale needs the cluster directory, but hsm.manifest names the client bundle of "${manifest.client?.name ?? '?'}" (${dir}); run the autoscaler where the cluster directory is, or turn hsm.autoscale.enabled off`);
+    }
     client = await connectLoggedIn(dir, { user: credentials.user, password: credentials.password });
   }
-  const manifest = await readManifest(dir);
-  const backend = new SimBackend({ client: simClientFrom(client), clusterId: manifest.clusterId, credentials, ownsClient: false });
+  const { clusterId, hsms, kind } = manifest ?? (await readClientManifest(dir));
+  const clientBundle = kind === 'client-bundle';
+  const backend = new SimBackend({ client: simClientFrom(client), clusterId, credentials, ownsClient: false });
   const opts: EngineOptions = { backends: { sim: backend }, admission };
   const engine = new Engine(opts);
   return {
-    engine, backend, cluster: client, dir, ...(embedded ? { supervisor: embedded.supervisor } : {}),
-    describe: `${hsm.mode} cluster in ${dir} (${manifest.hsms.length} HSM${manifest.hsms.length === 1 ? '' : 's'})`,
+    engine, backend, cluster: client, dir, ...(embedded ? { supervisor: embedded.supervisor } : {}), ...(clientBundle ? { clientBundle } : {}),
+    describe: `${hsm.mode} cluster ${clientBundle ? 'through the client bundle' : 'in'} ${dir} (${hsms.length} HSM${hsms.length === 1 ? '' : 's'})`,
     stop: async () => {
       await engine.close();
       if (embedded) await embedded.stop();
@@ -203,7 +212,8 @@ export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] 
 
 /** On the simulated cluster, records the admin URL in its directory for `cluster advise --dir` (removed at stop). */
 async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup: Array<() => Promise<void>>, log: Logger): Promise<void> {
-  if (!hsm.cluster || !hsm.dir || !addr) return;
+  // A bundle is not where `cluster advise --dir` looks (and is mounted read-only in compose).
+  if (!hsm.cluster || !hsm.dir || hsm.clientBundle || !addr) return;
   try {
     cleanup.push(await writeAdminRecord(hsm.dir, addr));
   } catch (err) {
@@ -217,12 +227,14 @@ async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup:
  * demo PKI and upstream follow from the config (`demo: true`), not from how it was named: the
  * default passed explicitly, or a copy of it on other ports, is the demo too.
  */
-export async function startServing(opts: { configFile?: string; log: Logger }): Promise<Serving> {
+export async function startServing(opts: { configFile?: string; log: Logger; logLevelFromConfig?: boolean }): Promise<Serving> {
   const { log } = opts;
   const configFile = opts.configFile ?? join(packageRoot(), 'config', 'hsmproxy.yaml');
   // The demo's certificates are made on first start, so its files are checked only after that.
   const parsed = loadConfig(configFile, { checkFiles: false });
   const config = parsed.demo ? parsed : loadConfig(configFile, { checkFiles: true });
+  // log.level applies unless --log-level or HSMPROXY_LOG_LEVEL said otherwise (it was ignored).
+  if (opts.logLevelFromConfig) log.level = config.log.level;
   const hsm = await openHsmSide(config, log);
   const cleanup: Array<() => Promise<void>> = [() => hsm.stop()];
   try {

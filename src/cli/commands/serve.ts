@@ -40,8 +40,9 @@ export function register(program: Command): void {
     .option('--log-level <level>', 'override log.level')
     .option('--json', 'print the startup summary as JSON')
     .action(async (opts: ServeOptions) => {
-      const log = pino({ level: opts.logLevel ?? process.env.HSMPROXY_LOG_LEVEL ?? 'info' });
-      const serving = await startServing({ ...(opts.config ? { configFile: opts.config } : {}), log });
+      const explicit = opts.logLevel ?? process.env.HSMPROXY_LOG_LEVEL;
+      const log = pino({ level: explicit ?? 'info' });
+      const serving = await startServing({ ...(opts.config ? { configFile: opts.config } : {}), log, logLevelFromConfig: explicit === undefined });
       output(opts, {
         listeners: serving.config.listeners.map((l) => ({ name: l.name, address: serving.listenerAddress(l.name) })),
         admin: serving.adminAddress(),
