@@ -21,11 +21,14 @@ FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 # A fixed uid/gid, so volumes keep working across rebuilds. No extra packages: the HEALTHCHECK
-# uses node itself; softhsm2 is not included (mount your PKCS#11 module instead).
+# uses node itself; softhsm2 is not included (mount your PKCS#11 module instead). /app/hsm-client
+# is where compose mounts a proxy's client bundle: a new volume takes this directory's owner and
+# mode, so the non-root setup step can write it.
 RUN groupadd --system --gid 10001 hsmproxy \
  && useradd --system --uid 10001 --gid hsmproxy --home-dir /app --shell /usr/sbin/nologin hsmproxy \
- && mkdir -p /app/data /app/certs && chown hsmproxy:hsmproxy /app/data /app/certs
-# Code and example configs stay owned by root: the process may write only its two volumes.
+ && mkdir -p /app/data /app/certs && chown hsmproxy:hsmproxy /app/data /app/certs \
+ && install -d -m 0700 -o hsmproxy -g hsmproxy /app/hsm-client
+# Code and example configs stay owned by root: the process may write only its volumes.
 COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist

@@ -110,3 +110,35 @@ t.test('every file compose mounts from the repository exists', async (t) => {
     }
   }
 });
+
+// A compose volume entry: named volume (or ./bind path), mount point, read-only or not.
+function mount(v: string): { source: string; target: string; ro: boolean; named: boolean } {
+  const [source = '', target = '', mode = ''] = v.split(':');
+  return { source, target, ro: mode.split(',').includes('ro'), named: !/^[./~]/.test(source) };
+}
+const namedVolumes = (s: Service | undefined) => (s?.volumes ?? []).map(mount).filter((m) => m.named).map((m) => m.source);
+
+t.test('the proxy mounts no volume holding HSM or CA secrets: only its client bundle and the certificates, read-only', async (t) => {
+  // Where the cluster directory lives: the volumes the HSM containers and the init step use.
+  const secret = new Set([...Object.values(services).filter((s) => s.command?.slice(0, 2).join(' ') === 'hsm serve'), services['cluster-init']].flatMap(namedVolumes));
+  t.ok(secret.has('data'), 'the cluster directory is the data volume');
+  const proxy = (services.hsmproxy?.volumes ?? []).map(mount);
+  t.same(proxy.filter((m) => secret.has(m.source)), [], 'none of them is mounted in the proxy');
+  t.same(proxy.filter((m) => !m.ro), [], 'everything the proxy mounts is read-only');
+  t.same(namedVolumes(services.hsmproxy).sort(), ['certs', 'hsm-client']);
+  t.same(services['hsmproxy-net']?.volumes ?? [], [], 'nor does the network-namespace owner, which publishes the proxy ports');
+  // Written only by the setup step, which issues the bundle; no HSM container mounts it.
+  t.same(Object.entries(services).filter(([, s]) => namedVolumes(s).includes('hsm-client')).map(([n]) => n).sort(), ['cluster-setup', 'hsmproxy']);
+  t.equal((services['cluster-setup']?.volumes ?? []).map(mount).find((m) => m.source === 'hsm-client')?.target, '/app/hsm-client');
+
+  // The proxy's config reaches the HSMs through that bundle: manifest and credentials inside its mount.
+  const hsm = (parse(readFileSync(join(repoRoot, 'deploy', 'hsmproxy', 'hsmproxy.yaml'), 'utf8')) as { hsm: { manifest: string; credentials: { file: string } } }).hsm;
+  const bundle = proxy.find((m) => m.source === 'hsm-client')!.target;
+  t.equal(hsm.manifest, `${bundle}/cluster.json`);
+  t.equal(hsm.credentials.file, `${bundle}/crypto-user.pin`);
+  t.match(readFileSync(join(repoRoot, 'deploy', 'cluster', 'setup.sh'), 'utf8'), /cluster client-cert --dir "\$DIR" --name [^\n]* --out-dir "\$BUNDLE"/, 'setup.sh issues the bundle');
+});
+
+t.test('the image has the bundle mount point, owned by its user and private, so the non-root setup can write a new volume there', async (t) => {
+  t.ok(runtime.some((i) => i.op === 'RUN' && /install -d -m 0700 -o hsmproxy -g hsmproxy \/app\/hsm-client/.test(i.args)));
+});

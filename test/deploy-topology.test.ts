@@ -1,11 +1,12 @@
 // The compose topology without containers: the very files deploy/compose.yaml mounts, with paths
 // and ports rewritten to a temp dir and loopback ports. setup.sh init, three `hsm serve`
 // processes, setup.sh activate, the demo upstream (deploy/upstream/server.mjs) and
-// `hsmproxy serve --config` from deploy/hsmproxy/hsmproxy.yaml; then requests through it.
+// `hsmproxy serve --config` from deploy/hsmproxy/hsmproxy.yaml; then requests through it. The
+// proxy is given its client bundle (the hsm-client volume), never the cluster directory.
 import t from 'tap';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -38,11 +39,12 @@ async function freePortRange(n: number): Promise<number> {
   throw new Error(`no ${n} consecutive free ports found`);
 }
 
-const clusterDir = join(work, 'cluster');
+const clusterDir = join(work, 'data', 'cluster');
 const certDir = join(work, 'certs');
+const bundleDir = join(work, 'hsm-client');
 const setupEnv = {
   ...process.env,
-  CLUSTER_DIR: clusterDir, CERT_DIR: certDir, BASE_PORT: String(await freePortRange(3)),
+  CLUSTER_DIR: clusterDir, CERT_DIR: certDir, BUNDLE_DIR: bundleDir, BASE_PORT: String(await freePortRange(3)),
   HSMPROXY: `${process.execPath} --import=tsx ${cliEntry}`,
   HSMPROXY_PIN: '', HSMPROXY_NEW_PASSWORD: '',
 };
@@ -89,6 +91,7 @@ let hsms: ChildProcess[] = [];
 let port = 0;
 let admin = '';
 const caFile = join(certDir, 'dev-ca.crt');
+let proxyConfig = '';
 const metrics = async (): Promise<string> => (await fetch(`${admin}/metrics`)).text();
 
 t.before(async () => {
@@ -106,11 +109,12 @@ t.before(async () => {
   const adminPort = await freePort();
   const composeConfig = await readFile(join(repoRoot, 'deploy', 'hsmproxy', 'hsmproxy.yaml'), 'utf8');
   const configFile = join(work, 'hsmproxy.yaml');
-  await writeFile(configFile, composeConfig
-    .replaceAll('/app/data', work).replaceAll('/app/certs', certDir)
+  proxyConfig = composeConfig
+    .replaceAll('/app/data', join(work, 'data')).replaceAll('/app/certs', certDir).replaceAll('/app/hsm-client', bundleDir)
     .replaceAll('address: 0.0.0.0', 'address: 127.0.0.1')
     .replace('port: 8443', `port: ${port}`).replace('port: 9464', `port: ${adminPort}`)
-    .replace('http://upstream:8080', `http://127.0.0.1:${upstreamPort}`));
+    .replace('http://upstream:8080', `http://127.0.0.1:${upstreamPort}`);
+  await writeFile(configFile, proxyConfig);
   const serve = spawn(process.execPath, ['--import=tsx', cliEntry, 'serve', '--config', configFile], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'pipe'] });
   children.push(serve);
   let log = '';
@@ -122,11 +126,27 @@ t.before(async () => {
   });
 });
 
-t.test('setup.sh made a 3-HSM cluster, and the crypto user credentials are 0600', async (t) => {
+t.test('setup.sh made a 3-HSM cluster, and the crypto user credentials are 0600, in the bundle only', async (t) => {
   t.equal(hsmCount, 3);
-  t.equal((await stat(join(clusterDir, 'crypto-user.pin'))).mode & 0o777, 0o600);
-  t.match(await readFile(join(clusterDir, 'crypto-user.pin'), 'utf8'), /^hsmproxy:\S{16,}$/);
+  t.equal((await stat(join(bundleDir, 'crypto-user.pin'))).mode & 0o777, 0o600);
+  t.match(await readFile(join(bundleDir, 'crypto-user.pin'), 'utf8'), /^hsmproxy:\S{16,}$/);
   await t.rejects(stat(join(clusterDir, 'preco.pin')), 'the one-time password file is gone after activation');
+  t.same((await readdir(clusterDir)).filter((f) => f.startsWith('crypto-user.pin')), [], 'no copy left in the cluster volume');
+});
+
+t.test("the proxy's directory holds only its client bundle: CA certificate, manifest, its own certificate and key, its credentials", async (t) => {
+  t.same((await readdir(bundleDir)).sort(), ['client.crt', 'client.key', 'cluster.json', 'crypto-user.pin', 'customer-ca.crt']);
+  const keys: string[] = [];
+  for (const f of await readdir(bundleDir)) if ((await readFile(join(bundleDir, f), 'utf8')).includes('PRIVATE KEY')) keys.push(f);
+  t.same(keys, ['client.key'], 'no private key but its own client key');
+  t.equal((await stat(join(bundleDir, 'client.key'))).mode & 0o777, 0o600);
+  const cert = new X509Certificate(await readFile(join(bundleDir, 'client.crt')));
+  t.match(cert.subject, /CN=hsmproxy/);
+  const cluster = JSON.parse(await readFile(join(clusterDir, 'cluster.json'), 'utf8')) as { clientCert: string };
+  t.not(cert.fingerprint256, new X509Certificate(await readFile(join(clusterDir, cluster.clientCert))).fingerprint256, "not the cluster's shared client certificate");
+  const register = JSON.parse(await readFile(join(clusterDir, 'pki', 'clients.json'), 'utf8')) as { clients: Array<{ name: string; fingerprint256: string }> };
+  t.same(register.clients.map((c) => [c.name, c.fingerprint256]), [['hsmproxy', cert.fingerprint256]], 'recorded in the cluster, so it can be revoked');
+  t.notOk(proxyConfig.includes(join(work, 'data')), 'the proxy config names nothing in the cluster volume');
 });
 
 t.test('a request through hsmproxy reaches the demo upstream, over TLS 1.3 with the demo CA', async (t) => {
@@ -162,13 +182,15 @@ t.test('/metrics shows the three HSMs up and both certificates with their expiry
 });
 
 t.test('running the setup steps again changes nothing (restarting the stack is safe)', async (t) => {
-  const pin = await readFile(join(clusterDir, 'crypto-user.pin'), 'utf8');
+  const pin = await readFile(join(bundleDir, 'crypto-user.pin'), 'utf8');
+  const cert = await readFile(join(bundleDir, 'client.crt'), 'utf8');
   for (const step of ['init', 'activate']) {
     const r = await setup(step);
     t.equal(r.code, 0, r.out);
     t.match(r.out, /already/);
   }
-  t.equal(await readFile(join(clusterDir, 'crypto-user.pin'), 'utf8'), pin, 'same credentials');
+  t.equal(await readFile(join(bundleDir, 'crypto-user.pin'), 'utf8'), pin, 'same credentials');
+  t.equal(await readFile(join(bundleDir, 'client.crt'), 'utf8'), cert, 'same client certificate');
 });
 
 t.test('demo-pki mistakes are one-line errors: no crypto-user credentials, bad --days', async (t) => {

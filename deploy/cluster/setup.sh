@@ -4,16 +4,21 @@
 #   setup.sh init      create the cluster files for 3 HSMs (certificates, stores, cluster.json)
 #   setup.sh activate  once the HSMs serve: activate the crypto officer, create the crypto user
 #                      "hsmproxy", make the dev CA and localhost certificates with keys in the
-#                      HSMs (`hsmproxy demo-pki`), and write the crypto user's credentials (0600)
+#                      HSMs (`hsmproxy demo-pki`), issue the proxy's client bundle into BUNDLE_DIR
+#                      (`hsmproxy cluster client-cert`) and write the crypto user's credentials
+#                      there (0600)
 # Both steps do nothing when their work is already done, so restarting the stack is safe.
-# Passwords are generated here and kept only in 0600 files of the cluster volume.
-# Environment: CLUSTER_DIR (/app/data/cluster), CERT_DIR (/app/certs), HSMS (3), BASE_PORT (2225),
+# Passwords are generated here and kept only in 0600 files: the officer's and the sync user's in
+# the cluster volume, the crypto user's in the proxy's bundle, which is all the proxy mounts.
+# Environment: CLUSTER_DIR (/app/data/cluster), CERT_DIR (/app/certs), BUNDLE_DIR (/app/hsm-client),
+# PROXY_NAME (hsmproxy: the client certificate's name), HSMS (3), BASE_PORT (2225),
 # PROFILE (hsm2m.medium), HSMPROXY (the CLI command, default: node /app/dist/src/cli/main.js).
 set -eu
 umask 077
 
 DIR=${CLUSTER_DIR:-/app/data/cluster}
 CERTS=${CERT_DIR:-/app/certs}
+BUNDLE=${BUNDLE_DIR:-/app/hsm-client}
 HSMPROXY=${HSMPROXY:-node /app/dist/src/cli/main.js}
 export HSMPROXY_DIR="$DIR"
 
@@ -31,7 +36,10 @@ init() {
 }
 
 activate() {
-  if [ -f "$DIR/crypto-user.pin" ]; then say "cluster already activated"; return; fi
+  if [ -f "$BUNDLE/crypto-user.pin" ]; then say "cluster already activated"; return; fi
+  # Activated by an earlier version of this script, which kept the credentials in the cluster
+  # volume: they move to the bundle below.
+  if [ -f "$DIR/crypto-user.pin" ]; then mv "$DIR/crypto-user.pin" "$DIR/crypto-user.pin.new"; fi
   # Wait for every HSM of the manifest to answer (their containers start in parallel).
   tries=0
   until cli cluster status --dir "$DIR" --json | node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>process.exit(JSON.parse(s).hsms.every((h)=>h.up)?0:1))'; do
@@ -56,9 +64,16 @@ activate() {
 
   # The dev CA and the localhost certificates (ECDSA and RSA), keys generated in the HSMs.
   cli demo-pki --dir "$DIR" --out "$CERTS"
-  # Last: its presence means the stack is ready for hsmproxy (and this step is done).
-  mv "$DIR/crypto-user.pin.new" "$DIR/crypto-user.pin"
-  say "cluster activated; crypto user hsmproxy; certificates in $CERTS (trust $CERTS/dev-ca.crt)"
+  # The proxy's own client certificate, in its bundle with the CA certificate and the HSMs'
+  # addresses: what the proxy mounts instead of the cluster volume. cluster.json comes last.
+  if [ ! -f "$BUNDLE/cluster.json" ]; then
+    cli cluster client-cert --dir "$DIR" --name "${PROXY_NAME:-hsmproxy}" --out-dir "$BUNDLE"
+  fi
+  # Last: the credentials in the bundle mean the stack is ready for hsmproxy (and this step is done).
+  cp "$DIR/crypto-user.pin.new" "$BUNDLE/crypto-user.pin.tmp"
+  mv "$BUNDLE/crypto-user.pin.tmp" "$BUNDLE/crypto-user.pin"
+  rm -f "$DIR/crypto-user.pin.new"
+  say "cluster activated; crypto user hsmproxy; client bundle of ${PROXY_NAME:-hsmproxy} in $BUNDLE; certificates in $CERTS (trust $CERTS/dev-ca.crt)"
 }
 
 case "${1:-}" in

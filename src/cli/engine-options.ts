@@ -9,7 +9,7 @@ import {
   BadCredentialsError, Engine, OtherClusterError, SimBackend, loadCredentials, mapSimError, normaliseClusterId, simClientFrom, type Backend, type EngineSigner, type KeyRef,
 } from '../engine/index.js';
 import { HsmConnection } from '../hsm/client/connection.js';
-import { clusterPath, findHsm, readManifest, type ClusterManifest } from '../hsm/cluster/manifest.js';
+import { clusterPath, findHsm, readClientManifest, type ClientManifest } from '../hsm/cluster/manifest.js';
 import { connectCluster } from '../hsm/cluster/membership.js';
 import { UsageError } from './run.js';
 
@@ -41,7 +41,8 @@ export function clusterDir(opts: KeyCommandOptions): string {
 /** Opens the sim backend for the cluster in `dir` (checking `ref`'s cluster first, if given). */
 export async function openSimFromManifest(opts: KeyCommandOptions, ref?: KeyRef): Promise<SimBackend> {
   const dir = clusterDir(opts);
-  const m = await readManifest(dir);
+  // A cluster directory or a proxy's client bundle: only the client certificate and HSM addresses are needed.
+  const m = await readClientManifest(dir);
   if (ref?.backend === 'sim' && normaliseClusterId(ref.clusterId) !== normaliseClusterId(m.clusterId)) {
     throw new OtherClusterError(ref.source ?? 'the key reference', ref.clusterId, m.clusterId);
   }
@@ -70,7 +71,7 @@ export async function openSimFromManifest(opts: KeyCommandOptions, ref?: KeyRef)
  * password then costs one failed attempt and a clear message, instead of HSMs marked down and
  * reconnect attempts that count towards the account's lockout.
  */
-async function checkLogin(dir: string, m: ClusterManifest, user: string, password: string): Promise<void> {
+async function checkLogin(dir: string, m: ClientManifest, user: string, password: string): Promise<void> {
   const [ca, cert, key] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
   for (const h of m.hsms) {
     let conn: HsmConnection;

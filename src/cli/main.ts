@@ -18,6 +18,7 @@ export async function buildProgram(): Promise<Command> {
   // Command groups, one module each. Keep this list sorted; each register() adds one group.
   const groups: Array<() => Promise<{ register(p: Command): void }>> = [
     () => import('./commands/bench.js'),
+    () => import('./commands/cluster-clients.js'),
     () => import('./commands/cluster-ops.js'),
     () => import('./commands/cluster-scaling.js'),
     () => import('./commands/cluster.js'),

@@ -37,10 +37,11 @@ export interface ApplianceLimits {
 // 16 MiB of request bytes is thousands of sign requests but only 16 frames of the 1 MiB maximum;
 // 1 MiB of queued answers is a few thousand signatures waiting for a slow reader.
 // A connection logs in once, so a second login in progress on it can only be a guess: 1.
-// Every client of a cluster usually presents the same certificate (pki/client.crt), so its cap
-// bounds what one holder of it costs (password hashes queue on libuv's 4 threads, which crypto
-// and file I/O share): 16 is four rounds of hashing, a few hundred ms at the production cost,
-// and a reconnect storm beyond it is answered busy and retried with backoff by the client.
+// A certificate is one proxy's (`cluster client-cert`) or shared by the CLI and older proxies
+// (pki/client.crt), so its cap bounds what one holder of it costs (password hashes queue on
+// libuv's 4 threads, which crypto and file I/O share): 16 is four rounds of hashing, a few
+// hundred ms at the production cost, and a reconnect storm beyond it is answered busy and
+// retried with backoff by the client.
 export const DEFAULT_APPLIANCE_LIMITS: Readonly<ApplianceLimits> = {
   handshakeTimeoutMs: 10_000,
   maxPendingPerSource: 64,

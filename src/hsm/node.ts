@@ -7,7 +7,9 @@
 // capped per source and in total and closed at the handshake timeout; an authenticated one
 // (node-connection.ts) at its in-flight caps, or with answers piling up unread, is not read
 // until it drains; logins in progress (password hashes) are capped per connection and per
-// client certificate.
+// client certificate. A client certificate the cluster revoked (node-revocation.ts) is refused
+// as soon as its handshake completes, before any of its bytes is read, and connections already
+// open with it are closed within `revocationCheckMs`.
 // May import hsm/device, hsm/protocol and node built-ins; logs through the `log` callback.
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
@@ -15,6 +17,7 @@ import type { Hsm } from './device/index.js';
 import { DEFAULT_MAX_FRAME } from './protocol/index.js';
 import { ApplianceConnection } from './node-connection.js';
 import { LogBudget, LoginsInProgress, PendingHandshakes, resolveLimits, type ApplianceLimits } from './node-admission.js';
+import { RevokedClients, type ClientRecord } from './node-revocation.js';
 
 export { DEFAULT_APPLIANCE_LIMITS, type ApplianceLimits } from './node-admission.js';
 
@@ -36,6 +39,10 @@ export interface HsmApplianceOptions extends Partial<ApplianceLimits> {
   /** Largest request body accepted (default 1 MiB); a larger one closes the connection. */
   maxFrame?: number;
   log?: ApplianceLog;
+  /** The cluster's client register (DIR/pki/clients.json): its revoked certificates are refused. */
+  revokedClients?: string;
+  /** How often open connections are checked against a changed register (default 1,000 ms). */
+  revocationCheckMs?: number;
 }
 
 /** Counters a test or operator can read. */
@@ -60,6 +67,8 @@ export interface ApplianceStats {
   peakQueuedReplyBytes: number;
   /** Logins answered HSM_ERR_BUSY, unhashed: over the cap of logins in progress per connection or per client certificate. */
   loginsOverCap: number;
+  /** Connections with a revoked client certificate: refused after the handshake (also counted in `refused`), or closed when it was revoked. */
+  revoked: number;
 }
 
 // A connection accepted but not yet through mTLS: what releases its place under the caps.
@@ -72,9 +81,10 @@ interface Handshaking {
 export class HsmAppliance {
   readonly stats: ApplianceStats = {
     connections: 0, refused: 0, frames: 0, protocolErrors: 0, overPendingCap: 0, handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0,
-    loginsOverCap: 0,
+    loginsOverCap: 0, revoked: 0,
   };
-  private readonly sockets = new Set<TLSSocket>();
+  // Open connections and the serial of the client certificate each presented.
+  private readonly sockets = new Map<TLSSocket, string>();
   private readonly pending: PendingHandshakes;
   private readonly logins: LoginsInProgress;
   // Keyed by the connection's address tuple, which the TLS socket reports too (until destroyed).
@@ -86,6 +96,8 @@ export class HsmAppliance {
   // Refusals are the peer's doing, so a flood of them must not flood the log.
   private readonly refusalLog: LogBudget;
   private readonly capLog: LogBudget;
+  private readonly revokedClients: RevokedClients | undefined;
+  private revocationTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly listener: NetServer,
@@ -98,6 +110,7 @@ export class HsmAppliance {
     const log: ApplianceLog = (l, m, f) => this.log(l, m, f);
     this.refusalLog = new LogBudget(log);
     this.capLog = new LogBudget(log);
+    this.revokedClients = opts.revokedClients !== undefined ? new RevokedClients(opts.revokedClients) : undefined;
   }
 
   /** Starts listening; resolves once the port is bound. */
@@ -115,6 +128,12 @@ export class HsmAppliance {
     // closed before any TLS state exists for it; the others are handed to `tls`.
     const listener = createNetServer();
     const appliance = new HsmAppliance(listener, tls, opts, limits);
+    // Read before listening: a node that cannot tell which certificates are revoked does not serve.
+    try {
+      appliance.revokedClients?.refresh();
+    } catch (err) {
+      throw Object.assign(new Error(`cannot read the revoked client certificates in ${opts.revokedClients}: ${(err as Error).message}; restore the file from a copy`), { code: 'HSM_ERR_REVOCATION_LIST' });
+    }
     listener.on('connection', (raw: Socket) => appliance.admit(raw));
     tls.on('secureConnection', (socket: TLSSocket) => appliance.accept(socket));
     tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => appliance.refuse(err, socket));
@@ -122,6 +141,7 @@ export class HsmAppliance {
       listener.once('error', reject);
       listener.listen(opts.port, opts.host ?? '127.0.0.1', () => { listener.off('error', reject); resolve(); });
     });
+    appliance.watchRevocations();
     return appliance;
   }
 
@@ -143,8 +163,10 @@ export class HsmAppliance {
   /** Stops accepting, closes every connection (their sessions end). Does not close the device. */
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    clearTimeout(this.revocationTimer);
+    this.revocationTimer = undefined;
     for (const h of this.handshaking.values()) h.raw.destroy();
-    for (const s of this.sockets) s.destroy();
+    for (const s of this.sockets.keys()) s.destroy();
     this.refusalLog.stop();
     this.capLog.stop();
     await closed;
@@ -198,13 +220,66 @@ export class HsmAppliance {
     this.opts.log?.(level, msg, fields);
   }
 
+  // The revoked entry for a peer's serial, after re-reading the register if it changed.
+  private checkRevoked(serial: string | undefined): ClientRecord | undefined {
+    if (!this.revokedClients) return undefined;
+    this.refreshRevoked();
+    return this.revokedClients.lookup(serial);
+  }
+
+  // Re-reads the register if it changed. Revoking a certificate also ends the connections already
+  // made with it: they are checked here whenever the list changed, be it noticed by a new
+  // connection (accept) or by the timer.
+  private refreshRevoked(): void {
+    let changed = false;
+    try {
+      changed = this.revokedClients?.refresh() ?? false;
+    } catch (err) {
+      this.refusalLog.warn('cannot re-read the revoked client certificates; the last list read stays in force', { file: this.revokedClients?.file, error: (err as Error).message });
+    }
+    if (!changed) return;
+    for (const [socket, serial] of this.sockets) {
+      const r = this.revokedClients?.lookup(serial);
+      if (!r) continue;
+      this.stats.revoked++;
+      this.log('warn', 'closed a connection whose client certificate was revoked', {
+        peer: socket.remoteAddress, peerPort: socket.remotePort, client: r.name, serial: r.serial, revokedAt: r.revokedAt,
+      });
+      socket.destroy();
+    }
+  }
+
+  private watchRevocations(): void {
+    if (!this.revokedClients) return;
+    const every = this.opts.revocationCheckMs ?? 1000;
+    const tick = (): void => {
+      this.refreshRevoked();
+      this.revocationTimer = setTimeout(tick, every).unref();
+    };
+    this.revocationTimer = setTimeout(tick, every).unref();
+  }
+
   private accept(socket: TLSSocket): void {
     this.settle(tupleOf(socket));
+    const peerCert = socket.getPeerCertificate();
+    // Checked before anything reads the socket: a revoked peer's bytes (its login) are never decoded.
+    const revoked = this.checkRevoked(peerCert.serialNumber);
+    if (revoked) {
+      const peer = peerOf(socket, this.peers);
+      socket.destroy();
+      this.stats.refused++;
+      this.stats.revoked++;
+      this.refusalLog.warn('refused a connection', {
+        ...peer, code: 'CERT_REVOKED', client: revoked.name, serial: revoked.serial, revokedAt: revoked.revokedAt,
+        reason: `client certificate refused: "${revoked.name}" (serial ${revoked.serial}) was revoked on ${revoked.revokedAt ?? '?'}`,
+      });
+      return;
+    }
     this.stats.connections++;
-    this.sockets.add(socket);
+    this.sockets.set(socket, peerCert.serialNumber ?? '');
     socket.setNoDelay(true);
     // mTLS made the certificate a verified identity: logins in progress are capped per certificate.
-    const certificate = socket.getPeerCertificate().fingerprint256 ?? '';
+    const certificate = peerCert.fingerprint256 ?? '';
     const conn = new ApplianceConnection(
       socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.limits, this.stats, (l, m, f) => this.log(l, m, f), certificate, this.logins,
     );

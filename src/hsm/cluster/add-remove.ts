@@ -3,30 +3,15 @@
 // either way), gets a node certificate issued by the cluster key, and joins the manifest; a
 // running supervisor starts it and running clients admit it once its state digest matches a
 // healthy peer (resyncing it first if the backup was older than the cluster's state).
-import 'reflect-metadata';
-import { webcrypto } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import * as x509 from '@peculiar/x509';
 import type { LoginCredentials } from '../client/link.js';
 import { HsmError } from '../device/index.js';
 import { latestBackup, readBackupFile } from './backup.js';
-import { createNodeCert, isNodeHost, privateKeyPem, type Issued } from './certs.js';
+import { createNodeCert, isNodeHost, loadIssued, privateKeyPem } from './certs.js';
 import { adminCredentials, restoreHsmStore } from './lifecycle.js';
 import { addToManifest, connectCluster, nextHsmSlot, removeFromManifest } from './membership.js';
 import { clusterPath, readManifest, type ManifestHsm } from './manifest.js';
-
-const ALG = { name: 'ECDSA', namedCurve: 'P-256' } as const;
-
-// The cluster certificate and key, as the issuer of node certificates.
-async function clusterIssuer(dir: string, certFile: string, keyFile: string): Promise<Issued> {
-  const [certPem, keyPem] = await Promise.all([readFile(clusterPath(dir, certFile), 'utf8'), readFile(clusterPath(dir, keyFile), 'utf8')]);
-  const cert = new x509.X509Certificate(certPem);
-  const der = Buffer.from(keyPem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
-  const privateKey = await webcrypto.subtle.importKey('pkcs8', der, ALG, true, ['sign']);
-  const publicKey = await cert.publicKey.export(ALG, ['verify'], webcrypto);
-  return { cert, keys: { privateKey, publicKey } as webcrypto.CryptoKeyPair };
-}
 
 /** Options of `addHsm`. */
 export interface AddHsmOptions {
@@ -83,7 +68,7 @@ export async function addHsm(dir: string, opts: AddHsmOptions = {}): Promise<Add
     id: slot.id, address: opts.host ?? m.hsms[0]?.address ?? '127.0.0.1', port: slot.port, dataDir: `hsms/${slot.id}`, profile,
     cert: `pki/${slot.id}.crt`, key: `pki/${slot.id}.key`,
   };
-  const issuer = await clusterIssuer(dir, m.clusterCert, m.clusterKey);
+  const issuer = await loadIssued(clusterPath(dir, m.clusterCert), clusterPath(dir, m.clusterKey));
   const node = await createNodeCert(issuer, h.id, h.address);
   await restoreHsmStore(clusterPath(dir, h.dataDir), h.id, snapshot, clusterKey, profile, digest, opts.scryptCost);
   await mkdir(join(dir, 'pki'), { recursive: true, mode: 0o700 });

@@ -5,6 +5,7 @@
 // @peculiar/x509 resolves its ASN.1 schemas through tsyringe, which needs this polyfill loaded first.
 import 'reflect-metadata';
 import { createHash, randomBytes, webcrypto } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import * as x509 from '@peculiar/x509';
 
@@ -83,9 +84,23 @@ export async function createNodeCert(cluster: Issued, hsmId: string, host = '127
   return leaf(cluster, `CN=${hsmId}, O=hsmproxy cluster`, x509.ExtendedKeyUsage.serverAuth, [new x509.SubjectAlternativeNameExtension(names)]);
 }
 
-/** The client certificate the CLI and the proxy present to HSMs, issued by the customer CA. */
-export async function createClientCert(ca: Issued): Promise<Issued> {
-  return leaf(ca, 'CN=hsmproxy client, O=hsmproxy', x509.ExtendedKeyUsage.clientAuth, []);
+/**
+ * A client certificate presented to HSMs, issued by the customer CA: the cluster's own (the CLI's)
+ * or one proxy's, whose `name` (letters, digits, '.', '_', '-') is its subject's CN.
+ */
+export async function createClientCert(ca: Issued, name = 'hsmproxy client'): Promise<Issued> {
+  if (!/^[A-Za-z0-9._ -]{1,64}$/.test(name)) throw new RangeError(`a client certificate name is 1-64 letters, digits, '.', '_', '-' or spaces, got "${name}"`);
+  return leaf(ca, `CN=${name}, O=hsmproxy`, x509.ExtendedKeyUsage.clientAuth, []);
+}
+
+/** An issuer (the customer CA, the cluster key) loaded from its certificate and PKCS#8 key files. */
+export async function loadIssued(certFile: string, keyFile: string): Promise<Issued> {
+  const [certPem, keyPem] = await Promise.all([readFile(certFile, 'utf8'), readFile(keyFile, 'utf8')]);
+  const cert = new x509.X509Certificate(certPem);
+  const der = Buffer.from(keyPem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+  const privateKey = await crypto.subtle.importKey('pkcs8', der, ALG, true, ['sign']);
+  const publicKey = await cert.publicKey.export(ALG, ['verify'], crypto);
+  return { cert, keys: { privateKey, publicKey } as CryptoKeyPair };
 }
 
 async function leaf(issuer: Issued, subject: string, eku: string, extra: x509.Extension[]): Promise<Issued> {

@@ -1,6 +1,7 @@
 // Cluster membership as the client sees it: the manifest's HSMs as addresses, the mTLS link
 // factory built from the cluster's certificates, `connectCluster` (a ClusterClient that follows
-// manifest changes without a restart), and adding/removing HSMs in the manifest.
+// manifest changes without a restart), and adding/removing HSMs in the manifest. The client side
+// (membersOf, linkFactory, connectCluster) reads a cluster directory or a proxy's client bundle.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ClusterClient, type ClusterClientOptions } from '../client/cluster-client.js';
@@ -8,16 +9,16 @@ import { HsmConnection } from '../client/connection.js';
 import type { HsmAddress, LinkFactory, LoginCredentials } from '../client/link.js';
 import type { HsmNodeOptions } from '../client/node.js';
 import { LastHsmError, UnknownHsmError } from './lifecycle-errors.js';
-import { clusterPath, manifestPath, readManifest, writeManifest, type ClusterManifest, type ManifestHsm } from './manifest.js';
+import { clusterPath, manifestPath, readClientManifest, readManifest, writeManifest, type ClientManifest, type ClusterManifest, type ManifestHsm } from './manifest.js';
 
 /** The manifest's HSMs as addresses. */
-export function membersOf(m: ClusterManifest): HsmAddress[] {
+export function membersOf(m: ClientManifest): HsmAddress[] {
   return m.hsms.map((h) => ({ id: h.id, host: h.address, port: h.port }));
 }
 
-/** A link factory speaking mTLS with the cluster's client certificate; logs in when given a user. */
-export async function linkFactory(dir: string, m?: ClusterManifest, requestTimeoutMs = 10_000): Promise<LinkFactory<HsmConnection>> {
-  const man = m ?? (await readManifest(dir));
+/** A link factory speaking mTLS with the client certificate `dir` names (cluster or bundle); logs in when given a user. */
+export async function linkFactory(dir: string, m?: ClientManifest, requestTimeoutMs = 10_000): Promise<LinkFactory<HsmConnection>> {
+  const man = m ?? (await readClientManifest(dir));
   const [ca, cert, key] = await Promise.all([
     readFile(clusterPath(dir, man.caCert)), readFile(clusterPath(dir, man.clientCert)), readFile(clusterPath(dir, man.clientKey)),
   ]);
@@ -57,9 +58,9 @@ export interface ConnectClusterOptions {
   extra?: Partial<ClusterClientOptions>;
 }
 
-/** A ClusterClient for the cluster in `dir`, logged in, following manifest changes. */
+/** A ClusterClient for the cluster in `dir` (its directory or a client bundle), logged in, following manifest changes. */
 export async function connectCluster(dir: string, opts: ConnectClusterOptions): Promise<ClusterClient> {
-  const m = await readManifest(dir);
+  const m = await readClientManifest(dir);
   const sync = opts.syncCredentials ?? (await loadSyncCredentials(dir));
   return ClusterClient.connect({
     members: membersOf(m),
@@ -67,7 +68,7 @@ export async function connectCluster(dir: string, opts: ConnectClusterOptions): 
     credentials: opts.credentials,
     ...(sync ? { syncCredentials: sync } : {}),
     ...(opts.node ? { node: opts.node } : {}),
-    ...(opts.watch === false ? {} : { membership: { file: manifestPath(dir), read: async () => membersOf(await readManifest(dir)) } }),
+    ...(opts.watch === false ? {} : { membership: { file: manifestPath(dir), read: async () => membersOf(await readClientManifest(dir)) } }),
     ...opts.extra,
   });
 }

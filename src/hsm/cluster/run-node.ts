@@ -1,9 +1,11 @@
 // Runs one HSM of a cluster manifest as "the appliance": opens its device store with the
-// cluster's masking key and capacity profile, serves it on its mTLS port, logs JSON lines,
-// and on SIGTERM/SIGINT stops accepting, ends sessions and closes the store.
+// cluster's masking key and capacity profile, serves it on its mTLS port (refusing the client
+// certificates the cluster's register DIR/pki/clients.json marks revoked), logs JSON lines, and
+// on SIGTERM/SIGINT stops accepting, ends sessions and closes the store.
 import { readFile } from 'node:fs/promises';
 import { Hsm, type CapacityProfile } from '../device/index.js';
 import { HsmAppliance, type ApplianceLimits, type ApplianceLog } from '../node.js';
+import { CLIENT_REGISTER } from './clients.js';
 import { clusterPath, findHsm, readManifest } from './manifest.js';
 
 /** Options of `startNode`. */
@@ -19,6 +21,8 @@ export interface StartNodeOptions {
   capacity?: CapacityProfile;
   /** What peers may hold on the appliance (defaults: DEFAULT_APPLIANCE_LIMITS). */
   limits?: Partial<ApplianceLimits>;
+  /** How often open connections are checked against a changed client register (default 1,000 ms). */
+  revocationCheckMs?: number;
 }
 
 /** A running node: its appliance, its device, and how to stop both. */
@@ -54,7 +58,11 @@ export async function startNode(opts: StartNodeOptions): Promise<RunningNode> {
   });
   let appliance: HsmAppliance;
   try {
-    appliance = await HsmAppliance.listen({ ...opts.limits, device, hsmId: h.id, host: h.address, port: opts.port ?? h.port, key, cert, ca, log });
+    appliance = await HsmAppliance.listen({
+      ...opts.limits, device, hsmId: h.id, host: h.address, port: opts.port ?? h.port, key, cert, ca, log,
+      revokedClients: clusterPath(opts.dir, CLIENT_REGISTER),
+      ...(opts.revocationCheckMs !== undefined ? { revocationCheckMs: opts.revocationCheckMs } : {}),
+    });
   } catch (err) {
     await device.close();
     const e = err as NodeJS.ErrnoException;
