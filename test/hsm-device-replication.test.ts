@@ -125,10 +125,13 @@ t.test('a PRECO cannot replicate anything', async (t) => {
   t.throws(() => hsm.snapshot(preco), { code: 'HSM_ERR_MUST_CHANGE_PASSWORD' });
 });
 
-t.test('importing a user table ends the sessions of users it no longer holds', async (t) => {
+t.test('importing a user table that deleted a user ends its sessions', async (t) => {
   const a = await freshHsm(t, { clusterKey: CLUSTER });
   const b = await freshHsm(t, { clusterKey: CLUSTER });
   const carol = await b.cu('carol');
+  await a.hsm.importUsers(a.co, b.hsm.exportUsers(b.co));
+  // A table without carol proves nothing (it may be older); one that records her deletion does.
+  await a.hsm.deleteUser(a.co, 'carol');
   await b.hsm.importUsers(b.co, a.hsm.exportUsers(a.co));
   t.throws(() => b.hsm.listKeys(carol), { code: 'HSM_ERR_NOT_LOGGED_IN' });
   await t.rejects(b.hsm.login('carol', 'carol-password'), { code: 'HSM_ERR_BAD_CREDENTIALS' });

@@ -8,7 +8,7 @@ import { ClientClosedError, ClusterBusyError, NoHealthyHsmError, NotRepeatedErro
 import { isBusyError, isTransportError, type HsmAddress, type HsmLink, type LinkFactory, type LoginCredentials } from './link.js';
 import { HsmNode, type HsmNodeOptions } from './node.js';
 import { currentState, type CurrentState, type StateReport } from './current.js';
-import { inSync, resync, type ResyncReport } from './sync.js';
+import { inSync, merge, resync, type ResyncReport } from './sync.js';
 
 /** Options of the cluster engine. */
 export interface ClusterBaseOptions<C extends HsmLink> {
@@ -209,15 +209,22 @@ export class ClusterBase<C extends HsmLink> {
         peer = this.pick(new Set([node.id]));
         if (!peer) throw new ResyncError(node.id, 'its peers left rotation during the check');
       }
-      const ok = await this.withSyncLinks(peer, node, async (src, dst) => {
-        if (await inSync(src, dst)) return true;
+      const from = peer;
+      const report = await this.withSyncLinks(peer, node, async (src, dst) => {
+        if (await inSync(src, dst)) return undefined;
         // Behind its peer: never serves again until a resync has closed the difference.
         this.stale.add(node.id);
-        const report = await resync(src, dst);
-        this.resyncs.set(node.id, report);
-        return report.inSync;
+        let r = await resync(src, dst);
+        if (!r.inSync) {
+          // It holds what its peers lack (newer versions: a change that reached it alone, never
+          // acknowledged). Versions never go back, so the HSMs in rotation take that first.
+          await this.mergeIntoRotation(dst, node, from);
+          r = await resync(src, dst);
+        }
+        this.resyncs.set(node.id, r);
+        return r;
       });
-      if (!ok) throw new ResyncError(node.id, 'state digests still differ after copying users and keys');
+      if (report && !report.inSync) throw new ResyncError(node.id, unclosed(report));
       this.stale.delete(node.id);
       if (node.currentLink === link) {
         node.setInRotation(true);
@@ -253,6 +260,37 @@ export class ClusterBase<C extends HsmLink> {
     const t = setTimeout(() => { if (node.status === 'up' && !node.inRotation) void this.admit(node); }, this.opts.node?.healthIntervalMs ?? 1000);
     t.unref();
     this.syncRetry.set(node.id, t);
+  }
+
+  // Copies what `source` (the link to `node`, being admitted) holds newer to every other HSM in
+  // rotation. One that fails leaves rotation and is resynced, as a failed replication target.
+  private async mergeIntoRotation(source: HsmLink, node: HsmNode<C>, peer: HsmNode<C>): Promise<void> {
+    const others = [...this.nodes.values()].filter((n) => n !== node && (n === peer || n.available));
+    await Promise.all(others.map(async (n) => {
+      try {
+        await this.withSyncLink(n, (l) => merge(source, l));
+      } catch (err) {
+        if (n === peer) throw err;
+        this.stale.add(n.id);
+        if (isTransportError(err)) n.markDown(err);
+        else {
+          n.setInRotation(false);
+          void this.admit(n);
+        }
+      }
+    }));
+  }
+
+  // Runs sync work on one HSM with a CO/AU link: the sync login if configured, else the main link.
+  private async withSyncLink<T>(node: HsmNode<C>, fn: (link: HsmLink) => Promise<T>): Promise<T> {
+    const sync = this.opts.syncCredentials;
+    if (!sync) return fn(node.currentLink!);
+    const link = await this.opts.factory(node.address, sync);
+    try {
+      return await fn(link);
+    } finally {
+      await link.close().catch(() => undefined);
+    }
   }
 
   // Runs sync work with CO/AU links: the sync login if configured, else the main links.
@@ -442,6 +480,14 @@ export class ClusterBase<C extends HsmLink> {
     for (const t of this.syncRetry.values()) clearTimeout(t);
     await Promise.all([...this.nodes.values()].map((n) => n.close()));
   }
+}
+
+// Why a resync left an HSM out of sync, for ResyncError.
+function unclosed(r: ResyncReport): string {
+  const why: string[] = [];
+  if (r.newerOnTarget.length > 0) why.push(`it holds newer versions of ${r.newerOnTarget.slice(0, 3).join(', ')}${r.newerOnTarget.length > 3 ? ` and ${r.newerOnTarget.length - 3} more` : ''} than its peers, which refused them`);
+  if (r.keysNotDeleted.length > 0) why.push(`it holds ${r.keysNotDeleted.length} key(s) its peer does not and the sync login may not delete them`);
+  return why.length > 0 ? `state digests still differ after copying users and keys: ${why.join('; ')}` : 'state digests still differ after copying users and keys';
 }
 
 function sleep(ms: number): Promise<void> {

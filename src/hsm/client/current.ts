@@ -1,7 +1,9 @@
 // Which HSMs hold the cluster's current state: the one rule the cluster client (admission) and
 // `cluster status` (the IN SYNC column) share. HSMs are compared by state digest. A group is
 // trusted only when that is provable from what answered: a strict majority of the manifest
-// agrees, or every HSM of the manifest answered (nobody missing can hold newer state). A lone
+// agrees, or every HSM of the manifest answered (nobody missing can hold newer state; groups of
+// one size are then told apart by the persisted change sequence, e.g. two HSMs after a client
+// died between its change on one and the copy to the other). A lone
 // HSM whose peers are down proves nothing — it may be the one that missed changes, and letting
 // it serve (and take new keys) is how two HSMs diverge for good.
 
@@ -9,13 +11,16 @@
 export interface StateReport {
   id: string;
   digest: string;
-  /** Changes since the HSM process started: a hint, only used when every HSM answered. */
+  /**
+   * The HSM's change sequence (persisted, so it survives restarts): higher on an HSM that took a
+   * change its peer missed. Used only when every HSM answered.
+   */
   version: number;
 }
 
 /** The verdict over the reports. */
 export interface CurrentState {
-  /** The digest of the chosen group (the largest; with every HSM answering, ties → higher version). */
+  /** The digest of the chosen group (the largest; with every HSM answering, ties → higher sequence). */
   digest: string;
   ids: string[];
   /** Whether the group is provably current (else nobody should be admitted on its word). */

@@ -5,6 +5,7 @@ import type { CapacityModel } from './capacity.js';
 import type { ObjectStore } from './objects.js';
 import type { DeviceStore } from './persist.js';
 import type { UserTable } from './users.js';
+import type { Tombstones } from './versions.js';
 
 /** Shared state of one open HSM. */
 export interface DeviceContext {
@@ -14,8 +15,10 @@ export interface DeviceContext {
   readonly store: DeviceStore;
   readonly capacity: CapacityModel;
   readonly clusterKey: Buffer;
+  /** Deleted users and token keys with their last versions: no replay brings them back. */
+  readonly tombstones: Tombstones;
   /** Appends to the audit log (MAC-chained under a key derived from the master key). */
   audit(entry: AuditEntry): void;
-  /** Marks a change of users or token keys (the state digest's version). */
-  bump(): void;
+  /** Persists the tombstones (before the deletion they record is made). */
+  saveTombstones(): Promise<void>;
 }

@@ -160,3 +160,17 @@ export class ClosedError extends HsmError {
     this.name = 'ClosedError';
   }
 }
+
+/**
+ * A replicated object (masked key, user record, deletion) that is not newer than what the HSM
+ * holds: applying it would undo a change (issue 19 item 3), so it is refused and audited.
+ */
+export class StaleObjectError extends HsmError {
+  constructor(readonly what: string, readonly details: string[]) {
+    super(
+      `${what} refused: ${details.join('; ')}; an older masked object never replaces a newer one (nor brings back a deleted one) — if this HSM missed changes, resync it from an HSM that holds them`,
+      'HSM_ERR_STALE_OBJECT',
+    );
+    this.name = 'StaleObjectError';
+  }
+}

@@ -15,6 +15,7 @@ import { fromRecord, infoOf, ObjectStore } from './objects.js';
 import { DeviceStore } from './persist.js';
 import { requireRole } from './policy.js';
 import { readSnapshot, Replication } from './replication.js';
+import type { UsersImport } from './user-replication.js';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Occupancy, Role, SecretKeySpec, Session, SignRequest, StateDigest,
@@ -23,6 +24,7 @@ import type {
 import { SessionTable } from './sessions.js';
 import { UserOps, type LoginAttempt } from './user-ops.js';
 import { UserTable } from './users.js';
+import { removeSharee, Tombstones, userVersion } from './versions.js';
 
 /** Options of `Hsm.open`. */
 export interface HsmOpenOptions {
@@ -64,10 +66,9 @@ export class Hsm {
   private constructor(
     private readonly ctx: DeviceContext,
     private readonly auditLog: AuditLog,
-    replication: (ctx: DeviceContext) => Replication,
   ) {
     this.keys = new KeyOps(ctx);
-    this.replication = replication(ctx);
+    this.replication = new Replication(ctx);
     this.sessions = new SessionTable((id) => this.dropSessionKeys(id));
     this.userOps = new UserOps(ctx, this.sessions);
   }
@@ -105,14 +106,15 @@ export class Hsm {
         if (objects.get(k.attrs.keyId)) throw new StoreError(`duplicate key ${k.attrs.keyId} in ${opts.dir}`);
         objects.put(k);
       }
+      const tombstones = Tombstones.from(await store.readTombstones(), join(opts.dir, 'tombstones.sealed'));
+      const saveTombstones = (): Promise<void> => store.writeTombstones(() => tombstones.toRecord());
+      await finishDeletions(users, objects, tombstones, store, saveTombstones);
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
-      let replication: Replication | undefined;
       const ctx: DeviceContext = {
-        hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
+        hsmId: opts.hsmId, users, objects, store, capacity, clusterKey, tombstones, saveTombstones,
         audit: (e: AuditEntry) => auditLog.append(e),
-        bump: () => replication?.bump(),
       };
-      const hsm = new Hsm(ctx, auditLog, (c) => (replication = new Replication(c)));
+      const hsm = new Hsm(ctx, auditLog);
       ctx.audit({ event: fresh ? 'hsm.init' : 'hsm.open', ok: true, keys: objects.occupancy().token, users: users.size });
       return hsm;
     } catch (e) {
@@ -131,6 +133,7 @@ export class Hsm {
       if ((await readdir(join(opts.dir, 'keys'))).length > 0) throw new InvalidArgumentError(`${opts.dir} already holds keys; restore into an empty directory`);
       for (const r of contents.keys) await store.writeKey(r);
       await store.writeUsers(() => contents.users);
+      if (contents.deleted) await store.writeTombstones(() => contents.deleted!);
     } catch (e) {
       await store.release();
       throw e;
@@ -342,7 +345,7 @@ export class Hsm {
     return this.guardSync(s, `export key ${keyId} masked`, () => this.replication.exportMasked(s, keyId));
   }
 
-  /** Installs a masked key object, keeping key id, owner and sharing; replaces an older copy. Owner, CO or AU. */
+  /** Installs a masked key object, keeping key id, owner and sharing; replaces an older version only (a stale one is refused). Owner, CO or AU. */
   importMasked(session: Session, masked: Buffer): Promise<KeyInfo> {
     const s = this.session(session);
     return this.guard(s, 'import a masked key', () => this.replication.importMasked(s, masked));
@@ -354,12 +357,13 @@ export class Hsm {
     return this.guardSync(s, 'export users', () => this.replication.exportUsers(s));
   }
 
-  /** Replaces the user table with a masked one from another HSM of the cluster (sessions of users gone or re-roled end). CO or AU. */
-  importUsers(session: Session, masked: Buffer): Promise<void> {
+  /** Merges a masked user table from another HSM of the cluster: newer users and deletions only (sessions of users gone or re-roled end). CO or AU. */
+  importUsers(session: Session, masked: Buffer): Promise<UsersImport> {
     const s = this.session(session);
     return this.guard(s, 'import users', async () => {
-      await this.replication.importUsers(s, masked);
+      const r = await this.replication.importUsers(s, masked);
       this.sessions.reconcile((u) => (this.ctx.users.has(u) ? this.ctx.users.get(u).role : undefined));
+      return r;
     });
   }
 
@@ -369,7 +373,7 @@ export class Hsm {
     return this.guardSync(s, 'take a snapshot', () => this.replication.snapshot(s));
   }
 
-  /** Version counter (changes since open) + hash over users and token keys: equal digests mean in sync. */
+  /** Change sequence (persisted: see versions.ts) + hash over users, token keys and deletions: equal digests mean in sync. */
   stateDigest(): StateDigest {
     return this.replication.stateDigest();
   }
@@ -449,6 +453,35 @@ export class Hsm {
       throw e;
     }
   }
+}
+
+// Finishes deletions a crash interrupted (the tombstone is written first): objects at or below
+// their tombstone go, a deleted user leaves the keys shared with it, and a tombstone of a name
+// re-created since is dropped.
+async function finishDeletions(users: UserTable, objects: ObjectStore, tombstones: Tombstones, store: DeviceStore, saveTombstones: () => Promise<void>): Promise<void> {
+  let usersChanged = false;
+  let tombstonesChanged = false;
+  for (const u of users.records()) {
+    const deletedAt = tombstones.users.get(u.name);
+    if (deletedAt === undefined) continue;
+    if (userVersion(u) < deletedAt) {
+      users.remove(u.name);
+      usersChanged = true;
+    } else {
+      tombstones.users.delete(u.name);
+      tombstonesChanged = true;
+    }
+  }
+  for (const k of objects.all()) {
+    const deletedAt = tombstones.keys.get(k.attrs.keyId);
+    if (deletedAt === undefined || !k.attrs.token || k.version >= deletedAt) continue;
+    await store.deleteKey(k.attrs.keyId);
+    objects.delete(k.attrs.keyId);
+  }
+  const sharees = new Set(objects.all().flatMap((k) => k.attrs.sharedWith));
+  for (const name of sharees) if (!users.has(name) && tombstones.users.has(name)) await removeSharee({ objects, store }, name);
+  if (usersChanged) await store.writeUsers(() => users.records());
+  if (tombstonesChanged) await saveTombstones();
 }
 
 async function resolveClusterKey(store: DeviceStore, given: Buffer | undefined): Promise<Buffer> {

@@ -1,6 +1,7 @@
 // hsm/device: one simulated HSM modelled on AWS CloudHSM, as a library with no network.
 // Layers (each testable alone): hsm.ts (the Hsm facade: sessions, audit of refusals) →
-// user-ops.ts / key-ops.ts / replication.ts (entry points) → policy.ts (every access rule) →
+// user-ops.ts / key-ops.ts / replication.ts + user-replication.ts (entry points) → policy.ts
+// (every access rule), versions.ts (object versions and tombstones: no replayed blob applies) →
 // users.ts (login, roles, lockout), objects.ts (key attribute bags, limits) → keygen.ts,
 // mechanisms.ts, pss.ts, ecdsa-digest.ts (node:crypto) under capacity.ts (units, queue, rates);
 // persist.ts + sealing.ts (AES-256-GCM at rest, atomic writes; masking under the cluster key),
@@ -11,6 +12,7 @@ export * from './types.js';
 export { Hsm, DEFAULT_LOCKOUT_THRESHOLD, DEFAULT_MAX_KEYS, DEFAULT_MAX_USERS, PRECO_USER } from './hsm.js';
 export type { HsmOpenOptions } from './hsm.js';
 export type { LoginAttempt } from './user-ops.js';
+export type { UsersImport } from './user-replication.js';
 export { CAPACITY_PROFILES, CapacityModel, resolveCapacityProfile } from './capacity.js';
 export type { CapacityProfile, CapacityProfileName } from './capacity.js';
 export { readAuditKey, verifyAuditLog } from './audit.js';

@@ -79,7 +79,6 @@ export class KeyOps {
       for (const k of keys) this.ctx.objects.delete(k.attrs.keyId);
       throw e;
     }
-    if (keys.some((k) => k.attrs.token)) this.ctx.bump();
     for (const k of keys) this.ctx.audit({ event, user: s.user, ok: true, keyId: k.attrs.keyId, label: k.attrs.label, class: k.attrs.class, type: k.attrs.type, token: k.attrs.token });
   }
 
@@ -90,7 +89,7 @@ export class KeyOps {
     pubA.pairKeyId = privA.keyId;
     const session = privA.token ? undefined : s.id;
     const mk = (attrs: KeyAttributes, material: PairMaterial['priv']): StoredKey => ({
-      handle: this.ctx.objects.allocateHandle(), attrs, material, keyObject: keyObjectOf(material), ...(session ? { session } : {}),
+      handle: this.ctx.objects.allocateHandle(), attrs, material, keyObject: keyObjectOf(material), version: 1, ...(session ? { session } : {}),
     });
     return [mk(privA, m.priv), mk(pubA, m.pub)];
   }
@@ -120,7 +119,7 @@ export class KeyOps {
 
   private secretObject(s: Session, t: KeyTemplate, m: SecretMaterial): StoredKey {
     const attrs = this.attrsFor(s, t, 'secret', m);
-    return { handle: this.ctx.objects.allocateHandle(), attrs, material: m.material, keyObject: keyObjectOf(m.material), ...(attrs.token ? {} : { session: s.id }) };
+    return { handle: this.ctx.objects.allocateHandle(), attrs, material: m.material, keyObject: keyObjectOf(m.material), version: 1, ...(attrs.token ? {} : { session: s.id }) };
   }
 
   /** Imports an existing private key as a key pair (migration). */
@@ -156,19 +155,35 @@ export class KeyOps {
     const k = this.visible(s, keyId);
     requireOwner(s, k.attrs, 'delete');
     const all = [k, this.pairOf(k)].filter((x): x is StoredKey => x !== undefined);
+    // The tombstone is on disk before the key file goes: a crash in between leaves a key the
+    // next open drops (its version is below the tombstone), never a deletion without a record.
+    const tokens = all.filter((x) => x.attrs.token);
+    for (const x of tokens) this.ctx.tombstones.keys.set(x.attrs.keyId, x.version + 1);
+    try {
+      if (tokens.length > 0) await this.ctx.saveTombstones();
+    } catch (e) {
+      for (const x of tokens) this.ctx.tombstones.keys.delete(x.attrs.keyId);
+      throw e;
+    }
     for (const x of all) {
       if (x.attrs.token) await this.ctx.store.deleteKey(x.attrs.keyId);
       this.ctx.objects.delete(x.attrs.keyId);
-      this.ctx.audit({ event: 'key.delete', user: s.user, ok: true, keyId: x.attrs.keyId });
+      this.ctx.audit({ event: 'key.delete', user: s.user, ok: true, keyId: x.attrs.keyId, ...(x.attrs.token ? { version: x.version + 1 } : {}) });
     }
-    if (all.some((x) => x.attrs.token)) this.ctx.bump();
   }
 
-  // Writes changed token objects (both halves of a pair) and audits.
+  // Writes changed token objects (both halves of a pair) as their next versions, and audits. On
+  // a failed write the versions go back (the caller puts the attributes back).
   private async rewrite(s: Session, keys: StoredKey[], event: string, extra: Record<string, unknown>): Promise<void> {
-    await Promise.all(keys.filter((x) => x.attrs.token).map((x) => this.ctx.store.writeKey(toRecord(x))));
-    this.ctx.bump();
-    for (const x of keys) this.ctx.audit({ event, user: s.user, ok: true, keyId: x.attrs.keyId, ...extra });
+    const tokens = keys.filter((x) => x.attrs.token);
+    for (const x of tokens) x.version++;
+    try {
+      await Promise.all(tokens.map((x) => this.ctx.store.writeKey(toRecord(x))));
+    } catch (e) {
+      for (const x of tokens) x.version--;
+      throw e;
+    }
+    for (const x of keys) this.ctx.audit({ event, user: s.user, ok: true, keyId: x.attrs.keyId, ...(x.attrs.token ? { version: x.version } : {}), ...extra });
   }
 
   /** Shares a key (and its pair half) with another CU (owner only). */

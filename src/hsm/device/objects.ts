@@ -22,6 +22,8 @@ export interface StoredKey {
   /** node:crypto form of the material, built once. */
   keyObject: KeyObject;
   session?: string;
+  /** Raised by one on every change of a token key (versions.ts); 0 for keys stored before versions existed. */
+  version: number;
 }
 
 /** A key as serialised for disk or masking (material base64). */
@@ -29,6 +31,8 @@ export interface KeyRecord {
   attrs: KeyAttributes;
   handle: number;
   material: { format: KeyMaterial['format']; b64: string };
+  /** Absent in records written before versions existed (version 0). Inside the masking, so it cannot be edited. */
+  version?: number;
 }
 
 /** node:crypto KeyObject for some material. */
@@ -45,7 +49,7 @@ export function keyObjectOf(m: KeyMaterial): KeyObject {
 
 /** Serialises a key for disk or masking. */
 export function toRecord(k: StoredKey): KeyRecord {
-  return { attrs: k.attrs, handle: k.handle, material: { format: k.material.format, b64: k.material.bytes.toString('base64') } };
+  return { attrs: k.attrs, handle: k.handle, material: { format: k.material.format, b64: k.material.bytes.toString('base64') }, version: k.version };
 }
 
 /** Rebuilds a key from its record (handle may be replaced by the caller). */
@@ -53,6 +57,8 @@ export function fromRecord(r: KeyRecord): StoredKey {
   if (!r || typeof r !== 'object' || !r.attrs || !r.material || typeof r.attrs.keyId !== 'string') {
     throw new InvalidArgumentError('malformed key record');
   }
+  const version = r.version ?? 0;
+  if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 0) throw new InvalidArgumentError(`key record ${r.attrs.keyId} has a malformed version`);
   const material: KeyMaterial = { format: r.material.format, bytes: Buffer.from(r.material.b64, 'base64') };
   // Parsed on first use: parsing thousands of keys at open would take seconds (~1 ms each).
   let parsed: KeyObject | undefined;
@@ -60,6 +66,7 @@ export function fromRecord(r: KeyRecord): StoredKey {
     handle: r.handle,
     attrs: { ...r.attrs, sharedWith: [...r.attrs.sharedWith] },
     material,
+    version,
     get keyObject(): KeyObject {
       parsed ??= keyObjectOf(material);
       return parsed;

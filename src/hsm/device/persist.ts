@@ -1,9 +1,10 @@
 // The HSM's data directory: a device master key (32 bytes, 0600, made at first open), the user
-// table and one file per token key, each sealed with AES-256-GCM under the master key. Every
-// write is temp file + fsync + rename + fsync of the directory, finished before the caller's
-// promise resolves, so a kill -9 at any moment leaves every acknowledged object readable.
-// Leftover temp files of an interrupted write are removed on open. Other device secrets (the
-// audit log's MAC key) are derived from the master key here, so it never leaves this file.
+// table, the deletions (tombstones) and one file per token key, each sealed with AES-256-GCM
+// under the master key. Every write is temp file + fsync + rename + fsync of the directory,
+// finished before the caller's promise resolves, so a kill -9 at any moment leaves every
+// acknowledged object readable. Leftover temp files of an interrupted write are removed on
+// open. Other device secrets (the audit log's MAC key) are derived from the master key here,
+// so it never leaves this file.
 import { hkdfSync, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
@@ -12,10 +13,12 @@ import { StoreError } from './errors.js';
 import type { KeyRecord } from './objects.js';
 import { sealJson, unsealJson } from './sealing.js';
 import type { UserRecord } from './users.js';
+import type { TombstoneRecord } from './versions.js';
 
 const MASTER = 'master.key';
 const USERS = 'users.sealed';
 const CLUSTER = 'cluster-key.sealed';
+const TOMBSTONES = 'tombstones.sealed';
 const LOCK = 'lock';
 const KEYS = 'keys';
 const TMP = '.tmp-';
@@ -106,6 +109,9 @@ export class DeviceStore {
   private usersWrite: Promise<void> = Promise.resolve();
   private usersQueued?: Promise<void>;
   private usersCurrent?: () => UserRecord[];
+  private tombstonesWrite: Promise<void> = Promise.resolve();
+  private tombstonesQueued?: Promise<void>;
+  private tombstonesCurrent?: () => TombstoneRecord;
 
   private constructor(readonly dir: string, private readonly master: Buffer) {}
 
@@ -160,6 +166,25 @@ export class DeviceStore {
     });
     this.usersQueued = next;
     this.usersWrite = next.catch(() => undefined);
+    return next;
+  }
+
+  /** The deletions this HSM remembers (versions.ts), or undefined if none was ever written. */
+  async readTombstones(): Promise<TombstoneRecord | undefined> {
+    const blob = await readIfExists(join(this.dir, TOMBSTONES));
+    return blob ? this.unsealFile<TombstoneRecord>(TOMBSTONES, blob) : undefined;
+  }
+
+  /** Persists the deletions, serialised and coalesced like `writeUsers`. */
+  writeTombstones(current: () => TombstoneRecord): Promise<void> {
+    this.tombstonesCurrent = current;
+    if (this.tombstonesQueued) return this.tombstonesQueued;
+    const next = this.tombstonesWrite.then(() => {
+      this.tombstonesQueued = undefined;
+      return writeAtomic(this.dir, TOMBSTONES, sealJson(this.master, TOMBSTONES, this.tombstonesCurrent!()));
+    });
+    this.tombstonesQueued = next;
+    this.tombstonesWrite = next.catch(() => undefined);
     return next;
   }
 

@@ -4,11 +4,16 @@
 import { createHmac } from 'node:crypto';
 import type { DeviceContext } from './context.js';
 import { BadCredentialsError, InvalidArgumentError, PermissionDeniedError, type HsmError } from './errors.js';
-import { toRecord } from './objects.js';
 import { requireUserManager } from './policy.js';
 import type { SessionTable } from './sessions.js';
 import type { Role, Session, UserInfo } from './types.js';
 import { checkPasswordShape, type LoginVerdict } from './users.js';
+import { removeSharee, userVersion } from './versions.js';
+
+// The PRECO's password change (activation) salts with this nonce when the caller gives none:
+// every HSM of the cluster activated with the same password then stores the same record, so
+// the first HSM's user table, copied to the others, is not refused as a conflicting version.
+const ACTIVATION_NONCE = Buffer.from('hsmproxy activation of the crypto officer');
 
 /** What the caller (the appliance) knows of a login attempt beyond the credentials. */
 export interface LoginAttempt {
@@ -70,10 +75,10 @@ export class UserOps {
     if (s.role === 'AU') throw new PermissionDeniedError('change password', 'appliance users are managed by a crypto officer');
     checkPasswordShape(newPassword);
     const role: Role = s.role === 'PRECO' ? 'CO' : s.role;
-    await this.ctx.users.setPassword(s.user, newPassword, role, saltNonce === undefined ? undefined : clusterSalt(this.ctx.clusterKey, s.user, saltNonce));
+    const nonce = saltNonce ?? (s.role === 'PRECO' ? ACTIVATION_NONCE : undefined);
+    const rec = await this.ctx.users.setPassword(s.user, newPassword, role, nonce === undefined ? undefined : clusterSalt(this.ctx.clusterKey, s.user, nonce));
     await this.persist();
-    this.ctx.bump();
-    this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, ...(role !== s.role ? { promotedTo: role } : {}) });
+    this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, version: userVersion(rec), ...(role !== s.role ? { promotedTo: role } : {}) });
     return role === s.role ? s : this.sessions.promote(s, role);
   }
 
@@ -81,7 +86,9 @@ export class UserOps {
   async createUser(s: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
     requireUserManager(s, `create user ${name}`);
     if (!['CO', 'CU', 'AU'].includes(role)) throw new InvalidArgumentError(`role must be CO, CU or AU, not ${String(role)}`);
-    const rec = await this.ctx.users.makeRecord(name, role, password);
+    // A name deleted before comes back one version above its tombstone, so the old user's
+    // masked records stay older than the new user's.
+    const rec = await this.ctx.users.makeRecord(name, role, password, undefined, (this.ctx.tombstones.users.get(name) ?? 0) + 1);
     this.ctx.users.add(rec);
     try {
       await this.persist();
@@ -89,8 +96,8 @@ export class UserOps {
       this.ctx.users.remove(name);
       throw e;
     }
-    this.ctx.bump();
-    this.ctx.audit({ event: 'user.create', user: s.user, ok: true, target: name, role });
+    if (this.ctx.tombstones.users.delete(name)) await this.ctx.saveTombstones();
+    this.ctx.audit({ event: 'user.create', user: s.user, ok: true, target: name, role, version: userVersion(rec) });
     return { name, role, locked: false, failedLogins: 0 };
   }
 
@@ -101,15 +108,20 @@ export class UserOps {
     if (name === s.user) throw new InvalidArgumentError('a crypto officer cannot delete itself; log in as another CO');
     const owned = this.ctx.objects.all().filter((k) => k.attrs.owner === name && k.attrs.token).length;
     if (owned > 0) throw new InvalidArgumentError(`user ${name} owns ${owned} key(s); they must delete them first`);
-    for (const k of this.ctx.objects.all().filter((x) => x.attrs.sharedWith.includes(name))) {
-      k.attrs.sharedWith = k.attrs.sharedWith.filter((u) => u !== name);
-      if (k.attrs.token) await this.ctx.store.writeKey(toRecord(k));
+    // The tombstone first: a crash after it finishes the deletion at the next open (hsm.ts).
+    const version = userVersion(this.ctx.users.get(name)) + 1;
+    this.ctx.tombstones.users.set(name, version);
+    try {
+      await this.ctx.saveTombstones();
+    } catch (e) {
+      this.ctx.tombstones.users.delete(name);
+      throw e;
     }
+    await removeSharee(this.ctx, name);
     this.ctx.users.remove(name);
     await this.persist();
     this.sessions.endUser(name);
-    this.ctx.bump();
-    this.ctx.audit({ event: 'user.delete', user: s.user, ok: true, target: name });
+    this.ctx.audit({ event: 'user.delete', user: s.user, ok: true, target: name, version });
   }
 
   /** CO: every user. */
@@ -122,18 +134,17 @@ export class UserOps {
   async resetPassword(s: Session, name: string, newPassword: string): Promise<void> {
     requireUserManager(s, `reset password of ${name}`);
     if (this.ctx.users.get(name).role === 'PRECO') throw new InvalidArgumentError('the PRECO sets its own password at activation');
-    await this.ctx.users.setPassword(name, newPassword);
+    const rec = await this.ctx.users.setPassword(name, newPassword);
     await this.persist();
-    this.ctx.bump();
-    this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: name });
+    this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: name, version: userVersion(rec) });
   }
 
   /** CO: clears a lockout. */
   async unlock(s: Session, name: string): Promise<void> {
     requireUserManager(s, `unlock user ${name}`);
-    this.ctx.users.unlock(name);
+    const rec = this.ctx.users.unlock(name);
     await this.persist();
-    this.ctx.audit({ event: 'user.unlock', user: s.user, ok: true, target: name });
+    this.ctx.audit({ event: 'user.unlock', user: s.user, ok: true, target: name, version: userVersion(rec) });
   }
 }
 

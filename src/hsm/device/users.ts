@@ -16,6 +16,12 @@ export interface UserRecord {
   cost: number;
   failedLogins: number;
   locked: boolean;
+  /**
+   * Raised by one on every cluster-wide change of the user (password, role, unlock); absent (0)
+   * in records written before versions existed. Failed logins and the lock itself are this
+   * HSM's own and do not change it: a replicated table never lowers them (replication.ts).
+   */
+  version?: number;
 }
 
 /** Limits and costs of a user table. */
@@ -68,11 +74,11 @@ export class UserTable {
   constructor(readonly opts: UserTableOptions) {}
 
   /** Builds a record with a fresh salt (or the given one) and hash (async: scrypt runs off the event loop). */
-  async makeRecord(name: string, role: Role, password: string, salt: Buffer = randomBytes(16)): Promise<UserRecord> {
+  async makeRecord(name: string, role: Role, password: string, salt: Buffer = randomBytes(16), version = 1): Promise<UserRecord> {
     if (!NAME_RE.test(name)) throw new InvalidArgumentError(`user name ${JSON.stringify(name)} is invalid: use 1-64 letters, digits, '_', '.', '-'`);
     checkPasswordShape(password);
     const hash = await derive(password, salt, this.opts.scryptCost);
-    return { name, role, salt: salt.toString('hex'), hash: hash.toString('hex'), cost: this.opts.scryptCost, failedLogins: 0, locked: false };
+    return { name, role, salt: salt.toString('hex'), hash: hash.toString('hex'), cost: this.opts.scryptCost, failedLogins: 0, locked: false, version };
   }
 
   /** Adds a new record; refuses duplicates and the 1,025th user. */
@@ -93,9 +99,17 @@ export class UserTable {
     return this.users.has(name);
   }
 
-  /** Removes a user. */
-  remove(name: string): void {
-    if (!this.users.delete(name)) throw new NoSuchUserError(name);
+  /** Removes a user; returns its record. */
+  remove(name: string): UserRecord {
+    const u = this.get(name);
+    this.users.delete(name);
+    return u;
+  }
+
+  /** Puts a replicated record in place of the user's (or adds it), keeping nothing of the old one. */
+  put(rec: UserRecord): void {
+    if (!this.users.has(rec.name) && this.users.size >= this.opts.maxUsers) throw new UserLimitError(this.opts.maxUsers);
+    this.users.set(rec.name, { ...rec });
   }
 
   /**
@@ -158,19 +172,22 @@ export class UserTable {
     return run;
   }
 
-  /** Replaces a user's password (and clears its lockout); may change its role (PRECO → CO). */
+  /** Replaces a user's password (and clears its lockout) as a new version; may change its role (PRECO → CO). */
   async setPassword(name: string, password: string, role?: Role, salt?: Buffer): Promise<UserRecord> {
     const u = this.get(name);
     const fresh = await this.makeRecord(name, role ?? u.role, password, salt);
+    // The record may have changed while scrypt ran: the new version follows the current one.
+    fresh.version = (this.get(name).version ?? 0) + 1;
     this.users.set(name, fresh);
     return fresh;
   }
 
-  /** Clears the lockout and failure counter. */
+  /** Clears the lockout and failure counter, as a new version (so a replicated table carries the unlock). */
   unlock(name: string): UserRecord {
     const u = this.get(name);
     u.locked = false;
     u.failedLogins = 0;
+    u.version = (u.version ?? 0) + 1;
     return u;
   }
 

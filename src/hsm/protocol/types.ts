@@ -184,9 +184,13 @@ export interface Occupancy {
 
 /** Whether two HSMs hold the same users and token keys. */
 export interface StateDigest {
-  /** Incremented on every change of users or token keys in this HSM. */
+  /**
+   * The HSM's change sequence: the sum of the versions of its users, token keys and deletions.
+   * Persisted (it survives restarts), equal on HSMs that took the same changes, higher on one that
+   * took a change another missed: what decides which of two disagreeing HSMs is current.
+   */
   version: number;
-  /** SHA-256 hex over the sorted user names/roles/hashes and token key ids + attributes. */
+  /** SHA-256 hex over the sorted users (name, role, hash, version) and token keys (id, attributes, material, version). */
   digest: string;
   users: number;
   tokenKeys: number;
