@@ -169,7 +169,8 @@ export class Forwarder implements Http1Handler {
   }
 
   /** Sends to `target`; a refused connection is retried once per target when the request has no body. */
-  private send(ex: Exchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[], tried: Set<UpstreamTarget>): void {
+  /** @internal Sends to `target`; a refused connection is retried once per target when the request has no body. */
+  send(ex: Exchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[], tried: Set<UpstreamTarget>): void {
     if (target.full) {
       this.metrics.httpUpstreamErrors.inc({ route: ctx.route!.name, reason: 'queue_full' });
       return this.reply(ex, ctx, 503, 'the upstream server has too many requests waiting; try again shortly');
@@ -178,58 +179,7 @@ export class Forwarder implements Http1Handler {
     ctx.upstreamStart = performance.now();
     tried.add(target);
     target.inFlight++;
-    let released = false;
-    const release = () => {
-      if (!released) target.inFlight--;
-      released = true;
-    };
     const timeouts: UpstreamTimeouts = { ...(pool.config.timeouts ?? DEFAULTS.upstream.timeouts), ...ctx.route!.timeouts };
-    let controller: Dispatcher.DispatchController | undefined;
-    let responded = false;
-    const abortUpstream = () => { if (!ex.complete) controller?.abort(new ClientGoneError()); };
-    ex.onClose(abortUpstream);
-    const handler: Dispatcher.DispatchHandler = {
-      onRequestStart: (c) => {
-        controller = c;
-        if (ex.finished) c.abort(new ClientGoneError());
-      },
-      onRequestUpgrade: (_c, statusCode, resHeaders, socket) => {
-        release();
-        this.upgraded(ex, ctx, statusCode, resHeaders, socket);
-      },
-      onResponseStart: (c, statusCode, resHeaders) => {
-        if (statusCode < 200) return; // 1xx from the upstream: ours (100 Continue) was sent already
-        responded = true;
-        this.metrics.httpUpstreamDuration.observe({ route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000);
-        const { list, length } = responseHeaders(resHeaders, ex, ctx.requestId);
-        ex.respond(statusCode, list, length);
-        if (ex.finished && !ex.complete) c.abort(new ClientGoneError());
-      },
-      onResponseData: (c, chunk) => {
-        if (!ex.write(chunk)) {
-          c.pause();
-          ex.onDrain(() => c.resume());
-        }
-      },
-      onResponseEnd: () => {
-        release();
-        ex.end();
-      },
-      onResponseError: (_c, err) => {
-        release();
-        if (err instanceof ClientGoneError || ex.finished) return;
-        const code = errorCode(err);
-        if (code === 'ECONNREFUSED' && !responded && ex.body === null && !ex.headersSent) {
-          const next = pool.pick(tried);
-          if (next) {
-            this.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code }, 'upstream refused, trying another target');
-            this.send(ex, ctx, pool, next, headers, tried);
-            return;
-          }
-        }
-        this.onUpstreamError(err, ex, ctx, timeouts);
-      },
-    };
     target.pool.dispatch({
       origin: target.origin,
       path: target.basePath + ctx.path,
@@ -239,11 +189,31 @@ export class Forwarder implements Http1Handler {
       headersTimeout: timeouts.responseMs,
       bodyTimeout: ctx.websocket ? 0 : timeouts.responseMs,
       ...(ctx.websocket ? { upgrade: 'websocket' } : {}),
-    }, handler);
+    }, new UpstreamExchange(this, ex, ctx, pool, target, headers, tried, timeouts));
   }
 
-  /** The upstream switched protocols: answer the client with its 101 and join the two sockets. */
-  private upgraded(ex: Exchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>, upstream: Duplex): void {
+  /** @internal */
+  upstreamResponded(ctx: RequestContext, target: UpstreamTarget): void {
+    this.metrics.httpUpstreamDuration.observe({ route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000);
+  }
+
+  /** @internal the upstream refused before anything was sent: another target, or the error answer. */
+  upstreamFailed(err: Error, u: UpstreamExchange): void {
+    const { ex, ctx, pool, target, tried } = u;
+    const code = errorCode(err);
+    if (code === 'ECONNREFUSED' && !u.responded && ex.body === null && !ex.headersSent) {
+      const next = pool.pick(tried);
+      if (next) {
+        this.logger.info({ requestId: ctx.requestId, upstream: target.url, next: next.url, code }, 'upstream refused, trying another target');
+        this.send(ex, ctx, pool, next, u.headers, tried);
+        return;
+      }
+    }
+    this.onUpstreamError(err, ex, ctx, u.timeouts);
+  }
+
+  /** @internal The upstream switched protocols: answer the client with its 101 and join the two sockets. */
+  upgraded(ex: Exchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>, upstream: Duplex): void {
     if (ex.finished) { upstream.destroy(); return; }
     const client = ex.socket;
     const rest = ex.takeOver();
@@ -358,4 +328,64 @@ function responseHeaders(h: Record<string, string | string[] | undefined>, ex: E
   }
   const length = clText !== undefined && /^\d{1,15}$/.test(clText) ? Number(clText) : undefined;
   return { list, length };
+}
+
+/**
+ * One request's trip to one upstream target, as undici's dispatch handler: streams the answer to
+ * the client with backpressure, aborts the upstream request when the client goes away. A class,
+ * not a literal of closures: nothing is allocated per request beyond this object.
+ */
+class UpstreamExchange implements Dispatcher.DispatchHandler {
+  responded = false;
+  private controller: Dispatcher.DispatchController | undefined;
+  private released = false;
+
+  constructor(
+    private readonly forwarder: Forwarder, readonly ex: Exchange, readonly ctx: RequestContext, readonly pool: UpstreamPool,
+    readonly target: UpstreamTarget, readonly headers: string[], readonly tried: Set<UpstreamTarget>, readonly timeouts: UpstreamTimeouts,
+  ) {
+    ex.onClose(() => { if (!ex.complete) this.controller?.abort(new ClientGoneError()); });
+  }
+
+  private release(): void {
+    if (!this.released) this.target.inFlight--;
+    this.released = true;
+  }
+
+  onRequestStart(c: Dispatcher.DispatchController): void {
+    this.controller = c;
+    if (this.ex.finished) c.abort(new ClientGoneError());
+  }
+
+  onRequestUpgrade(_c: Dispatcher.DispatchController, statusCode: number, resHeaders: Record<string, string | string[] | undefined>, socket: Duplex): void {
+    this.release();
+    this.forwarder.upgraded(this.ex, this.ctx, statusCode, resHeaders, socket);
+  }
+
+  onResponseStart(c: Dispatcher.DispatchController, statusCode: number, resHeaders: Record<string, string | string[] | undefined>): void {
+    if (statusCode < 200) return; // 1xx from the upstream: ours (100 Continue) was sent already
+    this.responded = true;
+    this.forwarder.upstreamResponded(this.ctx, this.target);
+    const { list, length } = responseHeaders(resHeaders, this.ex, this.ctx.requestId);
+    this.ex.respond(statusCode, list, length);
+    if (this.ex.finished && !this.ex.complete) c.abort(new ClientGoneError());
+  }
+
+  onResponseData(c: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.ex.write(chunk)) {
+      c.pause();
+      this.ex.onDrain(() => c.resume());
+    }
+  }
+
+  onResponseEnd(): void {
+    this.release();
+    this.ex.end();
+  }
+
+  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    this.release();
+    if (err instanceof ClientGoneError || this.ex.finished) return;
+    this.forwarder.upstreamFailed(err, this);
+  }
 }
