@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { pino } from 'pino';
 import { runCli } from './helpers/cli.js';
+import { cliInProcess } from './helpers/hsm-cluster.js';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
 import { openPkcs11Backend, pkcs11Opener } from '../src/engine/pkcs11/backend.js';
 import { Engine } from '../src/engine/engine.js';
@@ -185,24 +186,8 @@ if (skip || !existsSync('/proc/self/maps')) {
     t.match(lines[0], /add it to hsm\.allowedModules$/);
   });
 
-  /** Runs the CLI in this process (so /proc/self/maps is ours) with `vars` set in process.env. */
-  async function inProcess(args: string[], vars: Record<string, string | undefined>): Promise<{ stdout: string; error?: Error & { code?: string } }> {
-    const { buildProgram } = await import('../src/cli/main.js');
-    const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-    for (const [k, v] of Object.entries(vars)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
-    const write = process.stdout.write;
-    let stdout = '';
-    process.stdout.write = ((chunk: string | Uint8Array) => { stdout += String(chunk); return true; }) as typeof process.stdout.write;
-    try {
-      await (await buildProgram()).parseAsync(['node', 'hsmproxy', ...args]);
-      return { stdout };
-    } catch (error) {
-      return { stdout, error: error as Error & { code?: string } };
-    } finally {
-      process.stdout.write = write;
-      for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; }
-    }
-  }
+  // The CLI runs in this process (cliInProcess), so /proc/self/maps is ours.
+  const inProcess = cliInProcess;
 
   t.test('CLI: a reference\'s module is loaded only if it is --module or listed in HSMPROXY_PKCS11_MODULES', async (t) => {
     const csr = (key: string, n: number, extra: string[] = []) => ['csr', '--key', key, '--subject', 'CN=allow.example', '--out', join(dir, `cli${n}.csr`), ...extra];
