@@ -93,7 +93,9 @@ export class Supervisor {
   }
 
   private async add(h: ManifestHsm): Promise<void> {
-    if (this.children.has(h.id)) return;
+    // After stop() nothing starts again: a manifest check that was in flight when stop() ran would
+    // otherwise see every child gone and start them all anew, orphans holding the HSMs' locks.
+    if (this.stopping || this.children.has(h.id)) return;
     const c: Child = { hsm: h, listening: false, restarts: 0, startedAt: 0, removed: false };
     this.children.set(h.id, c);
     await this.spawn(c);
@@ -196,7 +198,9 @@ export class Supervisor {
 
   /** Starts HSMs added to the manifest and stops removed ones. */
   async reconcile(): Promise<void> {
+    if (this.stopping) return;
     const m = await readManifest(this.opts.dir);
+    if (this.stopping) return;
     const want = new Set(m.hsms.map((h) => h.id));
     for (const [id, c] of this.children) if (!want.has(id)) await this.stopChild(c);
     for (const h of m.hsms) {
