@@ -15,6 +15,9 @@ function positiveInt(v: string): number {
   return Number(v);
 }
 
+// The appliance limits `hsm serve` exposes as flags (commander's camel-cased option names).
+const LIMIT_FLAGS = ['handshakeTimeoutMs', 'maxPending', 'maxPendingPerSource', 'maxInFlightPerConnection', 'maxLoginsPerCertificate'] as const;
+
 /** Registers the `hsm` command group. */
 export function register(program: Command): void {
   const hsm = program.commands.find((c) => c.name() === 'hsm') ?? program.command('hsm').description('run one HSM of the cluster, read its audit log');
@@ -28,12 +31,10 @@ export function register(program: Command): void {
     .option('--max-pending <n>', `connections still handshaking, all sources (default ${DEFAULT_APPLIANCE_LIMITS.maxPending})`, positiveInt)
     .option('--max-pending-per-source <n>', `connections still handshaking from one address (default ${DEFAULT_APPLIANCE_LIMITS.maxPendingPerSource})`, positiveInt)
     .option('--max-in-flight-per-connection <n>', `requests one connection may have in flight before the node stops reading it (default ${DEFAULT_APPLIANCE_LIMITS.maxInFlightPerConnection})`, positiveInt)
-    .action(async (opts: { dir?: string; hsm?: string; handshakeTimeoutMs?: number; maxPending?: number; maxPendingPerSource?: number; maxInFlightPerConnection?: number }) => {
+    .option('--max-logins-per-certificate <n>', `logins in progress at once with one client certificate (default ${DEFAULT_APPLIANCE_LIMITS.maxLoginsPerCertificate})`, positiveInt)
+    .action(async (opts: { dir?: string; hsm?: string } & Partial<Pick<ApplianceLimits, typeof LIMIT_FLAGS[number]>>) => {
       const limits: Partial<ApplianceLimits> = {};
-      if (opts.handshakeTimeoutMs !== undefined) limits.handshakeTimeoutMs = opts.handshakeTimeoutMs;
-      if (opts.maxPending !== undefined) limits.maxPending = opts.maxPending;
-      if (opts.maxPendingPerSource !== undefined) limits.maxPendingPerSource = opts.maxPendingPerSource;
-      if (opts.maxInFlightPerConnection !== undefined) limits.maxInFlightPerConnection = opts.maxInFlightPerConnection;
+      for (const k of LIMIT_FLAGS) if (opts[k] !== undefined) limits[k] = opts[k];
       await serveForeground({ dir: clusterDir(opts), limits, ...(opts.hsm !== undefined ? { hsmId: opts.hsm } : {}) });
     });
 
