@@ -45,7 +45,7 @@ async function appliance(t: Test, limits: Partial<HsmApplianceOptions> = {}): Pr
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 // Waits (bounded in count and time) until `cond` holds.
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond() && Date.now() < end) await sleep(20);
   if (!cond()) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
@@ -130,7 +130,7 @@ t.test('silent, half-handshake and trickling peers are all closed at the handsha
 });
 
 t.test('past the per-source cap a new unauthenticated connection is closed at once; other addresses and finished handshakes are not counted', async (t) => {
-  const a = await appliance(t, { handshakeTimeoutMs: 8000, maxPendingPerSource: 5 });
+  const a = await appliance(t, { handshakeTimeoutMs: 30_000, maxPendingPerSource: 5 });
   const fromLog = logs.length;
   const baseline = openFds();
   const held = Array.from({ length: 5 }, () => attacker(a));
@@ -139,8 +139,8 @@ t.test('past the per-source cap a new unauthenticated connection is closed at on
 
   const extra = Array.from({ length: 20 }, () => attacker(a));
   t.teardown(() => { for (const s of extra) s.destroy(); });
-  // Far below the 8 s handshake timeout: only the cap can close them this soon.
-  await until(() => extra.every((s) => s.destroyed), 'the connections over the cap to be closed', 3000);
+  // Far below the 30 s handshake timeout: only the cap can close them this soon.
+  await until(() => extra.every((s) => s.destroyed), 'the connections over the cap to be closed', 10_000);
   t.equal(a.stats.overPendingCap, 20, 'each counted as refused over the cap');
   t.ok(held.every((s) => !s.destroyed), 'the first 5 are still open (their handshake time is not up)');
   t.equal(a.pendingHandshakes, 5);
@@ -170,14 +170,14 @@ t.test('past the per-source cap a new unauthenticated connection is closed at on
 });
 
 t.test('the total cap refuses at accept whatever the address', async (t) => {
-  const a = await appliance(t, { handshakeTimeoutMs: 8000, maxPendingPerSource: 100, maxPending: 3 });
+  const a = await appliance(t, { handshakeTimeoutMs: 30_000, maxPendingPerSource: 100, maxPending: 3 });
   const baseline = openFds();
   const held = Array.from({ length: 3 }, () => attacker(a));
   t.teardown(() => { for (const s of held) s.destroy(); });
   await until(() => openFds() >= baseline + 6, 'the node to accept 3');
   const over = attacker(a);
   t.teardown(() => over.destroy());
-  await until(() => over.destroyed, 'the fourth to be closed', 3000);
+  await until(() => over.destroyed, 'the fourth to be closed', 10_000);
   t.equal(a.stats.overPendingCap, 1);
   for (const s of held) s.destroy();
   await until(() => a.pendingHandshakes === 0, 'the held connections to be uncounted');
