@@ -224,9 +224,9 @@ t.test('a chunked body that breaks its framing in the first packet gets 400, and
   t.equal((await h.curl('/after')).status, 200, 'the proxy is still up');
 });
 
-t.test('10,000 pipelined requests in one write: the proxy reads ahead a bounded amount, and answers all in order', async (t) => {
+t.test('5,000 pipelined requests in one write: the proxy reads ahead a bounded amount, and answers all in order', async (t) => {
   const { h, up } = await harness(t);
-  const n = 10_000;
+  const n = 5_000;
   const batch = Array.from({ length: n }, (_, i) => `GET /p${i} HTTP/1.1\r\nhost: localhost\r\n\r\n`).join('');
   let peak = 0;
   const sampler = setInterval(() => { peak = Math.max(peak, h.proxy.inputBufferedBytes); }, 5);
@@ -234,9 +234,9 @@ t.test('10,000 pipelined requests in one write: the proxy reads ahead a bounded 
   const r = await raw(h, [batch], { ms: 120_000, until: (x) => x.endsWith(`GET /p${n - 1} -\n`) }); // endsWith: the text grows to MBs
   clearInterval(sampler);
   t.equal((r.text.match(/HTTP\/1\.1 200 /g) ?? []).length, n, 'every request answered');
-  t.ok(r.text.indexOf('GET /p9998 -') < r.text.indexOf('GET /p9999 -'), 'in order');
+  t.ok(r.text.indexOf(`GET /p${n - 2} -`) < r.text.indexOf(`GET /p${n - 1} -`), 'in order');
   t.equal(up.seen.length, n);
-  t.ok(batch.length > 300_000, `the batch is ${batch.length} bytes`);
+  t.ok(batch.length > 150_000, `the batch (${batch.length} bytes) is well over the 64 KiB read-ahead cap`);
   t.ok(peak <= 160 * 1024, `read ahead at most ${peak} bytes (64 KiB cap plus what one read brings)`);
 });
 
