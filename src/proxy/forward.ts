@@ -114,7 +114,7 @@ export class Forwarder implements Http1Handler {
       this.metrics.httpUpstreamErrors.inc({ route: route.name, reason: 'unavailable' });
       return this.reply(ex, ctx, 503, 'no healthy upstream server for this route; try again shortly');
     }
-    const headers = this.upstreamHeaders(ex, ctx, websocket);
+    const headers = this.upstreamHeaders(ex, ctx);
     this.send(ex, ctx, pool!, target, headers, new Set());
   }
 
@@ -135,8 +135,11 @@ export class Forwarder implements Http1Handler {
     return ex.head.method === 'GET' && ex.body === null && ex.head.minor === 1 ? true : 'bad';
   }
 
-  /** The request headers for the upstream, as a flat [name, value, …] list for undici. */
-  private upstreamHeaders(ex: Exchange, ctx: RequestContext, websocket: boolean): string[] {
+  /**
+   * The request headers for the upstream, as a flat [name, value, …] list for undici. For an
+   * upgrade, undici writes Connection/Upgrade itself; the client's other WebSocket fields pass.
+   */
+  private upstreamHeaders(ex: Exchange, ctx: RequestContext): string[] {
     const { trusted, identityHeaders } = this.table();
     const head = ex.head;
     const socket = ex.socket;
@@ -163,8 +166,6 @@ export class Forwarder implements Http1Handler {
     const flat: string[] = [];
     for (const [n, v] of out) flat.push(n, v);
     if (head.body.kind === 'length') flat.push('content-length', String(head.body.length));
-    // undici writes Connection/Upgrade itself for an upgrade; the client's other WebSocket fields pass.
-    void websocket;
     return flat;
   }
 

@@ -432,9 +432,7 @@ export class Http1Connection {
    * and dropping what the client still sends for a while (after a refusal it may be mid-request).
    */
   end(linger = false): void {
-    if (this.phase === 'closed') {
-      return;
-    }
+    if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.deadlineKind = 'none';
     this.socket.off('data', this.onData);
