@@ -164,8 +164,9 @@ export class Supervisor {
   }
 
   private scheduleRestart(c: Child): void {
-    // A child that ran for a while starts over with the shortest delay.
-    if (Date.now() - c.startedAt > 10_000) c.restarts = 0;
+    // A child that served for a while starts over with the shortest delay; one that never came up
+    // keeps backing off however slow its failed start was (a loaded machine took over 10 s).
+    if (c.listening && Date.now() - c.startedAt > 10_000) c.restarts = 0;
     const delay = Math.min(this.opts.restartMaxMs ?? 5000, (this.opts.restartMinMs ?? 100) * 2 ** c.restarts);
     c.restarts++;
     clearTimeout(c.timer);
