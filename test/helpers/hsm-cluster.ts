@@ -13,15 +13,25 @@ import { clusterPath, type ManifestProfile } from '../../src/hsm/cluster/manifes
 /** Low scrypt cost so logins are fast in tests (production default is 2^14). */
 export const TEST_SCRYPT_COST = 1024;
 
-/** A port that was free a moment ago (for manifests, which need fixed ports). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * The first of 4 consecutive ports that were free a moment ago (for manifests, which need fixed
+ * ports: `--base-port P` puts HSM i on P + i - 1). Chosen below the kernel's ephemeral range
+ * (32768-60999 on Linux), so a port an HSM frees while it restarts is not handed to some other
+ * test's outgoing connection or `listen(0)` in the meantime (seen: "port … is in use" on restart).
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 12_000);
+    if ((await Promise.all([0, 1, 2, 3].map((i) => canListen(base + i)))).every(Boolean)) return base;
+  }
+  throw new Error('no 4 consecutive free ports found in 20000-32000');
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
 }
 
