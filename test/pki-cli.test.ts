@@ -1,7 +1,7 @@
 // The PKI and key-reference commands as a user runs them: `key import`, `key reference`, `csr`,
 // `cert self-sign`, `ca init`, `ca sign`, with openssl checking the results, and every mistake a
 // one-line error with a non-zero exit. The sim backend is a FakeHsm persisted in a temp dir.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { generateKeyPairSync } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { runCliWithFakeHsm } from './helpers/cli-fake-hsm.js';
 import { FakeHsm } from './helpers/fake-hsm.js';
 import { openssl } from './helpers/openssl.js';
-import type { CliResult } from './helpers/cli.js';
+import { oneLineError, type CliResult } from './helpers/cli.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-pki-cli-'));
 t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -17,14 +17,6 @@ const CLUSTER = '7c'.repeat(32);
 const PIN = { HSMPROXY_PIN: 'cu1:secret1' };
 const f = (name: string): string => join(dir, name);
 const cli = (args: string[], env: NodeJS.ProcessEnv = PIN, clusterId = CLUSTER): Promise<CliResult> => runCliWithFakeHsm(args, { hsmDir: dir, clusterId, env });
-
-function oneLineError(t: Test, r: CliResult, pattern: RegExp): void {
-  t.not(r.code, 0, 'non-zero exit');
-  t.equal(r.stdout, '', 'nothing on stdout');
-  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
-  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
-  t.match(r.stderr, pattern);
-}
 
 // A key made inside the (fake) HSM before the CLI runs, found later by label.
 const hsm = new FakeHsm(dir);

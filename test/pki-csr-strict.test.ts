@@ -2,7 +2,7 @@
 // would read differently (a wrong tag, trailing bytes, a long-form length, a PEM body that is
 // not exactly the DER) is refused by parseCsr and by `ca sign`, with a one-line reason naming the
 // file. Keys are real keys on the soft backend: what is under test is the CSR's encoding.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Engine } from '../src/engine/index.js';
 import { caInit, caSign, certPem, createCsr, issuedLogPath, parseCsr, signingKey, type SigningKey } from '../src/pki/index.js';
-import { runCli, type CliResult } from './helpers/cli.js';
+import { oneLineError, runCli, type CliResult } from './helpers/cli.js';
 import { openssl } from './helpers/openssl.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-csr-strict-'));
@@ -142,14 +142,6 @@ t.test('a valid CSR is accepted, with text around its PEM block, and gets a cert
 // --- The CLI: `hsmproxy ca sign --csr FILE`, as a user runs it.
 const sign = (csrFile: string, out: string): Promise<CliResult> =>
   runCli(['ca', 'sign', '--backend', 'soft', '--ca-key', f('ca.key'), '--ca-cert', f('ca.crt'), '--csr', csrFile, '--days', '30', '--out', out]);
-
-function oneLineError(t: Test, r: CliResult, pattern: RegExp): void {
-  t.not(r.code, 0, 'non-zero exit');
-  t.equal(r.stdout, '', 'nothing on stdout');
-  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
-  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
-  t.match(r.stderr, pattern);
-}
 
 t.test('ca sign refuses a CSR that is not DER: one line naming the file, no certificate, nothing logged', async (t) => {
   const cases: Array<[string, Buffer, RegExp]> = [

@@ -1,6 +1,7 @@
 // Runs the hsmproxy CLI from source in a child process, as a user would run it.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import type { Test } from 'tap';
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 export const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
@@ -24,4 +25,13 @@ export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: 
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
     child.stdin.end(opts.input ?? '');
   });
+}
+
+/** A CLI failure as users should see it: non-zero exit, nothing on stdout, one stderr line matching `pattern`, no stack trace. */
+export function oneLineError(t: Test, r: CliResult, pattern: RegExp): void {
+  t.not(r.code, 0, 'non-zero exit');
+  t.equal(r.stdout, '', 'nothing on stdout');
+  t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  t.match(r.stderr, pattern);
 }
