@@ -11,7 +11,7 @@ import { cliInProcess } from './helpers/hsm-cluster.js';
 
 const entry = fileURLToPath(new URL('../src/cli/entry.cjs', import.meta.url));
 
-t.test('cluster start through the source-tree launcher runs its HSM node processes', async (t) => {
+t.test('cluster start through the source-tree launcher runs its HSM node processes, from any directory', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-entry-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const init = await cliInProcess(['cluster', 'init', '--dir', dir, '--hsms', '1', '--json']);
@@ -19,7 +19,8 @@ t.test('cluster start through the source-tree launcher runs its HSM node process
   const env = { ...process.env };
   delete env.NODE_OPTIONS;
   // Plain node (spawn passes no execArgv), as npm runs the script: none of this test runner's loaders.
-  const child = spawn(process.execPath, [entry, 'cluster', 'start', '--dir', dir], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Started outside the clone, where a bare `--import=tsx` for the nodes finds no tsx package.
+  const child = spawn(process.execPath, [entry, 'cluster', 'start', '--dir', '.'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
@@ -27,7 +28,7 @@ t.test('cluster start through the source-tree launcher runs its HSM node process
   const deadline = Date.now() + 60_000;
   while (!/cluster running/.test(out) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   t.match(out, /hsm-1 running \(pid \d+\)/, 'the HSM node process started');
-  t.notMatch(out, /ERR_UNKNOWN_FILE_EXTENSION|exited/, 'no node died on its .ts entry');
+  t.notMatch(out, /ERR_UNKNOWN_FILE_EXTENSION|Cannot find package|exited/, 'no node died on its .ts entry or its loader');
   child.kill('SIGTERM');
   const code = await new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.once('exit', (c) => r(c))));
   t.equal(code, 0, 'SIGTERM stops the cluster cleanly');

@@ -48,8 +48,11 @@ async function start() {
   if (fromSource) {
     (await import('tsx/esm/api')).register();
     // Child processes (HSM nodes, serve workers) are forked with this process's execArgv: give
-    // them the loader too, or they cannot load their .ts entry files.
-    if (!process.execArgv.some((a) => /^--(import|loader)(=|$)/.test(a) && a.includes('tsx'))) process.execArgv.push('--import=tsx');
+    // them the loader too, or they cannot load their .ts entry files. By path: node resolves a bare
+    // `--import=tsx` from the working directory, which finds no tsx outside the clone.
+    if (!process.execArgv.some((a) => /^--(import|loader)(=|$)/.test(a) && a.includes('tsx'))) {
+      process.execArgv.push(`--import=${pathToFileURL(require.resolve('tsx')).href}`);
+    }
   }
   const main = await import(pathToFileURL(join(__dirname, fromSource ? 'main.ts' : 'main.js')).href);
   main.main();
