@@ -2,7 +2,7 @@
 import t from 'tap';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
-import { Scheme } from '../src/engine/pkcs11/mechanisms.js';
+import { SignatureScheme as Scheme } from '../src/tls/schemes.js';
 
 t.test('a missing module file is named with "file not found"', async (t) => {
   await t.rejects(openPkcs11Backend({ module: '/nonexistent/libnothing.so', token: 'x', pin: '1' }), {

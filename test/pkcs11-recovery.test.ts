@@ -9,7 +9,7 @@ import type { Pkcs11Backend, Pkcs11Key } from '../src/engine/pkcs11/backend.js';
 import type { Pkcs11Signer } from '../src/engine/pkcs11/signer.js';
 import type { RecoveryEvent } from '../src/engine/pkcs11/token.js';
 import { ck, ckrOf } from '../src/engine/pkcs11/module.js';
-import { Scheme } from '../src/engine/pkcs11/mechanisms.js';
+import { SignatureScheme as Scheme } from '../src/tls/schemes.js';
 
 const skip = softhsmSkipReason();
 if (skip) {

@@ -1,6 +1,7 @@
 // Key algorithms the engine supports, derived from a public key, and the TLS signature schemes
 // and HSM mechanisms each one can produce.
 import type { KeyObject } from 'node:crypto';
+import type { HashName, SignAlgorithm } from '../tls/schemes.js';
 import { UnsupportedError } from './errors.js';
 
 export type Curve = 'P-256' | 'P-384';
@@ -45,11 +46,17 @@ export type Mechanism =
   | 'rsa-pss-sha256' | 'rsa-pss-sha384' | 'rsa-pss-sha512'
   | 'ecdsa-sha256' | 'ecdsa-sha384' | 'ecdsa-sha512';
 
-export type HashName = 'sha256' | 'sha384' | 'sha512';
+export type { HashName } from '../tls/schemes.js';
 
 /** The hash a mechanism uses. */
 export function mechanismHash(m: Mechanism): HashName {
   return m.slice(m.lastIndexOf('-') + 1) as HashName;
+}
+
+/** The padding family and hash of a mechanism; undefined for a string that names none. */
+export function mechanismAlgorithm(m: Mechanism): SignAlgorithm | undefined {
+  const parts = /^(rsa-pkcs1|rsa-pss|ecdsa)-(sha256|sha384|sha512)$/.exec(m);
+  return parts ? { kind: parts[1] as SignAlgorithm['kind'], hash: parts[2] as HashName } : undefined;
 }
 
 /** Parses "rsa:2048", "ec:p256" (as the CLI spells key types) into a KeyAlgorithm. */

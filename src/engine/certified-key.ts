@@ -3,6 +3,7 @@
 // `Credentials::new` reports InconsistentKeys; nginx refuses to start with "key values mismatch").
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { pemCertificates } from '../tls/pem.js';
 import type { Engine, SignerOptions } from './engine.js';
 import { EngineError } from './errors.js';
 import type { CertifiedKey, EngineSigner } from './signer.js';
@@ -31,11 +32,11 @@ export async function readChain(file: string): Promise<X509Certificate[]> {
   } catch (err) {
     throw new ChainFileError(file, `cannot read it (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
   }
-  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  const blocks = pemCertificates(text);
   if (blocks.length === 0) throw new ChainFileError(file, 'no PEM certificate in it');
-  return blocks.map((pem, i) => {
+  return blocks.map((der, i) => {
     try {
-      return new X509Certificate(pem);
+      return new X509Certificate(der);
     } catch (err) {
       throw new ChainFileError(file, `certificate ${i + 1} does not parse (${(err as Error).message})`);
     }

@@ -1,6 +1,6 @@
 // ECDSA signature encodings: TLS and X.509 carry DER ECDSA-Sig-Value { r INTEGER, s INTEGER };
 // PKCS#11 (CKM_ECDSA) and WebCrypto use raw r‖s, each half left-padded to the curve size.
-import { DerError, DerReader, Tag, tlv, uint } from './der.js';
+import { DerError, DerReader, Tag, tlv, uint } from '../tls/der.js';
 
 /** Converts raw r‖s (2 × size bytes) to DER. Leading zero bytes are stripped, sign bytes added. */
 export function rawToDer(raw: Buffer, size: number): Buffer {

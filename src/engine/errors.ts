@@ -1,6 +1,8 @@
 // Errors of the engine: one base class with a stable ENGINE_ERR_* code and a subclass per failure,
 // so callers (CLI, proxy, tls) branch on `code`; messages are written for the person reading them.
-// The PKCS#11 backend (pkcs11/errors.ts) uses the same codes for the same failures.
+// The PKCS#11 backend (pkcs11/errors.ts) uses the same codes for the same failures. The codes that
+// tls/ answers with handshake_failure come from tls/signer.ts.
+import { NoCompatibleKeyCode } from '../tls/signer.js';
 
 /** Base class of every error the engine throws. */
 export class EngineError extends Error {
@@ -41,7 +43,7 @@ export class NotASoftKeyError extends EngineError {
 /** The key the reference names does not exist on the backend (deleted, or never replicated). */
 export class KeyNotFoundError extends EngineError {
   constructor(what: string) {
-    super(`${what} was not found in the HSM; it may have been deleted — list keys with \`hsmproxy key list\``, 'ENGINE_ERR_KEY_NOT_FOUND');
+    super(`${what} was not found in the HSM; it may have been deleted — list keys with \`hsmproxy key list\``, NoCompatibleKeyCode.keyNotFound);
     this.name = 'KeyNotFoundError';
   }
 }
@@ -73,7 +75,7 @@ export class BadCredentialsError extends EngineError {
 /** The key or backend cannot do what was asked (key type, curve, scheme, mechanism). */
 export class UnsupportedError extends EngineError {
   constructor(message: string) {
-    super(message, 'ENGINE_ERR_UNSUPPORTED');
+    super(message, NoCompatibleKeyCode.unsupported);
     this.name = 'UnsupportedError';
   }
 }

@@ -1,7 +1,8 @@
 // engine/: the OpenSSL-engine-style bridge between key references and the places keys live.
 // Parses key references ("fake PEM"), resolves them on a backend (sim, pkcs11, soft), hands out
 // Signers for tls/ and a WebCrypto provider for pki/, and applies admission control.
-// May import src/hsm/client and node built-ins; never src/tls (Signer is duplicated structurally).
+// May import src/hsm/client, node built-ins, and from tls/ the Signer contract it implements
+// (signer.ts, schemes.ts) and the DER and PEM codecs; tls/ never imports engine/.
 export * from './algorithm.js';
 export * from './admission.js';
 export type { Backend, BackendKind, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from './backend.js';

@@ -4,7 +4,7 @@
 import { createHash, createPrivateKey, createPublicKey, KeyObject } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { CURVES, keyAlgorithmOf, type Curve } from './algorithm.js';
-import { DerError, DerReader, Tag, smallUint, tlv, uint } from './der.js';
+import { DerError, DerReader, Tag, smallUint, tlv, uint } from '../tls/der.js';
 import { MalformedKeyRefError, OutputFileError, RealPrivateKeyError, UnsupportedError } from './errors.js';
 
 /** 8-byte marker that starts every reference blob and every fake EC scalar: ASCII "HSMPXREF". */

@@ -5,27 +5,15 @@
 import { channel } from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import { CURVES, describeAlgorithm, type Curve, type KeyAlgorithm, type Mechanism } from './algorithm.js';
+import type { Signer } from '../tls/signer.js';
 import type { Admission } from './admission.js';
 import type { Backend, BackendKind, KeyHandle } from './backend.js';
 import { derToRaw, rawToDer } from './ecdsa.js';
-import { DerError } from './der.js';
+import { DerError } from '../tls/der.js';
 import { AbortedError, BackendError, BadSignatureError, EngineError, SignTimeoutError, UnsupportedError } from './errors.js';
 import { mechanismFits, mechanismForScheme, schemesFor, verifySignatureAsync } from './schemes.js';
 
-/** Signer contract shared with src/tls/signer.ts (structurally identical, defined here so engine/ does not import tls/). */
-export interface Signer {
-  readonly keyType: 'rsa' | 'ec';
-  readonly curve?: 'P-256' | 'P-384';
-  readonly bits?: number;
-  readonly schemes: readonly number[];
-  sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer>;
-}
-
-/** A certificate chain (leaf first, DER) with the signer for the leaf's key. */
-export interface CertifiedKey {
-  readonly chain: readonly Buffer[];
-  readonly signer: Signer;
-}
+export type { CertifiedKey, Signer } from '../tls/signer.js';
 
 /** Channel name and message of the per-signature event (metrics/ duplicates these). */
 export const ENGINE_SIGN_CHANNEL = 'hsmproxy:engine:sign';

@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { X509Certificate } from 'node:crypto';
 import type { ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
-import { createServer, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import { createServer, pemCertificates, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -21,15 +21,6 @@ export interface OffloadListenerOptions {
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
 }
 
-/** Splits a PEM bundle into DER certificates, leaf first. */
-function pemChain(text: string): Buffer[] {
-  const out: Buffer[] = [];
-  for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g)) {
-    out.push(Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64'));
-  }
-  return out;
-}
-
 /** Loads every certificate of a listener and resolves its key on the engine. */
 export async function loadCertifiedKeys(engine: Engine, listener: ListenerConfig, opts: Pick<OffloadListenerOptions, 'listenerAdmission'> = {}): Promise<ServerCertificate[]> {
   const admission = opts.listenerAdmission?.(listener);
@@ -37,7 +28,7 @@ export async function loadCertifiedKeys(engine: Engine, listener: ListenerConfig
     const where = `listeners[${listener.name}].certificates[${i}]`;
     let chain: Buffer[];
     try {
-      chain = pemChain(await readFile(c.cert, 'utf8'));
+      chain = pemCertificates(await readFile(c.cert, 'utf8'));
     } catch (err) {
       throw new ListenerError(listener.name, `${where}.cert: cannot read ${c.cert}: ${(err as Error).message}`, { cause: err });
     }
@@ -73,7 +64,7 @@ export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAu
   } catch (err) {
     throw new ListenerError(listener.name, `${where}: cannot read ${c.caFile}: ${(err as Error).message}`, { cause: err });
   }
-  if (pemChain(ca).length === 0) throw new ListenerError(listener.name, `${where}: ${c.caFile} holds no PEM certificate`);
+  if (pemCertificates(ca).length === 0) throw new ListenerError(listener.name, `${where}: ${c.caFile} holds no PEM certificate`);
   return {
     mode: c.mode, ca, ...(c.allowedSubjects ? { allowedSubjects: c.allowedSubjects } : {}),
     ...(c.allowedSans ? { allowedSans: c.allowedSans } : {}), ...(c.maxDepth !== undefined ? { maxDepth: c.maxDepth } : {}),

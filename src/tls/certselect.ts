@@ -3,7 +3,9 @@
 // only with algorithms in signature_algorithms_cert (RFC 8446 §4.4.2.2 makes that a SHOULD).
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import { fatal } from './alert.js';
-import { SignatureScheme, type CertifiedKey, type Signer } from './signer.js';
+import { DerReader, Tag } from './der.js';
+import { SignatureScheme } from './schemes.js';
+import type { CertifiedKey, Signer } from './signer.js';
 
 /** A CertifiedKey prepared for selection: names, leaf public key, chain signature schemes. */
 export interface CertEntry {
@@ -43,26 +45,13 @@ const SIG_OIDS: Record<string, number[]> = {
   '2a864886f70d01010a': [...RSA_PSS, SignatureScheme.rsa_pss_pss_sha256, SignatureScheme.rsa_pss_pss_sha384, SignatureScheme.rsa_pss_pss_sha512],
 };
 
-// Reads one DER TLV header at `pos`: returns [contentStart, contentEnd].
-function tlv(der: Buffer, pos: number): [number, number] {
-  let len = der[pos + 1]!;
-  let start = pos + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    len = der.readUIntBE(pos + 2, n);
-    start += n;
-  }
-  return [start, start + len];
-}
-
 /** Schemes of a certificate's outer signatureAlgorithm (Certificate ::= SEQ { tbs, sigAlg, sig }). */
 export function certSignatureSchemes(der: Buffer): number[] {
   try {
-    const [certStart] = tlv(der, 0);
-    const [, tbsEnd] = tlv(der, certStart);
-    const [algStart] = tlv(der, tbsEnd);
-    const [oidStart, oidEnd] = tlv(der, algStart);
-    return SIG_OIDS[der.subarray(oidStart, oidEnd).toString('hex')] ?? [];
+    const cert = new DerReader(der).sub(Tag.SEQUENCE, 'Certificate');
+    cert.next('tbsCertificate');
+    const oid = cert.sub(Tag.SEQUENCE, 'signatureAlgorithm').read(Tag.OID, 'algorithm');
+    return SIG_OIDS[oid.toString('hex')] ?? [];
   } catch {
     return [];
   }

@@ -3,9 +3,10 @@
 // validity, signatures, basicConstraints and pathLen, keyUsage, EKU clientAuth, unknown critical
 // extensions, bounded depth), allowed subjects/SANs, the verified PeerIdentity, and the check of
 // the client's CertificateVerify signature. Each failure is the alert OpenSSL/rustls would send.
-import { X509Certificate, constants, createHash, verify, type KeyObject } from 'node:crypto';
+import { X509Certificate, createHash, type KeyObject } from 'node:crypto';
 import { TlsError, fatal } from './alert.js';
-import { SignatureScheme } from './signer.js';
+import { pemCertificates } from './pem.js';
+import { SignatureScheme, schemeSpec, verifyScheme } from './schemes.js';
 import { KeyUsageBit, Oid, basicConstraints, keyUsageBits, readCertFields, type CertFields } from './x509-der.js';
 
 /** none: no CertificateRequest; optional: a certificate is asked for, and verified if sent; require: no certificate, no connection. */
@@ -64,10 +65,6 @@ const DEFAULT_MAX_DEPTH = 4;
 const VERIFIED_CACHE = 1024;
 /** Critical extensions we process; any other critical extension makes a certificate unusable (RFC 5280 §4.2). */
 const UNDERSTOOD = new Set<string>([Oid.basicConstraints, Oid.keyUsage, Oid.extKeyUsage, Oid.subjectAltName]);
-
-function pemCertificates(text: string): Buffer[] {
-  return [...text.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g)].map((m) => Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64'));
-}
 
 /** Validates options and parses the CA bundle; undefined for mode none. Throws TlsError (TLS_ERR_CLIENT_AUTH_CONFIG). */
 export function prepareClientAuth(opts: ClientAuthOptions | undefined): ClientAuthPolicy | undefined {
@@ -234,41 +231,20 @@ export const CLIENT_SCHEMES_12: readonly number[] = [
   ...CLIENT_SCHEMES_13, SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.rsa_pkcs1_sha384, SignatureScheme.rsa_pkcs1_sha512,
 ];
 
-const SCHEME_SPEC = new Map<number, { key: string; hash: string | null; pss?: boolean; curve?: string }>([
-  [SignatureScheme.ecdsa_secp256r1_sha256, { key: 'ec', hash: 'sha256', curve: 'prime256v1' }],
-  [SignatureScheme.ecdsa_secp384r1_sha384, { key: 'ec', hash: 'sha384', curve: 'secp384r1' }],
-  [SignatureScheme.ecdsa_secp521r1_sha512, { key: 'ec', hash: 'sha512', curve: 'secp521r1' }],
-  [SignatureScheme.ed25519, { key: 'ed25519', hash: null }],
-  [SignatureScheme.rsa_pss_rsae_sha256, { key: 'rsa', hash: 'sha256', pss: true }],
-  [SignatureScheme.rsa_pss_rsae_sha384, { key: 'rsa', hash: 'sha384', pss: true }],
-  [SignatureScheme.rsa_pss_rsae_sha512, { key: 'rsa', hash: 'sha512', pss: true }],
-  [SignatureScheme.rsa_pss_pss_sha256, { key: 'rsa-pss', hash: 'sha256', pss: true }],
-  [SignatureScheme.rsa_pss_pss_sha384, { key: 'rsa-pss', hash: 'sha384', pss: true }],
-  [SignatureScheme.rsa_pss_pss_sha512, { key: 'rsa-pss', hash: 'sha512', pss: true }],
-  [SignatureScheme.rsa_pkcs1_sha256, { key: 'rsa', hash: 'sha256' }],
-  [SignatureScheme.rsa_pkcs1_sha384, { key: 'rsa', hash: 'sha384' }],
-  [SignatureScheme.rsa_pkcs1_sha512, { key: 'rsa', hash: 'sha512' }],
-]);
-
 /**
  * Checks the client's CertificateVerify: the scheme must be one we offered and fit the leaf key
  * (illegal_parameter otherwise); a signature that does not verify is decrypt_error.
  * `tls12` relaxes the curve binding of ECDSA schemes, which TLS 1.2 does not have.
  */
 export function verifyClientSignature(key: KeyObject, offered: readonly number[], scheme: number, content: Buffer, signature: Buffer, tls12 = false): void {
-  const spec = SCHEME_SPEC.get(scheme);
+  const spec = schemeSpec(scheme);
   if (!spec || !offered.includes(scheme)) throw fatal('illegal_parameter', `client CertificateVerify uses scheme 0x${scheme.toString(16).padStart(4, '0')}, which we did not offer`);
   const type = key.asymmetricKeyType;
-  const curveOk = tls12 || !spec.curve || key.asymmetricKeyDetails?.namedCurve === spec.curve;
-  if (type !== spec.key || !curveOk) throw fatal('illegal_parameter', `client CertificateVerify scheme 0x${scheme.toString(16)} does not fit the certificate's ${type} key`);
-  let ok = false;
-  try {
-    ok = spec.pss
-      ? verify(spec.hash, content, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }, signature)
-      : verify(spec.hash, content, key, signature);
-  } catch {
-    ok = false; // malformed DER signature, wrong length: all the same to the peer
-  }
+  const curve = 'namedCurve' in spec ? spec.namedCurve : undefined;
+  const curveOk = tls12 || !curve || key.asymmetricKeyDetails?.namedCurve === curve;
+  if (type !== spec.keyType || !curveOk) throw fatal('illegal_parameter', `client CertificateVerify scheme 0x${scheme.toString(16)} does not fit the certificate's ${type} key`);
+  // A malformed DER signature or a wrong length is the same to the peer as a wrong signature.
+  const ok = verifyScheme(key, scheme, content, signature);
   if (!ok) throw fatal('decrypt_error', 'client CertificateVerify signature does not verify with the certificate key');
 }
 

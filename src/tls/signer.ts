@@ -1,25 +1,8 @@
 // The signer contract between tls/ and whoever holds the private key (engine/, tests).
 // tls/ never sees key material: it hands the content to be signed and a TLS SignatureScheme
-// to `sign`, and awaits the signature. engine/ defines a structurally identical type. A rejection
-// may carry a `code`; the no-compatible-key codes below become handshake_failure, others internal_error.
-
-/** TLS SignatureScheme code points (RFC 8446 §4.2.3) that hsmproxy can use. */
-export const SignatureScheme = {
-  rsa_pkcs1_sha256: 0x0401,
-  rsa_pkcs1_sha384: 0x0501,
-  rsa_pkcs1_sha512: 0x0601,
-  ecdsa_secp256r1_sha256: 0x0403,
-  ecdsa_secp384r1_sha384: 0x0503,
-  ecdsa_secp521r1_sha512: 0x0603,
-  rsa_pss_rsae_sha256: 0x0804,
-  rsa_pss_rsae_sha384: 0x0805,
-  rsa_pss_rsae_sha512: 0x0806,
-  ed25519: 0x0807,
-  rsa_pss_pss_sha256: 0x0809,
-  rsa_pss_pss_sha384: 0x080a,
-  rsa_pss_pss_sha512: 0x080b,
-} as const;
-export type SignatureSchemeName = keyof typeof SignatureScheme;
+// to `sign`, and awaits the signature. A rejection may carry a `code`: the no-compatible-key
+// codes below become handshake_failure, others internal_error. engine/ imports this contract.
+export { SignatureScheme, type SignatureSchemeName } from './schemes.js';
 
 /**
  * Holds a private key somewhere else (an HSM, a PKCS#11 token, memory) and signs on request.
@@ -38,18 +21,24 @@ export interface Signer {
   sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer>;
 }
 
-/** The `code` a Signer rejects with when it holds no key or mechanism that can serve the request. */
-export const SIGNER_ERR_NO_COMPATIBLE_KEY = 'SIGNER_ERR_NO_COMPATIBLE_KEY';
-
 /**
- * Rejection codes meaning "no compatible key or mechanism": ours and engine/'s equivalents
- * (ENGINE_ERR_UNSUPPORTED, ENGINE_ERR_KEY_NOT_FOUND), matched by string so tls/ imports nothing.
+ * Rejection codes meaning "no compatible key or mechanism": the client asked for something this
+ * key-holder cannot do. engine/'s UnsupportedError and KeyNotFoundError carry the last two.
  */
-const NO_COMPATIBLE_KEY_CODES: ReadonlySet<string> = new Set([SIGNER_ERR_NO_COMPATIBLE_KEY, 'ENGINE_ERR_UNSUPPORTED', 'ENGINE_ERR_KEY_NOT_FOUND']);
+export const NoCompatibleKeyCode = {
+  /** Any key-holder: no key or mechanism for the request. */
+  noCompatibleKey: 'SIGNER_ERR_NO_COMPATIBLE_KEY',
+  /** The key cannot make the scheme or mechanism (the engine's historic code name). */
+  unsupported: 'ENGINE_ERR_UNSUPPORTED',
+  /** The key is gone from the HSM (the engine's historic code name). */
+  keyNotFound: 'ENGINE_ERR_KEY_NOT_FOUND',
+} as const;
+
+const NO_COMPATIBLE_KEY_CODES: ReadonlySet<string> = new Set(Object.values(NoCompatibleKeyCode));
 
 /** A Signer rejection for a request its key or HSM cannot serve (a scheme, mechanism or key it lacks). */
 export class NoCompatibleKeyError extends Error {
-  readonly code = SIGNER_ERR_NO_COMPATIBLE_KEY;
+  readonly code = NoCompatibleKeyCode.noCompatibleKey;
   constructor(message: string) {
     super(message);
     this.name = 'NoCompatibleKeyError';
@@ -57,7 +46,7 @@ export class NoCompatibleKeyError extends Error {
 }
 
 /**
- * The alert for a failed signature (TLS.md 41): handshake_failure when the key-holder says it has
+ * The alert for a failed signature: handshake_failure when the key-holder says it has
  * no compatible key or mechanism (the client asked for something we cannot do), else internal_error.
  */
 export function signFailureAlert(err: unknown): 'handshake_failure' | 'internal_error' {

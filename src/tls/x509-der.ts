@@ -1,7 +1,8 @@
 // The few X.509 fields node's X509Certificate does not expose and client-certificate checking
 // needs (RFC 5280 §4.1, §4.2.1): the raw subject Name (for certificate_authorities), the
 // extensions with their critical flag, keyUsage bits and basicConstraints' pathLenConstraint.
-// A bounded DER walker: any malformed structure is reported as `undefined`/an error, never read past.
+// Read with the strict DER reader of der.ts: a malformed structure is an error, never read past.
+import { DerError, DerReader, Tag } from './der.js';
 
 /** One certificate extension: OID (dotted), criticality and the extnValue content. */
 export interface CertExtension { oid: string; critical: boolean; value: Buffer }
@@ -11,34 +12,6 @@ export interface CertFields {
   /** DER of the subject Name (a SEQUENCE), as it goes into certificate_authorities. */
   subjectDer: Buffer;
   extensions: Map<string, CertExtension>;
-}
-
-interface Tlv { tag: number; pos: number; start: number; end: number; next: number }
-
-function tlv(der: Buffer, pos: number, limit: number): Tlv {
-  if (pos + 2 > limit) throw new RangeError('truncated DER');
-  const tag = der[pos]!;
-  let len = der[pos + 1]!;
-  let start = pos + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    if (n === 0 || n > 4 || start + n > limit) throw new RangeError('bad DER length');
-    len = der.readUIntBE(start, n);
-    start += n;
-  }
-  const end = start + len;
-  if (end > limit) throw new RangeError('DER value runs past its container');
-  return { tag, pos, start, end, next: end };
-}
-
-function children(der: Buffer, outer: Tlv): Tlv[] {
-  const out: Tlv[] = [];
-  for (let p = outer.start; p < outer.end;) {
-    const c = tlv(der, p, outer.end);
-    out.push(c);
-    p = c.next;
-  }
-  return out;
 }
 
 function oidString(b: Buffer): string {
@@ -53,31 +26,32 @@ function oidString(b: Buffer): string {
   return [...head, ...parts].join('.');
 }
 
-/** Reads the subject Name and extensions of a DER certificate; throws RangeError when malformed. */
+/** Reads the subject Name and extensions of a DER certificate; throws DerError (a RangeError) when malformed. */
 export function readCertFields(der: Buffer): CertFields {
-  const cert = tlv(der, 0, der.length);
-  const tbs = tlv(der, cert.start, cert.end);
-  const f = children(der, tbs);
+  const tbs = new DerReader(der).sub(Tag.SEQUENCE, 'Certificate').sub(Tag.SEQUENCE, 'tbsCertificate');
   // tbsCertificate: [0] version?, serial, signature, issuer, validity, subject, spki, [1]?, [2]?, [3] extensions?
-  let i = f[0]?.tag === 0xa0 ? 1 : 0;
-  const subject = f[i + 4];
-  if (!subject || subject.tag !== 0x30) throw new RangeError('certificate has no subject Name');
-  const subjectDer = der.subarray(subject.pos, subject.end);
+  if (tbs.peek(Tag.CONTEXT_0)) tbs.next('version');
+  for (const what of ['serialNumber', 'signature', 'issuer', 'validity']) tbs.next(what);
+  const subject = tbs.next('subject');
+  if (subject.tag !== Tag.SEQUENCE) throw new DerError('certificate has no subject Name');
+  tbs.next('subjectPublicKeyInfo');
   const extensions = new Map<string, CertExtension>();
-  for (i += 6; i < f.length; i++) {
-    if (f[i]!.tag !== 0xa3) continue;
-    const list = tlv(der, f[i]!.start, f[i]!.end);
-    for (const e of children(der, list)) {
-      const parts = children(der, e);
-      const oid = oidString(der.subarray(parts[0]!.start, parts[0]!.end));
-      const critical = parts.length === 3 && parts[1]!.tag === 0x01 && der[parts[1]!.start] !== 0;
-      const val = parts[parts.length - 1]!;
-      if (val.tag !== 0x04) throw new RangeError('extension value is not an OCTET STRING');
-      if (extensions.has(oid)) throw new RangeError(`duplicate extension ${oid}`);
-      extensions.set(oid, { oid, critical, value: der.subarray(val.start, val.end) });
+  while (!tbs.atEnd()) {
+    const field = tbs.next('tbsCertificate field');
+    if (field.tag !== Tag.CONTEXT_3) continue;
+    const list = new DerReader(field.content).sub(Tag.SEQUENCE, 'extensions');
+    while (!list.atEnd()) {
+      const e = list.sub(Tag.SEQUENCE, 'Extension');
+      const oid = oidString(e.read(Tag.OID, 'extnID'));
+      const critical = e.peek(Tag.BOOLEAN) && e.read(Tag.BOOLEAN, 'critical')[0] !== 0;
+      const val = e.next('extnValue');
+      if (val.tag !== Tag.OCTET_STRING) throw new DerError('extension value is not an OCTET STRING');
+      e.end('Extension');
+      if (extensions.has(oid)) throw new DerError(`duplicate extension ${oid}`);
+      extensions.set(oid, { oid, critical, value: val.content });
     }
   }
-  return { subjectDer, extensions };
+  return { subjectDer: subject.raw, extensions };
 }
 
 /** keyUsage bit numbers (RFC 5280 §4.2.1.3). */
@@ -86,10 +60,10 @@ export const KeyUsageBit = { digitalSignature: 0, keyCertSign: 5 } as const;
 /** The keyUsage bits that are set, or undefined when the extension is absent. */
 export function keyUsageBits(ext: CertExtension | undefined): Set<number> | undefined {
   if (!ext) return undefined;
-  const bs = tlv(ext.value, 0, ext.value.length);
-  if (bs.tag !== 0x03 || bs.end - bs.start < 1) throw new RangeError('keyUsage is not a BIT STRING');
+  const bs = new DerReader(ext.value).next('keyUsage');
+  if (bs.tag !== Tag.BIT_STRING || bs.content.length < 1) throw new DerError('keyUsage is not a BIT STRING');
   const bits = new Set<number>();
-  const bytes = ext.value.subarray(bs.start + 1, bs.end);
+  const bytes = bs.content.subarray(1);
   bytes.forEach((byte, n) => { for (let b = 0; b < 8; b++) if (byte & (0x80 >> b)) bits.add(n * 8 + b); });
   return bits;
 }
@@ -97,12 +71,13 @@ export function keyUsageBits(ext: CertExtension | undefined): Set<number> | unde
 /** basicConstraints (RFC 5280 §4.2.1.9): cA and the optional pathLenConstraint. */
 export function basicConstraints(ext: CertExtension | undefined): { ca: boolean; pathLen?: number } {
   if (!ext) return { ca: false };
-  const seq = tlv(ext.value, 0, ext.value.length);
+  const seq = new DerReader(new DerReader(ext.value).next('basicConstraints').content);
   let ca = false;
   let pathLen: number | undefined;
-  for (const c of children(ext.value, seq)) {
-    if (c.tag === 0x01) ca = ext.value[c.start] !== 0;
-    else if (c.tag === 0x02 && c.end - c.start <= 4) pathLen = ext.value.readUIntBE(c.start, c.end - c.start);
+  while (!seq.atEnd()) {
+    const c = seq.next('basicConstraints field');
+    if (c.tag === Tag.BOOLEAN) ca = c.content[0] !== 0;
+    else if (c.tag === Tag.INTEGER && c.content.length >= 1 && c.content.length <= 4) pathLen = c.content.readUIntBE(0, c.content.length);
   }
   return pathLen === undefined ? { ca } : { ca, pathLen };
 }

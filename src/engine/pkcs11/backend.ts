@@ -16,7 +16,7 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import type { KeyAlgorithm, Mechanism } from '../algorithm.js';
-import { mechanismHash } from '../algorithm.js';
+import { mechanismAlgorithm } from '../algorithm.js';
 import type { Backend, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from '../backend.js';
 import { loadCredentials } from '../credentials.js';
 import { KeyMismatchError, KeyNotFoundError, UnsupportedError } from '../errors.js';
@@ -29,7 +29,6 @@ import { deleteKey, findKey, generateKey, importKey, listKeys, signatureUnitByte
 import type { KeySelector, Pkcs11KeyInfo, Pkcs11KeySpec } from './keys.js';
 import { Pkcs11Signer, signOnToken } from './signer.js';
 import { planSignature } from './mechanisms.js';
-import type { SignAlgorithm } from './mechanisms.js';
 import { formatPkcs11Uri, parsePkcs11Uri } from './uri.js';
 import { OtherTokenError, Pkcs11UriError } from './errors.js';
 import { allowedModulePath, type AllowHint } from './module-allowlist.js';
@@ -59,12 +58,6 @@ export interface Pkcs11BackendOptions {
 
 /** A key on the token, with the URI a key reference records for it. */
 export interface Pkcs11Key extends Pkcs11KeyInfo { uri: string }
-
-const MECHANISMS: Record<Mechanism, SignAlgorithm> = {
-  'rsa-pkcs1-sha256': { kind: 'rsa-pkcs1', hash: 'sha256' }, 'rsa-pkcs1-sha384': { kind: 'rsa-pkcs1', hash: 'sha384' }, 'rsa-pkcs1-sha512': { kind: 'rsa-pkcs1', hash: 'sha512' },
-  'rsa-pss-sha256': { kind: 'rsa-pss', hash: 'sha256' }, 'rsa-pss-sha384': { kind: 'rsa-pss', hash: 'sha384' }, 'rsa-pss-sha512': { kind: 'rsa-pss', hash: 'sha512' },
-  'ecdsa-sha256': { kind: 'ecdsa', hash: 'sha256' }, 'ecdsa-sha384': { kind: 'ecdsa', hash: 'sha384' }, 'ecdsa-sha512': { kind: 'ecdsa', hash: 'sha512' },
-};
 
 /** An open PKCS#11 token: the engine's Backend, plus key management and direct signers. */
 export class Pkcs11Backend implements Backend {
@@ -185,9 +178,8 @@ export class Pkcs11Backend implements Backend {
 
   private signPlanned(key: KeyHandle, mechanism: Mechanism, input: Buffer, prehashed: boolean, signal?: AbortSignal): Promise<Buffer> {
     try {
-      const alg = MECHANISMS[mechanism];
+      const alg = mechanismAlgorithm(mechanism);
       if (!alg) throw new UnsupportedError(`mechanism ${mechanism} is not supported by the PKCS#11 backend`);
-      if (mechanismHash(mechanism) !== alg.hash) throw new UnsupportedError(`mechanism ${mechanism} is inconsistent`);
       const k = algorithmToKey(key.algorithm);
       const plan = planSignature(alg, k.keyType, signatureUnitBytes(k), input, this.token.mechanisms, prehashed);
       return signOnToken(this.token, Buffer.from(key.keyId, 'hex'), plan, signal);

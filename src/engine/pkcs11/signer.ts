@@ -5,12 +5,14 @@ import type { KeyObject } from 'node:crypto';
 import type { Pkcs11Token } from './token.js';
 import { privateKeyHandle, signatureUnitBytes } from './keys.js';
 import type { Pkcs11KeyInfo } from './keys.js';
-import { planSignature, schemeAlgorithm, schemesFor } from './mechanisms.js';
+import type { Signer } from '../../tls/signer.js';
+import { schemeAlgorithm, schemesFor } from '../schemes.js';
+import { planSignature } from './mechanisms.js';
 import type { SignAlgorithm, SignPlan } from './mechanisms.js';
 import { UnsupportedError } from './errors.js';
 
-/** Signs with a token-held key; structurally the `Signer` of tls/signer.ts. */
-export class Pkcs11Signer {
+/** Signs with a token-held key. */
+export class Pkcs11Signer implements Signer {
   readonly keyType: 'rsa' | 'ec';
   readonly curve?: 'P-256' | 'P-384';
   readonly bits?: number;
@@ -26,7 +28,7 @@ export class Pkcs11Signer {
     this.bits = key.bits;
     this.publicKey = key.publicKey;
     this.id = key.id;
-    this.schemes = schemesFor(key);
+    this.schemes = schemesFor(key.keyType === 'rsa' ? { type: 'rsa', bits: key.bits ?? 0 } : { type: 'ec', curve: key.curve ?? 'P-256' });
     this.unitBytes = signatureUnitBytes(key);
   }
 

@@ -1,9 +1,9 @@
-// A minimal strict DER reader/writer for the few structures the engine builds and parses
-// (PKCS#1 and SEC1 private keys, SPKI, ECDSA-Sig-Value). Single-byte tags only; definite,
-// minimal lengths; trailing data is an error. Not a general ASN.1 library on purpose.
+// The one DER codec: a strict reader (bounded sub-readers; definite, minimal lengths; trailing data
+// is an error) and a writer, for the few structures on the handshake path and in key references.
+// Single-byte tags only. Not a general ASN.1 library on purpose: docs/design.md, "DER", says why.
 
 /** Thrown for malformed DER; callers wrap it in their own coded error. */
-export class DerError extends Error {
+export class DerError extends RangeError {
   constructor(message: string) {
     super(message);
     this.name = 'DerError';
@@ -11,6 +11,7 @@ export class DerError extends Error {
 }
 
 export const Tag = {
+  BOOLEAN: 0x01,
   INTEGER: 0x02,
   BIT_STRING: 0x03,
   OCTET_STRING: 0x04,
@@ -19,20 +20,24 @@ export const Tag = {
   SEQUENCE: 0x30,
   CONTEXT_0: 0xa0,
   CONTEXT_1: 0xa1,
+  CONTEXT_3: 0xa3,
 } as const;
+
+/** One TLV: its tag, its content, and the whole encoding (header included). */
+export interface DerElement { tag: number; content: Buffer; raw: Buffer }
 
 /** Reads consecutive TLVs from a buffer, with bounded sub-readers. */
 export class DerReader {
   private pos = 0;
   constructor(private readonly buf: Buffer) {}
 
-  /** Reads the next TLV, which must carry `tag`; returns its content. */
-  read(tag: number, what: string): Buffer {
+  /** Reads the next TLV, whatever its tag. */
+  next(what: string): DerElement {
     if (this.pos + 2 > this.buf.length) throw new DerError(`${what}: truncated`);
-    const actual = this.buf[this.pos]!;
-    if (actual !== tag) throw new DerError(`${what}: expected tag 0x${tag.toString(16)}, found 0x${actual.toString(16)}`);
-    let len = this.buf[this.pos + 1]!;
-    let off = this.pos + 2;
+    const from = this.pos;
+    const tag = this.buf[from]!;
+    let len = this.buf[from + 1]!;
+    let off = from + 2;
     if (len & 0x80) {
       const n = len & 0x7f;
       if (n === 0 || n > 4) throw new DerError(`${what}: unsupported length encoding`);
@@ -44,7 +49,15 @@ export class DerReader {
     }
     if (off + len > this.buf.length) throw new DerError(`${what}: truncated (needs ${len} bytes)`);
     this.pos = off + len;
-    return this.buf.subarray(off, off + len);
+    return { tag, content: this.buf.subarray(off, off + len), raw: this.buf.subarray(from, off + len) };
+  }
+
+  /** Reads the next TLV, which must carry `tag`; returns its content. */
+  read(tag: number, what: string): Buffer {
+    if (this.pos + 2 > this.buf.length) throw new DerError(`${what}: truncated`);
+    const actual = this.buf[this.pos]!;
+    if (actual !== tag) throw new DerError(`${what}: expected tag 0x${tag.toString(16)}, found 0x${actual.toString(16)}`);
+    return this.next(what).content;
   }
 
   /** Reads a nested TLV and returns a reader over its content. */
@@ -64,6 +77,11 @@ export class DerReader {
   /** True when the next TLV has this tag. */
   peek(tag: number): boolean {
     return this.pos < this.buf.length && this.buf[this.pos] === tag;
+  }
+
+  /** True when every byte was consumed. */
+  atEnd(): boolean {
+    return this.pos === this.buf.length;
   }
 
   /** Asserts that every byte was consumed. */
