@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DEFAULT_BASE_PORT, MAX_HSMS, initCluster } from '../../hsm/cluster/init.js';
 import { manifestPath, readManifest, writeManifest, type ManifestProfile } from '../../hsm/cluster/manifest.js';
+import { portsInUse } from '../../hsm/cluster/ports.js';
 import { clusterDir, connectHsm, readNewPassword, readPin } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
 
@@ -37,9 +38,16 @@ export function register(program: Command): void {
       const dir = clusterDir(opts);
       const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port'), host: opts.host });
       const m = r.manifest;
+      // Another cluster's HSM (an earlier quick start, say) may hold these ports: say so now, not when this HSM fails to start.
+      const busy = await portsInUse(m.hsms);
+      for (const p of busy) {
+        process.stderr.write(`hsmproxy: warning: port ${p.port} on ${p.address} (${p.hsm}) is already in use, perhaps by another cluster's HSM; ` +
+          `${p.hsm} cannot start while it is taken: stop what listens there, or delete ${dir} and run cluster init again with --base-port P\n`);
+      }
       output(opts, {
         dir, manifest: manifestPath(dir), clusterId: m.clusterId, precoUser: r.precoUser, precoPassword: r.precoPassword,
         hsms: m.hsms.map((h) => ({ id: h.id, address: h.address, port: h.port, profile: h.profile })),
+        portsInUse: busy,
       }, () => {
         process.stdout.write([
           `cluster ${m.clusterId} created in ${dir}`,
