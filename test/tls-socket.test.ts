@@ -119,7 +119,8 @@ t.test('an encrypted fatal alert while the signature is pending aborts the sign 
   const { encodeClientHello, goodHello, handshakeSecretsFromServerHello, records } = await import('./helpers/tls13-client.js');
   const { trafficKeys } = await import('../src/tls/keyschedule.js');
   const { ContentType, RecordSealer, plaintextRecords } = await import('../src/tls/record.js');
-  const s = await start({ fault: 'hang' }, { signTimeoutMs: 60_000 });
+  // 'split': the client has ServerHello..Certificate while the signature is pending.
+  const s = await start({ fault: 'hang' }, { signTimeoutMs: 60_000, serverFlight: 'split' });
   t.teardown(s.close);
   const { spec, key } = goodHello();
   const ch = encodeClientHello(spec);
@@ -129,7 +130,7 @@ t.test('an encrypted fatal alert while the signature is pending aborts the sign 
   let got = Buffer.alloc(0);
   raw.on('data', (d: Buffer) => { got = Buffer.concat([got, d]); });
   raw.write(plaintextRecords(ContentType.handshake, ch));
-  // The client has SH, EE and Certificate (the server flushed them before asking the HSM).
+  // The client has SH, EE and Certificate (flushed before the signature in 'split').
   await until(() => s.signer.inFlight === 1 && records(got).length >= 2);
   const { suite, hs } = handshakeSecretsFromServerHello(ch, key, got);
   const k = trafficKeys(suite, hs.client);

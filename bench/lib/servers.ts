@@ -32,8 +32,8 @@ function answerOnce(socket: Duplex): void {
 }
 
 /** hsmproxy's TlsServer with the given certificate chain and signer. */
-export async function startHsmproxyTls(chain: Buffer[], signer: Signer): Promise<RunningServer> {
-  const server = createTlsServer({ certificates: [{ chain, signer }] }, answerOnce);
+export async function startHsmproxyTls(chain: Buffer[], signer: Signer, serverFlight?: 'whole' | 'split'): Promise<RunningServer> {
+  const server = createTlsServer({ certificates: [{ chain, signer }], serverFlight }, answerOnce);
   server.on('tlsClientError', () => { /* counted by the client */ });
   server.netServer.on('connection', (raw: Socket) => raw.setNoDelay(true));
   server.listen({ port: 0, host: '127.0.0.1' });

@@ -96,6 +96,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   /** True once close_notify was received. */
   get peerClosed(): boolean { return this.readClosed; }
   get stateName(): string { return this.state.name; }
+  /** True while the handshake waits for the signer. */
+  get awaitingSignature(): boolean { return this.pendingSign !== 0; }
 
   /** Feeds bytes received from the peer. Errors become a fatal alert plus a 'fatal' event. */
   feed(data: Buffer): void {
@@ -242,7 +244,9 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       if (!rec) break;
       this.handleRecord(rec);
     }
-    this.flushFlight();
+    // While the signature is pending the flight stays open: the driver may send it with
+    // CertificateVerify and Finished in one record (takeOutput seals it if asked earlier).
+    if (this.pendingSign === 0) this.flushFlight();
   }
 
   /** TLS 1.3 hides the real type inside application_data records; TLS 1.2 protects every record after CCS. */

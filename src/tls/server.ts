@@ -45,10 +45,14 @@ export interface TlsServerOptions {
   /** Listener name reported in handshake observations. */
   name?: string;
   /**
-   * TCP_NODELAY on accepted sockets (default true): the flight goes out in two writes around the
-   * asynchronous signature, and Nagle + delayed ACK would hold the second one for ~40 ms.
+   * TCP_NODELAY on accepted sockets (default true): writes are already batched per turn, and Nagle
+   * + delayed ACK would hold a second write (a response after the tickets) for ~40 ms.
    */
   noDelay?: boolean;
+  /** See TlsSocketOptions.serverFlight (default 'whole'). */
+  serverFlight?: 'whole' | 'split';
+  /** See TlsSocketOptions.ticketHoldMs (default 50). */
+  ticketHoldMs?: number;
   /** Called once per handshake with its timings and outcome (also published on HANDSHAKE_CHANNEL). */
   onHandshake?: (o: HandshakeObservation) => void;
   /** Keep a socket writable after the peer's close_notify/FIN (default false, as node:tls). */
@@ -150,6 +154,8 @@ export class TlsServer extends EventEmitter {
       listener: this.options.name,
       allowHalfOpen: this.options.allowHalfOpen,
       onHandshake: this.options.onHandshake,
+      serverFlight: this.options.serverFlight,
+      ticketHoldMs: this.options.ticketHoldMs,
     });
     let settled = false;
     const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };

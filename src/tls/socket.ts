@@ -13,8 +13,18 @@ import { publishHandshake, type HandshakeObservation } from './observe.js';
 import { groupName } from './suites.js';
 
 const LINGER_MS = 2000;
-// The plaintext of one full record (RFC 8446 §5.1).
-const MAX_COALESCE = 16_384;
+// Application data held for the end of the turn before it is sealed and written at once.
+const FLUSH_AT = 64 * 1024;
+// Up to this size a batch of records is copied into one buffer; above, it goes out as a writev.
+const COALESCE_COPY = 32 * 1024;
+// How long TLS 1.3 tickets wait for application data to travel with.
+const TICKET_HOLD_MS = 50;
+// The reason a connection ends when its socket is destroyed; shared: an Error's stack costs per connection.
+const SOCKET_DESTROYED = new TlsError('socket destroyed', 'TLS_ERR_CLOSED');
+
+function flushSoon(socket: TlsSocket): void {
+  socket.flush();
+}
 
 /** Per-socket timing policy. */
 export interface TlsSocketOptions {
@@ -25,6 +35,13 @@ export interface TlsSocketOptions {
   allowHalfOpen?: boolean;
   /** Observer called once per handshake, in addition to the diagnostics channel. */
   onHandshake?: (o: HandshakeObservation) => void;
+  /**
+   * When the server flight leaves around the asynchronous signature: 'whole' (default) after
+   * CertificateVerify, in one write; 'split' ServerHello..Certificate first, the rest after it.
+   */
+  serverFlight?: 'whole' | 'split';
+  /** TLS 1.3 tickets wait up to this long to leave with the first application data (default 50; 0 = at once). */
+  ticketHoldMs?: number;
 }
 
 /** A TLS 1.3 / 1.2 server-side socket (encrypted = true), usable wherever a net.Socket is. */
@@ -39,10 +56,22 @@ export class TlsSocket extends Duplex {
   private signFailed = false;
   private readPaused = false;
   private eof = false;
-  private corked = false;
+  /** Ciphertext not yet given to TCP, in sealing order; it leaves in one write per flush. */
+  private outq: Buffer[] = [];
+  private outqBytes = 0;
+  /** Application data accepted but not yet sealed: a turn's writes share records. */
+  private plain: Buffer[] = [];
+  private plainBytes = 0;
+  private flushQueued = false;
+  private flightTimer: NodeJS.Immediate | null = null;
+  /** TLS 1.3 NewSessionTickets held back to leave with the first application data. */
+  private ticketTimer: NodeJS.Timeout | null = null;
+
+  private readonly ticketHoldMs: number;
 
   constructor(private readonly raw: Socket, private readonly conn: ServerConnection, private readonly opts: TlsSocketOptions) {
     super({ allowHalfOpen: opts.allowHalfOpen ?? false, emitClose: true });
+    this.ticketHoldMs = opts.ticketHoldMs ?? TICKET_HOLD_MS;
     raw.on('data', (chunk: Buffer) => { this.conn.feed(chunk); this.drive(); });
     raw.on('end', () => this.onTransportEnd());
     raw.on('error', (err) => this.onTransportEnd(err));
@@ -104,19 +133,74 @@ export class TlsSocket extends Duplex {
   // ---- driving the connection ----
 
   private drive(): void {
-    const out = this.conn.takeOutput();
-    if (out && !this.raw.destroyed) {
-      // During the handshake, hold writes until the end of this event-loop turn: a signer that
-      // answers at once (in-process, cached) then shares one writev with SH..Certificate, while a
-      // slow HSM still sees the first half of the flight leave before it answers.
-      if (!this.conn.established && !this.corked) {
-        this.corked = true;
-        this.raw.cork();
-        setImmediate(() => { this.corked = false; this.raw.uncork(); });
-      }
-      this.raw.write(out);
+    // 'whole': while the signature is pending, EncryptedExtensions..Certificate stay unsealed in the
+    // connection, to share one record with CertificateVerify and Finished.
+    if (this.opts.serverFlight === 'split' || !this.conn.awaitingSignature) this.collect();
+    this.drainEvents();
+    if (this.outqBytes === 0 || this.raw.destroyed) return;
+    if (!this.conn.established) {
+      if (!this.conn.awaitingSignature) this.scheduleFlush();
+      // 'split': ServerHello..Certificate leave at the end of this loop turn (an answer that came at
+      // once shares their write); 'whole': they wait for CertificateVerify, one write per flight.
+      else if (this.opts.serverFlight === 'split' && !this.flightTimer) this.flightTimer = setImmediate(flushSoon, this);
+      return;
     }
+    // TLS 1.3 tickets wait for the first application data (or the ticket timer): one write for both.
+    if (!this.ticketTimer) this.scheduleFlush();
+  }
+
+  private drainEvents(): void {
     for (const ev of this.conn.takeEvents()) this.onEvent(ev);
+  }
+
+  /** Moves what the connection sealed into the output queue (sealing order = wire order). */
+  private collect(): void {
+    const out = this.conn.takeOutput();
+    if (out) {
+      this.outq.push(out);
+      this.outqBytes += out.length;
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    process.nextTick(flushSoon, this);
+  }
+
+  /** Seals the application data of this turn and gives everything queued to TCP in one write. */
+  flush(): void {
+    this.flushQueued = false;
+    if (this.ticketTimer) { clearTimeout(this.ticketTimer); this.ticketTimer = null; }
+    if (this.flightTimer) { clearImmediate(this.flightTimer); this.flightTimer = null; }
+    if (this.plainBytes > 0) this.sealPlain();
+    this.collect();
+    const q = this.outq;
+    const bytes = this.outqBytes;
+    this.outq = [];
+    this.outqBytes = 0;
+    if (bytes > 0 && !this.raw.destroyed) {
+      if (q.length === 1 || bytes <= COALESCE_COPY) this.raw.write(q.length === 1 ? q[0]! : Buffer.concat(q, bytes));
+      else {
+        // Large batches: one writev instead of a copy.
+        this.raw.cork();
+        for (const b of q) this.raw.write(b);
+        this.raw.uncork();
+      }
+    }
+    if (this.conn.error && !this.destroyed) this.drainEvents(); // sealing failed: the 'fatal' event
+  }
+
+  private sealPlain(): void {
+    const data = this.plain.length === 1 ? this.plain[0]! : Buffer.concat(this.plain, this.plainBytes);
+    this.plain = [];
+    this.plainBytes = 0;
+    if (this.conn.error) return; // dead: nothing more goes out (its alert already went)
+    try {
+      this.conn.writeApplicationData(data);
+    } catch {
+      // The connection failed (an exhausted key): its alert is queued and its 'fatal' event follows.
+    }
   }
 
   private onEvent(ev: ConnectionEvent): void {
@@ -124,6 +208,10 @@ export class TlsSocket extends Duplex {
       case 'sign': return this.startSign(ev.request);
       case 'handshake':
         this.clearHandshakeTimer();
+        if (this.outqBytes > 0 && this.conn.negotiated.suite?.version === 'TLSv1.3' && this.ticketHoldMs > 0) {
+          this.ticketTimer = setTimeout(flushSoon, this.ticketHoldMs, this);
+          this.ticketTimer.unref?.();
+        }
         this.observe('ok');
         this.emit('secure');
         return;
@@ -142,7 +230,8 @@ export class TlsSocket extends Duplex {
         const received = err instanceof TlsAlertError && err.received;
         const result = this.signFailed ? 'sign_error' : err instanceof TlsAlertError ? (received ? 'alert_received' : 'alert_sent') : 'closed';
         if (!this.conn.established) return this.failHandshake(err, result);
-        this.raw.end(); // the alert (already written) then FIN
+        this.flush();
+        this.raw.end(); // the alert, then FIN
         this.destroy(err);
       }
     }
@@ -189,7 +278,10 @@ export class TlsSocket extends Duplex {
   private failHandshake(err: TlsError, result: HandshakeObservation['result']): void {
     this.observe(result, err instanceof TlsAlertError ? alertName(err.alert) : undefined);
     this.emit('handshakeError', err);
-    if (!this.raw.destroyed) this.raw.end();
+    if (!this.raw.destroyed) {
+      this.flush(); // what was queued, the alert last
+      this.raw.end();
+    }
     // No 'error' event before the handshake: the socket is not the user's yet (tlsClientError instead).
     this.destroy();
   }
@@ -246,34 +338,29 @@ export class TlsSocket extends Duplex {
   }
 
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
-    try {
-      // Small writes of one batch (an HTTP head and its body, a chunk and its framing) share one
-      // record: fewer AEAD seals and fewer bytes than a record per write.
-      let batch: Buffer[] = [];
-      let size = 0;
-      for (const { chunk } of chunks) {
-        if (size + chunk.length > MAX_COALESCE && batch.length > 0) {
-          this.conn.writeApplicationData(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
-          batch = [];
-          size = 0;
-        }
-        batch.push(chunk);
-        size += chunk.length;
-      }
-      if (batch.length > 0) this.conn.writeApplicationData(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
-    } catch (e) {
-      cb(e as Error);
+    if (!this.conn.established) {
+      cb(this.conn.error ?? new TlsError('handshake not complete', 'TLS_ERR_NOT_ESTABLISHED'));
       return;
     }
-    const out = this.conn.takeOutput();
-    if (!out || this.raw.write(out)) cb();
-    else this.raw.once('drain', () => cb()); // backpressure: the next write waits for TCP
+    // Sealed at the end of the turn: writes of one turn (an HTTP head and its body, a chunk and
+    // its framing) share records and one socket write.
+    for (const { chunk } of chunks) {
+      if (chunk.length === 0) continue;
+      this.plain.push(chunk);
+      this.plainBytes += chunk.length;
+    }
+    if (this.plainBytes >= FLUSH_AT) this.flush();
+    else this.scheduleFlush();
+    if (this.conn.error) cb(this.conn.error);
+    else if (this.raw.writableNeedDrain) this.raw.once('drain', () => cb()); // backpressure: wait for TCP
+    else cb();
   }
 
   override _final(cb: (err?: Error | null) => void): void {
+    // close_notify after the last data, in the same write.
+    if (this.plainBytes > 0) this.sealPlain();
     this.conn.close();
-    const out = this.conn.takeOutput();
-    if (out) this.raw.write(out);
+    this.flush();
     // 'finish' (and so destroySoon) must wait until TCP took everything, close_notify included.
     this.raw.end(() => cb());
   }
@@ -287,11 +374,15 @@ export class TlsSocket extends Duplex {
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.clearHandshakeTimer();
+    // What was accepted before destroy() still leaves, as with net.Socket (already in the kernel there).
+    if (this.outqBytes > 0 || this.plainBytes > 0) this.flush();
+    if (this.ticketTimer) { clearTimeout(this.ticketTimer); this.ticketTimer = null; }
+    if (this.flightTimer) { clearImmediate(this.flightTimer); this.flightTimer = null; }
     if (this.signTimer) clearTimeout(this.signTimer);
     this.signTimer = null;
     this.signAbort?.abort(new TlsError('connection closed', 'TLS_ERR_CLOSED'));
     this.signAbort = null;
-    if (!this.conn.error) this.conn.abort(new TlsError('socket destroyed', 'TLS_ERR_CLOSED'));
+    if (!this.conn.error) this.conn.abort(SOCKET_DESTROYED);
     this.closeTransport();
     cb(err);
   }
