@@ -49,7 +49,7 @@ const SIG_OIDS: Record<string, number[]> = {
 export function certSignatureSchemes(der: Buffer): number[] {
   try {
     const cert = new DerReader(der).sub(Tag.SEQUENCE, 'Certificate');
-    cert.next('tbsCertificate');
+    cert.skip('tbsCertificate');
     const oid = cert.sub(Tag.SEQUENCE, 'signatureAlgorithm').read(Tag.OID, 'algorithm');
     return SIG_OIDS[oid.toString('hex')] ?? [];
   } catch {

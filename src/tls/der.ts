@@ -29,15 +29,17 @@ export interface DerElement { tag: number; content: Buffer; raw: Buffer }
 /** Reads consecutive TLVs from a buffer, with bounded sub-readers. */
 export class DerReader {
   private pos = 0;
+  // The TLV last passed by advance(): first byte of its content and one past its end.
+  private start = 0;
+  private stop = 0;
   constructor(private readonly buf: Buffer) {}
 
-  /** Reads the next TLV, whatever its tag. */
-  next(what: string): DerElement {
+  /** Moves past the next TLV (checking its header) and returns its tag. */
+  private advance(what: string): number {
     if (this.pos + 2 > this.buf.length) throw new DerError(`${what}: truncated`);
-    const from = this.pos;
-    const tag = this.buf[from]!;
-    let len = this.buf[from + 1]!;
-    let off = from + 2;
+    const tag = this.buf[this.pos]!;
+    let len = this.buf[this.pos + 1]!;
+    let off = this.pos + 2;
     if (len & 0x80) {
       const n = len & 0x7f;
       if (n === 0 || n > 4) throw new DerError(`${what}: unsupported length encoding`);
@@ -48,8 +50,22 @@ export class DerReader {
       off += n;
     }
     if (off + len > this.buf.length) throw new DerError(`${what}: truncated (needs ${len} bytes)`);
+    this.start = off;
+    this.stop = off + len;
     this.pos = off + len;
-    return { tag, content: this.buf.subarray(off, off + len), raw: this.buf.subarray(from, off + len) };
+    return tag;
+  }
+
+  /** Reads the next TLV, whatever its tag. */
+  next(what: string): DerElement {
+    const from = this.pos;
+    const tag = this.advance(what);
+    return { tag, content: this.buf.subarray(this.start, this.stop), raw: this.buf.subarray(from, this.stop) };
+  }
+
+  /** Skips the next TLV, whatever its tag; returns the tag. */
+  skip(what: string): number {
+    return this.advance(what);
   }
 
   /** Reads the next TLV, which must carry `tag`; returns its content. */
@@ -57,7 +73,8 @@ export class DerReader {
     if (this.pos + 2 > this.buf.length) throw new DerError(`${what}: truncated`);
     const actual = this.buf[this.pos]!;
     if (actual !== tag) throw new DerError(`${what}: expected tag 0x${tag.toString(16)}, found 0x${actual.toString(16)}`);
-    return this.next(what).content;
+    this.advance(what);
+    return this.buf.subarray(this.start, this.stop);
   }
 
   /** Reads a nested TLV and returns a reader over its content. */

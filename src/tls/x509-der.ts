@@ -30,16 +30,18 @@ function oidString(b: Buffer): string {
 export function readCertFields(der: Buffer): CertFields {
   const tbs = new DerReader(der).sub(Tag.SEQUENCE, 'Certificate').sub(Tag.SEQUENCE, 'tbsCertificate');
   // tbsCertificate: [0] version?, serial, signature, issuer, validity, subject, spki, [1]?, [2]?, [3] extensions?
-  if (tbs.peek(Tag.CONTEXT_0)) tbs.next('version');
-  for (const what of ['serialNumber', 'signature', 'issuer', 'validity']) tbs.next(what);
+  if (tbs.peek(Tag.CONTEXT_0)) tbs.skip('version');
+  for (const what of ['serialNumber', 'signature', 'issuer', 'validity']) tbs.skip(what);
   const subject = tbs.next('subject');
   if (subject.tag !== Tag.SEQUENCE) throw new DerError('certificate has no subject Name');
-  tbs.next('subjectPublicKeyInfo');
+  tbs.skip('subjectPublicKeyInfo');
   const extensions = new Map<string, CertExtension>();
   while (!tbs.atEnd()) {
-    const field = tbs.next('tbsCertificate field');
-    if (field.tag !== Tag.CONTEXT_3) continue;
-    const list = new DerReader(field.content).sub(Tag.SEQUENCE, 'extensions');
+    if (!tbs.peek(Tag.CONTEXT_3)) {
+      tbs.skip('tbsCertificate field');
+      continue;
+    }
+    const list = tbs.sub(Tag.CONTEXT_3, 'extensions').sub(Tag.SEQUENCE, 'extensions');
     while (!list.atEnd()) {
       const e = list.sub(Tag.SEQUENCE, 'Extension');
       const oid = oidString(e.read(Tag.OID, 'extnID'));
