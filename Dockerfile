@@ -12,7 +12,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# The package's own `prepare` (the build) would run before its sources are here: skip scripts,
+# then run the one dependency script the image needs (pkcs11js's native build). The build follows.
+RUN npm ci --no-audit --no-fund --ignore-scripts \
+ && npm rebuild pkcs11js
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev

@@ -37,6 +37,16 @@ t.test('the image is multi-stage: a build stage, then a slim Node 20 runtime', a
   t.notOk(runtime.some((i) => i.op === 'RUN' && /npm (ci|install)/.test(i.args)), 'no npm install in the runtime stage');
 });
 
+t.test("the build stage installs before it copies the sources, so without the package's prepare (the build)", async (t) => {
+  const build = ins.filter((i) => i.stage < lastStage);
+  const ci = build.findIndex((i) => i.op === 'RUN' && /npm ci\b/.test(i.args));
+  const src = build.findIndex((i) => i.op === 'COPY' && /^src\b/.test(i.args));
+  t.ok(ci >= 0 && src > ci, 'npm ci comes before COPY src (dependencies cached apart from the code)');
+  t.match(build[ci]?.args, /npm ci\b[^&]*--ignore-scripts/, 'so it runs no scripts: prepare would build without sources');
+  t.match(build[ci]?.args, /npm rebuild pkcs11js\b/, "and pkcs11js's native build runs by itself");
+  t.ok(build.slice(src).some((i) => i.op === 'RUN' && /npm run build\b/.test(i.args)), 'the build runs once the sources are in');
+});
+
 t.test('the runtime runs as a non-root user with a fixed uid, and owns only its volumes', async (t) => {
   const users = runtime.filter((i) => i.op === 'USER');
   t.equal(users.length, 1);
