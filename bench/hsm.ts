@@ -11,9 +11,9 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { formatHsmResult } from '../src/cli/bench/format.js';
-import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../src/cli/bench/hsm.js';
-import { BENCH_OPS } from '../src/cli/bench/ops.js';
+import { formatHsmResult } from '../src/bench/format.js';
+import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../src/bench/hsm.js';
+import { BENCH_OPS } from '../src/bench/ops.js';
 
 const SECONDS = process.env.BENCH_SECONDS ?? '2';
 const results = join(dirname(fileURLToPath(import.meta.url)), 'results');

@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ProfileResult } from '../src/cli/bench/summary.js';
+import type { ProfileResult } from '../src/bench/summary.js';
 import { topSelfTime } from './lib/cpuprofile.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);

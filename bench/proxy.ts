@@ -17,7 +17,7 @@ import { parseConfig } from '../src/config/index.js';
 import { Proxy } from '../src/proxy/index.js';
 import { offloadListenerFactory } from '../src/proxy/offload-listener.js';
 import { nodeTlsListenerFactory } from '../src/proxy/node-tls-listener.js';
-import type { ProxyBenchPoint, ProxyBenchResult } from '../src/cli/bench/summary.js';
+import type { ProxyBenchPoint, ProxyBenchResult } from '../src/bench/summary.js';
 import { prepareServeDir, serveYaml, startServe } from '../test/helpers/serve-fixture.js';
 import { makeTestCerts } from '../test/helpers/tls-certs.js';
 import { findH2load, runH2load } from './lib/h2load.js';

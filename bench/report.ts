@@ -5,9 +5,9 @@
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { HsmBenchResult } from '../src/cli/bench/hsm.js';
-import { renderSummary, type ProfileResult, type ProxyBenchResult, type SummaryInput, type TlsBenchResult } from '../src/cli/bench/summary.js';
-import { renderLineChart, type Series } from '../src/cli/bench/svg.js';
+import type { HsmBenchResult } from '../src/bench/hsm.js';
+import { renderSummary, type ProfileResult, type ProxyBenchResult, type SummaryInput, type TlsBenchResult } from '../src/bench/summary.js';
+import { renderLineChart, type Series } from '../src/bench/svg.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const dir = join(here, 'results');

@@ -17,7 +17,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeTestCerts, type TestCert } from '../test/helpers/tls-certs.js';
 import type { ManifestProfile } from '../src/hsm/cluster/manifest.js';
-import type { TlsBenchPoint, TlsBenchResult } from '../src/cli/bench/summary.js';
+import type { TlsBenchPoint, TlsBenchResult } from '../src/bench/summary.js';
 import { buildTlsLoad, type TlsLoadClient } from './lib/tls-load.js';
 import { findNginx, startNginx } from './lib/nginx.js';
 import { clusterSigner, softEngineSigner, startHsmproxyTls, startNodeTls, type RunningServer } from './lib/servers.js';

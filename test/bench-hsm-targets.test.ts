@@ -9,7 +9,7 @@ import { runCli } from './helpers/cli.js';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
 import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
-import type { HsmBenchResult } from '../src/cli/bench/hsm.js';
+import type { HsmBenchResult } from '../src/bench/hsm.js';
 
 t.test('--dir benchmarks a running cluster with the crypto user of HSMPROXY_PIN', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-bench-dir-'));

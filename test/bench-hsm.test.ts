@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { cliEntry, repoRoot, runCli } from './helpers/cli.js';
-import { planHsmBench, type HsmBenchResult } from '../src/cli/bench/hsm.js';
-import { findKnee, latencyStats } from '../src/cli/bench/stats.js';
-import { UsageError } from '../src/cli/run.js';
+import { planHsmBench, type HsmBenchResult } from '../src/bench/hsm.js';
+import { findKnee, latencyStats } from '../src/bench/stats.js';
+import { UsageError } from '../src/app/errors.js';
 
 async function scratch(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-bench-test-'));

@@ -3,8 +3,8 @@
 // shared machine's load is disclosed, and parts that were not run say so.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
-import type { HsmBenchResult } from '../src/cli/bench/hsm.js';
-import { renderSummary, type ProfileResult, type ProxyBenchResult, type TlsBenchResult } from '../src/cli/bench/summary.js';
+import type { HsmBenchResult } from '../src/bench/hsm.js';
+import { renderSummary, type ProfileResult, type ProxyBenchResult, type TlsBenchResult } from '../src/bench/summary.js';
 
 const fixture = JSON.parse(readFileSync(new URL('./fixtures/bench-results.json', import.meta.url), 'utf8')) as { hsm: HsmBenchResult[]; tls: TlsBenchResult };
 const proxy: ProxyBenchResult = {

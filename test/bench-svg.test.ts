@@ -1,7 +1,7 @@
 // The SVG chart writer: a well-formed standalone document (parsed here by a strict little XML
 // reader), one series group with one line per series, names escaped, round axis ticks.
 import t from 'tap';
-import { niceTicks, renderLineChart } from '../src/cli/bench/svg.js';
+import { niceTicks, renderLineChart } from '../src/bench/svg.js';
 
 interface XmlNode { name: string; attrs: Record<string, string>; children: XmlNode[]; text: string }
 

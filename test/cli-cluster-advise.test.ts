@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import t, { type Test } from 'tap';
-import { startServing } from '../src/cli/serve-runtime.js';
+import { startServing } from '../src/app/serve.js';
 import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';
 import { ensureDemoPki } from '../src/pki/demo.js';

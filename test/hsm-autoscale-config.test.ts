@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { advisorConfig } from '../src/cli/scaling-runtime.js';
+import { advisorConfig } from '../src/app/scaling.js';
 import { AUTOSCALE_DEFAULTS, ConfigInvalidError, parseConfig } from '../src/config/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-autoscale-config-'));

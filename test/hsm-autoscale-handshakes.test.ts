@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { startScaling } from '../src/cli/scaling-runtime.js';
+import { startScaling } from '../src/app/scaling.js';
 import type { AutoscaleConfig } from '../src/config/index.js';
 import { Engine, SimBackend, loadCertifiedKey, simClientFrom, writeKeyReference, type Backend, type KeyAlgorithm } from '../src/engine/index.js';
 import type { AutoscaleEvent } from '../src/hsm/cluster/autoscale.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import type { AutoscaleConfig } from '../src/config/index.js';
-import { startScaling } from '../src/cli/scaling-runtime.js';
+import { startScaling } from '../src/app/scaling.js';
 import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
 import type { AutoscaleEvent } from '../src/hsm/cluster/autoscale.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import t from 'tap';
-import { startServing } from '../src/cli/serve-runtime.js';
+import { startServing } from '../src/app/serve.js';
 import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
 import { startEmbeddedCluster } from '../src/hsm/cluster/embedded.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';

@@ -6,7 +6,7 @@ import t from 'tap';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
 import { cliInProcess } from './helpers/hsm-cluster.js';
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
-import type { HsmBenchResult } from '../src/cli/bench/hsm.js';
+import type { HsmBenchResult } from '../src/bench/hsm.js';
 
 const skip = softhsmSkipReason();
 if (skip) {

@@ -19,7 +19,7 @@ import { Engine } from '../src/engine/engine.js';
 import { formatKeyRef, type Pkcs11KeyRef } from '../src/engine/keyref.js';
 import { SignatureScheme } from '../src/engine/schemes.js';
 import { ConfigInvalidError, loadConfig, parseConfig } from '../src/config/index.js';
-import { openHsmSide } from '../src/cli/serve-runtime.js';
+import { openHsmSide } from '../src/app/hsm-side.js';
 import { certPem, selfSign, signingKey } from '../src/pki/index.js';
 
 const skip = softhsmSkipReason();

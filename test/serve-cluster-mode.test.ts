@@ -24,7 +24,7 @@ const custom = (extra: string) => yaml(extra).replace('hsm: { mode: cluster,', '
 t.test('serve with hsm.mode cluster and 2 workers logs in with the variable hsm.credentials.env names and signs in the running cluster', async (t) => {
   const s = await startServe(d, custom('workers: 2'), { HSMPROXY_PIN: '', SHOP_HSM_PIN: `${cu.user}:${cu.password}` });
   t.teardown(() => s.stop());
-  t.match(s.stderr(), /keys in cluster cluster in .*\(2 HSMs\)/);
+  t.match(s.stderr(), /keys in cluster in .*\(2 HSMs\)/);
   const statuses: number[] = [];
   for (let i = 0; i < 6; i++) statuses.push(await getOnce(s.port, ca));
   t.same(statuses, Array(6).fill(200));

@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { packageRoot } from '../src/cli/serve-runtime.js';
+import { packageRoot } from '../src/app/serve.js';
 import { cliEntry } from './helpers/cli.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');

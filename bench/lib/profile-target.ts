@@ -13,7 +13,7 @@ import pino from 'pino';
 import { parseConfig } from '../../src/config/index.js';
 import { Proxy } from '../../src/proxy/index.js';
 import { offloadListenerFactory } from '../../src/proxy/offload-listener.js';
-import { planHsmBench, runHsmBench } from '../../src/cli/bench/hsm.js';
+import { planHsmBench, runHsmBench } from '../../src/bench/hsm.js';
 import { makeTestCerts } from '../../test/helpers/tls-certs.js';
 import { runH2load } from './h2load.js';
 import { clusterKey, startHsmproxyTls } from './servers.js';

@@ -8,7 +8,7 @@ import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { HsmConnection } from '../hsm/client/connection.js';
 import { clusterPath, findHsm, readManifest, type ClusterManifest, type ManifestHsm } from '../hsm/cluster/manifest.js';
 import type { KeyClass, KeyInfo } from '../hsm/protocol/index.js';
-import { openCluster } from './cluster-session.js';
+import { openCluster } from '../app/cluster-session.js';
 import { UsageError } from './run.js';
 
 /** Options every HSM command takes. */

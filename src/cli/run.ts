@@ -1,15 +1,10 @@
 // Shared plumbing for every command: one-line errors, exit codes, --json output, credentials.
 import type { Command } from 'commander';
 import { CommanderError } from 'commander';
+import { UsageError } from '../app/errors.js';
 
-/** An error a user caused and can fix: printed as one line, never as a stack trace. */
-export class UsageError extends Error {
-  readonly code = 'CLI_ERR_USAGE';
-  constructor(message: string, readonly exitCode = 2) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
+// Commands throw it as before; it lives in app/, which throws it too and must not import cli/.
+export { UsageError };
 
 /** Error shape every module's errors share: a stable machine code and a human message. */
 interface CodedError { code?: unknown; message: string }

@@ -4,6 +4,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { MetricsSource } from '../metrics/index.js';
+import { AdminListenError } from './errors.js';
 
 /** Whether the proxy should receive traffic, and if not, why. */
 export interface ReadinessReport { ready: boolean; reasons: string[] }
@@ -23,12 +24,13 @@ export class AdminServer {
     this.server.keepAliveTimeout = 5_000;
   }
 
-  /** Starts listening. */
+  /** Starts listening; AdminListenError names admin.port when the port is taken. */
   listen(port: number, address: string): Promise<AddressInfo> {
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
+      const fail = (err: NodeJS.ErrnoException) => reject(new AdminListenError(address, port, err));
+      this.server.once('error', fail);
       this.server.listen(port, address, () => {
-        this.server.off('error', reject);
+        this.server.off('error', fail);
         resolve(this.server.address() as AddressInfo);
       });
     });

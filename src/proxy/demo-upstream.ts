@@ -4,6 +4,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
+import { DemoUpstreamListenError } from './errors.js';
 
 /** A running demo upstream. */
 export interface DemoUpstream { url: string; port: number; close(): Promise<void> }
@@ -63,7 +64,7 @@ export async function startDemoUpstream(opts: { host?: string; port?: number; na
     });
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new DemoUpstreamListenError(host, opts.port ?? 0, err)));
     server.listen(opts.port ?? 0, host, () => resolve());
   });
   const { port } = server.address() as AddressInfo;

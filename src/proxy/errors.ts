@@ -48,18 +48,24 @@ export class ProxyStateError extends ProxyError {
   }
 }
 
-/** A worker process (workers: N) could not start; the message is the worker's own reason. */
-export class WorkerStartError extends ProxyError {
-  constructor(readonly worker: number, reason: string) {
-    super(`worker ${worker} did not start: ${reason}`, 'PROXY_ERR_WORKER_START');
-    this.name = 'WorkerStartError';
+/** The admin server could not listen on admin.address:admin.port (most often: the port is in use). */
+export class AdminListenError extends ProxyError {
+  constructor(readonly address: string, readonly port: number, err: NodeJS.ErrnoException) {
+    const where = `admin port ${address}:${port} (admin.port)`;
+    super(err.code === 'EADDRINUSE'
+      ? `${where} is in use: another hsmproxy or another program listens there; stop it or set another admin.port`
+      : `cannot listen on the ${where}: ${err.message}`, 'PROXY_ERR_ADMIN_LISTEN', { cause: err });
+    this.name = 'AdminListenError';
   }
 }
 
-/** A worker refused a reload and keeps serving its previous configuration. */
-export class WorkerReloadError extends ProxyError {
-  constructor(readonly worker: number, reason: string) {
-    super(`worker ${worker} refused the reload: ${reason}`, 'PROXY_ERR_WORKER_RELOAD');
-    this.name = 'WorkerReloadError';
+/** The demo upstream (`demo: true`) could not listen on the address upstreams.demo.targets names. */
+export class DemoUpstreamListenError extends ProxyError {
+  constructor(readonly address: string, readonly port: number, err: NodeJS.ErrnoException) {
+    const where = `demo upstream port ${address}:${port} (upstreams.demo.targets)`;
+    super(err.code === 'EADDRINUSE'
+      ? `${where} is in use: another hsmproxy demo or another program listens there; stop it or point upstreams.demo.targets at a free port`
+      : `cannot listen on the ${where}: ${err.message}`, 'PROXY_ERR_DEMO_UPSTREAM_LISTEN', { cause: err });
+    this.name = 'DemoUpstreamListenError';
   }
 }

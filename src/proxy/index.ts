@@ -10,4 +10,3 @@ export { nodeTlsListenerFactory } from './node-tls-listener.js';
 export { Proxy, type ProxyOptions, type ShutdownReport } from './proxy.js';
 export { Router, hostOf, underPrefix } from './router.js';
 export { startDemoUpstream, type DemoUpstream } from './demo-upstream.js';
-export * from './workers.js';

@@ -4,9 +4,9 @@
 import type { Command } from 'commander';
 import { access, constants, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { formatHsmResult } from '../bench/format.js';
-import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../bench/hsm.js';
-import { InterruptedError, type Progress } from '../bench/sweep.js';
+import { formatHsmResult } from '../../bench/format.js';
+import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../../bench/hsm.js';
+import { InterruptedError, type Progress } from '../../bench/sweep.js';
 import { output, UsageError } from '../run.js';
 
 function progressLine(p: Progress): void {

@@ -10,7 +10,7 @@ import {
   advise, ADVISOR_DEFAULTS, capacityFromBench, formatDuration, planCapacity, PLAN_KEY_TYPES, scalingFromPrometheus,
   type AdvisorConfig, type PlanKeyType, type Recommendation, type ScalingStats,
 } from '../../metrics/index.js';
-import { ADMIN_RECORD, readAdminRecord } from '../admin-record.js';
+import { ADMIN_RECORD, readAdminRecord } from '../../app/admin-record.js';
 import { clusterDir } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
 

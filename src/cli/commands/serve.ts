@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { relative } from 'node:path';
 import pino from 'pino';
-import { startServing, type Serving } from '../serve-runtime.js';
+import { startServing, type Serving } from '../../app/serve.js';
 import { output } from '../run.js';
 
 interface ServeOptions { config?: string; json?: boolean; logLevel?: string }

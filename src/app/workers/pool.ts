@@ -4,26 +4,9 @@
 // until all are serving, restarts one that dies, and forwards reloads and graceful stops.
 import cluster, { type Worker } from 'node:cluster';
 import type { AddressInfo } from 'node:net';
-import { WorkerStartError, WorkerReloadError } from './errors.js';
-
-/** Worker → primary. */
-export type WorkerReport =
-  | { hsmproxy: 'hello' }
-  | { hsmproxy: 'ready'; listeners: Record<string, AddressInfo> }
-  | { hsmproxy: 'failed'; message: string }
-  | { hsmproxy: 'reloaded' }
-  | { hsmproxy: 'reload-failed'; message: string }
-  /** diagnostics_channel events of the worker, batched, for observers in the primary. */
-  | { hsmproxy: 'events'; events: Array<[string, unknown]> };
-
-/**
- * Primary → worker. `settings` answers the worker's hello (sent once it listens for messages), and
- * is sent again to every worker when the owner refreshes them (refreshSettings).
- */
-export type WorkerCommand<S> =
-  | { hsmproxy: 'settings'; settings: S }
-  | { hsmproxy: 'reload' }
-  | { hsmproxy: 'stop'; deadlineMs: number };
+import type { ReadinessReport } from '../../proxy/index.js';
+import { WorkerReloadError, WorkerStartError } from '../errors.js';
+import type { WorkerCommand, WorkerReport } from './protocol.js';
 
 /** What the pool tells its owner (for logs). */
 export type WorkerPoolEvent =
@@ -55,6 +38,7 @@ export class WorkerPool<S> {
   private listeners: Record<string, AddressInfo> = {};
   private stopping = false;
   private restarts = 0;
+  private readinessAsks = 0;
 
   constructor(private readonly opts: WorkerPoolOptions<S>) {}
 
@@ -97,6 +81,28 @@ export class WorkerPool<S> {
       return undefined;
     }));
     await Promise.all(answers);
+  }
+
+  /**
+   * Each serving worker's own readiness (its Proxy: listeners open, not draining, an HSM holding its
+   * keys in rotation). A worker that does not answer within `timeoutMs` is reported not ready.
+   */
+  async readiness(timeoutMs = 2_000): Promise<Array<{ worker: number; report: ReadinessReport }>> {
+    const serving = [...this.workers].filter(([n, w]) => this.ready.has(n) && w.isConnected() && !w.isDead());
+    return Promise.all(serving.map(async ([n, w]) => {
+      const id = ++this.readinessAsks;
+      let report: ReadinessReport = { ready: false, reasons: ['did not answer'] };
+      try {
+        await this.ask(w, { hsmproxy: 'readiness', id }, (m) => {
+          if (m.hsmproxy !== 'readiness' || m.id !== id) return undefined;
+          report = m.report;
+          return true;
+        }, timeoutMs);
+      } catch {
+        report = { ready: false, reasons: [`did not answer the readiness check within ${timeoutMs} ms`] };
+      }
+      return { worker: n, report };
+    }));
   }
 
   /** Graceful stop: each worker drains within `deadlineMs`; one that has not exited 5 s later is killed. */

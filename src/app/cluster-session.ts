@@ -4,7 +4,7 @@
 import { ClusterClient } from '../hsm/client/cluster-client.js';
 import { connectCluster } from '../hsm/cluster/membership.js';
 import type { ClusterManifest } from '../hsm/cluster/manifest.js';
-import { UsageError } from './run.js';
+import { UsageError } from './errors.js';
 
 /** Connects to every HSM of the cluster in `dir` and logs in; UsageError when none is reachable. */
 export async function openCluster(dir: string, m: ClusterManifest, pin: { user: string; password: string }): Promise<ClusterClient> {

@@ -2,8 +2,8 @@
 // concurrency sweep (or, with --scaling, the sweep on embedded clusters of 1…N HSMs) and
 // returns one result document. Printing is the command's job (commands/bench.ts).
 import os from 'node:os';
-import type { ManifestProfile } from '../../hsm/cluster/manifest.js';
-import { UsageError } from '../run.js';
+import type { ManifestProfile } from '../hsm/cluster/manifest.js';
+import { UsageError } from '../app/errors.js';
 import { BENCH_OPS, parseOp, type BenchOp } from './ops.js';
 import { InterruptedError, runSweep, type BenchPoint, type PointBudget, type Progress } from './sweep.js';
 import type { Knee } from './stats.js';
@@ -119,9 +119,9 @@ export function planHsmBench(f: HsmBenchFlags): HsmBenchPlan {
 }
 
 async function openDirTarget(dir: string, credentials?: string): Promise<BenchTarget> {
-  const { readManifest } = await import('../../hsm/cluster/manifest.js');
-  const { loadCredentials } = await import('../../engine/credentials.js');
-  const { openCluster } = await import('../cluster-session.js');
+  const { readManifest } = await import('../hsm/cluster/manifest.js');
+  const { loadCredentials } = await import('../engine/credentials.js');
+  const { openCluster } = await import('../app/cluster-session.js');
   const { clusterTarget } = await import('./targets.js');
   const m = await readManifest(dir);
   const c = await loadCredentials({ file: credentials });

@@ -4,7 +4,7 @@
 // gets its own split even with hundreds of requests in flight.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import type { HsmRequestEvent } from '../../hsm/client/connection.js';
+import type { HsmRequestEvent } from '../hsm/client/connection.js';
 
 const CHANNEL = 'hsmproxy:hsm:request';
 

@@ -1,15 +1,10 @@
-// `hsmproxy serve` wiring: opens the HSM side the config names (embedded cluster, a running
-// cluster, or PKCS#11), builds the Engine, makes the demo PKI and upstream for the default, and
-// starts the Proxy over the offloading TLS listener — in this process (workers: 1) or in N worker
-// processes (serve-workers.ts). Library calls only; the logic lives in the modules it calls.
-import { existsSync } from 'node:fs';
+// The HSM side of a running proxy: the backend the config names (an embedded cluster run by this
+// process, a running cluster through its directory or a client bundle, or PKCS#11 tokens), the
+// Engine over it, and whether it is ready to sign for the listeners.
 import { readFile } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
-import { availableParallelism } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import { loadConfig, type Config } from '../config/index.js';
+import type { Config } from '../config/index.js';
 import type { Pkcs11Backend } from '../engine/pkcs11/backend.js';
 import { Engine, SimBackend, loadCredentials, mapSimError, parseCredentials, simClientFrom, type Backend, type EngineOptions } from '../engine/index.js';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
@@ -17,25 +12,8 @@ import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embed
 import type { Supervisor } from '../hsm/cluster/supervisor.js';
 import { readClientManifest, type ClientManifest } from '../hsm/cluster/manifest.js';
 import { connectCluster } from '../hsm/cluster/membership.js';
-import { ensureDemoPki, type DemoPkiFiles } from '../pki/demo.js';
-import { createRegistry, defineMetrics } from '../metrics/index.js';
-import { Proxy, startDemoUpstream, type DemoUpstream } from '../proxy/index.js';
-import { offloadListenerFactory } from '../proxy/offload-listener.js';
-import { writeAdminRecord } from './admin-record.js';
-import { UsageError } from './run.js';
-import { startScaling } from './scaling-runtime.js';
-import { startWorkers } from './serve-workers.js';
-
-/** The repository (package) root: where config/hsmproxy.yaml ships. */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('cannot find the hsmproxy package root');
-    dir = up;
-  }
-  return dir;
-}
+import type { ReadinessReport } from '../proxy/index.js';
+import { UsageError } from './errors.js';
 
 /** The HSM side of a running proxy. */
 export interface HsmSide {
@@ -82,6 +60,12 @@ async function connectLoggedIn(dir: string, credentials: { user: string; passwor
     }
   }
   return client;
+}
+
+/** "embedded cluster in ./data (2 HSMs)", "cluster in /srv/hsm (3 HSMs)": where the keys are, for the banner. */
+export function describeCluster(mode: 'embedded' | 'cluster', clientBundle: boolean, dir: string, hsms: number): string {
+  const where = clientBundle ? `cluster through the client bundle in ${dir}` : `cluster in ${dir}`;
+  return `${mode === 'embedded' ? `embedded ${where}` : where} (${hsms} HSM${hsms === 1 ? '' : 's'})`;
 }
 
 /**
@@ -161,31 +145,13 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   const engine = new Engine(opts);
   return {
     engine, backend, cluster: client, dir, ...(embedded ? { supervisor: embedded.supervisor } : {}), ...(clientBundle ? { clientBundle } : {}),
-    describe: `${hsm.mode} cluster ${clientBundle ? 'through the client bundle' : 'in'} ${dir} (${hsms.length} HSM${hsms.length === 1 ? '' : 's'})`,
+    describe: describeCluster(hsm.mode, clientBundle, dir, hsms.length),
     stop: async () => {
       await engine.close();
       if (embedded) await embedded.stop();
       else await client.close();
     },
   };
-}
-
-/** What `serve` started, for printing and for stopping. */
-export interface Serving {
-  config: Config;
-  hsm: HsmSide;
-  demo?: { pki: DemoPkiFiles; pkiCreated: boolean; upstream: DemoUpstream };
-  /** Processes serving traffic: 1, or the number of node:cluster workers. */
-  workers: number;
-  listenerAddress(name: string): AddressInfo | undefined;
-  adminAddress(): AddressInfo | undefined;
-  stop(deadlineMs?: number): Promise<void>;
-  reload(): Promise<void>;
-}
-
-/** The number of serving processes `workers:` asks for ('auto': one per CPU the process may use). */
-export function workerCount(config: Config): number {
-  return config.workers === 'auto' ? availableParallelism() : config.workers;
 }
 
 /**
@@ -202,97 +168,10 @@ export function publishHsmState(hsm: HsmSide): void {
  * on every HSM, and an HSM enters rotation only once in sync. PKCS#11: the backend exposes no
  * session or login health (a lost login is re-established on the next signature), so ready.
  */
-export function hsmReadiness(hsm: HsmSide): { ready: boolean; reasons: string[] } {
+export function hsmReadiness(hsm: HsmSide): ReadinessReport {
   if (!hsm.cluster) return { ready: true, reasons: [] };
   const nodes = hsm.cluster.stats();
   if (nodes.some((n) => n.inRotation)) return { ready: true, reasons: [] };
   const states = nodes.map((n) => `${n.hsm} ${n.status === 'up' ? 'up but not in sync' : n.status}`).join(', ');
   return { ready: false, reasons: [`no HSM holding the listeners' keys is in rotation (${states || 'the cluster lists no HSM'})`] };
-}
-
-/** On the simulated cluster, records the admin URL in its directory for `cluster advise --dir` (removed at stop). */
-async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup: Array<() => Promise<void>>, log: Logger): Promise<void> {
-  // A bundle is not where `cluster advise --dir` looks (and is mounted read-only in compose).
-  if (!hsm.cluster || !hsm.dir || hsm.clientBundle || !addr) return;
-  try {
-    cleanup.push(await writeAdminRecord(hsm.dir, addr));
-  } catch (err) {
-    // A read-only cluster directory costs `cluster advise --dir` its latency figures, not the proxy.
-    log.warn({ dir: hsm.dir, err: (err as Error).message }, 'could not record the admin URL in the cluster directory');
-  }
-}
-
-/**
- * Starts the proxy. Without `configFile`, serves the embedded default (config/hsmproxy.yaml). The
- * demo PKI and upstream follow from the config (`demo: true`), not from how it was named: the
- * default passed explicitly, or a copy of it on other ports, is the demo too.
- */
-export async function startServing(opts: { configFile?: string; log: Logger; logLevelFromConfig?: boolean }): Promise<Serving> {
-  const { log } = opts;
-  const configFile = opts.configFile ?? join(packageRoot(), 'config', 'hsmproxy.yaml');
-  // The demo's certificates are made on first start, so its files are checked only after that.
-  const parsed = loadConfig(configFile, { checkFiles: false });
-  const config = parsed.demo ? parsed : loadConfig(configFile, { checkFiles: true });
-  // log.level applies unless --log-level or HSMPROXY_LOG_LEVEL said otherwise (it was ignored).
-  if (opts.logLevelFromConfig) log.level = config.log.level;
-  const hsm = await openHsmSide(config, log);
-  const cleanup: Array<() => Promise<void>> = [() => hsm.stop()];
-  try {
-    let demo: Serving['demo'];
-    if (config.demo) {
-      const certDir = dirname(resolve(config.listeners[0]!.certificates[0]!.cert));
-      if (!hsm.backend) throw new UsageError('the default configuration needs a simulated cluster to make its demo keys on');
-      const pki = await ensureDemoPki(hsm.engine, hsm.backend, certDir);
-      const target = new URL(config.upstreams.demo!.targets[0]!);
-      const upstream = await startDemoUpstream({ host: target.hostname, port: Number(target.port) });
-      cleanup.push(() => upstream.close());
-      demo = { pki: pki.files, pkiCreated: pki.created, upstream };
-    }
-    if (workerCount(config) > 1) {
-      const serving = await startWorkers({ config, configFile, hsm, log });
-      await recordAdmin(hsm, serving.adminAddress(), cleanup, log);
-      return {
-        ...serving, hsm, ...(demo ? { demo } : {}),
-        async stop(deadlineMs) {
-          await serving.stop(deadlineMs);
-          for (const c of cleanup.reverse()) await c();
-        },
-      };
-    }
-    // The scaling advisor follows the simulated cluster (and acts on it with hsm.autoscale).
-    const registry = createRegistry();
-    const scaling = hsm.cluster && hsm.dir
-      ? startScaling({ client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale: config.hsm.autoscale, metrics: defineMetrics(registry), log })
-      : undefined;
-    if (scaling) cleanup.push(() => scaling.stop());
-    const proxy = new Proxy({
-      config,
-      logger: log,
-      registry,
-      ...(scaling ? { scaling: () => scaling.service.report() } : {}),
-      tlsListenerFactory: offloadListenerFactory({ engine: hsm.engine, signTimeoutMs: config.hsm.signing.timeoutMs }),
-      readiness: () => hsmReadiness(hsm),
-    });
-    await proxy.start();
-    publishHsmState(hsm);
-    await recordAdmin(hsm, proxy.adminAddress(), cleanup, log);
-    let current = config;
-    return {
-      config, hsm, ...(demo ? { demo } : {}), workers: 1,
-      listenerAddress: (name) => proxy.listenerAddress(name),
-      adminAddress: () => proxy.adminAddress(),
-      async stop(deadlineMs) {
-        await proxy.shutdown(deadlineMs ?? current.timeouts.shutdownMs);
-        for (const c of cleanup.reverse()) await c();
-      },
-      async reload() {
-        const next = loadConfig(configFile, { checkFiles: true });
-        await proxy.reload(next);
-        current = next;
-      },
-    };
-  } catch (err) {
-    for (const c of cleanup.reverse()) await c().catch(() => undefined);
-    throw err;
-  }
 }

@@ -2,8 +2,8 @@
 // is prepared on a cluster client: a key made for the run, a first result checked with
 // node:crypto, then one call per operation. Keys made here are deleted when the run ends.
 import { createPublicKey, randomBytes, verify as cryptoVerify, constants } from 'node:crypto';
-import type { KeyPairSpec, SignMechanism } from '../../hsm/protocol/types.js';
-import type { ClusterClient } from '../../hsm/client/cluster-client.js';
+import type { KeyPairSpec, SignMechanism } from '../hsm/protocol/types.js';
+import type { ClusterClient } from '../hsm/client/cluster-client.js';
 
 /** A key type and signature mechanism a sign/verify operation uses. */
 export interface SignFlavour {

@@ -5,9 +5,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { ClusterClient } from '../../hsm/client/cluster-client.js';
-import { startEmbeddedCluster, type EmbeddedCluster } from '../../hsm/cluster/embedded.js';
-import type { ManifestProfile } from '../../hsm/cluster/manifest.js';
+import type { ClusterClient } from '../hsm/client/cluster-client.js';
+import { startEmbeddedCluster, type EmbeddedCluster } from '../hsm/cluster/embedded.js';
+import type { ManifestProfile } from '../hsm/cluster/manifest.js';
 import { checkSignature, prepareOnCluster, SIGN_MESSAGE, type BenchOp, type PreparedOp } from './ops.js';
 
 /** Where the operations go. */
@@ -66,7 +66,7 @@ export interface Pkcs11TargetOptions {
 
 /** Opens a PKCS#11 token; only sign operations are offered (the engine's pkcs11 backend signs only). */
 export async function pkcs11Target(opts: Pkcs11TargetOptions): Promise<BenchTarget> {
-  const { openPkcs11Backend } = await import('../../engine/pkcs11/backend.js');
+  const { openPkcs11Backend } = await import('../engine/pkcs11/backend.js');
   const backend = await openPkcs11Backend({ module: opts.module, token: opts.token, credentials: opts.credentials, poolSize: opts.sessions });
   return {
     description: `PKCS#11 token "${opts.token}" (${opts.module})`, hsms: null, reportsTimings: false,

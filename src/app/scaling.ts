@@ -3,11 +3,13 @@
 // `hsm.autoscale` asks for it — the Autoscaler (hsm/cluster) carries the advice out. The two
 // sides meet only here: hsm/ does not import metrics/, and metrics/ knows no cluster.
 import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
 import { AUTOSCALE_DEFAULTS, type AutoscaleConfig } from '../config/index.js';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
 import { Autoscaler, type AutoscaleEvent } from '../hsm/cluster/autoscale.js';
 import type { Supervisor } from '../hsm/cluster/supervisor.js';
-import { ADVISOR_DEFAULTS, ScalingMonitor, ScalingService, type AdvisorConfig, type HsmproxyMetrics } from '../metrics/index.js';
+import { ADVISOR_DEFAULTS, ScalingMonitor, ScalingService, defineMetrics, type AdvisorConfig, type HsmproxyMetrics } from '../metrics/index.js';
+import type { HsmSide } from './hsm-side.js';
 
 /** The advisor's config from `hsm.autoscale` (defaults when the section is absent). */
 export function advisorConfig(a: AutoscaleConfig = AUTOSCALE_DEFAULTS): AdvisorConfig {
@@ -85,4 +87,15 @@ export function startScaling(opts: StartScalingOptions): ScalingRuntime {
       monitor.close();
     },
   };
+}
+
+/**
+ * The scaling advisor of a proxy on the simulated cluster, its gauges in `registry` (and the
+ * autoscaler with hsm.autoscale); none on PKCS#11, whose tokens it cannot count or add to.
+ */
+export function scalingFor(hsm: HsmSide, autoscale: AutoscaleConfig | undefined, registry: Registry, log: Logger): ScalingRuntime | undefined {
+  if (!hsm.cluster || !hsm.dir) return undefined;
+  return startScaling({
+    client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale, metrics: defineMetrics(registry), log,
+  });
 }
