@@ -1,13 +1,14 @@
 // One authenticated client connection of the appliance (hsm/node.ts): its login session, its
-// frame decoder, its batched outbox, and its flow control. Part of hsm/node; may import
+// frame decoder, its outbox (answers encoded straight into it, one socket write per event-loop
+// turn), and its flow control. Part of hsm/node; may import
 // hsm/device, hsm/protocol and node built-ins.
 import type { TLSSocket } from 'node:tls';
 import { LoginBusyError, type Hsm } from './device/index.js';
 import {
-  FLAG_JSON, FLAG_RESPONSE, FrameDecoder, HEADER_BYTES, STATUS_ERROR, STATUS_OK,
-  encodeFrame, writeHeader, writeJson, type Frame, type WireError,
+  FLAG_JSON, FLAG_RESPONSE, FrameDecoder, FrameOutbox, STATUS_ERROR, STATUS_OK,
+  encodeFrame, type Frame, type WireError,
 } from './protocol/index.js';
-import { handleOp, type ConnectionState } from './node-ops.js';
+import { handleOp, type ConnectionState, type OpAnswer } from './node-ops.js';
 import type { ApplianceLimits, LoginsInProgress } from './node-admission.js';
 import type { ApplianceLog, ApplianceStats } from './node.js';
 
@@ -18,8 +19,7 @@ import type { ApplianceLog, ApplianceStats } from './node.js';
 export class ApplianceConnection {
   private readonly state: ConnectionState;
   private readonly decoder: FrameDecoder;
-  private outbox: Buffer[] = [];
-  private outboxBytes = 0;
+  private readonly outbox = new FrameOutbox();
   private flushScheduled = false;
   private dead = false;
   // Decoded requests not started yet (at most one chunk's worth: reading pauses while any wait).
@@ -51,7 +51,7 @@ export class ApplianceConnection {
   closed(): void {
     this.dead = true;
     this.state.closed = true;
-    this.outbox = [];
+    this.outbox.clear();
     this.waiting = [];
     // Session keys belong to the login session, which ends with the connection.
     if (this.state.session) {
@@ -84,6 +84,7 @@ export class ApplianceConnection {
   }
 
   private onData(chunk: Buffer): void {
+    this.stats.reads++;
     for (const f of this.decoder.push(chunk)) {
       this.stats.frames++;
       this.waiting.push(f);
@@ -130,7 +131,7 @@ export class ApplianceConnection {
     const l = this.limits;
     // The socket's buffer only counts once a write was refused: 'drain' is then sure to come and
     // call pump(); below that point the buffer is under its 16 KiB high-water mark anyway.
-    const queued = this.outboxBytes + (this.socket.writableNeedDrain ? this.socket.writableLength : 0);
+    const queued = this.outbox.bytes + (this.socket.writableNeedDrain ? this.socket.writableLength : 0);
     return this.inFlight < l.maxInFlightPerConnection
       // One request always fits, however large, or a frame over the byte cap could never start.
       && (this.inFlight === 0 || this.inFlightBytes < l.maxInFlightBytesPerConnection)
@@ -145,23 +146,27 @@ export class ApplianceConnection {
     this.inFlight++;
     this.inFlightBytes += f.body.length;
     if (this.inFlight > this.stats.peakInFlight) this.stats.peakInFlight = this.inFlight;
-    const done = (): void => {
-      this.inFlight--;
-      this.inFlightBytes -= f.body.length;
-    };
     handleOp(this.device, this.state, f.code, f.body).then(
-      (a) => {
-        done();
-        writeHeader(a.frame, 0, a.frame.length - HEADER_BYTES, f.requestId, STATUS_OK, FLAG_RESPONSE | (a.json ? FLAG_JSON : 0), a.queueWaitUs, a.serviceUs);
-        this.queue(a.frame);
-        this.pump();
-      },
-      (err: unknown) => {
-        done();
-        this.queueError(f.requestId, this.wireError(err), err as { queueWaitUs?: number; serviceUs?: number });
-        this.pump();
-      },
+      (a) => this.answered(f, a),
+      (err: unknown) => this.answered(f, undefined, err),
     );
+  }
+
+  // One request finished: its answer (or error) joins this turn's batch, and its room is free again.
+  private answered(f: Frame, a: OpAnswer | undefined, err?: unknown): void {
+    this.inFlight--;
+    this.inFlightBytes -= f.body.length;
+    if (a) {
+      const flags = FLAG_RESPONSE | (a.json ? FLAG_JSON : 0);
+      if (!this.dead) {
+        if (a.json) this.outbox.pushText(f.requestId, STATUS_OK, flags, a.body, a.queueWaitUs, a.serviceUs);
+        else this.outbox.push(f.requestId, STATUS_OK, flags, a.body, a.queueWaitUs, a.serviceUs);
+        this.queued();
+      }
+    } else {
+      this.queueError(f.requestId, this.wireError(err), err as { queueWaitUs?: number; serviceUs?: number });
+    }
+    this.pump();
   }
 
   private wireError(err: unknown): WireError {
@@ -172,15 +177,13 @@ export class ApplianceConnection {
   }
 
   private queueError(requestId: number, e: WireError, timing?: { queueWaitUs?: number; serviceUs?: number }): void {
-    const frame = writeJson(e);
-    writeHeader(frame, 0, frame.length - HEADER_BYTES, requestId, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, timing?.queueWaitUs ?? 0, timing?.serviceUs ?? 0);
-    this.queue(frame);
+    if (this.dead) return;
+    this.outbox.pushText(requestId, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, JSON.stringify(e), timing?.queueWaitUs ?? 0, timing?.serviceUs ?? 0);
+    this.queued();
   }
 
-  private queue(frame: Buffer): void {
-    if (this.dead) return;
-    this.outbox.push(frame);
-    this.outboxBytes += frame.length;
+  // An answer joined the outbox: it leaves with the others of this turn.
+  private queued(): void {
     this.notePeak();
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -191,10 +194,10 @@ export class ApplianceConnection {
 
   private flush(): void {
     this.flushScheduled = false;
-    if (this.outbox.length === 0 || this.dead) return;
-    const out = this.outbox.length === 1 ? (this.outbox[0] as Buffer) : Buffer.concat(this.outbox);
-    this.outbox = [];
-    this.outboxBytes = 0;
+    if (this.dead) return;
+    const out = this.outbox.take();
+    if (!out) return;
+    this.stats.writes++;
     this.socket.write(out);
     this.notePeak();
     // The outbox is empty now; if the socket took it all, there may be room again.
@@ -202,7 +205,7 @@ export class ApplianceConnection {
   }
 
   private notePeak(): void {
-    const queued = this.outboxBytes + this.socket.writableLength;
+    const queued = this.outbox.bytes + this.socket.writableLength;
     if (queued > this.stats.peakQueuedReplyBytes) this.stats.peakQueuedReplyBytes = queued;
   }
 }

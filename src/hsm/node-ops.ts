@@ -5,7 +5,8 @@ import {
   type SecretKeySpec, type Session, type UnwrapRequest, type WrapMechanism,
 } from './device/index.js';
 import {
-  Op, isBinaryOp, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, writeJson, writeRaw, ProtocolError,
+  Op, isBinaryOp, jsonText, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, ProtocolError,
+  type CryptoResult,
 } from './protocol/index.js';
 
 /** Per-connection state the ops read and change: the logged-in session. */
@@ -17,13 +18,10 @@ export interface ConnectionState {
   loginAttempt?: LoginAttempt;
 }
 
-/** An answer ready to frame: `frame` has the header reserved; timings for crypto ops. */
-export interface OpAnswer {
-  frame: Buffer;
-  json: boolean;
-  queueWaitUs: number;
-  serviceUs: number;
-}
+/** An answer ready to frame: the body (JSON text, or bytes for the binary ops) and, for crypto ops, timings. */
+export type OpAnswer =
+  | { json: true; body: string; queueWaitUs: number; serviceUs: number }
+  | { json: false; body: Buffer; queueWaitUs: number; serviceUs: number };
 
 type Json = Record<string, unknown>;
 
@@ -55,18 +53,33 @@ function template(o: Json): KeyTemplate {
 }
 
 function answer(value: unknown, queueWaitUs = 0, serviceUs = 0): OpAnswer {
-  return { frame: writeJson(value), json: true, queueWaitUs, serviceUs };
+  return { body: jsonText(value), json: true, queueWaitUs, serviceUs };
 }
-function raw(value: Buffer, queueWaitUs: number, serviceUs: number): OpAnswer {
-  return { frame: writeRaw(value), json: false, queueWaitUs, serviceUs };
+// The device's result of a binary op, as it goes on the wire (a shared function: no closure per request).
+function raw(r: CryptoResult<Buffer>): OpAnswer {
+  return { body: r.result, json: false, queueWaitUs: r.queueWaitUs, serviceUs: r.serviceUs };
+}
+function verdict(r: CryptoResult<boolean>): OpAnswer {
+  return { body: r.result ? VALID : INVALID, json: false, queueWaitUs: r.queueWaitUs, serviceUs: r.serviceUs };
+}
+const VALID = Buffer.from([1]);
+const INVALID = Buffer.from([0]);
+
+/** Runs one request against the device on behalf of a connection; every failure is a rejection. */
+export function handleOp(device: Hsm, state: ConnectionState, opcode: number, body: Buffer): Promise<OpAnswer> {
+  try {
+    if (opName(opcode) === undefined) throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
+    if (!needsNoLogin(opcode) && !state.session) throw new NotLoggedInError();
+    // The hot ops go straight to the device's promise, without an async frame of their own.
+    if (isBinaryOp(opcode)) return handleBinary(device, state.session as Session, opcode, body);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return handleJson(device, state, opcode, body);
 }
 
-/** Runs one request against the device on behalf of a connection. */
-export async function handleOp(device: Hsm, state: ConnectionState, opcode: number, body: Buffer): Promise<OpAnswer> {
-  if (opName(opcode) === undefined) throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
-  if (!needsNoLogin(opcode) && !state.session) throw new NotLoggedInError();
+async function handleJson(device: Hsm, state: ConnectionState, opcode: number, body: Buffer): Promise<OpAnswer> {
   const s = state.session as Session;
-  if (isBinaryOp(opcode)) return handleBinary(device, s, opcode, body);
   const parsed = readJson(body);
   const o: Json = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Json) : {};
   switch (opcode) {
@@ -154,29 +167,20 @@ export async function handleOp(device: Hsm, state: ConnectionState, opcode: numb
   }
 }
 
-async function handleBinary(device: Hsm, s: Session, opcode: number, body: Buffer): Promise<OpAnswer> {
+// Throws synchronously for a malformed body (handleOp turns that into a rejection).
+function handleBinary(device: Hsm, s: Session, opcode: number, body: Buffer): Promise<OpAnswer> {
   switch (opcode) {
     case Op.SIGN:
-    case Op.HMAC: {
-      const r = await device.sign(s, readSign(body));
-      return raw(r.result, r.queueWaitUs, r.serviceUs);
-    }
-    case Op.VERIFY: {
-      const r = await device.verify(s, readVerify(body));
-      return raw(Buffer.from([r.result ? 1 : 0]), r.queueWaitUs, r.serviceUs);
-    }
-    case Op.ENCRYPT: {
-      const r = await device.encrypt(s, readEncrypt(body));
-      return raw(r.result, r.queueWaitUs, r.serviceUs);
-    }
-    case Op.DECRYPT: {
-      const r = await device.decrypt(s, readDecrypt(body));
-      return raw(r.result, r.queueWaitUs, r.serviceUs);
-    }
-    case Op.RANDOM: {
-      const r = await device.random(s, readRandom(body));
-      return raw(r.result, r.queueWaitUs, r.serviceUs);
-    }
+    case Op.HMAC:
+      return device.sign(s, readSign(body)).then(raw);
+    case Op.VERIFY:
+      return device.verify(s, readVerify(body)).then(verdict);
+    case Op.ENCRYPT:
+      return device.encrypt(s, readEncrypt(body)).then(raw);
+    case Op.DECRYPT:
+      return device.decrypt(s, readDecrypt(body)).then(raw);
+    case Op.RANDOM:
+      return device.random(s, readRandom(body)).then(raw);
     default:
       throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
   }

@@ -53,6 +53,10 @@ export interface ApplianceStats {
   refused: number;
   /** Request frames decoded. */
   frames: number;
+  /** Chunks read from client sockets (TLS records decrypted): pipelined requests sent in one write arrive in few. */
+  reads: number;
+  /** Socket writes of answers: the answers finished in one turn of the event loop leave in one. */
+  writes: number;
   /** Connections closed for a malformed or oversized frame. */
   protocolErrors: number;
   /** TCP connections closed at accept, before any TLS work: their address, or the node, held too many unauthenticated ones. */
@@ -80,7 +84,7 @@ interface Handshaking {
 /** One HSM on the network. */
 export class HsmAppliance {
   readonly stats: ApplianceStats = {
-    connections: 0, refused: 0, frames: 0, protocolErrors: 0, overPendingCap: 0, handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0,
+    connections: 0, refused: 0, frames: 0, reads: 0, writes: 0, protocolErrors: 0, overPendingCap: 0, handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0,
     loginsOverCap: 0, revoked: 0,
   };
   // Open connections and the serial of the client certificate each presented.

@@ -1,10 +1,10 @@
 // The pipelined request/response channel over one socket: request ids, a pending map, frames
-// batched into one socket write per event-loop turn, per-request deadlines and AbortSignals.
-// Knows frames, not operations; HsmConnection puts typed methods on top.
+// encoded straight into one outbox and sent in one socket write per event-loop turn, per-request
+// deadlines and AbortSignals. Knows frames, not operations; HsmConnection puts typed methods on top.
 import type { Socket } from 'node:net';
 import {
-  DEFAULT_MAX_RESPONSE_FRAME, FLAG_JSON, FrameDecoder, HEADER_BYTES, STATUS_OK, writeHeader, readJson,
-  type Frame, type WireError,
+  DEFAULT_MAX_RESPONSE_FRAME, FLAG_JSON, FrameDecoder, FrameOutbox, HEADER_BYTES, STATUS_OK, writeHeader, readJson,
+  type BodyCodec, type Frame, type WireError,
 } from '../protocol/index.js';
 import {
   HsmAbortedError, HsmConnectionClosedError, HsmProtocolViolationError, HsmRemoteError, HsmTimeoutError, type HsmClientError,
@@ -28,17 +28,27 @@ export interface RequestOptions {
 interface Pending {
   resolve(r: Reply): void;
   reject(e: Error): void;
+  /** When a request with the channel's default timeout fails (0: none, or `timer` has its own). */
+  deadline: number;
+  opLabel: string;
   timer?: NodeJS.Timeout;
   signal?: AbortSignal;
   onAbort?: () => void;
 }
 
+// Requests with the channel's default timeout share one timer: their deadlines rise in the order
+// they were sent (the pending map's order), so one sweep from the oldest finds every expired one.
+// The sweep runs at the oldest deadline, but no more often than every SWEEP_MIN_MS (or an eighth
+// of the timeout, if shorter): a timeout fires at most that late. Other timeouts get a timer each.
+const SWEEP_MIN_MS = 50;
+
 /** Frames in, frames out, matched by request id. */
 export class FrameChannel {
   private readonly pending = new Map<number, Pending>();
   private readonly decoder: FrameDecoder;
-  private outbox: Buffer[] = [];
+  private readonly outbox = new FrameOutbox();
   private flushScheduled = false;
+  private sweepTimer: NodeJS.Timeout | undefined;
   private nextId = 1;
   private closedWith: HsmClientError | undefined;
   private readonly closeListeners: Array<(err: HsmClientError) => void> = [];
@@ -74,20 +84,35 @@ export class FrameChannel {
   }
 
   /**
-   * Sends one request. `frame` has HEADER_BYTES reserved at its front (protocol write* helpers);
-   * the header is filled here. Resolves with the reply or rejects with a typed error.
+   * Sends one request whose body `codec` encodes from `value`, straight into the outbox (a
+   * ProtocolError for a value the wire cannot carry). Resolves with the reply or rejects with a
+   * typed error.
    */
-  request(opcode: number, frame: Buffer, json: boolean, opLabel: string, opts: RequestOptions = {}): Promise<Reply> {
+  request<T>(opcode: number, codec: BodyCodec<T>, value: T, json: boolean, opLabel: string, opts: RequestOptions = {}): Promise<Reply> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     if (opts.signal?.aborted) return Promise.reject(new HsmAbortedError(opLabel));
+    const bodyLength = codec.size(value);
     const id = this.nextId;
     this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
-    writeHeader(frame, 0, frame.length - HEADER_BYTES, id, opcode, json ? FLAG_JSON : 0);
+    const at = this.outbox.reserve(HEADER_BYTES + bodyLength);
+    const buf = this.outbox.buf;
+    writeHeader(buf, at, bodyLength, id, opcode, json ? FLAG_JSON : 0);
+    codec.write(buf, at + HEADER_BYTES, value);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      // Everything queued during this turn of the event loop leaves in one socket write.
+      setImmediate(() => this.flush());
+    }
     return new Promise<Reply>((resolve, reject) => {
-      const p: Pending = { resolve, reject };
+      const p: Pending = { resolve, reject, deadline: 0, opLabel };
       const timeoutMs = opts.timeoutMs ?? this.defaultTimeoutMs;
       if (timeoutMs > 0 && Number.isFinite(timeoutMs)) {
-        p.timer = setTimeout(() => this.settle(id, new HsmTimeoutError(this.hsmId, opLabel, timeoutMs)), timeoutMs);
+        if (timeoutMs === this.defaultTimeoutMs) {
+          p.deadline = performance.now() + timeoutMs;
+          this.sweepTimer ??= setTimeout(() => this.sweep(), timeoutMs);
+        } else {
+          p.timer = setTimeout(() => this.settle(id, new HsmTimeoutError(this.hsmId, opLabel, timeoutMs)), timeoutMs);
+        }
       }
       if (opts.signal) {
         p.signal = opts.signal;
@@ -95,12 +120,6 @@ export class FrameChannel {
         opts.signal.addEventListener('abort', p.onAbort, { once: true });
       }
       this.pending.set(id, p);
-      this.outbox.push(frame);
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        // Everything queued during this turn of the event loop leaves in one socket write.
-        setImmediate(() => this.flush());
-      }
     });
   }
 
@@ -124,10 +143,25 @@ export class FrameChannel {
 
   private flush(): void {
     this.flushScheduled = false;
-    if (this.outbox.length === 0 || this.closedWith) return;
-    const out = this.outbox.length === 1 ? (this.outbox[0] as Buffer) : Buffer.concat(this.outbox);
-    this.outbox = [];
-    this.socket.write(out);
+    if (this.closedWith) return;
+    const out = this.outbox.take();
+    if (out) this.socket.write(out);
+  }
+
+  // Fails the default-timeout requests past their deadline; re-arms for the oldest one left.
+  private sweep(): void {
+    this.sweepTimer = undefined;
+    const now = performance.now();
+    let next = 0;
+    for (const [id, p] of this.pending) {
+      if (p.deadline === 0) continue;
+      if (p.deadline > now) {
+        next = p.deadline;
+        break;
+      }
+      this.settle(id, new HsmTimeoutError(this.hsmId, p.opLabel, this.defaultTimeoutMs));
+    }
+    if (next > 0) this.sweepTimer = setTimeout(() => this.sweep(), Math.max(next - now, Math.min(SWEEP_MIN_MS, this.defaultTimeoutMs / 8)));
   }
 
   private onData(chunk: Buffer): void {
@@ -173,8 +207,10 @@ export class FrameChannel {
   private fail(err: HsmClientError): void {
     if (this.closedWith) return;
     this.closedWith = err;
+    clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
     for (const id of [...this.pending.keys()]) this.settle(id, err);
-    this.outbox = [];
+    this.outbox.clear();
     for (const l of this.closeListeners.splice(0)) l(err);
   }
 }

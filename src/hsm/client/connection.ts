@@ -7,7 +7,7 @@ import { channel } from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import {
-  Op, opName, readJson, writeDecrypt, writeEncrypt, writeJson, writeRandom, writeSign, writeVerify,
+  DECRYPT_BODY, ENCRYPT_BODY, Op, RANDOM_BODY, SIGN_BODY, TEXT_BODY, VERIFY_BODY, jsonText, opName, readJson, type BodyCodec,
   type CryptoResult, type DecryptRequest, type EncryptRequest, type HsmInfo, type ImportPrivateKeyRequest,
   type KeyAttributeChanges, type KeyFilter, type KeyInfo, type KeyPairInfo, type KeyPairSpec, type KeyTemplate,
   type Occupancy, type Role, type SecretKeySpec, type SignRequest, type StateDigest, type UnwrapRequest, type UserInfo,
@@ -213,32 +213,32 @@ export class HsmConnection {
 
   /** Signs data (or a digest, `prehashed`); resolves with the signature. */
   async sign(req: SignRequest, opts?: RequestOptions): Promise<Buffer> {
-    return (await this.timed(Op.SIGN, writeSign(req), false, req.mechanism, opts)).body;
+    return (await this.timed(Op.SIGN, SIGN_BODY, req, false, req.mechanism, opts)).body;
   }
   /** Same as sign, with the HSM's queue wait and service time. */
   async signTimed(req: SignRequest, opts?: RequestOptions): Promise<CryptoResult<Buffer>> {
-    const r = await this.timed(Op.SIGN, writeSign(req), false, req.mechanism, opts);
+    const r = await this.timed(Op.SIGN, SIGN_BODY, req, false, req.mechanism, opts);
     return { result: r.body, queueWaitUs: r.queueWaitUs, serviceUs: r.serviceUs };
   }
   /** Verifies a signature or MAC: true when it matches. */
   async verify(req: VerifyRequest, opts?: RequestOptions): Promise<boolean> {
-    return (await this.timed(Op.VERIFY, writeVerify(req), false, req.mechanism, opts)).body[0] === 1;
+    return (await this.timed(Op.VERIFY, VERIFY_BODY, req, false, req.mechanism, opts)).body[0] === 1;
   }
   /** HMAC with a secret key (mechanism hmac-sha*). */
   async hmac(req: SignRequest, opts?: RequestOptions): Promise<Buffer> {
-    return (await this.timed(Op.HMAC, writeSign(req), false, req.mechanism, opts)).body;
+    return (await this.timed(Op.HMAC, SIGN_BODY, req, false, req.mechanism, opts)).body;
   }
   /** Encrypts; AES-GCM output is iv || ciphertext || tag with a device-chosen IV. */
   async encrypt(req: EncryptRequest, opts?: RequestOptions): Promise<Buffer> {
-    return (await this.timed(Op.ENCRYPT, writeEncrypt(req), false, req.mechanism, opts)).body;
+    return (await this.timed(Op.ENCRYPT, ENCRYPT_BODY, req, false, req.mechanism, opts)).body;
   }
   /** Decrypts. */
   async decrypt(req: DecryptRequest, opts?: RequestOptions): Promise<Buffer> {
-    return (await this.timed(Op.DECRYPT, writeDecrypt(req), false, req.mechanism, opts)).body;
+    return (await this.timed(Op.DECRYPT, DECRYPT_BODY, req, false, req.mechanism, opts)).body;
   }
   /** Random bytes from the HSM (at most 64 KiB per call). */
   async random(length: number, opts?: RequestOptions): Promise<Buffer> {
-    return (await this.timed(Op.RANDOM, writeRandom(length), false, '', opts)).body;
+    return (await this.timed(Op.RANDOM, RANDOM_BODY, length, false, '', opts)).body;
   }
   /** Wraps an extractable key under a wrapping key. */
   async wrap(req: WrapRequest, opts?: RequestOptions): Promise<Buffer> {
@@ -291,16 +291,16 @@ export class HsmConnection {
   // ---- plumbing ----
 
   private async json<T>(op: number, body: unknown, opts?: RequestOptions, mechanism = ''): Promise<T> {
-    const r = await this.timed(op, writeJson(body), true, mechanism, opts);
+    const r = await this.timed(op, TEXT_BODY, jsonText(body), true, mechanism, opts);
     return readJson(r.body) as T;
   }
 
-  private async timed(op: number, frame: Buffer, json: boolean, mechanism: string, opts?: RequestOptions): Promise<Reply> {
+  private async timed<T>(op: number, codec: BodyCodec<T>, value: T, json: boolean, mechanism: string, opts?: RequestOptions): Promise<Reply> {
     const name = opName(op) ?? String(op);
-    if (!requestChannel.hasSubscribers) return this.ch.request(op, frame, json, name, opts);
+    if (!requestChannel.hasSubscribers) return this.ch.request(op, codec, value, json, name, opts);
     const t0 = performance.now();
     try {
-      const r = await this.ch.request(op, frame, json, name, opts);
+      const r = await this.ch.request(op, codec, value, json, name, opts);
       this.publish(name, mechanism, t0, 'ok', r.queueWaitUs, r.serviceUs);
       return r;
     } catch (err) {

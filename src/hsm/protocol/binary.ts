@@ -1,6 +1,7 @@
 // Compact binary bodies of the hot operations (sign, verify, encrypt, decrypt, random, hmac).
-// Requests are written straight after a reserved header (one allocation per frame); bodies are
-// read with offsets from the frame's view, so data fields stay views too (no copy).
+// Each request kind has a BodyCodec that encodes in place, straight into the sender's outbox (no
+// buffer per frame); bodies are read with offsets from the frame's view, so data fields stay views
+// too (no copy).
 //
 //   SIGN / HMAC  u8 mech, u8 flags(1 prehashed, 2 raw ECDSA), str8 keyId, data…
 //   VERIFY       u8 mech, u8 flags, str8 keyId, u16 sigLen, sig, data…
@@ -23,23 +24,28 @@ const CIPHER_MECHS: readonly CipherMechanism[] = ['rsa-oaep-sha256', 'aes-gcm'];
 /** Largest random request served in one frame. */
 export const MAX_RANDOM_BYTES = 64 * 1024;
 
-/** A frame under construction: `buf` has HEADER_BYTES reserved at the front. */
-class FrameWriter {
-  readonly buf: Buffer;
-  private at = HEADER_BYTES;
-  constructor(bodySize: number) {
-    this.buf = Buffer.allocUnsafe(HEADER_BYTES + bodySize);
-  }
-  u8(n: number): this { this.buf[this.at++] = n; return this; }
-  u16(n: number): this { this.buf.writeUInt16BE(n, this.at); this.at += 2; return this; }
-  u32(n: number): this { this.buf.writeUInt32BE(n, this.at); this.at += 4; return this; }
-  str8(s: string): this {
-    const n = this.buf.write(s, this.at + 1, 'latin1');
-    this.buf[this.at] = n;
-    this.at += 1 + n;
-    return this;
-  }
-  bytes(b: Buffer): this { b.copy(this.buf, this.at); this.at += b.length; return this; }
+/**
+ * Encodes one kind of request body in place: `size` checks the value (a ProtocolError for one the
+ * wire cannot carry) and returns the body's length; `write` then fills exactly that many bytes at
+ * `at` and cannot fail. Stateless, so a request is encoded straight into a FrameOutbox.
+ */
+export interface BodyCodec<T> {
+  size(v: T): number;
+  write(buf: Buffer, at: number, v: T): void;
+}
+
+// Writers over (buf, at): each returns the offset after what it wrote.
+function putU32(buf: Buffer, at: number, n: number): number {
+  buf.writeUInt32BE(n, at);
+  return at + 4;
+}
+function putStr8(buf: Buffer, at: number, s: string): number {
+  const n = s.length === 0 ? 0 : buf.write(s, at + 1, 'latin1');
+  buf[at] = n;
+  return at + 1 + n;
+}
+function putBytes(buf: Buffer, at: number, b: Buffer): number {
+  return at + b.copy(buf, at);
 }
 
 /** Bounded reader over a body view; every read checks the remaining length. */
@@ -64,9 +70,11 @@ function keyIdLen(keyId: string): number {
   return n;
 }
 
+const SIGN_MECH_NUMBER = new Map<string, number>(SIGN_MECHS.map((m, i) => [m, i]));
+
 function signMech(m: string): number {
-  const i = SIGN_MECHS.indexOf(m as SignMechanism);
-  if (i < 0) throw new ProtocolError('HSM_ERR_PROTOCOL', `unknown signature mechanism ${m}; use one of ${SIGN_MECHS.join(', ')}`);
+  const i = SIGN_MECH_NUMBER.get(m);
+  if (i === undefined) throw new ProtocolError('HSM_ERR_PROTOCOL', `unknown signature mechanism ${m}; use one of ${SIGN_MECHS.join(', ')}`);
   return i;
 }
 function cipherMech(m: string): number {
@@ -85,10 +93,18 @@ function readCipherMech(r: BodyReader): CipherMechanism {
   return m;
 }
 
+/** SIGN/HMAC request body. */
+export const SIGN_BODY: BodyCodec<SignRequest> = {
+  size: (req) => (signMech(req.mechanism), 3 + keyIdLen(req.keyId) + req.data.length),
+  write(buf, at, req) {
+    buf[at] = signMech(req.mechanism);
+    buf[at + 1] = (req.prehashed ? 1 : 0) | (req.format === 'raw' ? 2 : 0);
+    putBytes(buf, putStr8(buf, at + 2, req.keyId), req.data);
+  },
+};
 /** SIGN/HMAC request frame (header left for the caller to fill). */
 export function writeSign(req: SignRequest): Buffer {
-  const w = new FrameWriter(3 + keyIdLen(req.keyId) + req.data.length);
-  return w.u8(signMech(req.mechanism)).u8((req.prehashed ? 1 : 0) | (req.format === 'raw' ? 2 : 0)).str8(req.keyId).bytes(req.data).buf;
+  return frameOf(SIGN_BODY, req);
 }
 /** Decodes a SIGN/HMAC body. */
 export function readSign(body: Buffer): SignRequest {
@@ -99,12 +115,23 @@ export function readSign(body: Buffer): SignRequest {
   return { keyId, mechanism, data: r.rest(), prehashed: (flags & 1) !== 0, format: (flags & 2) !== 0 ? 'raw' : 'der' };
 }
 
+/** VERIFY request body. */
+export const VERIFY_BODY: BodyCodec<VerifyRequest> = {
+  size(req) {
+    if (req.signature.length > 0xffff) throw new ProtocolError('HSM_ERR_PROTOCOL', 'signature longer than 65535 bytes');
+    signMech(req.mechanism);
+    return 5 + keyIdLen(req.keyId) + req.signature.length + req.data.length;
+  },
+  write(buf, at, req) {
+    buf[at] = signMech(req.mechanism);
+    buf[at + 1] = (req.prehashed ? 1 : 0) | (req.format === 'raw' ? 2 : 0);
+    const p = buf.writeUInt16BE(req.signature.length, putStr8(buf, at + 2, req.keyId));
+    putBytes(buf, putBytes(buf, p, req.signature), req.data);
+  },
+};
 /** VERIFY request frame. */
 export function writeVerify(req: VerifyRequest): Buffer {
-  if (req.signature.length > 0xffff) throw new ProtocolError('HSM_ERR_PROTOCOL', 'signature longer than 65535 bytes');
-  const w = new FrameWriter(5 + keyIdLen(req.keyId) + req.signature.length + req.data.length);
-  return w.u8(signMech(req.mechanism)).u8((req.prehashed ? 1 : 0) | (req.format === 'raw' ? 2 : 0)).str8(req.keyId)
-    .u16(req.signature.length).bytes(req.signature).bytes(req.data).buf;
+  return frameOf(VERIFY_BODY, req);
 }
 /** Decodes a VERIFY body. */
 export function readVerify(body: Buffer): VerifyRequest {
@@ -116,14 +143,29 @@ export function readVerify(body: Buffer): VerifyRequest {
   return { keyId, mechanism, signature, data: r.rest(), prehashed: (flags & 1) !== 0, format: (flags & 2) !== 0 ? 'raw' : 'der' };
 }
 
+const EMPTY = Buffer.alloc(0);
+
+/** ENCRYPT request body. */
+export const ENCRYPT_BODY: BodyCodec<EncryptRequest> = {
+  size(req) {
+    const ivLen = req.iv?.length ?? 0;
+    if (ivLen > 255) throw new ProtocolError('HSM_ERR_PROTOCOL', 'IV longer than 255 bytes');
+    cipherMech(req.mechanism);
+    return 8 + keyIdLen(req.keyId) + (req.aad?.length ?? 0) + ivLen + req.plaintext.length;
+  },
+  write(buf, at, req) {
+    const aad = req.aad ?? EMPTY;
+    const iv = req.iv ?? EMPTY;
+    buf[at] = cipherMech(req.mechanism);
+    buf[at + 1] = req.iv ? 1 : 0;
+    let p = putBytes(buf, putU32(buf, putStr8(buf, at + 2, req.keyId), aad.length), aad);
+    buf[p++] = iv.length;
+    putBytes(buf, putBytes(buf, p, iv), req.plaintext);
+  },
+};
 /** ENCRYPT request frame. */
 export function writeEncrypt(req: EncryptRequest): Buffer {
-  const aad = req.aad ?? Buffer.alloc(0);
-  const iv = req.iv ?? Buffer.alloc(0);
-  if (iv.length > 255) throw new ProtocolError('HSM_ERR_PROTOCOL', 'IV longer than 255 bytes');
-  const w = new FrameWriter(8 + keyIdLen(req.keyId) + aad.length + iv.length + req.plaintext.length);
-  return w.u8(cipherMech(req.mechanism)).u8(req.iv ? 1 : 0).str8(req.keyId).u32(aad.length).bytes(aad)
-    .u8(iv.length).bytes(iv).bytes(req.plaintext).buf;
+  return frameOf(ENCRYPT_BODY, req);
 }
 /** Decodes an ENCRYPT body. */
 export function readEncrypt(body: Buffer): EncryptRequest {
@@ -137,11 +179,19 @@ export function readEncrypt(body: Buffer): EncryptRequest {
   return { keyId, mechanism, plaintext, ...(aad.length > 0 ? { aad } : {}), ...((flags & 1) !== 0 ? { iv } : {}) };
 }
 
+/** DECRYPT request body. */
+export const DECRYPT_BODY: BodyCodec<DecryptRequest> = {
+  size: (req) => (cipherMech(req.mechanism), 7 + keyIdLen(req.keyId) + (req.aad?.length ?? 0) + req.ciphertext.length),
+  write(buf, at, req) {
+    const aad = req.aad ?? EMPTY;
+    buf[at] = cipherMech(req.mechanism);
+    buf[at + 1] = 0;
+    putBytes(buf, putBytes(buf, putU32(buf, putStr8(buf, at + 2, req.keyId), aad.length), aad), req.ciphertext);
+  },
+};
 /** DECRYPT request frame. */
 export function writeDecrypt(req: DecryptRequest): Buffer {
-  const aad = req.aad ?? Buffer.alloc(0);
-  const w = new FrameWriter(7 + keyIdLen(req.keyId) + aad.length + req.ciphertext.length);
-  return w.u8(cipherMech(req.mechanism)).u8(0).str8(req.keyId).u32(aad.length).bytes(aad).bytes(req.ciphertext).buf;
+  return frameOf(DECRYPT_BODY, req);
 }
 /** Decodes a DECRYPT body. */
 export function readDecrypt(body: Buffer): DecryptRequest {
@@ -153,9 +203,16 @@ export function readDecrypt(body: Buffer): DecryptRequest {
   return { keyId, mechanism, ciphertext: r.rest(), ...(aad.length > 0 ? { aad } : {}) };
 }
 
+/** RANDOM request body: the number of bytes asked for. */
+export const RANDOM_BODY: BodyCodec<number> = {
+  size: () => 4,
+  write(buf, at, length) {
+    buf.writeUInt32BE(length, at);
+  },
+};
 /** RANDOM request frame. */
 export function writeRandom(length: number): Buffer {
-  return new FrameWriter(4).u32(length).buf;
+  return frameOf(RANDOM_BODY, length);
 }
 /** Decodes a RANDOM body: the number of bytes asked for. */
 export function readRandom(body: Buffer): number {
@@ -166,7 +223,21 @@ export function readRandom(body: Buffer): number {
   return n;
 }
 
-/** A frame whose body is raw bytes (hot responses, or a request with a pre-encoded body). */
+/** A body of raw bytes (hot responses, or a request with a pre-encoded body). */
+export const RAW_BODY: BodyCodec<Buffer> = {
+  size: (body) => body.length,
+  write(buf, at, body) {
+    body.copy(buf, at);
+  },
+};
+/** A frame whose body is raw bytes. */
 export function writeRaw(body: Buffer): Buffer {
-  return new FrameWriter(body.length).bytes(body).buf;
+  return frameOf(RAW_BODY, body);
+}
+
+/** A frame of its own (header reserved, left for the caller) with `v`'s body. */
+export function frameOf<T>(codec: BodyCodec<T>, v: T): Buffer {
+  const buf = Buffer.allocUnsafe(HEADER_BYTES + codec.size(v));
+  codec.write(buf, HEADER_BYTES, v);
+  return buf;
 }

@@ -8,6 +8,8 @@
 //   12     u32   queueWaitUs (response: time the request waited for a crypto unit)
 //   16     u32   serviceUs (response: time it was served on a unit)
 //
+// Writers encode frames back to back into a FrameOutbox, which hands each batch to the socket as
+// one view of its slab: one write per batch, no per-frame buffer, no concatenation.
 // The decoder keeps one growing buffer with a read offset and hands out frame bodies as views
 // into it, never copies: a region handed out is never written again (when the buffer fills,
 // the unread tail moves to a fresh buffer and the old one lives on while bodies reference it).
@@ -53,6 +55,87 @@ export function encodeFrame(requestId: number, code: number, flags: number, body
   writeHeader(out, 0, body.length, requestId, code, flags, queueWaitUs, serviceUs);
   body.copy(out, HEADER_BYTES);
   return out;
+}
+
+/** Default size of a FrameOutbox slab: a few hundred small frames; larger batches get a larger one. */
+export const OUTBOX_SLAB_BYTES = 64 * 1024;
+
+/**
+ * Frames waiting for one socket write, encoded back to back into a slab. `take()` hands the batch
+ * out as one view and the next batch continues after it in the same slab: bytes handed out are
+ * never written again (a full slab is replaced, the untaken bytes moved to the new one), so the
+ * socket may hold a view for as long as it likes.
+ */
+export class FrameOutbox {
+  private slab: Buffer;
+  private start = 0;
+  private end = 0;
+  private count = 0;
+
+  constructor(private readonly slabBytes = OUTBOX_SLAB_BYTES) {
+    this.slab = Buffer.allocUnsafe(slabBytes);
+  }
+
+  /** Bytes queued and not yet taken. */
+  get bytes(): number {
+    return this.end - this.start;
+  }
+
+  /** Frames queued and not yet taken. */
+  get frames(): number {
+    return this.count;
+  }
+
+  /** The buffer `reserve` wrote its offset into (valid until the next `reserve`). */
+  get buf(): Buffer {
+    return this.slab;
+  }
+
+  /** Makes room for one frame of `size` bytes and returns its offset in `buf`; fill all of it before the next call. */
+  reserve(size: number): number {
+    if (this.end + size > this.slab.length) {
+      const queued = this.end - this.start;
+      const next = Buffer.allocUnsafe(Math.max(this.slabBytes, (queued + size) * 2));
+      this.slab.copy(next, 0, this.start, this.end);
+      this.slab = next;
+      this.start = 0;
+      this.end = queued;
+    }
+    const at = this.end;
+    this.end += size;
+    this.count++;
+    return at;
+  }
+
+  /** Appends one whole frame: a header and `body` (copied). */
+  push(requestId: number, code: number, flags: number, body: Buffer, queueWaitUs = 0, serviceUs = 0): void {
+    const at = this.reserve(HEADER_BYTES + body.length);
+    writeHeader(this.slab, at, body.length, requestId, code, flags, queueWaitUs, serviceUs);
+    body.copy(this.slab, at + HEADER_BYTES);
+  }
+
+  /** Appends one whole frame whose body is `text` as UTF-8. */
+  pushText(requestId: number, code: number, flags: number, text: string, queueWaitUs = 0, serviceUs = 0): void {
+    const len = Buffer.byteLength(text);
+    const at = this.reserve(HEADER_BYTES + len);
+    writeHeader(this.slab, at, len, requestId, code, flags, queueWaitUs, serviceUs);
+    if (len > 0) this.slab.write(text, at + HEADER_BYTES, len, 'utf8');
+  }
+
+  /** The queued frames as one buffer (a view of the slab), or undefined if none; the outbox is empty after. */
+  take(): Buffer | undefined {
+    if (this.end === this.start) return undefined;
+    const out = this.slab.subarray(this.start, this.end);
+    this.start = this.end;
+    this.count = 0;
+    return out;
+  }
+
+  /** Drops the queued frames (the connection is gone). */
+  clear(): void {
+    this.end = this.start;
+    this.count = 0;
+  }
 }
 
 function clampU32(n: number): number {

@@ -1,6 +1,7 @@
 // JSON bodies of management operations and error responses. Buffers travel as
 // { "$b64": "…" } so masked objects, public keys and wrapped keys keep their bytes.
 import { ProtocolError } from './errors.js';
+import type { BodyCodec } from './binary.js';
 import { HEADER_BYTES } from './frame.js';
 
 function replacer(this: unknown, _key: string, value: unknown): unknown {
@@ -19,9 +20,22 @@ function reviver(_key: string, value: unknown): unknown {
   return value;
 }
 
+/** `value` as the JSON text of a body ('' for undefined), Buffers as { "$b64": … }. */
+export function jsonText(value: unknown): string {
+  return value === undefined ? '' : JSON.stringify(value, replacer);
+}
+
+/** A body of UTF-8 text (JSON bodies, as jsonText makes them). */
+export const TEXT_BODY: BodyCodec<string> = {
+  size: (text) => Buffer.byteLength(text),
+  write(buf, at, text) {
+    if (text.length > 0) buf.write(text, at, 'utf8');
+  },
+};
+
 /** A frame (header reserved, left for the caller) whose body is `value` as JSON. */
 export function writeJson(value: unknown): Buffer {
-  const text = value === undefined ? '' : JSON.stringify(value, replacer);
+  const text = jsonText(value);
   const len = Buffer.byteLength(text);
   const buf = Buffer.allocUnsafe(HEADER_BYTES + len);
   buf.write(text, HEADER_BYTES, 'utf8');
