@@ -1,6 +1,7 @@
 // Files named by CLI flags (--in, --out, --sig…): read and written here, so a path a user got
 // wrong is one line naming the flag, the path and what to do, never a raw ENOENT.
-import { readFile, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { UsageError } from './run.js';
 
@@ -30,5 +31,29 @@ export async function writeFlagFile(flag: string, path: string, data: string | B
     await writeFile(path, data, mode === undefined ? {} : { mode });
   } catch (err) {
     throw new UsageError(`cannot write ${flag} ${path}: ${why(err, path, true)}`);
+  }
+}
+
+/**
+ * Refuses a file a flag names for writing (e.g. `--out`) that could not be written: an existing
+ * file without `force`, a directory, a missing or read-only parent. For commands that make
+ * something in the HSM first, so a bad path stops them before anything is made.
+ */
+export async function checkFlagFileWritable(flag: string, path: string, force?: boolean): Promise<void> {
+  let target: string = path;
+  try {
+    const s = await stat(path);
+    if (s.isDirectory()) throw Object.assign(new Error('directory'), { code: 'EISDIR' });
+    if (!force) throw new UsageError(`${flag} ${path} already exists; choose another ${flag} or add --force to overwrite it`, 1);
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new UsageError(`cannot write ${flag} ${path}: ${why(err, path, true)}`, 1);
+    target = dirname(path);
+  }
+  try {
+    if (target !== path && !(await stat(target)).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    await access(target, constants.W_OK);
+  } catch (err) {
+    throw new UsageError(`cannot write ${flag} ${path}: ${why(err, path, true)}`, 1);
   }
 }

@@ -3,9 +3,9 @@
 import type { Command } from 'commander';
 import { writeFlagFile } from '../files.js';
 import type { KeyInfo, KeyPairSpec, SecretKeySpec } from '../../hsm/protocol/index.js';
-import { resolveKey, withHsm, type HsmCommandOptions } from '../hsm-session.js';
+import { resolveKey, withHsm, type HsmClient, type HsmCommandOptions } from '../hsm-session.js';
 import { UsageError, output } from '../run.js';
-import { checkReferenceOut, writeGeneratedReference } from './keyref.js';
+import { checkReferenceOut, duplicateLabelError, writeGeneratedReference, writeReferenceOrUndo } from './keyref.js';
 import { deletePkcs11KeyNamed, generatePkcs11Key, listPkcs11Keys, withPkcs11Backend, type Pkcs11CliOptions } from './key-pkcs11.js';
 
 const PAIR_TYPES: KeyPairSpec[] = ['rsa:2048', 'rsa:3072', 'rsa:4096', 'ec:p256', 'ec:p384'];
@@ -32,24 +32,41 @@ export function register(program: Command): void {
     .requiredOption('--type <type>', [...PAIR_TYPES, ...SECRET_TYPES].join('|'))
     .requiredOption('--label <label>', 'label (names the key in later commands)')
     .option('--session', 'a session key: not persisted, gone when this command ends (token keys persist)')
-    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean }) => {
+    .option('--allow-duplicate-label', 'generate even if a key already has this label (later commands then need the key id)')
+    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean; allowDuplicateLabel?: boolean }) => {
       if (opts.backend === 'pkcs11') {
         // A session object would vanish with this command's session: the reference would name nothing.
         if (opts.session) throw new UsageError('--session is not available with --backend pkcs11: a session key is gone when this command ends; drop --session for a token key');
         return generatePkcs11Key(opts);
       }
       const template = { label: opts.label, token: !opts.session };
+      // Every later `--key LABEL` would name several keys.
+      const refuseDuplicate = async (c: HsmClient): Promise<void> => {
+        if (opts.allowDuplicateLabel) return;
+        const same = await c.findKeys({ label: opts.label });
+        if (same.length > 0) throw duplicateLabelError(opts.label, [...new Set(same.map((k) => k.pairKeyId && k.class === 'public' ? k.pairKeyId : k.keyId))]);
+      };
       if ((PAIR_TYPES as string[]).includes(opts.type)) {
         if (opts.out && opts.session) throw new UsageError('a session key is gone when this command ends, so a reference to it would be useless: drop --session or --out');
-        if (opts.out) checkReferenceOut(opts.out, opts.force);
-        const kp = await withHsm(opts, (c) => c.generateKeyPair(opts.type as KeyPairSpec, template));
-        if (opts.out) await writeGeneratedReference({ ...opts, out: opts.out }, kp.privateKey.keyId);
+        if (opts.out) await checkReferenceOut(opts.out, opts.force);
+        const kp = await withHsm(opts, async (c) => {
+          await refuseDuplicate(c);
+          return c.generateKeyPair(opts.type as KeyPairSpec, template);
+        });
+        const out = opts.out;
+        if (out) {
+          await writeReferenceOrUndo({ keyId: kp.privateKey.keyId, label: opts.label }, out, () => writeGeneratedReference({ ...opts, out }, kp.privateKey.keyId),
+            () => withHsm(opts, (c) => c.deleteKey(kp.privateKey.keyId)));
+        }
         output(opts, { keyId: kp.privateKey.keyId, publicKeyId: kp.publicKey.keyId, privateKey: kp.privateKey, publicKey: kp.publicKey, ...(opts.out ? { out: opts.out } : {}) }, () => {
           process.stdout.write(`generated ${opts.type} key pair "${opts.label}"\n  private ${kp.privateKey.keyId}\n  public  ${kp.publicKey.keyId}\n`);
           if (opts.out) process.stdout.write(`  key reference written to ${opts.out}\n`);
         });
       } else if ((SECRET_TYPES as string[]).includes(opts.type)) {
-        const k = await withHsm(opts, (c) => c.generateKey(opts.type as SecretKeySpec, template));
+        const k = await withHsm(opts, async (c) => {
+          await refuseDuplicate(c);
+          return c.generateKey(opts.type as SecretKeySpec, template);
+        });
         output(opts, { keyId: k.keyId, key: k }, () => process.stdout.write(`generated ${opts.type} key "${opts.label}" ${k.keyId}\n`));
       } else {
         throw new UsageError(`--type must be one of ${[...PAIR_TYPES, ...SECRET_TYPES].join(', ')}`);
