@@ -6,7 +6,8 @@
 //   resumed: ClientHello(ticket) → ServerHello, CCS, Finished → CCS → client Finished → traffic
 // ChangeCipherSpec is a state input like a handshake message: only ExpectChangeCipherSpec12
 // accepts it (TLS.md 35, CVE-2014-0224). Also holds ExpectClientHelloAny, the version dispatch.
-import { constants, randomBytes, timingSafeEqual, verify } from 'node:crypto';
+import { constants, timingSafeEqual, verify } from 'node:crypto';
+import { randomBytesPooled } from './random.js';
 import { AlertDescription, fatal } from './alert.js';
 import type { CertChoice } from './certselect.js';
 import { CLIENT_SCHEMES_12, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
@@ -70,7 +71,7 @@ const messageName = (m: HandshakeMessage): string => `handshake message type ${m
 export const DOWNGRADE_TLS12 = Buffer.from('444f574e47524401', 'hex');
 
 function serverRandom12(config: ServerHandshakeConfig): Buffer {
-  const random = randomBytes(32);
+  const random = randomBytesPooled(32);
   if (enabledVersions(config).tls13) DOWNGRADE_TLS12.copy(random, 24);
   return random;
 }

@@ -2,7 +2,8 @@
 // the message types it lists and returns the next state. Reading order follows RFC 8446 §2:
 // ClientHello → (HelloRetryRequest → ClientHello) → ServerHello..Certificate → [signature
 // from the Signer, asynchronously] → CertificateVerify, Finished → client Finished → traffic.
-import { constants, createHash, randomBytes, timingSafeEqual, verify } from 'node:crypto';
+import { constants, createHash, timingSafeEqual, verify } from 'node:crypto';
+import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
 import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
 import { CLIENT_SCHEMES_13, clientCertificateVerifyContent, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
@@ -146,7 +147,7 @@ export class ExpectClientHello implements State {
     const eph = EphemeralKey.generate(group.share.group);
     const shared = eph.deriveShared(group.share.key);
     const sh = encodeServerHello({
-      random: randomBytes(32), sessionId: ch.sessionId, suite: suite.id,
+      random: randomBytesPooled(32), sessionId: ch.sessionId, suite: suite.id,
       keyShare: { group: group.share.group, key: eph.publicBytes() }, selectedIdentity: psk?.index,
     });
     transcript.update(ch.raw);

@@ -220,8 +220,13 @@ export class SeqExhaustedError extends TlsError {
 /** Shared nonce/sequence handling for one direction's traffic key. */
 abstract class RecordProtection {
   protected readonly nonce = Buffer.alloc(12);
-  private readonly ivTail: bigint;
-  private seqNo = 0n;
+  // The IV's last 8 bytes as two 32-bit halves, and the sequence number as a double: exact up to
+  // 2^53 records, far beyond what any key carries, and without BigInt's allocations per record.
+  private readonly ivHi: number;
+  private readonly ivLo: number;
+  private seqNo = 0;
+  private readonly soft: number;
+  private readonly hard: number;
   /** The soft and hard record limits of this key. */
   readonly limits: SeqLimits;
 
@@ -229,29 +234,38 @@ abstract class RecordProtection {
     if (key.length !== suite.keyLen) throw new TlsError(`${suite.name} needs a ${suite.keyLen}-byte key, got ${key.length}`, 'TLS_ERR_BAD_KEY');
     if (iv.length !== 12) throw new TlsError(`TLS 1.3 needs a 12-byte IV, got ${iv.length}`, 'TLS_ERR_BAD_KEY');
     iv.copy(this.nonce, 0, 0, 4);
-    this.ivTail = iv.readBigUInt64BE(4);
+    this.ivHi = iv.readUInt32BE(4);
+    this.ivLo = iv.readUInt32BE(8);
     this.limits = limits ?? defaultSeqLimits(suite);
+    this.soft = Number(this.limits.soft);
+    this.hard = Number(this.limits.hard);
   }
 
   /** Records processed under this key so far (the next record's sequence number). */
   get seq(): bigint {
+    return BigInt(this.seqNo);
+  }
+
+  /** The next record's sequence number, as a number. */
+  protected get seqNumber(): number {
     return this.seqNo;
   }
 
   /** True once this key has protected enough records that it should be replaced (KeyUpdate). */
   get needsKeyUpdate(): boolean {
-    return this.seqNo >= this.limits.soft;
+    return this.seqNo >= this.soft;
   }
 
   /** Refuses (SeqExhaustedError) unless `records` more records fit under the hard limit. */
   protected reserve(records: number, direction: 'read' | 'write'): void {
-    if (this.seqNo + BigInt(records) > this.limits.hard) throw new SeqExhaustedError(direction);
+    if (this.seqNo + records > this.hard) throw new SeqExhaustedError(direction);
   }
 
   /** Sets `nonce` to iv XOR seq (RFC 8446 §5.3) and advances seq; callers reserve() first. */
   protected nextNonce(): Buffer {
-    this.nonce.writeBigUInt64BE(this.ivTail ^ this.seqNo, 4);
-    this.seqNo++;
+    const seq = this.seqNo++;
+    this.nonce.writeUInt32BE((this.ivHi ^ Math.floor(seq / 0x1_0000_0000)) >>> 0, 4);
+    this.nonce.writeUInt32BE((this.ivLo ^ seq) >>> 0, 8);
     return this.nonce;
   }
 }

@@ -20,8 +20,9 @@ function nonceBase(suite: CipherSuite12, fixedIv: Buffer): Buffer {
   return suite.fixedIvLen === 4 ? Buffer.concat([fixedIv, Buffer.alloc(8)]) : Buffer.from(fixedIv);
 }
 
-function writeAad(aad: Buffer, seq: bigint, type: number, length: number): Buffer {
-  aad.writeBigUInt64BE(seq, 0);
+function writeAad(aad: Buffer, seq: number, type: number, length: number): Buffer {
+  aad.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), 0);
+  aad.writeUInt32BE(seq >>> 0, 4);
   aad[8] = type;
   aad.writeUInt16BE(TLS12, 9);
   aad.writeUInt16BE(length, 11);
@@ -48,7 +49,7 @@ export class RecordSealer12 extends RecordSealer {
     let outPos = 0;
     for (let r = 0; r < records; r++) {
       const fragLen = Math.min(MAX_PLAINTEXT, content.length - inPos);
-      const seq = this.seq;
+      const seq = this.seqNumber;
       const nonce = this.nextNonce();
       out[outPos] = type;
       out.writeUInt16BE(TLS12, outPos + 1);
@@ -93,7 +94,7 @@ export class RecordOpener12 extends RecordOpener {
     // A peer never needs more than 2^14 plaintext per record (RFC 5246 §6.2.3).
     if (ctLen > MAX_PLAINTEXT) throw fatal('record_overflow', `encrypted record of ${frag.length} bytes exceeds ${MAX_PLAINTEXT + overhead}`);
     this.reserve(1, 'read'); // outside the AEAD try: exhaustion is not bad_record_mac
-    const seq = this.seq;
+    const seq = this.seqNumber;
     const nonce = this.nextNonce();
     if (this.explicitLen) frag.copy(nonce, 4, 0, EXPLICIT_LEN); // the sender's explicit nonce
     let content: Buffer;

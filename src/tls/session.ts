@@ -1,7 +1,8 @@
 // Stateless session resumption (RFC 8446 §4.6.1, §4.2.11): what a ticket carries, sealing
 // it under TicketKeys, and choosing an offered PSK: at most MAX_PSK_IDENTITIES tried, ticket
 // age checked, binder compared in constant time against the truncated ClientHello transcript.
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
 import { Reader, Writer } from './codec.js';
 import type { OfferedPsks } from './extensions.js';
@@ -75,7 +76,7 @@ export function openTicket(keys: TicketSealer, ticket: Buffer): TicketState | nu
 }
 
 /** A fresh random ticket_age_add. */
-export function newAgeAdd(): number { return randomBytes(4).readUInt32BE(0); }
+export function newAgeAdd(): number { return randomBytesPooled(4).readUInt32BE(0); }
 
 /** An accepted PSK: which identity, its key schedule and ticket. */
 export interface AcceptedPsk { index: number; schedule: KeySchedule13; ticket: TicketState }

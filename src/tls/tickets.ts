@@ -6,6 +6,7 @@
 // made, the others install it (export/install). Imports node:crypto and alert.ts only.
 import crypto from 'node:crypto';
 import { TlsError } from './alert.js';
+import { randomFillPooled } from './random.js';
 
 const NAME_LEN = 16;
 const NONCE_LEN = 12;
@@ -92,7 +93,7 @@ export class TicketKeys {
     const out = Buffer.allocUnsafe(NAME_LEN + NONCE_LEN + plaintext.length + TAG_LEN);
     k.name.copy(out, 0);
     const nonce = out.subarray(NAME_LEN, NAME_LEN + NONCE_LEN);
-    crypto.randomFillSync(nonce);
+    randomFillPooled(nonce);
     const c = crypto.createCipheriv('aes-256-gcm', purposeKey(k, purpose), nonce, { authTagLength: TAG_LEN });
     c.setAAD(k.name);
     c.update(plaintext).copy(out, NAME_LEN + NONCE_LEN);
