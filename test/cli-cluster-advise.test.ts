@@ -140,6 +140,9 @@ t.test('advise --dir asks the HSMs themselves: below the minimum it adds, and it
   t.match(r.stdout, /note: read from the HSMs themselves.*use --admin or --prometheus/);
   const one = JSON.parse((await cliInProcess(['cluster', 'advise', '--dir', dir, '--min', '1', '--json'])).stdout) as { recommendation: { action: string } };
   t.equal(one.recommendation.action, 'hold', 'with min 1 and an idle HSM it holds');
+  const fromEnv = await cliInProcess(['cluster', 'advise', '--json'], { HSMPROXY_DIR: dir });
+  t.equal(fromEnv.error, undefined, 'no source named: $HSMPROXY_DIR is the cluster, as for every other command');
+  t.equal((JSON.parse(fromEnv.stdout) as { source: string }).source, dir);
 });
 
 t.test('advise --dir reads the advice of the serve running on the cluster (its admin URL recorded in the directory); the record goes when serve stops', async (t) => {
@@ -201,9 +204,9 @@ t.test('advise --dir with a stale record (the proxy is gone) asks the HSMs and s
 });
 
 t.test('advise needs exactly one source, and says so in one line with a non-zero exit', async (t) => {
-  const none = await runCli(['cluster', 'advise']);
+  const none = await runCli(['cluster', 'advise'], { env: { HSMPROXY_DIR: '' } });
   t.equal(none.code, 2);
-  t.equal(none.stderr.trim(), 'hsmproxy: give exactly one of --admin URL, --prometheus URL or --dir DIR');
+  t.equal(none.stderr.trim(), 'hsmproxy: give exactly one of --admin URL, --prometheus URL or --dir DIR (or set HSMPROXY_DIR)');
   const two = await cliInProcess(['cluster', 'advise', '--admin', 'http://127.0.0.1:1', '--prometheus', 'http://127.0.0.1:1']);
   t.match(two.error?.message, /exactly one of/);
 });

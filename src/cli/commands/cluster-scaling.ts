@@ -143,7 +143,7 @@ export function register(program: Command): void {
     .description('the scaling advisor\'s recommendation (add, remove or hold HSMs) and why')
     .option('--admin <url>', 'a running hsmproxy\'s admin URL (reads GET /scaling)')
     .option('--prometheus <url>', 'a Prometheus server scraping hsmproxy')
-    .option('--dir <dir>', 'a cluster directory: the advice of the proxy serving it (its admin URL is recorded there), else ask the HSMs directly (utilisation, keys, health)')
+    .option('--dir <dir>', 'a cluster directory: the advice of the proxy serving it (its admin URL is recorded there), else ask the HSMs directly (utilisation, keys, health); default $HSMPROXY_DIR when no other source is given')
     .option('--min <n>', 'never fewer HSMs than this', String(ADVISOR_DEFAULTS.min))
     .option('--max <n>', 'never more HSMs than this', String(ADVISOR_DEFAULTS.max))
     .option('--slo-ms <ms>', 'p99 sign latency objective', String(ADVISOR_DEFAULTS.sloP99Ms))
@@ -152,8 +152,10 @@ export function register(program: Command): void {
     .option('--remove-after <duration>', 'how long HSMs must stay idle before removing one (--prometheus)', '30m')
     .option('--json', 'print one JSON document')
     .action(async (opts: { admin?: string; prometheus?: string; dir?: string; min: string; max: string; sloMs: string; window: string; sustain: string; removeAfter: string; json?: boolean }) => {
-      const sources = [opts.admin, opts.prometheus, opts.dir].filter((v) => v !== undefined).length;
-      if (sources !== 1) throw new UsageError('give exactly one of --admin URL, --prometheus URL or --dir DIR');
+      // No source named: the cluster of $HSMPROXY_DIR, as every other command takes it.
+      const dir = opts.dir ?? (opts.admin === undefined && opts.prometheus === undefined ? process.env.HSMPROXY_DIR || undefined : undefined);
+      const sources = [opts.admin, opts.prometheus, dir].filter((v) => v !== undefined).length;
+      if (sources !== 1) throw new UsageError('give exactly one of --admin URL, --prometheus URL or --dir DIR (or set HSMPROXY_DIR)');
       const min = int(opts.min, '--min', 1, 28);
       const max = int(opts.max, '--max', 1, 28);
       if (max < min) throw new UsageError(`--max (${max}) must be at least --min (${min})`);
@@ -165,7 +167,7 @@ export function register(program: Command): void {
       if (windowMs < 1000) throw new UsageError('--window must be at least 1s');
       const doc = opts.admin !== undefined ? await fromAdmin(opts.admin)
         : opts.prometheus !== undefined ? await fromPrometheus(opts.prometheus, cfg, windowMs)
-          : await fromDirOrProxy(clusterDir(opts), cfg);
+          : await fromDirOrProxy(clusterDir({ dir }), cfg);
       output(opts, doc, () => printAdvice(doc));
     });
 
