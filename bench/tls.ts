@@ -4,12 +4,14 @@
 // same key file (skipped, and said so, when nginx is absent). RSA-2048 and ECDSA P-256. One client
 // for all: bench/lib/tls-load.c (C, OpenSSL), THREADS connections in flight, each connection a
 // handshake plus one tiny request. Writes bench/results/tls.json; `npm run bench:report` makes the
-// summary and charts. Then an offered-load sweep (connections in flight 1…64, ECDSA P-256):
+// summary and charts. Then the server flight in one write after the signature against split around
+// it (same cluster key, alternated, with socket writes per connection). Then an offered-load sweep (connections in flight 1…64, ECDSA P-256):
 // hsmproxy with a soft key next to hsmproxy with the key in one `hsm1.medium` HSM (250 signs/s),
 // where the HSM, not the proxy, sets the limit and handshake latency climbs past it.
 // Run: npm run bench:tls   (env BENCH_SECONDS per point, default 5; BENCH_THREADS, default 16;
 // BENCH_HSMS, default 1,2,3; BENCH_PROFILES, default unlimited,hsm2m.medium; BENCH_SWEEP,
-// default 1,4,16,64; BENCH_PARTS=sweep re-runs only the sweep into the existing tls.json)
+// default 1,4,16,64; BENCH_PARTS, default matrix,flight,sweep: a subset re-runs those parts into the
+// existing tls.json; BENCH_FLIGHT_ROUNDS, default 2: whole/split alternations of the flight part)
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -28,7 +30,8 @@ const WARMUP_SECONDS = 1;
 const HSMS = (process.env.BENCH_HSMS ?? '1,2,3').split(',').map(Number);
 const PROFILES = (process.env.BENCH_PROFILES ?? 'unlimited,hsm2m.medium').split(',') as ManifestProfile[];
 const SWEEP = (process.env.BENCH_SWEEP ?? '1,4,16,64').split(',').map(Number);
-const PARTS = (process.env.BENCH_PARTS ?? 'matrix,sweep').split(',');
+const PARTS = (process.env.BENCH_PARTS ?? 'matrix,flight,sweep').split(',');
+const FLIGHT_ROUNDS = Number(process.env.BENCH_FLIGHT_ROUNDS ?? 2);
 
 type Key = TlsBenchPoint['key'];
 
@@ -37,19 +40,21 @@ async function measure(client: TlsLoadClient, base: Omit<TlsBenchPoint, 'perSeco
   await client.run(server.port, WARMUP_SECONDS, threads, base.mode); // JIT, key pools, connections: not measured
   const s0 = cpu.server();
   const h0 = cpu.hsm?.() ?? 0;
+  const w0 = server.writes?.() ?? 0;
   const r = await client.run(server.port, SECONDS, threads, base.mode);
   const n = Math.max(1, r.connections);
   const p: TlsBenchPoint = {
     ...base, ...(threads !== THREADS ? { threads } : {}), connections: r.connections, errors: r.errors, perSecond: r.perSecond, latencyMs: r.latencyMs,
     serverCpuMsPerHandshake: Math.round(((cpu.server() - s0) / n) * 1000) / 1000,
     ...(cpu.hsm ? { hsmCpuMsPerHandshake: Math.round(((cpu.hsm() - h0) / n) * 1000) / 1000 } : {}),
+    ...(server.writes ? { writesPerConnection: Math.round(((server.writes() - w0) / n) * 100) / 100 } : {}),
   };
   if (base.mode === 'resumed') {
     p.resumed = r.resumed;
     // A "resumed" figure that is mostly full handshakes would be a wrong number, not a noisy one.
     if (r.resumed < r.connections * 0.95) throw new Error(`${base.server} ${base.key}: only ${r.resumed} of ${r.connections} handshakes resumed; the resumed figures would be full handshakes`);
   }
-  const where = `${base.hsms ? ` ${base.hsms} HSM ${base.profile}` : ''}${threads !== THREADS ? ` x${threads}` : ''}`;
+  const where = `${base.hsms ? ` ${base.hsms} HSM ${base.profile}` : ''}${threads !== THREADS ? ` x${threads}` : ''}${base.serverFlight ? ` ${base.serverFlight}` : ''}`;
   console.log(`${(base.server + where).padEnd(36)} ${base.key.padEnd(8)} ${base.mode.padEnd(8)} ${p.perSecond.toFixed(0).padStart(6)}/s  p50 ${r.latencyMs.p50.toFixed(2)} p99 ${r.latencyMs.p99.toFixed(2)} ms  server CPU ${p.serverCpuMsPerHandshake.toFixed(2)} ms${p.hsmCpuMsPerHandshake !== undefined ? ` + HSMs ${p.hsmCpuMsPerHandshake.toFixed(2)} ms` : ''}${r.errors ? `  ${r.errors} errors` : ''}`);
   return p;
 }
@@ -84,6 +89,32 @@ async function runKey(client: TlsLoadClient, key: Key, cert: TestCert, nginxBin:
         const ours = await startHsmproxyTls(cert.chain, cs.signer);
         points.push(await measure(client, { server: 'hsmproxy', keySource: 'cluster', hsms, profile, key, mode: 'full' }, ours, { server: processCpuMs, hsm: cs.hsmCpuMs }));
         await ours.close();
+      } finally {
+        await cs.close();
+      }
+    }
+  }
+  return points;
+}
+
+/**
+ * The server flight in one write after the signature ('whole') against ServerHello..Certificate
+ * first ('split'), with the key in 2 HSMs (unlimited: the proxy's CPU is the limit) and in one
+ * hsm2m.medium HSM (a slower signature the split could overlap), alternated ROUNDS times.
+ */
+async function runFlight(client: TlsLoadClient, certs: { rsa: TestCert; ec: TestCert }): Promise<TlsBenchPoint[]> {
+  const points: TlsBenchPoint[] = [];
+  for (const [key, cert] of [['p256', certs.ec], ['rsa2048', certs.rsa]] as const) {
+    for (const [hsms, profile] of [[2, 'unlimited'], [1, 'hsm2m.medium']] as const) {
+      const cs = await clusterSigner(cert.keyFile, hsms, profile);
+      try {
+        for (let round = 0; round < FLIGHT_ROUNDS; round++) {
+          for (const serverFlight of ['whole', 'split'] as const) {
+            const ours = await startHsmproxyTls(cert.chain, cs.signer, serverFlight);
+            points.push(await measure(client, { server: 'hsmproxy', keySource: 'cluster', hsms, profile, key, mode: 'full', serverFlight }, ours, { server: processCpuMs, hsm: cs.hsmCpuMs }));
+            await ours.close();
+          }
+        }
       } finally {
         await cs.close();
       }
@@ -156,6 +187,7 @@ try {
   } else {
     result = JSON.parse(readFileSync(out, 'utf8')) as TlsBenchResult;
   }
+  if (PARTS.includes('flight')) result.flight = { date: new Date().toISOString(), loadavg: os.loadavg(), points: await runFlight(client, certs) };
   if (PARTS.includes('sweep')) result.sweep = { date: new Date().toISOString(), loadavg: os.loadavg(), points: await runSweep(client, certs.ec) };
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);

@@ -19,6 +19,8 @@ import { cpuMsOf } from './procs.js';
 /** A server under test. */
 export interface RunningServer {
   port: number;
+  /** Socket writes made so far (hsmproxy only: counted where net.Socket hands data to libuv). */
+  writes?: () => number;
   close(): Promise<void>;
 }
 
@@ -35,10 +37,19 @@ function answerOnce(socket: Duplex): void {
 export async function startHsmproxyTls(chain: Buffer[], signer: Signer, serverFlight?: 'whole' | 'split'): Promise<RunningServer> {
   const server = createTlsServer({ certificates: [{ chain, signer }], serverFlight }, answerOnce);
   server.on('tlsClientError', () => { /* counted by the client */ });
-  server.netServer.on('connection', (raw: Socket) => raw.setNoDelay(true));
+  let writes = 0;
+  server.netServer.on('connection', (raw: Socket) => {
+    raw.setNoDelay(true);
+    // Every batch net.Socket gives libuv passes _write or _writev: one write system call each.
+    const w = raw as Socket & { _write: (...a: unknown[]) => void; _writev: (...a: unknown[]) => void };
+    const write = w._write.bind(raw);
+    const writev = w._writev.bind(raw);
+    w._write = (...a) => { writes++; write(...a); };
+    w._writev = (...a) => { writes++; writev(...a); };
+  });
   server.listen({ port: 0, host: '127.0.0.1' });
   await once(server, 'listening');
-  return { port: (server.address() as AddressInfo).port, close: () => new Promise((r) => server.close(() => r())) };
+  return { port: (server.address() as AddressInfo).port, writes: () => writes, close: () => new Promise((r) => server.close(() => r())) };
 }
 
 /** node:tls with the key file, TLS 1.3 only. */

@@ -24,6 +24,10 @@ export interface TlsBenchPoint {
   hsmCpuMsPerHandshake?: number;
   /** Resumed mode: how many of `connections` the client saw resumed. */
   resumed?: number;
+  /** hsmproxy: when the server flight left ('whole' after the signature, 'split' around it). */
+  serverFlight?: 'whole' | 'split';
+  /** hsmproxy: socket writes per connection (handshake, one response, close). */
+  writesPerConnection?: number;
   note?: string;
 }
 
@@ -44,6 +48,8 @@ export interface TlsBenchResult {
   ratios: Array<{ ours: string; baseline: string; key: string; mode: string; perSecond: number; cpuPerHandshake: number }>;
   /** Offered-load sweep: the same points at several connection counts. */
   sweep?: { date: string; loadavg: number[]; points: TlsBenchPoint[] };
+  /** The server flight in one write after the signature against split around it, alternated. */
+  flight?: { date: string; loadavg: number[]; points: TlsBenchPoint[] };
 }
 
 /** One proxy of bench/proxy.ts. */
@@ -182,6 +188,14 @@ function tlsSection(r: TlsBenchResult | undefined): string[] {
   if (r.ratios.length) {
     out.push('Ratios (hsmproxy ÷ baseline; CPU column is baseline CPU ÷ ours, with the HSM processes\' CPU counted as ours, so > 1 means hsmproxy spends less):', '');
     out.push(...table(['hsmproxy', 'baseline', 'key', 'handshake', 'handshakes/s ratio', 'CPU per handshake ratio'], r.ratios.map((x) => [x.ours, x.baseline, x.key, x.mode, x.perSecond.toFixed(2), x.cpuPerHandshake.toFixed(2)])));
+    out.push('');
+  }
+  if (r.flight) {
+    out.push(`Server flight (${r.flight.date}, load average ${load(r.flight.loadavg)}): full handshakes with the flight in one write after the signature (whole) or ServerHello..Certificate before it (split), run alternately.`, '');
+    out.push(...table(['server', 'key', 'flight', 'handshakes/s', 'p50 ms', 'p99 ms', 'server CPU ms each', 'HSM CPU ms each', 'writes per connection'], r.flight.points.map((p) => [
+      serverName(p), p.key, p.serverFlight ?? 'whole', f(p.perSecond), ms(p.latencyMs.p50), ms(p.latencyMs.p99), p.serverCpuMsPerHandshake.toFixed(2),
+      p.hsmCpuMsPerHandshake === undefined ? '–' : p.hsmCpuMsPerHandshake.toFixed(2), p.writesPerConnection === undefined ? '–' : p.writesPerConnection.toFixed(2),
+    ])));
     out.push('');
   }
   if (r.sweep) {
