@@ -1,19 +1,31 @@
 // `hsmproxy serve`: runs the HTTPS reverse proxy. With no --config, the embedded default: a
 // simulated cluster in ./data, a dev CA and localhost certificates whose keys are in the HSM,
-// a demo upstream, https://localhost:8443 and admin on http://127.0.0.1:9464.
+// a demo upstream, https://localhost:8443 and admin on http://127.0.0.1:9464 (the banner prints
+// the addresses each listener and the admin server are bound to).
 import type { Command } from 'commander';
 import { relative } from 'node:path';
 import pino from 'pino';
+import { adminUrl } from '../../app/admin-record.js';
 import { startServing, type Serving } from '../../app/serve.js';
 import { output } from '../run.js';
 
 interface ServeOptions { config?: string; json?: boolean; logLevel?: string }
 
+// Bound to loopback or every address: reached locally as "localhost", the name the demo certificates carry.
+const LOCAL = new Set(['127.0.0.1', '0.0.0.0', '::1', '::', 'localhost']);
+
+/** The URL a client on this machine reaches a listener at (IPv6 addresses in brackets). */
+function listenerUrl(address: string, port: number): string {
+  const host = LOCAL.has(address) ? 'localhost' : address.includes(':') ? `[${address}]` : address;
+  return `https://${host}:${port}/`;
+}
+
 function banner(s: Serving): string {
-  const l = s.config.listeners[0]!;
-  const host = l.address === '127.0.0.1' || l.address === '0.0.0.0' ? 'localhost' : l.address;
-  const port = s.listenerAddress(l.name)?.port ?? l.port;
-  const lines = [`hsmproxy is serving https://${host}:${port}/ (keys in ${s.hsm.describe})`];
+  // Each listener as it is bound (port 0 picks one), not as the default config has it.
+  const urls = s.config.listeners.map((l) => ({ name: l.name, url: listenerUrl(l.address, s.listenerAddress(l.name)?.port ?? l.port) }));
+  const port = s.listenerAddress(s.config.listeners[0]!.name)?.port ?? s.config.listeners[0]!.port;
+  const lines = [`hsmproxy is serving ${urls[0]!.url} (keys in ${s.hsm.describe})`];
+  for (const { name, url } of urls.slice(1)) lines.push(`  and ${url} (listener "${name}")`);
   if (s.demo) {
     const ca = relative(process.cwd(), s.demo.pki.caCert) || s.demo.pki.caCert;
     lines.push(
@@ -27,7 +39,7 @@ function banner(s: Serving): string {
   if (s.workers > 1) lines.push(`  ${s.workers} worker processes share the listening ports`);
   const admin = s.adminAddress();
   // /scaling answers when the scaling advisor runs: on the simulated cluster (embedded or cluster mode).
-  if (admin) lines.push(`  admin: http://${admin.address}:${admin.port}/metrics  /healthz  /readyz${s.hsm.cluster ? '  /scaling' : ''}`);
+  if (admin) lines.push(`  admin: ${adminUrl(admin)}/metrics  /healthz  /readyz${s.hsm.cluster ? '  /scaling' : ''}`);
   lines.push('  stop with Ctrl-C (SIGINT/SIGTERM drain in-flight requests); SIGHUP reloads the config');
   return lines.join('\n');
 }
