@@ -306,17 +306,21 @@ export class ClusterBase<C extends HsmLink> {
   }
 
   /** The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin. */
-  protected pick(exclude: Set<string> = new Set()): HsmNode<C> | undefined {
-    let best: HsmNode<C>[] = [];
+  protected pick(exclude?: Set<string>): HsmNode<C> | undefined {
+    // One pass finds the least in flight; a list of the tied is made only when there are several.
+    let first: HsmNode<C> | undefined;
     let min = Infinity;
+    let ties = 0;
     for (const n of this.nodes.values()) {
-      if (!n.available || exclude.has(n.id)) continue;
+      if (!n.available || exclude?.has(n.id)) continue;
       if (n.inFlight < min) {
         min = n.inFlight;
-        best = [n];
-      } else if (n.inFlight === min) best.push(n);
+        first = n;
+        ties = 1;
+      } else if (n.inFlight === min) ties++;
     }
-    if (best.length <= 1) return best[0];
+    if (ties <= 1) return first;
+    const best = [...this.nodes.values()].filter((n) => n.available && !exclude?.has(n.id) && n.inFlight === min);
     const util = (n: HsmNode<C>): number => n.lastInfo?.utilisation ?? 0;
     const lowest = Math.min(...best.map(util));
     // Utilisation is a smoothed figure: only a clear difference (10 points) beats round robin.
@@ -340,7 +344,8 @@ export class ClusterBase<C extends HsmLink> {
 
   /** Runs one request with balancing, busy backoff and failover. */
   async execute<T>(op: string, ro: RunOptions, fn: (link: C, node: HsmNode<C>) => Promise<T>): Promise<T> {
-    const tried = new Set<string>();
+    // Made at the first retry: most requests succeed on the first HSM picked.
+    let tried: Set<string> | undefined;
     let busy = 0;
     let failovers = 0;
     const deadline = Date.now() + (this.opts.waitForHsmMs ?? 3000);
@@ -351,7 +356,7 @@ export class ClusterBase<C extends HsmLink> {
         node = this.nodes.get(ro.pin);
         if (!node?.available) throw new SessionKeyLostError(op, ro.pin);
       } else {
-        node = this.pick(tried) ?? (tried.size > 0 ? this.pick() : undefined);
+        node = this.pick(tried) ?? (tried ? this.pick() : undefined);
       }
       if (!node) {
         const left = deadline - Date.now();
@@ -363,7 +368,7 @@ export class ClusterBase<C extends HsmLink> {
       } catch (err) {
         if (isBusyError(err)) {
           if (++busy > (this.opts.busyRetries ?? 3)) throw new ClusterBusyError(busy);
-          tried.add(node.id);
+          (tried ??= new Set()).add(node.id);
           await sleep((this.opts.busyBackoffMs ?? 10) * 2 ** (busy - 1));
           continue;
         }
@@ -373,7 +378,7 @@ export class ClusterBase<C extends HsmLink> {
           if (ro.pin) throw new SessionKeyLostError(op, ro.pin);
           throw new NotRepeatedError(op, node.id, err);
         }
-        tried.add(node.id);
+        (tried ??= new Set()).add(node.id);
         if (++failovers > this.nodes.size + 2) throw err;
       }
     }

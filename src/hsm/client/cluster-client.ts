@@ -10,9 +10,12 @@ import type {
   KeyPairInfo, KeyPairSpec, KeyTemplate, Role, SecretKeySpec, SignRequest, StateDigest, UnwrapRequest, UserInfo,
   VerifyRequest, WrapRequest,
 } from '../protocol/types.js';
-import { ClusterBase, type ClusterBaseOptions } from './cluster-base.js';
+import { ClusterBase, type ClusterBaseOptions, type RunOptions } from './cluster-base.js';
 import type { HsmConnection, LoginInfo, RequestOptions } from './connection.js';
 import type { HsmAddress } from './link.js';
+
+// The routing of every request that may be repeated elsewhere and is not pinned (one object for all).
+const SAFE: RunOptions = Object.freeze({ safe: true });
 
 /** Options of ClusterClient: the base options plus an optional membership source to watch. */
 export interface ClusterClientOptions extends ClusterBaseOptions<HsmConnection> {
@@ -89,7 +92,7 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
 
   private reads<T>(op: string, keyId: string | undefined, fn: (c: HsmConnection) => Promise<T>): Promise<T> {
     const pin = keyId === undefined ? undefined : this.pinFor(keyId);
-    return this.execute(op, { safe: true, ...(pin ? { pin } : {}) }, (c) => fn(c));
+    return this.execute(op, pin ? { safe: true, pin } : SAFE, fn);
   }
 
   // ---- session and users ----

@@ -117,27 +117,53 @@ export class CapacityModel {
   }
 
   /** Runs `work` on a crypto unit once one is free; rejects at once with BusyError if the queue is full. */
-  async run<T>(opKey: string, work: () => T | Promise<T>): Promise<CryptoResult<T>> {
+  run<T>(opKey: string, work: () => T | Promise<T>): Promise<CryptoResult<T>> {
     // Queue wait is the time spent waiting for a unit (0 when one was free); service runs from
     // the grant to the end, so it includes any wait for the event loop, as a device's would.
     const queuedAt = performance.now();
-    const { unit, grantedAt } = await this.acquire(queuedAt);
-    const begin = grantedAt;
-    const queueWaitUs = Math.round((grantedAt - queuedAt) * 1000);
+    if (this.queue.length === 0) {
+      const unit = this.free.pop();
+      if (unit) {
+        this.inService++;
+        return this.serve(unit, queuedAt, queuedAt, opKey, work);
+      }
+    }
+    if (this.queue.length >= this.profile.maxQueue) return Promise.reject(new BusyError(this.queue.length));
+    return new Promise((resolve) => {
+      this.queue.push({
+        start: () => {
+          const unit = this.free.pop();
+          // release() only calls start() after returning a unit, so one is always there.
+          if (!unit) throw new Error('capacity model invariant: no free unit for a started waiter');
+          this.inService++;
+          resolve(this.serve(unit, queuedAt, performance.now(), opKey, work));
+        },
+      });
+    });
+  }
+
+  // Serves one request on `unit`, granted at `begin`: the work, then the rest of the profile's service time.
+  private async serve<T>(unit: Unit, queuedAt: number, begin: number, opKey: string, work: () => T | Promise<T>): Promise<CryptoResult<T>> {
+    const queueWaitUs = Math.round((begin - queuedAt) * 1000);
     const id = ++this.seq;
     this.running.set(id, begin);
     try {
+      const minServiceMs = this.minServiceMs(opKey);
       // A unit handed straight from one request to the next has been busy all along: schedule
       // from the previous ideal deadline so late timers do not lower the rate (bounded credit).
       const scheduled = unit.handedOver ? Math.min(begin, Math.max(unit.virtualFree, begin - MAX_CREDIT_MS)) : begin;
-      const deadline = scheduled + this.minServiceMs(opKey);
-      const result = await work();
+      const deadline = scheduled + minServiceMs;
+      // Synchronous work (most crypto) is not awaited: no extra turn of the microtask queue.
+      const out = work();
+      const result = out instanceof Promise ? await out : out;
+      let end = performance.now();
       // Timers have millisecond granularity and may fire a little early: wait until the deadline really passed.
-      for (let now = performance.now(); deadline - now > 0.05; now = performance.now()) {
-        await new Promise((r) => setTimeout(r, Math.max(1, deadline - now)));
+      if (minServiceMs > 0) {
+        for (; deadline - end > 0.05; end = performance.now()) {
+          await new Promise((r) => setTimeout(r, Math.max(1, deadline - end)));
+        }
       }
       unit.virtualFree = deadline;
-      const end = performance.now();
       return { result, queueWaitUs, serviceUs: Math.round((end - begin) * 1000) };
     } finally {
       this.running.delete(id);
@@ -176,28 +202,6 @@ export class CapacityModel {
     const rate = r[opKey] ?? r[family] ?? r[op] ?? r['*'];
     this.rates.set(opKey, rate);
     return rate;
-  }
-
-  private acquire(queuedAt: number): Promise<{ unit: Unit; grantedAt: number }> {
-    if (this.queue.length === 0) {
-      const unit = this.free.pop();
-      if (unit) {
-        this.inService++;
-        return Promise.resolve({ unit, grantedAt: queuedAt });
-      }
-    }
-    if (this.queue.length >= this.profile.maxQueue) return Promise.reject(new BusyError(this.queue.length));
-    return new Promise((resolve) => {
-      this.queue.push({
-        start: () => {
-          const unit = this.free.pop();
-          // release() only calls start() after returning a unit, so one is always there.
-          if (!unit) throw new Error('capacity model invariant: no free unit for a started waiter');
-          this.inService++;
-          resolve({ unit, grantedAt: performance.now() });
-        },
-      });
-    });
   }
 
   private release(unit: Unit): void {
