@@ -2,8 +2,8 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import {
-  FLAG_JSON, FLAG_RESPONSE, FrameDecoder, HEADER_BYTES, Op, ProtocolError, encodeFrame, readDecrypt, readEncrypt, readJson,
-  readRandom, readSign, readVerify, writeDecrypt, writeEncrypt, writeHeader, writeJson, writeRandom, writeSign, writeVerify,
+  FLAG_JSON, FLAG_RESPONSE, FrameDecoder, FrameOutbox, HEADER_BYTES, Op, ProtocolError, SIGN_BODY, encodeFrame, readDecrypt, readEncrypt,
+  readJson, readRandom, readSign, readVerify, writeDecrypt, writeEncrypt, writeHeader, writeJson, writeRandom, writeSign, writeVerify,
 } from '../src/hsm/protocol/index.js';
 
 // A request frame as the client sends it: header filled in, body from a write* helper.
@@ -49,6 +49,45 @@ t.test('a body handed out stays intact while later chunks arrive (no buffer reus
   const bodyA = got[0]?.body as Buffer;
   for (let i = 50; i < b.length; i += 4096) d.push(b.subarray(i, Math.min(b.length, i + 4096)));
   t.ok(bodyA.every((x) => x === 0xaa), 'frame 1 body unchanged after frame 2 filled the buffer');
+});
+
+t.test('frames queued in an outbox leave as one buffer that decodes to each of them', async (t) => {
+  const out = new FrameOutbox();
+  const req = { keyId: 'k1', mechanism: 'ecdsa-sha256' as const, data: Buffer.from('to be signed') };
+  const at = out.reserve(HEADER_BYTES + SIGN_BODY.size(req));
+  writeHeader(out.buf, at, SIGN_BODY.size(req), 1, Op.SIGN, 0);
+  SIGN_BODY.write(out.buf, at + HEADER_BYTES, req);
+  out.push(2, 0, FLAG_RESPONSE, Buffer.from('signature'), 10, 20);
+  out.pushText(3, 1, FLAG_RESPONSE | FLAG_JSON, '{"code":"HSM_ERR_X","message":"é"}');
+  t.equal(out.frames, 3);
+  const batch = out.take() as Buffer;
+  t.equal(out.bytes, 0, 'the outbox is empty once taken');
+  t.equal(out.take(), undefined, 'nothing to take twice');
+  const frames = new FrameDecoder().push(batch);
+  t.same(frames.map((f) => f.requestId), [1, 2, 3]);
+  t.same(readSign(frames[0]!.body), { ...req, prehashed: false, format: 'der' });
+  t.match(frames[1], { code: 0, queueWaitUs: 10, serviceUs: 20 });
+  t.same(readJson(frames[2]!.body), { code: 'HSM_ERR_X', message: 'é' });
+  t.same(writeSign(req).subarray(HEADER_BYTES), frames[0]!.body, 'the same bytes as a frame of its own');
+});
+
+t.test('a batch handed out is never overwritten by later frames, however many', async (t) => {
+  const out = new FrameOutbox(1024);
+  out.push(1, 0, 0, Buffer.alloc(300, 0xaa));
+  const first = out.take() as Buffer;
+  // Past the slab's end: a new slab is taken, the first batch's bytes stay as they were.
+  for (let i = 0; i < 20; i++) out.push(i + 2, 0, 0, Buffer.alloc(500, 0xbb));
+  out.push(99, 0, 0, Buffer.alloc(5000, 0xcc));
+  const second = out.take() as Buffer;
+  t.same(new FrameDecoder().push(first).map((f) => f.body.every((x) => x === 0xaa)), [true]);
+  const frames = new FrameDecoder(1 << 20).push(second);
+  t.equal(frames.length, 21, 'the frames after the slab filled all arrive');
+  t.equal(frames.at(-1)?.body.length, 5000, 'a frame larger than the slab fits');
+});
+
+t.test('a request the wire cannot carry is refused before anything is queued', async (t) => {
+  t.throws(() => SIGN_BODY.size({ keyId: 'x'.repeat(256), mechanism: 'ecdsa-sha256', data: Buffer.alloc(1) }), { code: 'HSM_ERR_PROTOCOL' });
+  t.throws(() => SIGN_BODY.size({ keyId: 'k', mechanism: 'md5' as 'ecdsa-sha256', data: Buffer.alloc(1) }), { code: 'HSM_ERR_PROTOCOL' });
 });
 
 t.test('an oversized frame is refused from its header alone, naming the limit', async (t) => {
