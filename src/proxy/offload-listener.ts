@@ -3,10 +3,10 @@
 // Certificates and references are loaded and resolved before the listener opens, so a missing
 // key or an unreachable HSM fails the start (or a reload) with a message naming the file.
 import { readFile } from 'node:fs/promises';
-import { X509Certificate } from 'node:crypto';
 import type { ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
 import { createServer, pemCertificates, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -26,31 +26,29 @@ export async function loadCertifiedKeys(engine: Engine, listener: ListenerConfig
   const admission = opts.listenerAdmission?.(listener);
   return Promise.all(listener.certificates.map(async (c, i) => {
     const where = `listeners[${listener.name}].certificates[${i}]`;
-    let chain: Buffer[];
-    try {
-      chain = pemCertificates(await readFile(c.cert, 'utf8'));
-    } catch (err) {
-      throw new ListenerError(listener.name, `${where}.cert: cannot read ${c.cert}: ${(err as Error).message}`, { cause: err });
-    }
-    if (chain.length === 0) throw new ListenerError(listener.name, `${where}.cert: ${c.cert} holds no PEM certificate`);
-    let leaf: X509Certificate;
-    try {
-      leaf = new X509Certificate(chain[0]!);
-    } catch (err) {
-      throw new ListenerError(listener.name, `${where}.cert: ${c.cert} is not a valid certificate: ${(err as Error).message}`, { cause: err });
-    }
+    const { chain, leaf } = await readCertificateChain(c).catch((err: unknown) => {
+      throw listenerError(listener, where, err);
+    });
     // Engine errors name the reference file; the field path says which line of the config it is.
     // The TLS server checks every signature against the certificate before sending it
     // (verify-after-sign): checking it in the engine as well would verify each RSA one twice.
     const signer = await engine.signer(c.key, { verify: 'none', ...(admission ? { admission } : {}) }).catch((err: unknown) => {
       throw new ListenerError(listener.name, `${where}.key: ${(err as Error).message}`, { cause: err });
     });
-    // The web server's certificate/key match (as nginx does at start), with the HSM's public key.
-    if (!leaf.publicKey.equals(signer.key.publicKey)) {
-      throw new ListenerError(listener.name, `${where}: the key ${c.key} does not match the certificate ${c.cert}`);
+    // The certificate/key match, with the public key the HSM holds.
+    try {
+      checkKeyMatchesCertificate(c, leaf, signer.key.publicKey);
+    } catch (err) {
+      throw listenerError(listener, where, err);
     }
     return { chain, signer };
   }));
+}
+
+/** A certificate file's fault as the listener's error, with the config field's path. */
+function listenerError(listener: ListenerConfig, where: string, err: unknown): unknown {
+  if (!(err instanceof CertificateFileError)) return err;
+  return new ListenerError(listener.name, `${err.pathUnder(where)}: ${err.message}`, err.cause === undefined ? undefined : { cause: err.cause });
 }
 
 /** Reads the listener's client CA bundle into tls/ ClientAuthOptions (undefined for mode none). */

@@ -1,17 +1,20 @@
 // Runs the hsmproxy CLI from source in a child process, as a user would run it.
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
 
 export const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 export const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+/** tsx's loader by path: node resolves a bare `--import=tsx` from the working directory, which may be outside the clone. */
+export const tsxLoader = createRequire(import.meta.url).resolve('tsx');
 
 export interface CliResult { code: number | null; stdout: string; stderr: string }
 
 /** Spawns `hsmproxy ...args` (through tsx) and collects its output; bounded by `timeoutMs`. */
 export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import=tsx', cliEntry, ...args], {
+    const child = spawn(process.execPath, [`--import=${tsxLoader}`, cliEntry, ...args], {
       cwd: opts.cwd ?? repoRoot,
       env: { ...process.env, ...opts.env },
       stdio: ['pipe', 'pipe', 'pipe'],

@@ -1,7 +1,9 @@
 // `hsmproxy config check [file]` and `hsmproxy config show [file]`: validate a configuration and
 // print it with every default filled in. Calls config/ only.
 import type { Command } from 'commander';
+import { existsSync } from 'node:fs';
 import { ConfigInvalidError, loadConfig, type Config } from '../../config/index.js';
+import { certificateIssues } from '../../proxy/certificate-files.js';
 import { output } from '../run.js';
 
 const DEFAULT_FILE = 'config/hsmproxy.yaml';
@@ -10,7 +12,23 @@ interface ConfigOptions { json?: boolean; files?: boolean }
 
 function load(file: string, opts: ConfigOptions): Config {
   // Paths inside the config are relative to the directory hsmproxy runs from, as `serve` reads them.
-  return loadConfig(file, { checkFiles: opts.files !== false });
+  // The demo's certificates are made by its first start, so (as serve does) they are not missing before.
+  const parsed = loadConfig(file, { checkFiles: false });
+  return parsed.demo || opts.files === false ? parsed : loadConfig(file, { checkFiles: true });
+}
+
+/** Whether `demo` certificates still have to be made (by the first `hsmproxy serve`). */
+function demoPending(c: Config): boolean {
+  return c.demo && c.listeners.some((l) => l.certificates.some((x) => !existsSync(x.cert) || !existsSync(x.key)));
+}
+
+/** Loads and checks `file` the way serve will: fields, files, and each certificate against its key reference. */
+async function check(file: string, opts: ConfigOptions): Promise<Config> {
+  const c = load(file, opts);
+  if (opts.files === false || demoPending(c)) return c;
+  const issues = await certificateIssues(c);
+  if (issues.length > 0) throw new ConfigInvalidError(issues, file);
+  return c;
 }
 
 /** Registers the `config` command group. */
@@ -18,15 +36,17 @@ export function register(program: Command): void {
   const group = program.command('config').description('validate and inspect hsmproxy configuration files');
 
   group.command('check')
-    .description('validate a config file; every problem is listed with the path of its field')
+    .description('validate a config file: fields, named files, and each certificate against its key reference; every problem is listed with the path of its field')
     .argument('[file]', 'the YAML config', DEFAULT_FILE)
     .option('--no-files', 'skip checking that named files (certificates, keys, credentials) exist')
     .option('--json', 'print the result as JSON')
-    .action((file: string, opts: ConfigOptions) => {
+    .action(async (file: string, opts: ConfigOptions) => {
       try {
-        const c = load(file, opts);
-        output(opts, { file, valid: true, issues: [] }, () => {
+        const c = await check(file, opts);
+        const pending = opts.files !== false && demoPending(c);
+        output(opts, { file, valid: true, issues: [], ...(pending ? { demoCertificatesPending: true } : {}) }, () => {
           process.stdout.write(`${file}: valid (${c.listeners.length} listener${c.listeners.length === 1 ? '' : 's'}, ${c.routes.length} route${c.routes.length === 1 ? '' : 's'}, hsm mode ${c.hsm.mode})\n`);
+          if (pending) process.stdout.write('  demo: its certificates and key references are made by the first `hsmproxy serve` with this config\n');
         });
       } catch (err) {
         if (!(err instanceof ConfigInvalidError)) throw err;
