@@ -1,9 +1,10 @@
 // The example configs under config/ are valid, both as written and once their files exist.
 import t from 'tap';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parse } from 'yaml';
 import { loadConfig } from '../src/config/index.js';
 
 const configDir = fileURLToPath(new URL('../config/', import.meta.url));
@@ -37,5 +38,28 @@ for (const name of examples) {
       chmodSync(pin, 0o600);
     }
     t.doesNotThrow(() => loadConfig(file, { baseDir: dir }));
+  });
+}
+
+interface Written {
+  demo?: boolean;
+  listeners: Array<{ certificates: Array<{ cert: string; key: string }> }>;
+  hsm?: { manifest?: string; credentials?: { file?: string } };
+}
+
+// `config check` wants every file an example names: the demo makes its own on first start; any
+// other example says in its comments what each file is and how to make it.
+for (const name of examples) {
+  t.test(`${name} says how to make every file it names (or is the demo, which makes its own)`, async (t) => {
+    const text = readFileSync(join(configDir, name), 'utf8');
+    const written = parse(text) as Written;
+    if (written.demo) return;
+    const comments = text.split('\n').filter((l) => /^\s*#/.test(l)).join('\n');
+    const named = [
+      ...written.listeners.flatMap((l) => l.certificates.flatMap((c) => [c.cert, c.key])),
+      ...(written.hsm?.manifest ? [written.hsm.manifest] : []),
+      ...(written.hsm?.credentials?.file ? [written.hsm.credentials.file] : []),
+    ];
+    for (const file of named) t.ok(comments.includes(file), `${file} is named in the comments`);
   });
 }
