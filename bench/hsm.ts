@@ -4,8 +4,10 @@
 // HSMs with both profiles, (3) every operation `bench hsm` knows (RSA-2048/3072 PSS and
 // PKCS#1, P-256/P-384, their verifies, AES-GCM, random) on one HSM of each profile, and (4) the
 // sign sweep on a throwaway SoftHSMv2 token, when softhsm2 is installed, for the side-by-side
-// table. Writes bench/results/hsm-*.json.
-// Run: npm run bench:hsm   (env BENCH_SECONDS per point, default 2)
+// table, and (5) `hsm-vs-openssl`: P-256 and RSA-2048 signs on one `unlimited` HSM at 16 and 64 in
+// flight next to `openssl speed` on one core, in the same run (the ratio issue 16 targets).
+// Writes bench/results/hsm-*.json.
+// Run: npm run bench:hsm   (env BENCH_SECONDS per point, default 2; BENCH_RUNS=hsm-vs-openssl for (5) alone)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { formatHsmResult } from '../src/bench/format.js';
 import { planHsmBench, runHsmBench, type HsmBenchFlags } from '../src/bench/hsm.js';
 import { BENCH_OPS } from '../src/bench/ops.js';
+import { compareWithOpenssl, formatComparison } from './lib/openssl-speed.js';
 
 const SECONDS = process.env.BENCH_SECONDS ?? '2';
 const results = join(dirname(fileURLToPath(import.meta.url)), 'results');
@@ -53,6 +56,13 @@ try {
     const r = await runHsmBench(planHsmBench({ ...flags, duration: SECONDS }));
     process.stdout.write(`\n== ${name}\n${formatHsmResult(r)}`);
     writeFileSync(join(results, `${name}.json`), `${JSON.stringify(r, null, 2)}\n`);
+  }
+  if (wanted('hsm-vs-openssl')) {
+    // 5 s per point and per openssl algorithm: openssl speed's own default length is 10 s.
+    const c = await compareWithOpenssl([16, 64], Math.max(5, Number(SECONDS)), 5);
+    process.stdout.write(`\n== hsm-vs-openssl\n${formatComparison(c)}`);
+    writeFileSync(join(results, 'hsm-vs-openssl.json'), `${JSON.stringify(c, null, 2)}\n`);
+    chosen.push(['hsm-vs-openssl', {}]);
   }
 } finally {
   if (softhsmDir) rmSync(softhsmDir, { recursive: true, force: true });
