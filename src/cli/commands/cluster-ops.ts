@@ -21,10 +21,17 @@ async function optionalPin(): Promise<{ user: string; password: string } | undef
   return process.env.HSMPROXY_PIN ? readPin('crypto officer') : undefined;
 }
 
-function statusLine(s: HsmStatus): string {
+function statusLine(s: HsmStatus, activated: boolean): string {
   if (!s.up) return `  ${s.id.padEnd(7)} ${s.address.padEnd(21)} DOWN      ${s.error ?? ''}`;
   const keys = `keys ${s.keysToken}+${s.keysSession}/${s.keysMax}`;
-  return `  ${s.id.padEnd(7)} ${s.address.padEnd(21)} up        ${keys.padEnd(18)} users ${String(s.users).padEnd(5)} ${s.inSync === undefined ? 'sync unproven' : s.inSync ? 'in sync' : 'OUT OF SYNC'}  util ${((s.utilisation ?? 0) * 100).toFixed(0)}%`;
+  const sync = !activated ? 'not activated' : s.inSync === undefined ? 'sync unproven' : s.inSync ? 'in sync' : 'OUT OF SYNC';
+  return `  ${s.id.padEnd(7)} ${s.address.padEnd(21)} up        ${keys.padEnd(18)} users ${String(s.users).padEnd(5)} ${sync}  util ${((s.utilisation ?? 0) * 100).toFixed(0)}%`;
+}
+
+/** What `cluster status` says of a cluster not activated yet, and what to run. */
+function notActivatedLine(dir: string): string {
+  return `not activated yet: the crypto officer activates it with \`HSMPROXY_PIN=admin:<one-time password> hsmproxy cluster activate --dir ${dir}\`` +
+    ' (the HSMs agree on their state from then on)';
 }
 
 /** Registers the cluster operations subcommands. */
@@ -63,9 +70,14 @@ export function register(program: Command): void {
     .option('--dir <dir>', 'cluster directory (default $HSMPROXY_DIR or ./data)')
     .option('--json', 'print one JSON document')
     .action(async (opts: { dir?: string; json?: boolean }) => {
-      const s = await clusterStatus(clusterDir(opts));
+      const dir = clusterDir(opts);
+      const s = await clusterStatus(dir);
       output(opts, s, () => {
-        process.stdout.write([`cluster ${s.clusterId}`, ...s.hsms.map(statusLine), ...(s.syncUnproven ? [`in sync: unproven: ${s.syncUnproven}`] : []), `backups: ${s.backups}${s.latestBackup ? ` (latest ${s.latestBackup})` : ''}`, ''].join('\n'));
+        process.stdout.write([
+          `cluster ${s.clusterId}`, ...s.hsms.map((h) => statusLine(h, s.activated)),
+          ...(!s.activated ? [notActivatedLine(dir)] : s.syncUnproven ? [`in sync: unproven: ${s.syncUnproven}`] : []),
+          `backups: ${s.backups}${s.latestBackup ? ` (latest ${s.latestBackup})` : ''}`, '',
+        ].join('\n'));
       });
       if (s.hsms.every((h) => !h.up)) process.exitCode = 1;
     });

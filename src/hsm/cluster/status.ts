@@ -35,6 +35,8 @@ export interface HsmStatus {
 /** The whole cluster's status. */
 export interface ClusterStatus {
   clusterId: string;
+  /** False until `cluster activate`: until then the HSMs' states differ by design (each salted the one-time password itself). */
+  activated: boolean;
   hsms: HsmStatus[];
   /** Why no HSM can be called in sync (peers unreachable, or a disagreement nothing settles); absent when proven. */
   syncUnproven?: string;
@@ -65,10 +67,11 @@ export async function clusterStatus(dir: string, timeoutMs = 3000): Promise<Clus
       conn?.destroy();
     }
   }));
-  const unproven = applySyncVerdict(hsms, m.hsms.map((h) => h.id));
+  // Before activation the HSMs differ by design: no verdict; status says the cluster is not activated yet.
+  const unproven = m.activated ? applySyncVerdict(hsms, m.hsms.map((h) => h.id)) : undefined;
   const backups = await listBackups(dir);
   const last = backups.at(-1);
-  return { clusterId: m.clusterId, hsms, ...(unproven ? { syncUnproven: unproven } : {}), backups: backups.length, ...(last ? { latestBackup: last.file } : {}) };
+  return { clusterId: m.clusterId, activated: m.activated, hsms, ...(unproven ? { syncUnproven: unproven } : {}), backups: backups.length, ...(last ? { latestBackup: last.file } : {}) };
 }
 
 /**
