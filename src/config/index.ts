@@ -13,13 +13,27 @@ export { validateConfig, type ValidateOptions } from './validate.js';
 
 /** Parses YAML text and validates it; `source` names the file in error messages. */
 export function parseConfig(text: string, opts: ValidateOptions = {}): Config {
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
-    const where = e.linePos ? `line ${e.linePos[0].line}, column ${e.linePos[0].col}: ` : '';
-    throw new ConfigSyntaxError(opts.source ?? 'config', `${where}${e.message.split('\n')[0]}`);
+    const where = `${position(text, e.pos[0])}: `;
+    // The parser's own "at line L, column C:" (and the excerpt after it) would repeat the position.
+    const what = e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '').replace(/:$/, '');
+    throw new ConfigSyntaxError(opts.source ?? 'config', `${where}${what}`);
   }
   return validateConfig(doc.toJS(), opts);
+}
+
+/**
+ * "line L, column C" of the character at `offset`. An error found at the end of the text (an
+ * unclosed bracket, say) is placed after the last character, not on a line the file lacks.
+ */
+function position(text: string, offset: number): string {
+  const end = text.replace(/\n+$/, '').length;
+  const at = Math.min(offset, end);
+  const before = text.slice(0, at);
+  const line = before.split('\n').length;
+  return `line ${line}, column ${at - (before.lastIndexOf('\n') + 1) + 1}`;
 }
 
 /**
