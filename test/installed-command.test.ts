@@ -66,3 +66,13 @@ t.test('the linked command runs from another directory, from dist/ only', async 
   t.ok(all.some((u) => /\/dist\/src\/hsm\/cluster\/node-process\.js$/.test(u)), 'the node ran its built entry');
   t.same(all.filter((u) => /\/node_modules\/tsx\/|\/src\/.*\.ts$/.test(u)), [], 'no tsx and no TypeScript source, in any process');
 });
+
+t.test("README installs the command and gives the quick start a directory of its own", async (t) => {
+  const readme = await readFile(join(repoRoot, 'README.md'), 'utf8');
+  t.match(readme, /## Two commands\n\n```sh\nnpm install && npm start {5}# install, then start the proxy on the embedded default\nnpm test {21}# lint, type-check and run the test suite\n```/, 'the two commands, unchanged');
+  t.match(readme, /`npm link` \(or `npm install -g \.`\)/, 'the command is installed');
+  const quick = /### Quick start with one HSM[\s\S]*?```sh\n([\s\S]*?)```/.exec(readme)?.[1] ?? '';
+  t.notMatch(quick, /alias hsmproxy|npm run/, 'no alias that fails outside the clone');
+  t.match(quick, /^mkdir (\S+) && cd \1$/m, 'its own directory');
+  t.notMatch(quick, /HSMPROXY_DIR=\S*\/data\b/, "not ./data, which npm start's demo uses");
+});
