@@ -55,7 +55,7 @@ async function measure(client: TlsLoadClient, base: Omit<TlsBenchPoint, 'perSeco
     if (r.resumed < r.connections * 0.95) throw new Error(`${base.server} ${base.key}: only ${r.resumed} of ${r.connections} handshakes resumed; the resumed figures would be full handshakes`);
   }
   const where = `${base.hsms ? ` ${base.hsms} HSM ${base.profile}` : ''}${threads !== THREADS ? ` x${threads}` : ''}${base.serverFlight ? ` ${base.serverFlight}` : ''}`;
-  console.log(`${(base.server + where).padEnd(36)} ${base.key.padEnd(8)} ${base.mode.padEnd(8)} ${p.perSecond.toFixed(0).padStart(6)}/s  p50 ${r.latencyMs.p50.toFixed(2)} p99 ${r.latencyMs.p99.toFixed(2)} ms  server CPU ${p.serverCpuMsPerHandshake.toFixed(2)} ms${p.hsmCpuMsPerHandshake !== undefined ? ` + HSMs ${p.hsmCpuMsPerHandshake.toFixed(2)} ms` : ''}${r.errors ? `  ${r.errors} errors` : ''}`);
+  console.log(`${(base.server + where).padEnd(36)} ${base.key.padEnd(8)} ${base.mode.padEnd(8)} ${p.perSecond.toFixed(0).padStart(6)}/s  p50 ${r.latencyMs.p50.toFixed(2)} p99 ${r.latencyMs.p99.toFixed(2)} ms  server CPU ${p.serverCpuMsPerHandshake.toFixed(2)} ms${p.hsmCpuMsPerHandshake !== undefined ? ` + HSMs ${p.hsmCpuMsPerHandshake.toFixed(2)} ms` : ''}${p.writesPerConnection !== undefined ? `  ${p.writesPerConnection.toFixed(2)} writes` : ''}${r.errors ? `  ${r.errors} errors` : ''}`);
   return p;
 }
 
