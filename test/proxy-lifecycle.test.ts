@@ -27,10 +27,20 @@ function get(h: Harness, agent: https.Agent, path: string): Promise<Got> {
 
 const routeYaml = (up: string) => baseYaml(`  - upstream: [ "{{${up}}}" ]`);
 
+/** Resolves once the proxy has a request in flight (a fixed sleep is too short on a loaded machine). */
+async function requestInFlight(h: Harness): Promise<void> {
+  const gauge = h.registry.getSingleMetric('hsmproxy_http_requests_in_flight');
+  for (let i = 0; i < 400; i++) {
+    if (((await gauge?.get())?.values[0]?.value ?? 0) >= 1) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error('no request reached the proxy within 10 s');
+}
+
 t.test('shutdown lets an in-flight slow request finish, then refuses new connections', async (t) => {
   const h = await startHarness(t, routeYaml('up0'));
   const slow = h.curl('/slow?ms=800');
-  await new Promise((r) => setTimeout(r, 250));
+  await requestInFlight(h);
   const report = await h.proxy.shutdown(5000);
   const r = await slow;
   t.equal(r.status, 200, 'the in-flight request completed');
@@ -43,7 +53,7 @@ t.test('shutdown lets an in-flight slow request finish, then refuses new connect
 t.test('shutdown destroys a request that outlasts the deadline', async (t) => {
   const h = await startHarness(t, routeYaml('up0'));
   const slow = h.curl('/slow?ms=10000');
-  await new Promise((r) => setTimeout(r, 250));
+  await requestInFlight(h);
   const report = await h.proxy.shutdown(300);
   t.equal(report.drained, false);
   t.equal(report.forcedConnections, 1);
