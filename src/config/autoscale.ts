@@ -55,8 +55,9 @@ export function readAutoscale(r: Reader, v: unknown, path: string): AutoscaleCon
   const windowMs = duration(r, o.window, at(path, 'window'), d.windowMs, 1000);
   const intervalMs = duration(r, o.interval, at(path, 'interval'), d.intervalMs, 100);
   const from = r.string(o.from, at(path, 'from'), { def: d.from, oneOf: SOURCES }) as AutoscaleSource | undefined;
-  if (min === undefined || max === undefined || max < min || sloP99Ms === undefined || cooldownMs === undefined || sustainMs === undefined
-    || removeAfterMs === undefined || windowMs === undefined || intervalMs === undefined || !from) return undefined;
+  if (min === undefined || max === undefined || max < min || sloP99Ms === undefined || cooldownMs === undefined
+    || sustainMs === undefined || removeAfterMs === undefined || windowMs === undefined || intervalMs === undefined
+    || !from) return undefined;
   return { enabled, min, max, sloP99Ms, cooldownMs, sustainMs, removeAfterMs, windowMs, intervalMs, from };
 }
 

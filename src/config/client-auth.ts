@@ -13,7 +13,9 @@ export function readClientAuth(r: Reader, v: unknown, path: string): ClientAuthC
   if (!o) return undefined;
   const mode = r.string(o.mode, at(path, 'mode'), { oneOf: CLIENT_AUTH_MODES }) as ClientAuthConfig['mode'] | undefined;
   const caFile = r.file(o.caFile, at(path, 'caFile'), { optional: mode === 'none' || mode === undefined });
-  const names = (key: string) => o[key] === undefined ? undefined : r.list(o[key], at(path, key), (s, p) => r.string(s, p), { minItems: 1 });
+  const names = (key: string) => o[key] === undefined ? undefined : r.list(
+    o[key], at(path, key), (s, p) => r.string(s, p), { minItems: 1 },
+  );
   const allowedSubjects = names('allowedSubjects');
   const allowedSans = names('allowedSans');
   allowedSans?.forEach((s, i) => {

@@ -55,7 +55,9 @@ export class Reader {
   }
 
   /** A string; `oneOf` restricts it to a set. Missing → `def`, or an error when there is no default. */
-  string(v: unknown, path: string, opts: { def?: string; oneOf?: readonly string[]; optional?: boolean } = {}): string | undefined {
+  string(
+    v: unknown, path: string, opts: { def?: string; oneOf?: readonly string[]; optional?: boolean } = {},
+  ): string | undefined {
     if (v === undefined) {
       if (opts.def !== undefined || opts.optional) return opts.def;
       return this.fail(path, opts.oneOf ? `required (one of: ${opts.oneOf.join(', ')})` : 'required (expected a string)');
@@ -75,7 +77,9 @@ export class Reader {
   }
 
   /** An integer within [min, max]. */
-  integer(v: unknown, path: string, opts: { def?: number; min: number; max: number; optional?: boolean; what?: string }): number | undefined {
+  integer(
+    v: unknown, path: string, opts: { def?: number; min: number; max: number; optional?: boolean; what?: string },
+  ): number | undefined {
     if (v === undefined) {
       if (opts.def !== undefined || opts.optional) return opts.def;
       return this.fail(path, `required (expected ${opts.what ?? 'an integer'} from ${opts.min} to ${opts.max})`);
@@ -87,7 +91,10 @@ export class Reader {
   }
 
   /** A list whose items are read by `item`; items that fail are dropped after reporting. */
-  list<T>(v: unknown, path: string, item: (v: unknown, path: string) => T | undefined, opts: { def?: T[]; minItems?: number } = {}): T[] | undefined {
+  list<T>(
+    v: unknown, path: string, item: (v: unknown, path: string) => T | undefined,
+    opts: { def?: T[]; minItems?: number } = {},
+  ): T[] | undefined {
     if (v === undefined) {
       if (opts.def !== undefined) return opts.def;
       return this.fail(path, 'required (expected a list)');

@@ -56,7 +56,9 @@ export interface ListenerConfig {
 export interface UpstreamTimeouts { connectMs: number; responseMs: number; idleMs: number }
 
 /** Active health checking of every target of a pool. */
-export interface HealthCheckConfig { path: string; intervalMs: number; timeoutMs: number; unhealthyAfter: number; healthyAfter: number }
+export interface HealthCheckConfig {
+  path: string; intervalMs: number; timeoutMs: number; unhealthyAfter: number; healthyAfter: number;
+}
 
 /** A named pool of upstream servers. */
 export interface UpstreamConfig {
@@ -92,7 +94,7 @@ export interface HsmConfig {
   manifest?: string;
   /** pkcs11: overrides the module path every key reference records. */
   module?: string;
-  /** pkcs11, without `module`: the modules (absolute paths) key references may name; others are refused, never loaded. */
+  /** pkcs11, without `module`: the modules (absolute paths) key references may name; others are never loaded. */
   allowedModules?: string[];
   /** pkcs11: looks every key up on the token with this label instead of the one its reference records. */
   token?: string;
@@ -108,7 +110,9 @@ export interface HsmConfig {
 export interface AdminConfig { address: string; port: number }
 
 /** Client-side timeouts, in milliseconds. */
-export interface ServerTimeouts { handshakeMs: number; headersMs: number; requestMs: number; idleMs: number; shutdownMs: number }
+export interface ServerTimeouts {
+  handshakeMs: number; headersMs: number; requestMs: number; idleMs: number; shutdownMs: number;
+}
 
 /** A complete, validated hsmproxy configuration. */
 export interface Config {
@@ -161,5 +165,7 @@ export const DEFAULTS = {
   // node:http's and nginx's order of magnitude (16 KiB; nginx 4 x 8 KiB buffers).
   http: { maxHeaderBytes: 16 * 1024, maxHeaders: 100 },
   log: { level: 'info' as LogLevel },
-  timeouts: { handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000 } satisfies ServerTimeouts,
+  timeouts: {
+    handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000,
+  } satisfies ServerTimeouts,
 } as const;

@@ -19,7 +19,7 @@ const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers',
 const MS_MAX = 86_400_000;
 const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
 
-/** Validates `raw` (parsed YAML) and returns the complete Config, or throws ConfigInvalidError listing every bad field. */
+/** Validates `raw` (parsed YAML) into the complete Config, or throws ConfigInvalidError listing every bad field. */
 export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config {
   const r = new Reader(opts.baseDir ?? process.cwd());
   const o = r.object(raw ?? {}, '', TOP_KEYS);
@@ -49,7 +49,8 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   if (demo && !upstreams.demo) r.fail('demo', 'needs upstreams.demo: the address the demo upstream listens on (e.g. { targets: [http://127.0.0.1:8080] })');
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
-  if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts || !trustedProxies || !maxHeaderBytes || !maxHeaders) {
+  if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts
+    || !trustedProxies || !maxHeaderBytes || !maxHeaders) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
   return {
@@ -80,7 +81,8 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
-  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
+  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
+    || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
   return { name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth };
 }
 
@@ -136,7 +138,9 @@ function readUpstream(r: Reader, v: unknown, path: string, name: string): Upstre
       const timeoutMs = r.integer(h.timeoutMs, at(hp, 'timeoutMs'), { def: d.healthCheck.timeoutMs, min: 10, max: MS_MAX, what: 'milliseconds' });
       const unhealthyAfter = r.integer(h.unhealthyAfter, at(hp, 'unhealthyAfter'), { def: d.healthCheck.unhealthyAfter, min: 1, max: 100 });
       const healthyAfter = r.integer(h.healthyAfter, at(hp, 'healthyAfter'), { def: d.healthCheck.healthyAfter, min: 1, max: 100 });
-      if (hpath && intervalMs && timeoutMs && unhealthyAfter && healthyAfter) healthCheck = { path: hpath, intervalMs, timeoutMs, unhealthyAfter, healthyAfter };
+      if (hpath && intervalMs && timeoutMs && unhealthyAfter && healthyAfter) {
+        healthCheck = { path: hpath, intervalMs, timeoutMs, unhealthyAfter, healthyAfter };
+      }
     }
   }
   const timeouts = readMsFields<UpstreamTimeouts>(r, o.timeouts, at(path, 'timeouts'), d.timeouts);
@@ -146,7 +150,9 @@ function readUpstream(r: Reader, v: unknown, path: string, name: string): Upstre
   return { name, targets, balance, timeouts, maxConnections, maxQueue, ...(healthCheck ? { healthCheck } : {}) };
 }
 
-function readRoute(r: Reader, v: unknown, path: string, upstreams: Record<string, UpstreamConfig>): RouteConfig | undefined {
+function readRoute(
+  r: Reader, v: unknown, path: string, upstreams: Record<string, UpstreamConfig>,
+): RouteConfig | undefined {
   const o = r.object(v, path, ['name', 'host', 'pathPrefix', 'upstream', 'timeouts']);
   if (!o) return undefined;
   const host = r.string(o.host, at(path, 'host'), { optional: true })?.toLowerCase();

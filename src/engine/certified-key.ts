@@ -51,7 +51,9 @@ export interface LoadedCertifiedKey extends CertifiedKey {
 }
 
 /** Loads `key` (a reference file) and `chainFile`, and checks that they belong together. */
-export async function loadCertifiedKey(engine: Engine, key: string, chainFile: string, opts: SignerOptions = {}): Promise<LoadedCertifiedKey> {
+export async function loadCertifiedKey(
+  engine: Engine, key: string, chainFile: string, opts: SignerOptions = {},
+): Promise<LoadedCertifiedKey> {
   const chain = await readChain(chainFile);
   const signer = await engine.signer(key, opts);
   const leaf = chain[0]!;

@@ -33,7 +33,9 @@ export function parseCredentials(text: string, source: string, allowPlainPin = f
  * A credentials file must be a regular file (not a symbolic link) owned by the user running
  * hsmproxy and neither readable nor writable by group or others.
  */
-export async function loadCredentials(opts: { env?: NodeJS.ProcessEnv; file?: string; allowPlainPin?: boolean } = {}): Promise<Credentials> {
+export async function loadCredentials(
+  opts: { env?: NodeJS.ProcessEnv; file?: string; allowPlainPin?: boolean } = {},
+): Promise<Credentials> {
   const env = opts.env ?? process.env;
   const file = opts.file ?? env.HSMPROXY_CREDENTIALS;
   if (file) return parseCredentials(await readCredentialsFile(file), `credentials file ${file}`, opts.allowPlainPin);

@@ -116,7 +116,10 @@ export class Engine {
     const backend = this.owners.get(handle);
     if (!backend) throw new UnsupportedError(`key ${handle.keyId} was not resolved through this engine`);
     const gates = opts.admission ? [opts.admission, this.admission] : [this.admission];
-    return new EngineSigner({ backend, key: handle, gates, verify: opts.verify ?? this.verify, timeoutMs: opts.signTimeoutMs ?? this.signTimeoutMs });
+    return new EngineSigner({
+      backend, key: handle, gates, verify: opts.verify ?? this.verify,
+      timeoutMs: opts.signTimeoutMs ?? this.signTimeoutMs,
+    });
   }
 
   /** The WebCrypto provider whose sign for HSM keys goes to the HSM. */

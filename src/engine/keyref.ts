@@ -178,7 +178,9 @@ function decodeRsa(der: Buffer, file: string): KeyRef {
 
 function ecBinding(blob: Buffer, size: number): Buffer {
   const digest = createHash('sha512').update(blob).digest();
-  return Buffer.concat([KEYREF_MAGIC, Buffer.from([KEYREF_VERSION]), digest.subarray(0, size - KEYREF_MAGIC.length - 1)]);
+  return Buffer.concat([
+    KEYREF_MAGIC, Buffer.from([KEYREF_VERSION]), digest.subarray(0, size - KEYREF_MAGIC.length - 1),
+  ]);
 }
 
 function ecPoint(key: KeyObject): Buffer {
@@ -297,7 +299,9 @@ export async function readKeyRef(path: string): Promise<KeyRef> {
  * Writes a key reference file for a key (a KeyRef, or a backend key handle carrying one).
  * Refuses to overwrite an existing file unless `overwrite` is set. Returns the PEM written.
  */
-export async function writeKeyReference(key: KeyRef | { readonly ref?: KeyRef; readonly keyId: string }, path: string, opts: { overwrite?: boolean } = {}): Promise<string> {
+export async function writeKeyReference(
+  key: KeyRef | { readonly ref?: KeyRef; readonly keyId: string }, path: string, opts: { overwrite?: boolean } = {},
+): Promise<string> {
   const ref = 'backend' in key && 'publicKey' in key && !('algorithm' in key) ? (key as KeyRef) : (key as { ref?: KeyRef }).ref;
   if (!ref) throw new UnsupportedError(`key ${key.keyId} has no key reference (soft keys live in a file, not an HSM)`);
   const pem = formatKeyRef(ref);

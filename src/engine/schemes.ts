@@ -51,12 +51,17 @@ export function nodeKeyOptions(key: KeyObject, m: Mechanism, dsaEncoding: 'der' 
 /** Signs with node:crypto off the event loop (libuv thread pool). */
 export function nodeSignAsync(privateKey: KeyObject, m: Mechanism, data: Buffer, dsaEncoding: 'der' | 'ieee-p1363' = 'der'): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    nodeSign(mechanismHash(m), data, nodeKeyOptions(privateKey, m, dsaEncoding), (err, sig) => (err ? reject(err) : resolve(sig)));
+    nodeSign(
+      mechanismHash(m), data, nodeKeyOptions(privateKey, m, dsaEncoding),
+      (err, sig) => (err ? reject(err) : resolve(sig)),
+    );
   });
 }
 
 /** Verifies off the event loop (libuv thread pool): verify-after-sign must not stall handshakes. */
-export function verifySignatureAsync(publicKey: KeyObject, m: Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {
+export function verifySignatureAsync(
+  publicKey: KeyObject, m: Mechanism, data: Buffer, signature: Buffer,
+): Promise<boolean> {
   const alg = mechanismAlgorithm(m);
   return alg ? verifyAlgorithmAsync(publicKey, alg, data, signature) : Promise.resolve(false);
 }

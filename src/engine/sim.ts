@@ -7,7 +7,8 @@ import { keyAlgorithmOf, type KeyAlgorithm, type Mechanism } from './algorithm.j
 import type { Backend, GenerateSpec, KeyHandle, KeyInfo, SignOptions } from './backend.js';
 import type { Credentials } from './credentials.js';
 import {
-  AbortedError, BackendError, BadCredentialsError, ClosedError, EngineError, KeyMismatchError, KeyNotFoundError, OtherClusterError, UnsupportedError,
+  AbortedError, BackendError, BadCredentialsError, ClosedError, EngineError, KeyMismatchError, KeyNotFoundError,
+  OtherClusterError, UnsupportedError,
 } from './errors.js';
 import { toPublicKey, type KeyRef, type SimKeyRef } from './keyref.js';
 
@@ -103,7 +104,9 @@ export class SimBackend implements Backend {
   async resolve(ref: KeyRef): Promise<KeyHandle> {
     const file = ref.source ?? 'the key reference';
     if (ref.backend !== 'sim') throw new UnsupportedError(`${file} names a ${ref.backend} key, not a key in the simulated cluster`);
-    if (normaliseClusterId(ref.clusterId) !== normaliseClusterId(this.clusterId)) throw new OtherClusterError(file, ref.clusterId, this.clusterId);
+    if (normaliseClusterId(ref.clusterId) !== normaliseClusterId(this.clusterId)) {
+      throw new OtherClusterError(file, ref.clusterId, this.clusterId);
+    }
     await this.login();
     const what = `key ${ref.keyId} ("${ref.label}") named by ${file}`;
     const handle = await this.handleFor(ref.keyId, ref.label, what, ref);
@@ -158,7 +161,9 @@ export class SimBackend implements Backend {
     await this.login();
     let id: string;
     try {
-      ({ id } = await this.client.generateKeyPair({ algorithm: spec.algorithm, label: spec.label, session: spec.session ?? false }));
+      ({ id } = await this.client.generateKeyPair({
+        algorithm: spec.algorithm, label: spec.label, session: spec.session ?? false,
+      }));
     } catch (err) {
       throw mapSimError(err, `new key "${spec.label}"`);
     }

@@ -30,7 +30,10 @@ export class HsmCryptoKey {
     const alg = signer.algorithm;
     this.algorithm = alg.type === 'ec'
       ? { name: 'ECDSA', namedCurve: alg.curve }
-      : { name: algorithm.name, hash: { name: algorithm.hash }, modulusLength: alg.bits, publicExponent: new Uint8Array([1, 0, 1]) };
+      : {
+        name: algorithm.name, hash: { name: algorithm.hash }, modulusLength: alg.bits,
+        publicExponent: new Uint8Array([1, 0, 1]),
+      };
   }
 }
 
@@ -123,7 +126,9 @@ export class EngineCrypto {
   }
 
   /** Both halves for @peculiar/x509's `keys` parameter. */
-  async keyPair(signer: EngineSigner, algorithm: WebSigningAlgorithm): Promise<{ privateKey: HsmCryptoKey; publicKey: CryptoKey }> {
+  async keyPair(
+    signer: EngineSigner, algorithm: WebSigningAlgorithm,
+  ): Promise<{ privateKey: HsmCryptoKey; publicKey: CryptoKey }> {
     return { privateKey: this.privateKey(signer, algorithm), publicKey: await this.publicKey(signer, algorithm) };
   }
 }

@@ -69,7 +69,7 @@ export interface AdvisorConfig {
   minSigns: number;
 }
 
-/** Defaults: the issue's figures (min 2, SLO 20 ms, 5 min sustained, 30 min idle before removing). */
+/** Defaults: min 2 HSMs, SLO 20 ms, 5 min sustained before adding, 30 min idle before removing. */
 export const ADVISOR_DEFAULTS: AdvisorConfig = {
   min: 2, max: 8, sloP99Ms: 20, cooldownMs: 600_000, sustainMs: 300_000, removeSustainMs: 1_800_000,
   removeBelow: 0.3, targetUtilisation: 0.7, keysHighWater: 0.9, minSigns: 20,
@@ -98,7 +98,7 @@ export interface Recommendation {
   currentHsms: number;
   healthyHsms: number;
   targetHsms: number;
-  /** One line for people, e.g. `add 1 HSM: p99 sign latency 38 ms (SLO 20 ms) for 5 min, utilisation 0.91 on 2 HSMs`. */
+  /** One line for people: `add 1 HSM: p99 sign latency 38 ms (SLO 20 ms) for 5 min, utilisation 0.91 on 2 HSMs`. */
   reason: string;
   atMs: number;
 }
@@ -114,7 +114,9 @@ const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' 
 const ms = (v: number): string => (v >= 10 ? `${Math.round(v)} ms` : `${v.toFixed(1)} ms`);
 
 /** Turns window statistics and the previous state into a recommendation and the next state. */
-export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConfig): { recommendation: Recommendation; state: AdvisorState } {
+export function advise(
+  stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConfig,
+): { recommendation: Recommendation; state: AdvisorState } {
   const now = stats.atMs;
   const current = stats.hsms.length;
   const up = stats.hsms.filter((h) => h.up);
@@ -137,7 +139,8 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
   const slow = stats.signs >= cfg.minSigns && p99 !== undefined && p99 > cfg.sloP99Ms;
   // Slow signs are the HSMs' doing only if requests queue for crypto units (or the units are
   // busy); time spent elsewhere (network, this proxy's CPU) is not cured by another HSM.
-  const queueing = stats.queueP99Ms === undefined || stats.queueP99Ms >= cfg.sloP99Ms * QUEUE_SHARE || maxUtil >= BUSY_UTILISATION;
+  const queueing = stats.queueP99Ms === undefined || stats.queueP99Ms >= cfg.sloP99Ms * QUEUE_SHARE
+    || maxUtil >= BUSY_UTILISATION;
   const latencyHigh = slow && queueing;
   const pressure = latencyHigh || stats.busyRejections > 0;
   const idle = healthy > 0 && maxUtil < cfg.removeBelow && !pressure && !slow;
@@ -199,7 +202,8 @@ export function advise(stats: ScalingStats, prev: AdvisorState, cfg: AdvisorConf
   }
 
   // 5. Idle for long, and the others would still be comfortably below the add threshold.
-  if (idle && held(state.idleSince) >= cfg.removeSustainMs && current - 1 >= cfg.min && healthy === current && !cooling) {
+  const removable = current - 1 >= cfg.min && healthy === current && !cooling;
+  if (idle && held(state.idleSince) >= cfg.removeSustainMs && removable) {
     const projected = sumUtil / (current - 1);
     if (projected < cfg.targetUtilisation) {
       const remain = current - 1 === 1 ? '1 HSM remains' : `${current - 1} HSMs remain`;

@@ -1,16 +1,20 @@
-// Every hsmproxy metric, defined here and nowhere else (names from DESIGN.md "Metrics").
+// Every hsmproxy metric, defined here and nowhere else (names from docs/design.md "Metrics").
 // Label sets are small and bounded: HSM ids, configured routes and upstream targets, fixed enums.
 // `aggregator` says how the primary combines workers (workers: N): counts and histograms add up,
 // but every worker sees the same HSM or certificate, so those gauges take the min or max.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 /** Seconds from 50 µs doubling to ~6.5 s: resolves a fast HSM sign and a stalled upstream alike. */
-export const LATENCY_BUCKETS: number[] = Array.from({ length: 18 }, (_, i) => Number((0.00005 * 2 ** i).toPrecision(6)));
+export const LATENCY_BUCKETS: number[] = Array.from(
+  { length: 18 }, (_, i) => Number((0.00005 * 2 ** i).toPrecision(6)),
+);
 
 /** The per-HSM key limit of the modelled hardware (CloudHSM: 3,500 keys, token + session). */
 export const HSM_KEYS_LIMIT = 3500;
 
-function histogram<L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[]): Histogram<L> {
+function histogram<L extends string>(
+  registry: Registry, name: string, help: string, labelNames: readonly L[],
+): Histogram<L> {
   return new Histogram({ name, help, labelNames, buckets: LATENCY_BUCKETS, registers: [registry] });
 }
 

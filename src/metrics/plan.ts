@@ -65,7 +65,10 @@ export function planCapacity(p: PlanInput): CapacityPlan {
   if (signsPerSec > 0 && (hsms - 1) * p.perHsmSignsPerSec <= signsPerSec) reasons.push(`with one HSM down the rest would be at or over capacity: ${Math.floor(signsPerSec / p.perHsmSignsPerSec) + 2} HSMs survive the loss of one`);
   const overClusterLimit = hsms > MAX_CLUSTER_HSMS;
   if (overClusterLimit) reasons.push(`${hsms} HSMs is over the ${MAX_CLUSTER_HSMS} a cluster may hold: split the listeners' keys over several clusters`);
-  return { hsms, signsPerSec, perHsmSignsPerSec: p.perHsmSignsPerSec, usablePerHsm, hsmsAtFullCapacity: signsPerSec / p.perHsmSignsPerSec, utilisation, limitedBy, overClusterLimit, reasons };
+  return {
+    hsms, signsPerSec, perHsmSignsPerSec: p.perHsmSignsPerSec, usablePerHsm,
+    hsmsAtFullCapacity: signsPerSec / p.perHsmSignsPerSec, utilisation, limitedBy, overClusterLimit, reasons,
+  };
 }
 
 /** The `bench hsm` operation that measures signing with a key type (any padding). */
@@ -80,7 +83,9 @@ interface BenchPointLike { op?: unknown; hsms?: unknown; concurrency?: unknown; 
  * Per-HSM signs/s for `keyType` from a `bench hsm --json` document: the best point of a
  * matching `sign-…` operation, divided by the HSMs it ran on. Undefined when none matches.
  */
-export function capacityFromBench(doc: unknown, keyType: PlanKeyType): { perHsmSignsPerSec: number; source: string } | undefined {
+export function capacityFromBench(
+  doc: unknown, keyType: PlanKeyType,
+): { perHsmSignsPerSec: number; source: string } | undefined {
   const root = doc as { points?: unknown; scaling?: unknown } | null;
   const lists = [root?.points, root?.scaling].filter(Array.isArray) as BenchPointLike[][];
   const prefix = benchOpPrefix(keyType);

@@ -49,12 +49,17 @@ const num = (v: VectorSample | undefined): number | undefined => {
 const range = (ms: number): string => `${Math.max(1, Math.round(ms / 1000))}s`;
 
 /** Window stats and the sustained-state the advisor needs, from Prometheus. */
-export async function scalingFromPrometheus(base: string, cfg: AdvisorConfig, windowMs: number): Promise<{ stats: ScalingStats; state: AdvisorState }> {
+export async function scalingFromPrometheus(
+  base: string, cfg: AdvisorConfig, windowMs: number,
+): Promise<{ stats: ScalingStats; state: AdvisorState }> {
   const w = range(windowMs);
   const sign = 'hsmproxy_hsm_request_duration_seconds_bucket{op="sign"}';
   const q = (promql: string) => queryPrometheus(base, promql);
   const p99Of = (metric: string, r: string) => `histogram_quantile(0.99, sum by (le) (rate(${metric}[${r}])))`;
-  const [p50, p99, qp50, qp99, signs, busy, util, up, keys, keysMax, full, resumed, sustainedP99, sustainedBusy, idleMax, changes] = await Promise.all([
+  const [
+    p50, p99, qp50, qp99, signs, busy, util, up, keys, keysMax, full, resumed, sustainedP99, sustainedBusy, idleMax,
+    changes,
+  ] = await Promise.all([
     q(`histogram_quantile(0.5, sum by (le) (rate(${sign}[${w}])))`),
     q(p99Of(sign, w)),
     q(`histogram_quantile(0.5, sum by (le) (rate(hsmproxy_hsm_queue_wait_seconds_bucket{op="sign"}[${w}])))`),
@@ -97,7 +102,8 @@ export async function scalingFromPrometheus(base: string, cfg: AdvisorConfig, wi
   const now = Date.now();
   const stats: ScalingStats = {
     atMs: now, windowMs, hsms, signs: Math.round(num(signs[0]) ?? 0), busyRejections: Math.round(num(busy[0]) ?? 0),
-    handshakesPerSec: fullRate + resumedRate, resumedShare: fullRate + resumedRate > 0 ? resumedRate / (fullRate + resumedRate) : 0,
+    handshakesPerSec: fullRate + resumedRate,
+    resumedShare: fullRate + resumedRate > 0 ? resumedRate / (fullRate + resumedRate) : 0,
   };
   for (const [key, v] of [['signP50Ms', p50], ['signP99Ms', p99], ['queueP50Ms', qp50], ['queueP99Ms', qp99]] as const) {
     const x = ms(v);
@@ -106,7 +112,9 @@ export async function scalingFromPrometheus(base: string, cfg: AdvisorConfig, wi
   // Prometheus already watched for us: conditions that held over the whole period start the clocks then.
   const state: AdvisorState = { hsms: hsms.length, healthy: hsms.filter((h) => h.up).length };
   const lowest = ms(sustainedP99);
-  if ((lowest !== undefined && lowest > cfg.sloP99Ms) || (num(sustainedBusy[0]) ?? 0) > 0) state.pressureSince = now - cfg.sustainMs;
+  if ((lowest !== undefined && lowest > cfg.sloP99Ms) || (num(sustainedBusy[0]) ?? 0) > 0) {
+    state.pressureSince = now - cfg.sustainMs;
+  }
   const peak = num(idleMax[0]);
   if (peak !== undefined && peak < cfg.removeBelow) state.idleSince = now - cfg.removeSustainMs;
   // The HSM count changed within the cool-down: when exactly is not known; assume one window ago.

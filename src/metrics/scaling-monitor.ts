@@ -25,7 +25,10 @@ const FORGET_MS = 10_000;
 const MINUTE = 60_000;
 
 /** Windowed figures per span, for the /scaling answer and gauges. */
-export interface WindowFigures { signs: number; signP50Ms?: number; signP99Ms?: number; queueP50Ms?: number; queueP99Ms?: number; busyRejections: number }
+export interface WindowFigures {
+  signs: number; signP50Ms?: number; signP99Ms?: number; queueP50Ms?: number; queueP99Ms?: number;
+  busyRejections: number;
+}
 
 /** Collects what the advisor decides from, off the diagnostics channels. */
 export class ScalingMonitor {
@@ -42,7 +45,9 @@ export class ScalingMonitor {
   constructor(private readonly opts: ScalingMonitorOptions = {}) {
     this.windowMs = opts.windowMs ?? MINUTE;
     const span = Math.max(this.windowMs, 5 * MINUTE);
-    for (const w of new Set([this.windowMs, MINUTE, 5 * MINUTE])) this.latency.set(w, { rtt: new LatencyWindow(w), queue: new LatencyWindow(w) });
+    for (const w of new Set([this.windowMs, MINUTE, 5 * MINUTE])) {
+      this.latency.set(w, { rtt: new LatencyWindow(w), queue: new LatencyWindow(w) });
+    }
     this.busy = new CountWindow(span);
     this.full = new CountWindow(span);
     this.resumed = new CountWindow(span);
@@ -77,7 +82,8 @@ export class ScalingMonitor {
   /** Records one HSM state report. */
   onState(e: HsmStateEvent): void {
     const prev = this.hsms.get(e.hsm);
-    const keys = e.keysToken !== undefined || e.keysSession !== undefined ? (e.keysToken ?? 0) + (e.keysSession ?? 0) : prev?.keys;
+    const reported = e.keysToken !== undefined || e.keysSession !== undefined;
+    const keys = reported ? (e.keysToken ?? 0) + (e.keysSession ?? 0) : prev?.keys;
     this.hsms.set(e.hsm, {
       up: e.up, seenAt: this.now(),
       utilisation: e.utilisation ?? prev?.utilisation, keys, keysMax: e.keysMax ?? prev?.keysMax,

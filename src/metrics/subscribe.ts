@@ -10,7 +10,9 @@ export function recordHandshake(m: HsmproxyMetrics, e: TlsHandshakeEvent): void 
   m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '' });
   if (e.result !== 'ok') return;
   const keyType = e.keyType || 'none';
-  m.tlsHandshakeDuration.observe({ version: e.version, key_type: keyType, resumed: String(e.resumed) }, seconds(e.durationMs));
+  m.tlsHandshakeDuration.observe(
+    { version: e.version, key_type: keyType, resumed: String(e.resumed) }, seconds(e.durationMs),
+  );
   // A resumed handshake signs nothing; its zero wait would only dilute the signal.
   if (!e.resumed) m.tlsSignWait.observe({ version: e.version, key_type: keyType }, seconds(e.signWaitMs));
 }

@@ -9,7 +9,9 @@ import { certPem, profileExtensions, randomSerial, selfSign, subjectKeyId, valid
 import type { SigningKey } from './signing-key.js';
 
 /** Creates a self-signed CA certificate for an HSM key. */
-export async function caInit(key: SigningKey, opts: { subject: string; days: number; pathLength?: number }): Promise<x509.X509Certificate> {
+export async function caInit(
+  key: SigningKey, opts: { subject: string; days: number; pathLength?: number },
+): Promise<x509.X509Certificate> {
   return selfSign(key, { subject: opts.subject, days: opts.days, profile: 'ca', pathLength: opts.pathLength });
 }
 
@@ -80,7 +82,11 @@ export async function caSign(key: SigningKey, opts: CaSignOptions): Promise<CaSi
   await verifyCsr(opts.csr, opts.csrFile);
   const sans = csrSans(opts.csr);
   const caSki = opts.caCert.getExtension(x509.SubjectKeyIdentifierExtension);
-  const aki = caSki ? new x509.AuthorityKeyIdentifierExtension(caSki.keyId, false) : await x509.AuthorityKeyIdentifierExtension.create(opts.caCert.publicKey, false, webcrypto as Parameters<typeof x509.AuthorityKeyIdentifierExtension.create>[2]);
+  const aki = caSki
+    ? new x509.AuthorityKeyIdentifierExtension(caSki.keyId, false)
+    : await x509.AuthorityKeyIdentifierExtension.create(
+      opts.caCert.publicKey, false, webcrypto as Parameters<typeof x509.AuthorityKeyIdentifierExtension.create>[2],
+    );
   const keyType = opts.csr.publicKey.algorithm.name === 'ECDSA' ? 'ec' : 'rsa';
   const extensions = [...profileExtensions(opts.profile, keyType), await subjectKeyId(opts.csr.publicKey), aki];
   if (sans.length) extensions.push(new x509.SubjectAlternativeNameExtension(sans));

@@ -39,12 +39,18 @@ export function validity(days: number, notAfterCap?: Date): { notBefore: Date; n
 export function profileExtensions(profile: Profile, keyType: 'rsa' | 'ec', pathLength?: number): x509.Extension[] {
   const F = x509.KeyUsageFlags;
   if (profile === 'ca') {
-    return [new x509.BasicConstraintsExtension(true, pathLength, true), new x509.KeyUsagesExtension(F.keyCertSign | F.cRLSign | F.digitalSignature, true)];
+    return [
+      new x509.BasicConstraintsExtension(true, pathLength, true),
+      new x509.KeyUsagesExtension(F.keyCertSign | F.cRLSign | F.digitalSignature, true),
+    ];
   }
   // keyEncipherment only means something for RSA (TLS 1.2 RSA key exchange); harmless and expected there.
   const usage = keyType === 'rsa' ? F.digitalSignature | F.keyEncipherment : F.digitalSignature;
   const eku = profile === 'server' ? x509.ExtendedKeyUsage.serverAuth : x509.ExtendedKeyUsage.clientAuth;
-  return [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(usage, true), new x509.ExtendedKeyUsageExtension([eku], false)];
+  return [
+    new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(usage, true),
+    new x509.ExtendedKeyUsageExtension([eku], false),
+  ];
 }
 
 const provider = webcrypto as Parameters<typeof x509.SubjectKeyIdentifierExtension.create>[2];
@@ -70,7 +76,10 @@ export async function selfSign(key: SigningKey, opts: SelfSignOptions): Promise<
   const sans = parseSans(opts.sans ?? []);
   const profile = opts.profile ?? 'server';
   const ski = await subjectKeyId(key.publicKey);
-  const extensions = [...profileExtensions(profile, key.signer.keyType, opts.pathLength), ski, new x509.AuthorityKeyIdentifierExtension(ski.keyId, false)];
+  const extensions = [
+    ...profileExtensions(profile, key.signer.keyType, opts.pathLength), ski,
+    new x509.AuthorityKeyIdentifierExtension(ski.keyId, false),
+  ];
   if (sans.length) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
   return x509.X509CertificateGenerator.create(
     {

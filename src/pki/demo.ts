@@ -46,7 +46,9 @@ async function reusable(engine: Engine, f: DemoPkiFiles): Promise<boolean> {
   }
 }
 
-async function newKey(engine: Engine, backend: Backend, algorithm: KeyAlgorithm, label: string, refPath: string): Promise<SigningKey> {
+async function newKey(
+  engine: Engine, backend: Backend, algorithm: KeyAlgorithm, label: string, refPath: string,
+): Promise<SigningKey> {
   const handle = engine.adopt(await backend.generateKeyPair({ algorithm, label }), backend);
   await writeKeyReference(handle, refPath, { overwrite: true });
   return signingKey(await engine.signer(handle), engine.webcrypto());
@@ -56,7 +58,9 @@ async function newKey(engine: Engine, backend: Backend, algorithm: KeyAlgorithm,
  * Makes (or reuses) the dev CA and the localhost certificates in `dir`, keys in the HSM behind
  * `backend`. Returns the files and whether they were created by this call.
  */
-export async function ensureDemoPki(engine: Engine, backend: Backend, dir: string, opts: { days?: number; names?: readonly string[] } = {}): Promise<{ files: DemoPkiFiles; created: boolean }> {
+export async function ensureDemoPki(
+  engine: Engine, backend: Backend, dir: string, opts: { days?: number; names?: readonly string[] } = {},
+): Promise<{ files: DemoPkiFiles; created: boolean }> {
   const files = demoPkiFiles(dir);
   if (await reusable(engine, files)) return { files, created: false };
   await mkdir(dir, { recursive: true });

@@ -26,7 +26,9 @@ export function signingParamsFor(alg: KeyAlgorithm, opts: { pss?: boolean } = {}
 }
 
 /** Wraps an engine signer for pki/: `pss` asks for RSASSA-PSS with an RSA key (ignored for EC). */
-export async function signingKey(signer: EngineSigner, crypto: EngineCrypto, opts: { pss?: boolean } = {}): Promise<SigningKey> {
+export async function signingKey(
+  signer: EngineSigner, crypto: EngineCrypto, opts: { pss?: boolean } = {},
+): Promise<SigningKey> {
   const params = signingParamsFor(signer.algorithm, opts);
   const { privateKey, publicKey } = await crypto.keyPair(signer, { name: params.name, hash: params.hash });
   return { signer, crypto, params, privateKey, publicKey };

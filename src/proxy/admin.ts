@@ -19,7 +19,10 @@ export type ScalingSource = () => unknown;
 export class AdminServer {
   private readonly server: http.Server;
 
-  constructor(private readonly source: MetricsSource, private readonly readiness: ReadinessCheck, private readonly scaling?: ScalingSource) {
+  constructor(
+    private readonly source: MetricsSource, private readonly readiness: ReadinessCheck,
+    private readonly scaling?: ScalingSource,
+  ) {
     this.server = http.createServer((req, res) => void this.handle(req, res));
     this.server.keepAliveTimeout = 5_000;
   }

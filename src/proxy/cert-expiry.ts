@@ -30,5 +30,7 @@ export async function recordCertificateExpiry(m: HsmproxyMetrics, listeners: rea
   const expiries = await readCertificateExpiry(listeners);
   // Reset first, so a certificate replaced by a reload stops being reported (and alerted on).
   m.certificateNotAfter.reset();
-  for (const e of expiries) m.certificateNotAfter.set({ listener: e.listener, subject: e.subject, serial: e.serial }, e.notAfterSeconds);
+  for (const e of expiries) {
+    m.certificateNotAfter.set({ listener: e.listener, subject: e.subject, serial: e.serial }, e.notAfterSeconds);
+  }
 }

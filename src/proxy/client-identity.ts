@@ -7,7 +7,7 @@ import type { TlsSocketLike } from './listener.js';
 
 /** What the proxy knows about the client certificate of one connection. */
 export interface ClientIdentity {
-  /** SUCCESS: verified certificate; NONE: no certificate; FAILED: presented but not verified (node:tls optional mode). */
+  /** SUCCESS: verified certificate; NONE: none; FAILED: presented but not verified (node:tls optional mode). */
   verify: 'SUCCESS' | 'NONE' | 'FAILED';
   subject?: string;
   sans?: string[];

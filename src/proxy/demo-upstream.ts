@@ -52,7 +52,9 @@ function handle(name: string, req: http.IncomingMessage, res: http.ServerRespons
 }
 
 /** Starts the demo upstream on `host:port` (port 0 picks a free one); `name` is echoed back as `upstream`. */
-export async function startDemoUpstream(opts: { host?: string; port?: number; name?: string } = {}): Promise<DemoUpstream> {
+export async function startDemoUpstream(
+  opts: { host?: string; port?: number; name?: string } = {},
+): Promise<DemoUpstream> {
   const host = opts.host ?? '127.0.0.1';
   const name = opts.name ?? 'demo';
   const server = http.createServer((req, res) => handle(name, req, res));

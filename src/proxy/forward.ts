@@ -171,7 +171,10 @@ export class Forwarder implements Http1Handler {
 
   /** Sends to `target`; a refused connection is retried once per target when the request has no body. */
   /** @internal Sends to `target`; a refused connection is retried once per target when the request has no body. */
-  send(ex: Exchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[], tried: Set<UpstreamTarget>): void {
+  send(
+    ex: Exchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[],
+    tried: Set<UpstreamTarget>,
+  ): void {
     if (target.full) {
       this.metrics.httpUpstreamErrors.inc({ route: ctx.route!.name, reason: 'queue_full' });
       return this.reply(ex, ctx, 503, 'the upstream server has too many requests waiting; try again shortly');
@@ -180,7 +183,9 @@ export class Forwarder implements Http1Handler {
     ctx.upstreamStart = performance.now();
     tried.add(target);
     target.inFlight++;
-    const timeouts: UpstreamTimeouts = { ...(pool.config.timeouts ?? DEFAULTS.upstream.timeouts), ...ctx.route!.timeouts };
+    const timeouts: UpstreamTimeouts = {
+      ...(pool.config.timeouts ?? DEFAULTS.upstream.timeouts), ...ctx.route!.timeouts
+    };
     target.pool.dispatch({
       origin: target.origin,
       path: target.basePath + ctx.path,
@@ -195,7 +200,9 @@ export class Forwarder implements Http1Handler {
 
   /** @internal */
   upstreamResponded(ctx: RequestContext, target: UpstreamTarget): void {
-    this.metrics.httpUpstreamDuration.observe({ route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000);
+    this.metrics.httpUpstreamDuration.observe(
+      { route: ctx.route!.name, upstream: target.url }, (performance.now() - ctx.upstreamStart!) / 1000,
+    );
   }
 
   /** @internal the upstream refused before anything was sent: another target, or the error answer. */
@@ -214,7 +221,10 @@ export class Forwarder implements Http1Handler {
   }
 
   /** @internal The upstream switched protocols: answer the client with its 101 and join the two sockets. */
-  upgraded(ex: Exchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>, upstream: Duplex): void {
+  upgraded(
+    ex: Exchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>,
+    upstream: Duplex,
+  ): void {
     if (ex.finished) { upstream.destroy(); return; }
     const client = ex.socket;
     const rest = ex.takeOver();
@@ -235,7 +245,8 @@ export class Forwarder implements Http1Handler {
     client.on('error', close).on('close', close);
     this.logger.info({
       type: 'access', method: ex.head.method, host: ctx.host, path: ctx.path, status: 101, upgrade: 'websocket',
-      upstream: ctx.target?.url, route: ctx.route?.name, durationMs: Math.round((performance.now() - ex.start) * 1e3) / 1e3, requestId: ctx.requestId,
+      upstream: ctx.target?.url, route: ctx.route?.name,
+      durationMs: Math.round((performance.now() - ex.start) * 1e3) / 1e3, requestId: ctx.requestId,
     }, 'websocket');
   }
 
@@ -308,7 +319,9 @@ function errorCode(err: Error): string | undefined {
  * (undefined: unknown, so chunked). HEAD and 304 answers keep the upstream's Content-Length as a
  * plain field: it describes the representation, not a body that follows.
  */
-function responseHeaders(h: Record<string, string | string[] | undefined>, ex: Exchange, requestId: string): { list: Array<[string, string]>; length: number | undefined } {
+function responseHeaders(
+  h: Record<string, string | string[] | undefined>, ex: Exchange, requestId: string,
+): { list: Array<[string, string]>; length: number | undefined } {
   const conn = h.connection;
   const listed = new Set<string>();
   if (conn !== undefined) for (const t of (Array.isArray(conn) ? conn.join(',') : conn).split(',')) { const s = t.trim().toLowerCase(); if (s && !PROTECTED.has(s)) listed.add(s); }
@@ -342,8 +355,10 @@ class UpstreamExchange implements Dispatcher.DispatchHandler {
   private released = false;
 
   constructor(
-    private readonly forwarder: Forwarder, readonly ex: Exchange, readonly ctx: RequestContext, readonly pool: UpstreamPool,
-    readonly target: UpstreamTarget, readonly headers: string[], readonly tried: Set<UpstreamTarget>, readonly timeouts: UpstreamTimeouts,
+    private readonly forwarder: Forwarder, readonly ex: Exchange, readonly ctx: RequestContext,
+    readonly pool: UpstreamPool,
+    readonly target: UpstreamTarget, readonly headers: string[], readonly tried: Set<UpstreamTarget>,
+    readonly timeouts: UpstreamTimeouts,
   ) {
     ex.onClose(() => { if (!ex.complete) this.controller?.abort(new ClientGoneError()); });
   }
@@ -358,12 +373,17 @@ class UpstreamExchange implements Dispatcher.DispatchHandler {
     if (this.ex.finished) c.abort(new ClientGoneError());
   }
 
-  onRequestUpgrade(_c: Dispatcher.DispatchController, statusCode: number, resHeaders: Record<string, string | string[] | undefined>, socket: Duplex): void {
+  onRequestUpgrade(
+    _c: Dispatcher.DispatchController, statusCode: number, resHeaders: Record<string, string | string[] | undefined>,
+    socket: Duplex,
+  ): void {
     this.release();
     this.forwarder.upgraded(this.ex, this.ctx, statusCode, resHeaders, socket);
   }
 
-  onResponseStart(c: Dispatcher.DispatchController, statusCode: number, resHeaders: Record<string, string | string[] | undefined>): void {
+  onResponseStart(
+    c: Dispatcher.DispatchController, statusCode: number, resHeaders: Record<string, string | string[] | undefined>,
+  ): void {
     if (statusCode < 200) return; // 1xx from the upstream: ours (100 Continue) was sent already
     this.responded = true;
     this.forwarder.upstreamResponded(this.ctx, this.target);

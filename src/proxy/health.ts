@@ -30,7 +30,10 @@ export class HealthChecker {
   private readonly running = new Set<UpstreamTarget>();
   private readonly streak = new Map<UpstreamTarget, { ok: number; bad: number }>();
 
-  constructor(private readonly pool: UpstreamPool, private readonly check: HealthCheckConfig, private readonly observer: HealthObserver) {}
+  constructor(
+    private readonly pool: UpstreamPool, private readonly check: HealthCheckConfig,
+    private readonly observer: HealthObserver,
+  ) {}
 
   /** Starts probing now and then every intervalMs; resolves when the first round has answered (within timeoutMs). */
   start(): Promise<void> {

@@ -90,7 +90,10 @@ const handshakeChannel = channel(CHANNELS.tlsHandshake);
 function observeHandshakes(server: tls.Server, listener: string): void {
   const started = new WeakMap<Socket, number>();
   // node:tls wraps the accepted socket; `_parent` is the raw one (undocumented but stable since v0.x).
-  const since = (s: tls.TLSSocket) => performance.now() - (started.get((s as unknown as { _parent: Socket })._parent) ?? performance.now());
+  const since = (s: tls.TLSSocket) => {
+    const now = performance.now();
+    return now - (started.get((s as unknown as { _parent: Socket })._parent) ?? now);
+  };
   server.on('connection', (raw: Socket) => { if (handshakeChannel.hasSubscribers) started.set(raw, performance.now()); });
   server.on('secureConnection', (s: tls.TLSSocket) => {
     if (!handshakeChannel.hasSubscribers) return;

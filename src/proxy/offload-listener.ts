@@ -65,7 +65,8 @@ export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAu
   if (pemCertificates(ca).length === 0) throw new ListenerError(listener.name, `${where}: ${c.caFile} holds no PEM certificate`);
   return {
     mode: c.mode, ca, ...(c.allowedSubjects ? { allowedSubjects: c.allowedSubjects } : {}),
-    ...(c.allowedSans ? { allowedSans: c.allowedSans } : {}), ...(c.maxDepth !== undefined ? { maxDepth: c.maxDepth } : {}),
+    ...(c.allowedSans ? { allowedSans: c.allowedSans } : {}),
+    ...(c.maxDepth !== undefined ? { maxDepth: c.maxDepth } : {}),
   };
 }
 

@@ -8,7 +8,7 @@ import type { UpstreamConfig } from '../config/index.js';
 export class UpstreamTarget {
   /** Requests sent to this target and not finished yet (for least-connections and the queue cap). */
   inFlight = 0;
-  /** With a health check, unknown (not healthy) until the first probe: a pool never reports a target it has not seen answer. */
+  /** With a health check, unknown (not healthy) until the first probe: never report a target not yet seen answering. */
   healthy: boolean;
   /** Whether a health check has probed it yet (its first result decides at once, as Envoy does at startup). */
   checked = false;

@@ -65,7 +65,9 @@ export class Proxy {
       this.metrics.httpRequestsInFlight.set(inFlight);
     });
     this.forwarder = new Forwarder(() => this.runtime, this.connections, this.logger, this.metrics);
-    this.policy = { limits: { maxHeadBytes: 0, maxHeaders: 0 }, headersMs: 0, requestMs: 0, idleMs: 0, draining: false };
+    this.policy = {
+      limits: { maxHeadBytes: 0, maxHeaders: 0 }, headersMs: 0, requestMs: 0, idleMs: 0, draining: false,
+    };
     this.applyTimeouts(opts.config);
     this.http = new Http1Server(this.forwarder, this.policy);
   }
@@ -76,10 +78,14 @@ export class Proxy {
     this.state = 'running';
     if (this.opts.subscribeEvents !== false) this.unsubscribe = subscribeMetrics(this.metrics);
     try {
-      for (const l of this.runtime.config.listeners) this.listeners.set(l.name, { config: l, handle: await this.openListener(l) });
+      for (const l of this.runtime.config.listeners) {
+        this.listeners.set(l.name, { config: l, handle: await this.openListener(l) });
+      }
       await recordCertificateExpiry(this.metrics, this.runtime.config.listeners);
       if (this.opts.admin !== false) {
-        this.admin = new AdminServer(this.opts.metricsSource ?? registrySource(this.registry), () => this.readiness(), this.opts.scaling);
+        this.admin = new AdminServer(
+          this.opts.metricsSource ?? registrySource(this.registry), () => this.readiness(), this.opts.scaling,
+        );
         await this.admin.listen(this.runtime.config.admin.port, this.runtime.config.admin.address);
       }
     } catch (err) {
@@ -203,13 +209,18 @@ export class Proxy {
     await this.admin?.close();
     this.unsubscribe?.();
     this.state = 'stopped';
-    const report = { drained: forcedConnections === 0, forcedConnections, durationMs: Math.round(performance.now() - started) };
+    const report = {
+      drained: forcedConnections === 0, forcedConnections, durationMs: Math.round(performance.now() - started),
+    };
     this.logger.info(report, 'proxy stopped');
     return report;
   }
 
   private async openListener(l: ListenerConfig): Promise<TlsListener> {
-    return this.opts.tlsListenerFactory(l, (socket) => this.accept(socket, this.listeners.get(l.name)?.config ?? l), { handshakeTimeoutMs: this.runtime.config.timeouts.handshakeMs });
+    return this.opts.tlsListenerFactory(
+      l, (socket) => this.accept(socket, this.listeners.get(l.name)?.config ?? l),
+      { handshakeTimeoutMs: this.runtime.config.timeouts.handshakeMs },
+    );
   }
 
   private accept(socket: TlsSocketLike, listener: ListenerConfig): void {
@@ -240,7 +251,9 @@ export class Proxy {
       const old = previous?.pools.get(name);
       const pool = old && JSON.stringify(old.config) === JSON.stringify(up) ? old : new UpstreamPool(up);
       pools.set(name, pool);
-      for (const t of pool.targets) this.metrics.upstreamHealthy.set({ upstream: name, target: t.url }, t.healthy ? 1 : 0);
+      for (const t of pool.targets) {
+        this.metrics.upstreamHealthy.set({ upstream: name, target: t.url }, t.healthy ? 1 : 0);
+      }
       if (up.healthCheck) {
         checkers.push(new HealthChecker(pool, up.healthCheck, (poolName, t) => {
           this.metrics.upstreamHealthy.set({ upstream: poolName, target: t.url }, t.healthy ? 1 : 0);
@@ -255,7 +268,10 @@ export class Proxy {
       if (bits === undefined) trusted!.addAddress(addr, family);
       else trusted!.addSubnet(addr, Number(bits), family);
     }
-    return { config, router: new Router(config.routes), pools, checkers, trusted, identityHeaders: identityHeaderNames(config.listeners) };
+    return {
+      config, router: new Router(config.routes), pools, checkers, trusted,
+      identityHeaders: identityHeaderNames(config.listeners),
+    };
   }
 
   private retirePool(pool: UpstreamPool): void {

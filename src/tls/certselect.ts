@@ -22,7 +22,9 @@ export interface CertEntry {
 /** The certificate and CertificateVerify scheme chosen for one handshake. */
 export interface CertChoice { entry: CertEntry; scheme: number }
 
-const RSA_PSS = [SignatureScheme.rsa_pss_rsae_sha256, SignatureScheme.rsa_pss_rsae_sha384, SignatureScheme.rsa_pss_rsae_sha512];
+const RSA_PSS = [
+  SignatureScheme.rsa_pss_rsae_sha256, SignatureScheme.rsa_pss_rsae_sha384, SignatureScheme.rsa_pss_rsae_sha512,
+];
 
 /** TLS 1.3 CertificateVerify schemes a key can produce (no PKCS#1 v1.5, no SHA-1). */
 export function schemesForKey(signer: Signer): number[] {
@@ -76,7 +78,9 @@ export function prepareCertEntry(certified: CertifiedKey, servernames?: readonly
   const signed = certified.chain.length > 1 && isSelfSigned(certified.chain[certified.chain.length - 1]!)
     ? certified.chain.slice(0, -1) : certified.chain;
   const chainSchemes = [...new Set(signed.flatMap((c) => certSignatureSchemes(c)))];
-  return { certified, names: names.map((n) => n.toLowerCase()), leafPublicKey: leaf.publicKey, keyType, curve, chainSchemes };
+  return {
+    certified, names: names.map((n) => n.toLowerCase()), leafPublicKey: leaf.publicKey, keyType, curve, chainSchemes,
+  };
 }
 
 function isSelfSigned(der: Buffer): boolean {
@@ -105,7 +109,9 @@ export function certificatesForName(entries: readonly CertEntry[], sni: string |
  * (RFC 6066 §3 names this alert; sending a certificate for another name only moves the
  * failure to a vaguer client-side error). No entry the client can verify → handshake_failure.
  */
-export function selectCertificate(entries: readonly CertEntry[], sni: string | undefined, sigAlgs: readonly number[], sigAlgsCert?: readonly number[]): CertChoice {
+export function selectCertificate(
+  entries: readonly CertEntry[], sni: string | undefined, sigAlgs: readonly number[], sigAlgsCert?: readonly number[],
+): CertChoice {
   const candidates = certificatesForName(entries, sni);
   const offered = new Set(sigAlgs);
   const certOk = new Set(sigAlgsCert ?? sigAlgs);

@@ -25,9 +25,13 @@ function authoritiesFit(authorities: readonly Buffer[]): boolean {
 export function encodeCertificateRequest13(schemes: readonly number[], authorities: readonly Buffer[]): Buffer {
   return message(HandshakeType.certificate_request, (w) => {
     w.u8(0).lengthPrefixed(2, (e) => {
-      writeExtension(e, 13 /* signature_algorithms */, (b) => b.lengthPrefixed(2, (l) => schemes.forEach((s) => l.u16(s))));
+      writeExtension(
+        e, 13 /* signature_algorithms */, (b) => b.lengthPrefixed(2, (l) => schemes.forEach((s) => l.u16(s))),
+      );
       if (authoritiesFit(authorities)) {
-        writeExtension(e, EXT_CERTIFICATE_AUTHORITIES, (b) => b.lengthPrefixed(2, (l) => authorities.forEach((a) => l.vec16(a))));
+        writeExtension(
+          e, EXT_CERTIFICATE_AUTHORITIES, (b) => b.lengthPrefixed(2, (l) => authorities.forEach((a) => l.vec16(a))),
+        );
       }
     });
   });

@@ -9,7 +9,7 @@ import { pemCertificates } from './pem.js';
 import { SignatureScheme, schemeSpec, verifyScheme } from './schemes.js';
 import { KeyUsageBit, Oid, basicConstraints, keyUsageBits, readCertFields, type CertFields } from './x509-der.js';
 
-/** none: no CertificateRequest; optional: a certificate is asked for, and verified if sent; require: no certificate, no connection. */
+/** none: no CertificateRequest; optional: asked for, verified if sent; require: no certificate, no connection. */
 export type ClientAuthMode = 'none' | 'optional' | 'require';
 
 /** How a server checks client certificates (TlsServerOptions.clientAuth). */
@@ -54,7 +54,7 @@ export interface PeerIdentity {
   publicKey: KeyObject;
 }
 
-/** Certificates a client may send (leaf + intermediates + perhaps its root); more is refused before any parsing cost. */
+/** Certificates a client may send (leaf, intermediates, perhaps its root); more is refused before any parsing. */
 export const MAX_CLIENT_CHAIN = 10;
 const DEFAULT_MAX_DEPTH = 4;
 /**
@@ -66,7 +66,7 @@ const VERIFIED_CACHE = 1024;
 /** Critical extensions we process; any other critical extension makes a certificate unusable (RFC 5280 §4.2). */
 const UNDERSTOOD = new Set<string>([Oid.basicConstraints, Oid.keyUsage, Oid.extKeyUsage, Oid.subjectAltName]);
 
-/** Validates options and parses the CA bundle; undefined for mode none. Throws TlsError (TLS_ERR_CLIENT_AUTH_CONFIG). */
+/** Validates options and parses the CA bundle; undefined for mode none. Throws TLS_ERR_CLIENT_AUTH_CONFIG. */
 export function prepareClientAuth(opts: ClientAuthOptions | undefined): ClientAuthPolicy | undefined {
   if (!opts || opts.mode === 'none') return undefined;
   const bad = (msg: string) => new TlsError(`clientAuth: ${msg}`, 'TLS_ERR_CLIENT_AUTH_CONFIG');
@@ -82,7 +82,8 @@ export function prepareClientAuth(opts: ClientAuthOptions | undefined): ClientAu
   const maxDepth = opts.maxDepth ?? DEFAULT_MAX_DEPTH;
   if (!Number.isInteger(maxDepth) || maxDepth < 0 || maxDepth > MAX_CLIENT_CHAIN - 1) throw bad(`maxDepth must be an integer from 0 to ${MAX_CLIENT_CHAIN - 1}`);
   return {
-    mode: opts.mode, anchors, authorities: anchors.map((a) => Buffer.from(a.fields.subjectDer)), maxDepth, verified: new Map(),
+    mode: opts.mode, anchors, authorities: anchors.map((a) => Buffer.from(a.fields.subjectDer)), maxDepth,
+    verified: new Map(),
     ...(opts.allowedSubjects ? { allowedSubjects: new Set(opts.allowedSubjects.map(normalizeSubject)) } : {}),
     ...(opts.allowedSans ? { allowedSans: [...opts.allowedSans] } : {}),
   };
@@ -195,11 +196,14 @@ export function verifyClientChain(policy: ClientAuthPolicy, presented: readonly 
   const ku = keyUsageBits(leaf.fields.extensions.get(Oid.keyUsage));
   if (ku && !ku.has(KeyUsageBit.digitalSignature)) throw fatal('unsupported_certificate', 'client certificate keyUsage lacks digitalSignature');
   const eku = leaf.cert.keyUsage;
-  if (leaf.fields.extensions.has(Oid.extKeyUsage) && !eku?.includes(Oid.clientAuth) && !eku?.includes(Oid.anyExtendedKeyUsage)) {
+  const ekuOk = !leaf.fields.extensions.has(Oid.extKeyUsage)
+    || eku?.includes(Oid.clientAuth) || eku?.includes(Oid.anyExtendedKeyUsage);
+  if (!ekuOk) {
     throw fatal('unsupported_certificate', 'client certificate extendedKeyUsage does not allow clientAuth');
   }
   const identity: PeerIdentity = {
-    subject: normalizeSubject(leaf.cert.subject), issuer: normalizeSubject(leaf.cert.issuer), sans: parseSans(leaf.cert.subjectAltName),
+    subject: normalizeSubject(leaf.cert.subject), issuer: normalizeSubject(leaf.cert.issuer),
+    sans: parseSans(leaf.cert.subjectAltName),
     fingerprint256: createHash('sha256').update(presented[0]!).digest('hex'), serialNumber: leaf.cert.serialNumber,
     chain: presented.map((c) => Buffer.from(c)), publicKey: leaf.cert.publicKey,
   };
@@ -207,7 +211,9 @@ export function verifyClientChain(policy: ClientAuthPolicy, presented: readonly 
   // The result holds while every certificate on the path (anchor included) is within its dates.
   const window = [...path.map((c) => c.cert), anchor.cert];
   if (policy.verified.size >= VERIFIED_CACHE) policy.verified.delete(policy.verified.keys().next().value!);
-  policy.verified.set(cacheKey, { identity, from: Math.max(...window.map((c) => Date.parse(c.validFrom))), to: Math.min(...window.map((c) => Date.parse(c.validTo))) });
+  const from = Math.max(...window.map((c) => Date.parse(c.validFrom)));
+  const to = Math.min(...window.map((c) => Date.parse(c.validTo)));
+  policy.verified.set(cacheKey, { identity, from, to });
   return identity;
 }
 
@@ -221,14 +227,17 @@ function checkAllowed(policy: ClientAuthPolicy, id: PeerIdentity): void {
 
 /** Schemes we offer for the client's CertificateVerify in TLS 1.3 (no PKCS#1 v1.5, no SHA-1). */
 export const CLIENT_SCHEMES_13: readonly number[] = [
-  SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384, SignatureScheme.ecdsa_secp521r1_sha512,
-  SignatureScheme.ed25519, SignatureScheme.rsa_pss_rsae_sha256, SignatureScheme.rsa_pss_rsae_sha384, SignatureScheme.rsa_pss_rsae_sha512,
+  SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384,
+  SignatureScheme.ecdsa_secp521r1_sha512,
+  SignatureScheme.ed25519, SignatureScheme.rsa_pss_rsae_sha256, SignatureScheme.rsa_pss_rsae_sha384,
+  SignatureScheme.rsa_pss_rsae_sha512,
   SignatureScheme.rsa_pss_pss_sha256, SignatureScheme.rsa_pss_pss_sha384, SignatureScheme.rsa_pss_pss_sha512,
 ];
 
 /** TLS 1.2 adds PKCS#1 v1.5 (still no SHA-1). */
 export const CLIENT_SCHEMES_12: readonly number[] = [
-  ...CLIENT_SCHEMES_13, SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.rsa_pkcs1_sha384, SignatureScheme.rsa_pkcs1_sha512,
+  ...CLIENT_SCHEMES_13, SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.rsa_pkcs1_sha384,
+  SignatureScheme.rsa_pkcs1_sha512,
 ];
 
 /**
@@ -236,7 +245,9 @@ export const CLIENT_SCHEMES_12: readonly number[] = [
  * (illegal_parameter otherwise); a signature that does not verify is decrypt_error.
  * `tls12` relaxes the curve binding of ECDSA schemes, which TLS 1.2 does not have.
  */
-export function verifyClientSignature(key: KeyObject, offered: readonly number[], scheme: number, content: Buffer, signature: Buffer, tls12 = false): void {
+export function verifyClientSignature(
+  key: KeyObject, offered: readonly number[], scheme: number, content: Buffer, signature: Buffer, tls12 = false,
+): void {
   const spec = schemeSpec(scheme);
   if (!spec || !offered.includes(scheme)) throw fatal('illegal_parameter', `client CertificateVerify uses scheme 0x${scheme.toString(16).padStart(4, '0')}, which we did not offer`);
   const type = key.asymmetricKeyType;

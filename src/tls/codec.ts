@@ -50,7 +50,7 @@ export class Reader {
     return r;
   }
 
-  /** Throws decode_error if anything is left: trailing data is never ignored (TLS.md 13). */
+  /** Throws decode_error if anything is left: trailing data is never ignored. */
   expectEnd(what = 'message'): void {
     if (this.pos !== this.end) throw fatal('decode_error', `${this.end - this.pos} trailing bytes after ${what}`);
   }

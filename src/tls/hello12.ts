@@ -46,7 +46,7 @@ export function enabledVersions(range: VersionRange): { tls12: boolean; tls13: b
 }
 
 /**
- * The version for this hello (TLS.md 19): supported_versions when present (1.3 first), else
+ * The version for this hello (RFC 8446 §4.2.1, §D.2): supported_versions when present (1.3 first), else
  * legacy_version ≥ 0x0303 means 1.2; 1.3 is never chosen without supported_versions.
  * TLS_FALLBACK_SCSV with a client maximum below ours → inappropriate_fallback.
  */
@@ -55,7 +55,9 @@ export function selectVersion(ch: ClientHello, range: VersionRange): 'TLSv1.3' |
   const offered = ch.ext.supportedVersions;
   // RFC 7507 §3 comes first: a client that fell back below our highest version is told so,
   // whether or not we would accept the version it fell back to. GREASE values are not versions.
-  const clientMax = offered ? Math.max(0, ...offered.filter((v) => v >> 8 === 3 && v <= TLS13_VERSION)) : ch.legacyVersion;
+  const clientMax = offered ? Math.max(
+    0, ...offered.filter((v) => v >> 8 === 3 && v <= TLS13_VERSION)
+  ) : ch.legacyVersion;
   if (ch.cipherSuites.includes(TLS_FALLBACK_SCSV) && clientMax < (tls13 ? TLS13_VERSION : TLS12_VERSION)) {
     throw fatal('inappropriate_fallback', `client fell back to version 0x${clientMax.toString(16)} although ${tls13 ? 'TLS 1.3' : 'TLS 1.2'} is available (TLS_FALLBACK_SCSV)`);
   }
@@ -113,10 +115,13 @@ export function checkClientHello12(ch: ClientHello, policy: Tls12Policy = {}): H
     pointFormats = true;
   }
   const sessionTicket = raw.get(ExtensionType.session_ticket);
-  return { secureRenegotiation, pointFormats, extendedMasterSecret: ems !== undefined, ...(sessionTicket ? { sessionTicket } : {}) };
+  return {
+    secureRenegotiation, pointFormats, extendedMasterSecret: ems !== undefined,
+    ...(sessionTicket ? { sessionTicket } : {})
+  };
 }
 
-/** The ECDHE group: our first preference among the client's supported_groups (TLS.md 26). */
+/** The ECDHE group: our first preference among the client's supported_groups (RFC 8422 §5.1.1). */
 export function chooseGroup12(ch: ClientHello): number {
   const offered = ch.ext.supportedGroups;
   if (!offered) throw fatal('handshake_failure', 'ClientHello lacks supported_groups: no ECDHE group can be chosen');
@@ -147,7 +152,8 @@ export interface Choice12 { suite: CipherSuite12; cert: CertChoice }
 /**
  * Walks our suites in preference order (suitePreference12) and takes the first the client
  * offers for which a certificate serving its SNI can sign with a scheme the client accepts
- * (and, for ECDSA, whose curve is in supported_groups). Among certificates of the same key type, a chain the client says it can verify wins.
+ * (and, for ECDSA, whose curve is in supported_groups). Among certificates of the same key type, a chain the
+ * client says it can verify wins.
  */
 export function chooseSuiteAndCertificate12(ch: ClientHello, entries: readonly CertEntry[]): Choice12 {
   const candidates = certificatesForName(entries, ch.ext.serverName);

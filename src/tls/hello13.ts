@@ -87,7 +87,7 @@ export function chooseAlpn(ch: ClientHello, ours: readonly string[] | undefined)
 // extension, cookie included (our HRR never sends one), must come back byte for byte.
 const MAY_CHANGE = new Set([51 /* key_share */, 42 /* early_data */, 41 /* pre_shared_key */, 21 /* padding */]);
 
-/** ClientHello2 must answer our HRR and otherwise repeat ClientHello1 (TLS.md 23). */
+/** ClientHello2 must answer our HRR and otherwise repeat ClientHello1 (RFC 8446 §4.1.2). */
 export function checkRetryHello(ch1: ClientHello, ch2: ClientHello, requestedGroup: number): void {
   const shares = ch2.ext.keyShares;
   if (!shares) throw fatal('missing_extension', 'second ClientHello lacks key_share');

@@ -1,4 +1,4 @@
-// Reassembles handshake messages from record fragments (TLS.md 9-12): a message may span
+// Reassembles handshake messages from record fragments (RFC 8446 §5.1): a message may span
 // many records and a record may carry several messages. The declared u24 length is checked
 // against the cap as soon as the 4-byte header is visible, before anything is buffered.
 import { fatal } from './alert.js';
@@ -19,7 +19,7 @@ export class HandshakeJoiner {
 
   constructor(private readonly maxMessage = MAX_HANDSHAKE_MESSAGE, private readonly maxClientHello = maxMessage) {}
 
-  /** True when part of a message is buffered (a key change now is fatal, TLS.md 12). */
+  /** True when part of a message is buffered (a key change now is fatal: RFC 8446 §5.1). */
   get pending(): boolean { return this.buffered > 0; }
 
   /** Adds a handshake record's content. */

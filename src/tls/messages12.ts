@@ -58,7 +58,9 @@ export function encodeServerHello12(p: ServerHello12Params): Buffer {
 /** Certificate (RFC 5246 §7.4.2): a u24 list of u24 DER certificates, leaf first. */
 export function encodeCertificate12(chain: readonly Buffer[]): Buffer {
   const size = chain.reduce((n, c) => n + c.length + 3, 16);
-  return message(HandshakeType.certificate, (w) => w.lengthPrefixed(3, (l) => { for (const c of chain) l.vec24(c); }), size);
+  return message(
+    HandshakeType.certificate, (w) => w.lengthPrefixed(3, (l) => { for (const c of chain) l.vec24(c); }), size,
+  );
 }
 
 /** ServerECDHParams: curve_type named_curve, the group, our public point (RFC 8422 §5.4). */
@@ -68,14 +70,17 @@ export function ecdheParams(group: number, publicKey: Buffer): Buffer {
   return Buffer.from(w.finish());
 }
 
-/** The bytes a ServerKeyExchange signature covers: client_random ‖ server_random ‖ params (TLS.md 29). */
+/** The bytes a ServerKeyExchange signature covers: client_random ‖ server_random ‖ params (RFC 8422 §5.4). */
 export function serverKeyExchangeContent(clientRandom: Buffer, serverRandom: Buffer, params: Buffer): Buffer {
   return Buffer.concat([clientRandom, serverRandom, params]);
 }
 
 /** ServerKeyExchange: params, then the digitally-signed struct (scheme, signature). */
 export function encodeServerKeyExchange(params: Buffer, scheme: number, signature: Buffer): Buffer {
-  return message(HandshakeType12.server_key_exchange, (w) => w.bytes(params).u16(scheme).vec16(signature), params.length + signature.length + 16);
+  return message(
+    HandshakeType12.server_key_exchange, (w) => w.bytes(params).u16(scheme).vec16(signature),
+    params.length + signature.length + 16,
+  );
 }
 
 /** ServerHelloDone: empty body. */

@@ -28,7 +28,9 @@ export function extendedMasterSecret(hash: HashName, preMaster: Buffer, sessionH
  * The RFC 5246 §8.1 master secret, PRF(pre_master_secret, "master secret", client_random ‖
  * server_random)[0..47]: only for clients without extended_master_secret, where the operator allows them.
  */
-export function legacyMasterSecret(hash: HashName, preMaster: Buffer, clientRandom: Buffer, serverRandom: Buffer): Buffer {
+export function legacyMasterSecret(
+  hash: HashName, preMaster: Buffer, clientRandom: Buffer, serverRandom: Buffer,
+): Buffer {
   return prf12(hash, preMaster, 'master secret', Buffer.concat([clientRandom, serverRandom]), 48);
 }
 
@@ -36,7 +38,9 @@ export function legacyMasterSecret(hash: HashName, preMaster: Buffer, clientRand
 export interface DirectionKeys { key: Buffer; iv: Buffer }
 
 /** The key block (RFC 5246 §6.3) split into client and server write keys and IVs; AEAD suites have no MAC keys. */
-export function keyBlock12(suite: CipherSuite12, master: Buffer, clientRandom: Buffer, serverRandom: Buffer): { client: DirectionKeys; server: DirectionKeys } {
+export function keyBlock12(
+  suite: CipherSuite12, master: Buffer, clientRandom: Buffer, serverRandom: Buffer,
+): { client: DirectionKeys; server: DirectionKeys } {
   const k = suite.keyLen;
   const iv = suite.fixedIvLen;
   const block = prf12(suite.hash, master, 'key expansion', Buffer.concat([serverRandom, clientRandom]), 2 * (k + iv));

@@ -77,7 +77,9 @@ export function verifyAlgorithm(key: KeyObject, alg: SignAlgorithm, data: Buffer
 }
 
 /** verifyAlgorithm off the event loop (libuv thread pool): verify-after-sign must not stall handshakes. */
-export function verifyAlgorithmAsync(key: KeyObject, alg: SignAlgorithm, data: Buffer, signature: Buffer): Promise<boolean> {
+export function verifyAlgorithmAsync(
+  key: KeyObject, alg: SignAlgorithm, data: Buffer, signature: Buffer,
+): Promise<boolean> {
   return new Promise((resolve) => {
     try {
       verify(alg.hash, data, nodeKeyOptions(key, alg), signature, (err, ok) => resolve(!err && ok));

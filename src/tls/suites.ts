@@ -33,7 +33,9 @@ export const NamedGroup = { x25519: 0x001d, secp256r1: 0x0017, secp384r1: 0x0018
 export type NamedGroupName = keyof typeof NamedGroup;
 
 /** Groups in server preference order (x25519 is the cheapest and the most common share). */
-export const SUPPORTED_GROUPS: readonly number[] = Object.freeze([NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1]);
+export const SUPPORTED_GROUPS: readonly number[] = Object.freeze([
+  NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1,
+]);
 
 /** Name of a group code point ('x25519', …) or '' when it is not one of ours. */
 export function groupName(group: number): NamedGroupName | '' {
@@ -103,7 +105,9 @@ function refill(group: number, info: GroupInfo): void {
 export class EphemeralKey {
   private used = false;
   private wire: Buffer | null = null;
-  private constructor(readonly group: number, private readonly info: GroupInfo, private readonly pair: crypto.KeyPairKeyObjectResult) {}
+  private constructor(
+    readonly group: number, private readonly info: GroupInfo, private readonly pair: crypto.KeyPairKeyObjectResult,
+  ) {}
 
   /** A fresh key for `group`, taken from the pool when one is ready. Throws for a group we do not implement. */
   static generate(group: number): EphemeralKey {

@@ -7,7 +7,7 @@ export interface CipherSuite12 extends CipherSuite {
   version: 'TLSv1.2';
   /** Certificate key type the suite authenticates with (ECDHE_ECDSA or ECDHE_RSA). */
   auth: 'ec' | 'rsa';
-  /** Implicit IV from the key block: a 4-byte salt for GCM (plus an explicit 8-byte nonce per record), 12 bytes for ChaCha20. */
+  /** Implicit IV from the key block: a 4-byte salt for GCM (plus an 8-byte explicit nonce), 12 bytes for ChaCha20. */
   fixedIvLen: 4 | 12;
   /** OpenSSL's name, which node:tls getCipher() reports for TLS 1.2. */
   opensslName: string;

@@ -141,7 +141,7 @@ export class TicketKeys {
       .map((k) => ({ epoch: k.epoch, name: k.name.toString('hex'), key: k.key.toString('hex') }));
   }
 
-  /** Takes keys another process exported: each seals during its epoch (instead of one made here) and opens until it expires. */
+  /** Takes keys another process exported: each seals during its epoch (none made here) and opens until it expires. */
   install(shared: readonly SharedTicketKey[]): void {
     this.prune();
     const oldest = this.oldestAcceptedEpoch();

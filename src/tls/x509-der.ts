@@ -78,8 +78,9 @@ export function basicConstraints(ext: CertExtension | undefined): { ca: boolean;
   let pathLen: number | undefined;
   while (!seq.atEnd()) {
     const c = seq.next('basicConstraints field');
+    const n = c.content.length;
     if (c.tag === Tag.BOOLEAN) ca = c.content[0] !== 0;
-    else if (c.tag === Tag.INTEGER && c.content.length >= 1 && c.content.length <= 4) pathLen = c.content.readUIntBE(0, c.content.length);
+    else if (c.tag === Tag.INTEGER && n >= 1 && n <= 4) pathLen = c.content.readUIntBE(0, n);
   }
   return pathLen === undefined ? { ca } : { ca, pathLen };
 }

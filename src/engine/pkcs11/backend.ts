@@ -125,7 +125,9 @@ export class Pkcs11Backend implements Backend {
     if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${file} names a ${ref.backend} key, not a key on a PKCS#11 token`);
     const uri = parsePkcs11Uri(ref.uri);
     const t = this.token.info;
-    if (!this.acceptOtherTokens && ((uri.token !== undefined && uri.token !== t.label) || (uri.serial !== undefined && uri.serial !== t.serial))) {
+    const otherToken = (uri.token !== undefined && uri.token !== t.label)
+      || (uri.serial !== undefined && uri.serial !== t.serial);
+    if (!this.acceptOtherTokens && otherToken) {
       throw new OtherTokenError(file, `"${uri.token ?? '?'}"${uri.serial ? ` (serial ${uri.serial})` : ''}`, `"${t.label}" (serial ${t.serial})`);
     }
     const id = Buffer.from(ref.keyId, 'hex');
@@ -176,7 +178,9 @@ export class Pkcs11Backend implements Backend {
   /** Waits for signatures in flight, closes the sessions and releases the module. */
   close(): Promise<void> { return this.token.close(); }
 
-  private signPlanned(key: KeyHandle, mechanism: Mechanism, input: Buffer, prehashed: boolean, signal?: AbortSignal): Promise<Buffer> {
+  private signPlanned(
+    key: KeyHandle, mechanism: Mechanism, input: Buffer, prehashed: boolean, signal?: AbortSignal,
+  ): Promise<Buffer> {
     try {
       const alg = mechanismAlgorithm(mechanism);
       if (!alg) throw new UnsupportedError(`mechanism ${mechanism} is not supported by the PKCS#11 backend`);
@@ -260,7 +264,9 @@ export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => P
   return async (ref) => {
     if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${ref.source ?? 'the key reference'} names a ${ref.backend} key, not a PKCS#11 key`);
     const uri = parsePkcs11Uri(ref.uri);
-    const selector: TokenSelector = token !== undefined ? { label: token } : { label: uri.token, serial: uri.serial, slot: uri.slotId };
+    const selector: TokenSelector = token !== undefined ? { label: token } : {
+      label: uri.token, serial: uri.serial, slot: uri.slotId,
+    };
     const file = ref.source ?? 'the key reference';
     if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} in ${file} names no token (needs token=, serial= or slot-id=)`);
     const modulePath = module ?? allowedModulePath(ref.module, file, allowedModules, allowHint);

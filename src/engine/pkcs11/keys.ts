@@ -48,12 +48,16 @@ const b64url = (b: Buffer): string => b.toString('base64url');
 /** Builds the public KeyObject from a public-key object's attributes. */
 function readPublicKey(api: Pkcs11Api, session: Buffer, pub: Buffer, keyType: number): { publicKey: KeyObject; bits?: number; curve?: 'P-256' | 'P-384' } {
   if (keyType === ck.CKK_RSA) {
-    const [n, e] = api.C_GetAttributeValue(session, pub, [{ type: ck.CKA_MODULUS }, { type: ck.CKA_PUBLIC_EXPONENT }]).map((a) => a.value);
+    const [n, e] = api.C_GetAttributeValue(
+      session, pub, [{ type: ck.CKA_MODULUS }, { type: ck.CKA_PUBLIC_EXPONENT }],
+    ).map((a) => a.value);
     const publicKey = createPublicKey({ key: { kty: 'RSA', n: b64url(n!), e: b64url(e!) }, format: 'jwk' });
     return { publicKey, bits: publicKey.asymmetricKeyDetails?.modulusLength };
   }
   if (keyType === ck.CKK_EC) {
-    const [params, point] = api.C_GetAttributeValue(session, pub, [{ type: ck.CKA_EC_PARAMS }, { type: ck.CKA_EC_POINT }]).map((a) => a.value);
+    const [params, point] = api.C_GetAttributeValue(
+      session, pub, [{ type: ck.CKA_EC_PARAMS }, { type: ck.CKA_EC_POINT }],
+    ).map((a) => a.value);
     const c = CURVES.find((x) => x.oid.equals(params!));
     if (!c) throw new UnsupportedError('EC key on an unsupported curve (only P-256 and P-384)');
     const raw = unwrapEcPoint(point!, c.bytes);
@@ -99,9 +103,13 @@ function describeSelector(sel: KeySelector): string {
 
 /** Reads id, label, type and public key of the private key `priv` (public half found by CKA_ID). */
 function describeKey(api: Pkcs11Api, session: Buffer, priv: Buffer): Pkcs11KeyInfo {
-  const [id, label, type] = api.C_GetAttributeValue(session, priv, [{ type: ck.CKA_ID }, { type: ck.CKA_LABEL }, { type: ck.CKA_KEY_TYPE }]).map((a) => a.value);
+  const [id, label, type] = api.C_GetAttributeValue(
+    session, priv, [{ type: ck.CKA_ID }, { type: ck.CKA_LABEL }, { type: ck.CKA_KEY_TYPE }],
+  ).map((a) => a.value);
   const keyType = type!.readUInt32LE(0);
-  const pubs = findObjects(api, session, [{ type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_ID, value: id! }]);
+  const pubs = findObjects(
+    api, session, [{ type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_ID, value: id! }],
+  );
   // RSA private keys carry modulus and exponent too, so a lone private key still has a public half.
   const source = pubs[0] ?? (keyType === ck.CKK_RSA ? priv : undefined);
   if (!source) throw new UnsupportedError(`key ${id!.toString('hex')} has no public key object on the token`);
@@ -111,9 +119,19 @@ function describeKey(api: Pkcs11Api, session: Buffer, priv: Buffer): Pkcs11KeyIn
 
 // Attribute templates shared by generation and import: the private key can only sign, never leave.
 function templates(id: Buffer, label: string, onToken: boolean): { pubT: Template; privT: Template } {
-  const common = [{ type: ck.CKA_TOKEN, value: onToken }, { type: ck.CKA_ID, value: id }, { type: ck.CKA_LABEL, value: label }];
-  const pubT: Template = [...common, { type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_PRIVATE, value: false }, { type: ck.CKA_VERIFY, value: true }, { type: ck.CKA_ENCRYPT, value: false }, { type: ck.CKA_WRAP, value: false }];
-  const privT: Template = [...common, { type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, { type: ck.CKA_PRIVATE, value: true }, { type: ck.CKA_SENSITIVE, value: true }, { type: ck.CKA_EXTRACTABLE, value: false }, { type: ck.CKA_SIGN, value: true }, { type: ck.CKA_DECRYPT, value: false }, { type: ck.CKA_UNWRAP, value: false }, { type: ck.CKA_DERIVE, value: false }];
+  const common = [
+    { type: ck.CKA_TOKEN, value: onToken }, { type: ck.CKA_ID, value: id }, { type: ck.CKA_LABEL, value: label },
+  ];
+  const pubT: Template = [
+    ...common, { type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_PRIVATE, value: false },
+    { type: ck.CKA_VERIFY, value: true }, { type: ck.CKA_ENCRYPT, value: false }, { type: ck.CKA_WRAP, value: false },
+  ];
+  const privT: Template = [
+    ...common, { type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, { type: ck.CKA_PRIVATE, value: true },
+    { type: ck.CKA_SENSITIVE, value: true }, { type: ck.CKA_EXTRACTABLE, value: false },
+    { type: ck.CKA_SIGN, value: true }, { type: ck.CKA_DECRYPT, value: false }, { type: ck.CKA_UNWRAP, value: false },
+    { type: ck.CKA_DERIVE, value: false },
+  ];
   return { pubT, privT };
 }
 
@@ -121,14 +139,19 @@ function templates(id: Buffer, label: string, onToken: boolean): { pubT: Templat
  * Generates a key pair on the token; the private key is sensitive, non-extractable and sign-only.
  * `session` keys (CKA_TOKEN false) vanish when the backend closes.
  */
-export async function generateKey(token: Pkcs11Token, spec: Pkcs11KeySpec, label: string, opts: { session?: boolean } = {}): Promise<Pkcs11KeyInfo> {
+export async function generateKey(
+  token: Pkcs11Token, spec: Pkcs11KeySpec, label: string, opts: { session?: boolean } = {},
+): Promise<Pkcs11KeyInfo> {
   if (!label) throw new Pkcs11EngineError('a key needs a label: pass --label', 'ENGINE_ERR_CONFIG');
   const id = randomBytes(16);
   const { pubT, privT } = templates(id, label, !opts.session);
   let mechanism: number;
   if (spec.type === 'rsa') {
     mechanism = ck.CKM_RSA_PKCS_KEY_PAIR_GEN;
-    pubT.push({ type: ck.CKA_KEY_TYPE, value: ck.CKK_RSA }, { type: ck.CKA_MODULUS_BITS, value: spec.bits }, { type: ck.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) });
+    pubT.push(
+      { type: ck.CKA_KEY_TYPE, value: ck.CKK_RSA }, { type: ck.CKA_MODULUS_BITS, value: spec.bits },
+      { type: ck.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+    );
     privT.push({ type: ck.CKA_KEY_TYPE, value: ck.CKK_RSA });
   } else {
     mechanism = ck.CKM_EC_KEY_PAIR_GEN;
@@ -151,16 +174,29 @@ export async function importKey(token: Pkcs11Token, privateKey: KeyObject, label
   const jwk = privateKey.export({ format: 'jwk' });
   const b = (v: string | undefined): Buffer => Buffer.from(v ?? '', 'base64url');
   if (jwk.kty === 'RSA') {
-    const pub = [{ type: ck.CKA_KEY_TYPE, value: ck.CKK_RSA }, { type: ck.CKA_MODULUS, value: b(jwk.n) }, { type: ck.CKA_PUBLIC_EXPONENT, value: b(jwk.e) }];
+    const pub = [
+      { type: ck.CKA_KEY_TYPE, value: ck.CKK_RSA }, { type: ck.CKA_MODULUS, value: b(jwk.n) },
+      { type: ck.CKA_PUBLIC_EXPONENT, value: b(jwk.e) },
+    ];
     pubT.push(...pub);
-    privT.push(...pub, { type: ck.CKA_PRIVATE_EXPONENT, value: b(jwk.d) }, { type: ck.CKA_PRIME_1, value: b(jwk.p) }, { type: ck.CKA_PRIME_2, value: b(jwk.q) },
-      { type: ck.CKA_EXPONENT_1, value: b(jwk.dp) }, { type: ck.CKA_EXPONENT_2, value: b(jwk.dq) }, { type: ck.CKA_COEFFICIENT, value: b(jwk.qi) });
+    privT.push(
+      ...pub, { type: ck.CKA_PRIVATE_EXPONENT, value: b(jwk.d) },
+      { type: ck.CKA_PRIME_1, value: b(jwk.p) }, { type: ck.CKA_PRIME_2, value: b(jwk.q) },
+      { type: ck.CKA_EXPONENT_1, value: b(jwk.dp) }, { type: ck.CKA_EXPONENT_2, value: b(jwk.dq) },
+      { type: ck.CKA_COEFFICIENT, value: b(jwk.qi) },
+    );
   } else if (jwk.kty === 'EC') {
     const c = CURVES.find((x) => x.curve === jwk.crv);
     if (!c) throw new UnsupportedError(`EC curve ${jwk.crv ?? '?'} is not supported (use P-256 or P-384)`);
     const point = Buffer.concat([Buffer.from([0x04]), b(jwk.x), b(jwk.y)]);
-    pubT.push({ type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_EC_PARAMS, value: c.oid }, { type: ck.CKA_EC_POINT, value: Buffer.concat([Buffer.from([0x04, point.length]), point]) });
-    privT.push({ type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_EC_PARAMS, value: c.oid }, { type: ck.CKA_VALUE, value: b(jwk.d) });
+    pubT.push(
+      { type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_EC_PARAMS, value: c.oid },
+      { type: ck.CKA_EC_POINT, value: Buffer.concat([Buffer.from([0x04, point.length]), point]) },
+    );
+    privT.push(
+      { type: ck.CKA_KEY_TYPE, value: ck.CKK_EC }, { type: ck.CKA_EC_PARAMS, value: c.oid },
+      { type: ck.CKA_VALUE, value: b(jwk.d) },
+    );
   } else {
     throw new UnsupportedError(`key type ${jwk.kty ?? '?'} cannot be imported (use RSA or EC P-256/P-384)`);
   }
@@ -200,7 +236,9 @@ export function privateKeyHandle(token: Pkcs11Token, session: Buffer, sel: KeySe
   const cached = token.handles.get(cacheKey);
   if (cached) return cached;
   if (!sel.id && sel.label === undefined) throw new KeyNotFoundError('a private key with no id or label');
-  const found = findObjects(token.api, session, [{ type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, ...selectorTemplate(sel)]);
+  const found = findObjects(
+    token.api, session, [{ type: ck.CKA_CLASS, value: ck.CKO_PRIVATE_KEY }, ...selectorTemplate(sel)],
+  );
   if (found.length === 0) {
     // Private keys are invisible to a session that is not logged in: report that, so run() logs in again.
     if (!token.loggedIn(session)) throw new ck.Pkcs11Error('CKR_USER_NOT_LOGGED_IN:257', ck.CKR_USER_NOT_LOGGED_IN, 'C_FindObjects');
@@ -221,7 +259,9 @@ export function deleteKey(token: Pkcs11Token, sel: KeySelector): Promise<Pkcs11K
   return token.run('deleting a key', (s) => {
     const priv = privateKeyHandle(token, s, sel);
     const info = describeKey(token.api, s, priv);
-    const pubs = findObjects(token.api, s, [{ type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_ID, value: info.id }]);
+    const pubs = findObjects(
+      token.api, s, [{ type: ck.CKA_CLASS, value: ck.CKO_PUBLIC_KEY }, { type: ck.CKA_ID, value: info.id }],
+    );
     token.api.C_DestroyObject(s, priv);
     for (const p of pubs) token.api.C_DestroyObject(s, p);
     token.handles.clear();

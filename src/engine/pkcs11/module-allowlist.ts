@@ -16,7 +16,9 @@ const LIBRARY_HINT: AllowHint = { override: "the opener's module option", allowL
  * symlinks and `..`, so the check judges the file that would be loaded, and the real path is
  * what the caller loads (a symlink swapped after the check cannot redirect the load).
  */
-export function allowedModulePath(recorded: string, file: string, allowed: readonly string[], hint: AllowHint = LIBRARY_HINT): string {
+export function allowedModulePath(
+  recorded: string, file: string, allowed: readonly string[], hint: AllowHint = LIBRARY_HINT,
+): string {
   // A relative path would be resolved against whatever directory the process runs in.
   if (!isAbsolute(recorded)) {
     throw new ModuleNotAllowedError(`${file} names PKCS#11 module "${recorded}", a relative path, which is never loaded; name the module by its absolute path with ${hint.override} or in ${hint.allowList}`);

@@ -93,7 +93,9 @@ export function loadModule(modulePath: string): LoadedModule {
 export interface TokenSelector { label?: string; serial?: string; slot?: number }
 
 /** A token found in a slot. */
-export interface FoundToken { slot: Buffer; slotId: number; label: string; serial: string; manufacturer: string; model: string }
+export interface FoundToken {
+  slot: Buffer; slotId: number; label: string; serial: string; manufacturer: string; model: string;
+}
 
 const trimPad = (s: string): string => s.replace(/[ \0]+$/, '');
 
@@ -108,7 +110,10 @@ export function listTokens(api: Pkcs11Api): FoundToken[] {
   for (const slot of api.C_GetSlotList(true)) {
     const info = api.C_GetTokenInfo(slot);
     if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) continue;
-    out.push({ slot, slotId: slotNumber(slot), label: trimPad(info.label), serial: trimPad(info.serialNumber), manufacturer: trimPad(info.manufacturerID), model: trimPad(info.model) });
+    out.push({
+      slot, slotId: slotNumber(slot), label: trimPad(info.label), serial: trimPad(info.serialNumber),
+      manufacturer: trimPad(info.manufacturerID), model: trimPad(info.model),
+    });
   }
   return out;
 }

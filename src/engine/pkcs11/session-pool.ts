@@ -83,7 +83,10 @@ export class SessionPool {
 
   /** Current counts (for metrics and tests). */
   stats(): PoolStats {
-    return { size: this.size, open: this.idle.length + this.busy, idle: this.idle.length, busy: this.busy, waiting: this.waiters.length };
+    return {
+      size: this.size, open: this.idle.length + this.busy, idle: this.idle.length, busy: this.busy,
+      waiting: this.waiters.length,
+    };
   }
 
   /** Refuses new work, fails waiters, waits for operations in flight, then retires every session. */

@@ -10,7 +10,7 @@ import type { PoolStats, Session, SessionSource } from './session-pool.js';
 import { AbortedError, BadCredentialsError, ClosedError, KeyNotFoundError, Pkcs11EngineError, TokenOperationError } from './errors.js';
 import { EngineError } from '../errors.js';
 
-/** How HSMPROXY_PIN is handed to C_Login: whole (`user:password` for CloudHSM), or only the part after the first ':'. */
+/** How HSMPROXY_PIN goes to C_Login: whole (`user:password` for CloudHSM), or only what follows the first ':'. */
 export type PinFormat = 'as-is' | 'password';
 
 /** Options to open a token. */
@@ -79,7 +79,10 @@ export class Pkcs11Token implements SessionSource {
   /** Object handles resolved in the current epoch (handles do not survive re-initialisation). */
   readonly handles = new Map<string, Buffer>();
 
-  private constructor(private readonly mod: LoadedModule, private readonly selector: TokenSelector, private readonly pin: string, poolSize: number, private readonly onRecovery?: (e: RecoveryEvent) => void) {
+  private constructor(
+    private readonly mod: LoadedModule, private readonly selector: TokenSelector, private readonly pin: string,
+    poolSize: number, private readonly onRecovery?: (e: RecoveryEvent) => void,
+  ) {
     this.slotFound = findToken(mod.api, selector);
     this.mechanisms = new Set(mod.api.C_GetMechanismList(this.slotFound.slot));
     this.pool = new SessionPool(this, poolSize);
@@ -144,7 +147,9 @@ export class Pkcs11Token implements SessionSource {
     this.mod.release();
   }
 
-  private async runWithRetry<T>(operation: string, fn: (session: Buffer) => T | Promise<T>, signal?: AbortSignal): Promise<T> {
+  private async runWithRetry<T>(
+    operation: string, fn: (session: Buffer) => T | Promise<T>, signal?: AbortSignal,
+  ): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       if (this.fatal) throw this.fatal;
       if (this.closed) throw new ClosedError('the PKCS#11 backend');

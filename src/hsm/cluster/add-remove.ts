@@ -51,7 +51,9 @@ export async function addHsm(dir: string, opts: AddHsmOptions = {}): Promise<Add
     digest = contents.header.digest;
     tokenKeys = contents.header.tokenKeys;
   } else {
-    const client = await connectCluster(dir, { credentials: await adminCredentials(dir, opts.credentials), watch: false });
+    const client = await connectCluster(
+      dir, { credentials: await adminCredentials(dir, opts.credentials), watch: false },
+    );
     try {
       const s = await client.snapshotFrom();
       ({ snapshot } = s);

@@ -84,7 +84,9 @@ export class Autoscaler {
       this.running = this.step().then((done) => { failed = done.some((e) => e.result === 'failed'); }, () => { failed = true; }).finally(() => {
         this.running = undefined;
         if (this.stopped) return;
-        this.timer = setTimeout(tick, failed ? (this.opts.retryAfterFailureMs ?? 30_000) : (this.opts.intervalMs ?? 1000));
+        this.timer = setTimeout(
+          tick, failed ? (this.opts.retryAfterFailureMs ?? 30_000) : (this.opts.intervalMs ?? 1000),
+        );
         this.timer.unref();
       });
     };
@@ -119,7 +121,10 @@ export class Autoscaler {
     let from: 'backup' | 'live' | undefined;
     try {
       from = this.opts.from === 'backup' || this.opts.from === 'live' ? this.opts.from : (await listBackups(this.opts.dir)).some((b) => b.header) ? 'backup' : 'live';
-      const r = await addHsm(this.opts.dir, { from, ...(this.opts.credentials ? { credentials: this.opts.credentials } : {}), ...(this.opts.scryptCost ? { scryptCost: this.opts.scryptCost } : {}) });
+      const r = await addHsm(this.opts.dir, {
+        from, ...(this.opts.credentials ? { credentials: this.opts.credentials } : {}),
+        ...(this.opts.scryptCost ? { scryptCost: this.opts.scryptCost } : {}),
+      });
       hsm = r.hsm.id;
       // The supervisor starts it and publishes its port; the client then connects and resyncs it.
       await this.opts.supervisor?.reconcile();
@@ -176,7 +181,8 @@ export class Autoscaler {
   private async emit(p: { action: 'add' | 'remove'; hsm: string; result: 'ok' | 'failed'; reason: string; t0: number; from?: 'backup' | 'live'; err?: unknown }): Promise<AutoscaleEvent> {
     const hsms = await readManifest(this.opts.dir).then((m) => m.hsms.length, () => this.opts.client.members().length);
     const e: AutoscaleEvent = {
-      action: p.action, hsm: p.hsm, result: p.result, reason: p.reason, durationMs: Math.round(performance.now() - p.t0), hsms,
+      action: p.action, hsm: p.hsm, result: p.result, reason: p.reason,
+      durationMs: Math.round(performance.now() - p.t0), hsms,
       ...(p.from ? { from: p.from } : {}),
       ...(p.err !== undefined ? { error: p.err instanceof Error ? p.err.message : String(p.err) } : {}),
     };

@@ -148,7 +148,8 @@ export async function refreshClientBundle(dir: string, outDir: string, name?: st
   if (bundle.kind !== 'client-bundle' || !bundle.client) throw new ClientCertError(`${outDir} holds no client bundle (its cluster.json names no client)`, 'HSM_ERR_INVALID_ARGUMENT');
   if (name !== undefined && bundle.client.name !== name) throw new ClientCertError(`${outDir} is the bundle of "${bundle.client.name}", not "${name}"`, 'HSM_ERR_INVALID_ARGUMENT');
   if (bundle.clusterId !== m.clusterId) throw new ClientCertError(`${outDir} is a bundle of another cluster (${bundle.clusterId.slice(0, 16)}…)`, 'HSM_ERR_INVALID_ARGUMENT');
-  const record = (await readClientRegister(dir)).clients.find((c) => c.serial === normaliseSerial(bundle.client!.serial));
+  const serial = normaliseSerial(bundle.client!.serial);
+  const record = (await readClientRegister(dir)).clients.find((c) => c.serial === serial);
   if (!record) throw new ClientCertError(`the certificate of ${outDir} (serial ${bundle.client.serial}) is not in this cluster's register`, 'HSM_ERR_UNKNOWN_CLIENT');
   if (record.revokedAt) throw new ClientCertError(`the certificate of ${outDir} ("${record.name}", serial ${record.serial}) was revoked on ${record.revokedAt}; issue a new bundle`, 'HSM_ERR_CLIENT_REVOKED');
   const next = bundleManifest(m, record);

@@ -64,11 +64,15 @@ export async function startEmbeddedCluster(opts: EmbeddedClusterOptions): Promis
     const init = await initCluster({ dir, hsms: opts.hsms ?? 2, profile: opts.profile ?? 'unlimited', basePort: 2223, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
     preco = { user: init.precoUser, password: init.precoPassword };
   }
-  const supervisor = new Supervisor({ ...opts.supervisor, dir, ephemeralPorts: true, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
+  const supervisor = new Supervisor({
+    ...opts.supervisor, dir, ephemeralPorts: true, ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {})
+  });
   await supervisor.start();
   try {
     const credentials = preco ? await activate(dir, preco, opts.node) : (JSON.parse(await readFile(join(dir, CREDENTIALS_FILE), 'utf8')) as EmbeddedCredentials);
-    const client = await connectCluster(dir, { credentials: credentials.cu, syncCredentials: credentials.au, ...(opts.node ? { node: opts.node } : {}) });
+    const client = await connectCluster(
+      dir, { credentials: credentials.cu, syncCredentials: credentials.au, ...(opts.node ? { node: opts.node } : {}) },
+    );
     return {
       dir, client, supervisor, credentials, startupMs: performance.now() - t0,
       stop: async () => {

@@ -86,7 +86,9 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
   }
 }
 
-async function create(dir: string, n: number, profile: ManifestProfile, basePort: number, host: string, scryptCost?: number): Promise<InitClusterResult> {
+async function create(
+  dir: string, n: number, profile: ManifestProfile, basePort: number, host: string, scryptCost?: number,
+): Promise<InitClusterResult> {
   const ca = await createCustomerCa();
   const cluster = await createClusterCert(ca);
   const client = await createClientCert(ca);
@@ -121,14 +123,16 @@ async function create(dir: string, n: number, profile: ManifestProfile, basePort
     await writeSecret(join(dir, h.key), await privateKeyPem(node.keys));
     await mkdir(clusterPath(dir, h.dataDir), { mode: 0o700 });
     const device = await Hsm.open({
-      dir: clusterPath(dir, h.dataDir), hsmId: id, clusterKey: maskingKey, initialPassword: precoPassword, capacity: profile,
+      dir: clusterPath(dir, h.dataDir), hsmId: id, clusterKey: maskingKey, initialPassword: precoPassword,
+      capacity: profile,
       ...(scryptCost !== undefined ? { scryptCost } : {}),
     });
     await device.close();
     hsms.push(h);
   }
   const manifest: ClusterManifest = {
-    version: 1, clusterId: fingerprint(cluster.cert), createdAt: new Date().toISOString(), ...files, activated: false, hsms,
+    version: 1, clusterId: fingerprint(cluster.cert), createdAt: new Date().toISOString(), ...files, activated: false,
+    hsms,
   };
   await writeManifest(dir, manifest);
   return { dir, manifest, precoUser: PRECO_USER, precoPassword };

@@ -38,10 +38,14 @@ export async function adminCredentials(dir: string, given?: LoginCredentials): P
 }
 
 /** Snapshots one HSM in rotation and writes an encrypted backup to DIR/backups; prunes old ones. */
-export async function backupCluster(dir: string, opts: { credentials?: LoginCredentials; retentionDays?: number; now?: Date } = {}): Promise<BackupResult> {
+export async function backupCluster(
+  dir: string, opts: { credentials?: LoginCredentials; retentionDays?: number; now?: Date } = {},
+): Promise<BackupResult> {
   const m = await readManifest(dir);
   const clusterKey = await readFile(clusterPath(dir, m.maskingKey));
-  const client = await connectCluster(dir, { credentials: await adminCredentials(dir, opts.credentials), watch: false });
+  const client = await connectCluster(
+    dir, { credentials: await adminCredentials(dir, opts.credentials), watch: false },
+  );
   let snap: { hsm: string; snapshot: Buffer; state: { digest: string; users: number; tokenKeys: number } };
   try {
     snap = await client.snapshotFrom();
@@ -56,7 +60,10 @@ export async function backupCluster(dir: string, opts: { credentials?: LoginCred
   });
   const file = await writeBackupFile(dir, bytes, now.toISOString());
   const pruned = await pruneBackups(dir, opts.retentionDays ?? DEFAULT_RETENTION_DAYS, now);
-  return { file, createdAt: now.toISOString(), sourceHsm: snap.hsm, users: snap.state.users, tokenKeys: snap.state.tokenKeys, pruned };
+  return {
+    file, createdAt: now.toISOString(), sourceHsm: snap.hsm, users: snap.state.users, tokenKeys: snap.state.tokenKeys,
+    pruned,
+  };
 }
 
 /** The cluster key for a backup: the given file, else the source cluster's (the backup's DIR/backups/..). */
@@ -79,10 +86,15 @@ export async function clusterKeyForBackup(backupFile: string, keyFile?: string):
 }
 
 /** Restores `snapshot` into an empty HSM data directory and checks it reports the backup's digest. */
-export async function restoreHsmStore(dataDir: string, hsmId: string, snapshot: Buffer, clusterKey: Buffer, profile: ManifestProfile, expectDigest?: string, scryptCost?: number): Promise<void> {
+export async function restoreHsmStore(
+  dataDir: string, hsmId: string, snapshot: Buffer, clusterKey: Buffer, profile: ManifestProfile, expectDigest?: string,
+  scryptCost?: number,
+): Promise<void> {
   await rm(dataDir, { recursive: true, force: true });
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const hsm = await Hsm.restore(snapshot, { dir: dataDir, hsmId, clusterKey, capacity: profile, ...(scryptCost ? { scryptCost } : {}) });
+  const hsm = await Hsm.restore(
+    snapshot, { dir: dataDir, hsmId, clusterKey, capacity: profile, ...(scryptCost ? { scryptCost } : {}) },
+  );
   try {
     const got = hsm.stateDigest().digest;
     if (expectDigest && got !== expectDigest) throw new ClusterLifecycleError(`the restored ${hsmId} does not match the backup's state digest`, 'HSM_ERR_BACKUP_CORRUPT');
@@ -134,17 +146,23 @@ export async function restoreCluster(opts: RestoreOptions): Promise<RestoreResul
   const n = opts.hsms ?? (typeof contents.policy.hsms === 'number' ? contents.policy.hsms : 1);
   const tmp = join(dirname(target), `.${basename(target)}.restoring-${randomBytes(4).toString('hex')}`);
   try {
-    await initCluster({ dir: tmp, hsms: n, profile, ...(opts.basePort ? { basePort: opts.basePort } : {}), ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {}) });
+    await initCluster({
+      dir: tmp, hsms: n, profile, ...(opts.basePort ? { basePort: opts.basePort } : {}),
+      ...(opts.scryptCost ? { scryptCost: opts.scryptCost } : {})
+    });
     const m = await readManifest(tmp);
     await writeFile(clusterPath(tmp, m.maskingKey), key, { mode: 0o600 });
     for (const h of m.hsms) {
-      await restoreHsmStore(clusterPath(tmp, h.dataDir), h.id, contents.snapshot, key, profile, contents.header.digest, opts.scryptCost);
+      await restoreHsmStore(
+        clusterPath(tmp, h.dataDir), h.id, contents.snapshot, key, profile, contents.header.digest, opts.scryptCost,
+      );
     }
     await writeManifest(tmp, { ...m, activated: true });
     await rmdir(target).catch(() => undefined);
     await rename(tmp, target);
     return {
-      dir: target, clusterId: m.clusterId, fromClusterId: contents.header.clusterId, backupCreatedAt: contents.header.createdAt,
+      dir: target, clusterId: m.clusterId, fromClusterId: contents.header.clusterId,
+      backupCreatedAt: contents.header.createdAt,
       hsms: m.hsms.map((h) => h.id), users: contents.header.users, tokenKeys: contents.header.tokenKeys,
     };
   } catch (err) {

@@ -105,7 +105,7 @@ async function parseManifest(dir: string): Promise<ClientManifest & Record<strin
   return m;
 }
 
-/** Reads DIR/cluster.json of a cluster directory; ManifestError says how to create one when missing, and refuses a client bundle. */
+/** Reads DIR/cluster.json; ManifestError says how to create one when missing, and refuses a client bundle. */
 export async function readManifest(dir: string): Promise<ClusterManifest> {
   const m = await parseManifest(dir);
   if (m.kind === 'client-bundle') {

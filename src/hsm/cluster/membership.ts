@@ -16,14 +16,19 @@ export function membersOf(m: ClientManifest): HsmAddress[] {
   return m.hsms.map((h) => ({ id: h.id, host: h.address, port: h.port }));
 }
 
-/** A link factory speaking mTLS with the client certificate `dir` names (cluster or bundle); logs in when given a user. */
-export async function linkFactory(dir: string, m?: ClientManifest, requestTimeoutMs = 10_000): Promise<LinkFactory<HsmConnection>> {
+/** A link factory speaking mTLS with the client certificate of `dir` (cluster or bundle); logs in when given a user. */
+export async function linkFactory(
+  dir: string, m?: ClientManifest, requestTimeoutMs = 10_000,
+): Promise<LinkFactory<HsmConnection>> {
   const man = m ?? (await readClientManifest(dir));
   const [ca, cert, key] = await Promise.all([
-    readFile(clusterPath(dir, man.caCert)), readFile(clusterPath(dir, man.clientCert)), readFile(clusterPath(dir, man.clientKey)),
+    readFile(clusterPath(dir, man.caCert)), readFile(clusterPath(dir, man.clientCert)),
+    readFile(clusterPath(dir, man.clientKey)),
   ]);
   return async (addr, login) => {
-    const c = await HsmConnection.connect({ hsmId: addr.id, host: addr.host, port: addr.port, ca, cert, key, connectTimeoutMs: 3000, requestTimeoutMs });
+    const c = await HsmConnection.connect({
+      hsmId: addr.id, host: addr.host, port: addr.port, ca, cert, key, connectTimeoutMs: 3000, requestTimeoutMs,
+    });
     if (login.user) {
       try {
         await c.login(login.user, login.password);
@@ -58,7 +63,7 @@ export interface ConnectClusterOptions {
   extra?: Partial<ClusterClientOptions>;
 }
 
-/** A ClusterClient for the cluster in `dir` (its directory or a client bundle), logged in, following manifest changes. */
+/** A logged-in ClusterClient for the cluster in `dir` (directory or client bundle), following manifest changes. */
 export async function connectCluster(dir: string, opts: ConnectClusterOptions): Promise<ClusterClient> {
   const m = await readClientManifest(dir);
   const sync = opts.syncCredentials ?? (await loadSyncCredentials(dir));
@@ -68,7 +73,9 @@ export async function connectCluster(dir: string, opts: ConnectClusterOptions): 
     credentials: opts.credentials,
     ...(sync ? { syncCredentials: sync } : {}),
     ...(opts.node ? { node: opts.node } : {}),
-    ...(opts.watch === false ? {} : { membership: { file: manifestPath(dir), read: async () => membersOf(await readClientManifest(dir)) } }),
+    ...(opts.watch === false ? {} : {
+      membership: { file: manifestPath(dir), read: async () => membersOf(await readClientManifest(dir)) },
+    }),
     ...opts.extra,
   });
 }
@@ -91,7 +98,9 @@ export async function addToManifest(dir: string, h: ManifestHsm): Promise<Cluste
 }
 
 /** Removes an HSM from the manifest; refuses to remove the last one. */
-export async function removeFromManifest(dir: string, id: string): Promise<{ manifest: ClusterManifest; removed: ManifestHsm }> {
+export async function removeFromManifest(
+  dir: string, id: string,
+): Promise<{ manifest: ClusterManifest; removed: ManifestHsm }> {
   const m = await readManifest(dir);
   const removed = m.hsms.find((h) => h.id === id);
   if (!removed) throw new UnknownHsmError(id, m.hsms.map((h) => h.id));

@@ -48,13 +48,17 @@ export interface ClusterStatus {
 export async function clusterStatus(dir: string, timeoutMs = 3000): Promise<ClusterStatus> {
   const m = await readManifest(dir);
   const [ca, cert, key] = await Promise.all([
-    readFile(clusterPath(dir, m.caCert)), readFile(clusterPath(dir, m.clientCert)), readFile(clusterPath(dir, m.clientKey)),
+    readFile(clusterPath(dir, m.caCert)), readFile(clusterPath(dir, m.clientCert)),
+    readFile(clusterPath(dir, m.clientKey)),
   ]);
   const hsms = await Promise.all(m.hsms.map(async (h): Promise<HsmStatus> => {
     const base = { id: h.id, address: `${h.address}:${h.port}` };
     let conn: HsmConnection | undefined;
     try {
-      conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca, cert, key, connectTimeoutMs: timeoutMs, requestTimeoutMs: timeoutMs });
+      conn = await HsmConnection.connect({
+        hsmId: h.id, host: h.address, port: h.port, ca, cert, key, connectTimeoutMs: timeoutMs,
+        requestTimeoutMs: timeoutMs,
+      });
       const info = await conn.info();
       return {
         ...base, up: true, profile: info.profile, keysToken: info.occupancy.token, keysSession: info.occupancy.session,
@@ -71,7 +75,10 @@ export async function clusterStatus(dir: string, timeoutMs = 3000): Promise<Clus
   const unproven = m.activated ? applySyncVerdict(hsms, m.hsms.map((h) => h.id)) : undefined;
   const backups = await listBackups(dir);
   const last = backups.at(-1);
-  return { clusterId: m.clusterId, activated: m.activated, hsms, ...(unproven ? { syncUnproven: unproven } : {}), backups: backups.length, ...(last ? { latestBackup: last.file } : {}) };
+  return {
+    clusterId: m.clusterId, activated: m.activated, hsms, ...(unproven ? { syncUnproven: unproven } : {}),
+    backups: backups.length, ...(last ? { latestBackup: last.file } : {}),
+  };
 }
 
 /**
@@ -80,7 +87,9 @@ export async function clusterStatus(dir: string, timeoutMs = 3000): Promise<Clus
  * `inSync` then stays undefined).
  */
 export function applySyncVerdict(hsms: HsmStatus[], members: readonly string[]): string | undefined {
-  const reports = hsms.flatMap((s) => (s.up && s.digest !== undefined ? [{ id: s.id, digest: s.digest, version: s.version ?? 0 }] : []));
+  const reports = hsms.flatMap((s) => (
+    s.up && s.digest !== undefined ? [{ id: s.id, digest: s.digest, version: s.version ?? 0 }] : []
+  ));
   const cur = currentState(reports, members);
   if (!cur) return undefined;
   if (!cur.proven) return cur.reason ?? 'nothing proves which HSMs hold the current state';

@@ -22,7 +22,7 @@ export type SupervisorEvent =
 /** Options of the supervisor. */
 export interface SupervisorOptions {
   dir: string;
-  /** Listen on ephemeral ports instead of the manifest's (embedded mode); the bound ports are written to the manifest. */
+  /** Listen on ephemeral ports, not the manifest's (embedded mode); the bound ports are written to the manifest. */
   ephemeralPorts?: boolean;
   /** scrypt cost for the devices (tests lower it). */
   scryptCost?: number;
@@ -78,7 +78,8 @@ export class Supervisor {
 
   /** PIDs of the running children. */
   pids(): Map<string, number> {
-    return new Map([...this.children].filter(([, c]) => c.proc?.pid !== undefined && c.proc.exitCode === null).map(([id, c]) => [id, c.proc!.pid!]));
+    const live = [...this.children].filter(([, c]) => c.proc?.pid !== undefined && c.proc.exitCode === null);
+    return new Map(live.map(([id, c]) => [id, c.proc!.pid!]));
   }
 
   /** Resolves once `hsm` runs again (after a crash) and returns its PID. */

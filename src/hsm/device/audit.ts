@@ -118,7 +118,8 @@ export class AuditLog {
     for (const f of RESERVED) delete fields[f];
     if (this.hsm !== undefined) delete fields.hsm;
     const record = {
-      seq: this.seq + 1, time: new Date().toISOString(), ...(this.hsm !== undefined ? { hsm: this.hsm } : {}), ...fields, prev: this.prev,
+      seq: this.seq + 1, time: new Date().toISOString(), ...(this.hsm !== undefined ? { hsm: this.hsm } : {}),
+      ...fields, prev: this.prev,
     };
     const body = JSON.stringify(record);
     const m = mac(this.key, 'line', body);
@@ -195,7 +196,8 @@ export async function verifyAuditLog(path: string, key: Buffer): Promise<AuditVe
     return end(`its head file ${basename(path)}.head does not verify under this HSM's audit key: it was edited or replaced`);
   }
   // The head is written just after each line, so after a crash it may lag by exactly one entry.
-  const headOk = (headSeq === seq && headLast === prev) || (headSeq === seq - 1 && headLast === (macs[seq - 2] ?? GENESIS));
+  const headOk = (headSeq === seq && headLast === prev)
+    || (headSeq === seq - 1 && headLast === (macs[seq - 2] ?? GENESIS));
   if (!headOk) {
     return end(`the log ends at entry ${seq} but its head file records entry ${headSeq} with another MAC: entries were removed from the end or the last one was edited`);
   }

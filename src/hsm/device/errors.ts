@@ -163,7 +163,7 @@ export class ClosedError extends HsmError {
 
 /**
  * A replicated object (masked key, user record, deletion) that is not newer than what the HSM
- * holds: applying it would undo a change (issue 19 item 3), so it is refused and audited.
+ * holds: applying it would undo a change (see versions.ts), so it is refused and audited.
  */
 export class StaleObjectError extends HsmError {
   constructor(readonly what: string, readonly details: string[]) {

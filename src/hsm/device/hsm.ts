@@ -32,7 +32,7 @@ export interface HsmOpenOptions {
   dir: string;
   /** This HSM's id within the cluster, e.g. 'hsm-1'. */
   hsmId: string;
-  /** 32-byte cluster masking key shared by every HSM of the cluster; kept sealed in `dir` once given (a random one is made if never given). */
+  /** 32-byte masking key shared by every HSM of the cluster; kept sealed in `dir` (random if never given). */
   clusterKey?: Buffer;
   /** Required when `dir` holds no HSM yet: the PRECO `admin`'s one-time password. */
   initialPassword?: string;
@@ -86,7 +86,10 @@ export class Hsm {
     const capacity = new CapacityModel(opts.capacity);
     const store = await DeviceStore.open(opts.dir);
     try {
-      const users = new UserTable({ maxUsers: opts.maxUsers ?? DEFAULT_MAX_USERS, lockoutThreshold, scryptCost: opts.scryptCost ?? DEFAULT_SCRYPT_COST });
+      const users = new UserTable({
+        maxUsers: opts.maxUsers ?? DEFAULT_MAX_USERS, lockoutThreshold,
+        scryptCost: opts.scryptCost ?? DEFAULT_SCRYPT_COST,
+      });
       const recs = await store.readUsers();
       let fresh = false;
       if (recs) {
@@ -123,7 +126,7 @@ export class Hsm {
     }
   }
 
-  /** Creates a new HSM in the empty `opts.dir` from a `snapshot()` of another (clone/restore); needs `opts.clusterKey`. */
+  /** Creates an HSM in the empty `opts.dir` from another's `snapshot()` (clone/restore); needs `opts.clusterKey`. */
   static async restore(snapshot: Buffer, opts: HsmOpenOptions): Promise<Hsm> {
     if (!opts?.clusterKey || opts.clusterKey.length !== 32) throw new InvalidArgumentError('restoring a snapshot needs the 32-byte cluster key');
     const contents = readSnapshot(opts.clusterKey, snapshot);
@@ -181,7 +184,7 @@ export class Hsm {
     this.ctx.audit({ event: 'logout', user: s.user, ok: true });
   }
 
-  /** Changes the session user's own password; a PRECO becomes CO by doing so (returns the updated session). `saltNonce`: see UserOps. */
+  /** Changes the session user's own password (a PRECO becomes CO); returns the new session. See UserOps. */
   changePassword(session: Session, newPassword: string, saltNonce?: Buffer): Promise<Session> {
     const s = this.session(session);
     return this.guard(s, 'change password', () => this.userOps.changePassword(s, newPassword, saltNonce));
@@ -313,7 +316,7 @@ export class Hsm {
     return this.guard(s, `wrap key ${req?.keyId}`, () => this.keys.wrap(s, req));
   }
 
-  /** Unwraps into a new key object owned by the session user (a private key gets its public half; the private half is returned). */
+  /** Unwraps into a new key owned by the session user (a private key gets its public half; returns the private one). */
   unwrapKey(session: Session, req: UnwrapRequest): Promise<CryptoResult<KeyInfo>> {
     const s = this.session(session);
     return this.guard(s, 'unwrap a key', () => this.keys.unwrap(s, req));
@@ -337,7 +340,7 @@ export class Hsm {
     });
   }
 
-  // ---- replication and backup (issue 3) ----
+  // ---- replication and backup ----
 
   /** A token key object (attributes + material) sealed under the cluster key. Owner, CO or AU. */
   exportMasked(session: Session, keyId: string): Buffer {
@@ -345,7 +348,7 @@ export class Hsm {
     return this.guardSync(s, `export key ${keyId} masked`, () => this.replication.exportMasked(s, keyId));
   }
 
-  /** Installs a masked key object, keeping key id, owner and sharing; replaces an older version only (a stale one is refused). Owner, CO or AU. */
+  /** Installs a masked key object with its id, owner and sharing; replaces only an older version. Owner, CO or AU. */
   importMasked(session: Session, masked: Buffer): Promise<KeyInfo> {
     const s = this.session(session);
     return this.guard(s, 'import a masked key', () => this.replication.importMasked(s, masked));
@@ -357,7 +360,10 @@ export class Hsm {
     return this.guardSync(s, 'export users', () => this.replication.exportUsers(s));
   }
 
-  /** Merges a masked user table from another HSM of the cluster: newer users and deletions only (sessions of users gone or re-roled end). CO or AU. */
+  /**
+   * Merges a masked user table from another HSM of the cluster: newer users and deletions only (sessions of users
+   * gone or re-roled end). CO or AU.
+   */
   importUsers(session: Session, masked: Buffer): Promise<UsersImport> {
     const s = this.session(session);
     return this.guard(s, 'import users', async () => {
@@ -373,7 +379,7 @@ export class Hsm {
     return this.guardSync(s, 'take a snapshot', () => this.replication.snapshot(s));
   }
 
-  /** Change sequence (persisted: see versions.ts) + hash over users, token keys and deletions: equal digests mean in sync. */
+  /** Change sequence (see versions.ts) + hash over users, token keys and deletions: equal digests mean in sync. */
   stateDigest(): StateDigest {
     return this.replication.stateDigest();
   }
@@ -395,7 +401,8 @@ export class Hsm {
   info(): HsmInfo {
     const c = this.ctx.capacity;
     return {
-      hsmId: this.ctx.hsmId, profile: c.profile.name, units: c.profile.units, utilisation: c.utilisation(), queued: c.queued,
+      hsmId: this.ctx.hsmId, profile: c.profile.name, units: c.profile.units, utilisation: c.utilisation(),
+      queued: c.queued,
       inService: c.active, occupancy: this.occupancy(), users: this.ctx.users.size, state: this.stateDigest(),
     };
   }
@@ -430,7 +437,8 @@ export class Hsm {
   }
 
   private audited(s: Session, action: string, e: unknown): void {
-    if (e instanceof PermissionDeniedError || e instanceof MustChangePasswordError || e instanceof AlreadyLoggedInError) {
+    if (e instanceof PermissionDeniedError || e instanceof MustChangePasswordError
+      || e instanceof AlreadyLoggedInError) {
       this.ctx.audit({ event: 'denied', user: s.user, ok: false, action, code: e.code, reason: e.message });
     }
   }
@@ -458,7 +466,10 @@ export class Hsm {
 // Finishes deletions a crash interrupted (the tombstone is written first): objects at or below
 // their tombstone go, a deleted user leaves the keys shared with it, and a tombstone of a name
 // re-created since is dropped.
-async function finishDeletions(users: UserTable, objects: ObjectStore, tombstones: Tombstones, store: DeviceStore, saveTombstones: () => Promise<void>): Promise<void> {
+async function finishDeletions(
+  users: UserTable, objects: ObjectStore, tombstones: Tombstones, store: DeviceStore,
+  saveTombstones: () => Promise<void>,
+): Promise<void> {
   let usersChanged = false;
   let tombstonesChanged = false;
   for (const u of users.records()) {
@@ -479,7 +490,9 @@ async function finishDeletions(users: UserTable, objects: ObjectStore, tombstone
     objects.delete(k.attrs.keyId);
   }
   const sharees = new Set(objects.all().flatMap((k) => k.attrs.sharedWith));
-  for (const name of sharees) if (!users.has(name) && tombstones.users.has(name)) await removeSharee({ objects, store }, name);
+  for (const name of sharees) {
+    if (!users.has(name) && tombstones.users.has(name)) await removeSharee({ objects, store }, name);
+  }
   if (usersChanged) await store.writeUsers(() => users.records());
   if (tombstonesChanged) await saveTombstones();
 }

@@ -79,7 +79,12 @@ export class KeyOps {
       for (const k of keys) this.ctx.objects.delete(k.attrs.keyId);
       throw e;
     }
-    for (const k of keys) this.ctx.audit({ event, user: s.user, ok: true, keyId: k.attrs.keyId, label: k.attrs.label, class: k.attrs.class, type: k.attrs.type, token: k.attrs.token });
+    for (const k of keys) {
+      this.ctx.audit({
+        event, user: s.user, ok: true, keyId: k.attrs.keyId, label: k.attrs.label, class: k.attrs.class,
+        type: k.attrs.type, token: k.attrs.token,
+      });
+    }
   }
 
   private pairObjects(s: Session, t: KeyTemplate, m: PairMaterial): [StoredKey, StoredKey] {
@@ -89,7 +94,8 @@ export class KeyOps {
     pubA.pairKeyId = privA.keyId;
     const session = privA.token ? undefined : s.id;
     const mk = (attrs: KeyAttributes, material: PairMaterial['priv']): StoredKey => ({
-      handle: this.ctx.objects.allocateHandle(), attrs, material, keyObject: keyObjectOf(material), version: 1, ...(session ? { session } : {}),
+      handle: this.ctx.objects.allocateHandle(), attrs, material, keyObject: keyObjectOf(material), version: 1,
+      ...(session ? { session } : {}),
     });
     return [mk(privA, m.priv), mk(pubA, m.pub)];
   }
@@ -119,7 +125,10 @@ export class KeyOps {
 
   private secretObject(s: Session, t: KeyTemplate, m: SecretMaterial): StoredKey {
     const attrs = this.attrsFor(s, t, 'secret', m);
-    return { handle: this.ctx.objects.allocateHandle(), attrs, material: m.material, keyObject: keyObjectOf(m.material), version: 1, ...(attrs.token ? {} : { session: s.id }) };
+    return {
+      handle: this.ctx.objects.allocateHandle(), attrs, material: m.material, keyObject: keyObjectOf(m.material),
+      version: 1, ...(attrs.token ? {} : { session: s.id })
+    };
   }
 
   /** Imports an existing private key as a key pair (migration). */
@@ -139,8 +148,10 @@ export class KeyOps {
     return this.ctx.objects
       .all()
       .filter((k) => (k.session === undefined || k.session === s.id) && (s.role !== 'CU' || k.attrs.owner === s.user || k.attrs.sharedWith.includes(s.user)))
-      .filter((k) => (f.label === undefined || k.attrs.label === f.label) && (f.id === undefined || k.attrs.id === f.id.toLowerCase()) &&
-        (f.class === undefined || k.attrs.class === f.class) && (f.type === undefined || k.attrs.type === f.type) && (f.token === undefined || k.attrs.token === f.token))
+      .filter((k) => (f.label === undefined || k.attrs.label === f.label)
+        && (f.id === undefined || k.attrs.id === f.id.toLowerCase())
+        && (f.class === undefined || k.attrs.class === f.class) && (f.type === undefined || k.attrs.type === f.type)
+        && (f.token === undefined || k.attrs.token === f.token))
       .sort((a, b) => a.handle - b.handle)
       .map(infoOf);
   }
@@ -183,7 +194,11 @@ export class KeyOps {
       for (const x of tokens) x.version--;
       throw e;
     }
-    for (const x of keys) this.ctx.audit({ event, user: s.user, ok: true, keyId: x.attrs.keyId, ...(x.attrs.token ? { version: x.version } : {}), ...extra });
+    for (const x of keys) {
+      this.ctx.audit({
+        event, user: s.user, ok: true, keyId: x.attrs.keyId, ...(x.attrs.token ? { version: x.version } : {}), ...extra
+      });
+    }
   }
 
   /** Shares a key (and its pair half) with another CU (owner only). */
@@ -191,7 +206,9 @@ export class KeyOps {
     const k = this.visible(s, keyId);
     requireShareTarget(s, k.attrs, roleOfUser as Session['role'] | undefined, user);
     const all = [k, this.pairOf(k)].filter((x): x is StoredKey => x !== undefined);
-    for (const x of all) if (!x.attrs.sharedWith.includes(user)) x.attrs.sharedWith = [...x.attrs.sharedWith, user].sort();
+    for (const x of all) {
+      if (!x.attrs.sharedWith.includes(user)) x.attrs.sharedWith = [...x.attrs.sharedWith, user].sort();
+    }
     await this.rewrite(s, all, 'key.share', { with: user });
     return infoOf(k);
   }
@@ -214,7 +231,9 @@ export class KeyOps {
     checkAttributeChanges(s, k.attrs, changes);
     if (changes.label !== undefined) checkTemplate({ label: changes.label });
     if (changes.id !== undefined) checkTemplate({ label: 'x', id: changes.id });
-    const next: KeyAttributes = { ...k.attrs, ...changes, ...(changes.id !== undefined ? { id: changes.id.toLowerCase() } : {}) };
+    const next: KeyAttributes = {
+      ...k.attrs, ...changes, ...(changes.id !== undefined ? { id: changes.id.toLowerCase() } : {})
+    };
     const prev = k.attrs;
     k.attrs = next;
     try {

@@ -63,11 +63,15 @@ export function signWith(key: StoredKey, mechanism: SignMechanism, data: Buffer,
   if (key.attrs.class !== 'private') throw new MechanismNotAllowedError(mechanism, key.attrs.keyId, 'signing needs the private key');
   switch (s.family) {
     case 'rsa-pkcs1':
-      return prehashed ? pkcs1SignDigest(key.keyObject, s.hash, data) : nodeSign(s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PADDING });
+      return prehashed ? pkcs1SignDigest(key.keyObject, s.hash, data) : nodeSign(
+        s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PADDING },
+      );
     case 'rsa-pss':
       return prehashed
         ? pssSignDigest(key.keyObject, s.hash, data)
-        : nodeSign(s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] });
+        : nodeSign(
+          s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] },
+        );
     case 'ecdsa':
       return prehashed
         ? ecdsaSignDigest(key.keyObject, data, format ?? 'der')
@@ -87,11 +91,13 @@ export function verifyWith(key: StoredKey, mechanism: SignMechanism, data: Buffe
   try {
     switch (s.family) {
       case 'rsa-pkcs1':
-        return prehashed ? pkcs1VerifyDigest(pub, s.hash, data, signature) : nodeVerify(s.hash, data, { key: pub, padding: constants.RSA_PKCS1_PADDING }, signature);
+        if (prehashed) return pkcs1VerifyDigest(pub, s.hash, data, signature);
+        return nodeVerify(s.hash, data, { key: pub, padding: constants.RSA_PKCS1_PADDING }, signature);
       case 'rsa-pss':
-        return prehashed
-          ? pssVerifyDigest(pub, s.hash, data, signature)
-          : nodeVerify(s.hash, data, { key: pub, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] }, signature);
+        if (prehashed) return pssVerifyDigest(pub, s.hash, data, signature);
+        return nodeVerify(
+          s.hash, data, { key: pub, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] }, signature,
+        );
       case 'ecdsa':
         return prehashed
           ? ecdsaVerifyDigest(pub, data, signature, format ?? 'der')
@@ -114,7 +120,9 @@ function checkCipher(mechanism: string): asserts mechanism is CipherMechanism {
 }
 
 /** Encrypts; AES-GCM output is iv(12) || ciphertext || tag(16) with an IV the device chose. */
-export function encryptWith(key: StoredKey, mechanism: CipherMechanism, plaintext: Buffer, aad?: Buffer, iv?: Buffer): Buffer {
+export function encryptWith(
+  key: StoredKey, mechanism: CipherMechanism, plaintext: Buffer, aad?: Buffer, iv?: Buffer,
+): Buffer {
   checkCipher(mechanism);
   if (mechanism === 'rsa-oaep-sha256') {
     requireType(key, mechanism, 'rsa');

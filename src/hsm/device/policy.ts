@@ -30,7 +30,9 @@ export function canSee(session: Session, key: KeyAttributes): boolean {
 }
 
 /** Throws NoSuchKeyError unless the session may see the key. */
-export function requireVisible(session: Session, key: KeyAttributes | undefined, keyId: string): asserts key is KeyAttributes {
+export function requireVisible(
+  session: Session, key: KeyAttributes | undefined, keyId: string,
+): asserts key is KeyAttributes {
   if (session.role === 'PRECO') throw new MustChangePasswordError();
   if (!key || !canSee(session, key)) throw new NoSuchKeyError(keyId);
 }
@@ -59,7 +61,9 @@ export function requireExport(session: Session, key: KeyAttributes): void {
 }
 
 /** Sharing: the owner, with an existing other CU, of a token key. */
-export function requireShareTarget(owner: Session, key: KeyAttributes, targetRole: Role | undefined, target: string): void {
+export function requireShareTarget(
+  owner: Session, key: KeyAttributes, targetRole: Role | undefined, target: string,
+): void {
   requireOwner(owner, key, 'share');
   if (targetRole !== 'CU') throw new InvalidArgumentError(`keys can only be shared with crypto users; ${target} is ${targetRole ?? 'not a user'}`);
   if (target === key.owner) throw new InvalidArgumentError(`${target} owns key ${key.keyId}; no need to share it`);

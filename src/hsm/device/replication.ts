@@ -1,8 +1,8 @@
-// Replication and backup hooks (issue 3): token key objects, the user table and whole-HSM
+// Replication and backup hooks: token key objects, the user table and whole-HSM
 // snapshots leave the HSM only sealed under the cluster key that every member shares, so
 // key material is never in the clear outside an HSM. Every object carries its version inside
 // the masking (versions.ts): an import is applied only when it is newer than what this HSM
-// holds, so replaying an old masked object cannot undo a change (issue 19 item 3). Also the
+// holds, so replaying an old masked object cannot undo a change. Also the
 // state digest and change sequence that tell whether two HSMs hold the same users and keys.
 import { createHash } from 'node:crypto';
 import type { DeviceContext } from './context.js';

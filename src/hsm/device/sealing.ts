@@ -19,7 +19,9 @@ export function seal(key: Buffer, context: string, plaintext: Buffer): Buffer {
 
 /** Decrypts a sealed blob; DecryptError if the key, context or bytes are wrong. */
 export function unseal(key: Buffer, context: string, blob: Buffer, what: string): Buffer {
-  if (!Buffer.isBuffer(blob) || blob.length < MAGIC.length + IV + TAG || !blob.subarray(0, MAGIC.length).equals(MAGIC)) {
+  const marked = Buffer.isBuffer(blob) && blob.length >= MAGIC.length + IV + TAG
+    && blob.subarray(0, MAGIC.length).equals(MAGIC);
+  if (!marked) {
     throw new InvalidArgumentError(`${what} is not a sealed hsmproxy blob`);
   }
   const iv = blob.subarray(MAGIC.length, MAGIC.length + IV);

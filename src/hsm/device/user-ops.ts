@@ -76,7 +76,9 @@ export class UserOps {
     checkPasswordShape(newPassword);
     const role: Role = s.role === 'PRECO' ? 'CO' : s.role;
     const nonce = saltNonce ?? (s.role === 'PRECO' ? ACTIVATION_NONCE : undefined);
-    const rec = await this.ctx.users.setPassword(s.user, newPassword, role, nonce === undefined ? undefined : clusterSalt(this.ctx.clusterKey, s.user, nonce));
+    const rec = await this.ctx.users.setPassword(
+      s.user, newPassword, role, nonce === undefined ? undefined : clusterSalt(this.ctx.clusterKey, s.user, nonce),
+    );
     await this.persist();
     this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: s.user, version: userVersion(rec), ...(role !== s.role ? { promotedTo: role } : {}) });
     return role === s.role ? s : this.sessions.promote(s, role);
@@ -88,7 +90,9 @@ export class UserOps {
     if (!['CO', 'CU', 'AU'].includes(role)) throw new InvalidArgumentError(`role must be CO, CU or AU, not ${String(role)}`);
     // A name deleted before comes back one version above its tombstone, so the old user's
     // masked records stay older than the new user's.
-    const rec = await this.ctx.users.makeRecord(name, role, password, undefined, (this.ctx.tombstones.users.get(name) ?? 0) + 1);
+    const rec = await this.ctx.users.makeRecord(
+      name, role, password, undefined, (this.ctx.tombstones.users.get(name) ?? 0) + 1,
+    );
     this.ctx.users.add(rec);
     try {
       await this.persist();

@@ -1,4 +1,4 @@
-// Merging a masked user table from another HSM of the cluster (issue 19 item 3). The table is
+// Merging a masked user table from another HSM of the cluster (see versions.ts). The table is
 // not copied over this HSM's: each user record replaces the one held here only when its version
 // is newer, a deleted user (tombstone) never comes back from an older record, and the lockout
 // state (failed logins, locked) is this HSM's own — a replayed table cannot clear it. The
@@ -30,7 +30,9 @@ const ROLES = new Set(['PRECO', 'CO', 'CU', 'AU']);
 /** Reads an unsealed table: the current shape, or the first format (a bare array of users, no deletions). */
 export function readMaskedUsers(body: unknown): { users: UserRecord[]; deleted: Tombstones } {
   const what = 'the masked user table';
-  const raw = Array.isArray(body) ? { users: body as unknown[], deleted: undefined } : (body as { users?: unknown; deleted?: TombstoneRecord } | null);
+  const raw = Array.isArray(body) ? {
+    users: body as unknown[], deleted: undefined,
+  } : (body as { users?: unknown; deleted?: TombstoneRecord } | null);
   if (!raw || !Array.isArray(raw.users)) throw new InvalidArgumentError(`${what} is malformed`);
   const users = raw.users.map((u): UserRecord => {
     const r = u as UserRecord;
@@ -46,7 +48,9 @@ export function readMaskedUsers(body: unknown): { users: UserRecord[]; deleted: 
  * Applies what is newer in `table` to this HSM, persisted before it resolves. Refused as a whole
  * (StaleObjectError, audited) when nothing in it is newer and something is older: a replay.
  */
-export async function mergeUserTable(ctx: DeviceContext, s: Session, table: { users: UserRecord[]; deleted: Tombstones }): Promise<UsersImport> {
+export async function mergeUserTable(
+  ctx: DeviceContext, s: Session, table: { users: UserRecord[]; deleted: Tombstones },
+): Promise<UsersImport> {
   const put: UserRecord[] = [];
   const stale: string[] = [];
   const offered = new Map(table.users.map((r) => [r.name, userVersion(r)]));
@@ -95,7 +99,8 @@ export async function mergeUserTable(ctx: DeviceContext, s: Session, table: { us
     throw new StaleObjectError('import of a masked user table', stale);
   }
   const added = put.filter((r) => !ctx.users.has(r.name)).length;
-  if (ctx.users.size - dropUsers.length + added > ctx.users.opts.maxUsers) throw new UserLimitError(ctx.users.opts.maxUsers);
+  const { maxUsers } = ctx.users.opts;
+  if (ctx.users.size - dropUsers.length + added > maxUsers) throw new UserLimitError(maxUsers);
 
   // Deletions are recorded before they are made (a crash in between is finished at open).
   for (const [name, tv] of [...dropUsers, ...learnUsers]) ctx.tombstones.users.set(name, tv);

@@ -52,7 +52,10 @@ const NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 
 function derive(password: string, salt: Buffer, cost: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    scrypt(password, salt, HASH_LEN, { N: cost, r: 8, p: 1, maxmem: 256 * cost * 8 + 1024 * 1024 }, (err, key) => (err ? reject(err) : resolve(key)));
+    scrypt(
+      password, salt, HASH_LEN, { N: cost, r: 8, p: 1, maxmem: 256 * cost * 8 + 1024 * 1024 },
+      (err, key) => (err ? reject(err) : resolve(key)),
+    );
   });
 }
 
@@ -74,7 +77,9 @@ export class UserTable {
   constructor(readonly opts: UserTableOptions) {}
 
   /** Builds a record with a fresh salt (or the given one) and hash (async: scrypt runs off the event loop). */
-  async makeRecord(name: string, role: Role, password: string, salt: Buffer = randomBytes(16), version = 1): Promise<UserRecord> {
+  async makeRecord(
+    name: string, role: Role, password: string, salt: Buffer = randomBytes(16), version = 1,
+  ): Promise<UserRecord> {
     if (!NAME_RE.test(name)) throw new InvalidArgumentError(`user name ${JSON.stringify(name)} is invalid: use 1-64 letters, digits, '_', '.', '-'`);
     checkPasswordShape(password);
     const hash = await derive(password, salt, this.opts.scryptCost);
@@ -108,7 +113,8 @@ export class UserTable {
 
   /** Puts a replicated record in place of the user's (or adds it), keeping nothing of the old one. */
   put(rec: UserRecord): void {
-    if (!this.users.has(rec.name) && this.users.size >= this.opts.maxUsers) throw new UserLimitError(this.opts.maxUsers);
+    const { maxUsers } = this.opts;
+    if (!this.users.has(rec.name) && this.users.size >= maxUsers) throw new UserLimitError(maxUsers);
     this.users.set(rec.name, { ...rec });
   }
 

@@ -1,4 +1,4 @@
-// Object versions (issue 19 item 3): every replicated object — a token key, a user — carries a
+// Object versions (docs/hsm-cluster.md, "Versions"): every replicated object — a token key, a user — carries a
 // version that each cluster-wide change raises by one, and a deletion leaves a tombstone one
 // above the object's last version. Versions travel inside the masked blobs, so they are
 // authenticated by the cluster key, and an import is applied only when it is newer than what
@@ -47,7 +47,8 @@ export class Tombstones {
 
   /** Sorted, for disk and masking. */
   toRecord(): TombstoneRecord {
-    const sorted = (m: Map<string, number>): Record<string, number> => Object.fromEntries([...m].sort(([a], [b]) => (a < b ? -1 : 1)));
+    const sorted = (m: Map<string, number>): Record<string, number> =>
+      Object.fromEntries([...m].sort(([a], [b]) => (a < b ? -1 : 1)));
     return { users: sorted(this.users), keys: sorted(this.keys) };
   }
 
@@ -62,14 +63,16 @@ export class Tombstones {
 
 /** Whether two user records hold the same replicated state (lockout counters are per HSM). */
 export function sameUser(a: UserRecord, b: UserRecord): boolean {
-  return a.name === b.name && a.role === b.role && a.salt === b.salt && a.hash === b.hash && a.cost === b.cost && userVersion(a) === userVersion(b);
+  return a.name === b.name && a.role === b.role && a.salt === b.salt && a.hash === b.hash && a.cost === b.cost
+    && userVersion(a) === userVersion(b);
 }
 
 /** Whether two key objects hold the same replicated state (the handle is per HSM). */
 export function sameKey(a: StoredKey, b: StoredKey): boolean {
   const ra = toRecord(a);
   const rb = toRecord(b);
-  return a.version === b.version && canonical(ra.attrs) === canonical(rb.attrs) && ra.material.format === rb.material.format && ra.material.b64 === rb.material.b64;
+  return a.version === b.version && canonical(ra.attrs) === canonical(rb.attrs)
+    && ra.material.format === rb.material.format && ra.material.b64 === rb.material.b64;
 }
 
 function canonical(attrs: object): string {
@@ -99,7 +102,9 @@ export async function removeSharee(ctx: Pick<DeviceContext, 'objects' | 'store'>
  * orders). An HSM that took a change its peer missed reports a higher one: that decides which of
  * two disagreeing HSMs is current (client/current.ts).
  */
-export function changeSequence(users: readonly UserRecord[], keys: readonly StoredKey[], tombstones: Tombstones): number {
+export function changeSequence(
+  users: readonly UserRecord[], keys: readonly StoredKey[], tombstones: Tombstones,
+): number {
   let s = tombstones.sum();
   for (const u of users) s += userVersion(u);
   for (const k of keys) if (k.attrs.token) s += k.version;

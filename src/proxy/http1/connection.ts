@@ -179,7 +179,10 @@ export class Http1Connection {
   private deadlineKind: 'headers' | 'idle' | 'request' | 'none' = 'idle';
   private readonly onData = (chunk: Buffer) => this.received(chunk);
 
-  constructor(readonly socket: TlsSocketLike, private readonly policy: Http1Policy, private readonly handler: Http1Handler, private readonly onGone: (c: Http1Connection) => void) {
+  constructor(
+    readonly socket: TlsSocketLike, private readonly policy: Http1Policy, private readonly handler: Http1Handler,
+    private readonly onGone: (c: Http1Connection) => void,
+  ) {
     // A new connection must send its first request head within headersMs (slowloris).
     this.deadline = performance.now() + policy.headersMs;
     this.deadlineKind = 'headers';
