@@ -7,7 +7,9 @@ import type { ClusterManifest } from '../hsm/cluster/manifest.js';
 import { UsageError } from './errors.js';
 
 /** Connects to every HSM of the cluster in `dir` and logs in; UsageError when none is reachable. */
-export async function openCluster(dir: string, m: ClusterManifest, pin: { user: string; password: string }): Promise<ClusterClient> {
+export async function openCluster(
+  dir: string, m: ClusterManifest, pin: { user: string; password: string },
+): Promise<ClusterClient> {
   try {
     return await connectCluster(dir, { credentials: pin, watch: false, extra: { requireOne: true } });
   } catch (err) {

@@ -21,10 +21,10 @@ export interface HsmSide {
   /** Backend that new keys (demo PKI) are generated on; none for PKCS#11 (the references name the tokens). */
   backend?: Backend;
   describe: string;
-  /** PKCS#11: sessions per token and the libuv threads the process started with (each signature in flight holds one of each). */
+  /** PKCS#11: sessions per token and libuv threads at start (each signature in flight holds one of each). */
   pkcs11?: { sessions: number; threadPool: number };
   cluster?: ClusterClient;
-  /** The simulated cluster's directory (or the proxy's client bundle), and its supervisor when this process runs the HSMs (scaling). */
+  /** The simulated cluster's directory (or client bundle); its supervisor when this process runs the HSMs. */
   dir?: string;
   /** `dir` is a client bundle (hsm.manifest names one): no cluster administration from here. */
   clientBundle?: boolean;
@@ -129,7 +129,9 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     log.info({ dir, hsms: embedded.supervisor.ports().size, startupMs: Math.round(embedded.startupMs) }, 'embedded HSM cluster started');
   } else {
     const variable = customPinVariable(config);
-    credentials = variable ? parseCredentials(requiredVariable(variable), variable) : await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
+    credentials = variable
+      ? parseCredentials(requiredVariable(variable), variable)
+      : await loadCredentials(hsm.credentials.file ? { file: hsm.credentials.file } : {});
     if (!credentials.user) throw new UsageError('the cluster needs crypto-user credentials as user:password (HSMPROXY_PIN or hsm.credentials.file)');
     manifest = await readClientManifest(dir);
     // A client bundle (`hsmproxy cluster client-cert`) holds no CA or cluster key: HSMs cannot be added from it.
@@ -144,7 +146,8 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
   const opts: EngineOptions = { backends: { sim: backend }, admission };
   const engine = new Engine(opts);
   return {
-    engine, backend, cluster: client, dir, ...(embedded ? { supervisor: embedded.supervisor } : {}), ...(clientBundle ? { clientBundle } : {}),
+    engine, backend, cluster: client, dir, ...(embedded ? { supervisor: embedded.supervisor } : {}),
+    ...(clientBundle ? { clientBundle } : {}),
     describe: describeCluster(hsm.mode, clientBundle, dir, hsms.length),
     stop: async () => {
       await engine.close();

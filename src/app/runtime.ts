@@ -56,7 +56,8 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     admin: !worker,
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
-      engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
+      engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs,
+      ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
     }),
     readiness: () => hsmReadiness(hsm),
   });

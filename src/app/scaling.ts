@@ -15,7 +15,8 @@ import type { HsmSide } from './hsm-side.js';
 export function advisorConfig(a: AutoscaleConfig = AUTOSCALE_DEFAULTS): AdvisorConfig {
   return {
     ...ADVISOR_DEFAULTS,
-    min: a.min, max: a.max, sloP99Ms: a.sloP99Ms, cooldownMs: a.cooldownMs, sustainMs: a.sustainMs, removeSustainMs: a.removeAfterMs,
+    min: a.min, max: a.max, sloP99Ms: a.sloP99Ms, cooldownMs: a.cooldownMs, sustainMs: a.sustainMs,
+    removeSustainMs: a.removeAfterMs,
   };
 }
 
@@ -52,7 +53,8 @@ export function startScaling(opts: StartScalingOptions): ScalingRuntime {
   const monitor = new ScalingMonitor({ windowMs: a.windowMs, members });
   let lastAdvice = 'hold';
   const service = new ScalingService({
-    monitor, config: advisorConfig(a), intervalMs: a.intervalMs, autoscale: a.enabled, ...(opts.metrics ? { metrics: opts.metrics } : {}),
+    monitor, config: advisorConfig(a), intervalMs: a.intervalMs, autoscale: a.enabled,
+    ...(opts.metrics ? { metrics: opts.metrics } : {}),
     onRecommendation: (r) => {
       // A change of advice is worth a log line; the same advice every second is not.
       const advice = r.action === 'hold' ? 'hold' : `${r.action}:${r.targetHsms}`;
@@ -93,9 +95,12 @@ export function startScaling(opts: StartScalingOptions): ScalingRuntime {
  * The scaling advisor of a proxy on the simulated cluster, its gauges in `registry` (and the
  * autoscaler with hsm.autoscale); none on PKCS#11, whose tokens it cannot count or add to.
  */
-export function scalingFor(hsm: HsmSide, autoscale: AutoscaleConfig | undefined, registry: Registry, log: Logger): ScalingRuntime | undefined {
+export function scalingFor(
+  hsm: HsmSide, autoscale: AutoscaleConfig | undefined, registry: Registry, log: Logger,
+): ScalingRuntime | undefined {
   if (!hsm.cluster || !hsm.dir) return undefined;
   return startScaling({
-    client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale, metrics: defineMetrics(registry), log,
+    client: hsm.cluster, dir: hsm.dir, ...(hsm.supervisor ? { supervisor: hsm.supervisor } : {}), autoscale,
+    metrics: defineMetrics(registry), log,
   });
 }

@@ -44,7 +44,9 @@ export interface Serving {
 }
 
 /** On the simulated cluster, records the admin URL in its directory for `cluster advise --dir` (removed at stop). */
-async function recordAdmin(hsm: HsmSide, addr: AddressInfo | undefined, cleanup: Array<() => Promise<void>>, log: Logger): Promise<void> {
+async function recordAdmin(
+  hsm: HsmSide, addr: AddressInfo | undefined, cleanup: Array<() => Promise<void>>, log: Logger,
+): Promise<void> {
   // A bundle is not where `cluster advise --dir` looks (and is mounted read-only in compose).
   if (!hsm.cluster || !hsm.dir || hsm.clientBundle || !addr) return;
   try {
@@ -70,7 +72,9 @@ async function startDemo(config: Config, hsm: HsmSide): Promise<NonNullable<Serv
  * demo PKI and upstream follow from the config (`demo: true`), not from how it was named: the
  * default passed explicitly, or a copy of it on other ports, is the demo too.
  */
-export async function startServing(opts: { configFile?: string; log: Logger; logLevelFromConfig?: boolean }): Promise<Serving> {
+export async function startServing(
+  opts: { configFile?: string; log: Logger; logLevelFromConfig?: boolean },
+): Promise<Serving> {
   const { log } = opts;
   const configFile = opts.configFile ?? join(packageRoot(), 'config', 'hsmproxy.yaml');
   // The demo's certificates are made on first start, so its files are checked only after that.

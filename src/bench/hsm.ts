@@ -130,14 +130,20 @@ async function openDirTarget(dir: string, credentials?: string): Promise<BenchTa
   return clusterTarget(client, `cluster in ${dir} (${m.hsms.length} HSM${m.hsms.length === 1 ? '' : 's'}, profile ${[...new Set(m.hsms.map((h) => h.profile))].join('/') || '?'})`, m.hsms.length, () => client.close());
 }
 
-async function sweepTarget(target: BenchTarget, plan: HsmBenchPlan, result: HsmBenchResult, onProgress?: (p: Progress) => void, signal?: AbortSignal): Promise<void> {
+async function sweepTarget(
+  target: BenchTarget, plan: HsmBenchPlan, result: HsmBenchResult, onProgress?: (p: Progress) => void,
+  signal?: AbortSignal,
+): Promise<void> {
   const collector = target.reportsTimings ? new TimingCollector() : undefined;
   try {
     for (const op of plan.ops) {
       if (signal?.aborted) throw new InterruptedError();
       const prepared = await target.prepare(op);
       try {
-        const { points, knee } = await runSweep(prepared, { op: op.name, hsms: target.hsms, concurrencies: plan.concurrencies, budget: plan.budget, ...(signal ? { signal } : {}) }, collector, onProgress);
+        const { points, knee } = await runSweep(prepared, {
+          op: op.name, hsms: target.hsms, concurrencies: plan.concurrencies, budget: plan.budget,
+          ...(signal ? { signal } : {}),
+        }, collector, onProgress);
         result.points.push(...points);
         result.knees.push({ op: op.name, hsms: target.hsms, ...knee });
       } finally {
@@ -153,10 +159,13 @@ async function sweepTarget(target: BenchTarget, plan: HsmBenchPlan, result: HsmB
  * Runs the plan; `onProgress` is called a few times a second while a point runs. Aborting
  * `signal` (Ctrl-C) ends the point in progress, cleans up, and rejects with InterruptedError.
  */
-export async function runHsmBench(plan: HsmBenchPlan, onProgress?: (p: Progress) => void, signal?: AbortSignal): Promise<HsmBenchResult> {
+export async function runHsmBench(
+  plan: HsmBenchPlan, onProgress?: (p: Progress) => void, signal?: AbortSignal,
+): Promise<HsmBenchResult> {
   const result: HsmBenchResult = {
     kind: 'hsm', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length,
-    loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100), targets: [], budget: plan.budget, points: [], knees: [],
+    loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100), targets: [], budget: plan.budget, points: [],
+    knees: [],
   };
   const t = plan.target;
   const sizes = t.kind === 'embedded' ? t.hsms : [0];
@@ -165,7 +174,10 @@ export async function runHsmBench(plan: HsmBenchPlan, onProgress?: (p: Progress)
     if (signal?.aborted) throw new InterruptedError();
     const target = t.kind === 'embedded' ? await embeddedTarget(hsms, t.profile)
       : t.kind === 'dir' ? await openDirTarget(t.dir, t.credentials)
-        : await pkcs11Target({ module: t.module, token: t.token, sessions: Math.min(64, Math.max(...plan.concurrencies)), ...(t.credentials ? { credentials: t.credentials } : {}) });
+        : await pkcs11Target({
+          module: t.module, token: t.token, sessions: Math.min(64, Math.max(...plan.concurrencies)),
+          ...(t.credentials ? { credentials: t.credentials } : {})
+        });
     try {
       result.targets.push(target.description);
       await sweepTarget(target, plan, result, onProgress, signal);
@@ -185,5 +197,7 @@ export function scalingOf(points: BenchPoint[]): ScalingPoint[] {
     const b = best.get(k);
     if (!b || p.opsPerSec > b.opsPerSec) best.set(k, p);
   }
-  return [...best.values()].map((p) => ({ op: p.op, hsms: p.hsms ?? 0, concurrency: p.concurrency, opsPerSec: p.opsPerSec, p99Ms: p.latency.p99.totalMs }));
+  return [...best.values()].map((p) => ({
+    op: p.op, hsms: p.hsms ?? 0, concurrency: p.concurrency, opsPerSec: p.opsPerSec, p99Ms: p.latency.p99.totalMs,
+  }));
 }

@@ -71,7 +71,10 @@ export function checkSignature(flavour: SignFlavour, publicKeyDer: Buffer, signa
   const key = createPublicKey({ key: publicKeyDer, format: 'der', type: 'spki' });
   const hash = flavour.mechanism.endsWith('384') ? 'sha384' : 'sha256';
   const ok = flavour.mechanism.startsWith('rsa-pss')
-    ? cryptoVerify(hash, MESSAGE, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_AUTO }, signature)
+    ? cryptoVerify(
+      hash, MESSAGE, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_AUTO },
+      signature,
+    )
     : cryptoVerify(hash, MESSAGE, { key, dsaEncoding: ecdsa === 'raw' ? 'ieee-p1363' : 'der' }, signature);
   if (!ok) throw new Error(`the HSM returned a ${flavour.mechanism} signature that does not verify`);
 }

@@ -2,7 +2,7 @@
 // network / HSM queue wait / crypto service time, and the knee of a concurrency sweep.
 // Pure functions over samples; imports nothing.
 
-/** One completed operation: end-to-end latency and, when the HSM reported them, its queue wait and service time (ms). */
+/** One completed operation: end-to-end latency and, if the HSM reported them, its queue wait and service time (ms). */
 export interface Sample {
   totalMs: number;
   queueMs?: number;
@@ -39,7 +39,10 @@ function splitOf(s: Sample): LatencySplit {
   const queueMs = s.queueMs ?? 0;
   const serviceMs = s.serviceMs ?? 0;
   // The HSM's figures come from another process's clock; never let rounding make network negative.
-  return { totalMs: round(s.totalMs), networkMs: round(Math.max(0, s.totalMs - queueMs - serviceMs)), queueMs: round(queueMs), serviceMs: round(serviceMs) };
+  return {
+    totalMs: round(s.totalMs), networkMs: round(Math.max(0, s.totalMs - queueMs - serviceMs)), queueMs: round(queueMs),
+    serviceMs: round(serviceMs),
+  };
 }
 
 /** Mean split of the samples in ranks [from, to). */
@@ -50,7 +53,10 @@ function meanSplit(sorted: Sample[], from: number, to: number): LatencySplit {
     const s = splitOf(sorted[i]!);
     acc.totalMs += s.totalMs; acc.networkMs += s.networkMs; acc.queueMs += s.queueMs; acc.serviceMs += s.serviceMs;
   }
-  return { totalMs: round(acc.totalMs / n), networkMs: round(acc.networkMs / n), queueMs: round(acc.queueMs / n), serviceMs: round(acc.serviceMs / n) };
+  return {
+    totalMs: round(acc.totalMs / n), networkMs: round(acc.networkMs / n), queueMs: round(acc.queueMs / n),
+    serviceMs: round(acc.serviceMs / n),
+  };
 }
 
 /** Nearest-rank index of quantile q in n sorted samples. */
@@ -95,7 +101,9 @@ export function findKnee(points: KneeInput[]): Knee {
   for (let i = 1; i < sorted.length && base; i++) {
     const p = sorted[i]!;
     const prev = sorted[i - 1]!;
-    if (p.p99Ms > 2 * base.p99Ms && p.opsPerSec < 1.1 * prev.opsPerSec) return { concurrency: p.concurrency, rule: KNEE_RULE };
+    if (p.p99Ms > 2 * base.p99Ms && p.opsPerSec < 1.1 * prev.opsPerSec) {
+      return { concurrency: p.concurrency, rule: KNEE_RULE };
+    }
   }
   return { concurrency: null, rule: KNEE_RULE };
 }

@@ -45,7 +45,9 @@ export interface TlsBenchResult {
   secondsPerPoint: number;
   threads: number;
   points: TlsBenchPoint[];
-  ratios: Array<{ ours: string; baseline: string; key: string; mode: string; perSecond: number; cpuPerHandshake: number }>;
+  ratios: Array<{
+    ours: string; baseline: string; key: string; mode: string; perSecond: number; cpuPerHandshake: number;
+  }>;
   /** Offered-load sweep: the same points at several connection counts. */
   sweep?: { date: string; loadavg: number[]; points: TlsBenchPoint[] };
   /** The server flight in one write after the signature against split around it, alternated. */
@@ -119,7 +121,7 @@ function table(head: string[], rows: string[][]): string[] {
   return [`| ${head.join(' | ')} |`, `|${numeric.map((n) => (n ? '---:' : '---')).join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)];
 }
 
-/** The single-HSM sweeps and the PKCS#11 sweep in one table, by operation and concurrency (issue 8). */
+/** The single-HSM sweeps and the PKCS#11 sweep in one table, by operation and concurrency. */
 function sideBySide(results: HsmBenchResult[]): string[] {
   const sweeps = results.filter((r) => !r.scaling && r.targets.length === 1);
   const pkcs11 = sweeps.filter((r) => r.targets[0]!.startsWith('PKCS#11'));
@@ -157,7 +159,10 @@ function hsmSection(results: HsmBenchResult[]): string[] {
       const first = new Map<string, number>();
       out.push(...table(['operation', 'HSMs', 'ops/s', 'x 1 HSM', 'p99 ms', 'in flight'], r.scaling.map((s) => {
         if (!first.has(s.op)) first.set(s.op, s.opsPerSec);
-        return [s.op, String(s.hsms), f(s.opsPerSec), (s.opsPerSec / (first.get(s.op) || 1)).toFixed(2), ms(s.p99Ms), String(s.concurrency)];
+        return [
+          s.op, String(s.hsms), f(s.opsPerSec), (s.opsPerSec / (first.get(s.op) || 1)).toFixed(2), ms(s.p99Ms),
+          String(s.concurrency),
+        ];
       })));
       out.push('');
     }
@@ -214,7 +219,8 @@ function proxySection(r: ProxyBenchResult | undefined): string[] {
   out.push(`${r.date}, ${r.seconds} s per server, ${r.connections} keep-alive connections, client: ${r.client}. Load average ${load(r.loadavg)}.`, '');
   if (r.nginxSkipped) out.push(`nginx: ${r.nginxSkipped}`, '');
   out.push(...table(['server', 'requests/s', 'p50 ms', 'p95 ms', 'p99 ms', 'max ms', 'server CPU ms each', 'errors'], r.points.map((p) => [
-    p.server, f(p.requestsPerSec), ms(p.latencyMs.p50), ms(p.latencyMs.p95), ms(p.latencyMs.p99), ms(p.latencyMs.max), p.serverCpuMsPerRequest.toFixed(3), String(p.errors),
+    p.server, f(p.requestsPerSec), ms(p.latencyMs.p50), ms(p.latencyMs.p95), ms(p.latencyMs.p99), ms(p.latencyMs.max),
+    p.serverCpuMsPerRequest.toFixed(3), String(p.errors),
   ])));
   out.push('');
   for (const x of r.ratios) out.push(`- hsmproxy ÷ ${x.baseline}: ${x.requestsPerSec.toFixed(2)}x the requests/s; ${x.baseline} CPU ÷ hsmproxy CPU per request: ${x.cpuPerRequest.toFixed(2)}`);
@@ -236,7 +242,9 @@ function profileSection(r: ProfileResult | undefined): string[] {
 
 /** Renders SUMMARY.md. */
 export function renderSummary(input: SummaryInput): string {
-  const all = [...input.hsm.map((h) => h.loadavg), input.tls?.loadavg, input.proxy?.loadavg].filter((x): x is number[] => Array.isArray(x));
+  const all = [
+    ...input.hsm.map((h) => h.loadavg), input.tls?.loadavg, input.proxy?.loadavg,
+  ].filter((x): x is number[] => Array.isArray(x));
   const peak = all.length ? Math.max(...all.map((l) => l[0] ?? 0)) : undefined;
   const cpus = input.hsm[0]?.cpus ?? input.tls?.cpus ?? input.proxy?.cpus;
   const lines: string[] = [
@@ -251,6 +259,8 @@ export function renderSummary(input: SummaryInput): string {
     lines.push('## Charts', '');
     for (const c of input.charts) lines.push(`![${c.caption}](${c.file})`, '');
   }
-  lines.push(...hsmSection(input.hsm), ...tlsSection(input.tls), ...proxySection(input.proxy), ...profileSection(input.profile));
+  lines.push(
+    ...hsmSection(input.hsm), ...tlsSection(input.tls), ...proxySection(input.proxy), ...profileSection(input.profile)
+  );
   return lines.join('\n');
 }

@@ -55,7 +55,9 @@ export function renderLineChart(c: LineChart): string {
   const height = c.height ?? 400;
   const plotW = width - MARGIN.left - MARGIN_RIGHT;
   const plotH = height - MARGIN.top - MARGIN.bottom;
-  const all = c.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!c.xLog || x > 0));
+  const drawable = ([x, y]: [number, number]): boolean =>
+    Number.isFinite(x) && Number.isFinite(y) && (!c.xLog || x > 0);
+  const all = c.series.flatMap((s) => s.points).filter(drawable);
   const tx = (x: number): number => (c.xLog ? Math.log2(x) : x);
   const xs = all.map(([x]) => tx(x));
   let xLo = xs.length ? Math.min(...xs) : 0;
@@ -88,7 +90,7 @@ export function renderLineChart(c: LineChart): string {
   out.push(`<text x="16" y="${MARGIN.top + plotH / 2}" text-anchor="middle" transform="rotate(-90 16 ${MARGIN.top + plotH / 2})">${xmlEscape(c.yLabel)}</text>`);
   c.series.forEach((s, i) => {
     const colour = COLOURS[i % COLOURS.length]!;
-    const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!c.xLog || x > 0)).sort((a, b) => a[0] - b[0]);
+    const pts = s.points.filter(drawable).sort((a, b) => a[0] - b[0]);
     const d = pts.map(([x, y], j) => `${j === 0 ? 'M' : 'L'}${r(px(x))},${r(py(y))}`).join(' ');
     out.push(`<g class="series" data-series="${xmlEscape(s.name)}">`);
     out.push(`<path d="${d}" fill="none" stroke="${colour}" stroke-width="2"/>`);

@@ -51,7 +51,12 @@ export async function runPoint(
   const deadline = 'seconds' in budget ? t0 + budget.seconds * 1000 : Infinity;
   const more = (): boolean => !meta.signal?.aborted && ('count' in budget ? started < budget.count : performance.now() < deadline);
   const timer = onProgress
-    ? setInterval(() => onProgress({ op: meta.op, concurrency, done: samples.length + errors, elapsedS: (performance.now() - t0) / 1000, budget }), 250)
+    ? setInterval(
+      () => onProgress({
+        op: meta.op, concurrency, done: samples.length + errors, elapsedS: (performance.now() - t0) / 1000, budget,
+      }),
+      250,
+    )
     : undefined;
   try {
     await Promise.all(Array.from({ length: concurrency }, async () => {
@@ -61,7 +66,9 @@ export async function runPoint(
         try {
           if (collector && prepared.runTimed) {
             const t = await prepared.runTimed();
-            samples.push({ totalMs: performance.now() - s0, queueMs: t.queueWaitUs / 1000, serviceMs: t.serviceUs / 1000 });
+            samples.push({
+              totalMs: performance.now() - s0, queueMs: t.queueWaitUs / 1000, serviceMs: t.serviceUs / 1000,
+            });
           } else if (collector) {
             const t = await collector.measure(prepared.run);
             const totalMs = performance.now() - s0;
@@ -98,13 +105,18 @@ export async function runSweep(
 ): Promise<{ points: BenchPoint[]; knee: Knee }> {
   // Warm-up (JIT, connections, key caches): not measured.
   const warm = Math.max(...meta.concurrencies);
-  await runPoint(prepared, { op: meta.op, hsms: meta.hsms, concurrency: Math.min(warm, 16), budget: { count: Math.min(200, 4 * warm) }, ...(meta.signal ? { signal: meta.signal } : {}) }, undefined);
+  await runPoint(prepared, {
+    op: meta.op, hsms: meta.hsms, concurrency: Math.min(warm, 16), budget: { count: Math.min(200, 4 * warm) },
+    ...(meta.signal ? { signal: meta.signal } : {}),
+  }, undefined);
   const points: BenchPoint[] = [];
   for (const concurrency of meta.concurrencies) {
     points.push(await runPoint(prepared, { ...meta, concurrency }, collector, onProgress));
     if (meta.signal?.aborted) throw new InterruptedError();
   }
-  const knee = findKnee(points.map((p) => ({ concurrency: p.concurrency, opsPerSec: p.opsPerSec, p99Ms: p.latency.p99.totalMs })));
+  const knee = findKnee(points.map((p) => ({
+    concurrency: p.concurrency, opsPerSec: p.opsPerSec, p99Ms: p.latency.p99.totalMs,
+  })));
   return { points, knee };
 }
 

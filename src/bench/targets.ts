@@ -27,7 +27,9 @@ function label(op: BenchOp): string {
 }
 
 /** A target over a logged-in cluster client; `onClose` releases whatever opened it. */
-export function clusterTarget(client: ClusterClient, description: string, hsms: number, onClose: () => Promise<void>): BenchTarget {
+export function clusterTarget(
+  client: ClusterClient, description: string, hsms: number, onClose: () => Promise<void>,
+): BenchTarget {
   return {
     description, hsms, reportsTimings: true,
     prepare: (op) => prepareOnCluster(client, op, label(op)),
@@ -67,7 +69,9 @@ export interface Pkcs11TargetOptions {
 /** Opens a PKCS#11 token; only sign operations are offered (the engine's pkcs11 backend signs only). */
 export async function pkcs11Target(opts: Pkcs11TargetOptions): Promise<BenchTarget> {
   const { openPkcs11Backend } = await import('../engine/pkcs11/backend.js');
-  const backend = await openPkcs11Backend({ module: opts.module, token: opts.token, credentials: opts.credentials, poolSize: opts.sessions });
+  const backend = await openPkcs11Backend({
+    module: opts.module, token: opts.token, credentials: opts.credentials, poolSize: opts.sessions,
+  });
   return {
     description: `PKCS#11 token "${opts.token}" (${opts.module})`, hsms: null, reportsTimings: false,
     async prepare(op) {

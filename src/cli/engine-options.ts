@@ -6,7 +6,8 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import {
-  BadCredentialsError, Engine, OtherClusterError, SimBackend, loadCredentials, mapSimError, normaliseClusterId, simClientFrom, type Backend, type EngineSigner, type KeyRef,
+  BadCredentialsError, Engine, OtherClusterError, SimBackend, loadCredentials, mapSimError, normaliseClusterId,
+  simClientFrom, type Backend, type EngineSigner, type KeyRef,
 } from '../engine/index.js';
 import { HsmConnection } from '../hsm/client/connection.js';
 import { clusterPath, findHsm, readClientManifest, type ClientManifest } from '../hsm/cluster/manifest.js';
@@ -52,15 +53,21 @@ export async function openSimFromManifest(opts: KeyCommandOptions, ref?: KeyRef)
   if (opts.hsm !== undefined) {
     // One named HSM, directly (no balancing or replication): for diagnosis.
     const h = findHsm(m, opts.hsm);
-    const [ca, cert, key] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
-    const conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key! }).catch((err: unknown) => {
+    const [
+      ca, cert, key,
+    ] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
+    const conn = await HsmConnection.connect({
+      hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key!,
+    }).catch((err: unknown) => {
       throw mapSimError(err, `HSM ${h.id}`);
     });
     return new SimBackend({ client: simClientFrom(conn), clusterId: m.clusterId, credentials });
   }
   // The whole cluster: balanced, with failover, and key imports replicated to every HSM.
   await checkLogin(dir, m, credentials.user, credentials.password);
-  const client = await connectCluster(dir, { credentials: { user: credentials.user, password: credentials.password }, watch: false }).catch((err: unknown) => {
+  const client = await connectCluster(
+    dir, { credentials: { user: credentials.user, password: credentials.password }, watch: false },
+  ).catch((err: unknown) => {
     throw mapSimError(err, `the cluster in ${dir}`);
   });
   return new SimBackend({ client: simClientFrom(client), clusterId: m.clusterId, credentials });
@@ -72,11 +79,15 @@ export async function openSimFromManifest(opts: KeyCommandOptions, ref?: KeyRef)
  * reconnect attempts that count towards the account's lockout.
  */
 async function checkLogin(dir: string, m: ClientManifest, user: string, password: string): Promise<void> {
-  const [ca, cert, key] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
+  const [
+    ca, cert, key,
+  ] = await Promise.all([m.caCert, m.clientCert, m.clientKey].map((p) => readFile(clusterPath(dir, p))));
   for (const h of m.hsms) {
     let conn: HsmConnection;
     try {
-      conn = await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key!, connectTimeoutMs: 2000 });
+      conn = await HsmConnection.connect({
+        hsmId: h.id, host: h.address, port: h.port, ca: ca!, cert: cert!, key: key!, connectTimeoutMs: 2000,
+      });
     } catch {
       continue; // unreachable: the cluster client reports which HSMs are down
     }
@@ -115,7 +126,9 @@ export const backendOpeners = {
   async pkcs11(opts: KeyCommandOptions, ref: KeyRef): Promise<Backend> {
     const { pkcs11Opener } = await import('../engine/pkcs11/backend.js');
     return pkcs11Opener({
-      ...(opts.module ? { module: opts.module } : { allowedModules: allowedModulesFromEnv(), allowHint: CLI_ALLOW_HINT }),
+      ...(opts.module ? { module: opts.module } : {
+        allowedModules: allowedModulesFromEnv(), allowHint: CLI_ALLOW_HINT,
+      }),
       ...(opts.credentials ? { credentials: opts.credentials } : {}),
     })(ref);
   },

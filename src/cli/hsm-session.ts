@@ -1,7 +1,7 @@
 // How CLI commands reach the HSM: the cluster directory (--dir, HSMPROXY_DIR, ./data), the
-// credentials (HSMPROXY_PIN=user:password or a hidden prompt on a terminal, never a flag), one
-// logged-in connection to one HSM of the manifest, and key lookup by id or label.
-// Commands call `withHsm`; issue 3 swaps its connection for the cluster client in one place.
+// credentials (HSMPROXY_PIN=user:password or a hidden prompt on a terminal, never a flag), a
+// logged-in cluster client (or, with --hsm, a connection to that one HSM), and key lookup by id or
+// label. Commands call `withHsm`.
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { ClusterClient } from '../hsm/client/cluster-client.js';
@@ -80,7 +80,9 @@ export async function readNewPassword(what: string): Promise<string> {
 /** Connects (mTLS, not logged in) to one HSM of the cluster in `dir`. */
 export async function connectHsm(dir: string, m: ClusterManifest, h: ManifestHsm): Promise<HsmConnection> {
   const [ca, cert, key] = await Promise.all([
-    readFile(clusterPath(dir, m.caCert)), readFile(clusterPath(dir, m.clientCert)), readFile(clusterPath(dir, m.clientKey)),
+    readFile(clusterPath(dir, m.caCert)), readFile(clusterPath(
+      dir, m.clientCert,
+    )), readFile(clusterPath(dir, m.clientKey)),
   ]);
   try {
     return await HsmConnection.connect({ hsmId: h.id, host: h.address, port: h.port, ca, cert, key });
@@ -96,7 +98,9 @@ export async function connectHsm(dir: string, m: ClusterManifest, h: ManifestHsm
 export type HsmClient = HsmConnection | ClusterClient;
 
 /** Opens a logged-in client — the cluster, or the HSM chosen with --hsm — runs `fn`, closes. */
-export async function withHsm<T>(opts: HsmCommandOptions, fn: (conn: HsmClient, ctx: { dir: string; manifest: ClusterManifest }) => Promise<T>): Promise<T> {
+export async function withHsm<T>(
+  opts: HsmCommandOptions, fn: (conn: HsmClient, ctx: { dir: string; manifest: ClusterManifest }) => Promise<T>,
+): Promise<T> {
   const dir = clusterDir(opts);
   const manifest = await readManifest(dir);
   const h = findHsm(manifest, opts.hsm);

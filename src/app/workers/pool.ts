@@ -20,7 +20,7 @@ export interface WorkerPoolOptions<S> {
   /** The worker's entry file (keep the current extension: .ts under tsx, .js from dist/). */
   exec: string;
   execArgv?: string[];
-  /** Sent to each worker as its first message; a function is asked afresh each time (settings that change, like ticket keys). */
+  /** Sent to each worker as its first message; a function is asked afresh each time (ticket keys change). */
   settings: S | (() => S);
   /** How long a worker may take to report ready (default 60 s). */
   startTimeoutMs?: number;
@@ -163,7 +163,9 @@ export class WorkerPool<S> {
     this.opts.onEvent?.({ event: 'exit', worker: n, pid: w.process.pid ?? 0, code, signal, restartInMs });
     setTimeout(() => {
       if (this.stopping) return;
-      this.fork(n).then(() => { this.restarts = 0; }, () => { /* reported through onEvent; its exit schedules the next try */ });
+      this.fork(n).then(
+        () => { this.restarts = 0; }, () => { /* reported through onEvent; its exit schedules the next try */ },
+      );
     }, restartInMs).unref();
   }
 
@@ -171,7 +173,9 @@ export class WorkerPool<S> {
    * Sends `command` (if any) and waits for the first report `accept` returns true for (or throws on);
    * rejects if the worker exits first or `timeoutMs` passes.
    */
-  private ask(w: Worker, command: WorkerCommand<S> | undefined, accept: (m: WorkerReport) => true | undefined, timeoutMs = 60_000): Promise<void> {
+  private ask(
+    w: Worker, command: WorkerCommand<S> | undefined, accept: (m: WorkerReport) => true | undefined, timeoutMs = 60_000,
+  ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const done = (err?: Error) => {
         clearTimeout(timer);

@@ -33,7 +33,9 @@ export interface WorkerRuntime extends ProxyRuntime {
 }
 
 /** Starts `count` workers and the primary's admin server; the caller owns `hsm`. */
-export async function startWorkers(opts: { config: Config; configFile: string; hsm: HsmSide; log: Logger; count: number }): Promise<WorkerRuntime> {
+export async function startWorkers(
+  opts: { config: Config; configFile: string; hsm: HsmSide; log: Logger; count: number },
+): Promise<WorkerRuntime> {
   const { config, log, hsm, count } = opts;
   // The scaling advisor runs here on the workers' forwarded events; its gauges join their metrics.
   const registry = createRegistry();
@@ -43,7 +45,10 @@ export async function startWorkers(opts: { config: Config; configFile: string; h
   const pool = new WorkerPool<WorkerSettings>({
     count,
     exec: workerEntry,
-    settings: () => ({ configFile: opts.configFile, ticketKeys: ticketKeys.export(), logLevel: log.level, forwardEvents: scaling !== undefined }),
+    settings: () => ({
+      configFile: opts.configFile, ticketKeys: ticketKeys.export(), logLevel: log.level,
+      forwardEvents: scaling !== undefined,
+    }),
     onWorkerEvents: (events) => {
       for (const [name, event] of events) if (FORWARDED.includes(name)) channel(name).publish(event);
     },

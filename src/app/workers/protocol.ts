@@ -30,7 +30,9 @@ export type WorkerCommand<S> =
  * What the primary sends each worker (again when ticket keys change). `forwardEvents`: the primary
  * runs the scaling advisor, so the worker forwards the events it reads.
  */
-export interface WorkerSettings { configFile: string; ticketKeys: SharedTicketKey[]; logLevel: string; forwardEvents: boolean }
+export interface WorkerSettings {
+  configFile: string; ticketKeys: SharedTicketKey[]; logLevel: string; forwardEvents: boolean;
+}
 
 /** The events the scaling advisor reads, forwarded from the workers, where the signatures happen. */
 export const FORWARDED: readonly string[] = [CHANNELS.hsmRequest, CHANNELS.tlsHandshake];

@@ -65,7 +65,9 @@ export async function runWorker(): Promise<void> {
   try {
     const config = loadConfig(settings.configFile, { checkFiles: true });
     hsm = await openHsmSide(config, log, { attach: true });
-    runtime = await startProxyRuntime({ config, configFile: settings.configFile, hsm, log, registry: createRegistry(), worker: { ticketKeys } });
+    runtime = await startProxyRuntime({
+      config, configFile: settings.configFile, hsm, log, registry: createRegistry(), worker: { ticketKeys },
+    });
   } catch (err) {
     report({ hsmproxy: 'failed', message: (err as Error).message });
     await hsm?.stop().catch(() => undefined);

@@ -27,7 +27,9 @@ export function register(program: Command): void {
         });
         return;
       }
-      const r = await issueClientCert(dir, { name: opts.name, ...(opts.outDir !== undefined ? { outDir: opts.outDir } : {}) });
+      const r = await issueClientCert(
+        dir, { name: opts.name, ...(opts.outDir !== undefined ? { outDir: opts.outDir } : {}) },
+      );
       output(opts, { ...r.record, outDir: r.outDir, files: r.files }, () => {
         process.stdout.write([
           `issued client certificate "${r.record.name}" (serial ${r.record.serial}, valid until ${r.record.notAfter})`,
@@ -47,7 +49,10 @@ export function register(program: Command): void {
     .option('--json', 'print one JSON document')
     .action(async (opts: { name?: string; serial?: string; dir?: string; json?: boolean }) => {
       if ((opts.name === undefined) === (opts.serial === undefined)) throw new UsageError('name the certificate to revoke: --name NAME or --serial SERIAL (one of them)');
-      const r = await revokeClient(clusterDir(opts), { ...(opts.name !== undefined ? { name: opts.name } : {}), ...(opts.serial !== undefined ? { serial: opts.serial } : {}) });
+      const r = await revokeClient(clusterDir(opts), {
+        ...(opts.name !== undefined ? { name: opts.name } : {}),
+        ...(opts.serial !== undefined ? { serial: opts.serial } : {}),
+      });
       output(opts, r, () => {
         for (const c of r.revoked) process.stdout.write(`revoked "${c.name}" (serial ${c.serial}): HSM nodes refuse it from now on\n`);
         for (const c of r.alreadyRevoked) process.stdout.write(`"${c.name}" (serial ${c.serial}) was already revoked on ${c.revokedAt ?? '?'}\n`);

@@ -103,7 +103,9 @@ export function register(program: Command): void {
     .option('--hsms <n>', 'HSMs in the new cluster (default: as many as the source)')
     .option('--base-port <port>', 'port of the first HSM; the others follow')
     .option('--json', 'print one JSON document')
-    .action(async (opts: { backup: string; dir: string; clusterKey?: string; hsms?: string; basePort?: string; json?: boolean }) => {
+    .action(async (
+      opts: { backup: string; dir: string; clusterKey?: string; hsms?: string; basePort?: string; json?: boolean },
+    ) => {
       const r = await restoreCluster({
         backup: opts.backup, dir: opts.dir,
         ...(opts.clusterKey ? { clusterKeyFile: opts.clusterKey } : {}),
@@ -126,7 +128,9 @@ export function register(program: Command): void {
       if (opts.host !== undefined && !isNodeHost(opts.host)) throw new UsageError(`--host takes an IP address or a DNS name, got "${opts.host}"`);
       const dir = clusterDir(opts);
       const creds = await credentialsOption();
-      const r = await addHsm(dir, { from: opts.from, ...creds, ...(opts.host !== undefined ? { host: opts.host } : {}) });
+      const r = await addHsm(
+        dir, { from: opts.from, ...creds, ...(opts.host !== undefined ? { host: opts.host } : {}) },
+      );
       const inSync = await bringInSync(dir, r.hsm.id, creds.credentials);
       output(opts, { ...r, inSync }, () => {
         process.stdout.write(`added ${r.hsm.id} (${r.hsm.address}:${r.hsm.port}) from ${r.from === 'backup' ? `backup ${r.source}` : `a live clone of ${r.source}`}, ${r.tokenKeys} token keys\n` +

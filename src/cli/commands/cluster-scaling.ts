@@ -151,9 +151,13 @@ export function register(program: Command): void {
     .option('--sustain <duration>', 'how long latency must stay over the SLO (--prometheus)', '5m')
     .option('--remove-after <duration>', 'how long HSMs must stay idle before removing one (--prometheus)', '30m')
     .option('--json', 'print one JSON document')
-    .action(async (opts: { admin?: string; prometheus?: string; dir?: string; min: string; max: string; sloMs: string; window: string; sustain: string; removeAfter: string; json?: boolean }) => {
+    .action(async (opts: {
+      admin?: string; prometheus?: string; dir?: string; min: string; max: string; sloMs: string; window: string;
+      sustain: string; removeAfter: string; json?: boolean;
+    }) => {
       // No source named: the cluster of $HSMPROXY_DIR, as every other command takes it.
-      const dir = opts.dir ?? (opts.admin === undefined && opts.prometheus === undefined ? process.env.HSMPROXY_DIR || undefined : undefined);
+      const fromEnv = opts.admin === undefined && opts.prometheus === undefined;
+      const dir = opts.dir ?? (fromEnv ? process.env.HSMPROXY_DIR || undefined : undefined);
       const sources = [opts.admin, opts.prometheus, dir].filter((v) => v !== undefined).length;
       if (sources !== 1) throw new UsageError('give exactly one of --admin URL, --prometheus URL or --dir DIR (or set HSMPROXY_DIR)');
       const min = int(opts.min, '--min', 1, 28);
@@ -182,7 +186,10 @@ export function register(program: Command): void {
     .option('--headroom <fraction>', 'share of an HSM\'s capacity to plan for', '0.7')
     .option('--min <n>', 'never fewer HSMs than this (availability)', '2')
     .option('--json', 'print one JSON document')
-    .action(async (opts: { handshakesPerSec: string; resumption: string; profile: string; key: string; fromBench?: string; headroom: string; min: string; json?: boolean }) => {
+    .action(async (opts: {
+      handshakesPerSec: string; resumption: string; profile: string; key: string; fromBench?: string; headroom: string;
+      min: string; json?: boolean;
+    }) => {
       const hps = Number(opts.handshakesPerSec);
       if (!/^\d+(\.\d+)?$/.test(opts.handshakesPerSec.trim()) || !(hps >= 0) || hps > 1e7) throw new UsageError(`--handshakes-per-sec takes a number of handshakes per second (e.g. 2000), got "${opts.handshakesPerSec}"`);
       const resumption = fraction(opts.resumption, '--resumption', { allowZero: true });
@@ -203,14 +210,20 @@ export function register(program: Command): void {
         if (!found) throw new UsageError(`--from-bench ${opts.fromBench} has no error-free sign point for ${keyType}; run \`hsmproxy bench hsm --op ${keyType.startsWith('rsa') ? `sign-rsa${keyType.slice(4)}-pss` : `sign-${keyType}`} --json\` or pick another --key`);
         capacity = found;
       } else {
-        const profile = CAPACITY_PROFILES[opts.profile as CapacityProfileName] as (typeof CAPACITY_PROFILES)[CapacityProfileName] | undefined;
+        type Profile = (typeof CAPACITY_PROFILES)[CapacityProfileName];
+        const profile = CAPACITY_PROFILES[opts.profile as CapacityProfileName] as Profile | undefined;
         if (!profile || opts.profile === 'unlimited') throw new UsageError(`--profile must be one of ${profiles.join(', ')} (unlimited has no capacity to plan with), got "${opts.profile}"`);
         const rate = profile.rates[`sign:${keyType}`];
         if (!rate) throw new UsageError(`the ${profile.name} profile has no sign rate for ${keyType}`);
         capacity = { perHsmSignsPerSec: rate, source: `${profile.name} published figure` };
       }
-      const plan = planCapacity({ handshakesPerSec: hps, resumption, keyType, perHsmSignsPerSec: capacity.perHsmSignsPerSec, capacitySource: capacity.source, headroom, min });
-      output(opts, { input: { handshakesPerSec: hps, resumption, keyType, headroom, min, capacitySource: capacity.source }, ...plan }, () => {
+      const plan = planCapacity({
+        handshakesPerSec: hps, resumption, keyType, perHsmSignsPerSec: capacity.perHsmSignsPerSec,
+        capacitySource: capacity.source, headroom, min,
+      });
+      output(opts, {
+        input: { handshakesPerSec: hps, resumption, keyType, headroom, min, capacitySource: capacity.source }, ...plan
+      }, () => {
         process.stdout.write([`${plan.hsms} HSMs`, ...plan.reasons.map((r) => `  - ${r}`)].join('\n') + '\n');
       });
     });

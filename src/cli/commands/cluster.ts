@@ -31,21 +31,24 @@ export function register(program: Command): void {
     .option('--base-port <port>', 'port of the first HSM; the others follow', String(DEFAULT_BASE_PORT))
     .option('--host <host>', 'address the HSMs listen on and clients reach them at, named in their certificates (IP or DNS name)', '127.0.0.1')
     .option('--json', 'print one JSON document')
-    .action(async (opts: { dir?: string; hsms: string; profile: string; basePort: string; host: string; json?: boolean }) => {
+    .action(async (
+      opts: { dir?: string; hsms: string; profile: string; basePort: string; host: string; json?: boolean },
+    ) => {
       if (!PROFILES.includes(opts.profile as ManifestProfile)) throw new UsageError(`--profile must be one of ${PROFILES.join(', ')}`);
       const hsms = intOption(opts.hsms, '--hsms');
       if (hsms < 1 || hsms > MAX_HSMS) throw new UsageError(`--hsms must be from 1 to ${MAX_HSMS}`);
       const dir = clusterDir(opts);
       const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port'), host: opts.host });
       const m = r.manifest;
-      // Another cluster's HSM (an earlier quick start, say) may hold these ports: say so now, not when this HSM fails to start.
+      // Another cluster's HSM (an earlier quick start, say) may hold these ports: say so now, not when it fails.
       const busy = await portsInUse(m.hsms);
       for (const p of busy) {
         process.stderr.write(`hsmproxy: warning: port ${p.port} on ${p.address} (${p.hsm}) is already in use, perhaps by another cluster's HSM; ` +
           `${p.hsm} cannot start while it is taken: stop what listens there, or delete ${dir} and run cluster init again with --base-port P\n`);
       }
       output(opts, {
-        dir, manifest: manifestPath(dir), clusterId: m.clusterId, precoUser: r.precoUser, precoPassword: r.precoPassword,
+        dir, manifest: manifestPath(dir), clusterId: m.clusterId, precoUser: r.precoUser,
+        precoPassword: r.precoPassword,
         hsms: m.hsms.map((h) => ({ id: h.id, address: h.address, port: h.port, profile: h.profile })),
         portsInUse: busy,
       }, () => {
@@ -82,7 +85,7 @@ export function register(program: Command): void {
           const who = await conn.login(pin.user, pin.password);
           if (who.role !== 'PRECO') throw new UsageError(`${pin.user} on ${h.id} is already a ${who.role}: the cluster is activated`, 1);
           await conn.changePassword(newPassword);
-          // Every HSM takes the first one's user table, so password hashes (and state digests) match: the HSMs are clones.
+          // Every HSM takes the first one's user table, so password hashes and state digests match: clones.
           if (users) await conn.importUsers(users);
           else {
             await conn.createUser(au.user, 'AU', au.password);

@@ -28,7 +28,9 @@ export function register(program: Command): void {
       const backend = await openSimFromManifest({ ...opts, hsm: undefined });
       const engine = new Engine({ backends: { sim: backend } });
       try {
-        const r = await ensureDemoPki(engine, backend, opts.out, { ...(days ? { days } : {}), ...(opts.name.length ? { names: opts.name } : {}) });
+        const r = await ensureDemoPki(
+          engine, backend, opts.out, { ...(days ? { days } : {}), ...(opts.name.length ? { names: opts.name } : {}) },
+        );
         output(opts, { created: r.created, ...r.files }, () => {
           process.stdout.write(`${r.created ? 'made' : 'reusing'} the demo PKI in ${opts.out}: trust ${r.files.caCert}\n`);
         });

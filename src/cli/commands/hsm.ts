@@ -32,7 +32,9 @@ export function register(program: Command): void {
     .option('--max-pending-per-source <n>', `connections still handshaking from one address (default ${DEFAULT_APPLIANCE_LIMITS.maxPendingPerSource})`, positiveInt)
     .option('--max-in-flight-per-connection <n>', `requests one connection may have in flight before the node stops reading it (default ${DEFAULT_APPLIANCE_LIMITS.maxInFlightPerConnection})`, positiveInt)
     .option('--max-logins-per-certificate <n>', `logins in progress at once with one client certificate (default ${DEFAULT_APPLIANCE_LIMITS.maxLoginsPerCertificate})`, positiveInt)
-    .action(async (opts: { dir?: string; hsm?: string } & Partial<Pick<ApplianceLimits, typeof LIMIT_FLAGS[number]>>) => {
+    .action(async (
+      opts: { dir?: string; hsm?: string } & Partial<Pick<ApplianceLimits, typeof LIMIT_FLAGS[number]>>,
+    ) => {
       const limits: Partial<ApplianceLimits> = {};
       for (const k of LIMIT_FLAGS) if (opts[k] !== undefined) limits[k] = opts[k];
       await serveForeground({ dir: clusterDir(opts), limits, ...(opts.hsm !== undefined ? { hsmId: opts.hsm } : {}) });

@@ -45,7 +45,9 @@ function tokenSelector(opts: Pkcs11CliOptions): TokenSelector {
   return { label: opts.token };
 }
 
-async function withBackend<T>(module: string, token: TokenSelector, opts: Pkcs11CliOptions, fn: (b: Pkcs11Backend) => Promise<T>): Promise<T> {
+async function withBackend<T>(
+  module: string, token: TokenSelector, opts: Pkcs11CliOptions, fn: (b: Pkcs11Backend) => Promise<T>,
+): Promise<T> {
   const backend = await openPkcs11Backend({ module, token, pinFormat: opts.pinFormat, poolSize: 1 });
   try {
     return await fn(backend);
@@ -66,7 +68,9 @@ function keyJson(k: Pkcs11Key): KeyJson {
 }
 
 /** `key generate --backend pkcs11`: a key pair on the token, and its reference written to `out`. */
-export async function generatePkcs11Key(opts: Pkcs11CliOptions & { type?: string; label?: string; out?: string; force?: boolean }): Promise<void> {
+export async function generatePkcs11Key(
+  opts: Pkcs11CliOptions & { type?: string; label?: string; out?: string; force?: boolean },
+): Promise<void> {
   const module = requireModule(opts);
   const token = tokenSelector(opts);
   if (!opts.type) throw new UsageError('no key type: pass --type rsa:2048, rsa:3072, rsa:4096, ec:p256 or ec:p384');
@@ -109,7 +113,9 @@ export async function listPkcs11Keys(opts: Pkcs11CliOptions): Promise<void> {
 }
 
 /** `key delete --backend pkcs11`: one key pair, named by --key ref.pem, --id, --label or --uri. */
-export async function deletePkcs11Key(opts: Pkcs11CliOptions & { key?: string; id?: string; label?: string; uri?: string }): Promise<void> {
+export async function deletePkcs11Key(
+  opts: Pkcs11CliOptions & { key?: string; id?: string; label?: string; uri?: string },
+): Promise<void> {
   const given = [opts.key, opts.id, opts.label, opts.uri].filter((v) => v !== undefined).length;
   if (given !== 1) throw new UsageError('name exactly one key: --key ref.pem, --id HEX, --label NAME or --uri pkcs11:…');
   let module = opts.module;
@@ -134,7 +140,9 @@ export async function deletePkcs11Key(opts: Pkcs11CliOptions & { key?: string; i
 }
 
 /** `pkcs11 key reference`: writes a key reference for a key already on the token (e.g. made by pkcs11-tool). */
-export async function referencePkcs11Key(opts: Pkcs11CliOptions & { id?: string; label?: string; out?: string; force?: boolean }): Promise<void> {
+export async function referencePkcs11Key(
+  opts: Pkcs11CliOptions & { id?: string; label?: string; out?: string; force?: boolean },
+): Promise<void> {
   const module = requireModule(opts);
   const token = tokenSelector(opts);
   if ((opts.id === undefined) === (opts.label === undefined)) throw new UsageError('name the key with exactly one of --id HEX or --label NAME');
@@ -155,7 +163,9 @@ export async function listPkcs11Tokens(opts: Pkcs11CliOptions): Promise<void> {
   const mod = loadModule(requireModule(opts));
   let tokens;
   try {
-    tokens = listTokens(mod.api).map(({ slotId, label, serial, manufacturer, model }) => ({ slot: slotId, label, serial, manufacturer, model }));
+    tokens = listTokens(mod.api).map(({ slotId, label, serial, manufacturer, model }) => ({
+      slot: slotId, label, serial, manufacturer, model,
+    }));
   } finally {
     mod.release();
   }

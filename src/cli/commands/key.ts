@@ -1,5 +1,5 @@
 // `hsmproxy key …`: crypto users make, list, share and delete keys inside the HSM.
-// `--key K` takes a key id or a label. Talks to one HSM (issue 3 switches withHsm to the cluster).
+// `--key K` takes a key id or a label. Talks to the cluster (one HSM with --hsm) through withHsm.
 import type { Command } from 'commander';
 import { writeFlagFile } from '../files.js';
 import type { KeyInfo, KeyPairSpec, SecretKeySpec } from '../../hsm/protocol/index.js';
@@ -33,7 +33,10 @@ export function register(program: Command): void {
     .requiredOption('--label <label>', 'label (names the key in later commands)')
     .option('--session', 'a session key: not persisted, gone when this command ends (token keys persist)')
     .option('--allow-duplicate-label', 'generate even if a key already has this label (later commands then need the key id)')
-    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & { backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean; allowDuplicateLabel?: boolean }) => {
+    .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & {
+      backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean;
+      allowDuplicateLabel?: boolean;
+    }) => {
       if (opts.backend === 'pkcs11') {
         // A session object would vanish with this command's session: the reference would name nothing.
         if (opts.session) throw new UsageError('--session is not available with --backend pkcs11: a session key is gone when this command ends; drop --session for a token key');
@@ -55,10 +58,15 @@ export function register(program: Command): void {
         });
         const out = opts.out;
         if (out) {
-          await writeReferenceOrUndo({ keyId: kp.privateKey.keyId, label: opts.label }, out, () => writeGeneratedReference({ ...opts, out }, kp.privateKey.keyId),
-            () => withHsm(opts, (c) => c.deleteKey(kp.privateKey.keyId)));
+          const keyId = kp.privateKey.keyId;
+          const write = (): Promise<unknown> => writeGeneratedReference({ ...opts, out }, keyId);
+          const undo = (): Promise<unknown> => withHsm(opts, (c) => c.deleteKey(keyId));
+          await writeReferenceOrUndo({ keyId, label: opts.label }, out, write, undo);
         }
-        output(opts, { keyId: kp.privateKey.keyId, publicKeyId: kp.publicKey.keyId, privateKey: kp.privateKey, publicKey: kp.publicKey, ...(opts.out ? { out: opts.out } : {}) }, () => {
+        output(opts, {
+          keyId: kp.privateKey.keyId, publicKeyId: kp.publicKey.keyId, privateKey: kp.privateKey,
+          publicKey: kp.publicKey, ...(opts.out ? { out: opts.out } : {})
+        }, () => {
           process.stdout.write(`generated ${opts.type} key pair "${opts.label}"\n  private ${kp.privateKey.keyId}\n  public  ${kp.publicKey.keyId}\n`);
           if (opts.out) process.stdout.write(`  key reference written to ${opts.out}\n`);
         });

@@ -53,7 +53,9 @@ export async function checkReferenceOut(out: string, force?: boolean): Promise<v
 }
 
 /** `key generate --out`: writes the reference of a key just generated in the cluster, found by its id. */
-export async function writeGeneratedReference(opts: KeyCommandOptions & { out: string; force?: boolean }, keyId: string): Promise<void> {
+export async function writeGeneratedReference(
+  opts: KeyCommandOptions & { out: string; force?: boolean }, keyId: string,
+): Promise<void> {
   const backend = await backendOpeners.sim(opts);
   try {
     await writeKeyReference(await backend.find(keyId), opts.out, { overwrite: opts.force });
@@ -72,7 +74,9 @@ export function duplicateLabelError(label: string, keyIds: readonly string[]): U
  * Writes the reference of a key just made; if that fails, deletes the key again (a key without
  * its reference is an orphan, and its label would block a rerun) and says what became of it.
  */
-export async function writeReferenceOrUndo(key: { keyId: string; label: string }, out: string, write: () => Promise<unknown>, undo: () => Promise<unknown>): Promise<void> {
+export async function writeReferenceOrUndo(
+  key: { keyId: string; label: string }, out: string, write: () => Promise<unknown>, undo: () => Promise<unknown>,
+): Promise<void> {
   try {
     await write();
   } catch (err) {
@@ -114,7 +118,10 @@ export function register(program: Command): void {
     try {
       const handle = await backend.find(opts.key);
       await writeKeyReference(handle, opts.out, { overwrite: opts.force });
-      output(opts, { out: opts.out, keyId: handle.keyId, label: handle.label, type: describeAlgorithm(handle.algorithm), clusterId: backend.clusterId }, () =>
+      output(opts, {
+        out: opts.out, keyId: handle.keyId, label: handle.label, type: describeAlgorithm(handle.algorithm),
+        clusterId: backend.clusterId,
+      }, () =>
         process.stdout.write(`wrote ${opts.out} for key ${handle.keyId} ("${handle.label}", ${describeAlgorithm(handle.algorithm)})\n`));
     } finally {
       await backend.close();
@@ -136,8 +143,14 @@ export function register(program: Command): void {
     try {
       if (!opts.allowDuplicateLabel) await refuseDuplicateLabel(backend, opts.label);
       const handle = await backend.importKey(privateKey, opts.label);
-      await writeReferenceOrUndo(handle, opts.out, () => writeKeyReference(handle, opts.out, { overwrite: opts.force }), () => backend.delete(handle));
-      output(opts, { out: opts.out, keyId: handle.keyId, label: handle.label, type: describeAlgorithm(handle.algorithm), clusterId: backend.clusterId }, () => {
+      await writeReferenceOrUndo(
+        handle, opts.out, () => writeKeyReference(handle, opts.out, { overwrite: opts.force }),
+        () => backend.delete(handle),
+      );
+      output(opts, {
+        out: opts.out, keyId: handle.keyId, label: handle.label, type: describeAlgorithm(handle.algorithm),
+        clusterId: backend.clusterId,
+      }, () => {
         process.stdout.write(`imported ${opts.in} as key ${handle.keyId} ("${handle.label}"); wrote ${opts.out}\n`);
         process.stdout.write(`now destroy the original: shred -u ${opts.in} (the key is in the HSM; the reference holds no secret)\n`);
       });

@@ -111,9 +111,13 @@ export function register(program: Command): void {
       const d = days(opts.days);
       checkOut(opts);
       await withEngine(opts, async (engine) => {
-        const c = await selfSign(await hsmKey(engine, opts.key, opts), { subject: opts.subject, sans: opts.san, days: d });
+        const c = await selfSign(
+          await hsmKey(engine, opts.key, opts), { subject: opts.subject, sans: opts.san, days: d },
+        );
         await writeOutput(opts.out, certPem(c));
-        output(opts, { out: opts.out, serial: c.serialNumber, subject: c.subject, notAfter: c.notAfter.toISOString() }, () =>
+        output(opts, {
+          out: opts.out, serial: c.serialNumber, subject: c.subject, notAfter: c.notAfter.toISOString(),
+        }, () =>
           process.stdout.write(`wrote ${opts.out} (serial ${c.serialNumber}, valid until ${c.notAfter.toISOString()})\n`));
       });
     });
@@ -126,9 +130,13 @@ export function register(program: Command): void {
       const d = days(opts.days);
       const pl = pathLength(opts.pathLength);
       await withEngine(opts, async (engine) => {
-        const c = await caInit(await hsmKey(engine, opts.key, opts), { subject: opts.subject, days: d, pathLength: pl });
+        const c = await caInit(
+          await hsmKey(engine, opts.key, opts), { subject: opts.subject, days: d, pathLength: pl },
+        );
         await writeOutput(opts.out, certPem(c), { noClobber: 'a CA certificate is not overwritten; choose another --out' });
-        output(opts, { out: opts.out, serial: c.serialNumber, subject: c.subject, notAfter: c.notAfter.toISOString() }, () =>
+        output(opts, {
+          out: opts.out, serial: c.serialNumber, subject: c.subject, notAfter: c.notAfter.toISOString(),
+        }, () =>
           process.stdout.write(`wrote CA certificate ${opts.out} (${c.subject}, valid until ${c.notAfter.toISOString()})\n`));
       });
     });

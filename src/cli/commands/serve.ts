@@ -22,7 +22,9 @@ function listenerUrl(address: string, port: number): string {
 
 function banner(s: Serving): string {
   // Each listener as it is bound (port 0 picks one), not as the default config has it.
-  const urls = s.config.listeners.map((l) => ({ name: l.name, url: listenerUrl(l.address, s.listenerAddress(l.name)?.port ?? l.port) }));
+  const urls = s.config.listeners.map((l) => ({
+    name: l.name, url: listenerUrl(l.address, s.listenerAddress(l.name)?.port ?? l.port),
+  }));
   const port = s.listenerAddress(s.config.listeners[0]!.name)?.port ?? s.config.listeners[0]!.port;
   const lines = [`hsmproxy is serving ${urls[0]!.url} (keys in ${s.hsm.describe})`];
   for (const { name, url } of urls.slice(1)) lines.push(`  and ${url} (listener "${name}")`);
@@ -54,14 +56,18 @@ export function register(program: Command): void {
     .action(async (opts: ServeOptions) => {
       const explicit = opts.logLevel ?? process.env.HSMPROXY_LOG_LEVEL;
       const log = pino({ level: explicit ?? 'info' });
-      const serving = await startServing({ ...(opts.config ? { configFile: opts.config } : {}), log, logLevelFromConfig: explicit === undefined });
+      const serving = await startServing({
+        ...(opts.config ? { configFile: opts.config } : {}), log, logLevelFromConfig: explicit === undefined,
+      });
       output(opts, {
         listeners: serving.config.listeners.map((l) => ({ name: l.name, address: serving.listenerAddress(l.name) })),
         admin: serving.adminAddress(),
         workers: serving.workers,
         hsm: serving.hsm.describe,
         ...(serving.hsm.pkcs11 ? { pkcs11: serving.hsm.pkcs11 } : {}),
-        ...(serving.demo ? { caCert: serving.demo.pki.caCert, upstream: serving.demo.upstream.url, pkiCreated: serving.demo.pkiCreated } : {}),
+        ...(serving.demo ? {
+          caCert: serving.demo.pki.caCert, upstream: serving.demo.upstream.url, pkiCreated: serving.demo.pkiCreated,
+        } : {}),
       }, () => process.stderr.write(banner(serving) + '\n'));
       let stopping = false;
       const stop = (signal: string): void => {
