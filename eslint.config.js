@@ -16,4 +16,22 @@ export default tseslint.config(
       eqeqeq: ['error', 'always', { null: 'ignore' }],
     },
   },
+  {
+    // Lines of src/ stay within 120 characters; a line holding a string, template or URL may run longer.
+    files: ['src/**/*.ts', 'src/**/*.cjs'],
+    rules: {
+      'max-len': ['error', {
+        code: 120, ignoreUrls: true, ignoreStrings: true, ignoreTemplateLiterals: true, ignoreRegExpLiterals: true,
+      }],
+    },
+  },
+  {
+    // Pending: these files are being rewritten; their long lines go with that rewrite, then this block goes.
+    files: [
+      'src/tls/connection.ts', 'src/tls/handshake12.ts', 'src/tls/handshake13.ts', 'src/tls/keyschedule.ts',
+      'src/tls/record.ts', 'src/tls/record12.ts', 'src/tls/server.ts', 'src/tls/socket.ts',
+      'src/hsm/client/**', 'src/hsm/protocol/**', 'src/hsm/node*.ts',
+    ],
+    rules: { 'max-len': 'off' },
+  },
 );

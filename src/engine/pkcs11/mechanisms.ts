@@ -52,9 +52,9 @@ export function planSignature(
   if (prehashed) {
     offered = new Set([...offered].filter((m) => m !== RSA_PSS_HASHED[alg.hash] && m !== RSA_PKCS_HASHED[alg.hash]));
   }
-  const identity = (raw: Buffer): Buffer => raw;
   // RSA: the token's output is the wire form already.
-  const rsa = (mechanism: Mechanism, input: Buffer): SignPlan => ({ mechanism, input, outLength: keyBytes, finish: identity });
+  const rsa = (mechanism: Mechanism, input: Buffer): SignPlan =>
+    ({ mechanism, input, outLength: keyBytes, finish: (s) => s });
   if (alg.kind === 'ecdsa') {
     if (keyType !== 'ec') throw new UnsupportedError('ECDSA needs an EC key');
     if (!offered.has(ck.CKM_ECDSA)) throw new UnsupportedError('the token does not offer CKM_ECDSA');

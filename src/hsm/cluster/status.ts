@@ -35,7 +35,7 @@ export interface HsmStatus {
 /** The whole cluster's status. */
 export interface ClusterStatus {
   clusterId: string;
-  /** False until `cluster activate`: until then the HSMs' states differ by design (each salted the one-time password itself). */
+  /** False until `cluster activate`; until then the HSMs' states differ by design (each salted its own password). */
   activated: boolean;
   hsms: HsmStatus[];
   /** Why no HSM can be called in sync (peers unreachable, or a disagreement nothing settles); absent when proven. */

@@ -143,7 +143,9 @@ export class CapacityModel {
   }
 
   // Serves one request on `unit`, granted at `begin`: the work, then the rest of the profile's service time.
-  private async serve<T>(unit: Unit, queuedAt: number, begin: number, opKey: string, work: () => T | Promise<T>): Promise<CryptoResult<T>> {
+  private async serve<T>(
+    unit: Unit, queuedAt: number, begin: number, opKey: string, work: () => T | Promise<T>,
+  ): Promise<CryptoResult<T>> {
     const queueWaitUs = Math.round((begin - queuedAt) * 1000);
     const id = ++this.seq;
     this.running.set(id, begin);
