@@ -33,14 +33,20 @@ async function main(): Promise<void> {
   process.on('SIGINT', stop);
   process.on('disconnect', stop);
   const msg: NodeProcessMessage = { type: 'listening', hsm: node.hsmId, port: node.port };
-  if (process.send) process.send(msg);
-  else process.stdout.write(`${node.hsmId} listening on port ${node.port}\n`);
+  // A supervisor that went away while we started closed the channel: stop, and never crash on the send.
+  if (process.send) {
+    if (process.connected) process.send(msg, () => undefined);
+    else stop();
+  } else process.stdout.write(`${node.hsmId} listening on port ${node.port}\n`);
 }
 
 main().catch((err: unknown) => {
   const e = err as { message?: string; code?: string };
   const msg: NodeProcessMessage = { type: 'error', hsm: '', message: e?.message ?? String(err), ...(e?.code ? { code: e.code } : {}) };
-  if (process.send) process.send(msg, () => process.exit(1));
+  if (process.send) {
+    if (process.connected) process.send(msg, () => process.exit(1));
+    else process.exit(1);
+  }
   else {
     process.stderr.write(`hsm node: ${msg.message}\n`);
     process.exit(1);
