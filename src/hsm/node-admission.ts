@@ -18,7 +18,7 @@ export interface ApplianceLimits {
   maxInFlightPerConnection: number;
   /** Request bytes (frame bodies) one connection may have in flight; above it the node stops reading it. */
   maxInFlightBytesPerConnection: number;
-  /** Answer bytes queued for one connection (unsent, or in the socket's buffer) above which the node stops reading it. */
+  /** Answer bytes queued for a connection (unsent, or in its socket's buffer) above which the node stops reading it. */
   replyHighWaterBytes: number;
   /** Logins one connection may have in progress; more are answered HSM_ERR_BUSY without hashing the password. */
   maxLoginsPerConnection: number;

@@ -99,7 +99,10 @@ export class ApplianceConnection {
       this.log('warn', 'closing a connection after an oversized frame', { peer: this.socket.remoteAddress, code: pe.code, reason: pe.message });
       this.socket.removeAllListeners('data');
       this.waiting = [];
-      const answer = encodeFrame(pe.requestId ?? 0, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, Buffer.from(JSON.stringify({ code: pe.code, message: pe.message })));
+      const answer = encodeFrame(
+        pe.requestId ?? 0, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON,
+        Buffer.from(JSON.stringify({ code: pe.code, message: pe.message })),
+      );
       this.flush();
       this.dead = true;
       // Read on (discarding) so the peer's FIN is seen and the socket closes.
@@ -178,7 +181,10 @@ export class ApplianceConnection {
 
   private queueError(requestId: number, e: WireError, timing?: { queueWaitUs?: number; serviceUs?: number }): void {
     if (this.dead) return;
-    this.outbox.pushText(requestId, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, JSON.stringify(e), timing?.queueWaitUs ?? 0, timing?.serviceUs ?? 0);
+    this.outbox.pushText(
+      requestId, STATUS_ERROR, FLAG_RESPONSE | FLAG_JSON, JSON.stringify(e),
+      timing?.queueWaitUs ?? 0, timing?.serviceUs ?? 0,
+    );
     this.queued();
   }
 

@@ -1,12 +1,12 @@
 // What the appliance does with one decoded request: checks login, decodes the body, calls the
 // device, encodes the answer. Device errors keep their HSM_ERR_* code on the wire.
 import {
-  AlreadyLoggedInError, InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate, type KeyType, type LoginAttempt, type Role,
-  type SecretKeySpec, type Session, type UnwrapRequest, type WrapMechanism,
+  AlreadyLoggedInError, InvalidArgumentError, NotLoggedInError, type Hsm, type KeyPairSpec, type KeyTemplate,
+  type KeyType, type LoginAttempt, type Role, type SecretKeySpec, type Session, type UnwrapRequest, type WrapMechanism,
 } from './device/index.js';
 import {
-  Op, isBinaryOp, jsonText, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify, ProtocolError,
-  type CryptoResult,
+  Op, isBinaryOp, jsonText, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify,
+  ProtocolError, type CryptoResult,
 } from './protocol/index.js';
 
 /** Per-connection state the ops read and change: the logged-in session. */

@@ -59,19 +59,22 @@ export interface ApplianceStats {
   writes: number;
   /** Connections closed for a malformed or oversized frame. */
   protocolErrors: number;
-  /** TCP connections closed at accept, before any TLS work: their address, or the node, held too many unauthenticated ones. */
+  /** TCP connections closed at accept, before TLS: their address, or the node, held too many unauthenticated ones. */
   overPendingCap: number;
   /** Connections closed for not finishing mTLS within handshakeTimeoutMs (also counted in `refused`). */
   handshakeTimeouts: number;
-  /** Times the node stopped reading a connection: at an in-flight cap, or with answers queued above the high-water mark. */
+  /** Times the node stopped reading a connection: at an in-flight cap, or answers queued above the high-water mark. */
   readPauses: number;
   /** The most requests one connection had in flight at once. */
   peakInFlight: number;
   /** The most answer bytes one connection had queued at once (not yet written, or in its socket's buffer). */
   peakQueuedReplyBytes: number;
-  /** Logins answered HSM_ERR_BUSY, unhashed: over the cap of logins in progress per connection or per client certificate. */
+  /** Logins answered HSM_ERR_BUSY, unhashed: over the cap of logins in progress per connection or per certificate. */
   loginsOverCap: number;
-  /** Connections with a revoked client certificate: refused after the handshake (also counted in `refused`), or closed when it was revoked. */
+  /**
+   * Connections with a revoked client certificate: refused after the handshake (also counted in
+   * `refused`), or closed when it was revoked.
+   */
   revoked: number;
 }
 
@@ -84,8 +87,8 @@ interface Handshaking {
 /** One HSM on the network. */
 export class HsmAppliance {
   readonly stats: ApplianceStats = {
-    connections: 0, refused: 0, frames: 0, reads: 0, writes: 0, protocolErrors: 0, overPendingCap: 0, handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0,
-    loginsOverCap: 0, revoked: 0,
+    connections: 0, refused: 0, frames: 0, reads: 0, writes: 0, protocolErrors: 0, overPendingCap: 0,
+    handshakeTimeouts: 0, readPauses: 0, peakInFlight: 0, peakQueuedReplyBytes: 0, loginsOverCap: 0, revoked: 0,
   };
   // Open connections and the serial of the client certificate each presented.
   private readonly sockets = new Map<TLSSocket, string>();
@@ -247,7 +250,8 @@ export class HsmAppliance {
       if (!r) continue;
       this.stats.revoked++;
       this.log('warn', 'closed a connection whose client certificate was revoked', {
-        peer: socket.remoteAddress, peerPort: socket.remotePort, client: r.name, serial: r.serial, revokedAt: r.revokedAt,
+        peer: socket.remoteAddress, peerPort: socket.remotePort, client: r.name, serial: r.serial,
+        revokedAt: r.revokedAt,
       });
       socket.destroy();
     }
@@ -285,7 +289,8 @@ export class HsmAppliance {
     // mTLS made the certificate a verified identity: logins in progress are capped per certificate.
     const certificate = peerCert.fingerprint256 ?? '';
     const conn = new ApplianceConnection(
-      socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.limits, this.stats, (l, m, f) => this.log(l, m, f), certificate, this.logins,
+      socket, this.opts.device, this.opts.maxFrame ?? DEFAULT_MAX_FRAME, this.limits, this.stats,
+      (l, m, f) => this.log(l, m, f), certificate, this.logins,
     );
     socket.on('close', () => {
       this.sockets.delete(socket);
@@ -302,7 +307,9 @@ function tupleOf(s: Socket): string {
 
 // The peer of a TLS socket, also once it is destroyed: TLSSocket keeps the TCP socket it wraps as
 // `_parent` (not public API; without it only an address read before the destroy is known).
-function peerOf(socket: TLSSocket, peers: WeakMap<object, { address?: string; port?: number }>): { peer?: string; peerPort?: number } {
+function peerOf(
+  socket: TLSSocket, peers: WeakMap<object, { address?: string; port?: number }>,
+): { peer?: string; peerPort?: number } {
   const parent = (socket as unknown as { _parent?: object })._parent;
   const noted = parent ? peers.get(parent) : undefined;
   const address = socket.remoteAddress ?? noted?.address;

@@ -7,7 +7,8 @@ import {
   type BodyCodec, type Frame, type WireError,
 } from '../protocol/index.js';
 import {
-  HsmAbortedError, HsmConnectionClosedError, HsmProtocolViolationError, HsmRemoteError, HsmTimeoutError, type HsmClientError,
+  HsmAbortedError, HsmConnectionClosedError, HsmProtocolViolationError, HsmRemoteError, HsmTimeoutError,
+  type HsmClientError,
 } from './errors.js';
 
 /** A successful response frame with the HSM's timings. */
@@ -59,7 +60,8 @@ export class FrameChannel {
     private readonly defaultTimeoutMs: number,
     maxResponseFrame = DEFAULT_MAX_RESPONSE_FRAME,
     // Maps a socket error to the error pending requests see (e.g. a TLS alert → HsmTlsError).
-    private readonly describeSocketError: (err: Error) => HsmClientError = (err) => new HsmConnectionClosedError(hsmId, err.message),
+    private readonly describeSocketError: (err: Error) => HsmClientError =
+      (err) => new HsmConnectionClosedError(hsmId, err.message),
   ) {
     this.decoder = new FrameDecoder(maxResponseFrame);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -88,7 +90,9 @@ export class FrameChannel {
    * ProtocolError for a value the wire cannot carry). Resolves with the reply or rejects with a
    * typed error.
    */
-  request<T>(opcode: number, codec: BodyCodec<T>, value: T, json: boolean, opLabel: string, opts: RequestOptions = {}): Promise<Reply> {
+  request<T>(
+    opcode: number, codec: BodyCodec<T>, value: T, json: boolean, opLabel: string, opts: RequestOptions = {},
+  ): Promise<Reply> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     if (opts.signal?.aborted) return Promise.reject(new HsmAbortedError(opLabel));
     const bodyLength = codec.size(value);
@@ -161,7 +165,9 @@ export class FrameChannel {
       }
       this.settle(id, new HsmTimeoutError(this.hsmId, p.opLabel, this.defaultTimeoutMs));
     }
-    if (next > 0) this.sweepTimer = setTimeout(() => this.sweep(), Math.max(next - now, Math.min(SWEEP_MIN_MS, this.defaultTimeoutMs / 8)));
+    if (next > 0) this.sweepTimer = setTimeout(
+      () => this.sweep(), Math.max(next - now, Math.min(SWEEP_MIN_MS, this.defaultTimeoutMs / 8)),
+    );
   }
 
   private onData(chunk: Buffer): void {
@@ -170,7 +176,9 @@ export class FrameChannel {
       const p = this.pending.get(f.requestId);
       if (!p) continue; // Answer to a request that already timed out or was aborted.
       if (f.code === STATUS_OK) {
-        this.settle(f.requestId, undefined, { body: f.body, json: (f.flags & FLAG_JSON) !== 0, queueWaitUs: f.queueWaitUs, serviceUs: f.serviceUs });
+        this.settle(f.requestId, undefined, {
+          body: f.body, json: (f.flags & FLAG_JSON) !== 0, queueWaitUs: f.queueWaitUs, serviceUs: f.serviceUs,
+        });
       } else {
         this.settle(f.requestId, this.remoteError(f));
       }

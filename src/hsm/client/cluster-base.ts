@@ -24,7 +24,10 @@ export interface ClusterBaseOptions<C extends HsmLink> {
   busyBackoffMs?: number;
   /** How long a request waits for some HSM to be in rotation before failing (default 3,000 ms). */
   waitForHsmMs?: number;
-  /** `start` fails with the first HSM's error when no HSM could be reached or logged in to (CLI use; default false: keep trying). */
+  /**
+   * `start` fails with the first HSM's error when no HSM could be reached or logged in to
+   * (CLI use; default false: keep trying).
+   */
   requireOne?: boolean;
 }
 
@@ -294,10 +297,14 @@ export class ClusterBase<C extends HsmLink> {
   }
 
   // Runs sync work with CO/AU links: the sync login if configured, else the main links.
-  private async withSyncLinks<T>(peer: HsmNode<C>, node: HsmNode<C>, fn: (src: HsmLink, dst: HsmLink) => Promise<T>): Promise<T> {
+  private async withSyncLinks<T>(
+    peer: HsmNode<C>, node: HsmNode<C>, fn: (src: HsmLink, dst: HsmLink) => Promise<T>,
+  ): Promise<T> {
     const sync = this.opts.syncCredentials;
     if (!sync) return fn(peer.currentLink!, node.currentLink!);
-    const [src, dst] = await Promise.all([this.opts.factory(peer.address, sync), this.opts.factory(node.address, sync)]);
+    const [src, dst] = await Promise.all([
+      this.opts.factory(peer.address, sync), this.opts.factory(node.address, sync),
+    ]);
     try {
       return await fn(src, dst);
     } finally {
@@ -391,7 +398,11 @@ export class ClusterBase<C extends HsmLink> {
    * copy is made, the change is not acknowledged and `undo(targetLink, result)` takes it back
    * on the targets that already have it, so the HSMs in rotation keep agreeing.
    */
-  async replicated<T>(op: string, apply: (link: C, node: HsmNode<C>) => Promise<T>, replicate: (origin: C, result: T, target: C) => Promise<void>, pin?: string, undo?: (target: C, result: T) => Promise<void>): Promise<T> {
+  async replicated<T>(
+    op: string, apply: (link: C, node: HsmNode<C>) => Promise<T>,
+    replicate: (origin: C, result: T, target: C) => Promise<void>,
+    pin?: string, undo?: (target: C, result: T) => Promise<void>,
+  ): Promise<T> {
     if (this.degraded) throw new UnprovenStateError(op, this.degraded);
     let origin: HsmNode<C> | undefined;
     const result = await this.execute(op, { safe: false, ...(pin ? { pin } : {}) }, (link, node) => {
@@ -448,7 +459,8 @@ export class ClusterBase<C extends HsmLink> {
   /** Counters per HSM: in flight (backpressure), served, rotation. */
   stats(): NodeStats[] {
     return [...this.nodes.values()].map((n) => ({
-      hsm: n.id, address: n.addressText, status: n.status, inRotation: n.inRotation, inFlight: n.inFlight, served: n.served,
+      hsm: n.id, address: n.addressText, status: n.status,
+      inRotation: n.inRotation, inFlight: n.inFlight, served: n.served,
     }));
   }
 

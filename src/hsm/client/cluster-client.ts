@@ -6,9 +6,9 @@
 import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type {
-  CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter, KeyInfo,
-  KeyPairInfo, KeyPairSpec, KeyTemplate, Role, SecretKeySpec, SignRequest, StateDigest, UnwrapRequest, UserInfo,
-  VerifyRequest, WrapRequest,
+  CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
+  KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Role, SecretKeySpec, SignRequest, StateDigest, UnwrapRequest,
+  UserInfo, VerifyRequest, WrapRequest,
 } from '../protocol/types.js';
 import { ClusterBase, type ClusterBaseOptions, type RunOptions } from './cluster-base.js';
 import type { HsmConnection, LoginInfo, RequestOptions } from './connection.js';
@@ -173,7 +173,9 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
 
   // ---- keys ----
 
-  private async created<T>(op: string, token: boolean, ids: (r: T) => string[], fn: (c: HsmConnection) => Promise<T>): Promise<T> {
+  private async created<T>(
+    op: string, token: boolean, ids: (r: T) => string[], fn: (c: HsmConnection) => Promise<T>,
+  ): Promise<T> {
     if (!token) {
       let hsm = '';
       const r = await this.execute(op, { safe: false }, (c, node) => { hsm = node.id; return fn(c); });

@@ -7,7 +7,8 @@ import { channel } from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import {
-  DECRYPT_BODY, ENCRYPT_BODY, Op, RANDOM_BODY, SIGN_BODY, TEXT_BODY, VERIFY_BODY, jsonText, opName, readJson, type BodyCodec,
+  DECRYPT_BODY, ENCRYPT_BODY, Op, RANDOM_BODY, SIGN_BODY, TEXT_BODY, VERIFY_BODY, jsonText, opName, readJson,
+  type BodyCodec,
   type CryptoResult, type DecryptRequest, type EncryptRequest, type HsmInfo, type ImportPrivateKeyRequest,
   type KeyAttributeChanges, type KeyFilter, type KeyInfo, type KeyPairInfo, type KeyPairSpec, type KeyTemplate,
   type Occupancy, type Role, type SecretKeySpec, type SignRequest, type StateDigest, type UnwrapRequest, type UserInfo,
@@ -92,7 +93,10 @@ export class HsmConnection {
         settled = true;
         clearTimeout(timer);
         socket.removeAllListeners('error');
-        const ch = new FrameChannel(socket, opts.hsmId, opts.requestTimeoutMs ?? 30_000, undefined, (err) => classifySocketError(opts.hsmId, address, err));
+        const ch = new FrameChannel(
+          socket, opts.hsmId, opts.requestTimeoutMs ?? 30_000, undefined,
+          (err) => classifySocketError(opts.hsmId, address, err),
+        );
         resolve(new HsmConnection(opts.hsmId, address, ch));
       });
     });
@@ -140,9 +144,11 @@ export class HsmConnection {
     await this.json(Op.LOGOUT, undefined, opts);
     this.loggedIn = undefined;
   }
-  /** Changes the logged-in user's password; a PRECO becomes the CO. Same `saltNonce` on every HSM → same stored hash. */
+  /** Changes the logged-in user's password; a PRECO becomes the CO. Same `saltNonce` on all HSMs → same stored hash. */
   async changePassword(newPassword: string, opts?: RequestOptions, saltNonce?: Buffer): Promise<LoginInfo> {
-    this.loggedIn = await this.json<LoginInfo>(Op.CHANGE_PASSWORD, { newPassword, ...(saltNonce ? { saltNonce } : {}) }, opts);
+    this.loggedIn = await this.json<LoginInfo>(
+      Op.CHANGE_PASSWORD, { newPassword, ...(saltNonce ? { saltNonce } : {}) }, opts,
+    );
     return this.loggedIn;
   }
   /** CO: creates a user. */
@@ -295,7 +301,9 @@ export class HsmConnection {
     return readJson(r.body) as T;
   }
 
-  private async timed<T>(op: number, codec: BodyCodec<T>, value: T, json: boolean, mechanism: string, opts?: RequestOptions): Promise<Reply> {
+  private async timed<T>(
+    op: number, codec: BodyCodec<T>, value: T, json: boolean, mechanism: string, opts?: RequestOptions,
+  ): Promise<Reply> {
     const name = opName(op) ?? String(op);
     if (!requestChannel.hasSubscribers) return this.ch.request(op, codec, value, json, name, opts);
     const t0 = performance.now();
@@ -310,8 +318,13 @@ export class HsmConnection {
     }
   }
 
-  private publish(op: string, mechanism: string, t0: number, outcome: string, queueWaitUs: number, serviceUs: number): void {
-    const ev: HsmRequestEvent = { op, mechanism, hsm: this.hsmId, rttMs: performance.now() - t0, queueWaitMs: queueWaitUs / 1000, serviceMs: serviceUs / 1000, outcome };
+  private publish(
+    op: string, mechanism: string, t0: number, outcome: string, queueWaitUs: number, serviceUs: number,
+  ): void {
+    const ev: HsmRequestEvent = {
+      op, mechanism, hsm: this.hsmId, rttMs: performance.now() - t0,
+      queueWaitMs: queueWaitUs / 1000, serviceMs: serviceUs / 1000, outcome,
+    };
     requestChannel.publish(ev);
   }
 }

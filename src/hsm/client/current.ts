@@ -33,7 +33,9 @@ export interface CurrentState {
  * Picks the current group among `reports` (HSMs that answered) for a cluster of `members`.
  * HSMs in `stale` (seen out of sync with a peer and not resynced since) are never chosen.
  */
-export function currentState(reports: StateReport[], members: readonly string[], stale: ReadonlySet<string> = new Set()): CurrentState | undefined {
+export function currentState(
+  reports: StateReport[], members: readonly string[], stale: ReadonlySet<string> = new Set(),
+): CurrentState | undefined {
   const groups = new Map<string, { ids: string[]; version: number }>();
   for (const r of reports) {
     if (stale.has(r.id)) continue;

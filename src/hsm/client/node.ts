@@ -77,7 +77,7 @@ export class HsmNode<C extends HsmLink> {
     return this.status === 'up' && this.inRotation && this.link !== undefined;
   }
 
-  /** Opens the link (first connect); resolves when connected or after the first failure (then retries in the background). */
+  /** Opens the link (first connect); resolves once connected or on the first failure (then retries in background). */
   start(): Promise<void> {
     if (this.status === 'closed') return Promise.reject(new ClientClosedError());
     this.connecting ??= this.connect().finally(() => { this.connecting = undefined; });

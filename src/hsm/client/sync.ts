@@ -36,7 +36,7 @@ async function unlessStale(what: string, report: ResyncReport, fn: () => Promise
   }
 }
 
-/** Copies users and token keys from `source` to `target` until their digests match (or the difference cannot be closed). */
+/** Copies users and token keys from `source` to `target` until their digests match (or the gap cannot be closed). */
 export async function resync(source: HsmLink, target: HsmLink): Promise<ResyncReport> {
   const report = await copy(source, target);
   if (await inSync(source, target)) {

@@ -58,7 +58,9 @@ class BodyReader {
   u8(what: string): number { this.need(1, what); return this.b[this.at++] as number; }
   u16(what: string): number { this.need(2, what); const v = this.b.readUInt16BE(this.at); this.at += 2; return v; }
   u32(what: string): number { this.need(4, what); const v = this.b.readUInt32BE(this.at); this.at += 4; return v; }
-  bytes(n: number, what: string): Buffer { this.need(n, what); const v = this.b.subarray(this.at, this.at + n); this.at += n; return v; }
+  bytes(n: number, what: string): Buffer {
+    this.need(n, what); const v = this.b.subarray(this.at, this.at + n); this.at += n; return v;
+  }
   str8(what: string): string { return this.bytes(this.u8(what), what).toString('latin1'); }
   rest(): Buffer { const v = this.b.subarray(this.at); this.at = this.b.length; return v; }
   end(): void { if (this.at !== this.b.length) throw new ProtocolError('HSM_ERR_PROTOCOL', 'trailing bytes after the request body'); }

@@ -40,7 +40,10 @@ export interface Frame {
 }
 
 /** Writes a header into `buf` at `offset` (the body follows it). */
-export function writeHeader(buf: Buffer, offset: number, bodyLength: number, requestId: number, code: number, flags: number, queueWaitUs = 0, serviceUs = 0): void {
+export function writeHeader(
+  buf: Buffer, offset: number, bodyLength: number, requestId: number, code: number, flags: number,
+  queueWaitUs = 0, serviceUs = 0,
+): void {
   buf.writeUInt32BE(bodyLength, offset);
   buf.writeUInt32BE(requestId >>> 0, offset + 4);
   buf.writeUInt16BE(code, offset + 8);
@@ -50,7 +53,9 @@ export function writeHeader(buf: Buffer, offset: number, bodyLength: number, req
 }
 
 /** Encodes one whole frame (header + body) into a new buffer. */
-export function encodeFrame(requestId: number, code: number, flags: number, body: Buffer, queueWaitUs = 0, serviceUs = 0): Buffer {
+export function encodeFrame(
+  requestId: number, code: number, flags: number, body: Buffer, queueWaitUs = 0, serviceUs = 0,
+): Buffer {
   const out = Buffer.allocUnsafe(HEADER_BYTES + body.length);
   writeHeader(out, 0, body.length, requestId, code, flags, queueWaitUs, serviceUs);
   body.copy(out, HEADER_BYTES);

@@ -190,7 +190,7 @@ export interface StateDigest {
    * took a change another missed: what decides which of two disagreeing HSMs is current.
    */
   version: number;
-  /** SHA-256 hex over the sorted users (name, role, hash, version) and token keys (id, attributes, material, version). */
+  /** SHA-256 hex of the sorted users (name, role, hash, version) and token keys (id, attributes, material, version). */
   digest: string;
   users: number;
   tokenKeys: number;
