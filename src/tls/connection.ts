@@ -24,7 +24,7 @@ export type ConnectionEvent =
   | { type: 'close_notify' }
   | { type: 'fatal'; error: TlsError };
 
-/** Limits a hostile peer runs into (TLS.md 4, 8, 36, 39, 41). */
+/** Limits a hostile peer runs into (empty records, CCS, warnings, early data, input while signing). */
 export const Limits = {
   /** Consecutive zero-length application_data records (rustls: 32). */
   emptyRecords: 32,
@@ -168,7 +168,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
       this.flushFlight();
       if (data.length > 0) this.out.push(this.sealer.seal(ContentType.application_data, data));
     } catch (e) {
-      // An exhausted key (TLS 1.2 cannot rekey) ends the connection like any other failure (TLS.md 46).
+      // An exhausted key (TLS 1.2 cannot rekey) ends the connection like any other failure.
       this.fail(e);
       throw this.dead ?? e;
     }
@@ -213,7 +213,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     while (!this.dead && !this.readClosed) {
       if (!this.state.wantsInput) {
         // Paused for the signature: hold records in order, except that an alert (the only thing
-        // a client can say before our Finished) is acted on at once (TLS.md 44). In TLS 1.3 it may
+        // a client can say before our Finished) is acted on at once. In TLS 1.3 it may
         // come under the handshake key (unknown_ca after our Certificate), so protected records are
         // decrypted as they arrive, which keeps the read sequence in order, and held decrypted.
         const rec = this.deframer.next();
@@ -269,13 +269,13 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
     switch (type) {
       case ContentType.change_cipher_spec:
         if (fragment.length !== 1 || fragment[0] !== 1) throw fatal('unexpected_message', 'ChangeCipherSpec must be the single byte 0x01');
-        // TLS 1.2: a real protocol message, which only the state expecting it accepts (TLS.md 35).
+        // TLS 1.2: a real protocol message, which only the state expecting it accepts (CVE-2014-0224).
         if (isState12(this.state)) { this.state = this.state.changeCipherSpec(this); return; }
         if (!this.sawHello || this.done) throw fatal('unexpected_message', 'ChangeCipherSpec outside the handshake');
         if (++this.counters.compatCcs > Limits.compatCcs) throw fatal('unexpected_message', 'too many ChangeCipherSpec records');
         return;
       case ContentType.alert:
-        // rustls rule (TLS.md 6): once keys are in place, only an early plaintext alert is tolerated.
+        // rustls' rule: once keys are in place, only an early plaintext alert is tolerated.
         if (this.opener && this.decryptedAny) throw fatal('unexpected_message', 'plaintext alert after encryption started');
         return this.handleAlert(fragment);
       case ContentType.handshake:
@@ -430,7 +430,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   }
 
   checkKeyChangeBoundary(): void {
-    // rustls KeyEpochWithPendingFragment (TLS.md 12): a key change must fall on a record boundary.
+    // rustls' KeyEpochWithPendingFragment (RFC 8446 §5.1): a key change must fall on a record boundary.
     if (this.joiner.pending) throw fatal('unexpected_message', 'handshake data left over at a key change');
   }
 

@@ -5,8 +5,8 @@
 //            [NewSessionTicket], CCS, Finished → traffic
 //   resumed: ClientHello(ticket) → ServerHello, CCS, Finished → CCS → client Finished → traffic
 // ChangeCipherSpec is a state input like a handshake message: only ExpectChangeCipherSpec12
-// accepts it (TLS.md 35, CVE-2014-0224). Also holds ExpectClientHelloAny, the version dispatch.
-import { constants, timingSafeEqual, verify } from 'node:crypto';
+// accepts it (CVE-2014-0224). Also holds ExpectClientHelloAny, the version dispatch.
+import { timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { AlertDescription, fatal } from './alert.js';
 import type { CertChoice } from './certselect.js';
@@ -24,7 +24,7 @@ import {
 import { extendedMasterSecret, finishedVerifyData12, keyBlock12, legacyMasterSecret, type DirectionKeys } from './prf12.js';
 import { RecordOpener12, RecordSealer12 } from './record12.js';
 import { ticketLifetimeS } from './session.js';
-import { SignatureScheme } from './signer.js';
+import { verifyScheme } from './schemes.js';
 import { EphemeralKey } from './suites.js';
 import { suite12ById, type CipherSuite12 } from './suites12.js';
 import { openTicket12, sealTicket12 } from './tickets12.js';
@@ -150,7 +150,7 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
     ch, suite, serverRandom: serverRandom12(config), transcript: config.clientAuth ? new RecordingTranscript(suite.hash) : new Transcript(suite.hash),
     alpn, servername, issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0 && !config.clientAuth, ems,
   };
-  // TLS.md "Where the asynchronous signature fits": the signed content is known once the
+  // Where the asynchronous signature fits: the signed content is known once the
   // ephemeral key exists, so the request goes out before the rest of the flight is encoded.
   const eph = EphemeralKey.generate(group);
   const params = ecdheParams(group, eph.publicBytes());
@@ -207,7 +207,7 @@ export class AwaitSignature12 implements State12 {
 
   /** Appends ServerKeyExchange and ServerHelloDone once the signer answered. */
   resume(signature: Buffer, io: HandshakeIo12): State {
-    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifySignature12(this.cert, this.content, signature)) {
+    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
       throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
     }
     const ske = encodeServerKeyExchange(this.params, this.cert.scheme, signature);
@@ -257,25 +257,6 @@ export class ExpectCertificateVerify12 implements State12 {
     recorded.messages = []; // verified: the copies are no longer needed
     ctx.transcript.update(m.raw);
     return new ExpectChangeCipherSpec12(ctx, this.keys, false);
-  }
-}
-
-const HASH_OF: Record<number, string> = {
-  [SignatureScheme.rsa_pkcs1_sha256]: 'sha256', [SignatureScheme.rsa_pkcs1_sha384]: 'sha384', [SignatureScheme.rsa_pkcs1_sha512]: 'sha512',
-  [SignatureScheme.rsa_pss_rsae_sha256]: 'sha256', [SignatureScheme.rsa_pss_rsae_sha384]: 'sha384', [SignatureScheme.rsa_pss_rsae_sha512]: 'sha512',
-  [SignatureScheme.ecdsa_secp256r1_sha256]: 'sha256', [SignatureScheme.ecdsa_secp384r1_sha384]: 'sha384',
-};
-
-/** Checks a ServerKeyExchange signature against the leaf certificate's public key (any 1.2 scheme). */
-export function verifySignature12(cert: CertChoice, content: Buffer, signature: Buffer): boolean {
-  const hash = HASH_OF[cert.scheme];
-  if (!hash) return false;
-  const key = cert.entry.leafPublicKey;
-  const pss = cert.scheme >= SignatureScheme.rsa_pss_rsae_sha256 && cert.scheme <= SignatureScheme.rsa_pss_rsae_sha512;
-  try {
-    return verify(hash, content, pss ? { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST } : key, signature);
-  } catch {
-    return false;
   }
 }
 
@@ -351,7 +332,7 @@ function sendTicket(ctx: Context12, master: Buffer, io: HandshakeIo12): void {
 /**
  * Handshake complete. TLS 1.2 has no post-handshake messages we accept: the first ClientHello
  * (a renegotiation attempt) gets a no_renegotiation warning and the connection carries on; a
- * second one is fatal (TLS.md 40). Everything else is unexpected_message.
+ * second one is fatal. Everything else is unexpected_message.
  */
 export class Traffic12 implements State12 {
   readonly name = 'Traffic12';

@@ -2,7 +2,7 @@
 // the message types it lists and returns the next state. Reading order follows RFC 8446 §2:
 // ClientHello → (HelloRetryRequest → ClientHello) → ServerHello..Certificate → [signature
 // from the Signer, asynchronously] → CertificateVerify, Finished → client Finished → traffic.
-import { constants, createHash, timingSafeEqual, verify } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
 import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
@@ -17,7 +17,8 @@ import {
 import { KeySchedule13, Transcript, finishedVerifyData, nextTrafficSecret, resumptionPsk } from './keyschedule.js';
 import { acceptPsk, newAgeAdd, sealTicket, ticketLifetimeS, type AcceptedPsk, type TicketSealer } from './session.js';
 import type { SeqLimits } from './record.js';
-import { SignatureScheme, type Signer } from './signer.js';
+import { verifyScheme } from './schemes.js';
+import type { Signer } from './signer.js';
 import { EphemeralKey, type CipherSuite } from './suites.js';
 
 /** Handshake policy shared by every connection of a server. */
@@ -142,7 +143,7 @@ export class ExpectClientHello implements State {
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
     negotiated.group = group.share.group;
-    // TLS.md 12: the read key changes after this hello; refuse leftover bytes before anything is sent.
+    // RFC 8446 §5.1: the read key changes after this hello; refuse leftover bytes before anything is sent.
     io.checkKeyChangeBoundary();
     const eph = EphemeralKey.generate(group.share.group);
     const shared = eph.deriveShared(group.share.key);
@@ -226,32 +227,15 @@ export class AwaitSignature implements State {
   /** Appends CertificateVerify and Finished once the signer answered. */
   resume(signature: Buffer, io: HandshakeIo): State {
     const { transcript } = this.keys;
-    // TLS.md 43: the hash that was signed must be the one CertificateVerify follows.
+    // The hash that was signed must be the one CertificateVerify follows.
     if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
-    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifySignature(this.cert, this.content, signature)) {
+    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
       throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
     }
     const cv = encodeCertificateVerify(this.cert.scheme, signature);
     transcript.update(cv);
     io.sendHandshake(cv);
     return sendServerFinished(this.keys, io);
-  }
-}
-
-const PSS_HASH: Record<number, string> = {
-  [SignatureScheme.rsa_pss_rsae_sha256]: 'sha256', [SignatureScheme.rsa_pss_rsae_sha384]: 'sha384', [SignatureScheme.rsa_pss_rsae_sha512]: 'sha512',
-};
-
-/** Checks a CertificateVerify signature against the leaf certificate's public key. */
-export function verifySignature(cert: CertChoice, content: Buffer, signature: Buffer): boolean {
-  try {
-    const key = cert.entry.leafPublicKey;
-    const pss = PSS_HASH[cert.scheme];
-    if (pss) return verify(pss, content, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }, signature);
-    const hash = cert.scheme === SignatureScheme.ecdsa_secp384r1_sha384 ? 'sha384' : 'sha256';
-    return verify(hash, content, key, signature);
-  } catch {
-    return false;
   }
 }
 
@@ -366,7 +350,7 @@ export class Traffic implements State {
     this.clientSecret = nextTrafficSecret(this.suite.hash, this.clientSecret);
     io.setReadKey(this.suite, this.clientSecret);
     // Each request gets its own answer, as OpenSSL does and tlsfuzzer's test-tls13-keyupdate expects
-    // (32 requests, 32 answers) rather than TLS.md 39's merging; the 32-in-a-row cap bounds the cost.
+    // (32 requests, 32 answers) rather than merging them; the 32-in-a-row cap bounds the cost.
     if (requested) this.answerOwed = true;
     return this;
   }

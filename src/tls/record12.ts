@@ -1,7 +1,7 @@
 // TLS 1.2 AEAD record protection (RFC 5246 §6.2.3.3): the real content type stays in the
 // header, AAD = seq ‖ type ‖ version ‖ plaintext length. AES-GCM (RFC 5288) nonce = 4-byte
 // salt ‖ 8-byte explicit nonce carried in the record (we send our sequence number, never a
-// random value: TLS.md 37); ChaCha20-Poly1305 (RFC 7905) nonce = 12-byte IV XOR seq, as in 1.3.
+// random value, RFC 5288 §3); ChaCha20-Poly1305 (RFC 7905) nonce = 12-byte IV XOR seq, as in 1.3.
 // Reuses record.ts's nonce and sequence bookkeeping by subclassing its sealer and opener.
 import crypto from 'node:crypto';
 import { fatal } from './alert.js';
@@ -85,7 +85,7 @@ export class RecordOpener12 extends RecordOpener {
     if (type !== ContentType.handshake && type !== ContentType.alert && type !== ContentType.application_data) {
       throw fatal('unexpected_message', `record type ${type} is not allowed after ChangeCipherSpec`);
     }
-    // TLS.md 3: after negotiation the header must say TLS 1.2 (Go's rule; the AAD uses the negotiated version).
+    // After negotiation the header must say TLS 1.2 (Go's rule; the AAD uses the negotiated version).
     if (record.version !== TLS12) throw fatal('protocol_version', `record version 0x${record.version.toString(16)} after TLS 1.2 was negotiated`);
     const frag = record.fragment;
     const overhead = this.explicitLen + TAG_LEN;

@@ -36,7 +36,7 @@ export interface TlsServerOptions {
   /** Deadline for the whole handshake (default 10 s). */
   handshakeTimeoutMs?: number;
   /**
-   * Check each signature against the certificate before sending it (TLS.md 31): 'rsa' (default:
+   * Check each signature against the certificate before sending it: 'rsa' (default:
    * an RSA-CRT fault in the key-holder leaks the private key through one faulty signature, and an
    * RSA verify is cheap), true (ECDSA too: a faulty ECDSA signature leaks nothing and the client
    * rejects it anyway, while the verify cost ~10% of full P-256 handshakes/s in bench:tls) or false.

@@ -255,7 +255,7 @@ export class HsmConnection {
     return this.json(Op.UNWRAP, req, opts, req.mechanism);
   }
 
-  // ---- status, replication and backup (issue 3) ----
+  // ---- status, replication and backup ----
 
   /** What the HSM reports about itself (no login needed). */
   info(opts?: RequestOptions): Promise<HsmInfo> {

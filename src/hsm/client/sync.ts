@@ -1,7 +1,7 @@
 // Bringing one HSM in sync with a healthy peer: compare state digests; if they differ, copy the
 // peer's user table and token keys as masked objects (encrypted under the cluster key, so no key
 // material is ever in the clear outside an HSM) and delete keys the peer no longer has. Every
-// masked object carries its version and an HSM applies only newer ones (issue 19 item 3), so
+// masked object carries its version and an HSM applies only newer ones, so
 // copying never undoes a change: what the target holds newer than the peer is reported
 // (`newerOnTarget`), and `merge` copies it the other way.
 import type { HsmLink } from './link.js';
