@@ -1,0 +1,76 @@
+// CPU of one TLS 1.3 handshake inside hsmproxy's sans-IO server (ServerConnection): ClientHello
+// parsing, x25519, the key schedule and transcript, record sealing and opening, tickets; one small
+// response and close_notify. No sockets, no signer: the client side (test/helpers/tls13-client.ts)
+// and the ECDSA signature run outside the timed sections, so the figure is the server's own work,
+// and CPU time (process.cpuUsage) is less disturbed by a busy machine than wall time.
+// Run: node --import=tsx bench/tls-handshake.ts   (env BENCH_HANDSHAKES per round, default 300)
+import { sign } from 'node:crypto';
+import { ServerConnection } from '../src/tls/connection.js';
+import { prepareCertEntry } from '../src/tls/certselect.js';
+import type { ServerHandshakeConfig } from '../src/tls/hello12.js';
+import { ContentType, plaintextRecords } from '../src/tls/record.js';
+import { TicketKeys } from '../src/tls/tickets.js';
+import { encodeClientHello, goodHello, readServerFlight } from '../test/helpers/tls13-client.js';
+import { makeTestCerts } from '../test/helpers/tls-certs.js';
+import { SoftSigner } from '../test/helpers/soft-signer.js';
+
+const N = Number(process.env.BENCH_HANDSHAKES ?? 300);
+const ROUNDS = 7;
+const RESPONSE = Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok');
+
+const certs = makeTestCerts(['localhost']);
+const config: ServerHandshakeConfig = {
+  certificates: [prepareCertEntry({ chain: certs.ec.chain, signer: new SoftSigner(certs.ec.key) })],
+  ticketKeys: new TicketKeys(), ticketCount: 2, ticketLifetimeS: 3600, verifyAfterSign: () => false, now: Date.now,
+};
+
+let cpuUs = 0;
+/** Runs `fn`, adding its CPU time to the server's account. */
+function server<T>(fn: () => T): T {
+  const c0 = process.cpuUsage();
+  const r = fn();
+  const c = process.cpuUsage(c0);
+  cpuUs += c.user + c.system;
+  return r;
+}
+
+function handshake(): void {
+  const { spec, key } = goodHello();
+  const ch = encodeClientHello(spec);
+  const conn = server(() => new ServerConnection(config));
+  const first = server(() => {
+    conn.feed(plaintextRecords(ContentType.handshake, ch));
+    return { out: conn.takeOutput(), events: conn.takeEvents() };
+  });
+  const req = first.events.find((e) => e.type === 'sign');
+  if (!req || req.type !== 'sign') throw new Error(`no signature request (${conn.error?.message ?? conn.stateName})`);
+  const sig = sign('sha256', req.request.content, certs.ec.key); // the HSM's work: not the server's
+  const flight = server(() => {
+    conn.resumeWithSignature(req.request.epoch, sig);
+    return conn.takeOutput()!;
+  });
+  const c = readServerFlight(ch, key, Buffer.concat([first.out ?? Buffer.alloc(0), flight]));
+  const fin = c.sealer.seal(ContentType.handshake, c.finished);
+  server(() => {
+    conn.feed(fin);
+    conn.takeEvents();
+    conn.writeApplicationData(RESPONSE);
+    conn.close();
+    conn.takeOutput();
+  });
+  if (!conn.established) throw new Error(`handshake did not complete: ${conn.error?.message ?? conn.stateName}`);
+}
+
+try {
+  for (let i = 0; i < 100; i++) handshake(); // JIT
+  const perRound: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    cpuUs = 0;
+    for (let i = 0; i < N; i++) handshake();
+    perRound.push(cpuUs / N);
+  }
+  perRound.sort((a, b) => a - b);
+  console.log(JSON.stringify({ handshakes: N * ROUNDS, serverCpuUsPerHandshake: { best: Math.round(perRound[0]!), median: Math.round(perRound[ROUNDS >> 1]!) } }));
+} finally {
+  certs.cleanup();
+}
