@@ -60,7 +60,9 @@ const COMPAT_CCS = Buffer.from([ContentType.change_cipher_spec, 3, 3, 0, 1, 1]);
 /** One server-side TLS connection, transport-agnostic. */
 export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   readonly negotiated: Negotiated = { resumed: false };
-  readonly counters: Counters = { emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0, keyUpdatesReceived: 0, keyUpdatesSent: 0 };
+  readonly counters: Counters = {
+    emptyRecords: 0, compatCcs: 0, warningAlerts: 0, earlyDataSkipped: 0, keyUpdatesReceived: 0, keyUpdatesSent: 0,
+  };
   private state: State = new ExpectClientHelloAny();
   private readonly deframer = new RecordDeframer();
   private readonly joiner = new HandshakeJoiner(MAX_HANDSHAKE_MESSAGE, MAX_CLIENT_HELLO);
@@ -135,7 +137,8 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   /** Delivers the signature for request `epoch`; a stale or late answer is dropped (returns false). */
   resumeWithSignature(epoch: number, signature: Buffer): boolean {
     const paused = this.state;
-    if (this.dead || epoch !== this.pendingSign || !(paused instanceof AwaitSignature || paused instanceof AwaitSignature12)) return false;
+    if (this.dead || epoch !== this.pendingSign
+      || !(paused instanceof AwaitSignature || paused instanceof AwaitSignature12)) return false;
     this.pendingSign = 0;
     try {
       this.state = paused.resume(signature, this);

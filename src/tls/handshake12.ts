@@ -135,10 +135,14 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   if (opts.sessionTicket && config.ticketKeys && !config.clientAuth) {
     const t = openTicket12(config.ticketKeys, opts.sessionTicket, config.now());
     // RFC 7627 §5.3: a session resumes only with the EMS state it was made with; else a full handshake.
-    const usable = t && t.servername === servername && t.extendedMasterSecret === ems && ch.cipherSuites.includes(t.suite);
+    const usable = t && t.servername === servername && t.extendedMasterSecret === ems
+      && ch.cipherSuites.includes(t.suite);
     const suite = usable ? suite12ById(t.suite) : undefined;
     if (t && suite) {
-      const ctx: Context12 = { ch, suite, serverRandom: serverRandom12(config), transcript: new Transcript(suite.hash), alpn, servername, issueTicket: false, ems };
+      const ctx: Context12 = {
+        ch, suite, serverRandom: serverRandom12(config), transcript: new Transcript(suite.hash),
+        alpn, servername, issueTicket: false, ems,
+      };
       return resumeSession(ctx, t.masterSecret, opts, io);
     }
   }
@@ -147,8 +151,12 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   const group = chooseGroup12(ch);
   Object.assign(negotiated, { suite, group, keyType: cert.entry.keyType, scheme: cert.scheme });
   const ctx: Context12 = {
-    ch, suite, serverRandom: serverRandom12(config), transcript: config.clientAuth ? new RecordingTranscript(suite.hash) : new Transcript(suite.hash),
-    alpn, servername, issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0 && !config.clientAuth, ems,
+    ch, suite, serverRandom: serverRandom12(config),
+    transcript: config.clientAuth ? new RecordingTranscript(suite.hash) : new Transcript(suite.hash),
+    alpn, servername,
+    issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0
+      && !config.clientAuth,
+    ems,
   };
   // Where the asynchronous signature fits: the signed content is known once the
   // ephemeral key exists, so the request goes out before the rest of the flight is encoded.
@@ -159,7 +167,8 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
 
   const sh = encodeServerHello12({
     random: ctx.serverRandom, sessionId: Buffer.alloc(0), suite: suite.id, renegotiationInfo: opts.secureRenegotiation,
-    pointFormats: opts.pointFormats, ackServerName: ch.ext.serverName !== undefined, sessionTicket: ctx.issueTicket, extendedMasterSecret: ems, alpn,
+    pointFormats: opts.pointFormats, ackServerName: ch.ext.serverName !== undefined, sessionTicket: ctx.issueTicket,
+    extendedMasterSecret: ems, alpn,
   });
   const certMsg = encodeCertificate12(cert.entry.certified.chain);
   ctx.transcript.update(ch.raw);
@@ -176,7 +185,8 @@ function resumeSession(ctx: Context12, master: Buffer, opts: Hello12Options, io:
   // RFC 5077 §3.4: echo the client's session id so it recognises the resumption.
   const sh = encodeServerHello12({
     random: ctx.serverRandom, sessionId: ch.sessionId, suite: suite.id, renegotiationInfo: opts.secureRenegotiation,
-    pointFormats: opts.pointFormats, ackServerName: false, sessionTicket: false, extendedMasterSecret: ctx.ems, alpn: ctx.alpn,
+    pointFormats: opts.pointFormats, ackServerName: false, sessionTicket: false,
+    extendedMasterSecret: ctx.ems, alpn: ctx.alpn,
   });
   transcript.update(ch.raw);
   transcript.update(sh);
@@ -207,7 +217,8 @@ export class AwaitSignature12 implements State12 {
 
   /** Appends ServerKeyExchange and ServerHelloDone once the signer answered. */
   resume(signature: Buffer, io: HandshakeIo12): State {
-    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
+    if (io.config.verifyAfterSign(this.cert.entry.keyType)
+      && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
       throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
     }
     const ske = encodeServerKeyExchange(this.params, this.cert.scheme, signature);
@@ -217,7 +228,9 @@ export class AwaitSignature12 implements State12 {
     const req = policy ? encodeCertificateRequest12(CLIENT_SCHEMES_12, policy.authorities) : undefined;
     for (const msg of req ? [ske, req, shd] : [ske, shd]) this.ctx.transcript.update(msg);
     io.sendPlaintextHandshake(Buffer.concat(req ? [ske, req, shd] : [ske, shd]));
-    return policy ? new ExpectClientCertificate12(this.ctx, this.eph, policy) : new ExpectClientKeyExchange(this.ctx, this.eph);
+    return policy
+      ? new ExpectClientCertificate12(this.ctx, this.eph, policy)
+      : new ExpectClientKeyExchange(this.ctx, this.eph);
   }
 }
 
@@ -225,7 +238,11 @@ export class AwaitSignature12 implements State12 {
 export class ExpectClientCertificate12 implements State12 {
   readonly name = 'ExpectClientCertificate12';
   readonly wantsInput = true;
-  constructor(private readonly ctx: Context12, private readonly eph: EphemeralKey, private readonly policy: ClientAuthPolicy) {}
+  constructor(
+    private readonly ctx: Context12,
+    private readonly eph: EphemeralKey,
+    private readonly policy: ClientAuthPolicy,
+  ) {}
 
   changeCipherSpec(): State { return unexpected(this.name, 'ChangeCipherSpec before the client Certificate'); }
 
@@ -253,7 +270,9 @@ export class ExpectCertificateVerify12 implements State12 {
     const { ctx } = this;
     const { scheme, signature } = decodeCertificateVerify(m.body);
     const recorded = ctx.transcript as RecordingTranscript;
-    verifyClientSignature(ctx.peer!.publicKey, CLIENT_SCHEMES_12, scheme, Buffer.concat(recorded.messages), signature, true);
+    verifyClientSignature(
+      ctx.peer!.publicKey, CLIENT_SCHEMES_12, scheme, Buffer.concat(recorded.messages), signature, true,
+    );
     recorded.messages = []; // verified: the copies are no longer needed
     ctx.transcript.update(m.raw);
     return new ExpectChangeCipherSpec12(ctx, this.keys, false);
@@ -291,7 +310,9 @@ export class ExpectChangeCipherSpec12 implements State12 {
   handle(m: HandshakeMessage): State { return unexpected(this.name, `${messageName(m)} before ChangeCipherSpec`); }
 
   changeCipherSpec(io: HandshakeIo12): State {
-    io.setReadProtection(new RecordOpener12(this.ctx.suite, this.keys.client.key, this.keys.client.iv, io.config.seqLimits));
+    io.setReadProtection(
+      new RecordOpener12(this.ctx.suite, this.keys.client.key, this.keys.client.iv, io.config.seqLimits),
+    );
     return new ExpectFinished12(this.ctx, this.keys, this.resumed);
   }
 }
@@ -323,7 +344,10 @@ export class ExpectFinished12 implements State12 {
 function sendTicket(ctx: Context12, master: Buffer, io: HandshakeIo12): void {
   const { ticketKeys, now } = io.config;
   const lifetime = ticketLifetimeS(ticketKeys!, io.config.ticketLifetimeS);
-  const ticket = sealTicket12(ticketKeys!, { suite: ctx.suite.id, masterSecret: master, extendedMasterSecret: ctx.ems, issuedAtMs: now(), lifetimeS: lifetime, servername: ctx.servername });
+  const ticket = sealTicket12(ticketKeys!, {
+    suite: ctx.suite.id, masterSecret: master, extendedMasterSecret: ctx.ems,
+    issuedAtMs: now(), lifetimeS: lifetime, servername: ctx.servername,
+  });
   const nst = encodeNewSessionTicket12(lifetime, ticket);
   ctx.transcript.update(nst);
   io.sendPlaintextHandshake(nst);

@@ -65,7 +65,7 @@ export interface HandshakeIo {
   sendHandshake(msg: Buffer): void;
   setWriteKey(suite: CipherSuite, secret: Buffer): void;
   setReadKey(suite: CipherSuite, secret: Buffer): void;
-  /** Throws unexpected_message if handshake bytes follow the current message: a key change must fall on a record boundary. */
+  /** Throws unexpected_message if handshake bytes follow the current message: keys must change on a record boundary. */
   checkKeyChangeBoundary(): void;
   /** Skip undecryptable early-data records (offered 0-RTT we decline) until one decrypts. */
   skipEarlyData(): void;
@@ -127,14 +127,17 @@ export class ExpectClientHello implements State {
     // No resumption under mTLS: a PSK handshake has no client Certificate (see docs: tickets are off there).
     if (ch.ext.preSharedKey && config.ticketKeys && !config.clientAuth && allowsPskDhe(ch)) {
       psk = acceptPsk({
-        keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw, transcriptPrefix: this.retry?.prefix ?? [],
+        keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw,
+        transcriptPrefix: this.retry?.prefix ?? [],
         suite, servername: ch.ext.serverName ?? '', nowMs: config.now(),
       });
     }
     let cert: CertChoice | undefined;
     if (!psk) {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
-      cert = selectCertificate(config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert);
+      cert = selectCertificate(
+        config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+      );
     }
 
     const group = chooseGroup(ch);
@@ -189,8 +192,12 @@ export class ExpectClientHello implements State {
     return new AwaitSignature(keys, chosen, content, signedHash);
   }
 
-  private helloRetry(ch: ClientHello, suite: CipherSuite, group: number, transcript: Transcript, io: HandshakeIo): State {
-    const hrr = encodeServerHello({ random: HRR_RANDOM, sessionId: ch.sessionId, suite: suite.id, selectedGroup: group });
+  private helloRetry(
+    ch: ClientHello, suite: CipherSuite, group: number, transcript: Transcript, io: HandshakeIo,
+  ): State {
+    const hrr = encodeServerHello({
+      random: HRR_RANDOM, sessionId: ch.sessionId, suite: suite.id, selectedGroup: group,
+    });
     transcript.update(ch.raw);
     transcript.replaceWithMessageHash();
     transcript.update(hrr);
@@ -220,7 +227,12 @@ interface FlightKeys {
 export class AwaitSignature implements State {
   readonly name = 'AwaitSignature';
   readonly wantsInput = false;
-  constructor(private readonly keys: FlightKeys, private readonly cert: CertChoice, private readonly content: Buffer, private readonly signedHash: Buffer) {}
+  constructor(
+    private readonly keys: FlightKeys,
+    private readonly cert: CertChoice,
+    private readonly content: Buffer,
+    private readonly signedHash: Buffer,
+  ) {}
 
   handle(m: HandshakeMessage): State { return unexpected(this.name, m); }
 
@@ -229,7 +241,8 @@ export class AwaitSignature implements State {
     const { transcript } = this.keys;
     // The hash that was signed must be the one CertificateVerify follows.
     if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
-    if (io.config.verifyAfterSign(this.cert.entry.keyType) && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
+    if (io.config.verifyAfterSign(this.cert.entry.keyType)
+      && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
       throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
     }
     const cv = encodeCertificateVerify(this.cert.scheme, signature);
@@ -254,7 +267,11 @@ function sendServerFinished(k: FlightKeys, io: HandshakeIo): State {
 export class ExpectClientCertificate implements State {
   readonly name = 'ExpectClientCertificate';
   readonly wantsInput = true;
-  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly policy: ClientAuthPolicy) {}
+  constructor(
+    private readonly k: FlightKeys,
+    private readonly app: { client: Buffer; server: Buffer },
+    private readonly policy: ClientAuthPolicy,
+  ) {}
 
   handle(m: HandshakeMessage, io: HandshakeIo): State {
     if (m.type !== HandshakeType.certificate) unexpected(this.name, m);
@@ -274,7 +291,11 @@ export class ExpectClientCertificate implements State {
 export class ExpectClientCertificateVerify implements State {
   readonly name = 'ExpectClientCertificateVerify';
   readonly wantsInput = true;
-  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly peer: PeerIdentity) {}
+  constructor(
+    private readonly k: FlightKeys,
+    private readonly app: { client: Buffer; server: Buffer },
+    private readonly peer: PeerIdentity,
+  ) {}
 
   handle(m: HandshakeMessage): State {
     if (m.type !== HandshakeType.certificate_verify) unexpected(this.name, m);
@@ -290,11 +311,15 @@ export class ExpectClientCertificateVerify implements State {
 export class ExpectFinished implements State {
   readonly name = 'ExpectFinished';
   readonly wantsInput = true;
-  constructor(private readonly k: FlightKeys, private readonly app: { client: Buffer; server: Buffer }, private readonly peer?: PeerIdentity) {}
+  constructor(
+    private readonly k: FlightKeys,
+    private readonly app: { client: Buffer; server: Buffer },
+    private readonly peer?: PeerIdentity,
+  ) {}
 
   handle(m: HandshakeMessage, io: HandshakeIo): State {
     if (m.type !== HandshakeType.finished) unexpected(this.name, m);
-    // Over the transcript so far: through the server Finished, plus the client's Certificate and CertificateVerify under mTLS.
+    // Over the transcript through the server Finished, plus the client's Certificate and CertificateVerify under mTLS.
     const expected = finishedVerifyData(this.k.suite.hash, this.k.hs.client, this.k.transcript.digest());
     const proof = verifyClientFinished(expected, decodeFinished(m.body, this.k.suite.hashLen));
     if (this.peer) io.negotiated.peer = this.peer;
@@ -337,7 +362,12 @@ export class Traffic implements State {
   consecutiveKeyUpdates = 0;
   private answerOwed = false;
 
-  constructor(_proof: ClientFinishedVerified, private readonly suite: CipherSuite, app: { client: Buffer; server: Buffer }, io: HandshakeIo) {
+  constructor(
+    _proof: ClientFinishedVerified,
+    private readonly suite: CipherSuite,
+    app: { client: Buffer; server: Buffer },
+    io: HandshakeIo,
+  ) {
     this.clientSecret = app.client;
     this.serverSecret = app.server;
     io.setReadKey(suite, this.clientSecret);

@@ -24,7 +24,9 @@ export function hkdfExtract(hash: HashName, salt: Buffer, ikm: Buffer): Buffer {
 const LABEL_PREFIX = Buffer.from('tls13 ', 'latin1');
 
 /** HKDF-Expand-Label(Secret, Label, Context, Length) with the "tls13 " prefix (RFC 8446 §7.1). */
-export function hkdfExpandLabel(hash: HashName, secret: Buffer, label: string, context: Buffer, length: number): Buffer {
+export function hkdfExpandLabel(
+  hash: HashName, secret: Buffer, label: string, context: Buffer, length: number,
+): Buffer {
   const labelLen = LABEL_PREFIX.length + label.length;
   const infoLen = 2 + 1 + labelLen + 1 + context.length;
   // One spare byte at the end for HKDF's block counter, so each block is a single HMAC update.
@@ -83,7 +85,7 @@ export function nextTrafficSecret(hash: HashName, secret: Buffer): Buffer {
   return hkdfExpandLabel(hash, secret, 'traffic upd', Buffer.alloc(0), HASH_LEN[hash]);
 }
 
-/** The PSK a ticket stands for: HKDF-Expand-Label(resumption_master_secret, "resumption", ticket_nonce, Hash.length). */
+/** A ticket's PSK: HKDF-Expand-Label(resumption_master_secret, "resumption", ticket_nonce, Hash.length). */
 export function resumptionPsk(hash: HashName, resumptionMasterSecret: Buffer, ticketNonce: Buffer): Buffer {
   return hkdfExpandLabel(hash, resumptionMasterSecret, 'resumption', ticketNonce, HASH_LEN[hash]);
 }

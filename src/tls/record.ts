@@ -230,7 +230,12 @@ abstract class RecordProtection {
   /** The soft and hard record limits of this key. */
   readonly limits: SeqLimits;
 
-  constructor(protected readonly suite: CipherSuite, protected readonly key: Buffer, protected readonly iv: Buffer, limits?: SeqLimits) {
+  constructor(
+    protected readonly suite: CipherSuite,
+    protected readonly key: Buffer,
+    protected readonly iv: Buffer,
+    limits?: SeqLimits,
+  ) {
     if (key.length !== suite.keyLen) throw new TlsError(`${suite.name} needs a ${suite.keyLen}-byte key, got ${key.length}`, 'TLS_ERR_BAD_KEY');
     if (iv.length !== 12) throw new TlsError(`TLS 1.3 needs a 12-byte IV, got ${iv.length}`, 'TLS_ERR_BAD_KEY');
     iv.copy(this.nonce, 0, 0, 4);
@@ -303,7 +308,9 @@ export class RecordSealer extends RecordProtection {
       out[innerStart + fragLen] = type;
       if (pad > 0) out.fill(0, innerStart + fragLen + 1, innerStart + innerLen);
       // chacha20-poly1305 shares the GCM overload's AEAD interface (setAAD/getAuthTag).
-      const cipher = crypto.createCipheriv(this.suite.aead as crypto.CipherGCMTypes, this.key, this.nextNonce(), { authTagLength: TAG_LEN });
+      const cipher = crypto.createCipheriv(
+        this.suite.aead as crypto.CipherGCMTypes, this.key, this.nextNonce(), { authTagLength: TAG_LEN },
+      );
       cipher.setAAD(header);
       const ct = cipher.update(out.subarray(innerStart, innerStart + innerLen));
       ct.copy(out, innerStart);
@@ -342,7 +349,9 @@ export class RecordOpener extends RecordProtection {
     const nonce = this.nextNonce();
     let inner: Buffer;
     try {
-      const decipher = crypto.createDecipheriv(this.suite.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN });
+      const decipher = crypto.createDecipheriv(
+        this.suite.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN },
+      );
       decipher.setAAD(this.aad);
       decipher.setAuthTag(frag.subarray(ctLen));
       inner = decipher.update(frag.subarray(0, ctLen));

@@ -57,7 +57,9 @@ export class RecordSealer12 extends RecordSealer {
       if (this.explicitLen) nonce.copy(out, outPos + HEADER_LEN, 4, 12);
       const ctStart = outPos + HEADER_LEN + this.explicitLen;
       // chacha20-poly1305 shares the GCM overload's AEAD interface (setAAD/getAuthTag).
-      const cipher = crypto.createCipheriv(this.suite12.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN });
+      const cipher = crypto.createCipheriv(
+        this.suite12.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN },
+      );
       cipher.setAAD(writeAad(this.aad12, seq, type, fragLen));
       cipher.update(content.subarray(inPos, inPos + fragLen)).copy(out, ctStart);
       cipher.final(); // stream modes: nothing held back
@@ -99,7 +101,9 @@ export class RecordOpener12 extends RecordOpener {
     if (this.explicitLen) frag.copy(nonce, 4, 0, EXPLICIT_LEN); // the sender's explicit nonce
     let content: Buffer;
     try {
-      const d = crypto.createDecipheriv(this.suite12.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN });
+      const d = crypto.createDecipheriv(
+        this.suite12.aead as crypto.CipherGCMTypes, this.key, nonce, { authTagLength: TAG_LEN },
+      );
       d.setAAD(writeAad(this.aad12, seq, type, ctLen));
       d.setAuthTag(frag.subarray(frag.length - TAG_LEN));
       content = d.update(frag.subarray(this.explicitLen, this.explicitLen + ctLen));

@@ -69,7 +69,11 @@ export class TlsSocket extends Duplex {
 
   private readonly ticketHoldMs: number;
 
-  constructor(private readonly raw: Socket, private readonly conn: ServerConnection, private readonly opts: TlsSocketOptions) {
+  constructor(
+    private readonly raw: Socket,
+    private readonly conn: ServerConnection,
+    private readonly opts: TlsSocketOptions,
+  ) {
     super({ allowHalfOpen: opts.allowHalfOpen ?? false, emitClose: true });
     this.ticketHoldMs = opts.ticketHoldMs ?? TICKET_HOLD_MS;
     raw.on('data', (chunk: Buffer) => { this.conn.feed(chunk); this.drive(); });
@@ -108,12 +112,14 @@ export class TlsSocket extends Duplex {
   isSessionReused(): boolean { return this.conn.negotiated.resumed; }
   /** The client's verified certificate identity (mTLS), or undefined without one. */
   get peerIdentity(): PeerIdentity | undefined { return this.conn.established ? this.conn.negotiated.peer : undefined; }
-  /** True when the client presented a certificate that verified (as node:tls; false under optional mode without one). */
+  /** True when the client's certificate verified (as node:tls; false under optional mode without one). */
   get authorized(): boolean { return this.peerIdentity !== undefined; }
   /** Why `authorized` is false, in node:tls terms (a bad certificate never gets this far: its handshake fails). */
   get authorizationError(): string | undefined { return this.authorized ? undefined : 'NO_PEER_CERTIFICATE'; }
   /** The client certificate in a reduced node:tls shape ({} without one, as node:tls). */
-  getPeerCertificate(): { subject: string; issuer: string; subjectaltname: string; fingerprint256: string; serialNumber: string; raw: Buffer } | Record<string, never> {
+  getPeerCertificate(): {
+    subject: string; issuer: string; subjectaltname: string; fingerprint256: string; serialNumber: string; raw: Buffer;
+  } | Record<string, never> {
     const p = this.peerIdentity;
     if (!p) return {};
     return { subject: p.subject, issuer: p.issuer, subjectaltname: p.sans.join(', '), fingerprint256: p.fingerprint256, serialNumber: p.serialNumber, raw: p.chain[0]! };
