@@ -1,26 +1,17 @@
 // The HSM channel batches: requests a client issues in one turn of the event loop leave in one
 // socket write and reach the HSM in one read, and the answers finished in one turn leave the HSM
 // in one write. Without it every signature costs a TLS record and a system call on each side,
-// and HSM throughput falls by a third or more (issue 16). Also: requests with the connection's
+// and HSM throughput falls by a third or more. Also: requests with the connection's
 // default deadline (one shared timer) still time out.
 import t from 'tap';
 import { createPublicKey, verify } from 'node:crypto';
 import { HsmConnection } from '../src/hsm/client/connection.js';
-import { startNode } from '../src/hsm/cluster/run-node.js';
-import { activate, clientTls, connect, tempCluster, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
+import { activatedNodeWithCu, clientTls } from './helpers/hsm-cluster.js';
 
 // RSA-4096 signs hold a crypto unit for 400 ms: a request that outlives a short deadline.
 const SLOW_RSA = { name: 'test-slow-rsa', units: 4, rates: { 'sign:rsa-4096': 10 }, maxQueue: 100 };
-const cluster = await tempCluster();
-const node = await startNode({ dir: cluster.dir, port: 0, scryptCost: TEST_SCRYPT_COST, log: () => undefined, capacity: SLOW_RSA });
-await activate(cluster, node.port);
-const cu = await connect(cluster, node.port);
-await cu.login('alice', 'cu-password');
-t.teardown(async () => {
-  cu.destroy();
-  await node.stop();
-  await cluster.cleanup();
-});
+const { cluster, node, cu, stop } = await activatedNodeWithCu(SLOW_RSA);
+t.teardown(stop);
 const ec = await cu.generateKeyPair('ec:p256', { label: 'batched' });
 const ecPub = createPublicKey((await cu.exportPublicKey(ec.publicKey.keyId)).pem);
 

@@ -5,20 +5,11 @@
 import t from 'tap';
 import { createPublicKey, generateKeyPair, verify } from 'node:crypto';
 import { promisify } from 'node:util';
-import { startNode } from '../src/hsm/cluster/run-node.js';
-import { activate, connect, tempCluster, TEST_SCRYPT_COST } from './helpers/hsm-cluster.js';
+import { activatedNodeWithCu } from './helpers/hsm-cluster.js';
 
 const SLOW_RSA = { name: 'test-slow-rsa', units: 8, rates: { 'sign:rsa-4096': 16 }, maxQueue: 1000 };
-const cluster = await tempCluster();
-const node = await startNode({ dir: cluster.dir, port: 0, scryptCost: TEST_SCRYPT_COST, log: () => undefined, capacity: SLOW_RSA });
-await activate(cluster, node.port);
-const cu = await connect(cluster, node.port);
-await cu.login('alice', 'cu-password');
-t.teardown(async () => {
-  cu.destroy();
-  await node.stop();
-  await cluster.cleanup();
-});
+const { cu, stop } = await activatedNodeWithCu(SLOW_RSA);
+t.teardown(stop);
 
 // Importing a locally made RSA-4096 key: generation is slow, and the test is about signing.
 const rsaPem = (await promisify(generateKeyPair)('rsa', { modulusLength: 4096, privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } })).privateKey;

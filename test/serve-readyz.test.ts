@@ -5,7 +5,7 @@
 // are signalled, and all of them are continued on the way out.
 import t from 'tap';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { devCa, getOnce, prepareServeDir, hsmPid, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { devCa, freezeHsms, getOnce, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -35,22 +35,17 @@ t.test('/readyz is 503 with a reason while no HSM holding the keys answers, 200 
   t.equal((await readyz(s.admin)).status, 200, 'ready with both HSMs up');
   t.equal(await getOnce(s.port, ca), 200);
 
-  const pids = [await hsmPid(d.data, 'hsm-1'), await hsmPid(d.data, 'hsm-2')];
-  t.ok(pids.every((p) => p !== undefined), 'both HSMs run as child processes of serve');
-  const frozen = new Set<number>();
-  const resume = (pid: number) => { try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ } frozen.delete(pid); };
-  t.teardown(() => { for (const pid of [...frozen]) resume(pid); });
-  for (const pid of pids) { process.kill(pid!, 'SIGSTOP'); frozen.add(pid!); }
+  const { resume } = await freezeHsms(t, d.data, ['hsm-1', 'hsm-2']); // both run as children of serve
 
   const down = await until(s.admin, 503, 15_000);
   t.equal(down.status, 503, 'not ready once the health checks of every HSM failed');
   t.equal(down.body.ready, false);
   t.match(down.body.reasons.join('; '), /no HSM holding the listeners' keys is in rotation \(hsm-1 [a-z ]+, hsm-2 [a-z ]+\)/, 'the reason names the keys and each HSM\'s state');
 
-  resume(pids[1]!);
+  resume('hsm-2');
   const back = await until(s.admin, 200, 30_000);
   t.equal(back.status, 200, 'ready again with one HSM back (hsm-1 still frozen)');
   t.same(back.body.reasons, []);
   t.equal(await getOnce(s.port, ca), 200, 'and a new connection is served');
-  resume(pids[0]!);
+  resume('hsm-1');
 });

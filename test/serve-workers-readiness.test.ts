@@ -6,7 +6,7 @@
 import t from 'tap';
 import type tls from 'node:tls';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { connectTls, devCa, getOnce, hsmPid, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { connectTls, devCa, freezeHsms, getOnce, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -65,19 +65,14 @@ t.test('workers: 2: /readyz asks each worker, whose own HSM client decides', asy
   const s = await startServe(d, serveYaml(d, upstream.url, 'workers: 2'));
   t.teardown(() => s.stop());
   t.equal((await until(s.admin, 200, 15_000)).status, 200, 'ready with both HSMs up');
-  const pids = [await hsmPid(d.data, 'hsm-1'), await hsmPid(d.data, 'hsm-2')];
-  t.ok(pids.every((p) => p !== undefined), 'both HSMs run as child processes of serve');
-  const frozen = new Set<number>();
-  const resume = (pid: number) => { try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ } frozen.delete(pid); };
-  t.teardown(() => { for (const pid of [...frozen]) resume(pid); });
-  for (const pid of pids) { process.kill(pid!, 'SIGSTOP'); frozen.add(pid!); }
+  const { resume } = await freezeHsms(t, d.data, ['hsm-1', 'hsm-2']); // both run as children of serve
 
   const down = await until(s.admin, 503, 20_000);
   t.equal(down.status, 503, 'not ready once the workers\' health checks of every HSM failed');
   const reasons = down.body.reasons.join('; ');
   t.match(reasons, /worker [12]: no HSM holding the listeners' keys is in rotation/, 'the reason names the worker and its keys');
 
-  for (const pid of pids) resume(pid!);
+  resume();
   const back = await until(s.admin, 200, 30_000);
   t.equal(back.status, 200, 'ready again once the HSMs answer');
   t.same(back.body.reasons, []);

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { HsmConnection } from '../../src/hsm/client/connection.js';
 import { initCluster, type InitClusterResult } from '../../src/hsm/cluster/init.js';
 import { clusterPath, type ManifestProfile } from '../../src/hsm/cluster/manifest.js';
+import { startNode, type RunningNode, type StartNodeOptions } from '../../src/hsm/cluster/run-node.js';
 
 /** Low scrypt cost so logins are fast in tests (production default is 2^14). */
 export const TEST_SCRYPT_COST = 1024;
@@ -52,6 +53,28 @@ export async function clientTls(r: InitClusterResult): Promise<{ ca: Buffer; cer
 /** Connects to a node of the cluster on `port`. */
 export async function connect(r: InitClusterResult, port: number, hsmId = 'hsm-1'): Promise<HsmConnection> {
   return HsmConnection.connect({ hsmId, host: '127.0.0.1', port, ...(await clientTls(r)) });
+}
+
+/**
+ * One in-process HSM of a fresh cluster, activated, with CU alice logged in; `stop` ends all three.
+ * `capacity` is the node's capacity profile (slow ones make requests that outlive deadlines).
+ */
+export async function activatedNodeWithCu(capacity?: StartNodeOptions['capacity']): Promise<{
+  cluster: InitClusterResult; node: RunningNode; cu: HsmConnection; stop(): Promise<void>;
+}> {
+  const cluster = await tempCluster();
+  const node = await startNode({ dir: cluster.dir, port: 0, scryptCost: TEST_SCRYPT_COST, log: () => undefined, capacity });
+  await activate(cluster, node.port);
+  const cu = await connect(cluster, node.port);
+  await cu.login('alice', 'cu-password');
+  return {
+    cluster, node, cu,
+    stop: async () => {
+      cu.destroy();
+      await node.stop();
+      await cluster.cleanup();
+    },
+  };
 }
 
 /** Activates the cluster's HSM on `port` (PRECO → CO) and creates CU `cu` (password `cu-password`). */

@@ -121,6 +121,28 @@ export function hsmPid(dir: string, hsm: string): Promise<number | undefined> {
   return new Promise((resolve) => execFile('pgrep', ['-f', '--', `--dir ${dir} --hsm ${hsm} `], (_e, out) => resolve(Number(out.split('\n')[0]) || undefined)));
 }
 
+/**
+ * Freezes (SIGSTOP) the HSM node processes `hsms` of the cluster in `dir`, children of serve;
+ * `resume(hsm)` continues one, `resume()` all, and the end of the test resumes what is left.
+ * Fails unless each one runs.
+ */
+export async function freezeHsms(t: { teardown(fn: () => void): void }, dir: string, hsms: string[]): Promise<{ resume(hsm?: string): void }> {
+  const found = await Promise.all(hsms.map((h) => hsmPid(dir, h)));
+  const missing = hsms.filter((_h, i) => found[i] === undefined);
+  if (missing.length > 0) throw new Error(`no process for ${missing.join(', ')} under ${dir}`);
+  const frozen = new Map(hsms.map((h, i) => [h, found[i]!]));
+  const resume = (hsm?: string): void => {
+    for (const [h, pid] of [...frozen]) {
+      if (hsm !== undefined && h !== hsm) continue;
+      try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
+      frozen.delete(h);
+    }
+  };
+  t.teardown(() => resume());
+  for (const pid of frozen.values()) process.kill(pid, 'SIGSTOP');
+  return { resume };
+}
+
 /** Opens a TLS connection trusting only the dev CA; resolves with the socket once established. */
 export function connectTls(port: number, ca: Buffer, opts: tls.ConnectionOptions = {}): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
