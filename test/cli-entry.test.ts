@@ -2,11 +2,11 @@
 // CommonJS launcher registers tsx in-process, and the processes it forks (HSM nodes of
 // `cluster start`) must get the loader too, or they die on their .ts entry files.
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startClusterCommand } from './helpers/cli.js';
 import { cliInProcess } from './helpers/hsm-cluster.js';
 
 const entry = fileURLToPath(new URL('../src/cli/entry.cjs', import.meta.url));
@@ -20,13 +20,8 @@ t.test('cluster start through the source-tree launcher runs its HSM node process
   delete env.NODE_OPTIONS;
   // Plain node (spawn passes no execArgv), as npm runs the script: none of this test runner's loaders.
   // Started outside the clone, where a bare `--import=tsx` for the nodes finds no tsx package.
-  const child = spawn(process.execPath, [entry, 'cluster', 'start', '--dir', '.'], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-  const deadline = Date.now() + 60_000;
-  while (!/cluster running/.test(out) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  const { child, output } = await startClusterCommand(t, process.execPath, [entry, 'cluster', 'start', '--dir', '.'], { cwd: dir, env });
+  const out = output();
   t.match(out, /hsm-1 running \(pid \d+\)/, 'the HSM node process started');
   t.notMatch(out, /ERR_UNKNOWN_FILE_EXTENSION|Cannot find package|exited/, 'no node died on its .ts entry or its loader');
   child.kill('SIGTERM');

@@ -2,13 +2,13 @@
 // dist/, the bin is the built launcher, and it runs from any directory with paths taken from
 // there, without tsx (a dependency of the tests only) in it or in the processes it starts.
 import t from 'tap';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { repoRoot } from './helpers/cli.js';
+import { repoRoot, startClusterCommand } from './helpers/cli.js';
 import { freePort } from './helpers/hsm-cluster.js';
 import { heavyIn, importRecorder, recordedImports } from './helpers/import-recorder.js';
 
@@ -51,13 +51,8 @@ t.test('the linked command runs from another directory, from dist/ only', async 
   t.ok(existsSync(join(work, 'rel', 'cluster.json')));
 
   // cluster start forks an HSM node process: from dist/, its entry is built JS, no loader needed.
-  const child = spawn(bin, ['cluster', 'start', '--dir', 'rel'], { cwd: work, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-  const deadline = Date.now() + 60_000;
-  while (!/cluster running/.test(out) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  const { child, output } = await startClusterCommand(t, bin, ['cluster', 'start', '--dir', 'rel'], { cwd: work, env });
+  const out = output();
   t.match(out, /hsm-1 running \(pid \d+\)/, 'the HSM node process started');
   child.kill('SIGTERM');
   const code = await new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.once('exit', (c) => r(c))));

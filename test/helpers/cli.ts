@@ -1,5 +1,5 @@
 // Runs the hsmproxy CLI from source in a child process, as a user would run it.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
@@ -37,4 +37,21 @@ export function oneLineError(t: Test, r: CliResult, pattern: RegExp): void {
   t.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   t.notMatch(r.stderr, /\n\s+at /, 'no stack trace');
   t.match(r.stderr, pattern);
+}
+
+/**
+ * Spawns `cluster start` (`command` `args`) and waits up to 60 s for "cluster running" (or an
+ * early exit); the child is SIGKILLed at the end of the test if still running.
+ */
+export async function startClusterCommand(
+  t: Test, command: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv },
+): Promise<{ child: ChildProcess; output(): string }> {
+  const child = spawn(command, args, { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
+  const deadline = Date.now() + 60_000;
+  while (!/cluster running/.test(out) && child.exitCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  return { child, output: () => out };
 }
