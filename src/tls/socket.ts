@@ -174,7 +174,7 @@ export class TlsSocket extends Duplex {
     process.nextTick(flushSoon, this);
   }
 
-  /** Seals the application data of this turn and gives everything queued to TCP in one write. */
+  /** @internal Seals the application data of this turn and gives everything queued to TCP in one write. */
   flush(): void {
     this.flushQueued = false;
     if (this.ticketTimer) { clearTimeout(this.ticketTimer); this.ticketTimer = null; }
