@@ -28,7 +28,10 @@ export interface SupervisorOptions {
   scryptCost?: number;
   restartMinMs?: number;
   restartMaxMs?: number;
-  /** How long a child may take to report its port (default 15 s). */
+  /**
+   * How long a child may take to report its port (default 30 s: a start that takes 5 s on a quiet
+   * 2-core machine took over 15 s in a loaded full test run; a node that never reports still fails).
+   */
   startTimeoutMs?: number;
   /** Follow manifest changes (default true). */
   watch?: boolean;
@@ -117,8 +120,8 @@ export class Supervisor {
         if (settled) return;
         settled = true;
         proc.kill('SIGKILL');
-        reject(new NodeStartError(c.hsm.id, `no port reported within ${this.opts.startTimeoutMs ?? 15_000} ms`));
-      }, this.opts.startTimeoutMs ?? 15_000);
+        reject(new NodeStartError(c.hsm.id, `no port reported within ${this.opts.startTimeoutMs ?? 30_000} ms`));
+      }, this.opts.startTimeoutMs ?? 30_000);
       timer.unref();
       proc.on('message', (msg: NodeProcessMessage) => {
         if (msg.type === 'listening') {
