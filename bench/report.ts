@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { HsmBenchResult } from '../src/bench/hsm.js';
 import { renderSummary, type ProfileResult, type ProxyBenchResult, type SummaryInput, type TlsBenchResult } from '../src/bench/summary.js';
 import { renderLineChart, type Series } from '../src/bench/svg.js';
+import { formatComparison, type SpeedComparison } from './lib/openssl-speed.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const dir = join(here, 'results');
@@ -17,7 +18,10 @@ function read<T>(file: string): T | undefined {
   return existsSync(p) ? (JSON.parse(readFileSync(p, 'utf8')) as T) : undefined;
 }
 
-const hsm = readdirSync(dir).filter((f) => /^hsm-.*\.json$/.test(f)).sort().map((f) => read<HsmBenchResult>(f)!);
+// hsm-vs-openssl.json is a comparison table, not a sweep: shown as such below.
+const hsm = readdirSync(dir).filter((f) => /^hsm-.*\.json$/.test(f) && f !== 'hsm-vs-openssl.json').sort()
+  .map((f) => read<HsmBenchResult>(f)!);
+const vsOpenssl = read<SpeedComparison>('hsm-vs-openssl.json');
 const tls = read<TlsBenchResult>('tls.json');
 const proxy = read<ProxyBenchResult>('proxy.json');
 const profile = read<ProfileResult>('profile.json');
@@ -82,5 +86,8 @@ if (tls?.sweep) {
 
 const findings = join(here, 'FINDINGS.md');
 const summary = renderSummary({ hsm, ...(tls ? { tls } : {}), ...(proxy ? { proxy } : {}), ...(profile ? { profile } : {}), charts, ...(existsSync(findings) ? { notes: readFileSync(findings, 'utf8') } : {}) });
-writeFileSync(join(dir, 'SUMMARY.md'), summary);
+const comparison = vsOpenssl
+  ? `\n## The HSM against \`openssl speed\` (\`BENCH_RUNS=hsm-vs-openssl npm run bench:hsm\`)\n\n${vsOpenssl.date}, ${vsOpenssl.openssl}.\n\n\`\`\`\n${formatComparison(vsOpenssl)}\`\`\`\n`
+  : '';
+writeFileSync(join(dir, 'SUMMARY.md'), summary + comparison);
 console.log(`wrote bench/results/SUMMARY.md and ${charts.length} charts`);
