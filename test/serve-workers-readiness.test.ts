@@ -4,9 +4,8 @@
 // HSM client and a count of workers, and said ready (200) all through a SIGTERM drain.
 // Loopback, ephemeral ports, a temp directory; only serve's own children are signalled.
 import t from 'tap';
-import type tls from 'node:tls';
 import { startDemoUpstream } from '../src/proxy/index.js';
-import { connectTls, devCa, freezeHsms, getOnce, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
+import { connectTls, devCa, freezeHsms, getOn, getOnce, prepareServeDir, serveYaml, startServe } from './helpers/serve-fixture.js';
 
 const d = await prepareServeDir();
 t.teardown(() => d.cleanup());
@@ -31,17 +30,6 @@ async function until(admin: number, status: number, ms: number): Promise<Readyz>
   }
 }
 
-/** Sends a GET for `path` on `conn`; resolves with the status once the response ends. */
-function request(conn: tls.TLSSocket, path: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    conn.setEncoding('utf8').on('data', (x: string) => { buf += x; });
-    conn.once('end', () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(buf)?.[1] ?? 0)));
-    conn.once('error', reject);
-    conn.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
-  });
-}
-
 for (const workers of [1, 2]) {
   t.test(`workers: ${workers}: /readyz is 503 "draining" while SIGTERM drains the requests in flight`, async (t) => {
     const s = await startServe(d, serveYaml(d, upstream.url, `workers: ${workers}`));
@@ -50,7 +38,7 @@ for (const workers of [1, 2]) {
     // Two slow requests per process (node:cluster hands connections out in turn): each has one to drain.
     const conns = await Promise.all(Array.from({ length: 2 * workers }, () => connectTls(s.port, ca)));
     t.teardown(() => { for (const c of conns) c.destroy(); });
-    const slow = conns.map((c) => request(c, '/slow?ms=3000'));
+    const slow = conns.map((c) => getOn(c, '/slow?ms=3000'));
     await new Promise((r) => setTimeout(r, 300));
     process.kill(s.child.pid!, 'SIGTERM');
     const draining = await until(s.admin, 503, 2_000);

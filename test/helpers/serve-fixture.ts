@@ -154,7 +154,11 @@ export function connectTls(port: number, ca: Buffer, opts: tls.ConnectionOptions
 
 /** One HTTP/1.1 GET on a fresh TLS connection; resolves with the status code. */
 export async function getOnce(port: number, ca: Buffer, path = '/'): Promise<number> {
-  const s = await connectTls(port, ca);
+  return getOn(await connectTls(port, ca), path);
+}
+
+/** Sends a GET for `path` with `Connection: close` on `s`; resolves with the status once the response ends. */
+export function getOn(s: tls.TLSSocket, path = '/'): Promise<number> {
   return new Promise((resolve, reject) => {
     let buf = '';
     s.setEncoding('utf8').on('data', (d: string) => { buf += d; });
