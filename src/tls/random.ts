@@ -7,8 +7,9 @@ const POOL_SIZE = 4096;
 let pool = Buffer.allocUnsafe(0);
 let offset = 0;
 
-/** `n` fresh random bytes (n <= 256), as a view the caller owns. */
+/** `n` fresh random bytes, as a view the caller owns (sizes over 256 bypass the pool). */
 export function randomBytesPooled(n: number): Buffer {
+  if (n > 256) return randomFillSync(Buffer.allocUnsafe(n));
   if (offset + n > pool.length) {
     // A new pool each time: views handed out earlier stay valid and are never overwritten.
     pool = randomFillSync(Buffer.allocUnsafeSlow(POOL_SIZE));
