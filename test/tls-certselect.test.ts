@@ -33,8 +33,12 @@ t.test('exact SNI beats a wildcard; a wildcard covers exactly one label', async 
   const entries = [rsa, apiOnly];
   t.equal(selectCertificate(entries, 'api.example.com', [S.rsa_pss_rsae_sha256]).entry, apiOnly);
   t.equal(selectCertificate(entries, 'www.example.com', [S.rsa_pss_rsae_sha256]).entry, rsa);
-  t.equal(alertOf(() => selectCertificate(entries, 'a.b.example.com', [S.rsa_pss_rsae_sha256])), AlertDescription.unrecognized_name);
-  t.equal(alertOf(() => selectCertificate(entries, 'example.com', [S.rsa_pss_rsae_sha256])), AlertDescription.unrecognized_name);
+  const strict = (sni: string) => alertOf(() => selectCertificate(entries, sni, [S.rsa_pss_rsae_sha256], undefined, true));
+  t.equal(strict('a.b.example.com'), AlertDescription.unrecognized_name);
+  t.equal(strict('example.com'), AlertDescription.unrecognized_name);
+  // Without strict, the default certificate (the first entry and those for its names) serves unknown names.
+  t.equal(selectCertificate(entries, 'a.b.example.com', [S.rsa_pss_rsae_sha256]).entry, rsa);
+  t.equal(selectCertificate([apiOnly, rsa], 'example.com', [S.rsa_pss_rsae_sha256]).entry, apiOnly);
 });
 
 t.test('no usable scheme → handshake_failure; PKCS#1 and SHA-1 are never used in TLS 1.3', async (t) => {

@@ -196,9 +196,9 @@ const SID = Buffer.alloc(32, 0x5a);
 /** ClientHello1 offers x25519 and P-384 but sends a share only for ffdhe2048, which we lack. */
 function hrrBase(): Ext[] {
   return [
-    ext.versions(), ext.groups([0x0100, NamedGroup.secp384r1]), ext.sigAlgs([SignatureScheme.ecdsa_secp256r1_sha256]),
+    ext.versions(), ext.groups([0x0104, NamedGroup.secp384r1]), ext.sigAlgs([SignatureScheme.ecdsa_secp256r1_sha256]),
     ext.sni('localhost'), ext.alpn(['http/1.1']), [0xeaea, Buffer.from([1])], [21, Buffer.alloc(10)],
-    ext.keyShares([{ group: 0x0100, key: Buffer.alloc(256, 3) }]),
+    ext.keyShares([{ group: 0x0104, key: Buffer.alloc(256, 3) }]),
   ];
 }
 const RANDOM = Buffer.alloc(32, 1);
@@ -257,7 +257,7 @@ t.test('ClientHello2 may change only key_share, early_data, pre_shared_key and p
     ['changed legacy_session_id', secondHello(undefined, { sessionId: Buffer.alloc(32, 0x5b) }).ch2],
     ['changed legacy_version', secondHello(undefined, { legacyVersion: 0x0301 }).ch2],
     ['a share for a group other than the one requested', encodeClientHello({ random: RANDOM, sessionId: SID, extensions: hrrBase().map((e) => (e[0] === ExtensionType.key_share ? ext.keyShares([{ group: NamedGroup.x25519, key: EphemeralKey.generate(NamedGroup.x25519).publicBytes() }]) : e)) })],
-    ['two shares', secondHello((e) => e.map((x) => (x[0] === ExtensionType.key_share ? ext.keyShares([{ group: 0x0100, key: Buffer.alloc(256, 3) }, { group: NamedGroup.secp384r1, key: EphemeralKey.generate(NamedGroup.secp384r1).publicBytes() }]) : x))).ch2],
+    ['two shares', secondHello((e) => e.map((x) => (x[0] === ExtensionType.key_share ? ext.keyShares([{ group: 0x0104, key: Buffer.alloc(256, 3) }, { group: NamedGroup.secp384r1, key: EphemeralKey.generate(NamedGroup.secp384r1).publicBytes() }]) : x))).ch2],
   ];
   for (const [name, ch2] of cases) {
     await t.test(`${name} → illegal_parameter`, async (t) => {

@@ -89,7 +89,7 @@ t.test('ClientHello validation alerts', async (t) => {
   await t.test('supported_versions without TLS 1.3 → protocol_version', (t) =>
     helloFails(t, encodeClientHello({ extensions: [ext.versions([0x0303]), ...good.extensions!.slice(1)] }), 'protocol_version', config({ minVersion: '1.3' })));
   await t.test('no common group → handshake_failure', (t) =>
-    helloFails(t, encodeClientHello({ extensions: [ext.versions(), ext.groups([0x0019]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x0019, key: Buffer.alloc(133, 4) }])] }), 'handshake_failure'));
+    helloFails(t, encodeClientHello({ extensions: [ext.versions(), ext.groups([0x001a]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x001a, key: Buffer.alloc(133, 4) }])] }), 'handshake_failure'));
   await t.test('no common cipher suite → handshake_failure', (t) =>
     helloFails(t, encodeClientHello({ ...good, suites: [0xc02f] }), 'handshake_failure'));
   await t.test('session id longer than 32 bytes → decode_error', (t) =>
@@ -121,8 +121,8 @@ t.test('ClientHello validation alerts', async (t) => {
     helloFails(t, encodeClientHello({ extensions: [...good.extensions!, ext.alpn([''])] }), 'decode_error'));
   await t.test('no ALPN overlap → no_application_protocol', (t) =>
     helloFails(t, encodeClientHello({ extensions: [...good.extensions!, ext.alpn(['spdy/1'])] }), 'no_application_protocol'));
-  await t.test('SNI served by no certificate → unrecognized_name', (t) =>
-    helloFails(t, encodeClientHello({ extensions: [...good.extensions!, ext.sni('other.test')] }), 'unrecognized_name'));
+  await t.test('SNI served by no certificate, sni: strict → unrecognized_name', (t) =>
+    helloFails(t, encodeClientHello({ extensions: [...good.extensions!, ext.sni('other.test')] }), 'unrecognized_name', config({ sniStrict: true })));
   await t.test('SNI with a trailing dot → illegal_parameter', (t) =>
     helloFails(t, encodeClientHello({ extensions: [...good.extensions!, ext.sni('localhost.')] }), 'illegal_parameter'));
   await t.test('no scheme the keys can produce → handshake_failure', (t) =>
@@ -156,7 +156,12 @@ t.test('SNI picks the exact name, then a one-label wildcard, and is acknowledged
     t.equal(conn.negotiated.servername, name);
     t.same([...c.messages[0]!.body], [0, 4, 0, 0, 0, 0], `EE carries an empty server_name for ${name}`);
   }
-  await helloFails(t, encodeClientHello({ extensions: [...goodHello().spec.extensions!, ext.sni('a.b.example.com')] }), 'unrecognized_name');
+  await helloFails(t, encodeClientHello({ extensions: [...goodHello().spec.extensions!, ext.sni('a.b.example.com')] }), 'unrecognized_name', config({ sniStrict: true }));
+  // By default a name no certificate serves gets the first certificate, as nginx's default server.
+  const conn = new ServerConnection(config());
+  const c = await fullHandshake(conn, { extra: [ext.sni('a.b.example.com')] });
+  t.ok(conn.established, 'an unknown name is served');
+  t.same(c.messages[1]!.body.subarray(7, 7 + certs.ec.chain[0]!.length), certs.ec.chain[0], 'with the first certificate');
 });
 
 t.test('ALPN follows the server preference', async (t) => {
@@ -179,7 +184,7 @@ t.test('middlebox compatibility: session id echoed and one CCS sent', async (t) 
 async function retryHello(cfg = config()): Promise<{ conn: ServerConnection; ch1: Buffer; hrr: Buffer; spec1: ReturnType<typeof encodeClientHello> }> {
   const conn = new ServerConnection(cfg);
   // Client supports P-384 and x25519 but only sent a share for a group we lack.
-  const ch1 = encodeClientHello({ random: Buffer.alloc(32, 1), extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x0019, key: Buffer.alloc(133, 4) }])] });
+  const ch1 = encodeClientHello({ random: Buffer.alloc(32, 1), extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x001a, key: Buffer.alloc(133, 4) }])] });
   const out = await exchange(conn, plaintextRecords(ContentType.handshake, ch1));
   return { conn, ch1, hrr: out.subarray(5, 5 + out.readUInt16BE(3)), spec1: ch1 };
 }
@@ -189,7 +194,7 @@ t.test('HelloRetryRequest then a correct second ClientHello completes (message_h
   t.same(hrr.subarray(6, 38), HRR_RANDOM, 'HRR random');
   t.match(hrr.toString('hex'), /00330002 0018/.source.replace(' ', ''), 'key_share selects secp384r1');
   const key = (await import('../src/tls/suites.js')).EphemeralKey.generate(NamedGroup.secp384r1);
-  const ch2 = encodeClientHello({ random: Buffer.alloc(32, 1), extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: NamedGroup.secp384r1, key: key.publicBytes() }])] });
+  const ch2 = encodeClientHello({ random: Buffer.alloc(32, 1), extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: NamedGroup.secp384r1, key: key.publicBytes() }])] });
   const out = await exchange(conn, plaintextRecords(ContentType.handshake, ch2));
   const prefix = [Buffer.concat([Buffer.from([254, 0, 0, 32]), createHash('sha256').update(ch1).digest()]), hrr];
   const c = readServerFlight(ch2, key, out, undefined, prefix);
@@ -202,11 +207,11 @@ t.test('second ClientHello checks', async (t) => {
   const base = { random: Buffer.alloc(32, 1) };
   const share384 = (await import('../src/tls/suites.js')).EphemeralKey.generate(NamedGroup.secp384r1).publicBytes();
   const cases: Array<[string, Buffer, AlertName]> = [
-    ['still no usable share (a second HRR is never sent) → illegal_parameter', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x0019, key: Buffer.alloc(133, 4) }])] }), 'illegal_parameter'],
-    ['changed random → illegal_parameter', encodeClientHello({ random: Buffer.alloc(32, 2), extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: NamedGroup.secp384r1, key: share384 }])] }), 'illegal_parameter'],
-    ['changed signature_algorithms → illegal_parameter', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0804]), ext.keyShares([{ group: NamedGroup.secp384r1, key: share384 }])] }), 'illegal_parameter'],
-    ['added early_data → illegal_parameter', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: NamedGroup.secp384r1, key: share384 }]), ext.earlyData()] }), 'illegal_parameter'],
-    ['missing key_share → missing_extension', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x0019, NamedGroup.secp384r1]), ext.sigAlgs([0x0403])] }), 'missing_extension'],
+    ['still no usable share (a second HRR is never sent) → illegal_parameter', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: 0x001a, key: Buffer.alloc(133, 4) }])] }), 'illegal_parameter'],
+    ['changed random → illegal_parameter', encodeClientHello({ random: Buffer.alloc(32, 2), extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: NamedGroup.secp384r1, key: share384 }])] }), 'illegal_parameter'],
+    ['changed signature_algorithms → illegal_parameter', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0804]), ext.keyShares([{ group: NamedGroup.secp384r1, key: share384 }])] }), 'illegal_parameter'],
+    ['added early_data → illegal_parameter', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0403]), ext.keyShares([{ group: NamedGroup.secp384r1, key: share384 }]), ext.earlyData()] }), 'illegal_parameter'],
+    ['missing key_share → missing_extension', encodeClientHello({ ...base, extensions: [ext.versions(), ext.groups([0x001a, NamedGroup.secp384r1]), ext.sigAlgs([0x0403])] }), 'missing_extension'],
   ];
   for (const [name, ch2, alert] of cases) {
     await t.test(name, async (t) => {

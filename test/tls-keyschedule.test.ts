@@ -158,9 +158,9 @@ t.test('suites are listed in server preference order and looked up by id', async
   t.same(TLS13_SUITES.map((s) => s.name), ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256']);
   t.equal(suiteById(0x1303)?.aead, 'chacha20-poly1305');
   t.equal(suiteById(0x1304), undefined, 'CCM is not offered');
-  t.same(SUPPORTED_GROUPS, [0x001d, 0x0017, 0x0018]);
+  t.same(SUPPORTED_GROUPS, [0x001d, 0x0017, 0x001e, 0x0018, 0x0019]);
   t.equal(groupName(0x0017), 'secp256r1');
-  t.equal(groupName(0x0019), '');
+  t.equal(groupName(0x001a), '');
 });
 
 // ---- ephemeral keys ----
@@ -170,18 +170,20 @@ function alertOf(fn: () => unknown): number | undefined {
   return undefined;
 }
 
-const PEER_CURVE: Record<number, string> = { [NamedGroup.secp256r1]: 'prime256v1', [NamedGroup.secp384r1]: 'secp384r1' };
+const PEER_CURVE: Record<number, string> = { [NamedGroup.secp256r1]: 'prime256v1', [NamedGroup.secp384r1]: 'secp384r1', [NamedGroup.secp521r1]: 'secp521r1' };
 
 for (const group of SUPPORTED_GROUPS) {
   t.test(`${groupName(group)}: both sides derive the same secret from each other's wire shares`, async (t) => {
     const ours = EphemeralKey.generate(group);
     const pub = ours.publicBytes();
     let peerPub: Buffer; let peerShared: Buffer;
-    if (group === NamedGroup.x25519) {
-      t.equal(pub.length, 32);
-      const peer = crypto.generateKeyPairSync('x25519');
-      peerPub = peer.publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
-      const ourKey = crypto.createPublicKey({ key: Buffer.concat([h('302a300506032b656e032100'), pub]), format: 'der', type: 'spki' });
+    if (group === NamedGroup.x25519 || group === NamedGroup.x448) {
+      const x = group === NamedGroup.x25519;
+      t.equal(pub.length, x ? 32 : 56);
+      const peer = x ? crypto.generateKeyPairSync('x25519') : crypto.generateKeyPairSync('x448');
+      peerPub = peer.publicKey.export({ format: 'der', type: 'spki' }).subarray(x ? -32 : -56);
+      const spki = x ? '302a300506032b656e032100' : '3042300506032b656f033900';
+      const ourKey = crypto.createPublicKey({ key: Buffer.concat([h(spki), pub]), format: 'der', type: 'spki' });
       peerShared = crypto.diffieHellman({ privateKey: peer.privateKey, publicKey: ourKey });
     } else {
       const ecdh = crypto.createECDH(PEER_CURVE[group]!);
@@ -237,7 +239,7 @@ t.test('an x25519 low-order point (all-zero shared secret) is refused', async (t
 });
 
 t.test('an unknown group is refused', async (t) => {
-  t.equal(alertOf(() => EphemeralKey.generate(0x0019)), AlertDescription.illegal_parameter);
+  t.equal(alertOf(() => EphemeralKey.generate(0x001a)), AlertDescription.illegal_parameter);
 });
 
 t.test('the RFC 8448 x25519 keys agree on the trace shared secret', async (t) => {

@@ -144,10 +144,11 @@ t.test('ClientHello refusals', async (t) => {
   await t.test('ec_point_formats without uncompressed → illegal_parameter', (t) =>
     helloFails(t, hello12({ omit: [11], extra: [ext12.pointFormats([1, 2])] }), 'illegal_parameter'));
   await t.test('no supported_groups → handshake_failure', (t) => helloFails(t, hello12({ omit: [10] }), 'handshake_failure'));
-  await t.test('only unknown groups → handshake_failure', (t) => helloFails(t, hello12({ groups: [0x0019, 0x001e] }), 'handshake_failure'));
+  await t.test('only unknown groups → handshake_failure', (t) => helloFails(t, hello12({ groups: [0x001a, 0x0100] }), 'handshake_failure'));
   await t.test('signature_algorithms with only SHA-1 schemes → handshake_failure', (t) => helloFails(t, hello12({ sigAlgs: [0x0201, 0x0203] }), 'handshake_failure'));
   await t.test('a session id over 32 bytes → decode_error', (t) => helloFails(t, hello12({ sessionId: Buffer.alloc(33) }), 'decode_error'));
-  await t.test('unknown SNI → unrecognized_name', (t) => helloFails(t, hello12({ extra: [ext.sni('other.test')] }), 'unrecognized_name'));
+  await t.test('unknown SNI, sni: strict → unrecognized_name', (t) =>
+    helloFails(t, hello12({ extra: [ext.sni('other.test')] }), 'unrecognized_name', config({ sniStrict: true })));
 });
 
 t.test('suite and certificate preference', async (t) => {

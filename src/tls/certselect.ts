@@ -95,24 +95,36 @@ function matchesName(entry: CertEntry, sni: string, wildcard: boolean): boolean 
   return entry.names.includes(`*${sni.slice(dot)}`);
 }
 
-/** Entries serving `sni` (exact name, else a one-label wildcard); all of them without SNI. None → unrecognized_name. */
-export function certificatesForName(entries: readonly CertEntry[], sni: string | undefined): readonly CertEntry[] {
+/**
+ * Entries serving `sni` (exact name, else a one-label wildcard); all of them without SNI. A name no
+ * entry serves gets the default certificate, as nginx's default server does: the first entry and
+ * those for the same names (its RSA/ECDSA pair). Clients then fail on the name themselves, and those
+ * that send a name they do not check (health checks, IP-based setups) connect. `strict` sends
+ * unrecognized_name instead (RFC 6066 §3).
+ */
+export function certificatesForName(
+  entries: readonly CertEntry[], sni: string | undefined, strict = false,
+): readonly CertEntry[] {
   if (sni === undefined) return entries;
   let candidates = entries.filter((e) => matchesName(e, sni, false));
   if (candidates.length === 0) candidates = entries.filter((e) => matchesName(e, sni, true));
-  if (candidates.length === 0) throw fatal('unrecognized_name', `no certificate for server name "${sni}"`);
-  return candidates;
+  if (candidates.length > 0) return candidates;
+  if (strict) throw fatal('unrecognized_name', `no certificate for server name "${sni}"`);
+  const first = entries[0];
+  if (!first) return entries;
+  const key = first.names.join('\n');
+  return entries.filter((e) => e.names.join('\n') === key);
 }
 
 /**
- * Picks a certificate and scheme. SNI given but served by no entry → unrecognized_name
- * (RFC 6066 §3 names this alert; sending a certificate for another name only moves the
- * failure to a vaguer client-side error). No entry the client can verify → handshake_failure.
+ * Picks a certificate and scheme (SNI as certificatesForName). No entry the client can verify →
+ * handshake_failure.
  */
 export function selectCertificate(
   entries: readonly CertEntry[], sni: string | undefined, sigAlgs: readonly number[], sigAlgsCert?: readonly number[],
+  sniStrict = false,
 ): CertChoice {
-  const candidates = certificatesForName(entries, sni);
+  const candidates = certificatesForName(entries, sni, sniStrict);
   const offered = new Set(sigAlgs);
   const certOk = new Set(sigAlgsCert ?? sigAlgs);
   let best: { choice: CertChoice; rank: number } | undefined;

@@ -147,8 +147,8 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
     }
   }
 
-  const { suite, cert } = chooseSuiteAndCertificate12(ch, config.certificates);
-  const group = chooseGroup12(ch);
+  const { suite, cert } = chooseSuiteAndCertificate12(ch, config.certificates, config.sniStrict);
+  const group = chooseGroup12(ch, config.groups);
   Object.assign(negotiated, { suite, group, keyType: cert.entry.keyType, scheme: cert.scheme });
   const ctx: Context12 = {
     ch, suite, serverRandom: serverRandom12(config),

@@ -19,7 +19,8 @@ import { acceptPsk, newAgeAdd, sealTicket, ticketLifetimeS, type AcceptedPsk, ty
 import type { SeqLimits } from './record.js';
 import { verifyScheme } from './schemes.js';
 import type { Signer } from './signer.js';
-import { EphemeralKey, type CipherSuite } from './suites.js';
+import { serverKeyShare } from './kex.js';
+import type { CipherSuite } from './suites.js';
 
 /** Handshake policy shared by every connection of a server. */
 export interface HandshakeConfig {
@@ -36,6 +37,10 @@ export interface HandshakeConfig {
   clientAuth?: ClientAuthPolicy;
   /** Per-key record limits in place of the defaults of each version (tests reach them this way). */
   seqLimits?: SeqLimits;
+  /** Key exchange groups in server preference order (default kex.ts DEFAULT_GROUPS). */
+  groups?: readonly number[];
+  /** Unknown SNI gets unrecognized_name instead of the first certificate (nginx's default server). */
+  sniStrict?: boolean;
 }
 
 /** What the handshake settled on; filled in as it progresses. */
@@ -137,10 +142,11 @@ export class ExpectClientHello implements State {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
       cert = selectCertificate(
         config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+        config.sniStrict,
       );
     }
 
-    const group = chooseGroup(ch);
+    const group = chooseGroup(ch, config.groups);
     if ('retryWith' in group) {
       if (this.retry) throw fatal('illegal_parameter', 'second ClientHello still has no usable key share');
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
@@ -148,11 +154,10 @@ export class ExpectClientHello implements State {
     negotiated.group = group.share.group;
     // RFC 8446 §5.1: the read key changes after this hello; refuse leftover bytes before anything is sent.
     io.checkKeyChangeBoundary();
-    const eph = EphemeralKey.generate(group.share.group);
-    const shared = eph.deriveShared(group.share.key);
+    const { key: ourShare, shared } = serverKeyShare(group.share);
     const sh = encodeServerHello({
       random: randomBytesPooled(32), sessionId: ch.sessionId, suite: suite.id,
-      keyShare: { group: group.share.group, key: eph.publicBytes() }, selectedIdentity: psk?.index,
+      keyShare: { group: group.share.group, key: ourShare }, selectedIdentity: psk?.index,
     });
     transcript.update(ch.raw);
     transcript.update(sh);

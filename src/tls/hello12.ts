@@ -10,7 +10,8 @@ import type { HandshakeConfig } from './handshake13.js';
 import { TLS_FALLBACK_SCSV } from './hello13.js';
 import type { ClientHello } from './messages.js';
 import { SignatureScheme, type Signer } from './signer.js';
-import { NamedGroup, SUPPORTED_GROUPS } from './suites.js';
+import { DEFAULT_GROUPS, isTls12Group } from './kex.js';
+import { NamedGroup, groupName } from './suites.js';
 import { suitePreference12, type CipherSuite12 } from './suites12.js';
 
 /** A protocol version a listener can enable. */
@@ -121,12 +122,13 @@ export function checkClientHello12(ch: ClientHello, policy: Tls12Policy = {}): H
   };
 }
 
-/** The ECDHE group: our first preference among the client's supported_groups (RFC 8422 §5.1.1). */
-export function chooseGroup12(ch: ClientHello): number {
+/** The ECDHE group: our first preference (of `ours`) among the client's supported_groups (RFC 8422 §5.1.1). */
+export function chooseGroup12(ch: ClientHello, ours: readonly number[] = DEFAULT_GROUPS): number {
   const offered = ch.ext.supportedGroups;
   if (!offered) throw fatal('handshake_failure', 'ClientHello lacks supported_groups: no ECDHE group can be chosen');
-  const group = SUPPORTED_GROUPS.find((g) => offered.includes(g));
-  if (group === undefined) throw fatal('handshake_failure', 'no ECDHE group in common (x25519, secp256r1, secp384r1)');
+  const usable = ours.filter(isTls12Group);
+  const group = usable.find((g) => offered.includes(g));
+  if (group === undefined) throw fatal('handshake_failure', `no ECDHE group in common (${usable.map(groupName).join(', ')})`);
   return group;
 }
 
@@ -155,8 +157,10 @@ export interface Choice12 { suite: CipherSuite12; cert: CertChoice }
  * (and, for ECDSA, whose curve is in supported_groups). Among certificates of the same key type, a chain the
  * client says it can verify wins.
  */
-export function chooseSuiteAndCertificate12(ch: ClientHello, entries: readonly CertEntry[]): Choice12 {
-  const candidates = certificatesForName(entries, ch.ext.serverName);
+export function chooseSuiteAndCertificate12(
+  ch: ClientHello, entries: readonly CertEntry[], sniStrict = false,
+): Choice12 {
+  const candidates = certificatesForName(entries, ch.ext.serverName, sniStrict);
   const offeredSuites = new Set(ch.cipherSuites);
   const sigAlgs = new Set(ch.ext.signatureAlgorithms ?? []);
   const certOk = new Set(ch.ext.signatureAlgorithmsCert ?? ch.ext.signatureAlgorithms ?? []);

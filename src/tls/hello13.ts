@@ -4,7 +4,8 @@
 import { fatal } from './alert.js';
 import { PSK_DHE_KE, TLS13_VERSION, type KeyShareEntry } from './extensions.js';
 import type { ClientHello } from './messages.js';
-import { SUPPORTED_GROUPS, TLS13_SUITES, type CipherSuite } from './suites.js';
+import { DEFAULT_GROUPS, checkShareLength, isHybridGroup } from './kex.js';
+import { TLS13_SUITES, type CipherSuite } from './suites.js';
 
 /** RFC 7507 signalling cipher suite value. */
 export const TLS_FALLBACK_SCSV = 0x5600;
@@ -37,6 +38,7 @@ export function checkClientHello13(ch: ClientHello): void {
   const groups = new Set(e.supportedGroups);
   for (const ks of e.keyShares) {
     if (!groups.has(ks.group)) throw fatal('illegal_parameter', `key_share for group ${ks.group} not listed in supported_groups`);
+    checkShareLength(ks);
   }
   // Without an acceptable PSK the certificate path needs signature_algorithms; checked by the
   // caller once PSK acceptance is known (RFC 8446 §9.2 makes it unconditional without PSK).
@@ -58,19 +60,24 @@ export function chooseSuite(ch: ClientHello): CipherSuite {
 export type GroupChoice = { share: KeyShareEntry } | { retryWith: number };
 
 /**
- * Server preference among groups the client already sent a share for (saves a round trip,
- * as Go does); otherwise the preferred common group, to be requested with HRR.
+ * The group, from `ours` (server preference order) and the client's supported_groups. When our most
+ * preferred common group is a hybrid (ML-KEM) group, only hybrids are candidates: the client's
+ * hybrid share if it sent one, else HelloRetryRequest to that group (a classical share is not
+ * worth a later harvest-now-decrypt-later break). Otherwise any common group the client already
+ * sent a share for wins, in our order (saves a round trip, as Go does), else HRR to the first.
  */
-export function chooseGroup(ch: ClientHello): GroupChoice {
+export function chooseGroup(ch: ClientHello, ours: readonly number[] = DEFAULT_GROUPS): GroupChoice {
   const clientGroups = new Set(ch.ext.supportedGroups ?? []);
+  const common = ours.filter((g) => clientGroups.has(g));
+  const first = common[0];
+  if (first === undefined) throw fatal('handshake_failure', 'no key exchange group in common');
+  const candidates = isHybridGroup(first) ? common.filter(isHybridGroup) : common;
   const shares = ch.ext.keyShares ?? [];
-  for (const g of SUPPORTED_GROUPS) {
+  for (const g of candidates) {
     const share = shares.find((s) => s.group === g);
     if (share) return { share };
   }
-  const common = SUPPORTED_GROUPS.find((g) => clientGroups.has(g));
-  if (common === undefined) throw fatal('handshake_failure', 'no key exchange group in common');
-  return { retryWith: common };
+  return { retryWith: first };
 }
 
 /** ALPN: our first protocol the client also offers; no overlap → no_application_protocol. */

@@ -9,6 +9,7 @@ import { ServerConnection } from './connection.js';
 import type { HandshakeObservation } from './observe.js';
 import type { ServerHandshakeConfig, TlsVersionName } from './hello12.js';
 import type { CertifiedKey } from './signer.js';
+import { parseGroups } from './kex.js';
 import { MAX_TICKET_LIFETIME_S } from './session.js';
 import { TlsSocket } from './socket.js';
 import { TicketKeys } from './tickets.js';
@@ -59,6 +60,14 @@ export interface TlsServerOptions {
   allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
   maxConcurrentHandshakes?: number;
+  /**
+   * Key exchange groups in preference order, by IANA name (default: X25519MLKEM768, SecP256r1MLKEM768,
+   * x25519, secp256r1, x448, secp384r1, secp521r1, ffdhe2048, ffdhe3072, ffdhe4096). Hybrid groups
+   * and ffdhe* apply to TLS 1.3 only.
+   */
+  groups?: readonly string[];
+  /** 'strict': a server name no certificate serves gets unrecognized_name (default: the first certificate). */
+  sni?: 'default' | 'strict';
   /** Lowest protocol version accepted (default '1.2'). */
   minVersion?: TlsVersionName;
   /** Highest protocol version accepted (default '1.3'). */
@@ -96,6 +105,10 @@ export class TlsServer extends EventEmitter {
     const maxVersion = options.maxVersion ?? '1.3';
     for (const v of [minVersion, maxVersion]) if (v !== '1.2' && v !== '1.3') throw new TypeError(`TLS version must be '1.2' or '1.3', got '${String(v)}'`);
     if (minVersion > maxVersion) throw new TypeError(`minVersion ${minVersion} is above maxVersion ${maxVersion}`);
+    const groups = options.groups ? parseGroups(options.groups) : undefined;
+    if (options.sni !== undefined && options.sni !== 'default' && options.sni !== 'strict') {
+      throw new TypeError(`sni must be 'default' or 'strict', got '${String(options.sni)}'`);
+    }
     this.ticketKeys = options.ticketKeys === false ? undefined : options.ticketKeys ?? new TicketKeys();
     this.config = {
       certificates: entries,
@@ -108,6 +121,8 @@ export class TlsServer extends EventEmitter {
       minVersion,
       maxVersion,
       requireExtendedMasterSecret: options.requireExtendedMasterSecret ?? true,
+      ...(groups ? { groups } : {}),
+      ...(options.sni === 'strict' ? { sniStrict: true } : {}),
       ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
     };
     this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));

@@ -28,13 +28,20 @@ export function suiteById(id: number): CipherSuite | undefined {
   return TLS13_SUITES.find((s) => s.id === id);
 }
 
-/** NamedGroup code points we implement (RFC 8446 §4.2.7). */
-export const NamedGroup = { x25519: 0x001d, secp256r1: 0x0017, secp384r1: 0x0018 } as const;
+/**
+ * NamedGroup code points we implement (RFC 8446 §4.2.7, RFC 7919 §A, draft-ietf-tls-ecdhe-mlkem §4), under
+ * their IANA names: these are also the names of the `groups:` listener option and of the metrics label.
+ */
+export const NamedGroup = {
+  x25519: 0x001d, secp256r1: 0x0017, secp384r1: 0x0018, secp521r1: 0x0019, x448: 0x001e,
+  ffdhe2048: 0x0100, ffdhe3072: 0x0101, ffdhe4096: 0x0102,
+  SecP256r1MLKEM768: 0x11eb, X25519MLKEM768: 0x11ec,
+} as const;
 export type NamedGroupName = keyof typeof NamedGroup;
 
-/** Groups in server preference order (x25519 is the cheapest and the most common share). */
+/** The (EC)DH groups EphemeralKey implements, in server preference order (x25519 is the cheapest). */
 export const SUPPORTED_GROUPS: readonly number[] = Object.freeze([
-  NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.secp384r1,
+  NamedGroup.x25519, NamedGroup.secp256r1, NamedGroup.x448, NamedGroup.secp384r1, NamedGroup.secp521r1,
 ]);
 
 /** Name of a group code point ('x25519', …) or '' when it is not one of ours. */
@@ -49,12 +56,14 @@ interface GroupInfo {
   /** Length of the wire-form public key. */
   shareLen: number;
   /** JWK curve name: keys cross the node:crypto boundary as JWK, ~10× cheaper than DER in OpenSSL 3. */
-  crv: 'X25519' | 'P-256' | 'P-384';
+  crv: 'X25519' | 'X448' | 'P-256' | 'P-384' | 'P-521';
   keygen: () => crypto.KeyPairKeyObjectResult;
   keygenAsync: (cb: (err: Error | null, pair?: crypto.KeyPairKeyObjectResult) => void) => void;
 }
 
-function ecInfo(curve: 'prime256v1' | 'secp384r1', crv: 'P-256' | 'P-384', shareLen: number, poolSize: number): GroupInfo {
+function ecInfo(
+  curve: 'prime256v1' | 'secp384r1' | 'secp521r1', crv: 'P-256' | 'P-384' | 'P-521', shareLen: number, poolSize: number,
+): GroupInfo {
   return {
     poolSize,
     shareLen,
@@ -74,7 +83,19 @@ const GROUPS = new Map<number, GroupInfo>([
   }],
   [NamedGroup.secp256r1, ecInfo('prime256v1', 'P-256', 65, 64)],
   [NamedGroup.secp384r1, ecInfo('secp384r1', 'P-384', 97, 16)],
+  // P-521 coordinates are 66 bytes (521 bits rounded up), so the share is 1 + 2 × 66.
+  [NamedGroup.secp521r1, ecInfo('secp521r1', 'P-521', 133, 8)],
+  [NamedGroup.x448, {
+    poolSize: 8,
+    shareLen: 56,
+    crv: 'X448',
+    keygen: () => crypto.generateKeyPairSync('x448'),
+    keygenAsync: (cb) => crypto.generateKeyPair('x448', {}, (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
+  }],
 ]);
+
+/** RFC 7748 Montgomery curves: the share is the raw u-coordinate, the JWK is OKP. */
+const isMontgomery = (group: number): boolean => group === NamedGroup.x25519 || group === NamedGroup.x448;
 
 /** Decodes a base64url JWK coordinate, left-padded to `len` bytes, into `out` at `at`. */
 function putCoord(out: Buffer, at: number, b64: string | undefined, len: number): void {
@@ -127,13 +148,13 @@ export class EphemeralKey {
     }
   }
 
-  /** Our key share in wire form: 32 bytes for x25519, 0x04 ‖ X ‖ Y for the NIST curves. */
+  /** Our key share in wire form: 32 / 56 bytes for x25519 / x448, 0x04 ‖ X ‖ Y for the NIST curves. */
   publicBytes(): Buffer {
     if (this.wire) return this.wire;
     const jwk = this.pair.publicKey.export({ format: 'jwk' });
     const out = Buffer.alloc(this.info.shareLen);
-    if (this.group === NamedGroup.x25519) {
-      putCoord(out, 0, jwk.x, 32);
+    if (isMontgomery(this.group)) {
+      putCoord(out, 0, jwk.x, this.info.shareLen);
     } else {
       const coordLen = (this.info.shareLen - 1) / 2;
       out[0] = 0x04;
@@ -150,11 +171,11 @@ export class EphemeralKey {
     this.used = true;
     const { shareLen, crv } = this.info;
     if (peer.length !== shareLen) throw fatal('illegal_parameter', `key share is ${peer.length} bytes, expected ${shareLen}`);
-    if (this.group !== NamedGroup.x25519 && peer[0] !== 0x04) throw fatal('illegal_parameter', 'key share is not an uncompressed point');
+    if (!isMontgomery(this.group) && peer[0] !== 0x04) throw fatal('illegal_parameter', 'key share is not an uncompressed point');
     let shared: Buffer;
     try {
       const coordLen = (shareLen - 1) / 2;
-      const jwk: crypto.JsonWebKey = this.group === NamedGroup.x25519
+      const jwk: crypto.JsonWebKey = isMontgomery(this.group)
         ? { kty: 'OKP', crv, x: peer.toString('base64url') }
         : { kty: 'EC', crv, x: peer.toString('base64url', 1, 1 + coordLen), y: peer.toString('base64url', 1 + coordLen) };
       const publicKey = crypto.createPublicKey({ key: jwk, format: 'jwk' });
@@ -163,8 +184,8 @@ export class EphemeralKey {
       // node:crypto rejects points not on the curve (and the point at infinity) here.
       throw fatal('illegal_parameter', 'key share is not a valid point on the curve');
     }
-    // RFC 8446 §7.4.2: a low-order x25519 point yields all zeros; abort rather than use it.
-    if (this.group === NamedGroup.x25519 && isAllZero(shared)) throw fatal('illegal_parameter', 'x25519 shared secret is all zero (low-order point)');
+    // RFC 8446 §7.4.2 (RFC 7748 §6): a low-order point yields all zeros; abort rather than use it.
+    if (isMontgomery(this.group) && isAllZero(shared)) throw fatal('illegal_parameter', 'X25519/X448 shared secret is all zero (low-order point)');
     return shared;
   }
 }

@@ -111,10 +111,13 @@ export interface ClientSide {
 
 // An EphemeralKey derives once; remembering the result lets a test retry readServerFlight while
 // the flight is still arriving over TCP.
-const sharedSecrets = new WeakMap<EphemeralKey, Buffer>();
+const sharedSecrets = new WeakMap<SharedKey, Buffer>();
+
+/** A client key share: EphemeralKey, or a kex-client.ts key for the groups it does not cover. */
+export interface SharedKey { publicBytes(): Buffer; deriveShared(serverShare: Buffer): Buffer }
 
 /** Parses ServerHello, decrypts the server flight, and prepares the client Finished. */
-export function readServerFlight(chRaw: Buffer, key: EphemeralKey, out: Buffer, psk?: Buffer, prefix: Buffer[] = []): ClientSide {
+export function readServerFlight(chRaw: Buffer, key: SharedKey, out: Buffer, psk?: Buffer, prefix: Buffer[] = []): ClientSide {
   const recs = records(out);
   const sh = recs.shift()!;
   if (sh.type !== ContentType.handshake) throw new Error(`expected ServerHello, got record ${sh.type} ${sh.fragment.toString('hex')}`);
