@@ -31,7 +31,7 @@ function errorOf(yaml: string): ConfigInvalidError {
 t.test('a minimal config gets the documented defaults', async (t) => {
   const c = parseConfig(minimal, { baseDir: dir });
   t.equal(c.listeners[0]!.name, 'listener0');
-  t.equal(c.listeners[0]!.minVersion, '1.3');
+  t.equal(c.listeners[0]!.minVersion, '1.2');
   t.equal(c.listeners[0]!.maxVersion, '1.3');
   t.same(c.listeners[0]!.alpn, ['http/1.1']);
   t.equal(c.listeners[0]!.certificates[0]!.cert, join(dir, 'a.pem'), 'paths resolve against the base directory');
@@ -105,7 +105,8 @@ t.test('ALPN may only offer the HTTP/1.x the proxy serves', async (t) => {
 
 t.test('TLS 1.2 is accepted and minVersion may not exceed maxVersion', async (t) => {
   t.equal(parseConfig(minimal.replace('port: 8443', 'port: 8443\n    minVersion: "1.2"'), { baseDir: dir }).listeners[0]!.minVersion, '1.2');
-  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    maxVersion: "1.2"')).message, /^listeners\[0\]\.minVersion: must not be above maxVersion/);
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    minVersion: "1.3"\n    maxVersion: "1.2"')).message, /^listeners\[0\]\.minVersion: must not be above maxVersion/);
+  t.equal(parseConfig(minimal.replace('port: 8443', 'port: 8443\n    maxVersion: "1.2"'), { baseDir: dir }).listeners[0]!.maxVersion, '1.2', 'TLS 1.2 only');
 });
 
 t.test('requireExtendedMasterSecret defaults to true and takes a boolean', async (t) => {

@@ -10,6 +10,16 @@ export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export const TLS_VERSIONS: readonly TlsVersion[] = ['1.2', '1.3'];
+/**
+ * Key exchange groups a listener may name, in the default preference order (config/ imports nothing:
+ * the list restates tls/kex.ts GROUP_NAMES, and test/config-groups.test.ts keeps the two equal).
+ */
+export const TLS_GROUPS: readonly string[] = [
+  'X25519MLKEM768', 'SecP256r1MLKEM768', 'x25519', 'secp256r1', 'x448', 'secp384r1', 'secp521r1',
+  'ffdhe2048', 'ffdhe3072', 'ffdhe4096',
+];
+export type SniPolicy = 'default' | 'strict';
+export const SNI_POLICIES: readonly SniPolicy[] = ['default', 'strict'];
 export const CLIENT_AUTH_MODES: readonly ClientAuthMode[] = ['none', 'optional', 'require'];
 export const BALANCE_STRATEGIES: readonly BalanceStrategy[] = ['round-robin', 'least-connections'];
 export const HSM_MODES: readonly HsmMode[] = ['embedded', 'cluster', 'pkcs11'];
@@ -49,6 +59,13 @@ export interface ListenerConfig {
    * validation; optional so hand-built configs may omit it.
    */
   requireExtendedMasterSecret?: boolean;
+  /** Key exchange groups in preference order (IANA names); absent = every group, default order. */
+  groups?: string[];
+  /**
+   * 'default': a server name no certificate serves gets the first certificate (nginx's default
+   * server); 'strict': it gets the unrecognized_name alert. Absent = 'default'.
+   */
+  sni?: SniPolicy;
   clientAuth: ClientAuthConfig;
 }
 
@@ -141,7 +158,7 @@ export interface Config {
 
 /** Defaults for every optional field; documented in the example configs. */
 export const DEFAULTS = {
-  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true },
+  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.2' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true, sni: 'default' as SniPolicy },
   route: { pathPrefix: '/' },
   upstream: {
     balance: 'round-robin' as BalanceStrategy,

@@ -7,9 +7,9 @@ import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
 import { at, Reader } from './reader.js';
 import {
-  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
+  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, SNI_POLICIES, TLS_GROUPS, TLS_VERSIONS,
   type Config, type HealthCheckConfig, type ListenerConfig, type RouteConfig, type ServerTimeouts,
-  type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
+  type SniPolicy, type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
 } from './schema.js';
 
 /** How to validate: where relative paths start, and whether named files must exist now. */
@@ -61,7 +61,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth']);
+  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'groups', 'sni', 'clientAuth']);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
@@ -80,10 +80,19 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
+  const groups = o.groups === undefined ? undefined
+    : r.list(o.groups, at(path, 'groups'), (g, p) => r.string(g, p, { oneOf: TLS_GROUPS }), { minItems: 1 });
+  groups?.forEach((g, i) => {
+    if (groups.indexOf(g) !== i) r.fail(at(at(path, 'groups'), i), `"${g}" is listed twice`);
+  });
+  const sni = r.string(o.sni, at(path, 'sni'), { def: d.sni, oneOf: SNI_POLICIES }) as SniPolicy | undefined;
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
   if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
-    || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
-  return { name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth };
+    || requireExtendedMasterSecret === undefined || !sni || !clientAuth || (o.groups !== undefined && !groups)) return undefined;
+  return {
+    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret,
+    ...(groups ? { groups } : {}), sni, clientAuth,
+  };
 }
 
 function checkListenersUnique(r: Reader, listeners: ListenerConfig[]): void {

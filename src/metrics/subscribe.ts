@@ -7,11 +7,11 @@ const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 10
 
 /** Records one handshake event. */
 export function recordHandshake(m: HsmproxyMetrics, e: TlsHandshakeEvent): void {
-  m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '' });
+  m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '', group: e.group });
   if (e.result !== 'ok') return;
   const keyType = e.keyType || 'none';
   m.tlsHandshakeDuration.observe(
-    { version: e.version, key_type: keyType, resumed: String(e.resumed) }, seconds(e.durationMs),
+    { version: e.version, key_type: keyType, resumed: String(e.resumed), group: e.group }, seconds(e.durationMs),
   );
   // A resumed handshake signs nothing; its zero wait would only dilute the signal.
   if (!e.resumed) m.tlsSignWait.observe({ version: e.version, key_type: keyType }, seconds(e.signWaitMs));

@@ -84,6 +84,8 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         minVersion: listener.minVersion,
         maxVersion: listener.maxVersion,
         ...(listener.requireExtendedMasterSecret === false ? { requireExtendedMasterSecret: false } : {}),
+        ...(listener.groups ? { groups: listener.groups } : {}),
+        ...(listener.sni ? { sni: listener.sni } : {}),
         ticketKeys,
         handshakeTimeoutMs: settings.handshakeTimeoutMs,
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
