@@ -88,7 +88,8 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   const sni = r.string(o.sni, at(path, 'sni'), { def: d.sni, oneOf: SNI_POLICIES }) as SniPolicy | undefined;
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
   if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
-    || requireExtendedMasterSecret === undefined || !sni || !clientAuth || (o.groups !== undefined && !groups)) return undefined;
+    || requireExtendedMasterSecret === undefined || !sni || !clientAuth
+    || (o.groups !== undefined && !groups)) return undefined;
   return {
     name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret,
     ...(groups ? { groups } : {}), sni, clientAuth,
