@@ -51,7 +51,11 @@ t.test('an RSA key offers PSS then PKCS#1 schemes, and every signature verifies'
 for (const [curve, scheme, hash, size] of [['P-256', 0x0403, 'sha256', 32], ['P-384', 0x0503, 'sha384', 48]] as const) {
   t.test(`an EC ${curve} key whose HSM answers raw r||s yields DER signatures that verify`, async (t) => {
     const { signer, ref, engine } = await simKey({ type: 'ec', curve }, { raw: true });
-    t.same(signer.schemes, [scheme]);
+    t.same(signer.schemes, [scheme, ...[0x0403, 0x0503, 0x0603].filter((s) => s !== scheme)], 'own curve first, then every ECDSA hash (TLS 1.2)');
+    for (const [other, otherHash] of [[0x0403, 'sha256'], [0x0503, 'sha384'], [0x0603, 'sha512']] as const) {
+      const data = Buffer.from(`any hash ${other}`);
+      t.ok(verify(otherHash, data, ref.publicKey, await signer.sign(other, data)), `the simulated HSM signs ECDSA with ${otherHash}`);
+    }
     for (let i = 0; i < 20; i++) {
       const data = Buffer.from(`message ${i}`);
       const sig = await signer.sign(scheme, data);

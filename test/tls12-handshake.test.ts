@@ -174,7 +174,13 @@ t.test('ServerKeyExchange scheme: from the client list, what the key can do, and
   }
   const ec = await start12(new ServerConnection(config()), { suites: [Suite12.ECDSA_AES128], sigAlgs: [SignatureScheme.ecdsa_secp256r1_sha256] });
   t.ok(skeVerifies(ec.f), 'ecdsa_secp256r1_sha256 verifies');
-  await helloFails(t, hello12({ suites: [Suite12.ECDSA_AES128], sigAlgs: [SignatureScheme.ecdsa_secp384r1_sha384] }), 'handshake_failure');
+  // RFC 8422 §5.1.1: in TLS 1.2 the hash is the client's pick, whatever the curve (OpenSSL does the same).
+  for (const scheme of [SignatureScheme.ecdsa_secp384r1_sha384, SignatureScheme.ecdsa_secp521r1_sha512]) {
+    const p256 = await start12(new ServerConnection(config()), { suites: [Suite12.ECDSA_AES128], sigAlgs: [scheme] });
+    t.equal(p256.f.ske?.scheme, scheme, `a P-256 key signs with 0x${scheme.toString(16)} in TLS 1.2`);
+    t.ok(skeVerifies(p256.f), `0x${scheme.toString(16)} verifies`);
+  }
+  await helloFails(t, hello12({ suites: [Suite12.ECDSA_AES128], sigAlgs: [SignatureScheme.ed25519] }), 'handshake_failure');
   const p384 = config({ certificates: [prepareCertEntry({ chain: certs.ec384.chain, signer: new SoftSigner(certs.ec384.key) })] });
   const r = await start12(new ServerConnection(p384), { sigAlgs: [SignatureScheme.ecdsa_secp384r1_sha384] });
   t.ok(skeVerifies(r.f), 'a P-384 key signs with ecdsa_secp384r1_sha384');

@@ -50,6 +50,8 @@ t.test('-sigalgs forces each ServerKeyExchange scheme, PKCS#1 v1.5 included', as
     ['RSA+SHA512', 'RSA', 'SHA512', 'ECDHE-RSA-AES128-GCM-SHA256'], ['rsa_pss_rsae_sha256', 'RSA-PSS', 'SHA256', 'ECDHE-RSA-AES128-GCM-SHA256'],
     ['rsa_pss_rsae_sha384', 'RSA-PSS', 'SHA384', 'ECDHE-RSA-AES128-GCM-SHA256'], ['rsa_pss_rsae_sha512', 'RSA-PSS', 'SHA512', 'ECDHE-RSA-AES128-GCM-SHA256'],
     ['ECDSA+SHA256', 'ECDSA', 'SHA256', 'ECDHE-ECDSA-AES128-GCM-SHA256'],
+    // Any ECDSA hash with the P-256 key: TLS 1.2 does not bind the hash to the curve.
+    ['ECDSA+SHA384', 'ECDSA', 'SHA384', 'ECDHE-ECDSA-AES128-GCM-SHA256'], ['ECDSA+SHA512', 'ECDSA', 'SHA512', 'ECDHE-ECDSA-AES128-GCM-SHA256'],
   ];
   for (const [sigalg, type, hash, cipher] of cases) {
     const r = await runClient('openssl', [...base, '-brief', '-sigalgs', sigalg, '-cipher', cipher], banner);

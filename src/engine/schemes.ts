@@ -14,14 +14,21 @@ const RSA_SCHEMES = [
   SignatureScheme.rsa_pss_rsae_sha256, SignatureScheme.rsa_pss_rsae_sha384, SignatureScheme.rsa_pss_rsae_sha512,
   SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.rsa_pkcs1_sha384, SignatureScheme.rsa_pkcs1_sha512,
 ];
-const ENGINE_SCHEMES: ReadonlySet<number> = new Set([
-  ...RSA_SCHEMES, SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384,
-]);
+const ECDSA_SCHEMES = [
+  SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384,
+  SignatureScheme.ecdsa_secp521r1_sha512,
+];
+const ENGINE_SCHEMES: ReadonlySet<number> = new Set([...RSA_SCHEMES, ...ECDSA_SCHEMES]);
 
-/** The schemes a key can produce, in preference order (PSS before PKCS#1 v1.5: TLS 1.3 needs PSS). */
+/**
+ * The schemes a key can produce, in preference order (PSS before PKCS#1 v1.5: TLS 1.3 needs PSS).
+ * An EC key lists its curve's own scheme first (the only one TLS 1.3 allows it), then the other
+ * ECDSA hashes, which TLS 1.2 allows with any curve (RFC 8422 §5.1.1; OpenSSL accepts them too).
+ */
 export function schemesFor(alg: KeyAlgorithm): number[] {
   if (alg.type === 'rsa') return [...RSA_SCHEMES];
-  return alg.curve === 'P-256' ? [SignatureScheme.ecdsa_secp256r1_sha256] : [SignatureScheme.ecdsa_secp384r1_sha384];
+  const own = alg.curve === 'P-256' ? SignatureScheme.ecdsa_secp256r1_sha256 : SignatureScheme.ecdsa_secp384r1_sha384;
+  return [own, ...ECDSA_SCHEMES.filter((s) => s !== own)];
 }
 
 /** The signing algorithm behind a scheme the engine can produce, or undefined. */

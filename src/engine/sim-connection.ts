@@ -2,7 +2,6 @@
 // method surface) to the SimClient interface the sim backend codes to. Structural types only, so
 // engine/ depends on the client's shape, not on its modules.
 import type { KeyAlgorithm, Mechanism } from './algorithm.js';
-import { UnsupportedError } from './errors.js';
 import type { SimClient, SimKeyEntry } from './sim.js';
 
 /** The attributes of an HSM key object the adapter reads. */
@@ -12,16 +11,13 @@ interface HsmKeyObject {
   class: string;
 }
 
-/** Mechanisms the simulated HSM signs with (it has no ECDSA with SHA-512). */
-type HsmSignMechanism = Exclude<Mechanism, 'ecdsa-sha512'>;
-
 /** The subset of HsmConnection / ClusterClient the sim backend uses. */
 export interface HsmKeyApi {
   login(user: string, password: string, opts?: { signal?: AbortSignal }): Promise<unknown>;
   getKey(keyId: string): Promise<HsmKeyObject>;
   findKeys(filter: { label?: string; class?: 'private' }): Promise<HsmKeyObject[]>;
   exportPublicKey(keyId: string): Promise<{ der: Buffer }>;
-  sign(req: { keyId: string; mechanism: HsmSignMechanism; data: Buffer; format?: 'der' | 'raw' }, opts?: { signal?: AbortSignal }): Promise<Buffer>;
+  sign(req: { keyId: string; mechanism: Mechanism; data: Buffer; format?: 'der' | 'raw' }, opts?: { signal?: AbortSignal }): Promise<Buffer>;
   generateKeyPair(spec: 'rsa:2048' | 'rsa:3072' | 'rsa:4096' | 'ec:p256' | 'ec:p384', template: { label: string; token?: boolean }): Promise<{ privateKey: HsmKeyObject }>;
   importKey(req: { key: Buffer; template: { label: string } }): Promise<{ privateKey: HsmKeyObject }>;
   deleteKey(keyId: string): Promise<unknown>;
@@ -59,7 +55,6 @@ export function simClientFrom(api: HsmKeyApi): SimClient {
     },
     exportPublicKey: async (keyId) => (await api.exportPublicKey(keyId)).der,
     async sign(keyId, mechanism, data, opts) {
-      if (mechanism === 'ecdsa-sha512') throw new UnsupportedError('the simulated HSM does not sign with ECDSA over SHA-512');
       return api.sign({ keyId, mechanism, data, format: 'der' }, opts?.signal ? { signal: opts.signal } : undefined);
     },
     async generateKeyPair(spec) {

@@ -136,7 +136,11 @@ const RSA12 = new Set<number>([
   SignatureScheme.rsa_pss_rsae_sha256, SignatureScheme.rsa_pss_rsae_sha384, SignatureScheme.rsa_pss_rsae_sha512,
   SignatureScheme.rsa_pkcs1_sha256, SignatureScheme.rsa_pkcs1_sha384, SignatureScheme.rsa_pkcs1_sha512,
 ]);
-const ECDSA12 = new Set<number>([SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384]);
+// RFC 8422 §5.1.1 / RFC 5246 §7.4.1.4.1: in TLS 1.2 the ECDSA hash is the client's choice, whatever the curve.
+const ECDSA12 = new Set<number>([
+  SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384,
+  SignatureScheme.ecdsa_secp521r1_sha512,
+]);
 
 /**
  * ServerKeyExchange schemes this signer can produce, in its preference order. In TLS 1.2 the

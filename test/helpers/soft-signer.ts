@@ -15,6 +15,10 @@ const PSS: Record<number, string> = {
 };
 
 /** Signs with a local key; counts calls and aborts for leak checks. */
+const ECDSA = [
+  SignatureScheme.ecdsa_secp256r1_sha256, SignatureScheme.ecdsa_secp384r1_sha384, SignatureScheme.ecdsa_secp521r1_sha512,
+];
+
 export class SoftSigner implements Signer {
   readonly keyType: 'rsa' | 'ec';
   readonly curve?: 'P-256' | 'P-384';
@@ -33,7 +37,9 @@ export class SoftSigner implements Signer {
     } else {
       this.keyType = 'ec';
       this.curve = d.namedCurve === 'secp384r1' ? 'P-384' : 'P-256';
-      this.schemes = [this.curve === 'P-384' ? SignatureScheme.ecdsa_secp384r1_sha384 : SignatureScheme.ecdsa_secp256r1_sha256];
+      // As the engine: the curve's own scheme first (TLS 1.3), then every ECDSA hash (TLS 1.2 takes any).
+      const own = this.curve === 'P-384' ? SignatureScheme.ecdsa_secp384r1_sha384 : SignatureScheme.ecdsa_secp256r1_sha256;
+      this.schemes = [own, ...ECDSA.filter((s) => s !== own)];
     }
   }
 
@@ -46,7 +52,8 @@ export class SoftSigner implements Signer {
       if (this.opts.fault === 'garbage') return Buffer.alloc(this.keyType === 'rsa' ? (this.bits ?? 2048) / 8 : 70, 0x5a);
       const pss = PSS[scheme];
       if (pss) return cryptoSign(pss, data, { key: this.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST });
-      return cryptoSign(scheme === SignatureScheme.ecdsa_secp384r1_sha384 ? 'sha384' : 'sha256', data, this.key);
+      const hash = { [SignatureScheme.ecdsa_secp384r1_sha384]: 'sha384', [SignatureScheme.ecdsa_secp521r1_sha512]: 'sha512' }[scheme] ?? 'sha256';
+      return cryptoSign(hash, data, this.key);
     } finally {
       this.inFlight--;
     }

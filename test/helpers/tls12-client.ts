@@ -127,7 +127,7 @@ export function parseFlight12(ch: Buffer, out: Buffer): Flight12 {
   return f;
 }
 
-const HASH: Record<number, string> = { 0x0401: 'sha256', 0x0501: 'sha384', 0x0601: 'sha512', 0x0403: 'sha256', 0x0503: 'sha384', 0x0804: 'sha256', 0x0805: 'sha384', 0x0806: 'sha512' };
+const HASH: Record<number, string> = { 0x0401: 'sha256', 0x0501: 'sha384', 0x0601: 'sha512', 0x0403: 'sha256', 0x0503: 'sha384', 0x0603: 'sha512', 0x0804: 'sha256', 0x0805: 'sha384', 0x0806: 'sha512' };
 
 /** Verifies the ServerKeyExchange signature with the leaf certificate, as a client does. */
 export function skeVerifies(f: Flight12): boolean {

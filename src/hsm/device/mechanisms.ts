@@ -23,6 +23,7 @@ const SIGN_SCHEMES: Record<SignMechanism, SignScheme> = {
   'rsa-pss-sha512': { family: 'rsa-pss', hash: 'sha512' },
   'ecdsa-sha256': { family: 'ecdsa', hash: 'sha256' },
   'ecdsa-sha384': { family: 'ecdsa', hash: 'sha384' },
+  'ecdsa-sha512': { family: 'ecdsa', hash: 'sha512' },
   'hmac-sha256': { family: 'hmac', hash: 'sha256' },
   'hmac-sha384': { family: 'hmac', hash: 'sha384' },
   'hmac-sha512': { family: 'hmac', hash: 'sha512' },

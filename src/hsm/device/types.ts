@@ -98,7 +98,7 @@ export interface KeyFilter {
 export type SignMechanism =
   | 'rsa-pkcs1-sha256' | 'rsa-pkcs1-sha384' | 'rsa-pkcs1-sha512'
   | 'rsa-pss-sha256' | 'rsa-pss-sha384' | 'rsa-pss-sha512'
-  | 'ecdsa-sha256' | 'ecdsa-sha384'
+  | 'ecdsa-sha256' | 'ecdsa-sha384' | 'ecdsa-sha512'
   | 'hmac-sha256' | 'hmac-sha384' | 'hmac-sha512';
 export type CipherMechanism = 'rsa-oaep-sha256' | 'aes-gcm';
 export type WrapMechanism = 'rsa-oaep-wrap' | 'aes-key-wrap-pad';

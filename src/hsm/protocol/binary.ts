@@ -18,6 +18,8 @@ const SIGN_MECHS: readonly SignMechanism[] = [
   'rsa-pss-sha256', 'rsa-pss-sha384', 'rsa-pss-sha512',
   'ecdsa-sha256', 'ecdsa-sha384',
   'hmac-sha256', 'hmac-sha384', 'hmac-sha512',
+  // Appended, not inserted: a mechanism's wire code is its index here.
+  'ecdsa-sha512',
 ];
 const CIPHER_MECHS: readonly CipherMechanism[] = ['rsa-oaep-sha256', 'aes-gcm'];
 
