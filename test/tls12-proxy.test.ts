@@ -66,8 +66,11 @@ t.test('maxVersion 1.2: a TLS 1.3-capable client gets TLS 1.2 (and no downgrade 
   t.equal((await handshake(h.port, {})).protocol, 'TLSv1.2');
 });
 
-t.test('the default (1.3 only) refuses a TLS 1.2 client with protocol_version', async (t) => {
-  const h = await startHarness(t, yaml(''), { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
+t.test('the default serves TLS 1.2 and 1.3; minVersion 1.3 refuses a TLS 1.2 client with protocol_version', async (t) => {
+  const d = await startHarness(t, yaml(''), { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
+  t.equal((await handshake(d.port, { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2', 'TLS 1.2 by default');
+  t.equal((await handshake(d.port, {})).protocol, 'TLSv1.3', 'TLS 1.3 preferred');
+  const h = await startHarness(t, yaml('minVersion: "1.3",'), { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
   await t.rejects(handshake(h.port, { maxVersion: 'TLSv1.2' }), /protocol version/);
 });
 
