@@ -5,7 +5,11 @@ import t from 'tap';
 import { startInteropServer, runClient } from './helpers/tls-interop.js';
 import { NamedGroup, groupName } from '../src/tls/suites.js';
 import type { HandshakeObservation } from '../src/tls/observe.js';
+import { createRegistry, defineMetrics, subscribeMetrics } from '../src/metrics/index.js';
 
+// The proxy's metrics, fed by the handshake channel as in `hsmproxy serve`.
+const registry = createRegistry();
+t.teardown(subscribeMetrics(defineMetrics(registry)));
 const seen: HandshakeObservation[] = [];
 const srv = await startInteropServer({ onHandshake: (o) => seen.push(o) });
 t.teardown(() => srv.close());
@@ -63,6 +67,19 @@ t.test('gnutls-cli --priority GROUP-*, TLS 1.3 and 1.2', async (t) => {
     t.match(r.stdout, /hello \S+ resumed=false/, `${version} ${prio}: application data arrives (${r.stderr.slice(-200)})`);
     t.equal(lastGroup(), groupName(group), `${version} ${prio}`);
   }
+});
+
+t.test('handshake metrics count by group', async (t) => {
+  const text = await registry.metrics();
+  const count = (group: string): number => text.split('\n')
+    .filter((l) => l.startsWith('hsmproxy_tls_handshakes_total{') && l.includes('result="ok"') && l.includes(`group="${group}"`))
+    .reduce((n, l) => n + Number(l.split(' ').pop()), 0);
+  for (const [name, group] of TLS13) {
+    const want = seen.filter((o) => o.result === 'ok' && o.group === groupName(group)).length;
+    t.ok(want >= 2, `${name}: several handshakes above`);
+    t.equal(count(groupName(group)), want, `hsmproxy_tls_handshakes_total{group="${groupName(group)}"} counts them`);
+  }
+  t.match(text, /hsmproxy_tls_handshake_duration_seconds_count\{[^}]*group="ffdhe4096"[^}]*\} [1-9]/, 'duration by group');
 });
 
 t.test('an unknown server name: the first certificate by default, unrecognized_name with sni: strict', async (t) => {
