@@ -57,6 +57,7 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
       engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs,
+      ...(opts.config.hsm.signing.shedFullHandshakesAt !== undefined ? { shedFullHandshakesAt: opts.config.hsm.signing.shedFullHandshakesAt } : {}),
       ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
     }),
     readiness: () => hsmReadiness(hsm),
