@@ -83,7 +83,8 @@ export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAu
 function serverLimits(listener: ListenerConfig): Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes'> {
   const l = listener.limits ?? DEFAULTS.listenerLimits;
   return {
-    maxConnections: l.maxConnections, maxConcurrentHandshakes: l.maxHandshakes, maxClientHelloBytes: l.maxClientHelloBytes,
+    maxConnections: l.maxConnections, maxConcurrentHandshakes: l.maxHandshakes,
+    maxClientHelloBytes: l.maxClientHelloBytes,
   };
 }
 
