@@ -179,8 +179,8 @@ t.test('ClientLimiter counts per client and forgets idle clients', async (t) => 
 });
 
 t.test('over its rate a client\'s full handshakes are shed before any signature; its resumptions pass', async (t) => {
-  const gate = new ClientLimiter({ ...UNLIMITED, handshakesPerSecond: 0.001, handshakeBurst: 2 });
-  const { signer, observed, port } = await start(t, { gate });
+  const admission = new ClientLimiter({ ...UNLIMITED, handshakesPerSecond: 0.001, handshakeBurst: 2 });
+  const { signer, observed, port } = await start(t, { admission });
   const first = await handshake(t, port);
   t.ok(first.ok, 'first full handshake');
   t.ok((await handshake(t, port)).ok, 'second full handshake');
@@ -201,8 +201,8 @@ t.test('over its rate a client\'s full handshakes are shed before any signature;
 
 t.test('under signing-queue pressure full handshakes are shed first; resumptions are admitted', async (t) => {
   let queued = 0;
-  const gate = new ClientLimiter(UNLIMITED, { queued: () => queued, shedFullAt: 4 });
-  const { signer, observed, port } = await start(t, { gate });
+  const admission = new ClientLimiter(UNLIMITED, { queued: () => queued, shedFullAt: 4 });
+  const { signer, observed, port } = await start(t, { admission });
   const first = await handshake(t, port);
   if (!first.ok || !first.session) throw new Error('no session');
   queued = 4;
@@ -218,8 +218,8 @@ t.test('under signing-queue pressure full handshakes are shed first; resumptions
 
 t.test('per-client caps close connections at accept; another client is unaffected', async (t) => {
   const seen = refusals(t);
-  const gate = new ClientLimiter({ ...UNLIMITED, maxConnections: 2 });
-  const { server, port } = await start(t, { gate, name: 'web' });
+  const admission = new ClientLimiter({ ...UNLIMITED, maxConnections: 2 });
+  const { server, port } = await start(t, { admission, name: 'web' });
   t.ok((await handshake(t, port, { keep: true })).ok);
   t.ok((await handshake(t, port, { keep: true })).ok);
   const third = await closedAtAccept(port);
@@ -232,8 +232,8 @@ t.test('per-client caps close connections at accept; another client is unaffecte
 t.test('handshakes in progress per client, and the listener caps', async (t) => {
   const seen = refusals(t);
   const signer = new ContextSigner(certs.ec.key, { fault: 'hang' });
-  const gate = new ClientLimiter({ ...UNLIMITED, maxHandshakes: 1 });
-  const { server, port } = await start(t, { gate, signer, maxConcurrentHandshakes: 2, maxConnections: 3, handshakeTimeoutMs: 30_000 });
+  const admission = new ClientLimiter({ ...UNLIMITED, maxHandshakes: 1 });
+  const { server, port } = await start(t, { admission, signer, maxConcurrentHandshakes: 2, maxConnections: 3, handshakeTimeoutMs: 30_000 });
   const pending = connectFrom(port);
   pending.on('error', () => undefined);
   t.teardown(() => { pending.destroy(); });

@@ -3,7 +3,7 @@
 // A client is an IPv4 address or an IPv6 /64 (one subscriber's prefix). Under pressure (the
 // signing queue past its threshold) full handshakes are shed and resumptions still admitted.
 import { isIPv4, isIPv6 } from 'node:net';
-import type { AdmittedConnection, ConnectionGate } from '../tls/index.js';
+import type { AdmittedConnection, ClientAdmission } from '../tls/index.js';
 
 /** Limits per client; see ListenerLimits in config/. */
 export interface ClientLimitOptions {
@@ -73,8 +73,8 @@ function expandIPv6(addr: string): number[] {
   return [...left, ...new Array<number>(zeros).fill(0), ...right];
 }
 
-/** A ConnectionGate with per-client limits and pressure shedding; one per listener. */
-export class ClientLimiter implements ConnectionGate {
+/** A ClientAdmission with per-client limits and pressure shedding; one per listener. */
+export class ClientLimiter implements ClientAdmission {
   private readonly clients = new Map<string, ClientState>();
   private lastSweep = performance.now();
 

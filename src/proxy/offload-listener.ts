@@ -98,12 +98,12 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     const pressure = {
       queued: () => queue.queued, shedFullAt: opts.shedFullHandshakesAt ?? Math.max(1, Math.floor(queue.maxQueue / 4)),
     };
-    const gate = new ClientLimiter((listener.limits ?? DEFAULTS.listenerLimits).perClient, pressure);
+    const admission = new ClientLimiter((listener.limits ?? DEFAULTS.listenerLimits).perClient, pressure);
     let server: TlsServer;
     try {
       server = createServer({
         ...serverLimits(listener),
-        gate,
+        admission,
         certificates,
         alpnProtocols: listener.alpn,
         minVersion: listener.minVersion,
@@ -135,7 +135,7 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
           server.setClientAuth(nextAuth);
           server.setCertificates(nextCertificates);
           server.setLimits(serverLimits(next));
-          gate.setOptions((next.limits ?? DEFAULTS.listenerLimits).perClient);
+          admission.setOptions((next.limits ?? DEFAULTS.listenerLimits).perClient);
         } catch (err) {
           server.setClientAuth(clientAuth); // all or nothing
           throw new ListenerError(next.name, (err as Error).message, { cause: err });

@@ -5,7 +5,7 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 import { AlertDescription, TlsAlertError } from './alert.js';
 
 /** Decides on each new connection; called before a byte of it is read. */
-export interface ConnectionGate {
+export interface ClientAdmission {
   /**
    * A TCP connection arrived from `address` (the peer's address as the transport reports it).
    * Returns the admitted connection's handle, or a refusal reason: the connection is then
@@ -14,7 +14,7 @@ export interface ConnectionGate {
   open(address: string): AdmittedConnection | string;
 }
 
-/** One admitted connection, as the gate follows it. */
+/** One admitted connection, as admission follows it. */
 export interface AdmittedConnection {
   /** The client key the signing queue is fair by (an IPv4 address, an IPv6 /64). */
   readonly client: string;

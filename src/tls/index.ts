@@ -11,7 +11,7 @@ export { prepareCertEntry, selectCertificate, type CertEntry } from './certselec
 export { type ClientAuthMode, type ClientAuthOptions, type PeerIdentity } from './client-auth.js';
 export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
 export {
-  HandshakeShedError, REFUSED_CHANNEL, type AdmittedConnection, type ConnectionGate, type RefusedConnection,
+  HandshakeShedError, REFUSED_CHANNEL, type AdmittedConnection, type ClientAdmission, type RefusedConnection,
 } from './admit.js';
 export { NoCompatibleKeyCode, NoCompatibleKeyError, type Signer, type SignContext, type CertifiedKey } from './signer.js';
 export { pemCertificates } from './pem.js';

@@ -2,7 +2,7 @@
 // (listen/close/address, 'secureConnection', 'tlsClientError').
 import { EventEmitter } from 'node:events';
 import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
-import { publishRefused, type AdmittedConnection, type ConnectionGate } from './admit.js';
+import { publishRefused, type AdmittedConnection, type ClientAdmission } from './admit.js';
 import type { TlsError } from './alert.js';
 import { prepareCertEntry, type CertEntry } from './certselect.js';
 import { prepareClientAuth, type ClientAuthOptions } from './client-auth.js';
@@ -68,7 +68,7 @@ export interface TlsServerOptions {
    * Per-connection admission (per-client counts and rates, load shedding): asked at accept and
    * before each full handshake's key exchange. Refusals are published on REFUSED_CHANNEL.
    */
-  gate?: ConnectionGate;
+  admission?: ClientAdmission;
   /** Lowest protocol version accepted (default '1.2'). */
   minVersion?: TlsVersionName;
   /** Highest protocol version accepted (default '1.3'). */
@@ -94,7 +94,7 @@ export class TlsServer extends EventEmitter {
   /** The server's ticket keys, kept while mTLS turns tickets off so a reload can turn them back on. */
   private readonly ticketKeys: TicketKeys | undefined;
   private open = 0;
-  /** Connections refused at accept (maxConcurrentHandshakes, maxConnections or the gate). */
+  /** Connections refused at accept (maxConcurrentHandshakes, maxConnections or admission). */
   shedConnections = 0;
 
   private readonly options: TlsServerOptions;
@@ -155,7 +155,7 @@ export class TlsServer extends EventEmitter {
    * Replaces the connection limits for new connections (a reload); open connections keep theirs.
    * Fields left out keep their values.
    */
-  setLimits(limits: Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes' | 'gate'>): void {
+  setLimits(limits: Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes' | 'admission'>): void {
     const { maxClientHelloBytes, ...rest } = limits;
     Object.assign(this.options, rest);
     if (maxClientHelloBytes !== undefined) this.config = { ...this.config, maxClientHelloBytes };
@@ -175,14 +175,14 @@ export class TlsServer extends EventEmitter {
   }
 
   private onConnection(raw: Socket): void {
-    const { maxConcurrentHandshakes, maxConnections, gate } = this.options;
+    const { maxConcurrentHandshakes, maxConnections, admission } = this.options;
     if (maxConnections !== undefined && this.open >= maxConnections) return this.refuse(raw, 'listener_connections');
     if (maxConcurrentHandshakes !== undefined && this.handshaking >= maxConcurrentHandshakes) {
       return this.refuse(raw, 'listener_handshakes');
     }
     let admitted: AdmittedConnection | undefined;
-    if (gate) {
-      const answer = gate.open(raw.remoteAddress ?? '');
+    if (admission) {
+      const answer = admission.open(raw.remoteAddress ?? '');
       if (typeof answer === 'string') return this.refuse(raw, answer);
       admitted = answer;
     }
