@@ -57,9 +57,23 @@ interface GroupInfo {
   shareLen: number;
   /** JWK curve name: keys cross the node:crypto boundary as JWK, ~10× cheaper than DER in OpenSSL 3. */
   crv: 'X25519' | 'X448' | 'P-256' | 'P-384' | 'P-521';
-  keygen: () => crypto.KeyPairKeyObjectResult;
+  /** Sync keygen (the pool is empty): the public key comes back SPKI-encoded by the keygen job itself. */
+  keygen: () => { publicKey: Buffer; privateKey: crypto.KeyObject };
   keygenAsync: (cb: (err: Error | null, pair?: crypto.KeyPairKeyObjectResult) => void) => void;
 }
+
+/** A pooled or fresh key pair with its public key already in wire form. */
+interface ReadyPair { wire: Buffer; privateKey: crypto.KeyObject }
+
+// Node 20 deadlock (seen under load, gdb: ExportJWKEdKey → GC → ~KeyGenJob → the same key mutex):
+// exporting a generated key while the garbage collector destroys the keygen job that made it
+// blocks the event loop for ever. So a key's public half is read only while its job is alive: in
+// the generateKeyPair callback, or encoded by generateKeyPairSync itself, never later.
+const SPKI_DER = { publicKeyEncoding: { type: 'spki', format: 'der' } } as const;
+// node's typings know both encodings or neither; with only publicKeyEncoding the private key is a KeyObject.
+const keygenSpki = crypto.generateKeyPairSync as unknown as (
+  type: 'ec' | 'x25519' | 'x448', options: object,
+) => { publicKey: Buffer; privateKey: crypto.KeyObject };
 
 function ecInfo(
   curve: 'prime256v1' | 'secp384r1' | 'secp521r1', crv: 'P-256' | 'P-384' | 'P-521', shareLen: number, poolSize: number,
@@ -68,7 +82,7 @@ function ecInfo(
     poolSize,
     shareLen,
     crv,
-    keygen: () => crypto.generateKeyPairSync('ec', { namedCurve: curve }),
+    keygen: () => keygenSpki('ec', { namedCurve: curve, ...SPKI_DER }),
     keygenAsync: (cb) => crypto.generateKeyPair('ec', { namedCurve: curve }, (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
   };
 }
@@ -78,7 +92,7 @@ const GROUPS = new Map<number, GroupInfo>([
     poolSize: 128,
     shareLen: 32,
     crv: 'X25519',
-    keygen: () => crypto.generateKeyPairSync('x25519'),
+    keygen: () => keygenSpki('x25519', SPKI_DER),
     keygenAsync: (cb) => crypto.generateKeyPair('x25519', {}, (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
   }],
   [NamedGroup.secp256r1, ecInfo('prime256v1', 'P-256', 65, 64)],
@@ -89,7 +103,7 @@ const GROUPS = new Map<number, GroupInfo>([
     poolSize: 8,
     shareLen: 56,
     crv: 'X448',
-    keygen: () => crypto.generateKeyPairSync('x448'),
+    keygen: () => keygenSpki('x448', SPKI_DER),
     keygenAsync: (cb) => crypto.generateKeyPair('x448', {}, (err, publicKey, privateKey) => cb(err, { publicKey, privateKey })),
   }],
 ]);
@@ -103,8 +117,23 @@ function putCoord(out: Buffer, at: number, b64: string | undefined, len: number)
   v.copy(out, at + len - Math.min(len, v.length), Math.max(0, v.length - len));
 }
 
+/** Wire form of a public key from its JWK (x for X25519/X448, 0x04 ‖ x ‖ y for the NIST curves). */
+function wireFromJwk(group: number, info: GroupInfo, publicKey: crypto.KeyObject): Buffer {
+  const jwk = publicKey.export({ format: 'jwk' });
+  const out = Buffer.alloc(info.shareLen);
+  if (isMontgomery(group)) {
+    putCoord(out, 0, jwk.x, info.shareLen);
+  } else {
+    const coordLen = (info.shareLen - 1) / 2;
+    out[0] = 0x04;
+    putCoord(out, 1, jwk.x, coordLen);
+    putCoord(out, 1 + coordLen, jwk.y, coordLen);
+  }
+  return out;
+}
+
 /** Pre-generated key pairs per group, filled on the libuv thread pool so a handshake rarely pays for keygen. */
-const pools = new Map<number, crypto.KeyPairKeyObjectResult[]>();
+const pools = new Map<number, ReadyPair[]>();
 const refilling = new Set<number>();
 
 function refill(group: number, info: GroupInfo): void {
@@ -116,7 +145,10 @@ function refill(group: number, info: GroupInfo): void {
   if (pending <= 0) { refilling.delete(group); return; }
   for (let i = pending; i > 0; i--) {
     info.keygenAsync((err, pair) => {
-      if (!err && pair && pool.length < info.poolSize) pool.push(pair);
+      // Inside the callback the keygen job is still alive: the one safe moment to export (see above).
+      if (!err && pair && pool.length < info.poolSize) {
+        pool.push({ wire: wireFromJwk(group, info, pair.publicKey), privateKey: pair.privateKey });
+      }
       if (--pending === 0) refilling.delete(group);
     });
   }
@@ -125,9 +157,8 @@ function refill(group: number, info: GroupInfo): void {
 /** The ephemeral (EC)DHE key of one handshake: used for exactly one key exchange. */
 export class EphemeralKey {
   private used = false;
-  private wire: Buffer | null = null;
   private constructor(
-    readonly group: number, private readonly info: GroupInfo, private readonly pair: crypto.KeyPairKeyObjectResult,
+    readonly group: number, private readonly info: GroupInfo, private readonly pair: ReadyPair,
   ) {}
 
   /** A fresh key for `group`, taken from the pool when one is ready. Throws for a group we do not implement. */
@@ -135,7 +166,12 @@ export class EphemeralKey {
     const info = GROUPS.get(group);
     if (!info) throw fatal('illegal_parameter', `unsupported named group 0x${group.toString(16).padStart(4, '0')}`);
     const pool = pools.get(group);
-    const pair = pool?.pop() ?? info.keygen();
+    let pair = pool?.pop();
+    if (!pair) {
+      const fresh = info.keygen();
+      // The SPKI of an X25519/X448/EC key ends with the raw key or the uncompressed point.
+      pair = { wire: fresh.publicKey.subarray(fresh.publicKey.length - info.shareLen), privateKey: fresh.privateKey };
+    }
     if (!pool || pool.length < info.poolSize / 2) refill(group, info);
     return new EphemeralKey(group, info, pair);
   }
@@ -150,19 +186,7 @@ export class EphemeralKey {
 
   /** Our key share in wire form: 32 / 56 bytes for x25519 / x448, 0x04 ‖ X ‖ Y for the NIST curves. */
   publicBytes(): Buffer {
-    if (this.wire) return this.wire;
-    const jwk = this.pair.publicKey.export({ format: 'jwk' });
-    const out = Buffer.alloc(this.info.shareLen);
-    if (isMontgomery(this.group)) {
-      putCoord(out, 0, jwk.x, this.info.shareLen);
-    } else {
-      const coordLen = (this.info.shareLen - 1) / 2;
-      out[0] = 0x04;
-      putCoord(out, 1, jwk.x, coordLen);
-      putCoord(out, 1 + coordLen, jwk.y, coordLen);
-    }
-    this.wire = out;
-    return out;
+    return this.pair.wire;
   }
 
   /** The shared secret with the peer's share; malformed, off-curve or degenerate shares are illegal_parameter. */
