@@ -8,6 +8,7 @@ import { validateConfig, type ValidateOptions } from './validate.js';
 
 export * from './autoscale.js';
 export * from './errors.js';
+export { HTTP2_DEFAULTS, type Http2Config } from './http2.js';
 export * from './schema.js';
 export { validateConfig, type ValidateOptions } from './validate.js';
 
