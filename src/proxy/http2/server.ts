@@ -129,7 +129,7 @@ export class Http2Front {
     const p = this.policy;
     const st = new SessionState(socket, p.resetBurst);
     this.sessions.set(session, st);
-    session.on('error', () => undefined); // the peer's protocol error: nghttp2 sent GOAWAY
+    session.on('error', () => undefined); // the peer's protocol error (nghttp2 ends the session), or a guard's GOAWAY
     session.once('close', () => {
       this.clearTimers(st);
       this.sessions.delete(session);
@@ -162,6 +162,7 @@ export class Http2Front {
     });
     let ex: H2Exchange | undefined;
     try {
+      checkHeaderList(headers, this.policy);
       ex = new H2Exchange(stream, requestHead(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0), st.socket);
     } catch (err) {
       const status = err instanceof HttpParseError ? err.status : 400;
@@ -214,7 +215,8 @@ export class Http2Front {
     if (session.destroyed) return;
     this.clearTimers(st);
     this.onGuardClose(reason, st.socket);
-    session.destroy(undefined, code);
+    // With an error, `code` goes in the GOAWAY (destroy(undefined, code) would send NO_ERROR).
+    session.destroy(new Error(`http2 connection closed: ${reason}`), code);
   }
 
   private clearTimers(st: SessionState): void {
@@ -222,6 +224,27 @@ export class Http2Front {
     if (st.settingsTimer) clearTimeout(st.settingsTimer);
     st.idleTimer = undefined;
     st.settingsTimer = undefined;
+  }
+}
+
+/**
+ * The header list limits, checked on every request: nghttp2 applies SETTINGS_MAX_HEADER_LIST_SIZE
+ * only once the client has acknowledged it, so a request sent with the preface would otherwise
+ * pass with up to node's own 64 KiB.
+ */
+function checkHeaderList(headers: IncomingHttpHeaders, p: Http2Policy): void {
+  let size = 0;
+  let pairs = 0;
+  for (const name in headers) {
+    const v = headers[name];
+    if (v === undefined) continue;
+    for (const one of Array.isArray(v) ? v : [v]) {
+      size += name.length + one.length + 32; // RFC 9113 §6.5.2
+      pairs++;
+    }
+  }
+  if (size > p.maxHeaderListSize || pairs > p.maxHeaderListPairs) {
+    throw new HttpParseError(431, `request header fields too large (${pairs} fields, ${size} octets; limit ${p.maxHeaderListPairs} fields, ${p.maxHeaderListSize} octets)`);
   }
 }
 
