@@ -403,9 +403,12 @@ class UpstreamExchange implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(_c: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+  onResponseEnd(c: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
     this.release();
-    this.ex.end(trailers);
+    // undici 7 parses HTTP/2 trailers (an object, not a flat list) into {}; the controller keeps
+    // the object itself. gRPC's grpc-status travels there.
+    const raw = (c as { rawTrailers?: unknown }).rawTrailers;
+    this.ex.end(raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? raw as Record<string, string | string[] | undefined> : trailers);
   }
 
   onResponseError(_c: Dispatcher.DispatchController, err: Error): void {

@@ -33,7 +33,9 @@ export class UpstreamTarget {
       // still sends a request with a streamed body alone, which it could not retry otherwise).
       pipelining: h2 ? H2_STREAMS_PER_CONNECTION : 1,
       ...(h2 ? { allowH2: true, maxConcurrentStreams: H2_STREAMS_PER_CONNECTION } : {}),
-      ...(config.protocol === 'h2c' ? { useH2c: true } : {}),
+      // Pool builds its connector from `connect` and does not pass Client's useH2c on; undici's
+      // types lack the (supported) connector option.
+      ...(config.protocol === 'h2c' ? { connect: { useH2c: true } as Pool.Options['connect'] } : {}),
       keepAliveTimeout: config.timeouts.idleMs,
       keepAliveMaxTimeout: config.timeouts.idleMs,
       connectTimeout: config.timeouts.connectMs,

@@ -64,6 +64,8 @@ export class H2Exchange implements ProxyExchange {
   private noBody = false;
   private closed = false;
   private trailers: Trailers | undefined;
+  /** Response fields held for one turn of the loop (see respond). */
+  private pendingHead: OutgoingHttpHeaders | undefined;
   private readonly closeListeners: Array<() => void> = [];
 
   constructor(readonly stream: ServerHttp2Stream, readonly head: RequestHead, readonly socket: TlsSocketLike) {
@@ -101,18 +103,38 @@ export class H2Exchange implements ProxyExchange {
       else out[n] = [String(cur), v];
     }
     if (length !== undefined && !this.noBody) out['content-length'] = String(length);
+    if (this.noBody) {
+      this.send(out, true);
+      this.done();
+      return;
+    }
+    // An upstream answer that ends right after its head (gRPC's Trailers-Only form, where
+    // grpc-status is in the head) must reach the client as one HEADERS frame with END_STREAM:
+    // hold the head for one turn of the loop to see whether the end follows at once.
+    this.pendingHead = out;
+    setImmediate(() => this.flushHead());
+  }
+
+  private flushHead(): void {
+    const out = this.pendingHead;
+    if (!out || this.closed) return;
+    this.pendingHead = undefined;
+    this.send(out, false);
+  }
+
+  private send(out: OutgoingHttpHeaders, endStream: boolean): void {
+    if (this.stream.destroyed) return;
     try {
-      this.stream.respond(out, { endStream: this.noBody, waitForTrailers: !this.noBody });
+      this.stream.respond(out, { endStream, waitForTrailers: !endStream });
     } catch {
       // A field value node:http2 will not send (it checks what nghttp2 would refuse).
       this.abort();
-      return;
     }
-    if (this.noBody) this.done();
   }
 
   write(chunk: Buffer): boolean {
     if (!this.headSent || this.closed || this.noBody || chunk.length === 0) return true;
+    this.flushHead();
     this.bytes += chunk.length;
     return this.stream.write(chunk);
   }
@@ -125,8 +147,16 @@ export class H2Exchange implements ProxyExchange {
   end(trailers?: Trailers): void {
     if (!this.headSent || this.closed) return;
     if (this.noBody) return;
+    if (this.pendingHead && (!trailers || Object.keys(trailers).length === 0)) {
+      const out = this.pendingHead;
+      this.pendingHead = undefined;
+      this.send(out, true);
+      this.done();
+      return;
+    }
+    this.flushHead();
     this.trailers = trailers;
-    this.stream.end();
+    if (!this.stream.destroyed) this.stream.end();
     this.done();
   }
 
