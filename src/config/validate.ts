@@ -153,8 +153,12 @@ function readUpstream(r: Reader, v: unknown, path: string, name: string): Upstre
   targets?.forEach((t, i) => {
     if (scheme && new URL(t).protocol !== scheme) r.fail(at(at(path, 'targets'), i), `protocol ${protocol} needs a ${scheme}// URL, got "${t}"`);
   });
-  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined || !protocol) return undefined;
-  return { name, targets, balance, timeouts, maxConnections, maxQueue, protocol, ...(healthCheck ? { healthCheck } : {}) };
+  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined || !protocol) {
+    return undefined;
+  }
+  return {
+    name, targets, balance, timeouts, maxConnections, maxQueue, protocol, ...(healthCheck ? { healthCheck } : {}),
+  };
 }
 
 function readRoute(

@@ -226,7 +226,8 @@ export class Forwarder implements Http1Handler {
 
   /** @internal The upstream switched protocols: answer the client with its 101 and join the two sockets. */
   upgraded(
-    ex: ProxyExchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>,
+    ex: ProxyExchange, ctx: RequestContext, statusCode: number,
+    resHeaders: Record<string, string | string[] | undefined>,
     upstream: Duplex,
   ): void {
     if (ex.finished) { upstream.destroy(); return; }

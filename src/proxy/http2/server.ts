@@ -157,7 +157,8 @@ export class Http2Front {
       // A reset with an error code that we did not send: the client's RST_STREAM (or nghttp2's
       // answer to its protocol error on the stream).
       const code = stream.rstCode;
-      if (code !== undefined && code !== NGHTTP2_NO_ERROR && !ex?.resetSent && !session.destroyed) this.countReset(session, st);
+      const byClient = code !== undefined && code !== NGHTTP2_NO_ERROR && !ex?.resetSent;
+      if (byClient && !session.destroyed) this.countReset(session, st);
       if (st.open === 0 && !session.destroyed) this.armIdle(session, st);
     });
     let ex: H2Exchange | undefined;
