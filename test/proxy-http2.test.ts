@@ -193,3 +193,20 @@ t.test('graceful shutdown sends GOAWAY and lets open streams finish', async (t) 
   t.equal(done.drained, true, 'nothing had to be forced');
   t.equal(done.forcedConnections, 0);
 });
+
+t.test('a reload that closes a listener sends its HTTP/2 clients GOAWAY; their open streams finish', async (t) => {
+  const h = await nodeTlsFront(t);
+  const s = await h2connect(h.port, h.ca);
+  t.teardown(() => s.destroy());
+  const goaway = new Promise<number>((resolve) => s.once('goaway', (code: number) => resolve(code)));
+  const slow = h2request(s, { ':path': '/slow?ms=600' });
+  await h2request(s, { ':path': '/ready' });
+  const fields = h.proxy.config.routes.find((r) => r.pathPrefix === '/fields')!;
+  const next = baseYaml(ROUTES.replace('{{fields}}', h.proxy.config.upstreams[fields.upstream]!.targets[0]!)).replace('name: main', 'name: moved');
+  await h.proxy.reload(h.config(next));
+  t.equal(await goaway, 0, 'GOAWAY with NO_ERROR');
+  t.equal((await slow).status, 200, 'the stream in flight completed');
+  const moved = await h2connect(h.proxy.listenerAddress('moved')!.port, h.ca);
+  t.teardown(() => moved.close());
+  t.equal((await h2request(moved, { ':path': '/again' })).status, 200, 'the new listener serves h2');
+});

@@ -163,7 +163,10 @@ export class Proxy {
     // Commit: nothing below can fail on bad input.
     const names = new Set(next.listeners.map((l) => l.name));
     for (const [name, l] of this.listeners) {
-      if (!names.has(name) || opened.has(name)) await l.handle.close();
+      if (!names.has(name) || opened.has(name)) {
+        await l.handle.close();
+        this.h2.drain(name); // its HTTP/2 clients get GOAWAY and reconnect to what serves now
+      }
       if (!names.has(name)) this.listeners.delete(name);
     }
     for (const l of next.listeners) {
@@ -240,7 +243,7 @@ export class Proxy {
     this.forwarder.identity.bind(socket, listener.clientAuth);
     this.connections.add(socket);
     socket.on('error', (err) => this.logger.debug({ err: err.message }, 'client connection error'));
-    if (socket.alpnProtocol === 'h2') this.h2.accept(socket);
+    if (socket.alpnProtocol === 'h2') this.h2.accept(socket, listener.name);
     else this.http.accept(socket);
   }
 

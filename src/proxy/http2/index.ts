@@ -3,7 +3,7 @@
 import { HTTP2_DEFAULTS, type Config } from '../../config/index.js';
 import type { Http2Policy } from './server.js';
 
-export { Http2Front, DEFAULT_HTTP2_POLICY, type Http2CloseReason, type Http2Handler, type Http2Policy } from './server.js';
+export { Http2Front, type Http2CloseReason, type Http2Handler, type Http2Policy } from './server.js';
 export { H2Exchange, requestHead } from './exchange.js';
 
 // RFC 9113 §6.5.2 counts 32 octets of overhead per field on top of name and value; the

@@ -44,12 +44,6 @@ export interface Http2Policy {
   idleMs: number;
 }
 
-export const DEFAULT_HTTP2_POLICY: Http2Policy = {
-  maxConcurrentStreams: 128, headerTableSize: 4096, maxHeaderListSize: 16 * 1024, maxHeaderListPairs: 108,
-  streamWindowBytes: 256 * 1024, connectionWindowBytes: 1024 * 1024, resetBurst: 100, resetsPerSecond: 33,
-  settingsTimeoutMs: 10_000, idleMs: 60_000,
-};
-
 /** Why a connection was closed by a guard (for the log and metrics). */
 export type Http2CloseReason = 'rapid_reset' | 'settings_timeout' | 'idle' | 'shutdown';
 
@@ -64,7 +58,7 @@ class SessionState {
   localSettingsAcked = false;
   goingAway = false;
 
-  constructor(readonly socket: TlsSocketLike, burst: number) {
+  constructor(readonly socket: TlsSocketLike, readonly listener: string, burst: number) {
     this.tokens = burst;
   }
 }
@@ -73,7 +67,7 @@ class SessionState {
 export class Http2Front {
   private readonly server: Http2Server;
   private readonly sessions = new Map<Http2Session, SessionState>();
-  private accepting: TlsSocketLike | undefined;
+  private accepting: { socket: TlsSocketLike; listener: string } | undefined;
   private draining = false;
 
   constructor(
@@ -87,9 +81,9 @@ export class Http2Front {
     this.server.on('sessionError', () => undefined);
   }
 
-  /** Starts serving HTTP/2 on a connection that negotiated h2. */
-  accept(socket: TlsSocketLike): void {
-    this.accepting = socket;
+  /** Starts serving HTTP/2 on a connection of `listener` that negotiated h2. */
+  accept(socket: TlsSocketLike, listener = ''): void {
+    this.accepting = { socket, listener };
     try {
       this.server.emit('connection', socket);
     } finally {
@@ -110,11 +104,12 @@ export class Http2Front {
 
   /**
    * Graceful shutdown (RFC 9113 §6.8): GOAWAY to every connection, whose open streams finish;
-   * each connection closes when its last stream has.
+   * each connection closes when its last stream has. With `listener`, only that listener's
+   * connections (it was closed by a reload); without, every connection, now and later.
    */
-  drain(): void {
-    this.draining = true;
-    for (const [s, st] of this.sessions) this.goAway(s, st);
+  drain(listener?: string): void {
+    if (listener === undefined) this.draining = true;
+    for (const [s, st] of this.sessions) if (listener === undefined || st.listener === listener) this.goAway(s, st);
   }
 
   /** Forgets every connection (the caller destroys the sockets). */
@@ -124,10 +119,10 @@ export class Http2Front {
   }
 
   private sessionStarted(session: Http2Session): void {
-    const socket = this.accepting;
-    if (!socket) { session.destroy(); return; }
+    if (!this.accepting) { session.destroy(); return; }
+    const { socket, listener } = this.accepting;
     const p = this.policy;
-    const st = new SessionState(socket, p.resetBurst);
+    const st = new SessionState(socket, listener, p.resetBurst);
     this.sessions.set(session, st);
     session.on('error', () => undefined); // the peer's protocol error (nghttp2 ends the session), or a guard's GOAWAY
     session.once('close', () => {
