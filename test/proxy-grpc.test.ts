@@ -5,6 +5,9 @@
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { h2connect, h2request } from './helpers/h2-client.js';
 import { baseYaml, startHarness } from './helpers/proxy-harness.js';
 
 interface Msg { text: string; n?: number; forwardedFor?: string }
@@ -105,4 +108,21 @@ t.test('a bidirectional stream: each reply arrives before the next message is se
   call.end();
   t.equal((await ended).code, grpc.status.OK, 'the stream ends with grpc-status 0');
   t.same(replies.map((r) => r.text), ['echo m0', 'echo m1', 'echo m2', 'echo m3', 'echo m4']);
+});
+
+t.test('an h2c upstream gets TE: trailers, the forwarding headers and the client\'s authority', async (t) => {
+  const seen: http2.IncomingHttpHeaders[] = [];
+  const plain = http2.createServer((req, res) => { seen.push(req.headers); res.end('ok'); });
+  await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => plain.close(() => r())));
+  const port = (plain.address() as AddressInfo).port;
+  const p = await startHarness(t, baseYaml('  - upstream: plain', `  plain:\n    targets: [ "http://127.0.0.1:${port}" ]\n    protocol: h2c\n`));
+  const s = await h2connect(p.port, p.ca);
+  t.teardown(() => s.close());
+  const r = await h2request(s, { ':path': '/te', te: 'trailers', 'x-forwarded-for': '6.6.6.6' });
+  t.equal(r.status, 200);
+  t.equal(r.body.toString(), 'ok');
+  t.equal(seen[0]?.te, 'trailers');
+  t.equal(seen[0]?.['x-forwarded-for'], '127.0.0.1');
+  t.equal(seen[0]?.[':authority'], `localhost:${p.port}`, 'the client\'s authority reaches the upstream');
 });
