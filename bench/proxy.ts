@@ -103,6 +103,7 @@ admin: { address: 127.0.0.1, port: 0 }
   const viaNode = new Proxy({ config: nodeConfig, tlsListenerFactory: nodeTlsListenerFactory, logger: pino({ level: 'silent' }) });
   await viaNode.start();
   points.push(await measure('hsmproxy (node:tls listener)', `https://127.0.0.1:${viaNode.listenerAddress('bench')!.port}/`, processCpuMs, upstream.pid));
+  points.push(await measure('hsmproxy (node:tls listener), h2', `https://127.0.0.1:${viaNode.listenerAddress('bench')!.port}/`, processCpuMs, upstream.pid, H2_STREAMS));
   await viaNode.shutdown(1000);
 
   if ('bin' in nginx) {
