@@ -44,6 +44,9 @@ export interface Http2Policy {
   idleMs: number;
 }
 
+// How long a connection closed by a guard lingers after its GOAWAY.
+const GUARD_LINGER_MS = 250;
+
 /** Why a connection was closed by a guard (for the log and metrics). */
 export type Http2CloseReason = 'rapid_reset' | 'settings_timeout' | 'idle' | 'shutdown';
 
@@ -57,6 +60,8 @@ class SessionState {
   remoteSettings = false;
   localSettingsAcked = false;
   goingAway = false;
+  /** A guard closed the connection (GOAWAY with an error sent; destroyed shortly). */
+  guarded = false;
 
   constructor(readonly socket: TlsSocketLike, readonly listener: string, burst: number) {
     this.tokens = burst;
@@ -208,11 +213,16 @@ export class Http2Front {
 
   /** GOAWAY with an error code, then the connection is closed (RFC 9113 §5.4.1). */
   private guardClose(session: Http2Session, st: SessionState, code: number, reason: Http2CloseReason): void {
-    if (session.destroyed) return;
+    if (session.destroyed || st.guarded) return;
+    st.guarded = true;
     this.clearTimers(st);
     this.onGuardClose(reason, st.socket);
-    // With an error, `code` goes in the GOAWAY (destroy(undefined, code) would send NO_ERROR).
-    session.destroy(new Error(`http2 connection closed: ${reason}`), code);
+    // GOAWAY first, then a moment in which the peer's frames are still read (and ignored) before
+    // the socket goes: closing with its unread input in our buffer would make the kernel answer
+    // with a reset that can destroy the GOAWAY before the peer reads it.
+    st.goingAway = true;
+    session.goaway(code);
+    setTimeout(() => { if (!session.destroyed) session.destroy(new Error(`http2 connection closed: ${reason}`), code); }, GUARD_LINGER_MS);
   }
 
   private clearTimers(st: SessionState): void {
