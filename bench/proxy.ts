@@ -2,7 +2,8 @@
 // offloading TLS listener, key in a 1-HSM embedded cluster) and through nginx as a reverse proxy
 // (same certificate, key file, one worker), both to the same upstream process; plus the upstream
 // over plain HTTP as the floor. Same C client for all: h2load --h1, CONNECTIONS connections, one
-// request in flight each. Writes bench/results/proxy.json.
+// request in flight each; HTTP/2 rows (hsmproxy on both listeners, nginx with `http2`) use
+// h2load -c 16 -m 10. Writes bench/results/proxy.json.
 // Run: npm run bench:proxy   (env BENCH_SECONDS, default 5; BENCH_CONNECTIONS, default 32;
 // BENCH_WORKERS, default 2: a second round of `hsmproxy serve` with that many workers against nginx
 // with as many worker processes)
