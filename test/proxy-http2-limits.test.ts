@@ -245,3 +245,19 @@ t.test('a Host field that disagrees with :authority is a 400 on its stream (RFC 
   t.ok(h.logs.some((l) => l.msg === 'client error' && l.status === 400 && /Host and :authority disagree/.test(String(l.reason))));
   t.notOk(c.isClosed(), 'the connection stays open');
 });
+
+t.test('a request body that stalls gets 408 after timeouts.bodyIdleMs; the connection carries on', async (t) => {
+  const s = await startHarness(t, baseYaml('  - upstream: [ "{{up0}}" ]') + 'timeouts: { bodyIdleMs: 400 }\n');
+  const c = await rawH2(s.port, s.ca);
+  t.teardown(() => c.close());
+  const post = Buffer.concat([literal(':method', 'POST'), literal(':scheme', 'https'), literal(':authority', `localhost:${s.port}`), literal(':path', '/stalled')]);
+  c.send(headers(1, post, false), frame(FRAME.DATA, 0, 1, Buffer.from('first bytes, then nothing')));
+  await c.waitFor((f) => f.type === FRAME.HEADERS && f.stream === 1, 10_000);
+  const logged = () => s.logs.find((l) => l.type === 'access' && l.path === '/stalled');
+  for (let i = 0; i < 100 && !logged(); i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(logged()?.status, 408);
+  t.equal(logged()?.protocol, 'h2');
+  c.send(headers(3, getBlock(`localhost:${s.port}`, '/next')));
+  await c.waitFor((f) => f.type === FRAME.HEADERS && f.stream === 3);
+  t.notOk(c.isClosed(), 'the other streams of the connection are unaffected');
+});

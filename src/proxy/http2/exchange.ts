@@ -68,8 +68,12 @@ export class H2Exchange implements ProxyExchange {
   private pendingHead: OutgoingHttpHeaders | undefined;
   private readonly closeListeners: Array<() => void> = [];
 
-  constructor(readonly stream: ServerHttp2Stream, readonly head: RequestHead, readonly socket: TlsSocketLike) {
-    if (head.body.kind !== 'none') this.body = requestBody(stream);
+  /**
+   * `bodyIdleMs`: the longest silence inside the request body while we are reading it (0: none);
+   * past it the client gets 408 (or, once the response has started, a reset stream).
+   */
+  constructor(readonly stream: ServerHttp2Stream, readonly head: RequestHead, readonly socket: TlsSocketLike, bodyIdleMs = 0) {
+    if (head.body.kind !== 'none') this.body = requestBody(stream, bodyIdleMs, () => this.bodyStalled());
     stream.once('close', () => this.close());
     // Trailers are known only once the upstream's body has ended (waitForTrailers).
     stream.on('wantTrailers', () => {
@@ -186,6 +190,13 @@ export class H2Exchange implements ProxyExchange {
     return null;
   }
 
+  private bodyStalled(): void {
+    if (this.closed) return;
+    this.body?.destroy(new Error('request body not received in time'));
+    if (this.headSent) this.abort();
+    else this.reply(408, '408 Request Timeout: request body not received in time\n');
+  }
+
   private done(): void {
     this.complete = true;
     this.close();
@@ -203,11 +214,26 @@ export class H2Exchange implements ProxyExchange {
  * The stream's DATA as a Readable of its own: undici may destroy a body it gave up on, and that
  * must not reset the client's stream before the error answer is sent.
  */
-function requestBody(stream: ServerHttp2Stream): Readable {
-  const body = new Readable({ read: () => { stream.resume(); } });
+function requestBody(stream: ServerHttp2Stream, idleMs: number, stalled: () => void): Readable {
+  // The silence timer runs only while we read: under backpressure the client is right to wait.
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    if (idleMs <= 0) return;
+    if (timer) timer.refresh();
+    else (timer = setTimeout(stalled, idleMs)).unref();
+  };
+  const disarm = () => { clearTimeout(timer); timer = undefined; };
+  arm();
+  const body = new Readable({
+    read: () => { arm(); stream.resume(); },
+    destroy: (err, cb) => { disarm(); cb(err); },
+  });
   body.on('error', () => undefined); // undici reports the failure; an unheard 'error' would throw
-  stream.on('data', (c: Buffer) => { if (!body.push(c)) stream.pause(); });
-  stream.once('end', () => body.push(null));
+  stream.on('data', (c: Buffer) => {
+    if (body.push(c)) arm();
+    else { disarm(); stream.pause(); }
+  });
+  stream.once('end', () => { disarm(); body.push(null); });
   stream.once('aborted', () => body.destroy(new Error('client reset the stream')));
   return body;
 }

@@ -1,6 +1,6 @@
 // proxy/http2/: HTTP/2 to clients (ALPN h2) with node:http2 over the TLS socket; each stream is a
 // ProxyExchange for the same Forwarder as HTTP/1.1. Imports proxy/ siblings and config/ types only.
-import { HTTP2_DEFAULTS, type Config } from '../../config/index.js';
+import { DEFAULTS, HTTP2_DEFAULTS, type Config } from '../../config/index.js';
 import type { Http2Policy } from './server.js';
 
 export { Http2Front, type Http2CloseReason, type Http2Handler, type Http2Policy } from './server.js';
@@ -26,5 +26,6 @@ export function http2Policy(config: Config): Http2Policy {
     resetsPerSecond: c.resetsPerSecond,
     settingsTimeoutMs: c.settingsTimeoutMs,
     idleMs: config.timeouts.idleMs,
+    bodyIdleMs: config.timeouts.bodyIdleMs ?? DEFAULTS.timeouts.bodyIdleMs,
   };
 }

@@ -42,6 +42,8 @@ export interface Http2Policy {
   settingsTimeoutMs: number;
   /** A connection with no open stream for this long gets GOAWAY and is closed, ms. */
   idleMs: number;
+  /** The longest silence inside a request body, ms (0: none): 408 past it. */
+  bodyIdleMs: number;
 }
 
 // How long a connection closed by a guard lingers after its GOAWAY.
@@ -164,7 +166,7 @@ export class Http2Front {
     let ex: H2Exchange | undefined;
     try {
       checkHeaderList(headers, this.policy);
-      ex = new H2Exchange(stream, requestHead(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0), st.socket);
+      ex = new H2Exchange(stream, requestHead(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0), st.socket, this.policy.bodyIdleMs);
     } catch (err) {
       const status = err instanceof HttpParseError ? err.status : 400;
       this.handler.clientError(st.socket, status, (err as Error).message);
