@@ -2,6 +2,7 @@
 // (route → upstream pool, unique names and ports) checked, every problem reported with its path.
 import { isIP } from 'node:net';
 import { readClientAuth } from './client-auth.js';
+import { readDelegatedCredentials } from './delegated-credentials.js';
 import { checkFiles } from './files.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
@@ -61,7 +62,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth']);
+  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth', 'delegatedCredentials']);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
@@ -81,9 +82,15 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
+  const delegatedCredentials = readDelegatedCredentials(r, o.delegatedCredentials, at(path, 'delegatedCredentials'));
+  // RFC 9345 is a TLS 1.3 mechanism: a listener that never speaks 1.3 could never use a credential.
+  if (delegatedCredentials?.enabled && maxVersion === '1.2') r.fail(at(at(path, 'delegatedCredentials'), 'enabled'), 'delegated credentials need TLS 1.3, and maxVersion is 1.2');
   if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
-    || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
-  return { name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth };
+    || requireExtendedMasterSecret === undefined || !clientAuth || !delegatedCredentials) return undefined;
+  return {
+    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth,
+    delegatedCredentials,
+  };
 }
 
 function checkListenersUnique(r: Reader, listeners: ListenerConfig[]): void {

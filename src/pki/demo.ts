@@ -1,12 +1,13 @@
 // The embedded default's PKI: a local dev CA and localhost certificates (RSA-2048 and ECDSA
-// P-256), every key generated inside the HSM and written as a key reference. Made once; later
+// P-256), every key generated inside the HSM and written as a key reference. The leaves carry
+// DelegationUsage (RFC 9345), so a listener may enable delegated credentials on them. Made once; later
 // starts reuse the files when their keys still resolve, so a second start is fast.
-import { access, mkdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend, Engine, KeyAlgorithm } from '../engine/index.js';
 import { writeKeyReference } from '../engine/index.js';
 import { caInit, caSign, chainPem } from './ca.js';
-import { certPem } from './cert.js';
+import { certPem, hasDelegationUsage, parseCertificate } from './cert.js';
 import { createCsr, parseCsr } from './csr.js';
 import { signingKey, type SigningKey } from './signing-key.js';
 
@@ -39,6 +40,10 @@ async function reusable(engine: Engine, f: DemoPkiFiles): Promise<boolean> {
   const all = await Promise.all(Object.values(f).map(exists));
   if (all.includes(false)) return false;
   try {
+    // Certificates from before DelegationUsage was added are made again, so the demo can delegate.
+    for (const chain of [f.rsaChain, f.ecdsaChain]) {
+      if (!hasDelegationUsage(parseCertificate(await readFile(chain, 'utf8'), chain))) return false;
+    }
     await Promise.all([f.caKey, f.rsaKey, f.ecdsaKey].map((k) => engine.loadKey(k)));
     return true;
   } catch {
@@ -76,7 +81,7 @@ export async function ensureDemoPki(
   for (const [algorithm, kind, keyPath, chainPath] of leaves) {
     const key = await newKey(engine, backend, algorithm, `hsmproxy-localhost-${kind}-${stamp}`, keyPath);
     const csrPem = await createCsr(key, { subject: 'CN=localhost', sans });
-    const { cert } = await caSign(ca, { caCert, caCertFile: files.caCert, csr: parseCsr(csrPem, `${kind} CSR`), csrFile: `${kind} CSR`, days: Math.min(opts.days ?? 397, 397), profile: 'server' });
+    const { cert } = await caSign(ca, { caCert, caCertFile: files.caCert, csr: parseCsr(csrPem, `${kind} CSR`), csrFile: `${kind} CSR`, days: Math.min(opts.days ?? 397, 397), profile: 'server', delegationUsage: true });
     await writeFile(chainPath, chainPem(cert, caCert));
   }
   return { files, created: true };

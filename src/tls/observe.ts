@@ -12,6 +12,8 @@ export interface HandshakeObservation {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
+  /** Who signed CertificateVerify; absent when no certificate was sent (resumption, early failure). */
+  credential?: 'delegated' | 'certificate';
   result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
   alert?: string;
   durationMs: number;

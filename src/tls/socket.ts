@@ -318,6 +318,7 @@ export class TlsSocket extends Duplex {
       resumed: n.resumed, result, durationMs: performance.now() - this.started, signWaitMs: this.signWaitMs,
     };
     if (alert) o.alert = alert;
+    if (n.credential) o.credential = n.credential;
     if (n.servername) o.servername = n.servername;
     if (this.conn.config.clientAuth) o.clientCert = n.peer && result === 'ok' ? { subject: n.peer.subject, fingerprint256: n.peer.fingerprint256 } : null;
     if (this.opts.listener) o.listener = this.opts.listener;
