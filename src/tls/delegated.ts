@@ -44,10 +44,10 @@ const DC_PREFIX = Buffer.concat([Buffer.alloc(64, 0x20), Buffer.from('TLS, serve
 /** The parts of an encoded Credential (RFC 9345 §4). */
 export interface CredentialParams { validTime: number; spki: Buffer; dcCertVerifyAlgorithm: number }
 
-/** Credential: u32 valid_time, opaque subjectPublicKeyInfo<1..2^24-1>, u16 dc_cert_verify_algorithm. */
+/** Credential: u32 valid_time, u16 dc_cert_verify_algorithm, opaque ASN1_subjectPublicKeyInfo<1..2^24-1>. */
 export function encodeCredential(c: CredentialParams): Buffer {
   const w = new Writer(c.spki.length + 16);
-  w.u32(c.validTime).vec24(c.spki).u16(c.dcCertVerifyAlgorithm);
+  w.u32(c.validTime).u16(c.dcCertVerifyAlgorithm).vec24(c.spki);
   return w.finish();
 }
 
@@ -75,8 +75,8 @@ export interface DecodedDelegatedCredential extends CredentialParams {
 export function decodeDelegatedCredential(wire: Buffer): DecodedDelegatedCredential {
   const r = new Reader(wire);
   const validTime = r.u32('valid_time');
-  const spki = r.vec24('subjectPublicKeyInfo');
   const dcCertVerifyAlgorithm = r.u16('dc_cert_verify_algorithm');
+  const spki = r.vec24('ASN1_subjectPublicKeyInfo');
   const credential = wire.subarray(0, r.offset);
   const algorithm = r.u16('algorithm');
   const signature = r.vec16('signature');
