@@ -1,6 +1,7 @@
 // `cert self-sign --delegation-usage` and `ca sign --delegation-usage` as a user runs them: the
 // DelegationUsage extension (RFC 9345 §4.2: OID 1.3.6.1.4.1.44363.44, non-critical, NULL) next to
-// keyUsage digitalSignature, as openssl prints it; refused off the server profile. The sim backend is a FakeHsm persisted in a temp dir.
+// keyUsage digitalSignature, as openssl prints it; refused off the server profile. The sim
+// backend is a FakeHsm persisted in a temp dir.
 import t from 'tap';
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';

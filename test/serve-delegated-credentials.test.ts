@@ -6,10 +6,9 @@
 // `config check` reports which certificates can delegate and refuses enabled: true on a listener
 // none of whose certificates can.
 import t from 'tap';
-import { writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { startDemoUpstream } from '../src/proxy/index.js';
 import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';
@@ -29,7 +28,7 @@ const DC = 'delegatedCredentials: { enabled: true, validity: 1h }';
 /** serveYaml with delegated credentials on the listener. */
 function yamlWith(dc: string, certs?: string): string {
   let y = serveYaml(d, upstream.url).replace('    certificates:', `    ${dc}\n    certificates:`);
-  if (certs) y = y.replace(/    certificates:\n(      - .*\n)+/, `    certificates:\n${certs}`);
+  if (certs) y = y.replace(/ {4}certificates:\n( {6}- .*\n)+/, `    certificates:\n${certs}`);
   return y;
 }
 
