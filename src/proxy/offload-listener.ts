@@ -128,7 +128,10 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     }
     server.on('tlsClientError', () => { /* the peer got its alert; counted through the handshake channel */ });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: Error) => reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err })));
+      server.once('error', (err: Error) => {
+        for (const k of keepers) k.stop(); // the listener never serves: its credential keys go now
+        reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err }));
+      });
       server.netServer.listen(listener.port, listener.address, () => resolve());
     });
     const handle: TlsListener = {
