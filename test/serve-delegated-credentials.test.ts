@@ -2,7 +2,8 @@
 // tstclnt -B gets HTTP answers over a delegated credential while the HSM's sign counter stays
 // still, without -B the same client costs one HSM signature; /metrics labels handshakes by
 // credential, counts HSM signatures saved and exports the seconds to expiry; SIGHUP with a new
-// certificate costs one HSM signature and serves a credential bound to the new certificate.
+// certificate costs one HSM signature and serves a credential bound to the new certificate; with
+// workers: 2 each worker makes its own credential and /metrics adds them up.
 // `config check` reports which certificates can delegate and refuses enabled: true on a listener
 // none of whose certificates can.
 import t from 'tap';
@@ -109,6 +110,30 @@ t.test('tstclnt -B through the proxy: delegated, no HSM signature; without -B on
   t.ok(after.ok && after.delegated, 'NSS accepts the new credential: it is signed over the new certificate');
   t.match(after.stdout + after.stderr, /reissued/, 'and the new certificate is the one served');
   t.equal(hsmSigns(await metrics(s.admin)), hsmSigns(m), 'no HSM signature for that handshake');
+});
+
+t.test('workers: 2 — each worker makes its own credentials (one HSM signature per certificate per worker)', { skip }, async (t) => {
+  let y = yamlWith(DC);
+  y = y.replace('hsm: {', 'workers: 2\nhsm: {');
+  const s = await startServe(d, y);
+  t.teardown(() => s.stop());
+  const db = makeNssDb(d.pki.caCert);
+  t.teardown(() => db.cleanup());
+  let m = '';
+  for (const until = Date.now() + 30_000; Date.now() < until;) {
+    m = await metrics(s.admin);
+    if (total(m, 'hsmproxy_delegated_credential_renewals_total', { result: 'ok' }) >= 4) break;
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  t.equal(total(m, 'hsmproxy_delegated_credential_renewals_total', { result: 'ok' }), 4, '2 workers x 2 certificates');
+  const before = hsmSigns(m);
+  for (let i = 0; i < 4; i++) {
+    const r = await tstclnt(db, s.port, { delegated: true });
+    t.ok(r.ok && r.delegated, `-B request ${i + 1} over a delegated credential`);
+  }
+  m = await metrics(s.admin);
+  t.equal(hsmSigns(m), before, 'no HSM signature for them, whichever worker took each');
+  t.equal(total(m, 'hsmproxy_tls_handshakes_total', { result: 'ok', credential: 'delegated' }), 4, 'the primary adds up the workers');
 });
 
 t.test('config check: which certificates can delegate; enabled with none that can is refused', async (t) => {
