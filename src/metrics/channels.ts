@@ -10,7 +10,16 @@ export const CHANNELS = {
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
   delegatedCredential: 'hsmproxy:tls:delegated-credential',
+  tlsRefused: 'hsmproxy:tls:refused',
 } as const;
+
+/** A connection closed at accept by a listener's limits, before any TLS work (from tls/). */
+export interface TlsRefusedEvent {
+  listener?: string;
+  /** listener_connections, listener_handshakes, client_connections, client_handshakes. */
+  reason: string;
+  address: string;
+}
 
 /** One TLS handshake, success or failure (from tls/). */
 export interface TlsHandshakeEvent {
@@ -20,8 +29,10 @@ export interface TlsHandshakeEvent {
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
   credential?: 'delegated' | 'certificate';
-  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
+  /** result shed: why. */
+  reason?: string;
   durationMs: number;
   signWaitMs: number;
   servername?: string;

@@ -3,9 +3,13 @@
 // Certificates and references are loaded and resolved before the listener opens, so a missing
 // key or an unreachable HSM fails the start (or a reload) with a message naming the file.
 import { readFile } from 'node:fs/promises';
-import type { ListenerConfig } from '../config/index.js';
+import { DEFAULTS, type ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
-import { canDelegate, createServer, pemCertificates, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import {
+  canDelegate, createServer, pemCertificates, TicketKeys,
+  type ClientAuthOptions, type ServerCertificate, type TlsServer, type TlsServerOptions,
+} from '../tls/index.js';
+import { ClientLimiter } from './client-limits.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
 import { CredentialKeeper } from './delegated-credentials.js';
 import { ListenerError } from './errors.js';
@@ -20,6 +24,11 @@ export interface OffloadListenerOptions {
   ticketKeys?: TicketKeys;
   /** A per-listener cap on signatures in flight, in front of the engine's global one. */
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
+  /**
+   * Signatures waiting in the engine's queue from which new full handshakes are shed (resumptions,
+   * which need none, still pass). Default: a quarter of the engine queue's length.
+   */
+  shedFullHandshakesAt?: number;
 }
 
 /** Loads every certificate of a listener and resolves its key on the engine. */
@@ -99,6 +108,15 @@ export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAu
   };
 }
 
+/** The TlsServer caps of a listener's config: connections, handshakes, the ClientHello's size. */
+function serverLimits(listener: ListenerConfig): Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes'> {
+  const l = listener.limits ?? DEFAULTS.listenerLimits;
+  return {
+    maxConnections: l.maxConnections, maxConcurrentHandshakes: l.maxHandshakes,
+    maxClientHelloBytes: l.maxClientHelloBytes,
+  };
+}
+
 /** A TlsListenerFactory over tls/ TlsServer with engine signers. */
 export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListenerFactory {
   const ticketKeys = opts.ticketKeys ?? new TicketKeys();
@@ -107,9 +125,16 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     const { certificates } = loaded;
     let keepers = loaded.keepers;
     let clientAuth = await loadClientAuth(listener);
+    const queue = opts.engine.admission;
+    const pressure = {
+      queued: () => queue.queued, shedFullAt: opts.shedFullHandshakesAt ?? Math.max(1, Math.floor(queue.maxQueue / 4)),
+    };
+    const admission = new ClientLimiter((listener.limits ?? DEFAULTS.listenerLimits).perClient, pressure);
     let server: TlsServer;
     try {
       server = createServer({
+        ...serverLimits(listener),
+        admission,
         certificates,
         alpnProtocols: listener.alpn,
         minVersion: listener.minVersion,
@@ -145,6 +170,8 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         try {
           server.setClientAuth(nextAuth);
           server.setCertificates(nextLoaded.certificates);
+          server.setLimits(serverLimits(next));
+          admission.setOptions((next.limits ?? DEFAULTS.listenerLimits).perClient);
         } catch (err) {
           server.setClientAuth(clientAuth); // all or nothing
           for (const k of nextLoaded.keepers) k.stop();

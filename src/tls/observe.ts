@@ -14,8 +14,11 @@ export interface HandshakeObservation {
   resumed: boolean;
   /** Who signed CertificateVerify; absent when no certificate was sent (resumption, early failure). */
   credential?: 'delegated' | 'certificate';
-  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  /** shed: admission refused the full handshake before its key exchange (internal_error sent). */
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
+  /** result shed: why (a client over its rate, the signing queue over its threshold...). */
+  reason?: string;
   durationMs: number;
   signWaitMs: number;
   servername?: string;
