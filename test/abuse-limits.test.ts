@@ -164,8 +164,12 @@ t.test('ClientLimiter counts per client and forgets idle clients', async (t) => 
   t.equal(a.fullHandshake(), undefined);
   t.equal(b.fullHandshake(), undefined);
   t.equal(a.fullHandshake(), LimitReason.clientRate, 'the bucket of 2 is empty');
-  a.closed();
+  t.equal(lim.open('192.0.2.1'), LimitReason.clientConnections, 'still over its connection cap');
+  a.handshakeEnded();
   b.closed();
+  t.equal(lim.open('192.0.2.1'), LimitReason.clientRate, 'just shed for its rate: refused at accept until a token is due');
+  b.closed();
+  a.closed();
   b.closed(); // twice is harmless
   t.equal(lim.trackedClients, 2, 'a client with a spent bucket is remembered');
   await new Promise((r) => setTimeout(r, 1200));
@@ -192,7 +196,9 @@ t.test('over its rate a client\'s full handshakes are shed before any signature;
   t.equal(shed?.reason, 'client_rate', 'observed as shed, with the reason');
   t.equal(shed?.alert, 'internal_error');
   t.equal(shed?.group, '', 'shed before the key exchange');
+  t.ok((await closedAtAccept(port)).closed, 'until its next token is due (at most 1 s), its connections are refused at accept');
   if (!first.ok || !first.session) throw new Error('no session from the first handshake');
+  await new Promise((r) => setTimeout(r, 1100));
   const resumed = await handshake(t, port, { session: first.session });
   t.ok(resumed.ok && resumed.resumed, 'a resumption still passes');
   t.equal(signer.calls, 2, 'and costs no signature');

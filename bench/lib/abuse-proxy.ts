@@ -11,6 +11,7 @@ import pino from 'pino';
 import { DEFAULTS, parseConfig } from '../../src/config/index.js';
 import { Proxy } from '../../src/proxy/index.js';
 import { offloadListenerFactory } from '../../src/proxy/offload-listener.js';
+import { serveUntilStopped } from './children.js';
 import { clusterKey } from './servers.js';
 
 const [certFile, keyFile, mode] = process.argv.slice(2);
@@ -39,18 +40,6 @@ const proxy = new Proxy({
 });
 await proxy.start();
 
-let stopping = false;
-async function stop(): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  const hard = setTimeout(() => process.exit(1), 8_000);
-  hard.unref();
-  await proxy.shutdown(2_000);
-  await key.close();
-  process.exit(0);
-}
-process.on('SIGTERM', () => void stop());
-process.stdin.on('close', () => void stop());
-process.stdin.resume();
-
-process.stdout.write(`${JSON.stringify({ port: proxy.listenerAddress('bench')!.port, adminPort: proxy.adminAddress()!.port, clusterDir: dirname(key.refFile), hsmPids: key.hsmPids })}\n`);
+serveUntilStopped(proxy, () => key.close(), {
+  port: proxy.listenerAddress('bench')!.port, adminPort: proxy.adminAddress()!.port, clusterDir: dirname(key.refFile), hsmPids: key.hsmPids,
+});

@@ -39,7 +39,12 @@ interface ClientState {
   tokens: number;
   /** performance.now() of the last refill. */
   refilled: number;
+  /** After a full handshake shed for the rate: new connections are refused at accept until then. */
+  refuseUntil: number;
 }
+
+/** The longest a client over its rate has its connections refused at accept (then it is asked again). */
+const RATE_REFUSAL_MAX_MS = 1000;
 
 /** Forgotten clients are swept this often (a client is kept while it has connections or a spent bucket). */
 const SWEEP_MS = 10_000;
@@ -102,8 +107,11 @@ export class ClientLimiter implements ClientAdmission {
     if (st) {
       if (maxConnections > 0 && st.connections >= maxConnections) return LimitReason.clientConnections;
       if (maxHandshakes > 0 && st.handshakes >= maxHandshakes) return LimitReason.clientHandshakes;
+      // Its last full handshake was shed and no token is due yet: this one would most likely be shed
+      // too, after costing a ClientHello's parsing. Refused now, a flood costs an accept.
+      if (now < st.refuseUntil) return LimitReason.clientRate;
     } else {
-      st = { connections: 0, handshakes: 0, tokens: this.opts.handshakeBurst, refilled: now };
+      st = { connections: 0, handshakes: 0, tokens: this.opts.handshakeBurst, refilled: now, refuseUntil: 0 };
       this.clients.set(key, st);
     }
     st.connections++;
@@ -120,7 +128,10 @@ export class ClientLimiter implements ClientAdmission {
     const now = performance.now();
     st.tokens = Math.min(this.opts.handshakeBurst, st.tokens + ((now - st.refilled) / 1000) * rate);
     st.refilled = now;
-    if (st.tokens < 1) return LimitReason.clientRate;
+    if (st.tokens < 1) {
+      st.refuseUntil = now + Math.min(RATE_REFUSAL_MAX_MS, ((1 - st.tokens) / rate) * 1000);
+      return LimitReason.clientRate;
+    }
     st.tokens -= 1;
     return undefined;
   }
