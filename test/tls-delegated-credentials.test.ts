@@ -12,6 +12,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import tls from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { HandshakeShedError } from '../src/tls/admit.js';
 import { AlertDescription, TlsAlertError } from '../src/tls/alert.js';
 import { prepareCertEntry } from '../src/tls/certselect.js';
 import { Reader } from '../src/tls/codec.js';
@@ -166,6 +167,26 @@ t.test('the credential goes in the end-entity entry only when the client can use
   t.equal(expired.leafExtensions.length, 0, 'an expired credential is never sent');
   const otherCert = await handshakeWith([dcExt([p384])], [p256], config({ current: () => ({ ...cred, leafDer: plain.chain[0]! }) }));
   t.equal(otherCert.leafExtensions.length, 0, 'a credential bound to another certificate is never sent');
+});
+
+t.test('admission sheds only handshakes that wait for the certificate key: a delegated one passes', async (t) => {
+  const cred = await makeDelegatedCredential({ chain: dc.chain, signer: new SoftSigner(dc.key), keyType: 'ec:p256', validityMs: 3_600_000, nowMs: Date.now() });
+  const hsm = new SoftSigner(dc.key);
+  const p256 = SignatureScheme.ecdsa_secp256r1_sha256;
+  const dcExt: Ext = [DELEGATED_CREDENTIAL_EXT, Buffer.from([0, 2, p256 >> 8, p256 & 0xff])];
+  const run = async (extra: Ext[]) => {
+    const { spec } = goodHello({ extra, sigAlgs: [p256] });
+    const conn = new ServerConnection(config({ current: () => cred }, hsm));
+    conn.admitFull = () => 'signing_queue';
+    await exchange(conn, plaintextRecords(ContentType.handshake, encodeClientHello(spec)));
+    return conn;
+  };
+  const delegated = await run([dcExt]);
+  t.equal(delegated.error, null, 'the delegated handshake is admitted under pressure');
+  t.equal(delegated.negotiated.credential, 'delegated');
+  const signed = await run([]);
+  t.ok(signed.error instanceof HandshakeShedError, 'one needing the certificate key is shed');
+  t.equal(hsm.calls, 0, 'and no signature was asked for');
 });
 
 // The real client: NSS tstclnt against a TlsServer on loopback.

@@ -143,10 +143,15 @@ export class ExpectClientHello implements State {
       });
     }
     let cert: CertChoice | undefined;
+    let dc: ReturnType<typeof usableCredential>;
     if (!psk) {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
       cert = selectCertificate(
         config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+      );
+      const { certified } = cert.entry;
+      dc = usableCredential(
+        certified.delegated, certified.chain[0]!, ch.ext.delegatedCredential, ch.ext.signatureAlgorithms, config.now(),
       );
     }
 
@@ -155,7 +160,9 @@ export class ExpectClientHello implements State {
       if (this.retry) throw fatal('illegal_parameter', 'second ClientHello still has no usable key share');
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
-    if (!psk) io.admitFullHandshake();
+    // Only a handshake that will wait for the certificate's key is admission's to shed: a resumption
+    // or a delegated credential signs nothing there.
+    if (!psk && !dc) io.admitFullHandshake();
     negotiated.group = group.share.group;
     // RFC 8446 §5.1: the read key changes after this hello; refuse leftover bytes before anything is sent.
     io.checkKeyChangeBoundary();
@@ -194,9 +201,6 @@ export class ExpectClientHello implements State {
     }
     negotiated.keyType = chosen.entry.keyType;
     const { certified } = chosen.entry;
-    const dc = usableCredential(
-      certified.delegated, certified.chain[0]!, ch.ext.delegatedCredential, ch.ext.signatureAlgorithms!, config.now(),
-    );
     negotiated.credential = dc ? 'delegated' : 'certificate';
     negotiated.scheme = dc?.scheme ?? chosen.scheme;
     const certMsg = encodeCertificate(certified.chain, dc?.wire);
