@@ -1,6 +1,7 @@
 // The shape of a validated configuration and its defaults. Paths to files are absolute here
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
 import type { AutoscaleConfig } from './autoscale.js';
+import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
 import type { Http2Config } from './http2.js';
 
 export type TlsVersion = '1.2' | '1.3';
@@ -54,6 +55,8 @@ export interface ListenerConfig {
    */
   requireExtendedMasterSecret?: boolean;
   clientAuth: ClientAuthConfig;
+  /** RFC 9345 delegated credentials; filled in by validation, optional so hand-built configs may omit it (off). */
+  delegatedCredentials?: DelegatedCredentialsConfig;
   /** Resource limits; filled in by validation (optional so hand-built configs may omit it: defaults apply). */
   limits?: ListenerLimits;
 }

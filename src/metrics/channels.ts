@@ -9,6 +9,7 @@ export const CHANNELS = {
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
+  delegatedCredential: 'hsmproxy:tls:delegated-credential',
   tlsRefused: 'hsmproxy:tls:refused',
 } as const;
 
@@ -27,6 +28,7 @@ export interface TlsHandshakeEvent {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
+  credential?: 'delegated' | 'certificate';
   result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
   /** result shed: why. */
@@ -78,5 +80,14 @@ export interface HsmScalingEvent {
   durationMs: number;
   /** HSMs in the cluster after the action. */
   hsms: number;
+  error?: string;
+}
+
+/** A delegated credential's lifecycle (from proxy/'s credential keeper). */
+export interface DelegatedCredentialEvent {
+  listener: string;
+  certificate: string;
+  event: 'issued' | 'renewal_failed' | 'expired' | 'stopped';
+  expiresAtMs?: number;
   error?: string;
 }

@@ -5,6 +5,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
+import { usableCredential, type DelegatedCredential } from './delegated.js';
 import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
 import { CLIENT_SCHEMES_13, clientCertificateVerifyContent, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
 import { decodeCertificateVerify, decodeClientCertificate13, encodeCertificateRequest13 } from './client-auth-messages.js';
@@ -49,6 +50,8 @@ export interface Negotiated {
   servername?: string;
   alpn?: string;
   scheme?: number;
+  /** Who signed CertificateVerify: a delegated credential in memory, or the certificate's key. */
+  credential?: 'delegated' | 'certificate';
   /** The client's verified certificate identity (mTLS), set once its Finished verified. */
   peer?: PeerIdentity;
 }
@@ -140,10 +143,15 @@ export class ExpectClientHello implements State {
       });
     }
     let cert: CertChoice | undefined;
+    let dc: ReturnType<typeof usableCredential>;
     if (!psk) {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
       cert = selectCertificate(
         config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+      );
+      const { certified } = cert.entry;
+      dc = usableCredential(
+        certified.delegated, certified.chain[0]!, ch.ext.delegatedCredential, ch.ext.signatureAlgorithms, config.now(),
       );
     }
 
@@ -152,7 +160,9 @@ export class ExpectClientHello implements State {
       if (this.retry) throw fatal('illegal_parameter', 'second ClientHello still has no usable key share');
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
-    if (!psk) io.admitFullHandshake();
+    // Only a handshake that will wait for the certificate's key is admission's to shed: a resumption
+    // or a delegated credential signs nothing there.
+    if (!psk && !dc) io.admitFullHandshake();
     negotiated.group = group.share.group;
     // RFC 8446 §5.1: the read key changes after this hello; refuse leftover bytes before anything is sent.
     io.checkKeyChangeBoundary();
@@ -190,13 +200,18 @@ export class ExpectClientHello implements State {
       keys.clientAuth = config.clientAuth;
     }
     negotiated.keyType = chosen.entry.keyType;
-    negotiated.scheme = chosen.scheme;
-    const certMsg = encodeCertificate(chosen.entry.certified.chain);
+    const { certified } = chosen.entry;
+    negotiated.credential = dc ? 'delegated' : 'certificate';
+    negotiated.scheme = dc?.scheme ?? chosen.scheme;
+    const certMsg = encodeCertificate(certified.chain, dc?.wire);
     transcript.update(certMsg);
     io.sendHandshake(certMsg);
     const signedHash = transcript.digest();
     const content = certificateVerifyContent(signedHash);
-    io.requestSignature({ signer: chosen.entry.certified.signer, scheme: chosen.scheme, content });
+    // RFC 9345 §4.1.1: under a credential, CertificateVerify is signed with the credential key,
+    // held in memory: no round trip to the certificate's key, so no pause.
+    if (dc) return new AwaitSignature(keys, chosen, content, signedHash, dc).resume(dc.signLocally(content), io);
+    io.requestSignature({ signer: certified.signer, scheme: chosen.scheme, content });
     return new AwaitSignature(keys, chosen, content, signedHash);
   }
 
@@ -240,6 +255,7 @@ export class AwaitSignature implements State {
     private readonly cert: CertChoice,
     private readonly content: Buffer,
     private readonly signedHash: Buffer,
+    private readonly dc?: DelegatedCredential,
   ) {}
 
   handle(m: HandshakeMessage): State { return unexpected(this.name, m); }
@@ -249,11 +265,13 @@ export class AwaitSignature implements State {
     const { transcript } = this.keys;
     // The hash that was signed must be the one CertificateVerify follows.
     if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
-    if (io.config.verifyAfterSign(this.cert.entry.keyType)
-      && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
-      throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
+    const { dc } = this;
+    const [publicKey, scheme] = dc ? [dc.publicKey, dc.scheme] : [this.cert.entry.leafPublicKey, this.cert.scheme];
+    const verify = io.config.verifyAfterSign(this.cert.entry.keyType);
+    if (verify && !verifyScheme(publicKey, scheme, this.content, signature)) {
+      throw fatal('internal_error', `the ${this.dc ? 'credential' : 'signer'} returned a signature that does not verify under its key`);
     }
-    const cv = encodeCertificateVerify(this.cert.scheme, signature);
+    const cv = encodeCertificateVerify(scheme, signature);
     transcript.update(cv);
     io.sendHandshake(cv);
     return sendServerFinished(this.keys, io);
