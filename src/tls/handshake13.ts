@@ -129,7 +129,8 @@ export class ExpectClientHello implements State {
     let psk: AcceptedPsk | null = null;
     // No resumption under mTLS: a PSK handshake has no client Certificate (see docs: tickets are off there).
     // A validation handshake must present the challenge certificate, so it never resumes either.
-    if (ch.ext.preSharedKey && config.ticketKeys && !config.clientAuth && !challenge && allowsPskDhe(ch)) {
+    const mayResume = !config.clientAuth && !challenge;
+    if (ch.ext.preSharedKey && config.ticketKeys && mayResume && allowsPskDhe(ch)) {
       psk = acceptPsk({
         keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw,
         transcriptPrefix: this.retry?.prefix ?? [],
@@ -140,7 +141,8 @@ export class ExpectClientHello implements State {
     if (!psk) {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
       cert = selectCertificate(
-        challenge ? [challenge] : config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+        challenge ? [challenge] : config.certificates, ch.ext.serverName,
+        ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
       );
     }
 

@@ -198,7 +198,9 @@ export function createServer(options: TlsServerOptions, onSecureConnection?: (so
 }
 
 /** Challenge lookups as selection entries, each certificate parsed once (not per validation hello). */
-function challengeEntries(lookup: (servername: string) => CertifiedKey | undefined): (servername: string) => CertEntry | undefined {
+function challengeEntries(
+  lookup: (servername: string) => CertifiedKey | undefined,
+): (servername: string) => CertEntry | undefined {
   const prepared = new WeakMap<CertifiedKey, CertEntry>();
   return (servername) => {
     const certified = lookup(servername);
