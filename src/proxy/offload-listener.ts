@@ -5,7 +5,10 @@
 import { readFile } from 'node:fs/promises';
 import type { ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
-import { createServer, pemCertificates, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import {
+  ACME_TLS_ALPN, createServer, pemCertificates, TicketKeys, type CertifiedKey, type ClientAuthOptions,
+  type ServerCertificate, type TlsServer,
+} from '../tls/index.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
@@ -19,6 +22,8 @@ export interface OffloadListenerOptions {
   ticketKeys?: TicketKeys;
   /** A per-listener cap on signatures in flight, in front of the engine's global one. */
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
+  /** ACME tls-alpn-01: the validation certificate of a name with a pending challenge (see TlsServerOptions). */
+  acmeChallenge?: (servername: string) => CertifiedKey | undefined;
 }
 
 /** Loads every certificate of a listener and resolves its key on the engine. */
@@ -89,7 +94,12 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
         name: listener.name,
         ...(clientAuth ? { clientAuth } : {}),
-      }, onSecureConnection);
+        ...(opts.acmeChallenge ? { acmeChallenge: opts.acmeChallenge } : {}),
+      }, (socket) => {
+        // RFC 8737 §3: a validation connection carries no data; the CA closes it after the handshake.
+        if (socket.alpnProtocol === ACME_TLS_ALPN) socket.end();
+        else onSecureConnection(socket);
+      });
     } catch (err) {
       // A client CA bundle that does not parse: the listener does not open.
       throw new ListenerError(listener.name, (err as Error).message, { cause: err });
