@@ -56,8 +56,8 @@ export async function configureAcmeHttp(config: AcmeConfig): Promise<void> {
 /** An account on the CA: the client and the account URL (which certificates record). */
 export interface AcmeAccount { client: acme.Client; url: string }
 
-/** Opens (creating if needed) the account of `config` on its CA. */
-export async function openAccount(config: AcmeConfig): Promise<AcmeAccount> {
+/** Opens (creating if needed, unless `existingOnly`) the account of `config` on its CA. */
+export async function openAccount(config: AcmeConfig, opts: { existingOnly?: boolean } = {}): Promise<AcmeAccount> {
   await configureAcmeHttp(config);
   const { pem } = await loadAccountKey(config.accountKey);
   // Polling an order or challenge: 250 ms doubling to 4 s, 12 tries (~40 s) before giving up.
@@ -65,7 +65,7 @@ export async function openAccount(config: AcmeConfig): Promise<AcmeAccount> {
     directoryUrl: config.directory, accountKey: pem, backoffAttempts: 12, backoffMin: 250, backoffMax: 4_000,
   });
   try {
-    await client.createAccount({
+    await client.createAccount(opts.existingOnly ? { onlyReturnExisting: true } : {
       termsOfServiceAgreed: true, ...(config.email ? { contact: [`mailto:${config.email}`] } : {}),
     });
   } catch (err) {

@@ -3,6 +3,7 @@
 // left (jittered), retries failures with backoff while the old certificate keeps serving, and
 // tells the caller when a certificate changed so it swaps it into the listeners.
 import { createHash } from 'node:crypto';
+import { channel } from 'node:diagnostics_channel';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcmeCertificateConfig, CertificateConfig, Config } from '../config/index.js';
@@ -11,7 +12,7 @@ import { openAccount, type AcmeAccount } from './account.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
 import { orderCertificate, type AcmeLog } from './order.js';
-import { certificateDir, readState, removeIssueFiles, writeState, type CertificateState } from './store.js';
+import { certificateDir, readState, removeIssueFiles, takeRenewRequest, writeState, type CertificateState } from './store.js';
 
 /** What `acme status` shows for one certificate. */
 export interface AcmeCertificateStatus {
@@ -40,6 +41,8 @@ export interface AcmeManagerOptions {
   maxRetryMs?: number;
   /** Source of randomness for the retry jitter, in [0, 1) (tests make it fixed). */
   random?: () => number;
+  /** How often the store is read for renewal requests and certificates issued elsewhere (default 10 s). */
+  watchMs?: number;
 }
 
 /** The ACME certificates a config asks for, once each (the same names may serve several listeners). */
@@ -74,6 +77,11 @@ interface Tracked {
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** Published at the end of every order: { name, challenge, result: 'issued' | 'failed' }. */
+export const ACME_ORDER_CHANNEL = channel('hsmproxy:acme:order');
+/** Published at start and after each order: { name, notAfterMs?, consecutiveFailures }. */
+export const ACME_CERTIFICATE_CHANNEL = channel('hsmproxy:acme:certificate');
+
 /** The ACME client side of a running proxy. */
 export class AcmeManager {
   readonly challenges = new PendingChallenges();
@@ -82,6 +90,8 @@ export class AcmeManager {
   private account?: Promise<AcmeAccount>;
   private stopped = false;
   private readonly random: () => number;
+  private watcher?: NodeJS.Timeout;
+  private polling?: Promise<void>;
 
   constructor(private readonly opts: AcmeManagerOptions) {
     this.random = opts.random ?? Math.random;
@@ -107,7 +117,48 @@ export class AcmeManager {
 
   /** Schedules every order and renewal; missing certificates are ordered now. Call once the listeners are open. */
   start(): void {
-    for (const t of this.tracked.values()) this.schedule(t);
+    for (const t of this.tracked.values()) {
+      this.publish(t);
+      this.schedule(t);
+    }
+    this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
+    this.watcher.unref();
+  }
+
+  /**
+   * Looks at the store now (also on SIGHUP): runs renewal requests `acme renew` left, and loads a
+   * certificate that another proxy sharing `acme.dir` issued.
+   */
+  poll(): Promise<void> {
+    this.polling ??= this.pollOnce().finally(() => { this.polling = undefined; });
+    return this.polling;
+  }
+
+  private async pollOnce(): Promise<void> {
+    let changed = false;
+    for (const t of this.tracked.values()) {
+      if (this.stopped) return;
+      const req = await takeRenewRequest(t.dir).catch(() => undefined);
+      if (req) {
+        const due = nextRenewal(t.state);
+        if (req.force || !this.matches(t) || !due || due.getTime() <= Date.now()) {
+          this.opts.log.info({ acme: t.spec.names[0], force: req.force }, 'acme renewal requested');
+          void this.run(t, true).catch(() => undefined);
+        }
+        continue;
+      }
+      if (t.running) continue;
+      const stored = await readState(t.dir).catch(() => undefined);
+      if (stored?.current && stored.current.serial !== t.state.current?.serial) {
+        t.state = stored;
+        changed = true;
+        this.publish(t);
+        this.schedule(t);
+      }
+    }
+    if (changed && !this.stopped) await this.opts.onChange().catch((err: unknown) => {
+      this.opts.log.error({ err: (err as Error).message }, 'could not load a certificate issued elsewhere');
+    });
   }
 
   /** The listener config with its ACME certificates' current files added to its file certificates. */
@@ -149,9 +200,20 @@ export class AcmeManager {
   /** Stops scheduling; an order in flight finishes but changes nothing afterwards. */
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.watcher) clearInterval(this.watcher);
     for (const t of this.tracked.values()) if (t.timer) clearTimeout(t.timer);
+    await this.polling;
     await Promise.all([...this.tracked.values()].map((t) => t.running?.catch(() => undefined)));
     await this.soft.close();
+  }
+
+  private publish(t: Tracked, result?: 'issued' | 'failed'): void {
+    const name = t.spec.names[0]!;
+    if (result) ACME_ORDER_CHANNEL.publish({ name, challenge: t.spec.challenge, result });
+    const cur = this.matches(t) ? t.state.current : undefined;
+    ACME_CERTIFICATE_CHANNEL.publish({
+      name, consecutiveFailures: t.failures, ...(cur ? { notAfterMs: Date.parse(cur.notAfter) } : {}),
+    });
   }
 
   private renewAt(t: Tracked): Date | undefined {
@@ -215,12 +277,14 @@ export class AcmeManager {
       };
       await writeState(t.dir, t.state);
       t.failures = 0;
+      this.publish(t, 'issued');
       await this.opts.onChange();
       await this.destroyExpired(t);
       this.schedule(t);
     } catch (err) {
       const message = err instanceof AcmeError ? err.message : `ordering ${name} failed: ${describeAcmeFailure(err)}`;
       t.failures++;
+      this.publish(t, 'failed');
       const base = this.opts.retryMs ?? 30_000;
       const backoff = Math.min(base * 2 ** (t.failures - 1), this.opts.maxRetryMs ?? 3_600_000);
       const delay = backoff * (0.8 + 0.4 * this.random());

@@ -53,3 +53,34 @@ export async function removeIssueFiles(dir: string, r: Pick<RetiredKey, 'keyFile
   await rm(join(dir, r.keyFile), { force: true });
   await rm(join(dir, r.chainFile), { force: true });
 }
+
+/** A renewal asked for by `hsmproxy acme renew`, picked up by the running proxy's next look at the store. */
+export interface RenewRequest { force: boolean; at: string }
+
+const RENEW_REQUEST = 'renew.request';
+
+/** Leaves a renewal request for the running proxy (replacing an earlier one). */
+export async function writeRenewRequest(dir: string, req: RenewRequest): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const tmp = join(dir, `${RENEW_REQUEST}.${process.pid}.tmp`);
+  await writeFile(tmp, JSON.stringify(req) + '\n', { mode: 0o600 });
+  await rename(tmp, join(dir, RENEW_REQUEST));
+}
+
+/** Takes the pending renewal request, if any (removing it, so it runs once). */
+export async function takeRenewRequest(dir: string): Promise<RenewRequest | undefined> {
+  const file = join(dir, RENEW_REQUEST);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  await rm(file, { force: true });
+  try {
+    const req = JSON.parse(text) as Partial<RenewRequest>;
+    return { force: req.force === true, at: typeof req.at === 'string' ? req.at : new Date().toISOString() };
+  } catch {
+    return { force: false, at: new Date().toISOString() };
+  }
+}

@@ -99,6 +99,8 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
       }
       await proxy.reload(served(next));
       current = next;
+      // SIGHUP also looks at the ACME store at once (renewal requests, certificates issued elsewhere).
+      await acme?.poll();
     },
     async stop(deadlineMs) {
       await acme?.stop();

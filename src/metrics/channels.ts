@@ -9,7 +9,21 @@ export const CHANNELS = {
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
+  acmeOrder: 'hsmproxy:acme:order',
+  acmeCertificate: 'hsmproxy:acme:certificate',
 } as const;
+
+/** One ACME order's end (from acme/). */
+export interface AcmeOrderEvent { name: string; challenge: string; result: 'issued' | 'failed' }
+
+/** An ACME certificate's state (from acme/): at start and after each order. */
+export interface AcmeCertificateEvent {
+  name: string;
+  /** notAfter (ms since the epoch) of the certificate served under `name`; absent before the first issue. */
+  notAfterMs?: number;
+  /** Orders that failed in a row (0 after a success). */
+  consecutiveFailures: number;
+}
 
 /** One TLS handshake, success or failure (from tls/). */
 export interface TlsHandshakeEvent {

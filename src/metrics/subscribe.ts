@@ -1,6 +1,6 @@
 // Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { CHANNELS, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent } from './channels.js';
+import { CHANNELS, type AcmeCertificateEvent, type AcmeOrderEvent, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent } from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
 
 const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 1000 : 0);
@@ -50,6 +50,17 @@ export function recordScaling(m: HsmproxyMetrics, e: HsmScalingEvent): void {
   m.clusterScalingActions.inc({ action: e.action, result: e.result });
 }
 
+/** Records the end of one ACME order (and the certificate it leaves served). */
+export function recordAcmeOrder(m: HsmproxyMetrics, e: AcmeOrderEvent): void {
+  m.acmeOrders.inc({ result: e.result, challenge: e.challenge });
+}
+
+/** Records an ACME certificate's expiry and failures in a row. */
+export function recordAcmeCertificate(m: HsmproxyMetrics, e: AcmeCertificateEvent): void {
+  m.acmeFailures.set({ name: e.name }, e.consecutiveFailures);
+  if (e.notAfterMs !== undefined) m.acmeNotAfter.set(e.name, e.notAfterMs);
+}
+
 /** Subscribes `m` to every channel of the contract; returns the function that unsubscribes. */
 export function subscribeMetrics(m: HsmproxyMetrics): () => void {
   // A malformed event from an emitter must never throw into the emitter's code path.
@@ -66,6 +77,8 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.hsmState, guard(recordHsmState)],
     [CHANNELS.engineSign, guard(recordEngineSign)],
     [CHANNELS.hsmScaling, guard(recordScaling)],
+    [CHANNELS.acmeOrder, guard(recordAcmeOrder)],
+    [CHANNELS.acmeCertificate, guard(recordAcmeCertificate)],
   ];
   for (const [name, fn] of subs) subscribe(name, fn);
   return () => { for (const [name, fn] of subs) unsubscribe(name, fn); };
