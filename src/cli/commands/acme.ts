@@ -64,7 +64,9 @@ export function register(program: Command): void {
         const now = await readState(dir);
         if (now?.current && now.current.serial !== before) {
           const cur = now.current;
-          output(opts, { name: opts.name, renewed: true, serial: cur.serial, notAfter: cur.notAfter, keyLabel: cur.keyLabel }, () => {
+          const { serial, notAfter, keyLabel } = cur;
+          const result = { name: opts.name, renewed: true, serial, notAfter, keyLabel };
+          output(opts, result, () => {
             process.stdout.write(`${opts.name}: renewed, serial ${cur.serial}, notAfter ${cur.notAfter}, HSM key "${cur.keyLabel}"\n`);
           });
           return;
@@ -111,7 +113,9 @@ export function register(program: Command): void {
 }
 
 /** The config, store directory and stored state of the ACME certificate named `name`. */
-async function certificate(file: string, name: string): Promise<{ config: Config; dir: string; state: CertificateState | undefined }> {
+async function certificate(
+  file: string, name: string,
+): Promise<{ config: Config; dir: string; state: CertificateState | undefined }> {
   const config = loadConfig(file, { checkFiles: false });
   if (!config.acme) throw new UsageError(`${file} has no acme block: no certificate is ordered through ACME`);
   const names = acmeCertificates(config).map((c) => c.names[0]!);
