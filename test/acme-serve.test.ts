@@ -6,7 +6,9 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { request } from 'node:http';
+import { createServer as createHttpServer, request } from 'node:http';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -15,7 +17,7 @@ import { readManifest } from '../src/hsm/cluster/manifest.js';
 import { connectCluster } from '../src/hsm/cluster/membership.js';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
-import { devCa, prepareServeDir, startServe, type ServeProcess } from './helpers/serve-fixture.js';
+import { devCa, prepareServeDir, sample, startServe, type ServeProcess } from './helpers/serve-fixture.js';
 import { createRequire } from 'node:module';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
@@ -71,6 +73,11 @@ t.test('serve orders over tls-alpn-01 and http-01 from Pebble and serves the HSM
   const d = await prepareServeDir();
   t.teardown(() => d.cleanup());
   const [port, httpPort] = await freePorts(2) as [number, number];
+  const upstream = createHttpServer((_req, res) => res.end('ok'));
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  t.teardown(() => { upstream.closeAllConnections(); upstream.close(); });
+  const upstreamPort = (upstream.address() as AddressInfo).port;
   const pebble = await startPebble({ tlsPort: port, httpPort });
   t.teardown(() => pebble.stop());
   // Names of their own: Pebble reuses half of its valid authorizations.
@@ -86,7 +93,7 @@ listeners:
       - { cert: ${d.pki.ecdsaChain}, key: ${d.pki.ecdsaKey} }
       - acme: { names: [${alpnName}], keyType: ec:p256, challenge: tls-alpn-01 }
       - acme: { names: [${httpNames.join(', ')}], keyType: rsa:2048, challenge: http-01 }
-routes: [{ upstream: [http://127.0.0.1:9] }]
+routes: [{ upstream: [http://127.0.0.1:${upstreamPort}] }]
 hsm: { mode: embedded, dir: ${d.data}, hsms: 2 }
 admin: { address: 127.0.0.1, port: 0 }
 acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, email: ops@example.com, termsOfServiceAgreed: true, httpPort: ${httpPort}, httpAddress: 127.0.0.1, redirect: true }
@@ -133,5 +140,61 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, email: op
   // http-01 port: unknown tokens 404, everything else redirects to https with 308.
   t.equal((await httpGet(httpPort, '/.well-known/acme-challenge/nope', httpNames[0]!)).status, 404);
   t.same(await httpGet(httpPort, '/shop?x=1', httpNames[0]!), { status: 308, location: `https://${httpNames[0]}:${port}/shop?x=1` });
+
+  // A forced renewal: a new serial (and HSM key) is served, a connection opened before keeps working.
+  const before = await keepAlive(port, alpnName, root);
+  t.equal(await before.get(), 200, 'a request on the connection opened before the renewal');
+  const renew = await cli(['acme', 'renew', '--config', join(d.dir, 'hsmproxy.yaml'), '--name', alpnName, '--force', '--json']);
+  t.equal(renew.code, 0, renew.stderr);
+  const renewed = JSON.parse(renew.stdout) as { serial: string; keyLabel: string };
+  t.not(renewed.serial, alpnLeaf.serialNumber, 'a new serial');
+  t.not(renewed.keyLabel, alpnRow.keyLabel, 'a fresh HSM key (reuseKey is off)');
+  let now = await served(port, alpnName, root);
+  for (let i = 0; i < 100 && now.serialNumber !== renewed.serial; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    now = await served(port, alpnName, root);
+  }
+  t.equal(now.serialNumber, renewed.serial, 'new connections get the renewed certificate');
+  t.equal(await before.get(), 200, 'the connection opened before the renewal still works');
+  before.close();
+
+  const metrics = await new Promise<string>((resolve, reject) => {
+    request({ host: '127.0.0.1', port: proc.admin, path: '/metrics' }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (c: string) => { body += c; }).on('end', () => resolve(body));
+    }).on('error', reject).end();
+  });
+  t.ok((sample(metrics, 'hsmproxy_acme_orders_total', { result: 'issued', challenge: 'tls-alpn-01' }) ?? 0) >= 2, 'orders counted by result and challenge');
+  t.ok((sample(metrics, 'hsmproxy_acme_orders_total', { result: 'issued', challenge: 'http-01' }) ?? 0) >= 1);
+  const left = sample(metrics, 'hsmproxy_acme_certificate_expiry_seconds', { name: alpnName }) ?? 0;
+  t.ok(Math.abs(left - (Date.parse(now.validTo) - Date.now()) / 1000) < 120, 'seconds left until the served certificate expires');
+  t.equal(sample(metrics, 'hsmproxy_acme_renewal_consecutive_failures', { name: alpnName }), 0);
   t.same(proc.logs().filter((l) => l.level === 50 && l.component === 'acme'), [], 'no ACME error logged');
 });
+
+/** A keep-alive HTTPS connection: each get() sends one request and resolves with its status. */
+async function keepAlive(port: number, servername: string, ca: string): Promise<{ get(): Promise<number>; close(): void }> {
+  const s = await new Promise<tls.TLSSocket>((resolve, reject) => {
+    const c = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => resolve(c));
+    c.once('error', reject);
+  });
+  s.setEncoding('utf8');
+  return {
+    get: () => new Promise<number>((resolve, reject) => {
+      let buf = '';
+      const onData = (d: string): void => {
+        buf += d;
+        const m = /^HTTP\/1\.1 (\d{3})[\s\S]*?\r\n\r\n([\s\S]*)$/.exec(buf);
+        const len = /content-length: (\d+)/i.exec(buf);
+        if (m && len && m[2]!.length >= Number(len[1])) {
+          s.off('data', onData);
+          resolve(Number(m[1]));
+        }
+      };
+      s.on('data', onData);
+      s.once('error', reject);
+      s.write(`GET / HTTP/1.1\r\nHost: ${servername}\r\n\r\n`);
+    }),
+    close: () => s.destroy(),
+  };
+}
