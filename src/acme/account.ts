@@ -51,6 +51,29 @@ export async function configureAcmeHttp(config: AcmeConfig): Promise<void> {
   const settings = (acme.axios.defaults as unknown as { acmeSettings: Record<string, number> }).acmeSettings;
   settings.retryMaxAttempts = 1;
   settings.retryDefaultDelay = 1;
+  keepNetworkErrors();
+}
+
+let networkErrorsKept = false;
+
+/**
+ * acme-client 5.4's response interceptor ends a request that got no response (refused, reset, timed
+ * out) by reading `response.config` of undefined, so the user would see "Cannot read properties of
+ * undefined" instead of ECONNREFUSED. A handler placed before it turns such an error into one
+ * without `config`, which it passes through untouched. axios keeps interceptors in `handlers`.
+ */
+function keepNetworkErrors(): void {
+  const handlers = (acme.axios.interceptors.response as unknown as { handlers?: unknown[] }).handlers;
+  if (networkErrorsKept || !Array.isArray(handlers)) return;
+  networkErrorsKept = true;
+  handlers.unshift({
+    fulfilled: null, synchronous: false, runWhen: null,
+    rejected: (err: { response?: unknown; message?: string; code?: string }) => {
+      if (err.response) return Promise.reject(err);
+      const plain = new Error(err.message ?? 'no response from the CA');
+      return Promise.reject(Object.assign(plain, { code: err.code }));
+    },
+  });
 }
 
 /** An account on the CA: the client and the account URL (which certificates record). */

@@ -49,6 +49,6 @@ export function describeAcmeFailure(err: unknown): string {
     const type = problem.type ? `${problem.type.replace('urn:ietf:params:acme:error:', '')}: ` : '';
     return `${type}${problem.detail}`;
   }
-  if (e.code && e.message) return `${e.message} (${e.code})`;
+  if (e.code && e.message && !e.message.includes(e.code)) return `${e.message} (${e.code})`;
   return e.message ?? String(err);
 }

@@ -15,6 +15,11 @@ export interface Pebble {
   directory: string;
   /** PEM file trusting Pebble's HTTPS (for acme.directoryCa). */
   caFile: string;
+  /** Pebble's HTTPS certificate and key (a stub in front of Pebble presents them too). */
+  certFile: string;
+  keyFile: string;
+  /** Pebble's own HTTPS port. */
+  port: number;
   /** Management port (/roots/0). */
   management: number;
   /** challtestsrv's management port (/add-a, ...). */
@@ -114,7 +119,8 @@ export async function startPebble(opts: { tlsPort: number; httpPort: number; blo
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
-    directory, caFile, management, challtestsrv: ctsMgmt,
+    directory, caFile, certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem'), port: listen,
+    management, challtestsrv: ctsMgmt,
     root: async () => (await httpsGet(`https://127.0.0.1:${management}/roots/0`, ca)).body,
     output: () => log.join(''),
     stop,
