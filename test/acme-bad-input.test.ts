@@ -5,18 +5,15 @@
 import t from 'tap';
 import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { request } from 'node:http';
 import { createRequire } from 'node:module';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { openAccount } from '../src/acme/index.js';
 import { cliEntry } from './helpers/cli.js';
-import { freePorts, startPebble, type Pebble } from './helpers/pebble.js';
+import { freePorts, startAcmeStub, startPebble } from './helpers/pebble.js';
 import { prepareServeDir, sample, startServe, type ServeProcess } from './helpers/serve-fixture.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
@@ -41,44 +38,6 @@ function served(port: number, servername: string, ca: string): Promise<X509Certi
   });
 }
 
-type StubMode = 'pass' | 'down' | 'bad-cert';
-
-/**
- * An HTTPS stub in front of Pebble, with Pebble's certificate: passes requests on with their Host
- * (so Pebble's URLs name the stub), hangs up on every request ('down'), or swaps the downloaded
- * certificate for one of another key ('bad-cert').
- */
-async function startStub(pebble: Pebble, bogusPem: string): Promise<{ directory: string; mode: StubMode; close(): void }> {
-  const state = { mode: 'pass' as StubMode };
-  const server = createHttpsServer({ cert: readFileSync(pebble.certFile), key: readFileSync(pebble.keyFile) }, (req, res) => {
-    if (state.mode === 'down') { req.socket.destroy(); return; }
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c)).on('end', () => {
-      const up = httpsRequest({
-        host: '127.0.0.1', port: pebble.port, method: req.method, path: req.url, headers: req.headers, ca: readFileSync(pebble.caFile),
-      }, (upRes) => {
-        const body: Buffer[] = [];
-        upRes.on('data', (c: Buffer) => body.push(c)).on('end', () => {
-          let out = Buffer.concat(body);
-          if (state.mode === 'bad-cert' && req.url?.startsWith('/certZ/')) out = Buffer.from(bogusPem);
-          const headers = { ...upRes.headers, 'content-length': String(out.length) };
-          delete headers['transfer-encoding'];
-          res.writeHead(upRes.statusCode ?? 502, headers).end(out);
-        });
-      });
-      up.on('error', () => res.destroy()).end(Buffer.concat(chunks));
-    });
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    directory: `https://127.0.0.1:${(server.address() as AddressInfo).port}/dir`,
-    get mode() { return state.mode; },
-    set mode(m: StubMode) { state.mode = m; },
-    close: () => { server.closeAllConnections(); server.close(); },
-  };
-}
-
 t.test('refused names, failed challenges, bad certificates and a silent CA: clear errors, the old certificate keeps serving', async (t) => {
   const d = await prepareServeDir();
   t.teardown(() => d.cleanup());
@@ -93,7 +52,7 @@ t.test('refused names, failed challenges, bad certificates and a silent CA: clea
   const tmp = mkdtempSync(join(tmpdir(), 'hsmproxy-acme-bogus-'));
   t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(tmp, 'k.pem'), '-out', join(tmp, 'c.pem'), '-subj', `/CN=${good}`, '-addext', `subjectAltName=DNS:${good}`, '-days', '2'], { stdio: 'ignore' });
-  const stub = await startStub(pebble, readFileSync(join(tmp, 'c.pem'), 'utf8'));
+  const stub = await startAcmeStub(pebble, { bogusPem: readFileSync(join(tmp, 'c.pem'), 'utf8') });
   t.teardown(() => stub.close());
   const yaml = `
 listeners:

@@ -9,3 +9,4 @@ export * from './http-challenge.js';
 export * from './manager.js';
 export * from './order.js';
 export * from './store.js';
+export * from './ari.js';

@@ -4,11 +4,12 @@
 // tells the caller when a certificate changed so it swaps it into the listeners.
 import { createHash } from 'node:crypto';
 import { channel } from 'node:diagnostics_channel';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcmeCertificateConfig, CertificateConfig, Config } from '../config/index.js';
 import { SoftBackend, writeKeyReference, type Backend, type Engine } from '../engine/index.js';
-import { openAccount, type AcmeAccount } from './account.js';
+import { configureAcmeHttp, openAccount, type AcmeAccount } from './account.js';
+import { ariCertId, fetchRenewalWindow, renewalInfoUrl } from './ari.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
 import { orderCertificate, type AcmeLog } from './order.js';
@@ -63,6 +64,11 @@ export function nextRenewal(state: CertificateState | undefined): Date | undefin
   const cur = state?.current;
   if (!cur) return undefined;
   const jitter = createHash('sha256').update(cur.serial).digest().readUInt32BE(0) / 2 ** 32;
+  // RFC 9773 §4.2: a point in the CA's window, chosen at random (here: fixed per serial).
+  if (state.ari) {
+    const start = Date.parse(state.ari.start);
+    return new Date(start + jitter * (Date.parse(state.ari.end) - start));
+  }
   return renewalTime(new Date(cur.notBefore), new Date(cur.notAfter), () => jitter);
 }
 
@@ -92,6 +98,7 @@ export class AcmeManager {
   private readonly random: () => number;
   private watcher?: NodeJS.Timeout;
   private polling?: Promise<void>;
+  private ariBase?: Promise<string | undefined>;
 
   constructor(private readonly opts: AcmeManagerOptions) {
     this.random = opts.random ?? Math.random;
@@ -120,6 +127,7 @@ export class AcmeManager {
     for (const t of this.tracked.values()) {
       this.publish(t);
       this.schedule(t);
+      if (t.state.current) void this.refreshAri(t);
     }
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
@@ -148,6 +156,8 @@ export class AcmeManager {
         continue;
       }
       if (t.running) continue;
+      const ariStale = !t.state.ari || Date.parse(t.state.ari.retryAfter) <= Date.now();
+      if (t.state.current && ariStale) await this.refreshAri(t);
       const stored = await readState(t.dir).catch(() => undefined);
       if (stored?.current && stored.current.serial !== t.state.current?.serial) {
         t.state = stored;
@@ -207,6 +217,37 @@ export class AcmeManager {
     await this.soft.close();
   }
 
+  /** The renewalInfo URL of the CA's directory (undefined: no ARI, or the directory did not answer). */
+  private renewalInfo(): Promise<string | undefined> {
+    const read = (): Promise<string | undefined> => configureAcmeHttp(this.acme).then(() => renewalInfoUrl(this.acme.directory));
+    this.ariBase ??= read().catch((err: unknown) => {
+      this.ariBase = undefined;
+      this.opts.log.warn({ err: describeAcmeFailure(err) }, 'could not read the ACME directory for renewalInfo');
+      return undefined;
+    });
+    return this.ariBase;
+  }
+
+  /** Asks the CA for the current issue's renewal window (RFC 9773) and reschedules by it. */
+  private async refreshAri(t: Tracked): Promise<void> {
+    const cur = t.state.current;
+    if (!cur || this.stopped) return;
+    const base = await this.renewalInfo();
+    if (!base) return;
+    try {
+      const certId = ariCertId(await readFile(join(t.dir, cur.chainFile), 'utf8'));
+      if (!certId) return;
+      const w = await fetchRenewalWindow(base, certId);
+      if (t.state.current?.serial !== cur.serial) return; // renewed meanwhile
+      t.state = { ...t.state, ari: { certId, ...w } };
+      await writeState(t.dir, t.state);
+      this.opts.log.info({ acme: t.spec.names[0], window: [w.start, w.end] }, 'acme renewal window from the CA (ARI)');
+      if (!t.running) this.schedule(t);
+    } catch (err) {
+      this.opts.log.warn({ acme: t.spec.names[0], err: describeAcmeFailure(err) }, 'renewalInfo did not answer; renewing when a third of the lifetime is left');
+    }
+  }
+
   private publish(t: Tracked, result?: 'issued' | 'failed'): void {
     const name = t.spec.names[0]!;
     if (result) ACME_ORDER_CHANNEL.publish({ name, challenge: t.spec.challenge, result });
@@ -255,6 +296,7 @@ export class AcmeManager {
           write: (key) => writeKeyReference(key, join(t.dir, `key-${key.keyId}.pem`)),
           remove: (key) => rm(join(t.dir, `key-${key.keyId}.pem`), { force: true }),
         },
+        await this.replaces(t),
       );
       if (this.stopped) return;
       const serial = issued.leaf.serialNumber;
@@ -281,6 +323,7 @@ export class AcmeManager {
       await this.opts.onChange();
       await this.destroyExpired(t);
       this.schedule(t);
+      void this.refreshAri(t);
     } catch (err) {
       const message = err instanceof AcmeError ? err.message : `ordering ${name} failed: ${describeAcmeFailure(err)}`;
       t.failures++;
@@ -295,6 +338,13 @@ export class AcmeManager {
       this.schedule(t, delay);
       throw err;
     }
+  }
+
+  /** The certificate a renewal replaces (RFC 9773 §5), when the CA offers ARI. */
+  private async replaces(t: Tracked): Promise<string | undefined> {
+    const cur = t.state.current;
+    if (!cur || !this.matches(t) || !(await this.renewalInfo())) return undefined;
+    return t.state.ari?.certId ?? ariCertId(await readFile(join(t.dir, cur.chainFile), 'utf8'));
   }
 
   /** Keys of earlier issues are destroyed in the HSM once their certificate has expired. */

@@ -47,6 +47,7 @@ export const KEY_ALGORITHMS: Record<AcmeKeyType, KeyAlgorithm> = {
 export async function orderCertificate(
   ctx: OrderContext, spec: AcmeCertificateConfig,
   keyRef: { write(key: KeyHandle): Promise<unknown>; remove(key: KeyHandle): Promise<unknown> },
+  replaces?: string,
 ): Promise<IssuedCertificate> {
   const { client } = ctx.account;
   const name = spec.names[0]!;
@@ -57,7 +58,10 @@ export async function orderCertificate(
       throw new AcmeCaError(`ordering ${name}: ${what} failed: ${describeAcmeFailure(err)}`, { cause: err });
     });
   };
-  const order = await step('new order', () => client.createOrder({ identifiers: spec.names.map((value) => ({ type: 'dns', value })) }));
+  const identifiers = spec.names.map((value) => ({ type: 'dns', value }));
+  // RFC 9773 §5: a renewal names the certificate it replaces (acme-client passes the field through).
+  const request = { identifiers, ...(replaces ? { replaces } : {}) } as Parameters<typeof client.createOrder>[0];
+  const order = await step(replaces ? `new order replacing ${replaces}` : 'new order', () => client.createOrder(request));
   const authorizations = await step('authorizations', () => client.getAuthorizations(order));
   await Promise.all(authorizations.map((authz) => validate(ctx, spec, authz)));
 

@@ -21,6 +21,8 @@ export interface CertificateState {
   };
   retired: RetiredKey[];
   lastError?: { message: string; at: string };
+  /** The CA's renewal window for the current issue (RFC 9773), when its directory offers renewalInfo. */
+  ari?: { certId: string; start: string; end: string; retryAfter: string };
 }
 
 /** The directory of the certificate named `name` (its first DNS name). */

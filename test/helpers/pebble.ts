@@ -126,3 +126,73 @@ export async function startPebble(opts: { tlsPort: number; httpPort: number; blo
     stop,
   };
 }
+
+/** What the stub in front of Pebble does with requests. */
+export type StubMode = 'pass' | 'down' | 'bad-cert';
+
+/** An HTTPS stub in front of Pebble (see startAcmeStub). */
+export interface AcmeStub {
+  directory: string;
+  mode: StubMode;
+  /** Payloads of the newOrder requests that passed through (decoded JWS payloads). */
+  orders: Array<Record<string, unknown>>;
+  /** RFC 9773 certificate ids renewalInfo was asked about. */
+  renewalInfoAsked: string[];
+  close(): void;
+}
+
+/**
+ * An HTTPS stub in front of Pebble, with Pebble's certificate: passes requests on with their Host
+ * (so Pebble's URLs name the stub), hangs up on every request ('down'), or swaps a downloaded
+ * certificate for `bogusPem` ('bad-cert'). With `renewalInfo`, the directory offers ARI (Pebble 2.4
+ * has none) and the stub answers it: `renewalInfo(certId)` gives the suggested window.
+ */
+export async function startAcmeStub(pebble: Pebble, opts: {
+  bogusPem?: string; renewalInfo?: (certId: string) => { start: Date; end: Date };
+} = {}): Promise<AcmeStub> {
+  const { createServer: createHttpsServer, request: httpsRequest } = await import('node:https');
+  const ca = readFileSync(pebble.caFile);
+  const stub: AcmeStub = { directory: '', mode: 'pass', orders: [], renewalInfoAsked: [], close: () => undefined };
+  const server = createHttpsServer({ cert: readFileSync(pebble.certFile), key: readFileSync(pebble.keyFile) }, (req, res) => {
+    if (stub.mode === 'down') { req.socket.destroy(); return; }
+    const url = req.url ?? '/';
+    if (opts.renewalInfo && url.startsWith('/renewal-info/')) {
+      const certId = url.slice('/renewal-info/'.length);
+      stub.renewalInfoAsked.push(certId);
+      const w = opts.renewalInfo(certId);
+      res.writeHead(200, { 'content-type': 'application/json', 'retry-after': '3600' })
+        .end(JSON.stringify({ suggestedWindow: { start: w.start.toISOString(), end: w.end.toISOString() } }));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c)).on('end', () => {
+      const sent = Buffer.concat(chunks);
+      if (url.startsWith('/order-plz')) {
+        try {
+          const jws = JSON.parse(sent.toString()) as { payload: string };
+          stub.orders.push(JSON.parse(Buffer.from(jws.payload, 'base64url').toString()) as Record<string, unknown>);
+        } catch { /* not ours to judge */ }
+      }
+      const up = httpsRequest({ host: '127.0.0.1', port: pebble.port, method: req.method, path: url, headers: req.headers, ca }, (upRes) => {
+        const body: Buffer[] = [];
+        upRes.on('data', (c: Buffer) => body.push(c)).on('end', () => {
+          let out = Buffer.concat(body);
+          if (stub.mode === 'bad-cert' && opts.bogusPem && url.startsWith('/certZ/')) out = Buffer.from(opts.bogusPem);
+          if (opts.renewalInfo && url === '/dir') {
+            const dir = JSON.parse(out.toString()) as Record<string, unknown>;
+            out = Buffer.from(JSON.stringify({ ...dir, renewalInfo: `https://${req.headers.host}/renewal-info` }));
+          }
+          const headers = { ...upRes.headers, 'content-length': String(out.length) };
+          delete headers['transfer-encoding'];
+          res.writeHead(upRes.statusCode ?? 502, headers).end(out);
+        });
+      });
+      up.on('error', () => res.destroy()).end(sent);
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  stub.directory = `https://127.0.0.1:${(server.address() as AddressInfo).port}/dir`;
+  stub.close = () => { server.closeAllConnections(); server.close(); };
+  return stub;
+}
