@@ -219,7 +219,10 @@ export class AcmeManager {
 
   /** The renewalInfo URL of the CA's directory (undefined: no ARI, or the directory did not answer). */
   private renewalInfo(): Promise<string | undefined> {
-    const read = (): Promise<string | undefined> => configureAcmeHttp(this.acme).then(() => renewalInfoUrl(this.acme.directory));
+    const read = async (): Promise<string | undefined> => {
+      await configureAcmeHttp(this.acme);
+      return renewalInfoUrl(this.acme.directory);
+    };
     this.ariBase ??= read().catch((err: unknown) => {
       this.ariBase = undefined;
       this.opts.log.warn({ err: describeAcmeFailure(err) }, 'could not read the ACME directory for renewalInfo');
