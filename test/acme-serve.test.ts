@@ -9,7 +9,7 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { createServer as createHttpServer, request } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
@@ -170,6 +170,24 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, email: op
   t.ok(Math.abs(left - (Date.parse(now.validTo) - Date.now()) / 1000) < 120, 'seconds left until the served certificate expires');
   t.equal(sample(metrics, 'hsmproxy_acme_renewal_consecutive_failures', { name: alpnName }), 0);
   t.same(proc.logs().filter((l) => l.level === 50 && l.component === 'acme'), [], 'no ACME error logged');
+
+  // Revoke: refused from another account (naming the one that ordered), done with the ordering one,
+  // and the running proxy orders a replacement.
+  const otherConfig = join(d.dir, 'other-account.yaml');
+  await writeFile(otherConfig, yaml.replace('termsOfServiceAgreed: true,', `termsOfServiceAgreed: true, accountKey: ${join(d.dir, 'other-account.key')},`));
+  const refused = await cli(['acme', 'revoke', '--config', otherConfig, '--name', alpnName]);
+  t.equal(refused.code, 1);
+  t.match(refused.stderr, new RegExp(`serial ${renewed.serial} was ordered by account ${alpnRow.account.replace(/[.]/g, '\\.')}.*revoke with the key of`));
+  const revoked = await cli(['acme', 'revoke', '--config', join(d.dir, 'hsmproxy.yaml'), '--name', alpnName]);
+  t.equal(revoked.code, 0, revoked.stderr);
+  t.match(revoked.stdout, `revoked serial ${renewed.serial}`);
+  let replacement = await served(port, alpnName, root);
+  const until = Date.now() + 60_000;
+  while (replacement.serialNumber === renewed.serial && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 250));
+    replacement = await served(port, alpnName, root);
+  }
+  t.not(replacement.serialNumber, renewed.serial, 'a revoked certificate is replaced by the running proxy');
 });
 
 /** A keep-alive HTTPS connection: each get() sends one request and resolves with its status. */

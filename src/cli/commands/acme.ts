@@ -94,7 +94,8 @@ export function register(program: Command): void {
       try {
         account = await openAccount(config.acme!, { existingOnly: true });
       } catch (err) {
-        throw new UsageError(`${opts.name}: ${err instanceof AcmeError ? err.message : describeAcmeFailure(err)}`, 1);
+        const why = err instanceof AcmeError ? err.message : describeAcmeFailure(err);
+        throw new UsageError(`${opts.name}: serial ${cur.serial} was ordered by account ${cur.account}, and acme.accountKey does not open an account on the CA (${why}); revoke with the key of ${cur.account}`, 1);
       }
       if (account.url !== cur.account) {
         throw new UsageError(`${opts.name}: serial ${cur.serial} was ordered by account ${cur.account}, but acme.accountKey is account ${account.url}; revoke with the key of ${cur.account}`, 1);
