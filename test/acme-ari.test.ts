@@ -1,10 +1,11 @@
 // ACME Renewal Information (RFC 9773): when the directory offers renewalInfo (a stub in front of
 // Pebble, which has none), the proxy asks for the window of the certificate it serves, renews
 // inside it (a window already open: at once, long before a third of the lifetime is left), and
-// the renewal order names the certificate it replaces.
+// the renewal order names the certificate it replaces. A second proxy on the same cluster and
+// store serves that certificate without ordering.
 import t from 'tap';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { ariCertId, nextRenewal, readState } from '../src/acme/index.js';
@@ -77,6 +78,29 @@ acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServ
     leaf = await served(port, name, root);
   }
   t.equal(leaf?.serialNumber, current.serial, 'the renewed certificate is served');
+
+  // A second proxy on the same cluster and store serves the same certificate without ordering.
+  const { cu } = JSON.parse(await readFile(join(d.data, 'embedded-credentials.json'), 'utf8')) as { cu: { user: string; password: string } };
+  const credentials = join(d.dir, 'cu.credentials');
+  await writeFile(credentials, `${cu.user}:${cu.password}\n`, { mode: 0o600 });
+  const [port2] = await freePorts(1) as [number];
+  const ordersBefore = stub.orders.length;
+  const second = await startServe(d, `
+listeners:
+  - { name: second, address: 127.0.0.1, port: ${port2}, certificates: [{ acme: { names: [${name}] } }] }
+routes: [{ upstream: [http://127.0.0.1:9] }]
+hsm: { mode: cluster, manifest: ${join(d.data, 'cluster.json')}, credentials: { file: ${credentials} } }
+admin: { address: 127.0.0.1, port: 0 }
+acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true, dir: ${d.data} }
+`);
+  try {
+    t.equal((await served(port2, name, root))?.serialNumber, current.serial, 'the second proxy serves the stored certificate at once');
+    t.equal(stub.orders.length, ordersBefore, 'and placed no order');
+  } finally {
+    // Its own stop() would wait for the first proxy's HSM processes, which stay.
+    second.child.kill('SIGTERM');
+    await second.exited;
+  }
 });
 
 t.test('the certificate id follows RFC 9773 §4.1 (its appendix A example)', async (t) => {
