@@ -54,6 +54,7 @@ export interface ProxyRuntime {
 /** Builds and starts the proxy of this process: listeners (their keys loaded on the HSM side), upstreams, admin. */
 export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<ProxyRuntime> {
   const { hsm, log, registry, scaling, worker } = opts;
+  const shedAt = opts.config.hsm.signing.shedFullHandshakesAt;
   if (worker) exposeToPrimary(registry);
   let current = opts.config;
   const acme = await acmeFor(opts, () => proxy.reload(acme!.withCertificates(current)));
@@ -67,6 +68,7 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
       engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs,
+      ...(shedAt !== undefined ? { shedFullHandshakesAt: shedAt } : {}),
       ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
       ...(acme ? { acmeChallenge: (name: string) => acme.challenges.tlsAlpnCertificate(name) } : {}),
     }),

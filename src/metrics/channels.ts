@@ -11,7 +11,16 @@ export const CHANNELS = {
   hsmScaling: 'hsmproxy:hsm:scaling',
   acmeOrder: 'hsmproxy:acme:order',
   acmeCertificate: 'hsmproxy:acme:certificate',
+  tlsRefused: 'hsmproxy:tls:refused',
 } as const;
+
+/** A connection closed at accept by a listener's limits, before any TLS work (from tls/). */
+export interface TlsRefusedEvent {
+  listener?: string;
+  /** listener_connections, listener_handshakes, client_connections, client_handshakes. */
+  reason: string;
+  address: string;
+}
 
 /** One ACME order's end (from acme/). */
 export interface AcmeOrderEvent { name: string; challenge: string; result: 'issued' | 'failed' }
@@ -32,8 +41,10 @@ export interface TlsHandshakeEvent {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
-  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
+  /** result shed: why. */
+  reason?: string;
   durationMs: number;
   signWaitMs: number;
   servername?: string;

@@ -2,6 +2,7 @@
 // (listen/close/address, 'secureConnection', 'tlsClientError').
 import { EventEmitter } from 'node:events';
 import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
+import { publishRefused, type AdmittedConnection, type ClientAdmission } from './admit.js';
 import type { TlsError } from './alert.js';
 import { prepareCertEntry, type CertEntry } from './certselect.js';
 import { prepareClientAuth, type ClientAuthOptions } from './client-auth.js';
@@ -59,6 +60,15 @@ export interface TlsServerOptions {
   allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
   maxConcurrentHandshakes?: number;
+  /** Open connections beyond which new ones are refused (default unlimited). */
+  maxConnections?: number;
+  /** Largest ClientHello accepted, bytes (default: the grammar's maximum, 131,396, as OpenSSL). */
+  maxClientHelloBytes?: number;
+  /**
+   * Per-connection admission (per-client counts and rates, load shedding): asked at accept and
+   * before each full handshake's key exchange. Refusals are published on REFUSED_CHANNEL.
+   */
+  admission?: ClientAdmission;
   /** Lowest protocol version accepted (default '1.2'). */
   minVersion?: TlsVersionName;
   /** Highest protocol version accepted (default '1.3'). */
@@ -89,11 +99,15 @@ export class TlsServer extends EventEmitter {
   private handshaking = 0;
   /** The server's ticket keys, kept while mTLS turns tickets off so a reload can turn them back on. */
   private readonly ticketKeys: TicketKeys | undefined;
-  /** Connections refused because maxConcurrentHandshakes was reached. */
+  private open = 0;
+  /** Connections refused at accept (maxConcurrentHandshakes, maxConnections or admission). */
   shedConnections = 0;
 
-  constructor(private readonly options: TlsServerOptions) {
+  private readonly options: TlsServerOptions;
+
+  constructor(options: TlsServerOptions) {
     super();
+    this.options = { ...options }; // setLimits changes the copy, never the caller's object
     if (options.certificates.length === 0 && !options.acmeChallenge) throw new TypeError('createServer needs at least one certificate');
     const entries: CertEntry[] = options.certificates.map((c) => prepareCertEntry(c, c.servername));
     const verify = options.verifyAfterSign ?? 'rsa';
@@ -114,6 +128,7 @@ export class TlsServer extends EventEmitter {
       minVersion,
       maxVersion,
       requireExtendedMasterSecret: options.requireExtendedMasterSecret ?? true,
+      ...(options.maxClientHelloBytes !== undefined ? { maxClientHelloBytes: options.maxClientHelloBytes } : {}),
       ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
       ...(options.acmeChallenge ? { acmeChallenge: challengeEntries(options.acmeChallenge) } : {}),
     };
@@ -143,17 +158,43 @@ export class TlsServer extends EventEmitter {
     this.config = { ...rest, ticketKeys, ...(policy ? { clientAuth: policy } : {}) };
   }
 
+  /**
+   * Replaces the connection limits for new connections (a reload); open connections keep theirs.
+   * Fields left out keep their values.
+   */
+  setLimits(limits: Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes' | 'admission'>): void {
+    const { maxClientHelloBytes, ...rest } = limits;
+    Object.assign(this.options, rest);
+    if (maxClientHelloBytes !== undefined) this.config = { ...this.config, maxClientHelloBytes };
+  }
+
   /** Handshakes currently in progress. */
   get handshakesInProgress(): number { return this.handshaking; }
 
+  /** Connections open (handshaking or established). */
+  get connections(): number { return this.open; }
+
+  private refuse(raw: Socket, reason: string): void {
+    this.shedConnections++;
+    // Closed before the ClientHello is read: it can cost neither CPU nor an HSM signature.
+    raw.destroy();
+    publishRefused({ reason, address: raw.remoteAddress ?? '', ...(this.options.name ? { listener: this.options.name } : {}) });
+  }
+
   private onConnection(raw: Socket): void {
-    const max = this.options.maxConcurrentHandshakes;
-    if (max !== undefined && this.handshaking >= max) {
-      this.shedConnections++;
-      raw.destroy(); // shed load before the ClientHello can cost an HSM signature
-      return;
+    const { maxConcurrentHandshakes, maxConnections, admission } = this.options;
+    if (maxConnections !== undefined && this.open >= maxConnections) return this.refuse(raw, 'listener_connections');
+    if (maxConcurrentHandshakes !== undefined && this.handshaking >= maxConcurrentHandshakes) {
+      return this.refuse(raw, 'listener_handshakes');
+    }
+    let admitted: AdmittedConnection | undefined;
+    if (admission) {
+      const answer = admission.open(raw.remoteAddress ?? '');
+      if (typeof answer === 'string') return this.refuse(raw, answer);
+      admitted = answer;
     }
     this.handshaking++;
+    this.open++;
     if (this.options.noDelay ?? true) raw.setNoDelay(true);
     const socket = new TlsSocket(raw, new ServerConnection(this.config), {
       signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
@@ -163,12 +204,22 @@ export class TlsServer extends EventEmitter {
       onHandshake: this.options.onHandshake,
       serverFlight: this.options.serverFlight,
       ticketHoldMs: this.options.ticketHoldMs,
+      ...(admitted ? { admitted } : {}),
     });
     let settled = false;
-    const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };
+    const settle = (): void => {
+      if (settled) return;
+      settled = true;
+      this.handshaking--;
+      admitted?.handshakeEnded();
+    };
     socket.once('secure', () => { settle(); this.emit('secureConnection', socket); });
     socket.once('handshakeError', (err: TlsError) => { settle(); this.emit('tlsClientError', err, socket); });
-    socket.once('close', settle);
+    socket.once('close', () => {
+      settle();
+      this.open--;
+      admitted?.closed();
+    });
   }
 
   /** Same arguments as net.Server.listen. */
