@@ -43,7 +43,12 @@ const load = buildTlsLoad();
 try {
   const yaml = `
 listeners:
-  - { name: main, address: 127.0.0.1, port: ${port}, certificates: [{ acme: { names: [${name}] } }] }
+  # The load comes from one address: per-client limits off, so only the renewal could cost a handshake.
+  - name: main
+    address: 127.0.0.1
+    port: ${port}
+    certificates: [{ acme: { names: [${name}] } }]
+    limits: { perClient: { maxConnections: 0, maxHandshakes: 0, handshakesPerSecond: 0 } }
 routes: [{ upstream: [http://127.0.0.1:${(upstream.address() as AddressInfo).port}] }]
 hsm: { mode: embedded, dir: ${d.data}, hsms: 2 }
 admin: { address: 127.0.0.1, port: 0 }
