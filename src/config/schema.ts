@@ -2,6 +2,7 @@
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
 import type { AcmeCertificateConfig, AcmeConfig } from './acme.js';
 import type { AutoscaleConfig } from './autoscale.js';
+import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
 
 export type TlsVersion = '1.2' | '1.3';
 export type ClientAuthMode = 'none' | 'optional' | 'require';
@@ -57,6 +58,8 @@ export interface ListenerConfig {
    */
   requireExtendedMasterSecret?: boolean;
   clientAuth: ClientAuthConfig;
+  /** RFC 9345 delegated credentials; filled in by validation, optional so hand-built configs may omit it (off). */
+  delegatedCredentials?: DelegatedCredentialsConfig;
   /** Resource limits; filled in by validation (optional so hand-built configs may omit it: defaults apply). */
   limits?: ListenerLimits;
 }

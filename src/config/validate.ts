@@ -3,6 +3,7 @@
 import { isIP } from 'node:net';
 import { checkAcmeCertificates, readAcme, readAcmeCertificate, type AcmeCertificateConfig } from './acme.js';
 import { readClientAuth } from './client-auth.js';
+import { readDelegatedCredentials } from './delegated-credentials.js';
 import { checkFiles } from './files.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
@@ -70,7 +71,10 @@ function readListener(
   r: Reader, v: unknown, path: string, acmeEntries: Array<{ path: string; cert: AcmeCertificateConfig }>,
 ): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth', 'limits']);
+  const o = r.object(v, path, [
+    'name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth', 'limits',
+    'delegatedCredentials',
+  ]);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
@@ -100,11 +104,14 @@ function readListener(
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
   const limits = readListenerLimits(r, o.limits, at(path, 'limits'));
+  const delegatedCredentials = readDelegatedCredentials(r, o.delegatedCredentials, at(path, 'delegatedCredentials'));
+  // RFC 9345 is a TLS 1.3 mechanism: a listener that never speaks 1.3 could never use a credential.
+  if (delegatedCredentials?.enabled && maxVersion === '1.2') r.fail(at(at(path, 'delegatedCredentials'), 'enabled'), 'delegated credentials need TLS 1.3, and maxVersion is 1.2');
   if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
-    || requireExtendedMasterSecret === undefined || !clientAuth || !limits) return undefined;
+    || requireExtendedMasterSecret === undefined || !clientAuth || !limits || !delegatedCredentials) return undefined;
   return {
     name, address, port, certificates, ...(acme.length > 0 ? { acme } : {}), alpn, minVersion, maxVersion,
-    requireExtendedMasterSecret, clientAuth, limits,
+    requireExtendedMasterSecret, clientAuth, limits, delegatedCredentials,
   };
 }
 

@@ -11,6 +11,7 @@ export const CHANNELS = {
   hsmScaling: 'hsmproxy:hsm:scaling',
   acmeOrder: 'hsmproxy:acme:order',
   acmeCertificate: 'hsmproxy:acme:certificate',
+  delegatedCredential: 'hsmproxy:tls:delegated-credential',
   tlsRefused: 'hsmproxy:tls:refused',
 } as const;
 
@@ -41,6 +42,7 @@ export interface TlsHandshakeEvent {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
+  credential?: 'delegated' | 'certificate';
   result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
   /** result shed: why. */
@@ -92,5 +94,14 @@ export interface HsmScalingEvent {
   durationMs: number;
   /** HSMs in the cluster after the action. */
   hsms: number;
+  error?: string;
+}
+
+/** A delegated credential's lifecycle (from proxy/'s credential keeper). */
+export interface DelegatedCredentialEvent {
+  listener: string;
+  certificate: string;
+  event: 'issued' | 'renewal_failed' | 'expired' | 'stopped';
+  expiresAtMs?: number;
   error?: string;
 }

@@ -5,6 +5,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
+import { usableCredential, type DelegatedCredential } from './delegated.js';
 import { ACME_TLS_ALPN, acmeChallenge, selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
 import { CLIENT_SCHEMES_13, clientCertificateVerifyContent, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
 import { decodeCertificateVerify, decodeClientCertificate13, encodeCertificateRequest13 } from './client-auth-messages.js';
@@ -51,6 +52,8 @@ export interface Negotiated {
   servername?: string;
   alpn?: string;
   scheme?: number;
+  /** Who signed CertificateVerify: a delegated credential in memory, or the certificate's key. */
+  credential?: 'delegated' | 'certificate';
   /** The client's verified certificate identity (mTLS), set once its Finished verified. */
   peer?: PeerIdentity;
 }
@@ -196,13 +199,21 @@ export class ExpectClientHello implements State {
       keys.clientAuth = config.clientAuth;
     }
     negotiated.keyType = chosen.entry.keyType;
-    negotiated.scheme = chosen.scheme;
-    const certMsg = encodeCertificate(chosen.entry.certified.chain);
+    const { certified } = chosen.entry;
+    const dc = usableCredential(
+      certified.delegated, certified.chain[0]!, ch.ext.delegatedCredential, ch.ext.signatureAlgorithms!, config.now(),
+    );
+    negotiated.credential = dc ? 'delegated' : 'certificate';
+    negotiated.scheme = dc?.scheme ?? chosen.scheme;
+    const certMsg = encodeCertificate(certified.chain, dc?.wire);
     transcript.update(certMsg);
     io.sendHandshake(certMsg);
     const signedHash = transcript.digest();
     const content = certificateVerifyContent(signedHash);
-    io.requestSignature({ signer: chosen.entry.certified.signer, scheme: chosen.scheme, content });
+    // RFC 9345 §4.1.1: under a credential, CertificateVerify is signed with the credential key,
+    // held in memory: no round trip to the certificate's key, so no pause.
+    if (dc) return new AwaitSignature(keys, chosen, content, signedHash, dc).resume(dc.signLocally(content), io);
+    io.requestSignature({ signer: certified.signer, scheme: chosen.scheme, content });
     return new AwaitSignature(keys, chosen, content, signedHash);
   }
 
@@ -246,6 +257,7 @@ export class AwaitSignature implements State {
     private readonly cert: CertChoice,
     private readonly content: Buffer,
     private readonly signedHash: Buffer,
+    private readonly dc?: DelegatedCredential,
   ) {}
 
   handle(m: HandshakeMessage): State { return unexpected(this.name, m); }
@@ -255,11 +267,13 @@ export class AwaitSignature implements State {
     const { transcript } = this.keys;
     // The hash that was signed must be the one CertificateVerify follows.
     if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
-    if (io.config.verifyAfterSign(this.cert.entry.keyType)
-      && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
-      throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
+    const { dc } = this;
+    const [publicKey, scheme] = dc ? [dc.publicKey, dc.scheme] : [this.cert.entry.leafPublicKey, this.cert.scheme];
+    const verify = io.config.verifyAfterSign(this.cert.entry.keyType);
+    if (verify && !verifyScheme(publicKey, scheme, this.content, signature)) {
+      throw fatal('internal_error', `the ${this.dc ? 'credential' : 'signer'} returned a signature that does not verify under its key`);
     }
-    const cv = encodeCertificateVerify(this.cert.scheme, signature);
+    const cv = encodeCertificateVerify(scheme, signature);
     transcript.update(cv);
     io.sendHandshake(cv);
     return sendServerFinished(this.keys, io);
