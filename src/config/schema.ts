@@ -1,5 +1,6 @@
 // The shape of a validated configuration and its defaults. Paths to files are absolute here
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
+import type { AcmeCertificateConfig, AcmeConfig } from './acme.js';
 import type { AutoscaleConfig } from './autoscale.js';
 import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
 import type { Http2Config } from './http2.js';
@@ -45,7 +46,13 @@ export interface ListenerConfig {
   name: string;
   address: string;
   port: number;
+  /** Certificates from files. */
   certificates: CertificateConfig[];
+  /**
+   * Certificates ordered through ACME (the `{ acme: ... }` items of `certificates`); optional so
+   * hand-built configs may omit it.
+   */
+  acme?: AcmeCertificateConfig[];
   alpn: string[];
   minVersion: TlsVersion;
   maxVersion: TlsVersion;
@@ -185,6 +192,8 @@ export interface Config {
    * upstream at `upstreams.demo`'s first target. config/hsmproxy.yaml (the default) sets it.
    */
   demo: boolean;
+  /** The ACME CA and account, when some listener has an acme certificate. */
+  acme?: AcmeConfig;
 }
 
 /** Defaults for every optional field; documented in the example configs. */

@@ -9,6 +9,8 @@ export const CHANNELS = {
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
+  acmeOrder: 'hsmproxy:acme:order',
+  acmeCertificate: 'hsmproxy:acme:certificate',
   delegatedCredential: 'hsmproxy:tls:delegated-credential',
   tlsRefused: 'hsmproxy:tls:refused',
 } as const;
@@ -19,6 +21,18 @@ export interface TlsRefusedEvent {
   /** listener_connections, listener_handshakes, client_connections, client_handshakes. */
   reason: string;
   address: string;
+}
+
+/** One ACME order's end (from acme/). */
+export interface AcmeOrderEvent { name: string; challenge: string; result: 'issued' | 'failed' }
+
+/** An ACME certificate's state (from acme/): at start and after each order. */
+export interface AcmeCertificateEvent {
+  name: string;
+  /** notAfter (ms since the epoch) of the certificate served under `name`; absent before the first issue. */
+  notAfterMs?: number;
+  /** Orders that failed in a row (0 after a success). */
+  consecutiveFailures: number;
 }
 
 /** One TLS handshake, success or failure (from tls/). */

@@ -56,6 +56,26 @@ function build(registry: Registry) {
     clusterScalingActions: new Counter({ name: 'hsmproxy_cluster_scaling_actions_total', help: 'Autoscale actions on the simulated cluster, by action (add, remove) and result (ok, failed).', labelNames: ['action', 'result'] as const, registers: r }),
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
     certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, aggregator: 'min', registers: r }),
+    ...acmeMetrics(r),
+  };
+}
+
+/** ACME: orders by result and challenge, and per certificate the seconds left and consecutive failures. */
+function acmeMetrics(r: Registry[]) {
+  const notAfter = new Map<string, number>();
+  return {
+    acmeOrders: new Counter({ name: 'hsmproxy_acme_orders_total', help: 'ACME orders by result (issued, failed) and challenge type.', labelNames: ['result', 'challenge'] as const, registers: r }),
+    acmeFailures: new Gauge({ name: 'hsmproxy_acme_renewal_consecutive_failures', help: 'Orders of an ACME certificate that failed in a row (0 once one succeeds), by certificate name.', labelNames: ['name'] as const, aggregator: 'max', registers: r }),
+    /** The notAfter (ms) of each ACME certificate, from which the expiry gauge is computed at each scrape. */
+    acmeNotAfter: notAfter,
+    acmeExpiry: new Gauge({
+      name: 'hsmproxy_acme_certificate_expiry_seconds', help: 'Seconds until the ACME certificate served under this name expires (negative once expired).',
+      labelNames: ['name'] as const, aggregator: 'min', registers: r,
+      collect() {
+        this.reset();
+        for (const [name, ms] of notAfter) this.set({ name }, Math.floor((ms - Date.now()) / 1000));
+      },
+    }),
   };
 }
 

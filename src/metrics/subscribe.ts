@@ -1,8 +1,8 @@
 // Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import {
-  CHANNELS, type DelegatedCredentialEvent, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent,
-  type HsmStateEvent, type TlsHandshakeEvent, type TlsRefusedEvent,
+  CHANNELS, type AcmeCertificateEvent, type AcmeOrderEvent, type DelegatedCredentialEvent, type EngineSignEvent,
+  type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent, type TlsRefusedEvent,
 } from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
 
@@ -60,6 +60,17 @@ export function recordScaling(m: HsmproxyMetrics, e: HsmScalingEvent): void {
   m.clusterScalingActions.inc({ action: e.action, result: e.result });
 }
 
+/** Records the end of one ACME order (and the certificate it leaves served). */
+export function recordAcmeOrder(m: HsmproxyMetrics, e: AcmeOrderEvent): void {
+  m.acmeOrders.inc({ result: e.result, challenge: e.challenge });
+}
+
+/** Records an ACME certificate's expiry and failures in a row. */
+export function recordAcmeCertificate(m: HsmproxyMetrics, e: AcmeCertificateEvent): void {
+  m.acmeFailures.set({ name: e.name }, e.consecutiveFailures);
+  if (e.notAfterMs !== undefined) m.acmeNotAfter.set(e.name, e.notAfterMs);
+}
+
 // Expiry instants of the serving credentials, per metrics handle: the gauge reads seconds left at scrape time.
 interface CredentialExpiry { listener: string; certificate: string; at: number }
 const credentialExpiry = new WeakMap<HsmproxyMetrics, Map<string, CredentialExpiry>>();
@@ -111,6 +122,8 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.hsmState, guard(recordHsmState)],
     [CHANNELS.engineSign, guard(recordEngineSign)],
     [CHANNELS.hsmScaling, guard(recordScaling)],
+    [CHANNELS.acmeOrder, guard(recordAcmeOrder)],
+    [CHANNELS.acmeCertificate, guard(recordAcmeCertificate)],
     [CHANNELS.delegatedCredential, guard(recordDelegatedCredential)],
     [CHANNELS.tlsRefused, guard(recordRefused)],
   ];

@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { DEFAULTS, type ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
 import {
-  canDelegate, createServer, pemCertificates, TicketKeys,
+  ACME_TLS_ALPN, canDelegate, createServer, pemCertificates, TicketKeys, type CertifiedKey,
   type ClientAuthOptions, type ServerCertificate, type TlsServer, type TlsServerOptions,
 } from '../tls/index.js';
 import { ClientLimiter } from './client-limits.js';
@@ -24,6 +24,8 @@ export interface OffloadListenerOptions {
   ticketKeys?: TicketKeys;
   /** A per-listener cap on signatures in flight, in front of the engine's global one. */
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
+  /** ACME tls-alpn-01: the validation certificate of a name with a pending challenge (see TlsServerOptions). */
+  acmeChallenge?: (servername: string) => CertifiedKey | undefined;
   /**
    * Signatures waiting in the engine's queue from which new full handshakes are shed (resumptions,
    * which need none, still pass). Default: a quarter of the engine queue's length.
@@ -145,7 +147,12 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
         name: listener.name,
         ...(clientAuth ? { clientAuth } : {}),
-      }, onSecureConnection);
+        ...(opts.acmeChallenge ? { acmeChallenge: opts.acmeChallenge } : {}),
+      }, (socket) => {
+        // RFC 8737 §3: a validation connection carries no data; the CA closes it after the handshake.
+        if (socket.alpnProtocol === ACME_TLS_ALPN) socket.end();
+        else onSecureConnection(socket);
+      });
     } catch (err) {
       // A client CA bundle that does not parse: the listener does not open.
       for (const k of keepers) k.stop();

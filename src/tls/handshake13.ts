@@ -6,7 +6,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
 import { usableCredential, type DelegatedCredential } from './delegated.js';
-import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
+import { ACME_TLS_ALPN, acmeChallenge, selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
 import { CLIENT_SCHEMES_13, clientCertificateVerifyContent, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
 import { decodeCertificateVerify, decodeClientCertificate13, encodeCertificateRequest13 } from './client-auth-messages.js';
 import { allowsPskDhe, checkClientHello13, checkRetryHello, chooseAlpn, chooseGroup, chooseSuite, negotiateVersion } from './hello13.js';
@@ -37,6 +37,8 @@ export interface HandshakeConfig {
   clientAuth?: ClientAuthPolicy;
   /** Per-key record limits in place of the defaults of each version (tests reach them this way). */
   seqLimits?: SeqLimits;
+  /** RFC 8737 tls-alpn-01: the validation certificate of a name with a pending challenge (see acmeChallenge). */
+  acmeChallenge?: (servername: string) => CertEntry | undefined;
   /** Largest ClientHello accepted, bytes (default MAX_CLIENT_HELLO, the grammar's maximum). */
   maxClientHelloBytes?: number;
 }
@@ -131,11 +133,14 @@ export class ExpectClientHello implements State {
     const { config, negotiated } = io;
     negotiated.suite = suite;
     negotiated.servername = ch.ext.serverName;
-    const alpn = chooseAlpn(ch, config.alpnProtocols);
+    const challenge = acmeChallenge(ch, config);
+    const alpn = challenge ? ACME_TLS_ALPN : chooseAlpn(ch, config.alpnProtocols);
 
     let psk: AcceptedPsk | null = null;
     // No resumption under mTLS: a PSK handshake has no client Certificate (see docs: tickets are off there).
-    if (ch.ext.preSharedKey && config.ticketKeys && !config.clientAuth && allowsPskDhe(ch)) {
+    // A validation handshake must present the challenge certificate, so it never resumes either.
+    const mayResume = !config.clientAuth && !challenge;
+    if (ch.ext.preSharedKey && config.ticketKeys && mayResume && allowsPskDhe(ch)) {
       psk = acceptPsk({
         keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw,
         transcriptPrefix: this.retry?.prefix ?? [],
@@ -147,7 +152,8 @@ export class ExpectClientHello implements State {
     if (!psk) {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
       cert = selectCertificate(
-        config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+        challenge ? [challenge] : config.certificates, ch.ext.serverName,
+        ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
       );
       const { certified } = cert.entry;
       dc = usableCredential(
@@ -361,7 +367,7 @@ export class ExpectFinished implements State {
 function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
   const { ticketKeys, ticketCount, now } = io.config;
   // RFC 8446 §4.2.9: no psk_key_exchange_modes means no tickets; a psk_ke-only client could never use ours.
-  if (!ticketKeys || io.config.clientAuth || !k.pskDhe) return;
+  if (!ticketKeys || io.config.clientAuth || !k.pskDhe || k.alpn === ACME_TLS_ALPN) return;
   const lifetime = ticketLifetimeS(ticketKeys, io.config.ticketLifetimeS);
   if (lifetime === 0) return; // it would never resume
   for (let i = 0; i < ticketCount; i++) {

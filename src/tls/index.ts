@@ -7,7 +7,7 @@ export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate 
 export { TlsSocket } from './socket.js';
 export { ServerConnection, Limits, type ConnectionEvent, type Counters } from './connection.js';
 export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js';
-export { prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
+export { ACME_TLS_ALPN, prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
 export { type ClientAuthMode, type ClientAuthOptions, type PeerIdentity } from './client-auth.js';
 export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
 export {
