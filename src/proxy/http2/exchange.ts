@@ -72,7 +72,9 @@ export class H2Exchange implements ProxyExchange {
    * `bodyIdleMs`: the longest silence inside the request body while we are reading it (0: none);
    * past it the client gets 408 (or, once the response has started, a reset stream).
    */
-  constructor(readonly stream: ServerHttp2Stream, readonly head: RequestHead, readonly socket: TlsSocketLike, bodyIdleMs = 0) {
+  constructor(
+    readonly stream: ServerHttp2Stream, readonly head: RequestHead, readonly socket: TlsSocketLike, bodyIdleMs = 0,
+  ) {
     if (head.body.kind !== 'none') this.body = requestBody(stream, bodyIdleMs, () => this.bodyStalled());
     stream.once('close', () => this.close());
     // Trailers are known only once the upstream's body has ended (waitForTrailers).

@@ -166,7 +166,8 @@ export class Http2Front {
     let ex: H2Exchange | undefined;
     try {
       checkHeaderList(headers, this.policy);
-      ex = new H2Exchange(stream, requestHead(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0), st.socket, this.policy.bodyIdleMs);
+      const head = requestHead(headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0);
+      ex = new H2Exchange(stream, head, st.socket, this.policy.bodyIdleMs);
     } catch (err) {
       const status = err instanceof HttpParseError ? err.status : 400;
       this.handler.clientError(st.socket, status, (err as Error).message);
