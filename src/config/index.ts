@@ -6,8 +6,11 @@ import { ConfigFileError, ConfigSyntaxError } from './errors.js';
 import type { Config } from './schema.js';
 import { validateConfig, type ValidateOptions } from './validate.js';
 
+export * from './acme.js';
 export * from './autoscale.js';
+export * from './delegated-credentials.js';
 export * from './errors.js';
+export { HTTP2_DEFAULTS, type Http2Config } from './http2.js';
 export * from './schema.js';
 export { validateConfig, type ValidateOptions } from './validate.js';
 

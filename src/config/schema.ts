@@ -1,12 +1,17 @@
 // The shape of a validated configuration and its defaults. Paths to files are absolute here
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
+import type { AcmeCertificateConfig, AcmeConfig } from './acme.js';
 import type { AutoscaleConfig } from './autoscale.js';
+import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
+import type { Http2Config } from './http2.js';
 
 export type TlsVersion = '1.2' | '1.3';
 export type ClientAuthMode = 'none' | 'optional' | 'require';
 export type BalanceStrategy = 'round-robin' | 'least-connections';
 export type HsmMode = 'embedded' | 'cluster' | 'pkcs11';
 export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
+/** How the proxy speaks to an upstream: HTTP/1.1, HTTP/2 over TLS (ALPN), or HTTP/2 over cleartext (h2c). */
+export type UpstreamProtocol = 'http1' | 'h2' | 'h2c';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export const TLS_VERSIONS: readonly TlsVersion[] = ['1.2', '1.3'];
@@ -24,6 +29,7 @@ export const CLIENT_AUTH_MODES: readonly ClientAuthMode[] = ['none', 'optional',
 export const BALANCE_STRATEGIES: readonly BalanceStrategy[] = ['round-robin', 'least-connections'];
 export const HSM_MODES: readonly HsmMode[] = ['embedded', 'cluster', 'pkcs11'];
 export const CAPACITY_PROFILES: readonly CapacityProfileName[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
+export const UPSTREAM_PROTOCOLS: readonly UpstreamProtocol[] = ['http1', 'h2', 'h2c'];
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** A certificate chain and the key reference (or key) that signs for it. */
@@ -50,7 +56,13 @@ export interface ListenerConfig {
   name: string;
   address: string;
   port: number;
+  /** Certificates from files. */
   certificates: CertificateConfig[];
+  /**
+   * Certificates ordered through ACME (the `{ acme: ... }` items of `certificates`); optional so
+   * hand-built configs may omit it.
+   */
+  acme?: AcmeCertificateConfig[];
   alpn: string[];
   minVersion: TlsVersion;
   maxVersion: TlsVersion;
@@ -67,6 +79,8 @@ export interface ListenerConfig {
    */
   sni?: SniPolicy;
   clientAuth: ClientAuthConfig;
+  /** RFC 9345 delegated credentials; filled in by validation, optional so hand-built configs may omit it (off). */
+  delegatedCredentials?: DelegatedCredentialsConfig;
   /** Resource limits; filled in by validation (optional so hand-built configs may omit it: defaults apply). */
   limits?: ListenerLimits;
 }
@@ -115,6 +129,8 @@ export interface UpstreamConfig {
   maxConnections: number;
   /** Requests waiting for a connection to a target at most; beyond it the client gets 503. */
   maxQueue: number;
+  /** Filled in by validation (default http1); optional so hand-built configs may omit it. */
+  protocol?: UpstreamProtocol;
 }
 
 /** Host + path prefix → upstream pool. An inline URL list becomes a pool named after the route's path (`routes[2]`). */
@@ -185,17 +201,21 @@ export interface Config {
   trustedProxies: string[];
   /** Request head limits: bytes of request line + headers (431 past it) and header lines. */
   http: { maxHeaderBytes: number; maxHeaders: number };
+  /** HTTP/2 client connection limits; filled in by validation, optional for hand-built configs. */
+  http2?: Http2Config;
   /**
    * The demo: on start, make the dev CA and localhost certificates (keys in the HSM) in the
    * directory of the first listener's first certificate if they are not there, and run the demo
    * upstream at `upstreams.demo`'s first target. config/hsmproxy.yaml (the default) sets it.
    */
   demo: boolean;
+  /** The ACME CA and account, when some listener has an acme certificate. */
+  acme?: AcmeConfig;
 }
 
 /** Defaults for every optional field; documented in the example configs. */
 export const DEFAULTS = {
-  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.2' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true, sni: 'default' as SniPolicy },
+  listener: { address: '0.0.0.0', alpn: ['h2', 'http/1.1'], minVersion: '1.2' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true, sni: 'default' as SniPolicy },
   // Sized for a 2-core proxy (~600 full handshakes/s, docs/operations.md "Limits"): one client may
   // take a sixth of that, a browser behind a NAT never meets them, and the handshakes in progress
   // times the ClientHello cap bound the memory a flood can pin (512 x 128 KiB = 64 MiB).

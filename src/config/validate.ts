@@ -1,30 +1,34 @@
 // Turns parsed YAML into a Config: every field type-checked, defaults filled in, cross-references
 // (route → upstream pool, unique names and ports) checked, every problem reported with its path.
 import { isIP } from 'node:net';
+import { checkAcmeCertificates, readAcme, readAcmeCertificate, type AcmeCertificateConfig } from './acme.js';
 import { readClientAuth } from './client-auth.js';
+import { readDelegatedCredentials } from './delegated-credentials.js';
 import { checkFiles } from './files.js';
+import { readHttp2 } from './http2.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
 import { at, Reader } from './reader.js';
 import {
-  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, SNI_POLICIES, TLS_GROUPS, TLS_VERSIONS,
+  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, SNI_POLICIES, TLS_GROUPS, TLS_VERSIONS, UPSTREAM_PROTOCOLS,
   type Config, type HealthCheckConfig, type ListenerConfig, type ListenerLimits, type RouteConfig, type ServerTimeouts,
-  type SniPolicy, type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
+  type SniPolicy, type TlsVersion, type UpstreamConfig, type UpstreamProtocol, type UpstreamTimeouts,
 } from './schema.js';
 
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http'] as const;
+const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'http2', 'acme'] as const;
 const MS_MAX = 86_400_000;
-const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
+const ALPN_PROTOCOLS = ['h2', 'http/1.1', 'http/1.0'] as const;
 
 /** Validates `raw` (parsed YAML) into the complete Config, or throws ConfigInvalidError listing every bad field. */
 export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config {
   const r = new Reader(opts.baseDir ?? process.cwd());
   const o = r.object(raw ?? {}, '', TOP_KEYS);
   if (!o) throw new ConfigInvalidError(r.issues, opts.source);
-  const listeners = r.list(o.listeners, 'listeners', (v, p) => readListener(r, v, p), { minItems: 1 });
+  const acmeEntries: Array<{ path: string; cert: AcmeCertificateConfig }> = [];
+  const listeners = r.list(o.listeners, 'listeners', (v, p) => readListener(r, v, p, acmeEntries), { minItems: 1 });
   const upstreams: Record<string, UpstreamConfig> = {};
   if (o.upstreams !== undefined) {
     const u = r.object(o.upstreams, 'upstreams', Object.keys(o.upstreams as object ?? {}));
@@ -35,6 +39,8 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   }
   const routes = r.list(o.routes, 'routes', (v, p) => readRoute(r, v, p, upstreams), { minItems: 1 });
   const hsm = readHsm(r, o.hsm, 'hsm');
+  const acme = o.acme === undefined ? undefined : readAcme(r, o.acme, hsm);
+  checkAcmeCertificates(r, acme, o.acme !== undefined, acmeEntries);
   const admin = readAdmin(r, o.admin);
   const workers = o.workers === 'auto' ? 'auto' : r.integer(o.workers, 'workers', { def: DEFAULTS.workers, min: 1, max: 256, what: "'auto' or a number of workers" });
   const logObj = o.log === undefined ? {} : r.object(o.log, 'log', ['level']);
@@ -46,35 +52,52 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const httpObj = o.http === undefined ? {} : r.object(o.http, 'http', ['maxHeaderBytes', 'maxHeaders']);
   const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
   const maxHeaders = httpObj ? r.integer(httpObj.maxHeaders, 'http.maxHeaders', { def: DEFAULTS.http.maxHeaders, min: 8, max: 10_000 }) : undefined;
+  const http2 = readHttp2(r, o.http2, 'http2');
+  if (acmeEntries.length > 0 && workers !== undefined && workers !== 1) {
+    r.fail('workers', 'must be 1 with acme certificates: the process that orders a certificate answers its challenges');
+  }
   if (demo && !upstreams.demo) r.fail('demo', 'needs upstreams.demo: the address the demo upstream listens on (e.g. { targets: [http://127.0.0.1:8080] })');
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
   if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts
-    || !trustedProxies || !maxHeaderBytes || !maxHeaders) {
+    || !trustedProxies || !maxHeaderBytes || !maxHeaders || !http2) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
   return {
     listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo,
-    trustedProxies, http: { maxHeaderBytes, maxHeaders },
+    trustedProxies, http: { maxHeaderBytes, maxHeaders }, http2, ...(acme ? { acme } : {}),
   };
 }
 
-function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
+function readListener(
+  r: Reader, v: unknown, path: string, acmeEntries: Array<{ path: string; cert: AcmeCertificateConfig }>,
+): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'groups', 'sni', 'clientAuth', 'limits']);
+  const o = r.object(v, path, [
+    'name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'groups', 'sni',
+    'clientAuth', 'limits', 'delegatedCredentials',
+  ]);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
   const address = r.string(o.address, at(path, 'address'), { def: d.address });
   const port = r.integer(o.port, at(path, 'port'), { min: 0, max: 65535, what: 'a TCP port' });
+  // Files and ACME orders may be mixed; both kinds are offered to SNI selection alike.
+  const acme: AcmeCertificateConfig[] = [];
   const certificates = r.list(o.certificates, at(path, 'certificates'), (c, p) => {
+    if (c !== null && typeof c === 'object' && 'acme' in c) {
+      if (r.object(c, p, ['acme'])) {
+        const a = readAcmeCertificate(r, (c as { acme: unknown }).acme, at(p, 'acme'));
+        if (a) { acme.push(a); acmeEntries.push({ path: at(p, 'acme'), cert: a }); }
+      }
+      return undefined;
+    }
     const co = r.object(c, p, ['cert', 'key']);
     if (!co) return undefined;
     const cert = r.file(co.cert, at(p, 'cert'));
     const key = r.file(co.key, at(p, 'key'));
     return cert && key ? { cert, key } : undefined;
   }, { minItems: 1 });
-  // The proxy speaks HTTP/1.x only: offering h2 would let clients pick a protocol nobody serves.
   const alpn = r.list(o.alpn, at(path, 'alpn'), (a, p) => r.string(a, p, { oneOf: ALPN_PROTOCOLS }), { def: [...d.alpn], minItems: 1 });
   const minVersion = r.string(o.minVersion, at(path, 'minVersion'), { def: d.minVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
@@ -88,12 +111,15 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   const sni = r.string(o.sni, at(path, 'sni'), { def: d.sni, oneOf: SNI_POLICIES }) as SniPolicy | undefined;
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
   const limits = readListenerLimits(r, o.limits, at(path, 'limits'));
+  const delegatedCredentials = readDelegatedCredentials(r, o.delegatedCredentials, at(path, 'delegatedCredentials'));
+  // RFC 9345 is a TLS 1.3 mechanism: a listener that never speaks 1.3 could never use a credential.
+  if (delegatedCredentials?.enabled && maxVersion === '1.2') r.fail(at(at(path, 'delegatedCredentials'), 'enabled'), 'delegated credentials need TLS 1.3, and maxVersion is 1.2');
   if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
-    || requireExtendedMasterSecret === undefined || !sni || !clientAuth || !limits
+    || requireExtendedMasterSecret === undefined || !sni || !clientAuth || !limits || !delegatedCredentials
     || (o.groups !== undefined && !groups)) return undefined;
   return {
-    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret,
-    ...(groups ? { groups } : {}), sni, clientAuth, limits,
+    name, address, port, certificates, ...(acme.length > 0 ? { acme } : {}), alpn, minVersion, maxVersion,
+    requireExtendedMasterSecret, ...(groups ? { groups } : {}), sni, clientAuth, limits, delegatedCredentials,
   };
 }
 
@@ -157,7 +183,7 @@ function readCidr(r: Reader, v: unknown, path: string): string | undefined {
 
 function readUpstream(r: Reader, v: unknown, path: string, name: string): UpstreamConfig | undefined {
   const d = DEFAULTS.upstream;
-  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts', 'maxConnections', 'maxQueue']);
+  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts', 'maxConnections', 'maxQueue', 'protocol']);
   if (!o) return undefined;
   const targets = r.list(o.targets, at(path, 'targets'), (t, p) => readTarget(r, t, p), { minItems: 1 });
   const balance = r.string(o.balance, at(path, 'balance'), { def: d.balance, oneOf: BALANCE_STRATEGIES }) as UpstreamConfig['balance'] | undefined;
@@ -180,8 +206,18 @@ function readUpstream(r: Reader, v: unknown, path: string, name: string): Upstre
   const timeouts = readMsFields<UpstreamTimeouts>(r, o.timeouts, at(path, 'timeouts'), d.timeouts);
   const maxConnections = r.integer(o.maxConnections, at(path, 'maxConnections'), { def: d.maxConnections, min: 1, max: 65_536 });
   const maxQueue = r.integer(o.maxQueue, at(path, 'maxQueue'), { def: d.maxQueue, min: 0, max: 1_000_000 });
-  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined) return undefined;
-  return { name, targets, balance, timeouts, maxConnections, maxQueue, ...(healthCheck ? { healthCheck } : {}) };
+  const protocol = r.string(o.protocol, at(path, 'protocol'), { def: 'http1', oneOf: UPSTREAM_PROTOCOLS }) as UpstreamProtocol | undefined;
+  // h2 is negotiated by ALPN inside TLS; h2c is prior knowledge on cleartext (RFC 9113 §3.3).
+  const scheme = protocol === 'h2' ? 'https:' : protocol === 'h2c' ? 'http:' : undefined;
+  targets?.forEach((t, i) => {
+    if (scheme && new URL(t).protocol !== scheme) r.fail(at(at(path, 'targets'), i), `protocol ${protocol} needs a ${scheme}// URL, got "${t}"`);
+  });
+  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined || !protocol) {
+    return undefined;
+  }
+  return {
+    name, targets, balance, timeouts, maxConnections, maxQueue, protocol, ...(healthCheck ? { healthCheck } : {}),
+  };
 }
 
 function readRoute(

@@ -33,13 +33,18 @@ function build(registry: Registry) {
     hsmUtilisation: new Gauge({ name: 'hsmproxy_hsm_utilisation_ratio', help: 'Busy fraction of the HSM crypto units (0..1), when the HSM reports it.', labelNames: ['hsm'] as const, aggregator: 'max', registers: r }),
     tlsHandshakeDuration: histogram(registry, 'hsmproxy_tls_handshake_duration_seconds', 'TLS handshake duration from ClientHello to Finished, by version, key type, resumption and key exchange group.', ['version', 'key_type', 'resumed', 'group'] as const),
     tlsSignWait: histogram(registry, 'hsmproxy_tls_handshake_sign_wait_seconds', 'Part of the handshake spent waiting for the private-key signature.', ['version', 'key_type'] as const),
-    tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error), alert, listener and key exchange group (IANA name; empty before one was chosen).', labelNames: ['result', 'alert', 'listener', 'group'] as const, registers: r }),
+    tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error), alert, listener, key exchange group (IANA name; empty before one was chosen) and credential.', labelNames: ['result', 'alert', 'listener', 'group', 'credential'] as const, registers: r }),
+    tlsHsmSignaturesSaved: new Counter({ name: 'hsmproxy_tls_hsm_signatures_saved_total', help: 'Full handshakes whose CertificateVerify a delegated credential signed in memory instead of the HSM.', labelNames: ['listener'] as const, registers: r }),
+    delegatedCredentialExpiry: new Gauge({ name: 'hsmproxy_delegated_credential_expiry_seconds', help: 'Seconds until the serving delegated credential of each certificate expires (0: none serves, HSM signatures instead).', labelNames: ['listener', 'certificate'] as const, aggregator: 'min', registers: r }),
+    delegatedCredentialRenewals: new Counter({ name: 'hsmproxy_delegated_credential_renewals_total', help: 'Delegated credentials made (result ok) and attempts the HSM did not sign (result failed).', labelNames: ['listener', 'result'] as const, registers: r }),
+    delegatedCredentialFallback: new Gauge({ name: 'hsmproxy_delegated_credential_fallback', help: '1 while a certificate that delegates has no valid credential and is served with HSM signatures.', labelNames: ['listener', 'certificate'] as const, aggregator: 'max', registers: r }),
     tlsConnectionsRefused: new Counter({ name: 'hsmproxy_tls_connections_refused_total', help: 'Connections closed at accept by a listener limit, before any TLS work, by listener and reason (listener_connections, listener_handshakes, client_connections, client_handshakes).', labelNames: ['listener', 'reason'] as const, registers: r }),
     tlsHandshakesShed: new Counter({ name: 'hsmproxy_tls_handshakes_shed_total', help: 'Full handshakes shed before their key exchange and HSM signature, by listener and reason (client_rate, signing_queue).', labelNames: ['listener', 'reason'] as const, registers: r }),
-    httpRequestDuration: histogram(registry, 'hsmproxy_http_request_duration_seconds', 'HTTP request duration from request head to response end, by method, status class and route.', ['method', 'status_class', 'route'] as const),
+    httpRequestDuration: histogram(registry, 'hsmproxy_http_request_duration_seconds', 'HTTP request duration from request head to response end, by method, status class, route and client protocol (http1, h2).', ['method', 'status_class', 'route', 'protocol'] as const),
     httpUpstreamDuration: histogram(registry, 'hsmproxy_http_upstream_duration_seconds', 'Time from sending to an upstream until its response head, by route and upstream target.', ['route', 'upstream'] as const),
     httpUpstreamErrors: new Counter({ name: 'hsmproxy_http_upstream_errors_total', help: 'Requests the upstream did not answer: refused or reset (502), timeout (504), unavailable or queue_full (503).', labelNames: ['route', 'reason'] as const, registers: r }),
     httpConnections: new Gauge({ name: 'hsmproxy_http_connections', help: 'Client TLS connections open on the proxy (including WebSockets).', registers: r }),
+    http2ConnectionsClosed: new Counter({ name: 'hsmproxy_http2_connections_closed_total', help: 'HTTP/2 client connections the proxy closed itself, by reason: rapid_reset and settings_timeout (GOAWAY with an error), idle (GOAWAY NO_ERROR).', labelNames: ['reason'] as const, registers: r }),
     httpRequestsInFlight: new Gauge({ name: 'hsmproxy_http_requests_in_flight', help: 'HTTP requests received and not yet answered.', registers: r }),
     upstreamHealthy: new Gauge({ name: 'hsmproxy_upstream_healthy', help: '1 when the upstream target passes health checks, 0 when not.', labelNames: ['upstream', 'target'] as const, aggregator: 'min', registers: r }),
     engineSignDuration: histogram(registry, 'hsmproxy_engine_sign_duration_seconds', 'Signature duration through the engine, by backend and key type.', ['backend', 'key_type'] as const),
@@ -51,6 +56,26 @@ function build(registry: Registry) {
     clusterScalingActions: new Counter({ name: 'hsmproxy_cluster_scaling_actions_total', help: 'Autoscale actions on the simulated cluster, by action (add, remove) and result (ok, failed).', labelNames: ['action', 'result'] as const, registers: r }),
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
     certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, aggregator: 'min', registers: r }),
+    ...acmeMetrics(r),
+  };
+}
+
+/** ACME: orders by result and challenge, and per certificate the seconds left and consecutive failures. */
+function acmeMetrics(r: Registry[]) {
+  const notAfter = new Map<string, number>();
+  return {
+    acmeOrders: new Counter({ name: 'hsmproxy_acme_orders_total', help: 'ACME orders by result (issued, failed) and challenge type.', labelNames: ['result', 'challenge'] as const, registers: r }),
+    acmeFailures: new Gauge({ name: 'hsmproxy_acme_renewal_consecutive_failures', help: 'Orders of an ACME certificate that failed in a row (0 once one succeeds), by certificate name.', labelNames: ['name'] as const, aggregator: 'max', registers: r }),
+    /** The notAfter (ms) of each ACME certificate, from which the expiry gauge is computed at each scrape. */
+    acmeNotAfter: notAfter,
+    acmeExpiry: new Gauge({
+      name: 'hsmproxy_acme_certificate_expiry_seconds', help: 'Seconds until the ACME certificate served under this name expires (negative once expired).',
+      labelNames: ['name'] as const, aggregator: 'min', registers: r,
+      collect() {
+        this.reset();
+        for (const [name, ms] of notAfter) this.set({ name }, Math.floor((ms - Date.now()) / 1000));
+      },
+    }),
   };
 }
 
