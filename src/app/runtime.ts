@@ -56,7 +56,7 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     admin: !worker,
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
-      engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs,
+      engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, logger: log,
       ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
     }),
     readiness: () => hsmReadiness(hsm),

@@ -50,6 +50,12 @@ export interface ListenerConfig {
    */
   requireExtendedMasterSecret?: boolean;
   clientAuth: ClientAuthConfig;
+  /**
+   * PROXY protocol (v1 or v2) from the layer-4 balancers at these addresses (CIDRs): every
+   * connection must come from one of them and start with a PROXY header, whose source address is
+   * the client's. Absent: connections are direct and their TCP peer is the client.
+   */
+  proxyProtocol?: { from: string[] };
 }
 
 /** Timeouts towards upstream servers, in milliseconds. */

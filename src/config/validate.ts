@@ -61,7 +61,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth']);
+  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth', 'proxyProtocol']);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
@@ -81,9 +81,22 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
-  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
+  let proxyProtocol: ListenerConfig['proxyProtocol'];
+  let proxyProtocolOk = true;
+  if (o.proxyProtocol !== undefined) {
+    const pp = at(path, 'proxyProtocol');
+    const po = r.object(o.proxyProtocol, pp, ['from']);
+    const from = po ? r.list(po.from, at(pp, 'from'), (v, p) => readCidr(r, v, p), { minItems: 1 }) : undefined;
+    if (from) proxyProtocol = { from };
+    else proxyProtocolOk = false;
+  }
+  if (!proxyProtocolOk || !name || !address || port === undefined || !certificates || !alpn || !minVersion
+    || !maxVersion
     || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
-  return { name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth };
+  return {
+    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth,
+    ...(proxyProtocol ? { proxyProtocol } : {}),
+  };
 }
 
 function checkListenersUnique(r: Reader, listeners: ListenerConfig[]): void {

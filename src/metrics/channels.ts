@@ -9,6 +9,7 @@ export const CHANNELS = {
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
+  clientGate: 'hsmproxy:proxy:client-gate',
 } as const;
 
 /** One TLS handshake, success or failure (from tls/). */
@@ -68,4 +69,10 @@ export interface HsmScalingEvent {
   /** HSMs in the cluster after the action. */
   hsms: number;
   error?: string;
+}
+
+/** One TCP connection at a listener's client gate (from proxy/): how its client was told, or why it was refused. */
+export interface ClientGateEvent {
+  listener: string;
+  result: 'direct' | 'proxy-v1' | 'proxy-v2' | 'local' | 'source_not_allowed' | 'malformed' | 'timeout' | 'closed';
 }

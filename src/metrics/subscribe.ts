@@ -1,6 +1,6 @@
 // Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { CHANNELS, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent } from './channels.js';
+import { CHANNELS, type ClientGateEvent, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent } from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
 
 const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 1000 : 0);
@@ -50,6 +50,11 @@ export function recordScaling(m: HsmproxyMetrics, e: HsmScalingEvent): void {
   m.clusterScalingActions.inc({ action: e.action, result: e.result });
 }
 
+/** Records one connection at a client gate. */
+export function recordClientGate(m: HsmproxyMetrics, e: ClientGateEvent): void {
+  m.clientGateConnections.inc({ listener: e.listener, result: e.result });
+}
+
 /** Subscribes `m` to every channel of the contract; returns the function that unsubscribes. */
 export function subscribeMetrics(m: HsmproxyMetrics): () => void {
   // A malformed event from an emitter must never throw into the emitter's code path.
@@ -66,6 +71,7 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.hsmState, guard(recordHsmState)],
     [CHANNELS.engineSign, guard(recordEngineSign)],
     [CHANNELS.hsmScaling, guard(recordScaling)],
+    [CHANNELS.clientGate, guard(recordClientGate)],
   ];
   for (const [name, fn] of subs) subscribe(name, fn);
   return () => { for (const [name, fn] of subs) unsubscribe(name, fn); };

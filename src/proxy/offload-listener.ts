@@ -3,10 +3,12 @@
 // Certificates and references are loaded and resolved before the listener opens, so a missing
 // key or an unreachable HSM fails the start (or a reload) with a message naming the file.
 import { readFile } from 'node:fs/promises';
+import type { Logger } from 'pino';
 import type { ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
 import { createServer, pemCertificates, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
+import { clientGate, type AcceptedConnection } from './client-gate.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -19,6 +21,10 @@ export interface OffloadListenerOptions {
   ticketKeys?: TicketKeys;
   /** A per-listener cap on signatures in flight, in front of the engine's global one. */
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
+  /** Where refused connections (PROXY protocol) are logged, at debug level; they are counted in metrics too. */
+  logger?: Logger;
+  /** Told of each connection that passed its listener's client gate, before the handshake (its client address). */
+  onAccepted?: (c: AcceptedConnection) => void;
 }
 
 /** Loads every certificate of a listener and resolves its key on the engine. */
@@ -76,6 +82,13 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
   return async (listener, onSecureConnection, settings) => {
     const certificates = await loadCertifiedKeys(opts.engine, listener, opts);
     let clientAuth = await loadClientAuth(listener);
+    const gateFor = (l: ListenerConfig) => clientGate(l, {
+      headerTimeoutMs: settings.handshakeTimeoutMs,
+      ...(opts.onAccepted ? { onAccepted: opts.onAccepted } : {}),
+      onRefused: (reason, transport, detail) => opts.logger?.debug({ listener: l.name, reason, peer: transport.address, detail }, 'connection refused at the client gate'),
+    });
+    // A reload swaps the gate for new connections (proxyProtocol.from may change).
+    let gate = gateFor(listener);
     let server: TlsServer;
     try {
       server = createServer({
@@ -89,6 +102,7 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
         name: listener.name,
         ...(clientAuth ? { clientAuth } : {}),
+        gate: (raw, start) => gate(raw, start),
       }, onSecureConnection);
     } catch (err) {
       // A client CA bundle that does not parse: the listener does not open.
@@ -114,6 +128,7 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
           throw new ListenerError(next.name, (err as Error).message, { cause: err });
         }
         clientAuth = nextAuth;
+        gate = gateFor(next);
       },
       async close() {
         if (server.netServer.listening) server.close();

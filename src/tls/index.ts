@@ -3,7 +3,7 @@
 // sans-IO ServerConnection → TlsSocket/TlsServer. Knows nothing of HSMs: it is given
 // CertifiedKey { chain, signer }. May import node built-ins only; emits observations on
 // node:diagnostics_channel ('hsmproxy:tls:handshake'), never imports metrics/ or a logger.
-export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate } from './server.js';
+export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate, type ConnectionGate, type ConnectionPreface, type RemotePeer } from './server.js';
 export { TlsSocket } from './socket.js';
 export { ServerConnection, Limits, type ConnectionEvent, type Counters } from './connection.js';
 export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js';

@@ -13,6 +13,21 @@ import { MAX_TICKET_LIFETIME_S } from './session.js';
 import { TlsSocket } from './socket.js';
 import { TicketKeys } from './tickets.js';
 
+/**
+ * What a connection's first bytes said before TLS began (the PROXY protocol): the client's address,
+ * and the bytes read past that preface, which are the start of the TLS stream.
+ */
+export interface ConnectionPreface { client?: RemotePeer; head?: Buffer }
+
+/** An IP endpoint; see ConnectionPreface. */
+export interface RemotePeer { address: string; port: number; family: string }
+
+/**
+ * Decides, before any TLS byte is read, whether a TCP connection gets a handshake: it calls `start`
+ * (at once or later) or destroys the socket. It owns `raw` until then.
+ */
+export type ConnectionGate = (raw: Socket, start: (preface?: ConnectionPreface) => void) => void;
+
 /** A certificate chain with its signer, optionally restricted to explicit server names. */
 export type ServerCertificate = CertifiedKey & { servername?: readonly string[] };
 
@@ -74,6 +89,8 @@ export interface TlsServerOptions {
    * accepted: a resumed handshake carries no client certificate to verify.
    */
   clientAuth?: ClientAuthOptions;
+  /** Runs on every accepted TCP connection first (PROXY protocol, per-client admission); see ConnectionGate. */
+  gate?: ConnectionGate;
 }
 
 /** A TLS 1.3 / 1.2 server with asynchronous signatures. */
@@ -148,6 +165,24 @@ export class TlsServer extends EventEmitter {
     }
     this.handshaking++;
     if (this.options.noDelay ?? true) raw.setNoDelay(true);
+    const gate = this.options.gate;
+    if (!gate) {
+      this.startTls(raw, () => { this.handshaking--; });
+      return;
+    }
+    let settled = false;
+    const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };
+    // A gate that refuses destroys the socket: the handshake slot is freed with it.
+    raw.once('close', settle);
+    let started = false;
+    gate(raw, (preface) => {
+      if (started || raw.destroyed) return;
+      started = true;
+      this.startTls(raw, settle, preface);
+    });
+  }
+
+  private startTls(raw: Socket, release: () => void, preface?: ConnectionPreface): void {
     const socket = new TlsSocket(raw, new ServerConnection(this.config), {
       signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
       handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
@@ -156,12 +191,16 @@ export class TlsServer extends EventEmitter {
       onHandshake: this.options.onHandshake,
       serverFlight: this.options.serverFlight,
       ticketHoldMs: this.options.ticketHoldMs,
+      ...(preface?.client ? { client: preface.client } : {}),
     });
     let settled = false;
-    const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };
+    const settle = (): void => { if (!settled) { settled = true; release(); } };
     socket.once('secure', () => { settle(); this.emit('secureConnection', socket); });
     socket.once('handshakeError', (err: TlsError) => { settle(); this.emit('tlsClientError', err, socket); });
     socket.once('close', settle);
+    if (preface?.head && preface.head.length > 0) socket.receive(preface.head);
+    // A gate that read a preface paused the socket; TLS reads from here on.
+    if (raw.isPaused()) raw.resume();
   }
 
   /** Same arguments as net.Server.listen. */
