@@ -29,6 +29,8 @@ export interface ProxyRuntimeOptions {
    * makes each epoch's session-ticket key, so a ticket resumes on any worker.
    */
   worker?: { ticketKeys: TicketKeys };
+  /** Single process: the ticket keys (config `tickets`); default keys made here. */
+  ticketKeys?: TicketKeys;
 }
 
 /** A started proxy in this process. */
@@ -57,7 +59,7 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
       engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, logger: log,
-      ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
+      ...(worker ?? opts.ticketKeys ? { ticketKeys: worker?.ticketKeys ?? opts.ticketKeys! } : {}),
     }),
     readiness: () => hsmReadiness(hsm),
   });

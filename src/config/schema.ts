@@ -7,6 +7,7 @@ export type ClientAuthMode = 'none' | 'optional' | 'require';
 export type BalanceStrategy = 'round-robin' | 'least-connections';
 export type HsmMode = 'embedded' | 'cluster' | 'pkcs11';
 export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
+export type TicketKeySource = 'local' | 'hsm' | 'file';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export const TLS_VERSIONS: readonly TlsVersion[] = ['1.2', '1.3'];
@@ -14,6 +15,7 @@ export const CLIENT_AUTH_MODES: readonly ClientAuthMode[] = ['none', 'optional',
 export const BALANCE_STRATEGIES: readonly BalanceStrategy[] = ['round-robin', 'least-connections'];
 export const HSM_MODES: readonly HsmMode[] = ['embedded', 'cluster', 'pkcs11'];
 export const CAPACITY_PROFILES: readonly CapacityProfileName[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
+export const TICKET_KEY_SOURCES: readonly TicketKeySource[] = ['local', 'hsm', 'file'];
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** A certificate chain and the key reference (or key) that signs for it. */
@@ -112,6 +114,17 @@ export interface HsmConfig {
   autoscale?: AutoscaleConfig;
 }
 
+/** Session-ticket keys: made per proxy, or derived per epoch from a secret all proxies reach (config/tickets.ts). */
+export interface TicketsConfig {
+  keys: TicketKeySource;
+  /** keys: file — a 0600 file of at least 32 random bytes (nginx's 48- and 80-byte key files qualify). */
+  file?: string;
+  /** One epoch: a key seals tickets for this long and opens them for twice as long. */
+  rotateEveryMs: number;
+  /** keys: hsm — the label of the cluster's secret key (found, or made on first start). */
+  hsmKeyLabel: string;
+}
+
 /** The admin HTTP server (/metrics, /healthz, /readyz). */
 export interface AdminConfig { address: string; port: number }
 
@@ -135,6 +148,8 @@ export interface Config {
    * from anyone else those headers are replaced, never appended to. Default: none.
    */
   trustedProxies: string[];
+  /** Where session-ticket keys come from. */
+  tickets: TicketsConfig;
   /** Request head limits: bytes of request line + headers (431 past it) and header lines. */
   http: { maxHeaderBytes: number; maxHeaders: number };
   /**
@@ -167,6 +182,7 @@ export const DEFAULTS = {
     subject: 'x-client-cert-subject', san: 'x-client-cert-san', fingerprint: 'x-client-cert-fingerprint-sha256', verify: 'x-client-cert-verify',
   } satisfies ClientCertHeaders,
   workers: 1,
+  tickets: { keys: 'local' as TicketKeySource, rotateEveryMs: 3_600_000, hsmKeyLabel: 'hsmproxy-session-tickets' },
   trustedProxies: [] as string[],
   // node:http's and nginx's order of magnitude (16 KiB; nginx 4 x 8 KiB buffers).
   http: { maxHeaderBytes: 16 * 1024, maxHeaders: 100 },

@@ -5,6 +5,7 @@ import { readClientAuth } from './client-auth.js';
 import { checkFiles } from './files.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
+import { readTickets } from './tickets.js';
 import { at, Reader } from './reader.js';
 import {
   BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
@@ -15,7 +16,7 @@ import {
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http'] as const;
+const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'tickets'] as const;
 const MS_MAX = 86_400_000;
 const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
 
@@ -42,6 +43,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const timeouts = readMsFields<ServerTimeouts>(r, o.timeouts, 'timeouts', DEFAULTS.timeouts);
   if (o.demo !== undefined && typeof o.demo !== 'boolean') r.fail('demo', `expected true or false, got ${JSON.stringify(o.demo)}`);
   const demo = o.demo === true;
+  const tickets = readTickets(r, o.tickets, hsm?.mode);
   const trustedProxies = r.list(o.trustedProxies, 'trustedProxies', (v, p) => readCidr(r, v, p), { def: [] });
   const httpObj = o.http === undefined ? {} : r.object(o.http, 'http', ['maxHeaderBytes', 'maxHeaders']);
   const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
@@ -50,12 +52,12 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
   if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts
-    || !trustedProxies || !maxHeaderBytes || !maxHeaders) {
+    || !trustedProxies || !maxHeaderBytes || !maxHeaders || !tickets) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
   return {
     listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo,
-    trustedProxies, http: { maxHeaderBytes, maxHeaders },
+    trustedProxies, http: { maxHeaderBytes, maxHeaders }, tickets,
   };
 }
 

@@ -14,7 +14,7 @@ export { NoCompatibleKeyCode, NoCompatibleKeyError, type Signer, type CertifiedK
 export { pemCertificates } from './pem.js';
 export { SignatureScheme, schemeSpec, verifyScheme, type SchemeSpec, type SignAlgorithm } from './schemes.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';
-export { TicketKeys } from './tickets.js';
+export { TicketKeys, ticketKeyFromEpochSecret } from './tickets.js';
 export type { SharedTicketKey, TicketKeysOptions } from './tickets.js';
 export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';
 export { TLS12_SUITES, type CipherSuite12 } from './suites12.js';
