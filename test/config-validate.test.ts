@@ -167,3 +167,23 @@ t.test('demo: off by default, true or false only, and it needs upstreams.demo', 
   const withDemo = minimal.replace('  - upstream: [http://127.0.0.1:8080]', '  - upstream: demo') + 'upstreams: { demo: { targets: [http://127.0.0.1:8080] } }\ndemo: true\n';
   t.equal(parseConfig(withDemo, { baseDir: dir }).demo, true);
 });
+
+t.test('listener limits: documented defaults, per-field errors with their paths', async (t) => {
+  const c = parseConfig(minimal, { baseDir: dir });
+  t.same(c.listeners[0]!.limits, {
+    maxConnections: 8192, maxHandshakes: 512, maxClientHelloBytes: 131_396,
+    perClient: { maxConnections: 256, maxHandshakes: 32, handshakesPerSecond: 100, handshakeBurst: 200 },
+  });
+  t.same(c.hsm.signing, { maxInFlight: 256, timeoutMs: 2000, maxQueue: 1024, shedFullHandshakesAt: 256 });
+  t.equal(c.timeouts.bodyIdleMs, 60_000);
+  const set = (limits: string) => minimal.replace('    certificates:', `    limits: ${limits}\n    certificates:`);
+  const custom = parseConfig(set('{ maxHandshakes: 64, perClient: { handshakesPerSecond: 0 } }'), { baseDir: dir });
+  t.equal(custom.listeners[0]!.limits!.maxHandshakes, 64);
+  t.equal(custom.listeners[0]!.limits!.perClient.handshakesPerSecond, 0, '0 turns the rate limit off');
+  t.equal(custom.listeners[0]!.limits!.perClient.maxHandshakes, 32, 'unset fields keep their defaults');
+  t.match(errorOf(set('{ maxClientHelloBytes: 1000 }')).message, /listeners\[0\]\.limits\.maxClientHelloBytes/);
+  t.match(errorOf(set('{ perClient: { handshakeBurst: 0 } }')).message, /listeners\[0\]\.limits\.perClient\.handshakeBurst/);
+  t.match(errorOf(set('{ perClient: { perSecond: 5 } }')).message, /listeners\[0\]\.limits\.perClient\.perSecond/);
+  t.match(errorOf(`${minimal}hsm: { signing: { maxQueue: 10, shedFullHandshakesAt: 20 } }\n`).message,
+    /hsm\.signing\.shedFullHandshakesAt: must not be above maxQueue \(10\)/);
+});

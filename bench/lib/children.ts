@@ -120,3 +120,25 @@ export function resetPeak(pid: number): boolean {
 export function quantile(sorted: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]! : 0;
 }
+
+/**
+ * The end of a bench/lib proxy entry: prints `ready` as its one stdout line, then, on SIGTERM or
+ * when its stdin closes (the parent died), shuts `proxy` down and runs `close` (bounded: a wedged
+ * shutdown must not keep the parent waiting; it SIGKILLs after its grace) and exits.
+ */
+export function serveUntilStopped(proxy: { shutdown(ms: number): Promise<unknown> }, close: () => Promise<void>, ready: object): void {
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    const hard = setTimeout(() => process.exit(1), 8_000);
+    hard.unref();
+    await proxy.shutdown(2_000);
+    await close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.stdin.on('close', () => void stop());
+  process.stdin.resume();
+  process.stdout.write(`${JSON.stringify(ready)}\n`);
+}

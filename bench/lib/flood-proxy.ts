@@ -13,6 +13,7 @@ import pino from 'pino';
 import { parseConfig } from '../../src/config/index.js';
 import { Proxy } from '../../src/proxy/index.js';
 import { offloadListenerFactory } from '../../src/proxy/offload-listener.js';
+import { serveUntilStopped } from './children.js';
 import { clusterKey } from './servers.js';
 
 const [certFile, keyFile, upstream] = process.argv.slice(2);
@@ -33,19 +34,4 @@ const logger = pino({ level }, pino.destination({ dest: '/dev/null', sync: false
 const proxy = new Proxy({ config, tlsListenerFactory: offloadListenerFactory({ engine: key.engine }), logger });
 await proxy.start();
 
-let stopping = false;
-async function stop(): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  // Bounded: a wedged shutdown must not keep the parent waiting (it SIGKILLs after its grace).
-  const hard = setTimeout(() => process.exit(1), 8_000);
-  hard.unref();
-  await proxy.shutdown(2_000);
-  await key.close();
-  process.exit(0);
-}
-process.on('SIGTERM', () => void stop());
-process.stdin.on('close', () => void stop());
-process.stdin.resume();
-
-process.stdout.write(`${JSON.stringify({ port: proxy.listenerAddress('bench')!.port, adminPort: proxy.adminAddress()!.port, clusterDir: dirname(key.refFile) })}\n`);
+serveUntilStopped(proxy, () => key.close(), { port: proxy.listenerAddress('bench')!.port, adminPort: proxy.adminAddress()!.port, clusterDir: dirname(key.refFile) });

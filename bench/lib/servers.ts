@@ -11,7 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { AddressInfo, Socket } from 'node:net';
 import { createPrivateKey } from 'node:crypto';
 import { createServer as createTlsServer, type Signer } from '../../src/tls/index.js';
-import { Engine, SimBackend, SoftBackend, simClientFrom, writeKeyReference, type KeyHandle } from '../../src/engine/index.js';
+import { Engine, SimBackend, SoftBackend, simClientFrom, writeKeyReference, type AdmissionOptions, type KeyHandle } from '../../src/engine/index.js';
 import { startEmbeddedCluster } from '../../src/hsm/cluster/embedded.js';
 import { readManifest, type ManifestProfile } from '../../src/hsm/cluster/manifest.js';
 import { cpuMsOf } from './procs.js';
@@ -87,25 +87,29 @@ export interface ClusterKey {
   refFile: string;
   /** CPU ms used so far by the HSM node processes. */
   hsmCpuMs(): number;
+  /** The HSM node processes. */
+  hsmPids: number[];
   close(): Promise<void>;
 }
 
 /** Starts a temporary embedded cluster and imports the key file's key into it (replicated to every HSM). */
-export async function clusterKey(keyFile: string, hsms: number, profile: ManifestProfile): Promise<ClusterKey> {
+export async function clusterKey(
+  keyFile: string, hsms: number, profile: ManifestProfile, admission: AdmissionOptions = { maxInFlight: 4096 },
+): Promise<ClusterKey> {
   const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-bench-cluster-'));
   const cluster = await startEmbeddedCluster({ dir, hsms, profile, scryptCost: 1024 });
   try {
     const { clusterId } = await readManifest(dir);
     const backend = new SimBackend({ client: simClientFrom(cluster.client), clusterId, credentials: cluster.credentials.cu, ownsClient: false });
     const handle = await backend.importKey(createPrivateKey(readFileSync(keyFile)), `bench-${hsms}-${profile}`);
-    const engine = new Engine({ backends: { sim: backend }, admission: { maxInFlight: 4096 } });
+    const engine = new Engine({ backends: { sim: backend }, admission });
     engine.adopt(handle, backend);
     const refFile = join(dir, 'bench-key.ref.pem');
     await writeKeyReference(handle, refFile);
     const pids = [...cluster.supervisor.pids().values()];
     return {
       engine, handle, refFile,
-      hsmCpuMs: () => pids.reduce((a, p) => a + cpuMsOf(p), 0),
+      hsmCpuMs: () => pids.reduce((a, p) => a + cpuMsOf(p), 0), hsmPids: pids,
       close: async () => {
         await engine.close();
         await cluster.stop();

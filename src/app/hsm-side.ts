@@ -74,7 +74,10 @@ export function describeCluster(mode: 'embedded' | 'cluster', clientBundle: bool
  */
 export async function openHsmSide(config: Config, log: Logger, how: { attach?: boolean } = {}): Promise<HsmSide> {
   const hsm = config.hsm;
-  const admission = { maxInFlight: hsm.signing.maxInFlight, queueTimeoutMs: hsm.signing.timeoutMs };
+  const admission = {
+    maxInFlight: hsm.signing.maxInFlight, queueTimeoutMs: hsm.signing.timeoutMs,
+    ...(hsm.signing.maxQueue !== undefined ? { maxQueue: hsm.signing.maxQueue } : {}),
+  };
   if (hsm.mode === 'pkcs11') {
     // Each listener's key reference names its module and token, as for the CLI: the token of a
     // reference is opened when the listener loads it, once per (module, token). The recorded

@@ -50,6 +50,7 @@ export interface ProxyRuntime {
 /** Builds and starts the proxy of this process: listeners (their keys loaded on the HSM side), upstreams, admin. */
 export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<ProxyRuntime> {
   const { hsm, log, registry, scaling, worker } = opts;
+  const shedAt = opts.config.hsm.signing.shedFullHandshakesAt;
   if (worker) exposeToPrimary(registry);
   const proxy = new Proxy({
     config: opts.config,
@@ -59,6 +60,7 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
       engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, logger: log,
+      ...(shedAt !== undefined ? { shedFullHandshakesAt: shedAt } : {}),
       ...(worker ?? opts.ticketKeys ? { ticketKeys: worker?.ticketKeys ?? opts.ticketKeys! } : {}),
     }),
     readiness: () => hsmReadiness(hsm),

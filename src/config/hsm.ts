@@ -87,10 +87,15 @@ function readCredentials(r: Reader, v: unknown, path: string): HsmConfig['creden
 
 function readSigning(r: Reader, v: unknown, path: string): HsmConfig['signing'] | undefined {
   const d = DEFAULTS.hsm.signing;
-  const o = v === undefined ? {} : r.object(v, path, ['maxInFlight', 'timeoutMs']);
+  const o = v === undefined ? {} : r.object(v, path, ['maxInFlight', 'timeoutMs', 'maxQueue', 'shedFullHandshakesAt']);
   if (!o) return undefined;
   const maxInFlight = r.integer(o.maxInFlight, at(path, 'maxInFlight'), { def: d.maxInFlight, min: 1, max: 1_000_000 });
   const timeoutMs = r.integer(o.timeoutMs, at(path, 'timeoutMs'), { def: d.timeoutMs, min: 1, max: 600_000, what: 'milliseconds' });
-  if (maxInFlight === undefined || timeoutMs === undefined) return undefined;
-  return { maxInFlight, timeoutMs };
+  const maxQueue = r.integer(o.maxQueue, at(path, 'maxQueue'), { def: d.maxQueue, min: 0, max: 1_000_000 });
+  const shedFullHandshakesAt = r.integer(o.shedFullHandshakesAt, at(path, 'shedFullHandshakesAt'), { def: d.shedFullHandshakesAt, min: 0, max: 1_000_000 });
+  if (maxInFlight === undefined || timeoutMs === undefined || maxQueue === undefined
+    || shedFullHandshakesAt === undefined) return undefined;
+  // Shedding full handshakes only once the queue is full would shed resumptions' neighbours too late.
+  if (shedFullHandshakesAt > maxQueue) r.fail(at(path, 'shedFullHandshakesAt'), `must not be above maxQueue (${maxQueue})`);
+  return { maxInFlight, timeoutMs, maxQueue, shedFullHandshakesAt };
 }

@@ -58,6 +58,33 @@ export interface ListenerConfig {
    * the client's. Absent: connections are direct and their TCP peer is the client.
    */
   proxyProtocol?: { from: string[] };
+  /** Resource limits; filled in by validation (optional so hand-built configs may omit it: defaults apply). */
+  limits?: ListenerLimits;
+}
+
+/**
+ * What one listener lets its clients hold. A client is a source IPv4 address or IPv6 /64, as
+ * the TCP connection (or the PROXY protocol header, where one is read) gives it; limits count per
+ * serving process. Every full handshake costs an HSM signature: these keep one client from
+ * spending the cluster's signatures or this process's memory.
+ */
+export interface ListenerLimits {
+  /** Open connections on the listener; beyond, new ones are closed at accept. */
+  maxConnections: number;
+  /** Handshakes in progress on the listener; beyond, new connections are closed at accept. */
+  maxHandshakes: number;
+  /** Largest ClientHello buffered, bytes (illegal_parameter beyond). */
+  maxClientHelloBytes: number;
+  perClient: {
+    /** Connections one client may hold open (0 = no limit). */
+    maxConnections: number;
+    /** Handshakes one client may have in progress (0 = no limit). */
+    maxHandshakes: number;
+    /** Full handshakes per second, sustained (0 = no limit); over it, shed before any HSM work. */
+    handshakesPerSecond: number;
+    /** Full handshakes at once after a quiet spell (the token bucket's size). */
+    handshakeBurst: number;
+  };
 }
 
 /** Timeouts towards upstream servers, in milliseconds. */
@@ -109,7 +136,12 @@ export interface HsmConfig {
   /** pkcs11: sessions per token, i.e. signatures in flight on it at once. */
   sessions: number;
   credentials: CredentialsConfig;
-  signing: { maxInFlight: number; timeoutMs: number };
+  /**
+   * Signatures in flight, the queue's deadline (timeoutMs) and length (maxQueue), and the queue
+   * length from which full handshakes are shed while resumptions (no signature) still pass.
+   * The last two are filled in by validation (optional so hand-built configs may omit them).
+   */
+  signing: { maxInFlight: number; timeoutMs: number; maxQueue?: number; shedFullHandshakesAt?: number };
   /** Scaling advisor knobs, and whether the simulated cluster follows them (embedded/cluster modes). */
   autoscale?: AutoscaleConfig;
 }
@@ -131,6 +163,11 @@ export interface AdminConfig { address: string; port: number }
 /** Client-side timeouts, in milliseconds. */
 export interface ServerTimeouts {
   handshakeMs: number; headersMs: number; requestMs: number; idleMs: number; shutdownMs: number;
+  /**
+   * Longest silence inside a request body (nginx's client_body_timeout); filled in by validation,
+   * optional so hand-built configs may omit it (the default applies).
+   */
+  bodyIdleMs?: number;
 }
 
 /** A complete, validated hsmproxy configuration. */
@@ -163,6 +200,13 @@ export interface Config {
 /** Defaults for every optional field; documented in the example configs. */
 export const DEFAULTS = {
   listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true },
+  // Sized for a 2-core proxy (~600 full handshakes/s, docs/operations.md "Limits"): one client may
+  // take a sixth of that, a browser behind a NAT never meets them, and the handshakes in progress
+  // times the ClientHello cap bound the memory a flood can pin (512 x 128 KiB = 64 MiB).
+  listenerLimits: {
+    maxConnections: 8192, maxHandshakes: 512, maxClientHelloBytes: 131_396,
+    perClient: { maxConnections: 256, maxHandshakes: 32, handshakesPerSecond: 100, handshakeBurst: 200 },
+  } satisfies ListenerLimits,
   route: { pathPrefix: '/' },
   upstream: {
     balance: 'round-robin' as BalanceStrategy,
@@ -175,7 +219,7 @@ export const DEFAULTS = {
   },
   hsm: {
     mode: 'embedded' as HsmMode, dir: './data', hsms: 2, profile: 'unlimited' as CapacityProfileName, sessions: 8,
-    credentials: { env: 'HSMPROXY_PIN' }, signing: { maxInFlight: 256, timeoutMs: 2_000 },
+    credentials: { env: 'HSMPROXY_PIN' }, signing: { maxInFlight: 256, timeoutMs: 2_000, maxQueue: 1024, shedFullHandshakesAt: 256 },
   },
   admin: { address: '127.0.0.1', port: 9464 },
   clientCertHeaders: {
@@ -188,6 +232,6 @@ export const DEFAULTS = {
   http: { maxHeaderBytes: 16 * 1024, maxHeaders: 100 },
   log: { level: 'info' as LogLevel },
   timeouts: {
-    handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000,
+    handshakeMs: 10_000, headersMs: 15_000, requestMs: 300_000, idleMs: 60_000, shutdownMs: 10_000, bodyIdleMs: 60_000,
   } satisfies ServerTimeouts,
 } as const;

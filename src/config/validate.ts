@@ -9,7 +9,7 @@ import { readTickets } from './tickets.js';
 import { at, Reader } from './reader.js';
 import {
   BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
-  type Config, type HealthCheckConfig, type ListenerConfig, type RouteConfig, type ServerTimeouts,
+  type Config, type HealthCheckConfig, type ListenerConfig, type ListenerLimits, type RouteConfig, type ServerTimeouts,
   type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
 } from './schema.js';
 
@@ -63,7 +63,10 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
 
 function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
-  const o = r.object(v, path, ['name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth', 'proxyProtocol']);
+  const o = r.object(v, path, [
+    'name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth',
+    'limits', 'proxyProtocol',
+  ]);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
@@ -83,6 +86,7 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   if (minVersion && maxVersion && minVersion > maxVersion) r.fail(at(path, 'minVersion'), `must not be above maxVersion (${maxVersion})`);
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
+  const limits = readListenerLimits(r, o.limits, at(path, 'limits'));
   let proxyProtocol: ListenerConfig['proxyProtocol'];
   let proxyProtocolOk = true;
   if (o.proxyProtocol !== undefined) {
@@ -93,12 +97,34 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
     else proxyProtocolOk = false;
   }
   if (!proxyProtocolOk || !name || !address || port === undefined || !certificates || !alpn || !minVersion
-    || !maxVersion
-    || requireExtendedMasterSecret === undefined || !clientAuth) return undefined;
+    || !maxVersion || requireExtendedMasterSecret === undefined || !clientAuth || !limits) return undefined;
   return {
-    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth,
+    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth, limits,
     ...(proxyProtocol ? { proxyProtocol } : {}),
   };
+}
+
+function readListenerLimits(r: Reader, v: unknown, path: string): ListenerLimits | undefined {
+  const d = DEFAULTS.listenerLimits;
+  const o = v === undefined ? {} : r.object(v, path, ['maxConnections', 'maxHandshakes', 'maxClientHelloBytes', 'perClient']);
+  if (!o) return undefined;
+  const maxConnections = r.integer(o.maxConnections, at(path, 'maxConnections'), { def: d.maxConnections, min: 1, max: 10_000_000 });
+  const maxHandshakes = r.integer(o.maxHandshakes, at(path, 'maxHandshakes'), { def: d.maxHandshakes, min: 1, max: 10_000_000 });
+  // The smallest real ClientHello is ~200 bytes; one with post-quantum key shares and a ticket ~3 KiB.
+  const maxClientHelloBytes = r.integer(o.maxClientHelloBytes, at(path, 'maxClientHelloBytes'), { def: d.maxClientHelloBytes, min: 4096, max: 131_396, what: 'bytes' });
+  const pp = at(path, 'perClient');
+  const pc = o.perClient === undefined ? {} : r.object(o.perClient, pp, ['maxConnections', 'maxHandshakes', 'handshakesPerSecond', 'handshakeBurst']);
+  if (!pc) return undefined;
+  const dc = d.perClient;
+  const perClient = {
+    maxConnections: r.integer(pc.maxConnections, at(pp, 'maxConnections'), { def: dc.maxConnections, min: 0, max: 10_000_000 }),
+    maxHandshakes: r.integer(pc.maxHandshakes, at(pp, 'maxHandshakes'), { def: dc.maxHandshakes, min: 0, max: 10_000_000 }),
+    handshakesPerSecond: r.integer(pc.handshakesPerSecond, at(pp, 'handshakesPerSecond'), { def: dc.handshakesPerSecond, min: 0, max: 10_000_000 }),
+    handshakeBurst: r.integer(pc.handshakeBurst, at(pp, 'handshakeBurst'), { def: dc.handshakeBurst, min: 1, max: 10_000_000 }),
+  };
+  if (maxConnections === undefined || maxHandshakes === undefined || maxClientHelloBytes === undefined
+    || Object.values(perClient).some((n) => n === undefined)) return undefined;
+  return { maxConnections, maxHandshakes, maxClientHelloBytes, perClient: perClient as ListenerLimits['perClient'] };
 }
 
 function checkListenersUnique(r: Reader, listeners: ListenerConfig[]): void {

@@ -1,6 +1,7 @@
 // Admission control for signatures: every ClientHello costs an HSM signature before the peer has
 // proved anything, so the number in flight is capped, waiting is bounded in length and time, and
 // excess load is shed at once with ENGINE_ERR_OVERLOADED instead of piling up behind the HSMs.
+// Waiting is fair between clients (round-robin), so one client's flood delays mostly itself.
 import { AbortedError, OverloadedError } from './errors.js';
 
 /** Limits for one admission gate (the engine's global one, or one per listener). */
@@ -18,13 +19,19 @@ interface Waiter {
   settled: boolean;
 }
 
-/** A counting gate with a bounded FIFO queue, a queue deadline and AbortSignal support. */
+/**
+ * A counting gate with a bounded queue, a queue deadline and AbortSignal support. Waiting callers
+ * are served round-robin by client (the `client` of `run`), FIFO within one client: a client that
+ * floods the gate queues behind itself, and everyone else's next request is at most one turn away.
+ */
 export class Admission {
   readonly maxInFlight: number;
   readonly maxQueue: number;
   readonly queueTimeoutMs: number;
   private running = 0;
-  private readonly queue: Waiter[] = [];
+  /** Waiters by client; Map order is the round-robin order (a served client moves to the end). */
+  private readonly lanes = new Map<string, Waiter[]>();
+  private waiting = 0;
   /** Requests shed since creation (queue full or queue deadline passed). */
   shed = 0;
 
@@ -41,12 +48,20 @@ export class Admission {
 
   /** Callers currently waiting for a slot. */
   get queued(): number {
-    return this.queue.length;
+    return this.waiting;
   }
 
-  /** Runs `fn` once a slot is free; rejects with OverloadedError or AbortedError without running it. */
-  async run<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    await this.acquire(signal);
+  /** Clients with a caller waiting. */
+  get queuedClients(): number {
+    return this.lanes.size;
+  }
+
+  /**
+   * Runs `fn` once a slot is free; rejects with OverloadedError or AbortedError without running it.
+   * `client` names whose request it is, for round-robin between clients (default: one shared lane).
+   */
+  async run<T>(fn: () => Promise<T>, signal?: AbortSignal, client = ''): Promise<T> {
+    await this.acquire(signal, client);
     try {
       return await fn();
     } finally {
@@ -54,23 +69,22 @@ export class Admission {
     }
   }
 
-  private acquire(signal?: AbortSignal): Promise<void> {
+  private acquire(signal: AbortSignal | undefined, client: string): Promise<void> {
     if (signal?.aborted) return Promise.reject(new AbortedError());
-    if (this.running < this.maxInFlight && this.queue.length === 0) {
+    if (this.running < this.maxInFlight && this.waiting === 0) {
       this.running++;
       return Promise.resolve();
     }
-    if (this.queue.length >= this.maxQueue) {
+    if (this.waiting >= this.maxQueue) {
       this.shed++;
-      return Promise.reject(new OverloadedError(`too many signatures in flight (${this.running} running, ${this.queue.length} queued); shedding load`));
+      return Promise.reject(new OverloadedError(`too many signatures in flight (${this.running} running, ${this.waiting} queued); shedding load`));
     }
     return new Promise<void>((resolve, reject) => {
       const finish = (): void => {
         waiter.settled = true;
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
-        const i = this.queue.indexOf(waiter);
-        if (i >= 0) this.queue.splice(i, 1);
+        this.remove(client, waiter);
       };
       const waiter: Waiter = {
         settled: false,
@@ -91,14 +105,36 @@ export class Admission {
       }, this.queueTimeoutMs);
       timer.unref?.();
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.queue.push(waiter);
+      const lane = this.lanes.get(client);
+      if (lane) lane.push(waiter);
+      else this.lanes.set(client, [waiter]);
+      this.waiting++;
     });
+  }
+
+  private remove(client: string, waiter: Waiter): void {
+    const lane = this.lanes.get(client);
+    if (!lane) return;
+    const i = lane[0] === waiter ? 0 : lane.indexOf(waiter);
+    if (i < 0) return;
+    lane.splice(i, 1);
+    this.waiting--;
+    if (lane.length === 0) this.lanes.delete(client);
   }
 
   private release(): void {
     this.running--;
-    const next = this.queue.find((w) => !w.settled);
-    if (next && this.running < this.maxInFlight) next.grant();
+    if (this.running >= this.maxInFlight) return;
+    // The client first in round-robin order gets the slot, then goes to the back of the order.
+    for (const [client, lane] of this.lanes) {
+      const next = lane[0]!;
+      if (lane.length > 1) {
+        this.lanes.delete(client);
+        this.lanes.set(client, lane);
+      }
+      next.grant();
+      return;
+    }
   }
 }
 

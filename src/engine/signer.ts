@@ -5,7 +5,7 @@
 import { channel } from 'node:diagnostics_channel';
 import { performance } from 'node:perf_hooks';
 import { CURVES, describeAlgorithm, type Curve, type KeyAlgorithm, type Mechanism } from './algorithm.js';
-import type { Signer } from '../tls/signer.js';
+import type { SignContext, Signer } from '../tls/signer.js';
 import type { Admission } from './admission.js';
 import type { Backend, BackendKind, KeyHandle } from './backend.js';
 import { derToRaw, rawToDer } from './ecdsa.js';
@@ -68,14 +68,14 @@ export class EngineSigner implements Signer {
   }
 
   /** Signs `data` for TLS with `scheme`; returns the wire form (DER for ECDSA). */
-  sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+  sign(scheme: number, data: Buffer, signal?: AbortSignal, context?: SignContext): Promise<Buffer> {
     const mechanism = mechanismForScheme(scheme);
     if (!mechanism || !this.schemes.includes(scheme)) {
       const err = new UnsupportedError(`signature scheme 0x${scheme.toString(16).padStart(4, '0')} is not available for this ${describeAlgorithm(this.algorithm)} key`);
       this.publish(scheme, 0, err.code);
       return Promise.reject(err);
     }
-    return this.run(scheme, mechanism, data, signal);
+    return this.run(scheme, mechanism, data, signal, context?.client);
   }
 
   /** Signs with an explicit mechanism (certificates, CSRs); ECDSA answers in DER. */
@@ -86,7 +86,9 @@ export class EngineSigner implements Signer {
     return this.run(schemeForMechanism(mechanism, this.algorithm), mechanism, data, signal);
   }
 
-  private async run(scheme: number, mechanism: Mechanism, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+  private async run(
+    scheme: number, mechanism: Mechanism, data: Buffer, signal?: AbortSignal, client?: string,
+  ): Promise<Buffer> {
     const start = performance.now();
     // One signal for queue, HSM request and deadline: the caller's abort or our timer cancels all.
     const ac = new AbortController();
@@ -97,7 +99,7 @@ export class EngineSigner implements Signer {
     const timer = this.timeoutMs > 0 ? setTimeout(() => { timedOut = true; ac.abort(); }, this.timeoutMs) : undefined;
     timer?.unref?.();
     try {
-      const sig = await this.gated(0, () => this.produce(mechanism, data, ac.signal), ac.signal);
+      const sig = await this.gated(0, () => this.produce(mechanism, data, ac.signal), ac.signal, client);
       if (ac.signal.aborted) throw timedOut ? new SignTimeoutError(this.timeoutMs) : new AbortedError();
       this.publish(scheme, performance.now() - start, 'ok');
       return sig;
@@ -112,10 +114,10 @@ export class EngineSigner implements Signer {
     }
   }
 
-  private gated<T>(i: number, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  private gated<T>(i: number, fn: () => Promise<T>, signal?: AbortSignal, client?: string): Promise<T> {
     const gate = this.gates[i];
     if (!gate) return fn();
-    return gate.run(() => this.gated(i + 1, fn, signal), signal);
+    return gate.run(() => this.gated(i + 1, fn, signal, client), signal, client);
   }
 
   private async produce(mechanism: Mechanism, data: Buffer, signal?: AbortSignal): Promise<Buffer> {

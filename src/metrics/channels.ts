@@ -9,8 +9,17 @@ export const CHANNELS = {
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
+  tlsRefused: 'hsmproxy:tls:refused',
   clientGate: 'hsmproxy:proxy:client-gate',
 } as const;
+
+/** A connection closed at accept by a listener's limits, before any TLS work (from tls/). */
+export interface TlsRefusedEvent {
+  listener?: string;
+  /** listener_connections, listener_handshakes, client_connections, client_handshakes. */
+  reason: string;
+  address: string;
+}
 
 /** One TLS handshake, success or failure (from tls/). */
 export interface TlsHandshakeEvent {
@@ -19,8 +28,10 @@ export interface TlsHandshakeEvent {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
-  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
+  /** result shed: why. */
+  reason?: string;
   durationMs: number;
   signWaitMs: number;
   servername?: string;

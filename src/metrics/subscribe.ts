@@ -1,6 +1,9 @@
 // Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
-import { CHANNELS, type ClientGateEvent, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent } from './channels.js';
+import {
+  CHANNELS, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type ClientGateEvent,
+  type TlsHandshakeEvent, type TlsRefusedEvent,
+} from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
 
 const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 1000 : 0);
@@ -8,6 +11,7 @@ const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 10
 /** Records one handshake event. */
 export function recordHandshake(m: HsmproxyMetrics, e: TlsHandshakeEvent): void {
   m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '' });
+  if (e.result === 'shed') m.tlsHandshakesShed.inc({ listener: e.listener ?? '', reason: e.reason ?? '' });
   if (e.result !== 'ok') return;
   const keyType = e.keyType || 'none';
   m.tlsHandshakeDuration.observe(
@@ -15,6 +19,11 @@ export function recordHandshake(m: HsmproxyMetrics, e: TlsHandshakeEvent): void 
   );
   // A resumed handshake signs nothing; its zero wait would only dilute the signal.
   if (!e.resumed) m.tlsSignWait.observe({ version: e.version, key_type: keyType }, seconds(e.signWaitMs));
+}
+
+/** Records one connection refused at accept. */
+export function recordRefused(m: HsmproxyMetrics, e: TlsRefusedEvent): void {
+  m.tlsConnectionsRefused.inc({ listener: e.listener ?? '', reason: e.reason });
 }
 
 /** Records one HSM request event. */
@@ -71,6 +80,7 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.hsmState, guard(recordHsmState)],
     [CHANNELS.engineSign, guard(recordEngineSign)],
     [CHANNELS.hsmScaling, guard(recordScaling)],
+    [CHANNELS.tlsRefused, guard(recordRefused)],
     [CHANNELS.clientGate, guard(recordClientGate)],
   ];
   for (const [name, fn] of subs) subscribe(name, fn);

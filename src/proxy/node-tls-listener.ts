@@ -8,8 +8,9 @@ import { channel } from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
-import type { ListenerConfig } from '../config/index.js';
-import { CHANNELS, type TlsHandshakeEvent } from '../metrics/index.js';
+import { DEFAULTS, type ListenerConfig } from '../config/index.js';
+import { CHANNELS, type TlsHandshakeEvent, type TlsRefusedEvent } from '../metrics/index.js';
+import { ClientLimiter } from './client-limits.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -82,6 +83,7 @@ function buildContexts(l: ListenerConfig): ContextSet {
 }
 
 const handshakeChannel = channel(CHANNELS.tlsHandshake);
+const refusedChannel = channel(CHANNELS.tlsRefused);
 
 /**
  * Publishes the handshake events tls/ TlsServer publishes, so the node:tls front shows up in the
@@ -112,6 +114,59 @@ function observeHandshakes(server: tls.Server, listener: string): void {
   });
 }
 
+/**
+ * The listener's connection limits on a node:tls server: open connections and handshakes in
+ * progress, in all and per client, refused at accept as the offload listener does. (Keys here are
+ * local: no signature to shed, so the full-handshake rate does not apply.)
+ */
+function applyConnectionLimits(server: tls.Server, listener: ListenerConfig): { update(next: ListenerConfig): void } {
+  let l = listener.limits ?? DEFAULTS.listenerLimits;
+  const gate = new ClientLimiter(l.perClient);
+  let open = 0;
+  let handshaking = 0;
+  const refuse = (raw: Socket, reason: string): void => {
+    raw.destroy();
+    if (refusedChannel.hasSubscribers) {
+      refusedChannel.publish({ listener: listener.name, reason, address: raw.remoteAddress ?? '' } satisfies TlsRefusedEvent);
+    }
+  };
+  server.on('connection', (raw: Socket) => {
+    if (open >= l.maxConnections) return refuse(raw, 'listener_connections');
+    if (handshaking >= l.maxHandshakes) return refuse(raw, 'listener_handshakes');
+    const admitted = gate.open(raw.remoteAddress ?? '');
+    if (typeof admitted === 'string') return refuse(raw, admitted);
+    open++;
+    handshaking++;
+    let ended = false;
+    const handshakeEnded = (): void => {
+      if (ended) return;
+      ended = true;
+      handshaking--;
+      admitted.handshakeEnded();
+    };
+    handshakesOf.set(raw, handshakeEnded);
+    raw.once('close', () => {
+      handshakeEnded();
+      open--;
+      admitted.closed();
+    });
+  });
+  const parentOf = (s: tls.TLSSocket): Socket | undefined => (s as unknown as { _parent?: Socket })._parent;
+  const handshakesOf = new WeakMap<Socket, () => void>();
+  const settle = (s: tls.TLSSocket): void => {
+    const raw = parentOf(s);
+    if (raw) handshakesOf.get(raw)?.();
+  };
+  server.on('secureConnection', settle);
+  server.on('tlsClientError', (_err: Error, s: tls.TLSSocket) => settle(s));
+  return {
+    update(next) {
+      l = next.limits ?? DEFAULTS.listenerLimits;
+      gate.setOptions(l.perClient);
+    },
+  };
+}
+
 /** Listens with node:tls on the listener's address and port. */
 export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSecureConnection, settings) => {
   // node:tls reads the socket itself; the PROXY header is read by the offloading listener's gate.
@@ -128,6 +183,7 @@ export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSec
     SNICallback: (name, cb) => cb(null, contexts.pick(name)),
   });
   observeHandshakes(server, listener.name);
+  const limits = applyConnectionLimits(server, listener);
   server.on('secureConnection', onSecureConnection);
   server.on('tlsClientError', () => { /* the peer's failed handshake; it gets its alert, we carry on */ });
   await new Promise<void>((resolve, reject) => {
@@ -141,6 +197,7 @@ export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSec
       const fresh = buildContexts(next); // throws before anything changes
       server.setSecureContext(fresh.defaultOptions);
       contexts = fresh;
+      limits.update(next);
     },
     async close() {
       // Not waiting for the callback: it fires only once every open connection has ended.

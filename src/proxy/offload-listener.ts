@@ -4,9 +4,13 @@
 // key or an unreachable HSM fails the start (or a reload) with a message naming the file.
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import type { ListenerConfig } from '../config/index.js';
+import { DEFAULTS, type ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
-import { createServer, pemCertificates, TicketKeys, type ClientAuthOptions, type ServerCertificate, type TlsServer } from '../tls/index.js';
+import {
+  createServer, pemCertificates, TicketKeys,
+  type ClientAuthOptions, type ServerCertificate, type TlsServer, type TlsServerOptions,
+} from '../tls/index.js';
+import { ClientLimiter } from './client-limits.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
 import { clientGate, type AcceptedConnection } from './client-gate.js';
 import { ListenerError } from './errors.js';
@@ -25,6 +29,11 @@ export interface OffloadListenerOptions {
   logger?: Logger;
   /** Told of each connection that passed its listener's client gate, before the handshake (its client address). */
   onAccepted?: (c: AcceptedConnection) => void;
+  /**
+   * Signatures waiting in the engine's queue from which new full handshakes are shed (resumptions,
+   * which need none, still pass). Default: a quarter of the engine queue's length.
+   */
+  shedFullHandshakesAt?: number;
 }
 
 /** Loads every certificate of a listener and resolves its key on the engine. */
@@ -76,6 +85,15 @@ export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAu
   };
 }
 
+/** The TlsServer caps of a listener's config: connections, handshakes, the ClientHello's size. */
+function serverLimits(listener: ListenerConfig): Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes'> {
+  const l = listener.limits ?? DEFAULTS.listenerLimits;
+  return {
+    maxConnections: l.maxConnections, maxConcurrentHandshakes: l.maxHandshakes,
+    maxClientHelloBytes: l.maxClientHelloBytes,
+  };
+}
+
 /** A TlsListenerFactory over tls/ TlsServer with engine signers. */
 export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListenerFactory {
   const ticketKeys = opts.ticketKeys ?? new TicketKeys();
@@ -89,9 +107,16 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     });
     // A reload swaps the gate for new connections (proxyProtocol.from may change).
     let gate = gateFor(listener);
+    const queue = opts.engine.admission;
+    const pressure = {
+      queued: () => queue.queued, shedFullAt: opts.shedFullHandshakesAt ?? Math.max(1, Math.floor(queue.maxQueue / 4)),
+    };
+    const admission = new ClientLimiter((listener.limits ?? DEFAULTS.listenerLimits).perClient, pressure);
     let server: TlsServer;
     try {
       server = createServer({
+        ...serverLimits(listener),
+        admission,
         certificates,
         alpnProtocols: listener.alpn,
         minVersion: listener.minVersion,
@@ -123,6 +148,8 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         try {
           server.setClientAuth(nextAuth);
           server.setCertificates(nextCertificates);
+          server.setLimits(serverLimits(next));
+          admission.setOptions((next.limits ?? DEFAULTS.listenerLimits).perClient);
         } catch (err) {
           server.setClientAuth(clientAuth); // all or nothing
           throw new ListenerError(next.name, (err as Error).message, { cause: err });

@@ -3,7 +3,7 @@
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import type { Config, ListenerConfig } from '../config/index.js';
+import { DEFAULTS, type Config, type ListenerConfig } from '../config/index.js';
 import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type HsmproxyMetrics, type MetricsSource } from '../metrics/index.js';
 import { AdminServer, type ReadinessCheck, type ReadinessReport, type ScalingSource } from './admin.js';
 import { recordCertificateExpiry } from './cert-expiry.js';
@@ -67,7 +67,7 @@ export class Proxy {
     });
     this.forwarder = new Forwarder(() => this.runtime, this.connections, this.logger, this.metrics);
     this.policy = {
-      limits: { maxHeadBytes: 0, maxHeaders: 0 }, headersMs: 0, requestMs: 0, idleMs: 0, draining: false,
+      limits: { maxHeadBytes: 0, maxHeaders: 0 }, headersMs: 0, requestMs: 0, idleMs: 0, bodyIdleMs: 0, draining: false,
     };
     this.applyTimeouts(opts.config);
     this.http = new Http1Server(this.forwarder, this.policy);
@@ -240,6 +240,7 @@ export class Proxy {
     const t = config.timeouts;
     this.policy.headersMs = t.headersMs;
     this.policy.requestMs = t.requestMs;
+    this.policy.bodyIdleMs = t.bodyIdleMs ?? DEFAULTS.timeouts.bodyIdleMs;
     this.policy.idleMs = t.idleMs;
     this.policy.limits = { maxHeadBytes: config.http.maxHeaderBytes, maxHeaders: config.http.maxHeaders };
   }

@@ -3,6 +3,7 @@
 // record types are allowed when, CCS and alert handling, early-data skipping, abuse
 // counters), hands complete handshake messages to the current state, and is the one place
 // that turns an error into the fatal alert on the wire.
+import { HandshakeShedError } from './admit.js';
 import { AlertDescription, AlertLevel, TlsAlertError, TlsError, alertName, fatal } from './alert.js';
 import {
   AwaitSignature, Traffic, type HandshakeIo, type Negotiated, type SignRequest, type State,
@@ -65,7 +66,7 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   };
   private state: State = new ExpectClientHelloAny();
   private readonly deframer = new RecordDeframer();
-  private readonly joiner = new HandshakeJoiner(MAX_HANDSHAKE_MESSAGE, MAX_CLIENT_HELLO);
+  private readonly joiner: HandshakeJoiner;
   private sealer: RecordSealer | null = null;
   private opener: RecordOpener | null = null;
   private readKey: { suite: CipherSuite; key: Buffer; iv: Buffer } | null = null;
@@ -87,7 +88,12 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   private writeClosed = false;
   private dead: TlsError | null = null;
 
-  constructor(readonly config: ServerHandshakeConfig) {}
+  /** Admission's say on a full handshake (a refusal reason sheds it); set by the driver. */
+  admitFull: (() => string | undefined) | null = null;
+
+  constructor(readonly config: ServerHandshakeConfig) {
+    this.joiner = new HandshakeJoiner(MAX_HANDSHAKE_MESSAGE, config.maxClientHelloBytes ?? MAX_CLIENT_HELLO);
+  }
 
   /** True once the client's Finished verified. */
   get established(): boolean { return this.done && !this.dead; }
@@ -468,6 +474,11 @@ export class ServerConnection implements HandshakeIo, HandshakeIo12 {
   sendWarningAlert(description: number): void {
     this.flushFlight();
     this.sendAlert(AlertLevel.warning, description);
+  }
+
+  admitFullHandshake(): void {
+    const reason = this.admitFull?.();
+    if (reason !== undefined) throw new HandshakeShedError(reason);
   }
 
   requestSignature(req: Omit<SignRequest, 'epoch'>): void {

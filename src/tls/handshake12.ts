@@ -149,6 +149,7 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
 
   const { suite, cert } = chooseSuiteAndCertificate12(ch, config.certificates);
   const group = chooseGroup12(ch);
+  io.admitFullHandshake();
   Object.assign(negotiated, { suite, group, keyType: cert.entry.keyType, scheme: cert.scheme });
   const ctx: Context12 = {
     ch, suite, serverRandom: serverRandom12(config),

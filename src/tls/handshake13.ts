@@ -36,6 +36,8 @@ export interface HandshakeConfig {
   clientAuth?: ClientAuthPolicy;
   /** Per-key record limits in place of the defaults of each version (tests reach them this way). */
   seqLimits?: SeqLimits;
+  /** Largest ClientHello accepted, bytes (default MAX_CLIENT_HELLO, the grammar's maximum). */
+  maxClientHelloBytes?: number;
 }
 
 /** What the handshake settled on; filled in as it progresses. */
@@ -69,6 +71,11 @@ export interface HandshakeIo {
   checkKeyChangeBoundary(): void;
   /** Skip undecryptable early-data records (offered 0-RTT we decline) until one decrypts. */
   skipEarlyData(): void;
+  /**
+   * A full handshake (one that will cost a signature) is about to start its key exchange: throws
+   * HandshakeShedError when admission sheds it, so no key is made and no signature asked for.
+   */
+  admitFullHandshake(): void;
   requestSignature(req: Omit<SignRequest, 'epoch'>): void;
   handshakeComplete(): void;
 }
@@ -145,6 +152,7 @@ export class ExpectClientHello implements State {
       if (this.retry) throw fatal('illegal_parameter', 'second ClientHello still has no usable key share');
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
+    if (!psk) io.admitFullHandshake();
     negotiated.group = group.share.group;
     // RFC 8446 §5.1: the read key changes after this hello; refuse leftover bytes before anything is sent.
     io.checkKeyChangeBoundary();

@@ -10,7 +10,10 @@ export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js'
 export { prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
 export { type ClientAuthMode, type ClientAuthOptions, type PeerIdentity } from './client-auth.js';
 export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
-export { NoCompatibleKeyCode, NoCompatibleKeyError, type Signer, type CertifiedKey } from './signer.js';
+export {
+  HandshakeShedError, REFUSED_CHANNEL, type AdmittedConnection, type ClientAdmission, type RefusedConnection,
+} from './admit.js';
+export { NoCompatibleKeyCode, NoCompatibleKeyError, type Signer, type SignContext, type CertifiedKey } from './signer.js';
 export { pemCertificates } from './pem.js';
 export { SignatureScheme, schemeSpec, verifyScheme, type SchemeSpec, type SignAlgorithm } from './schemes.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';

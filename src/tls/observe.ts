@@ -12,8 +12,11 @@ export interface HandshakeObservation {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
-  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error';
+  /** shed: admission refused the full handshake before its key exchange (internal_error sent). */
+  result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
+  /** result shed: why (a client over its rate, the signing queue over its threshold...). */
+  reason?: string;
   durationMs: number;
   signWaitMs: number;
   servername?: string;

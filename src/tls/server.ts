@@ -2,6 +2,7 @@
 // (listen/close/address, 'secureConnection', 'tlsClientError').
 import { EventEmitter } from 'node:events';
 import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server, type Socket } from 'node:net';
+import { publishRefused, type AdmittedConnection, type ClientAdmission } from './admit.js';
 import type { TlsError } from './alert.js';
 import { prepareCertEntry, type CertEntry } from './certselect.js';
 import { prepareClientAuth, type ClientAuthOptions } from './client-auth.js';
@@ -74,6 +75,15 @@ export interface TlsServerOptions {
   allowHalfOpen?: boolean;
   /** Handshakes in progress beyond which new connections are refused (default unlimited). */
   maxConcurrentHandshakes?: number;
+  /** Open connections beyond which new ones are refused (default unlimited). */
+  maxConnections?: number;
+  /** Largest ClientHello accepted, bytes (default: the grammar's maximum, 131,396, as OpenSSL). */
+  maxClientHelloBytes?: number;
+  /**
+   * Per-connection admission (per-client counts and rates, load shedding): asked at accept and
+   * before each full handshake's key exchange. Refusals are published on REFUSED_CHANNEL.
+   */
+  admission?: ClientAdmission;
   /** Lowest protocol version accepted (default '1.2'). */
   minVersion?: TlsVersionName;
   /** Highest protocol version accepted (default '1.3'). */
@@ -89,7 +99,10 @@ export interface TlsServerOptions {
    * accepted: a resumed handshake carries no client certificate to verify.
    */
   clientAuth?: ClientAuthOptions;
-  /** Runs on every accepted TCP connection first (PROXY protocol, per-client admission); see ConnectionGate. */
+  /**
+   * Runs on every accepted TCP connection within the listener's caps, before admission (PROXY
+   * protocol: the client's address it reads is the one admission counts); see ConnectionGate.
+   */
   gate?: ConnectionGate;
 }
 
@@ -100,11 +113,15 @@ export class TlsServer extends EventEmitter {
   private handshaking = 0;
   /** The server's ticket keys, kept while mTLS turns tickets off so a reload can turn them back on. */
   private readonly ticketKeys: TicketKeys | undefined;
-  /** Connections refused because maxConcurrentHandshakes was reached. */
+  private open = 0;
+  /** Connections refused at accept (maxConcurrentHandshakes, maxConnections or admission). */
   shedConnections = 0;
 
-  constructor(private readonly options: TlsServerOptions) {
+  private readonly options: TlsServerOptions;
+
+  constructor(options: TlsServerOptions) {
     super();
+    this.options = { ...options }; // setLimits changes the copy, never the caller's object
     if (options.certificates.length === 0) throw new TypeError('createServer needs at least one certificate');
     const entries: CertEntry[] = options.certificates.map((c) => prepareCertEntry(c, c.servername));
     const verify = options.verifyAfterSign ?? 'rsa';
@@ -125,6 +142,7 @@ export class TlsServer extends EventEmitter {
       minVersion,
       maxVersion,
       requireExtendedMasterSecret: options.requireExtendedMasterSecret ?? true,
+      ...(options.maxClientHelloBytes !== undefined ? { maxClientHelloBytes: options.maxClientHelloBytes } : {}),
       ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
     };
     this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));
@@ -153,36 +171,72 @@ export class TlsServer extends EventEmitter {
     this.config = { ...rest, ticketKeys, ...(policy ? { clientAuth: policy } : {}) };
   }
 
+  /**
+   * Replaces the connection limits for new connections (a reload); open connections keep theirs.
+   * Fields left out keep their values.
+   */
+  setLimits(limits: Pick<TlsServerOptions, 'maxConnections' | 'maxConcurrentHandshakes' | 'maxClientHelloBytes' | 'admission'>): void {
+    const { maxClientHelloBytes, ...rest } = limits;
+    Object.assign(this.options, rest);
+    if (maxClientHelloBytes !== undefined) this.config = { ...this.config, maxClientHelloBytes };
+  }
+
   /** Handshakes currently in progress. */
   get handshakesInProgress(): number { return this.handshaking; }
 
+  /** Connections open (handshaking or established). */
+  get connections(): number { return this.open; }
+
+  private refuse(raw: Socket, reason: string, address = raw.remoteAddress ?? ''): void {
+    this.shedConnections++;
+    // Closed before the ClientHello is read: it can cost neither CPU nor an HSM signature.
+    raw.destroy();
+    publishRefused({ reason, address, ...(this.options.name ? { listener: this.options.name } : {}) });
+  }
+
   private onConnection(raw: Socket): void {
-    const max = this.options.maxConcurrentHandshakes;
-    if (max !== undefined && this.handshaking >= max) {
-      this.shedConnections++;
-      raw.destroy(); // shed load before the ClientHello can cost an HSM signature
-      return;
+    const { maxConcurrentHandshakes, maxConnections, gate } = this.options;
+    if (maxConnections !== undefined && this.open >= maxConnections) return this.refuse(raw, 'listener_connections');
+    if (maxConcurrentHandshakes !== undefined && this.handshaking >= maxConcurrentHandshakes) {
+      return this.refuse(raw, 'listener_handshakes');
     }
-    this.handshaking++;
     if (this.options.noDelay ?? true) raw.setNoDelay(true);
-    const gate = this.options.gate;
     if (!gate) {
-      this.startTls(raw, () => { this.handshaking--; });
+      this.admit(raw);
       return;
     }
-    let settled = false;
-    const settle = (): void => { if (!settled) { settled = true; this.handshaking--; } };
-    // A gate that refuses destroys the socket: the handshake slot is freed with it.
-    raw.once('close', settle);
-    let started = false;
+    // The gate reads its preface within the listener's caps: the connection holds its slots meanwhile.
+    this.handshaking++;
+    this.open++;
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      this.handshaking--;
+      this.open--;
+    };
+    // A gate that refuses destroys the socket: the slots are freed with it.
+    raw.once('close', release);
     gate(raw, (preface) => {
-      if (started || raw.destroyed) return;
-      started = true;
-      this.startTls(raw, settle, preface);
+      if (!held || raw.destroyed) return;
+      raw.off('close', release);
+      release();
+      this.admit(raw, preface);
     });
   }
 
-  private startTls(raw: Socket, release: () => void, preface?: ConnectionPreface): void {
+  /** Per-client admission (by the client's address, the gate's if it told one), then the handshake. */
+  private admit(raw: Socket, preface?: ConnectionPreface): void {
+    let admitted: AdmittedConnection | undefined;
+    const admission = this.options.admission;
+    if (admission) {
+      const address = preface?.client?.address ?? raw.remoteAddress ?? '';
+      const answer = admission.open(address);
+      if (typeof answer === 'string') return this.refuse(raw, answer, address);
+      admitted = answer;
+    }
+    this.handshaking++;
+    this.open++;
     const socket = new TlsSocket(raw, new ServerConnection(this.config), {
       signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
       handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
@@ -191,13 +245,23 @@ export class TlsServer extends EventEmitter {
       onHandshake: this.options.onHandshake,
       serverFlight: this.options.serverFlight,
       ticketHoldMs: this.options.ticketHoldMs,
+      ...(admitted ? { admitted } : {}),
       ...(preface?.client ? { client: preface.client } : {}),
     });
     let settled = false;
-    const settle = (): void => { if (!settled) { settled = true; release(); } };
+    const settle = (): void => {
+      if (settled) return;
+      settled = true;
+      this.handshaking--;
+      admitted?.handshakeEnded();
+    };
     socket.once('secure', () => { settle(); this.emit('secureConnection', socket); });
     socket.once('handshakeError', (err: TlsError) => { settle(); this.emit('tlsClientError', err, socket); });
-    socket.once('close', settle);
+    socket.once('close', () => {
+      settle();
+      this.open--;
+      admitted?.closed();
+    });
     if (preface?.head && preface.head.length > 0) socket.receive(preface.head);
     // A gate that read a preface paused the socket; TLS reads from here on.
     if (raw.isPaused()) raw.resume();

@@ -18,7 +18,13 @@ export interface Signer {
   readonly bits?: number;
   /** Schemes this key can produce, in the key-holder's preference order. */
   readonly schemes: readonly number[];
-  sign(scheme: number, data: Buffer, signal?: AbortSignal): Promise<Buffer>;
+  sign(scheme: number, data: Buffer, signal?: AbortSignal, context?: SignContext): Promise<Buffer>;
+}
+
+/** Who a handshake signature is for: lets the key-holder queue requests fairly between clients. */
+export interface SignContext {
+  /** The client key (an IPv4 address, an IPv6 /64): waiting requests are served round-robin by it. */
+  client?: string;
 }
 
 /**

@@ -5,10 +5,12 @@
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { HandshakeShedError, type AdmittedConnection } from './admit.js';
 import { TlsAlertError, TlsError, alertName } from './alert.js';
 import type { PeerIdentity } from './client-auth.js';
 import type { ConnectionEvent, ServerConnection } from './connection.js';
 import type { SignRequest } from './handshake13.js';
+import type { SignContext } from './signer.js';
 import { publishHandshake, type HandshakeObservation } from './observe.js';
 import type { RemotePeer } from './server.js';
 import { groupName } from './suites.js';
@@ -48,6 +50,8 @@ export interface TlsSocketOptions {
    * protocol): remoteAddress/remotePort/remoteFamily report it; transportRemoteAddress the balancer.
    */
   client?: RemotePeer;
+  /** Admission's handle on this connection: it may shed a full handshake; signatures name its client. */
+  admitted?: AdmittedConnection;
 }
 
 /** A TLS 1.3 / 1.2 server-side socket (encrypted = true), usable wherever a net.Socket is. */
@@ -74,6 +78,7 @@ export class TlsSocket extends Duplex {
   private ticketTimer: NodeJS.Timeout | null = null;
 
   private readonly ticketHoldMs: number;
+  private readonly signContext: SignContext | undefined;
 
   constructor(
     private readonly raw: Socket,
@@ -82,6 +87,11 @@ export class TlsSocket extends Duplex {
   ) {
     super({ allowHalfOpen: opts.allowHalfOpen ?? false, emitClose: true });
     this.ticketHoldMs = opts.ticketHoldMs ?? TICKET_HOLD_MS;
+    const admitted = opts.admitted;
+    if (admitted) {
+      conn.admitFull = () => admitted.fullHandshake();
+      this.signContext = { client: admitted.client };
+    }
     raw.on('data', (chunk: Buffer) => this.receive(chunk));
     raw.on('end', () => this.onTransportEnd());
     raw.on('error', (err) => this.onTransportEnd(err));
@@ -251,7 +261,8 @@ export class TlsSocket extends Duplex {
       case 'fatal': {
         const err = ev.error;
         const received = err instanceof TlsAlertError && err.received;
-        const result = this.signFailed ? 'sign_error' : err instanceof TlsAlertError ? (received ? 'alert_received' : 'alert_sent') : 'closed';
+        const result = this.signFailed ? 'sign_error' : err instanceof HandshakeShedError ? 'shed'
+          : err instanceof TlsAlertError ? (received ? 'alert_received' : 'alert_sent') : 'closed';
         if (!this.conn.established) return this.failHandshake(err, result);
         this.flush();
         this.raw.end(); // the alert, then FIN
@@ -278,7 +289,7 @@ export class TlsSocket extends Duplex {
       this.conn.failSignature(req.epoch, `no signature within ${this.opts.signTimeoutMs} ms`);
       this.drive();
     }, this.opts.signTimeoutMs);
-    req.signer.sign(req.scheme, req.content, ac.signal).then((sig) => {
+    req.signer.sign(req.scheme, req.content, ac.signal, this.signContext).then((sig) => {
       if (ac.signal.aborted || !settle()) return; // late result for a dead handshake: dropped
       this.conn.resumeWithSignature(req.epoch, sig);
       this.drive();
@@ -299,7 +310,8 @@ export class TlsSocket extends Duplex {
   }
 
   private failHandshake(err: TlsError, result: HandshakeObservation['result']): void {
-    this.observe(result, err instanceof TlsAlertError ? alertName(err.alert) : undefined);
+    const alert = err instanceof TlsAlertError ? alertName(err.alert) : undefined;
+    this.observe(result, alert, err instanceof HandshakeShedError ? err.reason : undefined);
     this.emit('handshakeError', err);
     if (!this.raw.destroyed) {
       this.flush(); // what was queued, the alert last
@@ -326,7 +338,7 @@ export class TlsSocket extends Duplex {
     this.push(null);
   }
 
-  private observe(result: HandshakeObservation['result'], alert?: string): void {
+  private observe(result: HandshakeObservation['result'], alert?: string, reason?: string): void {
     if (this.observed) return;
     this.observed = true;
     const n = this.conn.negotiated;
@@ -335,6 +347,7 @@ export class TlsSocket extends Duplex {
       resumed: n.resumed, result, durationMs: performance.now() - this.started, signWaitMs: this.signWaitMs,
     };
     if (alert) o.alert = alert;
+    if (reason) o.reason = reason;
     if (n.servername) o.servername = n.servername;
     if (this.conn.config.clientAuth) o.clientCert = n.peer && result === 'ok' ? { subject: n.peer.subject, fingerprint256: n.peer.fingerprint256 } : null;
     if (this.opts.listener) o.listener = this.opts.listener;

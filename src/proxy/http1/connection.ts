@@ -25,6 +25,8 @@ export interface Http1Policy {
   requestMs: number;
   /** A keep-alive connection with no request for this long is closed. */
   idleMs: number;
+  /** Longest silence inside a request body while we are reading it (0 = only requestMs applies). */
+  bodyIdleMs: number;
   /** Set during shutdown: every response says `connection: close`. */
   draining: boolean;
 }
@@ -177,6 +179,8 @@ export class Http1Connection {
   /** Deadline (performance.now() ms) checked by the server's sweeper, and what it means. */
   deadline: number;
   private deadlineKind: 'headers' | 'idle' | 'request' | 'none' = 'idle';
+  /** When the request being read must be complete (performance.now() ms); bodyIdleMs ticks inside it. */
+  private requestDeadline = 0;
   private readonly onData = (chunk: Buffer) => this.received(chunk);
 
   constructor(
@@ -296,6 +300,8 @@ export class Http1Connection {
       // (undici) sees that, but it may not be reading yet, and an unheard 'error' would throw.
       ex.body.on('error', () => undefined);
       this.setDeadline('request', this.policy.requestMs);
+      this.requestDeadline = this.deadline;
+      this.bodyProgress();
       const rest = this.buf;
       const later = this.more;
       this.buf = null;
@@ -331,7 +337,10 @@ export class Http1Connection {
         this.socket.pause();
       }
     }
-    if (!this.decoder!.done) return;
+    if (!this.decoder!.done) {
+      this.bodyProgress();
+      return;
+    }
     ex.body!.push(null);
     this.decoder = null;
     this.deadlineKind = 'none';
@@ -348,6 +357,19 @@ export class Http1Connection {
     if (!this.bodyPaused) return;
     this.bodyPaused = false;
     if (!this.pipelinePaused) this.socket.resume();
+    this.bodyProgress();
+  }
+
+  /**
+   * Body bytes arrived (or we read again): the client has bodyIdleMs for the next ones, within the
+   * request's deadline (a body trickled a byte at a time holds a connection no longer than that).
+   * While we are not reading (backpressure), only the request's deadline runs.
+   */
+  private bodyProgress(): void {
+    if (this.phase !== 'body' || this.deadlineKind !== 'request') return;
+    const idle = this.policy.bodyIdleMs;
+    this.deadline = idle > 0 && !this.bodyPaused
+      ? Math.min(this.requestDeadline, performance.now() + idle) : this.requestDeadline;
   }
 
   // ---- writing ----
