@@ -255,3 +255,26 @@ t.test('without proxyProtocol a PROXY header is not honoured: the handshake fail
   const direct = await getThrough(h.port, ca, null, '127.0.0.33');
   t.equal(direct.echo?.headers['x-forwarded-for'], '127.0.0.33');
 });
+
+t.test('per-client limits count the client the PROXY header names, not the balancer', async (t) => {
+  const k = await offloadKey(t);
+  const ca = readFileSync(k.cert);
+  const h = await startOffloadFront(t, k, `proxyProtocol: { from: [ ${BALANCER} ] }, limits: { perClient: { maxConnections: 1 } }`);
+  /** An established TLS connection through the balancer for `client`, or the error that ended it. */
+  const open = (client: string) => new Promise<tls.TLSSocket | string>((resolve) => {
+    const raw = net.connect({ host: '127.0.0.1', port: h.port, localAddress: BALANCER });
+    raw.write(v2From(client, 1000));
+    const s = tls.connect({ socket: raw, servername: 'localhost', ca }, () => resolve(s));
+    s.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    s.on('close', () => resolve('closed'));
+  });
+  const first = await open('203.0.113.80');
+  t.type(first, tls.TLSSocket, 'the first client connects');
+  const other = await open('203.0.113.81');
+  t.type(other, tls.TLSSocket, 'another client behind the same balancer connects too');
+  const again = await open('203.0.113.80');
+  t.type(again, 'string', `the first client's second connection is refused (${String(again)})`);
+  for (const s of [first, other]) if (typeof s !== 'string') s.destroy();
+  const refused = await h.registry.getSingleMetricAsString('hsmproxy_tls_connections_refused_total');
+  t.match(refused, /reason="client_connections"\} 1\b/);
+});
