@@ -53,8 +53,6 @@ function peerOf(raw: Socket): PeerAddress {
 export interface ClientGateOptions {
   /** How long a balancer has to send the whole PROXY header (the handshake timeout). */
   headerTimeoutMs: number;
-  /** Told of every connection that passed, before its handshake starts. */
-  onAccepted?: (c: AcceptedConnection) => void;
   /** Told of every connection refused, with the TCP peer's address. */
   onRefused?: (reason: GateRefusal, transport: PeerAddress, detail: string) => void;
 }
@@ -68,7 +66,6 @@ export function clientGate(listener: ListenerConfig, opts: ClientGateOptions): C
   };
   const pass = (c: AcceptedConnection, start: (p?: ConnectionPreface) => void, head?: Buffer): void => {
     publish(c.via === 'tcp' ? 'direct' : c.via);
-    opts.onAccepted?.(c);
     start({ ...(c.via === 'proxy-v1' || c.via === 'proxy-v2' ? { client: c.client } : {}), ...(head ? { head } : {}) });
   };
   const refuse = (raw: Socket, reason: GateRefusal, transport: PeerAddress, detail: string): void => {

@@ -12,7 +12,7 @@ import {
 } from '../tls/index.js';
 import { ClientLimiter } from './client-limits.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
-import { clientGate, type AcceptedConnection } from './client-gate.js';
+import { clientGate } from './client-gate.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -27,8 +27,6 @@ export interface OffloadListenerOptions {
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
   /** Where refused connections (PROXY protocol) are logged, at debug level; they are counted in metrics too. */
   logger?: Logger;
-  /** Told of each connection that passed its listener's client gate, before the handshake (its client address). */
-  onAccepted?: (c: AcceptedConnection) => void;
   /**
    * Signatures waiting in the engine's queue from which new full handshakes are shed (resumptions,
    * which need none, still pass). Default: a quarter of the engine queue's length.
@@ -102,7 +100,6 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     let clientAuth = await loadClientAuth(listener);
     const gateFor = (l: ListenerConfig) => clientGate(l, {
       headerTimeoutMs: settings.handshakeTimeoutMs,
-      ...(opts.onAccepted ? { onAccepted: opts.onAccepted } : {}),
       onRefused: (reason, transport, detail) => opts.logger?.debug({ listener: l.name, reason, peer: transport.address, detail }, 'connection refused at the client gate'),
     });
     // A reload swaps the gate for new connections (proxyProtocol.from may change).
