@@ -4,7 +4,7 @@
 // proxy with the same secret seals and opens the same tickets. With `hsm` the long-term secret is
 // a non-extractable generic-secret key in the cluster and the HMAC is made inside an HSM: one
 // request per epoch per proxy (cached for the epoch), never the secret in the clear. The previous,
-// current and next epochs' keys are installed ahead of need; a failed request is retried, and
+// current and next two epochs' keys are installed ahead of need; a failed request is retried, and
 // meanwhile TicketKeys seals with a key of its own (tickets then resume only on this proxy).
 import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -83,7 +83,7 @@ export interface EpochKeyFeederOptions {
   retryMs?: number;
 }
 
-/** Installs the previous, current and next epochs' keys in `keys`, and each new next one as epochs pass. */
+/** Installs the previous, current and next two epochs' keys in `keys`, and each new one as epochs pass. */
 export class EpochKeyFeeder {
   private readonly installed = new Set<number>();
   private timer: NodeJS.Timeout | undefined;
@@ -109,7 +109,9 @@ export class EpochKeyFeeder {
     const current = keys.currentEpoch();
     // Epochs before the previous one no longer open tickets: forget that they were installed.
     for (const e of this.installed) if (e < current - 1) this.installed.delete(e);
-    const due = [current - 1, current, current + 1].filter((e) => !this.installed.has(e));
+    // Two epochs ahead: a feed that runs late (a busy process, a slow HSM) still finds the next
+    // epoch's key in place, and the primary never hands its workers a key of its own making.
+    const due = [current - 1, current, current + 1, current + 2].filter((e) => !this.installed.has(e));
     if (due.length === 0) return true;
     try {
       const shared = await Promise.all(due.map(async (e) => ticketKeyFromEpochSecret(e, await source.derive(e))));
@@ -126,7 +128,7 @@ export class EpochKeyFeeder {
   private schedule(ok: boolean): void {
     if (this.stopped) return;
     const { keys } = this.opts;
-    // The next key is made an epoch ahead, so the boundary needs none: feed again once it passed.
+    // The next keys are made ahead, so the boundary needs none: feed again once it passed.
     const wait = ok ? Math.max(0, keys.msUntilEpoch(keys.currentEpoch() + 1)) + 10 : this.opts.retryMs ?? 5000;
     this.timer = setTimeout(() => {
       void this.feed().then((next) => this.schedule(next));
