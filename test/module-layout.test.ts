@@ -27,7 +27,9 @@ const all = files(src).flatMap(edges);
 const FORBIDDEN: Record<string, string[]> = {
   app: ['cli', 'bench'],
   bench: ['cli'],
-  proxy: ['app', 'cli', 'bench'],
+  proxy: ['app', 'cli', 'bench', 'acme'],
+  // acme/ hands certificates and challenges to the listeners through app/, never by importing proxy/.
+  acme: ['app', 'cli', 'bench', 'proxy'],
 };
 const TOP = new Set(['cli', 'app', 'bench']);
 
@@ -39,4 +41,11 @@ t.test('the composition rooms import downwards only', async (t) => {
 t.test('no library room imports cli/, app/ or bench/', async (t) => {
   const bad = all.filter(([from, to]) => from !== to && !TOP.has(from) && TOP.has(to)).map(([, , what]) => what);
   t.same(bad, []);
+});
+
+t.test('acme/ is used only by the composition rooms', async (t) => {
+  const bad = all.filter(([from, to]) => to === 'acme' && from !== 'acme' && from !== 'app' && from !== 'cli').map(([, , what]) => what);
+  t.same(bad, [], 'only app/ and cli/ import acme/');
+  const reaches = new Set(all.filter(([from]) => from === 'acme').map(([, to]) => to));
+  t.same([...reaches].filter((r) => !['acme', 'config', 'engine', 'pki', 'hsm', 'tls'].includes(r)), [], 'acme/ imports config, engine, pki, hsm/client, tls at most');
 });

@@ -19,7 +19,8 @@ export interface TlsLoadResult {
 
 /** The compiled client (in a temp dir removed by `cleanup`). */
 export interface TlsLoadClient {
-  run(port: number, seconds: number, threads: number, mode: 'full' | 'resumed'): Promise<TlsLoadResult>;
+  /** `servername`: the SNI sent (default localhost). */
+  run(port: number, seconds: number, threads: number, mode: 'full' | 'resumed', servername?: string): Promise<TlsLoadResult>;
   cleanup(): void;
 }
 
@@ -35,8 +36,8 @@ export function buildTlsLoad(): TlsLoadClient {
     throw new Error(`cannot build the C load generator (${(err as Error).message.split('\n')[0]}); install a C compiler and OpenSSL headers: apt-get install gcc libssl-dev`);
   }
   return {
-    async run(port, seconds, threads, mode) {
-      const child = spawn(bin, ['127.0.0.1', String(port), String(seconds), String(threads), mode, 'localhost'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    async run(port, seconds, threads, mode, servername = 'localhost') {
+      const child = spawn(bin, ['127.0.0.1', String(port), String(seconds), String(threads), mode, servername], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
       child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
       await once(child, 'close');

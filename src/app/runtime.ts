@@ -5,11 +5,13 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import { AcmeManager, acmeCertificates, startHttpChallengeServer } from '../acme/index.js';
 import { loadConfig, type Config } from '../config/index.js';
 import { exposeToPrimary } from '../metrics/index.js';
 import { Proxy, type ReadinessReport } from '../proxy/index.js';
 import { offloadListenerFactory } from '../proxy/offload-listener.js';
 import type { TicketKeys } from '../tls/index.js';
+import { UsageError } from './errors.js';
 import { hsmReadiness, publishHsmState, type HsmSide } from './hsm-side.js';
 import type { ScalingRuntime } from './scaling.js';
 
@@ -45,6 +47,10 @@ export interface ProxyRuntime {
   reload(): Promise<void>;
   /** Drains connections within `deadlineMs` (default: timeouts.shutdownMs) and closes the listeners. */
   stop(deadlineMs?: number): Promise<void>;
+  /** The ACME certificates of this process, when the config has any. */
+  readonly acme?: AcmeManager;
+  /** The http-01 / redirect listener of `acme.httpPort`. */
+  acmeHttpAddress?(): AddressInfo | undefined;
 }
 
 /** Builds and starts the proxy of this process: listeners (their keys loaded on the HSM side), upstreams, admin. */
@@ -52,8 +58,12 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
   const { hsm, log, registry, scaling, worker } = opts;
   const shedAt = opts.config.hsm.signing.shedFullHandshakesAt;
   if (worker) exposeToPrimary(registry);
-  const proxy = new Proxy({
-    config: opts.config,
+  let current = opts.config;
+  const acme = await acmeFor(opts, () => proxy.reload(acme!.withCertificates(current)));
+  // ACME certificates join each listener's file certificates once issued (and at every reload).
+  const served = (c: Config): Config => (acme ? acme.withCertificates(c) : c);
+  const proxy: Proxy = new Proxy({
+    config: served(opts.config),
     logger: log,
     registry,
     admin: !worker,
@@ -62,24 +72,55 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
       engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, logger: log,
       ...(shedAt !== undefined ? { shedFullHandshakesAt: shedAt } : {}),
       ...(worker ?? opts.ticketKeys ? { ticketKeys: worker?.ticketKeys ?? opts.ticketKeys! } : {}),
+      ...(acme ? { acmeChallenge: (name: string) => acme.challenges.tlsAlpnCertificate(name) } : {}),
     }),
     readiness: () => hsmReadiness(hsm),
   });
   await proxy.start();
   publishHsmState(hsm);
-  let current = opts.config;
+  const acmeHttp = acme && current.acme?.httpPort !== undefined
+    ? await startHttpChallengeServer({
+      address: current.acme.httpAddress, port: current.acme.httpPort, challenges: acme.challenges,
+      redirect: current.acme.redirect, httpsPort: current.listeners[0]!.port,
+    }).catch(async (err: unknown) => {
+      await proxy.shutdown(0);
+      throw new UsageError(`acme.httpPort: cannot listen on ${current.acme!.httpAddress}:${current.acme!.httpPort}: ${(err as Error).message}`);
+    })
+    : undefined;
+  // Orders start once the listeners answer tls-alpn-01 (and the http-01 port listens).
+  acme?.start();
   return {
+    ...(acme ? { acme } : {}),
+    acmeHttpAddress: () => acmeHttp?.address(),
     get config() { return current; },
     listenerAddress: (name) => proxy.listenerAddress(name),
     adminAddress: () => proxy.adminAddress(),
     readiness: () => proxy.readiness(),
     async reload() {
       const next = loadConfig(opts.configFile, { checkFiles: true });
-      await proxy.reload(next);
+      if (acme && JSON.stringify(acmeCertificates(next)) !== JSON.stringify(acmeCertificates(current))) {
+        log.warn('the acme certificates changed: they take effect at the next restart');
+      }
+      await proxy.reload(served(next));
       current = next;
+      // SIGHUP also looks at the ACME store at once (renewal requests, certificates issued elsewhere).
+      await acme?.poll();
     },
     async stop(deadlineMs) {
+      await acme?.stop();
+      await acmeHttp?.close();
       await proxy.shutdown(deadlineMs ?? current.timeouts.shutdownMs);
     },
   };
+}
+
+/** The ACME manager of a config with acme certificates, its stored certificates loaded. */
+async function acmeFor(opts: ProxyRuntimeOptions, onChange: () => Promise<void>): Promise<AcmeManager | undefined> {
+  const { config, hsm, log } = opts;
+  if (!config.acme || acmeCertificates(config).length === 0) return undefined;
+  if (opts.worker) throw new UsageError('acme certificates are served with workers: 1 (one process answers the challenges)');
+  if (!hsm.backend) throw new UsageError('acme certificates need the simulated cluster (hsm.mode embedded or cluster) to generate their keys in');
+  const acme = new AcmeManager({ config, engine: hsm.engine, backend: hsm.backend, log: log.child({ component: 'acme' }), onChange });
+  await acme.load();
+  return acme;
 }

@@ -23,6 +23,7 @@ const KEY = 'keys in the HSM';
  * these descriptions are the ones the modules register.
  */
 export const COMMAND_MODULES: readonly CommandModule[] = [
+  { commands: { acme: 'certificates ordered from an ACME CA, keys in the HSM' }, load: () => import('./commands/acme.js') },
   { commands: { bench: 'measure HSM throughput and latency (see bench/ for TLS and proxy benchmarks)' }, load: () => import('./commands/bench.js') },
   { commands: { cluster: CLUSTER }, load: () => import('./commands/cluster-clients.js') },
   { commands: { cluster: CLUSTER }, load: () => import('./commands/cluster-ops.js') },

@@ -6,7 +6,9 @@ import { ConfigFileError, ConfigSyntaxError } from './errors.js';
 import type { Config } from './schema.js';
 import { validateConfig, type ValidateOptions } from './validate.js';
 
+export * from './acme.js';
 export * from './autoscale.js';
+export * from './delegated-credentials.js';
 export * from './errors.js';
 export * from './schema.js';
 export { validateConfig, type ValidateOptions } from './validate.js';

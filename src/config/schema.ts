@@ -1,6 +1,8 @@
 // The shape of a validated configuration and its defaults. Paths to files are absolute here
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
+import type { AcmeCertificateConfig, AcmeConfig } from './acme.js';
 import type { AutoscaleConfig } from './autoscale.js';
+import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
 
 export type TlsVersion = '1.2' | '1.3';
 export type ClientAuthMode = 'none' | 'optional' | 'require';
@@ -42,7 +44,13 @@ export interface ListenerConfig {
   name: string;
   address: string;
   port: number;
+  /** Certificates from files. */
   certificates: CertificateConfig[];
+  /**
+   * Certificates ordered through ACME (the `{ acme: ... }` items of `certificates`); optional so
+   * hand-built configs may omit it.
+   */
+  acme?: AcmeCertificateConfig[];
   alpn: string[];
   minVersion: TlsVersion;
   maxVersion: TlsVersion;
@@ -58,6 +66,8 @@ export interface ListenerConfig {
    * the client's. Absent: connections are direct and their TCP peer is the client.
    */
   proxyProtocol?: { from: string[] };
+  /** RFC 9345 delegated credentials; filled in by validation, optional so hand-built configs may omit it (off). */
+  delegatedCredentials?: DelegatedCredentialsConfig;
   /** Resource limits; filled in by validation (optional so hand-built configs may omit it: defaults apply). */
   limits?: ListenerLimits;
 }
@@ -195,6 +205,8 @@ export interface Config {
    * upstream at `upstreams.demo`'s first target. config/hsmproxy.yaml (the default) sets it.
    */
   demo: boolean;
+  /** The ACME CA and account, when some listener has an acme certificate. */
+  acme?: AcmeConfig;
 }
 
 /** Defaults for every optional field; documented in the example configs. */

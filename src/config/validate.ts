@@ -1,7 +1,9 @@
 // Turns parsed YAML into a Config: every field type-checked, defaults filled in, cross-references
 // (route → upstream pool, unique names and ports) checked, every problem reported with its path.
 import { isIP } from 'node:net';
+import { checkAcmeCertificates, readAcme, readAcmeCertificate, type AcmeCertificateConfig } from './acme.js';
 import { readClientAuth } from './client-auth.js';
+import { readDelegatedCredentials } from './delegated-credentials.js';
 import { checkFiles } from './files.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
@@ -16,7 +18,7 @@ import {
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'tickets'] as const;
+const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'acme', 'tickets'] as const;
 const MS_MAX = 86_400_000;
 const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
 
@@ -25,7 +27,8 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const r = new Reader(opts.baseDir ?? process.cwd());
   const o = r.object(raw ?? {}, '', TOP_KEYS);
   if (!o) throw new ConfigInvalidError(r.issues, opts.source);
-  const listeners = r.list(o.listeners, 'listeners', (v, p) => readListener(r, v, p), { minItems: 1 });
+  const acmeEntries: Array<{ path: string; cert: AcmeCertificateConfig }> = [];
+  const listeners = r.list(o.listeners, 'listeners', (v, p) => readListener(r, v, p, acmeEntries), { minItems: 1 });
   const upstreams: Record<string, UpstreamConfig> = {};
   if (o.upstreams !== undefined) {
     const u = r.object(o.upstreams, 'upstreams', Object.keys(o.upstreams as object ?? {}));
@@ -36,6 +39,8 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   }
   const routes = r.list(o.routes, 'routes', (v, p) => readRoute(r, v, p, upstreams), { minItems: 1 });
   const hsm = readHsm(r, o.hsm, 'hsm');
+  const acme = o.acme === undefined ? undefined : readAcme(r, o.acme, hsm);
+  checkAcmeCertificates(r, acme, o.acme !== undefined, acmeEntries);
   const admin = readAdmin(r, o.admin);
   const workers = o.workers === 'auto' ? 'auto' : r.integer(o.workers, 'workers', { def: DEFAULTS.workers, min: 1, max: 256, what: "'auto' or a number of workers" });
   const logObj = o.log === undefined ? {} : r.object(o.log, 'log', ['level']);
@@ -48,6 +53,9 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const httpObj = o.http === undefined ? {} : r.object(o.http, 'http', ['maxHeaderBytes', 'maxHeaders']);
   const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
   const maxHeaders = httpObj ? r.integer(httpObj.maxHeaders, 'http.maxHeaders', { def: DEFAULTS.http.maxHeaders, min: 8, max: 10_000 }) : undefined;
+  if (acmeEntries.length > 0 && workers !== undefined && workers !== 1) {
+    r.fail('workers', 'must be 1 with acme certificates: the process that orders a certificate answers its challenges');
+  }
   if (demo && !upstreams.demo) r.fail('demo', 'needs upstreams.demo: the address the demo upstream listens on (e.g. { targets: [http://127.0.0.1:8080] })');
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
@@ -57,22 +65,33 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   }
   return {
     listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo,
-    trustedProxies, http: { maxHeaderBytes, maxHeaders }, tickets,
+    trustedProxies, http: { maxHeaderBytes, maxHeaders }, tickets, ...(acme ? { acme } : {}),
   };
 }
 
-function readListener(r: Reader, v: unknown, path: string): ListenerConfig | undefined {
+function readListener(
+  r: Reader, v: unknown, path: string, acmeEntries: Array<{ path: string; cert: AcmeCertificateConfig }>,
+): ListenerConfig | undefined {
   const d = DEFAULTS.listener;
   const o = r.object(v, path, [
-    'name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth',
-    'limits', 'proxyProtocol',
+    'name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'clientAuth', 'limits',
+    'delegatedCredentials', 'proxyProtocol',
   ]);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
   const name = r.string(o.name, at(path, 'name'), { def: `listener${index}` });
   const address = r.string(o.address, at(path, 'address'), { def: d.address });
   const port = r.integer(o.port, at(path, 'port'), { min: 0, max: 65535, what: 'a TCP port' });
+  // Files and ACME orders may be mixed; both kinds are offered to SNI selection alike.
+  const acme: AcmeCertificateConfig[] = [];
   const certificates = r.list(o.certificates, at(path, 'certificates'), (c, p) => {
+    if (c !== null && typeof c === 'object' && 'acme' in c) {
+      if (r.object(c, p, ['acme'])) {
+        const a = readAcmeCertificate(r, (c as { acme: unknown }).acme, at(p, 'acme'));
+        if (a) { acme.push(a); acmeEntries.push({ path: at(p, 'acme'), cert: a }); }
+      }
+      return undefined;
+    }
     const co = r.object(c, p, ['cert', 'key']);
     if (!co) return undefined;
     const cert = r.file(co.cert, at(p, 'cert'));
@@ -87,6 +106,9 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
   const requireExtendedMasterSecret = r.boolean(o.requireExtendedMasterSecret, at(path, 'requireExtendedMasterSecret'), { def: d.requireExtendedMasterSecret });
   const clientAuth = readClientAuth(r, o.clientAuth, at(path, 'clientAuth'));
   const limits = readListenerLimits(r, o.limits, at(path, 'limits'));
+  const delegatedCredentials = readDelegatedCredentials(r, o.delegatedCredentials, at(path, 'delegatedCredentials'));
+  // RFC 9345 is a TLS 1.3 mechanism: a listener that never speaks 1.3 could never use a credential.
+  if (delegatedCredentials?.enabled && maxVersion === '1.2') r.fail(at(at(path, 'delegatedCredentials'), 'enabled'), 'delegated credentials need TLS 1.3, and maxVersion is 1.2');
   let proxyProtocol: ListenerConfig['proxyProtocol'];
   let proxyProtocolOk = true;
   if (o.proxyProtocol !== undefined) {
@@ -97,10 +119,12 @@ function readListener(r: Reader, v: unknown, path: string): ListenerConfig | und
     else proxyProtocolOk = false;
   }
   if (!proxyProtocolOk || !name || !address || port === undefined || !certificates || !alpn || !minVersion
-    || !maxVersion || requireExtendedMasterSecret === undefined || !clientAuth || !limits) return undefined;
+    || !maxVersion || requireExtendedMasterSecret === undefined || !clientAuth || !limits || !delegatedCredentials) {
+    return undefined;
+  }
   return {
-    name, address, port, certificates, alpn, minVersion, maxVersion, requireExtendedMasterSecret, clientAuth, limits,
-    ...(proxyProtocol ? { proxyProtocol } : {}),
+    name, address, port, certificates, ...(acme.length > 0 ? { acme } : {}), alpn, minVersion, maxVersion,
+    requireExtendedMasterSecret, clientAuth, limits, delegatedCredentials, ...(proxyProtocol ? { proxyProtocol } : {}),
   };
 }
 

@@ -9,6 +9,9 @@ export const CHANNELS = {
   hsmState: 'hsmproxy:hsm:state',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
+  acmeOrder: 'hsmproxy:acme:order',
+  acmeCertificate: 'hsmproxy:acme:certificate',
+  delegatedCredential: 'hsmproxy:tls:delegated-credential',
   tlsRefused: 'hsmproxy:tls:refused',
   clientGate: 'hsmproxy:proxy:client-gate',
 } as const;
@@ -21,6 +24,18 @@ export interface TlsRefusedEvent {
   address: string;
 }
 
+/** One ACME order's end (from acme/). */
+export interface AcmeOrderEvent { name: string; challenge: string; result: 'issued' | 'failed' }
+
+/** An ACME certificate's state (from acme/): at start and after each order. */
+export interface AcmeCertificateEvent {
+  name: string;
+  /** notAfter (ms since the epoch) of the certificate served under `name`; absent before the first issue. */
+  notAfterMs?: number;
+  /** Orders that failed in a row (0 after a success). */
+  consecutiveFailures: number;
+}
+
 /** One TLS handshake, success or failure (from tls/). */
 export interface TlsHandshakeEvent {
   version: 'TLSv1.3' | 'TLSv1.2';
@@ -28,6 +43,7 @@ export interface TlsHandshakeEvent {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
+  credential?: 'delegated' | 'certificate';
   result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;
   /** result shed: why. */
@@ -86,4 +102,13 @@ export interface HsmScalingEvent {
 export interface ClientGateEvent {
   listener: string;
   result: 'direct' | 'proxy-v1' | 'proxy-v2' | 'local' | 'source_not_allowed' | 'malformed' | 'timeout' | 'closed';
+}
+
+/** A delegated credential's lifecycle (from proxy/'s credential keeper). */
+export interface DelegatedCredentialEvent {
+  listener: string;
+  certificate: string;
+  event: 'issued' | 'renewal_failed' | 'expired' | 'stopped';
+  expiresAtMs?: number;
+  error?: string;
 }

@@ -33,7 +33,11 @@ function build(registry: Registry) {
     hsmUtilisation: new Gauge({ name: 'hsmproxy_hsm_utilisation_ratio', help: 'Busy fraction of the HSM crypto units (0..1), when the HSM reports it.', labelNames: ['hsm'] as const, aggregator: 'max', registers: r }),
     tlsHandshakeDuration: histogram(registry, 'hsmproxy_tls_handshake_duration_seconds', 'TLS handshake duration from ClientHello to Finished, by version, key type and resumption.', ['version', 'key_type', 'resumed'] as const),
     tlsSignWait: histogram(registry, 'hsmproxy_tls_handshake_sign_wait_seconds', 'Part of the handshake spent waiting for the private-key signature.', ['version', 'key_type'] as const),
-    tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error) and alert.', labelNames: ['result', 'alert', 'listener'] as const, registers: r }),
+    tlsHandshakes: new Counter({ name: 'hsmproxy_tls_handshakes_total', help: 'TLS handshakes by result (ok, alert_sent, alert_received, closed, timeout, sign_error) and alert.', labelNames: ['result', 'alert', 'listener', 'credential'] as const, registers: r }),
+    tlsHsmSignaturesSaved: new Counter({ name: 'hsmproxy_tls_hsm_signatures_saved_total', help: 'Full handshakes whose CertificateVerify a delegated credential signed in memory instead of the HSM.', labelNames: ['listener'] as const, registers: r }),
+    delegatedCredentialExpiry: new Gauge({ name: 'hsmproxy_delegated_credential_expiry_seconds', help: 'Seconds until the serving delegated credential of each certificate expires (0: none serves, HSM signatures instead).', labelNames: ['listener', 'certificate'] as const, aggregator: 'min', registers: r }),
+    delegatedCredentialRenewals: new Counter({ name: 'hsmproxy_delegated_credential_renewals_total', help: 'Delegated credentials made (result ok) and attempts the HSM did not sign (result failed).', labelNames: ['listener', 'result'] as const, registers: r }),
+    delegatedCredentialFallback: new Gauge({ name: 'hsmproxy_delegated_credential_fallback', help: '1 while a certificate that delegates has no valid credential and is served with HSM signatures.', labelNames: ['listener', 'certificate'] as const, aggregator: 'max', registers: r }),
     tlsConnectionsRefused: new Counter({ name: 'hsmproxy_tls_connections_refused_total', help: 'Connections closed at accept by a listener limit, before any TLS work, by listener and reason (listener_connections, listener_handshakes, client_connections, client_handshakes).', labelNames: ['listener', 'reason'] as const, registers: r }),
     tlsHandshakesShed: new Counter({ name: 'hsmproxy_tls_handshakes_shed_total', help: 'Full handshakes shed before their key exchange and HSM signature, by listener and reason (client_rate, signing_queue).', labelNames: ['listener', 'reason'] as const, registers: r }),
     httpRequestDuration: histogram(registry, 'hsmproxy_http_request_duration_seconds', 'HTTP request duration from request head to response end, by method, status class and route.', ['method', 'status_class', 'route'] as const),
@@ -52,6 +56,26 @@ function build(registry: Registry) {
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
     clientGateConnections: new Counter({ name: 'hsmproxy_client_gate_connections_total', help: 'TCP connections at a listener\'s client gate, by how the client address was learnt (direct, proxy-v1, proxy-v2, local) or why the connection was refused (source_not_allowed, malformed, timeout, closed).', labelNames: ['listener', 'result'] as const, registers: r }),
     certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, aggregator: 'min', registers: r }),
+    ...acmeMetrics(r),
+  };
+}
+
+/** ACME: orders by result and challenge, and per certificate the seconds left and consecutive failures. */
+function acmeMetrics(r: Registry[]) {
+  const notAfter = new Map<string, number>();
+  return {
+    acmeOrders: new Counter({ name: 'hsmproxy_acme_orders_total', help: 'ACME orders by result (issued, failed) and challenge type.', labelNames: ['result', 'challenge'] as const, registers: r }),
+    acmeFailures: new Gauge({ name: 'hsmproxy_acme_renewal_consecutive_failures', help: 'Orders of an ACME certificate that failed in a row (0 once one succeeds), by certificate name.', labelNames: ['name'] as const, aggregator: 'max', registers: r }),
+    /** The notAfter (ms) of each ACME certificate, from which the expiry gauge is computed at each scrape. */
+    acmeNotAfter: notAfter,
+    acmeExpiry: new Gauge({
+      name: 'hsmproxy_acme_certificate_expiry_seconds', help: 'Seconds until the ACME certificate served under this name expires (negative once expired).',
+      labelNames: ['name'] as const, aggregator: 'min', registers: r,
+      collect() {
+        this.reset();
+        for (const [name, ms] of notAfter) this.set({ name }, Math.floor((ms - Date.now()) / 1000));
+      },
+    }),
   };
 }
 

@@ -1,8 +1,9 @@
 // Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import {
-  CHANNELS, type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type ClientGateEvent,
-  type TlsHandshakeEvent, type TlsRefusedEvent,
+  CHANNELS, type AcmeCertificateEvent, type AcmeOrderEvent, type ClientGateEvent, type DelegatedCredentialEvent,
+  type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent,
+  type TlsRefusedEvent,
 } from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
 
@@ -10,9 +11,10 @@ const seconds = (ms: number): number => (Number.isFinite(ms) && ms > 0 ? ms / 10
 
 /** Records one handshake event. */
 export function recordHandshake(m: HsmproxyMetrics, e: TlsHandshakeEvent): void {
-  m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '' });
+  m.tlsHandshakes.inc({ result: e.result, alert: e.alert ?? '', listener: e.listener ?? '', credential: e.credential ?? '' });
   if (e.result === 'shed') m.tlsHandshakesShed.inc({ listener: e.listener ?? '', reason: e.reason ?? '' });
   if (e.result !== 'ok') return;
+  if (e.credential === 'delegated') m.tlsHsmSignaturesSaved.inc({ listener: e.listener ?? '' });
   const keyType = e.keyType || 'none';
   m.tlsHandshakeDuration.observe(
     { version: e.version, key_type: keyType, resumed: String(e.resumed) }, seconds(e.durationMs),
@@ -64,6 +66,52 @@ export function recordClientGate(m: HsmproxyMetrics, e: ClientGateEvent): void {
   m.clientGateConnections.inc({ listener: e.listener, result: e.result });
 }
 
+/** Records the end of one ACME order (and the certificate it leaves served). */
+export function recordAcmeOrder(m: HsmproxyMetrics, e: AcmeOrderEvent): void {
+  m.acmeOrders.inc({ result: e.result, challenge: e.challenge });
+}
+
+/** Records an ACME certificate's expiry and failures in a row. */
+export function recordAcmeCertificate(m: HsmproxyMetrics, e: AcmeCertificateEvent): void {
+  m.acmeFailures.set({ name: e.name }, e.consecutiveFailures);
+  if (e.notAfterMs !== undefined) m.acmeNotAfter.set(e.name, e.notAfterMs);
+}
+
+// Expiry instants of the serving credentials, per metrics handle: the gauge reads seconds left at scrape time.
+interface CredentialExpiry { listener: string; certificate: string; at: number }
+const credentialExpiry = new WeakMap<HsmproxyMetrics, Map<string, CredentialExpiry>>();
+
+/** Records one delegated-credential lifecycle event. */
+export function recordDelegatedCredential(m: HsmproxyMetrics, e: DelegatedCredentialEvent): void {
+  let expiries = credentialExpiry.get(m);
+  if (!expiries) {
+    const map = new Map<string, CredentialExpiry>();
+    expiries = map;
+    credentialExpiry.set(m, map);
+    // prom-client calls collect() before each scrape: seconds left, never negative.
+    const gauge = m.delegatedCredentialExpiry as unknown as { collect?: () => void };
+    gauge.collect = () => {
+      for (const v of map.values()) {
+        const left = Math.max(0, (v.at - Date.now()) / 1000);
+        m.delegatedCredentialExpiry.set({ listener: v.listener, certificate: v.certificate }, left);
+      }
+    };
+  }
+  const key = `${e.listener}\0${e.certificate}`;
+  const labels = { listener: e.listener, certificate: e.certificate };
+  if (e.event === 'issued') m.delegatedCredentialRenewals.inc({ listener: e.listener, result: 'ok' });
+  if (e.event === 'renewal_failed') m.delegatedCredentialRenewals.inc({ listener: e.listener, result: 'failed' });
+  if (e.event === 'stopped') {
+    expiries.delete(key);
+    m.delegatedCredentialExpiry.remove(labels);
+    m.delegatedCredentialFallback.remove(labels);
+    return;
+  }
+  expiries.set(key, { ...labels, at: e.expiresAtMs ?? 0 });
+  m.delegatedCredentialExpiry.set(labels, Math.max(0, ((e.expiresAtMs ?? 0) - Date.now()) / 1000));
+  m.delegatedCredentialFallback.set(labels, e.expiresAtMs !== undefined && e.expiresAtMs > Date.now() ? 0 : 1);
+}
+
 /** Subscribes `m` to every channel of the contract; returns the function that unsubscribes. */
 export function subscribeMetrics(m: HsmproxyMetrics): () => void {
   // A malformed event from an emitter must never throw into the emitter's code path.
@@ -80,6 +128,9 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.hsmState, guard(recordHsmState)],
     [CHANNELS.engineSign, guard(recordEngineSign)],
     [CHANNELS.hsmScaling, guard(recordScaling)],
+    [CHANNELS.acmeOrder, guard(recordAcmeOrder)],
+    [CHANNELS.acmeCertificate, guard(recordAcmeCertificate)],
+    [CHANNELS.delegatedCredential, guard(recordDelegatedCredential)],
     [CHANNELS.tlsRefused, guard(recordRefused)],
     [CHANNELS.clientGate, guard(recordClientGate)],
   ];

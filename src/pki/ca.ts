@@ -5,7 +5,7 @@ import { createHash, webcrypto } from 'node:crypto';
 import { appendFile } from 'node:fs/promises';
 import { CaError } from './errors.js';
 import { createCsr, csrSans, verifyCsr } from './csr.js';
-import { certPem, profileExtensions, randomSerial, selfSign, subjectKeyId, validity } from './cert.js';
+import { certPem, delegationUsageExtension, profileExtensions, randomSerial, selfSign, subjectKeyId, validity } from './cert.js';
 import type { SigningKey } from './signing-key.js';
 
 /** Creates a self-signed CA certificate for an HSM key. */
@@ -46,6 +46,8 @@ export interface CaSignOptions {
   csrFile: string;
   days: number;
   profile: 'server' | 'client';
+  /** Add DelegationUsage (RFC 9345): the certificate's key may sign delegated credentials. */
+  delegationUsage?: boolean;
   /**
    * Stores the certificate (e.g. writes --out); the issued log gets its line only once this
    * resolves, so a failed write leaves no record of a certificate nobody received.
@@ -90,6 +92,10 @@ export async function caSign(key: SigningKey, opts: CaSignOptions): Promise<CaSi
   const keyType = opts.csr.publicKey.algorithm.name === 'ECDSA' ? 'ec' : 'rsa';
   const extensions = [...profileExtensions(opts.profile, keyType), await subjectKeyId(opts.csr.publicKey), aki];
   if (sans.length) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
+  if (opts.delegationUsage) {
+    if (opts.profile !== 'server') throw new CaError('--delegation-usage is for server certificates only (--profile server)');
+    extensions.push(delegationUsageExtension());
+  }
   const { notBefore, notAfter } = validity(opts.days, opts.caCert.notAfter);
   const capped = notAfter.getTime() === opts.caCert.notAfter.getTime();
   const serial = randomSerial();

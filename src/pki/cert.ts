@@ -53,6 +53,22 @@ export function profileExtensions(profile: Profile, keyType: 'rsa' | 'ec', pathL
   ];
 }
 
+/** id-pe-delegationUsage (RFC 9345 §4.2): the certificate's key may sign delegated credentials. */
+export const DELEGATION_USAGE_OID = '1.3.6.1.4.1.44363.44';
+
+/**
+ * The DelegationUsage extension: non-critical, its value a DER NULL (RFC 9345 §4.2). Only for
+ * server certificates, whose keyUsage always includes digitalSignature here (profileExtensions).
+ */
+export function delegationUsageExtension(): x509.Extension {
+  return new x509.Extension(DELEGATION_USAGE_OID, false, new Uint8Array([0x05, 0x00]));
+}
+
+/** True when a certificate carries DelegationUsage. */
+export function hasDelegationUsage(cert: x509.X509Certificate): boolean {
+  return cert.extensions.some((e) => e.type === DELEGATION_USAGE_OID);
+}
+
 const provider = webcrypto as Parameters<typeof x509.SubjectKeyIdentifierExtension.create>[2];
 
 /** subjectKeyIdentifier for a public key (SHA-1 of the key bits, RFC 5280 method 1). */
@@ -68,6 +84,8 @@ export interface SelfSignOptions {
   /** 'server' (default) for a TLS server certificate, 'ca' for a root CA. */
   profile?: 'server' | 'client' | 'ca';
   pathLength?: number;
+  /** Add DelegationUsage (RFC 9345), server profile only. */
+  delegationUsage?: boolean;
 }
 
 /** Makes a self-signed certificate with an HSM key; returns the certificate. */
@@ -81,6 +99,10 @@ export async function selfSign(key: SigningKey, opts: SelfSignOptions): Promise<
     new x509.AuthorityKeyIdentifierExtension(ski.keyId, false),
   ];
   if (sans.length) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
+  if (opts.delegationUsage) {
+    if (profile !== 'server') throw new PkiOptionError('--delegation-usage is for server certificates only');
+    extensions.push(delegationUsageExtension());
+  }
   return x509.X509CertificateGenerator.create(
     {
       serialNumber: randomSerial(),

@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import type { Config, ConfigIssue, ListenerConfig } from '../config/index.js';
 import { readKeyRef } from '../engine/index.js';
-import { pemCertificates } from '../tls/index.js';
+import { canDelegate, pemCertificates } from '../tls/index.js';
 
 type CertificateFiles = ListenerConfig['certificates'][number];
 
@@ -65,5 +65,32 @@ export async function certificateIssues(config: Config): Promise<ConfigIssue[]> 
       }
     }
   }
+  for (const [l, listener] of config.listeners.entries()) {
+    const report = await delegationReport(listener);
+    if (listener.delegatedCredentials?.enabled && report.length > 0 && !report.some((r) => r.canDelegate)) {
+      issues.push({
+        path: `listeners[${l}].delegatedCredentials.enabled`,
+        message: `none of the listener's certificates (${report.map((r) => r.cert).join(', ')}) carries the DelegationUsage `
+          + 'extension (RFC 9345); issue them with `ca sign --delegation-usage` or set enabled: false',
+      });
+    }
+  }
   return issues;
+}
+
+/** Whether one listener certificate may sign delegated credentials. */
+export interface DelegationStatus { cert: string; canDelegate: boolean }
+
+/** Each readable certificate of a listener and whether it carries DelegationUsage (unreadable ones are left out). */
+export async function delegationReport(listener: ListenerConfig): Promise<DelegationStatus[]> {
+  const out: DelegationStatus[] = [];
+  for (const c of listener.certificates) {
+    try {
+      const { chain } = await readCertificateChain(c);
+      out.push({ cert: c.cert, canDelegate: canDelegate(chain[0]!) });
+    } catch {
+      // The same file's problem is already an issue of certificateIssues.
+    }
+  }
+  return out;
 }

@@ -7,12 +7,13 @@ import type { Logger } from 'pino';
 import { DEFAULTS, type ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
 import {
-  createServer, pemCertificates, TicketKeys,
+  ACME_TLS_ALPN, canDelegate, createServer, pemCertificates, TicketKeys, type CertifiedKey,
   type ClientAuthOptions, type ServerCertificate, type TlsServer, type TlsServerOptions,
 } from '../tls/index.js';
 import { ClientLimiter } from './client-limits.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
 import { clientGate } from './client-gate.js';
+import { CredentialKeeper } from './delegated-credentials.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
@@ -27,6 +28,8 @@ export interface OffloadListenerOptions {
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
   /** Where refused connections (PROXY protocol) are logged, at debug level; they are counted in metrics too. */
   logger?: Logger;
+  /** ACME tls-alpn-01: the validation certificate of a name with a pending challenge (see TlsServerOptions). */
+  acmeChallenge?: (servername: string) => CertifiedKey | undefined;
   /**
    * Signatures waiting in the engine's queue from which new full handshakes are shed (resumptions,
    * which need none, still pass). Default: a quarter of the engine queue's length.
@@ -64,6 +67,34 @@ function listenerError(listener: ListenerConfig, where: string, err: unknown): u
   return new ListenerError(listener.name, `${err.pathUnder(where)}: ${err.message}`, err.cause === undefined ? undefined : { cause: err.cause });
 }
 
+/**
+ * With delegatedCredentials enabled, a CredentialKeeper for each certificate that may delegate
+ * (the others are served with HSM signatures), each with its first credential made (or its
+ * failure published: HSM signatures serve until a renewal succeeds). None may delegate → refused.
+ */
+export async function withDelegatedCredentials(
+  listener: ListenerConfig, certificates: ServerCertificate[],
+): Promise<{ certificates: ServerCertificate[]; keepers: CredentialKeeper[] }> {
+  const dc = listener.delegatedCredentials;
+  if (!dc?.enabled) return { certificates, keepers: [] };
+  if (!certificates.some((c) => canDelegate(c.chain[0]!))) {
+    throw new ListenerError(listener.name, `listeners[${listener.name}].delegatedCredentials.enabled: none of the certificates `
+      + `(${listener.certificates.map((c) => c.cert).join(', ')}) carries the DelegationUsage extension; `
+      + 'issue them with --delegation-usage or set enabled: false');
+  }
+  const keepers: CredentialKeeper[] = [];
+  const out = certificates.map((c) => {
+    if (!canDelegate(c.chain[0]!)) return c;
+    const keeper = new CredentialKeeper({
+      listener: listener.name, chain: c.chain, signer: c.signer, keyType: dc.keyType, validityMs: dc.validityMs,
+    });
+    keepers.push(keeper);
+    return { ...c, delegated: keeper };
+  });
+  await Promise.all(keepers.map((k) => k.start()));
+  return { certificates: out, keepers };
+}
+
 /** Reads the listener's client CA bundle into tls/ ClientAuthOptions (undefined for mode none). */
 export async function loadClientAuth(listener: ListenerConfig): Promise<ClientAuthOptions | undefined> {
   const c = listener.clientAuth;
@@ -96,7 +127,9 @@ function serverLimits(listener: ListenerConfig): Pick<TlsServerOptions, 'maxConn
 export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListenerFactory {
   const ticketKeys = opts.ticketKeys ?? new TicketKeys();
   return async (listener, onSecureConnection, settings) => {
-    const certificates = await loadCertifiedKeys(opts.engine, listener, opts);
+    const loaded = await withDelegatedCredentials(listener, await loadCertifiedKeys(opts.engine, listener, opts));
+    const { certificates } = loaded;
+    let keepers = loaded.keepers;
     let clientAuth = await loadClientAuth(listener);
     const gateFor = (l: ListenerConfig) => clientGate(l, {
       headerTimeoutMs: settings.handshakeTimeoutMs,
@@ -125,14 +158,23 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         name: listener.name,
         ...(clientAuth ? { clientAuth } : {}),
         gate: (raw, start) => gate(raw, start),
-      }, onSecureConnection);
+        ...(opts.acmeChallenge ? { acmeChallenge: opts.acmeChallenge } : {}),
+      }, (socket) => {
+        // RFC 8737 §3: a validation connection carries no data; the CA closes it after the handshake.
+        if (socket.alpnProtocol === ACME_TLS_ALPN) socket.end();
+        else onSecureConnection(socket);
+      });
     } catch (err) {
       // A client CA bundle that does not parse: the listener does not open.
+      for (const k of keepers) k.stop();
       throw new ListenerError(listener.name, (err as Error).message, { cause: err });
     }
     server.on('tlsClientError', () => { /* the peer got its alert; counted through the handshake channel */ });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: Error) => reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err })));
+      server.once('error', (err: Error) => {
+        for (const k of keepers) k.stop(); // the listener never serves: its credential keys go now
+        reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err }));
+      });
       server.netServer.listen(listener.port, listener.address, () => resolve());
     });
     const handle: TlsListener = {
@@ -140,21 +182,26 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
       async update(next) {
         // Everything that can fail (files, keys, HSM) happens before the swap; ALPN changes
         // need a restart of the listener (the handshake config is fixed per server).
-        const nextCertificates = await loadCertifiedKeys(opts.engine, next, opts);
         const nextAuth = await loadClientAuth(next);
+        // A fresh credential for every certificate, bound to the new DER, before the swap.
+        const nextLoaded = await withDelegatedCredentials(next, await loadCertifiedKeys(opts.engine, next, opts));
         try {
           server.setClientAuth(nextAuth);
-          server.setCertificates(nextCertificates);
+          server.setCertificates(nextLoaded.certificates);
           server.setLimits(serverLimits(next));
           admission.setOptions((next.limits ?? DEFAULTS.listenerLimits).perClient);
         } catch (err) {
           server.setClientAuth(clientAuth); // all or nothing
+          for (const k of nextLoaded.keepers) k.stop();
           throw new ListenerError(next.name, (err as Error).message, { cause: err });
         }
+        for (const k of keepers) k.stop();
+        keepers = nextLoaded.keepers;
         clientAuth = nextAuth;
         gate = gateFor(next);
       },
       async close() {
+        for (const k of keepers) k.stop();
         if (server.netServer.listening) server.close();
       },
     };

@@ -8,6 +8,7 @@ import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type H
 import { AdminServer, type ReadinessCheck, type ReadinessReport, type ScalingSource } from './admin.js';
 import { recordCertificateExpiry } from './cert-expiry.js';
 import { cidrList } from './client-gate.js';
+import { logDelegatedCredentials } from './delegated-credentials.js';
 import { identityHeaderNames } from './client-identity.js';
 import { ConnectionTracker } from './connections.js';
 import { ProxyStateError, ReloadRefusedError } from './errors.js';
@@ -55,6 +56,7 @@ export class Proxy {
   private admin: AdminServer | undefined;
   private state: 'new' | 'running' | 'draining' | 'stopped' = 'new';
   private unsubscribe: (() => void) | undefined;
+  private unsubscribeLog: (() => void) | undefined;
 
   constructor(private readonly opts: ProxyOptions) {
     this.logger = opts.logger ?? pino({ level: opts.config.log.level });
@@ -78,6 +80,7 @@ export class Proxy {
     if (this.state !== 'new') throw new ProxyStateError('the proxy was already started');
     this.state = 'running';
     if (this.opts.subscribeEvents !== false) this.unsubscribe = subscribeMetrics(this.metrics);
+    this.unsubscribeLog = logDelegatedCredentials(this.logger);
     try {
       for (const l of this.runtime.config.listeners) {
         this.listeners.set(l.name, { config: l, handle: await this.openListener(l) });
@@ -209,6 +212,7 @@ export class Proxy {
     this.forwarder.close();
     await this.admin?.close();
     this.unsubscribe?.();
+    this.unsubscribeLog?.();
     this.state = 'stopped';
     const report = {
       drained: forcedConnections === 0, forcedConnections, durationMs: Math.round(performance.now() - started),

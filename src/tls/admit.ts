@@ -19,8 +19,9 @@ export interface AdmittedConnection {
   /** The client key the signing queue is fair by (an IPv4 address, an IPv6 /64). */
   readonly client: string;
   /**
-   * The handshake needs a private-key signature (a full handshake, not a resumption). A reason
-   * sheds it: the handshake ends with internal_error before a signature is asked for.
+   * The handshake needs the certificate key's signature (a full handshake, neither a resumption nor
+   * one over a delegated credential). A reason sheds it: the handshake ends with internal_error
+   * before its key exchange and before a signature is asked for.
    */
   fullHandshake(): string | undefined;
   /** The handshake ended, completed or failed (called once). */

@@ -3,6 +3,7 @@
 // only with algorithms in signature_algorithms_cert (RFC 8446 §4.4.2.2 makes that a SHOULD).
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import { fatal } from './alert.js';
+import type { ClientHello } from './messages.js';
 import { DerReader, Tag } from './der.js';
 import { SignatureScheme } from './schemes.js';
 import type { CertifiedKey, Signer } from './signer.js';
@@ -126,4 +127,20 @@ export function selectCertificate(
   }
   if (!best) throw fatal('handshake_failure', 'no certificate whose key can sign with a scheme the client offered');
   return best.choice;
+}
+
+/** The ALPN protocol of ACME tls-alpn-01 validation (RFC 8737 §6.2). */
+export const ACME_TLS_ALPN = 'acme-tls/1';
+
+/**
+ * RFC 8737 §3: a ClientHello that offers acme-tls/1 with the server name of a pending challenge gets
+ * that challenge's validation certificate (and acme-tls/1). Every other hello, including acme-tls/1
+ * for a name with nothing pending, goes through the listener's own certificates and ALPN list.
+ */
+export function acmeChallenge(
+  ch: ClientHello, config: { acmeChallenge?: (servername: string) => CertEntry | undefined },
+): CertEntry | undefined {
+  const sni = ch.ext.serverName;
+  if (!config.acmeChallenge || sni === undefined || !ch.ext.alpn?.includes(ACME_TLS_ALPN)) return undefined;
+  return config.acmeChallenge(sni);
 }

@@ -4,6 +4,7 @@
 import { isIP } from 'node:net';
 import { fatal } from './alert.js';
 import { Reader, Writer } from './codec.js';
+import { readDelegatedCredentialExtension } from './delegated.js';
 
 /** Extension type code points this server reads or writes. */
 export const ExtensionType = {
@@ -13,6 +14,7 @@ export const ExtensionType = {
   signature_algorithms: 13,
   alpn: 16,
   extended_master_secret: 23,
+  delegated_credential: 34,
   session_ticket: 35,
   pre_shared_key: 41,
   early_data: 42,
@@ -56,6 +58,8 @@ export interface ClientHelloExtensions {
   preSharedKey?: OfferedPsks;
   earlyData: boolean;
   cookie?: Buffer;
+  /** delegated_credential (RFC 9345): the schemes the client accepts for CertificateVerify under a credential. */
+  delegatedCredential?: number[];
   /** Raw bodies kept for the HelloRetryRequest "otherwise identical" check. */
   raw: Map<number, Buffer>;
 }
@@ -169,6 +173,7 @@ export function readClientHelloExtensions(r: Reader, msgStart: number): ClientHe
       }
       case ExtensionType.pre_shared_key: ext.preSharedKey = readPsk(er, msgStart); break;
       case ExtensionType.early_data: ext.earlyData = true; break;
+      case ExtensionType.delegated_credential: ext.delegatedCredential = readDelegatedCredentialExtension(er); break;
       case ExtensionType.cookie:
         ext.cookie = er.vec16('cookie');
         if (ext.cookie.length === 0) throw fatal('decode_error', 'empty cookie'); // cookie<1..2^16-1>

@@ -9,7 +9,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { AlertDescription, fatal } from './alert.js';
-import type { CertChoice } from './certselect.js';
+import { ACME_TLS_ALPN, acmeChallenge, type CertChoice } from './certselect.js';
 import { CLIENT_SCHEMES_12, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
 import { decodeCertificateVerify, decodeClientCertificate12, encodeCertificateRequest12 } from './client-auth-messages.js';
 import { ExpectClientHello, type HandshakeIo, type State } from './handshake13.js';
@@ -128,11 +128,13 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
   const ems = opts.extendedMasterSecret;
   const servername = ch.ext.serverName ?? '';
   negotiated.servername = ch.ext.serverName;
-  const alpn = chooseAlpn(ch, config.alpnProtocols);
+  const challenge = acmeChallenge(ch, config);
+  const alpn = challenge ? ACME_TLS_ALPN : chooseAlpn(ch, config.alpnProtocols);
   negotiated.alpn = alpn;
 
   // No resumption under mTLS: an abbreviated handshake has no client Certificate to verify.
-  if (opts.sessionTicket && config.ticketKeys && !config.clientAuth) {
+  // A validation handshake must present the challenge certificate, so it never resumes either.
+  if (opts.sessionTicket && config.ticketKeys && !config.clientAuth && !challenge) {
     const t = openTicket12(config.ticketKeys, opts.sessionTicket, config.now());
     // RFC 7627 §5.3: a session resumes only with the EMS state it was made with; else a full handshake.
     const usable = t && t.servername === servername && t.extendedMasterSecret === ems
@@ -147,7 +149,7 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
     }
   }
 
-  const { suite, cert } = chooseSuiteAndCertificate12(ch, config.certificates);
+  const { suite, cert } = chooseSuiteAndCertificate12(ch, challenge ? [challenge] : config.certificates);
   const group = chooseGroup12(ch);
   io.admitFullHandshake();
   Object.assign(negotiated, { suite, group, keyType: cert.entry.keyType, scheme: cert.scheme });
@@ -156,7 +158,7 @@ function startTls12(ch: ClientHello, io: HandshakeIo12): State {
     transcript: config.clientAuth ? new RecordingTranscript(suite.hash) : new Transcript(suite.hash),
     alpn, servername,
     issueTicket: opts.sessionTicket !== undefined && config.ticketKeys !== undefined && config.ticketCount > 0
-      && !config.clientAuth,
+      && !config.clientAuth && !challenge,
     ems,
   };
   // Where the asynchronous signature fits: the signed content is known once the

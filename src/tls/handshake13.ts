@@ -5,7 +5,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { randomBytesPooled } from './random.js';
 import { fatal } from './alert.js';
-import { selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
+import { usableCredential, type DelegatedCredential } from './delegated.js';
+import { ACME_TLS_ALPN, acmeChallenge, selectCertificate, type CertChoice, type CertEntry } from './certselect.js';
 import { CLIENT_SCHEMES_13, clientCertificateVerifyContent, verifyClientChain, verifyClientSignature, type ClientAuthPolicy, type PeerIdentity } from './client-auth.js';
 import { decodeCertificateVerify, decodeClientCertificate13, encodeCertificateRequest13 } from './client-auth-messages.js';
 import { allowsPskDhe, checkClientHello13, checkRetryHello, chooseAlpn, chooseGroup, chooseSuite, negotiateVersion } from './hello13.js';
@@ -36,6 +37,8 @@ export interface HandshakeConfig {
   clientAuth?: ClientAuthPolicy;
   /** Per-key record limits in place of the defaults of each version (tests reach them this way). */
   seqLimits?: SeqLimits;
+  /** RFC 8737 tls-alpn-01: the validation certificate of a name with a pending challenge (see acmeChallenge). */
+  acmeChallenge?: (servername: string) => CertEntry | undefined;
   /** Largest ClientHello accepted, bytes (default MAX_CLIENT_HELLO, the grammar's maximum). */
   maxClientHelloBytes?: number;
 }
@@ -49,6 +52,8 @@ export interface Negotiated {
   servername?: string;
   alpn?: string;
   scheme?: number;
+  /** Who signed CertificateVerify: a delegated credential in memory, or the certificate's key. */
+  credential?: 'delegated' | 'certificate';
   /** The client's verified certificate identity (mTLS), set once its Finished verified. */
   peer?: PeerIdentity;
 }
@@ -128,11 +133,14 @@ export class ExpectClientHello implements State {
     const { config, negotiated } = io;
     negotiated.suite = suite;
     negotiated.servername = ch.ext.serverName;
-    const alpn = chooseAlpn(ch, config.alpnProtocols);
+    const challenge = acmeChallenge(ch, config);
+    const alpn = challenge ? ACME_TLS_ALPN : chooseAlpn(ch, config.alpnProtocols);
 
     let psk: AcceptedPsk | null = null;
     // No resumption under mTLS: a PSK handshake has no client Certificate (see docs: tickets are off there).
-    if (ch.ext.preSharedKey && config.ticketKeys && !config.clientAuth && allowsPskDhe(ch)) {
+    // A validation handshake must present the challenge certificate, so it never resumes either.
+    const mayResume = !config.clientAuth && !challenge;
+    if (ch.ext.preSharedKey && config.ticketKeys && mayResume && allowsPskDhe(ch)) {
       psk = acceptPsk({
         keys: config.ticketKeys, offered: ch.ext.preSharedKey, chRaw: ch.raw,
         transcriptPrefix: this.retry?.prefix ?? [],
@@ -140,10 +148,16 @@ export class ExpectClientHello implements State {
       });
     }
     let cert: CertChoice | undefined;
+    let dc: ReturnType<typeof usableCredential>;
     if (!psk) {
       if (!ch.ext.signatureAlgorithms) throw fatal('missing_extension', 'ClientHello lacks signature_algorithms');
       cert = selectCertificate(
-        config.certificates, ch.ext.serverName, ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+        challenge ? [challenge] : config.certificates, ch.ext.serverName,
+        ch.ext.signatureAlgorithms, ch.ext.signatureAlgorithmsCert,
+      );
+      const { certified } = cert.entry;
+      dc = usableCredential(
+        certified.delegated, certified.chain[0]!, ch.ext.delegatedCredential, ch.ext.signatureAlgorithms, config.now(),
       );
     }
 
@@ -152,7 +166,9 @@ export class ExpectClientHello implements State {
       if (this.retry) throw fatal('illegal_parameter', 'second ClientHello still has no usable key share');
       return this.helloRetry(ch, suite, group.retryWith, transcript, io);
     }
-    if (!psk) io.admitFullHandshake();
+    // Only a handshake that will wait for the certificate's key is admission's to shed: a resumption
+    // or a delegated credential signs nothing there.
+    if (!psk && !dc) io.admitFullHandshake();
     negotiated.group = group.share.group;
     // RFC 8446 §5.1: the read key changes after this hello; refuse leftover bytes before anything is sent.
     io.checkKeyChangeBoundary();
@@ -190,13 +206,18 @@ export class ExpectClientHello implements State {
       keys.clientAuth = config.clientAuth;
     }
     negotiated.keyType = chosen.entry.keyType;
-    negotiated.scheme = chosen.scheme;
-    const certMsg = encodeCertificate(chosen.entry.certified.chain);
+    const { certified } = chosen.entry;
+    negotiated.credential = dc ? 'delegated' : 'certificate';
+    negotiated.scheme = dc?.scheme ?? chosen.scheme;
+    const certMsg = encodeCertificate(certified.chain, dc?.wire);
     transcript.update(certMsg);
     io.sendHandshake(certMsg);
     const signedHash = transcript.digest();
     const content = certificateVerifyContent(signedHash);
-    io.requestSignature({ signer: chosen.entry.certified.signer, scheme: chosen.scheme, content });
+    // RFC 9345 §4.1.1: under a credential, CertificateVerify is signed with the credential key,
+    // held in memory: no round trip to the certificate's key, so no pause.
+    if (dc) return new AwaitSignature(keys, chosen, content, signedHash, dc).resume(dc.signLocally(content), io);
+    io.requestSignature({ signer: certified.signer, scheme: chosen.scheme, content });
     return new AwaitSignature(keys, chosen, content, signedHash);
   }
 
@@ -240,6 +261,7 @@ export class AwaitSignature implements State {
     private readonly cert: CertChoice,
     private readonly content: Buffer,
     private readonly signedHash: Buffer,
+    private readonly dc?: DelegatedCredential,
   ) {}
 
   handle(m: HandshakeMessage): State { return unexpected(this.name, m); }
@@ -249,11 +271,13 @@ export class AwaitSignature implements State {
     const { transcript } = this.keys;
     // The hash that was signed must be the one CertificateVerify follows.
     if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
-    if (io.config.verifyAfterSign(this.cert.entry.keyType)
-      && !verifyScheme(this.cert.entry.leafPublicKey, this.cert.scheme, this.content, signature)) {
-      throw fatal('internal_error', 'the signer returned a signature that does not verify under the certificate key');
+    const { dc } = this;
+    const [publicKey, scheme] = dc ? [dc.publicKey, dc.scheme] : [this.cert.entry.leafPublicKey, this.cert.scheme];
+    const verify = io.config.verifyAfterSign(this.cert.entry.keyType);
+    if (verify && !verifyScheme(publicKey, scheme, this.content, signature)) {
+      throw fatal('internal_error', `the ${this.dc ? 'credential' : 'signer'} returned a signature that does not verify under its key`);
     }
-    const cv = encodeCertificateVerify(this.cert.scheme, signature);
+    const cv = encodeCertificateVerify(scheme, signature);
     transcript.update(cv);
     io.sendHandshake(cv);
     return sendServerFinished(this.keys, io);
@@ -343,7 +367,7 @@ export class ExpectFinished implements State {
 function sendTickets(k: FlightKeys, rms: Buffer, io: HandshakeIo): void {
   const { ticketKeys, ticketCount, now } = io.config;
   // RFC 8446 §4.2.9: no psk_key_exchange_modes means no tickets; a psk_ke-only client could never use ours.
-  if (!ticketKeys || io.config.clientAuth || !k.pskDhe) return;
+  if (!ticketKeys || io.config.clientAuth || !k.pskDhe || k.alpn === ACME_TLS_ALPN) return;
   const lifetime = ticketLifetimeS(ticketKeys, io.config.ticketLifetimeS);
   if (lifetime === 0) return; // it would never resume
   for (let i = 0; i < ticketCount; i++) {

@@ -7,7 +7,7 @@ export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate,
 export { TlsSocket } from './socket.js';
 export { ServerConnection, Limits, type ConnectionEvent, type Counters } from './connection.js';
 export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js';
-export { prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
+export { ACME_TLS_ALPN, prepareCertEntry, selectCertificate, type CertEntry } from './certselect.js';
 export { type ClientAuthMode, type ClientAuthOptions, type PeerIdentity } from './client-auth.js';
 export { HANDSHAKE_CHANNEL, type HandshakeObservation } from './observe.js';
 export {
@@ -22,3 +22,9 @@ export type { SharedTicketKey, TicketKeysOptions } from './tickets.js';
 export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';
 export { TLS12_SUITES, type CipherSuite12 } from './suites12.js';
 export type { ServerHandshakeConfig, TlsVersionName, VersionRange } from './hello12.js';
+export {
+  DELEGATED_CREDENTIAL_EXT, DELEGATION_USAGE_OID, MAX_DC_VALIDITY_MS, canDelegate, credentialFrom,
+  credentialSigningScheme,
+  decodeDelegatedCredential, delegatedCredentialSignedContent, encodeCredential, makeDelegatedCredential,
+  type CredentialKeyType, type DelegatedCredential, type DelegatedCredentialSource,
+} from './delegated.js';

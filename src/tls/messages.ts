@@ -123,12 +123,17 @@ export function encodeEncryptedExtensions(p: { ackServerName: boolean; alpn?: st
   });
 }
 
-/** Certificate with an empty request context and no per-entry extensions. */
-export function encodeCertificate(chain: readonly Buffer[]): Buffer {
-  const size = chain.reduce((n, c) => n + c.length + 5, 16);
+/** Certificate with an empty request context; only the end entity may carry an extension (a delegated credential). */
+export function encodeCertificate(chain: readonly Buffer[], delegatedCredential?: Buffer): Buffer {
+  const size = chain.reduce((n, c) => n + c.length + 5, 16) + (delegatedCredential?.length ?? 0) + 4;
   return message(HandshakeType.certificate, (w) => {
     w.u8(0).lengthPrefixed(3, (l) => {
-      for (const cert of chain) l.vec24(cert).u16(0);
+      chain.forEach((cert, i) => {
+        l.vec24(cert);
+        // RFC 9345 §4.1.1: the credential rides in the end-entity CertificateEntry's extensions.
+        if (i === 0 && delegatedCredential) l.lengthPrefixed(2, (e) => e.u16(34).vec16(delegatedCredential));
+        else l.u16(0);
+      });
     });
   }, size);
 }

@@ -12,6 +12,8 @@ export interface HandshakeObservation {
   group: string;
   keyType: 'rsa' | 'ec' | '';
   resumed: boolean;
+  /** Who signed CertificateVerify; absent when no certificate was sent (resumption, early failure). */
+  credential?: 'delegated' | 'certificate';
   /** shed: admission refused the full handshake before its key exchange (internal_error sent). */
   result: 'ok' | 'alert_sent' | 'alert_received' | 'closed' | 'timeout' | 'sign_error' | 'shed';
   alert?: string;

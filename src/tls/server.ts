@@ -104,6 +104,12 @@ export interface TlsServerOptions {
    * protocol: the client's address it reads is the one admission counts); see ConnectionGate.
    */
   gate?: ConnectionGate;
+  /**
+   * ACME tls-alpn-01 (RFC 8737): the validation certificate of a server name with a pending
+   * challenge, or undefined. Consulted only for hellos offering acme-tls/1; with it, a server may
+   * start with no certificate of its own (it is waiting for its first ACME one).
+   */
+  acmeChallenge?: (servername: string) => CertifiedKey | undefined;
 }
 
 /** A TLS 1.3 / 1.2 server with asynchronous signatures. */
@@ -122,7 +128,7 @@ export class TlsServer extends EventEmitter {
   constructor(options: TlsServerOptions) {
     super();
     this.options = { ...options }; // setLimits changes the copy, never the caller's object
-    if (options.certificates.length === 0) throw new TypeError('createServer needs at least one certificate');
+    if (options.certificates.length === 0 && !options.acmeChallenge) throw new TypeError('createServer needs at least one certificate');
     const entries: CertEntry[] = options.certificates.map((c) => prepareCertEntry(c, c.servername));
     const verify = options.verifyAfterSign ?? 'rsa';
     const clientAuth = prepareClientAuth(options.clientAuth);
@@ -144,6 +150,7 @@ export class TlsServer extends EventEmitter {
       requireExtendedMasterSecret: options.requireExtendedMasterSecret ?? true,
       ...(options.maxClientHelloBytes !== undefined ? { maxClientHelloBytes: options.maxClientHelloBytes } : {}),
       ...(clientAuth ? { clientAuth, ticketKeys: undefined } : {}),
+      ...(options.acmeChallenge ? { acmeChallenge: challengeEntries(options.acmeChallenge) } : {}),
     };
     this.netServer = createNetServer({ allowHalfOpen: true }, (raw) => this.onConnection(raw));
     this.netServer.on('error', (err) => this.emit('error', err));
@@ -156,7 +163,7 @@ export class TlsServer extends EventEmitter {
    * the set they started with.
    */
   setCertificates(certificates: readonly ServerCertificate[]): void {
-    if (certificates.length === 0) throw new TypeError('setCertificates needs at least one certificate');
+    if (certificates.length === 0 && !this.options.acmeChallenge) throw new TypeError('setCertificates needs at least one certificate');
     this.config = { ...this.config, certificates: certificates.map((c) => prepareCertEntry(c, c.servername)) };
   }
 
@@ -291,4 +298,21 @@ export function createServer(options: TlsServerOptions, onSecureConnection?: (so
   const server = new TlsServer(options);
   if (onSecureConnection) server.on('secureConnection', onSecureConnection);
   return server;
+}
+
+/** Challenge lookups as selection entries, each certificate parsed once (not per validation hello). */
+function challengeEntries(
+  lookup: (servername: string) => CertifiedKey | undefined,
+): (servername: string) => CertEntry | undefined {
+  const prepared = new WeakMap<CertifiedKey, CertEntry>();
+  return (servername) => {
+    const certified = lookup(servername);
+    if (!certified) return undefined;
+    let entry = prepared.get(certified);
+    if (!entry) {
+      entry = prepareCertEntry(certified, [servername]);
+      prepared.set(certified, entry);
+    }
+    return entry;
+  };
 }

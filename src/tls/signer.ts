@@ -3,6 +3,7 @@
 // to `sign`, and awaits the signature. A rejection may carry a `code`: the no-compatible-key
 // codes below become handshake_failure, others internal_error. engine/ imports this contract.
 export { SignatureScheme, type SignatureSchemeName } from './schemes.js';
+import type { DelegatedCredentialSource } from './delegated.js';
 
 /**
  * Holds a private key somewhere else (an HSM, a PKCS#11 token, memory) and signs on request.
@@ -64,4 +65,6 @@ export function signFailureAlert(err: unknown): 'handshake_failure' | 'internal_
 export interface CertifiedKey {
   readonly chain: readonly Buffer[];
   readonly signer: Signer;
+  /** The leaf's current delegated credential (RFC 9345), when the listener delegates. */
+  readonly delegated?: DelegatedCredentialSource;
 }

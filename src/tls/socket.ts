@@ -347,6 +347,7 @@ export class TlsSocket extends Duplex {
       resumed: n.resumed, result, durationMs: performance.now() - this.started, signWaitMs: this.signWaitMs,
     };
     if (alert) o.alert = alert;
+    if (n.credential) o.credential = n.credential;
     if (reason) o.reason = reason;
     if (n.servername) o.servername = n.servername;
     if (this.conn.config.clientAuth) o.clientCert = n.peer && result === 'ok' ? { subject: n.peer.subject, fingerprint256: n.peer.fingerprint256 } : null;

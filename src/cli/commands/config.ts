@@ -3,7 +3,7 @@
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { ConfigInvalidError, loadConfig, type Config } from '../../config/index.js';
-import { certificateIssues } from '../../proxy/certificate-files.js';
+import { certificateIssues, delegationReport, type DelegationStatus } from '../../proxy/certificate-files.js';
 import { output } from '../run.js';
 
 const DEFAULT_FILE = 'config/hsmproxy.yaml';
@@ -31,6 +31,14 @@ async function check(file: string, opts: ConfigOptions): Promise<Config> {
   return c;
 }
 
+/** Per listener, whether delegated credentials are on and which certificates can delegate (RFC 9345). */
+interface ListenerDelegation { listener: string; enabled: boolean; certificates: DelegationStatus[] }
+async function delegationReports(c: Config): Promise<ListenerDelegation[]> {
+  return Promise.all(c.listeners.map(async (l) => ({
+    listener: l.name, enabled: l.delegatedCredentials?.enabled === true, certificates: await delegationReport(l),
+  })));
+}
+
 /** Registers the `config` command group. */
 export function register(program: Command): void {
   const group = program.command('config').description('validate and inspect hsmproxy configuration files');
@@ -44,9 +52,21 @@ export function register(program: Command): void {
       try {
         const c = await check(file, opts);
         const pending = opts.files !== false && demoPending(c);
-        output(opts, { file, valid: true, issues: [], ...(pending ? { demoCertificatesPending: true } : {}) }, () => {
+        const delegation = opts.files === false || pending ? [] : await delegationReports(c);
+        output(opts, {
+          file, valid: true, issues: [], ...(pending ? { demoCertificatesPending: true } : {}),
+          ...(delegation.length ? { delegatedCredentials: delegation } : {}),
+        }, () => {
           process.stdout.write(`${file}: valid (${c.listeners.length} listener${c.listeners.length === 1 ? '' : 's'}, ${c.routes.length} route${c.routes.length === 1 ? '' : 's'}, hsm mode ${c.hsm.mode})\n`);
           if (pending) process.stdout.write('  demo: its certificates and key references are made by the first `hsmproxy serve` with this config\n');
+          for (const l of delegation) {
+            process.stdout.write(`  listener ${l.listener}: delegated credentials ${l.enabled ? 'enabled' : 'off'}\n`);
+            for (const s of l.certificates) {
+              const how = s.canDelegate ? 'can delegate (DelegationUsage)'
+                : `cannot delegate (no DelegationUsage)${l.enabled ? ': served with an HSM signature per handshake' : ''}`;
+              process.stdout.write(`    ${s.cert}: ${how}\n`);
+            }
+          }
         });
       } catch (err) {
         if (!(err instanceof ConfigInvalidError)) throw err;

@@ -17,6 +17,7 @@ interface PkiOptions extends KeyCommandOptions {
   force?: boolean;
   pss?: boolean;
   pathLength?: string;
+  delegationUsage?: boolean;
 }
 
 interface SignOptions extends KeyCommandOptions {
@@ -29,6 +30,7 @@ interface SignOptions extends KeyCommandOptions {
   profile: string;
   chain?: boolean;
   pss?: boolean;
+  delegationUsage?: boolean;
 }
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -107,12 +109,14 @@ export function register(program: Command): void {
     .option('--force', 'overwrite --out if it exists')
     .option('--san <entries>', 'subjectAltName entries: DNS:name, IP:addr, email:addr, URI:uri', collect, [])
     .option('--days <n>', 'validity in days')
+    .option('--delegation-usage', 'add DelegationUsage (RFC 9345): the key may sign TLS delegated credentials')
     .action(async (opts: PkiOptions) => {
       const d = days(opts.days);
       checkOut(opts);
       await withEngine(opts, async (engine) => {
         const c = await selfSign(
-          await hsmKey(engine, opts.key, opts), { subject: opts.subject, sans: opts.san, days: d },
+          await hsmKey(engine, opts.key, opts),
+          { subject: opts.subject, sans: opts.san, days: d, delegationUsage: opts.delegationUsage === true },
         );
         await writeOutput(opts.out, certPem(c));
         output(opts, {
@@ -165,6 +169,7 @@ export function register(program: Command): void {
       .option('--profile <profile>', 'server or client', 'server')
       .option('--force', 'overwrite --out if it exists')
       .option('--chain', 'write the leaf followed by the CA certificate')
+      .option('--delegation-usage', 'add DelegationUsage (RFC 9345): the key may sign TLS delegated credentials')
       .option('--pss', 'sign with RSASSA-PSS (RSA CA keys)')
       .option('--json', 'print the result as JSON'),
   ).action(async (opts: SignOptions) => {
@@ -177,6 +182,7 @@ export function register(program: Command): void {
       const key = await hsmKey(engine, opts.caKey, opts);
       const { record, capped } = await caSign(key, {
         caCert, caCertFile: opts.caCert, csr, csrFile: opts.csr, days: d, profile: opts.profile as 'server' | 'client',
+        delegationUsage: opts.delegationUsage === true,
         write: (cert) => writeOutput(opts.out, opts.chain ? chainPem(cert, caCert) : certPem(cert)),
       });
       output(opts, { out: opts.out, ...record, capped }, () => {
