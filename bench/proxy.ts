@@ -2,7 +2,8 @@
 // offloading TLS listener, key in a 1-HSM embedded cluster) and through nginx as a reverse proxy
 // (same certificate, key file, one worker), both to the same upstream process; plus the upstream
 // over plain HTTP as the floor. Same C client for all: h2load --h1, CONNECTIONS connections, one
-// request in flight each. Writes bench/results/proxy.json.
+// request in flight each; HTTP/2 rows (hsmproxy on both listeners, nginx with `http2`) use
+// h2load -c 16 -m 10. Writes bench/results/proxy.json.
 // Run: npm run bench:proxy   (env BENCH_SECONDS, default 5; BENCH_CONNECTIONS, default 32;
 // BENCH_WORKERS, default 2: a second round of `hsmproxy serve` with that many workers against nginx
 // with as many worker processes)
@@ -29,6 +30,9 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 // A second round with this many worker processes on both sides (1 skips it).
 const WORKERS = Number(process.env.BENCH_WORKERS ?? 2);
+// The HTTP/2 rows: h2load -c 16 -m 10 (160 requests in flight over 16 connections).
+const H2_CONNECTIONS = 16;
+const H2_STREAMS = 10;
 
 function processCpuMs(): number {
   const c = process.cpuUsage();
@@ -48,10 +52,10 @@ async function startUpstream(): Promise<{ url: string; pid: number; stop(): Prom
   };
 }
 
-async function measure(server: ProxyBenchPoint['server'], url: string, cpu: () => number, upstreamPid: number): Promise<ProxyBenchPoint> {
+async function measure(server: ProxyBenchPoint['server'], url: string, cpu: () => number, upstreamPid: number, h2Streams = 0): Promise<ProxyBenchPoint> {
   const c0 = cpu();
   const u0 = treeCpuMs(upstreamPid);
-  const r = await runH2load(url, CONNECTIONS, SECONDS);
+  const r = await runH2load(url, h2Streams > 0 ? H2_CONNECTIONS : CONNECTIONS, SECONDS, 1, h2Streams);
   // h2load's warm-up is included in the CPU delta; scale by measured share of the run.
   const share = SECONDS / (SECONDS + 1);
   const n = Math.max(1, r.requests);
@@ -88,6 +92,7 @@ admin: { address: 127.0.0.1, port: 0 }
   const proxy = new Proxy({ config, tlsListenerFactory: offloadListenerFactory({ engine: key.engine }), logger: pino({ level: 'silent' }) });
   await proxy.start();
   points.push(await measure('hsmproxy', `https://127.0.0.1:${proxy.listenerAddress('bench')!.port}/`, processCpuMs, upstream.pid));
+  points.push(await measure('hsmproxy, h2', `https://127.0.0.1:${proxy.listenerAddress('bench')!.port}/`, processCpuMs, upstream.pid, H2_STREAMS));
   await proxy.shutdown(1000);
 
   // The same Proxy over node:tls (key file): separates the TLS record layer's cost from HTTP proxying's.
@@ -99,12 +104,17 @@ admin: { address: 127.0.0.1, port: 0 }
   const viaNode = new Proxy({ config: nodeConfig, tlsListenerFactory: nodeTlsListenerFactory, logger: pino({ level: 'silent' }) });
   await viaNode.start();
   points.push(await measure('hsmproxy (node:tls listener)', `https://127.0.0.1:${viaNode.listenerAddress('bench')!.port}/`, processCpuMs, upstream.pid));
+  points.push(await measure('hsmproxy (node:tls listener), h2', `https://127.0.0.1:${viaNode.listenerAddress('bench')!.port}/`, processCpuMs, upstream.pid, H2_STREAMS));
   await viaNode.shutdown(1000);
 
   if ('bin' in nginx) {
     const n = await startNginx(nginx.bin, { certFile: certs.ec.certFile, keyFile: certs.ec.keyFile, upstream: upstream.url });
     points.push(await measure('nginx', `https://127.0.0.1:${n.port}/`, n.cpuMs, upstream.pid));
     await n.close();
+    // nginx 1.22 (Debian 12) spells `http2 on` as `listen … ssl http2`.
+    const n2 = await startNginx(nginx.bin, { certFile: certs.ec.certFile, keyFile: certs.ec.keyFile, upstream: upstream.url, http2: true });
+    points.push(await measure('nginx, h2', `https://127.0.0.1:${n2.port}/`, n2.cpuMs, upstream.pid, H2_STREAMS));
+    await n2.close();
   }
 
   if (WORKERS > 1) {
@@ -135,10 +145,13 @@ admin: { address: 127.0.0.1, port: 0 }
   const oursN = points.find((p) => p.server === `hsmproxy, ${WORKERS} workers`);
   const nginxN = points.find((p) => p.server === `nginx, ${WORKERS} workers`);
   if (oursN && nginxN) ratios.push(ratioOf(oursN, nginxN));
+  const oursH2 = points.find((p) => p.server === 'hsmproxy, h2');
+  const nginxH2 = points.find((p) => p.server === 'nginx, h2');
+  if (oursH2 && nginxH2) ratios.push(ratioOf(oursH2, nginxH2));
   for (const r of ratios) console.log(`ratio hsmproxy/${r.baseline}: requests/s ${r.requestsPerSec.toFixed(2)}, CPU per request (${r.baseline} ÷ ours) ${r.cpuPerRequest.toFixed(2)}`);
   const result: ProxyBenchResult = {
     kind: 'proxy', date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, loadavg,
-    client: `${h2.version} --h1, ${CONNECTIONS} connections, 1 request in flight each`,
+    client: `${h2.version} --h1, ${CONNECTIONS} connections, 1 request in flight each; h2 rows: -c ${H2_CONNECTIONS} -m ${H2_STREAMS}`,
     nginx: 'bin' in nginx ? nginx.version : null, nginxSkipped: 'missing' in nginx ? nginx.missing : null,
     seconds: SECONDS, connections: CONNECTIONS, points, ratios,
   };

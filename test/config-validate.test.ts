@@ -3,7 +3,7 @@ import t from 'tap';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigFileError, ConfigInvalidError, ConfigSyntaxError, loadConfig, parseConfig } from '../src/config/index.js';
+import { ConfigFileError, ConfigInvalidError, ConfigSyntaxError, HTTP2_DEFAULTS, loadConfig, parseConfig } from '../src/config/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-config-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -33,7 +33,8 @@ t.test('a minimal config gets the documented defaults', async (t) => {
   t.equal(c.listeners[0]!.name, 'listener0');
   t.equal(c.listeners[0]!.minVersion, '1.3');
   t.equal(c.listeners[0]!.maxVersion, '1.3');
-  t.same(c.listeners[0]!.alpn, ['http/1.1']);
+  t.same(c.listeners[0]!.alpn, ['h2', 'http/1.1']);
+  t.same(c.http2, HTTP2_DEFAULTS, 'HTTP/2 limits default to 128 streams, 4 KiB HPACK table…');
   t.equal(c.listeners[0]!.certificates[0]!.cert, join(dir, 'a.pem'), 'paths resolve against the base directory');
   t.equal(c.routes[0]!.pathPrefix, '/');
   t.same(c.upstreams[c.routes[0]!.upstream]!.targets, ['http://127.0.0.1:8080'], 'an inline list becomes a pool');
@@ -99,8 +100,27 @@ t.test('enumerations list the accepted values', async (t) => {
   t.match(errorOf(minimal + 'hsm: { profile: huge }\n').message, /^hsm\.profile: expected one of 'unlimited', 'hsm1\.medium', 'hsm2m\.medium'/);
 });
 
-t.test('ALPN may only offer the HTTP/1.x the proxy serves', async (t) => {
-  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    alpn: [h2, http/1.1]')).message, /^listeners\[0\]\.alpn\[0\]: expected one of 'http\/1\.1', 'http\/1\.0', got "h2"/);
+t.test('ALPN may only offer the protocols the proxy serves: h2 and HTTP/1.x', async (t) => {
+  t.same(parseConfig(minimal.replace('port: 8443', 'port: 8443\n    alpn: [http/1.1]'), { baseDir: dir }).listeners[0]!.alpn, ['http/1.1']);
+  t.match(errorOf(minimal.replace('port: 8443', 'port: 8443\n    alpn: [h3, http/1.1]')).message, /^listeners\[0\]\.alpn\[0\]: expected one of 'h2', 'http\/1\.1', 'http\/1\.0', got "h3"/);
+});
+
+t.test('http2: limits are checked with the path of the bad field', async (t) => {
+  const c = parseConfig(`${minimal}\nhttp2: { maxConcurrentStreams: 64, resetBurst: 10 }\n`, { baseDir: dir });
+  t.equal(c.http2!.maxConcurrentStreams, 64);
+  t.equal(c.http2!.resetBurst, 10);
+  t.equal(c.http2!.headerTableSize, 4096, 'the rest keep their defaults');
+  t.match(errorOf(`${minimal}\nhttp2: { maxConcurrentStreams: 0 }\n`).message, /http2\.maxConcurrentStreams: expected a number of streams from 1 to 10000, got number 0/);
+  t.match(errorOf(`${minimal}\nhttp2: { streamWindow: 1 }\n`).message, /http2\.streamWindow: unknown key/);
+});
+
+t.test('an upstream opts into HTTP/2: h2 needs https:// targets, h2c http://', async (t) => {
+  const up = (protocol: string, url: string) => minimal.replace(/routes:[\s\S]*$/, `routes:\n  - upstream: app\nupstreams:\n  app: { targets: [ "${url}" ], protocol: ${protocol} }\n`);
+  t.equal(parseConfig(up('h2c', 'http://127.0.0.1:50051'), { baseDir: dir }).upstreams.app!.protocol, 'h2c');
+  t.equal(parseConfig(up('h2', 'https://api.example.com'), { baseDir: dir }).upstreams.app!.protocol, 'h2');
+  t.match(errorOf(up('h2', 'http://127.0.0.1:50051')).message, /upstreams\.app\.targets\[0\]: protocol h2 needs a https:\/\/ URL/);
+  t.match(errorOf(up('h2c', 'https://api.example.com')).message, /protocol h2c needs a http:\/\/ URL/);
+  t.match(errorOf(up('spdy', 'http://x')).message, /upstreams\.app\.protocol: expected one of 'http1', 'h2', 'h2c'/);
 });
 
 t.test('TLS 1.2 is accepted and minVersion may not exceed maxVersion', async (t) => {

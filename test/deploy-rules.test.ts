@@ -110,6 +110,8 @@ t.test('the dashboard has the panels the issue lists', async (t) => {
   reads(/Keys occupied/, /hsmproxy_hsm_keys/);
   reads(/recommended vs actual/, /hsmproxy_cluster_recommended_hsms/);
   reads(/recommended vs actual/, /hsmproxy_cluster_hsms|hsmproxy_hsm_up/);
+  reads(/by client protocol/, /sum by \(protocol\) .*hsmproxy_http_request_duration_seconds_count/);
+  reads(/HTTP\/2 connections closed/, /hsmproxy_http2_connections_closed_total/);
 });
 
 t.test('Grafana provisioning: a Prometheus datasource and a file provider for the dashboard folder', async (t) => {

@@ -30,12 +30,16 @@ function pct(sorted: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]! : 0;
 }
 
-/** Keep-alive load on `url` with `connections` HTTP/1.1 connections (one request in flight each). */
-export async function runH2load(url: string, connections: number, seconds: number, warmupSeconds = 1): Promise<H2loadResult> {
+/**
+ * Keep-alive load on `url` with `connections` HTTP/1.1 connections (one request in flight each),
+ * or HTTP/2 connections with `h2Streams` concurrent streams each.
+ */
+export async function runH2load(url: string, connections: number, seconds: number, warmupSeconds = 1, h2Streams = 0): Promise<H2loadResult> {
   const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-bench-h2load-'));
   try {
     const log = join(dir, 'requests.log');
-    const child = spawn('h2load', ['--h1', '-c', String(connections), '-m', '1', `--warm-up-time=${warmupSeconds}`, '-D', String(seconds), `--log-file=${log}`, url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const protocol = h2Streams > 0 ? ['-m', String(h2Streams)] : ['--h1', '-m', '1'];
+    const child = spawn('h2load', [...protocol, '-c', String(connections), `--warm-up-time=${warmupSeconds}`, '-D', String(seconds), `--log-file=${log}`, url], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     child.stderr.on('data', (d: Buffer) => { out += d.toString(); });

@@ -42,7 +42,7 @@ async function waitListening(port: number, child: ChildProcess, logFile: string)
 }
 
 /** Starts nginx with `certFile`/`keyFile`; with `upstream` it proxies there (HTTP/1.1 keep-alive), else answers 200 itself. */
-export async function startNginx(bin: string, opts: { certFile: string; keyFile: string; upstream?: string; workers?: number }): Promise<RunningNginx> {
+export async function startNginx(bin: string, opts: { certFile: string; keyFile: string; upstream?: string; workers?: number; http2?: boolean }): Promise<RunningNginx> {
   const prefix = mkdtempSync(join(tmpdir(), 'hsmproxy-bench-nginx-'));
   mkdirSync(join(prefix, 'logs'));
   const port = await freePort();
@@ -66,9 +66,10 @@ http {
   uwsgi_temp_path ${join(prefix, 'uwsgi')};
   scgi_temp_path ${join(prefix, 'scgi')};
   keepalive_requests 1000000;
+  ${opts.http2 ? 'http2_max_requests 1000000;' : ''}
   ${upstreamBlock}
   server {
-    listen 127.0.0.1:${port} ssl;
+    listen 127.0.0.1:${port} ssl${opts.http2 ? ' http2' : ''};
     ssl_certificate ${opts.certFile};
     ssl_certificate_key ${opts.keyFile};
     ssl_protocols TLSv1.3;

@@ -56,7 +56,8 @@ export interface TlsBenchResult {
 
 /** One proxy of bench/proxy.ts. */
 export interface ProxyBenchPoint {
-  server: 'hsmproxy' | 'hsmproxy (node:tls listener)' | 'nginx' | 'upstream (direct)' | `hsmproxy, ${number} workers` | `nginx, ${number} workers`;
+  server: 'hsmproxy' | 'hsmproxy (node:tls listener)' | 'nginx' | 'upstream (direct)' | `hsmproxy, ${number} workers` | `nginx, ${number} workers`
+    | 'hsmproxy, h2' | 'hsmproxy (node:tls listener), h2' | 'nginx, h2';
   requestsPerSec: number;
   requests: number;
   errors: number;

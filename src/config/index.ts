@@ -10,6 +10,7 @@ export * from './acme.js';
 export * from './autoscale.js';
 export * from './delegated-credentials.js';
 export * from './errors.js';
+export { HTTP2_DEFAULTS, type Http2Config } from './http2.js';
 export * from './schema.js';
 export { validateConfig, type ValidateOptions } from './validate.js';
 

@@ -3,6 +3,7 @@
 import type { AcmeCertificateConfig, AcmeConfig } from './acme.js';
 import type { AutoscaleConfig } from './autoscale.js';
 import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
+import type { Http2Config } from './http2.js';
 
 export type TlsVersion = '1.2' | '1.3';
 export type ClientAuthMode = 'none' | 'optional' | 'require';
@@ -10,6 +11,8 @@ export type BalanceStrategy = 'round-robin' | 'least-connections';
 export type HsmMode = 'embedded' | 'cluster' | 'pkcs11';
 export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
 export type TicketKeySource = 'local' | 'hsm' | 'file';
+/** How the proxy speaks to an upstream: HTTP/1.1, HTTP/2 over TLS (ALPN), or HTTP/2 over cleartext (h2c). */
+export type UpstreamProtocol = 'http1' | 'h2' | 'h2c';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export const TLS_VERSIONS: readonly TlsVersion[] = ['1.2', '1.3'];
@@ -18,6 +21,7 @@ export const BALANCE_STRATEGIES: readonly BalanceStrategy[] = ['round-robin', 'l
 export const HSM_MODES: readonly HsmMode[] = ['embedded', 'cluster', 'pkcs11'];
 export const CAPACITY_PROFILES: readonly CapacityProfileName[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
 export const TICKET_KEY_SOURCES: readonly TicketKeySource[] = ['local', 'hsm', 'file'];
+export const UPSTREAM_PROTOCOLS: readonly UpstreamProtocol[] = ['http1', 'h2', 'h2c'];
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** A certificate chain and the key reference (or key) that signs for it. */
@@ -116,6 +120,8 @@ export interface UpstreamConfig {
   maxConnections: number;
   /** Requests waiting for a connection to a target at most; beyond it the client gets 503. */
   maxQueue: number;
+  /** Filled in by validation (default http1); optional so hand-built configs may omit it. */
+  protocol?: UpstreamProtocol;
 }
 
 /** Host + path prefix → upstream pool. An inline URL list becomes a pool named after the route's path (`routes[2]`). */
@@ -199,6 +205,8 @@ export interface Config {
   tickets: TicketsConfig;
   /** Request head limits: bytes of request line + headers (431 past it) and header lines. */
   http: { maxHeaderBytes: number; maxHeaders: number };
+  /** HTTP/2 client connection limits; filled in by validation, optional for hand-built configs. */
+  http2?: Http2Config;
   /**
    * The demo: on start, make the dev CA and localhost certificates (keys in the HSM) in the
    * directory of the first listener's first certificate if they are not there, and run the demo
@@ -211,7 +219,7 @@ export interface Config {
 
 /** Defaults for every optional field; documented in the example configs. */
 export const DEFAULTS = {
-  listener: { address: '0.0.0.0', alpn: ['http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true },
+  listener: { address: '0.0.0.0', alpn: ['h2', 'http/1.1'], minVersion: '1.3' as TlsVersion, maxVersion: '1.3' as TlsVersion, requireExtendedMasterSecret: true },
   // Sized for a 2-core proxy (~600 full handshakes/s, docs/operations.md "Limits"): one client may
   // take a sixth of that, a browser behind a NAT never meets them, and the handshakes in progress
   // times the ClientHello cap bound the memory a flood can pin (512 x 128 KiB = 64 MiB).

@@ -5,22 +5,25 @@ import { checkAcmeCertificates, readAcme, readAcmeCertificate, type AcmeCertific
 import { readClientAuth } from './client-auth.js';
 import { readDelegatedCredentials } from './delegated-credentials.js';
 import { checkFiles } from './files.js';
+import { readHttp2 } from './http2.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
 import { readTickets } from './tickets.js';
 import { at, Reader } from './reader.js';
 import {
-  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS,
+  BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, TLS_VERSIONS, UPSTREAM_PROTOCOLS,
   type Config, type HealthCheckConfig, type ListenerConfig, type ListenerLimits, type RouteConfig, type ServerTimeouts,
-  type TlsVersion, type UpstreamConfig, type UpstreamTimeouts,
+  type TlsVersion, type UpstreamConfig, type UpstreamProtocol, type UpstreamTimeouts,
 } from './schema.js';
 
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'acme', 'tickets'] as const;
+const TOP_KEYS = [
+  'listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'http2', 'acme', 'tickets',
+] as const;
 const MS_MAX = 86_400_000;
-const ALPN_PROTOCOLS = ['http/1.1', 'http/1.0'] as const;
+const ALPN_PROTOCOLS = ['h2', 'http/1.1', 'http/1.0'] as const;
 
 /** Validates `raw` (parsed YAML) into the complete Config, or throws ConfigInvalidError listing every bad field. */
 export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config {
@@ -53,6 +56,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const httpObj = o.http === undefined ? {} : r.object(o.http, 'http', ['maxHeaderBytes', 'maxHeaders']);
   const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
   const maxHeaders = httpObj ? r.integer(httpObj.maxHeaders, 'http.maxHeaders', { def: DEFAULTS.http.maxHeaders, min: 8, max: 10_000 }) : undefined;
+  const http2 = readHttp2(r, o.http2, 'http2');
   if (acmeEntries.length > 0 && workers !== undefined && workers !== 1) {
     r.fail('workers', 'must be 1 with acme certificates: the process that orders a certificate answers its challenges');
   }
@@ -60,12 +64,12 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
   if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts
-    || !trustedProxies || !maxHeaderBytes || !maxHeaders || !tickets) {
+    || !trustedProxies || !maxHeaderBytes || !maxHeaders || !http2 || !tickets) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
   return {
     listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo,
-    trustedProxies, http: { maxHeaderBytes, maxHeaders }, tickets, ...(acme ? { acme } : {}),
+    trustedProxies, http: { maxHeaderBytes, maxHeaders }, http2, tickets, ...(acme ? { acme } : {}),
   };
 }
 
@@ -98,7 +102,6 @@ function readListener(
     const key = r.file(co.key, at(p, 'key'));
     return cert && key ? { cert, key } : undefined;
   }, { minItems: 1 });
-  // The proxy speaks HTTP/1.x only: offering h2 would let clients pick a protocol nobody serves.
   const alpn = r.list(o.alpn, at(path, 'alpn'), (a, p) => r.string(a, p, { oneOf: ALPN_PROTOCOLS }), { def: [...d.alpn], minItems: 1 });
   const minVersion = r.string(o.minVersion, at(path, 'minVersion'), { def: d.minVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
   const maxVersion = r.string(o.maxVersion, at(path, 'maxVersion'), { def: d.maxVersion, oneOf: TLS_VERSIONS }) as TlsVersion | undefined;
@@ -188,7 +191,7 @@ function readCidr(r: Reader, v: unknown, path: string): string | undefined {
 
 function readUpstream(r: Reader, v: unknown, path: string, name: string): UpstreamConfig | undefined {
   const d = DEFAULTS.upstream;
-  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts', 'maxConnections', 'maxQueue']);
+  const o = r.object(v, path, ['targets', 'balance', 'healthCheck', 'timeouts', 'maxConnections', 'maxQueue', 'protocol']);
   if (!o) return undefined;
   const targets = r.list(o.targets, at(path, 'targets'), (t, p) => readTarget(r, t, p), { minItems: 1 });
   const balance = r.string(o.balance, at(path, 'balance'), { def: d.balance, oneOf: BALANCE_STRATEGIES }) as UpstreamConfig['balance'] | undefined;
@@ -211,8 +214,18 @@ function readUpstream(r: Reader, v: unknown, path: string, name: string): Upstre
   const timeouts = readMsFields<UpstreamTimeouts>(r, o.timeouts, at(path, 'timeouts'), d.timeouts);
   const maxConnections = r.integer(o.maxConnections, at(path, 'maxConnections'), { def: d.maxConnections, min: 1, max: 65_536 });
   const maxQueue = r.integer(o.maxQueue, at(path, 'maxQueue'), { def: d.maxQueue, min: 0, max: 1_000_000 });
-  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined) return undefined;
-  return { name, targets, balance, timeouts, maxConnections, maxQueue, ...(healthCheck ? { healthCheck } : {}) };
+  const protocol = r.string(o.protocol, at(path, 'protocol'), { def: 'http1', oneOf: UPSTREAM_PROTOCOLS }) as UpstreamProtocol | undefined;
+  // h2 is negotiated by ALPN inside TLS; h2c is prior knowledge on cleartext (RFC 9113 §3.3).
+  const scheme = protocol === 'h2' ? 'https:' : protocol === 'h2c' ? 'http:' : undefined;
+  targets?.forEach((t, i) => {
+    if (scheme && new URL(t).protocol !== scheme) r.fail(at(at(path, 'targets'), i), `protocol ${protocol} needs a ${scheme}// URL, got "${t}"`);
+  });
+  if (!targets || !balance || !timeouts || maxConnections === undefined || maxQueue === undefined || !protocol) {
+    return undefined;
+  }
+  return {
+    name, targets, balance, timeouts, maxConnections, maxQueue, protocol, ...(healthCheck ? { healthCheck } : {}),
+  };
 }
 
 function readRoute(

@@ -13,7 +13,8 @@ import type { HsmproxyMetrics } from '../metrics/index.js';
 import { ClientIdentityHeaders, type ClientIdentity } from './client-identity.js';
 import { ConnectionTracker } from './connections.js';
 import { UpstreamRefusedError, UpstreamTimeoutError } from './errors.js';
-import { headerTokens, HttpParseError, type Exchange, type Http1Handler } from './http1/server.js';
+import type { ProxyExchange } from './exchange.js';
+import { headerTokens, HttpParseError, type Http1Handler } from './http1/server.js';
 import type { TlsSocketLike } from './listener.js';
 import type { UpstreamPool, UpstreamTarget } from './pool.js';
 import { normaliseTarget } from './request-target.js';
@@ -81,7 +82,7 @@ export class Forwarder implements Http1Handler {
   }
 
   /** Handles one request head (the body, if any, is still arriving on `ex.body`). */
-  request(ex: Exchange): void {
+  request(ex: ProxyExchange): void {
     const head = ex.head;
     const hosts: string[] = [];
     for (const [n, v] of head.headers) if (n === 'host') hosts.push(v);
@@ -114,7 +115,7 @@ export class Forwarder implements Http1Handler {
       this.metrics.httpUpstreamErrors.inc({ route: route.name, reason: 'unavailable' });
       return this.reply(ex, ctx, 503, 'no healthy upstream server for this route; try again shortly');
     }
-    const headers = this.upstreamHeaders(ex, ctx);
+    const headers = this.upstreamHeaders(ex, ctx, (pool!.config.protocol ?? 'http1') !== 'http1');
     this.send(ex, ctx, pool!, target, headers, new Set());
   }
 
@@ -129,7 +130,7 @@ export class Forwarder implements Http1Handler {
   }
 
   /** 'bad' for an Upgrade that cannot be one; true for a WebSocket-style upgrade. */
-  private isUpgrade(ex: Exchange): boolean | 'bad' {
+  private isUpgrade(ex: ProxyExchange): boolean | 'bad' {
     const h = ex.head.headers;
     if (!h.some(([n]) => n === 'upgrade') || !headerTokens(h, 'connection').includes('upgrade')) return false;
     return ex.head.method === 'GET' && ex.body === null && ex.head.minor === 1 ? true : 'bad';
@@ -139,7 +140,7 @@ export class Forwarder implements Http1Handler {
    * The request headers for the upstream, as a flat [name, value, …] list for undici. For an
    * upgrade, undici writes Connection/Upgrade itself; the client's other WebSocket fields pass.
    */
-  private upstreamHeaders(ex: Exchange, ctx: RequestContext): string[] {
+  private upstreamHeaders(ex: ProxyExchange, ctx: RequestContext, h2Upstream: boolean): string[] {
     const { trusted, identityHeaders } = this.table();
     const head = ex.head;
     const socket = ex.socket;
@@ -162,6 +163,9 @@ export class Forwarder implements Http1Handler {
     if (!trustedPeer || !head.headers.some(([n]) => n === 'x-forwarded-proto')) out.push(['x-forwarded-proto', 'https']);
     if (ctx.host !== undefined && (!trustedPeer || !head.headers.some(([n]) => n === 'x-forwarded-host'))) out.push(['x-forwarded-host', ctx.host]);
     out.push(['x-request-id', ctx.requestId]);
+    // TE is hop-by-hop, but `trailers` is how a gRPC client says it reads trailers; an HTTP/2
+    // upstream (the only kind that can send them through us) gets it (RFC 9113 §8.2.2).
+    if (h2Upstream && headerTokens(head.headers, 'te').includes('trailers')) out.push(['te', 'trailers']);
     ctx.client = this.identity.apply(out, socket);
     const flat: string[] = [];
     for (const [n, v] of out) flat.push(n, v);
@@ -172,7 +176,7 @@ export class Forwarder implements Http1Handler {
   /** Sends to `target`; a refused connection is retried once per target when the request has no body. */
   /** @internal Sends to `target`; a refused connection is retried once per target when the request has no body. */
   send(
-    ex: Exchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[],
+    ex: ProxyExchange, ctx: RequestContext, pool: UpstreamPool, target: UpstreamTarget, headers: string[],
     tried: Set<UpstreamTarget>,
   ): void {
     if (target.full) {
@@ -222,7 +226,8 @@ export class Forwarder implements Http1Handler {
 
   /** @internal The upstream switched protocols: answer the client with its 101 and join the two sockets. */
   upgraded(
-    ex: Exchange, ctx: RequestContext, statusCode: number, resHeaders: Record<string, string | string[] | undefined>,
+    ex: ProxyExchange, ctx: RequestContext, statusCode: number,
+    resHeaders: Record<string, string | string[] | undefined>,
     upstream: Duplex,
   ): void {
     if (ex.finished) { upstream.destroy(); return; }
@@ -260,7 +265,7 @@ export class Forwarder implements Http1Handler {
     return randomUUID();
   }
 
-  private onUpstreamError(err: Error, ex: Exchange, ctx: RequestContext, timeouts: UpstreamTimeouts): void {
+  private onUpstreamError(err: Error, ex: ProxyExchange, ctx: RequestContext, timeouts: UpstreamTimeouts): void {
     const target = ctx.target?.url ?? '';
     const code = errorCode(err);
     const reason = code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' ? 'timeout'
@@ -277,16 +282,16 @@ export class Forwarder implements Http1Handler {
     else this.reply(ex, ctx, 502, 'the upstream server refused or dropped the connection');
   }
 
-  private reply(ex: Exchange, ctx: RequestContext, status: number, message: string): void {
+  private reply(ex: ProxyExchange, ctx: RequestContext, status: number, message: string): void {
     ex.reply(status, `${status} ${STATUS_TEXT[status] ?? ''}: ${message} (request id ${ctx.requestId})\n`, [['x-request-id', ctx.requestId]]);
   }
 
-  private refuse(ex: Exchange, ctx: RequestContext, status: number, message: string): void {
+  private refuse(ex: ProxyExchange, ctx: RequestContext, status: number, message: string): void {
     this.logger.info({ status, reason: message, remote: ex.socket.remoteAddress, requestId: ctx.requestId }, 'client error');
     ex.refuse(status, `${status} ${STATUS_TEXT[status] ?? ''}: ${message} (request id ${ctx.requestId})\n`);
   }
 
-  private finish(ex: Exchange, ctx: RequestContext): void {
+  private finish(ex: ProxyExchange, ctx: RequestContext): void {
     this.connections.requestEnded(ex.socket);
     if (ctx.websocket && ex.status === 0 && ex.complete) return; // logged as 'websocket'
     const socket = ex.socket;
@@ -294,10 +299,10 @@ export class Forwarder implements Http1Handler {
     const status = ex.headersSent ? ex.status : 499; // 499: the client went away first (nginx's code)
     const method = METHODS.has(ex.head.method) ? ex.head.method : 'OTHER';
     const route = ctx.route?.name ?? 'none';
-    this.metrics.httpRequestDuration.observe({ method, status_class: `${Math.floor(status / 100)}xx`, route }, seconds);
+    this.metrics.httpRequestDuration.observe({ method, status_class: `${Math.floor(status / 100)}xx`, route, protocol: ex.protocol }, seconds);
     if (!this.logger.isLevelEnabled('info')) return;
     this.logger.info({
-      type: 'access', method: ex.head.method, host: ctx.host, path: ctx.path, status, bytes: ex.bytes,
+      type: 'access', protocol: ex.protocol, method: ex.head.method, host: ctx.host, path: ctx.path, status, bytes: ex.bytes,
       durationMs: Math.round(seconds * 1e6) / 1e3, upstream: ctx.target?.url, route: ctx.route?.name,
       tlsVersion: socket.getProtocol?.() ?? undefined, resumed: socket.isSessionReused?.() ?? undefined,
       requestId: ctx.requestId, complete: ex.complete, ...(ctx.reason ? { upstreamError: ctx.reason } : {}),
@@ -320,7 +325,7 @@ function errorCode(err: Error): string | undefined {
  * plain field: it describes the representation, not a body that follows.
  */
 function responseHeaders(
-  h: Record<string, string | string[] | undefined>, ex: Exchange, requestId: string,
+  h: Record<string, string | string[] | undefined>, ex: ProxyExchange, requestId: string,
 ): { list: Array<[string, string]>; length: number | undefined } {
   const conn = h.connection;
   const listed = new Set<string>();
@@ -355,7 +360,7 @@ class UpstreamExchange implements Dispatcher.DispatchHandler {
   private released = false;
 
   constructor(
-    private readonly forwarder: Forwarder, readonly ex: Exchange, readonly ctx: RequestContext,
+    private readonly forwarder: Forwarder, readonly ex: ProxyExchange, readonly ctx: RequestContext,
     readonly pool: UpstreamPool,
     readonly target: UpstreamTarget, readonly headers: string[], readonly tried: Set<UpstreamTarget>,
     readonly timeouts: UpstreamTimeouts,
@@ -399,9 +404,12 @@ class UpstreamExchange implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(c: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
     this.release();
-    this.ex.end();
+    // undici 7 parses HTTP/2 trailers (an object, not a flat list) into {}; the controller keeps
+    // the object itself. gRPC's grpc-status travels there.
+    const raw = (c as { rawTrailers?: unknown }).rawTrailers;
+    this.ex.end(raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? raw as Record<string, string | string[] | undefined> : trailers);
   }
 
   onResponseError(_c: Dispatcher.DispatchController, err: Error): void {

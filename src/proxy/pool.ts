@@ -4,6 +4,9 @@
 import { Pool } from 'undici';
 import type { UpstreamConfig } from '../config/index.js';
 
+// Node's own HTTP/2 server advertises 100 concurrent streams by default (undici's default too).
+const H2_STREAMS_PER_CONNECTION = 100;
+
 /** One upstream server of a pool. */
 export class UpstreamTarget {
   /** Requests sent to this target and not finished yet (for least-connections and the queue cap). */
@@ -23,9 +26,16 @@ export class UpstreamTarget {
     const u = new URL(url);
     this.origin = u.origin;
     this.basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
+    const h2 = config.protocol === 'h2' || config.protocol === 'h2c';
     this.pool = new Pool(this.origin, {
       connections: config.maxConnections,
-      pipelining: 1,
+      // HTTP/2 upstreams multiplex: undici keeps up to this many streams on one connection (it
+      // still sends a request with a streamed body alone, which it could not retry otherwise).
+      pipelining: h2 ? H2_STREAMS_PER_CONNECTION : 1,
+      ...(h2 ? { allowH2: true, maxConcurrentStreams: H2_STREAMS_PER_CONNECTION } : {}),
+      // Pool builds its connector from `connect` and does not pass Client's useH2c on; undici's
+      // types lack the (supported) connector option.
+      ...(config.protocol === 'h2c' ? { connect: { useH2c: true } as Pool.Options['connect'] } : {}),
       keepAliveTimeout: config.timeouts.idleMs,
       keepAliveMaxTimeout: config.timeouts.idleMs,
       connectTimeout: config.timeouts.connectMs,

@@ -15,6 +15,7 @@ import { ProxyStateError, ReloadRefusedError } from './errors.js';
 import { Forwarder, type RoutingTable } from './forward.js';
 import { HealthChecker } from './health.js';
 import { Http1Server, type Http1Policy } from './http1/server.js';
+import { http2Policy, Http2Front } from './http2/index.js';
 import type { TlsListener, TlsListenerFactory, TlsSocketLike } from './listener.js';
 import { UpstreamPool } from './pool.js';
 import { Router } from './router.js';
@@ -47,6 +48,7 @@ export class Proxy {
   private runtime: Runtime;
   private readonly listeners = new Map<string, { config: ListenerConfig; handle: TlsListener }>();
   private readonly http: Http1Server;
+  private readonly h2: Http2Front;
   private readonly policy: Http1Policy;
   private readonly connections: ConnectionTracker;
   private readonly forwarder: Forwarder;
@@ -73,6 +75,10 @@ export class Proxy {
     };
     this.applyTimeouts(opts.config);
     this.http = new Http1Server(this.forwarder, this.policy);
+    this.h2 = new Http2Front(this.forwarder, http2Policy(opts.config), (reason, socket) => {
+      this.metrics.http2ConnectionsClosed.inc({ reason });
+      this.logger.info({ reason, remote: socket.remoteAddress }, 'http2 connection closed by the proxy');
+    });
   }
 
   /** Opens every listener and the admin server, and starts health checks. */
@@ -161,7 +167,10 @@ export class Proxy {
     // Commit: nothing below can fail on bad input.
     const names = new Set(next.listeners.map((l) => l.name));
     for (const [name, l] of this.listeners) {
-      if (!names.has(name) || opened.has(name)) await l.handle.close();
+      if (!names.has(name) || opened.has(name)) {
+        await l.handle.close();
+        this.h2.drain(name); // its HTTP/2 clients get GOAWAY and reconnect to what serves now
+      }
       if (!names.has(name)) this.listeners.delete(name);
     }
     for (const l of next.listeners) {
@@ -181,6 +190,7 @@ export class Proxy {
     for (const c of previous.checkers) c.stop();
     for (const [name, pool] of previous.pools) if (this.runtime.pools.get(name) !== pool) this.retirePool(pool);
     this.applyTimeouts(next);
+    this.h2.update(http2Policy(next));
     if (next.admin.port !== previous.config.admin.port || next.admin.address !== previous.config.admin.address) {
       this.logger.warn('the admin address changed; it takes effect at the next restart');
     }
@@ -201,6 +211,7 @@ export class Proxy {
     for (const c of this.runtime.checkers) c.stop();
     await Promise.all([...this.listeners.values()].map((l) => l.handle.close()));
     this.http.closeIdleConnections();
+    this.h2.drain(); // GOAWAY: each connection closes once its open streams have finished
     const deadline = started + deadlineMs;
     while (this.connections.size > 0 && performance.now() < deadline) {
       this.http.closeIdleConnections();
@@ -208,6 +219,7 @@ export class Proxy {
     }
     const forcedConnections = this.connections.destroyAll();
     this.http.close();
+    this.h2.close();
     for (const pool of this.runtime.pools.values()) pool.destroy();
     this.forwarder.close();
     await this.admin?.close();
@@ -236,7 +248,8 @@ export class Proxy {
     this.forwarder.identity.bind(socket, listener.clientAuth);
     this.connections.add(socket);
     socket.on('error', (err) => this.logger.debug({ err: err.message }, 'client connection error'));
-    this.http.accept(socket);
+    if (socket.alpnProtocol === 'h2') this.h2.accept(socket, listener.name);
+    else this.http.accept(socket);
   }
 
   /** Client-side timeouts and head limits, read by every connection at each use. */

@@ -5,6 +5,7 @@
 // connection. Responses are framed here (Content-Length, chunked, or close-delimited for 1.0).
 import { STATUS_CODES } from 'node:http';
 import { Readable } from 'node:stream';
+import type { ProxyExchange } from '../exchange.js';
 import type { TlsSocketLike } from '../listener.js';
 import { BodyDecoder, HttpParseError, headEnd, headerTokens, parseHead, type HeadLimits, type RequestHead } from './parse.js';
 
@@ -44,7 +45,8 @@ const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 type Phase = 'head' | 'body' | 'wait' | 'upgraded' | 'closed';
 
 /** One request and its response. */
-export class Exchange {
+export class Exchange implements ProxyExchange {
+  readonly protocol = 'http1';
   /** The request body as decoded payload bytes, or null when the request has none. */
   body: Readable | null = null;
   /** performance.now() when the head was complete. */
