@@ -80,3 +80,20 @@ t.test('--host takes a DNS name (a DNS SAN) and refuses anything else in one lin
   const badAdd = await cliInProcess(['cluster', 'add-hsm', '--dir', dir, '--host', '-x-']);
   t.match(badAdd.error, { message: /^--host takes an IP address or a DNS name, got "-x-"$/ });
 });
+
+t.test('--host with one name per HSM (a StatefulSet\'s pods): each HSM gets its own address and certificate name', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'hsmproxy-hosts-list-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const names = ['hsm-0.hsm.hsmproxy.svc.cluster.local', 'hsm-1.hsm.hsmproxy.svc.cluster.local', 'hsm-2.hsm.hsmproxy.svc.cluster.local'];
+  const r = await cliInProcess(['cluster', 'init', '--dir', dir, '--hsms', '3', '--host', names.join(','), '--base-port', String(await freePort()), '--json']);
+  t.error(r.error);
+  const m = await readManifest(dir);
+  t.same(m.hsms.map((h) => h.address), names);
+  for (const [i, h] of m.hsms.entries()) {
+    const san = await sanOf(dir, h.cert);
+    t.match(san, `DNS:${names[i]}`, `${h.id}'s certificate names its own host`);
+    for (const other of names.filter((_n, j) => j !== i)) t.notMatch(san, `DNS:${other},`, `and not ${other}`);
+  }
+  const bad = await cliInProcess(['cluster', 'init', '--dir', join(dir, 'two'), '--hsms', '3', '--host', 'a.example,b.example']);
+  t.match(bad.error, { message: /^--host names 2 addresses for 3 HSMs: give one for all, or one per HSM$/ });
+});

@@ -12,7 +12,8 @@
 # the cluster volume, the crypto user's in the proxy's bundle, which is all the proxy mounts.
 # Environment: CLUSTER_DIR (/app/data/cluster), CERT_DIR (/app/certs), BUNDLE_DIR (/app/hsm-client),
 # PROXY_NAME (hsmproxy: the client certificate's name), HSMS (3), BASE_PORT (2225),
-# PROFILE (hsm2m.medium), HSMPROXY (the CLI command, default: node /app/dist/src/cli/main.js).
+# PROFILE (hsm2m.medium), HOSTS (where the HSMs listen: one address, or one per HSM separated by
+# commas; default 127.0.0.1), HSMPROXY (the CLI command, default: node /app/dist/src/cli/main.js).
 set -eu
 umask 077
 
@@ -29,7 +30,7 @@ say() { echo "setup: $*"; }
 init() {
   if [ -f "$DIR/cluster.json" ]; then say "cluster already initialised in $DIR"; return; fi
   mkdir -p "$DIR"
-  out=$(cli cluster init --dir "$DIR" --hsms "${HSMS:-3}" --profile "${PROFILE:-hsm2m.medium}" --base-port "${BASE_PORT:-2225}" --json)
+  out=$(cli cluster init --dir "$DIR" --hsms "${HSMS:-3}" --profile "${PROFILE:-hsm2m.medium}" --base-port "${BASE_PORT:-2225}" --host "${HOSTS:-127.0.0.1}" --json)
   # The pre-crypto-officer's one-time password, for the activate step only (deleted there).
   printf '%s' "$out" | node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>{const o=JSON.parse(s);process.stdout.write(`${o.precoUser}:${o.precoPassword}`)})' > "$DIR/preco.pin"
   say "cluster created in $DIR"

@@ -31,6 +31,8 @@ export interface ProxyRuntimeOptions {
    * makes each epoch's session-ticket key, so a ticket resumes on any worker.
    */
   worker?: { ticketKeys: TicketKeys };
+  /** Single process: the ticket keys (config `tickets`); default keys made here. */
+  ticketKeys?: TicketKeys;
 }
 
 /** A started proxy in this process. */
@@ -67,9 +69,9 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     admin: !worker,
     ...(scaling ? { scaling: () => scaling.service.report() } : {}),
     tlsListenerFactory: offloadListenerFactory({
-      engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs,
+      engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, logger: log,
       ...(shedAt !== undefined ? { shedFullHandshakesAt: shedAt } : {}),
-      ...(worker ? { ticketKeys: worker.ticketKeys } : {}),
+      ...(worker ?? opts.ticketKeys ? { ticketKeys: worker?.ticketKeys ?? opts.ticketKeys! } : {}),
       ...(acme ? { acmeChallenge: (name: string) => acme.challenges.tlsAlpnCertificate(name) } : {}),
     }),
     readiness: () => hsmReadiness(hsm),

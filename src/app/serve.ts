@@ -14,6 +14,7 @@ import { writeAdminRecord } from './admin-record.js';
 import { UsageError } from './errors.js';
 import { openHsmSide, type HsmSide } from './hsm-side.js';
 import { startProxyRuntime, type ProxyRuntime } from './runtime.js';
+import { startTicketKeys } from './ticket-keys.js';
 import { scalingFor } from './scaling.js';
 import { startWorkers, workerCount } from './workers/primary.js';
 
@@ -97,10 +98,14 @@ export async function startServing(
       runtime = await startWorkers({ config, configFile, hsm, log, count });
     } else {
       // The scaling advisor follows the simulated cluster (and acts on it with hsm.autoscale).
+      const tickets = await startTicketKeys(config.tickets, hsm, log);
+      cleanup.push(async () => tickets.stop());
       const registry = createRegistry();
       const scaling = scalingFor(hsm, config.hsm.autoscale, registry, log);
       if (scaling) cleanup.push(() => scaling.stop());
-      runtime = await startProxyRuntime({ config, configFile, hsm, log, registry, ...(scaling ? { scaling } : {}) });
+      runtime = await startProxyRuntime({
+        config, configFile, hsm, log, registry, ticketKeys: tickets.keys, ...(scaling ? { scaling } : {}),
+      });
     }
     const started = runtime;
     await recordAdmin(hsm, started.adminAddress(), cleanup, log);

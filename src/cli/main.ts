@@ -39,6 +39,7 @@ export const COMMAND_MODULES: readonly CommandModule[] = [
   { commands: { pkcs11: 'keys on a PKCS#11 token (SoftHSMv2, CloudHSM, Luna…); PIN from HSMPROXY_PIN' }, load: () => import('./commands/key-pkcs11.js') },
   { commands: { key: KEY }, load: () => import('./commands/key.js') },
   { commands: { key: KEY }, load: () => import('./commands/keyref.js') },
+  { commands: { key: KEY }, load: () => import('./commands/key-wrap.js') },
   {
     commands: { csr: 'make a certificate signing request with an HSM key', cert: 'certificates signed by HSM keys', ca: 'an issuing CA whose key stays in the HSM' },
     load: () => import('./commands/pki.js'),

@@ -10,6 +10,7 @@ export type ClientAuthMode = 'none' | 'optional' | 'require';
 export type BalanceStrategy = 'round-robin' | 'least-connections';
 export type HsmMode = 'embedded' | 'cluster' | 'pkcs11';
 export type CapacityProfileName = 'unlimited' | 'hsm1.medium' | 'hsm2m.medium';
+export type TicketKeySource = 'local' | 'hsm' | 'file';
 /** How the proxy speaks to an upstream: HTTP/1.1, HTTP/2 over TLS (ALPN), or HTTP/2 over cleartext (h2c). */
 export type UpstreamProtocol = 'http1' | 'h2' | 'h2c';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -29,6 +30,7 @@ export const CLIENT_AUTH_MODES: readonly ClientAuthMode[] = ['none', 'optional',
 export const BALANCE_STRATEGIES: readonly BalanceStrategy[] = ['round-robin', 'least-connections'];
 export const HSM_MODES: readonly HsmMode[] = ['embedded', 'cluster', 'pkcs11'];
 export const CAPACITY_PROFILES: readonly CapacityProfileName[] = ['unlimited', 'hsm1.medium', 'hsm2m.medium'];
+export const TICKET_KEY_SOURCES: readonly TicketKeySource[] = ['local', 'hsm', 'file'];
 export const UPSTREAM_PROTOCOLS: readonly UpstreamProtocol[] = ['http1', 'h2', 'h2c'];
 export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -79,6 +81,12 @@ export interface ListenerConfig {
    */
   sni?: SniPolicy;
   clientAuth: ClientAuthConfig;
+  /**
+   * PROXY protocol (v1 or v2) from the layer-4 balancers at these addresses (CIDRs): every
+   * connection must come from one of them and start with a PROXY header, whose source address is
+   * the client's. Absent: connections are direct and their TCP peer is the client.
+   */
+  proxyProtocol?: { from: string[] };
   /** RFC 9345 delegated credentials; filled in by validation, optional so hand-built configs may omit it (off). */
   delegatedCredentials?: DelegatedCredentialsConfig;
   /** Resource limits; filled in by validation (optional so hand-built configs may omit it: defaults apply). */
@@ -171,6 +179,17 @@ export interface HsmConfig {
   autoscale?: AutoscaleConfig;
 }
 
+/** Session-ticket keys: made per proxy, or derived per epoch from a secret all proxies reach (config/tickets.ts). */
+export interface TicketsConfig {
+  keys: TicketKeySource;
+  /** keys: file — a 0600 file of at least 32 random bytes (nginx's 48- and 80-byte key files qualify). */
+  file?: string;
+  /** One epoch: a key seals tickets for this long and opens them for twice as long. */
+  rotateEveryMs: number;
+  /** keys: hsm — the label of the cluster's secret key (found, or made on first start). */
+  hsmKeyLabel: string;
+}
+
 /** The admin HTTP server (/metrics, /healthz, /readyz). */
 export interface AdminConfig { address: string; port: number }
 
@@ -199,6 +218,8 @@ export interface Config {
    * from anyone else those headers are replaced, never appended to. Default: none.
    */
   trustedProxies: string[];
+  /** Where session-ticket keys come from. */
+  tickets: TicketsConfig;
   /** Request head limits: bytes of request line + headers (431 past it) and header lines. */
   http: { maxHeaderBytes: number; maxHeaders: number };
   /** HTTP/2 client connection limits; filled in by validation, optional for hand-built configs. */
@@ -242,6 +263,7 @@ export const DEFAULTS = {
     subject: 'x-client-cert-subject', san: 'x-client-cert-san', fingerprint: 'x-client-cert-fingerprint-sha256', verify: 'x-client-cert-verify',
   } satisfies ClientCertHeaders,
   workers: 1,
+  tickets: { keys: 'local' as TicketKeySource, rotateEveryMs: 3_600_000, hsmKeyLabel: 'hsmproxy-session-tickets' },
   trustedProxies: [] as string[],
   // node:http's and nginx's order of magnitude (16 KiB; nginx 4 x 8 KiB buffers).
   http: { maxHeaderBytes: 16 * 1024, maxHeaders: 100 },

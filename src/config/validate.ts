@@ -8,6 +8,7 @@ import { checkFiles } from './files.js';
 import { readHttp2 } from './http2.js';
 import { ConfigInvalidError } from './errors.js';
 import { readHsm } from './hsm.js';
+import { readTickets } from './tickets.js';
 import { at, Reader } from './reader.js';
 import {
   BALANCE_STRATEGIES, DEFAULTS, LOG_LEVELS, SNI_POLICIES, TLS_GROUPS, TLS_VERSIONS, UPSTREAM_PROTOCOLS,
@@ -18,7 +19,9 @@ import {
 /** How to validate: where relative paths start, and whether named files must exist now. */
 export interface ValidateOptions { baseDir?: string; checkFiles?: boolean; source?: string }
 
-const TOP_KEYS = ['listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'http2', 'acme'] as const;
+const TOP_KEYS = [
+  'listeners', 'routes', 'upstreams', 'hsm', 'admin', 'workers', 'log', 'timeouts', 'demo', 'trustedProxies', 'http', 'http2', 'acme', 'tickets',
+] as const;
 const MS_MAX = 86_400_000;
 const ALPN_PROTOCOLS = ['h2', 'http/1.1', 'http/1.0'] as const;
 
@@ -48,6 +51,7 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const timeouts = readMsFields<ServerTimeouts>(r, o.timeouts, 'timeouts', DEFAULTS.timeouts);
   if (o.demo !== undefined && typeof o.demo !== 'boolean') r.fail('demo', `expected true or false, got ${JSON.stringify(o.demo)}`);
   const demo = o.demo === true;
+  const tickets = readTickets(r, o.tickets, hsm?.mode);
   const trustedProxies = r.list(o.trustedProxies, 'trustedProxies', (v, p) => readCidr(r, v, p), { def: [] });
   const httpObj = o.http === undefined ? {} : r.object(o.http, 'http', ['maxHeaderBytes', 'maxHeaders']);
   const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
@@ -60,12 +64,12 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   if (listeners) checkListenersUnique(r, listeners);
   if (r.issues.length === 0 && opts.checkFiles !== false) r.issues.push(...checkFiles(r.files));
   if (r.issues.length > 0 || !listeners || !routes || !hsm || !admin || workers === undefined || !level || !timeouts
-    || !trustedProxies || !maxHeaderBytes || !maxHeaders || !http2) {
+    || !trustedProxies || !maxHeaderBytes || !maxHeaders || !http2 || !tickets) {
     throw new ConfigInvalidError(r.issues, opts.source);
   }
   return {
     listeners, routes, upstreams, hsm, admin, workers, log: { level: level as Config['log']['level'] }, timeouts, demo,
-    trustedProxies, http: { maxHeaderBytes, maxHeaders }, http2, ...(acme ? { acme } : {}),
+    trustedProxies, http: { maxHeaderBytes, maxHeaders }, http2, tickets, ...(acme ? { acme } : {}),
   };
 }
 
@@ -75,7 +79,7 @@ function readListener(
   const d = DEFAULTS.listener;
   const o = r.object(v, path, [
     'name', 'address', 'port', 'certificates', 'alpn', 'minVersion', 'maxVersion', 'requireExtendedMasterSecret', 'groups', 'sni',
-    'clientAuth', 'limits', 'delegatedCredentials',
+    'clientAuth', 'limits', 'delegatedCredentials', 'proxyProtocol',
   ]);
   if (!o) return undefined;
   const index = Number(/\[(\d+)\]$/.exec(path)?.[1] ?? 0);
@@ -114,12 +118,24 @@ function readListener(
   const delegatedCredentials = readDelegatedCredentials(r, o.delegatedCredentials, at(path, 'delegatedCredentials'));
   // RFC 9345 is a TLS 1.3 mechanism: a listener that never speaks 1.3 could never use a credential.
   if (delegatedCredentials?.enabled && maxVersion === '1.2') r.fail(at(at(path, 'delegatedCredentials'), 'enabled'), 'delegated credentials need TLS 1.3, and maxVersion is 1.2');
-  if (!name || !address || port === undefined || !certificates || !alpn || !minVersion || !maxVersion
-    || requireExtendedMasterSecret === undefined || !sni || !clientAuth || !limits || !delegatedCredentials
-    || (o.groups !== undefined && !groups)) return undefined;
+  let proxyProtocol: ListenerConfig['proxyProtocol'];
+  let proxyProtocolOk = true;
+  if (o.proxyProtocol !== undefined) {
+    const pp = at(path, 'proxyProtocol');
+    const po = r.object(o.proxyProtocol, pp, ['from']);
+    const from = po ? r.list(po.from, at(pp, 'from'), (v, p) => readCidr(r, v, p), { minItems: 1 }) : undefined;
+    if (from) proxyProtocol = { from };
+    else proxyProtocolOk = false;
+  }
+  if (!proxyProtocolOk || !name || !address || port === undefined || !certificates || !alpn || !minVersion
+    || !maxVersion || requireExtendedMasterSecret === undefined || !sni || !clientAuth || !limits
+    || !delegatedCredentials || (o.groups !== undefined && !groups)) {
+    return undefined;
+  }
   return {
     name, address, port, certificates, ...(acme.length > 0 ? { acme } : {}), alpn, minVersion, maxVersion,
     requireExtendedMasterSecret, ...(groups ? { groups } : {}), sni, clientAuth, limits, delegatedCredentials,
+    ...(proxyProtocol ? { proxyProtocol } : {}),
   };
 }
 

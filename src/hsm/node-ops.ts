@@ -133,6 +133,12 @@ async function handleJson(device: Hsm, state: ConnectionState, opcode: number, b
       const r = await device.importPrivateKey(s, { key, template: template(o) });
       return answer(r.result, r.queueWaitUs, r.serviceUs);
     }
+    case Op.IMPORT_PUBLIC_KEY: {
+      const key = field(o, 'key');
+      if (typeof key !== 'string' && !Buffer.isBuffer(key)) throw new InvalidArgumentError('request field key must be PEM text or DER bytes');
+      const r = await device.importPublicKey(s, { key, template: template(o) });
+      return answer(r.result, r.queueWaitUs, r.serviceUs);
+    }
     case Op.FIND_KEYS: return answer(device.listKeys(s, obj(o, 'filter', true)));
     case Op.GET_KEY: return answer(device.getKey(s, str(o, 'keyId')));
     case Op.DELETE_KEY: await device.deleteKey(s, str(o, 'keyId')); return answer(undefined);

@@ -13,6 +13,7 @@ export const CHANNELS = {
   acmeCertificate: 'hsmproxy:acme:certificate',
   delegatedCredential: 'hsmproxy:tls:delegated-credential',
   tlsRefused: 'hsmproxy:tls:refused',
+  clientGate: 'hsmproxy:proxy:client-gate',
 } as const;
 
 /** A connection closed at accept by a listener's limits, before any TLS work (from tls/). */
@@ -95,6 +96,12 @@ export interface HsmScalingEvent {
   /** HSMs in the cluster after the action. */
   hsms: number;
   error?: string;
+}
+
+/** One TCP connection at a listener's client gate (from proxy/): how its client was told, or why it was refused. */
+export interface ClientGateEvent {
+  listener: string;
+  result: 'direct' | 'proxy-v1' | 'proxy-v2' | 'local' | 'source_not_allowed' | 'malformed' | 'timeout' | 'closed';
 }
 
 /** A delegated credential's lifecycle (from proxy/'s credential keeper). */

@@ -55,6 +55,7 @@ function build(registry: Registry) {
     clusterQueueWaitP99: new Gauge({ name: 'hsmproxy_cluster_queue_wait_p99_seconds', help: 'p99 HSM-side queue wait of signs over a sliding window (1m, 5m).', labelNames: ['window'] as const, registers: r }),
     clusterScalingActions: new Counter({ name: 'hsmproxy_cluster_scaling_actions_total', help: 'Autoscale actions on the simulated cluster, by action (add, remove) and result (ok, failed).', labelNames: ['action', 'result'] as const, registers: r }),
     engineSigns: new Counter({ name: 'hsmproxy_engine_signs_total', help: 'Signatures made through the engine, by backend, key type and outcome.', labelNames: ['backend', 'key_type', 'outcome'] as const, registers: r }),
+    clientGateConnections: new Counter({ name: 'hsmproxy_client_gate_connections_total', help: 'TCP connections at a listener\'s client gate, by how the client address was learnt (direct, proxy-v1, proxy-v2, local) or why the connection was refused (source_not_allowed, malformed, timeout, closed).', labelNames: ['listener', 'result'] as const, registers: r }),
     certificateNotAfter: new Gauge({ name: 'hsmproxy_certificate_not_after_seconds', help: 'Expiry (notAfter, Unix seconds) of each certificate a listener serves, by listener, subject and serial.', labelNames: ['listener', 'subject', 'serial'] as const, aggregator: 'min', registers: r }),
     ...acmeMetrics(r),
   };

@@ -1,8 +1,9 @@
 // Turns the diagnostics_channel events of tls/, hsm/client and engine/ into metrics.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import {
-  CHANNELS, type AcmeCertificateEvent, type AcmeOrderEvent, type DelegatedCredentialEvent, type EngineSignEvent,
-  type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent, type TlsRefusedEvent,
+  CHANNELS, type AcmeCertificateEvent, type AcmeOrderEvent, type ClientGateEvent, type DelegatedCredentialEvent,
+  type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent,
+  type TlsRefusedEvent,
 } from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
 
@@ -58,6 +59,11 @@ export function recordEngineSign(m: HsmproxyMetrics, e: EngineSignEvent): void {
 /** Records one autoscale action. */
 export function recordScaling(m: HsmproxyMetrics, e: HsmScalingEvent): void {
   m.clusterScalingActions.inc({ action: e.action, result: e.result });
+}
+
+/** Records one connection at a client gate. */
+export function recordClientGate(m: HsmproxyMetrics, e: ClientGateEvent): void {
+  m.clientGateConnections.inc({ listener: e.listener, result: e.result });
 }
 
 /** Records the end of one ACME order (and the certificate it leaves served). */
@@ -126,6 +132,7 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.acmeCertificate, guard(recordAcmeCertificate)],
     [CHANNELS.delegatedCredential, guard(recordDelegatedCredential)],
     [CHANNELS.tlsRefused, guard(recordRefused)],
+    [CHANNELS.clientGate, guard(recordClientGate)],
   ];
   for (const [name, fn] of subs) subscribe(name, fn);
   return () => { for (const [name, fn] of subs) unsubscribe(name, fn); };

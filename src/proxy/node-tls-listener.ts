@@ -169,6 +169,8 @@ function applyConnectionLimits(server: tls.Server, listener: ListenerConfig): { 
 
 /** Listens with node:tls on the listener's address and port. */
 export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSecureConnection, settings) => {
+  // node:tls reads the socket itself; the PROXY header is read by the offloading listener's gate.
+  if (listener.proxyProtocol) throw new ListenerError(listener.name, 'proxyProtocol needs the offloading listener (tls/ TlsServer)');
   let contexts = buildContexts(listener);
   const server = tls.createServer({
     ...contexts.defaultOptions,
@@ -191,6 +193,7 @@ export const nodeTlsListenerFactory: TlsListenerFactory = async (listener, onSec
   const handle: TlsListener = {
     address: () => server.address(),
     async update(next) {
+      if (next.proxyProtocol) throw new ListenerError(next.name, 'proxyProtocol needs the offloading listener (tls/ TlsServer)');
       const fresh = buildContexts(next); // throws before anything changes
       server.setSecureContext(fresh.defaultOptions);
       contexts = fresh;

@@ -3,6 +3,7 @@
 // Certificates and references are loaded and resolved before the listener opens, so a missing
 // key or an unreachable HSM fails the start (or a reload) with a message naming the file.
 import { readFile } from 'node:fs/promises';
+import type { Logger } from 'pino';
 import { DEFAULTS, type ListenerConfig } from '../config/index.js';
 import type { Admission, Engine } from '../engine/index.js';
 import {
@@ -11,6 +12,7 @@ import {
 } from '../tls/index.js';
 import { ClientLimiter } from './client-limits.js';
 import { CertificateFileError, checkKeyMatchesCertificate, readCertificateChain } from './certificate-files.js';
+import { clientGate } from './client-gate.js';
 import { CredentialKeeper } from './delegated-credentials.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
@@ -24,6 +26,8 @@ export interface OffloadListenerOptions {
   ticketKeys?: TicketKeys;
   /** A per-listener cap on signatures in flight, in front of the engine's global one. */
   listenerAdmission?: (listener: ListenerConfig) => Admission | undefined;
+  /** Where refused connections (PROXY protocol) are logged, at debug level; they are counted in metrics too. */
+  logger?: Logger;
   /** ACME tls-alpn-01: the validation certificate of a name with a pending challenge (see TlsServerOptions). */
   acmeChallenge?: (servername: string) => CertifiedKey | undefined;
   /**
@@ -127,6 +131,12 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
     const { certificates } = loaded;
     let keepers = loaded.keepers;
     let clientAuth = await loadClientAuth(listener);
+    const gateFor = (l: ListenerConfig) => clientGate(l, {
+      headerTimeoutMs: settings.handshakeTimeoutMs,
+      onRefused: (reason, transport, detail) => opts.logger?.debug({ listener: l.name, reason, peer: transport.address, detail }, 'connection refused at the client gate'),
+    });
+    // A reload swaps the gate for new connections (proxyProtocol.from may change).
+    let gate = gateFor(listener);
     const queue = opts.engine.admission;
     const pressure = {
       queued: () => queue.queued, shedFullAt: opts.shedFullHandshakesAt ?? Math.max(1, Math.floor(queue.maxQueue / 4)),
@@ -149,6 +159,7 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         ...(opts.signTimeoutMs ? { signTimeoutMs: opts.signTimeoutMs } : {}),
         name: listener.name,
         ...(clientAuth ? { clientAuth } : {}),
+        gate: (raw, start) => gate(raw, start),
         ...(opts.acmeChallenge ? { acmeChallenge: opts.acmeChallenge } : {}),
       }, (socket) => {
         // RFC 8737 §3: a validation connection carries no data; the CA closes it after the handshake.
@@ -189,6 +200,7 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         for (const k of keepers) k.stop();
         keepers = nextLoaded.keepers;
         clientAuth = nextAuth;
+        gate = gateFor(next);
       },
       async close() {
         for (const k of keepers) k.stop();

@@ -1,12 +1,13 @@
 // The Proxy: TLS listeners (from a factory) feeding one http.Server, the routing table, upstream
 // pools and their health checks, the admin server; start, reload and graceful shutdown.
-import { BlockList, isIPv6, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { DEFAULTS, type Config, type ListenerConfig } from '../config/index.js';
 import { createRegistry, defineMetrics, registrySource, subscribeMetrics, type HsmproxyMetrics, type MetricsSource } from '../metrics/index.js';
 import { AdminServer, type ReadinessCheck, type ReadinessReport, type ScalingSource } from './admin.js';
 import { recordCertificateExpiry } from './cert-expiry.js';
+import { cidrList } from './client-gate.js';
 import { logDelegatedCredentials } from './delegated-credentials.js';
 import { identityHeaderNames } from './client-identity.js';
 import { ConnectionTracker } from './connections.js';
@@ -279,13 +280,7 @@ export class Proxy {
         }));
       }
     }
-    const trusted = config.trustedProxies.length > 0 ? new BlockList() : null;
-    for (const cidr of config.trustedProxies) {
-      const [addr, bits] = cidr.split('/') as [string, string | undefined];
-      const family = isIPv6(addr) ? 'ipv6' : 'ipv4';
-      if (bits === undefined) trusted!.addAddress(addr, family);
-      else trusted!.addSubnet(addr, Number(bits), family);
-    }
+    const trusted = config.trustedProxies.length > 0 ? cidrList(config.trustedProxies) : null;
     return {
       config, router: new Router(config.routes), pools, checkers, trusted,
       identityHeaders: identityHeaderNames(config.listeners),

@@ -279,7 +279,8 @@ export class AwaitSignature implements State {
     const [publicKey, scheme] = dc ? [dc.publicKey, dc.scheme] : [this.cert.entry.leafPublicKey, this.cert.scheme];
     const verify = io.config.verifyAfterSign(this.cert.entry.keyType);
     if (verify && !verifyScheme(publicKey, scheme, this.content, signature)) {
-      throw fatal('internal_error', `the ${this.dc ? 'credential' : 'signer'} returned a signature that does not verify under its key`);
+      throw fatal('internal_error', this.dc ? 'the credential key made a signature that does not verify under the credential'
+        : 'the signer returned a signature that does not verify under the certificate key');
     }
     const cv = encodeCertificateVerify(scheme, signature);
     transcript.update(cv);

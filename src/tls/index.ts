@@ -3,7 +3,7 @@
 // sans-IO ServerConnection → TlsSocket/TlsServer. Knows nothing of HSMs: it is given
 // CertifiedKey { chain, signer }. May import node built-ins only; emits observations on
 // node:diagnostics_channel ('hsmproxy:tls:handshake'), never imports metrics/ or a logger.
-export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate } from './server.js';
+export { createServer, TlsServer, type TlsServerOptions, type ServerCertificate, type ConnectionGate, type ConnectionPreface, type RemotePeer } from './server.js';
 export { TlsSocket } from './socket.js';
 export { ServerConnection, Limits, type ConnectionEvent, type Counters } from './connection.js';
 export type { HandshakeConfig, Negotiated, SignRequest } from './handshake13.js';
@@ -17,7 +17,7 @@ export { NoCompatibleKeyCode, NoCompatibleKeyError, type Signer, type SignContex
 export { pemCertificates } from './pem.js';
 export { SignatureScheme, schemeSpec, verifyScheme, type SchemeSpec, type SignAlgorithm } from './schemes.js';
 export { AlertDescription, TlsError, TlsAlertError, alertName } from './alert.js';
-export { TicketKeys } from './tickets.js';
+export { TicketKeys, ticketKeyFromEpochSecret } from './tickets.js';
 export type { SharedTicketKey, TicketKeysOptions } from './tickets.js';
 export { TLS13_SUITES, NamedGroup, type CipherSuite } from './suites.js';
 export { TLS12_SUITES, type CipherSuite12 } from './suites12.js';

@@ -15,6 +15,21 @@ import { MAX_TICKET_LIFETIME_S } from './session.js';
 import { TlsSocket } from './socket.js';
 import { TicketKeys } from './tickets.js';
 
+/**
+ * What a connection's first bytes said before TLS began (the PROXY protocol): the client's address,
+ * and the bytes read past that preface, which are the start of the TLS stream.
+ */
+export interface ConnectionPreface { client?: RemotePeer; head?: Buffer }
+
+/** An IP endpoint; see ConnectionPreface. */
+export interface RemotePeer { address: string; port: number; family: string }
+
+/**
+ * Decides, before any TLS byte is read, whether a TCP connection gets a handshake: it calls `start`
+ * (at once or later) or destroys the socket. It owns `raw` until then.
+ */
+export type ConnectionGate = (raw: Socket, start: (preface?: ConnectionPreface) => void) => void;
+
 /** A certificate chain with its signer, optionally restricted to explicit server names. */
 export type ServerCertificate = CertifiedKey & { servername?: readonly string[] };
 
@@ -93,6 +108,11 @@ export interface TlsServerOptions {
    * accepted: a resumed handshake carries no client certificate to verify.
    */
   clientAuth?: ClientAuthOptions;
+  /**
+   * Runs on every accepted TCP connection within the listener's caps, before admission (PROXY
+   * protocol: the client's address it reads is the one admission counts); see ConnectionGate.
+   */
+  gate?: ConnectionGate;
   /**
    * ACME tls-alpn-01 (RFC 8737): the validation certificate of a server name with a pending
    * challenge, or undefined. Consulted only for hellos offering acme-tls/1; with it, a server may
@@ -189,28 +209,56 @@ export class TlsServer extends EventEmitter {
   /** Connections open (handshaking or established). */
   get connections(): number { return this.open; }
 
-  private refuse(raw: Socket, reason: string): void {
+  private refuse(raw: Socket, reason: string, address = raw.remoteAddress ?? ''): void {
     this.shedConnections++;
     // Closed before the ClientHello is read: it can cost neither CPU nor an HSM signature.
     raw.destroy();
-    publishRefused({ reason, address: raw.remoteAddress ?? '', ...(this.options.name ? { listener: this.options.name } : {}) });
+    publishRefused({ reason, address, ...(this.options.name ? { listener: this.options.name } : {}) });
   }
 
   private onConnection(raw: Socket): void {
-    const { maxConcurrentHandshakes, maxConnections, admission } = this.options;
+    const { maxConcurrentHandshakes, maxConnections, gate } = this.options;
     if (maxConnections !== undefined && this.open >= maxConnections) return this.refuse(raw, 'listener_connections');
     if (maxConcurrentHandshakes !== undefined && this.handshaking >= maxConcurrentHandshakes) {
       return this.refuse(raw, 'listener_handshakes');
     }
+    if (this.options.noDelay ?? true) raw.setNoDelay(true);
+    if (!gate) {
+      this.admit(raw);
+      return;
+    }
+    // The gate reads its preface within the listener's caps: the connection holds its slots meanwhile.
+    this.handshaking++;
+    this.open++;
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      this.handshaking--;
+      this.open--;
+    };
+    // A gate that refuses destroys the socket: the slots are freed with it.
+    raw.once('close', release);
+    gate(raw, (preface) => {
+      if (!held || raw.destroyed) return;
+      raw.off('close', release);
+      release();
+      this.admit(raw, preface);
+    });
+  }
+
+  /** Per-client admission (by the client's address, the gate's if it told one), then the handshake. */
+  private admit(raw: Socket, preface?: ConnectionPreface): void {
     let admitted: AdmittedConnection | undefined;
+    const admission = this.options.admission;
     if (admission) {
-      const answer = admission.open(raw.remoteAddress ?? '');
-      if (typeof answer === 'string') return this.refuse(raw, answer);
+      const address = preface?.client?.address ?? raw.remoteAddress ?? '';
+      const answer = admission.open(address);
+      if (typeof answer === 'string') return this.refuse(raw, answer, address);
       admitted = answer;
     }
     this.handshaking++;
     this.open++;
-    if (this.options.noDelay ?? true) raw.setNoDelay(true);
     const socket = new TlsSocket(raw, new ServerConnection(this.config), {
       signTimeoutMs: this.options.signTimeoutMs ?? 10_000,
       handshakeTimeoutMs: this.options.handshakeTimeoutMs ?? 10_000,
@@ -220,6 +268,7 @@ export class TlsServer extends EventEmitter {
       serverFlight: this.options.serverFlight,
       ticketHoldMs: this.options.ticketHoldMs,
       ...(admitted ? { admitted } : {}),
+      ...(preface?.client ? { client: preface.client } : {}),
     });
     let settled = false;
     const settle = (): void => {
@@ -235,6 +284,9 @@ export class TlsServer extends EventEmitter {
       this.open--;
       admitted?.closed();
     });
+    if (preface?.head && preface.head.length > 0) socket.receive(preface.head);
+    // A gate that read a preface paused the socket; TLS reads from here on.
+    if (raw.isPaused()) raw.resume();
   }
 
   /** Same arguments as net.Server.listen. */

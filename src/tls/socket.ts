@@ -12,6 +12,7 @@ import type { ConnectionEvent, ServerConnection } from './connection.js';
 import type { SignRequest } from './handshake13.js';
 import type { SignContext } from './signer.js';
 import { publishHandshake, type HandshakeObservation } from './observe.js';
+import type { RemotePeer } from './server.js';
 import { groupName } from './suites.js';
 
 const LINGER_MS = 2000;
@@ -44,6 +45,11 @@ export interface TlsSocketOptions {
   serverFlight?: 'whole' | 'split';
   /** TLS 1.3 tickets wait up to this long to leave with the first application data (default 50; 0 = at once). */
   ticketHoldMs?: number;
+  /**
+   * The client's address when the TCP peer is a balancer that said who the client is (PROXY
+   * protocol): remoteAddress/remotePort/remoteFamily report it; transportRemoteAddress the balancer.
+   */
+  client?: RemotePeer;
   /** Admission's handle on this connection: it may shed a full handshake; signatures name its client. */
   admitted?: AdmittedConnection;
 }
@@ -86,7 +92,7 @@ export class TlsSocket extends Duplex {
       conn.admitFull = () => admitted.fullHandshake();
       this.signContext = { client: admitted.client };
     }
-    raw.on('data', (chunk: Buffer) => { this.conn.feed(chunk); this.drive(); });
+    raw.on('data', (chunk: Buffer) => this.receive(chunk));
     raw.on('end', () => this.onTransportEnd());
     raw.on('error', (err) => this.onTransportEnd(err));
     raw.on('close', () => this.onTransportEnd());
@@ -101,9 +107,14 @@ export class TlsSocket extends Duplex {
   get servername(): string | false { return this.conn.negotiated.servername ?? false; }
   /** Negotiated ALPN protocol, or false. */
   get alpnProtocol(): string | false { return this.conn.negotiated.alpn ?? false; }
-  get remoteAddress(): string | undefined { return this.raw.remoteAddress; }
-  get remotePort(): number | undefined { return this.raw.remotePort; }
-  get remoteFamily(): string | undefined { return this.raw.remoteFamily; }
+  /** The client's address: the TCP peer's, or the one a balancer told (TlsSocketOptions.client). */
+  get remoteAddress(): string | undefined {
+    return this.opts.client ? this.opts.client.address : this.raw.remoteAddress;
+  }
+  get remotePort(): number | undefined { return this.opts.client ? this.opts.client.port : this.raw.remotePort; }
+  get remoteFamily(): string | undefined { return this.opts.client ? this.opts.client.family : this.raw.remoteFamily; }
+  /** The TCP peer's address (the balancer's, when TlsSocketOptions.client is set). */
+  get transportRemoteAddress(): string | undefined { return this.raw.remoteAddress; }
   get localAddress(): string | undefined { return this.raw.localAddress; }
   get localPort(): number | undefined { return this.raw.localPort; }
   get bytesRead(): number { return this.raw.bytesRead; }
@@ -147,6 +158,12 @@ export class TlsSocket extends Duplex {
   address(): ReturnType<Socket['address']> { return this.raw.address(); }
 
   // ---- driving the connection ----
+
+  /** @internal Bytes from the transport (or read ahead of TLS by the server's gate). */
+  receive(chunk: Buffer): void {
+    this.conn.feed(chunk);
+    this.drive();
+  }
 
   private drive(): void {
     // 'whole': while the signature is pending, EncryptedExtensions..Certificate stay unsealed in the

@@ -1,9 +1,11 @@
 // Session-ticket encryption keys (RFC 5077 §4 layout, RFC 8446 §4.6.1 stateless tickets).
 // Keys rotate on a fixed epoch grid; a key seals during its epoch and opens until acceptForMs
-// after its epoch began. Every epoch's key is fresh randomness, never derived from a secret that
-// outlives it, so a leaked key opens only its own epoch's tickets. Processes that must open each
-// other's tickets (workers) share keys, not a secret: one exports each epoch's key as it is
-// made, the others install it (export/install). Imports node:crypto and alert.ts only.
+// after its epoch began. A key made here is fresh randomness, so a leaked key opens only its own
+// epoch's tickets. Processes that must open each other's tickets (workers) share keys, not a
+// secret: one exports each epoch's key as it is made, the others install it (export/install).
+// Separate machines install keys made from an epoch secret (ticketKeyFromEpochSecret): a one-way
+// function of a long-term secret that stays where it is (an HSM), so a leaked epoch key still
+// opens only its epoch's tickets. Imports node:crypto and alert.ts only.
 import crypto from 'node:crypto';
 import { TlsError } from './alert.js';
 import { randomFillPooled } from './random.js';
@@ -38,6 +40,17 @@ export interface SharedTicketKey {
   epoch: number;
   name: string;
   key: string;
+}
+
+/**
+ * An epoch's ticket key from that epoch's secret (e.g. an HMAC over the epoch number made in an
+ * HSM): whoever holds the same epoch secret gets the same key name and key (RFC 5869 HKDF, one
+ * label each, so the name that travels in every ticket says nothing about the key).
+ */
+export function ticketKeyFromEpochSecret(epoch: number, secret: Buffer): SharedTicketKey {
+  if (secret.length < 32) throw new TlsError('an epoch secret must be at least 32 bytes', 'TLS_ERR_TICKET_CONFIG');
+  const derive = (label: string, length: number) => Buffer.from(crypto.hkdfSync('sha256', secret, Buffer.alloc(0), Buffer.from(label), length));
+  return { epoch, name: derive('hsmproxy ticket key name', NAME_LEN).toString('hex'), key: derive('hsmproxy ticket key', KEY_LEN).toString('hex') };
 }
 
 /** Options for TicketKeys. */
@@ -164,11 +177,13 @@ export class TicketKeys {
     return due > 0 ? due : due + this.rotateEveryMs;
   }
 
-  private currentEpoch(): number {
+  /** The epoch tickets are sealed in now (epoch e runs from e × rotateEveryMs). */
+  currentEpoch(): number {
     return Math.floor(this.now() / this.rotateEveryMs);
   }
 
-  private msUntilEpoch(epoch: number): number {
+  /** Milliseconds until `epoch` begins (negative once it has). */
+  msUntilEpoch(epoch: number): number {
     return epoch * this.rotateEveryMs - this.now();
   }
 

@@ -12,10 +12,10 @@ import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../../config/index.js';
 import { clusterSource, createRegistry, withPrimaryFamilies } from '../../metrics/index.js';
 import { AdminServer, type ReadinessReport } from '../../proxy/index.js';
-import { TicketKeys } from '../../tls/index.js';
 import type { HsmSide } from '../hsm-side.js';
 import type { ProxyRuntime } from '../runtime.js';
 import { scalingFor } from '../scaling.js';
+import { startTicketKeys } from '../ticket-keys.js';
 import { WorkerPool } from './pool.js';
 import { FORWARDED, type WorkerSettings } from './protocol.js';
 
@@ -37,16 +37,20 @@ export async function startWorkers(
   opts: { config: Config; configFile: string; hsm: HsmSide; log: Logger; count: number },
 ): Promise<WorkerRuntime> {
   const { config, log, hsm, count } = opts;
+  // The primary seals no tickets: it only makes (or derives) each epoch's key and hands it out.
+  // Keys derived later (the next epoch's) go to the workers as soon as they are installed.
+  let sendKeys = (): void => undefined;
+  const tickets = await startTicketKeys(config.tickets, hsm, log, () => sendKeys());
+  const ticketKeys = tickets.keys;
   // The scaling advisor runs here on the workers' forwarded events; its gauges join their metrics.
   const registry = createRegistry();
   const scaling = scalingFor(hsm, config.hsm.autoscale, registry, log);
-  // The primary seals no tickets: it only makes each epoch's key and hands it out.
-  const ticketKeys = new TicketKeys();
   const pool = new WorkerPool<WorkerSettings>({
     count,
     exec: workerEntry,
     settings: () => ({
-      configFile: opts.configFile, ticketKeys: ticketKeys.export(), logLevel: log.level,
+      configFile: opts.configFile, ticketKeys: ticketKeys.export(), ticketRotateEveryMs: config.tickets.rotateEveryMs,
+      logLevel: log.level,
       forwardEvents: scaling !== undefined,
     }),
     onWorkerEvents: (events) => {
@@ -58,9 +62,11 @@ export async function startWorkers(
       else log.debug(e, 'worker ready');
     },
   });
+  sendKeys = () => pool.refreshSettings();
   try {
     await pool.start();
   } catch (err) {
+    tickets.stop();
     await scaling?.stop();
     throw err;
   }
@@ -89,6 +95,7 @@ export async function startWorkers(
     await admin.listen(config.admin.port, config.admin.address);
   } catch (err) {
     clearTimeout(shareTimer);
+    tickets.stop();
     await pool.stop(0);
     await scaling?.stop();
     throw err;
@@ -104,6 +111,7 @@ export async function startWorkers(
     async stop(deadlineMs) {
       stopping = true;
       clearTimeout(shareTimer);
+      tickets.stop();
       await pool.stop(deadlineMs ?? current.timeouts.shutdownMs);
       await admin.close();
       await scaling?.stop();

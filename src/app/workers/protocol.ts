@@ -31,7 +31,8 @@ export type WorkerCommand<S> =
  * runs the scaling advisor, so the worker forwards the events it reads.
  */
 export interface WorkerSettings {
-  configFile: string; ticketKeys: SharedTicketKey[]; logLevel: string; forwardEvents: boolean;
+  configFile: string; ticketKeys: SharedTicketKey[]; ticketRotateEveryMs: number; logLevel: string;
+  forwardEvents: boolean;
 }
 
 /** The events the scaling advisor reads, forwarded from the workers, where the signatures happen. */

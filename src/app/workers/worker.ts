@@ -50,7 +50,7 @@ export async function runWorker(): Promise<void> {
     report({ hsmproxy: 'hello' });
   });
   // Listening from here on, so a key sent while the worker starts is not missed.
-  const ticketKeys = new TicketKeys();
+  const ticketKeys = new TicketKeys({ rotateEveryMs: settings.ticketRotateEveryMs });
   ticketKeys.install(settings.ticketKeys);
   process.on('message', (m: WorkerCommand<WorkerSettings>) => {
     if (m?.hsmproxy === 'settings') ticketKeys.install(m.settings.ticketKeys);

@@ -29,7 +29,7 @@ export function register(program: Command): void {
     .option('--hsms <n>', `number of HSMs (1-${MAX_HSMS})`, '1')
     .option('--profile <profile>', `capacity profile: ${PROFILES.join('|')}`, 'unlimited')
     .option('--base-port <port>', 'port of the first HSM; the others follow', String(DEFAULT_BASE_PORT))
-    .option('--host <host>', 'address the HSMs listen on and clients reach them at, named in their certificates (IP or DNS name)', '127.0.0.1')
+    .option('--host <host>', 'address the HSMs listen on and clients reach them at, named in their certificates (IP or DNS name); one for all, or one per HSM separated by commas', '127.0.0.1')
     .option('--json', 'print one JSON document')
     .action(async (
       opts: { dir?: string; hsms: string; profile: string; basePort: string; host: string; json?: boolean },
@@ -38,7 +38,10 @@ export function register(program: Command): void {
       const hsms = intOption(opts.hsms, '--hsms');
       if (hsms < 1 || hsms > MAX_HSMS) throw new UsageError(`--hsms must be from 1 to ${MAX_HSMS}`);
       const dir = clusterDir(opts);
-      const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port'), host: opts.host });
+      const hosts = opts.host.split(',').map((h) => h.trim());
+      if (hosts.length !== 1 && hosts.length !== hsms) throw new UsageError(`--host names ${hosts.length} addresses for ${hsms} HSMs: give one for all, or one per HSM`);
+      const host = hosts.length === 1 ? hosts[0]! : hosts;
+      const r = await initCluster({ dir, hsms, profile: opts.profile as ManifestProfile, basePort: intOption(opts.basePort, '--base-port'), host });
       const m = r.manifest;
       // Another cluster's HSM (an earlier quick start, say) may hold these ports: say so now, not when it fails.
       const busy = await portsInUse(m.hsms);

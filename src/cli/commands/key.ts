@@ -33,16 +33,18 @@ export function register(program: Command): void {
     .requiredOption('--label <label>', 'label (names the key in later commands)')
     .option('--session', 'a session key: not persisted, gone when this command ends (token keys persist)')
     .option('--allow-duplicate-label', 'generate even if a key already has this label (later commands then need the key id)')
+    .option('--extractable', 'the key may leave the HSM wrapped (`hsmproxy key wrap`), e.g. to move it to another cluster (default: never)')
     .action(async (opts: HsmCommandOptions & Pkcs11CliOptions & {
       backend?: string; type: string; label: string; session?: boolean; out?: string; force?: boolean;
-      allowDuplicateLabel?: boolean;
+      allowDuplicateLabel?: boolean; extractable?: boolean;
     }) => {
       if (opts.backend === 'pkcs11') {
         // A session object would vanish with this command's session: the reference would name nothing.
         if (opts.session) throw new UsageError('--session is not available with --backend pkcs11: a session key is gone when this command ends; drop --session for a token key');
+        if (opts.extractable) throw new UsageError('--extractable is not available with --backend pkcs11');
         return generatePkcs11Key(opts);
       }
-      const template = { label: opts.label, token: !opts.session };
+      const template = { label: opts.label, token: !opts.session, ...(opts.extractable ? { extractable: true } : {}) };
       // Every later `--key LABEL` would name several keys.
       const refuseDuplicate = async (c: HsmClient): Promise<void> => {
         if (opts.allowDuplicateLabel) return;

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
+  ImportPublicKeyRequest,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Role, SecretKeySpec, SignRequest, StateDigest, UnwrapRequest,
   UserInfo, VerifyRequest, WrapRequest,
 } from '../protocol/types.js';
@@ -202,9 +203,15 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
   importKey(req: ImportPrivateKeyRequest, opts?: RequestOptions): Promise<KeyPairInfo> {
     return this.created('importKey', req.template.token !== false, pairIds, (c) => c.importKey(req, opts));
   }
+  /** CU: imports a public key in one HSM and copies it to the others. */
+  importPublicKey(req: ImportPublicKeyRequest, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.created('importPublicKey', req.template.token !== false, (k) => [k.keyId], (c) => c.importPublicKey(req, opts));
+  }
   /** Unwraps into a new key (replicated when it is a token key). */
   unwrap(req: UnwrapRequest, opts?: RequestOptions): Promise<KeyInfo> {
-    return this.created('unwrap', req.template.token !== false, (k) => [k.keyId], (c) => c.unwrap(req, opts));
+    // A private key comes with its public half: both go to every HSM.
+    const ids = (k: KeyInfo): string[] => (k.pairKeyId ? [k.keyId, k.pairKeyId] : [k.keyId]);
+    return this.created('unwrap', req.template.token !== false, ids, (c) => c.unwrap(req, opts));
   }
   /** Keys visible to the user (token keys are the same on every HSM). */
   findKeys(filter: KeyFilter = {}, opts?: RequestOptions): Promise<KeyInfo[]> {

@@ -10,6 +10,7 @@ import {
   DECRYPT_BODY, ENCRYPT_BODY, Op, RANDOM_BODY, SIGN_BODY, TEXT_BODY, VERIFY_BODY, jsonText, opName, readJson,
   type BodyCodec,
   type CryptoResult, type DecryptRequest, type EncryptRequest, type HsmInfo, type ImportPrivateKeyRequest,
+  type ImportPublicKeyRequest,
   type KeyAttributeChanges, type KeyFilter, type KeyInfo, type KeyPairInfo, type KeyPairSpec, type KeyTemplate,
   type Occupancy, type Role, type SecretKeySpec, type SignRequest, type StateDigest, type UnwrapRequest, type UserInfo,
   type VerifyRequest, type WrapRequest,
@@ -185,6 +186,10 @@ export class HsmConnection {
   /** CU: imports an existing private key as a key pair. */
   importKey(req: ImportPrivateKeyRequest, opts?: RequestOptions): Promise<KeyPairInfo> {
     return this.json(Op.IMPORT_KEY, req, opts);
+  }
+  /** CU: imports a public key alone (SPKI PEM or DER). */
+  importPublicKey(req: ImportPublicKeyRequest, opts?: RequestOptions): Promise<KeyInfo> {
+    return this.json(Op.IMPORT_PUBLIC_KEY, req, opts);
   }
   /** Keys visible to the user (own and shared), filtered. */
   findKeys(filter: KeyFilter = {}, opts?: RequestOptions): Promise<KeyInfo[]> {

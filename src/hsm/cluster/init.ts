@@ -25,8 +25,11 @@ export interface InitClusterOptions {
   basePort?: number;
   /** scrypt cost for the devices' password hashing (tests may lower it). */
   scryptCost?: number;
-  /** The address every HSM listens on and clients reach it at (IP or DNS name; default 127.0.0.1). */
-  host?: string;
+  /**
+   * The address each HSM listens on and clients reach it at (IP or DNS name; default 127.0.0.1):
+   * one for every HSM, or a list with one per HSM (e.g. the DNS names of a StatefulSet's pods).
+   */
+  host?: string | readonly string[];
 }
 
 /** What init made; `precoPassword` is shown once and never stored. */
@@ -64,8 +67,12 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
   const basePort = opts.basePort ?? DEFAULT_BASE_PORT;
   if (!Number.isInteger(n) || n < 1 || n > MAX_HSMS) throw new HsmError(`--hsms must be a whole number from 1 to ${MAX_HSMS}`, 'HSM_ERR_INVALID_ARGUMENT');
   if (!Number.isInteger(basePort) || basePort < 1 || basePort + n - 1 > 65535) throw new HsmError('--base-port must leave room for one port per HSM below 65536', 'HSM_ERR_INVALID_ARGUMENT');
-  const host = opts.host ?? '127.0.0.1';
-  if (!isNodeHost(host)) throw new HsmError(`--host takes an IP address or a DNS name, got "${host}"`, 'HSM_ERR_INVALID_ARGUMENT');
+  const given = opts.host ?? '127.0.0.1';
+  const hosts = typeof given === 'string' ? Array<string>(n).fill(given) : [...given];
+  if (hosts.length !== n) throw new HsmError(`--host names ${hosts.length} addresses for ${n} HSMs: give one for all, or one per HSM`, 'HSM_ERR_INVALID_ARGUMENT');
+  for (const host of hosts) {
+    if (!isNodeHost(host)) throw new HsmError(`--host takes an IP address or a DNS name, got "${host}"`, 'HSM_ERR_INVALID_ARGUMENT');
+  }
   const dir = opts.dir;
   if (await isNonEmptyDir(dir)) {
     const existing = await readdir(dir);
@@ -75,7 +82,7 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
   const pki = join(dir, 'pki');
   await mkdir(pki, { mode: 0o700 });
   try {
-    return await create(dir, n, profile, basePort, host, opts.scryptCost);
+    return await create(dir, n, profile, basePort, hosts, opts.scryptCost);
   } catch (err) {
     // Leave no half-made cluster behind: a retry must not hit "already exists".
     await rm(pki, { recursive: true, force: true });
@@ -87,7 +94,7 @@ export async function initCluster(opts: InitClusterOptions): Promise<InitCluster
 }
 
 async function create(
-  dir: string, n: number, profile: ManifestProfile, basePort: number, host: string, scryptCost?: number,
+  dir: string, n: number, profile: ManifestProfile, basePort: number, hosts: readonly string[], scryptCost?: number,
 ): Promise<InitClusterResult> {
   const ca = await createCustomerCa();
   const cluster = await createClusterCert(ca);
@@ -113,6 +120,7 @@ async function create(
   await mkdir(join(dir, 'hsms'), { mode: 0o700 });
   for (let i = 1; i <= n; i++) {
     const id = `hsm-${i}`;
+    const host = hosts[i - 1]!;
     const node = await createNodeCert(cluster, id, host);
     const h: ManifestHsm = {
       id, address: host, port: basePort + i - 1, dataDir: `hsms/${id}`, profile,

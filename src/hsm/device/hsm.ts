@@ -18,6 +18,7 @@ import { readSnapshot, Replication } from './replication.js';
 import type { UsersImport } from './user-replication.js';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
+  ImportPublicKeyRequest,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Occupancy, Role, SecretKeySpec, Session, SignRequest, StateDigest,
   UnwrapRequest, UserInfo, VerifyRequest, WrapRequest,
 } from './types.js';
@@ -238,6 +239,12 @@ export class Hsm {
   importPrivateKey(session: Session, req: ImportPrivateKeyRequest): Promise<CryptoResult<KeyPairInfo>> {
     const s = this.session(session);
     return this.guard(s, 'import a key', () => this.keys.importPrivateKey(s, req));
+  }
+
+  /** Imports a public key alone (e.g. another cluster's RSA key, to wrap keys for it). */
+  importPublicKey(session: Session, req: ImportPublicKeyRequest): Promise<CryptoResult<KeyInfo>> {
+    const s = this.session(session);
+    return this.guard(s, 'import a key', () => this.keys.importPublicKey(s, req));
   }
 
   /** Keys the session user may see (own + shared with it; CO/AU see all token keys), filtered. */

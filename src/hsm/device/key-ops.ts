@@ -4,12 +4,13 @@
 import { createHash, createPublicKey, randomBytes } from 'node:crypto';
 import type { DeviceContext } from './context.js';
 import { InvalidArgumentError, NoSuchKeyError } from './errors.js';
-import { pairSpec, generatePairMaterial, generateSecretMaterial, importPairMaterial, secretFromBytes, type PairMaterial, type SecretMaterial } from './keygen.js';
+import { pairSpec, generatePairMaterial, generateSecretMaterial, importPairMaterial, importPublicMaterial, secretFromBytes, type PairMaterial, type SecretMaterial } from './keygen.js';
 import { decryptWith, encryptWith, opKey, signWith, unwrapWith, verifyWith, wrapWith } from './mechanisms.js';
 import { infoOf, keyObjectOf, toRecord, type KeyAttributes, type StoredKey } from './objects.js';
 import { checkAttributeChanges, defaultsFor, requireExport, requireOwner, requireRole, requireShareTarget, requireUse, requireVisible } from './policy.js';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter, KeyInfo,
+  ImportPublicKeyRequest,
   KeyPairInfo, KeyPairSpec, KeyTemplate, SecretKeySpec, Session, SignRequest, UnwrapRequest, VerifyRequest, WrapRequest,
 } from './types.js';
 
@@ -140,6 +141,21 @@ export class KeyOps {
     const [priv, pub] = this.pairObjects(s, t, r.result);
     await this.install(s, [priv, pub], 'key.import');
     return { ...r, result: { privateKey: infoOf(priv), publicKey: infoOf(pub) } };
+  }
+
+  /** Imports a public key alone (verify, encrypt and wrap with it; e.g. another cluster's wrapping key). */
+  async importPublicKey(s: Session, req: ImportPublicKeyRequest): Promise<CryptoResult<KeyInfo>> {
+    requireRole(s, ['CU'], 'import a key');
+    const t = checkTemplate(req?.template);
+    this.ctx.objects.ensureRoom(1);
+    const r = await this.ctx.capacity.run('import', () => importPublicMaterial(req.key));
+    const attrs = this.attrsFor(s, t, 'public', r.result);
+    const k: StoredKey = {
+      handle: this.ctx.objects.allocateHandle(), attrs, material: r.result.pub, keyObject: keyObjectOf(r.result.pub),
+      version: 1, ...(attrs.token ? {} : { session: s.id }),
+    };
+    await this.install(s, [k], 'key.import');
+    return { ...r, result: infoOf(k) };
   }
 
   /** Keys the session may see, filtered. */

@@ -77,6 +77,32 @@ export function secretFromBytes(bytes: Buffer, type?: KeyType): SecretMaterial {
 }
 
 /** Parses an existing private key (PEM of any kind, or PKCS#8 DER) into pair material. */
+/** A public key to import (SPKI PEM or DER): RSA 2048-4096 or EC P-256/P-384. */
+export function importPublicMaterial(key: string | Buffer): { type: 'rsa' | 'ec'; size: number; curve?: Curve; pub: KeyMaterial } {
+  let publicKey: KeyObject;
+  try {
+    publicKey = typeof key === 'string' || key.subarray(0, 11).toString('latin1') === '-----BEGIN '
+      ? createPublicKey({ key: key.toString(), format: 'pem' })
+      : createPublicKey({ key, format: 'der', type: 'spki' });
+  } catch (e) {
+    throw new InvalidArgumentError(`the key to import is not a readable public key (SPKI PEM or DER): ${(e as Error).message}`);
+  }
+  if (publicKey.type !== 'public') throw new InvalidArgumentError('the key to import must be a public key');
+  const d = publicKey.asymmetricKeyDetails ?? {};
+  const pub: KeyMaterial = { format: 'spki', bytes: publicKey.export({ format: 'der', type: 'spki' }) };
+  if (publicKey.asymmetricKeyType === 'rsa') {
+    const size = d.modulusLength ?? 0;
+    if (![2048, 3072, 4096].includes(size)) throw new InvalidArgumentError(`RSA keys of ${size} bits are not supported; use 2048, 3072 or 4096`);
+    return { type: 'rsa', size, pub };
+  }
+  if (publicKey.asymmetricKeyType === 'ec') {
+    const curve: Curve | undefined = d.namedCurve === 'prime256v1' ? 'P-256' : d.namedCurve === 'secp384r1' ? 'P-384' : undefined;
+    if (!curve) throw new InvalidArgumentError(`EC curve ${d.namedCurve ?? '?'} is not supported; use P-256 or P-384`);
+    return { type: 'ec', size: curve === 'P-256' ? 256 : 384, curve, pub };
+  }
+  throw new InvalidArgumentError(`keys of type ${publicKey.asymmetricKeyType ?? '?'} are not supported; import an RSA or EC key`);
+}
+
 export function importPairMaterial(key: string | Buffer): PairMaterial {
   let privateKey: KeyObject;
   try {

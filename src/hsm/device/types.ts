@@ -162,6 +162,12 @@ export interface UnwrapRequest {
 }
 
 /** Import of an existing private key (migration path: `hsmproxy key import`). */
+/** Import of a public key (SPKI PEM or DER), e.g. another cluster's RSA key to wrap keys for it. */
+export interface ImportPublicKeyRequest {
+  key: string | Buffer;
+  template: KeyTemplate;
+}
+
 export interface ImportPrivateKeyRequest {
   /** PEM (PKCS#1, SEC1 or PKCS#8) or PKCS#8 DER. */
   key: string | Buffer;
