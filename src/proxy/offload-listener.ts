@@ -17,6 +17,9 @@ import { CredentialKeeper } from './delegated-credentials.js';
 import { ListenerError } from './errors.js';
 import type { TlsListener, TlsListenerFactory } from './listener.js';
 
+/** The listen backlog asked of the kernel (Linux caps it at net.core.somaxconn, 4096 by default). */
+const LISTEN_BACKLOG = 4096;
+
 /** Options shared by every listener the factory opens. */
 export interface OffloadListenerOptions {
   engine: Engine;
@@ -177,7 +180,11 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         for (const k of keepers) k.stop(); // the listener never serves: its credential keys go now
         reject(new ListenerError(listener.name, `cannot listen on ${listener.address}:${listener.port}: ${err.message}`, { cause: err }));
       });
-      server.netServer.listen(listener.port, listener.address, () => resolve());
+      // A deeper accept queue than node's 511: under a connect flood the connections refused at
+      // accept churn fast, and a SYN dropped from a full queue costs a client a 1 s retransmit.
+      // The kernel caps it at net.core.somaxconn.
+      const where = { port: listener.port, host: listener.address, backlog: LISTEN_BACKLOG };
+      server.netServer.listen(where, () => resolve());
     });
     const handle: TlsListener = {
       address: () => server.address(),
