@@ -282,3 +282,32 @@ t.test('a ClientHello over maxClientHelloBytes gets illegal_parameter before it 
   t.same([...Buffer.concat(chunks)], [21, 3, 3, 0, 2, 2, 47], 'a fatal illegal_parameter alert, then close');
   t.equal(signer.calls, 0);
 });
+
+t.test('a client that keeps reconnecting past its caps has its refused connections held, then closed', async (t) => {
+  const lim = new ClientLimiter({ ...UNLIMITED, maxConnections: 1 });
+  t.equal(lim.holdRefused('192.0.2.9', LimitReason.clientConnections), 0, 'an unknown client: closed at once');
+  const first = lim.open('192.0.2.9');
+  if (typeof first === 'string') throw new Error(first);
+  const holds = Array.from({ length: 20 }, () => lim.holdRefused('192.0.2.9', LimitReason.clientConnections));
+  t.same(holds.slice(0, 16), new Array(16).fill(0), 'the first 16 refusals in a second close at once');
+  t.ok(holds.slice(16).every((ms) => ms === 2000), 'past 16 in a second, held 2 s');
+  t.equal(lim.holdRefused('192.0.2.9', 'listener_connections'), 0, 'listener caps are never held');
+
+  const admission = new ClientLimiter({ ...UNLIMITED, maxConnections: 1 });
+  const { server, port } = await start(t, { admission });
+  t.ok((await handshake(t, port, { keep: true })).ok);
+  const sockets: net.Socket[] = [];
+  t.teardown(() => { for (const s of sockets) s.destroy(); });
+  for (let i = 0; i < 24; i++) {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.on('error', () => undefined);
+    sockets.push(s);
+  }
+  await Promise.all(sockets.map((s) => once(s, 'connect').catch(() => undefined)));
+  while (server.shedConnections < 24) await new Promise((r) => setTimeout(r, 10));
+  t.ok(server.heldRefusals >= 1 && server.heldRefusals <= 8, `the refusals past 16 are held (${server.heldRefusals})`);
+  await Promise.all(sockets.map((s) => (s.destroyed ? undefined : once(s, 'close'))));
+  while (server.heldRefusals > 0) await new Promise((r) => setTimeout(r, 10));
+  t.pass('and closed afterwards');
+  t.ok(sockets.every((s) => s.bytesRead === 0), 'not a byte was sent to them');
+});

@@ -41,7 +41,15 @@ interface ClientState {
   refilled: number;
   /** After a full handshake shed for the rate: new connections are refused at accept until then. */
   refuseUntil: number;
+  /** Refusals at accept in the current second, and which second (performance.now() / 1000, floored). */
+  refusals: number;
+  refusalSecond: number;
 }
+
+/** Refusals in one second past which a client's refused connections are held before the close. */
+const HOLD_AFTER_REFUSALS = 16;
+/** How long such a connection is held, unread. */
+const HOLD_MS = 2000;
 
 /** The longest a client over its rate has its connections refused at accept (then it is asked again). */
 const RATE_REFUSAL_MAX_MS = 1000;
@@ -111,12 +119,33 @@ export class ClientLimiter implements ClientAdmission {
       // too, after costing a ClientHello's parsing. Refused now, a flood costs an accept.
       if (now < st.refuseUntil) return LimitReason.clientRate;
     } else {
-      st = { connections: 0, handshakes: 0, tokens: this.opts.handshakeBurst, refilled: now, refuseUntil: 0 };
+      st = {
+        connections: 0, handshakes: 0, tokens: this.opts.handshakeBurst, refilled: now,
+        refuseUntil: 0, refusals: 0, refusalSecond: 0,
+      };
       this.clients.set(key, st);
     }
     st.connections++;
     st.handshakes++;
     return new Admitted(key, st, this);
+  }
+
+  /**
+   * A client over its caps that keeps reconnecting (more than 16 refusals in a second) has its
+   * refused connections held 2 s before the close: its reconnect loop slows to the pace of the
+   * holds. A client refused now and then is closed at once, and learns at once.
+   */
+  holdRefused(address: string, reason: string): number {
+    if (!reason.startsWith('client_')) return 0;
+    const st = this.clients.get(clientKey(address));
+    if (!st) return 0;
+    const second = Math.floor(performance.now() / 1000);
+    if (st.refusalSecond !== second) {
+      st.refusalSecond = second;
+      st.refusals = 0;
+    }
+    st.refusals++;
+    return st.refusals > HOLD_AFTER_REFUSALS ? HOLD_MS : 0;
   }
 
   /** @internal a full handshake of `st` wants its signature. */

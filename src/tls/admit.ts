@@ -12,6 +12,12 @@ export interface ClientAdmission {
    * closed at once, before any TLS work.
    */
   open(address: string): AdmittedConnection | string;
+  /**
+   * A connection from `address` was just refused at accept for `reason`: how long to hold it,
+   * unread, before closing it (0: close now). Holding a client that reconnects as fast as it is
+   * refused paces its loop: a reconnect flood then costs an accept per hold, not per turn.
+   */
+  holdRefused?(address: string, reason: string): number;
 }
 
 /** One admitted connection, as admission follows it. */

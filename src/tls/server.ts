@@ -30,6 +30,9 @@ export interface RemotePeer { address: string; port: number; family: string }
  */
 export type ConnectionGate = (raw: Socket, start: (preface?: ConnectionPreface) => void) => void;
 
+/** Refused connections held at once at most (see ClientAdmission.holdRefused); beyond, closed at once. */
+const MAX_HELD_REFUSALS = 4096;
+
 /** A certificate chain with its signer, optionally restricted to explicit server names. */
 export type ServerCertificate = CertifiedKey & { servername?: readonly string[] };
 
@@ -129,6 +132,7 @@ export class TlsServer extends EventEmitter {
   /** The server's ticket keys, kept while mTLS turns tickets off so a reload can turn them back on. */
   private readonly ticketKeys: TicketKeys | undefined;
   private open = 0;
+  private readonly held = new Set<Socket>();
   /** Connections refused at accept (maxConcurrentHandshakes, maxConnections or admission). */
   shedConnections = 0;
 
@@ -211,10 +215,27 @@ export class TlsServer extends EventEmitter {
 
   private refuse(raw: Socket, reason: string, address = raw.remoteAddress ?? ''): void {
     this.shedConnections++;
-    // Closed before the ClientHello is read: it can cost neither CPU nor an HSM signature.
-    raw.destroy();
     publishRefused({ reason, address, ...(this.options.name ? { listener: this.options.name } : {}) });
+    // Nothing is read from it: it can cost neither TLS work nor an HSM signature. Closed now, or,
+    // for a client admission says keeps coming back, held a while first (a bounded number at once).
+    const holdMs = this.held.size < MAX_HELD_REFUSALS ? this.options.admission?.holdRefused?.(address, reason) ?? 0 : 0;
+    if (holdMs <= 0) {
+      raw.destroy();
+      return;
+    }
+    raw.pause();
+    raw.on('error', () => undefined);
+    this.held.add(raw);
+    const timer = setTimeout(() => raw.destroy(), holdMs);
+    timer.unref();
+    raw.once('close', () => {
+      clearTimeout(timer);
+      this.held.delete(raw);
+    });
   }
+
+  /** Refused connections being held before their close. */
+  get heldRefusals(): number { return this.held.size; }
 
   private onConnection(raw: Socket): void {
     const { maxConcurrentHandshakes, maxConnections, gate } = this.options;
