@@ -3,7 +3,7 @@
 // once with the ECDSA one. The dev CA is trusted the way a user would trust it, in an NSS database
 // (certutil) under a throwaway HOME, never with a flag that ignores certificate errors: the upstream
 // receiving the request proves Chromium accepted the chain. The proxy's metrics must show the
-// handshakes negotiated X25519MLKEM768, which Chromium offers first. Screenshots go to the test's temp dir.
+// handshakes negotiated X25519MLKEM768, which Chromium offers first, and the requests came over h2. Screenshots go to the test's temp dir.
 import t from 'tap';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
@@ -86,6 +86,11 @@ routes:`);
     t.ok((sample(metrics, 'hsmproxy_tls_handshakes_total', { result: 'ok', listener, group: 'X25519MLKEM768' }) ?? 0) >= 1,
       `${listener}: handshakes negotiated X25519MLKEM768`);
   }
+  // ALPN offers h2 first by default, and Chromium takes it: the pages came over HTTP/2.
+  t.ok((sample(metrics, 'hsmproxy_http_request_duration_seconds_count', { method: 'GET', protocol: 'h2' }) ?? 0) >= 1,
+    'the pages were served over HTTP/2');
+  t.equal(sample(metrics, 'hsmproxy_http_request_duration_seconds_count', { method: 'GET', protocol: 'http1' }), undefined,
+    'and none over HTTP/1.1');
   for (const keyType of ['rsa', 'ec']) {
     t.ok((sample(metrics, 'hsmproxy_tls_handshake_duration_seconds_count', { key_type: keyType, group: 'X25519MLKEM768' }) ?? 0) >= 1,
       `handshake duration recorded for the ${keyType} key with group X25519MLKEM768`);
