@@ -84,10 +84,15 @@ t.test('the sign-latency alert fires under an HSM overload and resolves when the
   const [port, adminPort] = [await freePort(), await freePort()];
   const config = join(work, 'hsmproxy.yaml');
   await writeFile(config, stringify({
-    listeners: [{ name: 'default', address: '127.0.0.1', port, alpn: ['http/1.1'], certificates: [{ cert: join(certs, 'localhost-ecdsa.chain.pem'), key: join(certs, 'localhost-ecdsa.key.pem') }] }],
+    // The load comes from one address standing for many clients, and the point is an HSM that
+    // queues: the per-client limits and the shedding of full handshakes would refuse it instead.
+    listeners: [{
+      name: 'default', address: '127.0.0.1', port, alpn: ['http/1.1'], certificates: [{ cert: join(certs, 'localhost-ecdsa.chain.pem'), key: join(certs, 'localhost-ecdsa.key.pem') }],
+      limits: { maxHandshakes: 100_000, perClient: { maxConnections: 0, maxHandshakes: 0, handshakesPerSecond: 0 } },
+    }],
     routes: [{ pathPrefix: '/', upstream: 'demo' }],
     upstreams: { demo: { targets: [upstream.url] } },
-    hsm: { mode: 'cluster', manifest: join(cluster.dir, 'cluster.json'), credentials: { file: pin }, signing: { maxInFlight: 256, timeoutMs: 20_000 } },
+    hsm: { mode: 'cluster', manifest: join(cluster.dir, 'cluster.json'), credentials: { file: pin }, signing: { maxInFlight: 256, timeoutMs: 20_000, maxQueue: 100_000, shedFullHandshakesAt: 100_000 } },
     admin: { address: '127.0.0.1', port: adminPort },
     log: { level: 'warn' },
   }));
