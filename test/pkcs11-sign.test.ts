@@ -19,7 +19,7 @@ function verifies(scheme: number, publicKey: KeyObject, msg: Buffer, sig: Buffer
   const hash: Record<number, HashName> = {
     [Scheme.rsa_pkcs1_sha256]: 'sha256', [Scheme.rsa_pkcs1_sha384]: 'sha384', [Scheme.rsa_pkcs1_sha512]: 'sha512',
     [Scheme.rsa_pss_rsae_sha256]: 'sha256', [Scheme.rsa_pss_rsae_sha384]: 'sha384', [Scheme.rsa_pss_rsae_sha512]: 'sha512',
-    [Scheme.ecdsa_secp256r1_sha256]: 'sha256', [Scheme.ecdsa_secp384r1_sha384]: 'sha384',
+    [Scheme.ecdsa_secp256r1_sha256]: 'sha256', [Scheme.ecdsa_secp384r1_sha384]: 'sha384', [Scheme.ecdsa_secp521r1_sha512]: 'sha512',
   };
   const pss = scheme >= 0x0804 && scheme <= 0x0806;
   // TLS 1.3 requires the PSS salt to be as long as the digest.
@@ -71,7 +71,12 @@ if (skip) {
 
   t.test('P-256 ECDSA signatures are DER and verify with node:crypto', async (t) => {
     const signer = await backend.signer(p256);
-    t.same(signer.schemes, [Scheme.ecdsa_secp256r1_sha256]);
+    // Its own curve's scheme first (the one TLS 1.3 uses), then the other ECDSA hashes TLS 1.2 may ask for.
+    t.same(signer.schemes, [Scheme.ecdsa_secp256r1_sha256, Scheme.ecdsa_secp384r1_sha384, Scheme.ecdsa_secp521r1_sha512]);
+    for (const scheme of [Scheme.ecdsa_secp384r1_sha384, Scheme.ecdsa_secp521r1_sha512]) {
+      const msg = Buffer.from('TLS 1.2 ServerKeyExchange');
+      t.ok(verifies(scheme, p256.publicKey, msg, await signer.sign(scheme, msg)), `scheme 0x${scheme.toString(16)} verifies`);
+    }
     for (let i = 0; i < 20; i++) {
       const msg = Buffer.from(`message ${i}`);
       const sig = await signer.sign(Scheme.ecdsa_secp256r1_sha256, msg);
@@ -82,7 +87,7 @@ if (skip) {
 
   t.test('P-384 ECDSA signatures with SHA-384 verify with node:crypto', async (t) => {
     const signer = await backend.signer(p384.uri);
-    t.same(signer.schemes, [Scheme.ecdsa_secp384r1_sha384]);
+    t.same(signer.schemes, [Scheme.ecdsa_secp384r1_sha384, Scheme.ecdsa_secp256r1_sha256, Scheme.ecdsa_secp521r1_sha512]);
     for (let i = 0; i < 20; i++) {
       const msg = Buffer.from(`message ${i}`);
       const sig = await signer.sign(Scheme.ecdsa_secp384r1_sha384, msg);
