@@ -290,7 +290,7 @@ t.test('a client that keeps reconnecting past its caps has its refused connectio
   if (typeof first === 'string') throw new Error(first);
   const holds = Array.from({ length: 20 }, () => lim.holdRefused('192.0.2.9', LimitReason.clientConnections));
   t.same(holds.slice(0, 16), new Array(16).fill(0), 'the first 16 refusals in a second close at once');
-  t.ok(holds.slice(16).every((ms) => ms === 2000), 'past 16 in a second, held 2 s');
+  t.ok(holds.slice(16).every((ms) => ms >= 1000 && ms <= 3000), 'past 16 in a second, held 1 to 3 s');
   t.equal(lim.holdRefused('192.0.2.9', 'listener_connections'), 0, 'listener caps are never held');
 
   const admission = new ClientLimiter({ ...UNLIMITED, maxConnections: 1 });

@@ -48,7 +48,7 @@ interface ClientState {
 
 /** Refusals in one second past which a client's refused connections are held before the close. */
 const HOLD_AFTER_REFUSALS = 16;
-/** How long such a connection is held, unread. */
+/** How long such a connection is held, unread, on average (jittered by ±50%). */
 const HOLD_MS = 2000;
 
 /** The longest a client over its rate has its connections refused at accept (then it is asked again). */
@@ -132,7 +132,7 @@ export class ClientLimiter implements ClientAdmission {
 
   /**
    * A client over its caps that keeps reconnecting (more than 16 refusals in a second) has its
-   * refused connections held 2 s before the close: its reconnect loop slows to the pace of the
+   * refused connections held 1 to 3 s before the close: its reconnect loop slows to the pace of the
    * holds. A client refused now and then is closed at once, and learns at once.
    */
   holdRefused(address: string, reason: string): number {
@@ -145,7 +145,8 @@ export class ClientLimiter implements ClientAdmission {
       st.refusals = 0;
     }
     st.refusals++;
-    return st.refusals > HOLD_AFTER_REFUSALS ? HOLD_MS : 0;
+    // Jittered (1 to 3 s): holds released together would come back together, as a burst of SYNs.
+    return st.refusals > HOLD_AFTER_REFUSALS ? HOLD_MS * (0.5 + Math.random()) : 0;
   }
 
   /** @internal a full handshake of `st` wants its signature. */

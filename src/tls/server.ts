@@ -31,7 +31,7 @@ export interface RemotePeer { address: string; port: number; family: string }
 export type ConnectionGate = (raw: Socket, start: (preface?: ConnectionPreface) => void) => void;
 
 /** Refused connections held at once at most (see ClientAdmission.holdRefused); beyond, closed at once. */
-const MAX_HELD_REFUSALS = 4096;
+const MAX_HELD_REFUSALS = 8192;
 
 /** A certificate chain with its signer, optionally restricted to explicit server names. */
 export type ServerCertificate = CertifiedKey & { servername?: readonly string[] };
