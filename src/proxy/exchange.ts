@@ -48,3 +48,18 @@ export interface ProxyExchange {
   /** Hands the raw socket over (HTTP/1.1 Upgrade only); returns bytes the client sent after the head. */
   takeOver(): Buffer | null;
 }
+
+/**
+ * A short plain-text answer written through `ex` (an error, a 404…), unless its head already left:
+ * both protocols' `reply`.
+ */
+export function replyText(
+  ex: Pick<ProxyExchange, 'headersSent' | 'finished' | 'respond' | 'write' | 'end'>,
+  status: number, text: string, extra: ReadonlyArray<[string, string]> = [],
+): void {
+  if (ex.headersSent || ex.finished) return;
+  const body = Buffer.from(text, 'utf8');
+  ex.respond(status, [['content-type', 'text/plain; charset=utf-8'], ['cache-control', 'no-store'], ...extra], body.length);
+  ex.write(body);
+  ex.end();
+}

@@ -5,7 +5,7 @@
 // connection. Responses are framed here (Content-Length, chunked, or close-delimited for 1.0).
 import { STATUS_CODES } from 'node:http';
 import { Readable } from 'node:stream';
-import type { ProxyExchange } from '../exchange.js';
+import { replyText, type ProxyExchange } from '../exchange.js';
 import type { TlsSocketLike } from '../listener.js';
 import { BodyDecoder, HttpParseError, headEnd, headerTokens, parseHead, type HeadLimits, type RequestHead } from './parse.js';
 
@@ -127,11 +127,7 @@ export class Exchange implements ProxyExchange {
 
   /** A short plain-text answer (errors, 404…). */
   reply(status: number, text: string, extra: ReadonlyArray<[string, string]> = []): void {
-    if (this.headSent || this.closed) return;
-    const body = Buffer.from(text, 'utf8');
-    this.respond(status, [['content-type', 'text/plain; charset=utf-8'], ['cache-control', 'no-store'], ...extra], body.length);
-    this.write(body);
-    this.end();
+    replyText(this, status, text, extra);
   }
 
   /** Refuses the request (400, 405…) and closes the connection after the answer. */

@@ -4,7 +4,7 @@
 // response written as HEADERS, DATA and trailers (RFC 9113 §8.1).
 import http2, { type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { Readable } from 'node:stream';
-import type { ProxyExchange, Trailers } from '../exchange.js';
+import { replyText, type ProxyExchange, type Trailers } from '../exchange.js';
 import { HttpParseError, type RequestHead } from '../http1/parse.js';
 import type { TlsSocketLike } from '../listener.js';
 
@@ -167,11 +167,7 @@ export class H2Exchange implements ProxyExchange {
   }
 
   reply(status: number, text: string, extra: ReadonlyArray<[string, string]> = []): void {
-    if (this.headSent || this.closed) return;
-    const body = Buffer.from(text, 'utf8');
-    this.respond(status, [['content-type', 'text/plain; charset=utf-8'], ['cache-control', 'no-store'], ...extra], body.length);
-    this.write(body);
-    this.end();
+    replyText(this, status, text, extra);
   }
 
   /** HTTP/2 refuses a request on its own stream; the connection and its other streams carry on. */
