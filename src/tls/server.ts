@@ -210,9 +210,6 @@ export class TlsServer extends EventEmitter {
   /** Handshakes currently in progress. */
   get handshakesInProgress(): number { return this.handshaking; }
 
-  /** Connections open (handshaking or established). */
-  get connections(): number { return this.open; }
-
   private refuse(raw: Socket, reason: string, address = raw.remoteAddress ?? ''): void {
     this.shedConnections++;
     publishRefused({ reason, address, ...(this.options.name ? { listener: this.options.name } : {}) });
