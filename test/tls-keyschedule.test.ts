@@ -195,6 +195,28 @@ for (const group of SUPPORTED_GROUPS) {
     t.equal(hex(ours.deriveShared(peerPub)), hex(peerShared));
   });
 
+  t.test(`${groupName(group)}: keys from the pool (made on the thread pool) derive the peer's secret too`, async (t) => {
+    EphemeralKey.prewarm([group]);
+    for (let i = 0; i < 500 && EphemeralKey.pooled(group) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    t.ok(EphemeralKey.pooled(group) > 0, 'the pool has keys');
+    const before = EphemeralKey.pooled(group);
+    const ours = EphemeralKey.generate(group);
+    t.ok(EphemeralKey.pooled(group) < before, 'the key came from the pool');
+    const pub = ours.publicBytes();
+    if (group === NamedGroup.x25519 || group === NamedGroup.x448) {
+      const x = group === NamedGroup.x25519;
+      const peer = x ? crypto.generateKeyPairSync('x25519') : crypto.generateKeyPairSync('x448');
+      const peerPub = peer.publicKey.export({ format: 'der', type: 'spki' }).subarray(x ? -32 : -56);
+      const spki = x ? '302a300506032b656e032100' : '3042300506032b656f033900';
+      const ourKey = crypto.createPublicKey({ key: Buffer.concat([h(spki), pub]), format: 'der', type: 'spki' });
+      t.equal(hex(ours.deriveShared(peerPub)), hex(crypto.diffieHellman({ privateKey: peer.privateKey, publicKey: ourKey })));
+    } else {
+      const ecdh = crypto.createECDH(PEER_CURVE[group]!);
+      const peerPub = ecdh.generateKeys();
+      t.equal(hex(ours.deriveShared(peerPub)), hex(ecdh.computeSecret(pub)));
+    }
+  });
+
   t.test(`${groupName(group)}: every handshake gets a fresh key, used once`, async (t) => {
     const a = EphemeralKey.generate(group); const b = EphemeralKey.generate(group);
     t.not(hex(a.publicBytes()), hex(b.publicBytes()));
