@@ -71,6 +71,18 @@ t.test('the transcript of ClientHello..ServerHello hashes to the RFC 8448 value'
   t.not(hex(tr.digest()), '860c06edc07858ee8e78f0e7428c58edd6b43f2ca3e6e95f02ed063cf0e1cad8', 'still accepts messages');
 });
 
+t.test('the final transcript hash (finish) is the running one, counts messages, and closes the transcript', async (t) => {
+  const tr = new Transcript('sha256');
+  t.equal(tr.appended, 0);
+  tr.update(CH);
+  tr.update(SH);
+  t.equal(tr.appended, 2, 'two messages');
+  t.equal(hex(tr.finish()), '860c06edc07858ee8e78f0e7428c58edd6b43f2ca3e6e95f02ed063cf0e1cad8');
+  t.throws(() => tr.digest(), /after finish/);
+  t.throws(() => tr.update(EE), /after finish/);
+  t.throws(() => tr.finish(), /twice/);
+});
+
 t.test('a full 1-RTT key schedule reproduces every RFC 8448 §3 secret, key and Finished', async (t) => {
   const tr = new Transcript('sha256');
   const ks = new KeySchedule13(AES128);
