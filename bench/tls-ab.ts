@@ -5,7 +5,8 @@
 // bench/lib/tls-load.c. Compare two commits by giving two worktrees.
 // Run: node --import=tsx bench/tls-ab.ts   (env BENCH_BUILDS=dirA,dirB, default this tree;
 // BENCH_KEYS, default p256,rsa2048; BENCH_ROUNDS, default 3; BENCH_SECONDS per point, default 4;
-// BENCH_THREADS, default 16; BENCH_WARM, handshakes of warm-up per server, default 4000; BENCH_HSMS, default 2, 0 = soft key in the proxy process). A build
+// BENCH_THREADS, default 16; BENCH_WARM, handshakes of warm-up per server, default 4000 (at most
+// BENCH_WARM_LIMIT_S, default 30 s); BENCH_HSMS, default 2, 0 = soft key in the proxy process). A build
 // written dir@flag,flag runs its server process with those node flags (e.g. .@--max-semi-space-size=32).
 import os from 'node:os';
 import { fork } from 'node:child_process';
@@ -29,7 +30,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const THREADS = Number(process.env.BENCH_THREADS ?? 16);
 const HSMS = Number(process.env.BENCH_HSMS ?? 2);
 const WARM = Number(process.env.BENCH_WARM ?? 4000);
-const WARM_LIMIT_S = 30;
+const WARM_LIMIT_S = Number(process.env.BENCH_WARM_LIMIT_S ?? 30);
 
 interface Cpu { userMs: number; sysMs: number; hsmMs: number }
 interface Row { who: string; key: string; perSecond: number; p50: number; userMs: number; sysMs: number; hsmMs: number }
