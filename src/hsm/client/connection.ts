@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import {
   DECRYPT_BODY, ENCRYPT_BODY, Op, RANDOM_BODY, SIGN_BODY, TEXT_BODY, VERIFY_BODY, jsonText, opName, readJson,
-  type BodyCodec,
+  type BodyCodec, type QuorumApproval, type QuorumApprover, type QuorumService, type QuorumStatus, type QuorumTokenInfo,
   type CryptoResult, type DecryptRequest, type EncryptRequest, type HsmInfo, type ImportPrivateKeyRequest,
   type ImportPublicKeyRequest,
   type KeyAttributeChanges, type KeyFilter, type KeyInfo, type KeyPairInfo, type KeyPairSpec, type KeyTemplate,
@@ -171,6 +171,33 @@ export class HsmConnection {
   /** CO: clears a user's lockout. */
   async unlockUser(name: string, opts?: RequestOptions): Promise<void> {
     await this.json(Op.UNLOCK_USER, { name }, opts);
+  }
+
+  // ---- quorum (M of N); client/quorum.ts has the signing and the cluster-wide versions ----
+
+  /** CO: registers the logged-in CO's quorum public key; `proof` signs the registration text. */
+  registerQuorumKey(publicKey: string, proof: Buffer, opts?: RequestOptions): Promise<QuorumApprover> {
+    return this.json(Op.QUORUM_REGISTER_KEY, { publicKey, proof }, opts);
+  }
+  /** CO: sets M of a quorum service (needs an approved `quorum` token when a quorum is in force). */
+  setQuorumM(service: QuorumService, m: number, opts?: RequestOptions): Promise<QuorumStatus> {
+    return this.json(Op.QUORUM_SET_M, { service, m }, opts);
+  }
+  /** A quorum token for `service`, bound to the logged-in user. */
+  getQuorumToken(service: QuorumService, ttlSeconds?: number, opts?: RequestOptions): Promise<QuorumTokenInfo> {
+    return this.json(Op.QUORUM_TOKEN_GET, { service, ...(ttlSeconds !== undefined ? { ttlSeconds } : {}) }, opts);
+  }
+  /** Submits an approver's signature over a token; the HSM verifies it and records the approval. */
+  approveQuorumToken(a: QuorumApproval, opts?: RequestOptions): Promise<QuorumTokenInfo & { duplicate: boolean }> {
+    return this.json(Op.QUORUM_TOKEN_APPROVE, { tokenId: a.tokenId, approver: a.approver, signature: a.signature }, opts);
+  }
+  /** A token's approvals against M, expiry and state. */
+  quorumTokenStatus(tokenId: string, opts?: RequestOptions): Promise<QuorumTokenInfo> {
+    return this.json(Op.QUORUM_TOKEN_STATUS, { tokenId }, opts);
+  }
+  /** M per service and the registered approvers. */
+  quorumStatus(opts?: RequestOptions): Promise<QuorumStatus> {
+    return this.json(Op.QUORUM_STATUS, undefined, opts);
   }
 
   // ---- keys ----

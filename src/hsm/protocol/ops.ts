@@ -33,6 +33,13 @@ export const Op = {
   IMPORT_USERS: 0x0043,
   SNAPSHOT: 0x0044,
   LIST_TOKEN_KEY_IDS: 0x0045,
+  // Quorum (M of N) authentication: see protocol/quorum.ts and device/quorum.ts.
+  QUORUM_REGISTER_KEY: 0x0050,
+  QUORUM_SET_M: 0x0051,
+  QUORUM_TOKEN_GET: 0x0052,
+  QUORUM_TOKEN_APPROVE: 0x0053,
+  QUORUM_TOKEN_STATUS: 0x0054,
+  QUORUM_STATUS: 0x0055,
   SIGN: 0x0100,
   VERIFY: 0x0101,
   ENCRYPT: 0x0102,
@@ -59,4 +66,9 @@ export function isBinaryOp(code: number): boolean {
 /** Operations that need no login (health checks). */
 export function needsNoLogin(code: number): boolean {
   return code === Op.INFO || code === Op.LOGIN || code === Op.OCCUPANCY || code === Op.STATE_DIGEST;
+}
+
+/** Whether an opcode is one of the quorum operations (0x0050 to 0x005f). */
+export function isQuorumOp(code: number): boolean {
+  return code >= 0x0050 && code <= 0x005f;
 }
