@@ -5,10 +5,10 @@ import {
   type KeyType, type LoginAttempt, type Role, type SecretKeySpec, type Session, type UnwrapRequest, type WrapMechanism,
 } from './device/index.js';
 import {
-  Op, isBinaryOp, isQuorumOp, jsonText, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify,
+  Op, isBinaryOp, jsonText, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify,
   ProtocolError, type CryptoResult,
 } from './protocol/index.js';
-import { handleQuorumOp } from './node-quorum.js';
+import { handleQuorumOp, isQuorumOp } from './node-quorum.js';
 
 /** Per-connection state the ops read and change: the logged-in session. */
 export interface ConnectionState {

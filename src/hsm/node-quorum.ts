@@ -4,6 +4,8 @@
 import { InvalidArgumentError, type Hsm, type Session } from './device/index.js';
 import { Op, type QuorumService } from './protocol/index.js';
 
+export { isQuorumOp } from './protocol/index.js';
+
 type Json = Record<string, unknown>;
 
 function str(o: Json, name: string): string {
@@ -32,6 +34,8 @@ export async function handleQuorumOp(device: Hsm, s: Session, opcode: number, o:
     case Op.QUORUM_TOKEN_APPROVE: return device.approveQuorumToken(s, str(o, 'tokenId'), str(o, 'approver'), bytes(o, 'signature'));
     case Op.QUORUM_TOKEN_STATUS: return device.quorumTokenStatus(s, str(o, 'tokenId'));
     case Op.QUORUM_STATUS: return device.quorumStatus(s);
+    case Op.QUORUM_TOKEN_EXPORT: return { masked: device.exportQuorumToken(s, str(o, 'tokenId')) };
+    case Op.QUORUM_TOKEN_IMPORT: return device.importQuorumToken(s, bytes(o, 'masked'));
     default: throw new InvalidArgumentError(`unknown quorum operation 0x${opcode.toString(16)}`);
   }
 }

@@ -189,11 +189,20 @@ export class HsmConnection {
   }
   /** Submits an approver's signature over a token; the HSM verifies it and records the approval. */
   approveQuorumToken(a: QuorumApproval, opts?: RequestOptions): Promise<QuorumTokenInfo & { duplicate: boolean }> {
-    return this.json(Op.QUORUM_TOKEN_APPROVE, { tokenId: a.tokenId, approver: a.approver, signature: a.signature }, opts);
+    const body = { tokenId: a.tokenId, approver: a.approver, signature: a.signature };
+    return this.json(Op.QUORUM_TOKEN_APPROVE, body, opts);
   }
   /** A token's approvals against M, expiry and state. */
   quorumTokenStatus(tokenId: string, opts?: RequestOptions): Promise<QuorumTokenInfo> {
     return this.json(Op.QUORUM_TOKEN_STATUS, { tokenId }, opts);
+  }
+  /** A quorum token sealed under the cluster key (owner, CO or AU), for `importQuorumToken` on another HSM. */
+  async exportQuorumToken(tokenId: string, opts?: RequestOptions): Promise<Buffer> {
+    return (await this.json<{ masked: Buffer }>(Op.QUORUM_TOKEN_EXPORT, { tokenId }, opts)).masked;
+  }
+  /** Merges a masked quorum token from another HSM of the cluster. */
+  importQuorumToken(masked: Buffer, opts?: RequestOptions): Promise<QuorumTokenInfo> {
+    return this.json(Op.QUORUM_TOKEN_IMPORT, { masked }, opts);
   }
   /** M per service and the registered approvers. */
   quorumStatus(opts?: RequestOptions): Promise<QuorumStatus> {

@@ -426,7 +426,9 @@ export class Hsm {
   }
 
   /** Records a crypto officer's verified signature over a quorum token. */
-  approveQuorumToken(session: Session, tokenId: string, approver: string, signature: Buffer): Promise<QuorumTokenInfo & { duplicate: boolean }> {
+  approveQuorumToken(
+    session: Session, tokenId: string, approver: string, signature: Buffer,
+  ): Promise<QuorumTokenInfo & { duplicate: boolean }> {
     const s = this.session(session);
     return this.guard(s, `approve quorum token ${tokenId}`, () => this.quorumOps.approve(s, tokenId, approver, signature));
   }
@@ -435,6 +437,18 @@ export class Hsm {
   quorumTokenStatus(session: Session, tokenId: string): QuorumTokenInfo {
     const s = this.session(session);
     return this.guardSync(s, `read quorum token ${tokenId}`, () => this.quorumOps.tokenStatus(s, tokenId));
+  }
+
+  /** A quorum token sealed under the cluster key, for another HSM (owner, CO or AU). */
+  exportQuorumToken(session: Session, tokenId: string): Buffer {
+    const s = this.session(session);
+    return this.guardSync(s, `export quorum token ${tokenId}`, () => this.quorumOps.exportToken(s, tokenId));
+  }
+
+  /** Merges a masked quorum token from another HSM of the cluster (its approvals are verified here). */
+  importQuorumToken(session: Session, masked: Buffer): Promise<QuorumTokenInfo> {
+    const s = this.session(session);
+    return this.guard(s, 'import a quorum token', () => this.quorumOps.importToken(s, masked));
   }
 
   /** M per service and the registered approvers. */

@@ -14,11 +14,14 @@ import {
   type QuorumStatus, type QuorumTokenInfo,
 } from '../protocol/quorum.js';
 import {
-  approverKey, isQuorumService, keyFingerprint, MAX_QUORUM_TOKENS, readQuorumPublicKey, registeredApprovers, tokenInfo,
-  verifyQuorumSignature, withQuorum, type TokenRecord,
+  approverKey, isQuorumService, keyFingerprint, MAX_QUORUM_TOKENS, mergeTokens, readQuorumPublicKey, readTokenRecord,
+  registeredApprovers, tokenInfo, verifyQuorumSignature, withQuorum, type TokenRecord,
 } from './quorum.js';
+import { sealJson, unsealJson } from './sealing.js';
 import type { Session } from './types.js';
 import { userVersion } from './versions.js';
+
+const MASKED_TOKEN = 'hsmproxy masked quorum token v1';
 
 /** Registration, M values, tokens and approvals. */
 export class QuorumOps {
@@ -100,7 +103,8 @@ export class QuorumOps {
       }
       const t: TokenRecord = {
         id: randomBytes(16).toString('hex'), service, user: s.user, issuedBy: this.ctx.hsmId,
-        issuedAt: new Date(now).toISOString(), expiresAt: new Date(now + ttlSeconds * 1000).toISOString(), approvals: [],
+        issuedAt: new Date(now).toISOString(), expiresAt: new Date(now + ttlSeconds * 1000).toISOString(),
+        approvals: [],
       };
       q.tokens.set(t.id, t);
       await this.ctx.saveQuorum();
@@ -114,7 +118,9 @@ export class QuorumOps {
    * registered quorum key. Submitted by a crypto officer, or by the token's owner. An approver
    * already on record counts once (`duplicate: true`, nothing changes).
    */
-  async approve(s: Session, tokenId: string, approver: string, signature: Buffer): Promise<QuorumTokenInfo & { duplicate: boolean }> {
+  async approve(
+    s: Session, tokenId: string, approver: string, signature: Buffer,
+  ): Promise<QuorumTokenInfo & { duplicate: boolean }> {
     return this.audited(s, 'quorum.approve', { tokenId, approver }, async () => {
       const t = this.visibleToken(s, tokenId, 'approve');
       if (t.closed) throw new QuorumTokenInvalidError(`quorum token ${t.id} was ${t.closed === 'used' ? 'used already (a token approves one operation)' : 'replaced by a newer token of the same user and service'}; get a new one`);
@@ -129,7 +135,8 @@ export class QuorumOps {
           ? `${approver} is ${role ? `a ${role}, not a crypto officer` : 'not a user'}; only crypto officers approve quorum tokens`
           : `${approver} has no registered quorum key; register one first (hsmproxy quorum register)`);
       }
-      if (!verifyQuorumSignature(k.key, tokenInfo(this.ctx, t, now).text, signature)) throw new QuorumSignatureError(approver, t.id);
+      const text = tokenInfo(this.ctx, t, now).text;
+      if (!verifyQuorumSignature(k.key, text, signature)) throw new QuorumSignatureError(approver, t.id);
       const held = t.approvals.find((a) => a.approver === approver);
       const duplicate = held?.fingerprint === k.fingerprint;
       if (!duplicate) {
@@ -141,6 +148,28 @@ export class QuorumOps {
       this.ctx.audit({ event: 'quorum.approve', user: s.user, ok: true, tokenId: t.id, approver, approvals: info.approvals.length, m: info.m, ...(duplicate ? { duplicate } : {}) });
       return { ...info, duplicate };
     });
+  }
+
+  /**
+   * A token with its approvals sealed under the cluster key, for another HSM of the cluster
+   * (`importToken`): how a token issued or approved on one HSM reaches the others. Its owner, a
+   * CO or an AU (a CU cannot copy the user table, which also carries tokens).
+   */
+  exportToken(s: Session, tokenId: string): Buffer {
+    const t = s.role === 'AU' ? this.ctx.quorum.tokens.get(tokenId) : this.visibleToken(s, tokenId, 'export');
+    if (!t) throw new QuorumTokenInvalidError(`no quorum token ${tokenId} on this HSM`);
+    return sealJson(this.ctx.clusterKey, MASKED_TOKEN, t);
+  }
+
+  /** Merges a masked token from another HSM: new approvals (each verified here), used/replaced. */
+  async importToken(s: Session, masked: Buffer): Promise<QuorumTokenInfo> {
+    requireRole(s, ['CO', 'CU', 'AU'], 'import a quorum token');
+    const t = readTokenRecord(unsealJson<unknown>(this.ctx.clusterKey, MASKED_TOKEN, masked, 'the masked quorum token'), 'the masked quorum token');
+    if (s.role === 'CU' && t.user !== s.user) throw new PermissionDeniedError('import a quorum token', `the token belongs to ${t.user}; a crypto user copies only its own tokens`);
+    if (mergeTokens(this.ctx, [t]) > 0) await this.ctx.saveQuorum();
+    const held = this.ctx.quorum.tokens.get(t.id);
+    if (!held) throw new QuorumTokenExpiredError(t.id, t.expiresAt);
+    return tokenInfo(this.ctx, held);
   }
 
   /** A token's approvals against M, expiry and state: any crypto officer, or the token's owner. */
@@ -174,7 +203,9 @@ export class QuorumOps {
   }
 
   // Runs an entry point; a refusal is audited under the entry point's event with its code.
-  private async audited<T>(s: Session, event: string, fields: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
+  private async audited<T>(
+    s: Session, event: string, fields: Record<string, unknown>, fn: () => Promise<T>,
+  ): Promise<T> {
     try {
       return await fn();
     } catch (e) {

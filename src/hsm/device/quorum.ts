@@ -101,7 +101,9 @@ export class QuorumState {
 
   /** Drops expired tokens (unless an operation holds one). */
   purgeExpired(now = Date.now()): void {
-    for (const [id, t] of this.tokens) if (Date.parse(t.expiresAt) <= now && !this.reserved.has(id)) this.tokens.delete(id);
+    for (const [id, t] of this.tokens) {
+      if (Date.parse(t.expiresAt) <= now && !this.reserved.has(id)) this.tokens.delete(id);
+    }
   }
 }
 
@@ -218,8 +220,10 @@ export async function withQuorum<T>(
 // The token an operation of `service` may use, or the error that says why there is none (audited).
 function usableToken(ctx: DeviceContext, s: Session, service: QuorumService, m: number, action: string): TokenRecord {
   const now = Date.now();
-  const mine = [...ctx.quorum.tokens.values()].filter((t) => t.user === s.user && !t.closed && !ctx.quorum.reserved.has(t.id));
-  const newest = (ts: TokenRecord[]): TokenRecord | undefined => ts.sort((a, b) => Date.parse(b.issuedAt) - Date.parse(a.issuedAt))[0];
+  const q = ctx.quorum;
+  const mine = [...q.tokens.values()].filter((t) => t.user === s.user && !t.closed && !q.reserved.has(t.id));
+  const newest = (ts: TokenRecord[]): TokenRecord | undefined =>
+    ts.sort((a, b) => Date.parse(b.issuedAt) - Date.parse(a.issuedAt))[0];
   const t = newest(mine.filter((x) => x.service === service));
   let err: Error | undefined;
   if (!t) {
@@ -280,8 +284,16 @@ export function mergeQuorum(ctx: DeviceContext, incoming: QuorumState): QuorumMe
   } else if (iv < lv || !sameM) {
     stale.push(`the quorum M values at version ${iv} (this HSM holds version ${lv})`);
   }
+  changes += mergeTokens(ctx, incoming.tokens.values());
+  return { changes, stale };
+}
+
+/** Joins tokens from another HSM into this one's (see mergeQuorum); returns the changes made. */
+export function mergeTokens(ctx: DeviceContext, tokens: Iterable<TokenRecord>): number {
+  const q = ctx.quorum;
+  let changes = 0;
   const now = Date.now();
-  for (const t of incoming.tokens.values()) {
+  for (const t of tokens) {
     if (Date.parse(t.expiresAt) <= now) continue;
     const local = q.tokens.get(t.id);
     if (!local) {
@@ -301,7 +313,12 @@ export function mergeQuorum(ctx: DeviceContext, incoming: QuorumState): QuorumMe
     }
   }
   if (q.tokens.size > MAX_QUORUM_TOKENS) q.purgeExpired(now);
-  return { changes, stale };
+  return changes;
+}
+
+/** Reads one token record from a masked blob's contents (refusing a malformed one). */
+export function readTokenRecord(raw: unknown, what: string): TokenRecord {
+  return checkToken(raw, what);
 }
 
 function approvalVerifies(ctx: DeviceContext, t: TokenRecord, a: ApprovalRecord): boolean {

@@ -82,7 +82,9 @@ export class Replication {
   /** The user table and the deletions this HSM knows, sealed under the cluster key. */
   exportUsers(s: Session): Buffer {
     requireReplication(s, undefined, 'export users');
-    const body: MaskedUsers = { users: this.ctx.users.records(), deleted: this.ctx.tombstones.toRecord(), quorum: this.ctx.quorum.toRecord() };
+    const body: MaskedUsers = {
+      users: this.ctx.users.records(), deleted: this.ctx.tombstones.toRecord(), quorum: this.ctx.quorum.toRecord(),
+    };
     return sealJson(this.ctx.clusterKey, MASKED_USERS, body);
   }
 

@@ -101,7 +101,8 @@ export async function mergeUserTable(
   }
 
   const quorumNews = table.quorum ? quorumHasNews(ctx, table.quorum) : false;
-  const changes = put.length + dropUsers.length + learnUsers.length + dropKeys.length + learnKeys.length + (quorumNews ? 1 : 0);
+  const changes = put.length + dropUsers.length + learnUsers.length + dropKeys.length + learnKeys.length
+    + (quorumNews ? 1 : 0);
   if (changes === 0 && stale.length > 0) {
     ctx.audit({ event: 'user.replicate', user: s.user, ok: false, code: 'HSM_ERR_STALE_OBJECT', stale });
     throw new StaleObjectError('import of a masked user table', stale);
@@ -150,7 +151,9 @@ function quorumHasNews(ctx: DeviceContext, incoming: QuorumState): boolean {
     const local = ctx.quorum.tokens.get(t.id);
     if (!local) return true;
     if (t.closed && t.closed !== local.closed && local.closed !== 'used') return true;
-    if (t.approvals.some((a) => !local.approvals.some((x) => x.approver === a.approver && x.fingerprint === a.fingerprint))) return true;
+    const held = (a: { approver: string; fingerprint: string }): boolean =>
+      local.approvals.some((x) => x.approver === a.approver && x.fingerprint === a.fingerprint);
+    if (!t.approvals.every(held)) return true;
   }
   return false;
 }
