@@ -69,6 +69,18 @@ t.test('quorum refusals and approvals are audited, and the log still verifies', 
   t.same(await verifyAuditLog(f.hsm.auditLogPath, await readAuditKey(f.dir)), { ok: true, entries: lines.length });
 });
 
+t.test('an operation that fails leaves the token approved for the next attempt', async (t) => {
+  const f = await twoOfficers(t);
+  await f.hsm.setQuorumM(f.co, 'user', 2);
+  const tok = await f.hsm.getQuorumToken(f.co, 'user');
+  await f.hsm.approveQuorumToken(f.co, tok.id, 'admin', signQuorumToken(tok.text, adminKey.privateKeyPem));
+  await f.hsm.approveQuorumToken(f.co, tok.id, 'officer2', signQuorumToken(tok.text, o2Key.privateKeyPem));
+  await t.rejects(f.hsm.createUser(f.co, 'carol', 'CU', 'short'), { code: 'HSM_ERR_INVALID_ARGUMENT' });
+  t.equal(f.hsm.quorumTokenStatus(f.co, tok.id).state, 'approved');
+  await f.hsm.createUser(f.co, 'carol', 'CU', 'carol-password');
+  t.equal(f.hsm.quorumTokenStatus(f.co, tok.id).state, 'used');
+});
+
 t.test('a new password keeps the officer registered as an approver', async (t) => {
   const f = await twoOfficers(t);
   await f.hsm.resetPassword(f.co, 'officer2', 'officer2-new-password');

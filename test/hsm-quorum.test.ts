@@ -176,6 +176,14 @@ t.test('a token approved through the cluster works on the second HSM alone; once
   await t.rejects(hsm1.createUser('frank', 'CU', 'frank-password'), { code: 'HSM_ERR_QUORUM_REQUIRED' }, 'no replay on hsm-1');
 });
 
+t.test('a new token replaces its owner\'s earlier one for the service, on both HSMs', async (t) => {
+  const first = await approvedToken(co1, 'user', BOTH);
+  const second = await getQuorumToken(co1, 'user');
+  const states = await onEachHsm(t, cluster.credentials.co, async (c) => [(await c.quorumTokenStatus(first.id)).state, (await c.quorumTokenStatus(second.id)).state]);
+  t.same(states, [['replaced', 'pending'], ['replaced', 'pending']]);
+  await t.rejects(co1.createUser('paul', 'CU', 'paul-password'), { code: 'HSM_ERR_QUORUM_REQUIRED', message: /has 0 of 2 approvals/ }, 'the approved but replaced token approves nothing');
+});
+
 t.test('a token that expired is refused, approved or not', async (t) => {
   const approved = await approvedToken(co1, 'user', BOTH, 2);
   await untilExpired(co1, approved.id);

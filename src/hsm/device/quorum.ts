@@ -202,26 +202,30 @@ export async function withQuorum<T>(
 ): Promise<T> {
   if (m <= 1) return fn();
   const t = usableToken(ctx, s, service, m, action);
-  ctx.quorum.reserved.add(t.id);
-  let result: T;
-  try {
-    result = await fn();
-  } catch (e) {
-    ctx.quorum.reserved.delete(t.id);
-    throw e;
-  }
-  ctx.quorum.reserved.delete(t.id);
+  const approvals = validApprovals(ctx, t);
+  // Used (on disk) before the operation runs: a crash in between leaves it used, never reusable.
   t.closed = 'used';
-  ctx.audit({ event: 'quorum.use', user: s.user, ok: true, tokenId: t.id, service, action, approvals: validApprovals(ctx, t) });
-  await ctx.saveQuorum();
-  return result;
+  ctx.quorum.reserved.add(t.id);
+  try {
+    await ctx.saveQuorum();
+    const result = await fn();
+    ctx.audit({ event: 'quorum.use', user: s.user, ok: true, tokenId: t.id, service, action, approvals });
+    return result;
+  } catch (e) {
+    // The operation did not happen: the token may approve another attempt.
+    t.closed = undefined;
+    await ctx.saveQuorum().catch(() => undefined);
+    throw e;
+  } finally {
+    ctx.quorum.reserved.delete(t.id);
+  }
 }
 
 // The token an operation of `service` may use, or the error that says why there is none (audited).
 function usableToken(ctx: DeviceContext, s: Session, service: QuorumService, m: number, action: string): TokenRecord {
   const now = Date.now();
   const q = ctx.quorum;
-  const mine = [...q.tokens.values()].filter((t) => t.user === s.user && !t.closed && !q.reserved.has(t.id));
+  const mine = [...q.tokens.values()].filter((t) => t.user === s.user && !t.closed);
   const newest = (ts: TokenRecord[]): TokenRecord | undefined =>
     ts.sort((a, b) => Date.parse(b.issuedAt) - Date.parse(a.issuedAt))[0];
   const t = newest(mine.filter((x) => x.service === service));
@@ -259,36 +263,36 @@ export function checkApproverRemoval(ctx: DeviceContext, name: string): void {
   }
 }
 
-/** What merging another HSM's quorum section did. */
-export interface QuorumMerge {
-  changes: number;
-  stale: string[];
+/** Why another HSM's M values are older than this one's (a replay), or undefined when they are not. */
+export function stalePolicy(ctx: DeviceContext, incoming: QuorumState): string | undefined {
+  const lv = ctx.quorum.policy.version;
+  const iv = incoming.policy.version;
+  const sameM = QUORUM_SERVICES.every((s) => ctx.quorum.policy.m[s] === incoming.policy.m[s]);
+  if (iv < lv || (iv === lv && !sameM)) return `the quorum M values at version ${iv} (this HSM holds version ${lv})`;
+  return undefined;
 }
 
 /**
- * Merges another HSM's quorum section into this one's (not yet persisted: the caller saves). A
- * newer policy version replaces the M values; tokens are joined: unknown ones are added
- * (unless expired), approvals are added (each verified here, so a bad one is never recorded),
- * and used/replaced are one-way.
+ * Merges another HSM's quorum section into this one's (not yet persisted: the caller saves); returns
+ * the changes made. A newer policy version replaces the M values (an older one is for the caller to
+ * refuse: stalePolicy); tokens are joined as mergeTokens does.
  */
-export function mergeQuorum(ctx: DeviceContext, incoming: QuorumState): QuorumMerge {
+export function mergeQuorum(ctx: DeviceContext, incoming: QuorumState): number {
   const q = ctx.quorum;
-  const stale: string[] = [];
   let changes = 0;
-  const lv = q.policy.version;
-  const iv = incoming.policy.version;
-  const sameM = QUORUM_SERVICES.every((s) => q.policy.m[s] === incoming.policy.m[s]);
-  if (iv > lv) {
-    q.policy = { version: iv, m: { ...incoming.policy.m } };
+  if (incoming.policy.version > q.policy.version) {
+    q.policy = { version: incoming.policy.version, m: { ...incoming.policy.m } };
     changes++;
-  } else if (iv < lv || !sameM) {
-    stale.push(`the quorum M values at version ${iv} (this HSM holds version ${lv})`);
   }
-  changes += mergeTokens(ctx, incoming.tokens.values());
-  return { changes, stale };
+  return changes + mergeTokens(ctx, incoming.tokens.values());
 }
 
-/** Joins tokens from another HSM into this one's (see mergeQuorum); returns the changes made. */
+/**
+ * Joins tokens from another HSM into this one's; returns the changes made. Unknown tokens are
+ * added (unless expired), approvals are added (each verified here, so a bad one is never
+ * recorded), used/replaced are one-way, and a new token replaces its owner's older open one for
+ * the service here too (one open token per user and service on every HSM).
+ */
 export function mergeTokens(ctx: DeviceContext, tokens: Iterable<TokenRecord>): number {
   const q = ctx.quorum;
   let changes = 0;
@@ -299,6 +303,10 @@ export function mergeTokens(ctx: DeviceContext, tokens: Iterable<TokenRecord>): 
     if (!local) {
       q.tokens.set(t.id, { ...t, approvals: t.approvals.filter((a) => approvalVerifies(ctx, t, a)) });
       changes++;
+      for (const x of q.tokens.values()) {
+        if (x.id !== t.id && x.user === t.user && x.service === t.service && !x.closed && !q.reserved.has(x.id)
+          && Date.parse(x.issuedAt) < Date.parse(t.issuedAt)) x.closed = 'replaced';
+      }
       continue;
     }
     for (const a of t.approvals) {

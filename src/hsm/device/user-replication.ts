@@ -5,7 +5,7 @@
 // table also carries the cluster's deletions of token keys, which resync applies with it.
 import type { DeviceContext } from './context.js';
 import { InvalidArgumentError, StaleObjectError, UserLimitError } from './errors.js';
-import { mergeQuorum, QuorumState, type QuorumRecord } from './quorum.js';
+import { mergeQuorum, QuorumState, stalePolicy, type QuorumRecord } from './quorum.js';
 import type { Session } from './types.js';
 import type { UserRecord } from './users.js';
 import { checkVersion, removeSharee, sameUser, Tombstones, userVersion, type TombstoneRecord } from './versions.js';
@@ -101,6 +101,8 @@ export async function mergeUserTable(
   }
 
   const quorumNews = table.quorum ? quorumHasNews(ctx, table.quorum) : false;
+  const olderPolicy = table.quorum ? stalePolicy(ctx, table.quorum) : undefined;
+  if (olderPolicy) stale.push(olderPolicy);
   const changes = put.length + dropUsers.length + learnUsers.length + dropKeys.length + learnKeys.length
     + (quorumNews ? 1 : 0);
   if (changes === 0 && stale.length > 0) {
@@ -131,11 +133,7 @@ export async function mergeUserTable(
   await ctx.store.writeUsers(() => ctx.users.records());
   if (revived) await ctx.saveTombstones();
   // After the users: approvals are checked against the quorum keys the table just brought.
-  if (table.quorum) {
-    const q = mergeQuorum(ctx, table.quorum);
-    stale.push(...q.stale);
-    if (q.changes > 0) await ctx.saveQuorum();
-  }
+  if (table.quorum && mergeQuorum(ctx, table.quorum) > 0) await ctx.saveQuorum();
   const result: UsersImport = { applied: put.length, deleted: dropUsers.length + dropKeys.length, stale };
   ctx.audit({ event: 'user.replicate', user: s.user, ok: true, users: table.users.length, applied: result.applied, deleted: result.deleted, ...(stale.length > 0 ? { stale } : {}) });
   return result;
