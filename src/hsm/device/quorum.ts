@@ -155,13 +155,17 @@ export function approverKey(ctx: DeviceContext, name: string): { key: KeyObject;
   if (!ctx.users.has(name)) return undefined;
   const u = ctx.users.get(name);
   if (u.role !== 'CO' || !u.quorumKey) return undefined;
-  const key = createPublicKey(u.quorumKey);
-  return { key, fingerprint: keyFingerprint(key) };
+  try {
+    const key = createPublicKey(u.quorumKey);
+    return { key, fingerprint: keyFingerprint(key) };
+  } catch {
+    return undefined; // an unreadable key approves nothing (registration refuses such keys anyway)
+  }
 }
 
 /** Crypto officers with a registered quorum key: the N of M of N. */
 export function registeredApprovers(ctx: DeviceContext): string[] {
-  return ctx.users.records().filter((u) => u.role === 'CO' && u.quorumKey).map((u) => u.name).sort();
+  return ctx.users.records().filter((u) => u.role === 'CO' && approverKey(ctx, u.name)).map((u) => u.name).sort();
 }
 
 /**
