@@ -69,6 +69,24 @@ t.test('quorum refusals and approvals are audited, and the log still verifies', 
   t.same(await verifyAuditLog(f.hsm.auditLogPath, await readAuditKey(f.dir)), { ok: true, entries: lines.length });
 });
 
+t.test('an approved token that expires before it is used approves nothing', async (t) => {
+  const f = await twoOfficers(t);
+  await f.hsm.setQuorumM(f.co, 'user', 2);
+  const tok = await f.hsm.getQuorumToken(f.co, 'user');
+  await f.hsm.approveQuorumToken(f.co, tok.id, 'admin', signQuorumToken(tok.text, adminKey.privateKeyPem));
+  await f.hsm.approveQuorumToken(f.co, tok.id, 'officer2', signQuorumToken(tok.text, o2Key.privateKeyPem));
+  t.equal(f.hsm.quorumTokenStatus(f.co, tok.id).state, 'approved');
+  // Ten minutes and a second later, by the HSM's clock.
+  const realNow = Date.now;
+  const later = realNow() + 601_000;
+  Date.now = () => later;
+  t.teardown(() => { Date.now = realNow; });
+  t.equal(f.hsm.quorumTokenStatus(f.co, tok.id).state, 'expired');
+  await t.rejects(f.hsm.createUser(f.co, 'carol', 'CU', 'carol-password'), { code: 'HSM_ERR_QUORUM_TOKEN_EXPIRED', message: new RegExp(`quorum token ${tok.id} expired at ${tok.expiresAt}`) });
+  Date.now = realNow;
+  t.equal(f.hsm.quorumTokenStatus(f.co, tok.id).state, 'approved', 'the same token, seen before its expiry, was approved');
+});
+
 t.test('an operation that fails leaves the token approved for the next attempt', async (t) => {
   const f = await twoOfficers(t);
   await f.hsm.setQuorumM(f.co, 'user', 2);

@@ -167,9 +167,9 @@ export class QuorumOps {
     const t = readTokenRecord(unsealJson<unknown>(this.ctx.clusterKey, MASKED_TOKEN, masked, 'the masked quorum token'), 'the masked quorum token');
     if (s.role === 'CU' && t.user !== s.user) throw new PermissionDeniedError('import a quorum token', `the token belongs to ${t.user}; a crypto user copies only its own tokens`);
     if (mergeTokens(this.ctx, [t]) > 0) await this.ctx.saveQuorum();
-    const held = this.ctx.quorum.tokens.get(t.id);
-    if (!held) throw new QuorumTokenExpiredError(t.id, t.expiresAt);
-    return tokenInfo(this.ctx, held);
+    // An expired token is not kept (it approves nothing): nothing to copy, and no error, so a copy
+    // that arrives late does not take this HSM out of rotation.
+    return tokenInfo(this.ctx, this.ctx.quorum.tokens.get(t.id) ?? t);
   }
 
   /** A token's approvals against M, expiry and state: any crypto officer, or the token's owner. */
