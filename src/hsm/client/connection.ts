@@ -8,13 +8,14 @@ import { performance } from 'node:perf_hooks';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import {
   DECRYPT_BODY, ENCRYPT_BODY, Op, RANDOM_BODY, SIGN_BODY, TEXT_BODY, VERIFY_BODY, jsonText, opName, readJson,
-  type BodyCodec, type QuorumApproval, type QuorumApprover, type QuorumService, type QuorumStatus, type QuorumTokenInfo,
+  type BodyCodec,
   type CryptoResult, type DecryptRequest, type EncryptRequest, type HsmInfo, type ImportPrivateKeyRequest,
   type ImportPublicKeyRequest,
   type KeyAttributeChanges, type KeyFilter, type KeyInfo, type KeyPairInfo, type KeyPairSpec, type KeyTemplate,
   type Occupancy, type Role, type SecretKeySpec, type SignRequest, type StateDigest, type UnwrapRequest, type UserInfo,
   type VerifyRequest, type WrapRequest,
 } from '../protocol/index.js';
+import type { QuorumApproval, QuorumApprover, QuorumService, QuorumStatus, QuorumTokenInfo } from '../protocol/index.js';
 import { FrameChannel, type Reply, type RequestOptions } from './channel.js';
 import { HsmClientError, HsmConnectionClosedError, HsmTlsError, HsmUnreachableError } from './errors.js';
 
