@@ -195,9 +195,9 @@ export function tokenInfo(ctx: DeviceContext, t: TokenRecord, now = Date.now()):
 
 /**
  * Runs a quorum-protected operation: with M > 1 for `service`, the session user's newest open
- * token for it must hold M valid approvals and not have expired. The token is taken while the
- * operation runs (a second operation cannot use it meanwhile), marked used once it succeeds
- * (persisted and audited), and released if it fails. Tokens are single-use, as CloudHSM's.
+ * token for it must hold M valid approvals and not have expired. The token is marked used (and
+ * persisted) before the operation runs, so neither a second operation nor a crash can reuse it,
+ * and reopened if the operation fails; a success is audited. Tokens are single-use, as CloudHSM's.
  * `m`: the approvals needed (default the service's M; setting M asks for more, quorum-ops.ts).
  */
 export async function withQuorum<T>(
