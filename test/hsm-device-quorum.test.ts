@@ -61,9 +61,12 @@ t.test('quorum refusals and approvals are audited, and the log still verifies', 
   await t.rejects(f.hsm.createUser(f.co, 'carol', 'CU', 'carol-password'), { code: 'HSM_ERR_QUORUM_REQUIRED' });
   const tok = await f.hsm.getQuorumToken(f.co, 'user');
   await t.rejects(f.hsm.approveQuorumToken(f.co, tok.id, 'officer2', signQuorumToken(tok.text, adminKey.privateKeyPem)), { code: 'HSM_ERR_QUORUM_BAD_SIGNATURE' });
+  await f.cu('bob');
+  await t.rejects(f.hsm.approveQuorumToken(f.co, tok.id, 'bob', signQuorumToken(tok.text, adminKey.privateKeyPem)), { code: 'HSM_ERR_PERMISSION_DENIED' });
   const lines = (await readFile(f.hsm.auditLogPath, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.ok(lines.some((e) => e.event === 'denied' && e.code === 'HSM_ERR_QUORUM_REQUIRED' && e.action === 'create user carol'), 'the refused creation');
   t.ok(lines.some((e) => e.event === 'quorum.approve' && e.ok === false && e.approver === 'officer2' && e.code === 'HSM_ERR_QUORUM_BAD_SIGNATURE'), 'the forged approval');
+  t.equal(lines.filter((e) => e.event === 'denied' && String(e.action).startsWith(`approve quorum token ${tok.id}`) && /bob is a CU, not a crypto officer/.test(String(e.reason))).length, 1, 'a non-officer approver, once');
   t.ok(lines.some((e) => e.event === 'quorum.register' && e.ok === true && e.user === 'officer2'), 'the registration');
   t.ok(lines.some((e) => e.event === 'quorum.set-m' && e.ok === true && e.m === 2), 'the M change');
   t.same(await verifyAuditLog(f.hsm.auditLogPath, await readAuditKey(f.dir)), { ok: true, entries: lines.length });

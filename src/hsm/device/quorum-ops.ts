@@ -210,8 +210,11 @@ export class QuorumOps {
       return await fn();
     } catch (e) {
       const err = e as HsmError;
-      // withQuorum audits its own refusals as 'denied'; the rest are written here.
-      if (err.code !== 'HSM_ERR_QUORUM_REQUIRED' && !(err.code === 'HSM_ERR_QUORUM_TOKEN_EXPIRED' && event === 'quorum.set-m')) {
+      // withQuorum audits its own refusals, and the Hsm facade policy refusals, as 'denied'; the
+      // rest are written here.
+      const deniedElsewhere = err.code === 'HSM_ERR_QUORUM_REQUIRED' || err.code === 'HSM_ERR_PERMISSION_DENIED'
+        || err.code === 'HSM_ERR_MUST_CHANGE_PASSWORD' || (err.code === 'HSM_ERR_QUORUM_TOKEN_EXPIRED' && event === 'quorum.set-m');
+      if (!deniedElsewhere) {
         this.ctx.audit({ event, user: s.user, ok: false, ...fields, code: err.code ?? 'HSM_ERR_INTERNAL', reason: err.message });
       }
       throw e;
