@@ -57,11 +57,11 @@ t.test('registration needs a proof by the private half, a CO, and an RSA or P-25
 
 t.test('quorum refusals and approvals are audited, and the log still verifies', async (t) => {
   const f = await twoOfficers(t);
+  await f.cu('bob');
   await f.hsm.setQuorumM(f.co, 'user', 2);
   await t.rejects(f.hsm.createUser(f.co, 'carol', 'CU', 'carol-password'), { code: 'HSM_ERR_QUORUM_REQUIRED' });
   const tok = await f.hsm.getQuorumToken(f.co, 'user');
   await t.rejects(f.hsm.approveQuorumToken(f.co, tok.id, 'officer2', signQuorumToken(tok.text, adminKey.privateKeyPem)), { code: 'HSM_ERR_QUORUM_BAD_SIGNATURE' });
-  await f.cu('bob');
   await t.rejects(f.hsm.approveQuorumToken(f.co, tok.id, 'bob', signQuorumToken(tok.text, adminKey.privateKeyPem)), { code: 'HSM_ERR_PERMISSION_DENIED' });
   const lines = (await readFile(f.hsm.auditLogPath, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.ok(lines.some((e) => e.event === 'denied' && e.code === 'HSM_ERR_QUORUM_REQUIRED' && e.action === 'create user carol'), 'the refused creation');
