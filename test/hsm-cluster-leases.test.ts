@@ -14,7 +14,7 @@ import { startEmbeddedCluster, type EmbeddedCluster } from '../src/hsm/cluster/e
 import { linkFactory, membersOf } from '../src/hsm/cluster/membership.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 let cluster: EmbeddedCluster;
 let dir: string;

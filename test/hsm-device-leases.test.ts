@@ -8,7 +8,7 @@ import * as x509 from '@peculiar/x509';
 import { Hsm, type Session } from '../src/hsm/device/index.js';
 import { freshHsm, type Fixture } from './helpers/hsm-device.js';
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -18,7 +18,7 @@ async function keyWithCertificate(f: Fixture, cu: Session, cn: string): Promise<
   const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: '01', name: `CN=${cn}`, notBefore: new Date(), notAfter: new Date(Date.now() + 86_400_000),
-    keys: keys as unknown as CryptoKeyPair, signingAlgorithm: alg,
+    keys: keys as unknown as Parameters<typeof x509.X509CertificateGenerator.createSelfSigned>[0]['keys'], signingAlgorithm: alg,
   });
   const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
   const pair = await f.hsm.importPrivateKey(cu, { key: pkcs8, template: { label: cn } });

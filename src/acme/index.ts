@@ -11,3 +11,4 @@ export * from './order.js';
 export * from './store.js';
 export * from './ari.js';
 export * from './certificate-store.js';
+export * from './cluster-store.js';

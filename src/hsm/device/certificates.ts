@@ -58,7 +58,7 @@ export class Certificates {
       throw new InvalidArgumentError(`a certificate chain is 1 to ${MAX_CHAIN} DER certificates of at most ${MAX_DER} bytes each`);
     }
     const note = req.note ?? '';
-    if (typeof note !== 'string' || note.length > 1024) throw new InvalidArgumentError('a certificate note is at most 1024 characters');
+    if (typeof note !== 'string' || note.length > 16_384) throw new InvalidArgumentError('a certificate note is at most 16,384 characters');
     let leaf: X509Certificate;
     try {
       leaf = new X509Certificate(req.chain[0]!);
