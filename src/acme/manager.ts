@@ -348,7 +348,9 @@ export class AcmeManager {
         // Another proxy may have stored a new issue while this one waited: take it instead.
         const adopted = await this.adopt(t);
         const due = nextRenewal(t.state);
-        if ((adopted && forced) || (!forced && t.state.current && this.matches(t) && due && due.getTime() > Date.now())) {
+        const notDue = !forced && t.state.current !== undefined && this.matches(t)
+          && due !== undefined && due.getTime() > Date.now();
+        if ((adopted && forced) || notDue) {
           if (adopted) await this.opts.onChange();
           this.schedule(t);
           return;
@@ -463,7 +465,8 @@ export class AcmeManager {
         continue;
       }
       try {
-        const { certified, dispose } = await alpnChallengeCertificate(this.opts.engine, this.soft, c.name, c.keyAuthorization);
+        const made = await alpnChallengeCertificate(this.opts.engine, this.soft, c.name, c.keyAuthorization);
+        const { certified, dispose } = made;
         const remove = this.challenges.addTlsAlpn(c.name, certified);
         this.remote.set(k, () => { remove(); dispose(); });
       } catch (err) {
@@ -493,7 +496,10 @@ export class AcmeManager {
     await writeFile(join(t.dir, chainFile), stored.chainPem);
     await writeKeyReference(key, join(t.dir, keyFile), { overwrite: true });
     const retired = [...t.state.retired];
-    if (cur) retired.push({ keyId: cur.keyId, label: cur.keyLabel, keyFile: cur.keyFile, chainFile: cur.chainFile, notAfter: cur.notAfter });
+    if (cur) {
+      const { keyId, keyLabel: label, keyFile: oldKey, chainFile: oldChain, notAfter } = cur;
+      retired.push({ keyId, label, keyFile: oldKey, chainFile: oldChain, notAfter });
+    }
     t.state = {
       names: t.spec.names, keyType: t.spec.keyType, retired,
       current: {

@@ -54,7 +54,9 @@ export class Certificates {
     const key = this.keys.visible(s, req.keyId);
     if (key.attrs.class !== 'private' || !key.attrs.token) throw new InvalidArgumentError(`key ${req.keyId} is not a token private key: a certificate object belongs to one`);
     if (typeof req.token !== 'number' || !Number.isSafeInteger(req.token) || req.token < 1) throw new InvalidArgumentError('a fencing token must be a positive integer');
-    if (!Array.isArray(req.chain) || req.chain.length === 0 || req.chain.length > MAX_CHAIN || !req.chain.every((d) => Buffer.isBuffer(d) && d.length > 0 && d.length <= MAX_DER)) {
+    const chainOk = Array.isArray(req.chain) && req.chain.length > 0 && req.chain.length <= MAX_CHAIN
+      && req.chain.every((d) => Buffer.isBuffer(d) && d.length > 0 && d.length <= MAX_DER);
+    if (!chainOk) {
       throw new InvalidArgumentError(`a certificate chain is 1 to ${MAX_CHAIN} DER certificates of at most ${MAX_DER} bytes each`);
     }
     const note = req.note ?? '';
