@@ -97,7 +97,7 @@ t.teardown(async () => {
 });
 
 /** Starts one proxy of the cluster at `address`, ordering `name` over tls-alpn-01. */
-async function proxy(id: string, address: string, name: string, opts: { directory?: string; leaseSeconds?: number } = {}): Promise<ServeProcess> {
+async function proxy(id: string, address: string, name: string, opts: { directory?: string; leaseSeconds?: number; workers?: number } = {}): Promise<ServeProcess> {
   const dir = join(d.dir, id);
   await mkdir(dir, { recursive: true });
   const { cu } = cluster.credentials;
@@ -112,6 +112,7 @@ listeners:
 routes: [{ upstream: [http://127.0.0.1:${upstreamPort}] }]
 hsm: { mode: cluster, manifest: ${join(d.data, 'cluster.json')} }
 admin: { address: 127.0.0.1, port: 0 }
+workers: ${opts.workers ?? 1}
 acme: { directory: ${opts.directory ?? pebble.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true, dir: ${join(dir, 'acme')}, accountKey: ${join(d.dir, 'account.key')}, leaseSeconds: ${opts.leaseSeconds ?? 120} }
 `;
   // `data` is this proxy's own directory: stop() waits for HSM processes under it, and the HSMs are this test's.
@@ -179,4 +180,32 @@ t.test('a proxy killed while holding the order lease blocks the others only unti
   t.equal(after?.account, stored!.account, 'the stored certificate is untouched');
   t.equal(new X509Certificate(after!.chainPem).serialNumber, atE.serialNumber);
   await e.stop(5_000);
+});
+
+t.test('with workers: 2 each worker is one more proxy of the cluster: one orders, both serve its certificate', async (t) => {
+  const name = `workers-${tag}.acme.test`;
+  await pointAt(pebble, name, '127.0.0.6');
+  const w = await proxy('w', '127.0.0.6', name, { workers: 2 });
+  const first = await waitServed('127.0.0.6', port, name, root, [w]);
+  // Connections are spread over the workers: wait until 12 in a row get the certificate.
+  const deadline = Date.now() + 60_000;
+  let streak = 0;
+  const serials = new Set<string>();
+  while (streak < 12 && Date.now() < deadline) {
+    try {
+      serials.add((await served('127.0.0.6', port, name, root)).serialNumber);
+      streak++;
+    } catch {
+      streak = 0;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  t.equal(streak, 12, 'every worker serves the certificate');
+  t.same([...serials], [first.serialNumber], 'the same certificate');
+  const orderers = new Set(acmeLogs(w, 'acme order lease taken').map((l) => l.worker));
+  t.equal(orderers.size, 1, 'one worker ordered');
+  const takers = acmeLogs(w, 'acme certificate taken up from the store').map((l) => l.worker);
+  t.ok(takers.some((x) => !orderers.has(x)), 'the other worker took the certificate up from the cluster');
+  t.equal(acmeLogs(w, 'acme order step: new order').length, 1, 'one order was placed');
+  await w.stop(5_000);
 });
