@@ -71,6 +71,7 @@ let d: ServeDir;
 let cluster: EmbeddedCluster;
 let pebble: Pebble;
 let port: number;
+let httpPort: number;
 let upstreamPort: number;
 let root: string;
 const tag = randomBytes(4).toString('hex');
@@ -79,14 +80,15 @@ const procs: ServeProcess[] = [];
 t.before(async () => {
   d = await prepareServeDir();
   cluster = await startEmbeddedCluster({ dir: d.data, scryptCost: 1024 });
-  const [p, unusedHttp] = await freePorts(2) as [number, number];
+  const [p, hp] = await freePorts(2) as [number, number];
   port = p;
+  httpPort = hp;
   const upstream = createHttpServer((_req, res) => res.end('ok'));
   upstream.listen(0, '127.0.0.1');
   await once(upstream, 'listening');
   t.teardown(() => { upstream.closeAllConnections(); upstream.close(); });
   upstreamPort = (upstream.address() as AddressInfo).port;
-  pebble = await startPebble({ tlsPort: port, httpPort: unusedHttp });
+  pebble = await startPebble({ tlsPort: port, httpPort });
   root = await pebble.root();
 });
 t.teardown(async () => {
@@ -96,8 +98,8 @@ t.teardown(async () => {
   await d?.cleanup();
 });
 
-/** Starts one proxy of the cluster at `address`, ordering `name` over tls-alpn-01. */
-async function proxy(id: string, address: string, name: string, opts: { directory?: string; leaseSeconds?: number; workers?: number } = {}): Promise<ServeProcess> {
+/** Starts one proxy of the cluster at `address`, ordering `name` (over tls-alpn-01 unless told). */
+async function proxy(id: string, address: string, name: string, opts: { directory?: string; leaseSeconds?: number; workers?: number; challenge?: 'http-01' } = {}): Promise<ServeProcess> {
   const dir = join(d.dir, id);
   await mkdir(dir, { recursive: true });
   const { cu } = cluster.credentials;
@@ -108,12 +110,12 @@ listeners:
     port: ${port}
     certificates:
       - { cert: ${d.pki.ecdsaChain}, key: ${d.pki.ecdsaKey} }
-      - acme: { names: [${name}], keyType: ec:p256, challenge: tls-alpn-01 }
+      - acme: { names: [${name}], keyType: ec:p256, challenge: ${opts.challenge ?? 'tls-alpn-01'} }
 routes: [{ upstream: [http://127.0.0.1:${upstreamPort}] }]
 hsm: { mode: cluster, manifest: ${join(d.data, 'cluster.json')} }
 admin: { address: 127.0.0.1, port: 0 }
 workers: ${opts.workers ?? 1}
-acme: { directory: ${opts.directory ?? pebble.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true, dir: ${join(dir, 'acme')}, accountKey: ${join(d.dir, 'account.key')}, leaseSeconds: ${opts.leaseSeconds ?? 120} }
+acme: { directory: ${opts.directory ?? pebble.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true, dir: ${join(dir, 'acme')}, accountKey: ${join(d.dir, 'account.key')}, leaseSeconds: ${opts.leaseSeconds ?? 120}${opts.challenge ? `, httpPort: ${httpPort}, httpAddress: ${address}` : ''} }
 `;
   // `data` is this proxy's own directory: stop() waits for HSM processes under it, and the HSMs are this test's.
   const proc = await startServe({ ...d, dir, data: dir }, yaml, { HSMPROXY_PIN: `${cu.user}:${cu.password}` });
@@ -208,4 +210,17 @@ t.test('with workers: 2 each worker is one more proxy of the cluster: one orders
   t.ok(takers.some((x) => !orderers.has(x)), 'the other worker took the certificate up from the cluster');
   t.equal(acmeLogs(w, 'acme order step: new order').length, 1, 'one order was placed');
   await w.stop(5_000);
+});
+
+t.test('an http-01 validation reaching a proxy that did not order is answered from the cluster', async (t) => {
+  const name = `http-${tag}.acme.test`;
+  await pointAt(pebble, name, '127.0.0.8');
+  const f = await proxy('f', '127.0.0.8', name, { directory: 'https://127.0.0.1:9/directory', challenge: 'http-01' });
+  const g = await proxy('g', '127.0.0.7', name, { challenge: 'http-01' });
+  const atF = await waitServed('127.0.0.8', port, name, root, [f, g]);
+  const atG = await waitServed('127.0.0.7', port, name, root, [f, g]);
+  t.equal(atF.serialNumber, atG.serialNumber, 'both serve the certificate G ordered');
+  t.ok(acmeLogs(g, 'acme order step: challenge valid').length >= 1, 'G\'s http-01 challenge was validated at F');
+  t.same(acmeLogs(f, 'acme order lease taken'), [], 'F never held the order lease');
+  await Promise.all([f.stop(5_000), g.stop(5_000)]);
 });
