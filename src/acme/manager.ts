@@ -159,7 +159,7 @@ export class AcmeManager {
     }
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
-    if (this.store.shared && this.tracked.size > 0) {
+    if (this.store.sharesChallenges && this.tracked.size > 0) {
       this.challengeTimer = setInterval(() => void this.syncChallenges(), this.challengePollMs);
       this.challengeTimer.unref();
     }
@@ -360,7 +360,7 @@ export class AcmeManager {
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,
           challenges: this.challenges, log: this.opts.log,
-          ...(this.store.shared ? { announce: this.announcer(held) } : {}),
+          ...(this.store.sharesChallenges ? { announce: this.announcer(held) } : {}),
         },
         t.spec,
         {
