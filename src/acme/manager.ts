@@ -486,7 +486,9 @@ export class AcmeManager {
     const leaf = new X509Certificate(stored.chainPem);
     const cur = this.matches(t) ? t.state.current : undefined;
     if (leaf.serialNumber === cur?.serial) return false;
+    // Never an older issue than the one served here, nor an expired one (it is ordered anew instead).
     if (cur && Date.parse(leaf.validFrom) < Date.parse(cur.notBefore)) return false;
+    if (Date.parse(leaf.validTo) <= Date.now()) return false;
     const find = (this.opts.backend as { find?: (id: string) => Promise<KeyHandle> }).find;
     if (!find) throw new AcmeError(`the ${this.opts.backend.kind} backend cannot look keys up by id`, 'ACME_ERR_STORE');
     const key = await find.call(this.opts.backend, stored.keyId);
