@@ -3,9 +3,11 @@
 // refusal is audited, and durable changes are on disk before the promise resolves.
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { AUDIT_KEY_LABEL, AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
+import { SignerPool, type SignerPoolStats } from './signers.js';
 import type { DeviceContext } from './context.js';
 import {
   AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
@@ -46,6 +48,19 @@ export interface HsmOpenOptions {
   maxUsers?: number;
   /** scrypt cost N (default 2^14); tests may lower it. */
   scryptCost?: number;
+  /**
+   * Worker threads that compute signatures beside the main thread (default: one fewer than the
+   * machine's cores, at most the profile's units less one, or HSMPROXY_HSM_SIGN_WORKERS). 0 signs
+   * on the main thread only.
+   */
+  signWorkers?: number;
+}
+
+/** The default number of signing workers for a profile: the cores beyond the main thread, within its units. */
+export function defaultSignWorkers(units: number): number {
+  const env = process.env.HSMPROXY_HSM_SIGN_WORKERS;
+  if (env !== undefined && env !== '' && Number.isInteger(Number(env)) && Number(env) >= 0) return Number(env);
+  return Math.max(0, Math.min(availableParallelism() - 1, units - 1));
 }
 
 /** Defaults, as CloudHSM documents them. */
@@ -85,6 +100,8 @@ export class Hsm {
     const lockoutThreshold = opts.lockoutThreshold ?? DEFAULT_LOCKOUT_THRESHOLD;
     if (!Number.isInteger(lockoutThreshold) || lockoutThreshold < 1) throw new InvalidArgumentError('lockoutThreshold must be a positive integer');
     const capacity = new CapacityModel(opts.capacity);
+    const signWorkers = opts.signWorkers ?? defaultSignWorkers(capacity.profile.units);
+    if (!Number.isInteger(signWorkers) || signWorkers < 0) throw new InvalidArgumentError('signWorkers must be a non-negative integer');
     const store = await DeviceStore.open(opts.dir);
     try {
       const users = new UserTable({
@@ -115,7 +132,8 @@ export class Hsm {
       await finishDeletions(users, objects, tombstones, store, saveTombstones);
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       const ctx: DeviceContext = {
-        hsmId: opts.hsmId, users, objects, store, capacity, clusterKey, tombstones, saveTombstones,
+        hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
+        signers: new SignerPool({ workers: signWorkers, ...(process.env.HSMPROXY_HSM_SIGN_CHUNK ? { chunk: Number(process.env.HSMPROXY_HSM_SIGN_CHUNK) } : {}) }), tombstones, saveTombstones,
         audit: (e: AuditEntry) => auditLog.append(e),
       };
       const hsm = new Hsm(ctx, auditLog);
@@ -147,6 +165,16 @@ export class Hsm {
     return hsm;
   }
 
+  /** The signing threads' counters (signatures on the main thread and on workers, batches). */
+  get signerStats(): Readonly<SignerPoolStats> {
+    return { ...this.ctx.signers.stats };
+  }
+
+  /** Starts the signing workers now (else at the first batch of signatures); resolves when they are ready. */
+  warmSigners(): Promise<void> {
+    return this.ctx.signers.warm();
+  }
+
   /** Releases the HSM; every session ends (session keys vanish). */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -154,6 +182,7 @@ export class Hsm {
     this.ctx.audit({ event: 'hsm.close', ok: true });
     this.closed = true;
     this.auditLog.close();
+    await this.ctx.signers.close();
     await this.ctx.store.release();
   }
 
@@ -296,7 +325,16 @@ export class Hsm {
   /** Signs (or MACs) data; every signature verifies under the key's public key. */
   sign(session: Session, req: SignRequest): Promise<CryptoResult<Buffer>> {
     const s = this.session(session);
-    return this.guard(s, `sign with ${req?.keyId}`, () => this.keys.sign(s, req));
+    // The hot path: no async frame of its own, and the action is only spelled out for a refusal.
+    try {
+      return this.keys.sign(s, req).catch((e: unknown) => {
+        this.audited(s, `sign with ${req?.keyId}`, e);
+        throw e;
+      });
+    } catch (e) {
+      this.audited(s, `sign with ${req?.keyId}`, e);
+      return Promise.reject(e);
+    }
   }
 
   /** Verifies a signature or MAC. */
