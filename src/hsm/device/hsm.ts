@@ -133,7 +133,7 @@ export class Hsm {
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       const ctx: DeviceContext = {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
-        signers: new SignerPool({ workers: signWorkers, ...(process.env.HSMPROXY_HSM_SIGN_CHUNK ? { chunk: Number(process.env.HSMPROXY_HSM_SIGN_CHUNK) } : {}) }), tombstones, saveTombstones,
+        signers: new SignerPool({ workers: signWorkers }), tombstones, saveTombstones,
         audit: (e: AuditEntry) => auditLog.append(e),
       };
       const hsm = new Hsm(ctx, auditLog);

@@ -24,6 +24,8 @@ export interface FromSigner {
   bytes: Uint8Array;
   ends: number[];
   errors?: [number, string][];
+  /** Milliseconds the batch took to sign, for the pool's pacing. */
+  busyMs: number;
 }
 
 function serve(port: MessagePort): void {
@@ -39,6 +41,7 @@ function serve(port: MessagePort): void {
     const sigs: Buffer[] = new Array(slots.length);
     const ends: number[] = new Array(slots.length);
     let errors: [number, string][] | undefined;
+    const began = performance.now();
     let start = 0;
     let total = 0;
     for (let i = 0; i < slots.length; i++) {
@@ -60,7 +63,7 @@ function serve(port: MessagePort): void {
     // A buffer of its own (not a slice of Node's pool): postMessage copies a view's whole ArrayBuffer.
     const bytes = Buffer.allocUnsafeSlow(total);
     for (let i = 0, at = 0; i < sigs.length; at += sigs[i]!.length, i++) sigs[i]!.copy(bytes, at);
-    const reply: FromSigner = { bytes, ends, ...(errors ? { errors } : {}) };
+    const reply: FromSigner = { bytes, ends, busyMs: performance.now() - began, ...(errors ? { errors } : {}) };
     port.postMessage(reply);
   });
 }

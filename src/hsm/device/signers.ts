@@ -2,12 +2,13 @@
 // pool of worker_threads of the same process (sign-worker.ts), so one HSM uses more than one
 // core, as an appliance uses several crypto units. Keys go to a worker as KeyObjects inside the
 // process; they never leave it.
-// Signatures asked for in one turn are dispatched together (a microtask later): a lone one is
-// signed on the spot (no thread hop, the common case at low load); of a batch, idle workers get
-// a share in one message each and the main thread signs `mainShare` of it itself, polling the
-// workers between its signatures so a worker that finished gets the rest at once. What is left
-// when every worker is busy waits for the first one back. A worker that dies hands its batch
-// back to the main thread; a pool whose workers cannot start signs everything on the main thread.
+// Signatures asked for in one turn are dispatched together (a microtask later). A lone one is
+// signed on the spot (no thread hop: the common case at low load). Of a batch, workers with room
+// take chunks off the back (one message each, at most two out per worker) and the main thread
+// signs from the front, reading workers' answers between its signatures so one that finished
+// gets the next chunk at once. The main thread never waits for a worker; a worker's chunk
+// adapts to how promptly it answers. A worker that dies hands its jobs back to the main thread;
+// a pool whose workers cannot start signs everything on the main thread.
 import { type KeyObject } from 'node:crypto';
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +37,12 @@ const NO_JOBS: Job[] = [];
 export interface SignerPoolOptions {
   /** Worker threads (0: every signature on the main thread). */
   workers: number;
-  /** Most jobs in one message to a worker (default 8): smaller chunks leave less behind a worker that runs late. */
+  /**
+   * Most jobs in one message to a worker (default 32). Each worker's chunk starts at 4 and adapts:
+   * one more per batch answered promptly, halved when a batch came back late (the worker was
+   * not scheduled: the machine has more runnable threads than cores), so little waits on a
+   * worker that runs late and a worker that keeps up takes ever more.
+   */
   chunk?: number;
 }
 
@@ -67,6 +73,10 @@ interface Signer {
   dead: boolean;
   /** Batches sent and not answered yet, oldest first (answers come back in order). */
   batches: Job[][];
+  /** When the oldest batch out was sent, or when the one before it came back (whichever is later). */
+  since: number;
+  /** Jobs in its next message. */
+  chunk: number;
   keys: Set<number>;
   plans: Set<number>;
   /** Settles when the worker is ready or dead. */
@@ -101,7 +111,7 @@ export class SignerPool {
 
   constructor(opts: SignerPoolOptions) {
     this.workers = Math.max(0, Math.floor(opts.workers));
-    this.chunk = Math.max(1, Math.floor(opts.chunk ?? 8));
+    this.chunk = Math.max(1, Math.floor(opts.chunk ?? 32));
   }
 
   /** Signs `data` under `plan` with a private key; settles once a thread has. */
@@ -177,7 +187,7 @@ export class SignerPool {
       const left = this.tail - this.head;
       if (left < 2) return;
       if (!s.ready || s.dead || s.batches.length >= MAX_BATCHES) continue;
-      const k = Math.min(this.chunk, left >> 1);
+      const k = Math.min(s.chunk, left >> 1);
       this.send(s, this.queue.slice(this.tail - k, this.tail));
       this.tail -= k;
     }
@@ -212,6 +222,7 @@ export class SignerPool {
     msg.planOf = planOf;
     msg.bytes = bytes;
     msg.ends = ends;
+    if (s.batches.length === 0) s.since = performance.now();
     s.batches.push(batch);
     this.stats.batches++;
     // Held while a batch is out: a caller awaiting a signature keeps the process alive.
@@ -258,6 +269,12 @@ export class SignerPool {
   private answered(s: Signer, m: FromSigner): void {
     const batch = s.batches.shift() ?? [];
     if (s.batches.length === 0) s.port.unref();
+    // Late: more than twice its signing time and a millisecond over it.
+    const now = performance.now();
+    const took = now - s.since;
+    s.since = now;
+    if (took > 2 * m.busyMs && took - m.busyMs > 1) s.chunk = Math.max(1, s.chunk >> 1);
+    else if (s.chunk < this.chunk) s.chunk++;
     const bytes = Buffer.from(m.bytes.buffer, m.bytes.byteOffset, m.bytes.byteLength);
     let failed = -1;
     let at = 0;
@@ -292,7 +309,8 @@ export class SignerPool {
       let onStarted = (): void => undefined;
       const started = new Promise<void>((resolve) => { onStarted = resolve; });
       const s: Signer = {
-        worker, port: port1, ready: false, dead: false, batches: [], keys: new Set(), plans: new Set(), started, onStarted,
+        worker, port: port1, ready: false, dead: false, batches: [], since: 0, chunk: Math.min(4, this.chunk),
+        keys: new Set(), plans: new Set(), started, onStarted,
       };
       this.signers.push(s);
       this.stats.started++;
