@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { AUDIT_KEY_LABEL, AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
-import { SignerPool, type SignerPoolStats } from './signers.js';
+import { SigningThreads, type SigningThreadStats } from './signing-threads.js';
 import type { DeviceContext } from './context.js';
 import {
   AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
@@ -133,7 +133,7 @@ export class Hsm {
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       const ctx: DeviceContext = {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey,
-        signers: new SignerPool({ workers: signWorkers }), tombstones, saveTombstones,
+        signing: new SigningThreads({ workers: signWorkers }), tombstones, saveTombstones,
         audit: (e: AuditEntry) => auditLog.append(e),
       };
       const hsm = new Hsm(ctx, auditLog);
@@ -166,13 +166,13 @@ export class Hsm {
   }
 
   /** The signing threads' counters (signatures on the main thread and on workers, batches). */
-  get signerStats(): Readonly<SignerPoolStats> {
-    return { ...this.ctx.signers.stats };
+  get signingStats(): Readonly<SigningThreadStats> {
+    return { ...this.ctx.signing.stats };
   }
 
   /** Starts the signing workers now (else at the first batch of signatures); resolves when they are ready. */
-  warmSigners(): Promise<void> {
-    return this.ctx.signers.warm();
+  warmSigningThreads(): Promise<void> {
+    return this.ctx.signing.warm();
   }
 
   /** Releases the HSM; every session ends (session keys vanish). */
@@ -182,7 +182,7 @@ export class Hsm {
     this.ctx.audit({ event: 'hsm.close', ok: true });
     this.closed = true;
     this.auditLog.close();
-    await this.ctx.signers.close();
+    await this.ctx.signing.close();
     await this.ctx.store.release();
   }
 

@@ -277,7 +277,7 @@ export class KeyOps {
     // Checked here, computed on whichever thread of the pool is free (an HMAC right here).
     const plan = signPlan(k, req.mechanism, data, req.prehashed, req.format);
     return this.ctx.capacity.run(
-      opKey('sign', k), plan ? () => this.ctx.signers.sign(k.keyObject, plan, data) : () => hmacWith(k, req.mechanism, data),
+      opKey('sign', k), plan ? () => this.ctx.signing.sign(k.keyObject, plan, data) : () => hmacWith(k, req.mechanism, data),
     );
   }
 

@@ -1,4 +1,4 @@
-// A signing worker of one HSM (signers.ts): a worker_thread of the HSM's own process, so key
+// A signing worker of one HSM (signing-threads.ts): a worker_thread of the HSM's own process, so key
 // material never leaves the process. It is sent the private KeyObjects and signature plans it
 // needs once (by number), then batches of jobs on its own MessagePort, and answers each batch
 // with one message. A batch's data travel packed in one buffer, and so do the signatures.
@@ -7,7 +7,7 @@ import type { KeyObject } from 'node:crypto';
 import { signRaw, type SignPlan } from './mechanisms.js';
 
 /** Main thread → worker: keys and plans to hold, keys to drop, and a batch of jobs. */
-export interface ToSigner {
+export interface ToWorker {
   keys?: [number, KeyObject][];
   plans?: [number, SignPlan][];
   forget?: number[];
@@ -20,7 +20,7 @@ export interface ToSigner {
 }
 
 /** Worker → main thread: one batch's signatures back to back (job i's ends at ends[i]); failures by job index. */
-export interface FromSigner {
+export interface FromWorker {
   bytes: Uint8Array;
   ends: number[];
   errors?: [number, string][];
@@ -31,7 +31,7 @@ export interface FromSigner {
 function serve(port: MessagePort): void {
   const keys = new Map<number, KeyObject>();
   const plans = new Map<number, SignPlan>();
-  port.on('message', (m: ToSigner) => {
+  port.on('message', (m: ToWorker) => {
     for (const [n, key] of m.keys ?? []) keys.set(n, key);
     for (const [n, plan] of m.plans ?? []) plans.set(n, plan);
     for (const n of m.forget ?? []) keys.delete(n);
@@ -63,7 +63,7 @@ function serve(port: MessagePort): void {
     // A buffer of its own (not a slice of Node's pool): postMessage copies a view's whole ArrayBuffer.
     const bytes = Buffer.allocUnsafeSlow(total);
     for (let i = 0, at = 0; i < sigs.length; at += sigs[i]!.length, i++) sigs[i]!.copy(bytes, at);
-    const reply: FromSigner = { bytes, ends, busyMs: performance.now() - began, ...(errors ? { errors } : {}) };
+    const reply: FromWorker = { bytes, ends, busyMs: performance.now() - began, ...(errors ? { errors } : {}) };
     port.postMessage(reply);
   });
 }

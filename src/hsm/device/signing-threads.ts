@@ -14,7 +14,7 @@ import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { signRaw, type SignPlan } from './mechanisms.js';
-import type { FromSigner, ToSigner } from './sign-worker.js';
+import type { FromWorker, ToWorker } from './sign-worker.js';
 
 // The worker entry next to this file, with this file's extension (.ts under tsx, .js from dist/).
 const EXT = extname(fileURLToPath(import.meta.url));
@@ -33,8 +33,8 @@ function newWorker(): Worker {
 const MAX_BATCHES = 2;
 const NO_JOBS: Job[] = [];
 
-/** Tuning of a SignerPool. */
-export interface SignerPoolOptions {
+/** Tuning of SigningThreads. */
+export interface SigningThreadsOptions {
   /** Worker threads (0: every signature on the main thread). */
   workers: number;
   /**
@@ -47,7 +47,7 @@ export interface SignerPoolOptions {
 }
 
 /** Counters for tests and benchmarks. */
-export interface SignerPoolStats {
+export interface SigningThreadStats {
   /** Signatures made on the main thread / on workers. */
   mainSigns: number;
   workerSigns: number;
@@ -66,7 +66,7 @@ interface Job {
   reject: (err: Error) => void;
 }
 
-interface Signer {
+interface WorkerThread {
   worker: Worker;
   port: MessagePort;
   ready: boolean;
@@ -85,15 +85,15 @@ interface Signer {
 }
 
 /** A failure inside a signing worker (OpenSSL refused the key or the data). */
-export class SignerError extends Error {
+export class SigningThreadError extends Error {
   readonly code = 'HSM_ERR_INTERNAL';
 }
 
 /** Where one HSM computes its asymmetric signatures. */
-export class SignerPool {
-  readonly stats: SignerPoolStats = { mainSigns: 0, workerSigns: 0, batches: 0, started: 0, died: 0 };
+export class SigningThreads {
+  readonly stats: SigningThreadStats = { mainSigns: 0, workerSigns: 0, batches: 0, started: 0, died: 0 };
   private readonly workers: number;
-  private readonly signers: Signer[] = [];
+  private readonly threads: WorkerThread[] = [];
   private pending: Job[] = [];
   // The batch being signed (dispatch): the main thread takes from head, workers from tail.
   private queue: Job[] = NO_JOBS;
@@ -101,6 +101,8 @@ export class SignerPool {
   private tail = 0;
   private readonly chunk: number;
   private scheduled = false;
+  // Workers are started once, at the first batch (or warm()); if they cannot be, never again.
+  private startTried = false;
   private closed = false;
   private readonly keyNumbers = new WeakMap<KeyObject, number>();
   private readonly planNumbers = new Map<SignPlan, number>();
@@ -109,7 +111,7 @@ export class SignerPool {
   private readonly forgetting = new FinalizationRegistry<number>((n) => this.forget(n));
   private readonly dispatchNow = (): void => this.dispatch();
 
-  constructor(opts: SignerPoolOptions) {
+  constructor(opts: SigningThreadsOptions) {
     this.workers = Math.max(0, Math.floor(opts.workers));
     this.chunk = Math.max(1, Math.floor(opts.chunk ?? 32));
   }
@@ -128,19 +130,19 @@ export class SignerPool {
 
   /** Starts the workers now rather than at the first batch; resolves once each is ready (or failed). */
   async warm(): Promise<void> {
-    if (this.signers.length === 0 && !this.closed) this.start();
-    await Promise.all(this.signers.map((s) => s.started));
+    if (!this.startTried && !this.closed) this.start();
+    await Promise.all(this.threads.map((s) => s.started));
   }
 
   /** Workers ready to sign. */
   get readyWorkers(): number {
-    return this.signers.filter((s) => s.ready && !s.dead).length;
+    return this.threads.filter((s) => s.ready && !s.dead).length;
   }
 
   /** Stops the workers; what they were signing is signed on the main thread. */
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.all(this.signers.map((s) => s.worker.terminate()));
+    await Promise.all(this.threads.map((s) => s.worker.terminate()));
   }
 
   private signHere(key: KeyObject, plan: SignPlan, data: Buffer): Buffer {
@@ -166,7 +168,7 @@ export class SignerPool {
     const q = this.pending;
     if (q.length === 0) return;
     this.pending = [];
-    if (this.signers.length === 0 && q.length > 1 && !this.closed) this.start();
+    if (!this.startTried && q.length > 1 && !this.closed) this.start();
     this.queue = q;
     this.head = 0;
     this.tail = q.length;
@@ -183,7 +185,7 @@ export class SignerPool {
   // Hands chunks off the back of the queue to workers with room, leaving the main thread at least one.
   private feed(): void {
     if (this.closed) return;
-    for (const s of this.signers) {
+    for (const s of this.threads) {
       const left = this.tail - this.head;
       if (left < 2) return;
       if (!s.ready || s.dead || s.batches.length >= MAX_BATCHES) continue;
@@ -195,15 +197,15 @@ export class SignerPool {
 
   // Reads the answers workers sent while the main thread was signing, without a turn of the loop.
   private poll(): void {
-    for (const s of this.signers) {
+    for (const s of this.threads) {
       if (s.batches.length === 0 || s.dead) continue;
-      const m = receiveMessageOnPort(s.port) as { message: FromSigner } | undefined;
+      const m = receiveMessageOnPort(s.port) as { message: FromWorker } | undefined;
       if (m) this.answered(s, m.message);
     }
   }
 
-  private send(s: Signer, batch: Job[]): void {
-    const msg: ToSigner = {};
+  private send(s: WorkerThread, batch: Job[]): void {
+    const msg: ToWorker = {};
     const slots: number[] = new Array(batch.length);
     const planOf: number[] = new Array(batch.length);
     const ends: number[] = new Array(batch.length);
@@ -230,7 +232,7 @@ export class SignerPool {
     s.port.postMessage(msg);
   }
 
-  private keyNumber(s: Signer, key: KeyObject, msg: ToSigner): number {
+  private keyNumber(s: WorkerThread, key: KeyObject, msg: ToWorker): number {
     let n = this.keyNumbers.get(key);
     if (n === undefined) {
       n = this.nextKey++;
@@ -244,7 +246,7 @@ export class SignerPool {
     return n;
   }
 
-  private planNumber(s: Signer, plan: SignPlan, msg: ToSigner): number {
+  private planNumber(s: WorkerThread, plan: SignPlan, msg: ToWorker): number {
     let n = this.planNumbers.get(plan);
     if (n === undefined) {
       n = this.planNumbers.size + 1;
@@ -258,15 +260,15 @@ export class SignerPool {
   }
 
   private forget(n: number): void {
-    for (const s of this.signers) {
+    for (const s of this.threads) {
       if (!s.keys.delete(n) || s.dead) continue;
-      const msg: ToSigner = { forget: [n] };
+      const msg: ToWorker = { forget: [n] };
       s.port.postMessage(msg);
     }
   }
 
   // A batch came back: settle its jobs, and hand the worker what waits meanwhile.
-  private answered(s: Signer, m: FromSigner): void {
+  private answered(s: WorkerThread, m: FromWorker): void {
     const batch = s.batches.shift() ?? [];
     if (s.batches.length === 0) s.port.unref();
     // Late: more than twice its signing time and a millisecond over it.
@@ -284,7 +286,7 @@ export class SignerPool {
       const j = batch[i] as Job;
       const end = m.ends[i]!;
       if (i === failed) {
-        j.reject(new SignerError(m.errors![errorAt]![1]));
+        j.reject(new SigningThreadError(m.errors![errorAt]![1]));
         errorAt++;
         failed = m.errors![errorAt]?.[0] ?? -1;
       } else {
@@ -298,6 +300,7 @@ export class SignerPool {
   }
 
   private start(): void {
+    this.startTried = true;
     for (let i = 0; i < this.workers; i++) {
       let worker: Worker;
       try {
@@ -308,15 +311,15 @@ export class SignerPool {
       const { port1, port2 } = new MessageChannel();
       let onStarted = (): void => undefined;
       const started = new Promise<void>((resolve) => { onStarted = resolve; });
-      const s: Signer = {
+      const s: WorkerThread = {
         worker, port: port1, ready: false, dead: false, batches: [], since: 0, chunk: Math.min(4, this.chunk),
         keys: new Set(), plans: new Set(), started, onStarted,
       };
-      this.signers.push(s);
+      this.threads.push(s);
       this.stats.started++;
       worker.unref();
       port1.unref();
-      port1.on('message', (m: FromSigner | { ready: true }) => {
+      port1.on('message', (m: FromWorker | { ready: true }) => {
         if ('ready' in m) {
           s.ready = true;
           s.onStarted();
@@ -331,7 +334,7 @@ export class SignerPool {
   }
 
   // A worker died (or the pool closed): its batch is signed here, it gets no more.
-  private lost(s: Signer): void {
+  private lost(s: WorkerThread): void {
     if (s.dead) return;
     s.dead = true;
     s.onStarted();
@@ -340,7 +343,7 @@ export class SignerPool {
     s.batches = [];
     s.port.close();
     for (const b of batches) for (const j of b) this.run(j);
-    if (this.signers.every((x) => x.dead)) {
+    if (this.threads.every((x) => x.dead)) {
       const left = this.pending;
       this.pending = [];
       for (const j of left) this.run(j);

@@ -1,10 +1,10 @@
-// The HSM's signing threads (hsm/device/signers.ts): a burst of signatures is shared between the
+// The HSM's signing threads (hsm/device/signing-threads.ts): a burst of signatures is shared between the
 // main thread and a worker thread of the same process, every signature verifies whichever thread
 // made it, a lone signature is made on the spot, a bad job fails alone, and closing the pool
 // with batches out still answers every request.
 import t from 'tap';
 import { constants, createHash, createPublicKey, generateKeyPairSync, verify as nodeVerify } from 'node:crypto';
-import { SignerPool, SignerError } from '../src/hsm/device/signers.js';
+import { SigningThreads, SigningThreadError } from '../src/hsm/device/signing-threads.js';
 import { signPlan } from '../src/hsm/device/mechanisms.js';
 import type { StoredKey } from '../src/hsm/device/objects.js';
 import { freshHsm } from './helpers/hsm-device.js';
@@ -18,8 +18,8 @@ t.test('a burst of signatures is shared with a worker thread and every one verif
   const rsa = (await f.hsm.generateKeyPair(alice, 'rsa:2048', { label: 'rsa' })).result.privateKey.keyId;
   const ecPub = createPublicKey(f.hsm.exportPublicKey(alice, ec).pem);
   const rsaPub = createPublicKey(f.hsm.exportPublicKey(alice, rsa).pem);
-  await f.hsm.warmSigners();
-  t.equal(f.hsm.signerStats.started, 1, 'one worker started');
+  await f.hsm.warmSigningThreads();
+  t.equal(f.hsm.signingStats.started, 1, 'one worker started');
 
   const digest = createHash('sha256').update(MSG).digest();
   const asks = [
@@ -43,18 +43,18 @@ t.test('a burst of signatures is shared with a worker thread and every one verif
     if (!ok) bad++;
   });
   t.equal(bad, 0, `all ${asks.length} signatures verify`);
-  const s = f.hsm.signerStats;
+  const s = f.hsm.signingStats;
   t.ok(s.workerSigns > 0, `the worker made some (${s.workerSigns}) in ${s.batches} batches`);
   t.ok(s.mainSigns > 0, `the main thread made the others (${s.mainSigns})`);
   t.equal(s.mainSigns + s.workerSigns, asks.length, 'each request was signed once');
   t.equal(s.died, 0, 'no worker died');
 
   // At low load each signature is made where it was asked for: no hop to a thread.
-  const before = f.hsm.signerStats;
+  const before = f.hsm.signingStats;
   const one = await f.hsm.sign(alice, { keyId: ec, mechanism: 'ecdsa-sha256', data: MSG });
   t.ok(nodeVerify('sha256', MSG, ecPub, one.result), 'a lone signature verifies');
-  t.equal(f.hsm.signerStats.mainSigns, before.mainSigns + 1, 'a lone signature is made on the main thread');
-  t.equal(f.hsm.signerStats.workerSigns, before.workerSigns, 'and not sent to the worker');
+  t.equal(f.hsm.signingStats.mainSigns, before.mainSigns + 1, 'a lone signature is made on the main thread');
+  t.equal(f.hsm.signingStats.workerSigns, before.workerSigns, 'and not sent to the worker');
 });
 
 t.test('with signWorkers 0 every signature is made on the main thread', async (t) => {
@@ -64,7 +64,7 @@ t.test('with signWorkers 0 every signature is made on the main thread', async (t
   const pub = createPublicKey(f.hsm.exportPublicKey(alice, ec).pem);
   const sigs = await Promise.all(Array.from({ length: 16 }, () => f.hsm.sign(alice, { keyId: ec, mechanism: 'ecdsa-sha256', data: MSG })));
   t.ok(sigs.every((s) => nodeVerify('sha256', MSG, pub, s.result)), 'all verify');
-  t.same(f.hsm.signerStats, { mainSigns: 16, workerSigns: 0, batches: 0, started: 0, died: 0 }, 'no worker was started');
+  t.same(f.hsm.signingStats, { mainSigns: 16, workerSigns: 0, batches: 0, started: 0, died: 0 }, 'no worker was started');
   await t.rejects(freshHsm(t, { signWorkers: -1 }), { code: 'HSM_ERR_INVALID_ARGUMENT' }, 'a negative count is refused');
 });
 
@@ -76,7 +76,7 @@ function ecKey(): { key: StoredKey; pub: ReturnType<typeof createPublicKey> } {
 }
 
 t.test('a job the worker cannot sign fails alone, with a clear error', async (t) => {
-  const pool = new SignerPool({ workers: 1, chunk: 4 });
+  const pool = new SigningThreads({ workers: 1, chunk: 4 });
   t.teardown(() => pool.close());
   await pool.warm();
   const { key, pub } = ecKey();
@@ -88,7 +88,7 @@ t.test('a job the worker cannot sign fails alone, with a clear error', async (t)
   const rejected = results.filter((r) => r.status === 'rejected');
   t.equal(rejected.length, 1, 'only the bad job failed');
   const err = (rejected[0] as PromiseRejectedResult).reason as Error & { code?: string };
-  t.ok(err instanceof SignerError ? err.code === 'HSM_ERR_INTERNAL' : typeof err.message === 'string', `a clear error: ${err.message}`);
+  t.ok(err instanceof SigningThreadError ? err.code === 'HSM_ERR_INTERNAL' : typeof err.message === 'string', `a clear error: ${err.message}`);
   t.match(err.message, /key|private|operation/i, 'naming what was wrong');
   const ok = results.filter((r): r is PromiseFulfilledResult<Buffer> => r.status === 'fulfilled');
   t.ok(ok.every((r) => nodeVerify('sha256', MSG, pub, r.value)), 'the other 15 verify');
@@ -96,7 +96,7 @@ t.test('a job the worker cannot sign fails alone, with a clear error', async (t)
 });
 
 t.test('closing the pool with batches out still answers every request', async (t) => {
-  const pool = new SignerPool({ workers: 1, chunk: 8 });
+  const pool = new SigningThreads({ workers: 1, chunk: 8 });
   await pool.warm();
   const { key, pub } = ecKey();
   const plan = signPlan(key, 'ecdsa-sha256', MSG)!;
