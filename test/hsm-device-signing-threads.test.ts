@@ -1,6 +1,6 @@
 // The HSM's signing threads (hsm/device/signing-threads.ts): a burst of signatures is shared between the
 // main thread and a worker thread of the same process, every signature verifies whichever thread
-// made it, a lone signature is made on the spot, a bad job fails alone, and closing the pool
+// made it, a few at a time are made on the spot, a bad job fails alone, and closing the pool
 // with batches out still answers every request.
 import t from 'tap';
 import { constants, createHash, createPublicKey, generateKeyPairSync, verify as nodeVerify } from 'node:crypto';
@@ -49,11 +49,11 @@ t.test('a burst of signatures is shared with a worker thread and every one verif
   t.equal(s.mainSigns + s.workerSigns, asks.length, 'each request was signed once');
   t.equal(s.died, 0, 'no worker died');
 
-  // At low load each signature is made where it was asked for: no hop to a thread.
+  // At low load each signature is made where it was asked for: no hop to a thread for a few.
   const before = f.hsm.signingStats;
-  const one = await f.hsm.sign(alice, { keyId: ec, mechanism: 'ecdsa-sha256', data: MSG });
-  t.ok(nodeVerify('sha256', MSG, ecPub, one.result), 'a lone signature verifies');
-  t.equal(f.hsm.signingStats.mainSigns, before.mainSigns + 1, 'a lone signature is made on the main thread');
+  const few = await Promise.all(Array.from({ length: 8 }, () => f.hsm.sign(alice, { keyId: ec, mechanism: 'ecdsa-sha256', data: MSG })));
+  t.ok(few.every((s) => nodeVerify('sha256', MSG, ecPub, s.result)), 'a few signatures at once verify');
+  t.equal(f.hsm.signingStats.mainSigns, before.mainSigns + 8, 'a few at once are made on the main thread');
   t.equal(f.hsm.signingStats.workerSigns, before.workerSigns, 'and not sent to the worker');
 });
 
