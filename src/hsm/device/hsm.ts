@@ -3,7 +3,6 @@
 // refusal is audited, and durable changes are on disk before the promise resolves.
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { AUDIT_KEY_LABEL, AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
@@ -49,18 +48,19 @@ export interface HsmOpenOptions {
   /** scrypt cost N (default 2^14); tests may lower it. */
   scryptCost?: number;
   /**
-   * Worker threads that compute signatures beside the main thread (default: one fewer than the
-   * machine's cores, at most the profile's units less one, or HSMPROXY_HSM_SIGN_WORKERS). 0 signs
-   * on the main thread only.
+   * Worker threads that compute signatures beside the main thread, at most the profile's units
+   * less one (default 0, or HSMPROXY_HSM_SIGN_WORKERS). Off by default: on the 2-core machine
+   * measured, with the client on the same cores, a worker lowered signs/s (bench/FINDINGS.md);
+   * it is for an HSM process with cores of its own to spare.
    */
   signWorkers?: number;
 }
 
-/** The default number of signing workers for a profile: the cores beyond the main thread, within its units. */
+/** Signing workers for a profile: HSMPROXY_HSM_SIGN_WORKERS if set, else 0; at most its units less one. */
 export function defaultSignWorkers(units: number): number {
   const env = process.env.HSMPROXY_HSM_SIGN_WORKERS;
-  if (env !== undefined && env !== '' && Number.isInteger(Number(env)) && Number(env) >= 0) return Number(env);
-  return Math.max(0, Math.min(availableParallelism() - 1, units - 1));
+  const n = env !== undefined && env !== '' && Number.isInteger(Number(env)) && Number(env) >= 0 ? Number(env) : 0;
+  return Math.min(n, Math.max(0, units - 1));
 }
 
 /** Defaults, as CloudHSM documents them. */
