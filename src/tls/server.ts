@@ -299,8 +299,11 @@ export class TlsServer extends EventEmitter {
     socket.once('handshakeError', (err: TlsError) => { settle(); this.emit('tlsClientError', err, socket); });
     socket.once('close', () => {
       settle();
-      this.open--;
-      admitted?.closed();
+      const closed = (): void => { this.open--; admitted?.closed(); };
+      // A transport still draining (output in flight, or the peer's input read after our alert) keeps
+      // its descriptor, so it keeps its place under the connection caps until it closes.
+      if (raw.closed) closed();
+      else raw.once('close', closed);
     });
     if (preface?.head && preface.head.length > 0) socket.receive(preface.head);
     // A gate that read a preface paused the socket; TLS reads from here on.
