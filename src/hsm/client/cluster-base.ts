@@ -47,6 +47,12 @@ export interface RunOptions {
   safe: boolean;
   /** Route to this HSM only (session keys live on one HSM). */
   pin?: string;
+  /** Never route to this HSM (a hedge goes elsewhere than the HSM that is late). */
+  avoid?: string;
+  /** Told the HSM each attempt is sent to (hedging arms its delay for that HSM). */
+  onNode?: (hsm: string) => void;
+  /** True once nobody waits for the answer (a hedge race decided): no more retries. */
+  abandoned?: () => boolean;
 }
 
 /** Balancing, failover, replication and sync over HsmNodes of any link type. */
@@ -312,6 +318,12 @@ export class ClusterBase<C extends HsmLink> {
     }
   }
 
+  /** Whether some HSM other than `id` is in rotation now. */
+  protected hasOtherAvailable(id: string): boolean {
+    for (const n of this.nodes.values()) if (n.id !== id && n.available) return true;
+    return false;
+  }
+
   /** The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin. */
   protected pick(exclude?: Set<string>): HsmNode<C> | undefined {
     // One pass finds the least in flight; a list of the tied is made only when there are several.
@@ -352,7 +364,7 @@ export class ClusterBase<C extends HsmLink> {
   /** Runs one request with balancing, busy backoff and failover. */
   async execute<T>(op: string, ro: RunOptions, fn: (link: C, node: HsmNode<C>) => Promise<T>): Promise<T> {
     // Made at the first retry: most requests succeed on the first HSM picked.
-    let tried: Set<string> | undefined;
+    let tried: Set<string> | undefined = ro.avoid === undefined ? undefined : new Set([ro.avoid]);
     let busy = 0;
     let failovers = 0;
     const deadline = Date.now() + (this.opts.waitForHsmMs ?? 3000);
@@ -363,16 +375,22 @@ export class ClusterBase<C extends HsmLink> {
         node = this.nodes.get(ro.pin);
         if (!node?.available) throw new SessionKeyLostError(op, ro.pin);
       } else {
-        node = this.pick(tried) ?? (tried ? this.pick() : undefined);
+        node = this.pick(tried) ?? (tried && ro.avoid === undefined ? this.pick() : undefined);
       }
       if (!node) {
+        if (ro.abandoned?.()) throw new NoHealthyHsmError(this.describeNodes());
         const left = deadline - Date.now();
         if (left > 0 && (await this.waitForRotation(Math.min(left, 200)), true)) continue;
         throw new NoHealthyHsmError(this.describeNodes());
       }
+      ro.onNode?.(node.id);
       try {
         return await node.run((link) => fn(link, node));
       } catch (err) {
+        if (ro.abandoned?.()) {
+          if (isTransportError(err) && !isBusyError(err)) node.markDown(err);
+          throw err;
+        }
         if (isBusyError(err)) {
           if (++busy > (this.opts.busyRetries ?? 3)) throw new ClusterBusyError(busy);
           (tried ??= new Set()).add(node.id);
