@@ -318,9 +318,14 @@ export class ClusterBase<C extends HsmLink> {
     }
   }
 
-  /** Whether some HSM other than `id` is in rotation now. */
-  protected hasOtherAvailable(id: string): boolean {
-    for (const n of this.nodes.values()) if (n.id !== id && n.available) return true;
+  /**
+   * Whether some HSM other than `id` is in rotation and no busier than it (in flight): a hedge
+   * sent to an HSM as loaded as the late one would most likely be late too, and would spend budget
+   * the late requests of a stalled HSM need.
+   */
+  protected hasHedgeTarget(id: string): boolean {
+    const late = this.nodes.get(id)?.inFlight ?? 0;
+    for (const n of this.nodes.values()) if (n.id !== id && n.available && n.inFlight <= late) return true;
     return false;
   }
 

@@ -297,7 +297,7 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
       run: (avoid, onNode, abandoned, remainingMs) => this.execute('sign', { safe: true, onNode, abandoned, ...(avoid !== undefined ? { avoid } : {}) },
         // The request's own deadline bounds both attempts: each gets what is left of it.
         (c) => fn(c, timeoutMs === undefined ? opts : { ...opts, timeoutMs: remainingMs() })),
-      hasOther: (hsm) => this.hasOtherAvailable(hsm),
+      hasOther: (hsm) => this.hasHedgeTarget(hsm),
     }, timeoutMs);
   }
   /** Verifies a signature or MAC. */

@@ -114,7 +114,7 @@ export interface HedgeRoute<T> {
   run(
     avoid: string | undefined, onNode: (hsm: string) => void, abandoned: () => boolean, remainingMs: () => number,
   ): Promise<T>;
-  /** Whether an HSM other than `hsm` may take the hedge now (in rotation). */
+  /** Whether an HSM other than `hsm` may take the hedge now (in rotation, and not busier). */
   hasOther(hsm: string): boolean;
 }
 
@@ -224,8 +224,7 @@ export class Hedging {
       };
 
       const fire = (): void => {
-        timer = undefined;
-        if (decided || primaryHsm === undefined) return;
+        if (decided || inFlight > 1 || primaryHsm === undefined) return;
         const slow = primaryHsm;
         if (!route.hasOther(slow)) return;
         if (!this.budget.take()) {
@@ -253,7 +252,9 @@ export class Hedging {
         primaryStarted = performance.now();
         if (decided || inFlight > 1) return;
         clearTimeout(timer);
-        timer = setTimeout(fire, this.delayFor(hsm));
+        // Timers run before the poll phase: after a stall of this process, answers already waiting
+        // in the socket are read first (setImmediate runs after poll), so they are not hedged.
+        timer = setTimeout(() => setImmediate(fire), this.delayFor(hsm));
       }, abandoned, remainingMs).then((v) => {
         // A primary that lost is not recorded: its stall is what hedging answered, and counting it
         // would raise that HSM's delay for its next stall (the budget, not the delay, bounds load).
