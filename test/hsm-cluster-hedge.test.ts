@@ -10,8 +10,10 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Registry } from 'prom-client';
 import type { ClusterClient } from '../src/hsm/client/cluster-client.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../src/hsm/cluster/embedded.js';
+import { defineMetrics, subscribeMetrics } from '../src/metrics/index.js';
 
 t.setTimeout(170_000);
 
@@ -102,11 +104,19 @@ t.test('a healthy cluster hardly hedges: both HSMs serve, and hedges stay far be
 
 t.test('with hsm-2 frozen, signs sent to it are answered by hsm-1 while it is still frozen, and verify', async (t) => {
   client.setHedging({ enabled: true });
+  const registry = new Registry();
+  const metrics = defineMetrics(registry);
+  t.teardown(subscribeMetrics(metrics));
+  const value = async (name: string): Promise<number> => (await registry.getSingleMetric(name)!.get()).values.find((v) => v.labels.hsm === 'hsm-2')?.value ?? 0;
   // Enough samples on both HSMs for a measured delay.
   for (let i = 0; i < 60; i++) await signVerified();
   await drained();
   const before = snapshot();
   const failedBefore = failed.length;
+  // Warm-up signs may have been hedged in a hiccup of the shared machine: count from here.
+  const base = client.hedgeStats()!.perHsm.get('hsm-2') ?? { sent: 0, won: 0, refused: 0 };
+  const baseSent = await value('hsmproxy_hsm_hedges_sent_total');
+  const baseWon = await value('hsmproxy_hsm_hedges_won_total');
   freeze('hsm-2');
   // Eight at once: the balancer alternates while both have the same number in flight, so four go to hsm-2.
   const signs = Array.from({ length: 8 }, () => signVerified());
@@ -115,10 +125,13 @@ t.test('with hsm-2 frozen, signs sent to it are answered by hsm-1 while it is st
   t.same(results, Array(8).fill(true), 'all eight signatures verify');
   t.equal(delta(before, 'hsm-1'), 8, 'hsm-1 answered every one');
   t.equal(delta(before, 'hsm-2'), 0, 'hsm-2 answered none');
-  const counts = client.hedgeStats()!.perHsm.get('hsm-2');
+  const now = client.hedgeStats()!.perHsm.get('hsm-2');
+  const counts = now && { sent: now.sent - base.sent, won: now.won - base.won };
   t.ok(counts && counts.sent >= 1, `hedges sent for hsm-2: ${counts?.sent}`);
   t.equal(counts?.won, counts?.sent, 'each hedge won');
   t.equal(client.node('hsm-2')?.inFlight, counts?.sent, 'the late requests still wait on hsm-2 (keeping new signs off it)');
+  t.equal(await value('hsmproxy_hsm_hedges_sent_total') - baseSent, counts?.sent, 'the metrics count the hedges sent against hsm-2');
+  t.equal(await value('hsmproxy_hsm_hedges_won_total') - baseWon, counts?.won, 'and the ones that won');
 
   thaw();
   await drained();
