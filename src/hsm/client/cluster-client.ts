@@ -29,6 +29,8 @@ export interface ClusterClientOptions extends ClusterBaseOptions<HsmConnection> 
 
 /** Hedge counters per HSM that was late, totals, and each HSM's current hedge delay (ms). */
 export interface HedgeStats {
+  maxShare: number;
+  minDelayMs: number;
   perHsm: Map<string, HedgeCounts>;
   totals: HedgeCounts & { requests: number };
   delays: Map<string, number>;
@@ -55,7 +57,7 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     const h = this.hedging;
     if (!h) return undefined;
     const delays = new Map([...this.nodes.keys()].map((id) => [id, h.delayFor(id)]));
-    return { perHsm: h.stats(), totals: h.totals(), delays };
+    return { maxShare: h.maxShare, minDelayMs: h.minDelayMs, perHsm: h.stats(), totals: h.totals(), delays };
   }
 
   /** Connects every HSM and returns once the in-sync ones are in rotation. */
