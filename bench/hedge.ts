@@ -131,7 +131,9 @@ try {
         client.setHedging(mode === 'on' ? { enabled: true } : undefined);
         await round(op, rate, SECONDS / ROUNDS, acc[mode]);
         if (mode === 'on') {
-          const t = client.hedgeStats()!.totals;
+          const st = client.hedgeStats()!;
+          if (process.env.BENCH_DEBUG) console.error(JSON.stringify({ perHsm: [...st.perHsm], delays: [...st.delays] }));
+          const t = st.totals;
           hedge.sent += t.sent;
           hedge.won += t.won;
           hedge.refused += t.refused;
@@ -155,7 +157,11 @@ try {
     });
   };
 
-  const rows = [...await workload('handshake', handshake, RATE), ...await workload('sign', sign, SIGN_RATE)];
+  const which = (process.env.BENCH_WORKLOADS ?? 'handshake,sign').split(',');
+  const rows = [
+    ...(which.includes('handshake') ? await workload('handshake', handshake, RATE) : []),
+    ...(which.includes('sign') ? await workload('sign', sign, SIGN_RATE) : []),
+  ];
   const result = {
     date: new Date().toISOString(), secondsPerMode: SECONDS, rounds: ROUNDS,
     freeze: `hsm-2 SIGSTOPped ${FREEZE_MS} ms every ${FREEZE_EVERY_MS} ms`, profile: 'unlimited', key: 'P-256', hsms: 2,

@@ -5,7 +5,7 @@ import t from 'tap';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { HSM_HEDGE_CHANNEL, HedgeBudget, Hedging, LatencyWindow, type HedgeRoute, type HsmHedgeEvent } from '../src/hsm/client/hedge.js';
 
-interface Attempt { avoid: string | undefined; hsm: string; resolve(v: string): void; reject(e: unknown): void; abandoned(): boolean }
+interface Attempt { avoid: ReadonlySet<string> | undefined; hsm: string; resolve(v: string): void; reject(e: unknown): void; abandoned(): boolean }
 
 // A route over two HSMs: the primary goes to `first`, a hedge to the other one.
 function twoHsms(first = 'hsm-1'): { route: HedgeRoute<string>; attempts: Attempt[]; started: Promise<void>[]; nextAttempt(): Promise<Attempt> } {
@@ -13,7 +13,7 @@ function twoHsms(first = 'hsm-1'): { route: HedgeRoute<string>; attempts: Attemp
   const waiters: Array<(a: Attempt) => void> = [];
   const route: HedgeRoute<string> = {
     run(avoid, onNode, abandoned) {
-      const hsm = avoid === undefined ? first : avoid === 'hsm-1' ? 'hsm-2' : 'hsm-1';
+      const hsm = avoid === undefined ? first : avoid.has('hsm-1') ? 'hsm-2' : 'hsm-1';
       onNode(hsm);
       return new Promise<string>((resolve, reject) => {
         const a = { avoid, hsm, resolve, reject, abandoned };
@@ -21,7 +21,7 @@ function twoHsms(first = 'hsm-1'): { route: HedgeRoute<string>; attempts: Attemp
         waiters.shift()?.(a);
       });
     },
-    hasOther: () => true,
+    hasTarget: (_late, avoid) => !(avoid.has('hsm-1') && avoid.has('hsm-2')),
   };
   return {
     route, attempts, started: [],
@@ -46,7 +46,7 @@ t.test('a late primary is hedged on the other HSM; the hedge answering first win
   const r = twoHsms();
   const p = h.race(r.route, undefined);
   const hedge = await r.nextAttempt();
-  t.equal(hedge.avoid, 'hsm-1', 'the hedge avoids the late HSM');
+  t.same([...hedge.avoid!], ['hsm-1'], 'the hedge avoids the late HSM');
   t.equal(hedge.hsm, 'hsm-2');
   hedge.resolve('from hsm-2');
   t.equal(await p, 'from hsm-2');
@@ -104,7 +104,7 @@ t.test('a primary that fails before its delay is not hedged', async (t) => {
 t.test('with no other HSM in rotation nothing is sent or refused', async (t) => {
   const h = new Hedging({ minDelayMs: 0, initialDelayMs: 0 });
   const r = twoHsms();
-  r.route.hasOther = () => false;
+  r.route.hasTarget = () => false;
   const p = h.race(r.route, undefined);
   await tick(5);
   r.attempts[0]!.resolve('only one');
@@ -165,4 +165,26 @@ t.test('the hedge delay: the initial delay before samples, then the recent p95 w
   t.equal(h.delayFor('hsm-1'), 12, 'a slower one at its p95');
   t.throws(() => new Hedging({ maxShare: 0 }), RangeError);
   t.throws(() => new Hedging({ maxShare: 1.5 }), RangeError);
+});
+
+t.test('an HSM with a request late on it takes no hedges: when both are late, nothing is hedged', async (t) => {
+  const h = new Hedging({ minDelayMs: 0, initialDelayMs: 0 });
+  const a = twoHsms('hsm-1');
+  const b = twoHsms('hsm-2');
+  const pa = h.race(a.route, undefined);
+  const hedgeOfA = await a.nextAttempt();
+  t.equal(hedgeOfA.hsm, 'hsm-2', 'the first late request is hedged on the other HSM');
+  const pb = h.race(b.route, undefined);
+  await tick(20);
+  t.equal(b.attempts.length, 1, 'a request late on hsm-2 while hsm-1 is late too is not hedged');
+  t.same(h.totals(), { sent: 1, won: 0, refused: 0, requests: 2 }, 'nor counted as refused');
+  for (const x of [...a.attempts, ...b.attempts]) x.resolve(x.hsm);
+  await Promise.all([pa, pb]);
+  // Once both answered, neither is late: a new late request is hedged again.
+  const c = twoHsms('hsm-1');
+  const pc = h.race(c.route, undefined);
+  const hedgeOfC = await c.nextAttempt();
+  hedgeOfC.resolve('hedged');
+  t.equal(await pc, 'hedged');
+  c.attempts[0]!.resolve('late');
 });

@@ -47,8 +47,8 @@ export interface RunOptions {
   safe: boolean;
   /** Route to this HSM only (session keys live on one HSM). */
   pin?: string;
-  /** Never route to this HSM (a hedge goes elsewhere than the HSM that is late). */
-  avoid?: string;
+  /** Never route to these HSMs (a hedge goes elsewhere than the HSMs that are late). */
+  avoid?: ReadonlySet<string>;
   /** Told the HSM each attempt is sent to (hedging arms its delay for that HSM). */
   onNode?: (hsm: string) => void;
   /** True once nobody waits for the answer (a hedge race decided): no more retries. */
@@ -319,13 +319,13 @@ export class ClusterBase<C extends HsmLink> {
   }
 
   /**
-   * Whether some HSM other than `id` is in rotation and no busier than it (in flight): a hedge
+   * Whether some HSM not in `avoid` is in rotation and no busier (in flight) than `late`: a hedge
    * sent to an HSM as loaded as the late one would most likely be late too, and would spend budget
    * the late requests of a stalled HSM need.
    */
-  protected hasHedgeTarget(id: string): boolean {
-    const late = this.nodes.get(id)?.inFlight ?? 0;
-    for (const n of this.nodes.values()) if (n.id !== id && n.available && n.inFlight <= late) return true;
+  protected hasHedgeTarget(late: string, avoid: ReadonlySet<string>): boolean {
+    const max = this.nodes.get(late)?.inFlight ?? 0;
+    for (const n of this.nodes.values()) if (!avoid.has(n.id) && n.available && n.inFlight <= max) return true;
     return false;
   }
 
@@ -369,7 +369,7 @@ export class ClusterBase<C extends HsmLink> {
   /** Runs one request with balancing, busy backoff and failover. */
   async execute<T>(op: string, ro: RunOptions, fn: (link: C, node: HsmNode<C>) => Promise<T>): Promise<T> {
     // Made at the first retry: most requests succeed on the first HSM picked.
-    let tried: Set<string> | undefined = ro.avoid === undefined ? undefined : new Set([ro.avoid]);
+    let tried: Set<string> | undefined = ro.avoid === undefined ? undefined : new Set(ro.avoid);
     let busy = 0;
     let failovers = 0;
     const deadline = Date.now() + (this.opts.waitForHsmMs ?? 3000);

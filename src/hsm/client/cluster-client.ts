@@ -299,7 +299,7 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
       run: (avoid, onNode, abandoned, remainingMs) => this.execute('sign', { safe: true, onNode, abandoned, ...(avoid !== undefined ? { avoid } : {}) },
         // The request's own deadline bounds both attempts: each gets what is left of it.
         (c) => fn(c, timeoutMs === undefined ? opts : { ...opts, timeoutMs: remainingMs() })),
-      hasOther: (hsm) => this.hasHedgeTarget(hsm),
+      hasTarget: (late, avoid) => this.hasHedgeTarget(late, avoid),
     }, timeoutMs);
   }
   /** Verifies a signature or MAC. */

@@ -108,14 +108,15 @@ export class HedgeBudget {
 /** How `race` reaches HSMs: the cluster client's routing, with the HSM each attempt went to. */
 export interface HedgeRoute<T> {
   /**
-   * Runs the request on the least-loaded HSM (not `avoid`); `onNode` is called with the HSM picked
-   * for each attempt before it is sent; `abandoned()` true stops retries (the race is decided).
+   * Runs the request on the least-loaded HSM not in `avoid`; `onNode` is called with the HSM
+   * picked for each attempt before it is sent; `abandoned()` true stops retries (the race is decided).
    */
   run(
-    avoid: string | undefined, onNode: (hsm: string) => void, abandoned: () => boolean, remainingMs: () => number,
+    avoid: ReadonlySet<string> | undefined, onNode: (hsm: string) => void, abandoned: () => boolean,
+    remainingMs: () => number,
   ): Promise<T>;
-  /** Whether an HSM other than `hsm` may take the hedge now (in rotation, and not busier). */
-  hasOther(hsm: string): boolean;
+  /** Whether an HSM not in `avoid` may take the hedge of a request late on `late` (in rotation, no busier). */
+  hasTarget(late: string, avoid: ReadonlySet<string>): boolean;
 }
 
 /** Hedged requests for one cluster client: latency windows per HSM, the budget, counters. */
@@ -126,6 +127,11 @@ export class Hedging {
   private readonly budget: HedgeBudget;
   private readonly windows = new Map<string, LatencyWindow>();
   private readonly counts = new Map<string, HedgeCounts>();
+  /**
+   * Requests past their delay and not yet answered, per HSM: an HSM with one is stalled or slow
+   * now, so it takes no hedges (a hedge sent to a frozen HSM only spends budget).
+   */
+  private readonly lateNow = new Map<string, number>();
   /** Races started (requests that could be hedged), for the share. */
   requests = 0;
 
@@ -202,6 +208,15 @@ export class Hedging {
       let hedgeHsm: string | undefined;
       let hedgeStarted = 0;
       let timer: NodeJS.Timeout | undefined;
+      // The HSM this request was counted late on (until its primary attempt settles).
+      let lateOn: string | undefined;
+      const primarySettled = (): void => {
+        if (lateOn === undefined) return;
+        const n = (this.lateNow.get(lateOn) ?? 1) - 1;
+        if (n > 0) this.lateNow.set(lateOn, n);
+        else this.lateNow.delete(lateOn);
+        lateOn = undefined;
+      };
       // 0: primary only; 1: hedge in flight; the first error waits here while the other runs.
       let inFlight = 1;
       let firstError: { err: unknown } | undefined;
@@ -226,14 +241,24 @@ export class Hedging {
       const fire = (): void => {
         if (decided || inFlight > 1 || primaryHsm === undefined) return;
         const slow = primaryHsm;
-        if (!route.hasOther(slow)) return;
+        primarySettled(); // counted once per request, on the HSM it is late on now
+        lateOn = slow;
+        this.lateNow.set(slow, (this.lateNow.get(slow) ?? 0) + 1);
+        const avoid = new Set<string>();
+        for (const [h, n] of this.lateNow) if (n > 0) avoid.add(h);
+        if (!route.hasTarget(slow, avoid)) {
+          // Every other HSM is late or busier now: look again after another delay (still bounded
+          // by this request's life), so a stall of this HSM is hedged once another one recovers.
+          timer = setTimeout(() => setImmediate(fire), this.delayFor(slow));
+          return;
+        }
         if (!this.budget.take()) {
           this.count(slow, 'refused');
           return;
         }
         inFlight++;
         let counted = false;
-        route.run(slow, (hsm) => {
+        route.run(avoid, (hsm) => {
           hedgeHsm = hsm;
           hedgeStarted = performance.now();
           if (!counted) {
@@ -255,7 +280,7 @@ export class Hedging {
         // Timers run before the poll phase: after a stall of this process, answers already waiting
         // in the socket are read first (setImmediate runs after poll), so they are not hedged.
         timer = setTimeout(() => setImmediate(fire), this.delayFor(hsm));
-      }, abandoned, remainingMs).then((v) => {
+      }, abandoned, remainingMs).finally(primarySettled).then((v) => {
         // A primary that lost is not recorded: its stall is what hedging answered, and counting it
         // would raise that HSM's delay for its next stall (the budget, not the delay, bounds load).
         if (!decided && primaryHsm !== undefined) this.record(primaryHsm, performance.now() - primaryStarted);
