@@ -133,10 +133,18 @@ t.test('with hsm-2 frozen, signs sent to it are answered by hsm-1 while it is st
   t.equal(await value('hsmproxy_hsm_hedges_sent_total') - baseSent, counts?.sent, 'the metrics count the hedges sent against hsm-2');
   t.equal(await value('hsmproxy_hsm_hedges_won_total') - baseWon, counts?.won, 'and the ones that won');
 
+  // While its late requests are unanswered, hsm-2 gets no new signs: nothing more to hedge.
+  const more: boolean[] = [];
+  for (let i = 0; i < 20; i++) more.push(await signVerified());
+  t.same(more, Array(20).fill(true), 'twenty more signs while hsm-2 is still frozen verify');
+  t.equal(client.node('hsm-2')?.inFlight, counts?.sent, 'none of them was sent to hsm-2');
+  t.equal(client.hedgeStats()!.perHsm.get('hsm-2')!.sent - base.sent, counts?.sent, 'and none needed a hedge');
+
   thaw();
   await drained();
   t.equal(client.node('hsm-2')?.inFlight, 0, 'once it thaws, the losing requests complete: none left pending');
   t.equal(delta(before, 'hsm-2'), counts?.sent, 'their late answers arrived (and were dropped)');
+  t.equal(delta(before, 'hsm-1'), 28, 'hsm-1 answered the other 28');
   t.same(failed.slice(failedBefore), [], 'no request failed: the losers surface no error');
 });
 

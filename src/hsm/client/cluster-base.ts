@@ -80,6 +80,8 @@ export class ClusterBase<C extends HsmLink> {
   /** Last resync per HSM (status, tests). */
   readonly resyncs = new Map<string, ResyncReport>();
   protected credentials: LoginCredentials;
+  /** Set while hedging is on: whether an HSM has a request past its hedge delay (pick avoids it). */
+  protected isLate?: (hsm: string) => boolean;
 
   constructor(protected readonly opts: ClusterBaseOptions<C>) {
     this.credentials = opts.credentials;
@@ -329,14 +331,24 @@ export class ClusterBase<C extends HsmLink> {
     return false;
   }
 
-  /** The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin. */
+  /**
+   * The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin.
+   * HSMs `isLate` names (a request past its hedge delay on them: stalled now) are used only when
+   * every other is excluded or late too.
+   */
   protected pick(exclude?: Set<string>): HsmNode<C> | undefined {
+    const late = this.isLate;
+    return (late && this.pickFrom(exclude, late)) || this.pickFrom(exclude);
+  }
+
+  private pickFrom(exclude: Set<string> | undefined, skip?: (hsm: string) => boolean): HsmNode<C> | undefined {
+    const usable = (n: HsmNode<C>): boolean => n.available && !exclude?.has(n.id) && !skip?.(n.id);
     // One pass finds the least in flight; a list of the tied is made only when there are several.
     let first: HsmNode<C> | undefined;
     let min = Infinity;
     let ties = 0;
     for (const n of this.nodes.values()) {
-      if (!n.available || exclude?.has(n.id)) continue;
+      if (!usable(n)) continue;
       if (n.inFlight < min) {
         min = n.inFlight;
         first = n;
@@ -344,7 +356,7 @@ export class ClusterBase<C extends HsmLink> {
       } else if (n.inFlight === min) ties++;
     }
     if (ties <= 1) return first;
-    const best = [...this.nodes.values()].filter((n) => n.available && !exclude?.has(n.id) && n.inFlight === min);
+    const best = [...this.nodes.values()].filter((n) => usable(n) && n.inFlight === min);
     const util = (n: HsmNode<C>): number => n.lastInfo?.utilisation ?? 0;
     const lowest = Math.min(...best.map(util));
     // Utilisation is a smoothed figure: only a clear difference (10 points) beats round robin.

@@ -47,9 +47,15 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     this.setHedging(copts.hedge);
   }
 
-  /** Turns hedged signs on (with these options) or off (undefined or `enabled: false`); counters restart. */
+  /**
+   * Turns hedged signs on (with these options) or off (undefined or `enabled: false`); counters
+   * restart. While on, the balancer also keeps new requests off an HSM with a late one.
+   */
   setHedging(opts: HedgeOptions | undefined): void {
-    this.hedging = opts && opts.enabled !== false ? new Hedging(opts) : undefined;
+    const h = opts && opts.enabled !== false ? new Hedging(opts) : undefined;
+    this.hedging = h;
+    // New signs avoid an HSM with a late request until it answers (what a hedge did for that one).
+    this.isLate = h ? (hsm) => h.isLate(hsm) : undefined;
   }
 
   /** Hedge counters per HSM that was late, and totals (undefined when hedging is off). */

@@ -151,6 +151,11 @@ export class Hedging {
     return p95 === undefined ? this.initialDelayMs : Math.max(this.minDelayMs, p95);
   }
 
+  /** Whether `hsm` has a request past its delay and unanswered now (stalled or slow: route elsewhere). */
+  isLate(hsm: string): boolean {
+    return this.lateNow.has(hsm);
+  }
+
   /** Records a successful request's latency on `hsm`. */
   record(hsm: string, ms: number): void {
     let w = this.windows.get(hsm);
