@@ -54,6 +54,7 @@ const client = cluster.client;
 const frozenPid = cluster.supervisor.pids().get('hsm-2');
 if (frozenPid === undefined) throw new Error('hsm-2 runs no process');
 let frozen = false;
+let frozenAt = 0;
 const thaw = (): void => {
   if (frozen) process.kill(frozenPid, 'SIGCONT');
   frozen = false;
@@ -96,6 +97,7 @@ try {
       if (frozen) return;
       process.kill(frozenPid, 'SIGSTOP');
       frozen = true;
+      frozenAt = performance.now();
       setTimeout(thaw, FREEZE_MS);
     }, FREEZE_EVERY_MS);
     const pending: Array<Promise<void>> = [];
@@ -105,7 +107,12 @@ try {
       const due = t0 + (i * 1000) / rate;
       const wait = due - performance.now();
       if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-      pending.push(op().then((ms) => { into.lat.push(ms); }, () => { into.errors++; }));
+      const startedFrozen = frozen;
+      const sinceFreeze = performance.now() - frozenAt;
+      pending.push(op().then((ms) => {
+        into.lat.push(ms);
+        if (process.env.BENCH_DEBUG && ms > 100) console.error(`slow ${ms.toFixed(0)} ms, started ${startedFrozen ? 'frozen' : 'thawed'} ${sinceFreeze.toFixed(0)} ms after the last freeze`);
+      }, () => { into.errors++; }));
     }
     await Promise.all(pending);
     clearInterval(freezer);
