@@ -215,6 +215,7 @@ export class Hedging {
       let timer: NodeJS.Timeout | undefined;
       // The HSM this request was counted late on (until its primary attempt settles).
       let lateOn: string | undefined;
+      let rechecks = 0;
       const primarySettled = (): void => {
         if (lateOn === undefined) return;
         const n = (this.lateNow.get(lateOn) ?? 1) - 1;
@@ -252,9 +253,10 @@ export class Hedging {
         const avoid = new Set<string>();
         for (const [h, n] of this.lateNow) if (n > 0) avoid.add(h);
         if (!route.hasTarget(slow, avoid)) {
-          // Every other HSM is late or busier now: look again after another delay (still bounded
-          // by this request's life), so a stall of this HSM is hedged once another one recovers.
-          timer = setTimeout(() => setImmediate(fire), this.delayFor(slow));
+          // Every other HSM is late or busier now: look again later (still bounded by this
+          // request's life), so a stall of this HSM is hedged once another one recovers; backing
+          // off, so a backlog of late requests does not turn into a storm of timers.
+          timer = setTimeout(() => setImmediate(fire), this.delayFor(slow) * 2 ** Math.min(++rechecks, 6));
           return;
         }
         if (!this.budget.take()) {
