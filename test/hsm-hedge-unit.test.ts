@@ -5,18 +5,18 @@ import t from 'tap';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { HSM_HEDGE_CHANNEL, HedgeBudget, Hedging, LatencyWindow, type HedgeRoute, type HsmHedgeEvent } from '../src/hsm/client/hedge.js';
 
-interface Attempt { avoid: ReadonlySet<string> | undefined; hsm: string; resolve(v: string): void; reject(e: unknown): void; abandoned(): boolean }
+interface Attempt { avoid: ReadonlySet<string> | undefined; hsm: string; remainingMs(): number; resolve(v: string): void; reject(e: unknown): void; abandoned(): boolean }
 
 // A route over two HSMs: the primary goes to `first`, a hedge to the other one.
 function twoHsms(first = 'hsm-1'): { route: HedgeRoute<string>; attempts: Attempt[]; started: Promise<void>[]; nextAttempt(): Promise<Attempt> } {
   const attempts: Attempt[] = [];
   const waiters: Array<(a: Attempt) => void> = [];
   const route: HedgeRoute<string> = {
-    run(avoid, onNode, abandoned) {
+    run(avoid, onNode, abandoned, remainingMs) {
       const hsm = avoid === undefined ? first : avoid.has('hsm-1') ? 'hsm-2' : 'hsm-1';
       onNode(hsm);
       return new Promise<string>((resolve, reject) => {
-        const a = { avoid, hsm, resolve, reject, abandoned };
+        const a = { avoid, hsm, resolve, reject, abandoned, remainingMs };
         attempts.push(a);
         waiters.shift()?.(a);
       });
@@ -187,4 +187,16 @@ t.test('an HSM with a request late on it takes no hedges: when both are late, no
   hedgeOfC.resolve('hedged');
   t.equal(await pc, 'hedged');
   c.attempts[0]!.resolve('late');
+});
+
+t.test("the request's own deadline bounds the hedge: it gets what is left of it", async (t) => {
+  const h = new Hedging({ minDelayMs: 30, initialDelayMs: 30 });
+  const r = twoHsms();
+  const p = h.race(r.route, 1000);
+  const hedge = await r.nextAttempt();
+  const left = hedge.remainingMs();
+  t.ok(left < 1000 && left > 0, `the hedge may take ${left.toFixed(0)} ms of the request's 1000`);
+  hedge.resolve('in time');
+  t.equal(await p, 'in time');
+  r.attempts[0]!.resolve('late');
 });
