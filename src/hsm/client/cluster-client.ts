@@ -99,7 +99,10 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     const want = new Map(members.map((m) => [m.id, m]));
     for (const [id, node] of this.nodes) {
       const m = want.get(id);
-      if (!m || m.host !== node.address.host || m.port !== node.address.port) await this.removeNode(id);
+      if (!m || m.host !== node.address.host || m.port !== node.address.port) {
+        await this.removeNode(id);
+        this.hedging?.forget(id);
+      }
     }
     await Promise.all(members.filter((m) => !this.nodes.has(m.id)).map(async (m) => {
       await this.addNode(m);
