@@ -2,7 +2,9 @@
 // sent to a second HSM as well, and the first answer wins (a signature may be made twice: signing
 // changes nothing in the HSM). Per HSM a small window of recent latencies gives the delay; a
 // token bucket refilled by requests caps hedges at a share of them, so a slow cluster does not
-// double its own load. The cluster client owns one Hedging and runs `race` for each sign.
+// double its own load. An HSM with a request past its delay is "late": it takes no hedges, and
+// the balancer keeps new requests off it until it answers. The cluster client owns one Hedging
+// and runs `race` for each sign of a token key.
 import { channel } from 'node:diagnostics_channel';
 
 /** Tuning of hedged requests. */
