@@ -106,7 +106,7 @@ t.test('with no other HSM in rotation nothing is sent or refused', async (t) => 
   const r = twoHsms();
   r.route.hasTarget = () => false;
   const p = h.race(r.route, undefined);
-  await tick(5);
+  while (!h.isLate('hsm-1')) await tick(1); // its delay passed: the hedge was considered
   r.attempts[0]!.resolve('only one');
   t.equal(await p, 'only one');
   t.same(h.totals(), { sent: 0, won: 0, refused: 0, requests: 1 });
@@ -121,7 +121,7 @@ t.test('the budget refuses hedges beyond the burst plus the share of requests, a
   const r = twoHsms();
   const n = 100;
   const all = Array.from({ length: n }, () => h.race(r.route, undefined));
-  await tick(20);
+  while (h.totals().sent + h.totals().refused < n) await tick(1);
   const { sent, refused } = h.totals();
   // Burst 10 (0.05 × 200), and the 100 requests came before any hedge: the bucket was full.
   t.equal(sent, 10, 'the burst is hedged');
@@ -175,7 +175,7 @@ t.test('an HSM with a request late on it takes no hedges: when both are late, no
   const hedgeOfA = await a.nextAttempt();
   t.equal(hedgeOfA.hsm, 'hsm-2', 'the first late request is hedged on the other HSM');
   const pb = h.race(b.route, undefined);
-  await tick(20);
+  while (!h.isLate('hsm-2')) await tick(1); // its delay passed: the hedge was considered
   t.equal(b.attempts.length, 1, 'a request late on hsm-2 while hsm-1 is late too is not hedged');
   t.same(h.totals(), { sent: 1, won: 0, refused: 0, requests: 2 }, 'nor counted as refused');
   for (const x of [...a.attempts, ...b.attempts]) x.resolve(x.hsm);
