@@ -10,3 +10,5 @@ export * from './manager.js';
 export * from './order.js';
 export * from './store.js';
 export * from './ari.js';
+export * from './certificate-store.js';
+export * from './cluster-store.js';

@@ -1,18 +1,22 @@
 // Keeps every ACME certificate of a config issued and current: orders the missing ones once the
 // listeners are open (tls-alpn-01 is answered by them), renews when a third of the lifetime is
 // left (jittered), retries failures with backoff while the old certificate keeps serving, and
-// tells the caller when a certificate changed so it swaps it into the listeners.
-import { createHash } from 'node:crypto';
+// tells the caller when a certificate changed so it swaps it into the listeners. With a shared
+// CertificateStore (the HSM cluster) an order runs only under the store's lease, its challenges
+// are published there, and certificates other proxies stored are taken up (files under acme.dir
+// stay this process's cache, which the listeners load).
+import { createHash, X509Certificate } from 'node:crypto';
 import { channel } from 'node:diagnostics_channel';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcmeCertificateConfig, CertificateConfig, Config } from '../config/index.js';
-import { SoftBackend, writeKeyReference, type Backend, type Engine } from '../engine/index.js';
+import { SoftBackend, writeKeyReference, type Backend, type Engine, type KeyHandle } from '../engine/index.js';
 import { configureAcmeHttp, openAccount, type AcmeAccount } from './account.js';
 import { ariCertId, fetchRenewalWindow, renewalInfoUrl } from './ari.js';
+import { FileCertificateStore, type CertificateStore, type OrderLease, type PublishedChallenge } from './certificate-store.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
-import { orderCertificate, type AcmeLog } from './order.js';
+import { alpnChallengeCertificate, orderCertificate, type AcmeLog } from './order.js';
 import { certificateDir, readState, removeIssueFiles, takeRenewRequest, writeState, type CertificateState } from './store.js';
 
 /** What `acme status` shows for one certificate. */
@@ -44,6 +48,12 @@ export interface AcmeManagerOptions {
   random?: () => number;
   /** How often the store is read for renewal requests and certificates issued elsewhere (default 10 s). */
   watchMs?: number;
+  /** Where certificates are shared and orders leased (default: the files under acme.dir, one proxy). */
+  store?: CertificateStore;
+  /** How long an order lease lasts unless renewed (default acme.leaseSeconds). */
+  leaseTtlMs?: number;
+  /** How often a shared store is read for challenges other proxies are waiting on (default 1 s). */
+  challengePollMs?: number;
 }
 
 /** The ACME certificates a config asks for, once each (the same names may serve several listeners). */
@@ -99,9 +109,24 @@ export class AcmeManager {
   private watcher?: NodeJS.Timeout;
   private polling?: Promise<void>;
   private ariBase?: Promise<string | undefined>;
+  /** The store certificates are shared through (the source of truth when it is shared). */
+  readonly store: CertificateStore;
+  private challengeTimer?: NodeJS.Timeout;
+  /** Challenges other proxies published that this process answers too, by key; and its own. */
+  private readonly remote = new Map<string, () => void>();
+  private readonly own = new Set<string>();
 
   constructor(private readonly opts: AcmeManagerOptions) {
     this.random = opts.random ?? Math.random;
+    this.store = opts.store ?? new FileCertificateStore(this.acme.dir);
+  }
+
+  private get leaseTtlMs(): number {
+    return this.opts.leaseTtlMs ?? (this.acme.leaseSeconds ?? 120) * 1000;
+  }
+
+  private get challengePollMs(): number {
+    return this.opts.challengePollMs ?? 1000;
   }
 
   private get acme(): NonNullable<Config['acme']> {
@@ -118,7 +143,10 @@ export class AcmeManager {
       const stored = await readState(dir);
       // A changed list of names or key type is a new certificate: order it (the old one serves meanwhile).
       const state: CertificateState = stored ?? { names: spec.names, keyType: spec.keyType, retired: [] };
-      this.tracked.set(name, { spec, dir, state, failures: 0 });
+      const t: Tracked = { spec, dir, state, failures: 0 };
+      this.tracked.set(name, t);
+      // A certificate another proxy of the cluster stored is served from the start, without an order.
+      if (this.store.shared) await this.adopt(t).catch((err: unknown) => this.adoptFailed(t, err));
     }
   }
 
@@ -131,6 +159,10 @@ export class AcmeManager {
     }
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
+    if (this.store.sharesChallenges && this.tracked.size > 0) {
+      this.challengeTimer = setInterval(() => void this.syncChallenges(), this.challengePollMs);
+      this.challengeTimer.unref();
+    }
   }
 
   /**
@@ -158,6 +190,10 @@ export class AcmeManager {
       if (t.running) continue;
       const ariStale = !t.state.ari || Date.parse(t.state.ari.retryAfter) <= Date.now();
       if (t.state.current && ariStale) await this.refreshAri(t);
+      if (this.store.shared) {
+        if (await this.adopt(t).catch((err: unknown) => this.adoptFailed(t, err))) changed = true;
+        continue;
+      }
       const stored = await readState(t.dir).catch(() => undefined);
       if (stored?.current && stored.current.serial !== t.state.current?.serial) {
         t.state = stored;
@@ -211,10 +247,14 @@ export class AcmeManager {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.watcher) clearInterval(this.watcher);
+    if (this.challengeTimer) clearInterval(this.challengeTimer);
+    for (const remove of this.remote.values()) remove();
+    this.remote.clear();
     for (const t of this.tracked.values()) if (t.timer) clearTimeout(t.timer);
     await this.polling;
     await Promise.all([...this.tracked.values()].map((t) => t.running?.catch(() => undefined)));
     await this.soft.close();
+    await this.store.close();
   }
 
   /** The renewalInfo URL of the CA's directory (undefined: no ARI, or the directory did not answer). */
@@ -278,21 +318,49 @@ export class AcmeManager {
 
   private run(t: Tracked, forced: boolean): Promise<void> {
     if (t.running) return forced ? t.running.then(() => this.run(t, true)) : t.running;
-    const p = this.order(t).finally(() => { t.running = undefined; });
+    const p = this.order(t, forced).finally(() => { t.running = undefined; });
     t.running = p;
     return p;
   }
 
-  private async order(t: Tracked): Promise<void> {
+  private async order(t: Tracked, forced: boolean): Promise<void> {
     const name = t.spec.names[0]!;
+    let lease: OrderLease | undefined;
+    let keepAlive: NodeJS.Timeout | undefined;
     try {
       await mkdir(t.dir, { recursive: true, mode: 0o700 });
       this.account ??= openAccount(this.acme).catch((err: unknown) => { this.account = undefined; throw err; });
       const account = await this.account;
+      // At most one proxy of the cluster orders a name at a time; the others pick its result up.
+      lease = await this.store.acquire(name, this.leaseTtlMs);
+      if (!lease) {
+        this.opts.log.info({ acme: name }, 'another proxy of the cluster holds the order lease; its certificate is taken up once stored');
+        this.schedule(t, Math.min(this.leaseTtlMs, 10_000) * (0.5 + this.random()));
+        return;
+      }
+      const held = lease;
+      this.opts.log.info({ acme: name, token: held.token, store: this.store.kind }, 'acme order lease taken');
+      keepAlive = setInterval(() => {
+        held.renew().catch((err: unknown) => this.opts.log.warn({ acme: name, err: (err as Error).message }, 'could not renew the order lease'));
+      }, Math.max(100, this.leaseTtlMs / 3));
+      keepAlive.unref();
+      if (this.store.shared) {
+        // Another proxy may have stored a new issue while this one waited: take it instead.
+        const adopted = await this.adopt(t);
+        const due = nextRenewal(t.state);
+        const notDue = !forced && t.state.current !== undefined && this.matches(t)
+          && due !== undefined && due.getTime() > Date.now();
+        if ((adopted && forced) || notDue) {
+          if (adopted) await this.opts.onChange();
+          this.schedule(t);
+          return;
+        }
+      }
       const issued = await orderCertificate(
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,
           challenges: this.challenges, log: this.opts.log,
+          ...(this.store.sharesChallenges ? { announce: this.announcer(held) } : {}),
         },
         t.spec,
         {
@@ -303,6 +371,18 @@ export class AcmeManager {
       );
       if (this.stopped) return;
       const serial = issued.leaf.serialNumber;
+      const orderedAt = new Date().toISOString();
+      try {
+        await this.store.write(held, {
+          name, names: t.spec.names, keyType: t.spec.keyType, keyId: issued.key.keyId, keyLabel: issued.key.label,
+          chainPem: issued.chainPem, account: account.url, orderedAt,
+        });
+      } catch (err) {
+        // Not stored (a newer lease holder's certificate stands): this issue is never served.
+        await this.opts.backend.delete(issued.key).catch(() => undefined);
+        await rm(join(t.dir, `key-${issued.key.keyId}.pem`), { force: true });
+        throw err;
+      }
       const chainFile = `chain-${serial}.pem`;
       await writeFile(join(t.dir, chainFile), issued.chainPem);
       const previous = t.state.current;
@@ -317,7 +397,7 @@ export class AcmeManager {
           chainFile, keyFile: `key-${issued.key.keyId}.pem`, keyId: issued.key.keyId, keyLabel: issued.key.label, serial,
           notBefore: new Date(issued.leaf.validFrom).toISOString(),
           notAfter: new Date(issued.leaf.validTo).toISOString(),
-          orderedAt: new Date().toISOString(), account: account.url,
+          orderedAt, account: account.url,
         },
       };
       await writeState(t.dir, t.state);
@@ -340,7 +420,106 @@ export class AcmeManager {
       await writeState(t.dir, t.state).catch(() => undefined);
       this.schedule(t, delay);
       throw err;
+    } finally {
+      if (keepAlive) clearInterval(keepAlive);
+      await lease?.release().catch((err: unknown) => this.opts.log.warn({ acme: name, err: (err as Error).message }, 'could not release the order lease; it expires'));
     }
+  }
+
+  /**
+   * Publishes an order's challenges beside its lease, then waits two looks of the other proxies
+   * (challengePollMs each) so that whichever the CA's validation reaches answers it.
+   */
+  private announcer(lease: OrderLease): (c: PublishedChallenge) => Promise<() => Promise<void>> {
+    const published: PublishedChallenge[] = [];
+    return async (c) => {
+      published.push(c);
+      const key = challengeKey(c);
+      this.own.add(key);
+      await lease.publish([...published]);
+      await new Promise((r) => setTimeout(r, 2 * this.challengePollMs + 250));
+      return async () => {
+        published.splice(published.indexOf(c), 1);
+        this.own.delete(key);
+        await lease.publish([...published]).catch(() => undefined);
+      };
+    };
+  }
+
+  /** Answers here too the challenges other proxies of the cluster published (and stops when they are gone). */
+  private async syncChallenges(): Promise<void> {
+    let list: PublishedChallenge[];
+    try {
+      list = await this.store.pendingChallenges();
+    } catch {
+      return; // the next look tries again
+    }
+    const want = new Map(list.map((c) => [challengeKey(c), c]));
+    for (const [k, remove] of this.remote) {
+      if (!want.has(k)) { remove(); this.remote.delete(k); }
+    }
+    for (const [k, c] of want) {
+      if (this.remote.has(k) || this.own.has(k) || this.stopped) continue;
+      if (c.type === 'http-01') {
+        this.remote.set(k, this.challenges.addHttp(c.token, c.keyAuthorization));
+        continue;
+      }
+      try {
+        const made = await alpnChallengeCertificate(this.opts.engine, this.soft, c.name, c.keyAuthorization);
+        const { certified, dispose } = made;
+        const remove = this.challenges.addTlsAlpn(c.name, certified);
+        this.remote.set(k, () => { remove(); dispose(); });
+      } catch (err) {
+        this.opts.log.warn({ name: c.name, err: (err as Error).message }, 'could not make the tls-alpn-01 certificate of a challenge published in the cluster');
+      }
+    }
+  }
+
+  /**
+   * Takes the store's issue of `t` into the local cache when it is another than the one served here
+   * (another proxy ordered it); true when it changed. Never goes back to an older issue.
+   */
+  private async adopt(t: Tracked): Promise<boolean> {
+    const name = t.spec.names[0]!;
+    const stored = await this.store.read(name);
+    if (!stored || stored.names.join(',') !== t.spec.names.join(',') || stored.keyType !== t.spec.keyType) return false;
+    const leaf = new X509Certificate(stored.chainPem);
+    const cur = this.matches(t) ? t.state.current : undefined;
+    if (leaf.serialNumber === cur?.serial) return false;
+    // Never an older issue than the one served here, nor an expired one (it is ordered anew instead).
+    if (cur && Date.parse(leaf.validFrom) < Date.parse(cur.notBefore)) return false;
+    if (Date.parse(leaf.validTo) <= Date.now()) return false;
+    const find = (this.opts.backend as { find?: (id: string) => Promise<KeyHandle> }).find;
+    if (!find) throw new AcmeError(`the ${this.opts.backend.kind} backend cannot look keys up by id`, 'ACME_ERR_STORE');
+    const key = await find.call(this.opts.backend, stored.keyId);
+    await mkdir(t.dir, { recursive: true, mode: 0o700 });
+    const chainFile = `chain-${leaf.serialNumber}.pem`;
+    const keyFile = `key-${stored.keyId}.pem`;
+    await writeFile(join(t.dir, chainFile), stored.chainPem);
+    await writeKeyReference(key, join(t.dir, keyFile), { overwrite: true });
+    const retired = [...t.state.retired];
+    if (cur) {
+      const { keyId, keyLabel: label, keyFile: oldKey, chainFile: oldChain, notAfter } = cur;
+      retired.push({ keyId, label, keyFile: oldKey, chainFile: oldChain, notAfter });
+    }
+    t.state = {
+      names: t.spec.names, keyType: t.spec.keyType, retired,
+      current: {
+        chainFile, keyFile, keyId: stored.keyId, keyLabel: stored.keyLabel, serial: leaf.serialNumber,
+        notBefore: new Date(leaf.validFrom).toISOString(), notAfter: new Date(leaf.validTo).toISOString(),
+        orderedAt: stored.orderedAt, account: stored.account,
+      },
+    };
+    await writeState(t.dir, t.state);
+    this.opts.log.info({ acme: name, serial: leaf.serialNumber, store: this.store.kind }, 'acme certificate taken up from the store (ordered by another proxy)');
+    this.publish(t);
+    if (!t.running) this.schedule(t);
+    return true;
+  }
+
+  private adoptFailed(t: Tracked, err: unknown): false {
+    this.opts.log.warn({ acme: t.spec.names[0], err: (err as Error).message }, 'could not read the certificate store; the local copy keeps serving');
+    return false;
   }
 
   /** The certificate a renewal replaces (RFC 9773 §5), when the CA offers ARI. */
@@ -357,7 +536,8 @@ export class AcmeManager {
     for (const r of t.state.retired) {
       if (Date.parse(r.notAfter) > now) { keep.push(r); continue; }
       try {
-        await this.opts.backend.delete(r.keyId);
+        // Another proxy of the cluster may have destroyed it already.
+        await this.opts.backend.delete(r.keyId).catch((err: unknown) => { if (!/NOT_FOUND|NO_SUCH/.test(String((err as { code?: unknown }).code))) throw err; });
         await removeIssueFiles(t.dir, r);
       } catch (err) {
         keep.push(r);
@@ -384,4 +564,9 @@ export function statusOf(
     ...(next ? { nextRenewal: next.toISOString() } : {}),
     ...(state?.lastError ? { lastError: state.lastError } : {}),
   };
+}
+
+/** One challenge's identity: an http-01 token, or a tls-alpn-01 name with its key authorization. */
+function challengeKey(c: PublishedChallenge): string {
+  return c.type === 'http-01' ? `http-01 ${c.token}` : `tls-alpn-01 ${c.name.toLowerCase()} ${c.keyAuthorization}`;
 }

@@ -6,11 +6,14 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AUDIT_KEY_LABEL, AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
+import { SigningThreads, type SigningThreadStats } from './signing-threads.js';
 import type { DeviceContext } from './context.js';
 import {
   AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
 } from './errors.js';
+import { Certificates } from './certificates.js';
 import { KeyOps } from './key-ops.js';
+import { Leases } from './leases.js';
 import { fromRecord, infoOf, ObjectStore } from './objects.js';
 import { DeviceStore } from './persist.js';
 import { requireRole } from './policy.js';
@@ -20,6 +23,7 @@ import type { QuorumApprover, QuorumService, QuorumStatus, QuorumTokenInfo } fro
 import { readSnapshot, Replication } from './replication.js';
 import type { UsersImport } from './user-replication.js';
 import type {
+  CertificateInfo, LeaseGrant, LeaseInfo, StoreCertificateRequest,
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
   ImportPublicKeyRequest,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Occupancy, Role, SecretKeySpec, Session, SignRequest, StateDigest,
@@ -49,6 +53,20 @@ export interface HsmOpenOptions {
   maxUsers?: number;
   /** scrypt cost N (default 2^14); tests may lower it. */
   scryptCost?: number;
+  /**
+   * Worker threads that compute signatures beside the main thread, at most the profile's units
+   * less one (default 0, or HSMPROXY_HSM_SIGN_WORKERS). Off by default: on the 2-core machine
+   * measured, with the client on the same cores, a worker lowered signs/s (bench/FINDINGS.md);
+   * it is for an HSM process with cores of its own to spare.
+   */
+  signWorkers?: number;
+}
+
+/** Signing workers for a profile: HSMPROXY_HSM_SIGN_WORKERS if set, else 0; at most its units less one. */
+export function defaultSignWorkers(units: number): number {
+  const env = process.env.HSMPROXY_HSM_SIGN_WORKERS;
+  const n = env !== undefined && env !== '' && Number.isInteger(Number(env)) && Number(env) >= 0 ? Number(env) : 0;
+  return Math.min(n, Math.max(0, units - 1));
 }
 
 /** Defaults, as CloudHSM documents them. */
@@ -65,14 +83,17 @@ export class Hsm {
   private readonly keys: KeyOps;
   private readonly userOps: UserOps;
   private readonly replication: Replication;
+  private readonly certificates: Certificates;
   private readonly quorumOps: QuorumOps;
   private closed = false;
 
   private constructor(
     private readonly ctx: DeviceContext,
     private readonly auditLog: AuditLog,
+    private readonly leases: Leases,
   ) {
     this.keys = new KeyOps(ctx);
+    this.certificates = new Certificates(ctx, this.keys, leases);
     this.replication = new Replication(ctx);
     this.sessions = new SessionTable((id) => this.dropSessionKeys(id));
     this.userOps = new UserOps(ctx, this.sessions);
@@ -90,6 +111,8 @@ export class Hsm {
     const lockoutThreshold = opts.lockoutThreshold ?? DEFAULT_LOCKOUT_THRESHOLD;
     if (!Number.isInteger(lockoutThreshold) || lockoutThreshold < 1) throw new InvalidArgumentError('lockoutThreshold must be a positive integer');
     const capacity = new CapacityModel(opts.capacity);
+    const signWorkers = opts.signWorkers ?? defaultSignWorkers(capacity.profile.units);
+    if (!Number.isInteger(signWorkers) || signWorkers < 0) throw new InvalidArgumentError('signWorkers must be a non-negative integer');
     const store = await DeviceStore.open(opts.dir);
     try {
       const users = new UserTable({
@@ -122,10 +145,12 @@ export class Hsm {
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       const ctx: DeviceContext = {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey, tombstones, saveTombstones,
+        signing: new SigningThreads({ workers: signWorkers }),
         quorum, saveQuorum: () => store.writeQuorum(() => quorum.toRecord()),
         audit: (e: AuditEntry) => auditLog.append(e),
       };
-      const hsm = new Hsm(ctx, auditLog);
+      const hsm = new Hsm(ctx, auditLog, await Leases.open(ctx));
+      await hsm.certificates.load();
       ctx.audit({ event: fresh ? 'hsm.init' : 'hsm.open', ok: true, keys: objects.occupancy().token, users: users.size });
       return hsm;
     } catch (e) {
@@ -155,6 +180,16 @@ export class Hsm {
     return hsm;
   }
 
+  /** The signing threads' counters (signatures on the main thread and on workers, batches). */
+  get signingStats(): Readonly<SigningThreadStats> {
+    return { ...this.ctx.signing.stats };
+  }
+
+  /** Starts the signing workers now (else at the first batch of signatures); resolves when they are ready. */
+  warmSigningThreads(): Promise<void> {
+    return this.ctx.signing.warm();
+  }
+
   /** Releases the HSM; every session ends (session keys vanish). */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -162,6 +197,7 @@ export class Hsm {
     this.ctx.audit({ event: 'hsm.close', ok: true });
     this.closed = true;
     this.auditLog.close();
+    await this.ctx.signing.close();
     await this.ctx.store.release();
   }
 
@@ -304,7 +340,16 @@ export class Hsm {
   /** Signs (or MACs) data; every signature verifies under the key's public key. */
   sign(session: Session, req: SignRequest): Promise<CryptoResult<Buffer>> {
     const s = this.session(session);
-    return this.guard(s, `sign with ${req?.keyId}`, () => this.keys.sign(s, req));
+    // The hot path: no async frame of its own, and the action is only spelled out for a refusal.
+    try {
+      return this.keys.sign(s, req).catch((e: unknown) => {
+        this.audited(s, `sign with ${req?.keyId}`, e);
+        throw e;
+      });
+    } catch (e) {
+      this.audited(s, `sign with ${req?.keyId}`, e);
+      return Promise.reject(e);
+    }
   }
 
   /** Verifies a signature or MAC. */
@@ -403,6 +448,58 @@ export class Hsm {
   listTokenKeyIds(session: Session): string[] {
     const s = this.session(session);
     return this.guardSync(s, 'list token key ids', () => this.replication.tokenKeyIds(s));
+  }
+
+  // ---- leases and certificate objects (ACME across proxies) ----
+
+  /** Grants the lease `name` to `holder` for `ttlMs` if free or expired, with a fencing token above every earlier. */
+  leaseAcquire(session: Session, name: string, holder: string, ttlMs: number): Promise<LeaseGrant> {
+    const s = this.session(session);
+    return this.guard(s, `take lease ${name}`, () => this.leases.acquire(s, name, holder, ttlMs));
+  }
+
+  /** Extends `holder`'s lease under `token` (at least the newest granted here), replacing its challenges if given. */
+  leaseRenew(
+    session: Session, name: string, holder: string, token: number, ttlMs: number, challenges?: unknown,
+  ): Promise<LeaseGrant> {
+    const s = this.session(session);
+    return this.guard(s, `renew lease ${name}`, () => this.leases.renew(s, name, holder, token, ttlMs, challenges));
+  }
+
+  /** Ends `holder`'s lease; false when it held none under `token`. */
+  leaseRelease(session: Session, name: string, holder: string, token: number): Promise<boolean> {
+    const s = this.session(session);
+    return this.guard(s, `release lease ${name}`, () => this.leases.release(s, name, holder, token));
+  }
+
+  /** Live leases and the challenges published beside them. */
+  leaseList(session: Session): LeaseInfo[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list leases', () => this.leases.list(s));
+  }
+
+  /** Stores a certificate object for a key the CU may see; refused under a fencing token older than the newest. */
+  storeCertificate(session: Session, req: StoreCertificateRequest): Promise<CertificateInfo> {
+    const s = this.session(session);
+    return this.guard(s, `store certificate ${req?.label}`, () => this.certificates.store(s, req));
+  }
+
+  /** One certificate object (visible to those who may see its key). */
+  getCertificate(session: Session, label: string): CertificateInfo {
+    const s = this.session(session);
+    return this.guardSync(s, `read certificate ${label}`, () => this.certificates.get(s, label));
+  }
+
+  /** Deletes a certificate object under a fencing token, leaving a tombstone. Its key's owner only. */
+  deleteCertificate(session: Session, label: string, token: number): Promise<CertificateInfo> {
+    const s = this.session(session);
+    return this.guard(s, `delete certificate ${label}`, () => this.certificates.delete(s, label, token));
+  }
+
+  /** Labels of the certificate objects the session may see. */
+  listCertificates(session: Session): string[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list certificates', () => this.certificates.list(s));
   }
 
   // ---- quorum (M of N) ----
