@@ -195,7 +195,7 @@ t.test('listener limits: documented defaults, per-field errors with their paths'
     maxConnections: 8192, maxHandshakes: 512, maxClientHelloBytes: 131_396,
     perClient: { maxConnections: 256, maxHandshakes: 32, handshakesPerSecond: 100, handshakeBurst: 200 },
   });
-  t.same(c.hsm.signing, { maxInFlight: 256, timeoutMs: 2000, maxQueue: 1024, shedFullHandshakesAt: 256 });
+  t.same(c.hsm.signing, { maxInFlight: 256, timeoutMs: 2000, maxQueue: 1024, shedFullHandshakesAt: 256, hedge: { enabled: true, maxShare: 0.05, minDelayMs: 5 } });
   t.equal(c.timeouts.bodyIdleMs, 60_000);
   const set = (limits: string) => minimal.replace('    certificates:', `    limits: ${limits}\n    certificates:`);
   const custom = parseConfig(set('{ maxHandshakes: 64, perClient: { handshakesPerSecond: 0 } }'), { baseDir: dir });
@@ -207,4 +207,17 @@ t.test('listener limits: documented defaults, per-field errors with their paths'
   t.match(errorOf(set('{ perClient: { perSecond: 5 } }')).message, /listeners\[0\]\.limits\.perClient\.perSecond/);
   t.match(errorOf(`${minimal}hsm: { signing: { maxQueue: 10, shedFullHandshakesAt: 20 } }\n`).message,
     /hsm\.signing\.shedFullHandshakesAt: must not be above maxQueue \(10\)/);
+});
+
+t.test('hsm.signing.hedge: on by default at 5% and a 5 ms floor; every field checked with its path', async (t) => {
+  const hedge = (v: string): string => `${minimal}hsm: { signing: { hedge: ${v} } }\n`;
+  t.same(parseConfig(hedge('{ maxShare: 0.1, minDelayMs: 20 }'), { baseDir: dir }).hsm.signing.hedge, { enabled: true, maxShare: 0.1, minDelayMs: 20 });
+  t.same(parseConfig(hedge('{ enabled: false }'), { baseDir: dir }).hsm.signing.hedge, { enabled: false, maxShare: 0.05, minDelayMs: 5 });
+  t.match(errorOf(hedge('{ maxShare: 0 }')).message, /hsm\.signing\.hedge\.maxShare: expected a share of signs above 0 and at most 0\.5/);
+  t.match(errorOf(hedge('{ maxShare: 5 }')).message, /hsm\.signing\.hedge\.maxShare: .*got 5/);
+  t.match(errorOf(hedge('{ maxShare: "5%" }')).message, /hsm\.signing\.hedge\.maxShare: .*got "5%"/);
+  t.match(errorOf(hedge('{ minDelayMs: -1 }')).message, /hsm\.signing\.hedge\.minDelayMs: expected milliseconds from 0 to 60000/);
+  t.match(errorOf(hedge('{ enabled: yes }')).message, /hsm\.signing\.hedge\.enabled: expected true or false/);
+  t.match(errorOf(hedge('{ delay: 5 }')).message, /hsm\.signing\.hedge\.delay: unknown key/);
+  t.match(errorOf(hedge('true')).message, /hsm\.signing\.hedge: expected a mapping/);
 });

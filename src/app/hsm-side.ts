@@ -143,6 +143,9 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     }
     client = await connectLoggedIn(dir, { user: credentials.user, password: credentials.password });
   }
+  // Hedged signs (a late HSM's sign sent to a second one too): only meaningful with >= 2 HSMs,
+  // which the client checks per sign, so a cluster that grows starts hedging by itself.
+  client.setHedging(hsm.signing.hedge);
   const { clusterId, hsms, kind } = manifest ?? (await readClientManifest(dir));
   const clientBundle = kind === 'client-bundle';
   const backend = new SimBackend({ client: simClientFrom(client), clusterId, credentials, ownsClient: false });

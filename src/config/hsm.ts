@@ -1,6 +1,7 @@
 // Validation of the `hsm:` section: which backend holds the keys and how to log in to it.
 import { isAbsolute, resolve } from 'node:path';
 import { readAutoscale } from './autoscale.js';
+import { readHedge } from './hedge.js';
 import { at, type Reader } from './reader.js';
 import { CAPACITY_PROFILES, DEFAULTS, HSM_MODES, type HsmConfig } from './schema.js';
 
@@ -87,15 +88,16 @@ function readCredentials(r: Reader, v: unknown, path: string): HsmConfig['creden
 
 function readSigning(r: Reader, v: unknown, path: string): HsmConfig['signing'] | undefined {
   const d = DEFAULTS.hsm.signing;
-  const o = v === undefined ? {} : r.object(v, path, ['maxInFlight', 'timeoutMs', 'maxQueue', 'shedFullHandshakesAt']);
+  const o = v === undefined ? {} : r.object(v, path, ['maxInFlight', 'timeoutMs', 'maxQueue', 'shedFullHandshakesAt', 'hedge']);
   if (!o) return undefined;
   const maxInFlight = r.integer(o.maxInFlight, at(path, 'maxInFlight'), { def: d.maxInFlight, min: 1, max: 1_000_000 });
   const timeoutMs = r.integer(o.timeoutMs, at(path, 'timeoutMs'), { def: d.timeoutMs, min: 1, max: 600_000, what: 'milliseconds' });
   const maxQueue = r.integer(o.maxQueue, at(path, 'maxQueue'), { def: d.maxQueue, min: 0, max: 1_000_000 });
   const shedFullHandshakesAt = r.integer(o.shedFullHandshakesAt, at(path, 'shedFullHandshakesAt'), { def: d.shedFullHandshakesAt, min: 0, max: 1_000_000 });
+  const hedge = readHedge(r, o.hedge, at(path, 'hedge'));
   if (maxInFlight === undefined || timeoutMs === undefined || maxQueue === undefined
-    || shedFullHandshakesAt === undefined) return undefined;
+    || shedFullHandshakesAt === undefined || hedge === undefined) return undefined;
   // Shedding full handshakes only once the queue is full would shed resumptions' neighbours too late.
   if (shedFullHandshakesAt > maxQueue) r.fail(at(path, 'shedFullHandshakesAt'), `must not be above maxQueue (${maxQueue})`);
-  return { maxInFlight, timeoutMs, maxQueue, shedFullHandshakesAt };
+  return { maxInFlight, timeoutMs, maxQueue, shedFullHandshakesAt, hedge };
 }

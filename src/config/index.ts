@@ -8,6 +8,7 @@ import { validateConfig, type ValidateOptions } from './validate.js';
 
 export * from './acme.js';
 export * from './autoscale.js';
+export * from './hedge.js';
 export * from './delegated-credentials.js';
 export * from './errors.js';
 export { HTTP2_DEFAULTS, type Http2Config } from './http2.js';

@@ -2,6 +2,7 @@
 // (resolved against the base directory at load), so consumers never guess what they are relative to.
 import type { AcmeCertificateConfig, AcmeConfig } from './acme.js';
 import type { AutoscaleConfig } from './autoscale.js';
+import type { HedgeConfig } from './hedge.js';
 import type { DelegatedCredentialsConfig } from './delegated-credentials.js';
 import type { Http2Config } from './http2.js';
 
@@ -172,9 +173,12 @@ export interface HsmConfig {
   /**
    * Signatures in flight, the queue's deadline (timeoutMs) and length (maxQueue), and the queue
    * length from which full handshakes are shed while resumptions (no signature) still pass.
-   * The last two are filled in by validation (optional so hand-built configs may omit them).
+   * The last two are filled in by validation (optional so hand-built configs may omit them), as
+   * is `hedge` (hedged signs on the simulated cluster; ignored for PKCS#11).
    */
-  signing: { maxInFlight: number; timeoutMs: number; maxQueue?: number; shedFullHandshakesAt?: number };
+  signing: {
+    maxInFlight: number; timeoutMs: number; maxQueue?: number; shedFullHandshakesAt?: number; hedge?: HedgeConfig;
+  };
   /** Scaling advisor knobs, and whether the simulated cluster follows them (embedded/cluster modes). */
   autoscale?: AutoscaleConfig;
 }

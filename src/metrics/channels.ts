@@ -7,6 +7,7 @@ export const CHANNELS = {
   tlsHandshake: 'hsmproxy:tls:handshake',
   hsmRequest: 'hsmproxy:hsm:request',
   hsmState: 'hsmproxy:hsm:state',
+  hsmHedge: 'hsmproxy:hsm:hedge',
   engineSign: 'hsmproxy:engine:sign',
   hsmScaling: 'hsmproxy:hsm:scaling',
   acmeOrder: 'hsmproxy:acme:order',
@@ -63,6 +64,13 @@ export interface HsmRequestEvent {
   queueWaitMs: number;
   serviceMs: number;
   outcome: string;
+}
+
+/** A hedged sign (from hsm/client): sent to `to` because `hsm` was late, won by `to`, or refused by the budget. */
+export interface HsmHedgeEvent {
+  hsm: string;
+  to?: string;
+  outcome: 'sent' | 'won' | 'refused';
 }
 
 /** An HSM's state, on change and on each health check (from hsm/client). */

@@ -2,7 +2,8 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import {
   CHANNELS, type AcmeCertificateEvent, type AcmeOrderEvent, type ClientGateEvent, type DelegatedCredentialEvent,
-  type EngineSignEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent, type TlsHandshakeEvent,
+  type EngineSignEvent, type HsmHedgeEvent, type HsmRequestEvent, type HsmScalingEvent, type HsmStateEvent,
+  type TlsHandshakeEvent,
   type TlsRefusedEvent,
 } from './channels.js';
 import { HSM_KEYS_LIMIT, type HsmproxyMetrics } from './definitions.js';
@@ -38,6 +39,13 @@ export function recordHsmRequest(m: HsmproxyMetrics, e: HsmRequestEvent): void {
   m.hsmRequestDuration.observe({ op: e.op, mechanism: e.mechanism, hsm: e.hsm }, seconds(e.rttMs));
   m.hsmQueueWait.observe({ op: e.op, hsm: e.hsm }, seconds(e.queueWaitMs));
   m.hsmServiceTime.observe({ op: e.op, mechanism: e.mechanism, hsm: e.hsm }, seconds(e.serviceMs));
+}
+
+/** Records one hedged-sign event, against the HSM that was late. */
+export function recordHsmHedge(m: HsmproxyMetrics, e: HsmHedgeEvent): void {
+  if (e.outcome === 'sent') m.hsmHedgesSent.inc({ hsm: e.hsm });
+  else if (e.outcome === 'won') m.hsmHedgesWon.inc({ hsm: e.hsm });
+  else if (e.outcome === 'refused') m.hsmHedgesRefused.inc({ hsm: e.hsm });
 }
 
 /** Records one HSM state event. */
@@ -126,6 +134,7 @@ export function subscribeMetrics(m: HsmproxyMetrics): () => void {
     [CHANNELS.tlsHandshake, guard(recordHandshake)],
     [CHANNELS.hsmRequest, guard(recordHsmRequest)],
     [CHANNELS.hsmState, guard(recordHsmState)],
+    [CHANNELS.hsmHedge, guard(recordHsmHedge)],
     [CHANNELS.engineSign, guard(recordEngineSign)],
     [CHANNELS.hsmScaling, guard(recordScaling)],
     [CHANNELS.acmeOrder, guard(recordAcmeOrder)],

@@ -47,6 +47,12 @@ export interface RunOptions {
   safe: boolean;
   /** Route to this HSM only (session keys live on one HSM). */
   pin?: string;
+  /** Never route to these HSMs (a hedge goes elsewhere than the HSMs that are late). */
+  avoid?: ReadonlySet<string>;
+  /** Told the HSM each attempt is sent to (hedging arms its delay for that HSM). */
+  onNode?: (hsm: string) => void;
+  /** True once nobody waits for the answer (a hedge race decided): no more retries. */
+  abandoned?: () => boolean;
 }
 
 /** Balancing, failover, replication and sync over HsmNodes of any link type. */
@@ -74,6 +80,8 @@ export class ClusterBase<C extends HsmLink> {
   /** Last resync per HSM (status, tests). */
   readonly resyncs = new Map<string, ResyncReport>();
   protected credentials: LoginCredentials;
+  /** Set while hedging is on: whether an HSM has a request past its hedge delay (pick avoids it). */
+  protected isLate?: (hsm: string) => boolean;
 
   constructor(protected readonly opts: ClusterBaseOptions<C>) {
     this.credentials = opts.credentials;
@@ -312,14 +320,35 @@ export class ClusterBase<C extends HsmLink> {
     }
   }
 
-  /** The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin. */
+  /**
+   * Whether some HSM not in `avoid` is in rotation and no busier (in flight) than `late`: a hedge
+   * sent to an HSM as loaded as the late one would most likely be late too, and would spend budget
+   * the late requests of a stalled HSM need.
+   */
+  protected hasHedgeTarget(late: string, avoid: ReadonlySet<string>): boolean {
+    const max = this.nodes.get(late)?.inFlight ?? 0;
+    for (const n of this.nodes.values()) if (!avoid.has(n.id) && n.available && n.inFlight <= max) return true;
+    return false;
+  }
+
+  /**
+   * The least-loaded HSM in rotation, excluding `exclude`; ties → spare capacity, then round robin.
+   * HSMs `isLate` names (a request past its hedge delay on them: stalled now) are used only when
+   * every other is excluded or late too.
+   */
   protected pick(exclude?: Set<string>): HsmNode<C> | undefined {
+    const late = this.isLate;
+    return (late && this.pickFrom(exclude, late)) || this.pickFrom(exclude);
+  }
+
+  private pickFrom(exclude: Set<string> | undefined, skip?: (hsm: string) => boolean): HsmNode<C> | undefined {
+    const usable = (n: HsmNode<C>): boolean => n.available && !exclude?.has(n.id) && !skip?.(n.id);
     // One pass finds the least in flight; a list of the tied is made only when there are several.
     let first: HsmNode<C> | undefined;
     let min = Infinity;
     let ties = 0;
     for (const n of this.nodes.values()) {
-      if (!n.available || exclude?.has(n.id)) continue;
+      if (!usable(n)) continue;
       if (n.inFlight < min) {
         min = n.inFlight;
         first = n;
@@ -327,7 +356,7 @@ export class ClusterBase<C extends HsmLink> {
       } else if (n.inFlight === min) ties++;
     }
     if (ties <= 1) return first;
-    const best = [...this.nodes.values()].filter((n) => n.available && !exclude?.has(n.id) && n.inFlight === min);
+    const best = [...this.nodes.values()].filter((n) => usable(n) && n.inFlight === min);
     const util = (n: HsmNode<C>): number => n.lastInfo?.utilisation ?? 0;
     const lowest = Math.min(...best.map(util));
     // Utilisation is a smoothed figure: only a clear difference (10 points) beats round robin.
@@ -352,7 +381,7 @@ export class ClusterBase<C extends HsmLink> {
   /** Runs one request with balancing, busy backoff and failover. */
   async execute<T>(op: string, ro: RunOptions, fn: (link: C, node: HsmNode<C>) => Promise<T>): Promise<T> {
     // Made at the first retry: most requests succeed on the first HSM picked.
-    let tried: Set<string> | undefined;
+    let tried: Set<string> | undefined = ro.avoid === undefined ? undefined : new Set(ro.avoid);
     let busy = 0;
     let failovers = 0;
     const deadline = Date.now() + (this.opts.waitForHsmMs ?? 3000);
@@ -363,16 +392,22 @@ export class ClusterBase<C extends HsmLink> {
         node = this.nodes.get(ro.pin);
         if (!node?.available) throw new SessionKeyLostError(op, ro.pin);
       } else {
-        node = this.pick(tried) ?? (tried ? this.pick() : undefined);
+        node = this.pick(tried) ?? (tried && ro.avoid === undefined ? this.pick() : undefined);
       }
       if (!node) {
+        if (ro.abandoned?.()) throw new NoHealthyHsmError(this.describeNodes());
         const left = deadline - Date.now();
         if (left > 0 && (await this.waitForRotation(Math.min(left, 200)), true)) continue;
         throw new NoHealthyHsmError(this.describeNodes());
       }
+      ro.onNode?.(node.id);
       try {
         return await node.run((link) => fn(link, node));
       } catch (err) {
+        if (ro.abandoned?.()) {
+          if (isTransportError(err) && !isBusyError(err)) node.markDown(err);
+          throw err;
+        }
         if (isBusyError(err)) {
           if (++busy > (this.opts.busyRetries ?? 3)) throw new ClusterBusyError(busy);
           (tried ??= new Set()).add(node.id);

@@ -13,6 +13,7 @@ import type {
 } from '../protocol/types.js';
 import { ClusterBase, type ClusterBaseOptions, type RunOptions } from './cluster-base.js';
 import type { HsmConnection, LoginInfo, RequestOptions } from './connection.js';
+import { Hedging, type HedgeCounts, type HedgeOptions } from './hedge.js';
 import type { HsmAddress } from './link.js';
 
 // The routing of every request that may be repeated elsewhere and is not pinned (one object for all).
@@ -22,15 +23,47 @@ const SAFE: RunOptions = Object.freeze({ safe: true });
 export interface ClusterClientOptions extends ClusterBaseOptions<HsmConnection> {
   /** Re-read membership when `file` changes (polled by mtime; add/remove HSMs without a restart). */
   membership?: { file: string; read: () => Promise<HsmAddress[]>; intervalMs?: number };
+  /** Hedged signs (off unless given with `enabled` not false); see hedge.ts. */
+  hedge?: HedgeOptions;
+}
+
+/** Hedge counters per HSM that was late, totals, and each HSM's current hedge delay (ms). */
+export interface HedgeStats {
+  maxShare: number;
+  minDelayMs: number;
+  perHsm: Map<string, HedgeCounts>;
+  totals: HedgeCounts & { requests: number };
+  delays: Map<string, number>;
 }
 
 /** The cluster as one HSM: balancing, failover, replication. */
 export class ClusterClient extends ClusterBase<HsmConnection> {
   private watchTimer?: NodeJS.Timeout;
   private lastMtime = 0;
+  private hedging?: Hedging;
 
   constructor(private readonly copts: ClusterClientOptions) {
     super(copts);
+    this.setHedging(copts.hedge);
+  }
+
+  /**
+   * Turns hedged signs on (with these options) or off (undefined or `enabled: false`); counters
+   * restart. While on, the balancer also keeps new requests off an HSM with a late one.
+   */
+  setHedging(opts: HedgeOptions | undefined): void {
+    const h = opts && opts.enabled !== false ? new Hedging(opts) : undefined;
+    this.hedging = h;
+    // New signs avoid an HSM with a late request until it answers (what a hedge did for that one).
+    this.isLate = h ? (hsm) => h.isLate(hsm) : undefined;
+  }
+
+  /** Hedge counters per HSM that was late, and totals (undefined when hedging is off). */
+  hedgeStats(): HedgeStats | undefined {
+    const h = this.hedging;
+    if (!h) return undefined;
+    const delays = new Map([...this.nodes.keys()].map((id) => [id, h.delayFor(id)]));
+    return { maxShare: h.maxShare, minDelayMs: h.minDelayMs, perHsm: h.stats(), totals: h.totals(), delays };
   }
 
   /** Connects every HSM and returns once the in-sync ones are in rotation. */
@@ -66,7 +99,10 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
     const want = new Map(members.map((m) => [m.id, m]));
     for (const [id, node] of this.nodes) {
       const m = want.get(id);
-      if (!m || m.host !== node.address.host || m.port !== node.address.port) await this.removeNode(id);
+      if (!m || m.host !== node.address.host || m.port !== node.address.port) {
+        await this.removeNode(id);
+        this.hedging?.forget(id);
+      }
     }
     await Promise.all(members.filter((m) => !this.nodes.has(m.id)).map(async (m) => {
       await this.addNode(m);
@@ -252,13 +288,28 @@ export class ClusterClient extends ClusterBase<HsmConnection> {
 
   // ---- crypto: safe to repeat, balanced and failed over ----
 
-  /** Signs on the least-loaded HSM. */
+  /** Signs on the least-loaded HSM (hedged on a second one when it is late, if hedging is on). */
   sign(req: SignRequest, opts?: RequestOptions): Promise<Buffer> {
-    return this.reads('sign', req.keyId, (c) => c.sign(req, opts));
+    return this.signing(req.keyId, opts, (c, o) => c.sign(req, o));
   }
   /** Signs, with the serving HSM's queue wait and service time. */
   signTimed(req: SignRequest, opts?: RequestOptions): Promise<CryptoResult<Buffer>> {
-    return this.reads('sign', req.keyId, (c) => c.signTimed(req, opts));
+    return this.signing(req.keyId, opts, (c, o) => c.signTimed(req, o));
+  }
+
+  // A sign, hedged when hedging is on and the key is a token key (a session key lives on one HSM).
+  private signing<T>(
+    keyId: string, opts: RequestOptions | undefined, fn: (c: HsmConnection, o?: RequestOptions) => Promise<T>,
+  ): Promise<T> {
+    const h = this.hedging;
+    if (!h || this.nodes.size < 2 || this.pinFor(keyId) !== undefined) return this.reads('sign', keyId, (c) => fn(c, opts));
+    const timeoutMs = opts?.timeoutMs;
+    return h.race({
+      run: (avoid, onNode, abandoned, remainingMs) => this.execute('sign', { safe: true, onNode, abandoned, ...(avoid !== undefined ? { avoid } : {}) },
+        // The request's own deadline bounds both attempts: each gets what is left of it.
+        (c) => fn(c, timeoutMs === undefined ? opts : { ...opts, timeoutMs: remainingMs() })),
+      hasTarget: (late, avoid) => this.hasHedgeTarget(late, avoid),
+    }, timeoutMs);
   }
   /** Verifies a signature or MAC. */
   verify(req: VerifyRequest, opts?: RequestOptions): Promise<boolean> {
