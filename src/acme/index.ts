@@ -10,3 +10,5 @@ export * from './manager.js';
 export * from './order.js';
 export * from './store.js';
 export * from './ari.js';
+export * from './retire.js';
+export * from './reuse-key.js';

@@ -13,7 +13,9 @@ import { ariCertId, fetchRenewalWindow, renewalInfoUrl } from './ari.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
 import { orderCertificate, type AcmeLog } from './order.js';
-import { certificateDir, readState, removeIssueFiles, takeRenewRequest, writeState, type CertificateState } from './store.js';
+import { destroyExpired, retireIssue } from './retire.js';
+import { reusableKey } from './reuse-key.js';
+import { certificateDir, readState, takeRenewRequest, writeState, type CertificateState } from './store.js';
 
 /** What `acme status` shows for one certificate. */
 export interface AcmeCertificateStatus {
@@ -44,6 +46,8 @@ export interface AcmeManagerOptions {
   random?: () => number;
   /** How often the store is read for renewal requests and certificates issued elsewhere (default 10 s). */
   watchMs?: number;
+  /** The clock that decides which retired certificates have expired (tests move it forward). */
+  now?: () => number;
 }
 
 /** The ACME certificates a config asks for, once each (the same names may serve several listeners). */
@@ -300,17 +304,13 @@ export class AcmeManager {
           remove: (key) => rm(join(t.dir, `key-${key.keyId}.pem`), { force: true }),
         },
         await this.replaces(t),
+        await reusableKey(t.spec, t.state, t.dir, this.opts.engine, this.opts.log),
       );
       if (this.stopped) return;
       const serial = issued.leaf.serialNumber;
       const chainFile = `chain-${serial}.pem`;
       await writeFile(join(t.dir, chainFile), issued.chainPem);
-      const previous = t.state.current;
-      const retired = [...t.state.retired];
-      if (previous) {
-        const { keyId, keyLabel: label, keyFile, chainFile: oldChain, notAfter } = previous;
-        retired.push({ keyId, label, keyFile, chainFile: oldChain, notAfter });
-      }
+      const retired = retireIssue(t.state);
       t.state = {
         names: t.spec.names, keyType: t.spec.keyType, retired,
         current: {
@@ -350,20 +350,15 @@ export class AcmeManager {
     return t.state.ari?.certId ?? ariCertId(await readFile(join(t.dir, cur.chainFile), 'utf8'));
   }
 
-  /** Keys of earlier issues are destroyed in the HSM once their certificate has expired. */
+  /** Keys of earlier issues are destroyed in the HSM once their certificate has expired (unless reused). */
   private async destroyExpired(t: Tracked): Promise<void> {
-    const now = Date.now();
-    const keep = [];
-    for (const r of t.state.retired) {
-      if (Date.parse(r.notAfter) > now) { keep.push(r); continue; }
-      try {
-        await this.opts.backend.delete(r.keyId);
-        await removeIssueFiles(t.dir, r);
-      } catch (err) {
-        keep.push(r);
-        this.opts.log.warn({ acme: t.spec.names[0], keyId: r.keyId, err: (err as Error).message }, 'could not destroy the key of an expired certificate; will try again');
-      }
-    }
+    const now = (this.opts.now ?? Date.now)();
+    const log = this.opts.log;
+    const keep = await destroyExpired(t.dir, t.state, this.opts.backend, {
+      info: (o, m) => log.info({ acme: t.spec.names[0], ...o }, m),
+      warn: (o, m) => log.warn({ acme: t.spec.names[0], ...o }, m),
+      error: (o, m) => log.error({ acme: t.spec.names[0], ...o }, m),
+    }, now);
     if (keep.length !== t.state.retired.length) {
       t.state = { ...t.state, retired: keep };
       await writeState(t.dir, t.state);

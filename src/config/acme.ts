@@ -37,6 +37,8 @@ export interface AcmeCertificateConfig {
   names: string[];
   keyType: AcmeKeyType;
   challenge: AcmeChallengeType;
+  /** A renewal keeps the current HSM key (a new CSR with it) instead of generating a fresh one. */
+  reuseKey: boolean;
 }
 
 const DNS_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
@@ -103,9 +105,9 @@ function checkAccountKeyMode(r: Reader, file: string, path: string): void {
   if ((mode & 0o077) !== 0) r.fail(path, `${file} is readable by others (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${file}`);
 }
 
-/** Reads `{ acme: { names, keyType, challenge } }`, a listener certificate ordered through ACME. */
+/** Reads `{ acme: { names, keyType, challenge, reuseKey } }`, a listener certificate ordered through ACME. */
 export function readAcmeCertificate(r: Reader, v: unknown, path: string): AcmeCertificateConfig | undefined {
-  const o = r.object(v, path, ['names', 'keyType', 'challenge']);
+  const o = r.object(v, path, ['names', 'keyType', 'challenge', 'reuseKey']);
   if (!o) return undefined;
   const names = r.list(o.names, at(path, 'names'), (n, p) => {
     const s = r.string(n, p)?.toLowerCase();
@@ -118,8 +120,9 @@ export function readAcmeCertificate(r: Reader, v: unknown, path: string): AcmeCe
   if (names && new Set(names).size !== names.length) r.fail(at(path, 'names'), 'lists a name twice');
   const keyType = r.string(o.keyType, at(path, 'keyType'), { def: 'ec:p256', oneOf: ACME_KEY_TYPES }) as AcmeKeyType | undefined;
   const challenge = r.string(o.challenge, at(path, 'challenge'), { def: 'tls-alpn-01', oneOf: ACME_CHALLENGES }) as AcmeChallengeType | undefined;
-  if (!names || names.length === 0 || !keyType || !challenge) return undefined;
-  return { names, keyType, challenge };
+  const reuseKey = r.boolean(o.reuseKey, at(path, 'reuseKey'), { def: false });
+  if (!names || names.length === 0 || !keyType || !challenge || reuseKey === undefined) return undefined;
+  return { names, keyType, challenge, reuseKey };
 }
 
 /**
@@ -131,12 +134,18 @@ export function checkAcmeCertificates(
   entries: ReadonlyArray<{ path: string; cert: AcmeCertificateConfig }>,
 ): void {
   const owner = new Map<string, string>();
+  const settings = new Map<string, string>();
   for (const { path, cert } of entries) {
     if (!acmeGiven) r.fail(path, 'an acme certificate needs the top-level acme block (directory, email, termsOfServiceAgreed: true)');
     if (acme && cert.challenge === 'http-01' && acme.httpPort === undefined) {
       r.fail(at(path, 'challenge'), 'http-01 needs acme.httpPort (the plain-HTTP port the CA validates on; 80 in production)');
     }
     const key = cert.names.join(', ');
+    // The same certificate on several listeners is one order: it cannot have two key types.
+    const these = `keyType ${cert.keyType}, challenge ${cert.challenge}, reuseKey ${cert.reuseKey}`;
+    const earlier = settings.get(key);
+    if (earlier !== undefined && earlier !== these) r.fail(path, `the acme certificate for ${key} is also on another listener with ${earlier}; give both the same settings`);
+    settings.set(key, these);
     for (const n of cert.names) {
       const prev = owner.get(n);
       if (prev !== undefined && prev !== key) r.fail(at(path, 'names'), `"${n}" is also in another acme certificate (${prev}); a name belongs to one certificate`);
