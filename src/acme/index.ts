@@ -12,3 +12,5 @@ export * from './store.js';
 export * from './ari.js';
 export * from './retire.js';
 export * from './reuse-key.js';
+export * from './account-keeper.js';
+export * from './account-rotation.js';

@@ -8,7 +8,8 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcmeCertificateConfig, CertificateConfig, Config } from '../config/index.js';
 import { SoftBackend, writeKeyReference, type Backend, type Engine } from '../engine/index.js';
-import { configureAcmeHttp, openAccount, type AcmeAccount } from './account.js';
+import { configureAcmeHttp } from './account.js';
+import { AccountKeeper } from './account-keeper.js';
 import { ariCertId, fetchRenewalWindow, renewalInfoUrl } from './ari.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
@@ -97,7 +98,8 @@ export class AcmeManager {
   readonly challenges = new PendingChallenges();
   private readonly soft = new SoftBackend();
   private readonly tracked = new Map<string, Tracked>();
-  private account?: Promise<AcmeAccount>;
+  /** The account key file is read again before each order (a rotated key is used at once). */
+  private readonly accounts = new AccountKeeper(() => this.acme);
   private stopped = false;
   private readonly random: () => number;
   private watcher?: NodeJS.Timeout;
@@ -291,8 +293,7 @@ export class AcmeManager {
     const name = t.spec.names[0]!;
     try {
       await mkdir(t.dir, { recursive: true, mode: 0o700 });
-      this.account ??= openAccount(this.acme).catch((err: unknown) => { this.account = undefined; throw err; });
-      const account = await this.account;
+      const account = await this.accounts.get();
       const issued = await orderCertificate(
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,
