@@ -5,6 +5,7 @@
 // FILE.old is removed. A run that was interrupted leaves FILE.new behind: the next run asks the CA
 // which key it knows and finishes or undoes it. Running proxies read FILE before each order.
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import acme from 'acme-client';
 import type { AcmeConfig } from '../config/index.js';
@@ -81,6 +82,7 @@ export async function rotateAccountKey(config: AcmeConfig): Promise<AccountKeyRo
     // The CA never accepted it: start again.
     await rm(next, { force: true });
   }
+  if (!existsSync(file)) throw new AcmeError(`acme.accountKey ${file} does not exist: there is no account to rotate (the first order creates it)`, 'ACME_ERR_ACCOUNT_KEY');
   const { pem: current } = await loadAccountKey(file);
   const client = await accountOf(config, current);
   if (!client) throw new AcmeError(`acme.accountKey ${file} opens no account at ${config.directory}: nothing to rotate (the first order creates the account)`, 'ACME_ERR_ACCOUNT_KEY');
