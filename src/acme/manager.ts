@@ -105,38 +105,90 @@ export class AcmeManager {
   private watcher?: NodeJS.Timeout;
   private polling?: Promise<void>;
   private ariBase?: Promise<string | undefined>;
+  /** The config being followed: the one given, then each that reconfigure() was given (SIGHUP). */
+  private config: Config;
+  private started = false;
+  /** Orders of certificates removed from the config while they ran (stop() waits for them). */
+  private readonly detached = new Set<Promise<void>>();
 
   constructor(private readonly opts: AcmeManagerOptions) {
     this.random = opts.random ?? Math.random;
+    this.config = opts.config;
   }
 
   private get acme(): NonNullable<Config['acme']> {
-    const a = this.opts.config.acme;
+    const a = this.config.acme;
     if (!a) throw new AcmeError('the configuration has no acme block', 'ACME_ERR_CONFIG');
     return a;
   }
 
   /** Reads the stored state of every certificate (so the listeners can serve them at once). */
   async load(): Promise<void> {
-    for (const spec of acmeCertificates(this.opts.config)) {
-      const name = spec.names[0]!;
-      const dir = certificateDir(this.acme.dir, name);
-      const stored = await readState(dir);
-      // A changed list of names or key type is a new certificate: order it (the old one serves meanwhile).
-      const state: CertificateState = stored ?? { names: spec.names, keyType: spec.keyType, retired: [] };
-      this.tracked.set(name, { spec, dir, state, failures: 0 });
-    }
+    for (const spec of acmeCertificates(this.config)) await this.track(spec);
+  }
+
+  private async track(spec: AcmeCertificateConfig): Promise<Tracked> {
+    const name = spec.names[0]!;
+    const dir = certificateDir(this.acme.dir, name);
+    const stored = await readState(dir);
+    // A changed list of names or key type is a new certificate: order it (the old one serves meanwhile).
+    const state: CertificateState = stored ?? { names: spec.names, keyType: spec.keyType, retired: [] };
+    const t: Tracked = { spec, dir, state, failures: 0 };
+    this.tracked.set(name, t);
+    return t;
   }
 
   /** Schedules every order and renewal; missing certificates are ordered now. Call once the listeners are open. */
   start(): void {
-    for (const t of this.tracked.values()) {
-      this.publish(t);
-      this.schedule(t);
-      if (t.state.current) void this.refreshAri(t);
-    }
+    this.started = true;
+    for (const t of this.tracked.values()) this.begin(t);
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
+  }
+
+  private begin(t: Tracked): void {
+    this.publish(t);
+    this.schedule(t);
+    if (t.state.current) void this.refreshAri(t);
+  }
+
+  /**
+   * Follows a reloaded config (SIGHUP): a certificate it adds is loaded from the store (served at
+   * once when issued before) and, once started, ordered if missing; a removed one is no longer
+   * renewed (its files and HSM key stay in acme.dir); a changed one (names, key type) is ordered
+   * anew while the old issue serves. The acme block itself (CA, account, ports) is read at start only.
+   */
+  async reconfigure(config: Config): Promise<{ added: string[]; removed: string[] }> {
+    const wanted = new Map(acmeCertificates(config).map((s) => [s.names[0]!, s]));
+    this.config = { ...config, acme: this.config.acme ?? config.acme };
+    const added: string[] = [];
+    const removed: string[] = [];
+    for (const [name, t] of [...this.tracked]) {
+      const spec = wanted.get(name);
+      if (spec) {
+        const changed = JSON.stringify(spec) !== JSON.stringify(t.spec);
+        t.spec = spec;
+        if (changed && this.started && !t.running) this.schedule(t);
+        continue;
+      }
+      if (t.timer) clearTimeout(t.timer);
+      this.tracked.delete(name);
+      ACME_CERTIFICATE_CHANNEL.publish({ name, consecutiveFailures: 0, removed: true });
+      if (t.running) {
+        const p = t.running.catch(() => undefined);
+        this.detached.add(p);
+        void p.finally(() => this.detached.delete(p));
+      }
+      removed.push(name);
+    }
+    for (const [name, spec] of wanted) {
+      if (this.tracked.has(name)) continue;
+      const t = await this.track(spec);
+      if (this.started) this.begin(t);
+      added.push(name);
+    }
+    if (added.length + removed.length > 0) this.opts.log.info({ added, removed }, 'acme certificates changed by the reloaded config');
+    return { added, removed };
   }
 
   /**
@@ -220,6 +272,7 @@ export class AcmeManager {
     for (const t of this.tracked.values()) if (t.timer) clearTimeout(t.timer);
     await this.polling;
     await Promise.all([...this.tracked.values()].map((t) => t.running?.catch(() => undefined)));
+    await Promise.all([...this.detached]);
     await this.soft.close();
   }
 
@@ -257,8 +310,14 @@ export class AcmeManager {
     }
   }
 
+  /** Still in the config (reconfigure() drops removed certificates: nothing is scheduled or exported for them). */
+  private current(t: Tracked): boolean {
+    return this.tracked.get(t.spec.names[0]!) === t;
+  }
+
   private publish(t: Tracked, result?: 'issued' | 'failed'): void {
     const name = t.spec.names[0]!;
+    if (!this.current(t)) return;
     if (result) ACME_ORDER_CHANNEL.publish({ name, challenge: t.spec.challenge, result });
     const cur = this.matches(t) ? t.state.current : undefined;
     ACME_CERTIFICATE_CHANNEL.publish({
@@ -271,7 +330,7 @@ export class AcmeManager {
   }
 
   private schedule(t: Tracked, delayMs?: number): void {
-    if (this.stopped) return;
+    if (this.stopped || !this.current(t)) return;
     if (t.timer) clearTimeout(t.timer);
     const at = this.matches(t) ? this.renewAt(t) : undefined;
     const wait = delayMs ?? (at ? Math.max(0, at.getTime() - Date.now()) : 0);
