@@ -74,7 +74,7 @@ t.test('bad fields are named with their path', async (t) => {
     [config(ONE, 'acme: { directory: https://a.example/dir, termsOfServiceAgreed: true, redirect: true }'), 'acme.redirect', /needs acme.httpPort/],
     [config(`${ONE}\n      - acme: { names: [www.shop.example.com] }`), 'listeners[0].certificates[1].acme.names', /also in another acme certificate/],
     [config('      - acme: { names: [a.example], reuseKey: yes please }'), 'listeners[0].certificates[0].acme.reuseKey', /true or false|boolean/],
-    [config(ONE, ACME, 'workers: 2'), 'workers', /must be 1 with acme certificates/],
+    [config(ONE, ACME, 'workers: 2').replace('mode: embedded, dir: data', 'mode: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so'), 'workers', /must be 1 with acme certificates and hsm.mode pkcs11/],
     [config(ONE, ACME).replace('mode: embedded', 'mode: cluster'), 'acme.dir', /required with hsm.mode cluster/],
   ];
   for (const [yaml, path, message] of cases) {
@@ -95,6 +95,18 @@ hsm: { mode: embedded, dir: data }
 ${ACME}
 `;
   t.match(issues(two), [{ path: 'listeners[1].certificates[0].acme', message: /a\.example is also on another listener with keyType ec:p256, challenge tls-alpn-01, reuseKey true; give both the same settings/ }]);
+});
+
+t.test('workers share acme certificates through the simulated cluster: more than one is accepted', async (t) => {
+  const c = parseConfig(config(ONE, ACME, 'workers: 2'), { baseDir: dir });
+  t.equal(c.workers, 2);
+});
+
+t.test('acme.leaseSeconds must be a whole number of seconds', async (t) => {
+  const bad = issues(config(ONE, ACME.replace('termsOfServiceAgreed: true', 'termsOfServiceAgreed: true, leaseSeconds: 0')));
+  t.ok(bad.some((i) => i.path === 'acme.leaseSeconds'), 'zero is refused', { bad });
+  const c = parseConfig(config(ONE, ACME.replace('termsOfServiceAgreed: true', 'termsOfServiceAgreed: true, leaseSeconds: 5')), { baseDir: dir });
+  t.equal(c.acme?.leaseSeconds, 5);
 });
 
 t.test('an account key readable by others is refused with the chmod to run', async (t) => {

@@ -52,3 +52,11 @@ export function describeAcmeFailure(err: unknown): string {
   if (e.code && e.message && !e.message.includes(e.code)) return `${e.message} (${e.code})`;
   return e.message ?? String(err);
 }
+
+/** A result stored under an order lease that lapsed: a newer lease was granted, nothing was overwritten. */
+export class AcmeFencedError extends AcmeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, 'ACME_ERR_FENCED', options);
+    this.name = 'AcmeFencedError';
+  }
+}

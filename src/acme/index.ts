@@ -14,3 +14,5 @@ export * from './retire.js';
 export * from './reuse-key.js';
 export * from './account-keeper.js';
 export * from './account-rotation.js';
+export * from './certificate-store.js';
+export * from './cluster-store.js';

@@ -1,19 +1,23 @@
 // Keeps every ACME certificate of a config issued and current: orders the missing ones once the
 // listeners are open (tls-alpn-01 is answered by them), renews when a third of the lifetime is
 // left (jittered), retries failures with backoff while the old certificate keeps serving, and
-// tells the caller when a certificate changed so it swaps it into the listeners.
-import { createHash } from 'node:crypto';
+// tells the caller when a certificate changed so it swaps it into the listeners. With a shared
+// CertificateStore (the HSM cluster) an order runs only under the store's lease, its challenges
+// are published there, and certificates other proxies stored are taken up (files under acme.dir
+// stay this process's cache, which the listeners load).
+import { createHash, X509Certificate } from 'node:crypto';
 import { channel } from 'node:diagnostics_channel';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcmeCertificateConfig, CertificateConfig, Config } from '../config/index.js';
-import { SoftBackend, writeKeyReference, type Backend, type Engine } from '../engine/index.js';
+import { SoftBackend, writeKeyReference, type Backend, type Engine, type KeyHandle } from '../engine/index.js';
 import { configureAcmeHttp } from './account.js';
 import { AccountKeeper } from './account-keeper.js';
 import { ariCertId, fetchRenewalWindow, renewalInfoUrl } from './ari.js';
+import { FileCertificateStore, type CertificateStore, type OrderLease, type PublishedChallenge } from './certificate-store.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
-import { orderCertificate, type AcmeLog } from './order.js';
+import { alpnChallengeCertificate, orderCertificate, type AcmeLog } from './order.js';
 import { destroyExpired, retireIssue } from './retire.js';
 import { reusableKey } from './reuse-key.js';
 import { certificateDir, readState, takeRenewRequest, writeState, type CertificateState } from './store.js';
@@ -49,6 +53,12 @@ export interface AcmeManagerOptions {
   watchMs?: number;
   /** The clock that decides which retired certificates have expired (tests move it forward). */
   now?: () => number;
+  /** Where certificates are shared and orders leased (default: the files under acme.dir, one proxy). */
+  store?: CertificateStore;
+  /** How long an order lease lasts unless renewed (default acme.leaseSeconds). */
+  leaseTtlMs?: number;
+  /** How often a shared store is read for challenges other proxies are waiting on (default 1 s). */
+  challengePollMs?: number;
 }
 
 /** The ACME certificates a config asks for, once each (the same names may serve several listeners). */
@@ -110,10 +120,25 @@ export class AcmeManager {
   private started = false;
   /** Orders of certificates removed from the config while they ran (stop() waits for them). */
   private readonly detached = new Set<Promise<void>>();
+  /** The store certificates are shared through (the source of truth when it is shared). */
+  readonly store: CertificateStore;
+  private challengeTimer?: NodeJS.Timeout;
+  /** Challenges other proxies published that this process answers too, by key; and its own. */
+  private readonly remote = new Map<string, () => void>();
+  private readonly own = new Set<string>();
 
   constructor(private readonly opts: AcmeManagerOptions) {
     this.random = opts.random ?? Math.random;
     this.config = opts.config;
+    this.store = opts.store ?? new FileCertificateStore(this.acme.dir);
+  }
+
+  private get leaseTtlMs(): number {
+    return this.opts.leaseTtlMs ?? (this.acme.leaseSeconds ?? 120) * 1000;
+  }
+
+  private get challengePollMs(): number {
+    return this.opts.challengePollMs ?? 1000;
   }
 
   private get acme(): NonNullable<Config['acme']> {
@@ -135,6 +160,8 @@ export class AcmeManager {
     const state: CertificateState = stored ?? { names: spec.names, keyType: spec.keyType, retired: [] };
     const t: Tracked = { spec, dir, state, failures: 0 };
     this.tracked.set(name, t);
+    // A certificate another proxy of the cluster stored is served from the start, without an order.
+    if (this.store.shared) await this.adopt(t).catch((err: unknown) => this.adoptFailed(t, err));
     return t;
   }
 
@@ -144,6 +171,10 @@ export class AcmeManager {
     for (const t of this.tracked.values()) this.begin(t);
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
+    if (this.store.shared && this.tracked.size > 0) {
+      this.challengeTimer = setInterval(() => void this.syncChallenges(), this.challengePollMs);
+      this.challengeTimer.unref();
+    }
   }
 
   private begin(t: Tracked): void {
@@ -216,6 +247,10 @@ export class AcmeManager {
       if (t.running) continue;
       const ariStale = !t.state.ari || Date.parse(t.state.ari.retryAfter) <= Date.now();
       if (t.state.current && ariStale) await this.refreshAri(t);
+      if (this.store.shared) {
+        if (await this.adopt(t).catch((err: unknown) => this.adoptFailed(t, err))) changed = true;
+        continue;
+      }
       const stored = await readState(t.dir).catch(() => undefined);
       if (stored?.current && stored.current.serial !== t.state.current?.serial) {
         t.state = stored;
@@ -269,11 +304,15 @@ export class AcmeManager {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.watcher) clearInterval(this.watcher);
+    if (this.challengeTimer) clearInterval(this.challengeTimer);
+    for (const remove of this.remote.values()) remove();
+    this.remote.clear();
     for (const t of this.tracked.values()) if (t.timer) clearTimeout(t.timer);
     await this.polling;
     await Promise.all([...this.tracked.values()].map((t) => t.running?.catch(() => undefined)));
     await Promise.all([...this.detached]);
     await this.soft.close();
+    await this.store.close();
   }
 
   /** The renewalInfo URL of the CA's directory (undefined: no ARI, or the directory did not answer). */
@@ -343,20 +382,46 @@ export class AcmeManager {
 
   private run(t: Tracked, forced: boolean): Promise<void> {
     if (t.running) return forced ? t.running.then(() => this.run(t, true)) : t.running;
-    const p = this.order(t).finally(() => { t.running = undefined; });
+    const p = this.order(t, forced).finally(() => { t.running = undefined; });
     t.running = p;
     return p;
   }
 
-  private async order(t: Tracked): Promise<void> {
+  private async order(t: Tracked, forced: boolean): Promise<void> {
     const name = t.spec.names[0]!;
+    let lease: OrderLease | undefined;
+    let keepAlive: NodeJS.Timeout | undefined;
     try {
       await mkdir(t.dir, { recursive: true, mode: 0o700 });
       const account = await this.accounts.get();
+      // At most one proxy of the cluster orders a name at a time; the others pick its result up.
+      lease = await this.store.acquire(name, this.leaseTtlMs);
+      if (!lease) {
+        this.opts.log.info({ acme: name }, 'another proxy of the cluster holds the order lease; its certificate is taken up once stored');
+        this.schedule(t, Math.min(this.leaseTtlMs, 10_000) * (0.5 + this.random()));
+        return;
+      }
+      const held = lease;
+      this.opts.log.info({ acme: name, token: held.token, store: this.store.kind }, 'acme order lease taken');
+      keepAlive = setInterval(() => {
+        held.renew().catch((err: unknown) => this.opts.log.warn({ acme: name, err: (err as Error).message }, 'could not renew the order lease'));
+      }, Math.max(100, this.leaseTtlMs / 3));
+      keepAlive.unref();
+      if (this.store.shared) {
+        // Another proxy may have stored a new issue while this one waited: take it instead.
+        const adopted = await this.adopt(t);
+        const due = nextRenewal(t.state);
+        if ((adopted && forced) || (!forced && t.state.current && this.matches(t) && due && due.getTime() > Date.now())) {
+          if (adopted) await this.opts.onChange();
+          this.schedule(t);
+          return;
+        }
+      }
       const issued = await orderCertificate(
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,
           challenges: this.challenges, log: this.opts.log,
+          ...(this.store.shared ? { announce: this.announcer(held) } : {}),
         },
         t.spec,
         {
@@ -368,6 +433,21 @@ export class AcmeManager {
       );
       if (this.stopped) return;
       const serial = issued.leaf.serialNumber;
+      const orderedAt = new Date().toISOString();
+      try {
+        await this.store.write(held, {
+          name, names: t.spec.names, keyType: t.spec.keyType, keyId: issued.key.keyId, keyLabel: issued.key.label,
+          chainPem: issued.chainPem, account: account.url, orderedAt,
+        });
+      } catch (err) {
+        // Not stored (a newer lease holder's certificate stands): this issue is never served. Its
+        // key goes too, unless reuseKey carried over the key the current issue still uses.
+        if (issued.key.keyId !== t.state.current?.keyId) {
+          await this.opts.backend.delete(issued.key).catch(() => undefined);
+          await rm(join(t.dir, `key-${issued.key.keyId}.pem`), { force: true });
+        }
+        throw err;
+      }
       const chainFile = `chain-${serial}.pem`;
       await writeFile(join(t.dir, chainFile), issued.chainPem);
       const retired = retireIssue(t.state);
@@ -377,7 +457,7 @@ export class AcmeManager {
           chainFile, keyFile: `key-${issued.key.keyId}.pem`, keyId: issued.key.keyId, keyLabel: issued.key.label, serial,
           notBefore: new Date(issued.leaf.validFrom).toISOString(),
           notAfter: new Date(issued.leaf.validTo).toISOString(),
-          orderedAt: new Date().toISOString(), account: account.url,
+          orderedAt, account: account.url,
         },
       };
       await writeState(t.dir, t.state);
@@ -400,7 +480,99 @@ export class AcmeManager {
       await writeState(t.dir, t.state).catch(() => undefined);
       this.schedule(t, delay);
       throw err;
+    } finally {
+      if (keepAlive) clearInterval(keepAlive);
+      await lease?.release().catch((err: unknown) => this.opts.log.warn({ acme: name, err: (err as Error).message }, 'could not release the order lease; it expires'));
     }
+  }
+
+  /**
+   * Publishes an order's challenges beside its lease, then waits two looks of the other proxies
+   * (challengePollMs each) so that whichever the CA's validation reaches answers it.
+   */
+  private announcer(lease: OrderLease): (c: PublishedChallenge) => Promise<() => Promise<void>> {
+    const published: PublishedChallenge[] = [];
+    return async (c) => {
+      published.push(c);
+      const key = challengeKey(c);
+      this.own.add(key);
+      await lease.publish([...published]);
+      await new Promise((r) => setTimeout(r, 2 * this.challengePollMs + 250));
+      return async () => {
+        published.splice(published.indexOf(c), 1);
+        this.own.delete(key);
+        await lease.publish([...published]).catch(() => undefined);
+      };
+    };
+  }
+
+  /** Answers here too the challenges other proxies of the cluster published (and stops when they are gone). */
+  private async syncChallenges(): Promise<void> {
+    let list: PublishedChallenge[];
+    try {
+      list = await this.store.pendingChallenges();
+    } catch {
+      return; // the next look tries again
+    }
+    const want = new Map(list.map((c) => [challengeKey(c), c]));
+    for (const [k, remove] of this.remote) {
+      if (!want.has(k)) { remove(); this.remote.delete(k); }
+    }
+    for (const [k, c] of want) {
+      if (this.remote.has(k) || this.own.has(k) || this.stopped) continue;
+      if (c.type === 'http-01') {
+        this.remote.set(k, this.challenges.addHttp(c.token, c.keyAuthorization));
+        continue;
+      }
+      try {
+        const { certified, dispose } = await alpnChallengeCertificate(this.opts.engine, this.soft, c.name, c.keyAuthorization);
+        const remove = this.challenges.addTlsAlpn(c.name, certified);
+        this.remote.set(k, () => { remove(); dispose(); });
+      } catch (err) {
+        this.opts.log.warn({ name: c.name, err: (err as Error).message }, 'could not make the tls-alpn-01 certificate of a challenge published in the cluster');
+      }
+    }
+  }
+
+  /**
+   * Takes the store's issue of `t` into the local cache when it is another than the one served here
+   * (another proxy ordered it); true when it changed. Never goes back to an older issue.
+   */
+  private async adopt(t: Tracked): Promise<boolean> {
+    const name = t.spec.names[0]!;
+    const stored = await this.store.read(name);
+    if (!stored || stored.names.join(',') !== t.spec.names.join(',') || stored.keyType !== t.spec.keyType) return false;
+    const leaf = new X509Certificate(stored.chainPem);
+    const cur = this.matches(t) ? t.state.current : undefined;
+    if (leaf.serialNumber === cur?.serial) return false;
+    if (cur && Date.parse(leaf.validFrom) < Date.parse(cur.notBefore)) return false;
+    const find = (this.opts.backend as { find?: (id: string) => Promise<KeyHandle> }).find;
+    if (!find) throw new AcmeError(`the ${this.opts.backend.kind} backend cannot look keys up by id`, 'ACME_ERR_STORE');
+    const key = await find.call(this.opts.backend, stored.keyId);
+    await mkdir(t.dir, { recursive: true, mode: 0o700 });
+    const chainFile = `chain-${leaf.serialNumber}.pem`;
+    const keyFile = `key-${stored.keyId}.pem`;
+    await writeFile(join(t.dir, chainFile), stored.chainPem);
+    await writeKeyReference(key, join(t.dir, keyFile), { overwrite: true });
+    const retired = cur ? retireIssue(t.state) : [...t.state.retired];
+    t.state = {
+      names: t.spec.names, keyType: t.spec.keyType, retired,
+      current: {
+        chainFile, keyFile, keyId: stored.keyId, keyLabel: stored.keyLabel, serial: leaf.serialNumber,
+        notBefore: new Date(leaf.validFrom).toISOString(), notAfter: new Date(leaf.validTo).toISOString(),
+        orderedAt: stored.orderedAt, account: stored.account,
+      },
+    };
+    await writeState(t.dir, t.state);
+    this.opts.log.info({ acme: name, serial: leaf.serialNumber, store: this.store.kind }, 'acme certificate taken up from the store (ordered by another proxy)');
+    this.publish(t);
+    if (!t.running) this.schedule(t);
+    return true;
+  }
+
+  private adoptFailed(t: Tracked, err: unknown): false {
+    this.opts.log.warn({ acme: t.spec.names[0], err: (err as Error).message }, 'could not read the certificate store; the local copy keeps serving');
+    return false;
   }
 
   /** The certificate a renewal replaces (RFC 9773 §5), when the CA offers ARI. */
@@ -439,4 +611,9 @@ export function statusOf(
     ...(next ? { nextRenewal: next.toISOString() } : {}),
     ...(state?.lastError ? { lastError: state.lastError } : {}),
   };
+}
+
+/** One challenge's identity: an http-01 token, or a tls-alpn-01 name with its key authorization. */
+function challengeKey(c: PublishedChallenge): string {
+  return c.type === 'http-01' ? `http-01 ${c.token}` : `tls-alpn-01 ${c.name.toLowerCase()} ${c.keyAuthorization}`;
 }

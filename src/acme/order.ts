@@ -8,6 +8,7 @@ import type { AcmeCertificateConfig, AcmeKeyType } from '../config/index.js';
 import { type Backend, type CertifiedKey, type Engine, type KeyAlgorithm, type KeyHandle, type SoftBackend } from '../engine/index.js';
 import { createCsr, signingKey } from '../pki/index.js';
 import type { AcmeAccount } from './account.js';
+import type { PublishedChallenge } from './certificate-store.js';
 import type { PendingChallenges } from './challenges.js';
 import { AcmeCaError, AcmeChallengeError, AcmeInvalidCertificateError, describeAcmeFailure } from './errors.js';
 
@@ -28,6 +29,22 @@ export interface OrderContext {
   soft: SoftBackend;
   challenges: PendingChallenges;
   log: AcmeLog;
+  /**
+   * Publishes a challenge where the other proxies of the cluster answer it too (resolving once
+   * they have had time to look); returns its withdrawal. Absent: only this process answers.
+   */
+  announce?: (challenge: PublishedChallenge) => Promise<() => Promise<void>>;
+}
+
+/** The RFC 8737 validation certificate for `name` (a software key made for it; no HSM signature spent). */
+export async function alpnChallengeCertificate(
+  engine: Engine, soft: SoftBackend, name: string, keyAuthorization: string,
+): Promise<{ certified: CertifiedKey; dispose: () => void }> {
+  const authz = { identifier: { type: 'dns', value: name } } as acme.Authorization;
+  const [keyPem, certPem] = await acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256'));
+  const handle = engine.adopt(soft.load(keyPem.toString(), `tls-alpn-01 key for ${name}`), soft);
+  const chain = [Buffer.from(new X509Certificate(certPem).raw)];
+  return { certified: { chain, signer: await engine.signer(handle) }, dispose: () => { void soft.delete(handle).catch(() => undefined); } };
 }
 
 /** A certificate the CA issued for an HSM key, checked. */
@@ -104,19 +121,25 @@ async function validate(ctx: OrderContext, spec: AcmeCertificateConfig, authz: a
   try {
     keyAuthorization = await client.getChallengeKeyAuthorization(challenge);
     if (spec.challenge === 'tls-alpn-01') {
-      const [keyPem, certPem] = await acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256'));
-      const handle = ctx.engine.adopt(ctx.soft.load(keyPem.toString(), `tls-alpn-01 key for ${name}`), ctx.soft);
-      const chain = [Buffer.from(new X509Certificate(certPem).raw)];
-      const certified: CertifiedKey = { chain, signer: await ctx.engine.signer(handle) };
+      const { certified, dispose } = await alpnChallengeCertificate(ctx.engine, ctx.soft, name, keyAuthorization);
       const remove = ctx.challenges.addTlsAlpn(name, certified);
-      unpublish = () => { remove(); void ctx.soft.delete(handle).catch(() => undefined); };
+      unpublish = () => { remove(); dispose(); };
     } else {
       unpublish = ctx.challenges.addHttp(challenge.token, keyAuthorization);
     }
   } catch (err) {
     throw new AcmeCaError(`ordering ${spec.names[0]!}: preparing the ${spec.challenge} challenge for ${name} failed: ${describeAcmeFailure(err)}`, { cause: err });
   }
-  ctx.log.info({ acme: spec.names[0], name, challenge: challenge.type }, 'acme order step: challenge published');
+  let withdraw: (() => Promise<void>) | undefined;
+  try {
+    withdraw = await ctx.announce?.(spec.challenge === 'tls-alpn-01'
+      ? { type: 'tls-alpn-01', name, keyAuthorization }
+      : { type: 'http-01', token: challenge.token, keyAuthorization });
+  } catch (err) {
+    unpublish();
+    throw new AcmeCaError(`ordering ${spec.names[0]!}: publishing the ${spec.challenge} challenge for ${name} in the cluster failed: ${describeAcmeFailure(err)}`, { cause: err });
+  }
+  ctx.log.info({ acme: spec.names[0], name, challenge: challenge.type, cluster: withdraw !== undefined }, 'acme order step: challenge published');
   try {
     await client.completeChallenge(challenge);
     await client.waitForValidStatus(challenge);
@@ -125,6 +148,7 @@ async function validate(ctx: OrderContext, spec: AcmeCertificateConfig, authz: a
     throw new AcmeChallengeError(name, `the CA did not validate ${name} over ${challenge.type}: ${describeAcmeFailure(err)}`, { cause: err });
   } finally {
     unpublish();
+    await withdraw?.();
   }
 }
 

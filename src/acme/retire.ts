@@ -39,7 +39,10 @@ export async function destroyExpired(
         await removeIssueFiles(dir, { chainFile: r.chainFile });
         continue;
       }
-      await backend.delete(r.keyId);
+      // Another proxy sharing the key may have destroyed it already.
+      await backend.delete(r.keyId).catch((err: unknown) => {
+        if (!/NOT_FOUND|NO_SUCH/.test(String((err as { code?: unknown }).code))) throw err;
+      });
       destroyed.add(r.keyId);
       await removeIssueFiles(dir, r);
     } catch (err) {

@@ -5,7 +5,9 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { AcmeManager, acmeCertificates, startHttpChallengeServer, type HttpChallengeServer } from '../acme/index.js';
+import {
+  AcmeManager, ClusterCertificateStore, acmeCertificates, startHttpChallengeServer, type HttpChallengeServer,
+} from '../acme/index.js';
 import { loadConfig, type Config } from '../config/index.js';
 import { exposeToPrimary } from '../metrics/index.js';
 import { Proxy, type ReadinessReport } from '../proxy/index.js';
@@ -177,9 +179,14 @@ async function acmeFor(
 ): Promise<AcmeManager | undefined> {
   const { hsm, log } = opts;
   if (!config.acme || acmeCertificates(config).length === 0) return undefined;
-  if (opts.worker) throw new UsageError('acme certificates are served with workers: 1 (one process answers the challenges)');
   if (!hsm.backend) throw new UsageError('acme certificates need the simulated cluster (hsm.mode embedded or cluster) to generate their keys in');
-  const acme = new AcmeManager({ config, engine: hsm.engine, backend: hsm.backend, log: log.child({ component: 'acme' }), onChange });
+  if (opts.worker && !hsm.cluster) throw new UsageError('acme certificates are served with workers: 1 unless the HSM cluster shares their challenges');
+  // The cluster is the source of truth: every proxy (and worker) of it orders under its lease,
+  // publishes challenges in it and takes up what the others stored.
+  const store = hsm.cluster ? new ClusterCertificateStore(hsm.cluster) : undefined;
+  const acme = new AcmeManager({
+    config, engine: hsm.engine, backend: hsm.backend, log: log.child({ component: 'acme' }), onChange, ...(store ? { store } : {}),
+  });
   await acme.load();
   return acme;
 }

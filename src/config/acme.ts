@@ -29,6 +29,11 @@ export interface AcmeConfig {
   httpAddress: string;
   /** Plain-HTTP requests other than challenges: 308 to https (true) or 404 (false). */
   redirect: boolean;
+  /**
+   * How long an order lease lasts unless its holder renews it (it renews every third of it), so
+   * how long a crashed proxy blocks the others from ordering (default 120).
+   */
+  leaseSeconds?: number;
 }
 
 /** One certificate of a listener ordered through ACME. */
@@ -48,7 +53,7 @@ export function readAcme(
   r: Reader, v: unknown, hsm: { dir: string; mode: string } | undefined,
 ): AcmeConfig | undefined {
   const path = 'acme';
-  const o = r.object(v, path, ['directory', 'directoryCa', 'email', 'termsOfServiceAgreed', 'dir', 'accountKey', 'httpPort', 'httpAddress', 'redirect']);
+  const o = r.object(v, path, ['directory', 'directoryCa', 'email', 'termsOfServiceAgreed', 'dir', 'accountKey', 'httpPort', 'httpAddress', 'redirect', 'leaseSeconds']);
   if (!o) return undefined;
   const directory = r.string(o.directory, at(path, 'directory'));
   if (directory !== undefined) {
@@ -87,10 +92,12 @@ export function readAcme(
   if (httpAddress !== undefined && isIP(httpAddress) === 0) r.fail(at(path, 'httpAddress'), `expected an IP address, got "${httpAddress}"`);
   const redirect = r.boolean(o.redirect, at(path, 'redirect'), { def: false });
   if (redirect && httpPort === undefined) r.fail(at(path, 'redirect'), 'needs acme.httpPort: the plain-HTTP listener that redirects');
+  const leaseSeconds = r.integer(o.leaseSeconds, at(path, 'leaseSeconds'), { optional: true, min: 1, max: 86_400, what: 'seconds' });
   if (!directory || tos !== true || !dir || !accountKey || !httpAddress || redirect === undefined) return undefined;
   return {
     directory, ...(directoryCa ? { directoryCa } : {}), ...(email ? { email } : {}), termsOfServiceAgreed: true,
     dir, accountKey, ...(httpPort !== undefined ? { httpPort } : {}), httpAddress, redirect,
+    ...(leaseSeconds !== undefined ? { leaseSeconds } : {}),
   };
 }
 

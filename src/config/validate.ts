@@ -57,8 +57,10 @@ export function validateConfig(raw: unknown, opts: ValidateOptions = {}): Config
   const maxHeaderBytes = httpObj ? r.integer(httpObj.maxHeaderBytes, 'http.maxHeaderBytes', { def: DEFAULTS.http.maxHeaderBytes, min: 1024, max: 1 << 20, what: 'bytes' }) : undefined;
   const maxHeaders = httpObj ? r.integer(httpObj.maxHeaders, 'http.maxHeaders', { def: DEFAULTS.http.maxHeaders, min: 8, max: 10_000 }) : undefined;
   const http2 = readHttp2(r, o.http2, 'http2');
-  if (acmeEntries.length > 0 && workers !== undefined && workers !== 1) {
-    r.fail('workers', 'must be 1 with acme certificates: the process that orders a certificate answers its challenges');
+  // With the simulated cluster each worker is one more proxy of the cluster (challenges and
+  // certificates are shared through the HSMs); PKCS#11 tokens cannot share challenges.
+  if (acmeEntries.length > 0 && workers !== undefined && workers !== 1 && hsm?.mode === 'pkcs11') {
+    r.fail('workers', 'must be 1 with acme certificates and hsm.mode pkcs11: the process that orders a certificate answers its challenges (with the simulated cluster, workers share them through the HSMs)');
   }
   if (demo && !upstreams.demo) r.fail('demo', 'needs upstreams.demo: the address the demo upstream listens on (e.g. { targets: [http://127.0.0.1:8080] })');
   if (listeners) checkListenersUnique(r, listeners);

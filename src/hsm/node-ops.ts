@@ -33,6 +33,11 @@ function str(o: Json, name: string): string {
   if (typeof v !== 'string' || v.length === 0) throw new InvalidArgumentError(`request field ${name} must be a non-empty string`);
   return v;
 }
+function num(o: Json, name: string): number {
+  const v = field(o, name);
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw new InvalidArgumentError(`request field ${name} must be a number`);
+  return v;
+}
 function buf(o: Json, name: string): Buffer {
   const v = field(o, name);
   if (!Buffer.isBuffer(v)) throw new InvalidArgumentError(`request field ${name} must be bytes`);
@@ -168,6 +173,19 @@ async function handleJson(device: Hsm, state: ConnectionState, opcode: number, b
     case Op.IMPORT_USERS: await device.importUsers(s, buf(o, 'masked')); return answer(undefined);
     case Op.SNAPSHOT: return answer({ snapshot: device.snapshot(s) });
     case Op.LIST_TOKEN_KEY_IDS: return answer(device.listTokenKeyIds(s));
+    case Op.LEASE_ACQUIRE: return answer(await device.leaseAcquire(s, str(o, 'name'), str(o, 'holder'), num(o, 'ttlMs')));
+    case Op.LEASE_RENEW: return answer(await device.leaseRenew(s, str(o, 'name'), str(o, 'holder'), num(o, 'token'), num(o, 'ttlMs'), field(o, 'challenges')));
+    case Op.LEASE_RELEASE: return answer({ released: await device.leaseRelease(s, str(o, 'name'), str(o, 'holder'), num(o, 'token')) });
+    case Op.LEASE_LIST: return answer(device.leaseList(s));
+    case Op.STORE_CERTIFICATE: {
+      const chain = field(o, 'chain');
+      if (!Array.isArray(chain) || !chain.every((d) => Buffer.isBuffer(d))) throw new InvalidArgumentError('request field chain must be a list of DER certificates');
+      const note = field(o, 'note');
+      if (note !== undefined && typeof note !== 'string') throw new InvalidArgumentError('request field note must be a string');
+      return answer(await device.storeCertificate(s, { label: str(o, 'label'), keyId: str(o, 'keyId'), chain: chain as Buffer[], token: num(o, 'token'), ...(note !== undefined ? { note } : {}) }));
+    }
+    case Op.GET_CERTIFICATE: return answer(device.getCertificate(s, str(o, 'label')));
+    case Op.LIST_CERTIFICATES: return answer(device.listCertificates(s));
     default:
       throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
   }

@@ -14,6 +14,7 @@ import {
   type KeyAttributeChanges, type KeyFilter, type KeyInfo, type KeyPairInfo, type KeyPairSpec, type KeyTemplate,
   type Occupancy, type Role, type SecretKeySpec, type SignRequest, type StateDigest, type UnwrapRequest, type UserInfo,
   type VerifyRequest, type WrapRequest,
+  type CertificateInfo, type LeaseChallenge, type LeaseGrant, type LeaseInfo, type StoreCertificateRequest,
 } from '../protocol/index.js';
 import { FrameChannel, type Reply, type RequestOptions } from './channel.js';
 import { HsmClientError, HsmConnectionClosedError, HsmTlsError, HsmUnreachableError } from './errors.js';
@@ -297,6 +298,37 @@ export class HsmConnection {
   /** Ids of every token key (CO or AU), for resync. */
   listTokenKeyIds(opts?: RequestOptions): Promise<string[]> {
     return this.json(Op.LIST_TOKEN_KEY_IDS, undefined, opts);
+  }
+
+  // ---- leases and certificate objects: this HSM's own decision (client/leases.ts asks a majority) ----
+
+  /** Takes the lease `name` on this HSM if free or expired. */
+  leaseAcquire(name: string, holder: string, ttlMs: number, opts?: RequestOptions): Promise<LeaseGrant> {
+    return this.json(Op.LEASE_ACQUIRE, { name, holder, ttlMs }, opts);
+  }
+  /** Extends `holder`'s lease under `token`; replaces its challenges when given. */
+  leaseRenew(name: string, holder: string, token: number, ttlMs: number, challenges?: LeaseChallenge[], opts?: RequestOptions): Promise<LeaseGrant> {
+    return this.json(Op.LEASE_RENEW, { name, holder, token, ttlMs, ...(challenges ? { challenges } : {}) }, opts);
+  }
+  /** Ends `holder`'s lease on this HSM. */
+  async leaseRelease(name: string, holder: string, token: number, opts?: RequestOptions): Promise<boolean> {
+    return (await this.json<{ released: boolean }>(Op.LEASE_RELEASE, { name, holder, token }, opts)).released;
+  }
+  /** Live leases on this HSM with their challenges. */
+  leaseList(opts?: RequestOptions): Promise<LeaseInfo[]> {
+    return this.json(Op.LEASE_LIST, undefined, opts);
+  }
+  /** Stores a certificate object under a fencing token. */
+  storeCertificate(req: StoreCertificateRequest, opts?: RequestOptions): Promise<CertificateInfo> {
+    return this.json(Op.STORE_CERTIFICATE, req, opts);
+  }
+  /** One certificate object. */
+  getCertificate(label: string, opts?: RequestOptions): Promise<CertificateInfo> {
+    return this.json(Op.GET_CERTIFICATE, { label }, opts);
+  }
+  /** Labels of the certificate objects this user may see. */
+  listCertificates(opts?: RequestOptions): Promise<string[]> {
+    return this.json(Op.LIST_CERTIFICATES, undefined, opts);
   }
 
   // ---- plumbing ----

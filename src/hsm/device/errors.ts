@@ -174,3 +174,25 @@ export class StaleObjectError extends HsmError {
     this.name = 'StaleObjectError';
   }
 }
+
+/**
+ * A certificate object offered under a fencing token older than the newest this HSM granted (or
+ * stored) for its name: the lease of whoever ordered it lapsed and a newer holder took over.
+ */
+export class StaleLeaseError extends HsmError {
+  constructor(readonly lease: string, readonly offered: number, readonly newest: number) {
+    super(
+      `certificate ${lease} refused: fencing token ${offered} is older than token ${newest}, granted since by this HSM; the order lease lapsed and a newer holder orders ${lease}: nothing was overwritten`,
+      'HSM_ERR_STALE_LEASE',
+    );
+    this.name = 'StaleLeaseError';
+  }
+}
+
+/** The lease is held by another holder (renewing or releasing someone else's lease). */
+export class LeaseHeldError extends HsmError {
+  constructor(readonly lease: string, readonly holder: string) {
+    super(`the lease of ${lease} is held by ${holder}; take it when it is released or expires`, 'HSM_ERR_LEASE_HELD');
+    this.name = 'LeaseHeldError';
+  }
+}

@@ -10,13 +10,16 @@ import type { DeviceContext } from './context.js';
 import {
   AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
 } from './errors.js';
+import { Certificates } from './certificates.js';
 import { KeyOps } from './key-ops.js';
+import { Leases } from './leases.js';
 import { fromRecord, infoOf, ObjectStore } from './objects.js';
 import { DeviceStore } from './persist.js';
 import { requireRole } from './policy.js';
 import { readSnapshot, Replication } from './replication.js';
 import type { UsersImport } from './user-replication.js';
 import type {
+  CertificateInfo, LeaseGrant, LeaseInfo, StoreCertificateRequest,
   CryptoResult, DecryptRequest, EncryptRequest, HsmInfo, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter,
   ImportPublicKeyRequest,
   KeyInfo, KeyPairInfo, KeyPairSpec, KeyTemplate, Occupancy, Role, SecretKeySpec, Session, SignRequest, StateDigest,
@@ -62,13 +65,16 @@ export class Hsm {
   private readonly keys: KeyOps;
   private readonly userOps: UserOps;
   private readonly replication: Replication;
+  private readonly certificates: Certificates;
   private closed = false;
 
   private constructor(
     private readonly ctx: DeviceContext,
     private readonly auditLog: AuditLog,
+    private readonly leases: Leases,
   ) {
     this.keys = new KeyOps(ctx);
+    this.certificates = new Certificates(ctx, this.keys, leases);
     this.replication = new Replication(ctx);
     this.sessions = new SessionTable((id) => this.dropSessionKeys(id));
     this.userOps = new UserOps(ctx, this.sessions);
@@ -118,7 +124,8 @@ export class Hsm {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey, tombstones, saveTombstones,
         audit: (e: AuditEntry) => auditLog.append(e),
       };
-      const hsm = new Hsm(ctx, auditLog);
+      const hsm = new Hsm(ctx, auditLog, await Leases.open(ctx));
+      await hsm.certificates.load();
       ctx.audit({ event: fresh ? 'hsm.init' : 'hsm.open', ok: true, keys: objects.occupancy().token, users: users.size });
       return hsm;
     } catch (e) {
@@ -395,6 +402,50 @@ export class Hsm {
   listTokenKeyIds(session: Session): string[] {
     const s = this.session(session);
     return this.guardSync(s, 'list token key ids', () => this.replication.tokenKeyIds(s));
+  }
+
+  // ---- leases and certificate objects (ACME across proxies) ----
+
+  /** Grants the lease `name` to `holder` for `ttlMs` if free or expired, with a fencing token above every earlier one. */
+  leaseAcquire(session: Session, name: string, holder: string, ttlMs: number): Promise<LeaseGrant> {
+    const s = this.session(session);
+    return this.guard(s, `take lease ${name}`, () => this.leases.acquire(s, name, holder, ttlMs));
+  }
+
+  /** Extends `holder`'s lease under `token` (at least the newest granted here), replacing its challenges if given. */
+  leaseRenew(session: Session, name: string, holder: string, token: number, ttlMs: number, challenges?: unknown): Promise<LeaseGrant> {
+    const s = this.session(session);
+    return this.guard(s, `renew lease ${name}`, () => this.leases.renew(s, name, holder, token, ttlMs, challenges));
+  }
+
+  /** Ends `holder`'s lease; false when it held none under `token`. */
+  leaseRelease(session: Session, name: string, holder: string, token: number): Promise<boolean> {
+    const s = this.session(session);
+    return this.guard(s, `release lease ${name}`, () => this.leases.release(s, name, holder, token));
+  }
+
+  /** Live leases and the challenges published beside them. */
+  leaseList(session: Session): LeaseInfo[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list leases', () => this.leases.list(s));
+  }
+
+  /** Stores a certificate object for a key the CU may see; refused under a fencing token older than the newest. */
+  storeCertificate(session: Session, req: StoreCertificateRequest): Promise<CertificateInfo> {
+    const s = this.session(session);
+    return this.guard(s, `store certificate ${req?.label}`, () => this.certificates.store(s, req));
+  }
+
+  /** One certificate object (visible to those who may see its key). */
+  getCertificate(session: Session, label: string): CertificateInfo {
+    const s = this.session(session);
+    return this.guardSync(s, `read certificate ${label}`, () => this.certificates.get(s, label));
+  }
+
+  /** Labels of the certificate objects the session may see. */
+  listCertificates(session: Session): string[] {
+    const s = this.session(session);
+    return this.guardSync(s, 'list certificates', () => this.certificates.list(s));
   }
 
   // ---- status ----

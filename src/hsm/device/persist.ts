@@ -112,6 +112,7 @@ export class DeviceStore {
   private tombstonesWrite: Promise<void> = Promise.resolve();
   private tombstonesQueued?: Promise<void>;
   private tombstonesCurrent?: () => TombstoneRecord;
+  private readonly tableWrites = new Map<string, Promise<void>>();
 
   private constructor(readonly dir: string, private readonly master: Buffer) {}
 
@@ -185,6 +186,20 @@ export class DeviceStore {
     });
     this.tombstonesQueued = next;
     this.tombstonesWrite = next.catch(() => undefined);
+    return next;
+  }
+
+  /** A small sealed table kept in one file of the directory (leases, certificate objects), or undefined. */
+  async readTable<T>(name: string): Promise<T | undefined> {
+    const blob = await readIfExists(join(this.dir, name));
+    return blob ? this.unsealFile<T>(name, blob) : undefined;
+  }
+
+  /** Replaces a sealed table durably; writes of one table are serialised (each writes the table as it is then). */
+  writeTable(name: string, current: () => unknown): Promise<void> {
+    const prev = this.tableWrites.get(name) ?? Promise.resolve();
+    const next = prev.then(() => writeAtomic(this.dir, name, sealJson(this.master, name, current())));
+    this.tableWrites.set(name, next.catch(() => undefined));
     return next;
   }
 

@@ -215,3 +215,56 @@ export interface HsmInfo {
   users: number;
   state: StateDigest;
 }
+
+export type LeaseChallenge =
+  | { type: 'tls-alpn-01'; name: string; keyAuthorization: string }
+  | { type: 'http-01'; token: string; keyAuthorization: string };
+
+/** An HSM's answer to a lease request: granted with a fencing token, or held by another holder. */
+export interface LeaseGrant {
+  granted: boolean;
+  name: string;
+  /** The holder it is granted to, or the other holder that has it. */
+  holder: string;
+  /** The fencing token of the grant (or of the other holder's lease). */
+  token: number;
+  /** Time left on this HSM's clock. */
+  expiresInMs: number;
+}
+
+/** A live lease as listed, with the challenges its holder published. */
+export interface LeaseInfo {
+  name: string;
+  holder: string;
+  token: number;
+  expiresInMs: number;
+  challenges: LeaseChallenge[];
+}
+
+/** A certificate object: a DER chain stored under a label beside the key it certifies. */
+export interface CertificateInfo {
+  /** Cluster-wide name of the certificate (an ACME certificate's first DNS name). */
+  label: string;
+  /** The private key the leaf certifies. */
+  keyId: string;
+  /** DER certificates, leaf first. */
+  chain: Buffer[];
+  /** Free text kept with the certificate (the ACME account URL that ordered it). */
+  note: string;
+  /** The fencing token it was stored under. */
+  token: number;
+  /** Raised by one on every replacement on this HSM. */
+  version: number;
+  owner: string;
+  storedAt: string;
+}
+
+/** What storing a certificate object takes. */
+export interface StoreCertificateRequest {
+  label: string;
+  keyId: string;
+  chain: Buffer[];
+  note?: string;
+  /** The fencing token of the lease the certificate was ordered under. */
+  token: number;
+}

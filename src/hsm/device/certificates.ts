@@ -1,0 +1,112 @@
+// Certificate objects (docs/hsm-cluster.md, "Certificates"): a DER chain stored under a label
+// beside the private key its leaf certifies, as PKCS#11 keeps CKO_CERTIFICATE objects beside
+// their keys. Readable by the CUs who may see that key (owner and sharees; CO/AU for copies).
+// Every HSM of the cluster gets each certificate from the client (client/leases.ts), and each
+// decides for itself: a certificate stored under a fencing token older than the newest this HSM
+// granted for its label is refused (leases.ts), so a proxy whose order lease lapsed cannot
+// overwrite what a newer holder stored. Persisted sealed like the rest of the directory.
+import { createPublicKey, X509Certificate } from 'node:crypto';
+import type { DeviceContext } from './context.js';
+import { InvalidArgumentError, NoSuchKeyError, StaleLeaseError } from './errors.js';
+import type { KeyOps } from './key-ops.js';
+import { checkLeaseName, type Leases } from './leases.js';
+import { canSee, requireRole } from './policy.js';
+import type { CertificateInfo, Session, StoreCertificateRequest } from './types.js';
+
+const TABLE = 'certificates.sealed';
+export const MAX_CERTIFICATES = 1024;
+const MAX_CHAIN = 10;
+const MAX_DER = 16 * 1024;
+
+interface CertificateRecord {
+  label: string;
+  keyId: string;
+  chain: string[];
+  note: string;
+  token: number;
+  version: number;
+  owner: string;
+  storedAt: string;
+}
+
+function infoOf(r: CertificateRecord): CertificateInfo {
+  return { ...r, chain: r.chain.map((b) => Buffer.from(b, 'base64')) };
+}
+
+/** The certificate objects of one HSM. */
+export class Certificates {
+  private readonly records = new Map<string, CertificateRecord>();
+
+  constructor(private readonly ctx: DeviceContext, private readonly keys: KeyOps, private readonly leases: Leases) {}
+
+  /** Reads the persisted certificate objects (once, when the HSM opens). */
+  async load(): Promise<void> {
+    for (const r of (await this.ctx.store.readTable<CertificateRecord[]>(TABLE)) ?? []) this.records.set(r.label, r);
+  }
+
+  /**
+   * Stores (or replaces) the certificate `label` for a private key the CU may see. The leaf must
+   * certify that key. Refused under a token older than the newest granted or stored for `label`.
+   */
+  async store(s: Session, req: StoreCertificateRequest): Promise<CertificateInfo> {
+    requireRole(s, ['CU'], 'store a certificate');
+    const label = checkLeaseName(req?.label);
+    const key = this.keys.visible(s, req.keyId);
+    if (key.attrs.class !== 'private' || !key.attrs.token) throw new InvalidArgumentError(`key ${req.keyId} is not a token private key: a certificate object belongs to one`);
+    if (typeof req.token !== 'number' || !Number.isSafeInteger(req.token) || req.token < 1) throw new InvalidArgumentError('a fencing token must be a positive integer');
+    if (!Array.isArray(req.chain) || req.chain.length === 0 || req.chain.length > MAX_CHAIN || !req.chain.every((d) => Buffer.isBuffer(d) && d.length > 0 && d.length <= MAX_DER)) {
+      throw new InvalidArgumentError(`a certificate chain is 1 to ${MAX_CHAIN} DER certificates of at most ${MAX_DER} bytes each`);
+    }
+    const note = req.note ?? '';
+    if (typeof note !== 'string' || note.length > 16_384) throw new InvalidArgumentError('a certificate note is at most 16,384 characters');
+    let leaf: X509Certificate;
+    try {
+      leaf = new X509Certificate(req.chain[0]!);
+      for (const d of req.chain.slice(1)) void new X509Certificate(d);
+    } catch {
+      throw new InvalidArgumentError(`the chain of certificate ${label} does not parse as DER X.509`);
+    }
+    if (!leaf.publicKey.equals(createPublicKey(key.keyObject))) throw new InvalidArgumentError(`the leaf of certificate ${label} does not certify key ${req.keyId}`);
+    const existing = this.records.get(label);
+    const newest = Math.max(this.leases.newestToken(label), existing?.token ?? 0);
+    if (req.token < newest) {
+      this.ctx.audit({ event: 'certificate.store', user: s.user, ok: false, certificate: label, code: 'HSM_ERR_STALE_LEASE', offered: req.token, newest });
+      throw new StaleLeaseError(label, req.token, newest);
+    }
+    if (!existing && this.records.size >= MAX_CERTIFICATES) throw new InvalidArgumentError(`this HSM keeps at most ${MAX_CERTIFICATES} certificate objects`);
+    const rec: CertificateRecord = {
+      label, keyId: req.keyId, chain: req.chain.map((d) => d.toString('base64')), note, token: req.token,
+      version: (existing?.version ?? 0) + 1, owner: key.attrs.owner, storedAt: new Date().toISOString(),
+    };
+    await this.leases.raise(label, req.token);
+    this.records.set(label, rec);
+    await this.save();
+    this.ctx.audit({ event: 'certificate.store', user: s.user, ok: true, certificate: label, keyId: req.keyId, token: req.token, version: rec.version });
+    return infoOf(rec);
+  }
+
+  /** The certificate `label`, if the session may see the key it belongs to. */
+  get(s: Session, label: string): CertificateInfo {
+    requireRole(s, ['CU', 'CO', 'AU'], 'read a certificate');
+    checkLeaseName(label);
+    const rec = this.records.get(label);
+    if (!rec || !this.visible(s, rec)) throw new NoSuchKeyError(`certificate ${label}`);
+    return infoOf(rec);
+  }
+
+  /** Labels of the certificates the session may see. */
+  list(s: Session): string[] {
+    requireRole(s, ['CU', 'CO', 'AU'], 'list certificates');
+    return [...this.records.values()].filter((r) => this.visible(s, r)).map((r) => r.label).sort();
+  }
+
+  // A certificate is as visible as its key; one whose key is gone stays visible to its owner.
+  private visible(s: Session, rec: CertificateRecord): boolean {
+    const key = this.ctx.objects.get(rec.keyId);
+    return key ? canSee(s, key.attrs) : s.user === rec.owner || s.role !== 'CU';
+  }
+
+  private save(): Promise<void> {
+    return this.ctx.store.writeTable(TABLE, () => [...this.records.values()]);
+  }
+}

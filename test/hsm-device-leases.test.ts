@@ -1,0 +1,121 @@
+// One HSM's leases and certificate objects: a lease is granted when free or expired with a fencing
+// token above every earlier one (also after a restart), and a certificate stored under an older
+// token than the newest granted is refused, leaving the stored one in place.
+import t from 'tap';
+import { webcrypto } from 'node:crypto';
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { Hsm, type Session } from '../src/hsm/device/index.js';
+import { freshHsm, type Fixture } from './helpers/hsm-device.js';
+
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A P-256 key imported into the HSM and a self-signed certificate (DER) for it. */
+async function keyWithCertificate(f: Fixture, cu: Session, cn: string): Promise<{ keyId: string; der: Buffer }> {
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: '01', name: `CN=${cn}`, notBefore: new Date(), notAfter: new Date(Date.now() + 86_400_000),
+    keys: keys as unknown as Parameters<typeof x509.X509CertificateGenerator.createSelfSigned>[0]['keys'], signingAlgorithm: alg,
+  });
+  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
+  const pair = await f.hsm.importPrivateKey(cu, { key: pkcs8, template: { label: cn } });
+  return { keyId: pair.result.privateKey.keyId, der: Buffer.from(cert.rawData) };
+}
+
+t.test('a lease is granted when free, refused to another holder while live, and granted again after expiry with a higher token', async (t) => {
+  const f = await freshHsm(t);
+  const cu = await f.cu('alice');
+  const a = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-a', 150);
+  t.match(a, { granted: true, holder: 'proxy-a', token: 1 });
+  const b = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-b', 60_000);
+  t.match(b, { granted: false, holder: 'proxy-a', token: 1 }, 'held: the answer names the holder');
+  t.same(f.hsm.leaseList(cu).map((l) => l.holder), ['proxy-a']);
+  await sleep(250);
+  t.same(f.hsm.leaseList(cu), [], 'an expired lease is not listed');
+  const b2 = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-b', 60_000);
+  t.match(b2, { granted: true, holder: 'proxy-b', token: 2 });
+  await t.rejects(f.hsm.leaseRenew(cu, 'shop.example', 'proxy-a', 1, 60_000), { code: 'HSM_ERR_LEASE_HELD' }, 'the lapsed holder cannot renew');
+  t.equal(await f.hsm.leaseRelease(cu, 'shop.example', 'proxy-a', 1), false, 'nor release the new holder\'s lease');
+  t.equal(await f.hsm.leaseRelease(cu, 'shop.example', 'proxy-b', 2), true);
+  const c = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-c', 60_000);
+  t.equal(c.token, 3, 'a released name is granted again with the next token');
+  const other = await f.hsm.leaseAcquire(cu, 'other.example', 'proxy-c', 60_000);
+  t.equal(other.token, 1, 'tokens count per name');
+});
+
+t.test('the fencing token keeps increasing across a restart of the HSM', async (t) => {
+  const f = await freshHsm(t);
+  const cu = await f.cu('alice');
+  for (let i = 0; i < 3; i++) {
+    const g = await f.hsm.leaseAcquire(cu, 'restart.example', `p${i}`, 60_000);
+    await f.hsm.leaseRelease(cu, 'restart.example', `p${i}`, g.token);
+  }
+  const held = await f.hsm.leaseAcquire(cu, 'restart.example', 'before', 60_000);
+  t.equal(held.token, 4);
+  await f.hsm.close();
+  const again = await Hsm.open({ ...f.opts, initialPassword: undefined });
+  t.teardown(() => again.close());
+  const cu2 = await again.login('alice', 'alice-password');
+  t.match(again.leaseList(cu2), [{ name: 'restart.example', holder: 'before', token: 4 }], 'a live lease survives the restart');
+  t.match(await again.leaseAcquire(cu2, 'restart.example', 'after', 60_000), { granted: false, holder: 'before' });
+  await again.leaseRelease(cu2, 'restart.example', 'before', 4);
+  t.match(await again.leaseAcquire(cu2, 'restart.example', 'after', 60_000), { granted: true, token: 5 }, 'never a token handed out before');
+});
+
+t.test('a certificate stored under an older token than the newest granted is refused and nothing is overwritten', async (t) => {
+  const f = await freshHsm(t);
+  const cu = await f.cu('alice');
+  const first = await keyWithCertificate(f, cu, 'fenced.example');
+  const second = await keyWithCertificate(f, cu, 'fenced.example');
+  const old = await f.hsm.leaseAcquire(cu, 'fenced.example', 'lapsed', 100);
+  await sleep(200);
+  const cur = await f.hsm.leaseAcquire(cu, 'fenced.example', 'current', 60_000);
+  t.ok(cur.token > old.token);
+  const stored = await f.hsm.storeCertificate(cu, { label: 'fenced.example', keyId: second.keyId, chain: [second.der], token: cur.token, note: 'acct-2' });
+  t.match(stored, { label: 'fenced.example', keyId: second.keyId, token: cur.token, version: 1, note: 'acct-2' });
+  await t.rejects(
+    f.hsm.storeCertificate(cu, { label: 'fenced.example', keyId: first.keyId, chain: [first.der], token: old.token }),
+    { code: 'HSM_ERR_STALE_LEASE', message: new RegExp(`fencing token ${old.token} is older than token ${cur.token}.*nothing was overwritten`) },
+  );
+  const read = f.hsm.getCertificate(cu, 'fenced.example');
+  t.equal(read.keyId, second.keyId, 'the newer certificate stays');
+  t.ok(read.chain[0]!.equals(second.der));
+  // Before any lease, a store raises the name's newest token: no later grant goes below it.
+  const third = await keyWithCertificate(f, cu, 'unleased.example');
+  await f.hsm.storeCertificate(cu, { label: 'unleased.example', keyId: third.keyId, chain: [third.der], token: 7 });
+  t.equal((await f.hsm.leaseAcquire(cu, 'unleased.example', 'x', 60_000)).token, 8);
+});
+
+t.test('a certificate must certify a key the user may see, and is visible only to who may see that key', async (t) => {
+  const f = await freshHsm(t);
+  const alice = await f.cu('alice');
+  const bob = await f.cu('bob');
+  const carol = await f.cu('carol');
+  const k = await keyWithCertificate(f, alice, 'owned.example');
+  const other = await keyWithCertificate(f, alice, 'owned.example');
+  const g = await f.hsm.leaseAcquire(alice, 'owned.example', 'p', 60_000);
+  await t.rejects(f.hsm.storeCertificate(alice, { label: 'owned.example', keyId: k.keyId, chain: [other.der], token: g.token }), { code: 'HSM_ERR_INVALID_ARGUMENT', message: /does not certify key/ });
+  await t.rejects(f.hsm.storeCertificate(alice, { label: 'owned.example', keyId: k.keyId, chain: [Buffer.from('not a certificate')], token: g.token }), { message: /does not parse/ });
+  await t.rejects(f.hsm.storeCertificate(bob, { label: 'owned.example', keyId: k.keyId, chain: [k.der], token: g.token }), { code: 'HSM_ERR_NO_SUCH_KEY' }, 'another CU cannot store for a key it cannot see');
+  await f.hsm.storeCertificate(alice, { label: 'owned.example', keyId: k.keyId, chain: [k.der], token: g.token });
+  t.throws(() => f.hsm.getCertificate(bob, 'owned.example'), { code: 'HSM_ERR_NO_SUCH_KEY' });
+  t.same(f.hsm.listCertificates(bob), []);
+  await f.hsm.shareKey(alice, k.keyId, 'bob');
+  t.equal(f.hsm.getCertificate(bob, 'owned.example').keyId, k.keyId, 'a sharee of the key reads its certificate');
+  t.same(f.hsm.listCertificates(carol), []);
+});
+
+t.test('malformed lease requests get a clear error', async (t) => {
+  const f = await freshHsm(t);
+  const cu = await f.cu('alice');
+  await t.rejects(f.hsm.leaseAcquire(cu, 'has space', 'p', 1000), { code: 'HSM_ERR_INVALID_ARGUMENT', message: /printable ASCII/ });
+  await t.rejects(f.hsm.leaseAcquire(cu, 'n', 'p', 5), { message: /ttl/ });
+  const g = await f.hsm.leaseAcquire(cu, 'n', 'p', 1000);
+  await t.rejects(f.hsm.leaseRenew(cu, 'n', 'p', g.token, 1000, [{ type: 'dns-01', name: 'x', keyAuthorization: 'y' }]), { message: /tls-alpn-01 or http-01/ });
+  await t.rejects(f.hsm.leaseRenew(cu, 'n', 'p', g.token, 1000, 'nope'), { message: /list/ });
+  await f.hsm.leaseRenew(cu, 'n', 'p', g.token, 1000, [{ type: 'http-01', token: 'tok', keyAuthorization: 'tok.thumb' }]);
+  t.same(f.hsm.leaseList(cu)[0]!.challenges, [{ type: 'http-01', token: 'tok', keyAuthorization: 'tok.thumb' }], 'the published challenge is listed beside the lease');
+});
