@@ -393,7 +393,6 @@ export class AcmeManager {
     let keepAlive: NodeJS.Timeout | undefined;
     try {
       await mkdir(t.dir, { recursive: true, mode: 0o700 });
-      const account = await this.accounts.get();
       // At most one proxy of the cluster orders a name at a time; the others pick its result up.
       lease = await this.store.acquire(name, this.leaseTtlMs);
       if (!lease) {
@@ -417,6 +416,8 @@ export class AcmeManager {
           return;
         }
       }
+      // Only a proxy that orders needs the account (a PKCS#11 proxy that is not the orderer never does).
+      const account = await this.accounts.get();
       const issued = await orderCertificate(
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,

@@ -179,13 +179,19 @@ async function acmeFor(
 ): Promise<AcmeManager | undefined> {
   const { hsm, log } = opts;
   if (!config.acme || acmeCertificates(config).length === 0) return undefined;
-  if (!hsm.backend) throw new UsageError('acme certificates need the simulated cluster (hsm.mode embedded or cluster) to generate their keys in');
   if (opts.worker && !hsm.cluster) throw new UsageError('acme certificates are served with workers: 1 unless the HSM cluster shares their challenges');
+  // PKCS#11: keys and certificate objects go to hsm.token (config validation makes sure it is named).
+  const token = hsm.backend ? undefined : await hsm.configuredToken?.();
+  const backend = hsm.backend ?? token;
+  if (!backend) throw new UsageError('acme certificates need the simulated cluster (hsm.mode embedded or cluster) or hsm.module and hsm.token (pkcs11) to generate their keys in');
   // The cluster is the source of truth: every proxy (and worker) of it orders under its lease,
-  // publishes challenges in it and takes up what the others stored.
-  const store = hsm.cluster ? new ClusterCertificateStore(hsm.cluster) : undefined;
+  // publishes challenges in it and takes up what the others stored. A PKCS#11 token is shared the
+  // same way, except that only the proxy with acme.orderer: true orders.
+  // (Loaded only then: it brings the PKCS#11 binding.)
+  const store = hsm.cluster ? new ClusterCertificateStore(hsm.cluster)
+    : token ? new (await import('../acme/pkcs11-store.js')).Pkcs11CertificateStore(token, config.acme.orderer === true) : undefined;
   const acme = new AcmeManager({
-    config, engine: hsm.engine, backend: hsm.backend, log: log.child({ component: 'acme' }), onChange, ...(store ? { store } : {}),
+    config, engine: hsm.engine, backend, log: log.child({ component: 'acme' }), onChange, ...(store ? { store } : {}),
   });
   await acme.load();
   return acme;

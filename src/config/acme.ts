@@ -34,6 +34,12 @@ export interface AcmeConfig {
    * how long a crashed proxy blocks the others from ordering (default 120).
    */
   leaseSeconds?: number;
+  /**
+   * hsm.mode pkcs11 only (and required there): this proxy orders and renews the ACME certificates
+   * into the token (true), or only serves what the orderer stored there (false). A token has no
+   * compare-and-set to lease an order with, so exactly one proxy of those sharing it is the orderer.
+   */
+  orderer?: boolean;
 }
 
 /** One certificate of a listener ordered through ACME. */
@@ -50,10 +56,13 @@ const DNS_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}
 
 /** Reads the top-level `acme` block; `hsmDir`/`embedded` give the defaults of `dir`. */
 export function readAcme(
-  r: Reader, v: unknown, hsm: { dir: string; mode: string } | undefined,
+  r: Reader, v: unknown, hsm: { dir: string; mode: string; module?: string; token?: string } | undefined,
 ): AcmeConfig | undefined {
   const path = 'acme';
-  const o = r.object(v, path, ['directory', 'directoryCa', 'email', 'termsOfServiceAgreed', 'dir', 'accountKey', 'httpPort', 'httpAddress', 'redirect', 'leaseSeconds']);
+  const o = r.object(v, path, [
+    'directory', 'directoryCa', 'email', 'termsOfServiceAgreed', 'dir', 'accountKey', 'httpPort', 'httpAddress', 'redirect',
+    'leaseSeconds', 'orderer',
+  ]);
   if (!o) return undefined;
   const directory = r.string(o.directory, at(path, 'directory'));
   if (directory !== undefined) {
@@ -93,12 +102,34 @@ export function readAcme(
   const redirect = r.boolean(o.redirect, at(path, 'redirect'), { def: false });
   if (redirect && httpPort === undefined) r.fail(at(path, 'redirect'), 'needs acme.httpPort: the plain-HTTP listener that redirects');
   const leaseSeconds = r.integer(o.leaseSeconds, at(path, 'leaseSeconds'), { optional: true, min: 1, max: 86_400, what: 'seconds' });
+  const orderer = readOrderer(r, o.orderer, hsm);
   if (!directory || tos !== true || !dir || !accountKey || !httpAddress || redirect === undefined) return undefined;
   return {
+    ...(orderer !== undefined ? { orderer } : {}),
     directory, ...(directoryCa ? { directoryCa } : {}), ...(email ? { email } : {}), termsOfServiceAgreed: true,
     dir, accountKey, ...(httpPort !== undefined ? { httpPort } : {}), httpAddress, redirect,
     ...(leaseSeconds !== undefined ? { leaseSeconds } : {}),
   };
+}
+
+/** `acme.orderer`: PKCS#11 only, and there required; the token and module the ACME keys go to are named. */
+function readOrderer(
+  r: Reader, v: unknown, hsm: { mode: string; module?: string; token?: string } | undefined,
+): boolean | undefined {
+  const path = at('acme', 'orderer');
+  if (hsm?.mode !== 'pkcs11') {
+    if (v !== undefined) r.fail(path, `applies to hsm.mode pkcs11 only: with the simulated cluster (mode ${hsm?.mode ?? '?'}) every proxy may order, under the cluster's order lease; remove it`);
+    return undefined;
+  }
+  if (v === undefined) {
+    r.fail(path, 'required with hsm.mode pkcs11: true on the one proxy that orders and renews the ACME certificates into the token, false on every other proxy sharing the token (they serve what the orderer stored)');
+    return undefined;
+  }
+  const orderer = r.boolean(v, path, { def: false });
+  if (!hsm.module || !hsm.token) {
+    r.fail('acme', 'with hsm.mode pkcs11 the ACME keys and certificates go to hsm.token through hsm.module: set both');
+  }
+  return orderer;
 }
 
 /** The account key signs every order: like the crypto-user credentials, it must not be readable by others. */
