@@ -44,6 +44,7 @@ export const COMMAND_MODULES: readonly CommandModule[] = [
     commands: { csr: 'make a certificate signing request with an HSM key', cert: 'certificates signed by HSM keys', ca: 'an issuing CA whose key stays in the HSM' },
     load: () => import('./commands/pki.js'),
   },
+  { commands: { quorum: 'M of N approval by crypto officers for user management and key policy changes' }, load: () => import('./commands/quorum.js') },
   { commands: { serve: 'run the HTTPS reverse proxy (default: embedded simulated cluster, demo certificates and upstream)' }, load: () => import('./commands/serve.js') },
   { commands: { user: 'HSM users (the crypto officer manages them; login from HSMPROXY_PIN)' }, load: () => import('./commands/user.js') },
 ];

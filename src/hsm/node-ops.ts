@@ -8,6 +8,7 @@ import {
   Op, isBinaryOp, jsonText, needsNoLogin, opName, readDecrypt, readEncrypt, readJson, readRandom, readSign, readVerify,
   ProtocolError, type CryptoResult,
 } from './protocol/index.js';
+import { handleQuorumOp, isQuorumOp } from './node-quorum.js';
 
 /** Per-connection state the ops read and change: the logged-in session. */
 export interface ConnectionState {
@@ -87,6 +88,7 @@ async function handleJson(device: Hsm, state: ConnectionState, opcode: number, b
   const s = state.session as Session;
   const parsed = readJson(body);
   const o: Json = typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed) ? (parsed as Json) : {};
+  if (isQuorumOp(opcode)) return answer(await handleQuorumOp(device, s, opcode, o));
   switch (opcode) {
     case Op.INFO: return answer(device.info());
     case Op.OCCUPANCY: return answer(device.occupancy());

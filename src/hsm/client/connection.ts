@@ -16,6 +16,7 @@ import {
   type VerifyRequest, type WrapRequest,
   type CertificateInfo, type LeaseChallenge, type LeaseGrant, type LeaseInfo, type StoreCertificateRequest,
 } from '../protocol/index.js';
+import type { QuorumApproval, QuorumApprover, QuorumService, QuorumStatus, QuorumTokenInfo } from '../protocol/index.js';
 import { FrameChannel, type Reply, type RequestOptions } from './channel.js';
 import { HsmClientError, HsmConnectionClosedError, HsmTlsError, HsmUnreachableError } from './errors.js';
 
@@ -172,6 +173,42 @@ export class HsmConnection {
   /** CO: clears a user's lockout. */
   async unlockUser(name: string, opts?: RequestOptions): Promise<void> {
     await this.json(Op.UNLOCK_USER, { name }, opts);
+  }
+
+  // ---- quorum (M of N); client/quorum.ts has the signing and the cluster-wide versions ----
+
+  /** CO: registers the logged-in CO's quorum public key; `proof` signs the registration text. */
+  registerQuorumKey(publicKey: string, proof: Buffer, opts?: RequestOptions): Promise<QuorumApprover> {
+    return this.json(Op.QUORUM_REGISTER_KEY, { publicKey, proof }, opts);
+  }
+  /** CO: sets M of a quorum service (needs an approved `quorum` token when a quorum is in force). */
+  setQuorumM(service: QuorumService, m: number, opts?: RequestOptions): Promise<QuorumStatus> {
+    return this.json(Op.QUORUM_SET_M, { service, m }, opts);
+  }
+  /** A quorum token for `service`, bound to the logged-in user. */
+  getQuorumToken(service: QuorumService, ttlSeconds?: number, opts?: RequestOptions): Promise<QuorumTokenInfo> {
+    return this.json(Op.QUORUM_TOKEN_GET, { service, ...(ttlSeconds !== undefined ? { ttlSeconds } : {}) }, opts);
+  }
+  /** Submits an approver's signature over a token; the HSM verifies it and records the approval. */
+  approveQuorumToken(a: QuorumApproval, opts?: RequestOptions): Promise<QuorumTokenInfo & { duplicate: boolean }> {
+    const body = { tokenId: a.tokenId, approver: a.approver, signature: a.signature };
+    return this.json(Op.QUORUM_TOKEN_APPROVE, body, opts);
+  }
+  /** A token's approvals against M, expiry and state. */
+  quorumTokenStatus(tokenId: string, opts?: RequestOptions): Promise<QuorumTokenInfo> {
+    return this.json(Op.QUORUM_TOKEN_STATUS, { tokenId }, opts);
+  }
+  /** A quorum token sealed under the cluster key (owner, CO or AU), for `importQuorumToken` on another HSM. */
+  async exportQuorumToken(tokenId: string, opts?: RequestOptions): Promise<Buffer> {
+    return (await this.json<{ masked: Buffer }>(Op.QUORUM_TOKEN_EXPORT, { tokenId }, opts)).masked;
+  }
+  /** Merges a masked quorum token from another HSM of the cluster. */
+  importQuorumToken(masked: Buffer, opts?: RequestOptions): Promise<QuorumTokenInfo> {
+    return this.json(Op.QUORUM_TOKEN_IMPORT, { masked }, opts);
+  }
+  /** M per service and the registered approvers. */
+  quorumStatus(opts?: RequestOptions): Promise<QuorumStatus> {
+    return this.json(Op.QUORUM_STATUS, undefined, opts);
   }
 
   // ---- keys ----

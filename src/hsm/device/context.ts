@@ -4,6 +4,7 @@ import type { AuditEntry } from './audit.js';
 import type { CapacityModel } from './capacity.js';
 import type { ObjectStore } from './objects.js';
 import type { DeviceStore } from './persist.js';
+import type { QuorumState } from './quorum.js';
 import type { UserTable } from './users.js';
 import type { Tombstones } from './versions.js';
 
@@ -21,4 +22,8 @@ export interface DeviceContext {
   audit(entry: AuditEntry): void;
   /** Persists the tombstones (before the deletion they record is made). */
   saveTombstones(): Promise<void>;
+  /** M values and quorum tokens (quorum.ts). */
+  readonly quorum: QuorumState;
+  /** Persists the quorum state. */
+  saveQuorum(): Promise<void>;
 }

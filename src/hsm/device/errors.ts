@@ -196,3 +196,44 @@ export class LeaseHeldError extends HsmError {
     this.name = 'LeaseHeldError';
   }
 }
+
+/**
+ * A quorum-protected operation without enough approvals: no token for the service, or one with
+ * fewer than M valid approvals. The message says what is missing and how to get it.
+ */
+export class QuorumRequiredError extends HsmError {
+  constructor(readonly service: string, readonly m: number, detail: string) {
+    super(
+      `quorum required: ${service} operations need ${m} approvals from crypto officers; ${detail}`,
+      'HSM_ERR_QUORUM_REQUIRED',
+    );
+    this.name = 'QuorumRequiredError';
+  }
+}
+
+/** The quorum token's lifetime is over: get a new one. */
+export class QuorumTokenExpiredError extends HsmError {
+  constructor(readonly tokenId: string, expiredAt: string) {
+    super(`quorum token ${tokenId} expired at ${expiredAt}; get a new one (hsmproxy quorum token get) and have it approved again`, 'HSM_ERR_QUORUM_TOKEN_EXPIRED');
+    this.name = 'QuorumTokenExpiredError';
+  }
+}
+
+/** The quorum token is unknown, used, replaced, or not for this user or service. */
+export class QuorumTokenInvalidError extends HsmError {
+  constructor(message: string) {
+    super(message, 'HSM_ERR_QUORUM_TOKEN_INVALID');
+    this.name = 'QuorumTokenInvalidError';
+  }
+}
+
+/** An approval whose signature does not verify under the approver's registered quorum key. */
+export class QuorumSignatureError extends HsmError {
+  constructor(readonly approver: string, readonly tokenId: string) {
+    super(
+      `the approval of quorum token ${tokenId} by ${approver} does not verify under ${approver}'s registered quorum key: signed with another key, or over other text than the token (sign the token file unchanged)`,
+      'HSM_ERR_QUORUM_BAD_SIGNATURE',
+    );
+    this.name = 'QuorumSignatureError';
+  }
+}

@@ -16,6 +16,9 @@ import { Leases } from './leases.js';
 import { fromRecord, infoOf, ObjectStore } from './objects.js';
 import { DeviceStore } from './persist.js';
 import { requireRole } from './policy.js';
+import { QuorumState } from './quorum.js';
+import { QuorumOps } from './quorum-ops.js';
+import type { QuorumApprover, QuorumService, QuorumStatus, QuorumTokenInfo } from '../protocol/quorum.js';
 import { readSnapshot, Replication } from './replication.js';
 import type { UsersImport } from './user-replication.js';
 import type {
@@ -66,6 +69,7 @@ export class Hsm {
   private readonly userOps: UserOps;
   private readonly replication: Replication;
   private readonly certificates: Certificates;
+  private readonly quorumOps: QuorumOps;
   private closed = false;
 
   private constructor(
@@ -78,6 +82,7 @@ export class Hsm {
     this.replication = new Replication(ctx);
     this.sessions = new SessionTable((id) => this.dropSessionKeys(id));
     this.userOps = new UserOps(ctx, this.sessions);
+    this.quorumOps = new QuorumOps(ctx);
   }
 
   /** Opens (or initialises, given `initialPassword`) the HSM whose data lives in `opts.dir`. */
@@ -119,9 +124,11 @@ export class Hsm {
       const tombstones = Tombstones.from(await store.readTombstones(), join(opts.dir, 'tombstones.sealed'));
       const saveTombstones = (): Promise<void> => store.writeTombstones(() => tombstones.toRecord());
       await finishDeletions(users, objects, tombstones, store, saveTombstones);
+      const quorum = QuorumState.from(await store.readQuorum(), join(opts.dir, 'quorum.sealed'));
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       const ctx: DeviceContext = {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey, tombstones, saveTombstones,
+        quorum, saveQuorum: () => store.writeQuorum(() => quorum.toRecord()),
         audit: (e: AuditEntry) => auditLog.append(e),
       };
       const hsm = new Hsm(ctx, auditLog, await Leases.open(ctx));
@@ -145,6 +152,7 @@ export class Hsm {
       for (const r of contents.keys) await store.writeKey(r);
       await store.writeUsers(() => contents.users);
       if (contents.deleted) await store.writeTombstones(() => contents.deleted!);
+      if (contents.quorum) await store.writeQuorum(() => contents.quorum);
     } catch (e) {
       await store.release();
       throw e;
@@ -446,6 +454,58 @@ export class Hsm {
   listCertificates(session: Session): string[] {
     const s = this.session(session);
     return this.guardSync(s, 'list certificates', () => this.certificates.list(s));
+  }
+
+  // ---- quorum (M of N) ----
+
+  /** CO: registers the session user's quorum public key (`proof`: its signature over the registration text). */
+  registerQuorumKey(session: Session, publicKeyPem: string, proof: Buffer): Promise<QuorumApprover> {
+    const s = this.session(session);
+    return this.guard(s, 'register a quorum key', () => this.quorumOps.registerKey(s, publicKeyPem, proof));
+  }
+
+  /** CO: sets M for a quorum service (itself quorum-protected). */
+  setQuorumM(session: Session, service: QuorumService, m: number): Promise<QuorumStatus> {
+    const s = this.session(session);
+    return this.guard(s, `set quorum M of ${service}`, () => this.quorumOps.setM(s, service, m));
+  }
+
+  /** A quorum token for `service`, bound to the session user. */
+  getQuorumToken(session: Session, service: QuorumService, ttlSeconds?: number): Promise<QuorumTokenInfo> {
+    const s = this.session(session);
+    return this.guard(s, `get a quorum token for ${service}`, () => this.quorumOps.getToken(s, service, ttlSeconds));
+  }
+
+  /** Records a crypto officer's verified signature over a quorum token. */
+  approveQuorumToken(
+    session: Session, tokenId: string, approver: string, signature: Buffer,
+  ): Promise<QuorumTokenInfo & { duplicate: boolean }> {
+    const s = this.session(session);
+    return this.guard(s, `approve quorum token ${tokenId}`, () => this.quorumOps.approve(s, tokenId, approver, signature));
+  }
+
+  /** A quorum token's approvals, M, expiry and state. */
+  quorumTokenStatus(session: Session, tokenId: string): QuorumTokenInfo {
+    const s = this.session(session);
+    return this.guardSync(s, `read quorum token ${tokenId}`, () => this.quorumOps.tokenStatus(s, tokenId));
+  }
+
+  /** A quorum token sealed under the cluster key, for another HSM (owner, CO or AU). */
+  exportQuorumToken(session: Session, tokenId: string): Buffer {
+    const s = this.session(session);
+    return this.guardSync(s, `export quorum token ${tokenId}`, () => this.quorumOps.exportToken(s, tokenId));
+  }
+
+  /** Merges a masked quorum token from another HSM of the cluster (its approvals are verified here). */
+  importQuorumToken(session: Session, masked: Buffer): Promise<QuorumTokenInfo> {
+    const s = this.session(session);
+    return this.guard(s, 'import a quorum token', () => this.quorumOps.importToken(s, masked));
+  }
+
+  /** M per service and the registered approvers. */
+  quorumStatus(session: Session): QuorumStatus {
+    const s = this.session(session);
+    return this.guardSync(s, 'read the quorum settings', () => this.quorumOps.status(s));
   }
 
   // ---- status ----

@@ -1,7 +1,8 @@
 // hsm/device: one simulated HSM modelled on AWS CloudHSM, as a library with no network.
 // Layers (each testable alone): hsm.ts (the Hsm facade: sessions, audit of refusals) →
-// user-ops.ts / key-ops.ts / replication.ts + user-replication.ts (entry points) → policy.ts
-// (every access rule), versions.ts (object versions and tombstones: no replayed blob applies) →
+// user-ops.ts / key-ops.ts / replication.ts + user-replication.ts / quorum-ops.ts (entry points) →
+// policy.ts (every access rule), quorum.ts (M of N: tokens, approvals, the gate), versions.ts
+// (object versions and tombstones: no replayed blob applies) →
 // users.ts (login, roles, lockout), objects.ts (key attribute bags, limits) → keygen.ts,
 // mechanisms.ts, pss.ts, ecdsa-digest.ts (node:crypto) under capacity.ts (units, queue, rates);
 // persist.ts + sealing.ts (AES-256-GCM at rest, atomic writes; masking under the cluster key),

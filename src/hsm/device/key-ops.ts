@@ -7,6 +7,7 @@ import { InvalidArgumentError, NoSuchKeyError } from './errors.js';
 import { pairSpec, generatePairMaterial, generateSecretMaterial, importPairMaterial, importPublicMaterial, secretFromBytes, type PairMaterial, type SecretMaterial } from './keygen.js';
 import { decryptWith, encryptWith, opKey, signWith, unwrapWith, verifyWith, wrapWith } from './mechanisms.js';
 import { infoOf, keyObjectOf, toRecord, type KeyAttributes, type StoredKey } from './objects.js';
+import { withQuorum } from './quorum.js';
 import { checkAttributeChanges, defaultsFor, requireExport, requireOwner, requireRole, requireShareTarget, requireUse, requireVisible } from './policy.js';
 import type {
   CryptoResult, DecryptRequest, EncryptRequest, ImportPrivateKeyRequest, KeyAttributeChanges, KeyFilter, KeyInfo,
@@ -221,12 +222,14 @@ export class KeyOps {
   async share(s: Session, keyId: string, user: string, roleOfUser: string | undefined): Promise<KeyInfo> {
     const k = this.visible(s, keyId);
     requireShareTarget(s, k.attrs, roleOfUser as Session['role'] | undefined, user);
-    const all = [k, this.pairOf(k)].filter((x): x is StoredKey => x !== undefined);
-    for (const x of all) {
-      if (!x.attrs.sharedWith.includes(user)) x.attrs.sharedWith = [...x.attrs.sharedWith, user].sort();
-    }
-    await this.rewrite(s, all, 'key.share', { with: user });
-    return infoOf(k);
+    return withQuorum(this.ctx, s, 'key', `share key ${keyId}`, async () => {
+      const all = [k, this.pairOf(k)].filter((x): x is StoredKey => x !== undefined);
+      for (const x of all) {
+        if (!x.attrs.sharedWith.includes(user)) x.attrs.sharedWith = [...x.attrs.sharedWith, user].sort();
+      }
+      await this.rewrite(s, all, 'key.share', { with: user });
+      return infoOf(k);
+    });
   }
 
   /** Stops sharing a key (and its pair half) with a CU (owner only). */
@@ -234,10 +237,12 @@ export class KeyOps {
     const k = this.visible(s, keyId);
     requireOwner(s, k.attrs, 'unshare');
     if (!k.attrs.sharedWith.includes(user)) throw new InvalidArgumentError(`key ${keyId} is not shared with ${user}`);
-    const all = [k, this.pairOf(k)].filter((x): x is StoredKey => x !== undefined);
-    for (const x of all) x.attrs.sharedWith = x.attrs.sharedWith.filter((u) => u !== user);
-    await this.rewrite(s, all, 'key.unshare', { with: user });
-    return infoOf(k);
+    return withQuorum(this.ctx, s, 'key', `unshare key ${keyId}`, async () => {
+      const all = [k, this.pairOf(k)].filter((x): x is StoredKey => x !== undefined);
+      for (const x of all) x.attrs.sharedWith = x.attrs.sharedWith.filter((u) => u !== user);
+      await this.rewrite(s, all, 'key.unshare', { with: user });
+      return infoOf(k);
+    });
   }
 
   /** Changes attributes within policy's one-way rules. */
@@ -247,18 +252,20 @@ export class KeyOps {
     checkAttributeChanges(s, k.attrs, changes);
     if (changes.label !== undefined) checkTemplate({ label: changes.label });
     if (changes.id !== undefined) checkTemplate({ label: 'x', id: changes.id });
-    const next: KeyAttributes = {
-      ...k.attrs, ...changes, ...(changes.id !== undefined ? { id: changes.id.toLowerCase() } : {})
-    };
-    const prev = k.attrs;
-    k.attrs = next;
-    try {
-      await this.rewrite(s, [k], 'key.change', { changes: Object.keys(changes) });
-    } catch (e) {
-      k.attrs = prev;
-      throw e;
-    }
-    return infoOf(k);
+    return withQuorum(this.ctx, s, 'key', `change key ${keyId}`, async () => {
+      const next: KeyAttributes = {
+        ...k.attrs, ...changes, ...(changes.id !== undefined ? { id: changes.id.toLowerCase() } : {})
+      };
+      const prev = k.attrs;
+      k.attrs = next;
+      try {
+        await this.rewrite(s, [k], 'key.change', { changes: Object.keys(changes) });
+      } catch (e) {
+        k.attrs = prev;
+        throw e;
+      }
+      return infoOf(k);
+    });
   }
 
   /** SPKI of a key pair half (owner, sharee, CO or AU: public keys are not secret). */

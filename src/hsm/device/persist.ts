@@ -19,6 +19,7 @@ const MASTER = 'master.key';
 const USERS = 'users.sealed';
 const CLUSTER = 'cluster-key.sealed';
 const TOMBSTONES = 'tombstones.sealed';
+const QUORUM = 'quorum.sealed';
 const LOCK = 'lock';
 const KEYS = 'keys';
 const TMP = '.tmp-';
@@ -113,6 +114,7 @@ export class DeviceStore {
   private tombstonesQueued?: Promise<void>;
   private tombstonesCurrent?: () => TombstoneRecord;
   private readonly tableWrites = new Map<string, Promise<void>>();
+  private quorumWrite: Promise<void> = Promise.resolve();
 
   private constructor(readonly dir: string, private readonly master: Buffer) {}
 
@@ -240,6 +242,19 @@ export class DeviceStore {
       batch.forEach((f, j) => out.push(this.unsealFile<KeyRecord>(f, blobs[j] ?? Buffer.alloc(0))));
     }
     return out;
+  }
+
+  /** The quorum section (M values, tokens; quorum.ts), or undefined if none was ever written. */
+  async readQuorum(): Promise<unknown> {
+    const blob = await readIfExists(join(this.dir, QUORUM));
+    return blob ? this.unsealFile<unknown>(QUORUM, blob) : undefined;
+  }
+
+  /** Persists the quorum section; serialised, each write taking the state as it is when it starts. */
+  writeQuorum(current: () => unknown): Promise<void> {
+    const next = this.quorumWrite.then(() => writeAtomic(this.dir, QUORUM, sealJson(this.master, QUORUM, current())));
+    this.quorumWrite = next.catch(() => undefined);
+    return next;
   }
 
   private unsealFile<T>(name: string, blob: Buffer): T {

@@ -12,6 +12,7 @@ import { requireReplication } from './policy.js';
 import { sealJson, unsealJson } from './sealing.js';
 import type { KeyInfo, Session } from './types.js';
 import { mergeUserTable, readMaskedUsers, type MaskedUsers, type UsersImport } from './user-replication.js';
+import { QuorumState, type QuorumRecord } from './quorum.js';
 import type { UserRecord } from './users.js';
 import { changeSequence, sameKey, Tombstones, userVersion, type TombstoneRecord } from './versions.js';
 
@@ -27,6 +28,8 @@ export interface SnapshotContents {
   keys: KeyRecord[];
   /** The source's deletions (absent in snapshots taken before versions existed). */
   deleted?: TombstoneRecord;
+  /** The M values (tokens are not backed up: they live minutes). Absent in older snapshots. */
+  quorum?: QuorumRecord;
 }
 
 /** Masked export/import of key objects and users, snapshots, digests. */
@@ -79,7 +82,9 @@ export class Replication {
   /** The user table and the deletions this HSM knows, sealed under the cluster key. */
   exportUsers(s: Session): Buffer {
     requireReplication(s, undefined, 'export users');
-    const body: MaskedUsers = { users: this.ctx.users.records(), deleted: this.ctx.tombstones.toRecord() };
+    const body: MaskedUsers = {
+      users: this.ctx.users.records(), deleted: this.ctx.tombstones.toRecord(), quorum: this.ctx.quorum.toRecord(),
+    };
     return sealJson(this.ctx.clusterKey, MASKED_USERS, body);
   }
 
@@ -103,6 +108,7 @@ export class Replication {
       users: this.ctx.users.records(),
       keys: this.tokenKeys().map(toRecord),
       deleted: this.ctx.tombstones.toRecord(),
+      quorum: { policy: this.ctx.quorum.toRecord().policy, tokens: [] },
     };
     this.ctx.audit({ event: 'hsm.snapshot', user: s.user, ok: true, keys: contents.keys.length });
     return sealJson(this.ctx.clusterKey, SNAPSHOT, contents);
@@ -131,9 +137,12 @@ export class Replication {
       const attrs = JSON.stringify(Object.entries(k.attrs).sort(([a], [b]) => (a < b ? -1 : 1)));
       lines.push(`k ${k.attrs.keyId} ${createHash('sha256').update(attrs).update(k.material.bytes).digest('hex')}${k.version ? ` v${k.version}` : ''}`);
     }
+    // The M values, once set (so state from before quorum keeps its digest).
+    const q = this.ctx.quorum.policy;
+    if (q.version > 0) lines.push(`q ${Object.entries(q.m).map(([k, v]) => `${k}=${v}`).join(' ')} v${q.version}`);
     lines.sort();
     return {
-      version: changeSequence(users, keys, this.ctx.tombstones),
+      version: changeSequence(users, keys, this.ctx.tombstones, q.version),
       digest: createHash('sha256').update(lines.join('\n')).digest('hex'),
       users: this.ctx.users.size,
       tokenKeys: keys.length,
@@ -150,5 +159,6 @@ export function readSnapshot(clusterKey: Buffer, snapshot: Buffer): SnapshotCont
   const c = unsealJson<SnapshotContents>(clusterKey, SNAPSHOT, snapshot, 'the snapshot');
   if (!c || !Array.isArray(c.users) || !Array.isArray(c.keys)) throw new InvalidArgumentError('the snapshot is malformed');
   Tombstones.from(c.deleted, 'the snapshot'); // refuse malformed deletions before anything is written
+  QuorumState.from(c.quorum, 'the snapshot');
   return c;
 }

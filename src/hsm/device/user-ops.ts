@@ -5,6 +5,7 @@ import { createHmac } from 'node:crypto';
 import type { DeviceContext } from './context.js';
 import { BadCredentialsError, InvalidArgumentError, PermissionDeniedError, type HsmError } from './errors.js';
 import { requireUserManager } from './policy.js';
+import { checkApproverRemoval, withQuorum } from './quorum.js';
 import type { SessionTable } from './sessions.js';
 import type { Role, Session, UserInfo } from './types.js';
 import { checkPasswordShape, type LoginVerdict } from './users.js';
@@ -88,6 +89,10 @@ export class UserOps {
   async createUser(s: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
     requireUserManager(s, `create user ${name}`);
     if (!['CO', 'CU', 'AU'].includes(role)) throw new InvalidArgumentError(`role must be CO, CU or AU, not ${String(role)}`);
+    return withQuorum(this.ctx, s, 'user', `create user ${name}`, () => this.create(s, name, role, password));
+  }
+
+  private async create(s: Session, name: string, role: Exclude<Role, 'PRECO'>, password: string): Promise<UserInfo> {
     // A name deleted before comes back one version above its tombstone, so the old user's
     // masked records stay older than the new user's.
     const rec = await this.ctx.users.makeRecord(
@@ -110,6 +115,11 @@ export class UserOps {
     requireUserManager(s, `delete user ${name}`);
     this.ctx.users.get(name);
     if (name === s.user) throw new InvalidArgumentError('a crypto officer cannot delete itself; log in as another CO');
+    checkApproverRemoval(this.ctx, name);
+    return withQuorum(this.ctx, s, 'user', `delete user ${name}`, () => this.remove(s, name));
+  }
+
+  private async remove(s: Session, name: string): Promise<void> {
     const owned = this.ctx.objects.all().filter((k) => k.attrs.owner === name && k.attrs.token).length;
     if (owned > 0) throw new InvalidArgumentError(`user ${name} owns ${owned} key(s); they must delete them first`);
     // The tombstone first: a crash after it finishes the deletion at the next open (hsm.ts).
@@ -138,6 +148,10 @@ export class UserOps {
   async resetPassword(s: Session, name: string, newPassword: string): Promise<void> {
     requireUserManager(s, `reset password of ${name}`);
     if (this.ctx.users.get(name).role === 'PRECO') throw new InvalidArgumentError('the PRECO sets its own password at activation');
+    return withQuorum(this.ctx, s, 'user', `reset password of ${name}`, () => this.reset(s, name, newPassword));
+  }
+
+  private async reset(s: Session, name: string, newPassword: string): Promise<void> {
     const rec = await this.ctx.users.setPassword(name, newPassword);
     await this.persist();
     this.ctx.audit({ event: 'user.password', user: s.user, ok: true, target: name, version: userVersion(rec) });

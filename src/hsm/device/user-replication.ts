@@ -5,6 +5,7 @@
 // table also carries the cluster's deletions of token keys, which resync applies with it.
 import type { DeviceContext } from './context.js';
 import { InvalidArgumentError, StaleObjectError, UserLimitError } from './errors.js';
+import { mergeQuorum, QuorumState, stalePolicy, type QuorumRecord } from './quorum.js';
 import type { Session } from './types.js';
 import type { UserRecord } from './users.js';
 import { checkVersion, removeSharee, sameUser, Tombstones, userVersion, type TombstoneRecord } from './versions.js';
@@ -13,6 +14,8 @@ import { checkVersion, removeSharee, sameUser, Tombstones, userVersion, type Tom
 export interface MaskedUsers {
   users: UserRecord[];
   deleted: TombstoneRecord;
+  /** M values and quorum tokens (absent in tables from before quorum existed: nothing to merge). */
+  quorum?: QuorumRecord;
 }
 
 /** What an import of a user table did (the audit log has the same). */
@@ -28,20 +31,24 @@ export interface UsersImport {
 const ROLES = new Set(['PRECO', 'CO', 'CU', 'AU']);
 
 /** Reads an unsealed table: the current shape, or the first format (a bare array of users, no deletions). */
-export function readMaskedUsers(body: unknown): { users: UserRecord[]; deleted: Tombstones } {
+export function readMaskedUsers(body: unknown): { users: UserRecord[]; deleted: Tombstones; quorum?: QuorumState } {
   const what = 'the masked user table';
   const raw = Array.isArray(body) ? {
-    users: body as unknown[], deleted: undefined,
-  } : (body as { users?: unknown; deleted?: TombstoneRecord } | null);
+    users: body as unknown[], deleted: undefined, quorum: undefined,
+  } : (body as { users?: unknown; deleted?: TombstoneRecord; quorum?: unknown } | null);
   if (!raw || !Array.isArray(raw.users)) throw new InvalidArgumentError(`${what} is malformed`);
   const users = raw.users.map((u): UserRecord => {
     const r = u as UserRecord;
     if (!r || typeof r.name !== 'string' || !ROLES.has(r.role) || typeof r.salt !== 'string' || typeof r.hash !== 'string' || typeof r.cost !== 'number') {
       throw new InvalidArgumentError(`${what} is malformed`);
     }
+    if (r.quorumKey !== undefined && typeof r.quorumKey !== 'string') throw new InvalidArgumentError(`${what} is malformed`);
     return { ...r, failedLogins: Number(r.failedLogins) || 0, locked: r.locked === true, version: checkVersion(r.version, `${what} (user ${r.name})`) };
   });
-  return { users, deleted: Tombstones.from(raw.deleted, what) };
+  return {
+    users, deleted: Tombstones.from(raw.deleted, what),
+    ...(raw.quorum !== undefined ? { quorum: QuorumState.from(raw.quorum, what) } : {}),
+  };
 }
 
 /**
@@ -49,7 +56,7 @@ export function readMaskedUsers(body: unknown): { users: UserRecord[]; deleted: 
  * (StaleObjectError, audited) when nothing in it is newer and something is older: a replay.
  */
 export async function mergeUserTable(
-  ctx: DeviceContext, s: Session, table: { users: UserRecord[]; deleted: Tombstones },
+  ctx: DeviceContext, s: Session, table: { users: UserRecord[]; deleted: Tombstones; quorum?: QuorumState },
 ): Promise<UsersImport> {
   const put: UserRecord[] = [];
   const stale: string[] = [];
@@ -93,7 +100,11 @@ export async function mergeUserTable(
     } else if ((ctx.tombstones.keys.get(id) ?? -1) < tv) learnKeys.push([id, tv]);
   }
 
-  const changes = put.length + dropUsers.length + learnUsers.length + dropKeys.length + learnKeys.length;
+  const quorumNews = table.quorum ? quorumHasNews(ctx, table.quorum) : false;
+  const olderPolicy = table.quorum ? stalePolicy(ctx, table.quorum) : undefined;
+  if (olderPolicy) stale.push(olderPolicy);
+  const changes = put.length + dropUsers.length + learnUsers.length + dropKeys.length + learnKeys.length
+    + (quorumNews ? 1 : 0);
   if (changes === 0 && stale.length > 0) {
     ctx.audit({ event: 'user.replicate', user: s.user, ok: false, code: 'HSM_ERR_STALE_OBJECT', stale });
     throw new StaleObjectError('import of a masked user table', stale);
@@ -121,7 +132,26 @@ export async function mergeUserTable(
   }
   await ctx.store.writeUsers(() => ctx.users.records());
   if (revived) await ctx.saveTombstones();
+  // After the users: approvals are checked against the quorum keys the table just brought.
+  if (table.quorum && mergeQuorum(ctx, table.quorum) > 0) await ctx.saveQuorum();
   const result: UsersImport = { applied: put.length, deleted: dropUsers.length + dropKeys.length, stale };
   ctx.audit({ event: 'user.replicate', user: s.user, ok: true, users: table.users.length, applied: result.applied, deleted: result.deleted, ...(stale.length > 0 ? { stale } : {}) });
   return result;
+}
+
+// Whether another HSM's quorum section holds anything this HSM lacks (a newer policy, an open
+// token, an approval, a use): counted as a change, so a table carrying only token news is no replay.
+function quorumHasNews(ctx: DeviceContext, incoming: QuorumState): boolean {
+  if (incoming.policy.version > ctx.quorum.policy.version) return true;
+  const now = Date.now();
+  for (const t of incoming.tokens.values()) {
+    if (Date.parse(t.expiresAt) <= now) continue;
+    const local = ctx.quorum.tokens.get(t.id);
+    if (!local) return true;
+    if (t.closed && t.closed !== local.closed && local.closed !== 'used') return true;
+    const held = (a: { approver: string; fingerprint: string }): boolean =>
+      local.approvals.some((x) => x.approver === a.approver && x.fingerprint === a.fingerprint);
+    if (!t.approvals.every(held)) return true;
+  }
+  return false;
 }

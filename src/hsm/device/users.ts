@@ -22,6 +22,8 @@ export interface UserRecord {
    * HSM's own and do not change it: a replicated table never lowers them (replication.ts).
    */
   version?: number;
+  /** A crypto officer's quorum public key (SPKI PEM), registered to approve quorum tokens (quorum.ts). */
+  quorumKey?: string;
 }
 
 /** Limits and costs of a user table. */
@@ -183,7 +185,9 @@ export class UserTable {
     const u = this.get(name);
     const fresh = await this.makeRecord(name, role ?? u.role, password, salt);
     // The record may have changed while scrypt ran: the new version follows the current one.
-    fresh.version = (this.get(name).version ?? 0) + 1;
+    const current = this.get(name);
+    fresh.version = (current.version ?? 0) + 1;
+    if (current.quorumKey) fresh.quorumKey = current.quorumKey; // a new password keeps the quorum key
     this.users.set(name, fresh);
     return fresh;
   }
@@ -193,6 +197,14 @@ export class UserTable {
     const u = this.get(name);
     u.locked = false;
     u.failedLogins = 0;
+    u.version = (u.version ?? 0) + 1;
+    return u;
+  }
+
+  /** Registers a crypto officer's quorum public key, as a new version (replicated like a password change). */
+  setQuorumKey(name: string, pem: string): UserRecord {
+    const u = this.get(name);
+    u.quorumKey = pem;
     u.version = (u.version ?? 0) + 1;
     return u;
   }

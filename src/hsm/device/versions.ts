@@ -64,7 +64,7 @@ export class Tombstones {
 /** Whether two user records hold the same replicated state (lockout counters are per HSM). */
 export function sameUser(a: UserRecord, b: UserRecord): boolean {
   return a.name === b.name && a.role === b.role && a.salt === b.salt && a.hash === b.hash && a.cost === b.cost
-    && userVersion(a) === userVersion(b);
+    && userVersion(a) === userVersion(b) && (a.quorumKey ?? '') === (b.quorumKey ?? '');
 }
 
 /** Whether two key objects hold the same replicated state (the handle is per HSM). */
@@ -103,9 +103,10 @@ export async function removeSharee(ctx: Pick<DeviceContext, 'objects' | 'store'>
  * two disagreeing HSMs is current (client/current.ts).
  */
 export function changeSequence(
-  users: readonly UserRecord[], keys: readonly StoredKey[], tombstones: Tombstones,
+  users: readonly UserRecord[], keys: readonly StoredKey[], tombstones: Tombstones, quorumVersion = 0,
 ): number {
-  let s = tombstones.sum();
+  // The quorum policy's version (M values, quorum.ts) is a replicated object's version too.
+  let s = tombstones.sum() + quorumVersion;
   for (const u of users) s += userVersion(u);
   for (const k of keys) if (k.attrs.token) s += k.version;
   return s;

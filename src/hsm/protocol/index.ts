@@ -8,6 +8,7 @@ export * from './ops.js';
 export * from './binary.js';
 export * from './json.js';
 export type * from './types.js';
+export * from './quorum.js';
 
 /** Body of an error response (status STATUS_ERROR, JSON): a stable HSM_ERR_* code and a message for people. */
 export interface WireError {

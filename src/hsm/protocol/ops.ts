@@ -13,6 +13,15 @@ export const Op = {
   LIST_USERS: 0x0012,
   RESET_PASSWORD: 0x0013,
   UNLOCK_USER: 0x0014,
+  // Quorum (M of N) authentication: see protocol/quorum.ts and device/quorum.ts.
+  QUORUM_REGISTER_KEY: 0x0050,
+  QUORUM_SET_M: 0x0051,
+  QUORUM_TOKEN_GET: 0x0052,
+  QUORUM_TOKEN_APPROVE: 0x0053,
+  QUORUM_TOKEN_STATUS: 0x0054,
+  QUORUM_STATUS: 0x0055,
+  QUORUM_TOKEN_EXPORT: 0x0056,
+  QUORUM_TOKEN_IMPORT: 0x0057,
   GENERATE_KEY_PAIR: 0x0020,
   GENERATE_KEY: 0x0021,
   IMPORT_KEY: 0x0022,
@@ -67,4 +76,9 @@ export function isBinaryOp(code: number): boolean {
 /** Operations that need no login (health checks). */
 export function needsNoLogin(code: number): boolean {
   return code === Op.INFO || code === Op.LOGIN || code === Op.OCCUPANCY || code === Op.STATE_DIGEST;
+}
+
+/** Whether an opcode is one of the quorum operations (0x0050 to 0x005f). */
+export function isQuorumOp(code: number): boolean {
+  return code >= 0x0050 && code <= 0x005f;
 }
