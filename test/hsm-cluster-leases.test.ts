@@ -6,12 +6,13 @@ import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { ClusterLeases, type ClusterLease } from '../src/hsm/client/leases.js';
 import type { HsmConnection } from '../src/hsm/client/connection.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../src/hsm/cluster/embedded.js';
-import { linkFactory, membersOf } from '../src/hsm/cluster/membership.js';
+import { connectCluster, linkFactory, membersOf } from '../src/hsm/cluster/membership.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -124,4 +125,36 @@ t.test('an HSM that missed a certificate gets the newest copy at the next read',
   t.equal((await leases.getCertificate(name))?.keyId, cert.keyId);
   const third = await onHsms(['hsm-3'], (c) => c.getCertificate(name));
   t.equal(third[0]!.keyId, cert.keyId, 'hsm-3 was given the copy');
+});
+
+/** Loopback ports nobody listens on (bound, then released). */
+async function closedPorts(n: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const srv = createServer().listen(0, '127.0.0.1');
+    await new Promise((r) => srv.once('listening', r));
+    out.push((srv.address() as AddressInfo).port);
+    await new Promise((r) => srv.close(r));
+  }
+  return out;
+}
+
+t.test('with HSMs of the manifest down, a lease needs a majority of the whole manifest, not of those that answer', async (t) => {
+  const client = await connectCluster(dir, { credentials: cluster.credentials.cu, watch: false });
+  t.teardown(() => client.close());
+  const live = client.members();
+  const [p1, p2, p3] = await closedPorts(3) as [number, number, number];
+  const down = (id: string, port: number) => ({ id, host: '127.0.0.1', port });
+  const l = new ClusterLeases(client);
+  // Two of five down: the three that answer are a majority.
+  await client.setMembers([...live, down('hsm-7', p1), down('hsm-8', p2)]);
+  const got = await l.acquire('down.example', 'proxy-p', 60_000);
+  t.ok(isLease(got), 'three grants of five are a lease');
+  await l.release(got as ClusterLease);
+  // Three of six down: three grants are not more than half.
+  await client.setMembers([...live, down('hsm-7', p1), down('hsm-8', p2), down('hsm-9', p3)]);
+  const refused = await l.acquire('down.example', 'proxy-q', 60_000);
+  t.notOk(isLease(refused), 'no lease without a majority of the manifest');
+  t.match(refused, { granted: 3, members: 6 });
+  t.notOk((await leases.list()).some((x) => x.name === 'down.example'), 'the grants were given back');
 });

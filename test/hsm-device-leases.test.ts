@@ -28,11 +28,13 @@ async function keyWithCertificate(f: Fixture, cu: Session, cn: string): Promise<
 t.test('a lease is granted when free, refused to another holder while live, and granted again after expiry with a higher token', async (t) => {
   const f = await freshHsm(t);
   const cu = await f.cu('alice');
-  const a = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-a', 150);
+  const a = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-a', 60_000);
   t.match(a, { granted: true, holder: 'proxy-a', token: 1 });
   const b = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-b', 60_000);
   t.match(b, { granted: false, holder: 'proxy-a', token: 1 }, 'held: the answer names the holder');
   t.same(f.hsm.leaseList(cu).map((l) => l.holder), ['proxy-a']);
+  // The holder shortens it to 100 ms (a renewal) and stops renewing: it expires.
+  await f.hsm.leaseRenew(cu, 'shop.example', 'proxy-a', 1, 100);
   await sleep(250);
   t.same(f.hsm.leaseList(cu), [], 'an expired lease is not listed');
   const b2 = await f.hsm.leaseAcquire(cu, 'shop.example', 'proxy-b', 60_000);
@@ -106,6 +108,12 @@ t.test('a certificate must certify a key the user may see, and is visible only t
   await f.hsm.shareKey(alice, k.keyId, 'bob');
   t.equal(f.hsm.getCertificate(bob, 'owned.example').keyId, k.keyId, 'a sharee of the key reads its certificate');
   t.same(f.hsm.listCertificates(carol), []);
+  const carols = await keyWithCertificate(f, carol, 'owned.example');
+  const later = await f.hsm.leaseAcquire(carol, 'owned.example', 'q', 60_000);
+  await t.rejects(f.hsm.storeCertificate(carol, { label: 'owned.example', keyId: carols.keyId, chain: [carols.der], token: later.token }), {
+    code: 'HSM_ERR_PERMISSION_DENIED', message: /belongs to alice's key/,
+  }, 'another CU cannot replace it, even under a newer lease');
+  t.equal(f.hsm.getCertificate(alice, 'owned.example').keyId, k.keyId);
 });
 
 t.test('malformed lease requests get a clear error', async (t) => {

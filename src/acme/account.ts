@@ -88,9 +88,17 @@ export async function openAccount(config: AcmeConfig, opts: { existingOnly?: boo
     directoryUrl: config.directory, accountKey: pem, backoffAttempts: 12, backoffMin: 250, backoffMax: 4_000,
   });
   try {
-    await client.createAccount(opts.existingOnly ? { onlyReturnExisting: true } : {
-      termsOfServiceAgreed: true, ...(config.email ? { contact: [`mailto:${config.email}`] } : {}),
-    });
+    try {
+      await client.createAccount(opts.existingOnly ? { onlyReturnExisting: true } : {
+        termsOfServiceAgreed: true, ...(config.email ? { contact: [`mailto:${config.email}`] } : {}),
+      });
+    } catch (err) {
+      // The account exists (another proxy of the cluster made it with this shared key): acme-client
+      // then sends an update, which a CA may refuse when it changes nothing (Pebble: "Use
+      // POST-as-GET"). The account URL is known by then: read the account instead.
+      if (!/POST-as-GET/i.test(describeAcmeFailure(err))) throw err;
+      await client.updateAccount({});
+    }
   } catch (err) {
     throw new AcmeCaError(`cannot open the ACME account at ${config.directory}: ${describeAcmeFailure(err)}`, { cause: err });
   }

@@ -65,9 +65,14 @@ export class ClusterCertificateStore implements CertificateStore {
   async write(lease: OrderLease, cert: StoredCertificate): Promise<void> {
     const blocks = cert.chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
     const chain = blocks.map((b) => Buffer.from(new X509Certificate(b).raw));
-    const note: Note = { names: cert.names, keyType: cert.keyType, keyLabel: cert.keyLabel, account: cert.account, orderedAt: cert.orderedAt };
+    const note: Note = {
+      names: cert.names, keyType: cert.keyType, keyLabel: cert.keyLabel,
+      account: cert.account, orderedAt: cert.orderedAt,
+    };
     try {
-      await this.leases.storeCertificate({ label: PREFIX + cert.name, keyId: cert.keyId, chain, token: lease.token, note: JSON.stringify(note) });
+      await this.leases.storeCertificate({
+        label: PREFIX + cert.name, keyId: cert.keyId, chain, token: lease.token, note: JSON.stringify(note),
+      });
     } catch (err) {
       const message = (err as Error).message;
       if ((err as { code?: unknown }).code === 'HSM_ERR_STALE_LEASE') {

@@ -410,7 +410,9 @@ export class AcmeManager {
         // Another proxy may have stored a new issue while this one waited: take it instead.
         const adopted = await this.adopt(t);
         const due = nextRenewal(t.state);
-        if ((adopted && forced) || (!forced && t.state.current && this.matches(t) && due && due.getTime() > Date.now())) {
+        const notDue = !forced && t.state.current !== undefined && this.matches(t)
+          && due !== undefined && due.getTime() > Date.now();
+        if ((adopted && forced) || notDue) {
           if (adopted) await this.opts.onChange();
           this.schedule(t);
           return;
@@ -526,7 +528,8 @@ export class AcmeManager {
         continue;
       }
       try {
-        const { certified, dispose } = await alpnChallengeCertificate(this.opts.engine, this.soft, c.name, c.keyAuthorization);
+        const made = await alpnChallengeCertificate(this.opts.engine, this.soft, c.name, c.keyAuthorization);
+        const { certified, dispose } = made;
         const remove = this.challenges.addTlsAlpn(c.name, certified);
         this.remote.set(k, () => { remove(); dispose(); });
       } catch (err) {

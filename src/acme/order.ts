@@ -44,7 +44,8 @@ export async function alpnChallengeCertificate(
   const [keyPem, certPem] = await acmeCrypto.createAlpnCertificate(authz, keyAuthorization, await acmeCrypto.createPrivateEcdsaKey('P-256'));
   const handle = engine.adopt(soft.load(keyPem.toString(), `tls-alpn-01 key for ${name}`), soft);
   const chain = [Buffer.from(new X509Certificate(certPem).raw)];
-  return { certified: { chain, signer: await engine.signer(handle) }, dispose: () => { void soft.delete(handle).catch(() => undefined); } };
+  const dispose = (): void => { void soft.delete(handle).catch(() => undefined); };
+  return { certified: { chain, signer: await engine.signer(handle) }, dispose };
 }
 
 /** A certificate the CA issued for an HSM key, checked. */

@@ -344,7 +344,9 @@ export class HsmConnection {
     return this.json(Op.LEASE_ACQUIRE, { name, holder, ttlMs }, opts);
   }
   /** Extends `holder`'s lease under `token`; replaces its challenges when given. */
-  leaseRenew(name: string, holder: string, token: number, ttlMs: number, challenges?: LeaseChallenge[], opts?: RequestOptions): Promise<LeaseGrant> {
+  leaseRenew(
+    name: string, holder: string, token: number, ttlMs: number, challenges?: LeaseChallenge[], opts?: RequestOptions,
+  ): Promise<LeaseGrant> {
     return this.json(Op.LEASE_RENEW, { name, holder, token, ttlMs, ...(challenges ? { challenges } : {}) }, opts);
   }
   /** Ends `holder`'s lease on this HSM. */

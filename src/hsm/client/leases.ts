@@ -57,7 +57,9 @@ export class ClusterLeases {
   }
 
   // Runs `fn` on every connected HSM (or those in `only`) at once; each answer or failure is kept.
-  private async each<T>(fn: (c: HsmConnection, id: string) => Promise<T>, only?: ReadonlySet<string>): Promise<Array<Answer<T>>> {
+  private async each<T>(
+    fn: (c: HsmConnection, id: string) => Promise<T>, only?: ReadonlySet<string>,
+  ): Promise<Array<Answer<T>>> {
     const ids = this.client.members().map((m) => m.id).filter((id) => !only || only.has(id));
     return Promise.all(ids.map(async (id): Promise<Answer<T>> => {
       const node = this.client.node(id);
@@ -77,7 +79,8 @@ export class ClusterLeases {
   async acquire(name: string, holder: string, ttlMs: number): Promise<ClusterLease | LeaseRefusal> {
     const answers = await this.each((c) => c.leaseAcquire(name, holder, ttlMs));
     const grants = answers.flatMap((a) => (a.ok && a.value.granted ? [{ id: a.id, token: a.value.token }] : []));
-    const other = answers.flatMap((a) => (a.ok && !a.value.granted ? [a.value] : [])).sort((a, b) => b.token - a.token)[0];
+    const other = answers.flatMap((a) => (a.ok && !a.value.granted ? [a.value] : []))
+      .sort((a, b) => b.token - a.token)[0];
     const refusal = (granted: number): LeaseRefusal => ({
       granted, members: this.members, ...(other ? { heldBy: other.holder, expiresInMs: other.expiresInMs } : {}),
     });
@@ -86,7 +89,8 @@ export class ClusterLeases {
       return refusal(grants.length);
     }
     const token = Math.max(...grants.map((g) => g.token));
-    const confirmed = await this.each((c) => c.leaseRenew(name, holder, token, ttlMs), new Set(grants.map((g) => g.id)));
+    const granters = new Set(grants.map((g) => g.id));
+    const confirmed = await this.each((c) => c.leaseRenew(name, holder, token, ttlMs), granters);
     const ok = confirmed.filter((a) => a.ok).length;
     if (!this.majority(ok)) {
       await this.releaseOn(name, holder, grants.map((g) => ({ ...g, token })).concat(grants));
@@ -106,7 +110,8 @@ export class ClusterLeases {
    * when fewer than a majority still hold it for this holder at this token: the lease is lost.
    */
   async renew(lease: ClusterLease, challenges?: LeaseChallenge[]): Promise<void> {
-    const answers = await this.each((c) => c.leaseRenew(lease.name, lease.holder, lease.token, lease.ttlMs, challenges));
+    const { name, holder, token, ttlMs } = lease;
+    const answers = await this.each((c) => c.leaseRenew(name, holder, token, ttlMs, challenges));
     const ok = answers.filter((a) => a.ok).length;
     if (this.majority(ok)) return;
     const why = answers.flatMap((a) => (a.ok ? [] : [`${a.id}: ${(a.err as Error).message}`])).join('; ');
@@ -129,7 +134,9 @@ export class ClusterLeases {
       if (!a.ok) continue;
       for (const l of a.value) {
         const cur = best.get(l.name);
-        if (!cur || l.token > cur.token || (l.token === cur.token && l.challenges.length > cur.challenges.length)) best.set(l.name, l);
+        const newer = !cur || l.token > cur.token
+          || (l.token === cur.token && l.challenges.length > cur.challenges.length);
+        if (newer) best.set(l.name, l);
       }
     }
     return [...best.values()];
@@ -160,7 +167,9 @@ export class ClusterLeases {
     const answers = await this.each((c) => c.getCertificate(label));
     let best: CertificateInfo | undefined;
     for (const a of answers) {
-      if (a.ok && (!best || a.value.token > best.token || (a.value.token === best.token && a.value.storedAt > best.storedAt))) best = a.value;
+      if (!a.ok) continue;
+      const v = a.value;
+      if (!best || v.token > best.token || (v.token === best.token && v.storedAt > best.storedAt)) best = v;
     }
     if (!best) {
       const failed = answers.filter((a) => !a.ok && codeOf(a.err) !== 'HSM_ERR_NO_SUCH_KEY');
@@ -173,7 +182,8 @@ export class ClusterLeases {
     const lagging = new Set(answers.filter((a) => !a.ok ? codeOf(a.err) === 'HSM_ERR_NO_SUCH_KEY' : a.value.token < newest.token).map((a) => a.id));
     if (lagging.size > 0) {
       // Best effort: a copy that fails now is made at the next read.
-      await this.each((c) => c.storeCertificate({ label, keyId: newest.keyId, chain: newest.chain, note: newest.note, token: newest.token }), lagging);
+      const copy = { label, keyId: newest.keyId, chain: newest.chain, note: newest.note, token: newest.token };
+      await this.each((c) => c.storeCertificate(copy), lagging);
     }
     return best;
   }

@@ -7,7 +7,7 @@
 // overwrite what a newer holder stored. Persisted sealed like the rest of the directory.
 import { createPublicKey, X509Certificate } from 'node:crypto';
 import type { DeviceContext } from './context.js';
-import { InvalidArgumentError, NoSuchKeyError, StaleLeaseError } from './errors.js';
+import { InvalidArgumentError, NoSuchKeyError, PermissionDeniedError, StaleLeaseError } from './errors.js';
 import type { KeyOps } from './key-ops.js';
 import { checkLeaseName, type Leases } from './leases.js';
 import { canSee, requireRole } from './policy.js';
@@ -54,7 +54,9 @@ export class Certificates {
     const key = this.keys.visible(s, req.keyId);
     if (key.attrs.class !== 'private' || !key.attrs.token) throw new InvalidArgumentError(`key ${req.keyId} is not a token private key: a certificate object belongs to one`);
     if (typeof req.token !== 'number' || !Number.isSafeInteger(req.token) || req.token < 1) throw new InvalidArgumentError('a fencing token must be a positive integer');
-    if (!Array.isArray(req.chain) || req.chain.length === 0 || req.chain.length > MAX_CHAIN || !req.chain.every((d) => Buffer.isBuffer(d) && d.length > 0 && d.length <= MAX_DER)) {
+    const chainOk = Array.isArray(req.chain) && req.chain.length > 0 && req.chain.length <= MAX_CHAIN
+      && req.chain.every((d) => Buffer.isBuffer(d) && d.length > 0 && d.length <= MAX_DER);
+    if (!chainOk) {
       throw new InvalidArgumentError(`a certificate chain is 1 to ${MAX_CHAIN} DER certificates of at most ${MAX_DER} bytes each`);
     }
     const note = req.note ?? '';
@@ -68,6 +70,10 @@ export class Certificates {
     }
     if (!leaf.publicKey.equals(createPublicKey(key.keyObject))) throw new InvalidArgumentError(`the leaf of certificate ${label} does not certify key ${req.keyId}`);
     const existing = this.records.get(label);
+    // Labels are cluster-wide: one crypto user's certificate is never replaced by another's.
+    if (existing && existing.owner !== key.attrs.owner) {
+      throw new PermissionDeniedError(`store certificate ${label}`, `it belongs to ${existing.owner}'s key; choose another label`);
+    }
     const newest = Math.max(this.leases.newestToken(label), existing?.token ?? 0);
     if (req.token < newest) {
       this.ctx.audit({ event: 'certificate.store', user: s.user, ok: false, certificate: label, code: 'HSM_ERR_STALE_LEASE', offered: req.token, newest });

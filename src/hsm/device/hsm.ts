@@ -414,14 +414,16 @@ export class Hsm {
 
   // ---- leases and certificate objects (ACME across proxies) ----
 
-  /** Grants the lease `name` to `holder` for `ttlMs` if free or expired, with a fencing token above every earlier one. */
+  /** Grants the lease `name` to `holder` for `ttlMs` if free or expired, with a fencing token above every earlier. */
   leaseAcquire(session: Session, name: string, holder: string, ttlMs: number): Promise<LeaseGrant> {
     const s = this.session(session);
     return this.guard(s, `take lease ${name}`, () => this.leases.acquire(s, name, holder, ttlMs));
   }
 
   /** Extends `holder`'s lease under `token` (at least the newest granted here), replacing its challenges if given. */
-  leaseRenew(session: Session, name: string, holder: string, token: number, ttlMs: number, challenges?: unknown): Promise<LeaseGrant> {
+  leaseRenew(
+    session: Session, name: string, holder: string, token: number, ttlMs: number, challenges?: unknown,
+  ): Promise<LeaseGrant> {
     const s = this.session(session);
     return this.guard(s, `renew lease ${name}`, () => this.leases.renew(s, name, holder, token, ttlMs, challenges));
   }

@@ -108,7 +108,9 @@ export class Leases {
    * client confirms a lease at the highest token its majority granted). Replaces the published
    * challenges when `challenges` is given. Refused when another holder's lease is live.
    */
-  async renew(s: Session, name: string, holder: string, token: number, ttlMs: number, challenges?: unknown): Promise<LeaseGrant> {
+  async renew(
+    s: Session, name: string, holder: string, token: number, ttlMs: number, challenges?: unknown,
+  ): Promise<LeaseGrant> {
     requireRole(s, ['CU', 'CO'], 'renew a lease');
     checkLeaseName(name);
     checkHolder(holder);
@@ -148,7 +150,8 @@ export class Leases {
     const out: LeaseInfo[] = [];
     for (const [name, h] of this.held) {
       if (h.expiresAt <= now) continue;
-      out.push({ name, holder: h.holder, token: h.token, expiresInMs: h.expiresAt - now, challenges: this.challenges.get(name) ?? [] });
+      const challenges = this.challenges.get(name) ?? [];
+      out.push({ name, holder: h.holder, token: h.token, expiresInMs: h.expiresAt - now, challenges });
     }
     return out.sort((a, b) => (a.name < b.name ? -1 : 1));
   }
