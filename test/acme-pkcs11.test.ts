@@ -4,6 +4,7 @@
 // its own acme.dir and no account, serves the same certificate without ordering. The CA's
 // validation is sent to the second proxy (challtestsrv points the name at 127.0.0.2, where only it
 // listens), which answers from the challenge the orderer published on the token.
+import 'reflect-metadata';
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
@@ -15,6 +16,8 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
 import { findCertificates, findData } from '../src/engine/pkcs11/objects.js';
+import { ck } from '../src/engine/pkcs11/module.js';
+import * as x509 from '@peculiar/x509';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
@@ -78,6 +81,16 @@ function post(port: number, path: string, body: unknown): Promise<number> {
   });
 }
 
+/** A self-signed certificate for `name` with a software key (what an intruder could plant). */
+async function selfSignedDer(name: string): Promise<{ der: Buffer; subject: Buffer }> {
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  const keys = await crypto.subtle.generateKey(alg, false, ['sign', 'verify']);
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: '01', name: `CN=${name}`, notBefore: new Date(), notAfter: new Date(Date.now() + 86_400_000), keys, signingAlgorithm: alg,
+  });
+  return { der: Buffer.from(cert.rawData), subject: Buffer.from(cert.subjectName.toArrayBuffer()) };
+}
+
 const skip = softhsmSkipReason();
 if (skip) {
   t.test('ACME on a PKCS#11 token', { skip }, async () => {});
@@ -138,6 +151,27 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, termsOfSe
       t.equal(notes.length, 1);
       t.match(JSON.parse(notes[0]!.value.toString()), { serial: leaf.serialNumber, names: [name], keyType: 'ec:p256' });
       t.same(await findData(backend.token, 'hsmproxy acme challenges'), [], 'no challenge is left published');
+
+      // Objects anyone could make without the PIN (public ones) are never taken for an issue: a
+      // planted leaf for the same key id and a newer note change nothing.
+      const bogus = await selfSignedDer(name);
+      await backend.token.run('planting', (s) => {
+        const api = backend.token.api;
+        api.C_CreateObject(s, [
+          { type: ck.CKA_CLASS, value: ck.CKO_CERTIFICATE }, { type: ck.CKA_CERTIFICATE_TYPE, value: ck.CKC_X_509 },
+          { type: ck.CKA_TOKEN, value: true }, { type: ck.CKA_PRIVATE, value: false }, { type: ck.CKA_LABEL, value: `acme/${name}` },
+          { type: ck.CKA_ID, value: leaves[0]!.id }, { type: ck.CKA_VALUE, value: bogus.der }, { type: ck.CKA_SUBJECT, value: bogus.subject },
+        ]);
+        const note = { serial: new X509Certificate(bogus.der).serialNumber, names: [name], keyType: 'ec:p256', keyLabel: 'x', account: 'x', orderedAt: new Date(Date.now() + 60_000).toISOString() };
+        api.C_CreateObject(s, [
+          { type: ck.CKA_CLASS, value: ck.CKO_DATA }, { type: ck.CKA_TOKEN, value: true }, { type: ck.CKA_PRIVATE, value: false },
+          { type: ck.CKA_APPLICATION, value: 'hsmproxy acme' }, { type: ck.CKA_LABEL, value: `acme/${name}` }, { type: ck.CKA_VALUE, value: Buffer.from(JSON.stringify(note)) },
+        ]);
+      });
+      const { Pkcs11CertificateStore } = await import('../src/acme/pkcs11-store.js');
+      const read = await new Pkcs11CertificateStore(backend, false).read(name);
+      t.equal(new X509Certificate(read!.chainPem).serialNumber, leaf.serialNumber, 'the store still reads the orderer\'s issue');
+      t.equal(read!.keyId, leaves[0]!.id.toString('hex'));
     } finally {
       await backend.close();
     }

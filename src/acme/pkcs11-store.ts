@@ -1,5 +1,5 @@
 // A PKCS#11 token as the CertificateStore of the proxies that share it (hsm.mode pkcs11). Per
-// certificate NAME, beside its key:
+// certificate NAME, beside its key (all private token objects: only a logged-in user sees or makes them):
 //   - the leaf: CKO_CERTIFICATE, CKC_X_509, CKA_LABEL "acme/NAME", CKA_ID equal to the key's CKA_ID
 //     (so PKCS#11 tools pair it with its key), CKA_VALUE the DER, category 1 (token user);
 //   - each intermediate the CA sent: CKO_CERTIFICATE, CKA_LABEL "acme/NAME chain", category 2
@@ -12,6 +12,7 @@
 // (acme.orderer: true) and only it gets leases; the others only read. The orderer publishes its
 // pending challenges as CKO_DATA objects (CKA_APPLICATION "hsmproxy acme challenges"), so the CA's
 // validation may reach any proxy sharing the token.
+import 'reflect-metadata'; // @peculiar/x509 needs it loaded first
 import { createHash, X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import type { Pkcs11Backend } from '../engine/pkcs11/backend.js';
@@ -82,6 +83,9 @@ export class Pkcs11CertificateStore implements CertificateStore {
       for (const note of parsed) {
         const leaf = leaves.find((l) => new X509Certificate(l.der).serialNumber === note.serial);
         if (!leaf) continue; // an issue being replaced: its leaf is already gone
+        // The leaf must certify the token key its CKA_ID names (else it is not an issue of ours).
+        const key = await this.backend.find(leaf.id.toString('hex')).catch(() => undefined);
+        if (!key?.publicKey.equals(new X509Certificate(leaf.der).publicKey)) continue;
         return {
           name, names: note.names, keyType: note.keyType, keyId: leaf.id.toString('hex'), keyLabel: note.keyLabel,
           chainPem: [leaf.der, ...chainOf(leaf.der, authorities.map((a) => a.der))].map(pemOf).join(''),

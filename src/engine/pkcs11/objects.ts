@@ -1,7 +1,8 @@
 // Certificate (CKO_CERTIFICATE, CKC_X_509) and data (CKO_DATA) objects on a PKCS#11 token: what
 // other software finds next to a key (a certificate whose CKA_ID equals the key's), and small
-// documents an application keeps on the token. Token objects, readable without being secret
-// (CKA_PRIVATE false: a certificate is public), found by label or application.
+// documents an application keeps on the token. Token objects with CKA_PRIVATE true, and only such
+// objects are read back: their content is public, but an object a session without the user's PIN
+// could plant (a public object) must never be taken for one of ours.
 import type { Template } from 'pkcs11js';
 import { ck } from './module.js';
 import type { Pkcs11Api } from './module.js';
@@ -30,8 +31,10 @@ export interface FoundCertificate { label: string; id: Buffer; der: Buffer }
 /** What to replace: objects of these labels (certificates) and this application + labels (data). */
 export interface ObjectSelection { certificateLabels: string[]; data?: { application: string; labels: string[] } }
 
+/** Private token objects matching `template` (see the header: public ones are never ours). */
 function find(api: Pkcs11Api, session: Buffer, template: Template): Buffer[] {
-  api.C_FindObjectsInit(session, template);
+  const ours = [{ type: ck.CKA_PRIVATE, value: true }, { type: ck.CKA_TOKEN, value: true }];
+  api.C_FindObjectsInit(session, [...template, ...ours]);
   try {
     const out: Buffer[] = [];
     for (;;) {
@@ -47,7 +50,7 @@ function find(api: Pkcs11Api, session: Buffer, template: Template): Buffer[] {
 function certificateTemplate(c: CertificateObject): Template {
   return [
     { type: ck.CKA_CLASS, value: ck.CKO_CERTIFICATE }, { type: ck.CKA_CERTIFICATE_TYPE, value: ck.CKC_X_509 },
-    { type: ck.CKA_TOKEN, value: true }, { type: ck.CKA_PRIVATE, value: false },
+    { type: ck.CKA_TOKEN, value: true }, { type: ck.CKA_PRIVATE, value: true },
     { type: ck.CKA_LABEL, value: c.label }, { type: ck.CKA_ID, value: c.id },
     { type: ck.CKA_VALUE, value: c.der }, { type: ck.CKA_SUBJECT, value: c.subject },
     { type: ck.CKA_ISSUER, value: c.issuer }, { type: ck.CKA_SERIAL_NUMBER, value: c.serial },
@@ -58,7 +61,7 @@ function certificateTemplate(c: CertificateObject): Template {
 function dataTemplate(d: DataObject): Template {
   return [
     { type: ck.CKA_CLASS, value: ck.CKO_DATA }, { type: ck.CKA_TOKEN, value: true },
-    { type: ck.CKA_PRIVATE, value: false }, { type: ck.CKA_APPLICATION, value: d.application },
+    { type: ck.CKA_PRIVATE, value: true }, { type: ck.CKA_APPLICATION, value: d.application },
     { type: ck.CKA_LABEL, value: d.label }, { type: ck.CKA_VALUE, value: d.value },
   ];
 }
