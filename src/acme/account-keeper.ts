@@ -7,23 +7,29 @@ import { openAccount, type AcmeAccount } from './account.js';
 
 /** Opens the account once, and again whenever the key file's content changed. */
 export class AccountKeeper {
-  private opened?: { pem: string; account: Promise<AcmeAccount> };
+  /** The open account and the key file content it was opened with (undefined: made by that open). */
+  private opened?: { pem: string | undefined; account: Promise<AcmeAccount> };
 
   constructor(private readonly config: () => AcmeConfig) {}
 
-  /** The account for the key file as it is now. */
+  /** The account for the key file as it is now (concurrent orders share one open). */
   async get(): Promise<AcmeAccount> {
     const config = this.config();
     const pem = await readFile(config.accountKey, 'utf8').catch(() => undefined);
     const opened = this.opened;
-    if (opened && pem !== undefined && opened.pem === pem) return opened.account;
+    // No file yet, or the first open is still making it: that open is the account.
+    if (opened && (pem === undefined || opened.pem === undefined || opened.pem === pem)) return opened.account;
     // A key that replaced the one this process used was rotated: it must open the existing
     // account, never register a second one (a rotation the CA has not accepted yet fails the
     // order, which is retried with backoff).
     const account = openAccount(config, opened ? { existingOnly: true } : {});
-    const entry = { pem: pem ?? '', account };
+    const entry = { pem, account };
     this.opened = entry;
-    account.catch(() => { if (this.opened === entry) this.opened = opened; });
+    account.then(async () => {
+      entry.pem ??= await readFile(config.accountKey, 'utf8').catch(() => undefined);
+    }, () => {
+      if (this.opened === entry) this.opened = opened;
+    });
     return account;
   }
 }
