@@ -46,8 +46,16 @@ export interface OrderLease {
 export interface CertificateStore {
   /** 'file', 'cluster', 'pkcs11': for logs and `acme status`. */
   readonly kind: string;
-  /** Whether other processes answer the CA from `pendingChallenges` (so an order waits for them to look). */
+  /**
+   * Whether other proxies use this store too: the manager then takes up what they stored (at
+   * start, every 10 s, at once on SIGHUP) and orders only what is due there.
+   */
   readonly shared: boolean;
+  /**
+   * Whether orders publish their challenges here for every proxy to answer (and so wait for the
+   * others to look before the CA validates). PKCS#11 tokens share certificates but not challenges.
+   */
+  readonly sharesChallenges: boolean;
   /** The current issue of `name`, or undefined when none was stored. */
   read(name: string): Promise<StoredCertificate | undefined>;
   /** Takes the order lease of `name` for `ttlMs`; undefined when another proxy holds it. */
@@ -67,6 +75,7 @@ export interface CertificateStore {
 export class FileCertificateStore implements CertificateStore {
   readonly kind = 'file';
   readonly shared = false;
+  readonly sharesChallenges = false;
   private token = 0;
 
   constructor(private readonly acmeDir: string) {}

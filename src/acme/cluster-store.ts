@@ -25,6 +25,7 @@ export function leaseHolder(): string {
 export class ClusterCertificateStore implements CertificateStore {
   readonly kind = 'cluster';
   readonly shared = true;
+  readonly sharesChallenges = true;
   private readonly leases: ClusterLeases;
 
   constructor(client: ClusterClient, readonly holder: string = leaseHolder()) {

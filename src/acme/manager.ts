@@ -171,7 +171,7 @@ export class AcmeManager {
     for (const t of this.tracked.values()) this.begin(t);
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
-    if (this.store.shared && this.tracked.size > 0) {
+    if (this.store.sharesChallenges && this.tracked.size > 0) {
       this.challengeTimer = setInterval(() => void this.syncChallenges(), this.challengePollMs);
       this.challengeTimer.unref();
     }
@@ -424,7 +424,7 @@ export class AcmeManager {
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,
           challenges: this.challenges, log: this.opts.log,
-          ...(this.store.shared ? { announce: this.announcer(held) } : {}),
+          ...(this.store.sharesChallenges ? { announce: this.announcer(held) } : {}),
         },
         t.spec,
         {
@@ -549,7 +549,9 @@ export class AcmeManager {
     const leaf = new X509Certificate(stored.chainPem);
     const cur = this.matches(t) ? t.state.current : undefined;
     if (leaf.serialNumber === cur?.serial) return false;
+    // Never an older issue than the one served here, nor an expired one (it is ordered anew instead).
     if (cur && Date.parse(leaf.validFrom) < Date.parse(cur.notBefore)) return false;
+    if (Date.parse(leaf.validTo) <= Date.now()) return false;
     const find = (this.opts.backend as { find?: (id: string) => Promise<KeyHandle> }).find;
     if (!find) throw new AcmeError(`the ${this.opts.backend.kind} backend cannot look keys up by id`, 'ACME_ERR_STORE');
     const key = await find.call(this.opts.backend, stored.keyId);
