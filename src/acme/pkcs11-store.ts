@@ -63,6 +63,8 @@ function chainDers(pem: string): Buffer[] {
 export class Pkcs11CertificateStore implements CertificateStore {
   readonly kind = 'pkcs11';
   readonly shared = true;
+  /** The orderer publishes its challenges on the token (CKO_DATA), so every proxy answers them. */
+  readonly sharesChallenges = true;
   private newest = 0;
 
   /** `orderer`: acme.orderer (only the orderer is ever granted a lease). */
