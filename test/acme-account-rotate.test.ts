@@ -2,17 +2,18 @@
 // changes the key of the account a running `serve` ordered with; the proxy's next order (a forced
 // renewal) succeeds with the new key under the same account, and the CA refuses the old key. A
 // rotation left half done (the CA took the key, the file was not replaced) is finished by the next
-// run; one the CA never took is started again.
+// run; one the CA never took is started again. Orders started together share one account.
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import acme from 'acme-client';
-import { configureAcmeHttp, readState, certificateDir } from '../src/acme/index.js';
+import { AccountKeeper, configureAcmeHttp, readState, certificateDir, rotateAccountKey } from '../src/acme/index.js';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
 import { prepareServeDir, startServe } from './helpers/serve-fixture.js';
@@ -123,4 +124,26 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, termsOfSe
 
   const refused = await cli(['acme', 'account', 'rotate-key', '--config', config.replace('hsmproxy.yaml', 'missing.yaml')]);
   t.not(refused.code, 0, 'a missing config is an error');
+});
+
+t.test('orders started together share one account, made once, and a rotated key file opens the same account', async (t) => {
+  const [tlsPort, httpPort] = await freePorts(2) as [number, number];
+  const pebble = await startPebble({ tlsPort, httpPort });
+  t.teardown(() => pebble.stop());
+  const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-acme-keeper-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const config = { directory: pebble.directory, directoryCa: pebble.caFile, termsOfServiceAgreed: true as const, dir, accountKey: join(dir, 'account.key'), httpAddress: '127.0.0.1', redirect: false };
+  const keeper = new AccountKeeper(() => config);
+  // Three certificates ordered at start: the key file does not exist yet.
+  const opened = await Promise.all([keeper.get(), keeper.get(), keeper.get()]);
+  t.same(new Set(opened.map((a) => a.url)).size, 1, 'one account for all three');
+  t.equal(opened[0], opened[2], 'opened once');
+  t.equal(statSync(config.accountKey).mode & 0o777, 0o600, 'its key made 0600');
+  t.equal(await keeper.get(), opened[0], 'an unchanged key file is not opened again');
+
+  const rotated = await rotateAccountKey(config);
+  t.equal(rotated.account, opened[0]!.url);
+  const after = await keeper.get();
+  t.not(after, opened[0], 'the rotated key file is read before the next order');
+  t.equal(after.url, opened[0]!.url, 'and opens the same account');
 });
