@@ -205,3 +205,37 @@ t.test('a signature that does not arrive within the deadline fails with ENGINE_E
   t.ok(await signer.sign(0x0403, Buffer.from('x')), 'the next signature goes through');
   await engine.close();
 });
+
+t.test('a caller that keeps its own deadline (SignContext.deadlineMs) cancels queued and in-flight signatures with its signal', async (t) => {
+  const admission = new Admission({ maxInFlight: 1, maxQueue: 10 });
+  const { signer, hsm, engine, ref } = await simKey({ type: 'ec', curve: 'P-256' }, { admission });
+  const events: EngineSignEvent[] = [];
+  const onEvent = (m: unknown): void => { events.push(m as EngineSignEvent); };
+  subscribe(ENGINE_SIGN_CHANNEL, onEvent);
+  t.teardown(() => unsubscribe(ENGINE_SIGN_CHANNEL, onEvent));
+  const ok = await signer.sign(0x0403, Buffer.from('fast'), new AbortController().signal, { deadlineMs: 1000 });
+  t.ok(verify('sha256', Buffer.from('fast'), ref.publicKey, ok), 'the signature verifies');
+  hsm.signDelayMs = 5000;
+  const inFlight = new AbortController();
+  const queued = new AbortController();
+  const a = signer.sign(0x0403, Buffer.from('a'), inFlight.signal, { deadlineMs: 1000 });
+  const b = signer.sign(0x0403, Buffer.from('b'), queued.signal, { deadlineMs: 1000 });
+  queued.abort();
+  await t.rejects(b, { code: 'ENGINE_ERR_ABORTED' }, 'queued request rejects');
+  inFlight.abort();
+  await t.rejects(a, { code: 'ENGINE_ERR_ABORTED' }, 'in-flight request rejects');
+  t.equal(admission.inFlight, 0, 'slot released');
+  t.same(events.map((e) => e.outcome), ['ok', 'ENGINE_ERR_ABORTED', 'ENGINE_ERR_ABORTED'], 'each signature still publishes its outcome');
+  await engine.close();
+});
+
+t.test("the engine's deadline still applies when the caller's deadline is later than it", async (t) => {
+  const hsm = new FakeHsm();
+  const backend = new SimBackend({ client: hsm, clusterId: CLUSTER, credentials: creds });
+  const engine = new Engine({ backends: { sim: backend }, signTimeoutMs: 50 });
+  const made = await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'slow' });
+  const signer = await engine.signer(made.ref!);
+  hsm.signDelayMs = 2000;
+  await t.rejects(signer.sign(0x0403, Buffer.from('x'), new AbortController().signal, { deadlineMs: 60_000 }), { code: 'ENGINE_ERR_TIMEOUT', message: /within 50 ms/ });
+  await engine.close();
+});

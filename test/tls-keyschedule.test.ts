@@ -71,6 +71,18 @@ t.test('the transcript of ClientHello..ServerHello hashes to the RFC 8448 value'
   t.not(hex(tr.digest()), '860c06edc07858ee8e78f0e7428c58edd6b43f2ca3e6e95f02ed063cf0e1cad8', 'still accepts messages');
 });
 
+t.test('the final transcript hash (finish) is the running one, counts messages, and closes the transcript', async (t) => {
+  const tr = new Transcript('sha256');
+  t.equal(tr.appended, 0);
+  tr.update(CH);
+  tr.update(SH);
+  t.equal(tr.appended, 2, 'two messages');
+  t.equal(hex(tr.finish()), '860c06edc07858ee8e78f0e7428c58edd6b43f2ca3e6e95f02ed063cf0e1cad8');
+  t.throws(() => tr.digest(), /after finish/);
+  t.throws(() => tr.update(EE), /after finish/);
+  t.throws(() => tr.finish(), /twice/);
+});
+
 t.test('a full 1-RTT key schedule reproduces every RFC 8448 §3 secret, key and Finished', async (t) => {
   const tr = new Transcript('sha256');
   const ks = new KeySchedule13(AES128);
@@ -193,6 +205,28 @@ for (const group of SUPPORTED_GROUPS) {
       peerShared = ecdh.computeSecret(pub);
     }
     t.equal(hex(ours.deriveShared(peerPub)), hex(peerShared));
+  });
+
+  t.test(`${groupName(group)}: keys from the pool (made on the thread pool) derive the peer's secret too`, async (t) => {
+    EphemeralKey.prewarm([group]);
+    for (let i = 0; i < 500 && EphemeralKey.pooled(group) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    t.ok(EphemeralKey.pooled(group) > 0, 'the pool has keys');
+    const before = EphemeralKey.pooled(group);
+    const ours = EphemeralKey.generate(group);
+    t.ok(EphemeralKey.pooled(group) < before, 'the key came from the pool');
+    const pub = ours.publicBytes();
+    if (group === NamedGroup.x25519 || group === NamedGroup.x448) {
+      const x = group === NamedGroup.x25519;
+      const peer = x ? crypto.generateKeyPairSync('x25519') : crypto.generateKeyPairSync('x448');
+      const peerPub = peer.publicKey.export({ format: 'der', type: 'spki' }).subarray(x ? -32 : -56);
+      const spki = x ? '302a300506032b656e032100' : '3042300506032b656f033900';
+      const ourKey = crypto.createPublicKey({ key: Buffer.concat([h(spki), pub]), format: 'der', type: 'spki' });
+      t.equal(hex(ours.deriveShared(peerPub)), hex(crypto.diffieHellman({ privateKey: peer.privateKey, publicKey: ourKey })));
+    } else {
+      const ecdh = crypto.createECDH(PEER_CURVE[group]!);
+      const peerPub = ecdh.generateKeys();
+      t.equal(hex(ours.deriveShared(peerPub)), hex(ecdh.computeSecret(pub)));
+    }
   });
 
   t.test(`${groupName(group)}: every handshake gets a fresh key, used once`, async (t) => {

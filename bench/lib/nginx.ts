@@ -12,6 +12,8 @@ import { freePort, treeCpuMs } from './procs.js';
 /** A running nginx. */
 export interface RunningNginx {
   port: number;
+  /** The master's process id (its worker is its child). */
+  pid: number;
   /** CPU ms used so far by the master and its worker. */
   cpuMs(): number;
   close(): Promise<void>;
@@ -90,6 +92,7 @@ http {
   }
   return {
     port,
+    pid: child.pid!,
     cpuMs: () => treeCpuMs(child.pid!),
     close: async () => {
       if (child.exitCode === null) {

@@ -75,6 +75,12 @@ export class EngineSigner implements Signer {
       this.publish(scheme, 0, err.code);
       return Promise.reject(err);
     }
+    // A caller that aborts its signal by its own deadline, no later than ours (a TLS handshake's
+    // sign timeout), needs no second signal and timer: creating an AbortSignal costs several µs.
+    const deadline = context?.deadlineMs;
+    if (signal && deadline !== undefined && deadline > 0 && (this.timeoutMs === 0 || deadline <= this.timeoutMs)) {
+      return this.runUnderCallerDeadline(scheme, mechanism, data, signal, context?.client);
+    }
     return this.run(scheme, mechanism, data, signal, context?.client);
   }
 
@@ -111,6 +117,24 @@ export class EngineSigner implements Signer {
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** As run(), with the caller's signal as the only one: the caller's deadline is the one that fires first. */
+  private async runUnderCallerDeadline(
+    scheme: number, mechanism: Mechanism, data: Buffer, signal: AbortSignal, client?: string,
+  ): Promise<Buffer> {
+    const start = performance.now();
+    try {
+      if (signal.aborted) throw new AbortedError();
+      const sig = await this.gated(0, () => this.produce(mechanism, data, signal), signal, client);
+      if (signal.aborted) throw new AbortedError();
+      this.publish(scheme, performance.now() - start, 'ok');
+      return sig;
+    } catch (err) {
+      const coded = err instanceof EngineError ? err : new BackendError((err as Error)?.message ?? String(err), err);
+      this.publish(scheme, performance.now() - start, coded.code);
+      throw coded;
     }
   }
 

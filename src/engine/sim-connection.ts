@@ -54,9 +54,8 @@ export function simClientFrom(api: HsmKeyApi): SimClient {
       return keys.map(entry);
     },
     exportPublicKey: async (keyId) => (await api.exportPublicKey(keyId)).der,
-    async sign(keyId, mechanism, data, opts) {
-      return api.sign({ keyId, mechanism, data, format: 'der' }, opts?.signal ? { signal: opts.signal } : undefined);
-    },
+    // Not async: the client's promise is handed on as it is (no extra promise per signature).
+    sign: (keyId, mechanism, data, opts) => api.sign({ keyId, mechanism, data, format: 'der' }, opts?.signal ? { signal: opts.signal } : undefined),
     async generateKeyPair(spec) {
       const pair = await api.generateKeyPair(specOf(spec.algorithm), { label: spec.label, token: !spec.session });
       return { id: pair.privateKey.keyId };

@@ -85,7 +85,7 @@ function readServerName(r: Reader): string | undefined {
     name = value.toString('latin1');
     // RFC 6066 §3 says HostName is never an IP literal, yet clients (testssl, some libraries
     // connecting by address) send one: treat it as no SNI rather than as a name to refuse.
-    if (isIP(name.startsWith('[') && name.endsWith(']') ? name.slice(1, -1) : name) !== 0) return undefined;
+    if (mayBeIpLiteral(name) && isIP(name.startsWith('[') && name.endsWith(']') ? name.slice(1, -1) : name) !== 0) return undefined;
     // RFC 6066 §3: ASCII hostname, no trailing dot; reject anything that is not a DNS name.
     if (!/^[A-Za-z0-9_.-]+$/.test(name) || name.endsWith('.') || name.startsWith('.')) {
       throw fatal('illegal_parameter', 'server_name is not a valid DNS host name');
@@ -93,6 +93,19 @@ function readServerName(r: Reader): string | undefined {
   }
   if (name === undefined) throw fatal('decode_error', 'server_name has no host_name');
   return name.toLowerCase();
+}
+
+/**
+ * False for names that cannot be an IP literal (no ':' nor '[', not only digits and dots):
+ * isIP runs two large regular expressions, and almost every SNI is a DNS name.
+ */
+function mayBeIpLiteral(name: string): boolean {
+  if (name.includes(':') || name.includes('[')) return true;
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c !== 0x2e && (c < 0x30 || c > 0x39)) return false;
+  }
+  return true;
 }
 
 function readAlpn(r: Reader): string[] {

@@ -216,13 +216,14 @@ export class ExpectClientHello implements State {
     const certMsg = encodeCertificate(certified.chain, dc?.wire);
     transcript.update(certMsg);
     io.sendHandshake(certMsg);
-    const signedHash = transcript.digest();
-    const content = certificateVerifyContent(signedHash);
+    const content = certificateVerifyContent(transcript.digest());
     // RFC 9345 §4.1.1: under a credential, CertificateVerify is signed with the credential key,
     // held in memory: no round trip to the certificate's key, so no pause.
-    if (dc) return new AwaitSignature(keys, chosen, content, signedHash, dc).resume(dc.signLocally(content), io);
+    if (dc) {
+      return new AwaitSignature(keys, chosen, content, transcript.appended, dc).resume(dc.signLocally(content), io);
+    }
     io.requestSignature({ signer: certified.signer, scheme: chosen.scheme, content });
-    return new AwaitSignature(keys, chosen, content, signedHash);
+    return new AwaitSignature(keys, chosen, content, transcript.appended);
   }
 
   private helloRetry(
@@ -264,7 +265,8 @@ export class AwaitSignature implements State {
     private readonly keys: FlightKeys,
     private readonly cert: CertChoice,
     private readonly content: Buffer,
-    private readonly signedHash: Buffer,
+    /** Transcript messages when the content was signed (the transcript only grows, so equal = unchanged). */
+    private readonly signedAt: number,
     private readonly dc?: DelegatedCredential,
   ) {}
 
@@ -274,7 +276,7 @@ export class AwaitSignature implements State {
   resume(signature: Buffer, io: HandshakeIo): State {
     const { transcript } = this.keys;
     // The hash that was signed must be the one CertificateVerify follows.
-    if (!transcript.digest().equals(this.signedHash)) throw fatal('internal_error', 'transcript changed while waiting for the signature');
+    if (transcript.appended !== this.signedAt) throw fatal('internal_error', 'transcript changed while waiting for the signature');
     const { dc } = this;
     const [publicKey, scheme] = dc ? [dc.publicKey, dc.scheme] : [this.cert.entry.leafPublicKey, this.cert.scheme];
     const verify = io.config.verifyAfterSign(this.cert.entry.keyType);
@@ -361,7 +363,8 @@ export class ExpectFinished implements State {
     const proof = verifyClientFinished(expected, decodeFinished(m.body, this.k.suite.hashLen));
     if (this.peer) io.negotiated.peer = this.peer;
     this.k.transcript.update(m.raw);
-    const rms = this.k.schedule.resumptionMasterSecret(this.k.transcript.digest());
+    // The transcript's last use: its final hash, without copying the hash state.
+    const rms = this.k.schedule.resumptionMasterSecret(this.k.transcript.finish());
     const traffic = new Traffic(proof, this.k.suite, this.app, io);
     sendTickets(this.k, rms, io);
     io.handshakeComplete();

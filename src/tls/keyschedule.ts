@@ -144,19 +144,37 @@ export class KeySchedule13 {
 /** The running transcript hash of the handshake messages. */
 export class Transcript {
   private h: crypto.Hash;
+  private closed = false;
+  /** Messages appended so far (a message_hash counts as one): tells whether the transcript moved. */
+  private count = 0;
 
   constructor(readonly hash: HashName) {
     this.h = crypto.createHash(hash);
   }
 
+  /** How many messages the transcript holds: equal counts mean the same transcript (it only grows). */
+  get appended(): number {
+    return this.count;
+  }
+
   /** Appends one handshake message (with its 4-byte header). */
   update(msg: Buffer): void {
+    if (this.closed) throw new Error('Transcript: update after finish');
     this.h.update(msg);
+    this.count++;
   }
 
   /** The hash so far; the transcript stays open for more messages. */
   digest(): Buffer {
+    if (this.closed) throw new Error('Transcript: digest after finish');
     return this.h.copy().digest();
+  }
+
+  /** The final hash: the transcript's last use (no copy of the hash state is made; it is closed). */
+  finish(): Buffer {
+    if (this.closed) throw new Error('Transcript: finish twice');
+    this.closed = true;
+    return this.h.digest();
   }
 
   /** After HelloRetryRequest: replace ClientHello1 by message_hash(254) ‖ u24 len ‖ Hash(CH1) (RFC 8446 §4.4.1). */
@@ -165,5 +183,6 @@ export class Transcript {
     this.h = crypto.createHash(this.hash);
     this.h.update(Buffer.of(254, 0, 0, ch1.length));
     this.h.update(ch1);
+    this.count = 1;
   }
 }

@@ -26,6 +26,11 @@ export interface Signer {
 export interface SignContext {
   /** The client key (an IPv4 address, an IPv6 /64): waiting requests are served round-robin by it. */
   client?: string;
+  /**
+   * The caller aborts `signal` itself within this many ms (its own deadline): a key-holder whose
+   * deadline is not earlier may rely on that signal instead of arming a timer and a signal of its own.
+   */
+  deadlineMs?: number;
 }
 
 /**

@@ -78,7 +78,7 @@ export class TlsSocket extends Duplex {
   private ticketTimer: NodeJS.Timeout | null = null;
 
   private readonly ticketHoldMs: number;
-  private readonly signContext: SignContext | undefined;
+  private readonly signContext: SignContext;
 
   constructor(
     private readonly raw: Socket,
@@ -88,9 +88,12 @@ export class TlsSocket extends Duplex {
     super({ allowHalfOpen: opts.allowHalfOpen ?? false, emitClose: true });
     this.ticketHoldMs = opts.ticketHoldMs ?? TICKET_HOLD_MS;
     const admitted = opts.admitted;
+    // deadlineMs: this socket aborts the signature at its own deadline, so the signer needs no timer of its own.
     if (admitted) {
       conn.admitFull = () => admitted.fullHandshake();
-      this.signContext = { client: admitted.client };
+      this.signContext = { client: admitted.client, deadlineMs: opts.signTimeoutMs };
+    } else {
+      this.signContext = { deadlineMs: opts.signTimeoutMs };
     }
     raw.on('data', (chunk: Buffer) => this.receive(chunk));
     raw.on('end', () => this.onTransportEnd());
