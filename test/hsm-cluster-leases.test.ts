@@ -158,3 +158,18 @@ t.test('with HSMs of the manifest down, a lease needs a majority of the whole ma
   t.match(refused, { granted: 3, members: 6 });
   t.notOk((await leases.list()).some((x) => x.name === 'down.example'), 'the grants were given back');
 });
+
+t.test('a certificate deleted on a majority is gone, and an HSM still holding a copy is given the tombstone at the next read', async (t) => {
+  const name = 'deleted-cluster.example';
+  const first = await leases.acquire(name, 'proxy-d', 60_000) as ClusterLease;
+  const cert = await keyWithCertificate(name);
+  await leases.storeCertificate({ label: name, keyId: cert.keyId, chain: [cert.der], token: first.token });
+  await leases.release(first);
+  const second = await leases.acquire(name, 'proxy-d', 60_000) as ClusterLease;
+  // Deleted on two HSMs only, as if hsm-3 had been down.
+  await onHsms(['hsm-1', 'hsm-2'], (c) => c.deleteCertificate(name, second.token));
+  t.equal(await leases.getCertificate(name), undefined, 'the newest state is the deletion');
+  const third = await onHsms(['hsm-3'], (c) => c.getCertificate(name));
+  t.match(third[0], { deleted: true, token: second.token }, 'hsm-3 was given the tombstone, not the others the copy');
+  await leases.release(second);
+});

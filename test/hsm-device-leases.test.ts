@@ -127,3 +127,31 @@ t.test('malformed lease requests get a clear error', async (t) => {
   await f.hsm.leaseRenew(cu, 'n', 'p', g.token, 1000, [{ type: 'http-01', token: 'tok', keyAuthorization: 'tok.thumb' }]);
   t.same(f.hsm.leaseList(cu)[0]!.challenges, [{ type: 'http-01', token: 'tok', keyAuthorization: 'tok.thumb' }], 'the published challenge is listed beside the lease');
 });
+
+t.test('a deleted certificate leaves a tombstone: no copy under an older token comes back', async (t) => {
+  const f = await freshHsm(t);
+  const alice = await f.cu('alice');
+  const bob = await f.cu('bob');
+  const k = await keyWithCertificate(f, alice, 'gone.example');
+  const first = await f.hsm.leaseAcquire(alice, 'gone.example', 'p', 60_000);
+  await f.hsm.storeCertificate(alice, { label: 'gone.example', keyId: k.keyId, chain: [k.der], token: first.token });
+  await f.hsm.shareKey(alice, k.keyId, 'bob');
+  await t.rejects(f.hsm.deleteCertificate(bob, 'gone.example', first.token), { code: 'HSM_ERR_PERMISSION_DENIED' }, 'a sharee may not delete it');
+  await f.hsm.leaseRelease(alice, 'gone.example', 'p', first.token);
+  const second = await f.hsm.leaseAcquire(alice, 'gone.example', 'p', 60_000);
+  const tomb = await f.hsm.deleteCertificate(alice, 'gone.example', second.token);
+  t.match(tomb, { deleted: true, token: second.token, version: 2, chain: [] });
+  t.same(f.hsm.listCertificates(alice), [], 'not listed once deleted');
+  t.match(f.hsm.getCertificate(alice, 'gone.example'), { deleted: true }, 'read as a tombstone');
+  await t.rejects(
+    f.hsm.storeCertificate(alice, { label: 'gone.example', keyId: k.keyId, chain: [k.der], token: first.token }),
+    { code: 'HSM_ERR_STALE_LEASE' }, 'the copy stored under the older token does not come back',
+  );
+  await t.rejects(f.hsm.deleteCertificate(alice, 'gone.example', second.token), { code: 'HSM_ERR_NO_SUCH_KEY' }, 'deleting twice');
+  await f.hsm.leaseRelease(alice, 'gone.example', 'p', second.token);
+  const third = await f.hsm.leaseAcquire(alice, 'gone.example', 'q', 60_000);
+  t.ok(third.token > second.token, 'the next lease is above the deletion\'s token');
+  const back = await f.hsm.storeCertificate(alice, { label: 'gone.example', keyId: k.keyId, chain: [k.der], token: third.token });
+  t.match(back, { version: 3, token: third.token }, 'a newer lease stores it again, one version up');
+  t.notOk(back.deleted);
+});

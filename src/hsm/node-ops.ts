@@ -188,6 +188,7 @@ async function handleJson(device: Hsm, state: ConnectionState, opcode: number, b
     }
     case Op.GET_CERTIFICATE: return answer(device.getCertificate(s, str(o, 'label')));
     case Op.LIST_CERTIFICATES: return answer(device.listCertificates(s));
+    case Op.DELETE_CERTIFICATE: return answer(await device.deleteCertificate(s, str(o, 'label'), num(o, 'token')));
     default:
       throw new ProtocolError('HSM_ERR_UNKNOWN_OP', `unknown operation 0x${opcode.toString(16)}; the client and HSM versions may differ`);
   }

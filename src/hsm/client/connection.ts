@@ -365,6 +365,10 @@ export class HsmConnection {
   getCertificate(label: string, opts?: RequestOptions): Promise<CertificateInfo> {
     return this.json(Op.GET_CERTIFICATE, { label }, opts);
   }
+  /** Deletes a certificate object under a fencing token (a tombstone stays). */
+  deleteCertificate(label: string, token: number, opts?: RequestOptions): Promise<CertificateInfo> {
+    return this.json(Op.DELETE_CERTIFICATE, { label, token }, opts);
+  }
   /** Labels of the certificate objects this user may see. */
   listCertificates(opts?: RequestOptions): Promise<string[]> {
     return this.json(Op.LIST_CERTIFICATES, undefined, opts);

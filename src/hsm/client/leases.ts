@@ -159,6 +159,15 @@ export class ClusterLeases {
     );
   }
 
+  /** Deletes certificate `label` under `token` on every HSM; done once a majority did (tombstones stay). */
+  async deleteCertificate(label: string, token: number): Promise<void> {
+    const answers = await this.each((c) => c.deleteCertificate(label, token));
+    const ok = answers.filter((a) => a.ok).length;
+    if (this.majority(ok)) return;
+    const failures = answers.flatMap((a) => (a.ok ? [] : [`${a.id}: ${(a.err as Error).message}`]));
+    throw new ClusterQuorumError(`certificate ${label} was deleted on ${ok} of ${this.members} HSMs, not a majority (${failures.join('; ')})`);
+  }
+
   /**
    * The newest copy of certificate `label` among the HSMs that answer (undefined when none holds
    * it); HSMs holding an older copy (one was down while it was stored) get the newest.
@@ -179,6 +188,13 @@ export class ClusterLeases {
       return undefined;
     }
     const newest = best;
+    if (newest.deleted) {
+      // Deleted: HSMs still holding an older live copy are given the tombstone.
+      const older = answers.filter((a) => a.ok && !a.value.deleted && a.value.token < newest.token);
+      const live = new Set(older.map((a) => a.id));
+      if (live.size > 0) await this.each((c) => c.deleteCertificate(label, newest.token), live);
+      return undefined;
+    }
     const lagging = new Set(answers.filter((a) => !a.ok ? codeOf(a.err) === 'HSM_ERR_NO_SUCH_KEY' : a.value.token < newest.token).map((a) => a.id));
     if (lagging.size > 0) {
       // Best effort: a copy that fails now is made at the next read.

@@ -27,6 +27,8 @@ interface CertificateRecord {
   version: number;
   owner: string;
   storedAt: string;
+  /** A tombstone: the certificate was deleted under `token` (no older copy may come back). */
+  deleted?: boolean;
 }
 
 function infoOf(r: CertificateRecord): CertificateInfo {
@@ -91,7 +93,30 @@ export class Certificates {
     return infoOf(rec);
   }
 
-  /** The certificate `label`, if the session may see the key it belongs to. */
+  /**
+   * Deletes the certificate `label` under `token` (at least the newest for the label), leaving a
+   * tombstone one version up: no copy stored under an older token comes back. Its key's owner only.
+   */
+  async delete(s: Session, label: string, token: number): Promise<CertificateInfo> {
+    requireRole(s, ['CU'], 'delete a certificate');
+    checkLeaseName(label);
+    if (typeof token !== 'number' || !Number.isSafeInteger(token) || token < 1) throw new InvalidArgumentError('a fencing token must be a positive integer');
+    const rec = this.records.get(label);
+    if (!rec || rec.deleted || !this.visible(s, rec)) throw new NoSuchKeyError(`certificate ${label}`);
+    if (rec.owner !== s.user) throw new PermissionDeniedError(`delete certificate ${label}`, `it belongs to ${rec.owner}'s key`);
+    const newest = Math.max(this.leases.newestToken(label), rec.token);
+    if (token < newest) throw new StaleLeaseError(label, token, newest);
+    const tomb: CertificateRecord = {
+      ...rec, chain: [], token, version: rec.version + 1, storedAt: new Date().toISOString(), deleted: true,
+    };
+    await this.leases.raise(label, token);
+    this.records.set(label, tomb);
+    await this.save();
+    this.ctx.audit({ event: 'certificate.delete', user: s.user, ok: true, certificate: label, token, version: tomb.version });
+    return infoOf(tomb);
+  }
+
+  /** The certificate `label` (a tombstone, `deleted` and no chain, once deleted), if the session may see its key. */
   get(s: Session, label: string): CertificateInfo {
     requireRole(s, ['CU', 'CO', 'AU'], 'read a certificate');
     checkLeaseName(label);
@@ -103,7 +128,7 @@ export class Certificates {
   /** Labels of the certificates the session may see. */
   list(s: Session): string[] {
     requireRole(s, ['CU', 'CO', 'AU'], 'list certificates');
-    return [...this.records.values()].filter((r) => this.visible(s, r)).map((r) => r.label).sort();
+    return [...this.records.values()].filter((r) => !r.deleted && this.visible(s, r)).map((r) => r.label).sort();
   }
 
   // A certificate is as visible as its key; one whose key is gone stays visible to its owner.

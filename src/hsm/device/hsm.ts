@@ -452,6 +452,12 @@ export class Hsm {
     return this.guardSync(s, `read certificate ${label}`, () => this.certificates.get(s, label));
   }
 
+  /** Deletes a certificate object under a fencing token, leaving a tombstone. Its key's owner only. */
+  deleteCertificate(session: Session, label: string, token: number): Promise<CertificateInfo> {
+    const s = this.session(session);
+    return this.guard(s, `delete certificate ${label}`, () => this.certificates.delete(s, label, token));
+  }
+
   /** Labels of the certificate objects the session may see. */
   listCertificates(session: Session): string[] {
     const s = this.session(session);

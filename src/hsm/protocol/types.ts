@@ -257,6 +257,8 @@ export interface CertificateInfo {
   version: number;
   owner: string;
   storedAt: string;
+  /** A tombstone: deleted under `token`, with no chain. */
+  deleted?: boolean;
 }
 
 /** What storing a certificate object takes. */
