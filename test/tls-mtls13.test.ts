@@ -3,6 +3,7 @@
 // will not send (a bad CertificateVerify signature, a scheme we did not offer).
 import t, { type Test } from 'tap';
 import { sign as cryptoSign, type KeyObject } from 'node:crypto';
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
 import { AlertDescription, TlsAlertError, type AlertName } from '../src/tls/alert.js';
@@ -148,6 +149,20 @@ t.test('node:tls without a certificate reads the certificate_required alert', as
   const s = await server(t);
   const r = await nodeClient(s);
   t.equal(r.error?.code, 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', r.error?.message ?? 'no error');
+});
+
+t.test('curl sending a body right after its Finished reads the alert, not a reset', async (t) => {
+  // The body reaches the server after it sent certificate_required: closed unread, that input drew an
+  // RST, and curl met the RST first ("Send failure: Broken pipe" in 22 of 40 runs before the fix).
+  const s = await server(t);
+  const errors = new Set<string>();
+  for (let i = 0; i < 16; i++) {
+    const stderr = await new Promise<string>((resolve) => execFile('curl', [
+      '-sS', '--cacert', s.caFile, '--resolve', `localhost:${s.port}:127.0.0.1`, `https://localhost:${s.port}/`, '-d', 'x'.repeat(20_000),
+    ], { timeout: 10_000 }, (_e, _out, err) => resolve(err.trim())));
+    errors.add(/alert certificate required/.test(stderr) ? 'the certificate_required alert' : stderr);
+  }
+  t.same([...errors], ['the certificate_required alert']);
 });
 
 // ---- hand-built client: what well-behaved clients never send ----

@@ -149,6 +149,9 @@ export class HsmAppliance {
       listener.listen(opts.port, opts.host ?? '127.0.0.1', () => { listener.off('error', reject); resolve(); });
     });
     appliance.watchRevocations();
+    // The signing workers boot now, in the background, not during the first burst of requests
+    // (a worker's start costs CPU the first requests would wait behind).
+    opts.device.warmSigningThreads().catch(() => undefined);
     return appliance;
   }
 

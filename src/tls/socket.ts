@@ -64,6 +64,8 @@ export class TlsSocket extends Duplex {
   private handshakeTimer: NodeJS.Timeout | null = null;
   private observed = false;
   private signFailed = false;
+  /** We sent a fatal alert: the close reads the peer's remaining input first (see closeTransport). */
+  private alertSent = false;
   private readPaused = false;
   private eof = false;
   /** Ciphertext not yet given to TCP, in sealing order; it leaves in one write per flush. */
@@ -267,6 +269,7 @@ export class TlsSocket extends Duplex {
         const result = this.signFailed ? 'sign_error' : err instanceof HandshakeShedError ? 'shed'
           : err instanceof TlsAlertError ? (received ? 'alert_received' : 'alert_sent') : 'closed';
         if (!this.conn.established) return this.failHandshake(err, result);
+        this.alertSent = err instanceof TlsAlertError && !received;
         this.flush();
         this.raw.end(); // the alert, then FIN
         this.destroy(err);
@@ -314,6 +317,7 @@ export class TlsSocket extends Duplex {
 
   private failHandshake(err: TlsError, result: HandshakeObservation['result']): void {
     const alert = err instanceof TlsAlertError ? alertName(err.alert) : undefined;
+    this.alertSent = err instanceof TlsAlertError && !err.received;
     this.observe(result, alert, err instanceof HandshakeShedError ? err.reason : undefined);
     this.emit('handshakeError', err);
     if (!this.raw.destroyed) {
@@ -432,10 +436,29 @@ export class TlsSocket extends Duplex {
   private closeTransport(): void {
     const raw = this.raw;
     if (raw.destroyed) return;
+    if (this.alertSent) return lingerAfterAlert(raw);
     if (raw.writableLength === 0) { raw.destroy(); return; }
     if (!raw.writableEnded) raw.end();
     const timer = setTimeout(() => raw.destroy(), LINGER_MS);
     timer.unref?.();
     raw.once('finish', () => { clearTimeout(timer); raw.destroy(); });
   }
+}
+
+function discard(): void { /* input after our fatal alert is read and dropped */ }
+
+// After a fatal alert the peer may still be sending (a TLS 1.3 client sends its request right after
+// its Finished, before it can see a certificate_required alert). Closing with that input unread makes
+// the kernel answer with RST, and a client that meets the RST first reports a reset (or curl's
+// "getpeername() failed") instead of the alert. So: the alert and FIN, then read and drop until the
+// peer closes too, for at most LINGER_MS.
+function lingerAfterAlert(raw: Socket): void {
+  if (!raw.writableEnded) raw.end();
+  const timer = setTimeout(() => raw.destroy(), LINGER_MS);
+  timer.unref?.();
+  raw.removeAllListeners('data');
+  raw.on('data', discard);
+  raw.once('end', () => raw.destroy());
+  raw.once('close', () => clearTimeout(timer));
+  raw.resume();
 }

@@ -3,6 +3,7 @@
 import type { AuditEntry } from './audit.js';
 import type { CapacityModel } from './capacity.js';
 import type { ObjectStore } from './objects.js';
+import type { SigningThreads } from './signing-threads.js';
 import type { DeviceStore } from './persist.js';
 import type { QuorumState } from './quorum.js';
 import type { UserTable } from './users.js';
@@ -15,6 +16,8 @@ export interface DeviceContext {
   readonly objects: ObjectStore;
   readonly store: DeviceStore;
   readonly capacity: CapacityModel;
+  /** Where asymmetric signatures are computed: the main thread and a few worker threads. */
+  readonly signing: SigningThreads;
   readonly clusterKey: Buffer;
   /** Deleted users and token keys with their last versions: no replay brings them back. */
   readonly tombstones: Tombstones;

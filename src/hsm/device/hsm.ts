@@ -6,6 +6,7 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AUDIT_KEY_LABEL, AuditLog, type AuditEntry } from './audit.js';
 import { CapacityModel, type CapacityProfile, type CapacityProfileName } from './capacity.js';
+import { SigningThreads, type SigningThreadStats } from './signing-threads.js';
 import type { DeviceContext } from './context.js';
 import {
   AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
@@ -52,6 +53,20 @@ export interface HsmOpenOptions {
   maxUsers?: number;
   /** scrypt cost N (default 2^14); tests may lower it. */
   scryptCost?: number;
+  /**
+   * Worker threads that compute signatures beside the main thread, at most the profile's units
+   * less one (default 0, or HSMPROXY_HSM_SIGN_WORKERS). Off by default: on the 2-core machine
+   * measured, with the client on the same cores, a worker lowered signs/s (bench/FINDINGS.md);
+   * it is for an HSM process with cores of its own to spare.
+   */
+  signWorkers?: number;
+}
+
+/** Signing workers for a profile: HSMPROXY_HSM_SIGN_WORKERS if set, else 0; at most its units less one. */
+export function defaultSignWorkers(units: number): number {
+  const env = process.env.HSMPROXY_HSM_SIGN_WORKERS;
+  const n = env !== undefined && env !== '' && Number.isInteger(Number(env)) && Number(env) >= 0 ? Number(env) : 0;
+  return Math.min(n, Math.max(0, units - 1));
 }
 
 /** Defaults, as CloudHSM documents them. */
@@ -96,6 +111,8 @@ export class Hsm {
     const lockoutThreshold = opts.lockoutThreshold ?? DEFAULT_LOCKOUT_THRESHOLD;
     if (!Number.isInteger(lockoutThreshold) || lockoutThreshold < 1) throw new InvalidArgumentError('lockoutThreshold must be a positive integer');
     const capacity = new CapacityModel(opts.capacity);
+    const signWorkers = opts.signWorkers ?? defaultSignWorkers(capacity.profile.units);
+    if (!Number.isInteger(signWorkers) || signWorkers < 0) throw new InvalidArgumentError('signWorkers must be a non-negative integer');
     const store = await DeviceStore.open(opts.dir);
     try {
       const users = new UserTable({
@@ -128,6 +145,7 @@ export class Hsm {
       const auditLog = AuditLog.open(join(opts.dir, 'audit.log'), store.deriveKey(AUDIT_KEY_LABEL), { hsm: opts.hsmId });
       const ctx: DeviceContext = {
         hsmId: opts.hsmId, users, objects, store, capacity, clusterKey, tombstones, saveTombstones,
+        signing: new SigningThreads({ workers: signWorkers }),
         quorum, saveQuorum: () => store.writeQuorum(() => quorum.toRecord()),
         audit: (e: AuditEntry) => auditLog.append(e),
       };
@@ -162,6 +180,16 @@ export class Hsm {
     return hsm;
   }
 
+  /** The signing threads' counters (signatures on the main thread and on workers, batches). */
+  get signingStats(): Readonly<SigningThreadStats> {
+    return { ...this.ctx.signing.stats };
+  }
+
+  /** Starts the signing workers now (else at the first batch of signatures); resolves when they are ready. */
+  warmSigningThreads(): Promise<void> {
+    return this.ctx.signing.warm();
+  }
+
   /** Releases the HSM; every session ends (session keys vanish). */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -169,6 +197,7 @@ export class Hsm {
     this.ctx.audit({ event: 'hsm.close', ok: true });
     this.closed = true;
     this.auditLog.close();
+    await this.ctx.signing.close();
     await this.ctx.store.release();
   }
 
@@ -311,7 +340,16 @@ export class Hsm {
   /** Signs (or MACs) data; every signature verifies under the key's public key. */
   sign(session: Session, req: SignRequest): Promise<CryptoResult<Buffer>> {
     const s = this.session(session);
-    return this.guard(s, `sign with ${req?.keyId}`, () => this.keys.sign(s, req));
+    // The hot path: no async frame of its own, and the action is only spelled out for a refusal.
+    try {
+      return this.keys.sign(s, req).catch((e: unknown) => {
+        this.audited(s, `sign with ${req?.keyId}`, e);
+        throw e;
+      });
+    } catch (e) {
+      this.audited(s, `sign with ${req?.keyId}`, e);
+      return Promise.reject(e);
+    }
   }
 
   /** Verifies a signature or MAC. */

@@ -4,7 +4,8 @@
 // policy.ts (every access rule), quorum.ts (M of N: tokens, approvals, the gate), versions.ts
 // (object versions and tombstones: no replayed blob applies) →
 // users.ts (login, roles, lockout), objects.ts (key attribute bags, limits) → keygen.ts,
-// mechanisms.ts, pss.ts, ecdsa-digest.ts (node:crypto) under capacity.ts (units, queue, rates);
+// mechanisms.ts, pss.ts, ecdsa-digest.ts (node:crypto) under capacity.ts (units, queue, rates),
+// signatures on signing-threads.ts's threads (the main one and a few worker_threads, sign-worker.ts);
 // persist.ts + sealing.ts (AES-256-GCM at rest, atomic writes; masking under the cluster key),
 // audit.ts (log MAC-chained under a key derived from the master key). May import node built-ins
 // only; other modules import this file.

@@ -5,7 +5,7 @@ import { createHash, createPublicKey, randomBytes } from 'node:crypto';
 import type { DeviceContext } from './context.js';
 import { InvalidArgumentError, NoSuchKeyError } from './errors.js';
 import { pairSpec, generatePairMaterial, generateSecretMaterial, importPairMaterial, importPublicMaterial, secretFromBytes, type PairMaterial, type SecretMaterial } from './keygen.js';
-import { decryptWith, encryptWith, opKey, signWith, unwrapWith, verifyWith, wrapWith } from './mechanisms.js';
+import { decryptWith, encryptWith, hmacWith, opKey, signPlan, unwrapWith, verifyWith, wrapWith } from './mechanisms.js';
 import { infoOf, keyObjectOf, toRecord, type KeyAttributes, type StoredKey } from './objects.js';
 import { withQuorum } from './quorum.js';
 import { checkAttributeChanges, defaultsFor, requireExport, requireOwner, requireRole, requireShareTarget, requireUse, requireVisible } from './policy.js';
@@ -281,7 +281,11 @@ export class KeyOps {
     const k = this.visible(s, req?.keyId);
     requireUse(s, k.attrs, 'sign', req.mechanism);
     const data = asBuffer(req.data, 'data');
-    return this.ctx.capacity.run(opKey('sign', k), () => signWith(k, req.mechanism, data, req.prehashed, req.format));
+    // Checked here, computed on whichever thread of the pool is free (an HMAC right here).
+    const plan = signPlan(k, req.mechanism, data, req.prehashed, req.format);
+    return this.ctx.capacity.run(
+      opKey('sign', k), plan ? () => this.ctx.signing.sign(k.keyObject, plan, data) : () => hmacWith(k, req.mechanism, data),
+    );
   }
 
   /** Verifies a signature or MAC. */

@@ -56,28 +56,62 @@ function publicOf(key: StoredKey): KeyObject {
   return key.attrs.class === 'private' ? createPublicKey(key.keyObject) : key.keyObject;
 }
 
-/** Signs (or MACs) with a private or generic secret key. */
-export function signWith(key: StoredKey, mechanism: SignMechanism, data: Buffer, prehashed?: boolean, format?: 'der' | 'raw'): Buffer {
+/**
+ * An asymmetric signature checked and ready to compute: what `signRaw` needs besides the key and
+ * the data. Plain data (no KeyObject, no Buffer), so it crosses to a signing worker as is.
+ */
+export interface SignPlan {
+  family: 'rsa-pkcs1' | 'rsa-pss' | 'ecdsa';
+  hash: Hash;
+  prehashed: boolean;
+  format: 'der' | 'raw';
+}
+
+/**
+ * Checks that `mechanism` suits the key and the data; answers the plan of an asymmetric
+ * signature, or undefined for an HMAC (cheap enough to compute where it is asked for).
+ */
+export function signPlan(key: StoredKey, mechanism: SignMechanism, data: Buffer, prehashed?: boolean, format?: 'der' | 'raw'): SignPlan | undefined {
   const s = signScheme(mechanism, key);
   checkDigest(s, data, prehashed, mechanism);
-  if (s.family === 'hmac') return createHmac(s.hash, key.keyObject).update(data).digest();
+  if (s.family === 'hmac') return undefined;
   if (key.attrs.class !== 'private') throw new MechanismNotAllowedError(mechanism, key.attrs.keyId, 'signing needs the private key');
-  switch (s.family) {
+  // One frozen plan per (mechanism, prehashed, format): no object per request, and a signing
+  // pool can number plans by identity.
+  const i = (prehashed === true ? 2 : 0) + (format === 'raw' ? 1 : 0);
+  let plans = PLANS.get(s);
+  if (!plans) PLANS.set(s, plans = []);
+  return plans[i] ??= Object.freeze({ family: s.family, hash: s.hash, prehashed: prehashed === true, format: format ?? 'der' });
+}
+const PLANS = new Map<SignScheme, SignPlan[]>();
+
+/** Computes a planned signature with a private KeyObject (on the main thread or a signing worker). */
+export function signRaw(key: KeyObject, p: SignPlan, data: Buffer): Buffer {
+  switch (p.family) {
     case 'rsa-pkcs1':
-      return prehashed ? pkcs1SignDigest(key.keyObject, s.hash, data) : nodeSign(
-        s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PADDING },
-      );
+      return p.prehashed
+        ? pkcs1SignDigest(key, p.hash, data)
+        : nodeSign(p.hash, data, { key, padding: constants.RSA_PKCS1_PADDING });
     case 'rsa-pss':
-      return prehashed
-        ? pssSignDigest(key.keyObject, s.hash, data)
-        : nodeSign(
-          s.hash, data, { key: key.keyObject, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[s.hash] },
-        );
+      return p.prehashed
+        ? pssSignDigest(key, p.hash, data)
+        : nodeSign(p.hash, data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: HASH_LEN[p.hash] });
     case 'ecdsa':
-      return prehashed
-        ? ecdsaSignDigest(key.keyObject, data, format ?? 'der')
-        : nodeSign(s.hash, data, { key: key.keyObject, dsaEncoding: format === 'raw' ? 'ieee-p1363' : 'der' });
+      return p.prehashed
+        ? ecdsaSignDigest(key, data, p.format)
+        : nodeSign(p.hash, data, { key, dsaEncoding: p.format === 'raw' ? 'ieee-p1363' : 'der' });
   }
+}
+
+/** The MAC of an HMAC mechanism (signPlan answered undefined for it). */
+export function hmacWith(key: StoredKey, mechanism: SignMechanism, data: Buffer): Buffer {
+  return createHmac(signScheme(mechanism, key).hash, key.keyObject).update(data).digest();
+}
+
+/** Signs (or MACs) with a private or generic secret key. */
+export function signWith(key: StoredKey, mechanism: SignMechanism, data: Buffer, prehashed?: boolean, format?: 'der' | 'raw'): Buffer {
+  const p = signPlan(key, mechanism, data, prehashed, format);
+  return p ? signRaw(key.keyObject, p, data) : hmacWith(key, mechanism, data);
 }
 
 /** Verifies a signature (public or private key object) or an HMAC (constant time). */
