@@ -43,7 +43,7 @@ function issues(yaml: string): Array<{ path: string; message: string }> {
 
 t.test('an acme certificate gets the defaults: ec:p256, tls-alpn-01, state and account key in hsm.dir', async (t) => {
   const c = parseConfig(config(`${ONE}\n      - { cert: a.pem, key: a.key }`), { baseDir: dir });
-  t.same(c.listeners[0]!.acme, [{ names: ['shop.example.com', 'www.shop.example.com'], keyType: 'ec:p256', challenge: 'tls-alpn-01' }]);
+  t.same(c.listeners[0]!.acme, [{ names: ['shop.example.com', 'www.shop.example.com'], keyType: 'ec:p256', challenge: 'tls-alpn-01', reuseKey: false }]);
   t.equal(c.listeners[0]!.certificates.length, 1, 'file and ACME certificates mix on one listener');
   t.equal(c.acme!.dir, join(dir, 'data'));
   t.equal(c.acme!.accountKey, join(dir, 'data', 'acme-account.key'));
@@ -73,6 +73,7 @@ t.test('bad fields are named with their path', async (t) => {
     [config(ONE, 'acme: { directory: https://a.example/dir, termsOfServiceAgreed: true, email: ops }'), 'acme.email', /e-mail address/],
     [config(ONE, 'acme: { directory: https://a.example/dir, termsOfServiceAgreed: true, redirect: true }'), 'acme.redirect', /needs acme.httpPort/],
     [config(`${ONE}\n      - acme: { names: [www.shop.example.com] }`), 'listeners[0].certificates[1].acme.names', /also in another acme certificate/],
+    [config('      - acme: { names: [a.example], reuseKey: yes please }'), 'listeners[0].certificates[0].acme.reuseKey', /true or false|boolean/],
     [config(ONE, ACME, 'workers: 2').replace('mode: embedded, dir: data', 'mode: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so'), 'workers', /must be 1 with acme certificates and hsm.mode pkcs11/],
     [config(ONE, ACME).replace('mode: embedded', 'mode: cluster'), 'acme.dir', /required with hsm.mode cluster/],
   ];
@@ -80,6 +81,20 @@ t.test('bad fields are named with their path', async (t) => {
     const got = issues(yaml);
     t.ok(got.some((i) => i.path === path && message.test(i.message)), `${path}: ${message}`, { got });
   }
+});
+
+t.test('reuseKey: true is read; one certificate on two listeners needs the same settings', async (t) => {
+  const c = parseConfig(config('      - acme: { names: [a.example], reuseKey: true }'), { baseDir: dir });
+  t.equal(c.listeners[0]!.acme![0]!.reuseKey, true);
+  const two = `
+listeners:
+  - { port: 8443, certificates: [{ acme: { names: [a.example], reuseKey: true } }] }
+  - { port: 9443, certificates: [{ acme: { names: [a.example] } }] }
+routes: [{ upstream: [http://127.0.0.1:8080] }]
+hsm: { mode: embedded, dir: data }
+${ACME}
+`;
+  t.match(issues(two), [{ path: 'listeners[1].certificates[0].acme', message: /a\.example is also on another listener with keyType ec:p256, challenge tls-alpn-01, reuseKey true; give both the same settings/ }]);
 });
 
 t.test('workers share acme certificates through the simulated cluster: more than one is accepted', async (t) => {

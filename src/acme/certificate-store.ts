@@ -53,7 +53,8 @@ export interface CertificateStore {
   readonly shared: boolean;
   /**
    * Whether orders publish their challenges here for every proxy to answer (and so wait for the
-   * others to look before the CA validates). PKCS#11 tokens share certificates but not challenges.
+   * others to look before the CA validates). The files do not; the cluster does, and so does a
+   * PKCS#11 token (the orderer's challenges as CKO_DATA objects, pkcs11-store.ts).
    */
   readonly sharesChallenges: boolean;
   /** The current issue of `name`, or undefined when none was stored. */

@@ -11,13 +11,16 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcmeCertificateConfig, CertificateConfig, Config } from '../config/index.js';
 import { SoftBackend, writeKeyReference, type Backend, type Engine, type KeyHandle } from '../engine/index.js';
-import { configureAcmeHttp, openAccount, type AcmeAccount } from './account.js';
+import { configureAcmeHttp } from './account.js';
+import { AccountKeeper } from './account-keeper.js';
 import { ariCertId, fetchRenewalWindow, renewalInfoUrl } from './ari.js';
 import { FileCertificateStore, type CertificateStore, type OrderLease, type PublishedChallenge } from './certificate-store.js';
 import { PendingChallenges } from './challenges.js';
 import { AcmeError, describeAcmeFailure } from './errors.js';
 import { alpnChallengeCertificate, orderCertificate, type AcmeLog } from './order.js';
-import { certificateDir, readState, removeIssueFiles, takeRenewRequest, writeState, type CertificateState } from './store.js';
+import { destroyExpired, retireIssue } from './retire.js';
+import { reusableKey } from './reuse-key.js';
+import { certificateDir, readState, takeRenewRequest, writeState, type CertificateState } from './store.js';
 
 /** What `acme status` shows for one certificate. */
 export interface AcmeCertificateStatus {
@@ -48,6 +51,8 @@ export interface AcmeManagerOptions {
   random?: () => number;
   /** How often the store is read for renewal requests and certificates issued elsewhere (default 10 s). */
   watchMs?: number;
+  /** The clock that decides which retired certificates have expired (tests move it forward). */
+  now?: () => number;
   /** Where certificates are shared and orders leased (default: the files under acme.dir, one proxy). */
   store?: CertificateStore;
   /** How long an order lease lasts unless renewed (default acme.leaseSeconds). */
@@ -103,12 +108,18 @@ export class AcmeManager {
   readonly challenges = new PendingChallenges();
   private readonly soft = new SoftBackend();
   private readonly tracked = new Map<string, Tracked>();
-  private account?: Promise<AcmeAccount>;
+  /** The account key file is read again before each order (a rotated key is used at once). */
+  private readonly accounts = new AccountKeeper(() => this.acme);
   private stopped = false;
   private readonly random: () => number;
   private watcher?: NodeJS.Timeout;
   private polling?: Promise<void>;
   private ariBase?: Promise<string | undefined>;
+  /** The config being followed: the one given, then each that reconfigure() was given (SIGHUP). */
+  private config: Config;
+  private started = false;
+  /** Orders of certificates removed from the config while they ran (stop() waits for them). */
+  private readonly detached = new Set<Promise<void>>();
   /** The store certificates are shared through (the source of truth when it is shared). */
   readonly store: CertificateStore;
   private challengeTimer?: NodeJS.Timeout;
@@ -118,6 +129,7 @@ export class AcmeManager {
 
   constructor(private readonly opts: AcmeManagerOptions) {
     this.random = opts.random ?? Math.random;
+    this.config = opts.config;
     this.store = opts.store ?? new FileCertificateStore(this.acme.dir);
   }
 
@@ -130,39 +142,84 @@ export class AcmeManager {
   }
 
   private get acme(): NonNullable<Config['acme']> {
-    const a = this.opts.config.acme;
+    const a = this.config.acme;
     if (!a) throw new AcmeError('the configuration has no acme block', 'ACME_ERR_CONFIG');
     return a;
   }
 
   /** Reads the stored state of every certificate (so the listeners can serve them at once). */
   async load(): Promise<void> {
-    for (const spec of acmeCertificates(this.opts.config)) {
-      const name = spec.names[0]!;
-      const dir = certificateDir(this.acme.dir, name);
-      const stored = await readState(dir);
-      // A changed list of names or key type is a new certificate: order it (the old one serves meanwhile).
-      const state: CertificateState = stored ?? { names: spec.names, keyType: spec.keyType, retired: [] };
-      const t: Tracked = { spec, dir, state, failures: 0 };
-      this.tracked.set(name, t);
-      // A certificate another proxy of the cluster stored is served from the start, without an order.
-      if (this.store.shared) await this.adopt(t).catch((err: unknown) => this.adoptFailed(t, err));
-    }
+    for (const spec of acmeCertificates(this.config)) await this.track(spec);
+  }
+
+  private async track(spec: AcmeCertificateConfig): Promise<Tracked> {
+    const name = spec.names[0]!;
+    const dir = certificateDir(this.acme.dir, name);
+    const stored = await readState(dir);
+    // A changed list of names or key type is a new certificate: order it (the old one serves meanwhile).
+    const state: CertificateState = stored ?? { names: spec.names, keyType: spec.keyType, retired: [] };
+    const t: Tracked = { spec, dir, state, failures: 0 };
+    this.tracked.set(name, t);
+    // A certificate another proxy of the cluster stored is served from the start, without an order.
+    if (this.store.shared) await this.adopt(t).catch((err: unknown) => this.adoptFailed(t, err));
+    return t;
   }
 
   /** Schedules every order and renewal; missing certificates are ordered now. Call once the listeners are open. */
   start(): void {
-    for (const t of this.tracked.values()) {
-      this.publish(t);
-      this.schedule(t);
-      if (t.state.current) void this.refreshAri(t);
-    }
+    this.started = true;
+    for (const t of this.tracked.values()) this.begin(t);
     this.watcher = setInterval(() => void this.poll(), this.opts.watchMs ?? 10_000);
     this.watcher.unref();
     if (this.store.sharesChallenges && this.tracked.size > 0) {
       this.challengeTimer = setInterval(() => void this.syncChallenges(), this.challengePollMs);
       this.challengeTimer.unref();
     }
+  }
+
+  private begin(t: Tracked): void {
+    this.publish(t);
+    this.schedule(t);
+    if (t.state.current) void this.refreshAri(t);
+  }
+
+  /**
+   * Follows a reloaded config (SIGHUP): a certificate it adds is loaded from the store (served at
+   * once when issued before) and, once started, ordered if missing; a removed one is no longer
+   * renewed (its files and HSM key stay in acme.dir); a changed one (names, key type) is ordered
+   * anew while the old issue serves. The acme block itself (CA, account, ports) is read at start only.
+   */
+  async reconfigure(config: Config): Promise<{ added: string[]; removed: string[] }> {
+    const wanted = new Map(acmeCertificates(config).map((s) => [s.names[0]!, s]));
+    this.config = { ...config, acme: this.config.acme ?? config.acme };
+    const added: string[] = [];
+    const removed: string[] = [];
+    for (const [name, t] of [...this.tracked]) {
+      const spec = wanted.get(name);
+      if (spec) {
+        const changed = JSON.stringify(spec) !== JSON.stringify(t.spec);
+        t.spec = spec;
+        if (changed && this.started && !t.running) this.schedule(t);
+        continue;
+      }
+      if (t.timer) clearTimeout(t.timer);
+      this.tracked.delete(name);
+      ACME_CERTIFICATE_CHANNEL.publish({ name, consecutiveFailures: 0, removed: true });
+      if (t.running) {
+        const p = t.running.catch(() => undefined);
+        this.detached.add(p);
+        void p.finally(() => this.detached.delete(p));
+      }
+      removed.push(name);
+    }
+    for (const [name, spec] of wanted) {
+      if (this.tracked.has(name)) continue;
+      const t = await this.track(spec);
+      if (this.started) this.begin(t);
+      added.push(name);
+    }
+    if (added.length + removed.length > 0) this.opts.log.info({ added, removed }, 'acme certificates changed by the reloaded config');
+    return { added, removed };
   }
 
   /**
@@ -253,6 +310,7 @@ export class AcmeManager {
     for (const t of this.tracked.values()) if (t.timer) clearTimeout(t.timer);
     await this.polling;
     await Promise.all([...this.tracked.values()].map((t) => t.running?.catch(() => undefined)));
+    await Promise.all([...this.detached]);
     await this.soft.close();
     await this.store.close();
   }
@@ -291,8 +349,14 @@ export class AcmeManager {
     }
   }
 
+  /** Still in the config (reconfigure() drops removed certificates: nothing is scheduled or exported for them). */
+  private current(t: Tracked): boolean {
+    return this.tracked.get(t.spec.names[0]!) === t;
+  }
+
   private publish(t: Tracked, result?: 'issued' | 'failed'): void {
     const name = t.spec.names[0]!;
+    if (!this.current(t)) return;
     if (result) ACME_ORDER_CHANNEL.publish({ name, challenge: t.spec.challenge, result });
     const cur = this.matches(t) ? t.state.current : undefined;
     ACME_CERTIFICATE_CHANNEL.publish({
@@ -305,7 +369,7 @@ export class AcmeManager {
   }
 
   private schedule(t: Tracked, delayMs?: number): void {
-    if (this.stopped) return;
+    if (this.stopped || !this.current(t)) return;
     if (t.timer) clearTimeout(t.timer);
     const at = this.matches(t) ? this.renewAt(t) : undefined;
     const wait = delayMs ?? (at ? Math.max(0, at.getTime() - Date.now()) : 0);
@@ -329,8 +393,6 @@ export class AcmeManager {
     let keepAlive: NodeJS.Timeout | undefined;
     try {
       await mkdir(t.dir, { recursive: true, mode: 0o700 });
-      this.account ??= openAccount(this.acme).catch((err: unknown) => { this.account = undefined; throw err; });
-      const account = await this.account;
       // At most one proxy of the cluster orders a name at a time; the others pick its result up.
       lease = await this.store.acquire(name, this.leaseTtlMs);
       if (!lease) {
@@ -356,6 +418,8 @@ export class AcmeManager {
           return;
         }
       }
+      // Only a proxy that orders needs the account (a PKCS#11 proxy that is not the orderer never does).
+      const account = await this.accounts.get();
       const issued = await orderCertificate(
         {
           account, engine: this.opts.engine, backend: this.opts.backend, soft: this.soft,
@@ -368,6 +432,7 @@ export class AcmeManager {
           remove: (key) => rm(join(t.dir, `key-${key.keyId}.pem`), { force: true }),
         },
         await this.replaces(t),
+        await reusableKey(t.spec, t.state, t.dir, this.opts.engine, this.opts.log),
       );
       if (this.stopped) return;
       const serial = issued.leaf.serialNumber;
@@ -378,19 +443,17 @@ export class AcmeManager {
           chainPem: issued.chainPem, account: account.url, orderedAt,
         });
       } catch (err) {
-        // Not stored (a newer lease holder's certificate stands): this issue is never served.
-        await this.opts.backend.delete(issued.key).catch(() => undefined);
-        await rm(join(t.dir, `key-${issued.key.keyId}.pem`), { force: true });
+        // Not stored (a newer lease holder's certificate stands): this issue is never served. Its
+        // key goes too, unless reuseKey carried over the key the current issue still uses.
+        if (issued.key.keyId !== t.state.current?.keyId) {
+          await this.opts.backend.delete(issued.key).catch(() => undefined);
+          await rm(join(t.dir, `key-${issued.key.keyId}.pem`), { force: true });
+        }
         throw err;
       }
       const chainFile = `chain-${serial}.pem`;
       await writeFile(join(t.dir, chainFile), issued.chainPem);
-      const previous = t.state.current;
-      const retired = [...t.state.retired];
-      if (previous) {
-        const { keyId, keyLabel: label, keyFile, chainFile: oldChain, notAfter } = previous;
-        retired.push({ keyId, label, keyFile, chainFile: oldChain, notAfter });
-      }
+      const retired = retireIssue(t.state);
       t.state = {
         names: t.spec.names, keyType: t.spec.keyType, retired,
         current: {
@@ -497,11 +560,7 @@ export class AcmeManager {
     const keyFile = `key-${stored.keyId}.pem`;
     await writeFile(join(t.dir, chainFile), stored.chainPem);
     await writeKeyReference(key, join(t.dir, keyFile), { overwrite: true });
-    const retired = [...t.state.retired];
-    if (cur) {
-      const { keyId, keyLabel: label, keyFile: oldKey, chainFile: oldChain, notAfter } = cur;
-      retired.push({ keyId, label, keyFile: oldKey, chainFile: oldChain, notAfter });
-    }
+    const retired = cur ? retireIssue(t.state) : [...t.state.retired];
     t.state = {
       names: t.spec.names, keyType: t.spec.keyType, retired,
       current: {
@@ -529,21 +588,15 @@ export class AcmeManager {
     return t.state.ari?.certId ?? ariCertId(await readFile(join(t.dir, cur.chainFile), 'utf8'));
   }
 
-  /** Keys of earlier issues are destroyed in the HSM once their certificate has expired. */
+  /** Keys of earlier issues are destroyed in the HSM once their certificate has expired (unless reused). */
   private async destroyExpired(t: Tracked): Promise<void> {
-    const now = Date.now();
-    const keep = [];
-    for (const r of t.state.retired) {
-      if (Date.parse(r.notAfter) > now) { keep.push(r); continue; }
-      try {
-        // Another proxy of the cluster may have destroyed it already.
-        await this.opts.backend.delete(r.keyId).catch((err: unknown) => { if (!/NOT_FOUND|NO_SUCH/.test(String((err as { code?: unknown }).code))) throw err; });
-        await removeIssueFiles(t.dir, r);
-      } catch (err) {
-        keep.push(r);
-        this.opts.log.warn({ acme: t.spec.names[0], keyId: r.keyId, err: (err as Error).message }, 'could not destroy the key of an expired certificate; will try again');
-      }
-    }
+    const now = (this.opts.now ?? Date.now)();
+    const log = this.opts.log;
+    const keep = await destroyExpired(t.dir, t.state, this.opts.backend, {
+      info: (o, m) => log.info({ acme: t.spec.names[0], ...o }, m),
+      warn: (o, m) => log.warn({ acme: t.spec.names[0], ...o }, m),
+      error: (o, m) => log.error({ acme: t.spec.names[0], ...o }, m),
+    }, now);
     if (keep.length !== t.state.retired.length) {
       t.state = { ...t.state, retired: keep };
       await writeState(t.dir, t.state);

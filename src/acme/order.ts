@@ -61,11 +61,14 @@ export const KEY_ALGORITHMS: Record<AcmeKeyType, KeyAlgorithm> = {
   'ec:p384': { type: 'ec', curve: 'P-384' },
 };
 
-/** Runs one order to a checked certificate; the new HSM key is destroyed if the order fails after making it. */
+/**
+ * Runs one order to a checked certificate. The key is `reuse` (reuseKey: the current issue's HSM
+ * key, left alone whatever happens) or a new HSM key, destroyed if the order fails after making it.
+ */
 export async function orderCertificate(
   ctx: OrderContext, spec: AcmeCertificateConfig,
   keyRef: { write(key: KeyHandle): Promise<unknown>; remove(key: KeyHandle): Promise<unknown> },
-  replaces?: string,
+  replaces?: string, reuse?: KeyHandle,
 ): Promise<IssuedCertificate> {
   const { client } = ctx.account;
   const name = spec.names[0]!;
@@ -83,10 +86,10 @@ export async function orderCertificate(
   const authorizations = await step('authorizations', () => client.getAuthorizations(order));
   await Promise.all(authorizations.map((authz) => validate(ctx, spec, authz)));
 
-  const key = ctx.engine.adopt(await ctx.backend.generateKeyPair({ algorithm: KEY_ALGORITHMS[spec.keyType], label: `acme-${name}-${Date.now().toString(36)}` }), ctx.backend);
-  ctx.log.info({ acme: name, keyId: key.keyId, label: key.label }, 'acme order step: certificate key generated in the HSM');
+  const key = reuse ?? ctx.engine.adopt(await ctx.backend.generateKeyPair({ algorithm: KEY_ALGORITHMS[spec.keyType], label: `acme-${name}-${Date.now().toString(36)}` }), ctx.backend);
+  ctx.log.info({ acme: name, keyId: key.keyId, label: key.label }, reuse ? 'acme order step: the current HSM key is reused (reuseKey)' : 'acme order step: certificate key generated in the HSM');
   try {
-    await keyRef.write(key);
+    if (!reuse) await keyRef.write(key);
     const csr = await createCsr(await signingKey(await ctx.engine.signer(key), ctx.engine.webcrypto()), {
       subject: `CN=${name}`, sans: spec.names.map((n) => `DNS:${n}`),
     });
@@ -96,8 +99,10 @@ export async function orderCertificate(
     ctx.log.info({ acme: name, serial: leaf.serialNumber, notAfter: leaf.validTo }, 'acme order step: certificate issued');
     return { chainPem, leaf, key };
   } catch (err) {
-    await ctx.backend.delete(key).catch(() => undefined);
-    await keyRef.remove(key).catch(() => undefined);
+    if (!reuse) {
+      await ctx.backend.delete(key).catch(() => undefined);
+      await keyRef.remove(key).catch(() => undefined);
+    }
     throw err;
   }
 }

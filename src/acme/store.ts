@@ -51,8 +51,8 @@ export async function writeState(dir: string, state: CertificateState): Promise<
 }
 
 /** Removes a retired issue's files (its key is destroyed in the HSM by the caller). */
-export async function removeIssueFiles(dir: string, r: Pick<RetiredKey, 'keyFile' | 'chainFile'>): Promise<void> {
-  await rm(join(dir, r.keyFile), { force: true });
+export async function removeIssueFiles(dir: string, r: { keyFile?: string; chainFile: string }): Promise<void> {
+  if (r.keyFile) await rm(join(dir, r.keyFile), { force: true });
   await rm(join(dir, r.chainFile), { force: true });
 }
 

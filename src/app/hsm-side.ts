@@ -20,6 +20,11 @@ export interface HsmSide {
   engine: Engine;
   /** Backend that new keys (demo PKI) are generated on; none for PKCS#11 (the references name the tokens). */
   backend?: Backend;
+  /**
+   * PKCS#11 with hsm.module and hsm.token: that token, opened on first use (ACME keys and
+   * certificate objects go there); the same backend the listeners' references to it resolve on.
+   */
+  configuredToken?: () => Promise<Pkcs11Backend>;
   describe: string;
   /** PKCS#11: sessions per token and libuv threads at start (each signature in flight holds one of each). */
   pkcs11?: { sessions: number; threadPool: number };
@@ -96,6 +101,7 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
       poolSize: hsm.sessions,
     });
     const tokens = new Map<Backend, string>();
+    let configured: Promise<Pkcs11Backend> | undefined;
     const engine = new Engine({
       openers: {
         pkcs11: async (ref) => {
@@ -108,12 +114,17 @@ export async function openHsmSide(config: Config, log: Logger, how: { attach?: b
     });
     return {
       engine,
+      ...(hsm.module && hsm.token ? { configuredToken: () => (configured ??= open.configuredToken()) } : {}),
       pkcs11: { sessions: hsm.sessions, threadPool },
       get describe() {
         const opened = [...new Set(tokens.values())];
         return opened.length === 0 ? 'PKCS#11 tokens named by the key references' : `PKCS#11 token${opened.length === 1 ? '' : 's'} ${opened.join(', ')}`;
       },
-      stop: () => engine.close(),
+      stop: async () => {
+        await engine.close();
+        // Opened for ACME alone, the engine does not know it (closing twice is harmless).
+        await (await configured?.catch(() => undefined))?.close();
+      },
     };
   }
   let embedded: EmbeddedCluster | undefined;

@@ -5,7 +5,9 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
-import { AcmeManager, ClusterCertificateStore, acmeCertificates, startHttpChallengeServer } from '../acme/index.js';
+import {
+  AcmeManager, ClusterCertificateStore, acmeCertificates, startHttpChallengeServer, type HttpChallengeServer,
+} from '../acme/index.js';
 import { loadConfig, type Config } from '../config/index.js';
 import { exposeToPrimary } from '../metrics/index.js';
 import { Proxy, type ReadinessReport } from '../proxy/index.js';
@@ -59,7 +61,9 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
   const shedAt = opts.config.hsm.signing.shedFullHandshakesAt;
   if (worker) exposeToPrimary(registry);
   let current = opts.config;
-  const acme = await acmeFor(opts, () => proxy.reload(acme!.withCertificates(current)));
+  const onChange = (): Promise<void> => proxy.reload(acme!.withCertificates(current));
+  // Made at start, or at the reload that brings the first ACME certificate (SIGHUP).
+  let acme = await acmeFor(opts, current, onChange);
   // ACME certificates join each listener's file certificates once issued (and at every reload).
   const served = (c: Config): Config => (acme ? acme.withCertificates(c) : c);
   const proxy: Proxy = new Proxy({
@@ -72,25 +76,61 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
       engine: hsm.engine, signTimeoutMs: opts.config.hsm.signing.timeoutMs, logger: log,
       ...(shedAt !== undefined ? { shedFullHandshakesAt: shedAt } : {}),
       ...(worker ?? opts.ticketKeys ? { ticketKeys: worker?.ticketKeys ?? opts.ticketKeys! } : {}),
-      ...(acme ? { acmeChallenge: (name: string) => acme.challenges.tlsAlpnCertificate(name) } : {}),
+      // Always asked (a reload may add ACME certificates); nothing pending: an ordinary handshake.
+      acmeChallenge: (name: string) => acme?.challenges.tlsAlpnCertificate(name),
     }),
     readiness: () => hsmReadiness(hsm),
   });
   await proxy.start();
   publishHsmState(hsm);
-  const acmeHttp = acme && current.acme?.httpPort !== undefined
-    ? await startHttpChallengeServer({
-      address: current.acme.httpAddress, port: current.acme.httpPort, challenges: acme.challenges,
-      redirect: current.acme.redirect, httpsPort: current.listeners[0]!.port,
-    }).catch(async (err: unknown) => {
-      await proxy.shutdown(0);
-      throw new UsageError(`acme.httpPort: cannot listen on ${current.acme!.httpAddress}:${current.acme!.httpPort}: ${(err as Error).message}`);
-    })
-    : undefined;
+  let acmeHttp = acme ? await openAcmeHttp(current, acme).catch(async (err: unknown) => {
+    await proxy.shutdown(0);
+    throw err;
+  }) : undefined;
   // Orders start once the listeners answer tls-alpn-01 (and the http-01 port listens).
   acme?.start();
+
+  /**
+   * A reload's ACME certificates: the manager follows them (made now for the first ones). Returns
+   * how to undo it if the proxy refuses the new config.
+   */
+  const followAcme = async (next: Config): Promise<() => Promise<void>> => {
+    if (acme) {
+      if (next.acme && JSON.stringify(next.acme) !== JSON.stringify(current.acme)) {
+        log.warn('the acme block changed: its CA, account and an http-01 port already open take effect at the next restart; the certificates follow the new config now');
+      }
+      const was = current;
+      const manager = acme;
+      await manager.reconfigure(next);
+      // An http-01 port the start had none of opens now (the certificates added may need it).
+      let opened: HttpChallengeServer | undefined;
+      try {
+        if (!acmeHttp) opened = await openAcmeHttp(next, manager);
+      } catch (err) {
+        await manager.reconfigure(was);
+        throw err;
+      }
+      if (opened) acmeHttp = opened;
+      return async () => {
+        await manager.reconfigure(was);
+        if (opened) { acmeHttp = undefined; await opened.close(); }
+      };
+    }
+    const made = await acmeFor(opts, next, onChange);
+    if (!made) return async () => undefined;
+    const http = await openAcmeHttp(next, made);
+    acmeHttp = http;
+    acme = made;
+    return async () => {
+      acme = undefined;
+      acmeHttp = undefined;
+      await made.stop();
+      await http?.close();
+    };
+  };
+
   return {
-    ...(acme ? { acme } : {}),
+    get acme() { return acme; },
     acmeHttpAddress: () => acmeHttp?.address(),
     get config() { return current; },
     listenerAddress: (name) => proxy.listenerAddress(name),
@@ -98,11 +138,18 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
     readiness: () => proxy.readiness(),
     async reload() {
       const next = loadConfig(opts.configFile, { checkFiles: true });
-      if (acme && JSON.stringify(acmeCertificates(next)) !== JSON.stringify(acmeCertificates(current))) {
-        log.warn('the acme certificates changed: they take effect at the next restart');
+      const started = acme;
+      // Added certificates are loaded from the store first, so one issued earlier serves at once.
+      const undo = await followAcme(next);
+      try {
+        await proxy.reload(served(next));
+      } catch (err) {
+        await undo();
+        throw err;
       }
-      await proxy.reload(served(next));
       current = next;
+      // A manager made by this reload starts ordering now that the listeners carry the new config.
+      if (acme && !started) acme.start();
       // SIGHUP also looks at the ACME store at once (renewal requests, certificates issued elsewhere).
       await acme?.poll();
     },
@@ -114,17 +161,37 @@ export async function startProxyRuntime(opts: ProxyRuntimeOptions): Promise<Prox
   };
 }
 
+/** The http-01 / redirect listener of `acme.httpPort`, when the config has one. */
+async function openAcmeHttp(config: Config, acme: AcmeManager): Promise<HttpChallengeServer | undefined> {
+  const a = config.acme;
+  if (a?.httpPort === undefined) return undefined;
+  return startHttpChallengeServer({
+    address: a.httpAddress, port: a.httpPort, challenges: acme.challenges, redirect: a.redirect,
+    httpsPort: config.listeners[0]!.port,
+  }).catch((err: unknown) => {
+    throw new UsageError(`acme.httpPort: cannot listen on ${a.httpAddress}:${a.httpPort}: ${(err as Error).message}`);
+  });
+}
+
 /** The ACME manager of a config with acme certificates, its stored certificates loaded. */
-async function acmeFor(opts: ProxyRuntimeOptions, onChange: () => Promise<void>): Promise<AcmeManager | undefined> {
-  const { config, hsm, log } = opts;
+async function acmeFor(
+  opts: ProxyRuntimeOptions, config: Config, onChange: () => Promise<void>,
+): Promise<AcmeManager | undefined> {
+  const { hsm, log } = opts;
   if (!config.acme || acmeCertificates(config).length === 0) return undefined;
-  if (!hsm.backend) throw new UsageError('acme certificates need the simulated cluster (hsm.mode embedded or cluster) to generate their keys in');
   if (opts.worker && !hsm.cluster) throw new UsageError('acme certificates are served with workers: 1 unless the HSM cluster shares their challenges');
+  // PKCS#11: keys and certificate objects go to hsm.token (config validation makes sure it is named).
+  const token = hsm.backend ? undefined : await hsm.configuredToken?.();
+  const backend = hsm.backend ?? token;
+  if (!backend) throw new UsageError('acme certificates need the simulated cluster (hsm.mode embedded or cluster) or hsm.module and hsm.token (pkcs11) to generate their keys in');
   // The cluster is the source of truth: every proxy (and worker) of it orders under its lease,
-  // publishes challenges in it and takes up what the others stored.
-  const store = hsm.cluster ? new ClusterCertificateStore(hsm.cluster) : undefined;
+  // publishes challenges in it and takes up what the others stored. A PKCS#11 token is shared the
+  // same way, except that only the proxy with acme.orderer: true orders.
+  // (Loaded only then: it brings the PKCS#11 binding.)
+  const store = hsm.cluster ? new ClusterCertificateStore(hsm.cluster)
+    : token ? new (await import('../acme/pkcs11-store.js')).Pkcs11CertificateStore(token, config.acme.orderer === true) : undefined;
   const acme = new AcmeManager({
-    config, engine: hsm.engine, backend: hsm.backend, log: log.child({ component: 'acme' }), onChange, ...(store ? { store } : {}),
+    config, engine: hsm.engine, backend, log: log.child({ component: 'acme' }), onChange, ...(store ? { store } : {}),
   });
   await acme.load();
   return acme;

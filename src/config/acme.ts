@@ -34,6 +34,12 @@ export interface AcmeConfig {
    * how long a crashed proxy blocks the others from ordering (default 120).
    */
   leaseSeconds?: number;
+  /**
+   * hsm.mode pkcs11 only (and required there): this proxy orders and renews the ACME certificates
+   * into the token (true), or only serves what the orderer stored there (false). A token has no
+   * compare-and-set to lease an order with, so exactly one proxy of those sharing it is the orderer.
+   */
+  orderer?: boolean;
 }
 
 /** One certificate of a listener ordered through ACME. */
@@ -42,16 +48,21 @@ export interface AcmeCertificateConfig {
   names: string[];
   keyType: AcmeKeyType;
   challenge: AcmeChallengeType;
+  /** A renewal keeps the current HSM key (a new CSR with it) instead of generating a fresh one. */
+  reuseKey: boolean;
 }
 
 const DNS_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
 
 /** Reads the top-level `acme` block; `hsmDir`/`embedded` give the defaults of `dir`. */
 export function readAcme(
-  r: Reader, v: unknown, hsm: { dir: string; mode: string } | undefined,
+  r: Reader, v: unknown, hsm: { dir: string; mode: string; module?: string; token?: string } | undefined,
 ): AcmeConfig | undefined {
   const path = 'acme';
-  const o = r.object(v, path, ['directory', 'directoryCa', 'email', 'termsOfServiceAgreed', 'dir', 'accountKey', 'httpPort', 'httpAddress', 'redirect', 'leaseSeconds']);
+  const o = r.object(v, path, [
+    'directory', 'directoryCa', 'email', 'termsOfServiceAgreed', 'dir', 'accountKey', 'httpPort', 'httpAddress', 'redirect',
+    'leaseSeconds', 'orderer',
+  ]);
   if (!o) return undefined;
   const directory = r.string(o.directory, at(path, 'directory'));
   if (directory !== undefined) {
@@ -91,12 +102,34 @@ export function readAcme(
   const redirect = r.boolean(o.redirect, at(path, 'redirect'), { def: false });
   if (redirect && httpPort === undefined) r.fail(at(path, 'redirect'), 'needs acme.httpPort: the plain-HTTP listener that redirects');
   const leaseSeconds = r.integer(o.leaseSeconds, at(path, 'leaseSeconds'), { optional: true, min: 1, max: 86_400, what: 'seconds' });
+  const orderer = readOrderer(r, o.orderer, hsm);
   if (!directory || tos !== true || !dir || !accountKey || !httpAddress || redirect === undefined) return undefined;
   return {
+    ...(orderer !== undefined ? { orderer } : {}),
     directory, ...(directoryCa ? { directoryCa } : {}), ...(email ? { email } : {}), termsOfServiceAgreed: true,
     dir, accountKey, ...(httpPort !== undefined ? { httpPort } : {}), httpAddress, redirect,
     ...(leaseSeconds !== undefined ? { leaseSeconds } : {}),
   };
+}
+
+/** `acme.orderer`: PKCS#11 only, and there required; the token and module the ACME keys go to are named. */
+function readOrderer(
+  r: Reader, v: unknown, hsm: { mode: string; module?: string; token?: string } | undefined,
+): boolean | undefined {
+  const path = at('acme', 'orderer');
+  if (hsm?.mode !== 'pkcs11') {
+    if (v !== undefined) r.fail(path, `applies to hsm.mode pkcs11 only: with the simulated cluster (mode ${hsm?.mode ?? '?'}) every proxy may order, under the cluster's order lease; remove it`);
+    return undefined;
+  }
+  if (v === undefined) {
+    r.fail(path, 'required with hsm.mode pkcs11: true on the one proxy that orders and renews the ACME certificates into the token, false on every other proxy sharing the token (they serve what the orderer stored)');
+    return undefined;
+  }
+  const orderer = r.boolean(v, path, { def: false });
+  if (!hsm.module || !hsm.token) {
+    r.fail('acme', 'with hsm.mode pkcs11 the ACME keys and certificates go to hsm.token through hsm.module: set both');
+  }
+  return orderer;
 }
 
 /** The account key signs every order: like the crypto-user credentials, it must not be readable by others. */
@@ -110,9 +143,9 @@ function checkAccountKeyMode(r: Reader, file: string, path: string): void {
   if ((mode & 0o077) !== 0) r.fail(path, `${file} is readable by others (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${file}`);
 }
 
-/** Reads `{ acme: { names, keyType, challenge } }`, a listener certificate ordered through ACME. */
+/** Reads `{ acme: { names, keyType, challenge, reuseKey } }`, a listener certificate ordered through ACME. */
 export function readAcmeCertificate(r: Reader, v: unknown, path: string): AcmeCertificateConfig | undefined {
-  const o = r.object(v, path, ['names', 'keyType', 'challenge']);
+  const o = r.object(v, path, ['names', 'keyType', 'challenge', 'reuseKey']);
   if (!o) return undefined;
   const names = r.list(o.names, at(path, 'names'), (n, p) => {
     const s = r.string(n, p)?.toLowerCase();
@@ -125,8 +158,9 @@ export function readAcmeCertificate(r: Reader, v: unknown, path: string): AcmeCe
   if (names && new Set(names).size !== names.length) r.fail(at(path, 'names'), 'lists a name twice');
   const keyType = r.string(o.keyType, at(path, 'keyType'), { def: 'ec:p256', oneOf: ACME_KEY_TYPES }) as AcmeKeyType | undefined;
   const challenge = r.string(o.challenge, at(path, 'challenge'), { def: 'tls-alpn-01', oneOf: ACME_CHALLENGES }) as AcmeChallengeType | undefined;
-  if (!names || names.length === 0 || !keyType || !challenge) return undefined;
-  return { names, keyType, challenge };
+  const reuseKey = r.boolean(o.reuseKey, at(path, 'reuseKey'), { def: false });
+  if (!names || names.length === 0 || !keyType || !challenge || reuseKey === undefined) return undefined;
+  return { names, keyType, challenge, reuseKey };
 }
 
 /**
@@ -138,12 +172,18 @@ export function checkAcmeCertificates(
   entries: ReadonlyArray<{ path: string; cert: AcmeCertificateConfig }>,
 ): void {
   const owner = new Map<string, string>();
+  const settings = new Map<string, string>();
   for (const { path, cert } of entries) {
     if (!acmeGiven) r.fail(path, 'an acme certificate needs the top-level acme block (directory, email, termsOfServiceAgreed: true)');
     if (acme && cert.challenge === 'http-01' && acme.httpPort === undefined) {
       r.fail(at(path, 'challenge'), 'http-01 needs acme.httpPort (the plain-HTTP port the CA validates on; 80 in production)');
     }
     const key = cert.names.join(', ');
+    // The same certificate on several listeners is one order: it cannot have two key types.
+    const these = `keyType ${cert.keyType}, challenge ${cert.challenge}, reuseKey ${cert.reuseKey}`;
+    const earlier = settings.get(key);
+    if (earlier !== undefined && earlier !== these) r.fail(path, `the acme certificate for ${key} is also on another listener with ${earlier}; give both the same settings`);
+    settings.set(key, these);
     for (const n of cert.names) {
       const prev = owner.get(n);
       if (prev !== undefined && prev !== key) r.fail(at(path, 'names'), `"${n}" is also in another acme certificate (${prev}); a name belongs to one certificate`);

@@ -35,6 +35,8 @@ export interface AcmeCertificateEvent {
   notAfterMs?: number;
   /** Orders that failed in a row (0 after a success). */
   consecutiveFailures: number;
+  /** The certificate left the config (SIGHUP): its series are dropped. */
+  removed?: true;
 }
 
 /** One TLS handshake, success or failure (from tls/). */

@@ -81,6 +81,11 @@ export function recordAcmeOrder(m: HsmproxyMetrics, e: AcmeOrderEvent): void {
 
 /** Records an ACME certificate's expiry and failures in a row. */
 export function recordAcmeCertificate(m: HsmproxyMetrics, e: AcmeCertificateEvent): void {
+  if (e.removed) {
+    m.acmeFailures.remove({ name: e.name });
+    m.acmeNotAfter.delete(e.name);
+    return;
+  }
   m.acmeFailures.set({ name: e.name }, e.consecutiveFailures);
   if (e.notAfterMs !== undefined) m.acmeNotAfter.set(e.name, e.notAfterMs);
 }

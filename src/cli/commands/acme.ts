@@ -4,8 +4,8 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  AcmeError, acmeCertificates, certificateDir, describeAcmeFailure, nextRenewal, openAccount, readState, statusOf,
-  writeRenewRequest, type AcmeCertificateStatus, type CertificateState,
+  AcmeError, acmeCertificates, certificateDir, describeAcmeFailure, nextRenewal, openAccount, readState,
+  rotateAccountKey, statusOf, writeRenewRequest, type AcmeCertificateStatus, type CertificateState,
 } from '../../acme/index.js';
 import { loadConfig, type Config } from '../../config/index.js';
 import { UsageError, output } from '../run.js';
@@ -109,6 +109,26 @@ export function register(program: Command): void {
       await writeRenewRequest(dir, { force: true, at: new Date().toISOString() });
       output(opts, { name: opts.name, revoked: cur.serial }, () => {
         process.stdout.write(`${opts.name}: revoked serial ${cur.serial}; the running proxy orders a replacement\n`);
+      });
+    });
+
+  const account = group.command('account').description('the ACME account (its key file, acme.accountKey)');
+  account.command('rotate-key')
+    .description('replace the account key at the CA (RFC 8555 key change): the account and its certificates stay; running proxies use the new key from their next order')
+    .requiredOption('--config <file>', 'the hsmproxy config')
+    .option('--json', 'print one JSON document')
+    .action(async (opts: { config: string; json?: boolean }) => {
+      const config = loadConfig(opts.config, { checkFiles: false });
+      if (!config.acme) throw new UsageError(`${opts.config} has no acme block: there is no ACME account`);
+      let done;
+      try {
+        done = await rotateAccountKey(config.acme);
+      } catch (err) {
+        throw new UsageError(err instanceof AcmeError ? err.message : `the key change failed: ${describeAcmeFailure(err)}`, 1);
+      }
+      output(opts, done, () => {
+        const what = done.finishedInterrupted ? 'finished the key change an earlier run left half done' : 'rotated the account key';
+        process.stdout.write(`${what}: account ${done.account}, new key ${done.keyFile} (JWK thumbprint ${done.thumbprint}); the CA now refuses the old key\n`);
       });
     });
 }

@@ -92,6 +92,12 @@ export class Pkcs11Backend implements Backend {
     return this.withUri(await findKey(this.token, this.selector(sel)));
   }
 
+  /** The key whose CKA_ID is `keyId` (hex), as the engine's handle; throws KeyNotFoundError. */
+  async find(keyId: string): Promise<KeyHandle> {
+    if (!/^([0-9a-fA-F]{2})+$/.test(keyId)) throw new KeyNotFoundError(`key id "${keyId}" (not a hex CKA_ID)`);
+    return this.handle(await findKey(this.token, { id: Buffer.from(keyId, 'hex') }));
+  }
+
   /** Deletes one key pair; returns what was deleted. */
   async deleteKey(sel: KeySelector | string): Promise<Pkcs11Key> {
     return this.withUri(await deleteKey(this.token, this.selector(sel)));
@@ -258,18 +264,10 @@ export interface Pkcs11OpenerOptions extends Omit<Pkcs11BackendOptions, 'module'
  * (module, token), shared by every reference to it: the engine's own cache keys on what the
  * reference records, which an override makes differ for the same token.
  */
-export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => Promise<Backend> {
+export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): Pkcs11Opener {
   const { module, token, allowedModules = [], allowHint, ...rest } = opts;
   const opened = new Map<string, Promise<Pkcs11Backend>>();
-  return async (ref) => {
-    if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${ref.source ?? 'the key reference'} names a ${ref.backend} key, not a PKCS#11 key`);
-    const uri = parsePkcs11Uri(ref.uri);
-    const selector: TokenSelector = token !== undefined ? { label: token } : {
-      label: uri.token, serial: uri.serial, slot: uri.slotId,
-    };
-    const file = ref.source ?? 'the key reference';
-    if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} in ${file} names no token (needs token=, serial= or slot-id=)`);
-    const modulePath = module ?? allowedModulePath(ref.module, file, allowedModules, allowHint);
+  const openAt = (modulePath: string, selector: TokenSelector): Promise<Pkcs11Backend> => {
     const where = JSON.stringify([resolvePath(modulePath), selector.label, selector.serial, selector.slot]);
     let p = opened.get(where);
     if (!p) {
@@ -279,7 +277,32 @@ export function pkcs11Opener(opts: Pkcs11OpenerOptions = {}): (ref: KeyRef) => P
     }
     return p;
   };
+  const forRef = async (ref: KeyRef): Promise<Backend> => {
+    if (ref.backend !== 'pkcs11') throw new UnsupportedError(`${ref.source ?? 'the key reference'} names a ${ref.backend} key, not a PKCS#11 key`);
+    const uri = parsePkcs11Uri(ref.uri);
+    const selector: TokenSelector = token !== undefined ? { label: token } : {
+      label: uri.token, serial: uri.serial, slot: uri.slotId,
+    };
+    const file = ref.source ?? 'the key reference';
+    if (selector.label === undefined && selector.serial === undefined && selector.slot === undefined) throw new Pkcs11UriError(`${ref.uri} in ${file} names no token (needs token=, serial= or slot-id=)`);
+    const modulePath = module ?? allowedModulePath(ref.module, file, allowedModules, allowHint);
+    return openAt(modulePath, selector);
+  };
+  return Object.assign(forRef, {
+    configuredToken: (): Promise<Pkcs11Backend> => {
+      if (module === undefined || token === undefined) {
+        return Promise.reject(new UnsupportedError('no token is configured: new keys need both module and token'));
+      }
+      return openAt(module, { label: token });
+    },
+  });
 }
+
+/** The engine's `openers.pkcs11`, and the configured token itself (where new keys are generated). */
+export type Pkcs11Opener = ((ref: KeyRef) => Promise<Backend>) & {
+  /** The backend of `module` + `token` (the same one references to that token resolve on). */
+  configuredToken(): Promise<Pkcs11Backend>;
+};
 
 /**
  * The UV_THREADPOOL_SIZE a process should start with for `poolSize` concurrent signatures, leaving
