@@ -204,7 +204,9 @@ t.test('with workers: 2 each worker is one more proxy of the cluster: one orders
   }
   t.equal(streak, 12, 'every worker serves the certificate');
   t.same([...serials], [first.serialNumber], 'the same certificate');
-  const orderers = new Set(acmeLogs(w, 'acme order lease taken').map((l) => l.worker));
+  // Both workers may take the lease in turn: the later one finds the stored issue under it and takes
+  // it up instead of ordering. What must hold is one order, by one worker.
+  const orderers = new Set(acmeLogs(w, 'acme order step: new order').map((l) => l.worker));
   t.equal(orderers.size, 1, 'one worker ordered');
   const takers = acmeLogs(w, 'acme certificate taken up from the store').map((l) => l.worker);
   t.ok(takers.some((x) => !orderers.has(x)), 'the other worker took the certificate up from the cluster');
