@@ -135,7 +135,9 @@ t.test('the CA\'s validation reaching a proxy that did not order is answered, an
   const atA = await waitServed('127.0.0.1', port, name, root, [a, b]);
   t.equal(atB.serialNumber, atA.serialNumber, 'the proxy that did not order serves the certificate the other ordered');
   t.ok(acmeLogs(a, 'acme order step: challenge valid').length >= 1, 'A\'s challenge was validated (Pebble reached B, where the name points)');
-  t.same(acmeLogs(b, 'acme order lease taken'), [], 'B never held the order lease');
+  // B may take the lease before A (its account is opened under the lease, and its CA is unreachable,
+  // so it gives the lease back): what matters is that it placed no order.
+  t.same(acmeLogs(b, 'acme order step: new order'), [], 'B placed no order');
   t.ok(acmeLogs(b, 'acme certificate taken up from the store').length >= 1, 'B took the certificate up from the cluster');
 
   // A third proxy started now finds the certificate in the cluster and places no order.
@@ -223,6 +225,6 @@ t.test('an http-01 validation reaching a proxy that did not order is answered fr
   const atG = await waitServed('127.0.0.7', port, name, root, [f, g]);
   t.equal(atF.serialNumber, atG.serialNumber, 'both serve the certificate G ordered');
   t.ok(acmeLogs(g, 'acme order step: challenge valid').length >= 1, 'G\'s http-01 challenge was validated at F');
-  t.same(acmeLogs(f, 'acme order lease taken'), [], 'F never held the order lease');
+  t.same(acmeLogs(f, 'acme order step: new order'), [], 'F placed no order');
   await Promise.all([f.stop(5_000), g.stop(5_000)]);
 });
