@@ -76,7 +76,8 @@ function unwrapEcPoint(value: Buffer, fieldBytes: number): Buffer {
   throw new UnsupportedError('the token returned an EC point that is not an uncompressed point');
 }
 
-function findObjects(api: Pkcs11Api, session: Buffer, template: Template): Buffer[] {
+/** Every object matching `template` (C_FindObjects in batches of 64). */
+export function findObjects(api: Pkcs11Api, session: Buffer, template: Template): Buffer[] {
   api.C_FindObjectsInit(session, template);
   try {
     const out: Buffer[] = [];

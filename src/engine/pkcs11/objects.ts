@@ -4,6 +4,7 @@
 // objects are read back: their content is public, but an object a session without the user's PIN
 // could plant (a public object) must never be taken for one of ours.
 import type { Template } from 'pkcs11js';
+import { findObjects } from './keys.js';
 import { ck } from './module.js';
 import type { Pkcs11Api } from './module.js';
 import type { Pkcs11Token } from './token.js';
@@ -34,17 +35,7 @@ export interface ObjectSelection { certificateLabels: string[]; data?: { applica
 /** Private token objects matching `template` (see the header: public ones are never ours). */
 function find(api: Pkcs11Api, session: Buffer, template: Template): Buffer[] {
   const ours = [{ type: ck.CKA_PRIVATE, value: true }, { type: ck.CKA_TOKEN, value: true }];
-  api.C_FindObjectsInit(session, [...template, ...ours]);
-  try {
-    const out: Buffer[] = [];
-    for (;;) {
-      const batch = api.C_FindObjects(session, 64);
-      if (batch.length === 0) return out;
-      out.push(...batch);
-    }
-  } finally {
-    api.C_FindObjectsFinal(session);
-  }
+  return findObjects(api, session, [...template, ...ours]);
 }
 
 function certificateTemplate(c: CertificateObject): Template {
