@@ -2,11 +2,11 @@
 // token above every earlier one (also after a restart), and a certificate stored under an older
 // token than the newest granted is refused, leaving the stored one in place.
 import t from 'tap';
-import { webcrypto } from 'node:crypto';
+import { randomBytes, webcrypto } from 'node:crypto';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { Hsm, type Session } from '../src/hsm/device/index.js';
-import { freshHsm, type Fixture } from './helpers/hsm-device.js';
+import { freshHsm, tempDir, TEST_SCRYPT_COST, type Fixture } from './helpers/hsm-device.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -154,4 +154,37 @@ t.test('a deleted certificate leaves a tombstone: no copy under an older token c
   const back = await f.hsm.storeCertificate(alice, { label: 'gone.example', keyId: k.keyId, chain: [k.der], token: third.token });
   t.match(back, { version: 3, token: third.token }, 'a newer lease stores it again, one version up');
   t.notOk(back.deleted);
+});
+
+t.test('a snapshot (a backup, a clone) carries certificate objects and tombstones; no older copy comes back after the restore', async (t) => {
+  const clusterKey = randomBytes(32);
+  const f = await freshHsm(t, { clusterKey });
+  const alice = await f.cu('alice');
+  const kept = await keyWithCertificate(f, alice, 'kept.example');
+  const gone = await keyWithCertificate(f, alice, 'gone.example');
+  const g1 = await f.hsm.leaseAcquire(alice, 'kept.example', 'p', 60_000);
+  await f.hsm.storeCertificate(alice, { label: 'kept.example', keyId: kept.keyId, chain: [kept.der], token: g1.token, note: 'acme order 1' });
+  const g2 = await f.hsm.leaseAcquire(alice, 'gone.example', 'p', 60_000);
+  await f.hsm.storeCertificate(alice, { label: 'gone.example', keyId: gone.keyId, chain: [gone.der], token: g2.token });
+  await f.hsm.leaseRelease(alice, 'gone.example', 'p', g2.token);
+  const g3 = await f.hsm.leaseAcquire(alice, 'gone.example', 'p', 60_000);
+  await f.hsm.deleteCertificate(alice, 'gone.example', g3.token);
+
+  const restored = await Hsm.restore(f.hsm.snapshot(f.co), { dir: await tempDir(t), hsmId: 'hsm-restored', clusterKey, scryptCost: TEST_SCRYPT_COST });
+  t.teardown(() => restored.close());
+  const a2 = await restored.login('alice', 'alice-password');
+  t.same(restored.listCertificates(a2), ['kept.example'], 'the live certificate is listed on the restored HSM');
+  const c = restored.getCertificate(a2, 'kept.example');
+  t.ok(c.chain[0]!.equals(kept.der), 'with its DER');
+  t.match(c, { keyId: kept.keyId, token: g1.token, note: 'acme order 1', version: 1 });
+  t.match(restored.getCertificate(a2, 'gone.example'), { deleted: true }, 'the deletion is restored as a tombstone');
+  await t.rejects(
+    restored.storeCertificate(a2, { label: 'gone.example', keyId: gone.keyId, chain: [gone.der], token: g2.token }),
+    { code: 'HSM_ERR_STALE_LEASE' }, 'a copy under an older token than the tombstone\'s is refused there too',
+  );
+  const next = await restored.leaseAcquire(a2, 'kept.example', 'q', 60_000);
+  t.ok(next.token > g1.token, `a lease on the restored HSM (token ${next.token}) is above the stored certificate's (${g1.token})`);
+  const renewed = await restored.storeCertificate(a2, { label: 'kept.example', keyId: kept.keyId, chain: [kept.der], token: next.token });
+  t.match(renewed, { version: 2 }, 'so its holder can replace the certificate');
+  t.same(restored.stateDigest(), f.hsm.stateDigest(), 'users and keys as on the source');
 });

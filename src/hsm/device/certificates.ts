@@ -13,12 +13,13 @@ import { checkLeaseName, type Leases } from './leases.js';
 import { canSee, requireRole } from './policy.js';
 import type { CertificateInfo, Session, StoreCertificateRequest } from './types.js';
 
-const TABLE = 'certificates.sealed';
+/** The sealed table of certificate objects in an HSM's directory (Hsm.restore writes it from a snapshot). */
+export const CERTIFICATES_TABLE = 'certificates.sealed';
 export const MAX_CERTIFICATES = 1024;
 const MAX_CHAIN = 10;
 const MAX_DER = 16 * 1024;
 
-interface CertificateRecord {
+export interface CertificateRecord {
   label: string;
   keyId: string;
   chain: string[];
@@ -43,7 +44,12 @@ export class Certificates {
 
   /** Reads the persisted certificate objects (once, when the HSM opens). */
   async load(): Promise<void> {
-    for (const r of (await this.ctx.store.readTable<CertificateRecord[]>(TABLE)) ?? []) this.records.set(r.label, r);
+    for (const r of (await this.ctx.store.readTable<CertificateRecord[]>(CERTIFICATES_TABLE)) ?? []) {
+      this.records.set(r.label, r);
+      // A restored HSM has its certificates but no lease table: its next grant must still be
+      // above the token each was stored under, or no holder could ever replace them.
+      await this.leases.raise(r.label, r.token);
+    }
   }
 
   /**
@@ -125,6 +131,11 @@ export class Certificates {
     return infoOf(rec);
   }
 
+  /** Every record, tombstones included, for a snapshot (backups and clones keep certificates). */
+  snapshotRecords(): CertificateRecord[] {
+    return [...this.records.values()].map((r) => ({ ...r, chain: [...r.chain] }));
+  }
+
   /** Labels of the certificates the session may see. */
   list(s: Session): string[] {
     requireRole(s, ['CU', 'CO', 'AU'], 'list certificates');
@@ -138,6 +149,22 @@ export class Certificates {
   }
 
   private save(): Promise<void> {
-    return this.ctx.store.writeTable(TABLE, () => [...this.records.values()]);
+    return this.ctx.store.writeTable(CERTIFICATES_TABLE, () => [...this.records.values()]);
   }
+}
+
+/** Checks a snapshot's certificate records before any is written (a malformed backup is refused whole). */
+export function checkCertificateRecords(v: unknown, what: string): CertificateRecord[] {
+  const bad = (why: string): never => { throw new InvalidArgumentError(`${what} holds a malformed certificate object: ${why}`); };
+  if (!Array.isArray(v)) return bad('not a list');
+  if (v.length > MAX_CERTIFICATES) bad(`more than ${MAX_CERTIFICATES}`);
+  for (const r of v as Partial<CertificateRecord>[]) {
+    if (!r || typeof r !== 'object') bad('not an object');
+    checkLeaseName(r.label);
+    if (typeof r.keyId !== 'string' || typeof r.owner !== 'string' || typeof r.note !== 'string' || typeof r.storedAt !== 'string') bad(`${r.label}: missing fields`);
+    if (!Number.isSafeInteger(r.token) || !Number.isSafeInteger(r.version)) bad(`${r.label}: token and version must be integers`);
+    if (!Array.isArray(r.chain) || r.chain.length > MAX_CHAIN || !r.chain.every((c) => typeof c === 'string')) bad(`${r.label}: the chain is not a list of base64 DER`);
+    if (!r.deleted && r.chain!.length === 0) bad(`${r.label}: a live certificate without a chain`);
+  }
+  return v as CertificateRecord[];
 }

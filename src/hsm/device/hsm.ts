@@ -11,7 +11,7 @@ import type { DeviceContext } from './context.js';
 import {
   AlreadyLoggedInError, ClosedError, InvalidArgumentError, MustChangePasswordError, PermissionDeniedError, StoreError,
 } from './errors.js';
-import { Certificates } from './certificates.js';
+import { Certificates, CERTIFICATES_TABLE } from './certificates.js';
 import { KeyOps } from './key-ops.js';
 import { Leases } from './leases.js';
 import { fromRecord, infoOf, ObjectStore } from './objects.js';
@@ -171,6 +171,7 @@ export class Hsm {
       await store.writeUsers(() => contents.users);
       if (contents.deleted) await store.writeTombstones(() => contents.deleted!);
       if (contents.quorum) await store.writeQuorum(() => contents.quorum);
+      if (contents.certificates) await store.writeTable(CERTIFICATES_TABLE, () => contents.certificates);
     } catch (e) {
       await store.release();
       throw e;
@@ -433,10 +434,10 @@ export class Hsm {
     });
   }
 
-  /** Everything durable (users, token keys) sealed under the cluster key; `Hsm.restore` reads it. CO or AU. */
+  /** Users, token keys and certificate objects sealed under the cluster key, for `Hsm.restore`. CO or AU. */
   snapshot(session: Session): Buffer {
     const s = this.session(session);
-    return this.guardSync(s, 'take a snapshot', () => this.replication.snapshot(s));
+    return this.guardSync(s, 'take a snapshot', () => this.replication.snapshot(s, this.certificates.snapshotRecords()));
   }
 
   /** Change sequence (see versions.ts) + hash over users, token keys and deletions: equal digests mean in sync. */

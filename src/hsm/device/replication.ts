@@ -12,6 +12,7 @@ import { requireReplication } from './policy.js';
 import { sealJson, unsealJson } from './sealing.js';
 import type { KeyInfo, Session } from './types.js';
 import { mergeUserTable, readMaskedUsers, type MaskedUsers, type UsersImport } from './user-replication.js';
+import { checkCertificateRecords, type CertificateRecord } from './certificates.js';
 import { QuorumState, type QuorumRecord } from './quorum.js';
 import type { UserRecord } from './users.js';
 import { changeSequence, sameKey, Tombstones, userVersion, type TombstoneRecord } from './versions.js';
@@ -30,6 +31,12 @@ export interface SnapshotContents {
   deleted?: TombstoneRecord;
   /** The M values (tokens are not backed up: they live minutes). Absent in older snapshots. */
   quorum?: QuorumRecord;
+  /**
+   * Certificate objects, tombstones included (leases are not: they live seconds). Absent in older
+   * snapshots. Kept so a cluster restored from a backup serves its certificates at once instead
+   * of ordering them again (ACME CAs rate-limit duplicate orders).
+   */
+  certificates?: CertificateRecord[];
 }
 
 /** Masked export/import of key objects and users, snapshots, digests. */
@@ -99,8 +106,8 @@ export class Replication {
     return mergeUserTable(this.ctx, s, table);
   }
 
-  /** Users, token keys and deletions sealed under the cluster key. */
-  snapshot(s: Session): Buffer {
+  /** Users, token keys, deletions and certificate objects sealed under the cluster key. */
+  snapshot(s: Session, certificates: CertificateRecord[]): Buffer {
     requireReplication(s, undefined, 'take a snapshot');
     const contents: SnapshotContents = {
       sourceHsm: this.ctx.hsmId,
@@ -109,8 +116,9 @@ export class Replication {
       keys: this.tokenKeys().map(toRecord),
       deleted: this.ctx.tombstones.toRecord(),
       quorum: { policy: this.ctx.quorum.toRecord().policy, tokens: [] },
+      certificates,
     };
-    this.ctx.audit({ event: 'hsm.snapshot', user: s.user, ok: true, keys: contents.keys.length });
+    this.ctx.audit({ event: 'hsm.snapshot', user: s.user, ok: true, keys: contents.keys.length, certificates: certificates.length });
     return sealJson(this.ctx.clusterKey, SNAPSHOT, contents);
   }
 
@@ -160,5 +168,6 @@ export function readSnapshot(clusterKey: Buffer, snapshot: Buffer): SnapshotCont
   if (!c || !Array.isArray(c.users) || !Array.isArray(c.keys)) throw new InvalidArgumentError('the snapshot is malformed');
   Tombstones.from(c.deleted, 'the snapshot'); // refuse malformed deletions before anything is written
   QuorumState.from(c.quorum, 'the snapshot');
+  if (c.certificates !== undefined) checkCertificateRecords(c.certificates, 'the snapshot');
   return c;
 }
