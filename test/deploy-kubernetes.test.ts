@@ -106,6 +106,11 @@ t.test('the HSMs: a StatefulSet behind a headless Service, made with its pods\' 
   t.same(podOf(sts).containers[0].ports.map((p: Obj) => p.containerPort), hsmPorts);
   t.match(podOf(sts).containers[0].command.join(' '), /hsm serve --dir \/app\/data\/cluster --hsm "hsm-\$\(\( \$\{HOSTNAME##\*-\} \+ 1 \)\)"/, 'pod N serves hsm-(N+1)');
   t.ok(podOf(sts).containers[0].readinessProbe && podOf(sts).containers[0].livenessProbe, 'HSM probes');
+  // A signing worker only helps with a core to spare: the pod may use a second one.
+  const workers = Number(podOf(sts).containers[0].env.find((e: Obj) => e.name === 'HSMPROXY_HSM_SIGN_WORKERS')?.value);
+  const cpuLimit = String(podOf(sts).containers[0].resources.limits.cpu);
+  const cores = cpuLimit.endsWith('m') ? Number(cpuLimit.slice(0, -1)) / 1000 : Number(cpuLimit);
+  t.ok(workers >= 1 && cores >= workers + 1, `the HSMs sign on ${workers} worker(s) beside the main thread, within ${cores} cores`);
   // The Jobs run the compose stack's script, copied into the ConfigMap: it must not drift.
   t.equal(find('ConfigMap', 'hsm-setup').data['setup.sh'], readFileSync(join(repoRoot, 'deploy/cluster/setup.sh'), 'utf8'));
   for (const j of ['hsm-cluster-init', 'hsm-cluster-setup']) {
