@@ -6,6 +6,8 @@ import { randomBytes, webcrypto } from 'node:crypto';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { Hsm, type Session } from '../src/hsm/device/index.js';
+import { readSnapshot } from '../src/hsm/device/replication.js';
+import { sealJson } from '../src/hsm/device/sealing.js';
 import { freshHsm, tempDir, TEST_SCRYPT_COST, type Fixture } from './helpers/hsm-device.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -187,4 +189,29 @@ t.test('a snapshot (a backup, a clone) carries certificate objects and tombstone
   const renewed = await restored.storeCertificate(a2, { label: 'kept.example', keyId: kept.keyId, chain: [kept.der], token: next.token });
   t.match(renewed, { version: 2 }, 'so its holder can replace the certificate');
   t.same(restored.stateDigest(), f.hsm.stateDigest(), 'users and keys as on the source');
+});
+
+t.test('a snapshot whose certificate objects are malformed is refused whole, with a clear error', async (t) => {
+  const clusterKey = randomBytes(32);
+  const f = await freshHsm(t, { clusterKey });
+  const alice = await f.cu('alice');
+  const k = await keyWithCertificate(f, alice, 'ok.example');
+  const g = await f.hsm.leaseAcquire(alice, 'ok.example', 'p', 60_000);
+  await f.hsm.storeCertificate(alice, { label: 'ok.example', keyId: k.keyId, chain: [k.der], token: g.token });
+  const good = readSnapshot(clusterKey, f.hsm.snapshot(f.co));
+  const [rec] = good.certificates!;
+  const cases: Array<[string, unknown, RegExp]> = [
+    ['not a list', { bad: true }, /malformed certificate object: not a list/],
+    ['a live certificate without a chain', [{ ...rec, chain: [] }], /ok\.example: a live certificate without a chain/],
+    ['a token that is not an integer', [{ ...rec, token: 'x' }], /token and version must be integers/],
+    ['a chain of numbers', [{ ...rec, chain: [1] }], /not a list of base64 DER/],
+  ];
+  for (const [what, certificates, message] of cases) {
+    const dir = await tempDir(t);
+    const forged = sealJson(clusterKey, 'hsmproxy snapshot v1', { ...good, certificates });
+    await t.rejects(Hsm.restore(forged, { dir, hsmId: 'x', clusterKey, scryptCost: TEST_SCRYPT_COST }), { code: 'HSM_ERR_INVALID_ARGUMENT', message }, what);
+    const again = await Hsm.restore(f.hsm.snapshot(f.co), { dir, hsmId: 'x', clusterKey, scryptCost: TEST_SCRYPT_COST });
+    t.same(again.listCertificates(await again.login('alice', 'alice-password')), ['ok.example'], `nothing was written: the directory takes a good snapshot after ${what}`);
+    await again.close();
+  }
 });
