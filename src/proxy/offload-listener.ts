@@ -166,8 +166,14 @@ export function offloadListenerFactory(opts: OffloadListenerOptions): TlsListene
         ...(opts.acmeChallenge ? { acmeChallenge: opts.acmeChallenge } : {}),
       }, (socket) => {
         // RFC 8737 §3: a validation connection carries no data; the CA closes it after the handshake.
-        if (socket.alpnProtocol === ACME_TLS_ALPN) socket.end();
-        else onSecureConnection(socket);
+        // A validator gone before our close_notify makes the write fail with a reset: that is its
+        // way of closing, and an unheard 'error' would take the process down.
+        if (socket.alpnProtocol === ACME_TLS_ALPN) {
+          socket.on('error', () => undefined);
+          socket.end();
+        } else {
+          onSecureConnection(socket);
+        }
       });
     } catch (err) {
       // A client CA bundle that does not parse: the listener does not open.
