@@ -5,18 +5,18 @@
 // run; one the CA never took is started again. Orders started together share one account.
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import acme from 'acme-client';
 import { AccountKeeper, configureAcmeHttp, readState, certificateDir, rotateAccountKey } from '../src/acme/index.js';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
 import { prepareServeDir, startServe } from './helpers/serve-fixture.js';
+import { servedOrNone } from './helpers/served.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
 
@@ -25,18 +25,6 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
     execFile(process.execPath, [`--import=${tsxLoader}`, cliEntry, ...args], (err, stdout, stderr) => {
       resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
-  });
-}
-
-function served(port: number, servername: string, ca: string): Promise<X509Certificate | undefined> {
-  return new Promise((resolve) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      resolve(cert);
-    });
-    s.on('error', () => resolve(undefined));
-    s.setTimeout(10_000, () => s.destroy());
   });
 }
 
@@ -61,11 +49,11 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, termsOfSe
   const dir = certificateDir(d.data, name);
   const root = await pebble.root();
   const deadline = Date.now() + 90_000;
-  let first = await served(port, name, root);
+  let first = await servedOrNone(port, name, root);
   while (!first) {
     if (Date.now() > deadline || proc.child.exitCode !== null) throw new Error(`never issued:\n${proc.stderr()}`);
     await new Promise((r) => setTimeout(r, 250));
-    first = await served(port, name, root);
+    first = await servedOrNone(port, name, root);
   }
   const account = (await readState(dir))!.current!.account;
   const oldKey = await readFile(keyFile);

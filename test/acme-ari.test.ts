@@ -4,25 +4,13 @@
 // the renewal order names the certificate it replaces. A second proxy on the same cluster and
 // store serves that certificate without ordering.
 import t from 'tap';
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { ariCertId, nextRenewal, readState } from '../src/acme/index.js';
 import { freePorts, startAcmeStub, startPebble } from './helpers/pebble.js';
 import { prepareServeDir, startServe } from './helpers/serve-fixture.js';
-
-function served(port: number, servername: string, ca: string): Promise<X509Certificate | undefined> {
-  return new Promise((resolve) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      resolve(cert);
-    });
-    s.on('error', () => resolve(undefined));
-    s.setTimeout(10_000, () => s.destroy());
-  });
-}
+import { servedOrNone } from './helpers/served.js';
 
 t.test('a renewal window from renewalInfo is followed, and the order names the certificate it replaces', async (t) => {
   const d = await prepareServeDir();
@@ -72,10 +60,10 @@ acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServ
   t.equal(state.ari.certId, ariCertId(pem), 'the new certificate has its own window');
   const due = nextRenewal(state)!;
   t.ok(due >= new Date(state.ari.start) && due <= new Date(state.ari.end), 'the next renewal is inside the CA window, not at 1/3 of the lifetime');
-  let leaf = await served(port, name, root);
+  let leaf = await servedOrNone(port, name, root);
   for (let i = 0; i < 100 && leaf?.serialNumber !== current.serial; i++) {
     await new Promise((r) => setTimeout(r, 100));
-    leaf = await served(port, name, root);
+    leaf = await servedOrNone(port, name, root);
   }
   t.equal(leaf?.serialNumber, current.serial, 'the renewed certificate is served');
 
@@ -94,7 +82,7 @@ admin: { address: 127.0.0.1, port: 0 }
 acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true, dir: ${d.data} }
 `);
   try {
-    t.equal((await served(port2, name, root))?.serialNumber, current.serial, 'the second proxy serves the stored certificate at once');
+    t.equal((await servedOrNone(port2, name, root))?.serialNumber, current.serial, 'the second proxy serves the stored certificate at once');
     t.equal(stub.orders.length, ordersBefore, 'and placed no order');
   } finally {
     // Its own stop() would wait for the first proxy's HSM processes, which stay.

@@ -4,17 +4,17 @@
 // unreachable directory is named in the error.
 import t from 'tap';
 import { execFile, execFileSync } from 'node:child_process';
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { openAccount } from '../src/acme/index.js';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startAcmeStub, startPebble } from './helpers/pebble.js';
 import { prepareServeDir, sample, startServe, type ServeProcess } from './helpers/serve-fixture.js';
+import { servedCertificate } from './helpers/served.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
 
@@ -23,18 +23,6 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
     execFile(process.execPath, [`--import=${tsxLoader}`, cliEntry, ...args], (err, stdout, stderr) => {
       resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
-  });
-}
-
-function served(port: number, servername: string, ca: string): Promise<X509Certificate> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      if (cert) resolve(cert); else reject(new Error('no peer certificate'));
-    });
-    s.on('error', reject);
-    s.setTimeout(10_000, () => s.destroy(new Error('timed out')));
   });
 }
 
@@ -84,7 +72,7 @@ acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServ
     if (Date.now() > deadline) throw new Error(`the orders did not settle: ${JSON.stringify(rows)}\n${proc.stderr()}`);
     await new Promise((r) => setTimeout(r, 500));
   }
-  const first = await served(port, good, root);
+  const first = await servedCertificate(port, good, root);
   t.equal(first.serialNumber, rows.find((r) => r.name === good)!.serial, 'the good name is issued and served next to the failing ones');
   t.match(rows.find((r) => r.name === blocked)!.lastError!.message, new RegExp(`ordering ${blocked}: new order failed: .*issuance is forbidden by policy`), 'a name the CA refuses: the CA says why');
   t.match(rows.find((r) => r.name === refused)!.lastError!.message, new RegExp(`the CA did not validate ${refused} over http-01: .*(connection refused|Connection refused)`, 'i'), 'a refused challenge names the name, the challenge and why');
@@ -94,13 +82,13 @@ acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServ
   const bad = await cli(['acme', 'renew', '--config', config, '--name', good, '--force']);
   t.equal(bad.code, 1);
   t.match(bad.stderr, new RegExp(`the renewal failed: the CA returned an invalid certificate for ${good}: its public key is not the HSM key of the CSR; the previous certificate keeps serving`));
-  t.equal((await served(port, good, root)).serialNumber, first.serialNumber, 'the old certificate keeps serving after an invalid one');
+  t.equal((await servedCertificate(port, good, root)).serialNumber, first.serialNumber, 'the old certificate keeps serving after an invalid one');
 
   stub.mode = 'down';
   const down = await cli(['acme', 'renew', '--config', config, '--name', good, '--force']);
   t.equal(down.code, 1);
   t.match(down.stderr, new RegExp(`the renewal failed: ordering ${good}: new order failed: .*(socket hang up|ECONNRESET)`));
-  t.equal((await served(port, good, root)).serialNumber, first.serialNumber, 'the old certificate keeps serving while the CA is down');
+  t.equal((await servedCertificate(port, good, root)).serialNumber, first.serialNumber, 'the old certificate keeps serving while the CA is down');
 
   const metrics = await new Promise<string>((resolve, reject) => {
     request({ host: '127.0.0.1', port: proc.admin, path: '/metrics' }, (res) => {

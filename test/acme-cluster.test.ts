@@ -10,32 +10,20 @@ import { mkdir } from 'node:fs/promises';
 import { createServer as createHttpServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { ClusterCertificateStore } from '../src/acme/index.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../src/hsm/cluster/embedded.js';
 import { freePorts, startPebble, type Pebble } from './helpers/pebble.js';
 import { prepareServeDir, sample, startServe, type ServeDir, type ServeProcess } from './helpers/serve-fixture.js';
+import { servedCertificate } from './helpers/served.js';
 
 /** The leaf served at `host`:`port` for `servername` to a client trusting only `ca`. */
-function served(host: string, port: number, servername: string, ca: string): Promise<X509Certificate> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({ host, port, servername, ca }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      if (cert) resolve(cert); else reject(new Error('no peer certificate'));
-    });
-    s.on('error', reject);
-    s.setTimeout(10_000, () => s.destroy(new Error('timed out')));
-  });
-}
-
 /** Polls until `servername` is served a certificate verifying to `ca` at `host`. */
 async function waitServed(host: string, port: number, servername: string, ca: string, procs: ServeProcess[], ms = 120_000): Promise<X509Certificate> {
   const deadline = Date.now() + ms;
   let last: unknown;
   for (;;) {
     try {
-      return await served(host, port, servername, ca);
+      return await servedCertificate(port, servername, ca, { host });
     } catch (err) {
       last = err;
     }
@@ -142,7 +130,7 @@ t.test('the CA\'s validation reaching a proxy that did not order is answered, an
 
   // A third proxy started now finds the certificate in the cluster and places no order.
   const c = await proxy('c', '127.0.0.3', name);
-  const atC = await served('127.0.0.3', port, name, root);
+  const atC = await servedCertificate(port, name, root, { host: '127.0.0.3' });
   t.equal(atC.serialNumber, atA.serialNumber, 'a proxy started later serves the same certificate at once');
   const metrics = await getText(c.admin, '/metrics');
   t.equal(sample(metrics, 'hsmproxy_acme_orders_total', { result: 'issued', challenge: 'tls-alpn-01' }) ?? 0, 0, 'C issued no order');
@@ -197,7 +185,7 @@ t.test('with workers: 2 each worker is one more proxy of the cluster: one orders
   const serials = new Set<string>();
   while (streak < 12 && Date.now() < deadline) {
     try {
-      serials.add((await served('127.0.0.6', port, name, root)).serialNumber);
+      serials.add((await servedCertificate(port, name, root, { host: '127.0.0.6' })).serialNumber);
       streak++;
     } catch {
       streak = 0;

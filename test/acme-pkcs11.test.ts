@@ -13,7 +13,6 @@ import { request as httpRequest } from 'node:http';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { openPkcs11Backend } from '../src/engine/pkcs11/backend.js';
 import { findCertificates, findData } from '../src/engine/pkcs11/objects.js';
 import { ck } from '../src/engine/pkcs11/module.js';
@@ -21,6 +20,7 @@ import * as x509 from '@peculiar/x509';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
 import { createSoftHsm, softhsmSkipReason, TEST_PIN } from './helpers/softhsm.js';
+import { servedOrNone } from './helpers/served.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
 
@@ -52,22 +52,10 @@ async function stop(p: Proxy): Promise<void> {
   clearTimeout(timer);
 }
 
-function served(host: string, port: number, servername: string, ca: string): Promise<X509Certificate | undefined> {
-  return new Promise((resolve) => {
-    const s = tls.connect({ host, port, servername, ca }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      resolve(cert);
-    });
-    s.on('error', () => resolve(undefined));
-    s.setTimeout(10_000, () => s.destroy());
-  });
-}
-
 async function waitServed(p: Proxy, host: string, port: number, name: string, ca: string): Promise<X509Certificate> {
   const deadline = Date.now() + 90_000;
   for (;;) {
-    const cert = await served(host, port, name, ca);
+    const cert = await servedOrNone(port, name, ca, { host });
     if (cert) return cert;
     if (Date.now() > deadline || p.child.exitCode !== null) throw new Error(`${name} never served at ${host}:${port}:\n${p.out()}`);
     await new Promise((r) => setTimeout(r, 250));

@@ -9,61 +9,22 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { certificateDir, readState, writeRenewRequest } from '../src/acme/index.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
 import { devCa, prepareServeDir, sample, startServe, type ServeProcess } from './helpers/serve-fixture.js';
-
-function served(port: number, servername: string, ca: string | Buffer, anyName = false): Promise<X509Certificate | undefined> {
-  return new Promise((resolve) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca, ...(anyName ? { checkServerIdentity: () => undefined } : {}) }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      resolve(cert);
-    });
-    s.on('error', () => resolve(undefined));
-    s.setTimeout(10_000, () => s.destroy());
-  });
-}
+import { keepAlive, servedOrNone } from './helpers/served.js';
 
 /** Polls until `servername` gets a certificate verifying to `ca` (optionally other than `not`). */
 async function waitServed(proc: ServeProcess, port: number, servername: string, ca: string, not?: string): Promise<X509Certificate> {
   const deadline = Date.now() + 90_000;
   for (;;) {
-    const cert = await served(port, servername, ca);
+    const cert = await servedOrNone(port, servername, ca);
     if (cert && cert.serialNumber !== not) return cert;
     if (Date.now() > deadline || proc.child.exitCode !== null) {
       throw new Error(`${servername} was never served a certificate from Pebble:\n${proc.stderr()}\n${JSON.stringify(proc.logs().filter((l) => l.component === 'acme' || l.level === 50))}`);
     }
     await new Promise((r) => setTimeout(r, 250));
   }
-}
-
-/** A keep-alive HTTPS connection: each get() sends one request and resolves with its status. */
-async function keepAlive(port: number, servername: string, ca: string | Buffer): Promise<{ get(): Promise<number>; close(): void }> {
-  const s = await new Promise<tls.TLSSocket>((resolve, reject) => {
-    const c = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => resolve(c));
-    c.once('error', reject);
-  });
-  s.setEncoding('utf8');
-  return {
-    get: () => new Promise<number>((resolve, reject) => {
-      let buf = '';
-      const onData = (d: string): void => {
-        buf += d;
-        const m = /^HTTP\/1\.1 (\d{3})[\s\S]*?\r\n\r\n([\s\S]*)$/.exec(buf);
-        const len = /content-length: (\d+)/i.exec(buf);
-        if (m && len && m[2]!.length >= Number(len[1])) {
-          s.off('data', onData);
-          resolve(Number(m[1]));
-        }
-      };
-      s.on('data', onData);
-      s.once('error', reject);
-      s.write(`GET / HTTP/1.1\r\nHost: ${servername}\r\n\r\n`);
-    }),
-    close: () => s.destroy(),
-  };
 }
 
 function metrics(port: number): Promise<string> {
@@ -138,8 +99,8 @@ ${acmeBlock}
   t.equal(await before.get(), 200, 'and so does the one from before the first reload');
   onFirst.close();
   before.close();
-  t.equal(await served(port, first, root), undefined, 'the removed certificate is no longer offered to new handshakes');
-  t.match((await served(port, first, dev, true))?.subject ?? '', /CN=localhost/, 'its name gets the listener\'s file certificate');
+  t.equal(await servedOrNone(port, first, root), undefined, 'the removed certificate is no longer offered to new handshakes');
+  t.match((await servedOrNone(port, first, dev, { anyName: true }))?.subject ?? '', /CN=localhost/, 'its name gets the listener\'s file certificate');
 
   // The removed certificate is not renewed: a renewal request for it stays untouched, while one for
   // a certificate still in the config (taken in the same look at the store) is done.

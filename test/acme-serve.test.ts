@@ -11,7 +11,6 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import tls from 'node:tls';
 import { Engine, SimBackend, simClientFrom } from '../src/engine/index.js';
 import { readManifest } from '../src/hsm/cluster/manifest.js';
 import { connectCluster } from '../src/hsm/cluster/membership.js';
@@ -19,29 +18,18 @@ import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
 import { devCa, prepareServeDir, sample, startServe, type ServeProcess } from './helpers/serve-fixture.js';
 import { createRequire } from 'node:module';
+import { keepAlive, servedCertificate } from './helpers/served.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
 
 /** The leaf a TLS client trusting only `ca` is served for `servername`, or the error. */
-function served(port: number, servername: string, ca: string | Buffer): Promise<X509Certificate> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => {
-      const cert = s.getPeerX509Certificate();
-      s.destroy();
-      if (cert) resolve(cert); else reject(new Error('no peer certificate'));
-    });
-    s.on('error', reject);
-    s.setTimeout(10_000, () => s.destroy(new Error('timed out')));
-  });
-}
-
 /** Polls until `servername` is served a certificate that verifies to `ca`; returns it and when. */
 async function waitServed(port: number, servername: string, ca: string, proc: ServeProcess, ms = 90_000): Promise<X509Certificate> {
   const deadline = Date.now() + ms;
   let last: unknown;
   for (;;) {
     try {
-      return await served(port, servername, ca);
+      return await servedCertificate(port, servername, ca);
     } catch (err) {
       last = err;
     }
@@ -110,7 +98,7 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, email: op
   t.equal(alpnLeaf.publicKey.asymmetricKeyDetails?.namedCurve, 'prime256v1', 'keyType ec:p256 gives a P-256 key');
 
   // The file certificate on the same listener is untouched.
-  const localhost = await served(port, 'localhost', await devCa(d));
+  const localhost = await servedCertificate(port, 'localhost', await devCa(d));
   t.match(localhost.subject, /CN=localhost/);
 
   // acme status names the HSM key; the served certificate's key is that key, held by the cluster.
@@ -149,10 +137,10 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, email: op
   const renewed = JSON.parse(renew.stdout) as { serial: string; keyLabel: string };
   t.not(renewed.serial, alpnLeaf.serialNumber, 'a new serial');
   t.not(renewed.keyLabel, alpnRow.keyLabel, 'a fresh HSM key (reuseKey is off)');
-  let now = await served(port, alpnName, root);
+  let now = await servedCertificate(port, alpnName, root);
   for (let i = 0; i < 100 && now.serialNumber !== renewed.serial; i++) {
     await new Promise((r) => setTimeout(r, 100));
-    now = await served(port, alpnName, root);
+    now = await servedCertificate(port, alpnName, root);
   }
   t.equal(now.serialNumber, renewed.serial, 'new connections get the renewed certificate');
   t.equal(await before.get(), 200, 'the connection opened before the renewal still works');
@@ -181,38 +169,12 @@ acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, email: op
   const revoked = await cli(['acme', 'revoke', '--config', join(d.dir, 'hsmproxy.yaml'), '--name', alpnName]);
   t.equal(revoked.code, 0, revoked.stderr);
   t.match(revoked.stdout, `revoked serial ${renewed.serial}`);
-  let replacement = await served(port, alpnName, root);
+  let replacement = await servedCertificate(port, alpnName, root);
   const until = Date.now() + 60_000;
   while (replacement.serialNumber === renewed.serial && Date.now() < until) {
     await new Promise((r) => setTimeout(r, 250));
-    replacement = await served(port, alpnName, root);
+    replacement = await servedCertificate(port, alpnName, root);
   }
   t.not(replacement.serialNumber, renewed.serial, 'a revoked certificate is replaced by the running proxy');
 });
 
-/** A keep-alive HTTPS connection: each get() sends one request and resolves with its status. */
-async function keepAlive(port: number, servername: string, ca: string): Promise<{ get(): Promise<number>; close(): void }> {
-  const s = await new Promise<tls.TLSSocket>((resolve, reject) => {
-    const c = tls.connect({ host: '127.0.0.1', port, servername, ca }, () => resolve(c));
-    c.once('error', reject);
-  });
-  s.setEncoding('utf8');
-  return {
-    get: () => new Promise<number>((resolve, reject) => {
-      let buf = '';
-      const onData = (d: string): void => {
-        buf += d;
-        const m = /^HTTP\/1\.1 (\d{3})[\s\S]*?\r\n\r\n([\s\S]*)$/.exec(buf);
-        const len = /content-length: (\d+)/i.exec(buf);
-        if (m && len && m[2]!.length >= Number(len[1])) {
-          s.off('data', onData);
-          resolve(Number(m[1]));
-        }
-      };
-      s.on('data', onData);
-      s.once('error', reject);
-      s.write(`GET / HTTP/1.1\r\nHost: ${servername}\r\n\r\n`);
-    }),
-    close: () => s.destroy(),
-  };
-}
