@@ -4,19 +4,9 @@
 // HTTP/1.1 and HTTP/2. The process must survive all of them (an unheard 'error' would end it), the
 // connections must all be released, and the next client must be served.
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import tls from 'node:tls';
-import { Engine, SimBackend, writeKeyReference } from '../src/engine/index.js';
-import { certPem, selfSign, signingKey } from '../src/pki/index.js';
-import { offloadListenerFactory } from '../src/proxy/offload-listener.js';
-import { FakeHsm } from './helpers/fake-hsm.js';
-import { startHarness } from './helpers/proxy-harness.js';
-
-const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-resets-'));
-t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+import { startHsmBackedHarness } from './helpers/proxy-harness.js';
 
 type Stage = 'connect' | 'hello-part' | 'signing' | 'handshake' | 'head' | 'body-part' | 'response' | 'h2-request';
 const STAGES: Stage[] = ['connect', 'hello-part', 'signing', 'handshake', 'head', 'body-part', 'response', 'h2-request'];
@@ -71,22 +61,8 @@ function resetAt(port: number, stage: Stage, delayMs: number): Promise<boolean> 
 }
 
 t.test('resets at every stage leave the proxy serving, with every connection released', async (t) => {
-  const fake = new FakeHsm();
-  const backend = new SimBackend({ client: fake, clusterId: '5a'.repeat(32), credentials: { user: 'cu1', password: 'secret1' } });
-  const engine = new Engine({ backends: { sim: backend } });
-  t.teardown(() => engine.close());
-  const handle = await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'site' });
-  const key = join(dir, 'site.key.pem');
-  await writeKeyReference(handle, key);
-  const cert = join(dir, 'site.pem');
-  writeFileSync(cert, certPem(await selfSign(await signingKey(await engine.signer(key), engine.webcrypto()), { subject: 'CN=localhost', sans: ['DNS:localhost'], days: 1 })));
-  const yaml = `
-listeners: [{ name: web, address: 127.0.0.1, port: 0, alpn: [h2, http/1.1], certificates: [{ cert: "${cert}", key: "${key}" }] }]
-routes: [{ host: localhost, upstream: [ "{{up0}}" ] }]
-admin: { address: 127.0.0.1, port: 0 }
-`;
-  const h = await startHarness(t, yaml, { proxy: { tlsListenerFactory: offloadListenerFactory({ engine }) } });
-  fake.signDelayMs = 50;
+  const h = await startHsmBackedHarness(t, { alpn: ['h2', 'http/1.1'] });
+  h.hsm.signDelayMs = 50;
   // 8 stages × 3 delays (at once, next turn, a few ms later), 3 rounds: 72 clients, 8 at a time.
   const jobs: Array<[Stage, () => Promise<boolean>]> = [];
   for (let round = 0; round < 3; round++) for (const stage of STAGES) for (const d of [0, 1, 5]) jobs.push([stage, () => resetAt(h.port, stage, d)]);
@@ -102,9 +78,9 @@ admin: { address: 127.0.0.1, port: 0 }
   const deadline = Date.now() + 10_000;
   while ((await open()) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   t.equal(await open(), 0, 'every connection was released');
-  const res = await h.curl('/', ['--cacert', cert]);
+  const res = await h.curl('/', ['--cacert', h.cert]);
   t.equal(res.status, 200, 'the next client is served');
   t.equal(JSON.parse(res.body).upstream, 'up0');
-  const h2 = await h.curl('/', ['--cacert', cert, '--http2']);
+  const h2 = await h.curl('/', ['--cacert', h.cert, '--http2']);
   t.equal(h2.status, 200, 'and over HTTP/2');
 });

@@ -1,7 +1,7 @@
 // A proxy on node:tls with test certificates and demo upstreams, all on loopback, torn down
 // after the test; plus a curl runner (the real binary, trusting only the test CA).
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -10,6 +10,10 @@ import type { Test } from 'tap';
 import { parseConfig, type Config } from '../../src/config/index.js';
 import { createRegistry } from '../../src/metrics/index.js';
 import { nodeTlsListenerFactory, Proxy, startDemoUpstream, type DemoUpstream, type ProxyOptions } from '../../src/proxy/index.js';
+import { Engine, SimBackend, writeKeyReference } from '../../src/engine/index.js';
+import { certPem, selfSign, signingKey } from '../../src/pki/index.js';
+import { offloadListenerFactory, type OffloadListenerOptions } from '../../src/proxy/offload-listener.js';
+import { FakeHsm } from './fake-hsm.js';
 import { issue, makeCa } from './proxy-certs.js';
 
 export interface CurlResult { status: number; body: string; headers: string; stderr: string; exitCode: number }
@@ -84,4 +88,40 @@ ${upstreams ? `upstreams:\n${upstreams}` : ''}
 admin: { address: 127.0.0.1, port: 0 }
 log: { level: info }
 `;
+}
+
+export interface HsmBackedHarness extends Harness {
+  /** The fake HSM holding the site key (set signDelayMs to slow every signature). */
+  hsm: FakeHsm;
+  /** The self-signed localhost certificate of the HSM-held key (also a CA file for curl). */
+  cert: string;
+}
+
+/**
+ * One HSM-backed listener `web` (tls/ TlsServer, the site key in a fake HSM behind the engine,
+ * a self-signed localhost certificate made with it) routing localhost to up0. `alpn` and the
+ * offload listener's `acmeChallenge` as given.
+ */
+export async function startHsmBackedHarness(
+  t: Test, opts: { alpn?: string[]; acmeChallenge?: OffloadListenerOptions['acmeChallenge'] } = {},
+): Promise<HsmBackedHarness> {
+  const dir = mkdtempSync(join(tmpdir(), 'hsmproxy-hsm-site-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const hsm = new FakeHsm();
+  const backend = new SimBackend({ client: hsm, clusterId: '5a'.repeat(32), credentials: { user: 'cu1', password: 'secret1' } });
+  const engine = new Engine({ backends: { sim: backend } });
+  t.teardown(() => engine.close());
+  const handle = await backend.generateKeyPair({ algorithm: { type: 'ec', curve: 'P-256' }, label: 'site' });
+  const key = join(dir, 'site.key.pem');
+  await writeKeyReference(handle, key);
+  const cert = join(dir, 'site.pem');
+  writeFileSync(cert, certPem(await selfSign(await signingKey(await engine.signer(key), engine.webcrypto()), { subject: 'CN=localhost', sans: ['DNS:localhost'], days: 1 })));
+  const alpn = opts.alpn ? `, alpn: [${opts.alpn.join(', ')}]` : '';
+  const yaml = `
+listeners: [{ name: web, address: 127.0.0.1, port: 0${alpn}, certificates: [{ cert: "${cert}", key: "${key}" }] }]
+routes: [{ host: localhost, upstream: [ "{{up0}}" ] }]
+admin: { address: 127.0.0.1, port: 0 }
+`;
+  const factory = offloadListenerFactory({ engine, ...(opts.acmeChallenge ? { acmeChallenge: opts.acmeChallenge } : {}) });
+  return { ...(await startHarness(t, yaml, { proxy: { tlsListenerFactory: factory } })), hsm, cert };
 }
