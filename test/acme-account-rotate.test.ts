@@ -15,7 +15,7 @@ import acme from 'acme-client';
 import { AccountKeeper, configureAcmeHttp, readState, certificateDir, rotateAccountKey } from '../src/acme/index.js';
 import { cliEntry } from './helpers/cli.js';
 import { freePorts, startPebble } from './helpers/pebble.js';
-import { prepareServeDir, startServe } from './helpers/serve-fixture.js';
+import { acmeOnlyYaml, prepareServeDir, startServe } from './helpers/serve-fixture.js';
 import { servedOrNone } from './helpers/served.js';
 
 const tsxLoader = createRequire(import.meta.url).resolve('tsx');
@@ -35,14 +35,7 @@ t.test('rotate-key: the running proxy orders with the new key, the CA refuses th
   const pebble = await startPebble({ tlsPort: port, httpPort });
   t.teardown(() => pebble.stop());
   const name = `rotate-${randomBytes(4).toString('hex')}.acme.test`;
-  const proc = await startServe(d, `
-listeners:
-  - { name: main, address: 127.0.0.1, port: ${port}, certificates: [{ acme: { names: [${name}] } }] }
-routes: [{ upstream: [http://127.0.0.1:9] }]
-hsm: { mode: embedded, dir: ${d.data}, hsms: 2 }
-admin: { address: 127.0.0.1, port: 0 }
-acme: { directory: ${pebble.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true }
-`);
+  const proc = await startServe(d, acmeOnlyYaml(d, port, name, { directory: pebble.directory, directoryCa: pebble.caFile }));
   t.teardown(() => proc.stop());
   const config = join(d.dir, 'hsmproxy.yaml');
   const keyFile = join(d.data, 'acme-account.key');

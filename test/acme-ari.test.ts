@@ -9,7 +9,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ariCertId, nextRenewal, readState } from '../src/acme/index.js';
 import { freePorts, startAcmeStub, startPebble } from './helpers/pebble.js';
-import { prepareServeDir, startServe } from './helpers/serve-fixture.js';
+import { acmeOnlyYaml, prepareServeDir, startServe } from './helpers/serve-fixture.js';
 import { servedOrNone } from './helpers/served.js';
 
 t.test('a renewal window from renewalInfo is followed, and the order names the certificate it replaces', async (t) => {
@@ -31,14 +31,7 @@ t.test('a renewal window from renewalInfo is followed, and the order names the c
   });
   t.teardown(() => stub.close());
   const name = `ari-${randomBytes(4).toString('hex')}.acme.test`;
-  const proc = await startServe(d, `
-listeners:
-  - { name: main, address: 127.0.0.1, port: ${port}, certificates: [{ acme: { names: [${name}] } }] }
-routes: [{ upstream: [http://127.0.0.1:9] }]
-hsm: { mode: embedded, dir: ${d.data}, hsms: 2 }
-admin: { address: 127.0.0.1, port: 0 }
-acme: { directory: ${stub.directory}, directoryCa: ${pebble.caFile}, termsOfServiceAgreed: true }
-`);
+  const proc = await startServe(d, acmeOnlyYaml(d, port, name, { directory: stub.directory, directoryCa: pebble.caFile }));
   t.teardown(() => proc.stop());
   const root = await pebble.root();
   const dir = join(d.data, 'acme', name);

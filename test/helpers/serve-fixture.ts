@@ -55,6 +55,18 @@ ${extra}
 `;
 }
 
+/** A config whose one listener serves only the ACME certificate for `name` (embedded cluster of 2 HSMs). */
+export function acmeOnlyYaml(d: ServeDir, port: number, name: string, acme: { directory: string; directoryCa: string }): string {
+  return `
+listeners:
+  - { name: main, address: 127.0.0.1, port: ${port}, certificates: [{ acme: { names: [${name}] } }] }
+routes: [{ upstream: [http://127.0.0.1:9] }]
+hsm: { mode: embedded, dir: ${d.data}, hsms: 2 }
+admin: { address: 127.0.0.1, port: 0 }
+acme: { directory: ${acme.directory}, directoryCa: ${acme.directoryCa}, termsOfServiceAgreed: true }
+`;
+}
+
 /** A running `hsmproxy serve`: its addresses, its log lines so far, its exit. */
 export interface ServeProcess {
   child: ChildProcess;
